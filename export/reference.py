@@ -1,0 +1,43 @@
+"""reference.npz: PyTorch scores and targets on the eval split, so parity needs no PyTorch on the device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlic_edge import metrics
+from mlic_edge.console import progress_bar, warn
+from mlic_edge.data import open_dataset
+from mlic_edge.data.torch_data import describe_broken
+from mlic_edge.io import atomic_path
+from mlic_edge.models.checkpoint import load_model
+from mlic_edge.rundir import RunDir
+from mlic_edge.train.evaluate import predict_scores
+
+
+def write_reference(run: RunDir, data: str | None = None, split: str | None = None, batch_size: int = 32,
+                    workers: int = 0) -> Path:
+    meta = run.read()
+    model = load_model(run.require(run.checkpoint, "mlic-edge train"))
+    dataset_meta = meta["dataset"]
+    dataset = open_dataset(data or dataset_meta["spec"], role="eval", split=split or dataset_meta.get("eval_split"),
+                           difficult=dataset_meta.get("difficult", "ignore"))
+    with progress_bar(transient=True) as progress:
+        task = progress.add_task("reference scores (PyTorch)", total=len(dataset), status="")
+        result = predict_scores(model, dataset, meta["img_size"], meta["mean"], meta["std"], batch_size, workers,
+                                on_batch=lambda n: progress.advance(task, n))
+    if result.broken:
+        warn(describe_broken(dataset, result.broken))
+    ids = dataset.image_ids()
+    with atomic_path(run.reference) as tmp:
+        with tmp.open("wb") as handle:
+            np.savez_compressed(handle, scores=result.scores, targets=result.targets(dataset),
+                                image_ids=np.array([ids[i] for i in result.kept]), labels=np.array(dataset.names),
+                                spec=np.array(dataset.spec), split=np.array(dataset.split))
+    ref_map = metrics.mean_average_precision(result.scores, result.targets(dataset)).map
+    run.update(reference={"file": run.reference.name, "images": int(len(result.kept)), "split": dataset.split,
+                          "spec": dataset.spec, "mAP": float(ref_map), "backend": "torch",
+                          "device": "cpu", "torch": torch.__version__})
+    return run.reference

@@ -1,0 +1,3 @@
+from mlic_edge.cli.app import main
+
+main()

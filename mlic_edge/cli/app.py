@@ -1,0 +1,416 @@
+"""The ``mlic-edge`` command line. Heavy packages (torch, onnxruntime, TensorRT) are imported inside commands
+only, so ``--help`` stays fast and works on a torch-free edge install."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mlic_edge.errors import MlicError
+
+EPILOG_STYLE = "markdown"
+
+app = typer.Typer(
+    name="mlic-edge",
+    help="Multi-label image classifiers from the papers to edge GPUs: train, export, run, check parity.\n\n"
+         "Start with: **mlic-edge demo**",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+data_app = typer.Typer(help="Make and inspect datasets.", no_args_is_help=True, rich_markup_mode="markdown")
+app.add_typer(data_app, name="data")
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _global(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    _state["debug"] = debug
+
+
+def main() -> None:
+    """Entry point: errors become one actionable line and a non-zero exit (tracebacks only with --debug)."""
+    debug = "--debug" in sys.argv or os.environ.get("MLIC_EDGE_DEBUG") == "1"
+    try:
+        app()
+    except MlicError as error:
+        if debug:
+            traceback.print_exc()
+        _print_error(str(error))
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        _print_error("interrupted")
+        sys.exit(130)
+    except Exception as error:  # a bug: still one line, traceback on request
+        if debug:
+            traceback.print_exc()
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        _print_error(f"internal error: {type(error).__name__}: {message} (rerun with --debug for the traceback)")
+        sys.exit(1)
+
+
+def _print_error(message: str) -> None:
+    from mlic_edge.console import console
+
+    console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+
+
+def _emit_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+# Options shared by several commands: one name, one meaning, everywhere.
+RunOpt = typer.Option(None, "--run", "-r", help="Run directory (default: runs/<model>).", show_default=False)
+ModelNameOpt = typer.Option(None, "--model", "-m", help="Model name; --model NAME means --run runs/NAME.")
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+DataOpt = typer.Option(None, "--data", "-d", help="Dataset: a path (format detected) or voc:PATH, coco:PATH, "
+                                                   "csv:PATH. Default: the run's dataset.")
+BackendOpt = typer.Option("auto", "--backend", "-b", help="auto, onnxruntime, torch, tensorrt, tensorrt-rtx.")
+PrecisionOpt = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 or int8 (the ONNX file it reads).")
+DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+
+
+def _run_dir(run: Optional[Path], model: Optional[str]):
+    from mlic_edge.rundir import RunDir
+
+    return RunDir.resolve(run, model)
+
+
+# --------------------------------------------------------------------------------------------------- data
+@data_app.command("synth", epilog="Example: `mlic-edge data synth data/synth --classes 8 --images 800 --long-tail`")
+def data_synth(
+    out: Path = typer.Argument(..., help="Folder to write (VOC layout)."),
+    classes: int = typer.Option(8, "--classes", help="Number of object classes."),
+    images: int = typer.Option(800, "--images", help="Number of images (train + test)."),
+    size: int = typer.Option(128, "--size", help="Image side in pixels."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same data)."),
+    long_tail: bool = typer.Option(False, "--long-tail", help="Pareto class frequencies in the train split."),
+    video: bool = typer.Option(False, "--video", help="Also write a short clip (video.mp4)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Generate a deterministic synthetic multi-label dataset with label co-occurrence rules."""
+    from mlic_edge.console import info, progress_bar
+    from mlic_edge.data.synth import SynthConfig, generate
+
+    config = SynthConfig(classes=classes, images=images, size=size, seed=seed, long_tail=long_tail, video=video)
+    with progress_bar(transient=True) as progress:
+        task = progress.add_task("synth", total=images, status="")
+        summary = generate(out, config, progress=lambda done, total: progress.update(task, completed=done))
+    if json_out:
+        _emit_json(summary)
+    else:
+        info(f"wrote {images} images of {classes} classes to {out} (VOC layout)"
+             + (" and video.mp4" if video else "") + f"\nnext: mlic-edge data stats {out}")
+
+
+@data_app.command("stats", epilog="Example: `mlic-edge data stats voc:data/VOC2007 --split test --json`")
+def data_stats(
+    data: str = typer.Argument(..., help="Dataset path or voc:/coco:/csv: spec."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split to read (default: the train split)."),
+    heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Co-occurrence PNG (default: beside the data, "
+                                                                  "<data>/cooccurrence_<split>.png)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Images, labels per image, per-class counts with head/middle/tail groups, co-occurrence heatmap."""
+    from mlic_edge.console import console, info
+    from mlic_edge.data import open_dataset
+    from mlic_edge.data.stats import dataset_stats, format_stats_table, save_cooccurrence_heatmap
+
+    dataset = open_dataset(data, role="train", split=split)
+    stats = dataset_stats(dataset)
+    target = heatmap or (dataset.root / f"cooccurrence_{dataset.split}.png")
+    try:
+        stats["heatmap"] = str(save_cooccurrence_heatmap(dataset, target))
+    except OSError as error:
+        raise MlicError(f"cannot write the heatmap {target}: {error.strerror}", hint="pass --heatmap PATH") from error
+    if json_out:
+        _emit_json(stats)
+        return
+    console.print(format_stats_table(stats))
+    info(f"{stats['images']} images, {stats['labels_per_image']['mean']:.2f} labels per image; "
+         f"co-occurrence heatmap: {stats['heatmap']}")
+
+
+# --------------------------------------------------------------------------------------------------- train
+@app.command(epilog="Examples: `mlic-edge train --data data/synth --backbone resnet18 --epochs 10`, "
+                    "`mlic-edge train --model baseline --data voc:VOCdevkit/VOC2007 --pretrained --resume`")
+def train(
+    model: str = typer.Option("baseline", "--model", "-m", help="Registered model name."),
+    data: str = typer.Option(..., "--data", "-d", help="Dataset: a path or voc:/coco:/csv: spec."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Any timm model (default: the model's)."),
+    epochs: int = typer.Option(20, "--epochs"),
+    img_size: Optional[int] = typer.Option(None, "--img-size", help="Input side in pixels (default: the model's)."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate (default: 0.01 SGD, 1e-3 AdamW)."),
+    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd or adamw."),
+    schedule: str = typer.Option("cosine", "--schedule", help="cosine or step (after a linear warm-up)."),
+    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs"),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
+    loss: str = typer.Option("bce", "--loss", help="Loss function."),
+    pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="Start from ImageNet weights."),
+    pretrained_file: Optional[Path] = typer.Option(None, "--pretrained-file", help="Local ImageNet weights file."),
+    train_split: Optional[str] = typer.Option(None, "--train-split"),
+    eval_split: Optional[str] = typer.Option(None, "--eval-split"),
+    difficult: str = typer.Option("ignore", "--difficult", help="VOC difficult objects: ignore, positive, negative."),
+    workers: int = typer.Option(2, "--workers", help="Data-loading processes."),
+    device: str = DeviceOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<model>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch."),
+    seed: int = typer.Option(0, "--seed"),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Train a model and write its run directory (checkpoint.pt, run.json, reports/)."""
+    from mlic_edge.console import info
+    from mlic_edge.train.trainer import TrainConfig, train as run_training
+
+    if difficult not in ("ignore", "positive", "negative"):
+        raise MlicError(f"--difficult {difficult!r} is not a policy", hint="use ignore, positive or negative")
+    run_path = out or Path("runs") / model
+    config = TrainConfig(model=model, data=data, out=run_path, backbone=backbone, epochs=epochs, img_size=img_size,
+                         batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
+                         warmup_epochs=warmup_epochs, weight_decay=weight_decay, loss=loss, pretrained=pretrained,
+                         pretrained_file=str(pretrained_file) if pretrained_file else None,
+                         train_split=train_split, eval_split=eval_split, difficult=difficult, workers=workers,
+                         seed=seed, resume=resume, device=device)
+    result = run_training(config)
+    if json_out:
+        _emit_json(result)
+    else:
+        info(f"best val mAP {result['best_val_mAP'] * 100:.2f} at epoch {result['best_epoch']}; run: {run_path}\n"
+             f"next: mlic-edge export --run {run_path}")
+
+
+# --------------------------------------------------------------------------------------------------- eval
+@app.command("eval", epilog="Example: `mlic-edge eval --run runs/baseline --json`")
+def evaluate(
+    run: Optional[Path] = RunOpt,
+    model: Optional[str] = ModelNameOpt,
+    data: Optional[str] = DataOpt,
+    split: Optional[str] = typer.Option(None, "--split", help="Eval split (default: the run's)."),
+    threshold: float = typer.Option(0.5, "--threshold", help="Score threshold for CP/CR/CF1/OP/OR/OF1."),
+    ap_mode: str = typer.Option("standard", "--ap", help="standard (= scikit-learn) or voc07 (11-point)."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="Write scores/targets/labels to .npz."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Evaluate the PyTorch checkpoint: mAP, CP, CR, CF1, OP, OR, OF1 (+ top-3), head/middle/tail mAP."""
+    import numpy as np
+
+    from mlic_edge import metrics
+    from mlic_edge.console import console, warn
+    from mlic_edge.data import open_dataset
+    from mlic_edge.data.torch_data import describe_broken
+    from mlic_edge.io import atomic_path
+    from mlic_edge.models.checkpoint import load_model
+    from mlic_edge.train.evaluate import predict_scores
+
+    run_dir = _run_dir(run, model)
+    meta = run_dir.read()
+    dataset_meta = meta["dataset"]
+    dataset = open_dataset(data or dataset_meta["spec"], role="eval", split=split or dataset_meta.get("eval_split"),
+                           difficult=dataset_meta.get("difficult", "ignore"))
+    if dataset.names != meta["labels"]:
+        raise MlicError(f"{dataset.spec} has other classes than the run", hint="evaluate on the dataset it was "
+                                                                               "trained on (or one with its labels)")
+    net = load_model(run_dir.require(run_dir.checkpoint, "mlic-edge train"))
+    result = predict_scores(net, dataset, meta["img_size"], meta["mean"], meta["std"], batch_size)
+    if result.broken:
+        warn(describe_broken(dataset, result.broken))
+    targets = result.targets(dataset)
+    report = metrics.evaluate(result.scores, targets, dataset.names,
+                              class_counts=np.asarray(dataset_meta.get("train_class_counts"))
+                              if dataset_meta.get("train_class_counts") else None,
+                              threshold=threshold, mode=ap_mode)
+    report.update(backend="torch", device="cpu", split=dataset.split, data=dataset.spec)
+    if save_scores:
+        with atomic_path(save_scores) as tmp:
+            with tmp.open("wb") as handle:
+                np.savez_compressed(handle, scores=result.scores, targets=targets, labels=np.array(dataset.names))
+    if json_out:
+        _emit_json(report)
+        return
+    console.print(_metrics_table(report))
+
+
+def _metrics_table(report: dict):
+    from rich.table import Table
+
+    table = Table(title=f"{report['data']} [{report['split']}], {report['num_images']} images "
+                        f"({report['backend']}, {report['device']})", title_justify="left")
+    for column in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"):
+        table.add_column(column, justify="right")
+
+    def pct(value):
+        return "-" if value is None else f"{value * 100:.2f}"
+
+    table.add_row(*[pct(report[key]) for key in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")])
+    top = next((value for key, value in report.items() if key.startswith("top") and isinstance(value, dict)), None)
+    if top:
+        table.add_row("top-3", *[pct(top[key]) for key in ("CP", "CR", "CF1", "OP", "OR", "OF1")])
+    groups = report.get("groups")
+    if groups:
+        table.caption = "mAP head/middle/tail: " + " / ".join(pct(groups.get(k)) for k in ("head", "middle", "tail"))
+    return table
+
+
+# --------------------------------------------------------------------------------------------------- export
+@app.command(epilog="Example: `mlic-edge export --run runs/baseline`")
+def export(
+    run: Optional[Path] = RunOpt,
+    model: Optional[str] = ModelNameOpt,
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (17 = newest TensorRT 8.6 parses)."),
+    simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Run onnxsim."),
+    dynamo: bool = typer.Option(False, "--dynamo/--no-dynamo", help="Use torch.export (opset >= 18)."),
+    reference: bool = typer.Option(True, "--reference/--no-reference",
+                                   help="Write reference.npz (PyTorch scores on the eval split)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Export model.onnx (dynamic batch, simplified, metadata), check it against PyTorch, write reference.npz."""
+    from mlic_edge.console import info
+    from mlic_edge.export.onnx_export import export_onnx
+    from mlic_edge.export.reference import write_reference
+
+    run_dir = _run_dir(run, model)
+    result = export_onnx(run_dir, opset=opset, simplify=simplify, dynamo=dynamo)
+    summary = {"onnx": str(result.path), "opset": result.opset, "max_abs_diff": result.max_abs_diff,
+               "mean_abs_diff": result.mean_abs_diff, "check_images": result.check_images,
+               "seconds": round(result.seconds, 2)}
+    if reference:
+        summary["reference"] = str(write_reference(run_dir))
+    if json_out:
+        _emit_json(summary)
+    else:
+        info(f"wrote {result.path} (opset {result.opset}); max |PyTorch - ONNX Runtime| on "
+             f"{result.check_images} images: {result.max_abs_diff:.2e}\nnext: mlic-edge parity --run {run_dir.path}")
+
+
+# --------------------------------------------------------------------------------------------------- run
+@app.command("run", epilog="Examples: `mlic-edge run photos/ --run runs/baseline --out preds.jsonl`, "
+                           "`mlic-edge run clip.mp4 -r runs/baseline --save-video out.mp4`, "
+                           "`mlic-edge run camera0 -m baseline`")
+def run_command(
+    source: str = typer.Argument(..., help="Image, folder, glob, video file, camera0 or /dev/videoN, rtsp:// URL."),
+    run: Optional[Path] = RunOpt,
+    model: Optional[str] = ModelNameOpt,
+    backend: str = BackendOpt,
+    precision: str = PrecisionOpt,
+    device: str = DeviceOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON lines file (default: stdout)."),
+    save_video: Optional[Path] = typer.Option(None, "--save-video", help="Write frames with labels drawn (.mp4)."),
+    threshold: float = typer.Option(0.5, "--threshold", help="Report labels with score >= this."),
+    top_k: int = typer.Option(5, "--top-k", help="Also report the K best labels."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N frames/images."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Images per inference for folders and globs."),
+    json_out: bool = typer.Option(False, "--json", help="Print the latency summary as JSON on stdout (after the "
+                                                        "records unless --out is given)."),
+) -> None:
+    """Run a model over a source: one JSON line per image/frame, latency per stage at the end."""
+    from mlic_edge.console import console, info, warn
+    from mlic_edge.runtime.backends import create_backend
+    from mlic_edge.runtime.latency import LatencyRecorder, latency_table
+    from mlic_edge.runtime.pipeline import ModelSpec, run_pipeline
+    from mlic_edge.runtime.sinks import JsonlSink, VideoSink
+    from mlic_edge.runtime.sources import open_source
+
+    if not 0.0 <= threshold <= 1.0:
+        raise MlicError(f"--threshold {threshold} is outside [0, 1]", hint="scores are probabilities")
+    if top_k < 0 or batch_size < 1:
+        raise MlicError("--top-k must be >= 0 and --batch-size >= 1")
+    run_dir = _run_dir(run, model)
+    spec = ModelSpec.from_run(run_dir.read())
+    latency = LatencyRecorder()
+    ok = False
+    with open_source(source) as frames, create_backend(backend, run_dir, precision, device) as engine:
+        info(f"{frames.kind} {source} → {engine.info.describe()}")
+        jsonl = JsonlSink(out)
+        video = VideoSink(save_video, frames.fps) if save_video else None
+
+        def emit(frame, record, labels):
+            jsonl.write(record)
+            if video:
+                video.write(frame.image, labels)
+
+        try:
+            stats = run_pipeline(frames, engine, spec, threshold=threshold, top_k=top_k, max_frames=max_frames,
+                                 batch_size=batch_size, on_result=emit, latency=latency)
+            ok = True
+        finally:
+            jsonl.close(ok)
+            if video:
+                video.close(ok)
+    if stats.unreadable:
+        warn(f"{stats.unreadable} unreadable image(s) skipped: {', '.join(stats.unreadable_names)}")
+    summary = {**latency.summary(), "backend": engine.info.as_dict(), "source": source, "kind": frames.kind,
+               "unreadable": stats.unreadable}
+    if json_out:
+        _emit_json(summary)
+    else:
+        console.print(latency_table(summary, f"latency per frame ({engine.info.describe()})"))
+    if out:
+        info(f"wrote {stats.frames} records to {out}")
+    if save_video:
+        info(f"wrote {save_video}")
+
+
+# --------------------------------------------------------------------------------------------------- parity
+@app.command(epilog="Example: `mlic-edge parity --run runs/baseline --json`")
+def parity(
+    run: Optional[Path] = RunOpt,
+    model: Optional[str] = ModelNameOpt,
+    data: Optional[str] = DataOpt,
+    backend: str = BackendOpt,
+    precision: str = PrecisionOpt,
+    device: str = DeviceOpt,
+    threshold: float = typer.Option(0.5, "--threshold", help="Threshold for the identical-label-set share."),
+    map_tolerance: Optional[float] = typer.Option(None, "--map-tolerance",
+                                                  help="Allowed mAP drop as a fraction (default: fp32 0.001, "
+                                                       "fp16 0.005, int8 0.02)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Compare a backend with the PyTorch reference on the eval split; non-zero exit past the tolerance."""
+    from mlic_edge.console import console, progress_bar
+    from mlic_edge.io import atomic_path, write_json
+    from mlic_edge.runtime.backends import create_backend
+    from mlic_edge.runtime.parity import check_parity, compute_parity, parity_markdown
+
+    run_dir = _run_dir(run, model)
+    with create_backend(backend, run_dir, precision, device) as engine, progress_bar(transient=True) as progress:
+        task = progress.add_task(f"parity {engine.info.backend}", total=None, status="")
+        report = compute_parity(run_dir, engine, data=data, threshold=threshold, map_tolerance=map_tolerance,
+                                on_batch=lambda n: progress.advance(task, n))
+    name = f"parity.{report['backend']['backend']}.{report['backend']['precision']}"
+    write_json(run_dir.reports / f"{name}.json", report)
+    with atomic_path(run_dir.reports / f"{name}.md") as tmp:
+        tmp.write_text(parity_markdown(report))
+    if json_out:
+        _emit_json(report)
+    else:
+        from rich.markdown import Markdown
+
+        console.print(Markdown(parity_markdown(report)))
+    check_parity(report)
+
+
+# --------------------------------------------------------------------------------------------------- demo
+@app.command(epilog="Example: `mlic-edge demo --out demo`")
+def demo(
+    out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the data and the run."),
+    epochs: int = typer.Option(8, "--epochs"),
+    backbone: str = typer.Option("resnet10t", "--backbone"),
+) -> None:
+    """Synthetic data → train a small model → export → run over a video → parity and latency tables."""
+    from mlic_edge.cli.demo import run_demo
+
+    run_demo(out, epochs=epochs, backbone=backbone)
+
+
+if __name__ == "__main__":
+    main()

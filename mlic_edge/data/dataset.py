@@ -1,0 +1,68 @@
+"""The in-memory form every dataset format is read into.
+
+Targets use three values per (image, class): 1 present, 0 absent, -1 ignore (for example a VOC class present only
+as ``difficult`` objects under the default policy). Losses mask -1; AP leaves -1 entries out; thresholded metrics
+count them as negatives (ML-GCN's convention, METHODS.md §7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+POSITIVE, NEGATIVE, IGNORE = 1, 0, -1
+
+
+@dataclass
+class MultiLabelDataset:
+    """One split of a multi-label dataset: image paths and a target matrix in the dataset's class order."""
+
+    names: list[str]
+    """Class names in the dataset's order (VOC standard order; COCO category-id order; CSV first-seen order)."""
+    image_paths: list[Path]
+    targets: np.ndarray
+    """int8 array (num_images, num_classes) with values in {1, 0, -1}."""
+    root: Path
+    format: str
+    """'voc', 'coco', or 'csv'."""
+    split: str
+    spec: str
+    """The DATA argument this was opened from, normalised to ``format:path`` (stored in run.json)."""
+    notes: list[str] = field(default_factory=list)
+    """Things a user should know about how the split was read (skipped entries, policy choices)."""
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def image_ids(self) -> list[str]:
+        """Stable identifiers (paths relative to the dataset root) used to match scores across stages."""
+        ids = []
+        for path in self.image_paths:
+            try:
+                ids.append(path.relative_to(self.root).as_posix())
+            except ValueError:
+                ids.append(path.as_posix())
+        return ids
+
+    def class_counts(self) -> np.ndarray:
+        """Images holding each class (positives only)."""
+        return (self.targets == POSITIVE).sum(axis=0).astype(np.int64)
+
+    def subset(self, indices: list[int] | np.ndarray) -> "MultiLabelDataset":
+        idx = np.asarray(indices, dtype=np.int64)
+        return MultiLabelDataset(
+            names=list(self.names),
+            image_paths=[self.image_paths[i] for i in idx],
+            targets=self.targets[idx],
+            root=self.root,
+            format=self.format,
+            split=self.split,
+            spec=self.spec,
+            notes=list(self.notes),
+        )

@@ -1,0 +1,111 @@
+"""Tensor-making data code for training and PyTorch evaluation.
+
+Broken images (missing, empty, corrupt) never stop an epoch: the dataset yields ``None`` for them, the collate
+function drops them and reports their indices, and the caller counts and names them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mlic_edge.data.dataset import MultiLabelDataset
+from mlic_edge.data.images import preprocess, read_image
+
+
+def random_resized_crop(image: np.ndarray, scale: tuple[float, float] = (0.5, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
+    """Crop a random region of ``scale`` of the area and ``ratio`` aspect (torch RNG, so worker seeding holds)."""
+    height, width = image.shape[:2]
+    area = height * width
+    for _ in range(10):
+        target_area = area * float(torch.empty(1).uniform_(*scale))
+        log_ratio = torch.empty(1).uniform_(float(np.log(ratio[0])), float(np.log(ratio[1])))
+        aspect = float(torch.exp(log_ratio))
+        crop_w = int(round(np.sqrt(target_area * aspect)))
+        crop_h = int(round(np.sqrt(target_area / aspect)))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            top = int(torch.randint(0, height - crop_h + 1, (1,)))
+            left = int(torch.randint(0, width - crop_w + 1, (1,)))
+            return image[top:top + crop_h, left:left + crop_w]
+    return image
+
+
+class ImageDataset(Dataset):
+    """Images of a split as normalised CHW float tensors; ``augment`` adds random resized crop and flip."""
+
+    def __init__(self, dataset: MultiLabelDataset, img_size: int, mean: Sequence[float], std: Sequence[float],
+                 augment: bool = False) -> None:
+        self.dataset = dataset
+        self.img_size = img_size
+        self.mean = mean
+        self.std = std
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image = read_image(self.dataset.image_paths[index])
+        target = torch.from_numpy(self.dataset.targets[index].astype(np.float32))
+        if image is None:
+            return None, target, index
+        if self.augment:
+            image = random_resized_crop(image)
+            if float(torch.rand(1)) < 0.5:
+                image = cv2.flip(image, 1)
+        tensor = torch.from_numpy(preprocess(image, self.img_size, self.mean, self.std))
+        return tensor, target, index
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor
+    targets: torch.Tensor
+    """float (N, C) in {1, 0, -1}; -1 entries are ignored by losses and AP."""
+    indices: torch.Tensor
+    broken: list[int]
+
+
+def collate_skip_broken(samples: list) -> Batch:
+    kept = [sample for sample in samples if sample[0] is not None]
+    broken = [sample[2] for sample in samples if sample[0] is None]
+    if not kept:
+        num_classes = samples[0][1].shape[0]
+        return Batch(torch.empty(0), torch.empty(0, num_classes), torch.empty(0, dtype=torch.long), broken)
+    return Batch(
+        images=torch.stack([sample[0] for sample in kept]),
+        targets=torch.stack([sample[1] for sample in kept]),
+        indices=torch.tensor([sample[2] for sample in kept], dtype=torch.long),
+        broken=broken,
+    )
+
+
+def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0,
+                drop_last: bool = False) -> DataLoader:
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=collate_skip_broken,
+        generator=generator,
+        drop_last=drop_last,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def describe_broken(dataset: MultiLabelDataset, broken: Sequence[int], shown: int = 3) -> str:
+    """'2 images could not be read and were skipped: a.jpg, b.jpg'"""
+    unique = sorted(set(broken))
+    names = ", ".join(dataset.image_paths[i].name for i in unique[:shown])
+    more = f" and {len(unique) - shown} more" if len(unique) > shown else ""
+    return f"{len(unique)} image(s) could not be read and were skipped: {names}{more}"

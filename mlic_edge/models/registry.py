@@ -1,0 +1,74 @@
+"""The model registry, timm-style: each method registers a builder under a fixed name."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from mlic_edge.errors import MlicError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., Any]
+    paper: str
+    default_backbone: str
+    default_img_size: int
+    summary: str
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(*, name: str, paper: str, default_backbone: str, default_img_size: int) -> Callable:
+    """Class or function decorator: ``builder(num_classes, backbone, pretrained, **hyperparameters) -> nn.Module``."""
+
+    def decorate(builder: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} registered twice")
+        summary = (builder.__doc__ or "").strip().splitlines()[0] if builder.__doc__ else ""
+        _MODELS[name] = ModelEntry(name, builder, paper, default_backbone, default_img_size, summary)
+        return builder
+
+    return decorate
+
+
+def _load_zoo() -> None:
+    # Importing the package runs every method file's @register_model.
+    import mlic_edge.models.zoo  # noqa: F401
+
+
+def list_models() -> list[ModelEntry]:
+    _load_zoo()
+    return sorted(_MODELS.values(), key=lambda entry: entry.name)
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    _load_zoo()
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, _MODELS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise MlicError(f"unknown model {name!r}", hint=f"{hint}available: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name]
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    backbone: str | None = None,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    **hyperparameters: Any,
+):
+    """Build a registered model; ``backbone`` defaults to the method's paper default."""
+    entry = get_model_entry(name)
+    model = entry.builder(
+        num_classes=num_classes,
+        backbone=backbone or entry.default_backbone,
+        pretrained=pretrained,
+        pretrained_file=pretrained_file,
+        **hyperparameters,
+    )
+    return model

@@ -1,0 +1,3 @@
+"""One file per method; importing this package registers them all."""
+
+from mlic_edge.models.zoo import baseline  # noqa: F401

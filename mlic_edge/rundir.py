@@ -1,0 +1,93 @@
+"""The run directory: the one place every stage reads from and writes to (DESIGN.md, "The flow of one model")."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlic_edge.errors import RunDirError
+from mlic_edge.io import read_json, write_json
+
+DEFAULT_RUNS_ROOT = Path("runs")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @classmethod
+    def resolve(cls, run: str | Path | None = None, model: str | None = None) -> "RunDir":
+        """``--run DIR`` wins; otherwise ``--model NAME`` means ``runs/NAME``."""
+        if run is not None:
+            return cls(Path(run))
+        if model is not None:
+            return cls(DEFAULT_RUNS_ROOT / model)
+        raise RunDirError("no run directory given", hint="pass --run DIR (or --model NAME for runs/NAME)")
+
+    # Files of the run, one name each.
+    @property
+    def run_json(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.path / "last.pt"
+
+    @property
+    def reference(self) -> Path:
+        return self.path / "reference.npz"
+
+    @property
+    def reports(self) -> Path:
+        return self.path / "reports"
+
+    def onnx(self, precision: str = "fp32") -> Path:
+        return self.path / ("model.onnx" if precision == "fp32" else f"model.{precision}.onnx")
+
+    # run.json
+    def exists(self) -> bool:
+        return self.run_json.is_file()
+
+    def read(self) -> dict[str, Any]:
+        if not self.path.is_dir():
+            raise RunDirError(f"run directory {self.path} does not exist", hint="train first: mlic-edge train --data DATA")
+        if not self.run_json.is_file():
+            raise RunDirError(f"{self.run_json} is missing", hint="this is not a run directory; train into it first")
+        return read_json(self.run_json)
+
+    def update(self, **sections: Any) -> dict[str, Any]:
+        """Merge top-level sections into run.json (written atomically) and return the new content."""
+        data = read_json(self.run_json) if self.run_json.is_file() else {}
+        data.update(sections)
+        data["versions"] = {**data.get("versions", {}), **installed_versions()}
+        write_json(self.run_json, data)
+        return data
+
+    def require(self, path: Path, produced_by: str) -> Path:
+        """Refuse clearly when a stage's input is missing."""
+        if not path.exists():
+            raise RunDirError(f"{path} is missing", hint=f"run `{produced_by}` first")
+        return path
+
+
+def installed_versions() -> dict[str, str]:
+    """Versions of what produced the files, without importing heavy packages that are not loaded already."""
+    import importlib.metadata as md
+    import sys
+
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("mlic-edge", "torch", "timm", "onnx", "onnxruntime", "onnxsim", "numpy", "opencv-python"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        versions["torch_cuda"] = str(torch.version.cuda)
+    return versions

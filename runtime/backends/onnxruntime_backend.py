@@ -1,0 +1,54 @@
+"""ONNX Runtime: CPU anywhere, CUDA where onnxruntime-gpu is installed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mlic_edge.errors import BackendError
+from mlic_edge.runtime.backends.base import Backend, BackendInfo
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def available_devices() -> list[str]:
+    import onnxruntime as ort
+
+    present = set(ort.get_available_providers())
+    return [device for device, provider in PROVIDERS.items() if provider in present]
+
+
+class OnnxRuntimeBackend(Backend):
+    def __init__(self, onnx_path: Path, device: str = "cpu", precision: str = "fp32", threads: int = 0) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as error:
+            raise BackendError("onnxruntime is not installed", hint="pip install onnxruntime") from error
+        if device not in PROVIDERS:
+            raise BackendError(f"unknown device {device!r} for onnxruntime", hint="use cpu or cuda")
+        if device not in available_devices():
+            raise BackendError(f"ONNX Runtime here has no {PROVIDERS[device]}",
+                               hint="install onnxruntime-gpu for CUDA, or use --device cpu")
+        if not Path(onnx_path).is_file():
+            raise BackendError(f"{onnx_path} is missing", hint="run `mlic-edge export --run RUN` first")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        providers = [PROVIDERS[device]] + (["CPUExecutionProvider"] if device != "cpu" else [])
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+        except Exception as error:
+            raise BackendError(f"ONNX Runtime could not load {onnx_path}: {str(error).splitlines()[0][:200]}",
+                               hint="re-export the model with `mlic-edge export`") from error
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.info = BackendInfo(backend="onnxruntime", device=device, precision=precision, version=ort.__version__,
+                                details={"providers": self.session.get_providers(), "model": str(onnx_path)})
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
+
+    def close(self) -> None:
+        self.session = None

@@ -1,0 +1,35 @@
+"""PyTorch: the reference. The one runtime module allowed to import torch, and only when it is chosen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mlic_edge.errors import BackendError
+from mlic_edge.runtime.backends.base import Backend, BackendInfo
+
+
+class TorchBackend(Backend):
+    def __init__(self, checkpoint: Path, device: str = "cpu") -> None:
+        try:
+            import torch
+
+            from mlic_edge.models.checkpoint import load_model
+        except ImportError as error:
+            raise BackendError("the torch backend needs PyTorch and timm",
+                               hint="pip install 'mlic-edge[train]', or use --backend onnxruntime") from error
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendError("--device cuda asked for, but PyTorch sees no CUDA GPU", hint="use --device cpu")
+        self._torch = torch
+        self.device = torch.device(device)
+        self.graph = load_model(checkpoint).for_export().to(self.device)
+        self.info = BackendInfo(backend="torch", device=device, precision="fp32", version=torch.__version__,
+                                details={"checkpoint": str(checkpoint)})
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        with self._torch.no_grad():
+            return self.graph(self._torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)).cpu().numpy()
+
+    def close(self) -> None:
+        self.graph = None

@@ -1,0 +1,48 @@
+"""PyTorch inference over a split: the scores that training validation, ``eval`` and ``reference.npz`` share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from mlic_edge.data.dataset import MultiLabelDataset
+from mlic_edge.data.torch_data import ImageDataset, make_loader
+
+
+@dataclass
+class SplitScores:
+    scores: np.ndarray
+    """float32 (N_kept, C) sigmoid probabilities."""
+    kept: np.ndarray
+    """indices into the dataset of the images that were read."""
+    broken: list[int]
+
+    def targets(self, dataset: MultiLabelDataset) -> np.ndarray:
+        return dataset.targets[self.kept]
+
+
+@torch.no_grad()
+def predict_scores(model: torch.nn.Module, dataset: MultiLabelDataset, img_size: int, mean: Sequence[float],
+                   std: Sequence[float], batch_size: int = 32, workers: int = 0,
+                   device: torch.device | str = "cpu",
+                   on_batch: Callable[[int], None] | None = None) -> SplitScores:
+    model.eval()
+    loader = make_loader(ImageDataset(dataset, img_size, mean, std), batch_size, shuffle=False, workers=workers)
+    scores, kept, broken = [], [], []
+    for batch in loader:
+        broken.extend(batch.broken)
+        if len(batch.indices):
+            logits = model(batch.images.to(device, non_blocking=True))
+            scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+            kept.append(batch.indices.numpy())
+        if on_batch:
+            on_batch(len(batch.indices) + len(batch.broken))
+    num_classes = dataset.num_classes
+    return SplitScores(
+        scores=np.concatenate(scores).astype(np.float32) if scores else np.zeros((0, num_classes), np.float32),
+        kept=np.concatenate(kept) if kept else np.zeros(0, np.int64),
+        broken=broken,
+    )

@@ -1,0 +1,226 @@
+"""The training loop: BCE-family loss, SGD/AdamW, warm-up + cosine/step, AMP on CUDA, validation mAP each epoch,
+best checkpoint, resume. Writes the run directory (checkpoint.pt, last.pt, run.json, reports/train_log.csv)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mlic_edge import metrics
+from mlic_edge.console import info, progress_bar, warn
+from mlic_edge.data import open_dataset
+from mlic_edge.data.torch_data import ImageDataset, describe_broken, make_loader
+from mlic_edge.errors import MlicError
+from mlic_edge.models import create_model, get_model_entry
+from mlic_edge.models.backbone import backbone_data_config
+from mlic_edge.models.checkpoint import read_checkpoint, save_checkpoint
+from mlic_edge.rundir import RunDir
+from mlic_edge.train.evaluate import predict_scores
+from mlic_edge.train.losses import create_loss
+from mlic_edge.train.schedule import DEFAULT_LR, create_optimizer, create_scheduler
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    data: str
+    out: Path
+    backbone: str | None = None
+    epochs: int = 20
+    img_size: int | None = None
+    batch_size: int = 32
+    lr: float | None = None
+    optimizer: str = "sgd"
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    weight_decay: float = 1e-4
+    loss: str = "bce"
+    pretrained: bool = False
+    pretrained_file: str | None = None
+    train_split: str | None = None
+    eval_split: str | None = None
+    difficult: str = "ignore"
+    workers: int = 2
+    seed: int = 0
+    resume: bool = False
+    device: str = "auto"
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.lr is None or self.lr > 0, "--lr must be positive"),
+            (self.img_size is None or self.img_size >= 32, "--img-size must be at least 32"),
+            (self.workers >= 0, "--workers must be 0 or more"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise MlicError(message)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MlicError(f"--device {name} asked for, but PyTorch sees no CUDA GPU", hint="use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train and write the run directory; returns the final metrics section of run.json."""
+    config.validate()
+    entry = get_model_entry(config.model)
+    run = RunDir(config.out)
+    device = select_device(config.device)
+    seed_everything(config.seed)
+
+    train_set = open_dataset(config.data, role="train", split=config.train_split, difficult=config.difficult)
+    eval_set = open_dataset(config.data, role="eval", split=config.eval_split, difficult=config.difficult)
+    if eval_set.names != train_set.names:
+        raise MlicError("train and eval splits have different classes", hint="check the dataset's class list")
+    for note in train_set.notes + eval_set.notes:
+        warn(note)
+
+    resume_state = None
+    if config.resume:
+        resume_state = read_checkpoint(run.last_checkpoint)
+        saved = resume_state["train_config"]
+        for key in ("model", "backbone", "img_size"):
+            if getattr(config, key) not in (None, saved[key]):
+                raise MlicError(f"--resume with a different {key} ({getattr(config, key)} vs {saved[key]})",
+                                hint="resume with the original options, or train into a new --out")
+        config = TrainConfig(**{**saved, "out": config.out, "epochs": config.epochs, "resume": True,
+                                "workers": config.workers, "device": config.device})
+    elif run.checkpoint.exists() or run.last_checkpoint.exists():
+        info(f"[dim]{run.path} already holds a run; training from scratch overwrites it (use --resume to go on)[/dim]")
+
+    img_size = config.img_size or entry.default_img_size
+    backbone = config.backbone or entry.default_backbone
+    model = create_model(config.model, train_set.num_classes, backbone=backbone, pretrained=config.pretrained
+                         and resume_state is None, pretrained_file=config.pretrained_file, **config.model_options)
+    data_config = backbone_data_config(model.backbone)
+    model.to(device)
+
+    loss_fn = create_loss(config.loss)
+    lr = config.lr or DEFAULT_LR.get(config.optimizer, 0.01)
+    optimizer = create_optimizer(model, config.optimizer, lr, config.weight_decay)
+    train_loader = make_loader(ImageDataset(train_set, img_size, data_config["mean"], data_config["std"],
+                                            augment=True), config.batch_size, shuffle=True,
+                               workers=config.workers, seed=config.seed, drop_last=len(train_set) > config.batch_size)
+    steps_per_epoch = max(1, len(train_loader))
+    scheduler = create_scheduler(optimizer, config.epochs * steps_per_epoch,
+                                 int(config.warmup_epochs * steps_per_epoch), config.schedule)
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_epoch, best_map, history = 0, -1.0, []
+    if resume_state is not None:
+        model.load_state_dict(resume_state["state_dict"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        start_epoch, best_map, history = resume_state["epoch"], resume_state["best_map"], resume_state["history"]
+        if start_epoch >= config.epochs:
+            raise MlicError(f"{run.last_checkpoint} already finished {start_epoch} epochs",
+                            hint="pass a larger --epochs to train longer")
+        info(f"resuming {run.path} at epoch {start_epoch + 1}/{config.epochs}")
+
+    run.path.mkdir(parents=True, exist_ok=True)
+    train_config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    train_config.update(img_size=img_size, backbone=backbone, lr=lr)
+    run.update(
+        model=config.model, backbone=backbone, img_size=img_size, mean=data_config["mean"], std=data_config["std"],
+        labels=train_set.names, model_config=model.config(),
+        dataset={"spec": train_set.spec, "format": train_set.format, "train_split": train_set.split,
+                 "eval_split": eval_set.split, "difficult": config.difficult,
+                 "train_images": len(train_set), "eval_images": len(eval_set),
+                 "train_class_counts": train_set.class_counts().tolist()},
+    )
+    info(f"training [bold]{config.model}[/bold] ({backbone}, {img_size}px) on {train_set.spec}: "
+         f"{len(train_set)} train / {len(eval_set)} eval images, {train_set.num_classes} classes, device {device}")
+
+    broken_train: list[int] = []
+    started = time.monotonic()
+    with progress_bar() as progress:
+        for epoch in range(start_epoch, config.epochs):
+            model.train()
+            task = progress.add_task(f"epoch {epoch + 1}/{config.epochs}", total=len(train_set), status="")
+            running, seen = 0.0, 0
+            for batch in train_loader:
+                broken_train.extend(batch.broken)
+                if len(batch.indices) == 0:
+                    progress.advance(task, len(batch.broken))
+                    continue
+                images = batch.images.to(device, non_blocking=True)
+                targets = batch.targets.to(device, non_blocking=True)
+                with torch.autocast(device.type, enabled=use_amp):
+                    loss = loss_fn(model(images), targets)
+                if not torch.isfinite(loss):
+                    raise MlicError(f"loss became {loss.item()} at epoch {epoch + 1}",
+                                    hint="lower --lr or use a warm-up (--warmup-epochs)")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                running += loss.item() * len(batch.indices)
+                seen += len(batch.indices)
+                progress.update(task, advance=len(batch.indices) + len(batch.broken),
+                                status=f"loss {running / seen:.4f} lr {scheduler.get_last_lr()[0]:.2e}")
+            val_task = progress.add_task("  validate", total=len(eval_set), status="")
+            split_scores = predict_scores(model, eval_set, img_size, data_config["mean"], data_config["std"],
+                                          config.batch_size, config.workers, device,
+                                          on_batch=lambda n: progress.advance(val_task, n))
+            val = metrics.mean_average_precision(split_scores.scores, split_scores.targets(eval_set))
+            train_loss = running / max(1, seen)
+            progress.update(task, status=f"loss {train_loss:.4f} val mAP {val.map:.4f}")
+            progress.remove_task(val_task)
+            history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_mAP": _finite(val.map),
+                            "lr": scheduler.get_last_lr()[0], "elapsed_s": round(time.monotonic() - started, 1)})
+            is_best = math.isfinite(val.map) and val.map > best_map
+            if is_best:
+                best_map = val.map
+                save_checkpoint(run.checkpoint, model, epoch=epoch + 1, val_mAP=val.map)
+            save_checkpoint(run.last_checkpoint, model, epoch=epoch + 1, best_map=best_map, history=history,
+                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                            train_config=train_config)
+            _write_log(run.reports / "train_log.csv", history)
+
+    if broken_train:
+        warn(describe_broken(train_set, broken_train) + " (training split)")
+    if split_scores.broken:
+        warn(describe_broken(eval_set, split_scores.broken) + " (eval split)")
+    best = max(history, key=lambda row: row["val_mAP"] if row["val_mAP"] is not None else -1)
+    train_section = {"config": train_config, "history": history, "best_epoch": best["epoch"],
+                     "best_val_mAP": best["val_mAP"], "device": str(device),
+                     "skipped_images": {"train": len(set(broken_train)), "eval": len(set(split_scores.broken))}}
+    run.update(train=train_section)
+    return train_section
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
