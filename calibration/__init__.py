@@ -1,0 +1,1 @@
+"""INT8 calibration sets and explicit Q/DQ quantization (onnx, onnxruntime, numpy — never torch)."""

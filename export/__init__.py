@@ -1,0 +1,1 @@
+"""PyTorch -> ONNX export and the PyTorch reference scores."""

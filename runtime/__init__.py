@@ -1,0 +1,1 @@
+"""Inference without PyTorch: backends, sources, the pipeline, sinks, latency and parity."""

@@ -22,6 +22,7 @@ from mlic_edge.errors import MlicError
 from mlic_edge.models import create_model, get_model_entry
 from mlic_edge.models.backbone import backbone_data_config
 from mlic_edge.models.checkpoint import read_checkpoint, save_checkpoint
+from mlic_edge.plot import line_chart
 from mlic_edge.rundir import RunDir
 from mlic_edge.train.evaluate import predict_scores
 from mlic_edge.train.losses import create_loss
@@ -201,6 +202,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
                             optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                             train_config=train_config)
             _write_log(run.reports / "train_log.csv", history)
+            line_chart(run.reports / "training_curves.png", f"{config.model} ({backbone})",
+                       [row["epoch"] for row in history],
+                       {"train loss": [row["train_loss"] for row in history],
+                        "val mAP": [row["val_mAP"] for row in history]})
 
     if broken_train:
         warn(describe_broken(train_set, broken_train) + " (training split)")

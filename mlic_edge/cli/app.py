@@ -382,6 +382,7 @@ def parity(
     from mlic_edge.runtime.parity import check_parity, compute_parity, parity_markdown
 
     run_dir = _run_dir(run, model)
+    run_dir.read()
     with create_backend(backend, run_dir, precision, device) as engine, progress_bar(transient=True) as progress:
         task = progress.add_task(f"parity {engine.info.backend}", total=None, status="")
         report = compute_parity(run_dir, engine, data=data, threshold=threshold, map_tolerance=map_tolerance,

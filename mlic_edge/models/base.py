@@ -35,7 +35,7 @@ class MultiLabelModel(nn.Module):
         Methods with a label branch override ``fold_static`` so it runs once here, not per image.
         """
         self.eval()
-        return _ScoresOutput(self.fold_static())
+        return _ScoresOutput(self.fold_static()).eval()
 
     def fold_static(self) -> nn.Module:
         return self

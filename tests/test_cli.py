@@ -1,0 +1,118 @@
+"""The command line as a user meets it: outputs, JSON for machines, and one-line errors with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cli_helpers import assert_one_line_error, invoke
+
+
+def test_eval_json_has_the_metrics_as_fractions(capsys, trained_run, tmp_path):
+    result = invoke(capsys, "eval", "--run", trained_run, "--json", "--save-scores", tmp_path / "s.npz")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    for key in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"):
+        assert 0.0 <= report[key] <= 1.0, key
+    assert report["backend"] == "torch" and report["groups"] is not None
+    import numpy as np
+
+    with np.load(tmp_path / "s.npz") as saved:
+        assert set(saved.files) == {"scores", "targets", "labels"}
+        assert saved["scores"].shape == saved["targets"].shape
+
+
+def test_run_over_a_folder_writes_one_json_line_per_image(capsys, trained_run, synth_data, tmp_path):
+    out = tmp_path / "preds.jsonl"
+    result = invoke(capsys, "run", str(synth_data / "JPEGImages"), "--run", trained_run, "--out", out,
+                    "--max-frames", 7, "--top-k", 2, "--batch-size", 4, "--threshold", 0.3)
+    assert result.code == 0, result.err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 7
+    assert set(lines[0]) == {"source", "index", "timestamp", "labels", "top_k"} and len(lines[0]["top_k"]) == 2
+    assert all(item["score"] >= 0.3 for line in lines for item in line["labels"])
+    assert "inference" in result.err and "onnxruntime" in result.err  # latency table names what ran
+
+
+def test_run_over_a_video_to_stdout_and_annotated_video(capsys, trained_run, synth_data, tmp_path):
+    result = invoke(capsys, "run", str(synth_data / "video.mp4"), "-r", trained_run, "--save-video",
+                    tmp_path / "labelled.mp4", "--backend", "onnxruntime")
+    assert result.code == 0, result.err
+    records = [json.loads(line) for line in result.out.splitlines()]
+    assert len(records) == 12 and records[5]["index"] == 5 and records[5]["timestamp"] > 0
+    assert (tmp_path / "labelled.mp4").stat().st_size > 0
+
+
+def test_parity_json_and_report_files(capsys, run_copy):
+    result = invoke(capsys, "parity", "--run", run_copy, "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    assert report["passed"] and report["backend"]["backend"] == "onnxruntime"
+    assert (run_copy / "reports" / "parity.onnxruntime.fp32.json").is_file()
+    assert "| result | PASS |" in (run_copy / "reports" / "parity.onnxruntime.fp32.md").read_text()
+
+
+def test_parity_fails_with_exit_3_past_tolerance(capsys, run_copy):
+    result = invoke(capsys, "parity", "--run", run_copy, "--map-tolerance", "-1")
+    assert result.code == 3
+    assert_one_line_error(result, "more than the tolerance")
+
+
+def test_data_stats_json(capsys, synth_data, tmp_path):
+    result = invoke(capsys, "data", "stats", str(synth_data), "--json", "--heatmap", tmp_path / "h.png")
+    assert result.code == 0, result.err
+    stats = json.loads(result.out)
+    assert stats["images"] > 0 and len(stats["labels"]) == 4
+    assert set(stats["class_counts"]) == set(stats["labels"])
+    assert (tmp_path / "h.png").stat().st_size > 0
+
+
+def test_data_synth_command(capsys, tmp_path):
+    result = invoke(capsys, "data", "synth", tmp_path / "d", "--classes", 3, "--images", 16, "--size", 48, "--json")
+    assert result.code == 0, result.err
+    json.loads(result.out)
+    assert len((tmp_path / "d" / "ImageSets" / "Main" / "classes.txt").read_text().split()) == 3
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["train", "--data", "no/such/path", "--epochs", "1"], ["no/such/path"]),
+    (["train", "--model", "nosuchmodel", "--data", "x"], ["unknown model"]),
+    (["eval", "--run", "no/such/run"], ["does not exist", "train first"]),
+    (["export", "--model", "ghost"], ["runs/ghost"]),
+    (["parity", "--run", "no/such/run"], ["does not exist"]),
+    (["run", "missing.jpg", "--run", "no/such/run"], ["does not exist"]),
+    (["data", "stats", "no/such/dataset"], ["no/such/dataset"]),
+])
+def test_bad_input_is_one_line_and_non_zero(capsys, args, fragments):
+    assert_one_line_error(invoke(capsys, *args), *fragments)
+
+
+def test_empty_folder_and_empty_split(capsys, tmp_path, trained_run, synth_data):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(invoke(capsys, "run", str(empty), "--run", trained_run), "holds no images")
+    assert_one_line_error(invoke(capsys, "data", "stats", str(empty)))
+    (synth_data / "ImageSets" / "Main" / "nothing.txt").write_text("")
+    try:
+        assert_one_line_error(invoke(capsys, "data", "stats", str(synth_data), "--split", "nothing"), "nothing")
+    finally:
+        (synth_data / "ImageSets" / "Main" / "nothing.txt").unlink()
+
+
+def test_run_dir_lacking_the_onnx_says_to_export(capsys, run_copy, synth_data):
+    (run_copy / "model.onnx").unlink()
+    images = str(synth_data / "JPEGImages")
+    assert_one_line_error(invoke(capsys, "run", images, "--run", run_copy, "--backend", "onnxruntime"),
+                          "model.onnx is missing", "mlic-edge export")
+
+
+def test_unexpected_errors_are_still_one_line(capsys, monkeypatch, trained_run, synth_data):
+    import mlic_edge.runtime.pipeline as pipeline
+
+    def explode(*args, **kwargs):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(pipeline, "run_pipeline", explode)
+    result = invoke(capsys, "run", str(synth_data / "JPEGImages"), "--run", trained_run)
+    assert_one_line_error(result, "internal error: ZeroDivisionError: boom", "--debug")

@@ -1,0 +1,159 @@
+"""Sources, the pipeline, sinks, backends and parity — all without torch in the loop except the reference."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from mlic_edge.errors import BackendError, ParityError, SourceError
+from mlic_edge.rundir import RunDir
+from mlic_edge.runtime.backends import create_backend, resolve_auto
+from mlic_edge.runtime.backends.base import Backend, BackendInfo
+from mlic_edge.runtime.latency import LatencyRecorder
+from mlic_edge.runtime.parity import check_parity, compute_parity
+from mlic_edge.runtime.pipeline import ModelSpec, decide_labels, run_pipeline
+from mlic_edge.runtime.sinks import VideoSink
+from mlic_edge.runtime.sources import open_source
+
+
+@pytest.fixture
+def image_folder(tmp_path, synth_data):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in sorted((synth_data / "JPEGImages").glob("*.jpg"))[:5]:
+        shutil.copy(path, folder / path.name)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    return folder
+
+
+def test_folder_source_ignores_non_images_and_flags_broken_ones(image_folder):
+    with open_source(str(image_folder)) as source:
+        frames = list(source)
+    assert source.kind == "folder" and len(frames) == 6
+    assert [f.image is None for f in frames] == [False] * 5 + [True]
+
+
+def test_glob_image_and_video_sources(image_folder, synth_data):
+    assert open_source(str(image_folder / "*.jpg")).kind == "glob"
+    single = next(iter(open_source(str(next(image_folder.glob("*.jpg"))))))
+    assert single.image is not None and single.image.ndim == 3
+    with open_source(str(synth_data / "video.mp4")) as video:
+        frames = list(video)
+    assert video.kind == "video" and len(frames) == 12 and video.fps == pytest.approx(10)
+    assert frames[-1].timestamp > frames[0].timestamp
+
+
+@pytest.mark.parametrize("spec, fragment", [("missing/folder", "does not exist"), ("camera7", "cannot open camera"),
+                                            ("rtsp://127.0.0.1:1/none", "cannot open stream")])
+def test_bad_sources_are_clear_errors(spec, fragment):
+    with pytest.raises(SourceError, match=fragment):
+        open_source(spec)
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(SourceError, match="holds no images"):
+        open_source(str(tmp_path))
+
+
+def test_decide_labels_threshold_and_top_k():
+    over, best = decide_labels(np.array([0.2, 0.9, 0.5, 0.7]), ["a", "b", "c", "d"], threshold=0.5, top_k=2)
+    assert [x["label"] for x in over] == ["b", "d", "c"]
+    assert [x["label"] for x in best] == ["b", "d"]
+
+
+class FixedBackend(Backend):
+    """Scores known in advance, to check what the pipeline and parity do with them."""
+
+    def __init__(self, scores_for, precision="fp32"):
+        self.scores_for = scores_for
+        self.calls = []
+        self.info = BackendInfo("fixed", "cpu", precision, "0")
+
+    def infer(self, batch):
+        self.calls.append(len(batch))
+        return self.scores_for(batch)
+
+
+def test_pipeline_batches_records_and_times_every_stage(image_folder):
+    spec = ModelSpec(["a", "b"], 32, [0.5] * 3, [0.25] * 3)
+    backend = FixedBackend(lambda batch: np.tile([[0.8, 0.1]], (len(batch), 1)))
+    records, latency = [], LatencyRecorder()
+    with open_source(str(image_folder)) as source:
+        stats = run_pipeline(source, backend, spec, batch_size=2, top_k=1, latency=latency,
+                             on_result=lambda frame, record, labels: records.append(record))
+    assert stats.frames == 5 and stats.unreadable == 1 and "zz_broken.jpg" in stats.unreadable_names[0]
+    assert backend.calls == [2, 2, 1]
+    assert [r["index"] for r in records] == [0, 1, 2, 3, 4]
+    assert records[0]["labels"] == [{"label": "a", "score": 0.8}] and records[0]["top_k"][0]["label"] == "a"
+    summary = latency.summary()
+    assert set(summary["stages_ms"]) == {"decode", "preprocess", "inference", "postprocess"}
+    assert summary["frames"] == 5 and summary["fps"] > 0
+
+
+def test_max_frames_stops_early(synth_data):
+    spec = ModelSpec(["a"], 32, [0.5] * 3, [0.25] * 3)
+    with open_source(str(synth_data / "video.mp4")) as source:
+        stats = run_pipeline(source, FixedBackend(lambda b: np.zeros((len(b), 1))), spec, max_frames=4)
+    assert stats.frames == 4
+
+
+def test_video_sink_writes_a_readable_labelled_video(tmp_path):
+    sink = VideoSink(tmp_path / "out.mp4", fps=5)
+    for value in range(6):
+        sink.write(np.full((48, 64, 3), value * 30, np.uint8), [{"label": "circle", "score": 0.9}])
+    sink.close()
+    capture = cv2.VideoCapture(str(tmp_path / "out.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+    assert not list(tmp_path.glob(".out*"))  # no temporary left behind
+
+
+def test_auto_backend_says_what_it_picks(trained_run):
+    backend_name, device = resolve_auto()
+    assert backend_name == "onnxruntime" and device in ("cpu", "cuda")
+    with create_backend("auto", RunDir(trained_run)) as backend:
+        assert backend.info.backend == "onnxruntime"
+
+
+def test_missing_tensorrt_is_an_error_not_a_fallback(trained_run):
+    with pytest.raises(BackendError, match="tensorrt") as error:
+        create_backend("tensorrt", RunDir(trained_run))
+    assert "onnxruntime" in str(error.value)
+
+
+def test_missing_precision_file_names_the_command(trained_run):
+    with pytest.raises(Exception, match="model.fp16.onnx is missing"):
+        create_backend("onnxruntime", RunDir(trained_run), precision="fp16")
+
+
+@pytest.mark.parametrize("backend_name", ["onnxruntime", "torch"])
+def test_parity_passes_for_faithful_backends(trained_run, backend_name):
+    run = RunDir(trained_run)
+    with create_backend(backend_name, run, device="cpu") as backend:
+        report = compute_parity(run, backend)
+    assert report["passed"] and report["max_abs_diff"] < 1e-4
+    assert report["identical_label_sets"] == 1.0
+    assert abs(report["mAP_diff"]) < 1e-6
+    assert report["backend"]["backend"] == backend_name
+    json.dumps(report)
+
+
+def test_parity_fails_past_the_tolerance(trained_run):
+    run = RunDir(trained_run)
+    with np.load(run.reference) as ref:
+        reversed_scores = 1.0 - ref["scores"]  # a broken backend: right shapes, inverted ranking
+    queue = list(range(0, len(reversed_scores), 16))
+
+    def broken(batch):
+        start = queue.pop(0)
+        return reversed_scores[start:start + len(batch)]
+
+    report = compute_parity(run, FixedBackend(broken))
+    assert report["mAP_reference"] > 0.6, "the fixture model should have learned something"
+    assert not report["passed"] and report["mAP_backend"] < report["mAP_reference"] - 0.1
+    with pytest.raises(ParityError, match="below the reference"):
+        check_parity(report)

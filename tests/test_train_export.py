@@ -1,0 +1,120 @@
+"""Training, export and the reference: what the run directory holds afterwards, and that it is right."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from mlic_edge import metrics
+from mlic_edge.data import open_dataset
+from mlic_edge.data.images import preprocess, read_image
+from mlic_edge.errors import MlicError
+from mlic_edge.models.checkpoint import load_model
+from mlic_edge.rundir import RunDir
+from mlic_edge.train.trainer import TrainConfig, train
+
+
+def test_training_writes_the_run_directory(trained_run):
+    run = RunDir(trained_run)
+    meta = run.read()
+    assert run.checkpoint.is_file() and run.last_checkpoint.is_file()
+    assert meta["model"] == "baseline" and meta["backbone"] == "resnet10t" and meta["img_size"] == 64
+    assert len(meta["labels"]) == 4 and len(meta["mean"]) == 3
+    history = meta["train"]["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(row["train_loss"]) for row in history)
+    assert meta["versions"]["torch"] == torch.__version__.split("+")[0] or meta["versions"]["torch"]
+    assert (run.reports / "train_log.csv").read_text().startswith("epoch,train_loss,val_mAP")
+
+
+def test_resume_continues_from_the_last_epoch(run_copy, synth_data):
+    result = train(TrainConfig(model="baseline", data=f"voc:{synth_data}", out=run_copy, epochs=7, resume=True,
+                               workers=0))
+    assert [row["epoch"] for row in result["history"]] == [1, 2, 3, 4, 5, 6, 7]
+    assert result["config"]["backbone"] == "resnet10t" and result["config"]["img_size"] == 64
+
+
+def test_resume_refuses_a_finished_run(run_copy, synth_data):
+    with pytest.raises(MlicError, match="already finished 6 epochs"):
+        train(TrainConfig(model="baseline", data=f"voc:{synth_data}", out=run_copy, epochs=6, resume=True,
+                          workers=0))
+
+
+def test_broken_images_are_skipped_and_counted(tmp_path, synth_data):
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    victims = sorted((data / "JPEGImages").glob("*.jpg"))[:3]
+    victims[0].write_bytes(b"\xff\xd8 truncated")
+    victims[1].write_bytes(b"")
+    victims[2].unlink()
+    result = train(TrainConfig(model="baseline", data=f"voc:{data}", out=tmp_path / "run", backbone="resnet10t",
+                               epochs=1, img_size=32, batch_size=16, workers=0))
+    skipped = result["skipped_images"]["train"] + result["skipped_images"]["eval"]
+    assert skipped == 2  # the deleted one is dropped when the split is opened, with a note
+
+
+def test_baseline_learns_the_synthetic_data(tmp_path_factory):
+    """Clearly better than chance: chance AP of a class is its prevalence."""
+    from mlic_edge.data.synth import SynthConfig, generate
+
+    data = tmp_path_factory.mktemp("learn")
+    generate(data, SynthConfig(classes=4, images=240, size=64, seed=3))
+    result = train(TrainConfig(model="baseline", data=f"voc:{data}", out=tmp_path_factory.mktemp("r") / "run",
+                               backbone="resnet10t", epochs=5, img_size=64, batch_size=16, optimizer="adamw",
+                               lr=3e-3, warmup_epochs=0.5, workers=0))
+    eval_set = open_dataset(f"voc:{data}", role="eval")
+    chance = float(np.mean((eval_set.targets == 1).mean(axis=0)))
+    assert result["best_val_mAP"] > chance + 0.2, (result["best_val_mAP"], chance)
+
+
+def test_export_is_dynamic_simplified_and_carries_metadata(trained_run):
+    run = RunDir(trained_run)
+    proto = onnx.load(str(run.onnx()))
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value
+    meta = {entry.key: entry.value for entry in proto.metadata_props}
+    run_meta = run.read()
+    assert json.loads(meta["labels"]) == run_meta["labels"] and int(meta["img_size"]) == 64
+    assert json.loads(meta["mean"]) == pytest.approx(run_meta["mean"])
+    assert proto.opset_import[0].version == 17
+    assert run_meta["export"]["check"]["max_abs_diff"] < 1e-4
+    assert run_meta["export"]["check"]["images"] == 8
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onnx_matches_pytorch_on_real_images(trained_run, synth_data, batch):
+    run = RunDir(trained_run)
+    meta = run.read()
+    dataset = open_dataset(f"voc:{synth_data}", role="eval")
+    inputs = np.stack([preprocess(read_image(p), 64, meta["mean"], meta["std"]) for p in dataset.image_paths[:batch]])
+    session = ort.InferenceSession(str(run.onnx()), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": inputs})[0]
+    with torch.no_grad():
+        expected = torch.sigmoid(load_model(run.checkpoint)(torch.from_numpy(inputs))).numpy()
+    assert got.shape == (batch, 4)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_reference_holds_pytorch_scores_of_the_eval_split(trained_run, synth_data):
+    run = RunDir(trained_run)
+    with np.load(run.reference) as ref:
+        dataset = open_dataset(f"voc:{synth_data}", role="eval")
+        assert list(ref["image_ids"]) == dataset.image_ids()
+        np.testing.assert_array_equal(ref["targets"], dataset.targets)
+        assert list(ref["labels"]) == dataset.names
+        assert ref["scores"].shape == dataset.targets.shape
+        ref_map = metrics.mean_average_precision(ref["scores"], ref["targets"]).map
+    assert run.read()["reference"]["mAP"] == pytest.approx(ref_map)
+
+
+def test_export_without_training_says_what_to_do(tmp_path):
+    from mlic_edge.export.onnx_export import export_onnx
+
+    with pytest.raises(MlicError, match="train first"):
+        export_onnx(RunDir(tmp_path / "nothing"))
