@@ -102,9 +102,9 @@ def check_parity(report: dict[str, Any]) -> None:
             hint="inspect reports/parity.json; pass --map-tolerance to accept a larger drop")
 
 
-def parity_markdown(report: dict[str, Any]) -> str:
+def parity_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     backend = report["backend"]
-    rows = [
+    return [
         ("backend", f"{backend['backend']} {backend['version']} ({backend['device']}, {backend['precision']})"),
         ("images", f"{report['images']} ({report['split']})"),
         ("mAP reference (PyTorch)", f"{report['mAP_reference'] * 100:.2f}"),
@@ -116,5 +116,19 @@ def parity_markdown(report: dict[str, Any]) -> str:
         ("tolerance (mAP drop)", f"{report['map_tolerance'] * 100:.2f} points"),
         ("result", "PASS" if report["passed"] else "FAIL"),
     ]
-    lines = ["# Parity", "", "| | |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
+
+
+def parity_markdown(report: dict[str, Any]) -> str:
+    lines = ["# Parity", "", "| | |", "|---|---|"] + [f"| {name} | {value} |" for name, value in parity_rows(report)]
     return "\n".join(lines) + "\n"
+
+
+def parity_table(report: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table(title="parity against the PyTorch reference", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for name, value in parity_rows(report):
+        table.add_row(name, value)
+    return table

@@ -56,6 +56,12 @@ def test_baseline_gives_one_logit_per_label(num_classes, pool):
     assert torch.all((scores >= 0) & (scores <= 1))
 
 
+@pytest.mark.parametrize("backbone", ["mobilenetv3_small_050", "efficientnet_b0", "densenet121"])
+def test_backbones_with_a_head_block_or_other_widths(backbone):
+    model = create_model("baseline", 3, backbone=backbone).eval()
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 3)
+
+
 def test_checkpoint_round_trip_with_weights_only(tmp_path):
     model = create_model("baseline", 5, backbone="resnet10t", pool="max", drop_rate=0.1).eval()
     save_checkpoint(tmp_path / "checkpoint.pt", model, epoch=3)

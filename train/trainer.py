@@ -44,6 +44,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     weight_decay: float = 1e-4
     loss: str = "bce"
+    crop_scale: float = 0.6
     pretrained: bool = False
     pretrained_file: str | None = None
     train_split: str | None = None
@@ -62,6 +63,7 @@ class TrainConfig:
             (self.lr is None or self.lr > 0, "--lr must be positive"),
             (self.img_size is None or self.img_size >= 32, "--img-size must be at least 32"),
             (self.workers >= 0, "--workers must be 0 or more"),
+            (0.05 <= self.crop_scale <= 1.0, "--crop-scale must be in [0.05, 1]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -121,7 +123,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     lr = config.lr or DEFAULT_LR.get(config.optimizer, 0.01)
     optimizer = create_optimizer(model, config.optimizer, lr, config.weight_decay)
     train_loader = make_loader(ImageDataset(train_set, img_size, data_config["mean"], data_config["std"],
-                                            augment=True), config.batch_size, shuffle=True,
+                                            augment=True, crop_scale=(config.crop_scale, 1.0)),
+                               config.batch_size, shuffle=True,
                                workers=config.workers, seed=config.seed, drop_last=len(train_set) > config.batch_size)
     steps_per_epoch = max(1, len(train_loader))
     scheduler = create_scheduler(optimizer, config.epochs * steps_per_epoch,
@@ -159,12 +162,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
     with progress_bar() as progress:
         for epoch in range(start_epoch, config.epochs):
             model.train()
-            task = progress.add_task(f"epoch {epoch + 1}/{config.epochs}", total=len(train_set), status="")
+            task = progress.add_task(f"epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch, status="")
             running, seen = 0.0, 0
             for batch in train_loader:
                 broken_train.extend(batch.broken)
                 if len(batch.indices) == 0:
-                    progress.advance(task, len(batch.broken))
+                    progress.advance(task)
                     continue
                 images = batch.images.to(device, non_blocking=True)
                 targets = batch.targets.to(device, non_blocking=True)
@@ -182,7 +185,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 scheduler.step()
                 running += loss.item() * len(batch.indices)
                 seen += len(batch.indices)
-                progress.update(task, advance=len(batch.indices) + len(batch.broken),
+                progress.update(task, advance=1,
                                 status=f"loss {running / seen:.4f} lr {scheduler.get_last_lr()[0]:.2e}")
             val_task = progress.add_task("  validate", total=len(eval_set), status="")
             split_scores = predict_scores(model, eval_set, img_size, data_config["mean"], data_config["std"],

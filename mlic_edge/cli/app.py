@@ -241,20 +241,23 @@ def evaluate(
 
 
 def _metrics_table(report: dict):
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"{report['data']} [{report['split']}], {report['num_images']} images "
-                        f"({report['backend']}, {report['device']})", title_justify="left")
+    table = Table(title=escape(f"{report['data']} [{report['split']}], {report['num_images']} images "
+                               f"({report['backend']}, {report['device']})"), title_justify="left")
+    table.add_column("")
     for column in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"):
         table.add_column(column, justify="right")
 
     def pct(value):
         return "-" if value is None else f"{value * 100:.2f}"
 
-    table.add_row(*[pct(report[key]) for key in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")])
-    top = next((value for key, value in report.items() if key.startswith("top") and isinstance(value, dict)), None)
-    if top:
-        table.add_row("top-3", *[pct(top[key]) for key in ("CP", "CR", "CF1", "OP", "OR", "OF1")])
+    keys = ("CP", "CR", "CF1", "OP", "OR", "OF1")
+    table.add_row(f"score >= {report['threshold']}", pct(report["mAP"]), *[pct(report[key]) for key in keys])
+    for name, value in report.items():
+        if name.startswith("top") and isinstance(value, dict):
+            table.add_row(f"{name[:3]}-{name[3:]}", "", *[pct(value[key]) for key in keys])
     groups = report.get("groups")
     if groups:
         table.caption = "mAP head/middle/tail: " + " / ".join(pct(groups.get(k)) for k in ("head", "middle", "tail"))
@@ -379,7 +382,7 @@ def parity(
     from mlic_edge.console import console, progress_bar
     from mlic_edge.io import atomic_path, write_json
     from mlic_edge.runtime.backends import create_backend
-    from mlic_edge.runtime.parity import check_parity, compute_parity, parity_markdown
+    from mlic_edge.runtime.parity import check_parity, compute_parity, parity_markdown, parity_table
 
     run_dir = _run_dir(run, model)
     run_dir.read()
@@ -394,9 +397,7 @@ def parity(
     if json_out:
         _emit_json(report)
     else:
-        from rich.markdown import Markdown
-
-        console.print(Markdown(parity_markdown(report)))
+        console.print(parity_table(report))
     check_parity(report)
 
 

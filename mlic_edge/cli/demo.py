@@ -11,7 +11,6 @@ from mlic_edge.console import console, info
 
 def run_demo(out: Path, epochs: int = 8, backbone: str = "resnet10t", classes: int = 6, images: int = 600,
              size: int = 96) -> dict:
-    from rich.markdown import Markdown
     from rich.rule import Rule
 
     from mlic_edge.data.synth import SynthConfig, generate
@@ -20,7 +19,7 @@ def run_demo(out: Path, epochs: int = 8, backbone: str = "resnet10t", classes: i
     from mlic_edge.rundir import RunDir
     from mlic_edge.runtime.backends import create_backend
     from mlic_edge.runtime.latency import LatencyRecorder, latency_table
-    from mlic_edge.runtime.parity import check_parity, compute_parity, parity_markdown
+    from mlic_edge.runtime.parity import check_parity, compute_parity, parity_table
     from mlic_edge.runtime.pipeline import ModelSpec, run_pipeline
     from mlic_edge.runtime.sinks import JsonlSink, VideoSink
     from mlic_edge.runtime.sources import open_source
@@ -64,7 +63,7 @@ def run_demo(out: Path, epochs: int = 8, backbone: str = "resnet10t", classes: i
     console.print(Rule("5/5 parity: ONNX Runtime vs PyTorch on the test split"))
     with create_backend("onnxruntime", run, "fp32", "cpu") as rt:
         report = compute_parity(run, rt)
-    console.print(Markdown(parity_markdown(report)))
+    console.print(parity_table(report))
     check_parity(report)
 
     minutes = (time.monotonic() - started) / 60

@@ -168,7 +168,9 @@ MAX_LABELS = 4
 _MAX_INSTANCES = 6
 # Scene knobs, tuned so a small CNN trained from scratch on ~600 images at 96-128 px learns the shapes in minutes.
 _RADIUS = (0.12, 0.25)  # instance radius range, as a fraction of the image side (log-uniform)
-_ROTATION = math.pi  # instances are rotated uniformly in [-_ROTATION, _ROTATION]
+_ROTATION = 0.45  # instances are rotated uniformly in [-_ROTATION, _ROTATION] rad (+-26 deg). Full turns made
+# the shapes far harder to learn from a few hundred images (small CNN from scratch: test mAP 0.50 vs 0.70 after
+# 15 epochs on the default 8-class set), and the kinds stay distinct under any rotation anyway.
 _OCCLUDER_P = 0.1  # chance an instance is placed on top of an earlier one (deliberate occlusion)
 _TEXTURE = (8.0, 22.0)  # amplitude range of the low-frequency background texture
 
@@ -588,7 +590,7 @@ def _write_video(folder: Path, config: SynthConfig, names: list[str], rules: _Ru
                     state[k] = {
                         "x": rng.uniform(radius, width - radius), "y": rng.uniform(radius, height - radius),
                         "vx": speed * math.cos(heading), "vy": speed * math.sin(heading), "r": radius,
-                        "a": rng.uniform(0, 2 * math.pi), "va": rng.uniform(-0.06, 0.06),
+                        "a": rng.uniform(-_ROTATION, _ROTATION), "va": rng.uniform(-0.03, 0.03),
                         "colour": _random_colour(rng, (0.5, 1.0), (0.55, 1.0)),
                     }
             frame = background.copy()
@@ -603,6 +605,8 @@ def _write_video(folder: Path, config: SynthConfig, names: list[str], rules: _Ru
                 s["x"] += s["vx"]
                 s["y"] += s["vy"]
                 s["a"] += s["va"]
+                if abs(s["a"]) > _ROTATION:  # rock within the training images' rotation range
+                    s["va"] = -s["va"]
                 if not s["r"] * 0.6 <= s["x"] <= width - s["r"] * 0.6:
                     s["vx"] = -s["vx"]
                 if not s["r"] * 0.6 <= s["y"] <= height - s["r"] * 0.6:

@@ -37,11 +37,16 @@ def random_resized_crop(image: np.ndarray, scale: tuple[float, float] = (0.5, 1.
 
 
 class ImageDataset(Dataset):
-    """Images of a split as normalised CHW float tensors; ``augment`` adds random resized crop and flip."""
+    """Images of a split as normalised CHW float tensors; ``augment`` adds random resized crop and flip.
+
+    The crop keeps at least ``crop_scale[0]`` of the image area: multi-label targets stay the image's, so a crop
+    small enough to cut objects out would teach the model wrong labels.
+    """
 
     def __init__(self, dataset: MultiLabelDataset, img_size: int, mean: Sequence[float], std: Sequence[float],
-                 augment: bool = False) -> None:
+                 augment: bool = False, crop_scale: tuple[float, float] = (0.6, 1.0)) -> None:
         self.dataset = dataset
+        self.crop_scale = crop_scale
         self.img_size = img_size
         self.mean = mean
         self.std = std
@@ -56,7 +61,7 @@ class ImageDataset(Dataset):
         if image is None:
             return None, target, index
         if self.augment:
-            image = random_resized_crop(image)
+            image = random_resized_crop(image, self.crop_scale)
             if float(torch.rand(1)) < 0.5:
                 image = cv2.flip(image, 1)
         tensor = torch.from_numpy(preprocess(image, self.img_size, self.mean, self.std))

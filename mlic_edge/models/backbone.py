@@ -40,6 +40,12 @@ def create_backbone(
         ) from error
 
 
+def feature_dim(backbone: nn.Module) -> int:
+    """Width of the pooled features: timm models with a head block (MobileNetV3, ...) output ``head_hidden_size``
+    rather than ``num_features`` when built with ``num_classes=0``."""
+    return int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+
+
 def backbone_data_config(backbone: nn.Module) -> dict[str, Any]:
     """Mean/std the backbone expects (its pretrained config), falling back to ImageNet's."""
     cfg = getattr(backbone, "pretrained_cfg", None) or {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from mlic_edge.models.backbone import create_backbone
+from mlic_edge.models.backbone import create_backbone, feature_dim
 from mlic_edge.models.base import MultiLabelModel
 from mlic_edge.models.registry import register_model
 
@@ -30,7 +30,7 @@ class Baseline(MultiLabelModel):
             raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
         self.backbone = create_backbone(backbone, pretrained, pretrained_file, global_pool=pool)
         self.dropout = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.backbone.num_features, num_classes)
+        self.head = nn.Linear(feature_dim(self.backbone), num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.backbone(images)))

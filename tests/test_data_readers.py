@@ -1,0 +1,184 @@
+"""Dataset readers on small fixtures in their real formats: VOC XML, COCO instances JSON, CSV."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from mlic_edge.data import default_split, open_dataset, parse_data_spec
+from mlic_edge.data.voc import VOC_CLASSES
+from mlic_edge.errors import DataError
+
+
+def _jpeg(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((24, 32, 3), 128, np.uint8))
+
+
+def _voc_xml(filename: str, objects: list[tuple[str, int]]) -> str:
+    body = "".join(
+        f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated>"
+        f"<difficult>{difficult}</difficult><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>20</xmax><ymax>22</ymax>"
+        f"</bndbox></object>" for name, difficult in objects)
+    return (f"<annotation><folder>VOC2007</folder><filename>{filename}</filename><size><width>32</width>"
+            f"<height>24</height><depth>3</depth></size><segmented>0</segmented>{body}</annotation>")
+
+
+def make_voc(root: Path, images: dict[str, list[tuple[str, int]]], splits: dict[str, list[str]],
+             classes: list[str] | None = None) -> Path:
+    (root / "Annotations").mkdir(parents=True)
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    for image_id, objects in images.items():
+        _jpeg(root / "JPEGImages" / f"{image_id}.jpg")
+        (root / "Annotations" / f"{image_id}.xml").write_text(_voc_xml(f"{image_id}.jpg", objects))
+    for split, ids in splits.items():
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+        (root / "ImageSets" / "Main" / f"dog_{split}.txt").write_text("".join(f"{i} -1\n" for i in ids))
+    if classes:
+        (root / "ImageSets" / "Main" / "classes.txt").write_text("\n".join(classes) + "\n")
+    return root
+
+
+@pytest.fixture
+def voc(tmp_path) -> Path:
+    images = {"000001": [("dog", 0), ("person", 0)], "000002": [("cat", 1)], "000003": [("cat", 1), ("cat", 0)],
+              "000004": [("car", 0)], "000005": [("bus", 0), ("person", 1)]}
+    return make_voc(tmp_path / "VOCdevkit" / "VOC2007", images,
+                    {"trainval": ["000001", "000002", "000003"], "test": ["000004", "000005"]})
+
+
+def _row(dataset, image_id: str) -> dict[str, int]:
+    index = [p.stem for p in dataset.image_paths].index(image_id)
+    return {name: int(v) for name, v in zip(dataset.names, dataset.targets[index]) if v != 0}
+
+
+def test_voc_labels_classes_and_default_splits(voc):
+    train = open_dataset(f"voc:{voc}")
+    assert train.names == list(VOC_CLASSES) and train.split == "trainval" and len(train) == 3
+    assert _row(train, "000001") == {"dog": 1, "person": 1}
+    assert _row(train, "000003") == {"cat": 1}  # a non-difficult instance makes it positive
+    test = open_dataset(str(voc), role="eval")
+    assert test.split == "test" and test.format == "voc" and test.spec == f"voc:{voc.resolve()}"
+    assert test.image_ids() == ["JPEGImages/000004.jpg", "JPEGImages/000005.jpg"]
+
+
+@pytest.mark.parametrize("policy, value", [("ignore", -1), ("positive", 1), ("negative", 0)])
+def test_voc_difficult_policies(voc, policy, value):
+    train = open_dataset(f"voc:{voc}", difficult=policy)
+    assert train.targets[[p.stem for p in train.image_paths].index("000002"), train.names.index("cat")] == value
+
+
+def test_voc_parent_folders_are_found(voc):
+    assert open_dataset(str(voc.parent.parent)).root == voc.resolve()  # the folder holding VOCdevkit/
+    assert parse_data_spec(str(voc.parent.parent)) == ("voc", voc.parent.parent.resolve())
+
+
+def test_voc_eval_falls_back_to_val_and_split_override(tmp_path):
+    root = make_voc(tmp_path / "v", {"a": [("dog", 0)], "b": [("cat", 0)]}, {"train": ["a"], "val": ["b"]})
+    assert default_split(str(root), "train") == "train" and default_split(str(root), "eval") == "val"
+    assert len(open_dataset(str(root), role="eval", split="train")) == 1
+
+
+def test_voc_custom_classes_and_unknown_class(tmp_path):
+    root = make_voc(tmp_path / "c", {"a": [("blob", 0)], "b": [("ring", 0)]}, {"trainval": ["a", "b"]},
+                    classes=["ring", "blob"])
+    assert open_dataset(str(root)).names == ["ring", "blob"]
+    bad = make_voc(tmp_path / "u", {"a": [("unicorn", 0)]}, {"trainval": ["a"]})
+    with pytest.raises(DataError, match="unknown class 'unicorn'.*a.xml") as error:
+        open_dataset(str(bad))
+    assert "classes.txt" in str(error.value)
+
+
+def test_voc_missing_annotation_and_image_are_skipped_with_notes(voc):
+    (voc / "Annotations" / "000002.xml").unlink()
+    (voc / "JPEGImages" / "000003.jpg").unlink()
+    train = open_dataset(str(voc))
+    assert [p.stem for p in train.image_paths] == ["000001"]
+    assert any("000002.xml" in note for note in train.notes)
+    assert any("000003.jpg" in note for note in train.notes)
+
+
+def test_missing_and_empty_splits_are_clear_errors(voc):
+    with pytest.raises(DataError, match="split 'nope' not found") as error:
+        open_dataset(str(voc), split="nope")
+    assert "trainval" in str(error.value)
+    (voc / "ImageSets" / "Main" / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="has no images"):
+        open_dataset(str(voc), split="empty")
+
+
+def make_coco(root: Path, year: int = 2017) -> Path:
+    categories = [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}, {"id": 3, "name": "car"}]
+    for split, ids in (("train", [10, 11, 12]), ("val", [20, 21])):
+        images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": 32, "height": 24} for i in ids]
+        for image in images:
+            _jpeg(root / f"{split}{year}" / image["file_name"])
+        annotations = [{"id": 1, "image_id": ids[0], "category_id": 90, "iscrowd": 0, "bbox": [0, 0, 4, 4]},
+                       {"id": 2, "image_id": ids[0], "category_id": 1, "iscrowd": 1, "bbox": [0, 0, 4, 4]},
+                       {"id": 3, "image_id": ids[1], "category_id": 3, "iscrowd": 0, "bbox": [0, 0, 4, 4]}]
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / f"instances_{split}{year}.json").write_text(json.dumps(
+            {"images": images, "annotations": annotations, "categories": categories}))
+    return root
+
+
+def test_coco_category_id_order_and_unannotated_images(tmp_path):
+    root = make_coco(tmp_path / "coco")
+    train = open_dataset(str(root))
+    assert train.format == "coco" and train.split == "train2017"
+    assert train.names == ["person", "car", "toothbrush"]  # id order 1, 3, 90 — not alphabetical, not file order
+    np.testing.assert_array_equal(train.targets, [[1, 0, 1], [0, 1, 0], [0, 0, 0]])  # crowd counts, empty kept
+    from mlic_edge.data.coco import read_coco
+
+    assert len(read_coco(root, "train", drop_unannotated=True)) == 2
+    assert open_dataset(f"coco:{root}", role="eval").split == "val2017"
+
+
+def test_coco_year_choice(tmp_path):
+    root = make_coco(tmp_path / "coco", year=2014)
+    make_coco(root, year=2017)
+    assert open_dataset(str(root)).split == "train2017"
+    assert open_dataset(str(root), split="train2014").split == "train2014"
+    with pytest.raises(DataError, match="'train2099' not found"):
+        open_dataset(str(root), split="train2099")
+
+
+def make_csv(root: Path, rows: dict[str, list[tuple[str, str]]], classes: list[str] | None = None) -> Path:
+    root.mkdir(parents=True)
+    for split, entries in rows.items():
+        lines = ["image,labels,comment"] + [f"{image},{labels},x" for image, labels in entries]
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+        for image, _ in entries:
+            _jpeg(root / image)
+    if classes:
+        (root / "classes.txt").write_text("\n".join(classes))
+    return root
+
+
+def test_csv_names_order_and_val_fallback(tmp_path):
+    root = make_csv(tmp_path / "c", {"train": [("img/a.jpg", "dog;cat"), ("img/b.jpg", "")],
+                                     "val": [("img/c.jpg", "zebra")]})
+    train = open_dataset(str(root))
+    assert train.format == "csv" and train.names == ["cat", "dog", "zebra"]  # union over every csv, sorted
+    np.testing.assert_array_equal(train.targets, [[1, 1, 0], [0, 0, 0]])
+    assert open_dataset(f"csv:{root}", role="eval").split == "val"
+
+
+def test_csv_unknown_label_names_file_and_line(tmp_path):
+    root = make_csv(tmp_path / "c", {"train": [("a.jpg", "dog"), ("b.jpg", "dog;emu")], "test": [("c.jpg", "")]},
+                    classes=["dog", "cat"])
+    with pytest.raises(DataError, match=r"train.csv, line 3: unknown label 'emu'"):
+        open_dataset(str(root))
+
+
+def test_data_spec_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        parse_data_spec(str(tmp_path / "missing"))
+    (tmp_path / "random").mkdir()
+    with pytest.raises(DataError, match="cannot tell the dataset format") as error:
+        parse_data_spec(str(tmp_path / "random"))
+    assert "voc:PATH" in str(error.value)
