@@ -103,7 +103,8 @@ def data_synth(
     config = SynthConfig(classes=classes, images=images, size=size, seed=seed, long_tail=long_tail, video=video)
     with progress_bar(transient=True) as progress:
         task = progress.add_task("synth", total=images, status="")
-        summary = generate(out, config, progress=lambda done, total: progress.update(task, completed=done))
+        summary = generate(out, config, progress=lambda done, total: progress.update(task, completed=done,
+                                                                                     total=total))
     if json_out:
         _emit_json(summary)
     else:
@@ -155,6 +156,8 @@ def train(
     warmup_epochs: float = typer.Option(1.0, "--warmup-epochs"),
     weight_decay: float = typer.Option(1e-4, "--weight-decay"),
     loss: str = typer.Option("bce", "--loss", help="Loss function."),
+    crop_scale: float = typer.Option(0.6, "--crop-scale", help="Smallest share of the image area a random crop "
+                                                               "keeps (multi-label: small crops cut labels out)."),
     pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="Start from ImageNet weights."),
     pretrained_file: Optional[Path] = typer.Option(None, "--pretrained-file", help="Local ImageNet weights file."),
     train_split: Optional[str] = typer.Option(None, "--train-split"),
@@ -176,7 +179,8 @@ def train(
     run_path = out or Path("runs") / model
     config = TrainConfig(model=model, data=data, out=run_path, backbone=backbone, epochs=epochs, img_size=img_size,
                          batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
-                         warmup_epochs=warmup_epochs, weight_decay=weight_decay, loss=loss, pretrained=pretrained,
+                         warmup_epochs=warmup_epochs, weight_decay=weight_decay, loss=loss, crop_scale=crop_scale,
+                         pretrained=pretrained,
                          pretrained_file=str(pretrained_file) if pretrained_file else None,
                          train_split=train_split, eval_split=eval_split, difficult=difficult, workers=workers,
                          seed=seed, resume=resume, device=device)
@@ -405,7 +409,7 @@ def parity(
 @app.command(epilog="Example: `mlic-edge demo --out demo`")
 def demo(
     out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the data and the run."),
-    epochs: int = typer.Option(8, "--epochs"),
+    epochs: int = typer.Option(12, "--epochs"),
     backbone: str = typer.Option("resnet10t", "--backbone"),
 ) -> None:
     """Synthetic data → train a small model → export → run over a video → parity and latency tables."""

@@ -156,6 +156,9 @@ class SynthConfig:
     labels_per_image: float = 2.0
     """Balanced splits: mean number of classes per image (each image holds 1-4)."""
     together_probability: float = 0.8
+    typical_colour: float = 0.75
+    """Share of instances painted near their class's own hue (real objects have typical colours); the rest get
+    a random colour, so shape still matters."""
     difficult_threshold: float = 0.6
     """An instance more hidden than this (occlusion + image border) is written difficult."""
     jpeg_quality: int = 90
@@ -220,6 +223,8 @@ def _validate(out: Path, config: SynthConfig) -> None:
         raise bad(f"synth: labels_per_image must be in [1, {MAX_LABELS}], got {config.labels_per_image}", "use 2")
     if not 0.0 <= config.together_probability <= 1.0:
         raise bad(f"synth: together_probability must be in [0, 1], got {config.together_probability}", "use 0.8")
+    if not 0.0 <= config.typical_colour <= 1.0:
+        raise bad(f"synth: typical_colour must be in [0, 1], got {config.typical_colour}", "use 0.75")
     if not 0.0 < config.difficult_threshold < 1.0:
         raise bad(f"synth: difficult_threshold must be in (0, 1), got {config.difficult_threshold}", "use 0.6")
     if not 1 <= config.jpeg_quality <= 100:
@@ -354,8 +359,11 @@ def _sample_labels(rng: np.random.Generator, n: int, targets: np.ndarray, rules:
 
 
 # ------------------------------------------------------------------------------------------------------------ scenes
-def _random_colour(rng: np.random.Generator, sat: tuple[float, float], val: tuple[float, float]) -> np.ndarray:
-    hsv = np.array([[[rng.uniform(0, 180), rng.uniform(*sat) * 255, rng.uniform(*val) * 255]]], dtype=np.float32)
+def _random_colour(rng: np.random.Generator, sat: tuple[float, float], val: tuple[float, float],
+                   hue: float | None = None) -> np.ndarray:
+    """A BGR colour; ``hue`` (OpenCV's 0-180 scale) pins the hue within +-8, else it is random."""
+    h = rng.uniform(0, 180) if hue is None else (hue + rng.uniform(-8, 8)) % 180
+    hsv = np.array([[[h, rng.uniform(*sat) * 255, rng.uniform(*val) * 255]]], dtype=np.float32)
     return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
 
 
@@ -426,19 +434,25 @@ def _paint(image: np.ndarray, mask: np.ndarray, colour: np.ndarray, rng: np.rand
     region += alpha * fill
 
 
-def _object_colour(rng: np.random.Generator, background: np.ndarray, mask_in_image: np.ndarray) -> np.ndarray:
+def _object_colour(rng: np.random.Generator, background: np.ndarray, mask_in_image: np.ndarray,
+                   hue: float | None = None) -> np.ndarray:
     inside = mask_in_image > 0
     local = background[inside].mean(axis=0) if inside.any() else background.reshape(-1, 3).mean(axis=0)
-    colour = _random_colour(rng, (0.45, 1.0), (0.45, 1.0))
+    colour = _random_colour(rng, (0.45, 1.0), (0.45, 1.0), hue)
     for _ in range(6):
         if float(np.linalg.norm(colour - local)) >= 90.0:
             break
-        colour = _random_colour(rng, (0.45, 1.0), (0.45, 1.0))
+        colour = _random_colour(rng, (0.45, 1.0), (0.45, 1.0), hue)
     return colour
 
 
+def class_hue(cls: int, num_classes: int) -> float:
+    """Each class's typical hue, spread evenly round the colour wheel (OpenCV's 0-180 scale)."""
+    return (cls * 180.0 / max(1, num_classes) + 7.0) % 180.0
+
+
 def _render_scene(rng: np.random.Generator, labels: np.ndarray, names: list[str], size: int,
-                  difficult_threshold: float) -> tuple[np.ndarray, list[dict]]:
+                  difficult_threshold: float, typical_colour: float = 0.75) -> tuple[np.ndarray, list[dict]]:
     """One image (uint8 BGR) and its VOC objects for the classes in ``labels`` (indices)."""
     pad = size // 2
     image = _background(rng, size, size)
@@ -467,7 +481,8 @@ def _render_scene(rng: np.random.Generator, labels: np.ndarray, names: list[str]
         angle = rng.uniform(-_ROTATION, _ROTATION)
         placed.append((cx, cy, radius))
         mask = _instance_mask(names[cls], cx, cy, radius, angle, size, size, pad)
-        colour = _object_colour(rng, image, mask[pad:pad + size, pad:pad + size])
+        hue = class_hue(cls, len(names)) if rng.random() < typical_colour else None
+        colour = _object_colour(rng, image, mask[pad:pad + size, pad:pad + size], hue)
         drawn.append(_Instance(cls, mask, colour))
         _paint(image, mask[pad:pad + size, pad:pad + size], colour, rng)
 
@@ -591,7 +606,8 @@ def _write_video(folder: Path, config: SynthConfig, names: list[str], rules: _Ru
                         "x": rng.uniform(radius, width - radius), "y": rng.uniform(radius, height - radius),
                         "vx": speed * math.cos(heading), "vy": speed * math.sin(heading), "r": radius,
                         "a": rng.uniform(-_ROTATION, _ROTATION), "va": rng.uniform(-0.03, 0.03),
-                        "colour": _random_colour(rng, (0.5, 1.0), (0.55, 1.0)),
+                        "colour": _random_colour(rng, (0.5, 1.0), (0.55, 1.0), class_hue(k, len(names))
+                                                 if rng.random() < config.typical_colour else None),
                     }
             frame = background.copy()
             masks: list[tuple[int, np.ndarray]] = []
@@ -687,7 +703,8 @@ def generate(out: Path, config: SynthConfig, progress: Callable[[int, int], None
                 image_id = f"{index:06d}"
                 rng = np.random.default_rng([config.seed, 1, index])
                 present = np.flatnonzero(labels[split][row])
-                image, objects = _render_scene(rng, present, names, config.size, config.difficult_threshold)
+                image, objects = _render_scene(rng, present, names, config.size, config.difficult_threshold,
+                                              config.typical_colour)
                 ok, data = cv2.imencode(".jpg", image, encode)
                 if not ok:
                     raise DataError("synth: OpenCV could not encode a JPEG", "check the opencv-python install")
