@@ -116,3 +116,41 @@ def test_unexpected_errors_are_still_one_line(capsys, monkeypatch, trained_run, 
     monkeypatch.setattr(pipeline, "run_pipeline", explode)
     result = invoke(capsys, "run", str(synth_data / "JPEGImages"), "--run", trained_run)
     assert_one_line_error(result, "internal error: ZeroDivisionError: boom", "--debug")
+
+
+@pytest.mark.parametrize("command", [["run", "{images}", "--max-frames", "3"], ["parity"]])
+def test_run_and_parity_work_without_torch(trained_run, synth_data, command):
+    """The edge promise: an install without PyTorch runs models and checks parity."""
+    import subprocess
+    import sys
+
+    args = [part.format(images=synth_data / "JPEGImages") for part in command] + ["--run", str(trained_run)]
+    code = ("import sys\nfor name in ('torch', 'timm', 'torchvision'):\n    sys.modules[name] = None\n"
+            f"sys.argv = ['mlic-edge', *{args!r}]\n"
+            "from mlic_edge.cli.app import main\nmain()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "onnxruntime" in result.stderr
+
+
+def test_torch_backend_without_torch_says_how_to_get_it(trained_run):
+    import subprocess
+    import sys
+
+    code = ("import sys\nsys.modules['torch'] = None\n"
+            f"sys.argv = ['mlic-edge', 'parity', '--run', {str(trained_run)!r}, '--backend', 'torch']\n"
+            "from mlic_edge.cli.app import main\nmain()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "pip install 'mlic-edge[train]'" in result.stderr
+
+
+def test_demo_runs_the_whole_path(tmp_path, capsys):
+    from mlic_edge.cli.demo import run_demo
+
+    result = run_demo(tmp_path / "demo", epochs=1, classes=3, images=48, size=48)
+    assert result["parity"]["passed"] and result["latency"]["frames"] > 0
+    for produced in ("run/model.onnx", "run/reference.npz", "run/checkpoint.pt", "video_predictions.jsonl",
+                     "video_labeled.mp4", "data/video.mp4"):
+        assert (tmp_path / "demo" / produced).is_file(), produced
+    assert "Try next" in capsys.readouterr().err

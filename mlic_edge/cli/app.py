@@ -58,9 +58,11 @@ def main() -> None:
 
 
 def _print_error(message: str) -> None:
+    from rich.markup import escape
+
     from mlic_edge.console import console
 
-    console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _emit_json(data: object) -> None:
