@@ -204,6 +204,7 @@ def evaluate(
     threshold: float = typer.Option(0.5, "--threshold", help="Score threshold for CP/CR/CF1/OP/OR/OF1."),
     ap_mode: str = typer.Option("standard", "--ap", help="standard (= scikit-learn) or voc07 (11-point)."),
     batch_size: int = typer.Option(32, "--batch-size"),
+    device: str = DeviceOpt,
     save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="Write scores/targets/labels to .npz."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -217,8 +218,10 @@ def evaluate(
     from mlic_edge.io import atomic_path
     from mlic_edge.models.checkpoint import load_model
     from mlic_edge.train.evaluate import predict_scores
+    from mlic_edge.train.trainer import select_device
 
     run_dir = _run_dir(run, model)
+    torch_device = select_device(device)
     meta = run_dir.read()
     dataset_meta = meta["dataset"]
     dataset = open_dataset(data or dataset_meta["spec"], role="eval", split=split or dataset_meta.get("eval_split"),
@@ -226,8 +229,9 @@ def evaluate(
     if dataset.names != meta["labels"]:
         raise MlicError(f"{dataset.spec} has other classes than the run", hint="evaluate on the dataset it was "
                                                                                "trained on (or one with its labels)")
-    net = load_model(run_dir.require(run_dir.checkpoint, "mlic-edge train"))
-    result = predict_scores(net, dataset, meta["img_size"], meta["mean"], meta["std"], batch_size)
+    net = load_model(run_dir.require(run_dir.checkpoint, "mlic-edge train")).to(torch_device)
+    result = predict_scores(net, dataset, meta["img_size"], meta["mean"], meta["std"], batch_size,
+                            device=torch_device)
     if result.broken:
         warn(describe_broken(dataset, result.broken))
     targets = result.targets(dataset)
@@ -235,7 +239,7 @@ def evaluate(
                               class_counts=np.asarray(dataset_meta.get("train_class_counts"))
                               if dataset_meta.get("train_class_counts") else None,
                               threshold=threshold, mode=ap_mode)
-    report.update(backend="torch", device="cpu", split=dataset.split, data=dataset.spec)
+    report.update(backend="torch", device=str(torch_device), split=dataset.split, data=dataset.spec)
     if save_scores:
         with atomic_path(save_scores) as tmp:
             with tmp.open("wb") as handle:
