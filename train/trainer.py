@@ -172,7 +172,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 images = batch.images.to(device, non_blocking=True)
                 targets = batch.targets.to(device, non_blocking=True)
                 with torch.autocast(device.type, enabled=use_amp):
-                    loss = loss_fn(model(images), targets)
+                    loss = model.training_loss(images, targets, loss_fn)
                 if not torch.isfinite(loss):
                     raise MlicError(f"loss became {loss.item()} at epoch {epoch + 1}",
                                     hint="lower --lr or use a warm-up (--warmup-epochs)")

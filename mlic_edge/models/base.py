@@ -21,6 +21,11 @@ class MultiLabelModel(nn.Module):
         self.backbone_name = backbone_name
         self.hyperparameters = hyperparameters
 
+    def training_loss(self, images: torch.Tensor, targets: torch.Tensor, criterion: nn.Module) -> torch.Tensor:
+        """The loss the trainer minimises. Methods with train-only parts (BatchFormerV2's second stream, MSRN's
+        group compactness loss) override this; ``forward`` stays the inference graph."""
+        return criterion(self(images), targets)
+
     def config(self) -> dict[str, Any]:
         return {
             "model": self.model_name,

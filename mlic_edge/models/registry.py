@@ -17,19 +17,28 @@ class ModelEntry:
     default_backbone: str
     default_img_size: int
     summary: str
+    needs_label_graph: bool = False
+    """The builder takes ``label_graph=LabelGraph`` (word vectors + co-occurrence of the training split)."""
 
 
 _MODELS: dict[str, ModelEntry] = {}
 
 
-def register_model(*, name: str, paper: str, default_backbone: str, default_img_size: int) -> Callable:
-    """Class or function decorator: ``builder(num_classes, backbone, pretrained, **hyperparameters) -> nn.Module``."""
+def register_model(*, name: str, paper: str, default_backbone: str, default_img_size: int,
+                   needs_label_graph: bool = False) -> Callable:
+    """Class or function decorator: ``builder(num_classes, backbone, pretrained, pretrained_file,
+    [label_graph,] **hyperparameters) -> MultiLabelModel``.
+
+    A builder with ``needs_label_graph`` gets ``label_graph=None`` when rebuilt from a checkpoint: it must then
+    allocate its label buffers from its hyperparameters and let ``load_state_dict`` fill them.
+    """
 
     def decorate(builder: Callable[..., Any]) -> Callable[..., Any]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} registered twice")
         summary = (builder.__doc__ or "").strip().splitlines()[0] if builder.__doc__ else ""
-        _MODELS[name] = ModelEntry(name, builder, paper, default_backbone, default_img_size, summary)
+        _MODELS[name] = ModelEntry(name, builder, paper, default_backbone, default_img_size, summary,
+                                   needs_label_graph)
         return builder
 
     return decorate
@@ -60,15 +69,17 @@ def create_model(
     backbone: str | None = None,
     pretrained: bool = False,
     pretrained_file: str | None = None,
+    label_graph: Any = None,
     **hyperparameters: Any,
 ):
     """Build a registered model; ``backbone`` defaults to the method's paper default."""
     entry = get_model_entry(name)
-    model = entry.builder(
+    if entry.needs_label_graph:
+        hyperparameters["label_graph"] = label_graph
+    return entry.builder(
         num_classes=num_classes,
         backbone=backbone or entry.default_backbone,
         pretrained=pretrained,
         pretrained_file=pretrained_file,
         **hyperparameters,
     )
-    return model
