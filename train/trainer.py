@@ -44,6 +44,9 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     weight_decay: float = 1e-4
     loss: str = "bce"
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    sampler: str = "random"
+    label_vectors: str | None = None
     crop_scale: float = 0.6
     pretrained: bool = False
     pretrained_file: str | None = None
@@ -64,10 +67,14 @@ class TrainConfig:
             (self.img_size is None or self.img_size >= 32, "--img-size must be at least 32"),
             (self.workers >= 0, "--workers must be 0 or more"),
             (0.05 <= self.crop_scale <= 1.0, "--crop-scale must be in [0.05, 1]"),
+            (self.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise MlicError(message)
+
+
+SAMPLERS = ("random", "class-aware")
 
 
 def select_device(name: str) -> torch.device:
@@ -114,18 +121,22 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     img_size = config.img_size or entry.default_img_size
     backbone = config.backbone or entry.default_backbone
+    label_graph = prepare_label_graph(run, train_set, config.label_vectors) if entry.needs_label_graph else None
     model = create_model(config.model, train_set.num_classes, backbone=backbone, pretrained=config.pretrained
-                         and resume_state is None, pretrained_file=config.pretrained_file, **config.model_options)
+                         and resume_state is None, pretrained_file=config.pretrained_file, label_graph=label_graph,
+                         **config.model_options)
     data_config = backbone_data_config(model.backbone)
     model.to(device)
 
-    loss_fn = create_loss(config.loss)
+    loss_fn = create_loss(config.loss, class_counts=train_set.class_counts(), num_images=len(train_set),
+                          **config.loss_options)
     lr = config.lr or DEFAULT_LR.get(config.optimizer, 0.01)
     optimizer = create_optimizer(model, config.optimizer, lr, config.weight_decay)
     train_loader = make_loader(ImageDataset(train_set, img_size, data_config["mean"], data_config["std"],
                                             augment=True, crop_scale=(config.crop_scale, 1.0)),
                                config.batch_size, shuffle=True,
-                               workers=config.workers, seed=config.seed, drop_last=len(train_set) > config.batch_size)
+                               workers=config.workers, seed=config.seed, drop_last=len(train_set) > config.batch_size,
+                               sampler=_sampler(config.sampler, train_set, config.seed))
     steps_per_epoch = max(1, len(train_loader))
     scheduler = create_scheduler(optimizer, config.epochs * steps_per_epoch,
                                  int(config.warmup_epochs * steps_per_epoch), config.schedule)
@@ -162,6 +173,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     with progress_bar() as progress:
         for epoch in range(start_epoch, config.epochs):
             model.train()
+            if hasattr(loss_fn, "set_epoch"):  # losses with a schedule over training (DAB's φ)
+                loss_fn.set_epoch(epoch, config.epochs)
             task = progress.add_task(f"epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch, status="")
             running, seen = 0.0, 0
             for batch in train_loader:
@@ -220,6 +233,33 @@ def train(config: TrainConfig) -> dict[str, Any]:
                      "skipped_images": {"train": len(set(broken_train)), "eval": len(set(split_scores.broken))}}
     run.update(train=train_section)
     return train_section
+
+
+def prepare_label_graph(run: RunDir, train_set, vectors_path: str | None):
+    """Word vectors + co-occurrence of the training split, saved to the run as label_graph.npz."""
+    from mlic_edge.io import atomic_path
+    from mlic_edge.label_vectors import label_graph_for
+
+    graph, warning = label_graph_for(train_set.names, train_set.targets, vectors_path)
+    if warning:
+        warn(warning)
+    run.path.mkdir(parents=True, exist_ok=True)
+    with atomic_path(run.path / "label_graph.npz") as tmp:
+        with tmp.open("wb") as handle:
+            np.savez_compressed(handle, names=np.array(graph.names), vectors=graph.vectors,
+                                cooccurrence=graph.cooccurrence, counts=graph.counts,
+                                vectors_source=np.array(graph.vectors_source))
+    run.update(label_graph={"file": "label_graph.npz", "vectors_source": graph.vectors_source,
+                            "vectors_dim": int(graph.vectors.shape[1]), "warning": warning})
+    return graph
+
+
+def _sampler(name: str, train_set, seed: int):
+    if name == "class-aware":
+        from mlic_edge.train.samplers import ClassAwareSampler
+
+        return ClassAwareSampler(train_set.targets, seed=seed)
+    return None
 
 
 def _finite(value: float) -> float | None:

@@ -80,6 +80,27 @@ PrecisionOpt = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 or int
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 
 
+def _parse_kwargs(pairs: list[str], option: str) -> dict:
+    """['gamma_neg=4', 'batchformer=false'] -> {'gamma_neg': 4, 'batchformer': False}."""
+    import ast
+
+    parsed = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise MlicError(f"{option} {pair!r} is not KEY=VALUE", hint=f"for example {option} gamma_neg=4")
+        lowered = text.strip().lower()
+        if lowered in ("true", "false"):
+            value = lowered == "true"
+        else:
+            try:
+                value = ast.literal_eval(text.strip())
+            except (ValueError, SyntaxError):
+                value = text.strip()
+        parsed[key.strip().replace("-", "_")] = value
+    return parsed
+
+
 def _run_dir(run: Optional[Path], model: Optional[str]):
     from mlic_edge.rundir import RunDir
 
@@ -142,6 +163,41 @@ def data_stats(
          f"co-occurrence heatmap: {stats['heatmap']}")
 
 
+# --------------------------------------------------------------------------------------------------- models
+@app.command("models", epilog="Example: `mlic-edge models --json`")
+def models_command(
+    classes: int = typer.Option(80, "--classes", help="Label count the figures are computed for (COCO: 80)."),
+    flops: bool = typer.Option(True, "--flops/--no-flops", help="Count forward FLOPs at each default size."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Every model in the zoo: paper, default backbone and input size, parameters, GFLOPs."""
+    from rich.table import Table
+
+    from mlic_edge.console import console, progress_bar
+    from mlic_edge.models import list_models
+    from mlic_edge.models.summary import summarize
+
+    entries = list_models()
+    rows = []
+    with progress_bar(transient=True) as progress:
+        task = progress.add_task("building models", total=len(entries), status="")
+        for entry in entries:
+            progress.update(task, status=entry.name)
+            rows.append(summarize(entry, num_classes=classes, count_flops=flops))
+            progress.advance(task)
+    if json_out:
+        _emit_json(rows)
+        return
+    table = Table(title=f"mlic-edge model zoo ({classes} labels)", title_justify="left")
+    for column in ("model", "paper", "backbone", "size", "params (M)", "GFLOPs"):
+        table.add_column(column, justify="right" if column in ("size", "params (M)", "GFLOPs") else "left")
+    for row in rows:
+        table.add_row(row["name"], row["paper"], row["default_backbone"], str(row["default_img_size"]),
+                      f"{row['params_inference_M']:.1f}", f"{row['GFLOPs']:.1f}" if "GFLOPs" in row else "-")
+    table.caption = "params: the exported graph (train-only parts removed); GFLOPs: one forward pass, 2 per MAC"
+    console.print(table)
+
+
 # --------------------------------------------------------------------------------------------------- train
 @app.command(epilog="Examples: `mlic-edge train --data data/synth --backbone resnet18 --epochs 10`, "
                     "`mlic-edge train --model baseline --data voc:VOCdevkit/VOC2007 --pretrained --resume`")
@@ -157,7 +213,14 @@ def train(
     schedule: str = typer.Option("cosine", "--schedule", help="cosine or step (after a linear warm-up)."),
     warmup_epochs: float = typer.Option(1.0, "--warmup-epochs"),
     weight_decay: float = typer.Option(1e-4, "--weight-decay"),
-    loss: str = typer.Option("bce", "--loss", help="Loss function."),
+    loss: str = typer.Option("bce", "--loss", help="bce, softmargin, focal, asl, dbl or dab."),
+    loss_kwargs: list[str] = typer.Option([], "--loss-kwargs", help="Loss hyperparameter KEY=VALUE (repeatable), "
+                                                                     "e.g. --loss-kwargs gamma_neg=4."),
+    model_kwargs: list[str] = typer.Option([], "--model-kwargs", help="Model hyperparameter KEY=VALUE "
+                                                                       "(repeatable), e.g. batchformer=false."),
+    sampler: str = typer.Option("random", "--sampler", help="random or class-aware (DBL's sampler)."),
+    label_vectors: Optional[Path] = typer.Option(None, "--label-vectors", help="Label word vectors for graph "
+                                                 "models: GloVe text, .npy + names, .npz or pickle."),
     crop_scale: float = typer.Option(0.6, "--crop-scale", help="Smallest share of the image area a random crop "
                                                                "keeps (multi-label: small crops cut labels out)."),
     pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="Start from ImageNet weights."),
@@ -182,6 +245,9 @@ def train(
     config = TrainConfig(model=model, data=data, out=run_path, backbone=backbone, epochs=epochs, img_size=img_size,
                          batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
                          warmup_epochs=warmup_epochs, weight_decay=weight_decay, loss=loss, crop_scale=crop_scale,
+                         loss_options=_parse_kwargs(loss_kwargs, "--loss-kwargs"),
+                         model_options=_parse_kwargs(model_kwargs, "--model-kwargs"), sampler=sampler,
+                         label_vectors=str(label_vectors) if label_vectors else None,
                          pretrained=pretrained,
                          pretrained_file=str(pretrained_file) if pretrained_file else None,
                          train_split=train_split, eval_split=eval_split, difficult=difficult, workers=workers,

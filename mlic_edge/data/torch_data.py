@@ -92,13 +92,14 @@ def collate_skip_broken(samples: list) -> Batch:
 
 
 def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0,
-                drop_last: bool = False) -> DataLoader:
+                drop_last: bool = False, sampler: torch.utils.data.Sampler | None = None) -> DataLoader:
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=workers,
         collate_fn=collate_skip_broken,
         generator=generator,

@@ -11,7 +11,7 @@ from mlic_edge.models.base import MultiLabelModel
 from mlic_edge.models.registry import register_model
 
 
-@register_model(name="baseline", paper="ResNet + global pooling + linear head (ML-GCN's baseline rows)",
+@register_model(name="baseline", paper="global pooling + linear head (ML-GCN baseline)",
                 default_backbone="resnet50", default_img_size=224)
 class Baseline(MultiLabelModel):
     """Backbone, global average (or max) pooling, one linear classifier per label."""
