@@ -111,6 +111,39 @@ def test_missing_and_empty_splits_are_clear_errors(voc):
         open_dataset(str(voc), split="empty")
 
 
+def test_voc_split_listing_leaves_out_class_files_and_empty_split_file(voc):
+    with pytest.raises(DataError) as error:
+        open_dataset(str(voc), split="nope")
+    assert "test, trainval" in error.value.hint and "dog_" not in error.value.hint and "nope.txt" in error.value.message
+    (voc / "ImageSets" / "Main" / "empty.txt").write_text("\n")
+    with pytest.raises(DataError, match="has no images.*empty.txt is empty"):
+        open_dataset(str(voc), split="empty")
+
+
+def test_voc_unparseable_xml_is_skipped_and_filename_comes_from_xml(voc):
+    (voc / "Annotations" / "000003.xml").write_text("<annotation><object>")
+    (voc / "Annotations" / "000001.xml").write_text(_voc_xml("renamed.png", [("dog", 0)]))
+    cv2.imwrite(str(voc / "JPEGImages" / "renamed.png"), np.zeros((8, 8, 3), np.uint8))
+    train = open_dataset(str(voc))
+    assert train.image_ids() == ["JPEGImages/renamed.png", "JPEGImages/000002.jpg"]
+    assert any("1 annotation file(s)" in note and "000003.xml" in note for note in train.notes)
+
+
+def test_voc_year_folder_below_root_and_ambiguity(tmp_path):
+    root = make_voc(tmp_path / "data" / "VOC2012", {"a": [("dog", 0)]}, {"train": ["a"], "val": ["a"]})
+    dataset = open_dataset(str(tmp_path / "data"), role="eval")
+    assert dataset.root == root.resolve() and dataset.split == "val" and dataset.spec == f"voc:{root.resolve()}"
+    make_voc(tmp_path / "data" / "VOC2007", {"a": [("cat", 0)]}, {"trainval": ["a"]})
+    with pytest.raises(DataError, match="several VOC datasets.*VOC2007.*VOC2012"):
+        open_dataset(str(tmp_path / "data"))
+    assert open_dataset(f"voc:{tmp_path / 'data' / 'VOC2007'}").names == list(VOC_CLASSES)
+
+
+def test_voc_bad_difficult_policy(voc):
+    with pytest.raises(DataError, match="difficult policy 'maybe'"):
+        open_dataset(str(voc), difficult="maybe")
+
+
 def make_coco(root: Path, year: int = 2017) -> Path:
     categories = [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}, {"id": 3, "name": "car"}]
     for split, ids in (("train", [10, 11, 12]), ("val", [20, 21])):
@@ -147,6 +180,31 @@ def test_coco_year_choice(tmp_path):
         open_dataset(str(root), split="train2099")
 
 
+def test_coco_images_subfolder_drop_option_and_missing_folder(tmp_path):
+    root = make_coco(tmp_path / "coco")
+    (root / "images").mkdir()
+    (root / "train2017").rename(root / "images" / "train2017")
+    train = open_dataset(f"coco:{root}")
+    assert train.image_ids()[0] == "images/train2017/000000000010.jpg"
+    assert any("1 image(s) of train2017 without annotations kept" in note for note in train.notes)
+    dropped = open_dataset(f"coco:{root}", drop_unannotated=True)
+    assert len(dropped) == 2 and any("dropped" in note for note in dropped.notes)
+    (root / "images" / "train2017" / "000000000011.jpg").unlink()
+    assert any("1 image(s) of split 'train2017' missing on disk" in note for note in open_dataset(str(root)).notes)
+    import shutil
+
+    shutil.rmtree(root / "val2017")
+    with pytest.raises(DataError, match="no image folder for COCO split val2017"):
+        open_dataset(str(root), role="eval")
+
+
+def test_coco_broken_json_is_a_data_error(tmp_path):
+    root = make_coco(tmp_path / "coco")
+    (root / "annotations" / "instances_val2017.json").write_text('{"images": [')
+    with pytest.raises(DataError, match="instances_val2017.json is not a readable COCO instances file"):
+        open_dataset(str(root), role="eval")
+
+
 def make_csv(root: Path, rows: dict[str, list[tuple[str, str]]], classes: list[str] | None = None) -> Path:
     root.mkdir(parents=True)
     for split, entries in rows.items():
@@ -175,6 +233,32 @@ def test_csv_unknown_label_names_file_and_line(tmp_path):
         open_dataset(str(root))
 
 
+def test_csv_classes_file_order_test_before_val_and_other_splits(tmp_path):
+    root = make_csv(tmp_path / "c", {"train": [("img/a.jpg", "dog;cat"), ("img/b.jpg", "")],
+                                     "test": [("img/c.jpg", "cat")], "val": [("img/d.jpg", "dog")],
+                                     "holdout": [("img/e.jpg", "dog")]}, classes=["dog", "cat"])
+    train = open_dataset(str(root))
+    assert train.names == ["dog", "cat"] and train.image_ids() == ["img/a.jpg", "img/b.jpg"]
+    np.testing.assert_array_equal(train.targets, [[1, 1], [0, 0]])
+    assert train.targets.dtype == np.int8
+    assert default_split(str(root), "eval") == "test"
+    assert open_dataset(str(root), split="holdout").image_ids() == ["img/e.jpg"]
+
+
+def test_csv_stray_files_header_and_empty_split(tmp_path):
+    root = make_csv(tmp_path / "c", {"train": [("a.jpg", "dog")], "test": [("b.jpg", "cat")]})
+    (root / "results.csv").write_text("epoch,map\n1,0.5\n")  # no image,labels header: not a split, no classes
+    (root / "empty.csv").write_text("\ufeffimage,labels\n")  # BOM and header only
+    assert open_dataset(str(root)).names == ["cat", "dog"]
+    with pytest.raises(DataError, match="split 'empty' of csv:.* has no images") as error:
+        open_dataset(str(root), split="empty")
+    assert "empty, test, train" in error.value.hint
+    with pytest.raises(DataError, match="results.csv needs a header line with columns image,labels"):
+        open_dataset(str(root), split="results")
+    with pytest.raises(DataError, match="split 'nope' not found"):
+        open_dataset(str(root), split="nope")
+
+
 def test_data_spec_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         parse_data_spec(str(tmp_path / "missing"))
@@ -182,3 +266,18 @@ def test_data_spec_errors(tmp_path):
     with pytest.raises(DataError, match="cannot tell the dataset format") as error:
         parse_data_spec(str(tmp_path / "random"))
     assert "voc:PATH" in str(error.value)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(DataError, match="is not a folder"):
+        parse_data_spec(str(tmp_path / "file.txt"))
+    with pytest.raises(DataError, match="'yolo' is not a dataset format"):
+        parse_data_spec(f"yolo:{tmp_path / 'random'}")
+
+
+def test_data_spec_detection_and_prefix(tmp_path, voc):
+    coco = make_coco(tmp_path / "coco")
+    csv_root = make_csv(tmp_path / "csvdata", {"train": [("a.jpg", "dog")]})
+    assert parse_data_spec(str(voc)) == ("voc", voc.resolve())
+    assert parse_data_spec(str(coco)) == ("coco", coco.resolve())
+    assert parse_data_spec(str(csv_root)) == ("csv", csv_root.resolve())
+    assert parse_data_spec(f"csv:{coco}") == ("csv", coco.resolve())  # a prefix wins over detection
+    assert open_dataset(str(csv_root)).spec == f"csv:{csv_root.resolve()}"

@@ -1,9 +1,15 @@
 """COCO 2014/2017: ``annotations/instances_<split><year>.json`` and image folders ``<split><year>/`` (or
 ``images/<split><year>/``).
 
-Classes are in category-id order, named by the category's ``name`` (ASL/Q2L order; ML-GCN's pickles are
-alphabetical — never mix the two). Images without annotations are kept as all-negative (as Q2L does) unless
-``drop_unannotated``; ML-GCN and MSRN drop them. Crowd annotations count like the others.
+Splits: ``train`` / ``val`` pick the newest year present (2017 before 2014); ``train2014``, ``val2017`` ... pick
+that file.
+
+Classes are in category-id order (1, 2, ... 90 with gaps), named by the category's ``name`` — ASL/Q2L order;
+ML-GCN's pickles are alphabetical, so never mix the two.
+
+Images without any annotation are KEPT as all-negative rows (as Q2L does; about 1% of COCO) unless
+``drop_unannotated=True`` (ML-GCN and MSRN drop them); how many were kept or dropped goes in ``notes``.
+Crowd (``iscrowd=1``) annotations count like the others.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import numpy as np
 from mlic_edge.data.dataset import POSITIVE, MultiLabelDataset
 from mlic_edge.errors import DataError
 
-_INSTANCES = re.compile(r"^instances_([a-z]+)(\d{4})\.json$")
+_INSTANCES = re.compile(r"^instances_([A-Za-z]+)(\d{4})\.json$")
 DEFAULT_SPLITS = {"train": "train", "eval": "val"}
 
 
@@ -32,6 +38,10 @@ def annotation_files(root: Path) -> dict[str, Path]:
     return found
 
 
+def available_splits(root: Path) -> list[str]:
+    return list(annotation_files(root))
+
+
 def resolve_split(root: Path, split: str) -> str:
     """'train' -> the newest trainYYYY present; 'train2014' as is."""
     files = annotation_files(root)
@@ -44,45 +54,56 @@ def resolve_split(root: Path, split: str) -> str:
                     hint=f"available: {', '.join(files) or 'no instances_*.json files'}")
 
 
-def _image_folder(root: Path, split: str) -> Path:
-    for candidate in (root / split, root / "images" / split):
+def image_folder(root: Path, split: str) -> Path:
+    candidates = (root / split, root / "images" / split)
+    for candidate in candidates:
         if candidate.is_dir():
             return candidate
-    return root / split
+    raise DataError(f"no image folder for COCO split {split}: neither {candidates[0]} nor {candidates[1]} exists",
+                    hint=f"unpack {split}.zip into {root}")
+
+
+def _load(path: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    try:
+        with path.open("rb") as handle:
+            data = json.load(handle)
+        categories = sorted(data["categories"], key=lambda c: c["id"])
+        images = data["images"]
+        annotations = data.get("annotations") or []
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{path} is not a readable COCO instances file ({type(error).__name__}: {error})",
+                        hint="it needs 'images', 'annotations' and 'categories'; re-download it") from error
+    return categories, images, annotations
 
 
 def read_coco(root: Path, split: str, drop_unannotated: bool = False) -> MultiLabelDataset:
     split = resolve_split(root, split)
     path = annotation_files(root)[split]
-    try:
-        data = json.loads(path.read_text())
-        categories = sorted(data["categories"], key=lambda c: c["id"])
-        images = data["images"]
-        annotations = data.get("annotations", [])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{path} is not a COCO instances file ({type(error).__name__}: {error})",
-                        hint="it needs 'images', 'annotations' and 'categories'") from error
+    folder = image_folder(root, split)
+    categories, images, annotations = _load(path)
     names = [str(c["name"]) for c in categories]
     column_of = {c["id"]: i for i, c in enumerate(categories)}
     row_of = {image["id"]: i for i, image in enumerate(images)}
     targets = np.zeros((len(images), len(names)), dtype=np.int8)
     if annotations:
-        try:
+        try:  # one pass: (row, column) of every annotation, then a single scatter
             rows = np.fromiter((row_of[a["image_id"]] for a in annotations), dtype=np.int64, count=len(annotations))
             cols = np.fromiter((column_of[a["category_id"]] for a in annotations), dtype=np.int64,
                                count=len(annotations))
         except KeyError as error:
-            raise DataError(f"{path}: an annotation refers to unknown image or category id {error}",
+            raise DataError(f"{path}: an annotation refers to an unknown image or category id {error}",
                             hint="the file is inconsistent; re-download it") from error
         targets[rows, cols] = POSITIVE
-    folder = _image_folder(root, split)
+    del annotations
     paths = [folder / image["file_name"] for image in images]
     notes = []
-    if drop_unannotated:
-        keep = targets.any(axis=1)
-        if not keep.all():
-            notes.append(f"{int((~keep).sum())} unannotated image(s) of {split} dropped")
-        paths = [p for p, k in zip(paths, keep) if k]
-        targets = targets[keep]
+    annotated = targets.any(axis=1)
+    unannotated = int((~annotated).sum())
+    if unannotated and drop_unannotated:
+        notes.append(f"{unannotated} image(s) of {split} without annotations dropped")
+        paths = [p for p, keep in zip(paths, annotated) if keep]
+        targets = targets[annotated]
+    elif unannotated:
+        notes.append(f"{unannotated} image(s) of {split} without annotations kept as all-negative")
     return MultiLabelDataset(names=names, image_paths=paths, targets=targets, root=root, format="coco", split=split,
                              spec=f"coco:{root}", notes=notes)

@@ -20,7 +20,7 @@ class MultiLabelDataset:
     """One split of a multi-label dataset: image paths and a target matrix in the dataset's class order."""
 
     names: list[str]
-    """Class names in the dataset's order (VOC standard order; COCO category-id order; CSV first-seen order)."""
+    """Class names in the dataset's order (VOC standard or classes.txt; COCO category-id order; CSV classes.txt or sorted)."""
     image_paths: list[Path]
     targets: np.ndarray
     """int8 array (num_images, num_classes) with values in {1, 0, -1}."""

@@ -1,12 +1,22 @@
 """PASCAL VOC 2007/2012 layout: ``Annotations/*.xml``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt``.
 
-Labels come from the XML objects (not the per-class list files). ``difficult`` policy:
-- ``ignore`` (default): a class present only as difficult objects is -1 — left out of the loss and of AP, counted
-  as negative by the thresholded metrics (ML-GCN's evaluation);
-- ``positive``: it is a positive (DBL's choice);
-- ``negative``: it is a negative.
-Classes: ``ImageSets/Main/classes.txt`` when present (custom datasets, the synthetic data); otherwise the 20
-standard VOC classes in standard order.
+The root may be the ``VOC2007`` folder itself or a folder holding ``VOCdevkit/VOC20xx`` or ``VOC20xx`` (exactly one
+of them; several is an error asking to point at one).
+
+Labels come from the XML ``<object><name>`` / ``<difficult>`` fields (not from the per-class
+``<class>_<split>.txt`` files). A class with at least one non-difficult object is 1. ``difficult`` policy for a
+class present only as difficult objects:
+- ``ignore`` (default): -1 — left out of the loss and of AP, counted as negative by the thresholded metrics
+  (ML-GCN's evaluation);
+- ``positive``: 1 (DBL's choice);
+- ``negative``: 0.
+
+Classes: ``ImageSets/Main/classes.txt`` (one name per line, its order) when present — custom datasets and the
+synthetic data use it; otherwise the 20 standard VOC classes in standard order, and an object with any other name
+is an error asking for classes.txt.
+
+Image path: ``JPEGImages/<filename from the XML>``, else ``JPEGImages/<id>.jpg``. An id of the split whose XML is
+missing or unparseable is skipped and counted in ``notes``.
 """
 
 from __future__ import annotations
@@ -24,29 +34,45 @@ VOC_CLASSES = (
     "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
 DIFFICULT_POLICIES = ("ignore", "positive", "negative")
+DIFFICULT_VALUE = {"ignore": IGNORE, "positive": POSITIVE, "negative": NEGATIVE}
 DEFAULT_SPLITS = {"train": ("trainval", "train"), "eval": ("test", "val")}
+CLASSES_FILE = "classes.txt"
 
 
 def find_voc_root(path: Path) -> Path:
     """The folder holding Annotations/: ``path`` itself, or ``VOCdevkit/VOC20xx`` / ``VOC20xx`` below it."""
     if (path / "Annotations").is_dir():
         return path
-    candidates = sorted({c for pattern in ("VOCdevkit/VOC*", "VOC*") for c in path.glob(pattern)
+    candidates = sorted({c.resolve() for pattern in ("VOCdevkit/VOC*", "VOC*") for c in path.glob(pattern)
                          if (c / "Annotations").is_dir()})
     if len(candidates) == 1:
         return candidates[0]
     if len(candidates) > 1:
-        names = ", ".join(str(c.relative_to(path)) for c in candidates)
+        names = ", ".join(_relative(c, path) for c in candidates)
         raise DataError(f"{path} holds several VOC datasets ({names})", hint=f"point at one: voc:{candidates[0]}")
-    raise DataError(f"{path} is not in VOC layout (no Annotations/ folder)",
+    raise DataError(f"{path} is not in VOC layout (no Annotations/ folder, nor VOCdevkit/VOC20xx or VOC20xx below)",
                     hint="point at the VOC2007 folder (Annotations/, JPEGImages/, ImageSets/Main/)")
 
 
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return path.relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def available_splits(root: Path) -> list[str]:
+    """Split files of ImageSets/Main, leaving out classes.txt and the per-class ``<class>_<split>.txt`` lists."""
     main = root / "ImageSets" / "Main"
     if not main.is_dir():
         return []
-    return sorted(p.stem for p in main.glob("*.txt") if "_" not in p.stem and p.stem != "classes")
+    try:
+        names = class_list(root)[0]
+    except DataError:
+        names = list(VOC_CLASSES)
+    prefixes = tuple(f"{name}_" for name in set(names) | set(VOC_CLASSES))
+    return sorted(p.stem for p in main.glob("*.txt")
+                  if p.is_file() and p.name != CLASSES_FILE and not p.stem.startswith(prefixes))
 
 
 def default_split(root: Path, role: str) -> str:
@@ -59,48 +85,67 @@ def default_split(root: Path, role: str) -> str:
 
 
 def class_list(root: Path) -> tuple[list[str], bool]:
-    """(names, custom): classes.txt when present, else the standard VOC classes."""
-    classes_file = root / "ImageSets" / "Main" / "classes.txt"
+    """(names, custom): ImageSets/Main/classes.txt when present, else the standard VOC classes."""
+    classes_file = root / "ImageSets" / "Main" / CLASSES_FILE
     if classes_file.is_file():
-        names = [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
-        if not names or len(set(names)) != len(names):
-            raise DataError(f"{classes_file} is empty or repeats a name", hint="one unique class name per line")
+        names = [line.strip() for line in classes_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        if not names:
+            raise DataError(f"{classes_file} is empty", hint="write one class name per line")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise DataError(f"{classes_file} repeats {', '.join(map(repr, repeated))}",
+                            hint="one unique class name per line")
         return names, True
     return list(VOC_CLASSES), False
+
+
+def read_split_ids(root: Path, split: str) -> list[str]:
+    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    if not split_file.is_file():
+        raise DataError(f"split {split!r} not found: {split_file} is missing",
+                        hint=f"available splits: {', '.join(available_splits(root)) or 'none'}")
+    ids = [line.split()[0] for line in split_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"split {split!r} of voc:{root} has no images: {split_file} is empty",
+                        hint=f"one image id per line; available splits: {', '.join(available_splits(root))}")
+    return ids
+
+
+def _is_difficult(obj: ET.Element) -> bool:
+    return (obj.findtext("difficult") or "0").strip().lower() in ("1", "true")
 
 
 def read_voc(root: Path, split: str, difficult: str = "ignore") -> MultiLabelDataset:
     if difficult not in DIFFICULT_POLICIES:
         raise DataError(f"unknown difficult policy {difficult!r}", hint=f"use one of {', '.join(DIFFICULT_POLICIES)}")
-    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
-    if not split_file.is_file():
-        raise DataError(f"split {split!r} not found: {split_file} is missing",
-                        hint=f"available splits: {', '.join(available_splits(root)) or 'none'}")
-    ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+    ids = read_split_ids(root, split)
     names, custom = class_list(root)
     index = {name: i for i, name in enumerate(names)}
+    only_difficult = DIFFICULT_VALUE[difficult]
     paths, rows, unreadable = [], [], []
     for image_id in ids:
         xml_path = root / "Annotations" / f"{image_id}.xml"
         try:
-            tree = ET.parse(xml_path)
+            annotation = ET.parse(xml_path).getroot()
         except (OSError, ET.ParseError):
             unreadable.append(xml_path.name)
             continue
         row = np.full(len(names), NEGATIVE, dtype=np.int8)
-        for obj in tree.getroot().iter("object"):
+        hard = np.zeros(len(names), dtype=bool)
+        for obj in annotation.findall("object"):
             name = (obj.findtext("name") or "").strip()
             if name not in index:
-                hint = ("add it to ImageSets/Main/classes.txt" if custom else
-                        "a dataset with other classes needs ImageSets/Main/classes.txt (one name per line)")
-                raise DataError(f"unknown class {name!r} in {xml_path}", hint=hint)
-            column = index[name]
-            if (obj.findtext("difficult") or "0").strip() == "1":
-                if row[column] == NEGATIVE:
-                    row[column] = {"ignore": IGNORE, "positive": POSITIVE, "negative": NEGATIVE}[difficult]
+                what = f"unknown class {name!r}" if name else "an object without a <name>"
+                hint = (f"add it to {root / 'ImageSets' / 'Main' / CLASSES_FILE}" if custom else
+                        "these are not the 20 standard VOC classes: write ImageSets/Main/classes.txt "
+                        "(one class name per line, in the order you want)")
+                raise DataError(f"{what} in {xml_path}", hint=hint)
+            if _is_difficult(obj):
+                hard[index[name]] = True
             else:
-                row[column] = POSITIVE
-        filename = (tree.getroot().findtext("filename") or f"{image_id}.jpg").strip()
+                row[index[name]] = POSITIVE
+        row[hard & (row != POSITIVE)] = only_difficult
+        filename = (annotation.findtext("filename") or "").strip() or f"{image_id}.jpg"
         paths.append(root / "JPEGImages" / filename)
         rows.append(row)
     notes = []
