@@ -46,6 +46,7 @@ class TrainConfig:
     loss: str = "bce"
     loss_options: dict[str, Any] = field(default_factory=dict)
     sampler: str = "random"
+    stages: bool = False
     label_vectors: str | None = None
     crop_scale: float = 0.6
     pretrained: bool = False
@@ -114,6 +115,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
             if getattr(config, key) not in (None, saved[key]):
                 raise MlicError(f"--resume with a different {key} ({getattr(config, key)} vs {saved[key]})",
                                 hint="resume with the original options, or train into a new --out")
+        if saved.get("stages") and config.epochs != saved["epochs"]:
+            raise MlicError("a run trained with --stages cannot change --epochs on --resume",
+                            hint=f"resume with --epochs {saved['epochs']}: the stage plan depends on it")
         config = TrainConfig(**{**saved, "out": config.out, "epochs": config.epochs, "resume": True,
                                 "workers": config.workers, "device": config.device})
     elif run.checkpoint.exists() or run.last_checkpoint.exists():
@@ -131,21 +135,33 @@ def train(config: TrainConfig) -> dict[str, Any]:
     loss_fn = create_loss(config.loss, class_counts=train_set.class_counts(), num_images=len(train_set),
                           **config.loss_options)
     lr = config.lr or DEFAULT_LR.get(config.optimizer, 0.01)
-    optimizer = create_optimizer(model, config.optimizer, lr, config.weight_decay)
+    plan = stage_plan(model, config.epochs) if config.stages else [None] * config.epochs
     train_loader = make_loader(ImageDataset(train_set, img_size, data_config["mean"], data_config["std"],
                                             augment=True, crop_scale=(config.crop_scale, 1.0)),
                                config.batch_size, shuffle=True,
                                workers=config.workers, seed=config.seed, drop_last=len(train_set) > config.batch_size,
                                sampler=_sampler(config.sampler, train_set, config.seed))
     steps_per_epoch = max(1, len(train_loader))
-    scheduler = create_scheduler(optimizer, config.epochs * steps_per_epoch,
-                                 int(config.warmup_epochs * steps_per_epoch), config.schedule)
+
+    def start_stage(epoch: int):
+        """Optimizer and schedule over the epochs of the stage ``epoch`` is in (all epochs without stages)."""
+        stage = plan[epoch]
+        if stage is not None:
+            model.set_training_stage(stage)
+            info(f"stage [bold]{stage}[/bold] from epoch {epoch + 1}")
+        stage_epochs = plan.count(stage)
+        opt = create_optimizer(model, config.optimizer, lr, config.weight_decay)
+        return opt, create_scheduler(opt, stage_epochs * steps_per_epoch,
+                                     int(config.warmup_epochs * steps_per_epoch), config.schedule)
+
+    optimizer, scheduler = start_stage(0)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     start_epoch, best_map, history = 0, -1.0, []
     if resume_state is not None:
         model.load_state_dict(resume_state["state_dict"])
+        optimizer, scheduler = start_stage(resume_state["epoch"] - 1)  # the stage the saved optimizer belongs to
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         start_epoch, best_map, history = resume_state["epoch"], resume_state["best_map"], resume_state["history"]
@@ -172,6 +188,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     started = time.monotonic()
     with progress_bar() as progress:
         for epoch in range(start_epoch, config.epochs):
+            if epoch > 0 and plan[epoch] != plan[epoch - 1]:
+                optimizer, scheduler = start_stage(epoch)
             model.train()
             if hasattr(loss_fn, "set_epoch"):  # losses with a schedule over training (DAB's φ)
                 loss_fn.set_epoch(epoch, config.epochs)
@@ -233,6 +251,18 @@ def train(config: TrainConfig) -> dict[str, Any]:
                      "skipped_images": {"train": len(set(broken_train)), "eval": len(set(split_scores.broken))}}
     run.update(train=train_section)
     return train_section
+
+
+def stage_plan(model, epochs: int) -> list[str]:
+    """Split the epochs evenly over the model's training stages, in order (the earlier stages get the rest)."""
+    stages = list(model.training_stages)
+    if not stages:
+        raise MlicError(f"--stages: {model.model_name} is not trained in stages", hint="drop --stages")
+    if epochs < len(stages):
+        raise MlicError(f"--stages needs at least {len(stages)} epochs ({', '.join(stages)})",
+                        hint=f"pass --epochs {len(stages)} or more")
+    share, rest = divmod(epochs, len(stages))
+    return [stage for index, stage in enumerate(stages) for _ in range(share + (index < rest))]
 
 
 def prepare_label_graph(run: RunDir, train_set, vectors_path: str | None):

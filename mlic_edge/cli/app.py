@@ -219,6 +219,8 @@ def train(
     model_kwargs: list[str] = typer.Option([], "--model-kwargs", help="Model hyperparameter KEY=VALUE "
                                                                        "(repeatable), e.g. batchformer=false."),
     sampler: str = typer.Option("random", "--sampler", help="random or class-aware (DBL's sampler)."),
+    stages: bool = typer.Option(False, "--stages", help="Train in the method's stages (semdep: backbone, "
+                                                        "attention, dependency, joint), epochs split evenly."),
     label_vectors: Optional[Path] = typer.Option(None, "--label-vectors", help="Label word vectors for graph "
                                                  "models: GloVe text, .npy + names, .npz or pickle."),
     crop_scale: float = typer.Option(0.6, "--crop-scale", help="Smallest share of the image area a random crop "
@@ -246,7 +248,7 @@ def train(
                          batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
                          warmup_epochs=warmup_epochs, weight_decay=weight_decay, loss=loss, crop_scale=crop_scale,
                          loss_options=_parse_kwargs(loss_kwargs, "--loss-kwargs"),
-                         model_options=_parse_kwargs(model_kwargs, "--model-kwargs"), sampler=sampler,
+                         model_options=_parse_kwargs(model_kwargs, "--model-kwargs"), sampler=sampler, stages=stages,
                          label_vectors=str(label_vectors) if label_vectors else None,
                          pretrained=pretrained,
                          pretrained_file=str(pretrained_file) if pretrained_file else None,

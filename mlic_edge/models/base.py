@@ -12,7 +12,10 @@ class MultiLabelModel(nn.Module):
     """Base for the zoo: ``forward(images) -> logits`` (N, C); ``for_export()`` the graph that ships.
 
     ``hyperparameters`` holds exactly what the registry builder needs to rebuild the model from ``checkpoint.pt``.
+    Methods trained in stages (semdep) list them in ``training_stages`` and switch with ``set_training_stage``.
     """
+
+    training_stages: tuple[str, ...] = ()
 
     def __init__(self, name: str, num_classes: int, backbone_name: str, **hyperparameters: Any) -> None:
         super().__init__()
@@ -25,6 +28,9 @@ class MultiLabelModel(nn.Module):
         """The loss the trainer minimises. Methods with train-only parts (BatchFormerV2's second stream, MSRN's
         group compactness loss) override this; ``forward`` stays the inference graph."""
         return criterion(self(images), targets)
+
+    def set_training_stage(self, stage: str) -> None:
+        raise ValueError(f"{self.model_name} is not trained in stages")
 
     def config(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,104 @@
+"""ML-GCN (Chen et al., CVPR 2019, "Multi-Label Image Recognition with Graph Convolutional Networks").
+
+Image path: backbone → global max pooling → x (N, D). Label path (image-independent): two GCN layers on the label
+word vectors E over the re-weighted co-occurrence graph Â give one classifier per label W (C, D); logits = x·Wᵀ.
+The label path is computed once in ``fold_static``, so the exported graph is the baseline plus one constant matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mlic_edge.label_graph import LabelGraph, mlgcn_adjacency
+from mlic_edge.models.backbone import create_backbone, feature_dim
+from mlic_edge.models.base import MultiLabelModel
+from mlic_edge.models.layers.graph import GraphConvolution
+from mlic_edge.models.registry import register_model
+
+
+def label_vectors_of(label_graph: LabelGraph | None, num_classes: int, label_dim: int | None,
+                     model: str) -> tuple[torch.Tensor | None, int]:
+    """(vectors (C, D) or None, D): checks the graph's vectors against ``num_classes`` and ``label_dim``."""
+    if label_graph is None:
+        if label_dim is None:
+            raise ValueError(f"{model} needs a label_graph, or label_dim when rebuilt from a checkpoint")
+        return None, int(label_dim)
+    vectors = torch.as_tensor(label_graph.vectors, dtype=torch.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != num_classes:
+        raise ValueError(f"label vectors have shape {tuple(vectors.shape)}, expected ({num_classes}, D)")
+    if label_dim is not None and label_dim != vectors.shape[1]:
+        raise ValueError(f"label_dim={label_dim} but the label vectors have {vectors.shape[1]} dims")
+    return vectors, int(vectors.shape[1])
+
+
+@register_model(name="mlgcn", paper="Chen et al. 2019, ML-GCN (Multi-Label Image Recognition with GCN)",
+                default_backbone="resnet101", default_img_size=448, needs_label_graph=True)
+class MLGCN(MultiLabelModel):
+    """GCN over the label co-occurrence graph makes the classifiers of a max-pooled CNN (ML-GCN).
+
+    Paper/reference choices (METHODS.md §1):
+
+    * x = GMP(ResNet-101 layer4) (the reference's ``MaxPool2d(14)`` at 448 px; adaptive here), D = 2048.
+    * Â from ``mlgcn_adjacency(τ=0.4, p=0.25)`` (reference ``gen_A``/``gen_adj``; transposed, asymmetric), a buffer.
+    * H = LeakyReLU_0.2(Â E W1) with W1: label_dim×``hidden`` (300×1024); W = Â H W2 with W2: hidden×D. No biases,
+      no activation after the second layer, U(±1/√out) init.
+    * logits = x Wᵀ, no classifier bias. The reference trains with MultiLabelSoftMarginLoss (the trainer's --loss).
+
+    Buffers: ``label_vectors`` (C, label_dim), ``adjacency`` (Â, C×C). Rebuilt from a checkpoint (no label graph)
+    they start as zeros / identity and ``load_state_dict`` fills them.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet101",
+        pretrained: bool = False,
+        pretrained_file: str | None = None,
+        label_graph: LabelGraph | None = None,
+        tau: float = 0.4,
+        p: float = 0.25,
+        hidden: int = 1024,
+        label_dim: int | None = None,
+    ) -> None:
+        vectors, label_dim = label_vectors_of(label_graph, num_classes, label_dim, "mlgcn")
+        super().__init__("mlgcn", num_classes, backbone, tau=tau, p=p, hidden=hidden, label_dim=label_dim)
+        if label_graph is not None:
+            _, a_hat = mlgcn_adjacency(label_graph.cooccurrence, label_graph.counts, tau=tau, p=p)
+            adjacency = torch.from_numpy(a_hat)
+        else:  # filled by load_state_dict
+            vectors = torch.zeros(num_classes, label_dim)
+            adjacency = torch.eye(num_classes)
+        self.register_buffer("label_vectors", vectors)
+        self.register_buffer("adjacency", adjacency)
+
+        self.backbone = create_backbone(backbone, pretrained, pretrained_file, global_pool="max")
+        self.gc1 = GraphConvolution(label_dim, hidden, bias=False)
+        self.gc2 = GraphConvolution(hidden, feature_dim(self.backbone), bias=False)
+
+    def classifiers(self) -> torch.Tensor:
+        """W (C, D) = Â · LeakyReLU_0.2(Â E W1) · W2 — image-independent."""
+        hidden = F.leaky_relu(self.gc1(self.label_vectors, self.adjacency), 0.2)
+        return self.gc2(hidden, self.adjacency)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images) @ self.classifiers().t()
+
+    def fold_static(self) -> nn.Module:
+        with torch.no_grad():
+            weights = self.classifiers()
+        return FoldedClassifier(self.backbone, weights)
+
+
+class FoldedClassifier(nn.Module):
+    """Pooled features (from ``features``) times a constant classifier matrix (C, D): the exported graph of a
+    model whose label branch was precomputed. Shares the feature module's weights."""
+
+    def __init__(self, features: nn.Module, classifiers: torch.Tensor) -> None:
+        super().__init__()
+        self.features = features
+        self.register_buffer("classifiers", classifiers.detach().clone())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(images) @ self.classifiers.t()
