@@ -47,7 +47,8 @@ class GraphConvolution(nn.Module):
     """One GCN layer as in ML-GCN: ``H' = adj @ (H @ W) [+ b]`` (no activation; the caller applies one).
 
     ``weight`` is (in_features, out_features), initialised U(±1/√out_features) like the ML-GCN reference; the
-    optional ``bias`` (out_features,) uses the same range. ``x`` is (N, in) or (B, N, in); ``adj`` is (N, N) or (B, N, N).
+    optional ``bias`` (out_features,) uses the same range. ``x`` is (N, in) or (B, N, in); ``adj`` is (N, N) or
+    (B, N, N).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:

@@ -1,3 +1,3 @@
 """One file per method; importing this package registers them all."""
 
-from mlic_edge.models.zoo import baseline, msrn, q2l, semdep  # noqa: F401
+from mlic_edge.models.zoo import baseline, mlgat, mlgcn, msrn, q2l, semdep  # noqa: F401
