@@ -36,6 +36,8 @@ class LabelGraph:
 
 def conditional_edges(cooccurrence: np.ndarray, counts: np.ndarray, tau: float = 0.4) -> np.ndarray:
     """B_ij = 1[P(L_j | L_i) >= tau], P(L_j | L_i) = cooc_ij / n_i (ML-GCN ``gen_A``), float64 (C, C)."""
+    if not 0.0 < tau <= 1.0:
+        raise ValueError(f"tau must be in (0, 1], got {tau} (a conditional probability threshold)")
     counts = np.asarray(counts, np.float64)
     probability = np.asarray(cooccurrence, np.float64) / np.maximum(counts[:, None], 1e-12)
     edges = (probability >= tau).astype(np.float64)

@@ -154,3 +154,37 @@ def test_demo_runs_the_whole_path(tmp_path, capsys):
                      "video_labeled.mp4", "data/video.mp4"):
         assert (tmp_path / "demo" / produced).is_file(), produced
     assert "Try next" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, fragments", [
+    (["--loss", "asl", "--loss-kwargs", "gamma_neg=-1"], ["gamma_neg", "out of range"]),
+    (["--loss", "asl", "--loss-kwargs", "foo=1"], ["unknown option foo", "gamma_neg=4"]),
+    (["--loss", "nope"], ["unknown loss 'nope'", "dab"]),
+    (["--model", "q2l", "--model-kwargs", "nosuch=1"], ["unknown option nosuch for model 'q2l'", "hidden_dim"]),
+    (["--model", "mlgcn", "--model-kwargs", "tau=7"], ["tau must be in (0, 1]"]),
+    (["--model", "mlgcn", "--backbone", "resnet5O"], ["unknown timm backbone", "resnet50"]),
+    (["--model", "semdep", "--stages", "--epochs", "2"], ["needs at least 4 epochs"]),
+    (["--model", "baseline", "--stages"], ["not trained in stages"]),
+])
+def test_bad_model_and_loss_options_are_one_line(capsys, tmp_path, synth_data, extra, fragments):
+    args = ["train", "--data", str(synth_data), "--backbone", "resnet10t", "--epochs", "4", "--img-size", "32",
+            "--workers", "0", "--out", str(tmp_path / "run")]
+    assert_one_line_error(invoke(capsys, *args, *extra), *fragments)
+
+
+def test_label_vectors_missing_a_class_names_it(capsys, tmp_path, synth_data):
+    vectors = tmp_path / "vectors.txt"
+    vectors.write_text("circle 0.1 0.2 0.3\n")
+    result = invoke(capsys, "train", "--model", "mlgcn", "--data", str(synth_data), "--label-vectors", vectors,
+                    "--epochs", "1", "--out", tmp_path / "run")
+    assert_one_line_error(result, "has no vector for 3 of 4 classes")
+
+
+def test_models_json_lists_the_zoo(capsys):
+    result = invoke(capsys, "models", "--json", "--no-flops", "--classes", "20")
+    assert result.code == 0, result.err
+    rows = {row["name"]: row for row in json.loads(result.out)}
+    assert set(rows) == {"baseline", "mlgcn", "mlgat", "semdep", "q2l", "msrn"}
+    assert rows["q2l"]["default_backbone"] == "resnest101e" and rows["q2l"]["options"]["batchformer"] is True
+    assert rows["semdep"]["options"]["alpha_init"] == 0.48
+    assert rows["q2l"]["params_train_M"] > rows["q2l"]["params_inference_M"]  # BatchFormerV2 is train-only

@@ -74,12 +74,33 @@ def create_model(
 ):
     """Build a registered model; ``backbone`` defaults to the method's paper default."""
     entry = get_model_entry(name)
+    options = model_options(name)
+    unknown = sorted(set(hyperparameters) - set(options))
+    if unknown:
+        listed = ", ".join(f"{key}={value!r}" for key, value in options.items())
+        raise MlicError(f"unknown option {unknown[0]} for model {name!r}", hint=f"valid options (defaults): {listed}")
     if entry.needs_label_graph:
         hyperparameters["label_graph"] = label_graph
-    return entry.builder(
-        num_classes=num_classes,
-        backbone=backbone or entry.default_backbone,
-        pretrained=pretrained,
-        pretrained_file=pretrained_file,
-        **hyperparameters,
-    )
+    try:
+        return entry.builder(
+            num_classes=num_classes,
+            backbone=backbone or entry.default_backbone,
+            pretrained=pretrained,
+            pretrained_file=pretrained_file,
+            **hyperparameters,
+        )
+    except ValueError as error:  # a hyperparameter out of range, said by the method's own check
+        raise MlicError(f"model {name!r}: {error}", hint="check --model-kwargs") from error
+
+
+_BUILDER_ARGUMENTS = {"self", "num_classes", "backbone", "pretrained", "pretrained_file", "label_graph"}
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The method's hyperparameters and their defaults, read from its builder's signature."""
+    import inspect
+
+    builder = get_model_entry(name).builder
+    signature = inspect.signature(builder.__init__ if inspect.isclass(builder) else builder)
+    return {key: param.default for key, param in signature.parameters.items()
+            if key not in _BUILDER_ARGUMENTS and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)}

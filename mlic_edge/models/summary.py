@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mlic_edge.label_graph import LabelGraph
-from mlic_edge.models.registry import ModelEntry, create_model
+from mlic_edge.models.registry import ModelEntry, create_model, model_options
 
 
 def placeholder_label_graph(num_classes: int, dim: int = 300, seed: int = 0) -> LabelGraph:
@@ -37,6 +37,7 @@ def summarize(entry: ModelEntry, num_classes: int = 80, img_size: int | None = N
         "params_train_M": sum(p.numel() for p in model.parameters()) / 1e6,
         "params_inference_M": sum(t.numel() for t in _tensors(inference)) / 1e6,
         "needs_label_graph": entry.needs_label_graph,
+        "options": model_options(entry.name),
     }
     if count_flops:
         counter = FlopCounterMode(display=False)
