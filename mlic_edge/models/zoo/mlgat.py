@@ -25,7 +25,7 @@ from mlic_edge.models.backbone import create_backbone
 from mlic_edge.models.base import MultiLabelModel
 from mlic_edge.models.layers.graph import DenseGATLayer, cooccurrence_mask
 from mlic_edge.models.registry import register_model
-from mlic_edge.models.zoo.mlgcn import FoldedClassifier, label_vectors_of
+from mlic_edge.models.label_branch import FoldedClassifier, label_vectors_of
 
 VOC_SIZED = 20
 """Label sets up to this size get the paper's VOC settings (d″ = 512, conv1 keeps W×H); larger ones its COCO

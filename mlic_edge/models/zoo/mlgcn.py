@@ -14,23 +14,9 @@ import torch.nn.functional as F
 from mlic_edge.label_graph import LabelGraph, mlgcn_adjacency
 from mlic_edge.models.backbone import create_backbone, feature_dim
 from mlic_edge.models.base import MultiLabelModel
+from mlic_edge.models.label_branch import FoldedClassifier, label_vectors_of
 from mlic_edge.models.layers.graph import GraphConvolution
 from mlic_edge.models.registry import register_model
-
-
-def label_vectors_of(label_graph: LabelGraph | None, num_classes: int, label_dim: int | None,
-                     model: str) -> tuple[torch.Tensor | None, int]:
-    """(vectors (C, D) or None, D): checks the graph's vectors against ``num_classes`` and ``label_dim``."""
-    if label_graph is None:
-        if label_dim is None:
-            raise ValueError(f"{model} needs a label_graph, or label_dim when rebuilt from a checkpoint")
-        return None, int(label_dim)
-    vectors = torch.as_tensor(label_graph.vectors, dtype=torch.float32)
-    if vectors.ndim != 2 or vectors.shape[0] != num_classes:
-        raise ValueError(f"label vectors have shape {tuple(vectors.shape)}, expected ({num_classes}, D)")
-    if label_dim is not None and label_dim != vectors.shape[1]:
-        raise ValueError(f"label_dim={label_dim} but the label vectors have {vectors.shape[1]} dims")
-    return vectors, int(vectors.shape[1])
 
 
 @register_model(name="mlgcn", paper="Chen et al. 2019, ML-GCN (Multi-Label Image Recognition with GCN)",
@@ -89,16 +75,3 @@ class MLGCN(MultiLabelModel):
         with torch.no_grad():
             weights = self.classifiers()
         return FoldedClassifier(self.backbone, weights)
-
-
-class FoldedClassifier(nn.Module):
-    """Pooled features (from ``features``) times a constant classifier matrix (C, D): the exported graph of a
-    model whose label branch was precomputed. Shares the feature module's weights."""
-
-    def __init__(self, features: nn.Module, classifiers: torch.Tensor) -> None:
-        super().__init__()
-        self.features = features
-        self.register_buffer("classifiers", classifiers.detach().clone())
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.features(images) @ self.classifiers.t()

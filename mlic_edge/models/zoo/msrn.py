@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from mlic_edge.label_graph import LabelGraph, mlgcn_adjacency
 from mlic_edge.models.backbone import create_backbone
 from mlic_edge.models.base import MultiLabelModel
+from mlic_edge.models.label_branch import label_vectors_of
 from mlic_edge.models.layers.diffpool import DiffPool, ResidualGATLayer, group_compactness_loss
 from mlic_edge.models.registry import register_model
 
@@ -118,15 +119,7 @@ class MSRN(MultiLabelModel):
         fc_hidden: int = 2048,
         label_dim: int | None = None,
     ) -> None:
-        if label_graph is not None:
-            vectors = torch.as_tensor(label_graph.vectors, dtype=torch.float32)
-            if vectors.ndim != 2 or vectors.shape[0] != num_classes:
-                raise ValueError(f"label vectors have shape {tuple(vectors.shape)}, expected ({num_classes}, D)")
-            if label_dim is not None and label_dim != vectors.shape[1]:
-                raise ValueError(f"label_dim={label_dim} but the label vectors have {vectors.shape[1]} dims")
-            label_dim = int(vectors.shape[1])
-        elif label_dim is None:
-            raise ValueError("msrn needs a label_graph, or label_dim when rebuilt from a checkpoint")
+        vectors, label_dim = label_vectors_of(label_graph, num_classes, label_dim, "msrn")
         num_groups = num_groups_for(num_classes, pool_ratio)
         super().__init__("msrn", num_classes, backbone, tau=tau, pool_ratio=pool_ratio, embed_dim=embed_dim,
                          label_hidden=label_hidden, gat_hidden=gat_hidden, group_loss_weight=group_loss_weight,
