@@ -48,7 +48,7 @@ def export_onnx(run: RunDir, opset: int = DEFAULT_OPSET, simplify: bool = True, 
     example = torch.zeros(2, 3, img_size, img_size)
 
     with atomic_path(run.onnx("fp32")) as tmp:
-        _torch_export(graph, example, tmp, opset, dynamo)
+        export_graph(graph, example, tmp, opset, dynamo)
         proto = onnx.load(str(tmp))
         if simplify:
             proto = _simplify(proto)
@@ -66,7 +66,9 @@ def export_onnx(run: RunDir, opset: int = DEFAULT_OPSET, simplify: bool = True, 
     return result
 
 
-def _torch_export(graph: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, dynamo: bool) -> None:
+def export_graph(graph: torch.nn.Module, example: torch.Tensor, path: Path, opset: int = DEFAULT_OPSET,
+                 dynamo: bool = False) -> None:
+    """torch -> ONNX with the names and dynamic batch axis every stage after export relies on."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

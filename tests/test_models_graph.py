@@ -4,7 +4,6 @@ ONNX export, checkpoint rebuild and overfitting for both models."""
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from mlic_edge.models.checkpoint import load_model, save_checkpoint
 from mlic_edge.models.layers.graph import DenseGATLayer, GraphConvolution, cooccurrence_mask
 from mlic_edge.models.zoo.mlgat import MLGAT
 from mlic_edge.models.zoo.mlgcn import MLGCN
+from model_checks import fit_steps, to_onnx
 
 TINY = {
     "mlgcn": (MLGCN, dict(backbone="resnet10t", hidden=24)),
@@ -281,15 +281,7 @@ def test_overfits_a_small_batch(name):
     images = torch.randn(8, 3, 32, 32, generator=g)
     targets = (torch.rand(8, 5, generator=g) < 0.4).float()
     targets[0], targets[1] = 1.0, 0.0  # every class has a positive and a negative
-    criterion = nn.MultiLabelSoftMarginLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(30):
-        optimizer.zero_grad()
-        loss = model.training_loss(images, targets, criterion)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_steps(model, images, targets, nn.MultiLabelSoftMarginLoss(), steps=30)
     model.eval()
     with torch.no_grad():
         result = mean_average_precision(model(images).numpy(), targets.numpy().astype(np.int64))
@@ -302,12 +294,7 @@ def test_onnx_export_holds_only_the_folded_classifiers(name, tmp_path):
     model = make_model(name, 7)
     graph = model.for_export()
     path = tmp_path / f"{name}.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(graph, (torch.zeros(2, 3, 64, 64),), str(path), input_names=["images"],
-                          output_names=["scores"], opset_version=17, dynamo=False,
-                          dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}})
-    proto = onnx.load(str(path))
+    proto = to_onnx(graph, path)
     onnx.checker.check_model(proto)
     arrays = [onnx.numpy_helper.to_array(t) for t in proto.graph.initializer]
 

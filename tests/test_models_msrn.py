@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
 import torch
+from model_checks import fit_steps, to_onnx
 import torch.nn as nn
 
 from mlic_edge.label_graph import LabelGraph, mlgcn_adjacency
@@ -94,19 +94,13 @@ def test_folded_equals_unfolded_and_drops_the_label_branch():
 
 
 def test_onnx_export_matches_onnxruntime_without_gat_weights(tmp_path):
-    onnx = pytest.importorskip("onnx")
     from onnx import numpy_helper
 
     ort = pytest.importorskip("onnxruntime")
     model = make_model(7)
     graph = model.for_export()
     path = tmp_path / "msrn.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(graph, (torch.zeros(2, 3, 64, 64),), str(path), input_names=["images"],
-                          output_names=["scores"], opset_version=17, dynamo=False,
-                          dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}})
-    proto = onnx.load(str(path))
+    proto = to_onnx(graph, path)
     initializers = [numpy_helper.to_array(t) for t in proto.graph.initializer]
     assert not any(part in t.name for t in proto.graph.initializer for part in LABEL_PARTS)
     op_types = {node.op_type for node in proto.graph.node}
@@ -147,18 +141,12 @@ def test_overfits_a_small_batch():
     torch.manual_seed(3)
     images = torch.randn(8, 3, 64, 64)
     targets = (torch.rand(8, 5) < 0.4).float()
-    criterion = nn.BCEWithLogitsLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(40):
-        optimizer.zero_grad()
-        loss = model.training_loss(images, targets, criterion)
-        loss.backward()
-        if not losses:  # the label branch trains through SGA and the group loss
-            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.label_gat.parameters())
-            assert all(p.grad is not None for p in model.group_pool.parameters())
-        optimizer.step()
-        losses.append(loss.item())
+
+    def label_branch_has_gradients():  # the label branch trains through SGA and the group loss
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.label_gat.parameters())
+        assert all(p.grad is not None for p in model.group_pool.parameters())
+
+    losses = fit_steps(model, images, targets, nn.BCEWithLogitsLoss(), after_first_backward=label_branch_has_gradients)
     assert losses[-1] < 0.2 * losses[0], losses
 
 

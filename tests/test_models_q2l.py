@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from model_checks import fit_steps, to_onnx
 import torch.nn as nn
 
 from mlic_edge.models.checkpoint import load_model, save_checkpoint
@@ -155,10 +156,7 @@ def test_onnx_export_matches_pytorch_without_batchformer_weights(tmp_path):
     model = tiny(7).eval()
     graph = model.for_export()
     path = tmp_path / "q2l.onnx"
-    torch.onnx.export(graph, (torch.zeros(2, 3, 64, 64),), str(path), input_names=["images"],
-                      output_names=["scores"], opset_version=17, dynamo=False,
-                      dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}})
-    proto = onnx.load(str(path))
+    proto = to_onnx(graph, path)
     onnx.checker.check_model(proto)
     arrays = [onnx.numpy_helper.to_array(t) for t in proto.graph.initializer]
     assert not any("batchformer" in t.name for t in proto.graph.initializer)
@@ -197,14 +195,7 @@ def test_overfits_a_small_batch():
     torch.manual_seed(5)
     x, y = torch.randn(8, 3, 64, 64), (torch.rand(8, 5) > 0.5).float()
     criterion = nn.BCEWithLogitsLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(40):
-        loss = model.training_loss(x, y, criterion)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_steps(model, x, y, criterion)
     model.eval()
     with torch.no_grad():
         final = criterion(model(x), y).item()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
+from model_checks import fit_steps, to_onnx
 import torch.nn as nn
 
 from mlic_edge.models.checkpoint import load_model, save_checkpoint
@@ -175,19 +175,12 @@ def test_frozen_backbone_keeps_batchnorm_statistics():
 
 
 def test_onnx_export_matches_onnxruntime(tmp_path):
-    pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    import onnx
 
     model = make_model(7)
     graph = model.for_export()
     path = tmp_path / "semdep.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(graph, (torch.zeros(2, 3, 64, 64),), str(path), input_names=["images"],
-                          output_names=["scores"], opset_version=17, dynamo=False,
-                          dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}})
-    op_types = {node.op_type for node in onnx.load(str(path)).graph.node}
+    op_types = {node.op_type for node in to_onnx(graph, path).graph.node}
     assert "Softmax" in op_types and "Sigmoid" in op_types
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 3):
@@ -217,16 +210,10 @@ def test_overfits_a_small_batch():
     torch.manual_seed(3)
     images = torch.randn(8, 3, 64, 64)
     targets = (torch.rand(8, 5) < 0.4).float()
-    criterion = nn.BCEWithLogitsLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(40):
-        optimizer.zero_grad()
-        loss = model.training_loss(images, targets, criterion)
-        loss.backward()
-        if not losses:  # every branch trains end to end in the joint stage
-            for group, params in model.parameter_groups().items():
-                assert all(p.grad is not None for p in params), group
-        optimizer.step()
-        losses.append(loss.item())
+
+    def every_branch_has_gradients():  # every branch trains end to end in the joint stage
+        for group, params in model.parameter_groups().items():
+            assert all(p.grad is not None for p in params), group
+
+    losses = fit_steps(model, images, targets, nn.BCEWithLogitsLoss(), after_first_backward=every_branch_has_gradients)
     assert losses[-1] < 0.2 * losses[0], losses

@@ -1,0 +1,33 @@
+"""Checks shared by the model tests: a few optimisation steps, and export through the project's exporter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import onnx
+import torch
+
+from mlic_edge.export.onnx_export import export_graph
+
+
+def fit_steps(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, criterion: torch.nn.Module,
+              steps: int = 40, lr: float = 1e-3, after_first_backward: Callable[[], None] | None = None) -> list[float]:
+    """Adam on one batch through ``model.training_loss``; returns the loss of every step."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses: list[float] = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = model.training_loss(images, targets, criterion)
+        loss.backward()
+        if not losses and after_first_backward is not None:
+            after_first_backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def to_onnx(graph: torch.nn.Module, path: Path, img_size: int = 64) -> onnx.ModelProto:
+    """Export as ``mlic-edge export`` does (opset 17, dynamic batch, input ``images``, output ``scores``)."""
+    export_graph(graph, torch.zeros(2, 3, img_size, img_size), path)
+    return onnx.load(str(path))
