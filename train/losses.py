@@ -46,6 +46,15 @@ def _reduce(loss: torch.Tensor, known: torch.Tensor, reduction: str) -> torch.Te
     return total / known.sum().clamp(min=1).to(total.dtype)
 
 
+def _prepare(logits: torch.Tensor, targets: torch.Tensor,
+             num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Checked float32 (logits, targets with -1 as 0, known-entry mask): what every loss starts from."""
+    _check_shapes(logits, targets, num_classes)
+    logits = logits.float()
+    targets = targets.to(logits.dtype)
+    return logits, targets.clamp(min=0), _known(targets)
+
+
 def _check_shapes(logits: torch.Tensor, targets: torch.Tensor, num_classes: int | None = None) -> None:
     if logits.dim() != 2 or logits.shape != targets.shape:
         raise MlicError(f"loss expects logits and targets of the same shape (N, C), got {tuple(logits.shape)} and "
@@ -107,11 +116,8 @@ class MaskedBCE(nn.Module):
     """Binary cross-entropy over the known entries, averaged over them (``bce``)."""
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        _check_shapes(logits, targets)
-        logits = logits.float()
-        targets = targets.to(logits.dtype)
-        known = _known(targets)
-        loss = F.binary_cross_entropy_with_logits(logits, targets.clamp(min=0), reduction="none")
+        logits, y, known = _prepare(logits, targets)
+        loss = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
         return _reduce(loss, known, "mean")
 
 
@@ -124,11 +130,8 @@ class SoftMarginLoss(nn.Module):
     """
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        _check_shapes(logits, targets)
-        logits = logits.float()
-        targets = targets.to(logits.dtype)
-        known = _known(targets)
-        loss = F.binary_cross_entropy_with_logits(logits, targets.clamp(min=0), reduction="none")
+        logits, y, known = _prepare(logits, targets)
+        loss = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
         per_class = torch.where(known, loss, torch.zeros_like(loss))
         counted = known.sum(dim=1)
         per_image = per_class.sum(dim=1) / counted.clamp(min=1).to(loss.dtype)
@@ -155,11 +158,7 @@ class FocalLoss(nn.Module):
         self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        _check_shapes(logits, targets)
-        logits = logits.float()
-        targets = targets.to(logits.dtype)
-        known = _known(targets)
-        y = targets.clamp(min=0)
+        logits, y, known = _prepare(logits, targets)
         ce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")  # −log p_t
         p = torch.sigmoid(logits)
         one_minus_pt = y * (1 - p) + (1 - y) * p
@@ -194,11 +193,7 @@ class AsymmetricLoss(nn.Module):
         self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        _check_shapes(logits, targets)
-        logits = logits.float()
-        targets = targets.to(logits.dtype)
-        known = _known(targets)
-        y = targets.clamp(min=0)
+        logits, y, known = _prepare(logits, targets)
         p = torch.sigmoid(logits)
         p_neg = 1 - p
         if self.clip > 0:
@@ -266,13 +261,9 @@ class DistributionBalancedLoss(nn.Module):
         return int(self.freq_inv.numel())
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        _check_shapes(logits, targets, self.num_classes)
-        logits = logits.float()
-        targets = targets.to(logits.dtype)
-        known = _known(targets)
-        y = targets.clamp(min=0)
+        logits, y, known = _prepare(logits, targets, self.num_classes)
         freq_inv = self.freq_inv.to(logits.device)
-        weight = rebalance_weight((targets > 0).to(logits.dtype), freq_inv, self.map_alpha, self.map_beta,
+        weight = rebalance_weight(y, freq_inv, self.map_alpha, self.map_beta,
                                   self.map_gamma)
         z = logits
         if self.ntr:
@@ -363,14 +354,10 @@ class DABLoss(nn.Module):
         return self.scheduled_phi if self.fixed_phi is None else self.fixed_phi
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        _check_shapes(logits, targets, self.num_classes)
-        logits = logits.float()
-        targets = targets.to(logits.dtype)
-        known = _known(targets)
-        y = targets.clamp(min=0)
+        logits, y, known = _prepare(logits, targets, self.num_classes)
         phi = self.phi
         if phi < 1.0:
-            s_hat = rebalance_weight((targets > 0).to(logits.dtype), self.freq_inv.to(logits.device), self.beta,
+            s_hat = rebalance_weight(y, self.freq_inv.to(logits.device), self.beta,
                                      self.mu, self.epsilon)
             weight = (1.0 - phi) * s_hat + phi
         else:

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mlic_edge.data.dataset import POSITIVE, MultiLabelDataset
+from mlic_edge.data.dataset import CLASSES_FILE, POSITIVE, MultiLabelDataset, read_class_file
 from mlic_edge.errors import DataError
 
 DEFAULT_SPLITS = {"train": ("train",), "eval": ("test", "val")}
 REQUIRED_COLUMNS = ("image", "labels")
-CLASSES_FILE = "classes.txt"
 
 
 def _header(path: Path) -> list[str]:
@@ -80,14 +79,7 @@ def class_list(root: Path) -> tuple[list[str], bool]:
     """(names, custom): classes.txt when present, else the sorted union of labels over the folder's CSV files."""
     classes_file = root / CLASSES_FILE
     if classes_file.is_file():
-        names = [line.strip() for line in classes_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-        if not names:
-            raise DataError(f"{classes_file} is empty", hint="write one class name per line")
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise DataError(f"{classes_file} repeats {', '.join(map(repr, repeated))}",
-                            hint="one unique class name per line")
-        return names, True
+        return read_class_file(classes_file), True
     seen = {name for path in sorted(root.glob("*.csv")) if _is_split_file(path)
             for _, _, labels in _read_rows(path) for name in labels}
     if not seen:

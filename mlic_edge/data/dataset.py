@@ -12,7 +12,21 @@ from pathlib import Path
 
 import numpy as np
 
+from mlic_edge.errors import DataError
+
 POSITIVE, NEGATIVE, IGNORE = 1, 0, -1
+CLASSES_FILE = "classes.txt"
+
+
+def read_class_file(path: Path) -> list[str]:
+    """A ``classes.txt``: one unique class name per line, in class order (blank lines and a BOM ignored)."""
+    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if not names:
+        raise DataError(f"{path} is empty", hint="write one class name per line")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path} repeats {', '.join(map(repr, repeated))}", hint="one unique class name per line")
+    return names
 
 
 @dataclass

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlic_edge.data.dataset import IGNORE, NEGATIVE, POSITIVE, MultiLabelDataset
+from mlic_edge.data.dataset import CLASSES_FILE, IGNORE, NEGATIVE, POSITIVE, MultiLabelDataset, read_class_file
 from mlic_edge.errors import DataError
 
 VOC_CLASSES = (
@@ -36,7 +36,6 @@ VOC_CLASSES = (
 DIFFICULT_POLICIES = ("ignore", "positive", "negative")
 DIFFICULT_VALUE = {"ignore": IGNORE, "positive": POSITIVE, "negative": NEGATIVE}
 DEFAULT_SPLITS = {"train": ("trainval", "train"), "eval": ("test", "val")}
-CLASSES_FILE = "classes.txt"
 
 
 def find_voc_root(path: Path) -> Path:
@@ -88,14 +87,7 @@ def class_list(root: Path) -> tuple[list[str], bool]:
     """(names, custom): ImageSets/Main/classes.txt when present, else the standard VOC classes."""
     classes_file = root / "ImageSets" / "Main" / CLASSES_FILE
     if classes_file.is_file():
-        names = [line.strip() for line in classes_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-        if not names:
-            raise DataError(f"{classes_file} is empty", hint="write one class name per line")
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise DataError(f"{classes_file} repeats {', '.join(map(repr, repeated))}",
-                            hint="one unique class name per line")
-        return names, True
+        return read_class_file(classes_file), True
     return list(VOC_CLASSES), False
 
 
