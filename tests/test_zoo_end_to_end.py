@@ -40,6 +40,10 @@ def test_train_export_parity(capsys, tmp_path, synth_data, name):
     if name in ("mlgcn", "mlgat", "msrn"):
         assert (run / "label_graph.npz").is_file() and meta["label_graph"]["vectors_source"]
 
+    result = invoke(capsys, "eval", "--run", str(run), "--json")
+    assert result.code == 0, result.err
+    assert 0.0 <= json.loads(result.out)["mAP"] <= 1.0
+
     result = invoke(capsys, "export", "--run", str(run))
     assert result.code == 0, result.err
     proto = onnx.load(str(run / "model.onnx"))
@@ -51,3 +55,15 @@ def test_train_export_parity(capsys, tmp_path, synth_data, name):
     assert result.code == 0, result.err
     report = json.loads(result.out)
     assert report["passed"] and report["max_abs_diff"] < 1e-4
+
+
+@pytest.mark.parametrize("loss", ["bce", "softmargin", "focal", "asl", "dbl", "dab"])
+def test_every_loss_trains(capsys, tmp_path, synth_data, loss):
+    args = ["train", "--data", str(synth_data), "--backbone", "resnet10t", "--img-size", "32", "--epochs", "2",
+            "--batch-size", "16", "--workers", "0", "--loss", loss, "--out", str(tmp_path / "run"), "--json"]
+    if loss == "dbl":
+        args += ["--sampler", "class-aware"]
+    result = invoke(capsys, *args)
+    assert result.code == 0, result.err
+    history = json.loads(result.out)["history"]
+    assert len(history) == 2 and all(row["train_loss"] > 0 for row in history)
