@@ -31,3 +31,17 @@ def to_onnx(graph: torch.nn.Module, path: Path, img_size: int = 64) -> onnx.Mode
     """Export as ``mlic-edge export`` does (opset 17, dynamic batch, input ``images``, output ``scores``)."""
     export_graph(graph, torch.zeros(2, 3, img_size, img_size), path)
     return onnx.load(str(path))
+
+
+def assert_onnxruntime_matches(graph: torch.nn.Module, path: Path, img_size: int = 64, atol: float = 1e-4) -> None:
+    """ONNX Runtime on ``path`` gives ``graph``'s scores at batch 1 and 3 (the batch axis really is dynamic)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        images = torch.randn(batch, 3, img_size, img_size)
+        with torch.no_grad():
+            expected = graph(images).numpy()
+        (got,) = session.run(None, {"images": images.numpy()})
+        np.testing.assert_allclose(got, expected, atol=atol, rtol=0)
