@@ -37,3 +37,11 @@ class ParityError(MlicError):
     """The result is further from the reference than the tolerance allows."""
 
     exit_code = 3
+
+
+class CalibrationError(MlicError):
+    """Calibration data or an INT8/FP16 conversion is unusable."""
+
+
+class BuildError(MlicError):
+    """TensorRT could not parse or build an engine, or an engine does not match this machine."""

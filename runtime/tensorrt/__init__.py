@@ -1,0 +1,1 @@
+"""TensorRT (and TensorRT for RTX): the API in hand, the engine builder, engine manifests."""
