@@ -1,1 +1,14 @@
-"""INT8 calibration sets and explicit Q/DQ quantization (onnx, onnxruntime, numpy — never torch)."""
+"""INT8 calibration sets and explicit Q/DQ quantization (onnx, onnxruntime, numpy — never torch).
+
+``select_calibration_set`` picks training images covering every class; ``quantize_int8`` writes
+``model.int8.onnx`` with symmetric, TensorRT-fusable Q/DQ and keeps what was used under ``<run>/calibration/``;
+``layer_sensitivity`` names the quantized layers that hurt most (candidates for ``--keep-fp``).
+"""
+
+from mlic_edge.calibration.images import CalibrationSet, select_calibration_set
+from mlic_edge.calibration.int8 import (METHODS, Int8Report, calibration_key, quantizable_nodes, quantize_int8,
+                                        quantized_node_names)
+from mlic_edge.calibration.sensitivity import layer_sensitivity
+
+__all__ = ["METHODS", "CalibrationSet", "Int8Report", "calibration_key", "layer_sensitivity", "quantizable_nodes",
+           "quantize_int8", "quantized_node_names", "select_calibration_set"]

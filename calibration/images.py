@@ -1,0 +1,123 @@
+"""Choosing the calibration images: every class covered (rarest first), then a random fill; hashed so that a
+change of data is seen and forces a new calibration."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from mlic_edge.console import warn
+from mlic_edge.data.dataset import POSITIVE, MultiLabelDataset
+from mlic_edge.data.images import preprocess, read_image
+from mlic_edge.errors import CalibrationError
+from mlic_edge.io import sha256_file
+
+DEFAULT_BATCH_SIZE = 16
+
+
+@dataclass
+class CalibrationSet:
+    """The images chosen for calibration and what they cover."""
+
+    image_paths: list[Path]
+    image_ids: list[str]
+    labels: list[str]
+    class_counts: dict[str, int]
+    """Images holding each class (positives only) among the chosen ones."""
+    requested: int
+    notes: list[str] = field(default_factory=list)
+    """Things the user should be told (fewer images than asked, classes absent)."""
+    _hashes: dict[str, str] | None = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def missing_classes(self) -> list[str]:
+        return [name for name in self.labels if self.class_counts.get(name, 0) == 0]
+
+    def image_hashes(self) -> dict[str, str]:
+        """SHA-256 of each image file, by image id (computed once)."""
+        if self._hashes is None:
+            self._hashes = {image_id: sha256_file(path) for image_id, path in zip(self.image_ids, self.image_paths)}
+        return self._hashes
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the sorted (image id, file hash) pairs: the same images in any order give the same value."""
+        digest = hashlib.sha256()
+        for image_id, file_hash in sorted(self.image_hashes().items()):
+            digest.update(f"{image_id}\0{file_hash}\n".encode())
+        return digest.hexdigest()
+
+    def batches(self, img_size: int, mean: Sequence[float], std: Sequence[float],
+                batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[np.ndarray]:
+        """Preprocessed float32 NCHW batches, exactly as every runtime stage preprocesses; unreadable files skipped."""
+        pending: list[np.ndarray] = []
+        for path in self.image_paths:
+            image = read_image(path)
+            if image is None:
+                continue
+            pending.append(preprocess(image, img_size, mean, std))
+            if len(pending) == batch_size:
+                yield np.stack(pending)
+                pending = []
+        if pending:
+            yield np.stack(pending)
+
+
+def select_calibration_set(dataset: MultiLabelDataset, count: int, seed: int = 0) -> CalibrationSet:
+    """Pick ``count`` images: one holding each class first (rarest class first), then random ones; deterministic
+    for a seed. Fewer images than asked uses them all and says so; classes with no image are warned about by name."""
+    if count < 1:
+        raise CalibrationError(f"calibration image count must be at least 1, got {count}",
+                               hint="pass --calib-images N with N >= 1 (a few hundred is typical)")
+    rng = np.random.default_rng(seed)
+    positives = dataset.targets == POSITIVE
+    notes: list[str] = []
+    if count >= len(dataset):
+        chosen = list(range(len(dataset)))
+        if count > len(dataset):
+            notes.append(f"asked for {count} calibration images but split {dataset.split!r} has only "
+                         f"{len(dataset)}: using all {len(dataset)}")
+    else:
+        chosen = _cover_classes_then_fill(positives, count, rng)
+
+    chosen.sort()
+    picked = dataset.subset(chosen)
+    counts = positives[chosen].sum(axis=0)
+    calibration = CalibrationSet(
+        image_paths=list(picked.image_paths),
+        image_ids=picked.image_ids(),
+        labels=list(dataset.names),
+        class_counts={name: int(n) for name, n in zip(dataset.names, counts)},
+        requested=count,
+        notes=notes,
+    )
+    missing = calibration.missing_classes()
+    if missing:
+        notes.append(f"no calibration image holds {len(missing)} class(es): {', '.join(missing)} "
+                     f"(their activations are calibrated only through other images)")
+    for note in notes:
+        warn(note)
+    return calibration
+
+
+def _cover_classes_then_fill(positives: np.ndarray, count: int, rng: np.random.Generator) -> list[int]:
+    per_class = positives.sum(axis=0)
+    chosen: list[int] = []
+    taken = np.zeros(len(positives), dtype=bool)
+    for cls in np.argsort(per_class, kind="stable"):
+        if len(chosen) == count:
+            break
+        if per_class[cls] == 0 or positives[taken, cls].any():
+            continue
+        candidates = np.flatnonzero(positives[:, cls] & ~taken)
+        pick = int(rng.choice(candidates))
+        chosen.append(pick)
+        taken[pick] = True
+    rest = rng.permutation(np.flatnonzero(~taken))[: count - len(chosen)]
+    chosen.extend(int(i) for i in rest)
+    return chosen

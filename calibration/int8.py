@@ -1,0 +1,294 @@
+"""FP32 ONNX -> INT8 ONNX with explicit Q/DQ, by ONNX Runtime's static quantizer, and the calibration record.
+
+What is quantized (NVIDIA's explicit-quantization placement rules, TensorRT developer guide "Explicit
+Quantization"): Q/DQ go on the *inputs* of the weighted operators (Conv, ConvTranspose, Gemm, MatMul), where
+TensorRT fuses DQ -> op into an INT8 kernel; outputs of those ops are not quantized (the next consumer's input Q
+does it). Residual ``Add`` nodes whose two inputs are both activations also get Q/DQ on their inputs (not their
+output): NVIDIA recommends this for ResNets so the Add fuses into the preceding Conv as an INT8 element-wise
+epilogue instead of forcing a float round trip. An ``Add`` with a constant input (a bias, a folded label
+embedding) is left in float. Everything is symmetric INT8 (zero point 0), weights per output channel, and biases
+stay float (TensorRT's parser rejects INT32 biases).
+
+Record layout under ``<run>/calibration/<key>/``: ``record.json`` (method, settings, fp32 ONNX hash, images and
+their hashes, class coverage, ORT version) and ``ranges.json`` (ONNX Runtime's per-tensor ranges). The key
+hashes the fp32 model, the images and the method, so a rebuild reuses the ranges without the images and any
+change of data or model calibrates again. ``keep_fp`` is not part of the key: ranges do not depend on it.
+
+``quant_pre_process`` is not used: the export is already simplified with full shapes, and ORT's pre-processing
+optimizer can fold nodes into ORT-only operators TensorRT's parser does not know.
+
+Needs ``quantize_static(calibration_cache_path=...)`` (onnxruntime with PR #28221; 1.32 checked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import io
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import onnx
+
+from mlic_edge.calibration.images import CalibrationSet
+from mlic_edge.errors import CalibrationError
+from mlic_edge.io import atomic_path, read_json, sha256_file, write_json
+
+METHODS = ("entropy", "percentile", "minmax")
+QUANTIZED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
+WEIGHTED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+RECORD_FILE, RANGES_FILE = "record.json", "ranges.json"
+SETTINGS = {
+    "format": "QDQ",
+    "activations": "int8 symmetric per-tensor",
+    "weights": "int8 symmetric per-channel",
+    "quantize_bias": False,
+    "op_types": list(QUANTIZED_OP_TYPES),
+    "add_outputs_quantized": False,
+}
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class Int8Report:
+    path: Path
+    key: str
+    method: str
+    images: int
+    reused: bool
+    quantized_nodes: int
+    kept_fp: list[str]
+    record_dir: Path
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+def calibration_key(fp32_onnx_sha256: str, fingerprint: str, method: str, settings: dict) -> str:
+    """Short hex key of everything the ranges depend on: the model, the images, the method and the settings."""
+    payload = json.dumps({"model": fp32_onnx_sha256, "images": fingerprint, "method": method, "settings": settings},
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that get Q/DQ (the names ``keep_fp`` accepts)."""
+    constants = {init.name for init in model.graph.initializer}
+    constants.update(out for node in model.graph.node if node.op_type == "Constant" for out in node.output)
+    names = []
+    for node in model.graph.node:
+        if node.op_type not in QUANTIZED_OP_TYPES:
+            continue
+        if node.op_type == "Add" and any(name in constants for name in node.input):
+            continue
+        names.append(node.name)
+    return names
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, record_root: Path, *, method: str = "entropy",
+                  calibration: CalibrationSet | None, img_size: int, mean: Sequence[float], std: Sequence[float],
+                  keep_fp: Sequence[str] = (), progress: ProgressCallback | None = None) -> Int8Report:
+    """Write ``out_path`` (INT8 Q/DQ) from ``fp32_path``; calibrate on ``calibration`` or reuse a stored record.
+
+    With ``calibration=None`` the newest record for this fp32 model and method is reused (a device without the
+    images); with images, an existing record of the same key is reused and no image is read.
+    """
+    started = time.monotonic()
+    fp32_path, out_path, record_root = Path(fp32_path), Path(out_path), Path(record_root)
+    if method not in METHODS:
+        raise CalibrationError(f"unknown calibration method {method!r}", hint=f"use one of {', '.join(METHODS)}")
+    if not fp32_path.is_file():
+        raise CalibrationError(f"{fp32_path} is missing", hint="run `mlic-edge export` first")
+    _require_calibration_cache_support()
+    model = onnx.load(str(fp32_path))
+    excluded = _check_keep_fp(model, keep_fp)
+    fp32_sha = sha256_file(fp32_path)
+
+    if calibration is None:
+        record_dir = _newest_record(record_root, fp32_sha, method)
+        key, reused = record_dir.name, True
+    else:
+        if len(calibration) == 0:
+            raise CalibrationError("the calibration set holds no image", hint="pass --calib-data with images")
+        key = calibration_key(fp32_sha, calibration.fingerprint(), method, SETTINGS)
+        record_dir = record_root / key
+        reused = _record_complete(record_dir)
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".int8.", dir=out_path.parent) as work, atomic_path(out_path) as tmp:
+        ranges = Path(work) / RANGES_FILE
+        reader = None
+        if reused:
+            shutil.copyfile(record_dir / RANGES_FILE, ranges)
+            images = int(read_json(record_dir / RECORD_FILE)["images_used"])
+        else:
+            # ORT's histogram calibrators stack the per-batch outputs, so every batch must have one shape.
+            batches = calibration.batches(img_size, mean, std, batch_size=1)
+            reader = _BatchReader(model.graph.input[0].name, batches, len(calibration), progress)
+        _run_quantizer(fp32_path, tmp, ranges, reader, method, excluded)
+        quantized = _finish_model(tmp, model, fp32_sha, key)
+        if reader is not None:
+            images = reader.images
+            if images == 0:
+                raise _no_readable_image()
+            _write_record(record_dir, ranges, calibration, fp32_sha, method, images, key)
+
+    notes = [] if calibration is None else list(calibration.notes)
+    return Int8Report(path=out_path, key=key, method=method, images=images, reused=reused,
+                      quantized_nodes=quantized, kept_fp=list(keep_fp), record_dir=record_dir,
+                      seconds=time.monotonic() - started, notes=notes)
+
+
+class _BatchReader:
+    """ONNX Runtime's CalibrationDataReader protocol over our batches, counting images and reporting progress."""
+
+    def __init__(self, input_name: str, batches: Iterator[np.ndarray], total: int,
+                 progress: ProgressCallback | None) -> None:
+        self._input_name, self._batches, self._total, self._progress = input_name, batches, total, progress
+        self.images = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        if batch is None:
+            return None
+        self.images += len(batch)
+        if self._progress is not None:
+            self._progress(self.images, self._total)
+        return {self._input_name: batch}
+
+
+def _run_quantizer(fp32_path: Path, out_path: Path, ranges: Path, reader: _BatchReader | None, method: str,
+                   excluded: list[str]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    calibrate_method = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
+                        "minmax": CalibrationMethod.MinMax}[method]
+    # ORT prints calibration chatter on stdout (reserved for JSON output) and nags about pre-processing.
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
+        try:
+            quantize_static(str(fp32_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=list(QUANTIZED_OP_TYPES), nodes_to_exclude=excluded,
+                            calibrate_method=calibrate_method, calibration_cache_path=str(ranges),
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                           "QuantizeBias": False, "OpTypesToExcludeOutputQuantization": ["Add"]})
+        except (ValueError, RuntimeError) as error:
+            if reader is not None and reader.images == 0:
+                raise _no_readable_image() from error
+            raise CalibrationError(f"ONNX Runtime could not quantize {fp32_path.name}: {error}",
+                                   hint="check the fp32 model runs under ONNX Runtime; try another --calib-method"
+                                   ) from error
+
+
+def _no_readable_image() -> CalibrationError:
+    return CalibrationError("none of the calibration images could be read",
+                            hint="check the files under --calib-data (missing or corrupt images)")
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _check_keep_fp(model: onnx.ModelProto, keep_fp: Sequence[str]) -> list[str]:
+    """``keep_fp`` plus the Adds that must stay float (constant input)."""
+    quantizable = quantizable_nodes(model)
+    unknown = [name for name in keep_fp if name not in set(quantizable)]
+    if unknown:
+        raise CalibrationError(f"--keep-fp names no quantizable node: {', '.join(unknown)}",
+                               hint=f"use node names such as {', '.join(quantizable[:3])} "
+                                    f"(the sensitivity report lists the worst ones)")
+    constant_adds = [node.name for node in model.graph.node
+                     if node.op_type in QUANTIZED_OP_TYPES and node.name not in set(quantizable)]
+    return list(keep_fp) + constant_adds
+
+
+def _record_complete(record_dir: Path) -> bool:
+    return (record_dir / RECORD_FILE).is_file() and (record_dir / RANGES_FILE).is_file()
+
+
+def _newest_record(record_root: Path, fp32_sha: str, method: str) -> Path:
+    matches = []
+    for record_file in record_root.glob(f"*/{RECORD_FILE}"):
+        try:
+            record = read_json(record_file)
+        except (OSError, ValueError):
+            continue
+        if (record.get("fp32_onnx_sha256") == fp32_sha and record.get("method") == method
+                and record.get("settings") == SETTINGS and _record_complete(record_file.parent)):
+            matches.append((record.get("created", ""), record_file.parent))
+    if not matches:
+        raise CalibrationError(f"no {method} calibration record for this model under {record_root}",
+                               hint="pass --calib-data DATA to calibrate on images (once; later builds reuse it)")
+    return max(matches)[1]
+
+
+def _write_record(record_dir: Path, ranges: Path, calibration: CalibrationSet, fp32_sha: str, method: str,
+                  images_used: int, key: str) -> None:
+    import onnxruntime
+
+    with atomic_path(record_dir / RANGES_FILE) as tmp:
+        shutil.copyfile(ranges, tmp)
+    # record.json last: its presence marks a complete record.
+    write_json(record_dir / RECORD_FILE, {
+        "key": key,
+        "method": method,
+        "settings": SETTINGS,
+        "fp32_onnx_sha256": fp32_sha,
+        "images_requested": calibration.requested,
+        "images_used": images_used,
+        "images": [{"id": image_id, "sha256": digest} for image_id, digest in calibration.image_hashes().items()],
+        "images_fingerprint": calibration.fingerprint(),
+        "class_counts": calibration.class_counts,
+        "missing_classes": calibration.missing_classes(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+        "onnxruntime": onnxruntime.__version__,
+    })
+
+
+def _finish_model(path: Path, fp32: onnx.ModelProto, fp32_sha: str, key: str) -> int:
+    """Carry the fp32 metadata over, mark the precision; return how many nodes run quantized."""
+    model = onnx.load(str(path))
+    values = {entry.key: entry.value for entry in fp32.metadata_props}
+    values.update(precision="int8", source_onnx_sha256=fp32_sha, calibration_key=key)
+    del model.metadata_props[:]
+    for name, value in values.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = name, value
+    onnx.save(model, str(path))
+    return len(quantized_node_names(model))
+
+
+def quantized_node_names(model: onnx.ModelProto) -> list[str]:
+    """Nodes of the quantized op types fed by a DequantizeLinear (the layers that run in INT8)."""
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    return [node.name for node in model.graph.node
+            if node.op_type in QUANTIZED_OP_TYPES and any(name in dequantized for name in node.input)]
+
+
+def _require_calibration_cache_support() -> None:
+    import onnxruntime
+    from onnxruntime.quantization import quantize_static
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        raise CalibrationError(f"onnxruntime {onnxruntime.__version__} cannot store calibration ranges for reuse",
+                               hint="INT8 quantization needs onnxruntime>=1.27: pip install -U onnxruntime "
+                                    "(an existing model.int8.onnx still runs and builds with this one)")
