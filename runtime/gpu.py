@@ -1,0 +1,147 @@
+"""Which NVIDIA GPU is here: name, compute capability, memory — or None, quickly, when there is none."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+NVIDIA_SMI_QUERY = ("--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader,nounits")
+JETSON_MODEL_FILE = Path("/proc/device-tree/model")
+# Jetson module families by the word in /proc/device-tree/model, most specific first ("Orin Nano" is an Orin).
+# Thor is sm_110 from CUDA 13 on (CUDA 12.8/12.9 called it sm_101).
+JETSON_COMPUTE_CAPABILITY = (("thor", "11.0"), ("orin", "8.7"), ("xavier", "7.2"), ("tx2", "6.2"),
+                             ("nano", "5.3"), ("tx1", "5.3"))
+PROBE_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    compute_capability: str  # "8.7"
+    memory_mb: int | None
+    source: str  # which probe found it: cuda-python, pycuda, nvidia-smi, device-tree
+
+
+def detect_gpu(*, nvidia_smi: str | None = "nvidia-smi", jetson_model_file: Path = JETSON_MODEL_FILE,
+               use_python_bindings: bool = True) -> GpuInfo | None:
+    """The first GPU found by cuda-python, pycuda, nvidia-smi, then a Jetson's device tree; None if none is.
+
+    Never raises and never waits more than a few seconds (nvidia-smi runs with a timeout).
+    """
+    probes: list[Callable[[], GpuInfo | None]] = []
+    if use_python_bindings:
+        probes += [_probe_cuda_python, _probe_pycuda]
+    if nvidia_smi:
+        probes.append(lambda: _probe_nvidia_smi(nvidia_smi))
+    probes.append(lambda: _probe_jetson(jetson_model_file))
+    for probe in probes:
+        found = probe()
+        if found is not None:
+            return found
+    return None
+
+
+def parse_nvidia_smi(text: str) -> GpuInfo | None:
+    """First GPU of ``nvidia-smi --query-gpu=name,compute_cap,memory.total --format=csv,noheader[,nounits]``."""
+    for line in text.splitlines():
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) < 3 or not fields[0]:
+            continue
+        name, capability, memory = fields[0], fields[1], fields[2]
+        if not _is_compute_capability(capability):  # "[N/A]" on some Jetson drivers, or an older driver
+            return None
+        return GpuInfo(name=name, compute_capability=capability, memory_mb=_parse_mib(memory), source="nvidia-smi")
+    return None
+
+
+def jetson_gpu_from_model(model: str) -> GpuInfo | None:
+    """A Jetson's GPU from its device-tree model string, e.g. "NVIDIA Jetson AGX Orin Developer Kit"."""
+    name = model.replace("\x00", "").strip()
+    lowered = name.lower()
+    if "jetson" not in lowered:  # other boards (a Raspberry Pi) have a device tree too
+        return None
+    for word, capability in JETSON_COMPUTE_CAPABILITY:
+        if word in lowered:
+            return GpuInfo(name=name, compute_capability=capability, memory_mb=None, source="device-tree")
+    return None
+
+
+def _probe_cuda_python() -> GpuInfo | None:
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        try:
+            from cuda import cuda as driver  # cuda-python before 12.6
+        except ImportError:
+            return None
+    try:
+        return _query_cuda_driver(driver)
+    except Exception:  # a probe must never crash detection: no driver raises from inside the bindings
+        return None
+
+
+def _query_cuda_driver(driver) -> GpuInfo | None:
+    success = driver.CUresult.CUDA_SUCCESS
+    (status,) = driver.cuInit(0)
+    if status != success:
+        return None
+    status, count = driver.cuDeviceGetCount()
+    if status != success or count < 1:
+        return None
+    status, device = driver.cuDeviceGet(0)
+    status, raw_name = driver.cuDeviceGetName(256, device)
+    attribute = driver.CUdevice_attribute
+    _, major = driver.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device)
+    _, minor = driver.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device)
+    _, memory = driver.cuDeviceTotalMem(device)
+    name = raw_name.split(b"\x00", 1)[0].decode(errors="replace").strip()
+    return GpuInfo(name=name, compute_capability=f"{major}.{minor}", memory_mb=int(memory) >> 20, source="cuda-python")
+
+
+def _probe_pycuda() -> GpuInfo | None:
+    try:
+        import pycuda.driver as cuda_driver
+    except ImportError:
+        return None
+    try:
+        cuda_driver.init()
+        if cuda_driver.Device.count() < 1:
+            return None
+        device = cuda_driver.Device(0)
+        major, minor = device.compute_capability()
+        return GpuInfo(name=device.name(), compute_capability=f"{major}.{minor}",
+                       memory_mb=device.total_memory() >> 20, source="pycuda")
+    except Exception:  # pycuda raises its own driver errors when no GPU or driver is present
+        return None
+
+
+def _probe_nvidia_smi(executable: str) -> GpuInfo | None:
+    path = shutil.which(executable)
+    if path is None:
+        return None
+    try:
+        completed = subprocess.run([path, *NVIDIA_SMI_QUERY], capture_output=True, text=True,
+                                   timeout=PROBE_TIMEOUT_S, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_nvidia_smi(completed.stdout) if completed.returncode == 0 else None
+
+
+def _probe_jetson(model_file: Path) -> GpuInfo | None:
+    try:
+        return jetson_gpu_from_model(model_file.read_text(errors="replace"))
+    except OSError:
+        return None
+
+
+def _is_compute_capability(text: str) -> bool:
+    major, _, minor = text.partition(".")
+    return major.isdigit() and minor.isdigit()
+
+
+def _parse_mib(text: str) -> int | None:
+    number = text.split()[0] if text.split() else ""
+    return int(number) if number.isdigit() else None
