@@ -1,24 +1,28 @@
-"""mAP parity: a backend's scores against the PyTorch reference (reference.npz) on the same images.
+"""mAP parity: every backend and precision against the PyTorch reference (reference.npz) on the same images.
 
-Tolerances are per precision (``DEFAULT_MAP_TOLERANCE``): the absolute mAP drop allowed, as a fraction.
+The reference holds PyTorch's scores and the targets of the eval split, so parity needs no PyTorch on the device.
+Tolerances are the mAP drop allowed, in points, per precision (``DEFAULT_TOLERANCE_POINTS``).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from mlic_edge import metrics
 from mlic_edge.data import open_dataset
 from mlic_edge.data.images import preprocess, read_image
-from mlic_edge.errors import ParityError, RunDirError
+from mlic_edge.errors import MlicError, ParityError, RunDirError
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.backends.base import Backend
 from mlic_edge.runtime.pipeline import ModelSpec
 
-DEFAULT_MAP_TOLERANCE = {"fp32": 0.001, "fp16": 0.005, "int8": 0.02}
+DEFAULT_TOLERANCE_POINTS = {"fp32": 0.1, "fp16": 0.5, "int8": 1.5}
+WORST_CLASSES = 5
 
 
 @dataclass
@@ -37,98 +41,206 @@ class Reference:
             return cls(data["scores"], data["targets"], [str(i) for i in data["image_ids"]],
                        [str(n) for n in data["labels"]], str(data["spec"]), str(data["split"]))
 
+    @property
+    def map(self) -> float:
+        return float(metrics.mean_average_precision(self.scores, self.targets).map)
 
-def compute_parity(run: RunDir, backend: Backend, *, data: str | None = None, threshold: float = 0.5,
-                   map_tolerance: float | None = None, batch_size: int = 16,
-                   on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
-    meta = run.read()
-    spec = ModelSpec.from_run(meta)
-    reference = Reference.load(run)
-    if reference.labels != spec.labels:
-        raise RunDirError(f"{run.reference} was written for other labels than run.json",
-                          hint="re-run `mlic-edge export` to refresh the reference")
-    dataset = open_dataset(data or reference.spec, role="eval", split=reference.split,
-                           difficult=meta.get("dataset", {}).get("difficult", "ignore"))
-    by_id = {image_id: index for index, image_id in enumerate(dataset.image_ids())}
-    missing = [image_id for image_id in reference.image_ids if image_id not in by_id]
-    if missing:
-        raise RunDirError(f"{len(missing)} reference images are not in {dataset.spec} (first: {missing[0]})",
-                          hint="point --data at the dataset the reference was made on")
 
-    scores = np.zeros_like(reference.scores)
-    for start in range(0, len(reference.image_ids), batch_size):
-        ids = reference.image_ids[start:start + batch_size]
-        tensors = []
-        for image_id in ids:
-            image = read_image(dataset.image_paths[by_id[image_id]])
-            if image is None:
-                raise RunDirError(f"reference image {image_id} can no longer be read", hint="check the dataset")
-            tensors.append(preprocess(image, spec.img_size, spec.mean, spec.std))
-        scores[start:start + len(ids)] = backend.infer(np.stack(tensors))
+class ReferenceImages:
+    """The reference's images, found in the dataset and preprocessed like the runtime does, in batches."""
+
+    def __init__(self, run: RunDir, reference: Reference, data: str | None = None) -> None:
+        meta = run.read()
+        self.spec = ModelSpec.from_run(meta)
+        if reference.labels != self.spec.labels:
+            raise RunDirError(f"{run.reference} was written for other labels than run.json",
+                              hint="re-run `mlic-edge export` to refresh the reference")
+        dataset = open_dataset(data or reference.spec, role="eval", split=reference.split,
+                               difficult=meta.get("dataset", {}).get("difficult", "ignore"))
+        by_id = {image_id: path for image_id, path in zip(dataset.image_ids(), dataset.image_paths)}
+        missing = [image_id for image_id in reference.image_ids if image_id not in by_id]
+        if missing:
+            raise RunDirError(f"{len(missing)} reference images are not in {dataset.spec} (first: {missing[0]})",
+                              hint="point --data at the dataset the reference was made on")
+        self.paths: list[Path] = [by_id[image_id] for image_id in reference.image_ids]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def batches(self, batch_size: int = 16) -> Iterator[np.ndarray]:
+        for start in range(0, len(self.paths), batch_size):
+            tensors = []
+            for path in self.paths[start:start + batch_size]:
+                image = read_image(path)
+                if image is None:
+                    raise RunDirError(f"reference image {path} can no longer be read", hint="check the dataset")
+                tensors.append(preprocess(image, self.spec.img_size, self.spec.mean, self.spec.std))
+            yield np.stack(tensors)
+
+
+def score_images(backend: Backend, images: ReferenceImages, batch_size: int = 16,
+                 on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """The backend's scores on the reference images, and its inference time (copies included, no decoding)."""
+    chunks, seconds = [], 0.0
+    for batch in images.batches(batch_size):
+        started = time.perf_counter()
+        chunks.append(np.asarray(backend.infer(batch), np.float32))
+        seconds += time.perf_counter() - started
         if on_batch:
-            on_batch(len(ids))
+            on_batch(len(batch))
+    count = max(1, len(images))
+    return np.concatenate(chunks), {"batch_size": batch_size, "ms_per_image": seconds * 1e3 / count,
+                                    "images_per_s": count / seconds if seconds > 0 else None}
 
-    targets = reference.targets
-    ref_map = metrics.mean_average_precision(reference.scores, targets).map
-    got_map = metrics.mean_average_precision(scores, targets).map
+
+def compare_scores(reference: Reference, scores: np.ndarray, *, precision: str, threshold: float = 0.5,
+                   tolerance_points: float | None = None) -> dict[str, Any]:
+    """How far ``scores`` are from the reference: ΔmAP, per-class ΔAP, score differences, label-set agreement."""
+    if scores.shape != reference.scores.shape:
+        raise MlicError(f"the backend returned scores of shape {scores.shape}, the reference has "
+                        f"{reference.scores.shape}", hint="the ONNX/engine was made for another model; rebuild it")
+    ref = metrics.mean_average_precision(reference.scores, reference.targets)
+    got = metrics.mean_average_precision(scores, reference.targets)
+    class_delta = got.per_class - ref.per_class
+    scored = [i for i in range(len(reference.labels)) if np.isfinite(class_delta[i])]
+    worst = sorted(scored, key=lambda i: class_delta[i])[:WORST_CLASSES]
     diff = np.abs(scores.astype(np.float64) - reference.scores.astype(np.float64))
     same_sets = np.all((scores >= threshold) == (reference.scores >= threshold), axis=1)
-    tolerance = DEFAULT_MAP_TOLERANCE[backend.info.precision] if map_tolerance is None else map_tolerance
-    drop = float(ref_map - got_map)
+    tolerance = DEFAULT_TOLERANCE_POINTS[precision] if tolerance_points is None else tolerance_points
+    delta = float(got.map - ref.map)
     return {
-        "backend": backend.info.as_dict(),
-        "reference": {"backend": "torch", "file": run.reference.name, **meta.get("reference", {})},
-        "images": int(len(reference.image_ids)),
-        "split": reference.split,
-        "mAP_reference": float(ref_map),
-        "mAP_backend": float(got_map),
-        "mAP_diff": float(got_map - ref_map),
+        "precision": precision,
+        "mAP": float(got.map),
+        "delta_mAP": delta,
+        "delta_mAP_points": delta * 100,
+        "per_class_delta_AP": {reference.labels[i]: float(class_delta[i]) for i in scored},
+        "worst_classes": [{"label": reference.labels[i], "delta_AP": float(class_delta[i])} for i in worst],
         "max_abs_diff": float(diff.max()) if diff.size else 0.0,
         "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
-        "per_label_max_abs_diff": {label: float(v) for label, v in zip(spec.labels, diff.max(axis=0))},
-        "identical_label_sets": float(same_sets.mean()) if len(same_sets) else 1.0,
+        "labelset_agreement": float(same_sets.mean()) if len(same_sets) else 1.0,
         "threshold": threshold,
-        "map_tolerance": tolerance,
-        "passed": bool(drop <= tolerance),
+        "tolerance_points": tolerance,
+        "passed": bool(-delta * 100 <= tolerance + 1e-9),
+    }
+
+
+def check_backend(backend: Backend, reference: Reference, images: ReferenceImages, *, threshold: float = 0.5,
+                  tolerance_points: float | None = None, batch_size: int = 16,
+                  on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """One backend against the reference: the comparison, what ran, and its inference latency."""
+    scores, latency = score_images(backend, images, batch_size, on_batch)
+    result = compare_scores(reference, scores, precision=backend.info.precision, threshold=threshold,
+                            tolerance_points=tolerance_points)
+    return {"backend": backend.info.backend, "device": backend.info.device, "version": backend.info.version,
+            **result, "latency": latency, "images": len(images), "ran": backend.info.as_dict()}
+
+
+def compute_parity(run: RunDir, backend: Backend, *, data: str | None = None, **options: Any) -> dict[str, Any]:
+    """``check_backend`` on the run's reference (options: threshold, tolerance_points, batch_size, on_batch)."""
+    reference = Reference.load(run)
+    return check_backend(backend, reference, ReferenceImages(run, reference, data), **options)
+
+
+def present_targets(run: RunDir, backends: list[str] | None = None,
+                    precisions: list[str] | None = None) -> list[tuple[str, str]]:
+    """(backend, precision) pairs that have an artefact in the run: each precision's ONNX for ONNX Runtime, each
+    engine for its TensorRT. Explicit ``backends`` are taken as asked (their artefacts are checked when loaded)."""
+    from mlic_edge.runtime.backends import PRECISIONS
+
+    wanted = precisions or list(PRECISIONS)
+    if backends:
+        return [(backend, precision) for backend in backends for precision in wanted
+                if backend != "torch" or precision == "fp32"]
+    targets = [("onnxruntime", precision) for precision in wanted if run.onnx(precision).is_file()]
+    for manifest in sorted(run.path.glob("engines/*/model.*.json")):
+        from mlic_edge.io import read_json
+
+        info = read_json(manifest)
+        if info.get("precision") in wanted and (info.get("backend"), info["precision"]) not in targets:
+            targets.append((info["backend"], info["precision"]))
+    return targets
+
+
+def parity_report(run: RunDir, results: list[dict[str, Any]],
+                  skipped: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """The whole report: the reference once, then one result per backend and precision."""
+    reference = Reference.load(run)
+    meta = run.read()
+    return {
+        "reference": {"backend": "torch", "file": run.reference.name, "mAP": reference.map,
+                      "images": len(reference.image_ids), "split": reference.split, **meta.get("reference", {})},
+        "results": results,
+        "skipped": skipped or [],
+        "passed": all(result["passed"] for result in results),
     }
 
 
 def check_parity(report: dict[str, Any]) -> None:
-    if not report["passed"]:
-        raise ParityError(
-            f"mAP {report['mAP_backend']:.4f} on {report['backend']['backend']} ({report['backend']['precision']}) "
-            f"is {report['mAP_reference'] - report['mAP_backend']:.4f} below the reference "
-            f"{report['mAP_reference']:.4f}, more than the tolerance {report['map_tolerance']}",
-            hint="inspect reports/parity.json; pass --map-tolerance to accept a larger drop")
+    """Raise (exit 3) naming every backend/precision past its tolerance."""
+    failed = [result for result in report["results"] if not result["passed"]]
+    if failed:
+        details = "; ".join(f"{r['backend']} {r['precision']} mAP {r['mAP'] * 100:.2f} is "
+                            f"{-r['delta_mAP_points']:.2f} points below the reference "
+                            f"{report['reference']['mAP'] * 100:.2f}, more than the tolerance {r['tolerance_points']}"
+                            for r in failed)
+        raise ParityError(details, hint="inspect reports/parity.md; pass --tolerance PRECISION=POINTS to accept "
+                                        "a larger drop")
 
 
-def parity_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
-    backend = report["backend"]
-    return [
-        ("backend", f"{backend['backend']} {backend['version']} ({backend['device']}, {backend['precision']})"),
-        ("images", f"{report['images']} ({report['split']})"),
-        ("mAP reference (PyTorch)", f"{report['mAP_reference'] * 100:.2f}"),
-        ("mAP backend", f"{report['mAP_backend'] * 100:.2f}"),
-        ("mAP difference (points)", f"{report['mAP_diff'] * 100:+.3f}"),
-        ("max abs score diff", f"{report['max_abs_diff']:.2e}"),
-        ("mean abs score diff", f"{report['mean_abs_diff']:.2e}"),
-        (f"identical label sets @ {report['threshold']}", f"{report['identical_label_sets'] * 100:.1f}%"),
-        ("tolerance (mAP drop)", f"{report['map_tolerance'] * 100:.2f} points"),
-        ("result", "PASS" if report["passed"] else "FAIL"),
-    ]
+def _rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for r in report["results"]:
+        worst = ", ".join(f"{w['label']} {w['delta_AP'] * 100:+.2f}" for w in r["worst_classes"][:3])
+        rows.append([r["backend"], r["precision"], r["device"], f"{r['mAP'] * 100:.2f}",
+                     f"{r['delta_mAP_points']:+.3f}", worst or "-", f"{r['max_abs_diff']:.1e}",
+                     f"{r['mean_abs_diff']:.1e}", f"{r['labelset_agreement'] * 100:.1f}%",
+                     f"{r['latency']['ms_per_image']:.2f}", f"{r['tolerance_points']}",
+                     "PASS" if r["passed"] else "FAIL"])
+    return rows
+
+
+COLUMNS = ["backend", "precision", "device", "mAP", "ΔmAP (pts)", "worst classes ΔAP", "max abs Δ", "mean abs Δ",
+           "same labels", "ms/img", "tol (pts)", "result"]
 
 
 def parity_markdown(report: dict[str, Any]) -> str:
-    lines = ["# Parity", "", "| | |", "|---|---|"] + [f"| {name} | {value} |" for name, value in parity_rows(report)]
+    ref = report["reference"]
+    lines = ["# Parity against the PyTorch reference", "",
+             f"Reference: PyTorch, mAP {ref['mAP'] * 100:.2f} on {ref['images']} images ({ref['split']} split).",
+             "ms/img: backend inference only (batch of the parity run, copies included, no decoding).", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in _rows(report)]
+    for skip in report["skipped"]:
+        lines.append(f"\nNot run: {skip['backend']} {skip['precision']}: {skip['reason']}")
+    for r in report["results"]:
+        ran = r["ran"]
+        lines.append(f"\n{r['backend']} {r['precision']}: {ran['backend']} {ran['version']} on {ran['device']}"
+                     + (f", {ran['details'].get('model') or ran['details'].get('engine')}" if ran.get("details")
+                        else ""))
     return "\n".join(lines) + "\n"
 
 
+CONSOLE_COLUMNS = ["backend", "prec", "mAP", "ΔmAP", "tol", "max |Δ|", "same", "ms/img", "result"]
+
+
 def parity_table(report: dict[str, Any]):
+    """The console view: one row per result (the Markdown report has every column)."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="parity against the PyTorch reference", title_justify="left", show_header=False)
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    for name, value in parity_rows(report):
-        table.add_row(name, value)
+    ref = report["reference"]
+    table = Table(title=f"parity vs PyTorch (mAP {ref['mAP'] * 100:.2f}, {ref['images']} {ref['split']} images; "
+                        "ΔmAP, tol in points; same: identical label sets)", title_justify="left", caption_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+    for column in CONSOLE_COLUMNS:
+        table.add_column(column, justify="left" if column in ("backend", "prec") else "right", no_wrap=True)
+    notes = []
+    for row, result in zip(_rows(report), report["results"]):
+        backend, precision, device, map_, delta, worst, max_diff, _, same, ms, tol, verdict = row
+        colour = "green" if verdict == "PASS" else "red"
+        table.add_row(f"{backend}/{device}", precision, map_, delta, tol, max_diff, same, ms,
+                      f"[{colour}]{verdict}[/{colour}]")
+        notes.append(f"{backend} {precision} worst ΔAP: {worst}")
+    notes += [f"not run: {s['backend']} {s['precision']} ({s['reason']})" for s in report["skipped"]]
+    table.caption = "\n".join(notes)
     return table

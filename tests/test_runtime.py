@@ -14,7 +14,7 @@ from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.backends import create_backend, resolve_auto
 from mlic_edge.runtime.backends.base import Backend, BackendInfo
 from mlic_edge.runtime.latency import LatencyRecorder
-from mlic_edge.runtime.parity import check_parity, compute_parity
+from mlic_edge.runtime.parity import Reference, check_parity, compare_scores, compute_parity, parity_report
 from mlic_edge.runtime.pipeline import ModelSpec, decide_labels, run_pipeline
 from mlic_edge.runtime.sinks import VideoSink
 from mlic_edge.runtime.sources import open_source
@@ -136,9 +136,9 @@ def test_parity_passes_for_faithful_backends(trained_run, backend_name):
     with create_backend(backend_name, run, device="cpu") as backend:
         report = compute_parity(run, backend)
     assert report["passed"] and report["max_abs_diff"] < 1e-4
-    assert report["identical_label_sets"] == 1.0
-    assert abs(report["mAP_diff"]) < 1e-6
-    assert report["backend"]["backend"] == backend_name
+    assert report["labelset_agreement"] == 1.0
+    assert abs(report["delta_mAP"]) < 1e-6 and report["worst_classes"]
+    assert report["backend"] == backend_name and report["latency"]["ms_per_image"] > 0
     json.dumps(report)
 
 
@@ -152,8 +152,32 @@ def test_parity_fails_past_the_tolerance(trained_run):
         start = queue.pop(0)
         return reversed_scores[start:start + len(batch)]
 
-    report = compute_parity(run, FixedBackend(broken))
-    assert report["mAP_reference"] > 0.6, "the fixture model should have learned something"
-    assert not report["passed"] and report["mAP_backend"] < report["mAP_reference"] - 0.1
+    result = compute_parity(run, FixedBackend(broken))
+    report = parity_report(run, [result])
+    assert report["reference"]["mAP"] > 0.6, "the fixture model should have learned something"
+    assert not result["passed"] and result["delta_mAP"] < -0.1 and not report["passed"]
+    assert result["worst_classes"][0]["delta_AP"] < -0.1
     with pytest.raises(ParityError, match="below the reference"):
         check_parity(report)
+
+
+def _reference_and_one_swap():
+    """A perfect reference (mAP 1) and scores where 13 negatives of class "a" outrank one of its 20 positives."""
+    targets = np.array([[1, 0], [0, 1]] * 20)
+    reference = Reference(targets.astype(np.float32), targets, [str(i) for i in range(40)], ["a", "b"], "x", "t")
+    scores = reference.scores.copy()
+    scores[0, 0] = 0.4
+    scores[1:27:2, 0] = 0.6
+    return reference, scores
+
+
+@pytest.mark.parametrize("precision, default_points", [("fp32", 0.1), ("fp16", 0.5), ("int8", 1.5)])
+def test_tolerance_defaults_and_boundaries(precision, default_points):
+    reference, scores = _reference_and_one_swap()
+    result = compare_scores(reference, scores, precision=precision)
+    drop = -result["delta_mAP_points"]
+    assert 0.5 < drop < 1.5  # this swap costs about 1 point of mAP: past fp32's and fp16's defaults, not int8's
+    assert result["tolerance_points"] == default_points and result["passed"] is (drop <= default_points)
+    assert compare_scores(reference, scores, precision=precision, tolerance_points=drop + 0.01)["passed"]
+    assert not compare_scores(reference, scores, precision=precision, tolerance_points=drop - 0.01)["passed"]
+    assert result["worst_classes"][0]["label"] == "a" and result["labelset_agreement"] == 1 - 14 / 40

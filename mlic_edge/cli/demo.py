@@ -21,7 +21,7 @@ def run_demo(out: Path, epochs: int = 12, backbone: str = "resnet10t", classes: 
     from mlic_edge.rundir import RunDir
     from mlic_edge.runtime.backends import create_backend
     from mlic_edge.runtime.latency import LatencyRecorder, latency_table
-    from mlic_edge.runtime.parity import check_parity, compute_parity, parity_table
+    from mlic_edge.runtime.parity import check_parity, compute_parity, parity_report, parity_table
     from mlic_edge.runtime.pipeline import ModelSpec, run_pipeline
     from mlic_edge.runtime.sinks import JsonlSink, VideoSink
     from mlic_edge.runtime.sources import open_source
@@ -64,7 +64,7 @@ def run_demo(out: Path, epochs: int = 12, backbone: str = "resnet10t", classes: 
 
     console.print(Rule("5/5 parity: ONNX Runtime vs PyTorch on the test split"))
     with create_backend("onnxruntime", run, "fp32", "cpu") as rt:
-        report = compute_parity(run, rt)
+        report = parity_report(run, [compute_parity(run, rt)])
     console.print(parity_table(report))
     check_parity(report)
 

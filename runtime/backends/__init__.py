@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
+from pathlib import Path
 
-from mlic_edge.errors import BackendError
+from mlic_edge.errors import BackendError, MlicError
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.backends.base import Backend, BackendInfo
 
@@ -23,6 +23,32 @@ def resolve_auto(device: str = "auto") -> tuple[str, str]:
     raise BackendError(f"no backend here can run on {device!r}", hint="use --device cpu")
 
 
+def find_engine(run: RunDir, backend: str, precision: str) -> Path:
+    """The engine of ``backend`` and ``precision`` in the run that fits this TensorRT, GPU and ONNX, or a one-line
+    refusal saying why and how to rebuild (TensorRT missing: how to get it, and what ``auto`` would use)."""
+    from mlic_edge.runtime.gpu import detect_gpu
+    from mlic_edge.runtime.tensorrt.api import load_tensorrt
+    from mlic_edge.runtime.tensorrt.manifest import check_manifest, find_engines, read_manifest
+
+    trt = load_tensorrt(backend)
+    rebuild = f"mlic-edge build --run {run.path} --precision {precision} --backend {backend}"
+    candidates = [path for path in find_engines(run.path) if path.name == f"model.{precision}.json"]
+    manifests = [(path, read_manifest(path)) for path in candidates]
+    manifests = [(path, manifest) for path, manifest in manifests if manifest.get("backend") == backend]
+    if not manifests:
+        raise BackendError(f"no {backend} {precision} engine in {run.path / 'engines'}", hint=f"build it: {rebuild}")
+    gpu = detect_gpu()
+    refusals = []
+    for path, manifest in manifests:
+        try:
+            check_manifest(manifest, trt=trt, gpu=gpu, onnx_path=run.onnx(precision), rebuild_command=rebuild,
+                           engine_path=path.with_suffix(".engine"))
+            return path.with_suffix(".engine")
+        except MlicError as error:
+            refusals.append(error)
+    raise refusals[0]
+
+
 def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str = "auto") -> Backend:
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}", hint=f"choose one of {', '.join(BACKENDS)}")
@@ -31,13 +57,10 @@ def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str 
     if name == "auto":
         name, device = resolve_auto(device)
     if name in ("tensorrt", "tensorrt-rtx"):
-        module = "tensorrt" if name == "tensorrt" else "tensorrt_rtx"
-        if importlib.util.find_spec(module) is None:
-            raise BackendError(f"backend {name!r} needs the {module} Python package, which is not installed",
-                               hint="on Jetson it comes with JetPack (python3-libnvinfer); "
-                                    "--backend auto would pick " + "/".join(resolve_auto("auto")))
-        raise BackendError(f"backend {name!r} is not implemented in this version of mlic-edge",
-                           hint="use --backend onnxruntime")
+        engine = find_engine(run, name, precision)
+        raise BackendError(f"{engine.name} matches this machine, but running TensorRT engines is not implemented "
+                           "in this version of mlic-edge", hint=f"use --backend onnxruntime with --precision "
+                                                                f"{precision} (the same ONNX the engine was built from)")
     if name == "torch":
         from mlic_edge.runtime.backends.torch_backend import TorchBackend
 
@@ -49,8 +72,8 @@ def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str 
 
     if device == "auto":
         device = "cuda" if "cuda" in available_devices() else "cpu"
-    onnx_path = run.require(run.onnx(precision), "mlic-edge export" if precision == "fp32" else
-                            f"mlic-edge export --precision {precision}")
+    onnx_path = run.require(run.onnx(precision), f"mlic-edge export --run {run.path}" if precision == "fp32" else
+                            f"mlic-edge build --run {run.path} --precision {precision} --backend onnxruntime")
     return OnnxRuntimeBackend(onnx_path, device=device, precision=precision)
 
 
