@@ -48,13 +48,7 @@ def export_onnx(run: RunDir, opset: int = DEFAULT_OPSET, simplify: bool = True, 
     example = torch.zeros(2, 3, img_size, img_size)
 
     with atomic_path(run.onnx("fp32")) as tmp:
-        export_graph(graph, example, tmp, opset, dynamo)
-        proto = onnx.load(str(tmp))
-        if simplify:
-            proto = _simplify(proto)
-        _set_metadata(proto, meta, precision="fp32")
-        onnx.checker.check_model(proto)
-        onnx.save(proto, str(tmp))
+        write_onnx(graph, example, tmp, meta, opset=opset, simplify=simplify, dynamo=dynamo)
         inputs = _check_inputs(meta, check_images)
         max_diff, mean_diff = _compare_with_torch(graph, tmp, inputs)
     result = ExportResult(run.onnx("fp32"), opset, max_diff, mean_diff, len(inputs), time.monotonic() - started)
@@ -64,6 +58,19 @@ def export_onnx(run: RunDir, opset: int = DEFAULT_OPSET, simplify: bool = True, 
                                                         "max_abs_diff": max_diff, "mean_abs_diff": mean_diff,
                                                         "backend": "onnxruntime CPUExecutionProvider"}})
     return result
+
+
+def write_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, meta: dict[str, Any], *,
+               opset: int = DEFAULT_OPSET, simplify: bool = True, dynamo: bool = False) -> None:
+    """The model.onnx every later stage reads: exported, simplified, checked, with the run's metadata
+    (``meta`` needs model, backbone, labels, img_size, mean, std)."""
+    export_graph(graph, example, path, opset, dynamo)
+    proto = onnx.load(str(path))
+    if simplify:
+        proto = _simplify(proto)
+    _set_metadata(proto, meta, precision="fp32")
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
 
 
 def export_graph(graph: torch.nn.Module, example: torch.Tensor, path: Path, opset: int = DEFAULT_OPSET,

@@ -48,15 +48,29 @@ def test_parity_json_and_report_files(capsys, run_copy):
     result = invoke(capsys, "parity", "--run", run_copy, "--json")
     assert result.code == 0, result.err
     report = json.loads(result.out)
-    assert report["passed"] and report["backend"]["backend"] == "onnxruntime"
-    assert (run_copy / "reports" / "parity.onnxruntime.fp32.json").is_file()
-    assert "| result | PASS |" in (run_copy / "reports" / "parity.onnxruntime.fp32.md").read_text()
+    assert 0.5 < report["reference"]["mAP"] <= 1.0
+    (only,) = report["results"]  # only the fp32 ONNX exists in this run
+    assert only["backend"] == "onnxruntime" and only["precision"] == "fp32" and only["passed"]
+    assert abs(only["delta_mAP"]) < 1e-6 and only["labelset_agreement"] == 1.0 and only["max_abs_diff"] < 1e-4
+    assert json.loads((run_copy / "reports" / "parity.json").read_text())["results"][0]["passed"]
+    assert "| onnxruntime | fp32 |" in (run_copy / "reports" / "parity.md").read_text()
 
 
 def test_parity_fails_with_exit_3_past_tolerance(capsys, run_copy):
-    result = invoke(capsys, "parity", "--run", run_copy, "--map-tolerance", "-1")
+    result = invoke(capsys, "parity", "--run", run_copy, "--tolerance", "fp32=-1")
     assert result.code == 3
-    assert_one_line_error(result, "more than the tolerance")
+    assert_one_line_error(result, "more than the tolerance -1.0")
+    assert not json.loads((run_copy / "reports" / "parity.json").read_text())["passed"]
+
+
+@pytest.mark.parametrize("value", ["int9=1", "fp16", "fp16=lots"])
+def test_parity_refuses_a_malformed_tolerance(capsys, run_copy, value):
+    assert_one_line_error(invoke(capsys, "parity", "--run", run_copy, "--tolerance", value), "PRECISION=POINTS")
+
+
+def test_parity_names_a_missing_precision_it_was_asked_for(capsys, run_copy):
+    result = invoke(capsys, "parity", "--run", run_copy, "--precision", "int8", "--backend", "onnxruntime")
+    assert_one_line_error(result, "model.int8.onnx is missing", "mlic-edge build")
 
 
 def test_data_stats_json(capsys, synth_data, tmp_path):

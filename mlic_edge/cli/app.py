@@ -70,7 +70,7 @@ def _emit_json(data: object) -> None:
 
 
 # Options shared by several commands: one name, one meaning, everywhere.
-RunOpt = typer.Option(None, "--run", "-r", help="Run directory (default: runs/<model>).", show_default=False)
+RunOpt = typer.Option(None, "--run", "-r", help="Run directory (default: runs/MODEL).", show_default=False)
 ModelNameOpt = typer.Option(None, "--model", "-m", help="Model name; --model NAME means --run runs/NAME.")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
 DataOpt = typer.Option(None, "--data", "-d", help="Dataset: a path (format detected) or voc:PATH, coco:PATH, "
@@ -373,6 +373,68 @@ def export(
              f"{result.check_images} images: {result.max_abs_diff:.2e}\nnext: mlic-edge parity --run {run_dir.path}")
 
 
+# --------------------------------------------------------------------------------------------------- build
+@app.command(epilog="Examples: `mlic-edge build -m msrn -p int8` (ONNX Runtime: model.int8.onnx), "
+                    "`mlic-edge build -m msrn -p fp16 -b tensorrt --batch 1,4,8 --workspace 2048`, "
+                    "`mlic-edge build -r runs/msrn -p int8 -b tensorrt --dla-core 0` (Jetson DLA, GPU fallback)")
+def build(
+    run: Optional[Path] = RunOpt,
+    model: Optional[str] = ModelNameOpt,
+    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 (mixed, fp32 IO) or int8 "
+                                  "(explicit Q/DQ from calibration data)."),
+    backend: str = typer.Option("auto", "--backend", "-b", help="auto (TensorRT if installed, else ONNX Runtime), "
+                                "tensorrt, tensorrt-rtx or onnxruntime (the artefact is the precision's ONNX)."),
+    calib_data: Optional[str] = typer.Option(None, "--calib-data", help="Calibration images: a dataset path or "
+                                             "voc:/coco:/csv: spec (default: the run's training split)."),
+    calib_images: int = typer.Option(512, "--calib-images", help="Calibration images to use (every class covered "
+                                     "first)."),
+    calib_method: str = typer.Option("entropy", "--calib-method", help="entropy, percentile or minmax."),
+    keep_fp: list[str] = typer.Option([], "--keep-fp", help="Node to keep in higher precision (repeatable; the "
+                                      "build report names the most sensitive)."),
+    batch: str = typer.Option("1,1,8", "--batch", help="Engine batch range MIN,OPT,MAX."),
+    workspace: Optional[int] = typer.Option(None, "--workspace", help="Builder workspace limit in MB."),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Build for this DLA core, GPU fallback "
+                                           "(Jetson)."),
+    version_compatible: bool = typer.Option(False, "--version-compatible", help="Engine loadable by later "
+                                            "TensorRT versions (where supported)."),
+    hardware_compatibility: Optional[str] = typer.Option(None, "--hardware-compatibility",
+                                                         help="Engine portable across GPUs, e.g. ampere+ "
+                                                              "(where supported)."),
+    evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Measure the precision's mAP against "
+                                  "fp32 with ONNX Runtime (needs reference.npz and the eval images)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Make the precision's ONNX (fp16 / int8 with calibration) and a TensorRT engine; report sizes and mAP."""
+    from mlic_edge.console import info, progress_bar
+    from mlic_edge.runtime.build import BuildRequest, build as run_build, parse_batch
+
+    run_dir = _run_dir(run, model)
+    request = BuildRequest(precision=precision, backend=backend, calib_data=calib_data, calib_images=calib_images,
+                           calib_method=calib_method, keep_fp=list(keep_fp), batch=parse_batch(batch),
+                           workspace_mb=workspace, dla_core=dla_core, version_compatible=version_compatible,
+                           hardware_compatibility=hardware_compatibility, evaluate=evaluate)
+    with progress_bar(transient=True) as progress:
+        tasks: dict[str, int] = {}
+
+        def show(what: str, done: int, total: int) -> None:
+            step = what.split(":")[0]  # one bar per step (fp16, int8, engine, mAP ...), its text updated
+            if step not in tasks:
+                tasks[step] = progress.add_task(what, total=total or None, status="")
+            progress.update(tasks[step], description=what, completed=done, total=total or None)
+
+        entry = run_build(run_dir, request, progress=show)
+    if json_out:
+        _emit_json(entry)
+        return
+    produced = entry["engine"]["path"] if "engine" in entry else entry["onnx"][precision]["file"]
+    accuracy = entry.get("accuracy")
+    summary = f"built {run_dir.path / produced} in {entry['seconds']:.1f} s"
+    if accuracy:
+        summary += (f"; ONNX Runtime mAP {accuracy[f'mAP_{precision}'] * 100:.2f} vs fp32 "
+                    f"{accuracy['mAP_fp32'] * 100:.2f} ({accuracy['delta_mAP_vs_fp32'] * 100:+.2f} points)")
+    info(summary + f"\nreport: {run_dir.reports / 'build.md'}\nnext: mlic-edge parity --run {run_dir.path}")
+
+
 # --------------------------------------------------------------------------------------------------- run
 @app.command("run", epilog="Examples: `mlic-edge run photos/ --run runs/baseline --out preds.jsonl`, "
                            "`mlic-edge run clip.mp4 -r runs/baseline --save-video out.mp4`, "
@@ -442,35 +504,80 @@ def run_command(
 
 
 # --------------------------------------------------------------------------------------------------- parity
-@app.command(epilog="Example: `mlic-edge parity --run runs/baseline --json`")
+def _parse_tolerances(pairs: list[str]) -> dict[str, float]:
+    """['int8=2', 'fp16=0.8'] -> {'int8': 2.0, 'fp16': 0.8} (mAP points)."""
+    from mlic_edge.runtime.backends import PRECISIONS
+
+    tolerances = {}
+    for pair in pairs:
+        precision, sep, value = pair.partition("=")
+        try:
+            if not sep or precision not in PRECISIONS:
+                raise ValueError
+            tolerances[precision] = float(value)
+        except ValueError:
+            raise MlicError(f"--tolerance {pair!r} is not PRECISION=POINTS",
+                            hint="for example --tolerance int8=2.0 (precisions: fp32, fp16, int8)") from None
+    return tolerances
+
+
+@app.command(epilog="Examples: `mlic-edge parity -m baseline` (every precision and backend present), "
+                    "`mlic-edge parity -r runs/msrn -p int8 --tolerance int8=1.0 --json`")
 def parity(
     run: Optional[Path] = RunOpt,
     model: Optional[str] = ModelNameOpt,
     data: Optional[str] = DataOpt,
-    backend: str = BackendOpt,
-    precision: str = PrecisionOpt,
+    backend: list[str] = typer.Option([], "--backend", "-b", help="Backend(s) to check (repeatable; default: "
+                                      "ONNX Runtime on every precision's ONNX, and every TensorRT engine built)."),
+    precision: list[str] = typer.Option([], "--precision", "-p", help="Precision(s) to check (repeatable; "
+                                        "default: every one present)."),
     device: str = DeviceOpt,
     threshold: float = typer.Option(0.5, "--threshold", help="Threshold for the identical-label-set share."),
-    map_tolerance: Optional[float] = typer.Option(None, "--map-tolerance",
-                                                  help="Allowed mAP drop as a fraction (default: fp32 0.001, "
-                                                       "fp16 0.005, int8 0.02)."),
+    tolerance: list[str] = typer.Option([], "--tolerance", help="Allowed mAP drop in points, PRECISION=POINTS "
+                                        "(repeatable; defaults fp32=0.1 fp16=0.5 int8=1.5)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per inference."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Compare a backend with the PyTorch reference on the eval split; non-zero exit past the tolerance."""
-    from mlic_edge.console import console, progress_bar
-    from mlic_edge.io import atomic_path, write_json
-    from mlic_edge.runtime.backends import create_backend
-    from mlic_edge.runtime.parity import check_parity, compute_parity, parity_markdown, parity_table
+    """Compare every backend and precision with the PyTorch reference on the eval split; exit 3 past a tolerance.
 
+    Needs only reference.npz and the dataset, not PyTorch: it runs on the device."""
+    from mlic_edge.console import console, progress_bar, warn
+    from mlic_edge.io import atomic_path, write_json
+    from mlic_edge.runtime.backends import PRECISIONS, create_backend
+    from mlic_edge.runtime.parity import (Reference, ReferenceImages, check_backend, check_parity,
+                                          parity_markdown, parity_report, parity_table, present_targets)
+
+    for name in precision:
+        if name not in PRECISIONS:
+            raise MlicError(f"unknown precision {name!r}", hint=f"choose from {', '.join(PRECISIONS)}")
+    tolerances = _parse_tolerances(tolerance)
     run_dir = _run_dir(run, model)
     run_dir.read()
-    with create_backend(backend, run_dir, precision, device) as engine, progress_bar(transient=True) as progress:
-        task = progress.add_task(f"parity {engine.info.backend}", total=None, status="")
-        report = compute_parity(run_dir, engine, data=data, threshold=threshold, map_tolerance=map_tolerance,
-                                on_batch=lambda n: progress.advance(task, n))
-    name = f"parity.{report['backend']['backend']}.{report['backend']['precision']}"
-    write_json(run_dir.reports / f"{name}.json", report)
-    with atomic_path(run_dir.reports / f"{name}.md") as tmp:
+    reference = Reference.load(run_dir)
+    images = ReferenceImages(run_dir, reference, data)
+    targets = present_targets(run_dir, backend or None, precision or None)
+    if not targets:
+        raise MlicError(f"nothing to check in {run_dir.path}", hint=f"export first: mlic-edge export --run "
+                                                                    f"{run_dir.path}")
+    results, skipped = [], []
+    with progress_bar(transient=True) as progress:
+        for backend_name, precision_name in targets:
+            try:
+                engine = create_backend(backend_name, run_dir, precision_name, device)
+            except MlicError as error:
+                if backend:  # asked for by name: an error, never a silent skip
+                    raise
+                skipped.append({"backend": backend_name, "precision": precision_name, "reason": str(error)})
+                warn(f"not checked: {backend_name} {precision_name}: {error}")
+                continue
+            with engine:
+                task = progress.add_task(f"parity {backend_name} {precision_name}", total=len(images), status="")
+                results.append(check_backend(engine, reference, images, threshold=threshold, batch_size=batch_size,
+                                             tolerance_points=tolerances.get(precision_name),
+                                             on_batch=lambda n, task=task: progress.advance(task, n)))
+    report = parity_report(run_dir, results, skipped)
+    write_json(run_dir.reports / "parity.json", report)
+    with atomic_path(run_dir.reports / "parity.md") as tmp:
         tmp.write_text(parity_markdown(report))
     if json_out:
         _emit_json(report)

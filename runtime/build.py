@@ -1,0 +1,323 @@
+"""``mlic-edge build``: the precision's ONNX (fp16 mixed, int8 Q/DQ), then the TensorRT engine, then the build
+report with ONNX Runtime's mAP of the precision against fp32 on the eval split.
+
+Precision lives in the ONNX (DESIGN.md): ``model.fp16.onnx`` and ``model.int8.onnx`` are made here from
+``model.onnx`` and serve every backend; the engine builder only parses them. Nothing here needs PyTorch unless
+``model.onnx`` itself is missing (then the run is exported first, which does).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mlic_edge.console import info, warn
+from mlic_edge.errors import BuildError, CalibrationError, MlicError
+from mlic_edge.io import atomic_path, read_json, sha256_file, write_json
+from mlic_edge.rundir import RunDir
+from mlic_edge.runtime.backends import PRECISIONS
+
+BUILD_BACKENDS = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime")
+DEFAULT_CALIB_IMAGES = 512
+FP16_MEASURE_IMAGES = 64  # fp16 decisions are measured on this many of the calibration images
+SENSITIVITY_IMAGES = 32
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+@dataclass
+class BuildRequest:
+    precision: str
+    backend: str = "auto"
+    calib_data: str | None = None
+    calib_images: int = DEFAULT_CALIB_IMAGES
+    calib_method: str = "entropy"
+    keep_fp: list[str] = field(default_factory=list)
+    batch: tuple[int, int, int] = (1, 1, 8)
+    workspace_mb: int | None = None
+    dla_core: int | None = None
+    version_compatible: bool = False
+    hardware_compatibility: str | None = None
+    evaluate: bool = True
+
+
+def resolve_build_backend(name: str) -> str:
+    """``auto``: full TensorRT when installed (it builds for this GPU), else ONNX Runtime (the ONNX is the artefact).
+    TensorRT for RTX is used only when asked: its engines run on RTX GPUs, not necessarily this machine."""
+    if name not in BUILD_BACKENDS:
+        raise BuildError(f"unknown build backend {name!r}", hint=f"choose one of {', '.join(BUILD_BACKENDS)}")
+    if name != "auto":
+        return name
+    picked = "tensorrt" if importlib.util.find_spec("tensorrt") is not None else "onnxruntime"
+    info(f"--backend auto: {picked}" + ("" if picked == "tensorrt" else
+                                        " (no TensorRT here: the artefact is the precision's ONNX)"))
+    return picked
+
+
+def parse_batch(text: str) -> tuple[int, int, int]:
+    """'1,4,8' -> (1, 4, 8); '8' -> (1, 8, 8)."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = [1, values[0], values[0]]
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise BuildError(f"--batch {text!r} is not MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX",
+                         hint="for example --batch 1,4,8")
+    return values[0], values[1], values[2]
+
+
+def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) -> dict[str, Any]:
+    """Make everything ``request`` asks for in ``run``; returns (and records in reports/build.json) the summary."""
+    if request.precision not in PRECISIONS:
+        raise BuildError(f"unknown precision {request.precision!r}", hint=f"choose one of {', '.join(PRECISIONS)}")
+    meta = run.read()
+    backend = resolve_build_backend(request.backend)
+    _require_writable(run.path)
+    trt = _load_builder(backend)  # a missing TensorRT is refused before any work
+    started = time.monotonic()
+    say = progress or (lambda what, done, total: None)
+
+    fp32 = ensure_fp32_onnx(run)
+    entry: dict[str, Any] = {"precision": request.precision, "backend": backend,
+                             "onnx": {"fp32": _file_facts(fp32)}}
+    onnx_path = fp32
+    if request.precision == "fp16":
+        onnx_path, entry["fp16"] = _make_fp16(run, meta, request, say)
+    elif request.precision == "int8":
+        onnx_path, entry["int8"] = _make_int8(run, meta, request, say)
+    entry["onnx"][request.precision] = _file_facts(onnx_path)
+
+    if backend in ("tensorrt", "tensorrt-rtx"):
+        entry["engine"] = _build_engine(run, meta, trt, onnx_path, request, say)
+    if request.evaluate:
+        entry["accuracy"] = _evaluate_or_warn(run, request.precision, say)
+    entry["seconds"] = round(time.monotonic() - started, 2)
+    write_build_report(run, entry)
+    return entry
+
+
+def ensure_fp32_onnx(run: RunDir) -> Path:
+    """model.onnx, exporting the checkpoint first when it is missing (that step needs PyTorch)."""
+    if run.onnx("fp32").is_file():
+        return run.onnx("fp32")
+    if importlib.util.find_spec("torch") is None:
+        raise BuildError(f"{run.onnx('fp32')} is missing and PyTorch is not installed here to export it",
+                         hint="export on the training machine (`mlic-edge export`) and copy the run directory")
+    from mlic_edge.export.onnx_export import export_onnx
+    from mlic_edge.export.reference import write_reference
+
+    info(f"{run.onnx('fp32').name} is missing: exporting {run.path} first")
+    export_onnx(run)
+    write_reference(run)
+    return run.onnx("fp32")
+
+
+def _make_fp16(run: RunDir, meta: dict[str, Any], request: BuildRequest, say: Progress) -> tuple[Path, dict]:
+    from mlic_edge.export.fp16 import convert_to_fp16
+
+    calibration = _calibration_set(meta, request, required=True, count=min(request.calib_images,
+                                                                           FP16_MEASURE_IMAGES))
+    inputs = _first_images(calibration, meta, FP16_MEASURE_IMAGES)
+    say("fp16: measuring ranges and errors", 0, 1)
+    report = convert_to_fp16(run.onnx("fp32"), run.onnx("fp16"), inputs, keep_fp32=request.keep_fp,
+                             progress=lambda message: say(f"fp16: {message}", 0, 1))
+    for kept in report.kept_fp32:
+        info(f"fp16: {kept.name} ({kept.op_type}) stays fp32: {kept.reason}")
+    return report.path, report.as_dict()
+
+
+def _make_int8(run: RunDir, meta: dict[str, Any], request: BuildRequest, say: Progress) -> tuple[Path, dict]:
+    from mlic_edge.calibration import layer_sensitivity, quantize_int8
+
+    calibration = _calibration_set(meta, request, required=False, count=request.calib_images)
+    report = quantize_int8(run.onnx("fp32"), run.onnx("int8"), run.path / "calibration",
+                           method=request.calib_method, calibration=calibration, img_size=int(meta["img_size"]),
+                           mean=meta["mean"], std=meta["std"], keep_fp=request.keep_fp,
+                           progress=lambda done, total: say(f"int8: calibrating ({request.calib_method})",
+                                                            done, total))
+    info(f"int8: {report.quantized_nodes} quantized layers, " + (
+        f"calibration {report.key} reused ({report.images} images, {report.method})" if report.reused else
+        f"calibrated on {report.images} images ({report.method}), record calibration/{report.key}/"))
+    summary = report.as_dict()
+    sensitivity_inputs = _sensitivity_inputs(run, meta, calibration)
+    if sensitivity_inputs is not None:
+        say("int8: per-layer sensitivity", 0, 1)
+        summary["sensitivity"] = layer_sensitivity(run.onnx("fp32"), report.path, sensitivity_inputs)
+    return report.path, summary
+
+
+def _calibration_set(meta: dict[str, Any], request: BuildRequest, *, required: bool, count: int):
+    """Images from the training split (or --calib-data); ``None`` where the data is absent and not required (an
+    int8 rebuild on a device reuses its calibration record)."""
+    from mlic_edge.calibration import select_calibration_set
+    from mlic_edge.data import open_dataset
+
+    dataset_meta = meta.get("dataset", {})
+    spec = request.calib_data or dataset_meta.get("spec")
+    split = None if request.calib_data else dataset_meta.get("train_split")
+    try:
+        if not spec:
+            raise CalibrationError("run.json names no dataset", hint="pass --calib-data DATA")
+        dataset = open_dataset(spec, role="train", split=split)
+    except MlicError as error:
+        if required or request.calib_data:
+            raise CalibrationError(f"calibration data cannot be read: {error}",
+                                   hint="pass --calib-data DATA (images of the training distribution)") from error
+        info(f"calibration data not available here ({error.message}); reusing the stored calibration record")
+        return None
+    if dataset.names != meta["labels"]:
+        warn(f"calibration data {dataset.spec} has other classes than the model: class coverage is not checked")
+    return select_calibration_set(dataset, count)
+
+
+def _first_images(calibration, meta: dict[str, Any], count: int) -> np.ndarray:
+    chunks, total = [], 0
+    for batch in calibration.batches(int(meta["img_size"]), meta["mean"], meta["std"]):
+        chunks.append(batch)
+        total += len(batch)
+        if total >= count:
+            break
+    if not chunks:
+        raise CalibrationError("none of the calibration images could be read", hint="check --calib-data")
+    return np.concatenate(chunks)[:count]
+
+
+def _sensitivity_inputs(run: RunDir, meta: dict[str, Any], calibration) -> np.ndarray | None:
+    if calibration is not None:
+        return _first_images(calibration, meta, SENSITIVITY_IMAGES)
+    return None
+
+
+def _load_builder(backend: str):
+    if backend not in ("tensorrt", "tensorrt-rtx"):
+        return None
+    from mlic_edge.runtime.tensorrt.api import load_tensorrt
+
+    return load_tensorrt(backend)
+
+
+def _build_engine(run: RunDir, meta: dict[str, Any], trt, onnx_path: Path, request: BuildRequest,
+                  say: Progress) -> dict[str, Any]:
+    from mlic_edge.runtime.gpu import detect_gpu
+    from mlic_edge.runtime.tensorrt.builder import BuildOptions, build_engine
+
+    options = BuildOptions(precision=request.precision, batch=request.batch, workspace_mb=request.workspace_mb,
+                           dla_core=request.dla_core, version_compatible=request.version_compatible,
+                           hardware_compatibility=request.hardware_compatibility)
+    result = build_engine(trt, onnx_path, run.path, options, labels=meta["labels"],
+                          preprocessing={"img_size": meta["img_size"], "mean": meta["mean"], "std": meta["std"]},
+                          gpu=detect_gpu(), on_progress=lambda phase, done, total: say(f"engine: {phase}", done, total))
+    info(f"engine: {result.engine_path.relative_to(run.path)} ({result.size_bytes / 1e6:.1f} MB, "
+         f"{result.seconds:.1f} s{', timing cache reused' if result.timing_cache_reused else ''})")
+    return {"path": str(result.engine_path.relative_to(run.path)), "size_bytes": result.size_bytes,
+            "seconds": round(result.seconds, 2), "timing_cache_reused": result.timing_cache_reused,
+            "manifest": result.manifest}
+
+
+def rebuild_command(run: RunDir, request: BuildRequest, backend: str) -> str:
+    return f"mlic-edge build --run {run.path} --precision {request.precision} --backend {backend}"
+
+
+def _evaluate_or_warn(run: RunDir, precision: str, say: Progress) -> dict[str, Any] | None:
+    """The artefacts are built either way; without the reference or its images the report just has no mAP."""
+    try:
+        return evaluate_precision(run, precision, say)
+    except MlicError as error:
+        warn(f"no mAP in the build report: {error}")
+        return None
+
+
+def evaluate_precision(run: RunDir, precision: str, say: Progress) -> dict[str, Any]:
+    """ONNX Runtime (CPU) mAP of the precision's ONNX and of fp32 on the reference's eval images."""
+    from mlic_edge.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from mlic_edge.runtime.parity import Reference, ReferenceImages, compare_scores, score_images
+
+    reference = Reference.load(run)
+    images = ReferenceImages(run, reference)
+    scores = {}
+    for name in dict.fromkeys(("fp32", precision)):
+        with OnnxRuntimeBackend(run.onnx(name), device="cpu", precision=name) as backend:
+            done = 0
+
+            def advance(count: int, name: str = name) -> None:
+                nonlocal done
+                done += count
+                say(f"mAP of {name} (ONNX Runtime CPU)", done, len(images))
+
+            scores[name], _ = score_images(backend, images, on_batch=advance)
+    fp32_vs_ref = compare_scores(reference, scores["fp32"], precision="fp32")
+    as_fp32 = Reference(scores["fp32"], reference.targets, reference.image_ids, reference.labels, reference.spec,
+                        reference.split)
+    against_fp32 = compare_scores(as_fp32, scores[precision], precision=precision)
+    return {"backend": "onnxruntime CPUExecutionProvider", "images": len(images), "split": reference.split,
+            "mAP_fp32": fp32_vs_ref["mAP"], f"mAP_{precision}": against_fp32["mAP"],
+            "delta_mAP_vs_fp32": against_fp32["delta_mAP"], "max_abs_diff_vs_fp32": against_fp32["max_abs_diff"],
+            "labelset_agreement_vs_fp32": against_fp32["labelset_agreement"],
+            "worst_classes": against_fp32["worst_classes"], "mAP_reference": reference.map}
+
+
+def _file_facts(path: Path) -> dict[str, Any]:
+    return {"file": path.name, "size_bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _require_writable(folder: Path) -> None:
+    """Fail before any work when the run directory cannot take new files."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BuildError(f"cannot write to {folder}", hint="fix its permissions or copy the run somewhere writable")
+    reports = folder / "reports"
+    if reports.exists() and not os.access(reports, os.W_OK | os.X_OK):
+        raise BuildError(f"cannot write to {reports}", hint="fix its permissions")
+
+
+def write_build_report(run: RunDir, entry: dict[str, Any]) -> None:
+    """reports/build.json keeps the latest build of each precision (and engine backend); build.md tabulates it."""
+    path = run.reports / "build.json"
+    report = read_json(path) if path.is_file() else {"builds": {}}
+    key = entry["precision"] + ("" if "engine" not in entry else f".{entry['backend']}")
+    report["builds"][key] = entry
+    write_json(path, report)
+    with atomic_path(run.reports / "build.md") as tmp:
+        tmp.write_text(build_markdown(report))
+
+
+def build_markdown(report: dict[str, Any]) -> str:
+    lines = ["# Builds", "",
+             "mAP: ONNX Runtime (CPU) on the eval split; Δ against the fp32 ONNX. Engine sizes and build times are "
+             "from the machine that built them; no engine was run to produce these figures.", "",
+             "| build | ONNX size | engine | build s | kept in higher precision | mAP | Δ vs fp32 (pts) |",
+             "|---|---|---|---|---|---|---|"]
+    for key, entry in sorted(report["builds"].items()):
+        precision = entry["precision"]
+        onnx_size = entry["onnx"][precision]["size_bytes"] / 1e6
+        engine = entry.get("engine")
+        engine_text = f"{engine['size_bytes'] / 1e6:.2f} MB ({entry['backend']})" if engine else "-"
+        if precision == "fp16":
+            kept = ", ".join(f"{k['name']} ({k['op_type']})" for k in entry["fp16"]["kept_fp32"]) or "none"
+        elif precision == "int8":
+            kept = ", ".join(entry["int8"]["kept_fp"]) or "none"
+        else:
+            kept = "-"
+        accuracy = entry.get("accuracy") or {}
+        map_text = f"{accuracy[f'mAP_{precision}'] * 100:.2f}" if accuracy else "-"
+        delta = f"{accuracy['delta_mAP_vs_fp32'] * 100:+.3f}" if accuracy else "-"
+        lines.append(f"| {key} | {onnx_size:.2f} MB | {engine_text} | {entry['seconds']} | {kept} | {map_text} | "
+                     f"{delta} |")
+    for key, entry in sorted(report["builds"].items()):
+        worst = (entry.get("int8") or {}).get("sensitivity")
+        if worst:
+            lines += ["", f"## {key}: layers that hurt most (copy names into --keep-fp)", "",
+                      "| layer | op | " + " | ".join(k for k in worst[0] if k not in ("node", "op_type")) + " |",
+                      "|---|---|" + "---|" * (len(worst[0]) - 2)]
+            for row in worst:
+                values = [f"{v:.3g}" if isinstance(v, float) else str(v) for k, v in row.items()
+                          if k not in ("node", "op_type")]
+                lines.append(f"| {row['node']} | {row['op_type']} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"

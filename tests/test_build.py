@@ -1,0 +1,179 @@
+"""`mlic-edge build` and `parity` over every precision, from the command line, on a trained synthetic model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import onnx
+import pytest
+
+from cli_helpers import assert_one_line_error, invoke
+
+
+@pytest.fixture(scope="module")
+def built_run(tmp_path_factory, trained_run):
+    """The trained fixture run with fp16 and int8 built for ONNX Runtime, and an int8 TensorRT-RTX engine."""
+    import contextlib
+    import io
+
+    from mlic_edge.rundir import RunDir
+    from mlic_edge.runtime.build import BuildRequest, build
+
+    run = RunDir(tmp_path_factory.mktemp("built") / "run")
+    shutil.copytree(trained_run, run.path)
+    with contextlib.redirect_stderr(io.StringIO()):
+        build(run, BuildRequest(precision="fp16", backend="onnxruntime"))
+        build(run, BuildRequest(precision="int8", backend="onnxruntime", calib_images=64))
+        build(run, BuildRequest(precision="int8", backend="tensorrt-rtx", calib_images=64, batch=(1, 2, 4)))
+    return run.path
+
+
+def test_fp16_and_int8_onnx_keep_fp32_io_and_record_their_source(built_run):
+    from mlic_edge.io import sha256_file
+
+    for precision in ("fp16", "int8"):
+        proto = onnx.load(str(built_run / f"model.{precision}.onnx"))
+        props = {p.key: p.value for p in proto.metadata_props}
+        assert props["precision"] == precision and props["source_onnx_sha256"] == sha256_file(built_run / "model.onnx")
+        for value in (*proto.graph.input, *proto.graph.output):
+            assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_build_report_has_sizes_kept_layers_and_map_against_fp32(built_run):
+    report = json.loads((built_run / "reports" / "build.json").read_text())["builds"]
+    assert set(report) == {"fp16", "int8", "int8.tensorrt-rtx"}
+    int8 = report["int8"]
+    assert int8["onnx"]["int8"]["size_bytes"] < int8["onnx"]["fp32"]["size_bytes"] / 2
+    accuracy = int8["accuracy"]
+    # Done-when: on a trained synthetic model the int8 ONNX is within the int8 tolerance (1.5 points) of fp32.
+    assert abs(accuracy["delta_mAP_vs_fp32"]) <= 0.015, accuracy
+    assert accuracy["backend"].startswith("onnxruntime") and accuracy["images"] == 40
+    assert int8["int8"]["sensitivity"] and "node" in int8["int8"]["sensitivity"][0]
+    assert abs(report["fp16"]["accuracy"]["delta_mAP_vs_fp32"]) <= 0.005
+    assert isinstance(report["fp16"]["fp16"]["kept_fp32"], list)
+    engine = report["int8.tensorrt-rtx"]["engine"]
+    assert engine["path"].startswith("engines/") and engine["path"].endswith("model.int8.engine")
+    assert (built_run / engine["path"]).stat().st_size == engine["size_bytes"]
+    markdown = (built_run / "reports" / "build.md").read_text()
+    assert "| int8 |" in markdown and "--keep-fp" in markdown
+
+
+def test_rebuilding_int8_reuses_the_calibration(built_run, tmp_path):
+    from mlic_edge.rundir import RunDir
+    from mlic_edge.runtime.build import BuildRequest, build
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(built_run, run.path)
+    records = sorted((run.path / "calibration").iterdir())
+    entry = build(run, BuildRequest(precision="int8", backend="onnxruntime", calib_images=64, evaluate=False))
+    assert entry["int8"]["reused"] and sorted((run.path / "calibration").iterdir()) == records
+    entry = build(run, BuildRequest(precision="int8", backend="onnxruntime", calib_images=48, evaluate=False))
+    assert not entry["int8"]["reused"] and len(list((run.path / "calibration").iterdir())) == len(records) + 1
+
+
+def test_parity_checks_every_precision_present(capsys, built_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(built_run, run)
+    result = invoke(capsys, "parity", "--run", run, "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    assert 0 < report["reference"]["mAP"] <= 1
+    by_precision = {r["precision"]: r for r in report["results"]}
+    assert set(by_precision) == {"fp32", "fp16", "int8"}
+    for precision, result_row in by_precision.items():
+        assert result_row["backend"] == "onnxruntime" and result_row["passed"]
+        assert set(result_row) >= {"backend", "precision", "mAP", "delta_mAP", "max_abs_diff", "labelset_agreement",
+                                   "passed", "worst_classes", "latency"}
+        assert 0 <= result_row["mAP"] <= 1
+    assert by_precision["int8"]["max_abs_diff"] > by_precision["fp32"]["max_abs_diff"]
+    # The TensorRT-RTX engine is present but cannot run on this machine: reported as not run, with the reason.
+    (skipped,) = report["skipped"]
+    assert skipped["backend"] == "tensorrt-rtx" and skipped["precision"] == "int8" and skipped["reason"]
+
+
+def test_parity_exit_3_names_the_precision_past_its_tolerance(capsys, built_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(built_run, run)
+    result = invoke(capsys, "parity", "--run", run, "--backend", "onnxruntime", "--tolerance", "int8=-1")
+    assert result.code == 3
+    assert_one_line_error(result, "onnxruntime int8", "more than the tolerance -1.0")
+
+
+def test_missing_tensorrt_says_how_to_get_it_and_what_auto_uses(capsys, run_copy):
+    result = invoke(capsys, "build", "--run", run_copy, "--precision", "fp16", "--backend", "tensorrt")
+    assert_one_line_error(result, "tensorrt", "onnxruntime")
+    assert not (run_copy / "model.fp16.onnx").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--batch", "8,4,1"], ["MIN,OPT,MAX"]),
+    (["--precision", "int4"], ["unknown precision"]),
+    (["--backend", "tflite"], ["unknown build backend"]),
+    (["--precision", "int8", "--keep-fp", "no_such_node"], ["no_such_node"]),
+    (["--precision", "int8", "--calib-method", "mse"], ["mse"]),
+])
+def test_bad_build_options_are_one_line_errors(capsys, run_copy, args, fragments):
+    assert_one_line_error(invoke(capsys, "build", "--run", run_copy, *args), *fragments)
+    assert not (run_copy / "model.int8.onnx").exists()
+
+
+def test_unwritable_run_folder_fails_before_working(capsys, run_copy, monkeypatch):
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(run_copy) and mode & os.W_OK
+                        else real_access(path, mode))
+    result = invoke(capsys, "build", "--run", run_copy, "--precision", "fp16", "--backend", "onnxruntime")
+    assert_one_line_error(result, f"cannot write to {run_copy}")
+    assert not (run_copy / "model.fp16.onnx").exists()
+
+
+def test_build_without_model_onnx_and_without_torch_says_where_to_export(run_copy):
+    import subprocess
+    import sys
+
+    (run_copy / "model.onnx").unlink()
+    code = ("import sys\nsys.modules['torch'] = None\n"
+            f"sys.argv = ['mlic-edge', 'build', '--run', {str(run_copy)!r}, '-p', 'fp16', '-b', 'onnxruntime']\n"
+            "from mlic_edge.cli.app import main\nmain()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "PyTorch is not installed" in result.stderr and "mlic-edge export" in result.stderr
+
+
+@pytest.fixture
+def rtx_gpu_here(monkeypatch):
+    """Pretend an RTX GPU is present, so the engine checks get past "no GPU here" to what they compare."""
+    from mlic_edge.runtime import gpu
+
+    fake = gpu.GpuInfo(name="NVIDIA GeForce RTX 4090", compute_capability="8.9", memory_mb=24564, source="test")
+    monkeypatch.setattr(gpu, "detect_gpu", lambda **_: fake)
+
+
+def test_engine_from_a_changed_onnx_is_refused_with_the_rebuild_command(capsys, built_run, tmp_path, rtx_gpu_here):
+    run = tmp_path / "run"
+    shutil.copytree(built_run, run)
+    proto = onnx.load(str(run / "model.int8.onnx"))
+    proto.doc_string = "edited after the engine was built"
+    onnx.save(proto, str(run / "model.int8.onnx"))
+    result = invoke(capsys, "parity", "--run", run, "--backend", "tensorrt-rtx", "--precision", "int8")
+    assert_one_line_error(result, "model.int8.engine was built from another version of model.int8.onnx",
+                          f"mlic-edge build --run {run} --precision int8 --backend tensorrt-rtx")
+
+
+def test_engine_without_a_gpu_is_refused(capsys, built_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(built_run, run)
+    result = invoke(capsys, "parity", "--run", run, "--backend", "tensorrt-rtx", "--precision", "int8")
+    assert_one_line_error(result, "needs an NVIDIA GPU", "--backend onnxruntime")
+
+
+def test_engine_of_another_tensorrt_version_is_refused(capsys, built_run, tmp_path, rtx_gpu_here):
+    run = tmp_path / "run"
+    shutil.copytree(built_run, run)
+    (manifest_path,) = (run / "engines").glob("*/model.int8.json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["tensorrt_version"] = "1.0.0.1"
+    manifest_path.write_text(json.dumps(manifest))
+    result = invoke(capsys, "parity", "--run", run, "--backend", "tensorrt-rtx", "--precision", "int8")
+    assert_one_line_error(result, "was built with TensorRT for RTX 1.0.0.1", "rebuild: mlic-edge build")
