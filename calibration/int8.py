@@ -54,6 +54,11 @@ SETTINGS = {
     "quantize_bias": False,
     "op_types": list(QUANTIZED_OP_TYPES),
     "add_outputs_quantized": False,
+    "calibrators": {  # ORT's quantize_static leaves entropy at 128 bins = 128 target bins, i.e. plain min/max
+        "entropy": {"num_bins": 2048, "num_quantized_bins": 128},  # TensorRT's entropy calibrator's choice
+        "percentile": {"num_bins": 2048, "percentile": 99.999},
+        "minmax": {},
+    },
 }
 
 ProgressCallback = Callable[[int, int], None]
@@ -171,17 +176,18 @@ class _BatchReader:
 
 def _run_quantizer(fp32_path: Path, out_path: Path, ranges: Path, reader: _BatchReader | None, method: str,
                    excluded: list[str]) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    """Calibrate into ``ranges`` (unless it holds stored ranges already), then quantize with those ranges."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    calibrate_method = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
-                        "minmax": CalibrationMethod.MinMax}[method]
     # ORT prints calibration chatter on stdout (reserved for JSON output) and nags about pre-processing.
     with contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
         try:
-            quantize_static(str(fp32_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+            if reader is not None:
+                _calibrate(fp32_path, ranges, reader, method)
+            quantize_static(str(fp32_path), str(out_path), None, quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             op_types_to_quantize=list(QUANTIZED_OP_TYPES), nodes_to_exclude=excluded,
-                            calibrate_method=calibrate_method, calibration_cache_path=str(ranges),
+                            calibrate_method=_calibration_methods()[method], calibration_cache_path=str(ranges),
                             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                            "QuantizeBias": False, "OpTypesToExcludeOutputQuantization": ["Add"]})
         except (ValueError, RuntimeError) as error:
@@ -190,6 +196,27 @@ def _run_quantizer(fp32_path: Path, out_path: Path, ranges: Path, reader: _Batch
             raise CalibrationError(f"ONNX Runtime could not quantize {fp32_path.name}: {error}",
                                    hint="check the fp32 model runs under ONNX Runtime; try another --calib-method"
                                    ) from error
+
+
+def _calibration_methods() -> dict:
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
+            "minmax": CalibrationMethod.MinMax}
+
+
+def _calibrate(fp32_path: Path, ranges: Path, reader: _BatchReader, method: str) -> None:
+    """ORT's calibrator with the settings in ``SETTINGS`` (quantize_static cannot pass the histogram sizes)."""
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    with tempfile.TemporaryDirectory(prefix=".calibrate.", dir=ranges.parent) as work:
+        calibrator = create_calibrator(fp32_path, list(QUANTIZED_OP_TYPES),
+                                       augmented_model_path=str(Path(work) / "augmented.onnx"),
+                                       calibrate_method=_calibration_methods()[method],
+                                       extra_options={"symmetric": True, **SETTINGS["calibrators"][method]})
+        calibrator.collect_data(reader)
+        save_tensors_data(calibrator.compute_data(), ranges)
+        del calibrator
 
 
 def _no_readable_image() -> CalibrationError:

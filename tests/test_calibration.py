@@ -270,3 +270,24 @@ def test_tensorrt_parser_and_builder_accept_the_int8_model_strongly_typed(int8):
     profile.set_shape("images", (1, 3, 64, 64), (2, 3, 64, 64), (4, 3, 64, 64))
     config.add_optimization_profile(profile)
     assert builder.build_serialized_network(network, config) is not None
+
+
+def _activation_scales(path: Path) -> dict[str, float]:
+    """Scale of each activation QuantizeLinear (weights are quantized offline: no QuantizeLinear on them)."""
+    model = onnx.load(str(path))
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    return {node.input[0]: float(constants[node.input[1]]) for node in model.graph.node
+            if node.op_type == "QuantizeLinear" and node.input[1] in constants and constants[node.input[1]].size == 1}
+
+
+def test_entropy_and_percentile_clip_ranges_that_minmax_keeps_whole(run, calibration):
+    """The methods really differ: ORT's quantize_static defaults left entropy at 128 histogram bins for 128 target
+    bins, which can only choose the full range (entropy == minmax). Clipping methods never widen a range."""
+    scales = {method: _activation_scales(_quantize(run, calibration, method=method,
+                                                   out=f"model.int8.scales.{method}.onnx").path)
+              for method in METHODS}
+    assert scales["entropy"].keys() == scales["minmax"].keys()
+    for method in ("entropy", "percentile"):
+        assert all(scales[method][t] <= scales["minmax"][t] * (1 + 1e-6) for t in scales["minmax"])
+        narrower = sum(scales[method][t] < scales["minmax"][t] * 0.95 for t in scales["minmax"])
+        assert narrower >= len(scales["minmax"]) // 4, f"{method} clipped only {narrower} tensors"
