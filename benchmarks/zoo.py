@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
+from common import machine as describe_machine, onnx_latency_ms
 from mlic_edge import metrics
 from mlic_edge.data import open_dataset
 from mlic_edge.data.synth import SynthConfig, generate
 from mlic_edge.export.onnx_export import export_onnx
 from mlic_edge.models import list_models
 from mlic_edge.rundir import RunDir
-from mlic_edge.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from mlic_edge.train.evaluate import predict_scores
 from mlic_edge.models.checkpoint import load_model
 from mlic_edge.train.trainer import TrainConfig, train
@@ -37,19 +36,6 @@ PAPER_CLAIMS = {
     "msrn": "VOC 94.9 (96.0 with COCO pre-training), COCO 83.4",
 }
 LOSS_CLAIMS = {"dbl": "VOC-MLT 78.94 / COCO-MLT 53.55 (DBL README)", "dab": "VOC-MLT 79.19 / COCO-MLT 53.71 (seed 002)"}
-
-
-def onnx_latency_ms(path: Path, img_size: int, runs: int = 50) -> float:
-    backend = OnnxRuntimeBackend(path)
-    batch = np.random.default_rng(0).standard_normal((1, 3, img_size, img_size)).astype(np.float32)
-    for _ in range(5):
-        backend.infer(batch)
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        backend.infer(batch)
-        times.append((time.perf_counter() - started) * 1e3)
-    return float(np.median(times))
 
 
 def evaluate_run(run: RunDir, data: str, img_size: int) -> dict:
@@ -117,7 +103,7 @@ def main() -> None:
     loss_rows = [one("baseline", loss, data, args.work, args, sampler="class-aware" if loss == "dbl" else "random")
                  for loss in args.losses]
 
-    machine = f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, CPU only"
+    machine = describe_machine()
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "settings": {k: str(v) for k, v in
                                                                                   vars(args).items()},

@@ -37,7 +37,7 @@ class BuildRequest:
     backend: str = "auto"
     calib_data: str | None = None
     calib_images: int = DEFAULT_CALIB_IMAGES
-    calib_method: str = "entropy"
+    calib_method: str = "percentile"  # measured best-or-close on benchmarks/results/precision.md; entropy clipped too much
     keep_fp: list[str] = field(default_factory=list)
     batch: tuple[int, int, int] = (1, 1, 8)
     workspace_mb: int | None = None

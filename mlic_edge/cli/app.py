@@ -388,7 +388,8 @@ def build(
                                              "voc:/coco:/csv: spec (default: the run's training split)."),
     calib_images: int = typer.Option(512, "--calib-images", help="Calibration images to use (every class covered "
                                      "first)."),
-    calib_method: str = typer.Option("entropy", "--calib-method", help="entropy, percentile or minmax."),
+    calib_method: str = typer.Option("percentile", "--calib-method", help="percentile (99.999 %), minmax or "
+                                     "entropy (KL); benchmarks/results/precision.md compares them."),
     keep_fp: list[str] = typer.Option([], "--keep-fp", help="Node to keep in higher precision (repeatable; the "
                                       "build report names the most sensitive)."),
     batch: str = typer.Option("1,1,8", "--batch", help="Engine batch range MIN,OPT,MAX."),

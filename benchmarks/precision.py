@@ -1,0 +1,145 @@
+"""Precision benchmark: what fp16 and int8 cost in mAP, and what they save in size and CPU latency.
+
+    python benchmarks/precision.py --out benchmarks/results          # writes precision.json and precision.md
+
+On one trained synthetic model (resnet10t, long-tailed synthetic data): ΔmAP against the fp32 ONNX for every
+calibration method and calibration-set size (ONNX Runtime CPU, eval split); ONNX and TensorRT-for-RTX engine sizes
+per precision (engines built ahead of time on the CPU, never run here); ONNX Runtime CPU latency per precision,
+measured side by side in one process. Not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import time
+from pathlib import Path
+
+
+from common import machine, onnx_latency_ms
+from mlic_edge.calibration import METHODS
+from mlic_edge.data.synth import SynthConfig, generate
+from mlic_edge.export.onnx_export import export_onnx
+from mlic_edge.export.reference import write_reference
+from mlic_edge.io import write_json
+from mlic_edge.rundir import RunDir, installed_versions
+from mlic_edge.runtime.build import BuildRequest, build
+from mlic_edge.train.trainer import TrainConfig, train
+
+CALIBRATION_SIZES = (64, 256, 1024)
+
+
+def prepare_run(work: Path, args) -> RunDir:
+    data = work / "data"
+    if not (data / "synth.json").is_file():
+        generate(data, SynthConfig(classes=args.classes, images=args.images, size=args.size, seed=0,
+                                   long_tail=True))
+    run = RunDir(work / "run")
+    if not run.reference.is_file():
+        train(TrainConfig(model="baseline", data=f"voc:{data}", out=run.path, backbone="resnet10t",
+                          epochs=args.epochs, img_size=args.size, batch_size=32, optimizer="adamw", lr=3e-3,
+                          workers=0, seed=0))
+        export_onnx(run)
+        write_reference(run)
+    return run
+
+
+def quiet_build(run: RunDir, request: BuildRequest) -> dict:
+    with contextlib.redirect_stderr(io.StringIO()):
+        return build(run, request)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-precision"))
+    parser.add_argument("--images", type=int, default=1800, help="synthetic images (75 %% train)")
+    parser.add_argument("--classes", type=int, default=8)
+    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=50, help="timed runs per latency figure")
+    args = parser.parse_args()
+
+    run = prepare_run(args.work, args)
+    meta = run.read()
+    started = time.monotonic()
+    builds = {"fp16": quiet_build(run, BuildRequest(precision="fp16", backend="onnxruntime"))}
+    calibration = []
+    for method in METHODS:
+        for size in CALIBRATION_SIZES:
+            entry = quiet_build(run, BuildRequest(precision="int8", backend="onnxruntime", calib_method=method,
+                                                  calib_images=size))
+            calibration.append({"method": method, "requested": size, "images": entry["int8"]["images"],
+                                "seconds": entry["seconds"], "mAP_int8": entry["accuracy"]["mAP_int8"],
+                                "mAP_fp32": entry["accuracy"]["mAP_fp32"],
+                                "delta_mAP_points": entry["accuracy"]["delta_mAP_vs_fp32"] * 100})
+            print(f"int8 {method:10s} {size:5d} images: ΔmAP {calibration[-1]['delta_mAP_points']:+.3f} points",
+                  flush=True)
+    # The int8 ONNX the size/latency rows use: the default method with the largest set.
+    builds["int8"] = quiet_build(run, BuildRequest(precision="int8", backend="onnxruntime",
+                                                   calib_images=max(CALIBRATION_SIZES)))
+
+    precisions = []
+    for precision in ("fp32", "fp16", "int8"):
+        engine = quiet_build(run, BuildRequest(precision=precision, backend="tensorrt-rtx", evaluate=False))
+        precisions.append({
+            "precision": precision,
+            "onnx_bytes": run.onnx(precision).stat().st_size,
+            "engine_bytes": engine["engine"]["size_bytes"],
+            "engine_build_seconds": engine["engine"]["seconds"],
+            "mAP_onnxruntime": (builds[precision]["accuracy"][f"mAP_{precision}"] if precision != "fp32"
+                                else builds["fp16"]["accuracy"]["mAP_fp32"]),
+            "latency_ms": {f"batch{batch}": onnx_latency_ms(run.onnx(precision), meta["img_size"], batch, args.runs)
+                           for batch in (1, 8)},
+        })
+    fp32_latency = precisions[0]["latency_ms"]
+    for row in precisions:
+        row["latency_vs_fp32"] = {k: v / fp32_latency[k] for k, v in row["latency_ms"].items()}
+
+    versions = installed_versions()
+    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/precision.py",
+              "settings": {k: str(v) for k, v in vars(args).items()}, "versions": versions,
+              "eval_images": builds["fp16"]["accuracy"]["images"], "fp16": builds["fp16"]["fp16"],
+              "calibration": calibration, "precisions": precisions,
+              "minutes": (time.monotonic() - started) / 60}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "precision.json", result)
+    (args.out / "precision.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    settings = result["settings"]
+    lines = [f"# Precision benchmark ({result['date']}, {result['machine']})", "",
+             f"Command: `{result['command']}`. Model: baseline resnet10t, {settings['size']} px, trained "
+             f"{settings['epochs']} epochs on {settings['images']} synthetic long-tailed images of "
+             f"{settings['classes']} classes; mAP on {result['eval_images']} eval images with ONNX Runtime "
+             f"{result['versions'].get('onnxruntime')} (CPU). Engines: TensorRT for RTX, built ahead of time on this "
+             "CPU and never run here (no engine speed or accuracy is reported).", "",
+             "## ΔmAP of int8 against the fp32 ONNX (points)", "",
+             "| method | " + " | ".join(f"{n} images" for n in CALIBRATION_SIZES) + " |",
+             "|---|" + "---|" * len(CALIBRATION_SIZES)]
+    for method in METHODS:
+        rows = [r for r in result["calibration"] if r["method"] == method]
+        lines.append(f"| {method} | " + " | ".join(
+            f"{r['delta_mAP_points']:+.2f}" + (f" ({r['images']} used)" if r["images"] != r["requested"] else "")
+            for r in rows) + " |")
+    fp32_map = result["calibration"][0]["mAP_fp32"] * 100
+    lines += ["", f"fp32 mAP: {fp32_map:.2f}. fp16 nodes kept in fp32 (measured): "
+              + (", ".join(k["name"] for k in result["fp16"]["kept_fp32"]) or "none") + ".", "",
+              "## Size and ONNX Runtime CPU latency per precision", "",
+              "| precision | mAP (ORT; int8: default method, 1024 images) | ONNX MB | engine MB (RTX, AOT) | ms batch 1 | ms batch 8 | vs fp32 (b1 / b8) |",
+              "|---|---|---|---|---|---|---|"]
+    for row in result["precisions"]:
+        latency, ratio = row["latency_ms"], row["latency_vs_fp32"]
+        lines.append(f"| {row['precision']} | {row['mAP_onnxruntime'] * 100:.2f} | {row['onnx_bytes'] / 1e6:.2f} | "
+                     f"{row['engine_bytes'] / 1e6:.2f} | {latency['batch1']:.2f} | {latency['batch8']:.2f} | "
+                     f"{ratio['batch1']:.2f} / {ratio['batch8']:.2f} |")
+    lines += ["", "Latency: median of the timed runs after warm-up, one process, precisions measured one after "
+              "another. ONNX Runtime's CPU kernels are not TensorRT's: these ratios say nothing about a GPU."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
