@@ -177,3 +177,12 @@ def test_engine_of_another_tensorrt_version_is_refused(capsys, built_run, tmp_pa
     manifest_path.write_text(json.dumps(manifest))
     result = invoke(capsys, "parity", "--run", run, "--backend", "tensorrt-rtx", "--precision", "int8")
     assert_one_line_error(result, "was built with TensorRT for RTX 1.0.0.1", "rebuild: mlic-edge build")
+
+
+def test_build_exports_first_when_model_onnx_is_missing(capsys, run_copy):
+    (run_copy / "model.onnx").unlink()
+    result = invoke(capsys, "build", "--run", run_copy, "--precision", "fp16", "--backend", "onnxruntime", "--json")
+    assert result.code == 0, result.err
+    entry = json.loads(result.out)
+    assert "exporting" in result.err and (run_copy / "model.onnx").is_file()
+    assert entry["onnx"]["fp16"]["file"] == "model.fp16.onnx" and entry["accuracy"]["mAP_fp16"] > 0.5
