@@ -88,10 +88,16 @@ def calibration_key(fp32_onnx_sha256: str, fingerprint: str, method: str, settin
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes that get Q/DQ (the names ``keep_fp`` accepts)."""
+def constant_names(model: onnx.ModelProto) -> set[str]:
+    """Initializers and Constant outputs: the tensors that are not activations."""
     constants = {init.name for init in model.graph.initializer}
     constants.update(out for node in model.graph.node if node.op_type == "Constant" for out in node.output)
+    return constants
+
+
+def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that get Q/DQ (the names ``keep_fp`` accepts)."""
+    constants = constant_names(model)
     names = []
     for node in model.graph.node:
         if node.op_type not in QUANTIZED_OP_TYPES:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from mlic_edge.calibration.int8 import QUANTIZED_OP_TYPES
+from mlic_edge.calibration.int8 import QUANTIZED_OP_TYPES, constant_names
 from mlic_edge.errors import CalibrationError
 
 
@@ -46,8 +46,7 @@ def layer_sensitivity(fp32_path: Path, int8_path: Path, inputs: np.ndarray, top:
 def _quantized_layers(model: onnx.ModelProto) -> list[tuple[str, str, list[str], str]]:
     """(node, op type, float tensors before its input Q/DQ, output) for every node fed by a DequantizeLinear."""
     producer = {out: node for node in model.graph.node for out in node.output}
-    constants = {init.name for init in model.graph.initializer}
-    constants.update(out for node in model.graph.node if node.op_type == "Constant" for out in node.output)
+    constants = constant_names(model)
     layers = []
     for node in model.graph.node:
         if node.op_type not in QUANTIZED_OP_TYPES:

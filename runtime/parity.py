@@ -151,13 +151,13 @@ def present_targets(run: RunDir, backends: list[str] | None = None,
     if backends:
         return [(backend, precision) for backend in backends for precision in wanted
                 if backend != "torch" or precision == "fp32"]
-    targets = [("onnxruntime", precision) for precision in wanted if run.onnx(precision).is_file()]
-    for manifest in sorted(run.path.glob("engines/*/model.*.json")):
-        from mlic_edge.io import read_json
+    from mlic_edge.runtime.tensorrt.manifest import find_engines, read_manifest
 
-        info = read_json(manifest)
-        if info.get("precision") in wanted and (info.get("backend"), info["precision"]) not in targets:
-            targets.append((info["backend"], info["precision"]))
+    targets = [("onnxruntime", precision) for precision in wanted if run.onnx(precision).is_file()]
+    for path in find_engines(run.path):
+        manifest = read_manifest(path)
+        if manifest["precision"] in wanted and (manifest["backend"], manifest["precision"]) not in targets:
+            targets.append((manifest["backend"], manifest["precision"]))
     return targets
 
 
