@@ -53,14 +53,14 @@ class CalibrationSet:
         return digest.hexdigest()
 
     def batches(self, img_size: int, mean: Sequence[float], std: Sequence[float],
-                batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[np.ndarray]:
+                batch_size: int = DEFAULT_BATCH_SIZE, resize: str = "warp") -> Iterator[np.ndarray]:
         """Preprocessed float32 NCHW batches, exactly as every runtime stage preprocesses; unreadable files skipped."""
         pending: list[np.ndarray] = []
         for path in self.image_paths:
             image = read_image(path)
             if image is None:
                 continue
-            pending.append(preprocess(image, img_size, mean, std))
+            pending.append(preprocess(image, img_size, mean, std, resize))
             if len(pending) == batch_size:
                 yield np.stack(pending)
                 pending = []

@@ -114,8 +114,9 @@ def _set_metadata(proto: onnx.ModelProto, meta: dict[str, Any], precision: str) 
         "img_size": str(meta["img_size"]),
         "mean": json.dumps(meta["mean"]),
         "std": json.dumps(meta["std"]),
+        "resize": meta.get("resize", "warp"),
         "precision": precision,
-        "input_layout": "NCHW RGB float32, resized (warp) to img_size, (x/255 - mean)/std",
+        "input_layout": f"NCHW RGB float32, resized ({meta.get('resize', 'warp')}) to img_size, (x/255 - mean)/std",
         "output": "sigmoid probabilities, one per label",
     }
     del proto.metadata_props[:]
@@ -134,7 +135,8 @@ def _check_inputs(meta: dict[str, Any], count: int) -> np.ndarray:
         for path in dataset.image_paths:
             image = read_image(path)
             if image is not None:
-                images.append(preprocess(image, meta["img_size"], meta["mean"], meta["std"]))
+                images.append(preprocess(image, meta["img_size"], meta["mean"], meta["std"],
+                                         meta.get("resize", "warp")))
             if len(images) >= count:
                 break
     except MlicError as error:

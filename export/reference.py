@@ -27,6 +27,7 @@ def write_reference(run: RunDir, data: str | None = None, split: str | None = No
     with progress_bar(transient=True) as progress:
         task = progress.add_task("reference scores (PyTorch)", total=len(dataset), status="")
         result = predict_scores(model, dataset, meta["img_size"], meta["mean"], meta["std"], batch_size, workers,
+                                resize=meta.get("resize", "warp"),
                                 on_batch=lambda n: progress.advance(task, n))
     if result.broken:
         warn(describe_broken(dataset, result.broken))

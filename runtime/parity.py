@@ -15,7 +15,7 @@ import numpy as np
 
 from mlic_edge import metrics
 from mlic_edge.data import open_dataset
-from mlic_edge.data.images import preprocess, read_image
+from mlic_edge.data.images import read_image
 from mlic_edge.errors import MlicError, ParityError, RunDirError
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.backends.base import Backend
@@ -74,7 +74,7 @@ class ReferenceImages:
                 image = read_image(path)
                 if image is None:
                     raise RunDirError(f"reference image {path} can no longer be read", hint="check the dataset")
-                tensors.append(preprocess(image, self.spec.img_size, self.spec.mean, self.spec.std))
+                tensors.append(self.spec.tensor(image))
             yield np.stack(tensors)
 
 

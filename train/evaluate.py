@@ -28,9 +28,10 @@ class SplitScores:
 def predict_scores(model: torch.nn.Module, dataset: MultiLabelDataset, img_size: int, mean: Sequence[float],
                    std: Sequence[float], batch_size: int = 32, workers: int = 0,
                    device: torch.device | str = "cpu",
-                   on_batch: Callable[[int], None] | None = None) -> SplitScores:
+                   on_batch: Callable[[int], None] | None = None, resize: str = "warp") -> SplitScores:
     model.eval()
-    loader = make_loader(ImageDataset(dataset, img_size, mean, std), batch_size, shuffle=False, workers=workers)
+    loader = make_loader(ImageDataset(dataset, img_size, mean, std, resize=resize), batch_size, shuffle=False,
+                         workers=workers)
     scores, kept, broken = [], [], []
     for batch in loader:
         broken.extend(batch.broken)

@@ -17,6 +17,7 @@ import torch
 from mlic_edge import metrics
 from mlic_edge.console import info, progress_bar, warn
 from mlic_edge.data import open_dataset
+from mlic_edge.data.images import RESIZE_MODES
 from mlic_edge.data.torch_data import ImageDataset, describe_broken, make_loader
 from mlic_edge.errors import MlicError
 from mlic_edge.models import create_model, get_model_entry
@@ -49,6 +50,7 @@ class TrainConfig:
     stages: bool = False
     label_vectors: str | None = None
     crop_scale: float = 0.6
+    resize: str = "warp"
     pretrained: bool = False
     pretrained_file: str | None = None
     train_split: str | None = None
@@ -69,6 +71,7 @@ class TrainConfig:
             (self.workers >= 0, "--workers must be 0 or more"),
             (0.05 <= self.crop_scale <= 1.0, "--crop-scale must be in [0.05, 1]"),
             (self.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}"),
+            (self.resize in RESIZE_MODES, f"--resize must be one of {', '.join(RESIZE_MODES)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -137,7 +140,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     lr = config.lr or DEFAULT_LR.get(config.optimizer, 0.01)
     plan = stage_plan(model, config.epochs) if config.stages else [None] * config.epochs
     train_loader = make_loader(ImageDataset(train_set, img_size, data_config["mean"], data_config["std"],
-                                            augment=True, crop_scale=(config.crop_scale, 1.0)),
+                                            augment=True, crop_scale=(config.crop_scale, 1.0),
+                                            resize=config.resize),
                                config.batch_size, shuffle=True,
                                workers=config.workers, seed=config.seed, drop_last=len(train_set) > config.batch_size,
                                sampler=_sampler(config.sampler, train_set, config.seed))
@@ -175,7 +179,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     train_config.update(img_size=img_size, backbone=backbone, lr=lr)
     run.update(
         model=config.model, backbone=backbone, img_size=img_size, mean=data_config["mean"], std=data_config["std"],
-        labels=train_set.names, model_config=model.config(),
+        resize=config.resize, labels=train_set.names, model_config=model.config(),
         dataset={"spec": train_set.spec, "format": train_set.format, "train_split": train_set.split,
                  "eval_split": eval_set.split, "difficult": config.difficult,
                  "train_images": len(train_set), "eval_images": len(eval_set),
@@ -221,7 +225,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             val_task = progress.add_task("  validate", total=len(eval_set), status="")
             split_scores = predict_scores(model, eval_set, img_size, data_config["mean"], data_config["std"],
                                           config.batch_size, config.workers, device,
-                                          on_batch=lambda n: progress.advance(val_task, n))
+                                          on_batch=lambda n: progress.advance(val_task, n), resize=config.resize)
             val = metrics.mean_average_precision(split_scores.scores, split_scores.targets(eval_set))
             train_loss = running / max(1, seen)
             progress.update(task, status=f"loss {train_loss:.4f} val mAP {val.map:.4f}")

@@ -15,6 +15,8 @@ import numpy as np
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_MODES = ("warp", "center-crop", "letterbox")
+LETTERBOX_FILL = (114, 114, 114)  # the grey Ultralytics pads with
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -35,15 +37,38 @@ def read_image(path: str | Path) -> np.ndarray | None:
     return image
 
 
+def resize_image(image: np.ndarray, width: int, height: int, mode: str = "warp") -> np.ndarray:
+    """``warp``: stretch to the size (ML-GCN's evaluation); ``center-crop``: scale the short side, crop the middle
+    (timm's evaluation at crop_pct 1); ``letterbox``: scale the long side, pad with grey (Ultralytics)."""
+    if mode == "warp":
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    in_height, in_width = image.shape[:2]
+    if mode == "center-crop":
+        scale = max(width / in_width, height / in_height)
+    elif mode == "letterbox":
+        scale = min(width / in_width, height / in_height)
+    else:
+        raise ValueError(f"unknown resize mode {mode!r}; expected one of {', '.join(RESIZE_MODES)}")
+    scaled_w, scaled_h = max(1, round(in_width * scale)), max(1, round(in_height * scale))
+    scaled = cv2.resize(image, (scaled_w, scaled_h), interpolation=cv2.INTER_LINEAR)
+    if mode == "center-crop":
+        top, left = (scaled_h - height) // 2, (scaled_w - width) // 2
+        return scaled[top:top + height, left:left + width]
+    top, left = (height - scaled_h) // 2, (width - scaled_w) // 2
+    return cv2.copyMakeBorder(scaled, top, height - scaled_h - top, left, width - scaled_w - left,
+                              cv2.BORDER_CONSTANT, value=LETTERBOX_FILL)
+
+
 def preprocess(
     image_bgr: np.ndarray,
     size: int | tuple[int, int],
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    resize: str = "warp",
 ) -> np.ndarray:
-    """BGR uint8 HxWx3 -> float32 3xHxW, RGB, resized (warped, as ML-GCN evaluates) and normalised."""
+    """BGR uint8 HxWx3 -> float32 3xHxW, RGB, resized (``resize_image``) and normalised."""
     height, width = (size, size) if isinstance(size, int) else size
-    resized = cv2.resize(image_bgr, (width, height), interpolation=cv2.INTER_LINEAR)
+    resized = resize_image(image_bgr, width, height, resize)
     rgb = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB).astype(np.float32) * (1.0 / 255.0)
     rgb -= np.asarray(mean, dtype=np.float32)
     rgb /= np.asarray(std, dtype=np.float32)

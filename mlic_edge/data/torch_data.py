@@ -44,13 +44,14 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, dataset: MultiLabelDataset, img_size: int, mean: Sequence[float], std: Sequence[float],
-                 augment: bool = False, crop_scale: tuple[float, float] = (0.6, 1.0)) -> None:
+                 augment: bool = False, crop_scale: tuple[float, float] = (0.6, 1.0), resize: str = "warp") -> None:
         self.dataset = dataset
         self.crop_scale = crop_scale
         self.img_size = img_size
         self.mean = mean
         self.std = std
         self.augment = augment
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -64,7 +65,7 @@ class ImageDataset(Dataset):
             image = random_resized_crop(image, self.crop_scale)
             if float(torch.rand(1)) < 0.5:
                 image = cv2.flip(image, 1)
-        tensor = torch.from_numpy(preprocess(image, self.img_size, self.mean, self.std))
+        tensor = torch.from_numpy(preprocess(image, self.img_size, self.mean, self.std, self.resize))
         return tensor, target, index
 
 
