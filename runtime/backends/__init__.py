@@ -57,10 +57,14 @@ def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str 
     if name == "auto":
         name, device = resolve_auto(device)
     if name in ("tensorrt", "tensorrt-rtx"):
+        from mlic_edge.runtime.backends.tensorrt_backend import open_tensorrt_backend
+
+        if device == "cpu":
+            raise BackendError(f"{name} runs engines on an NVIDIA GPU, not --device cpu",
+                               hint="use --backend onnxruntime --device cpu")
         engine = find_engine(run, name, precision)
-        raise BackendError(f"{engine.name} matches this machine, but running TensorRT engines is not implemented "
-                           "in this version of mlic-edge", hint=f"use --backend onnxruntime with --precision "
-                                                                f"{precision} (the same ONNX the engine was built from)")
+        index = int(device.partition(":")[2] or 0) if device.startswith("cuda") else 0
+        return open_tensorrt_backend(run, name, precision, engine, device=index)
     if name == "torch":
         from mlic_edge.runtime.backends.torch_backend import TorchBackend
 

@@ -204,7 +204,7 @@ class _BuildSession:
     def __init__(self, trt: TensorRT, network_flags: Sequence[str]) -> None:
         self.trt = trt
         module = trt.module
-        self.logger = _recording_logger(module)
+        self.logger = recording_logger(module)
         try:
             self.builder = module.Builder(self.logger)
         except (TypeError, RuntimeError) as error:  # pybind raises TypeError when the factory returns nullptr
@@ -422,7 +422,7 @@ def _require_writable(folder: Path) -> None:
                          hint="fix the folder's permissions or build into another run directory") from error
 
 
-def _recording_logger(module: Any) -> Any:
+def recording_logger(module: Any) -> Any:
     """A TensorRT logger that keeps the last warnings and errors, so a failure can say what TensorRT said."""
     severity = module.ILogger.Severity
 

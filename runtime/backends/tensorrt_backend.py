@@ -1,0 +1,320 @@
+"""TensorRT (and TensorRT for RTX) engines on a GPU: pinned host buffers, async copies and execution on a CUDA stream.
+
+The API is detected from what is present: name-based tensors (``execute_async_v3``, TensorRT 10+, RTX) or
+binding indices (``execute_async_v2``, TensorRT 8.6). CUDA comes from ``mlic_edge.runtime.cuda`` (pycuda or
+cuda-python). Every resource is made in ``__init__``/``infer`` and released in ``close``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlic_edge.errors import BackendError, MlicError
+from mlic_edge.rundir import RunDir
+from mlic_edge.runtime.backends.base import Backend, BackendInfo
+from mlic_edge.runtime.cuda import Cuda, DeviceBuffer, Graph, HostBuffer, open_cuda
+from mlic_edge.runtime.tensorrt.api import TensorRT
+from mlic_edge.runtime.tensorrt.builder import recording_logger
+from mlic_edge.runtime.tensorrt.manifest import read_manifest
+
+TIMING_KEYS = ("h2d_ms", "compute_ms", "d2h_ms", "total_ms")
+
+
+class _Tensor:
+    def __init__(self, name: str, index: int, dtype: np.dtype) -> None:
+        self.name, self.index, self.dtype = name, index, np.dtype(dtype)
+
+
+class _NamedTensors:
+    """TensorRT 10+ and TensorRT for RTX (8.5+ too): tensors by name, addresses set on the context."""
+
+    style = "named tensors"
+
+    def __init__(self, trt_module: Any, engine: Any) -> None:
+        self.inputs: list[_Tensor] = []
+        self.outputs: list[_Tensor] = []
+        for index in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(index)
+            tensor = _Tensor(name, index, trt_module.nptype(engine.get_tensor_dtype(name)))
+            is_input = engine.get_tensor_mode(name) == trt_module.TensorIOMode.INPUT
+            (self.inputs if is_input else self.outputs).append(tensor)
+
+    @staticmethod
+    def matches(engine: Any, context: Any) -> bool:
+        return all(hasattr(engine, name) for name in ("num_io_tensors", "get_tensor_name", "get_tensor_mode")) and all(
+            hasattr(context, name) for name in ("set_input_shape", "set_tensor_address", "execute_async_v3"))
+
+    def set_input_shape(self, context: Any, tensor: _Tensor, shape: tuple[int, ...]) -> bool:
+        return bool(context.set_input_shape(tensor.name, shape))
+
+    def shape(self, context: Any, tensor: _Tensor) -> tuple[int, ...]:
+        return tuple(int(size) for size in context.get_tensor_shape(tensor.name))
+
+    def bind(self, context: Any, tensor: _Tensor, ptr: int) -> None:
+        context.set_tensor_address(tensor.name, ptr)
+
+    def execute(self, context: Any, stream_ptr: int) -> bool:
+        return bool(context.execute_async_v3(stream_ptr))
+
+
+class _Bindings:
+    """TensorRT 8.6: binding indices, a pointer list passed to ``execute_async_v2``."""
+
+    style = "bindings"
+
+    def __init__(self, trt_module: Any, engine: Any) -> None:
+        self.inputs, self.outputs = [], []
+        for index in range(engine.num_bindings):
+            tensor = _Tensor(engine.get_binding_name(index), index, trt_module.nptype(engine.get_binding_dtype(index)))
+            (self.inputs if engine.binding_is_input(index) else self.outputs).append(tensor)
+        self.pointers = [0] * engine.num_bindings
+
+    @staticmethod
+    def matches(engine: Any, context: Any) -> bool:
+        return all(hasattr(engine, name) for name in ("num_bindings", "binding_is_input")) and all(
+            hasattr(context, name) for name in ("set_binding_shape", "execute_async_v2"))
+
+    def set_input_shape(self, context: Any, tensor: _Tensor, shape: tuple[int, ...]) -> bool:
+        return bool(context.set_binding_shape(tensor.index, shape))
+
+    def shape(self, context: Any, tensor: _Tensor) -> tuple[int, ...]:
+        return tuple(int(size) for size in context.get_binding_shape(tensor.index))
+
+    def bind(self, context: Any, tensor: _Tensor, ptr: int) -> None:
+        self.pointers[tensor.index] = ptr
+
+    def execute(self, context: Any, stream_ptr: int) -> bool:
+        return bool(context.execute_async_v2(bindings=self.pointers, stream_handle=stream_ptr))
+
+
+class TensorRTBackend(Backend):
+    """One engine on one GPU. ``cuda``: a ``Cuda`` to use (tests pass fakes); the backend owns and closes it."""
+
+    def __init__(self, engine_path: Path, trt: TensorRT, *, precision: str, manifest: dict, device: int = 0,
+                 cuda_graph: bool = False, cuda: Cuda | None = None) -> None:
+        self.engine_path = Path(engine_path)
+        self.trt = trt
+        self.manifest = manifest
+        self.cuda_graph = cuda_graph
+        self.last_timings: dict[str, float | None] = dict.fromkeys(TIMING_KEYS)
+        batch = manifest.get("batch") or {}
+        self.batch_range = (int(batch.get("min", 1)), int(batch.get("max", 1)))
+        self._rebuild = (f"mlic-edge build --run {self.engine_path.parent.parent.parent} --precision {precision} "
+                         f"--backend {trt.backend}")
+        self._context = self._engine = self._runtime = None
+        self._graph: Graph | None = None
+        self._graph_batch = 0
+        self._buffers: dict[str, tuple[HostBuffer, DeviceBuffer]] = {}
+        self._shape: tuple[int, ...] | None = None
+        self._nbytes: dict[str, int] = {}
+        self._cuda = cuda or open_cuda(device)  # made first, closed last
+        try:
+            if cuda_graph and not self._cuda.supports_graphs:
+                raise BackendError(f"CUDA graph capture was asked for, and {self._cuda.name} has no CUDA graph API",
+                                   hint="pip install cuda-python (used when pycuda is absent), or run without "
+                                        "CUDA graphs")
+            self._stream = self._cuda.stream()
+            self._events = [self._cuda.event() for _ in range(4)]
+            self._logger = recording_logger(trt.module)
+            self._runtime = self._create_runtime()
+            self._engine = self._deserialize()
+            self._context = self._engine.create_execution_context()
+            if self._context is None:
+                raise BackendError(f"TensorRT could not create an execution context for {self.engine_path.name}: "
+                                   f"{self._logger.last_error() or 'no reason given'}",
+                                   hint="free GPU memory (other processes) or rebuild with a smaller --workspace")
+            self._io = self._detect_io()
+        except BaseException:
+            self.close()
+            raise
+        self.info = BackendInfo(
+            backend=trt.backend, device=f"cuda:{self._cuda.device} {self._cuda.device_name}", precision=precision,
+            version=trt.version,
+            details={"engine": str(self.engine_path), "io": self._io.style, "cuda": f"{self._cuda.name} "
+                     f"{self._cuda.version}", "batch": list(self.batch_range), "cuda_graph": cuda_graph,
+                     "input": self._input.name, "output": self._output.name})
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """(N, C) scores for a float32 NCHW batch; N must lie within the engine's optimization profile."""
+        if self._cuda is None:
+            raise BackendError(f"the TensorRT backend of {self.engine_path.name} is closed",
+                               hint="open a new backend (create_backend) for further inference")
+        batch = np.ascontiguousarray(batch, dtype=self._input.dtype)
+        count = batch.shape[0] if batch.ndim else 0
+        low, high = self.batch_range
+        if not low <= count <= high:
+            raise BackendError(f"--batch {count} is outside the engine's profile {low}..{high}",
+                               hint=f"rebuild with {self._rebuild} --batch MIN,OPT,MAX")
+        output_shape = self._prepare(batch.shape)
+        self._buffers[self._input.name][0].view(batch.dtype, batch.shape)[...] = batch
+        if self.cuda_graph:
+            self._run_graph(count)
+        else:
+            self._run_stream(count)
+        return self._buffers[self._output.name][0].view(self._output.dtype, output_shape).copy()
+
+    def close(self) -> None:
+        """TensorRT objects first (context, engine, runtime), then CUDA's buffers, events and stream."""
+        if self._graph is not None:
+            self._cuda.free(self._graph)
+            self._graph = None
+        for name in ("_context", "_engine", "_runtime"):
+            setattr(self, name, None)
+        self._buffers = {}
+        cuda, self._cuda = getattr(self, "_cuda", None), None
+        if cuda is not None:
+            cuda.close()
+
+    # --- one inference ---------------------------------------------------------------------------------------
+    def _run_stream(self, count: int) -> None:
+        cuda, stream, (start, copied_in, computed, copied_out) = self._cuda, self._stream, self._events
+        cuda.record(start, stream)
+        self._copy_in()
+        cuda.record(copied_in, stream)
+        self._execute(count)
+        cuda.record(computed, stream)
+        self._copy_out()
+        cuda.record(copied_out, stream)
+        cuda.synchronize(stream)
+        self.last_timings = {"h2d_ms": cuda.elapsed_ms(start, copied_in),
+                             "compute_ms": cuda.elapsed_ms(copied_in, computed),
+                             "d2h_ms": cuda.elapsed_ms(computed, copied_out),
+                             "total_ms": cuda.elapsed_ms(start, copied_out)}
+
+    def _run_graph(self, count: int) -> None:
+        """Copies and execution as one CUDA graph, captured for this batch size (a new size captures again)."""
+        cuda, stream, (start, _, _, end) = self._cuda, self._stream, self._events
+        if self._graph is None or self._graph_batch != count:
+            if self._graph is not None:
+                cuda.free(self._graph)
+                self._graph = None
+            self._execute(count)  # TensorRT needs one plain run after a shape change before capture
+            cuda.synchronize(stream)
+            self._graph = cuda.capture(stream, lambda: (self._copy_in(), self._execute(count),
+                                                        self._copy_out()))
+            self._graph_batch = count
+        cuda.record(start, stream)
+        cuda.launch(self._graph, stream)
+        cuda.record(end, stream)
+        cuda.synchronize(stream)
+        # Inside a graph the stages are not timed separately: only the whole.
+        self.last_timings = {"h2d_ms": None, "compute_ms": None, "d2h_ms": None,
+                             "total_ms": cuda.elapsed_ms(start, end)}
+
+    def _copy_in(self) -> None:
+        host, device = self._buffers[self._input.name]
+        self._cuda.copy_to_device(device, host, self._nbytes[self._input.name], self._stream)
+
+    def _copy_out(self) -> None:
+        host, device = self._buffers[self._output.name]
+        self._cuda.copy_to_host(host, device, self._nbytes[self._output.name], self._stream)
+
+    def _execute(self, count: int) -> None:
+        if not self._io.execute(self._context, self._stream.ptr):
+            raise BackendError(f"TensorRT could not run {self.engine_path.name} on a batch of {count}: "
+                               f"{self._logger.last_error() or 'no reason given'}",
+                               hint="check the GPU with nvidia-smi; if the engine is damaged, rebuild it: "
+                                    f"{self._rebuild}")
+
+    # --- shapes and buffers ----------------------------------------------------------------------------------
+    def _prepare(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Set the input shape (when it changed), grow buffers that are too small, bind addresses; output shape."""
+        if shape != self._shape:
+            expected = tuple(self.manifest.get("inputs", [{}])[0].get("shape", ())[1:])
+            if expected and all(size > 0 for size in expected) and tuple(shape[1:]) != expected:
+                raise BackendError(f"input batch has shape {tuple(shape)}; {self.engine_path.name} takes "
+                                   f"(N, {', '.join(map(str, expected))})",
+                                   hint="preprocess with the run's img_size (mlic_edge.data.images.preprocess)")
+            if not self._io.set_input_shape(self._context, self._input, tuple(shape)):
+                raise BackendError(f"TensorRT refused input shape {tuple(shape)} for {self.engine_path.name}: "
+                                   f"{self._logger.last_error() or 'outside the optimization profile'}",
+                                   hint=f"rebuild with {self._rebuild} --batch MIN,OPT,MAX")
+            self._shape = tuple(shape)
+        output_shape = self._io.shape(self._context, self._output)
+        self._nbytes = {self._input.name: int(np.prod(shape)) * self._input.dtype.itemsize,
+                        self._output.name: int(np.prod(output_shape)) * self._output.dtype.itemsize}
+        for tensor in (self._input, self._output):
+            self._ensure_buffer(tensor, self._nbytes[tensor.name])
+        return output_shape
+
+    def _ensure_buffer(self, tensor: _Tensor, nbytes: int) -> None:
+        """Allocate on first use and reallocate only when the batch grows past what the buffers hold."""
+        current = self._buffers.get(tensor.name)
+        if current is not None and current[0].nbytes >= nbytes:
+            return
+        if self._graph is not None:  # it holds the old addresses
+            self._cuda.free(self._graph)
+            self._graph = None
+        if current is not None:
+            for buffer in current:
+                self._cuda.free(buffer)
+        self._buffers[tensor.name] = (self._cuda.host_buffer(nbytes), self._cuda.device_buffer(nbytes))
+        self._io.bind(self._context, tensor, self._buffers[tensor.name][1].ptr)
+
+    # --- loading ---------------------------------------------------------------------------------------------
+    def _create_runtime(self) -> Any:
+        try:
+            return self.trt.module.Runtime(self._logger)
+        except (TypeError, RuntimeError) as error:  # pybind raises TypeError when the factory returns nullptr
+            raise BackendError(f"{self.trt.backend} {self.trt.version} could not create a runtime: "
+                               f"{self._logger.last_error() or error}",
+                               hint="check the NVIDIA driver with nvidia-smi, or use --backend onnxruntime") from error
+
+    def _deserialize(self) -> Any:
+        try:
+            data = self.engine_path.read_bytes()
+        except OSError as error:
+            raise BackendError(f"cannot read {self.engine_path}: {error.strerror or error}",
+                               hint=f"build it: {self._rebuild}") from error
+        try:
+            engine = self._runtime.deserialize_cuda_engine(data)
+        except (RuntimeError, TypeError, ValueError) as error:
+            engine, reason = None, str(error).strip()
+        else:
+            reason = None
+        if engine is None:
+            reason = self._logger.last_error() or reason or "no reason given"
+            raise BackendError(f"{self.trt.backend} {self.trt.version} could not load {self.engine_path.name}: "
+                               f"{reason}", hint=f"an engine runs only on the TensorRT and GPU it was built for; "
+                                                 f"rebuild it here: {self._rebuild}")
+        return engine
+
+    def _detect_io(self) -> _NamedTensors | _Bindings:
+        for style in (_NamedTensors, _Bindings):
+            if style.matches(self._engine, self._context):
+                io = style(self.trt.module, self._engine)
+                break
+        else:
+            raise BackendError(f"{self.trt.backend} {self.trt.version} offers neither name-based tensors nor "
+                               "binding indices", hint="use TensorRT 8.6 or newer, or --backend onnxruntime")
+        if len(io.inputs) != 1 or not io.outputs:
+            raise BackendError(f"{self.engine_path.name} has {len(io.inputs)} inputs and {len(io.outputs)} outputs; "
+                               "mlic-edge runs models with one image input and a scores output",
+                               hint=f"re-export the model with mlic-edge export, then {self._rebuild}")
+        wanted = [tensor["name"] for tensor in self.manifest.get("outputs", [])]
+        self._input = io.inputs[0]
+        self._output = next((tensor for tensor in io.outputs if tensor.name in wanted[:1]), io.outputs[0])
+        return io
+
+
+def open_tensorrt_backend(run: RunDir, backend_name: str, precision: str, engine_path: Path, *, device: int = 0,
+                          cuda_graph: bool = False) -> TensorRTBackend:
+    """The engine ``find_engine`` chose, with the manifest beside it and the TensorRT of ``backend_name``."""
+    from mlic_edge.runtime.tensorrt.api import load_tensorrt
+
+    engine_path = Path(engine_path)
+    try:
+        manifest = read_manifest(engine_path.with_suffix(".json"))
+    except MlicError as error:
+        raise BackendError(error.message, hint=error.hint) from error
+    if manifest.get("precision") != precision:
+        raise BackendError(f"{engine_path.name} is a {manifest.get('precision')} engine, not {precision}",
+                           hint=f"mlic-edge build --run {run.path} --precision {precision} --backend {backend_name}")
+    return TensorRTBackend(engine_path, load_tensorrt(backend_name), precision=precision, manifest=manifest,
+                           device=device, cuda_graph=cuda_graph)
+
+
+__all__ = ["TIMING_KEYS", "TensorRTBackend", "open_tensorrt_backend"]

@@ -1,0 +1,417 @@
+"""CUDA for the TensorRT backend: streams, device and pinned host buffers, async copies, events and CUDA graphs.
+
+Two implementations behind one small API, picked by what is importable: pycuda (the design card's choice) and
+cuda-python (``cuda.bindings``, what TensorRT's own samples use). Everything made through a ``Cuda`` is owned by it
+and released by ``close()`` in reverse order of creation. Nothing here imports pycuda or cuda-python until
+``open_cuda`` is called.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from mlic_edge.errors import BackendError
+
+INSTALL_HINT = ("on Jetson pip install pycuda (it compiles against JetPack's CUDA toolkit, so nvcc must be on PATH); "
+                "on x86 pip install cuda-python (a wheel); or run the ONNX instead with --backend onnxruntime")
+
+
+@dataclass(eq=False)
+class Resource:
+    """One thing a ``Cuda`` made; ``release`` frees it (set to None once done)."""
+
+    kind: str
+    handle: Any
+    release: Callable[[], None] | None = field(default=None, repr=False)
+
+
+@dataclass(eq=False)
+class DeviceBuffer(Resource):
+    ptr: int = 0
+    nbytes: int = 0
+
+
+@dataclass(eq=False)
+class HostBuffer(Resource):
+    """Page-locked host memory, seen from numpy as ``array`` (uint8, ``nbytes`` long)."""
+
+    ptr: int = 0
+    nbytes: int = 0
+    array: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8), repr=False)
+
+    def view(self, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """The first ``prod(shape)`` elements of ``dtype`` as an array of ``shape`` (no copy)."""
+        count = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return self.array[:count].view(dtype).reshape(shape)
+
+
+class Stream(Resource):
+    @property
+    def ptr(self) -> int:
+        """The raw ``cudaStream_t`` TensorRT takes."""
+        return int(self.handle.handle) if hasattr(self.handle, "handle") else int(self.handle)
+
+
+class Event(Resource):
+    pass
+
+
+class Graph(Resource):
+    """An instantiated CUDA graph (the captured graph itself is released with it)."""
+
+
+class Cuda:
+    """One device's CUDA work through pycuda or cuda-python; ``close()`` releases everything it made."""
+
+    def __init__(self, driver: "_Driver") -> None:
+        self._driver = driver
+        self._owned: list[Resource] = []
+        self.name = driver.name
+        self.version = driver.version
+        self.device = driver.device
+        try:
+            self.device_name = driver.device_name()
+        except BaseException:
+            driver.close()
+            raise
+
+    @property
+    def supports_graphs(self) -> bool:
+        return self._driver.supports_graphs
+
+    def stream(self) -> Stream:
+        return self._own(Stream("stream", *self._driver.stream_create()))
+
+    def device_buffer(self, nbytes: int) -> DeviceBuffer:
+        handle, ptr, release = self._driver.malloc(max(int(nbytes), 1))
+        return self._own(DeviceBuffer("device buffer", handle, release, ptr=ptr, nbytes=int(nbytes)))
+
+    def host_buffer(self, nbytes: int) -> HostBuffer:
+        handle, ptr, array, release = self._driver.malloc_host(max(int(nbytes), 1))
+        return self._own(HostBuffer("host buffer", handle, release, ptr=ptr, nbytes=int(nbytes), array=array))
+
+    def event(self) -> Event:
+        return self._own(Event("event", *self._driver.event_create()))
+
+    def copy_to_device(self, dst: DeviceBuffer, src: HostBuffer, nbytes: int, stream: Stream) -> None:
+        self._check_size("host-to-device copy", nbytes, dst, src)
+        self._driver.copy_htod(dst.ptr, src, nbytes, stream.handle)
+
+    def copy_to_host(self, dst: HostBuffer, src: DeviceBuffer, nbytes: int, stream: Stream) -> None:
+        self._check_size("device-to-host copy", nbytes, dst, src)
+        self._driver.copy_dtoh(dst, src.ptr, nbytes, stream.handle)
+
+    def record(self, event: Event, stream: Stream) -> None:
+        self._driver.event_record(event.handle, stream.handle)
+
+    def elapsed_ms(self, start: Event, end: Event) -> float:
+        return float(self._driver.event_elapsed_ms(start.handle, end.handle))
+
+    def synchronize(self, stream: Stream) -> None:
+        self._driver.stream_synchronize(stream.handle)
+
+    def capture(self, stream: Stream, work: Callable[[], None]) -> Graph:
+        """Run ``work`` (which only enqueues on ``stream``) under graph capture; the graph replays it."""
+        if not self.supports_graphs:
+            raise BackendError(f"CUDA graphs are not available through {self.name}",
+                               hint="pip install cuda-python for CUDA graphs, or run without them")
+        self._driver.begin_capture(stream.handle)
+        try:
+            work()
+        except BaseException:
+            self._driver.abort_capture(stream.handle)
+            raise
+        return self._own(Graph("graph", *self._driver.end_capture(stream.handle)))
+
+    def launch(self, graph: Graph, stream: Stream) -> None:
+        self._driver.graph_launch(graph.handle, stream.handle)
+
+    def free(self, resource: Resource) -> None:
+        """Release one resource now (a buffer that was outgrown); ``close()`` releases the rest."""
+        if resource in self._owned:
+            self._owned.remove(resource)
+        _release(resource)
+
+    def close(self) -> None:
+        """Release every resource in reverse order of creation, then the device context. Safe to call twice."""
+        errors = []
+        while self._owned:
+            try:
+                _release(self._owned.pop())
+            except BackendError as error:  # keep releasing; report the first failure after
+                errors.append(error)
+        if self._driver is not None:
+            self._driver.close()
+            self._driver = None
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> "Cuda":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _own(self, resource: Any) -> Any:
+        self._owned.append(resource)
+        return resource
+
+    @staticmethod
+    def _check_size(what: str, nbytes: int, *buffers: DeviceBuffer | HostBuffer) -> None:
+        too_small = [buffer for buffer in buffers if buffer.nbytes < nbytes]
+        if too_small:
+            raise BackendError(f"{what} of {nbytes} bytes into a {too_small[0].kind} of {too_small[0].nbytes}",
+                               hint="this is a bug in mlic-edge; please report it")
+
+
+def open_cuda(device: int = 0) -> Cuda:
+    """CUDA on ``device`` through pycuda if it imports, else cuda-python; BackendError saying how to get one."""
+    try:
+        import pycuda.driver as pycuda_driver
+    except ImportError:
+        pycuda_driver = None
+    if pycuda_driver is not None:
+        return pycuda_api(pycuda_driver, device)
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart  # cuda-python before 12.6
+        except ImportError:
+            raise BackendError("running TensorRT engines needs pycuda or cuda-python, and neither is installed",
+                               hint=INSTALL_HINT) from None
+    return cuda_python_api(cudart, device)
+
+
+def pycuda_api(driver_module: Any, device: int = 0) -> Cuda:
+    """A ``Cuda`` over a ``pycuda.driver`` module (or an object shaped like one)."""
+    return Cuda(_PyCudaDriver(driver_module, device))
+
+
+def cuda_python_api(runtime_module: Any, device: int = 0) -> Cuda:
+    """A ``Cuda`` over cuda-python's runtime module ``cuda.bindings.runtime`` (or an object shaped like one)."""
+    return Cuda(_CudaPythonDriver(runtime_module, device))
+
+
+def _release(resource: Resource) -> None:
+    release, resource.release = resource.release, None
+    if release is not None:
+        release()
+    resource.handle = None  # pycuda frees streams and events with their last reference
+
+
+class _Driver:
+    """The primitive calls one CUDA binding offers; each method is one call, errors are BackendErrors."""
+
+    name: str
+    version: str
+    device: int
+    supports_graphs: bool = False
+
+    def device_name(self) -> str: ...
+    def stream_create(self) -> tuple[Any, Callable[[], None]]: ...
+    def malloc(self, nbytes: int) -> tuple[Any, int, Callable[[], None]]: ...
+    def malloc_host(self, nbytes: int) -> tuple[Any, int, np.ndarray, Callable[[], None]]: ...
+    def event_create(self) -> tuple[Any, Callable[[], None]]: ...
+    def copy_htod(self, dst_ptr: int, src: HostBuffer, nbytes: int, stream: Any) -> None: ...
+    def copy_dtoh(self, dst: HostBuffer, src_ptr: int, nbytes: int, stream: Any) -> None: ...
+    def event_record(self, event: Any, stream: Any) -> None: ...
+    def event_elapsed_ms(self, start: Any, end: Any) -> float: ...
+    def stream_synchronize(self, stream: Any) -> None: ...
+    def close(self) -> None: ...
+
+    def begin_capture(self, stream: Any) -> None:
+        raise BackendError(f"{self.name} has no CUDA graph API", hint="pip install cuda-python for CUDA graphs")
+
+    def abort_capture(self, stream: Any) -> None: ...
+    def end_capture(self, stream: Any) -> tuple[Any, Callable[[], None]]: ...
+    def graph_launch(self, graph: Any, stream: Any) -> None: ...
+
+
+class _PyCudaDriver(_Driver):
+    """pycuda, in the device's primary context (the one TensorRT's runtime API uses). pycuda has no graph API."""
+
+    name = "pycuda"
+
+    def __init__(self, driver: Any, device: int) -> None:
+        self.cuda, self.device = driver, device
+        self.version = ".".join(str(part) for part in getattr(driver, "get_version", lambda: ())())
+        self._call("cuInit", driver.init)
+        count = self._call("cuDeviceGetCount", driver.Device.count)
+        if not 0 <= device < count:
+            raise BackendError(f"CUDA device {device} asked for; this machine has {count}",
+                               hint=f"use --device between 0 and {count - 1}" if count else
+                               "check the NVIDIA driver (nvidia-smi), or use --backend onnxruntime")
+        self._device = driver.Device(device)
+        self._context = self._call("cuDevicePrimaryCtxRetain", self._device.retain_primary_context)
+        self._call("cuCtxPushCurrent", self._context.push)
+
+    def device_name(self) -> str:
+        return str(self._device.name())
+
+    def stream_create(self):
+        return self._call("cuStreamCreate", self.cuda.Stream), lambda: None  # pycuda frees it with the object
+
+    def malloc(self, nbytes):
+        allocation = self._call("cuMemAlloc", self.cuda.mem_alloc, nbytes)
+        return allocation, int(allocation), lambda: self._call("cuMemFree", allocation.free)
+
+    def malloc_host(self, nbytes):
+        array = self._call("cuMemHostAlloc", self.cuda.pagelocked_empty, nbytes, np.uint8)
+        return array, int(array.ctypes.data), array, lambda: self._call("cuMemFreeHost", array.base.free)
+
+    def event_create(self):
+        return self._call("cuEventCreate", self.cuda.Event), lambda: None
+
+    def copy_htod(self, dst_ptr, src, nbytes, stream):
+        self._call("cuMemcpyHtoDAsync", self.cuda.memcpy_htod_async, dst_ptr, src.array[:nbytes], stream)
+
+    def copy_dtoh(self, dst, src_ptr, nbytes, stream):
+        self._call("cuMemcpyDtoHAsync", self.cuda.memcpy_dtoh_async, dst.array[:nbytes], src_ptr, stream)
+
+    def event_record(self, event, stream):
+        self._call("cuEventRecord", event.record, stream)
+
+    def event_elapsed_ms(self, start, end):
+        return self._call("cuEventElapsedTime", end.time_since, start)
+
+    def stream_synchronize(self, stream):
+        self._call("cuStreamSynchronize", stream.synchronize)
+
+    def close(self) -> None:
+        context, self._context = self._context, None
+        if context is not None:  # pycuda releases the primary context with its last reference, as autoprimaryctx does
+            self._call("cuCtxPopCurrent", context.pop)
+
+    def _call(self, what: str, function: Callable[..., Any], *args: Any) -> Any:
+        error_type = getattr(self.cuda, "Error", RuntimeError)
+        try:
+            return function(*args)
+        except error_type as error:
+            raise _cuda_error(what, str(error).strip() or type(error).__name__, self.device) from error
+
+
+class _CudaPythonDriver(_Driver):
+    """cuda-python's runtime API (``cudaMalloc`` ...): every call returns (error, values...)."""
+
+    name = "cuda-python"
+    supports_graphs = True
+
+    def __init__(self, runtime: Any, device: int) -> None:
+        self.rt, self.device = runtime, device
+        self.version = self._runtime_version()
+        count = self._call("cudaGetDeviceCount", runtime.cudaGetDeviceCount)
+        if not 0 <= device < count:
+            raise BackendError(f"CUDA device {device} asked for; this machine has {count}",
+                               hint=f"use --device between 0 and {count - 1}" if count else
+                               "check the NVIDIA driver (nvidia-smi), or use --backend onnxruntime")
+        self._call("cudaSetDevice", runtime.cudaSetDevice, device)
+
+    def device_name(self) -> str:
+        properties = self._call("cudaGetDeviceProperties", self.rt.cudaGetDeviceProperties, self.device)
+        name = properties.name
+        return (name.split(b"\x00", 1)[0].decode(errors="replace") if isinstance(name, bytes) else str(name)).strip()
+
+    def stream_create(self):
+        stream = self._call("cudaStreamCreateWithFlags", self.rt.cudaStreamCreateWithFlags,
+                            self.rt.cudaStreamNonBlocking)
+        return stream, lambda: self._call("cudaStreamDestroy", self.rt.cudaStreamDestroy, stream)
+
+    def malloc(self, nbytes):
+        ptr = int(self._call("cudaMalloc", self.rt.cudaMalloc, nbytes))
+        return ptr, ptr, lambda: self._call("cudaFree", self.rt.cudaFree, ptr)
+
+    def malloc_host(self, nbytes):
+        ptr = int(self._call("cudaMallocHost", self.rt.cudaMallocHost, nbytes))
+        array = np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(ptr))
+        return ptr, ptr, array, lambda: self._call("cudaFreeHost", self.rt.cudaFreeHost, ptr)
+
+    def event_create(self):
+        event = self._call("cudaEventCreate", self.rt.cudaEventCreate)
+        return event, lambda: self._call("cudaEventDestroy", self.rt.cudaEventDestroy, event)
+
+    def copy_htod(self, dst_ptr, src, nbytes, stream):
+        self._call("cudaMemcpyAsync", self.rt.cudaMemcpyAsync, dst_ptr, src.ptr, nbytes,
+                   self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream)
+
+    def copy_dtoh(self, dst, src_ptr, nbytes, stream):
+        self._call("cudaMemcpyAsync", self.rt.cudaMemcpyAsync, dst.ptr, src_ptr, nbytes,
+                   self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream)
+
+    def event_record(self, event, stream):
+        self._call("cudaEventRecord", self.rt.cudaEventRecord, event, stream)
+
+    def event_elapsed_ms(self, start, end):
+        return self._call("cudaEventElapsedTime", self.rt.cudaEventElapsedTime, start, end)
+
+    def stream_synchronize(self, stream):
+        self._call("cudaStreamSynchronize", self.rt.cudaStreamSynchronize, stream)
+
+    def begin_capture(self, stream):
+        self._call("cudaStreamBeginCapture", self.rt.cudaStreamBeginCapture, stream,
+                   self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal)
+
+    def abort_capture(self, stream):
+        error, graph = self.rt.cudaStreamEndCapture(stream)  # already failing: only tidy up
+        if _ok(self.rt, error) and graph:
+            self.rt.cudaGraphDestroy(graph)
+
+    def end_capture(self, stream):
+        graph = self._call("cudaStreamEndCapture", self.rt.cudaStreamEndCapture, stream)
+        try:
+            executable = self._call("cudaGraphInstantiate", self.rt.cudaGraphInstantiate, graph, 0)
+        except BackendError:
+            self.rt.cudaGraphDestroy(graph)
+            raise
+
+        def release() -> None:
+            self._call("cudaGraphExecDestroy", self.rt.cudaGraphExecDestroy, executable)
+            self._call("cudaGraphDestroy", self.rt.cudaGraphDestroy, graph)
+
+        return executable, release
+
+    def graph_launch(self, graph, stream):
+        self._call("cudaGraphLaunch", self.rt.cudaGraphLaunch, graph, stream)
+
+    def close(self) -> None:
+        pass  # the runtime API's primary context stays with the process, as TensorRT expects
+
+    def _runtime_version(self) -> str:
+        error, version = self.rt.cudaRuntimeGetVersion()
+        return f"{version // 1000}.{version % 1000 // 10}" if _ok(self.rt, error) else "unknown"
+
+    def _call(self, what: str, function: Callable[..., Any], *args: Any) -> Any:
+        error, *values = function(*args)
+        if not _ok(self.rt, error):
+            raise _cuda_error(what, _error_name(self.rt, error), self.device)
+        return values[0] if len(values) == 1 else (tuple(values) or None)
+
+
+def _ok(runtime: Any, error: Any) -> bool:
+    return error == runtime.cudaError_t.cudaSuccess
+
+
+def _error_name(runtime: Any, error: Any) -> str:
+    try:
+        status, name = runtime.cudaGetErrorName(error)
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:  # an unknown code must still produce a message
+        return str(error)
+
+
+def _cuda_error(what: str, reason: str, device: int) -> BackendError:
+    if any(word in reason for word in ("InsufficientDriver", "NoDevice", "NO_DEVICE", "no CUDA-capable")):
+        hint = "no usable NVIDIA GPU or driver here (check nvidia-smi); run the ONNX with --backend onnxruntime"
+    elif "MemoryAllocation" in reason or "OUT_OF_MEMORY" in reason:
+        hint = f"GPU {device} is out of memory: use a smaller --batch or stop other GPU work"
+    else:
+        hint = "check the NVIDIA driver with nvidia-smi; CUDA_LAUNCH_BLOCKING=1 shows which call failed first"
+    return BackendError(f"CUDA {what} failed on device {device}: {reason}", hint=hint)
+
+
+__all__ = ["Cuda", "DeviceBuffer", "Event", "Graph", "HostBuffer", "INSTALL_HINT", "Resource", "Stream",
+           "cuda_python_api", "open_cuda", "pycuda_api"]
