@@ -1,9 +1,17 @@
-"""The run loop: frames -> preprocess -> backend -> labels -> sinks, timed per stage."""
+"""The run loop on threads: capture → preprocess + batch → inference → postprocess + sinks.
+
+Bounded queues join the stages, so decoding and preprocessing overlap inference. Files lose nothing and keep their
+order; a live source (camera, stream) keeps only the newest frame: the latest frame wins and the stale ones are
+counted as dropped. ``stop`` (Ctrl-C, SIGTERM, a window's q) ends the capture; what is already in flight is still
+processed and written, so every output is complete when ``run_pipeline`` returns.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
@@ -11,6 +19,9 @@ from mlic_edge.data.images import preprocess
 from mlic_edge.runtime.backends.base import Backend
 from mlic_edge.runtime.latency import LatencyRecorder
 from mlic_edge.runtime.sources import Frame, Source
+
+_END = object()  # end of the stream, passed down the stages
+POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -21,81 +32,214 @@ class ModelSpec:
     img_size: int
     mean: list[float]
     std: list[float]
+    resize: str = "warp"
 
     @classmethod
     def from_run(cls, meta: dict[str, Any]) -> "ModelSpec":
-        return cls(list(meta["labels"]), int(meta["img_size"]), list(meta["mean"]), list(meta["std"]))
+        return cls(list(meta["labels"]), int(meta["img_size"]), list(meta["mean"]), list(meta["std"]),
+                   meta.get("resize", "warp"))
 
-
-def decide_labels(scores: np.ndarray, labels: list[str], threshold: float, top_k: int) -> tuple[list, list]:
-    """Labels at or over ``threshold`` (highest first) and the ``top_k`` best, as {label, score} dicts."""
-    order = np.argsort(-scores, kind="stable")
-    over = [{"label": labels[i], "score": round(float(scores[i]), 5)} for i in order if scores[i] >= threshold]
-    best = [{"label": labels[i], "score": round(float(scores[i]), 5)} for i in order[:top_k]]
-    return over, best
+    def tensor(self, image_bgr: np.ndarray) -> np.ndarray:
+        """The model's input for one frame: exactly the preprocessing training evaluated with."""
+        return preprocess(image_bgr, self.img_size, self.mean, self.std, self.resize)
 
 
 @dataclass
 class RunStats:
     frames: int = 0
+    """Frames inferred (unreadable ones excluded)."""
+    records: int = 0
+    """Records written (fewer than frames with --only-changes)."""
     unreadable: int = 0
-    unreadable_names: list[str] | None = None
+    unreadable_names: list[str] = field(default_factory=list)
+    dropped: int = 0
+    """Stale live frames replaced by a newer one before they were processed."""
+    stopped: bool = False
+    """Ended by a stop request (signal, window) rather than by the end of the source."""
 
 
-def _batches(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
-    batch: list[Frame] = []
-    for frame in frames:
-        batch.append(frame)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+class LatestFrame:
+    """A one-frame slot for live sources: ``put`` replaces an unprocessed frame (counted as dropped)."""
+
+    def __init__(self, on_drop: Callable[[], None] | None = None) -> None:
+        self._condition = threading.Condition()
+        self._item: Any = None
+        self._full = False
+        self.dropped = 0
+        self._on_drop = on_drop
+
+    def put(self, item: Any) -> None:
+        with self._condition:
+            if self._full and self._item is not _END:
+                self.dropped += 1
+                if self._on_drop:
+                    self._on_drop()
+            self._item, self._full = item, True
+            self._condition.notify()
+
+    def get(self, timeout: float) -> Any:
+        with self._condition:
+            if not self._full and not self._condition.wait(timeout):
+                raise queue.Empty
+            if not self._full:
+                raise queue.Empty
+            item, self._item, self._full = self._item, None, False
+            return item
 
 
-def run_pipeline(source: Source, backend: Backend, spec: ModelSpec, *, threshold: float = 0.5, top_k: int = 5,
-                 max_frames: int | None = None, batch_size: int = 1,
-                 on_result: Callable[[Frame, dict[str, Any], list[dict]], None] | None = None,
-                 latency: LatencyRecorder | None = None) -> RunStats:
-    """Run ``backend`` over ``source``. ``on_result(frame, record, labels)`` receives every JSON record."""
-    latency = latency or LatencyRecorder()
-    stats = RunStats(unreadable_names=[])
-    live = source.kind in ("camera", "stream")
+class _Stages:
+    """The four threads and what they share; the first error in any of them aborts all and is re-raised."""
 
-    def limited() -> Iterator[Frame]:
-        for count, frame in enumerate(source):
-            if max_frames is not None and count >= max_frames:
+    def __init__(self, source: Source, backend: Backend, spec: ModelSpec, batch_size: int, max_frames: int | None,
+                 postprocess: Callable[[np.ndarray, dict[str, Any]], dict[str, Any] | None],
+                 on_record: Callable[[Frame, dict[str, Any]], None], latency: LatencyRecorder,
+                 stop: threading.Event, on_tick: Callable[[], None] | None) -> None:
+        self.source, self.backend, self.spec = source, backend, spec
+        self.live = source.live
+        self.batch_size = 1 if self.live else batch_size
+        self.max_frames, self.postprocess, self.on_record = max_frames, postprocess, on_record
+        self.latency, self.stop, self.on_tick = latency, stop, on_tick
+        self.abort = threading.Event()
+        self.errors: list[BaseException] = []
+        self.stats = RunStats()
+        self.frames_in = (LatestFrame(on_drop=latency.count_dropped) if self.live
+                          else queue.Queue(maxsize=4 * self.batch_size))
+        self.batches: queue.Queue = queue.Queue(maxsize=2)
+        self.results: queue.Queue = queue.Queue(maxsize=2)
+
+    # Queue helpers that give up when another stage failed, so no thread waits forever on a dead neighbour.
+    def _put(self, target: Any, item: Any) -> None:
+        if isinstance(target, LatestFrame):
+            target.put(item)
+            return
+        while not self.abort.is_set():
+            try:
+                target.put(item, timeout=POLL_S)
                 return
-            yield frame
+            except queue.Full:
+                continue
 
+    def _get(self, source: Any) -> Any:
+        while not self.abort.is_set():
+            try:
+                return source.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+        return _END
+
+    def _guard(self, stage: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                stage()
+            except BaseException as error:  # re-raised by run_pipeline in the caller's thread
+                self.errors.append(error)
+                self.abort.set()
+                self.stop_source()
+        return run
+
+    def stop_source(self) -> None:
+        """Make a blocked live read return (sources without ``stop`` end by themselves)."""
+        if hasattr(self.source, "stop"):
+            self.source.stop()
+
+    def capture(self) -> None:
+        count = 0
+        try:
+            for frame in self.source:
+                if self.stop.is_set() or self.abort.is_set():
+                    self.stats.stopped = self.stop.is_set()
+                    break
+                self.latency.add("decode", frame.decode_ms)
+                if frame.image is None:
+                    self.stats.unreadable += 1
+                    if len(self.stats.unreadable_names) < 3:
+                        self.stats.unreadable_names.append(frame.source)
+                    continue
+                self._put(self.frames_in, frame)
+                count += 1
+                if self.max_frames is not None and count >= self.max_frames:
+                    break
+        finally:
+            self._put(self.frames_in, _END)
+
+    def prepare(self) -> None:
+        ended = False
+        while not ended:
+            frames: list[Frame] = []
+            while len(frames) < self.batch_size:
+                item = self._get(self.frames_in)
+                if item is _END:
+                    ended = True
+                    break
+                frames.append(item)
+            if frames:
+                with self.latency.measure("preprocess", len(frames)):
+                    tensor = np.stack([self.spec.tensor(frame.image) for frame in frames])
+                self._put(self.batches, (frames, tensor))
+        self._put(self.batches, _END)
+
+    def infer(self) -> None:
+        while (item := self._get(self.batches)) is not _END:
+            frames, tensor = item
+            with self.latency.measure("inference", len(frames)):
+                scores = self.backend.infer(tensor)
+            self._put(self.results, (frames, scores))
+        self._put(self.results, _END)
+
+    def output(self) -> None:
+        while (item := self._get(self.results)) is not _END:
+            frames, scores = item
+            for frame, frame_scores in zip(frames, scores):
+                with self.latency.measure("postprocess"):
+                    record = self.postprocess(frame_scores, {"source": frame.source, "index": frame.index,
+                                                             "timestamp": round(frame.timestamp, 4)})
+                if record is not None:
+                    with self.latency.measure("sink"):
+                        self.on_record(frame, record)
+                    self.stats.records += 1
+                captured = getattr(frame, "captured", None)
+                if captured is not None:
+                    self.latency.add_end_to_end(captured)
+                self.stats.frames += 1
+                self.latency.count_frames()
+            if self.on_tick:
+                self.on_tick()
+
+
+def run_pipeline(source: Source, backend: Backend, spec: ModelSpec, *,
+                 postprocess: Callable[[np.ndarray, dict[str, Any]], dict[str, Any] | None],
+                 on_record: Callable[[Frame, dict[str, Any]], None] = lambda frame, record: None,
+                 batch_size: int = 1, max_frames: int | None = None, latency: LatencyRecorder | None = None,
+                 stop: threading.Event | None = None, on_tick: Callable[[], None] | None = None) -> RunStats:
+    """Run ``backend`` over ``source`` on four threads; ``postprocess(scores, meta)`` makes each record (or None to
+    emit nothing) and ``on_record(frame, record)`` writes it. Returns when everything captured has been written."""
+    latency = latency or LatencyRecorder()
+    stages = _Stages(source, backend, spec, batch_size, max_frames, postprocess, on_record, latency,
+                     stop or threading.Event(), on_tick)
+    threads = [threading.Thread(target=stages._guard(work), name=f"mlic-edge-{work.__name__}", daemon=True)
+               for work in (stages.capture, stages.prepare, stages.infer, stages.output)]
     latency.start()
-    for batch in _batches(limited(), 1 if live else batch_size):
-        readable = []
-        for frame in batch:
-            latency.add("decode", frame.decode_ms)
-            if frame.image is None:
-                stats.unreadable += 1
-                if len(stats.unreadable_names) < 3:
-                    stats.unreadable_names.append(frame.source)
-            else:
-                readable.append(frame)
-        if not readable:
-            continue
-        with latency.measure("preprocess", len(readable)):
-            tensor = np.stack([preprocess(f.image, spec.img_size, spec.mean, spec.std) for f in readable])
-        with latency.measure("inference", len(readable)):
-            scores = backend.infer(tensor)
-        with latency.measure("postprocess", len(readable)):
-            results = []
-            for frame, frame_scores in zip(readable, scores):
-                over, best = decide_labels(frame_scores, spec.labels, threshold, top_k)
-                record = {"source": frame.source, "index": frame.index, "timestamp": round(frame.timestamp, 4),
-                          "labels": over, "top_k": best}
-                results.append((frame, record, over))
-        for frame, record, over in results:
-            if on_result:
-                on_result(frame, record, over)
-        stats.frames += len(readable)
-        latency.frames += len(readable)
-    latency.stop()
-    return stats
+    for thread in threads:
+        thread.start()
+    source_stopped = False
+    try:
+        for thread in threads:
+            while thread.is_alive():  # short joins, so signal handlers run in this (the main) thread
+                thread.join(POLL_S)
+                if stages.stop.is_set() and not source_stopped:
+                    stages.stop_source()
+                    source_stopped = True
+    except BaseException:
+        stages.abort.set()
+        stages.stop_source()
+        for thread in threads:
+            thread.join(5)
+        raise
+    finally:
+        latency.stop()
+    if isinstance(stages.frames_in, LatestFrame):
+        stages.stats.dropped = stages.frames_in.dropped
+    if stages.errors:
+        raise stages.errors[0]
+    stages.stats.stopped = stages.stats.stopped or (stop is not None and stop.is_set())
+    return stages.stats

@@ -15,7 +15,8 @@ from mlic_edge.runtime.backends import create_backend, resolve_auto
 from mlic_edge.runtime.backends.base import Backend, BackendInfo
 from mlic_edge.runtime.latency import LatencyRecorder
 from mlic_edge.runtime.parity import Reference, check_parity, compare_scores, compute_parity, parity_report
-from mlic_edge.runtime.pipeline import ModelSpec, decide_labels, run_pipeline
+from mlic_edge.runtime.pipeline import ModelSpec, run_pipeline
+from mlic_edge.runtime.postprocess import Postprocessor, decide_labels
 from mlic_edge.runtime.sinks import VideoSink
 from mlic_edge.runtime.sources import open_source
 
@@ -84,21 +85,23 @@ def test_pipeline_batches_records_and_times_every_stage(image_folder):
     backend = FixedBackend(lambda batch: np.tile([[0.8, 0.1]], (len(batch), 1)))
     records, latency = [], LatencyRecorder()
     with open_source(str(image_folder)) as source:
-        stats = run_pipeline(source, backend, spec, batch_size=2, top_k=1, latency=latency,
-                             on_result=lambda frame, record, labels: records.append(record))
+        stats = run_pipeline(source, backend, spec, batch_size=2, latency=latency,
+                             postprocess=Postprocessor(spec.labels, top_k=1),
+                             on_record=lambda frame, record: records.append(record))
     assert stats.frames == 5 and stats.unreadable == 1 and "zz_broken.jpg" in stats.unreadable_names[0]
     assert backend.calls == [2, 2, 1]
     assert [r["index"] for r in records] == [0, 1, 2, 3, 4]
     assert records[0]["labels"] == [{"label": "a", "score": 0.8}] and records[0]["top_k"][0]["label"] == "a"
     summary = latency.summary()
-    assert set(summary["stages_ms"]) == {"decode", "preprocess", "inference", "postprocess"}
+    assert set(summary["stages_ms"]) == {"decode", "preprocess", "inference", "postprocess", "sink"}
     assert summary["frames"] == 5 and summary["fps"] > 0
 
 
 def test_max_frames_stops_early(synth_data):
     spec = ModelSpec(["a"], 32, [0.5] * 3, [0.25] * 3)
     with open_source(str(synth_data / "video.mp4")) as source:
-        stats = run_pipeline(source, FixedBackend(lambda b: np.zeros((len(b), 1))), spec, max_frames=4)
+        stats = run_pipeline(source, FixedBackend(lambda b: np.zeros((len(b), 1))), spec, max_frames=4,
+                             postprocess=Postprocessor(spec.labels))
     assert stats.frames == 4
 
 

@@ -3,6 +3,7 @@ only, so ``--help`` stays fast and works on a torch-free edge install."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -223,6 +224,8 @@ def train(
                                                         "attention, dependency, joint), epochs split evenly."),
     label_vectors: Optional[Path] = typer.Option(None, "--label-vectors", help="Label word vectors for graph "
                                                  "models: GloVe text, .npy + names, .npz or pickle."),
+    resize: str = typer.Option("warp", "--resize", help="Evaluation resize, used identically by export, parity and "
+                               "the runtime: warp, center-crop or letterbox."),
     crop_scale: float = typer.Option(0.6, "--crop-scale", help="Smallest share of the image area a random crop "
                                                                "keeps (multi-label: small crops cut labels out)."),
     pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="Start from ImageNet weights."),
@@ -245,7 +248,7 @@ def train(
         raise MlicError(f"--difficult {difficult!r} is not a policy", hint="use ignore, positive or negative")
     run_path = out or Path("runs") / model
     config = TrainConfig(model=model, data=data, out=run_path, backbone=backbone, epochs=epochs, img_size=img_size,
-                         batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
+                         batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, resize=resize,
                          warmup_epochs=warmup_epochs, weight_decay=weight_decay, loss=loss, crop_scale=crop_scale,
                          loss_options=_parse_kwargs(loss_kwargs, "--loss-kwargs"),
                          model_options=_parse_kwargs(model_kwargs, "--model-kwargs"), sampler=sampler, stages=stages,
@@ -299,6 +302,7 @@ def evaluate(
                                                                                "trained on (or one with its labels)")
     net = load_model(run_dir.require(run_dir.checkpoint, "mlic-edge train")).to(torch_device)
     result = predict_scores(net, dataset, meta["img_size"], meta["mean"], meta["std"], batch_size,
+                            resize=meta.get("resize", "warp"),
                             device=torch_device)
     if result.broken:
         warn(describe_broken(dataset, result.broken))
@@ -437,71 +441,179 @@ def build(
 
 
 # --------------------------------------------------------------------------------------------------- run
-@app.command("run", epilog="Examples: `mlic-edge run photos/ --run runs/baseline --out preds.jsonl`, "
-                           "`mlic-edge run clip.mp4 -r runs/baseline --save-video out.mp4`, "
-                           "`mlic-edge run camera0 -m baseline`")
+@contextlib.contextmanager
+def _stop_on_signals(stop):
+    """Ctrl-C / SIGTERM: finish what is in flight, flush and close every output. A second Ctrl-C aborts."""
+    import signal
+
+    def request_stop(signum, frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@app.command("run", epilog="Examples: `mlic-edge run camera0 -m baseline --smoothing 0.8 --only-changes`, "
+                           "`mlic-edge run photos/ -r runs/baseline --batch 8 --out preds.jsonl --csv preds.csv`, "
+                           "`mlic-edge run rtsp://cam.local/stream -m msrn -b tensorrt -p int8 --stats-every 10`, "
+                           "`mlic-edge run clip.mp4 -m baseline --save-video labelled.mp4`, `mlic-edge run csi://0 -m msrn`")
 def run_command(
-    source: str = typer.Argument(..., help="Image, folder, glob, video file, camera0 or /dev/videoN, rtsp:// URL."),
+    source: str = typer.Argument(..., help="camera0 | 0 | /dev/videoN | v4l2:// | csi://N | rtsp:// | http(s):// | "
+                                           "rtp:// | gst:PIPELINE | video file | image | folder | glob | list.txt"),
     run: Optional[Path] = RunOpt,
     model: Optional[str] = ModelNameOpt,
     backend: str = BackendOpt,
     precision: str = PrecisionOpt,
     device: str = DeviceOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON lines file (default: stdout)."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write a CSV (one row per record)."),
     save_video: Optional[Path] = typer.Option(None, "--save-video", help="Write frames with labels drawn (.mp4)."),
+    show: bool = typer.Option(False, "--show", help="Show frames with labels in a window (q or Esc stops)."),
     threshold: float = typer.Option(0.5, "--threshold", help="Report labels with score >= this."),
+    thresholds: Optional[Path] = typer.Option(None, "--thresholds", help="Per-class thresholds: JSON "
+                                              "{label: t} or CSV label,threshold (others use --threshold)."),
     top_k: int = typer.Option(5, "--top-k", help="Also report the K best labels."),
+    smoothing: float = typer.Option(0.0, "--smoothing", help="EMA of scores across frames of a video or live "
+                                    "source, 0 (off) to <1: s = A*s + (1-A)*x, so labels don't flicker."),
+    only_changes: bool = typer.Option(False, "--only-changes", help="Emit a record only when the label set "
+                                      "changes."),
+    batch: int = typer.Option(1, "--batch", "--batch-size", help="Images per inference for files (live sources "
+                              "always use 1: the newest frame)."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N frames/images."),
-    batch_size: int = typer.Option(1, "--batch-size", help="Images per inference for folders and globs."),
+    width: Optional[int] = typer.Option(None, "--width", help="Capture width (cameras, CSI)."),
+    height: Optional[int] = typer.Option(None, "--height", help="Capture height (cameras, CSI)."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Capture frame rate (cameras, CSI)."),
+    max_reconnects: int = typer.Option(5, "--max-reconnects", help="Reconnect a dropped stream this many times."),
+    stats_every: Optional[float] = typer.Option(None, "--stats-every", help="Print a latency line every N s."),
+    stats_json: Optional[Path] = typer.Option(None, "--stats-json", help="Write the latency summary as JSON."),
     json_out: bool = typer.Option(False, "--json", help="Print the latency summary as JSON on stdout (after the "
                                                         "records unless --out is given)."),
 ) -> None:
     """Run a model over a source: one JSON line per image/frame, latency per stage at the end."""
+    import threading
+
     from mlic_edge.console import console, info, warn
+    from mlic_edge.io import write_json
     from mlic_edge.runtime.backends import create_backend
-    from mlic_edge.runtime.latency import LatencyRecorder, latency_table
+    from mlic_edge.runtime.latency import LatencyRecorder, PeriodicStats, latency_table
     from mlic_edge.runtime.pipeline import ModelSpec, run_pipeline
-    from mlic_edge.runtime.sinks import JsonlSink, VideoSink
+    from mlic_edge.runtime.postprocess import Postprocessor, read_thresholds
+    from mlic_edge.runtime.sinks import CsvSink, JsonlSink, VideoSink, WindowSink, check_writable
     from mlic_edge.runtime.sources import open_source
 
     if not 0.0 <= threshold <= 1.0:
         raise MlicError(f"--threshold {threshold} is outside [0, 1]", hint="scores are probabilities")
-    if top_k < 0 or batch_size < 1:
-        raise MlicError("--top-k must be >= 0 and --batch-size >= 1")
+    if not 0.0 <= smoothing < 1.0:
+        raise MlicError(f"--smoothing {smoothing} is outside [0, 1)", hint="0 turns it off; 0.8 is a good start")
+    if top_k < 0 or batch < 1:
+        raise MlicError("--top-k must be >= 0 and --batch >= 1")
+    for path in (out, csv_out, save_video, stats_json):
+        if path is not None:
+            check_writable(path)  # before any work: an unwritable output fails now, not after an hour of camera
     run_dir = _run_dir(run, model)
     spec = ModelSpec.from_run(run_dir.read())
-    latency = LatencyRecorder()
-    ok = False
-    with open_source(source) as frames, create_backend(backend, run_dir, precision, device) as engine:
+    limits = read_thresholds(thresholds, spec.labels, default=threshold) if thresholds else threshold
+    latency, stop = LatencyRecorder(), threading.Event()
+    with open_source(source, width=width, height=height, fps=fps, max_reconnects=max_reconnects) as frames, \
+            create_backend(backend, run_dir, precision, device) as engine:
         info(f"{frames.kind} {source} → {engine.info.describe()}")
-        jsonl = JsonlSink(out)
-        video = VideoSink(save_video, frames.fps) if save_video else None
+        live_or_video = frames.live or frames.kind == "video"
+        postprocess = Postprocessor(spec.labels, threshold=limits, top_k=top_k,
+                                    smoothing=smoothing if live_or_video else 0.0, only_changes=only_changes,
+                                    all_scores=csv_out is not None)
+        if smoothing and not live_or_video:
+            warn("--smoothing applies to videos and live sources; images of a folder are not smoothed")
+        sinks = [JsonlSink(out)]
+        sinks += [CsvSink(csv_out, spec.labels)] if csv_out else []
+        sinks += [VideoSink(save_video, frames.fps)] if save_video else []
+        window = WindowSink(f"mlic-edge: {source}") if show else None
+        sinks += [window] if window else []
 
-        def emit(frame, record, labels):
-            jsonl.write(record)
-            if video:
-                video.write(frame.image, labels)
+        def write(frame, record):
+            for sink in sinks:
+                sink.write(frame, record)
+            if window is not None and window.stop_requested:
+                stop.set()
 
+        periodic = PeriodicStats(latency, stats_every, lambda line: info(line)) if stats_every else None
+        ok = False
         try:
-            stats = run_pipeline(frames, engine, spec, threshold=threshold, top_k=top_k, max_frames=max_frames,
-                                 batch_size=batch_size, on_result=emit, latency=latency)
+            with _stop_on_signals(stop):
+                stats = run_pipeline(frames, engine, spec, postprocess=postprocess, on_record=write,
+                                     batch_size=batch, max_frames=max_frames, latency=latency, stop=stop,
+                                     on_tick=periodic.maybe_emit if periodic else None)
             ok = True
         finally:
-            jsonl.close(ok)
-            if video:
-                video.close(ok)
+            for sink in sinks:
+                sink.close(ok or stop.is_set())
     if stats.unreadable:
         warn(f"{stats.unreadable} unreadable image(s) skipped: {', '.join(stats.unreadable_names)}")
+    source_stats = dict(getattr(frames, "stats", {}))
     summary = {**latency.summary(), "backend": engine.info.as_dict(), "source": source, "kind": frames.kind,
-               "unreadable": stats.unreadable}
+               "records": stats.records, "unreadable": stats.unreadable, "stopped": stats.stopped, **source_stats}
+    if stats_json:
+        write_json(stats_json, summary)
     if json_out:
         _emit_json(summary)
     else:
         console.print(latency_table(summary, f"latency per frame ({engine.info.describe()})"))
+    if stats.stopped:
+        info("stopped on request; every output was flushed and closed")
     if out:
-        info(f"wrote {stats.frames} records to {out}")
-    if save_video:
-        info(f"wrote {save_video}")
+        info(f"wrote {stats.records} records to {out}")
+    for path in (csv_out, save_video):
+        if path:
+            info(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------------------------------- bench
+@app.command(epilog="Examples: `mlic-edge bench -m baseline --batch 1,4,8`, "
+                    "`mlic-edge bench -r runs/msrn -b tensorrt -p int8 --iterations 500 --json`")
+def bench(
+    run: Optional[Path] = RunOpt,
+    model: Optional[str] = ModelNameOpt,
+    backend: str = BackendOpt,
+    precision: str = PrecisionOpt,
+    device: str = DeviceOpt,
+    batch: str = typer.Option("1", "--batch", help="Batch sizes, comma-separated (e.g. 1,4,8)."),
+    iterations: int = typer.Option(200, "--iterations", help="Timed inferences per batch size (backend alone)."),
+    warmup: int = typer.Option(20, "--warmup", help="Untimed inferences first."),
+    frames: int = typer.Option(300, "--frames", help="Frames of the generated video for the pipeline run."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Backend alone (like trtexec) vs the whole pipeline on a generated video, and the ratio between them."""
+    from mlic_edge.console import console, info
+    from mlic_edge.io import write_json
+    from mlic_edge.runtime.backends import create_backend
+    from mlic_edge.runtime.bench import bench_table, run_bench
+    from mlic_edge.runtime.pipeline import ModelSpec
+
+    try:
+        batches = [int(part) for part in batch.split(",")]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1 or iterations < 1 or warmup < 0 or frames < 1:
+        raise MlicError(f"--batch {batch!r}, --iterations, --warmup and --frames must be positive",
+                        hint="for example --batch 1,4,8 --iterations 200")
+    run_dir = _run_dir(run, model)
+    spec = ModelSpec.from_run(run_dir.read())
+    with create_backend(backend, run_dir, precision, device) as engine:
+        info(f"bench: {engine.info.describe()}")
+        report = run_bench(engine, spec, batches, iterations=iterations, warmup=warmup, video_frames=frames,
+                           progress=lambda message: info(message))
+    report["run"] = str(run_dir.path)
+    write_json(run_dir.reports / "bench.json", report)
+    if json_out:
+        _emit_json(report)
+    else:
+        console.print(bench_table(report))
+        info(f"report: {run_dir.reports / 'bench.json'}")
 
 
 # --------------------------------------------------------------------------------------------------- parity

@@ -23,6 +23,7 @@ def run_demo(out: Path, epochs: int = 12, backbone: str = "resnet10t", classes: 
     from mlic_edge.runtime.latency import LatencyRecorder, latency_table
     from mlic_edge.runtime.parity import check_parity, compute_parity, parity_report, parity_table
     from mlic_edge.runtime.pipeline import ModelSpec, run_pipeline
+    from mlic_edge.runtime.postprocess import Postprocessor
     from mlic_edge.runtime.sinks import JsonlSink, VideoSink
     from mlic_edge.runtime.sources import open_source
     from mlic_edge.train.trainer import TrainConfig, train
@@ -50,11 +51,11 @@ def run_demo(out: Path, epochs: int = 12, backbone: str = "resnet10t", classes: 
     latency = LatencyRecorder()
     predictions = out / "video_predictions.jsonl"
     with open_source(str(data_dir / "video.mp4")) as frames, create_backend("onnxruntime", run, "fp32", "cpu") as rt:
-        jsonl, video = JsonlSink(predictions), VideoSink(out / "video_labeled.mp4", frames.fps)
-        run_pipeline(frames, rt, spec, threshold=0.5, top_k=3, latency=latency,
-                     on_result=lambda frame, record, labels: (jsonl.write(record), video.write(frame.image, labels)))
-        jsonl.close()
-        video.close()
+        sinks = [JsonlSink(predictions), VideoSink(out / "video_labeled.mp4", frames.fps)]
+        run_pipeline(frames, rt, spec, postprocess=Postprocessor(spec.labels, threshold=0.5, top_k=3),
+                     latency=latency, on_record=lambda frame, record: [sink.write(frame, record) for sink in sinks])
+        for sink in sinks:
+            sink.close()
         backend_info = rt.info
     summary = latency.summary()
     console.print(latency_table(summary, f"latency per frame ({backend_info.describe()})"))

@@ -1,0 +1,175 @@
+"""The threaded pipeline: preprocessing equal to training's, order and completeness on files, latest-frame-wins on
+live sources, clean stops (stop event, SIGINT on the CLI) and errors that surface instead of hanging."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from mlic_edge.runtime.backends.base import Backend, BackendInfo
+from mlic_edge.runtime.pipeline import ModelSpec, run_pipeline
+from mlic_edge.runtime.sources import Frame, Source, open_source
+
+LABELS = ["a", "b"]
+
+
+class RecordingBackend(Backend):
+    """Keeps every batch it is given; scores = mean of the first channel, so they depend on the image."""
+
+    def __init__(self, delay_s: float = 0.0, fail_after: int | None = None) -> None:
+        self.info = BackendInfo("recording", "cpu", "fp32", "0")
+        self.batches: list[np.ndarray] = []
+        self.delay_s, self.fail_after = delay_s, fail_after
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        if self.fail_after is not None and len(self.batches) >= self.fail_after:
+            raise RuntimeError("engine exploded")
+        self.batches.append(batch.copy())
+        time.sleep(self.delay_s)
+        value = batch[:, 0].mean(axis=(1, 2))
+        return np.stack([value, -value], axis=1)
+
+
+class FakeLiveSource(Source):
+    """A camera that delivers a new frame every ``period`` seconds until stopped."""
+
+    kind = "camera"
+    live = True
+
+    def __init__(self, period: float = 0.002, frames: int | None = None) -> None:
+        super().__init__("fake-camera")
+        self.period, self.frames = period, frames
+        self.stats = {"decode_failures": 0, "reconnects": 0}
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def __iter__(self):
+        index = 0
+        while not self._stop.is_set() and (self.frames is None or index < self.frames):
+            image = np.full((24, 32, 3), index % 256, np.uint8)
+            yield Frame(image, self.spec, index, index * self.period, 0.1, time.perf_counter())
+            index += 1
+            time.sleep(self.period)
+
+
+def identity(scores, meta):
+    return {**meta, "scores": [float(s) for s in scores]}
+
+
+@pytest.mark.parametrize("resize", ["warp", "center-crop", "letterbox"])
+def test_runtime_tensor_equals_the_training_evaluation_tensor(synth_data, tmp_path, resize):
+    """What the backend receives at run time is, byte for byte, what training evaluated (and parity compared)."""
+    pytest.importorskip("torch")
+    from mlic_edge.data import open_dataset
+    from mlic_edge.data.torch_data import ImageDataset
+
+    dataset = open_dataset(f"voc:{synth_data}", role="eval")
+    wide = tmp_path / "wide.png"  # a non-square image, so crop and letterbox differ from warp
+    cv2.imwrite(str(wide), cv2.resize(cv2.imread(str(dataset.image_paths[0])), (96, 48)))
+    spec = ModelSpec(LABELS, 40, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], resize)
+    backend = RecordingBackend()
+    with open_source(str(wide)) as source:
+        run_pipeline(source, backend, spec, postprocess=identity)
+    training = ImageDataset(dataset.subset([0]), 40, spec.mean, spec.std, resize=resize)
+    training.dataset.image_paths[0] = wide
+    expected = training[0][0].numpy()
+    np.testing.assert_array_equal(backend.batches[0][0], expected)
+
+
+def test_resize_modes_keep_the_geometry_they_promise():
+    from mlic_edge.data.images import LETTERBOX_FILL, resize_image
+
+    image = np.zeros((50, 100, 3), np.uint8)
+    image[:, :25] = 255  # left quarter white
+    letterboxed = resize_image(image, 40, 40, "letterbox")
+    assert letterboxed.shape == (40, 40, 3) and tuple(letterboxed[0, 20]) == LETTERBOX_FILL  # padded top row
+    assert letterboxed[20, 2].min() == 255  # the white quarter is kept at the left edge
+    cropped = resize_image(image, 40, 40, "center-crop")
+    assert cropped.shape == (40, 40, 3) and cropped[20, 2].max() == 0  # the white quarter is cut away
+    assert resize_image(image, 40, 40, "warp")[20, 2].min() == 255
+
+
+def test_files_keep_order_and_lose_nothing_across_batches(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(11):
+        cv2.imwrite(str(folder / f"{index:02d}.png"), np.full((20, 30, 3), index * 20, np.uint8))
+    (folder / "05b_broken.png").write_bytes(b"not an image")
+    backend = RecordingBackend(delay_s=0.002)
+    records = []
+    with open_source(str(folder)) as source:
+        stats = run_pipeline(source, backend, ModelSpec(LABELS, 16, [0.5] * 3, [0.25] * 3), postprocess=identity,
+                             on_record=lambda frame, record: records.append(record), batch_size=4)
+    assert [r["index"] for r in records] == [i for i in range(12) if i != 6]  # the broken file is index 6
+    assert stats.frames == 11 and stats.unreadable == 1 and stats.dropped == 0
+    assert [len(batch) for batch in backend.batches] == [4, 4, 3]
+    assert [r["scores"][0] for r in records] == sorted(r["scores"][0] for r in records)  # brighter files later
+
+
+def test_live_source_keeps_the_newest_frame_and_counts_the_dropped():
+    source = FakeLiveSource(period=0.001, frames=300)
+    backend = RecordingBackend(delay_s=0.02)  # far slower than the camera
+    records = []
+    stats = run_pipeline(source, backend, ModelSpec(LABELS, 16, [0.5] * 3, [0.25] * 3), postprocess=identity,
+                         on_record=lambda frame, record: records.append(record), batch_size=8)
+    indices = [r["index"] for r in records]
+    assert indices == sorted(indices) and len(indices) < 300 and stats.dropped > 0
+    assert len(indices) + stats.dropped == 300  # every frame is either processed or counted as dropped
+    assert all(len(batch) == 1 for batch in backend.batches)  # live: one newest frame at a time
+
+
+def test_stop_event_ends_a_live_run_with_everything_in_flight_written():
+    source = FakeLiveSource(period=0.005)
+    stop = threading.Event()
+    records = []
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    stats = run_pipeline(source, RecordingBackend(), ModelSpec(LABELS, 16, [0.5] * 3, [0.25] * 3),
+                         postprocess=identity, on_record=lambda frame, record: records.append(record), stop=stop)
+    assert time.monotonic() - started < 3 and stats.stopped and records
+    assert stats.frames == len(records)
+
+
+def test_a_failing_backend_surfaces_its_error_instead_of_hanging(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(20):
+        cv2.imwrite(str(folder / f"{index:02d}.png"), np.zeros((8, 8, 3), np.uint8))
+    with open_source(str(folder)) as source, pytest.raises(RuntimeError, match="engine exploded"):
+        run_pipeline(source, RecordingBackend(fail_after=2), ModelSpec(LABELS, 8, [0.5] * 3, [0.25] * 3),
+                     postprocess=identity, batch_size=2)
+
+
+def test_sigint_stops_the_cli_cleanly_with_a_complete_jsonl(trained_run, tmp_path):
+    """Ctrl-C mid-video: exit 0, every line of the JSONL complete and in order, the summary still printed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mlic_edge.runtime.bench import make_video
+
+    video = make_video(tmp_path / "long.mp4", frames=3000, size=(64, 48))
+    out = tmp_path / "out.jsonl"
+    process = subprocess.Popen([sys.executable, "-m", "mlic_edge.cli.app", "run", str(video), "--run",
+                                str(trained_run), "--backend", "onnxruntime", "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "COLUMNS": "120"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out.exists() or list(tmp_path.glob(".out.jsonl*"))):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    lines = out.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert 0 < len(records) < 3000 and [r["index"] for r in records] == list(range(len(records)))
+    assert "stopped on request" in err and "Traceback" not in err
