@@ -173,3 +173,50 @@ def test_sigint_stops_the_cli_cleanly_with_a_complete_jsonl(trained_run, tmp_pat
     records = [json.loads(line) for line in lines]
     assert 0 < len(records) < 3000 and [r["index"] for r in records] == list(range(len(records)))
     assert "stopped on request" in err and "Traceback" not in err
+
+
+def test_run_cli_writes_csv_only_changes_and_stats_json(capsys, trained_run, synth_data, tmp_path):
+    from cli_helpers import invoke
+
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps({"circle": 0.3}))
+    result = invoke(capsys, "run", str(synth_data / "video.mp4"), "--run", str(trained_run), "--backend",
+                    "onnxruntime", "--out", tmp_path / "o.jsonl", "--csv", tmp_path / "o.csv", "--smoothing", "0.5",
+                    "--only-changes", "--thresholds", thresholds, "--stats-json", tmp_path / "stats.json")
+    assert result.code == 0, result.err
+    records = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    sets = [tuple(sorted(item["label"] for item in r["labels"])) for r in records]
+    assert records[0]["index"] == 0 and all(a != b for a, b in zip(sets, sets[1:]))  # a line only on change
+    assert all(r["smoothed"] for r in records)
+    rows = (tmp_path / "o.csv").read_text().splitlines()
+    assert rows[0].startswith("source,index,timestamp,labels") and len(rows) == len(records) + 1
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["frames"] == 12 and stats["records"] == len(records)
+    assert {"p50_ms", "p90_ms", "p99_ms"} <= set(stats["stages_ms"]["inference"])
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["nowhere://x"], ["nowhere://x"]),
+    (["{video}", "--out", "{file}/sub/o.jsonl"], ["cannot write"]),
+    (["{video}", "--smoothing", "1.5"], ["--smoothing"]),
+])
+def test_run_cli_bad_input_is_one_line(capsys, trained_run, synth_data, tmp_path, args, fragments):
+    from cli_helpers import assert_one_line_error, invoke
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    args = [a.format(video=synth_data / "video.mp4", file=blocker) for a in args]
+    assert_one_line_error(invoke(capsys, "run", *args, "--run", str(trained_run)), *fragments)
+
+
+def test_bench_cli_reports_backend_alone_pipeline_and_ratio(capsys, run_copy):
+    from cli_helpers import invoke
+
+    result = invoke(capsys, "bench", "--run", run_copy, "--batch", "1,2", "--iterations", "5", "--warmup", "1",
+                    "--frames", "12", "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    assert [row["batch"] for row in report["results"]] == [1, 2]
+    for row in report["results"]:
+        assert row["backend_alone"]["images_per_s"] > 0 and row["pipeline"]["frames"] == 12 and row["ratio"] > 0
+    assert report["backend"]["backend"] == "onnxruntime" and (run_copy / "reports" / "bench.json").is_file()
