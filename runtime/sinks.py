@@ -62,9 +62,10 @@ def _cannot_write(path: Path, reason: str) -> MlicError:
 class _LineFile:
     """A text file written at its final path one complete, flushed line at a time; opened on the first line."""
 
-    def __init__(self, path: Path, first_line: str = "") -> None:
+    def __init__(self, path: Path, first_line: str = "", append: bool = False) -> None:
         self.path = Path(path)
         self._first_line = first_line
+        self._append = append
         self._handle: TextIO | None = None
         self.lines = 0
 
@@ -86,8 +87,11 @@ class _LineFile:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "w", encoding="utf-8", newline="")
-        self._handle.write(self._first_line)
+        # Append mode also keeps the file valid under logrotate's copytruncate: writes go to the (new) end.
+        resume = self._append and self.path.is_file() and self.path.stat().st_size > 0
+        self._handle = open(self.path, "a" if self._append else "w", encoding="utf-8", newline="")
+        if not resume:
+            self._handle.write(self._first_line)
 
     @contextlib.contextmanager
     def _errors_explained(self) -> Iterator[None]:
@@ -102,9 +106,9 @@ class _LineFile:
 class JsonlSink:
     """One JSON record per line, to stdout (``path=None``) or a file (see the module docstring for validity)."""
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, append: bool = False) -> None:
         self.path = path
-        self._file = _LineFile(path) if path else None
+        self._file = _LineFile(path, append=append) if path else None
 
     def write(self, frame: Any, record: dict[str, Any]) -> None:
         line = json.dumps(record) + "\n"
@@ -128,10 +132,11 @@ class CsvSink:
     record lists under ``labels`` / ``top_k`` are filled in and the other cells are left empty.
     """
 
-    def __init__(self, path: Path, labels: list[str]) -> None:
+    def __init__(self, path: Path, labels: list[str], append: bool = False) -> None:
         self.path = path
         self.labels = list(labels)
-        self._file = _LineFile(path, first_line=self._row(["source", "index", "timestamp", "labels", *self.labels]))
+        self._file = _LineFile(path, first_line=self._row(["source", "index", "timestamp", "labels", *self.labels]),
+                               append=append)
 
     def write(self, frame: Any, record: dict[str, Any]) -> None:
         names = ";".join(item["label"] for item in record["labels"])

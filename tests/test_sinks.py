@@ -342,3 +342,23 @@ def test_periodic_stats_cadence_with_a_fake_clock():
     assert emitted[0].startswith("3 frames")
     with pytest.raises(MlicError, match="--stats-every"):
         PeriodicStats(recorder, 0, print)
+
+
+def test_append_keeps_earlier_records_and_survives_copytruncate(tmp_path):
+    """A restarted service must not wipe its predictions, and logrotate's copytruncate must not leave NUL bytes."""
+    from mlic_edge.runtime.sinks import JsonlSink
+
+    path = tmp_path / "predictions.jsonl"
+    first = JsonlSink(path, append=True)
+    first.write(None, {"index": 0})
+    first.close()
+    second = JsonlSink(path, append=True)  # the service restarted
+    second.write(None, {"index": 1})
+    path.write_text("")  # logrotate copytruncate while the file is open
+    second.write(None, {"index": 2})
+    second.close()
+    assert path.read_text() == '{"index": 2}\n'
+    third = JsonlSink(path, append=True)
+    third.write(None, {"index": 3})
+    third.close()
+    assert [json.loads(line)["index"] for line in path.read_text().splitlines()] == [2, 3]
