@@ -292,7 +292,7 @@ def _check_options(options: BuildOptions) -> None:
         raise BuildError(f"batch range {low}/{opt}/{high} is not min <= opt <= max with min >= 1",
                          hint="pass --batch MIN,OPT,MAX, e.g. 1,1,8")
     if options.workspace_mb is not None and options.workspace_mb <= 0:
-        raise BuildError(f"workspace {options.workspace_mb} MB is not positive", hint="pass --workspace-mb 1024, say")
+        raise BuildError(f"workspace {options.workspace_mb} MB is not positive", hint="pass --workspace 1024, say")
     if options.dla_core is not None and options.dla_core < 0:
         raise BuildError(f"DLA core {options.dla_core} does not exist",
                          hint="Jetson AGX Orin and Xavier have DLA cores 0 and 1")
