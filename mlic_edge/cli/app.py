@@ -347,8 +347,15 @@ def _metrics_table(report: dict):
 
 
 # --------------------------------------------------------------------------------------------------- export
-@app.command(epilog="Example: `mlic-edge export --run runs/baseline`")
+export_app = typer.Typer(help="Export model.onnx (and reference.npz); `export triton` / `export deepstream` write "
+                              "serving configs.", rich_markup_mode="markdown", invoke_without_command=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.callback(epilog="Examples: `mlic-edge export --run runs/baseline`, "
+                            "`mlic-edge export triton -m baseline model_repository/`")
 def export(
+    ctx: typer.Context,
     run: Optional[Path] = RunOpt,
     model: Optional[str] = ModelNameOpt,
     opset: int = typer.Option(17, "--opset", help="ONNX opset (17 = newest TensorRT 8.6 parses)."),
@@ -358,7 +365,11 @@ def export(
                                    help="Write reference.npz (PyTorch scores on the eval split)."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Export model.onnx (dynamic batch, simplified, metadata), check it against PyTorch, write reference.npz."""
+    """Export model.onnx (dynamic batch, simplified, metadata), check it against PyTorch, write reference.npz.
+
+    With a subcommand (triton, deepstream), write that serving configuration instead."""
+    if ctx.invoked_subcommand is not None:
+        return
     from mlic_edge.console import info
     from mlic_edge.export.onnx_export import export_onnx
     from mlic_edge.export.reference import write_reference
@@ -473,6 +484,8 @@ def run_command(
     device: str = DeviceOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON lines file (default: stdout)."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write a CSV (one row per record)."),
+    append: bool = typer.Option(False, "--append", help="Append to --out/--csv instead of replacing them (services: "
+                                "restarts keep earlier records, logrotate's copytruncate stays safe)."),
     save_video: Optional[Path] = typer.Option(None, "--save-video", help="Write frames with labels drawn (.mp4)."),
     show: bool = typer.Option(False, "--show", help="Show frames with labels in a window (q or Esc stops)."),
     threshold: float = typer.Option(0.5, "--threshold", help="Report labels with score >= this."),
@@ -529,8 +542,8 @@ def run_command(
                                     all_scores=csv_out is not None)
         if smoothing and not live_or_video:
             warn("--smoothing applies to videos and live sources; images of a folder are not smoothed")
-        sinks = [JsonlSink(out)]
-        sinks += [CsvSink(csv_out, spec.labels)] if csv_out else []
+        sinks = [JsonlSink(out, append=append)]
+        sinks += [CsvSink(csv_out, spec.labels, append=append)] if csv_out else []
         sinks += [VideoSink(save_video, frames.fps)] if save_video else []
         window = WindowSink(f"mlic-edge: {source}") if show else None
         sinks += [window] if window else []
@@ -697,6 +710,98 @@ def parity(
     else:
         console.print(parity_table(report))
     check_parity(report)
+
+
+# --------------------------------------------------------------------------------------------------- doctor
+@app.command(epilog="Examples: `mlic-edge doctor`, `mlic-edge doctor -r runs/msrn --json`")
+def doctor(
+    run: Optional[Path] = RunOpt,
+    model: Optional[str] = ModelNameOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """What this machine can run: Jetson/L4T, GPU, CUDA, TensorRT, ONNX Runtime, DLA, cameras, disk — each ok / warn
+    / fail with the fix. Exit 1 when a check fails."""
+    from mlic_edge.console import console
+    from mlic_edge.runtime.doctor import doctor_table, run_checks, summarize
+
+    run_path = _run_dir(run, model).path if (run or model) else None
+    checks = run_checks(run_path)
+    if json_out:
+        _emit_json(summarize(checks))
+    else:
+        console.print(doctor_table(checks))
+    if any(check.status == "fail" for check in checks):
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------------------------------- service
+service_app = typer.Typer(help="Run `mlic-edge run` as a systemd service (restart on failure, JSONL with rotation, "
+                               "stats in the journal).", no_args_is_help=True, rich_markup_mode="markdown")
+app.add_typer(service_app, name="service")
+
+
+def _service_spec(run, model, source, backend, precision, out_dir, name, user, stats_every, rotate_mb, keep,
+                  threshold, thresholds, smoothing, only_changes, extra):
+    import os
+
+    from mlic_edge.runtime.service import ServiceSpec
+
+    return ServiceSpec(run_dir=_run_dir(run, model).path, out_dir=out_dir, name=name, source=source,
+                       backend=backend, precision=precision, user=user or os.environ.get("SUDO_USER"),
+                       stats_every=stats_every, rotate_mb=rotate_mb, keep=keep, threshold=threshold,
+                       thresholds=thresholds, smoothing=smoothing, only_changes=only_changes,
+                       extra_args=list(extra or []))
+
+
+@service_app.command("install", epilog="Examples: `sudo mlic-edge service install -m msrn --source csi://0 -b tensorrt "
+                                       "-p int8`, `mlic-edge service install -m msrn --print` (write the unit yourself)")
+def service_install(
+    run: Optional[Path] = RunOpt,
+    model: Optional[str] = ModelNameOpt,
+    source: str = typer.Option("csi://0", "--source", help="What `run` reads (camera0, csi://0, rtsp://...)."),
+    backend: str = BackendOpt,
+    precision: str = typer.Option("fp16", "--precision", "-p", help="fp32, fp16 or int8."),
+    out_dir: Path = typer.Option(Path("/var/lib/mlic-edge"), "--out-dir", help="Folder of predictions.jsonl."),
+    name: str = typer.Option("mlic-edge", "--name", help="systemd unit name."),
+    user: Optional[str] = typer.Option(None, "--user", help="Run as this user (default: $SUDO_USER, else root)."),
+    stats_every: float = typer.Option(60.0, "--stats-every", help="Latency line in the journal every N s."),
+    rotate_mb: int = typer.Option(50, "--rotate-mb", help="Rotate predictions.jsonl at this size."),
+    keep: int = typer.Option(10, "--keep", help="Rotated files to keep."),
+    threshold: Optional[float] = typer.Option(None, "--threshold"),
+    thresholds: Optional[Path] = typer.Option(None, "--thresholds"),
+    smoothing: Optional[float] = typer.Option(None, "--smoothing"),
+    only_changes: bool = typer.Option(False, "--only-changes"),
+    no_logrotate: bool = typer.Option(False, "--no-logrotate", help="Do not install the logrotate rule."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be done; change nothing."),
+    print_only: bool = typer.Option(False, "--print", help="Print the unit and logrotate files instead."),
+    extra: Optional[list[str]] = typer.Argument(None, help="More `mlic-edge run` options, after --."),
+) -> None:
+    """Install and start the service (needs root): unit in /etc/systemd/system, rule in /etc/logrotate.d."""
+    from mlic_edge.console import info
+    from mlic_edge.runtime.service import install, render_logrotate, render_unit
+
+    spec = _service_spec(run, model, source, backend, precision, out_dir, name, user, stats_every, rotate_mb, keep,
+                         threshold, thresholds, smoothing, only_changes, extra)
+    if print_only:
+        sys.stdout.write(render_unit(spec) + "\n# /etc/logrotate.d/" + spec.name + "\n" + render_logrotate(spec))
+        return
+    install(spec, logrotate_dir=None if no_logrotate else Path("/etc/logrotate.d"), dry_run=dry_run,
+            on_step=info)
+    if not dry_run:
+        info(f"started {spec.unit_name}; follow it with: journalctl -u {spec.name} -f; predictions: "
+             f"{spec.jsonl_path}")
+
+
+@service_app.command("uninstall", epilog="Example: `sudo mlic-edge service uninstall --name mlic-edge`")
+def service_uninstall(
+    name: str = typer.Option("mlic-edge", "--name", help="systemd unit name."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be done; change nothing."),
+) -> None:
+    """Stop and remove the service (predictions are kept)."""
+    from mlic_edge.console import info
+    from mlic_edge.runtime.service import uninstall
+
+    uninstall(name, dry_run=dry_run, on_step=info)
 
 
 # --------------------------------------------------------------------------------------------------- demo
