@@ -14,6 +14,7 @@ Every decision is a :class:`KeptNode` with the measured reason. No torch here: t
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -152,7 +153,7 @@ def convert_to_fp16(fp32_path: Path, out_path: Path, inputs: np.ndarray, *, keep
         refinements += 1
 
     converted = _convert(model, kept)
-    _finish_metadata(converted, model, fp32_path)
+    _finish_metadata(converted, model, fp32_path, list(kept.values()), keep_fp32)
     onnx.checker.check_model(converted)
     with atomic_path(out_path) as tmp:
         onnx.save(converted, str(tmp))
@@ -435,10 +436,13 @@ def _worst_nodes(model: onnx.ModelProto, errors: dict[str, _ErrorStats], kept: d
     return [node.name for _, node, _, _ in _error_jumps(model, errors, kept)[:count]] or ["none measurable"]
 
 
-def _finish_metadata(converted: onnx.ModelProto, model: onnx.ModelProto, fp32_path: Path) -> None:
-    """The fp32 model's metadata, precision=fp16, and the source's hash so a later build can tell it is stale."""
+def _finish_metadata(converted: onnx.ModelProto, model: onnx.ModelProto, fp32_path: Path, kept: list[KeptNode],
+                     asked: Sequence[str]) -> None:
+    """The fp32 model's metadata, precision=fp16, the source's hash (so a later build can tell it is stale), the
+    nodes kept in fp32 and why, and which were asked for (so a rebuild without the images can reuse the file)."""
     values = {entry.key: entry.value for entry in model.metadata_props}
-    values.update(precision="fp16", source_onnx_sha256=sha256_file(fp32_path))
+    values.update(precision="fp16", source_onnx_sha256=sha256_file(fp32_path),
+                  fp32_nodes=json.dumps([asdict(node) for node in kept]), asked_fp32=json.dumps(sorted(asked)))
     del converted.metadata_props[:]
     for key, value in values.items():
         entry = converted.metadata_props.add()

@@ -123,6 +123,11 @@ def ensure_fp32_onnx(run: RunDir) -> Path:
 def _make_fp16(run: RunDir, meta: dict[str, Any], request: BuildRequest, say: Progress) -> tuple[Path, dict]:
     from mlic_edge.export.fp16 import convert_to_fp16
 
+    reusable = _reusable_fp16(run, request)
+    if reusable is not None:
+        info(f"fp16: {run.onnx('fp16').name} was made from this model.onnx with the same --keep-fp: reused "
+             "(delete it to measure again)")
+        return run.onnx("fp16"), reusable
     calibration = _calibration_set(meta, request, required=True, count=min(request.calib_images,
                                                                            FP16_MEASURE_IMAGES))
     inputs = _first_images(calibration, meta, FP16_MEASURE_IMAGES)
@@ -132,6 +137,23 @@ def _make_fp16(run: RunDir, meta: dict[str, Any], request: BuildRequest, say: Pr
     for kept in report.kept_fp32:
         info(f"fp16: {kept.name} ({kept.op_type}) stays fp32: {kept.reason}")
     return report.path, report.as_dict()
+
+
+def _reusable_fp16(run: RunDir, request: BuildRequest) -> dict[str, Any] | None:
+    """The existing fp16 ONNX's record when it was converted from the current model.onnx with the same --keep-fp
+    (a device rebuilding from a bundle has the file but not the images to measure again)."""
+    import json
+
+    from mlic_edge.runtime.tensorrt.builder import onnx_metadata
+
+    path = run.onnx("fp16")
+    if not path.is_file():
+        return None
+    metadata = onnx_metadata(path)
+    if (metadata.get("source_onnx_sha256") != sha256_file(run.onnx("fp32"))
+            or metadata.get("asked_fp32") != json.dumps(sorted(request.keep_fp))):
+        return None
+    return {"path": str(path), "reused": True, "kept_fp32": json.loads(metadata.get("fp32_nodes", "[]"))}
 
 
 def _make_int8(run: RunDir, meta: dict[str, Any], request: BuildRequest, say: Progress) -> tuple[Path, dict]:
