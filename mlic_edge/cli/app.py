@@ -418,13 +418,27 @@ def build(
                                                               "(where supported)."),
     evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Measure the precision's mAP against "
                                   "fp32 with ONNX Runtime (needs reference.npz and the eval images)."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Unpack this bundle (from `mlic-edge pack`) into "
+                                          "--out and build there: the device side of a deployment."),
+    bundle_out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where --bundle unpacks (default: "
+                                              "runs/NAME)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Make the precision's ONNX (fp16 / int8 with calibration) and a TensorRT engine; report sizes and mAP."""
     from mlic_edge.console import info, progress_bar
     from mlic_edge.runtime.build import BuildRequest, build as run_build, parse_batch
 
-    run_dir = _run_dir(run, model)
+    if bundle is not None:
+        from mlic_edge.runtime.bundle import unpack
+
+        if run or model:
+            raise MlicError("--bundle unpacks into its own run directory", hint="use --out DIR, not --run/--model")
+        run_dir = unpack(bundle, bundle_out)
+        info(f"unpacked {bundle} into {run_dir.path} (every file's sha256 checked)")
+    elif bundle_out is not None:
+        raise MlicError("--out is where --bundle unpacks", hint="pass --bundle FILE, or --run DIR to build a run")
+    else:
+        run_dir = _run_dir(run, model)
     request = BuildRequest(precision=precision, backend=backend, calib_data=calib_data, calib_images=calib_images,
                            calib_method=calib_method, keep_fp=list(keep_fp), batch=parse_batch(batch),
                            workspace_mb=workspace, dla_core=dla_core, version_compatible=version_compatible,
@@ -710,6 +724,87 @@ def parity(
     else:
         console.print(parity_table(report))
     check_parity(report)
+
+
+# --------------------------------------------------------------------------------------------------- pack
+@app.command(epilog="Examples: `mlic-edge pack -m msrn` (runs/msrn.mlic.tar.gz), then on the device: "
+                    "`mlic-edge build --bundle msrn.mlic.tar.gz -p int8 -b tensorrt`")
+def pack(
+    run: Optional[Path] = RunOpt,
+    model: Optional[str] = ModelNameOpt,
+    out: Optional[Path] = typer.Argument(None, help="Bundle file or folder (default: beside the run directory)."),
+    images: bool = typer.Option(True, "--images/--no-images", help="Carry the reference's eval images (parity on "
+                                "a device without the dataset)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """One archive with what a device needs: ONNX files, calibration record, reference.npz (+ images), labels,
+    preprocessing, and a manifest of sha256 hashes. No checkpoints, no engines (they are built on the device)."""
+    from mlic_edge.console import info
+    from mlic_edge.runtime.bundle import inspect_bundle, pack as make_bundle
+
+    path = make_bundle(_run_dir(run, model), out, with_images=images)
+    manifest = inspect_bundle(path)
+    if json_out:
+        _emit_json({"bundle": str(path), **manifest})
+        return
+    info(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB: {', '.join(manifest['precisions'])}); on the device: "
+         f"mlic-edge build --bundle {path.name} --precision {manifest['precisions'][-1]} --backend auto")
+
+
+# --------------------------------------------------------------------------------------------------- export triton
+@export_app.command("triton", epilog="Examples: `mlic-edge export triton -m msrn model_repository/`, "
+                                     "`mlic-edge export triton -m msrn repo/ -p int8 --platform tensorrt`")
+def export_triton(
+    out: Path = typer.Argument(..., help="Model repository folder (the model goes in OUT/NAME/)."),
+    run: Optional[Path] = RunOpt,
+    model: Optional[str] = ModelNameOpt,
+    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 or int8."),
+    platform: str = typer.Option("onnx", "--platform", help="onnx (ONNX Runtime backend) or tensorrt (the engine "
+                                 "built for the serving GPU)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name (default: RUN_PRECISION_PLATFORM)."),
+    max_batch: int = typer.Option(8, "--max-batch", help="max_batch_size (TensorRT: the engine's profile max)."),
+    preferred: str = typer.Option("4,8", "--preferred", help="Dynamic batching preferred sizes."),
+    queue_delay_us: int = typer.Option(100, "--queue-delay-us", help="Dynamic batching max queue delay."),
+    instances: int = typer.Option(1, "--instances", help="Model instances."),
+    instance_kind: str = typer.Option("gpu", "--instance-kind", help="gpu or cpu (onnx only): instance_group kind."),
+    engine: Optional[Path] = typer.Option(None, "--engine", help="Engine to serve (default: the run's, by "
+                                          "precision)."),
+) -> None:
+    """A Triton Inference Server model repository: config.pbtxt (inputs, outputs, dynamic batching), version
+    folder with the ONNX or engine, labels file."""
+    from mlic_edge.console import info
+    from mlic_edge.runtime.serving import write_triton_repository
+
+    sizes = [int(part) for part in preferred.split(",") if part.strip()]
+    path = write_triton_repository(_run_dir(run, model), out, precision=precision, platform=platform,
+                                   model_name=name, max_batch_size=max_batch, preferred_batch_sizes=sizes,
+                                   max_queue_delay_us=queue_delay_us, instances=instances, device=instance_kind,
+                                   engine=engine)
+    info(f"wrote {path}; serve with: tritonserver --model-repository {out}")
+
+
+@export_app.command("deepstream", epilog="Examples: `mlic-edge export deepstream -m msrn ds/` (secondary "
+                                         "classifier), `mlic-edge export deepstream -m msrn ds/ --mode primary`")
+def export_deepstream(
+    out: Path = typer.Argument(..., help="Folder for the nvinfer config, labels and model."),
+    run: Optional[Path] = RunOpt,
+    model: Optional[str] = ModelNameOpt,
+    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 or int8."),
+    mode: str = typer.Option("secondary", "--mode", help="secondary (on detector objects) or primary (frames)."),
+    engine: Optional[Path] = typer.Option(None, "--engine", help="Also point nvinfer at this engine."),
+    gie_id: int = typer.Option(2, "--gie-id", help="gie-unique-id."),
+    operate_on_gie_id: int = typer.Option(1, "--operate-on-gie-id", help="Detector whose objects are classified."),
+    batch_size: int = typer.Option(1, "--batch-size", help="nvinfer batch-size."),
+    threshold: float = typer.Option(0.5, "--threshold", help="classifier-threshold."),
+) -> None:
+    """A DeepStream nvinfer configuration for a primary or secondary multi-label classifier."""
+    from mlic_edge.console import info
+    from mlic_edge.runtime.serving import write_deepstream_config
+
+    path = write_deepstream_config(_run_dir(run, model), out, precision=precision, mode=mode, engine=engine,
+                                   gie_unique_id=gie_id, operate_on_gie_id=operate_on_gie_id, batch_size=batch_size,
+                                   classifier_threshold=threshold)
+    info(f"wrote {path}")
 
 
 # --------------------------------------------------------------------------------------------------- doctor
