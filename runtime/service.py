@@ -23,7 +23,7 @@ UNIT_DIR = Path("/etc/systemd/system")
 LOGROTATE_DIR = Path("/etc/logrotate.d")
 JSONL_NAME = "predictions.jsonl"
 ENGINE_BACKENDS = ("tensorrt", "tensorrt-rtx")
-NO_SYSTEMD_HINT = "use `mlic-edge service print` and start the printed ExecStart= command with your init system"
+NO_SYSTEMD_HINT = "use `mlic-edge service install ... --print` and start the printed ExecStart= command with your init system"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
 _USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?")
