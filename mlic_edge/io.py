@@ -42,6 +42,16 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def probe_writable(folder: str | os.PathLike[str]) -> None:
+    """Create ``folder`` if needed and prove a file can be made in it (raises OSError): checks that hold for root
+    too, unlike ``os.access``, so a stage can refuse before any work instead of failing half-way."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes (ONNX files, engines, calibration images, bundles)."""
     import hashlib

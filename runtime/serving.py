@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 
 from mlic_edge.console import warn
 from mlic_edge.errors import BuildError, DataError, RunDirError
-from mlic_edge.io import atomic_path, sha256_file
+from mlic_edge.io import atomic_path, probe_writable, sha256_file
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.tensorrt.manifest import find_engines, read_manifest
 
@@ -406,10 +406,7 @@ def _copy_atomic(source: Path, target: Path) -> None:
 def _require_writable(folder: Path) -> None:
     """Fail before copying anything when the output folder cannot be made or written."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(folder)
     except OSError as error:
         raise BuildError(f"cannot write to {folder}: {error.strerror or error}",
                          hint="fix the folder's permissions or pick another output folder") from error

@@ -775,7 +775,10 @@ def export_triton(
     from mlic_edge.console import info
     from mlic_edge.runtime.serving import write_triton_repository
 
-    sizes = [int(part) for part in preferred.split(",") if part.strip()]
+    try:
+        sizes = [int(part) for part in preferred.split(",") if part.strip()]
+    except ValueError:
+        raise MlicError(f"--preferred {preferred!r} is not a list of batch sizes", hint="for example 4,8") from None
     path = write_triton_repository(_run_dir(run, model), out, precision=precision, platform=platform,
                                    model_name=name, max_batch_size=max_batch, preferred_batch_sizes=sizes,
                                    max_queue_delay_us=queue_delay_us, instances=instances, device=instance_kind,

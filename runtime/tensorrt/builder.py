@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 import time
 import warnings
@@ -17,7 +15,7 @@ from typing import Any, Callable, Sequence
 import mlic_edge
 from mlic_edge.console import warn
 from mlic_edge.errors import BuildError
-from mlic_edge.io import atomic_path, sha256_file, write_json
+from mlic_edge.io import atomic_path, probe_writable, sha256_file, write_json
 from mlic_edge.runtime.gpu import GpuInfo
 from mlic_edge.runtime.tensorrt.api import Capabilities, TensorRT
 from mlic_edge.runtime.tensorrt.manifest import (MANIFEST_FORMAT, engine_paths, engine_target_name,
@@ -413,10 +411,7 @@ def _save_timing_cache(cache_path: Path, cache_bytes: bytes) -> None:
 def _require_writable(folder: Path) -> None:
     """Fail before parsing or building when the engine folder cannot be written."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(folder)
     except OSError as error:
         raise BuildError(f"cannot write engines to {folder}: {error.strerror or error}",
                          hint="fix the folder's permissions or build into another run directory") from error
