@@ -47,7 +47,12 @@ class Reference:
 
 
 class ReferenceImages:
-    """The reference's images, found in the dataset and preprocessed like the runtime does, in batches."""
+    """The reference's images, found in the dataset and preprocessed like the runtime does, in batches.
+
+    Parity runs every backend and precision over the same images: when the tensors fit in ``CACHE_BYTES`` they are
+    decoded once and kept, otherwise decoded again for each backend."""
+
+    CACHE_BYTES = 1 << 30
 
     def __init__(self, run: RunDir, reference: Reference, data: str | None = None) -> None:
         meta = run.read()
@@ -63,19 +68,32 @@ class ReferenceImages:
             raise RunDirError(f"{len(missing)} reference images are not in {dataset.spec} (first: {missing[0]})",
                               hint="point --data at the dataset the reference was made on")
         self.paths: list[Path] = [by_id[image_id] for image_id in reference.image_ids]
+        self._cache: np.ndarray | None = None
+        tensor_bytes = 4 * 3 * self.spec.img_size ** 2
+        self._cacheable = tensor_bytes * len(self.paths) <= self.CACHE_BYTES
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def batches(self, batch_size: int = 16) -> Iterator[np.ndarray]:
+        if self._cache is not None:
+            for start in range(0, len(self._cache), batch_size):
+                yield self._cache[start:start + batch_size]
+            return
+        decoded = []
         for start in range(0, len(self.paths), batch_size):
-            tensors = []
-            for path in self.paths[start:start + batch_size]:
-                image = read_image(path)
-                if image is None:
-                    raise RunDirError(f"reference image {path} can no longer be read", hint="check the dataset")
-                tensors.append(self.spec.tensor(image))
-            yield np.stack(tensors)
+            batch = np.stack([self._tensor(path) for path in self.paths[start:start + batch_size]])
+            if self._cacheable:
+                decoded.append(batch)
+            yield batch
+        if self._cacheable and decoded:
+            self._cache = np.concatenate(decoded)
+
+    def _tensor(self, path: Path) -> np.ndarray:
+        image = read_image(path)
+        if image is None:
+            raise RunDirError(f"reference image {path} can no longer be read", hint="check the dataset")
+        return self.spec.tensor(image)
 
 
 def score_images(backend: Backend, images: ReferenceImages, batch_size: int = 16,

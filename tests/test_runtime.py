@@ -184,3 +184,17 @@ def test_tolerance_defaults_and_boundaries(precision, default_points):
     assert compare_scores(reference, scores, precision=precision, tolerance_points=drop + 0.01)["passed"]
     assert not compare_scores(reference, scores, precision=precision, tolerance_points=drop - 0.01)["passed"]
     assert result["worst_classes"][0]["label"] == "a" and result["labelset_agreement"] == 1 - 14 / 40
+
+
+def test_parity_decodes_the_reference_images_once_for_every_backend(trained_run, monkeypatch):
+    from mlic_edge.runtime import parity
+
+    run = RunDir(trained_run)
+    reference = Reference.load(run)
+    images = parity.ReferenceImages(run, reference)
+    reads = []
+    real_read = parity.read_image
+    monkeypatch.setattr(parity, "read_image", lambda path: reads.append(path) or real_read(path))
+    first = np.concatenate(list(images.batches(16)))
+    second = np.concatenate(list(images.batches(7)))  # another backend, another batch size
+    assert len(reads) == len(images) and np.array_equal(first, second)
