@@ -347,13 +347,15 @@ def _camera_device(target: str | int) -> Path:
 
 def _camera_error(target: str | int) -> SourceError:
     device = _camera_device(target)
-    found = ", ".join(list_cameras()) or "none found"
+    cameras = list_cameras()
+    found = f"cameras found: {', '.join(cameras)}" if cameras else "no camera found"
     number = _device_number(str(device))
     if device.exists():
         return SourceError(f"cannot open camera {number}: {device} exists but OpenCV cannot capture from it; "
-                           f"cameras found: {found}", hint="another program may hold it (fuser -v /dev/video*)")
-    return SourceError(f"cannot open camera {number}: camera {number} is not available; cameras found: {found}",
-                       hint="check the cable and ls /dev/video*, or pick one of the cameras found")
+                           f"{found}", hint="another program may hold it (fuser -v /dev/video*)")
+    return SourceError(f"cannot open camera {number}: camera {number} is not available; {found}",
+                       hint="check the cable and ls /dev/video*" + (", or pick one of the cameras found" if cameras
+                                                                     else ""))
 
 
 def _list_file_paths(list_file: Path) -> list[Path]:

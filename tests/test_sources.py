@@ -128,7 +128,7 @@ def test_absent_camera_lists_the_cameras_found(monkeypatch):
     with pytest.raises(SourceError, match=r"camera 63 is not available; cameras found: /dev/video0, /dev/video2"):
         open_source("camera63")
     monkeypatch.setattr(sources, "list_cameras", lambda: [])
-    with pytest.raises(SourceError, match="cameras found: none found"):
+    with pytest.raises(SourceError, match="no camera found"):
         open_source("/dev/video63")
 
 
