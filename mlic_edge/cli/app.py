@@ -443,6 +443,7 @@ def build(
                            calib_method=calib_method, keep_fp=list(keep_fp), batch=parse_batch(batch),
                            workspace_mb=workspace, dla_core=dla_core, version_compatible=version_compatible,
                            hardware_compatibility=hardware_compatibility, evaluate=evaluate)
+    run_dir.read()  # a missing run is one line, before any progress display
     with progress_bar(transient=True) as progress:
         tasks: dict[str, int] = {}
 
