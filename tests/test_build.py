@@ -186,3 +186,24 @@ def test_build_exports_first_when_model_onnx_is_missing(capsys, run_copy):
     entry = json.loads(result.out)
     assert "exporting" in result.err and (run_copy / "model.onnx").is_file()
     assert entry["onnx"]["fp16"]["file"] == "model.fp16.onnx" and entry["accuracy"]["mAP_fp16"] > 0.5
+
+
+def test_auto_prefers_an_engine_that_fits_and_says_why_one_does_not(built_run, monkeypatch, capsys):
+    import importlib.util
+
+    from mlic_edge.rundir import RunDir
+    from mlic_edge.runtime import backends, gpu
+
+    run = RunDir(built_run)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "cuda" else real_find_spec(name, *a))
+    # No GPU here: the RTX engine does not fit, auto says so and takes ONNX Runtime.
+    assert backends.resolve_auto("auto", run, "int8") == ("onnxruntime", "cpu")
+    assert "not using the tensorrt-rtx engine" in capsys.readouterr().err
+    # With a (pretend) RTX GPU the same engine fits: auto takes it.
+    fake = gpu.GpuInfo(name="NVIDIA GeForce RTX 4090", compute_capability="8.9", memory_mb=24564, source="test")
+    monkeypatch.setattr(gpu, "detect_gpu", lambda **_: fake)
+    assert backends.resolve_auto("auto", run, "int8") == ("tensorrt-rtx", "cuda")
+    assert backends.resolve_auto("auto", run, "fp16") == ("onnxruntime", "cpu")  # no fp16 engine built
+    assert backends.resolve_auto("cpu", run, "int8") == ("onnxruntime", "cpu")

@@ -12,15 +12,44 @@ BACKENDS = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-def resolve_auto(device: str = "auto") -> tuple[str, str]:
-    """(backend, device) that ``--backend auto`` would use on this machine."""
+def resolve_auto(device: str = "auto", run: RunDir | None = None, precision: str = "fp32") -> tuple[str, str]:
+    """(backend, device) that ``--backend auto`` would use on this machine: a TensorRT engine of the run that fits
+    this TensorRT, GPU and ONNX (with pycuda or cuda-python to feed it), else ONNX Runtime on CUDA, else on the CPU.
+    An engine that is there but does not fit is named with the reason, so the choice is never silent."""
     from mlic_edge.runtime.backends.onnxruntime_backend import available_devices
 
+    if run is not None and device in ("auto", "cuda"):
+        engine_backend = _usable_engine_backend(run, precision)
+        if engine_backend is not None:
+            return engine_backend, "cuda"
     if device in ("auto", "cuda") and "cuda" in available_devices():
         return "onnxruntime", "cuda"
     if device in ("auto", "cpu"):
         return "onnxruntime", "cpu"
     raise BackendError(f"no backend here can run on {device!r}", hint="use --device cpu")
+
+
+def _usable_engine_backend(run: RunDir, precision: str) -> str | None:
+    import importlib.util
+
+    from mlic_edge.console import info
+    from mlic_edge.runtime.tensorrt.api import available_tensorrt_backends
+    from mlic_edge.runtime.tensorrt.manifest import find_engines
+
+    if not any(path.name == f"model.{precision}.json" for path in find_engines(run.path)):
+        return None
+    if not any(importlib.util.find_spec(module) for module in ("pycuda", "cuda")):
+        info(f"--backend auto: the run has a {precision} engine, but neither pycuda nor cuda-python is installed "
+             "to run it")
+        return None
+    for name in available_tensorrt_backends():
+        try:
+            find_engine(run, name, precision)
+            return name
+        except MlicError as error:
+            if "engine in" not in error.message:  # an engine is there but does not fit: say why it is not used
+                info(f"--backend auto: not using the {name} engine: {error.message}")
+    return None
 
 
 def find_engine(run: RunDir, backend: str, precision: str) -> Path:
@@ -55,7 +84,7 @@ def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str 
     if precision not in PRECISIONS:
         raise BackendError(f"unknown precision {precision!r}", hint=f"choose one of {', '.join(PRECISIONS)}")
     if name == "auto":
-        name, device = resolve_auto(device)
+        name, device = resolve_auto(device, run, precision)
     if name in ("tensorrt", "tensorrt-rtx"):
         from mlic_edge.runtime.backends.tensorrt_backend import open_tensorrt_backend
 
