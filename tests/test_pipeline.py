@@ -197,6 +197,7 @@ def test_run_cli_writes_csv_only_changes_and_stats_json(capsys, trained_run, syn
 
 @pytest.mark.parametrize("args, fragments", [
     (["nowhere://x"], ["nowhere://x"]),
+    (["{video}", "--backend", "onnxruntime", "--cuda-graph"], ["--cuda-graph is for TensorRT engines"]),
     (["{video}", "--out", "{file}/sub/o.jsonl"], ["cannot write"]),
     (["{video}", "--smoothing", "1.5"], ["--smoothing"]),
 ])

@@ -520,6 +520,8 @@ def run_command(
     max_reconnects: int = typer.Option(5, "--max-reconnects", help="Reconnect a dropped stream this many times."),
     stats_every: Optional[float] = typer.Option(None, "--stats-every", help="Print a latency line every N s."),
     stats_json: Optional[Path] = typer.Option(None, "--stats-json", help="Write the latency summary as JSON."),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="TensorRT: replay a captured CUDA graph per batch "
+                                    "size (less CPU per frame; needs cuda-python)."),
     json_out: bool = typer.Option(False, "--json", help="Print the latency summary as JSON on stdout (after the "
                                                         "records unless --out is given)."),
 ) -> None:
@@ -549,7 +551,7 @@ def run_command(
     limits = read_thresholds(thresholds, spec.labels, default=threshold) if thresholds else threshold
     latency, stop = LatencyRecorder(), threading.Event()
     with open_source(source, width=width, height=height, fps=fps, max_reconnects=max_reconnects) as frames, \
-            create_backend(backend, run_dir, precision, device) as engine:
+            create_backend(backend, run_dir, precision, device, cuda_graph=cuda_graph) as engine:
         info(f"{frames.kind} {source} → {engine.info.describe()}")
         live_or_video = frames.live or frames.kind == "video"
         postprocess = Postprocessor(spec.labels, threshold=limits, top_k=top_k,
@@ -613,6 +615,8 @@ def bench(
     iterations: int = typer.Option(200, "--iterations", help="Timed inferences per batch size (backend alone)."),
     warmup: int = typer.Option(20, "--warmup", help="Untimed inferences first."),
     frames: int = typer.Option(300, "--frames", help="Frames of the generated video for the pipeline run."),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="TensorRT: replay a captured CUDA graph per batch "
+                                    "size."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Backend alone (like trtexec) vs the whole pipeline on a generated video, and the ratio between them."""
@@ -631,7 +635,7 @@ def bench(
                         hint="for example --batch 1,4,8 --iterations 200")
     run_dir = _run_dir(run, model)
     spec = ModelSpec.from_run(run_dir.read())
-    with create_backend(backend, run_dir, precision, device) as engine:
+    with create_backend(backend, run_dir, precision, device, cuda_graph=cuda_graph) as engine:
         info(f"bench: {engine.info.describe()}")
         report = run_bench(engine, spec, batches, iterations=iterations, warmup=warmup, video_frames=frames,
                            progress=lambda message: info(message))

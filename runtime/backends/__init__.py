@@ -78,7 +78,10 @@ def find_engine(run: RunDir, backend: str, precision: str) -> Path:
     raise refusals[0]
 
 
-def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str = "auto") -> Backend:
+def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str = "auto",
+                   cuda_graph: bool = False) -> Backend:
+    """Open backend ``name`` for the run's ``precision``; ``cuda_graph`` (TensorRT only) replays a captured CUDA
+    graph per batch size instead of enqueueing copies and execution each time."""
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}", hint=f"choose one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
@@ -93,7 +96,10 @@ def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str 
                                hint="use --backend onnxruntime --device cpu")
         engine = find_engine(run, name, precision)
         index = int(device.partition(":")[2] or 0) if device.startswith("cuda") else 0
-        return open_tensorrt_backend(run, name, precision, engine, device=index)
+        return open_tensorrt_backend(run, name, precision, engine, device=index, cuda_graph=cuda_graph)
+    if cuda_graph:
+        raise BackendError(f"--cuda-graph is for TensorRT engines, not {name}", hint="use --backend tensorrt, or drop "
+                                                                                   "--cuda-graph")
     if name == "torch":
         from mlic_edge.runtime.backends.torch_backend import TorchBackend
 
