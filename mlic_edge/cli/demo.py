@@ -80,6 +80,9 @@ def run_demo(out: Path, epochs: int = 12, backbone: str = "resnet10t", classes: 
             ("all metrics: CP, CR, CF1, OP, OR, OF1, top-3", f"mlic-edge eval --run {run.path}"),
             ("label a folder, one JSON line per image", f"mlic-edge run {data_dir}/JPEGImages --run {run.path}"),
             ("label counts, head/middle/tail, co-occurrence heatmap", f"mlic-edge data stats {data_dir}"),
+            ("int8 with calibration data, then parity of every precision",
+             f"mlic-edge build --run {run.path} --precision int8 && mlic-edge parity --run {run.path}"),
+            ("one archive for a device (ONNX files, calibration, reference)", f"mlic-edge pack --run {run.path}"),
             ("a real dataset (ImageNet weights need network or --pretrained-file)",
              "mlic-edge train --data voc:PATH/VOC2007 --backbone resnet50 --pretrained")):
         console.print(f"  [dim]# {comment}[/dim]\n  {command}", highlight=False, soft_wrap=True)
