@@ -8,9 +8,10 @@ and released by ``close()`` in reverse order of creation. Nothing here imports p
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -150,6 +151,17 @@ class Cuda:
         if errors:
             raise errors[0]
 
+    @contextlib.contextmanager
+    def on_this_thread(self) -> Iterator[None]:
+        """Make the device current in the calling thread for the block. The pipeline infers on its own thread, and
+        pycuda's context (unlike the runtime API's per-process primary context) is current only where it was
+        pushed."""
+        self._driver.bind_thread()
+        try:
+            yield
+        finally:
+            self._driver.unbind_thread()
+
     def __enter__(self) -> "Cuda":
         return self
 
@@ -224,6 +236,10 @@ class _Driver:
     def stream_synchronize(self, stream: Any) -> None: ...
     def close(self) -> None: ...
 
+    def bind_thread(self) -> None: ...
+
+    def unbind_thread(self) -> None: ...
+
     def begin_capture(self, stream: Any) -> None:
         raise BackendError(f"{self.name} has no CUDA graph API", hint="pip install cuda-python for CUDA graphs")
 
@@ -281,6 +297,12 @@ class _PyCudaDriver(_Driver):
 
     def stream_synchronize(self, stream):
         self._call("cuStreamSynchronize", stream.synchronize)
+
+    def bind_thread(self) -> None:
+        self._call("cuCtxPushCurrent", self._context.push)
+
+    def unbind_thread(self) -> None:
+        self._call("cuCtxPopCurrent", self._context.pop)
 
     def close(self) -> None:
         context, self._context = self._context, None
@@ -376,6 +398,12 @@ class _CudaPythonDriver(_Driver):
 
     def graph_launch(self, graph, stream):
         self._call("cudaGraphLaunch", self.rt.cudaGraphLaunch, graph, stream)
+
+    def bind_thread(self) -> None:
+        self._call("cudaSetDevice", self.rt.cudaSetDevice, self.device)  # the current device is per thread
+
+    def unbind_thread(self) -> None:
+        pass
 
     def close(self) -> None:
         pass  # the runtime API's primary context stays with the process, as TensorRT expects

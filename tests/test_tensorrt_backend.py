@@ -496,3 +496,19 @@ def test_real_engine_matches_onnxruntime(request, tmp_path):
     with backend:
         np.testing.assert_allclose(backend.infer(batch), expected, atol=2e-3)
         assert backend.last_timings["compute_ms"] > 0
+
+
+def test_infer_on_another_thread_makes_the_device_current_there(engine_file):
+    """`mlic-edge run` infers on its own thread: pycuda's context must be pushed in that thread around the copies."""
+    import threading
+
+    backend, gpu = make_backend(engine_file, cuda="pycuda")
+    with backend:
+        gpu.log.clear()
+        result = {}
+        worker = threading.Thread(target=lambda: result.update(scores=backend.infer(images(2))))
+        worker.start()
+        worker.join()
+        np.testing.assert_allclose(result["scores"], expected_scores(images(2)), rtol=1e-5, atol=1e-6)
+        work = [entry for entry in gpu.log if entry != "ctx.push" and entry != "ctx.pop"]
+        assert gpu.log[0] == "ctx.push" and gpu.log[-1] == "ctx.pop" and work  # every call inside push … pop

@@ -148,13 +148,14 @@ class TensorRTBackend(Backend):
         if not low <= count <= high:
             raise BackendError(f"--batch {count} is outside the engine's profile {low}..{high}",
                                hint=f"rebuild with {self._rebuild} --batch MIN,OPT,MAX")
-        output_shape = self._prepare(batch.shape)
-        self._buffers[self._input.name][0].view(batch.dtype, batch.shape)[...] = batch
-        if self.cuda_graph:
-            self._run_graph(count)
-        else:
-            self._run_stream(count)
-        return self._buffers[self._output.name][0].view(self._output.dtype, output_shape).copy()
+        with self._cuda.on_this_thread():  # `mlic-edge run` infers on its own thread
+            output_shape = self._prepare(batch.shape)
+            self._buffers[self._input.name][0].view(batch.dtype, batch.shape)[...] = batch
+            if self.cuda_graph:
+                self._run_graph(count)
+            else:
+                self._run_stream(count)
+            return self._buffers[self._output.name][0].view(self._output.dtype, output_shape).copy()
 
     def close(self) -> None:
         """TensorRT objects first (context, engine, runtime), then CUDA's buffers, events and stream."""
