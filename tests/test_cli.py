@@ -202,3 +202,8 @@ def test_models_json_lists_the_zoo(capsys):
     assert rows["q2l"]["default_backbone"] == "resnest101e" and rows["q2l"]["options"]["batchformer"] is True
     assert rows["semdep"]["options"]["alpha_init"] == 0.48
     assert rows["q2l"]["params_train_M"] > rows["q2l"]["params_inference_M"]  # BatchFormerV2 is train-only
+
+
+def test_parity_of_a_precision_not_built_says_how_to_build_it(capsys, run_copy):
+    result = invoke(capsys, "parity", "--run", run_copy, "--precision", "int8")
+    assert_one_line_error(result, "no ONNX or engine for int8", "mlic-edge build", "--precision int8")

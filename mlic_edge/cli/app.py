@@ -702,8 +702,11 @@ def parity(
     images = ReferenceImages(run_dir, reference, data)
     targets = present_targets(run_dir, backend or None, precision or None)
     if not targets:
-        raise MlicError(f"nothing to check in {run_dir.path}", hint=f"export first: mlic-edge export --run "
-                                                                    f"{run_dir.path}")
+        wanted = ", ".join(precision) or "any precision"
+        raise MlicError(f"no ONNX or engine for {wanted} in {run_dir.path}",
+                        hint=f"make it: mlic-edge build --run {run_dir.path} --precision {(precision or ['fp32'])[0]} "
+                             "--backend onnxruntime" if precision else f"export first: mlic-edge export --run "
+                                                                       f"{run_dir.path}")
     results, skipped = [], []
     with progress_bar(transient=True) as progress:
         for backend_name, precision_name in targets:
