@@ -12,7 +12,7 @@ import numpy as np
 
 from mlic_edge.console import warn
 from mlic_edge.data.dataset import POSITIVE, MultiLabelDataset
-from mlic_edge.data.images import preprocess, read_image
+from mlic_edge.data.images import model_input, read_image
 from mlic_edge.errors import CalibrationError
 from mlic_edge.io import sha256_file
 
@@ -53,14 +53,15 @@ class CalibrationSet:
         return digest.hexdigest()
 
     def batches(self, img_size: int, mean: Sequence[float], std: Sequence[float],
-                batch_size: int = DEFAULT_BATCH_SIZE, resize: str = "warp") -> Iterator[np.ndarray]:
+                batch_size: int = DEFAULT_BATCH_SIZE, resize: str = "warp",
+                input_format: str = "float-nchw-rgb") -> Iterator[np.ndarray]:
         """Preprocessed float32 NCHW batches, exactly as every runtime stage preprocesses; unreadable files skipped."""
         pending: list[np.ndarray] = []
         for path in self.image_paths:
             image = read_image(path)
             if image is None:
                 continue
-            pending.append(preprocess(image, img_size, mean, std, resize))
+            pending.append(model_input(image, img_size, mean, std, resize, input_format))
             if len(pending) == batch_size:
                 yield np.stack(pending)
                 pending = []

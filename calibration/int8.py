@@ -110,7 +110,7 @@ def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
 
 def quantize_int8(fp32_path: Path, out_path: Path, record_root: Path, *, method: str = "percentile",
                   calibration: CalibrationSet | None, img_size: int, mean: Sequence[float], std: Sequence[float],
-                  resize: str = "warp",
+                  resize: str = "warp", input_format: str = "float-nchw-rgb",
                   keep_fp: Sequence[str] = (), progress: ProgressCallback | None = None) -> Int8Report:
     """Write ``out_path`` (INT8 Q/DQ) from ``fp32_path``; calibrate on ``calibration`` or reuse a stored record.
 
@@ -147,7 +147,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, record_root: Path, *, method:
             images = int(read_json(record_dir / RECORD_FILE)["images_used"])
         else:
             # ORT's histogram calibrators stack the per-batch outputs, so every batch must have one shape.
-            batches = calibration.batches(img_size, mean, std, batch_size=1, resize=resize)
+            batches = calibration.batches(img_size, mean, std, batch_size=1, resize=resize, input_format=input_format)
             reader = _BatchReader(model.graph.input[0].name, batches, len(calibration), progress)
         _run_quantizer(fp32_path, tmp, ranges, reader, method, excluded)
         quantized = _finish_model(tmp, model, fp32_sha, key)

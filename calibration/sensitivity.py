@@ -79,7 +79,7 @@ def _run_with_outputs(model: onnx.ModelProto, tensors: list[str], inputs: np.nda
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor observable
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    feeds = {model.graph.input[0].name: inputs.astype(np.float32)}
+    feeds = {model.graph.input[0].name: inputs if inputs.dtype == np.uint8 else inputs.astype(np.float32)}
     values = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
     values.update({model.graph.input[0].name: feeds[model.graph.input[0].name]})
     return {name: values[name] for name in wanted if name in values}

@@ -164,9 +164,11 @@ def convert_to_fp16(fp32_path: Path, out_path: Path, inputs: np.ndarray, *, keep
 
 def _check_inputs(inputs: np.ndarray) -> np.ndarray:
     inputs = np.asarray(inputs)
-    if inputs.ndim != 4 or not len(inputs) or not np.issubdtype(inputs.dtype, np.floating):
-        raise CalibrationError(f"fp16 conversion needs float NCHW images, got an array of shape {inputs.shape}",
-                               hint="pass preprocessed calibration images (mlic_edge.data.images.preprocess)")
+    if inputs.ndim != 4 or not len(inputs):
+        raise CalibrationError(f"fp16 conversion needs a batch of model inputs, got an array of shape {inputs.shape}",
+                               hint="pass preprocessed calibration images (mlic_edge.data.images.model_input)")
+    if inputs.dtype == np.uint8:  # a model whose normalisation is folded in takes the frames themselves
+        return inputs
     return inputs.astype(np.float32, copy=False)
 
 

@@ -17,7 +17,8 @@ import torch
 import mlic_edge
 from mlic_edge.console import info, warn
 from mlic_edge.data import open_dataset
-from mlic_edge.data.images import preprocess, read_image
+from mlic_edge.data.images import model_input, preprocess, read_image
+from mlic_edge.export.fold_input import INPUT_FORMATS, UINT8_INPUT, fold_uint8_input
 from mlic_edge.errors import MlicError
 from mlic_edge.io import atomic_path
 from mlic_edge.models.checkpoint import load_model
@@ -38,7 +39,10 @@ class ExportResult:
 
 
 def export_onnx(run: RunDir, opset: int = DEFAULT_OPSET, simplify: bool = True, dynamo: bool = False,
-                check_images: int = 16) -> ExportResult:
+                check_images: int = 16, uint8_input: bool = False) -> ExportResult:
+    """model.onnx from the checkpoint, checked against PyTorch on real eval images. ``uint8_input`` folds the
+    normalisation into the graph (uint8 NHWC BGR frames in; export/fold_input.py) and checks the folded graph on
+    the raw frames against the float graph on the preprocessed ones."""
     meta = run.read()
     run.require(run.checkpoint, "mlic-edge train")
     model = load_model(run.checkpoint)
@@ -49,10 +53,14 @@ def export_onnx(run: RunDir, opset: int = DEFAULT_OPSET, simplify: bool = True, 
 
     with atomic_path(run.onnx("fp32")) as tmp:
         write_onnx(graph, example, tmp, meta, opset=opset, simplify=simplify, dynamo=dynamo)
-        inputs = _check_inputs(meta, check_images)
+        frames = _check_frames(meta, check_images)
+        inputs = _float_inputs(meta, frames, check_images)
         max_diff, mean_diff = _compare_with_torch(graph, tmp, inputs)
+        if uint8_input:
+            max_diff = max(max_diff, _fold_and_check(tmp, meta, frames, inputs))
     result = ExportResult(run.onnx("fp32"), opset, max_diff, mean_diff, len(inputs), time.monotonic() - started)
-    run.update(export={"onnx": result.path.name, "opset": opset, "simplified": simplify,
+    run.update(input_format=UINT8_INPUT if uint8_input else INPUT_FORMATS[0],
+               export={"onnx": result.path.name, "opset": opset, "simplified": simplify,
                        "exporter": "dynamo" if dynamo else "torchscript", "input": INPUT_NAME,
                        "output": OUTPUT_NAME, "check": {"images": result.check_images,
                                                         "max_abs_diff": max_diff, "mean_abs_diff": mean_diff,
@@ -127,24 +135,47 @@ def _set_metadata(proto: onnx.ModelProto, meta: dict[str, Any], precision: str) 
     proto.producer_version = mlic_edge.__version__
 
 
-def _check_inputs(meta: dict[str, Any], count: int) -> np.ndarray:
-    """Real images from the eval split (preprocessed like the runtime does); noise only if none can be read."""
-    images: list[np.ndarray] = []
+def _check_frames(meta: dict[str, Any], count: int) -> list[np.ndarray]:
+    """Real images of the eval split (BGR, as read); none when the split cannot be read."""
+    frames: list[np.ndarray] = []
     try:
         dataset = open_dataset(meta["dataset"]["spec"], role="eval", split=meta["dataset"].get("eval_split"))
         for path in dataset.image_paths:
             image = read_image(path)
             if image is not None:
-                images.append(preprocess(image, meta["img_size"], meta["mean"], meta["std"],
-                                         meta.get("resize", "warp")))
-            if len(images) >= count:
+                frames.append(image)
+            if len(frames) >= count:
                 break
     except MlicError as error:
         warn(f"export check cannot read the eval split ({error}); checking on random inputs instead")
-    if not images:
+    return frames
+
+
+def _float_inputs(meta: dict[str, Any], frames: list[np.ndarray], count: int) -> np.ndarray:
+    """The frames preprocessed like the runtime does; noise only if there are none."""
+    if not frames:
         rng = np.random.default_rng(0)
         return rng.standard_normal((max(2, count), 3, meta["img_size"], meta["img_size"])).astype(np.float32)
-    return np.stack(images)
+    return np.stack([preprocess(image, meta["img_size"], meta["mean"], meta["std"], meta.get("resize", "warp"))
+                     for image in frames])
+
+
+def _fold_and_check(path: Path, meta: dict[str, Any], frames: list[np.ndarray], inputs: np.ndarray) -> float:
+    """Fold the normalisation into ``path``; max |folded(raw frames) - float graph(preprocessed)|."""
+    import onnxruntime as ort
+
+    float_scores = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        [OUTPUT_NAME], {INPUT_NAME: inputs})[0]
+    onnx.save(fold_uint8_input(onnx.load(str(path)), meta["mean"], meta["std"]), str(path))
+    if not frames:
+        warn("no eval image to check the folded input on; the float graph was checked on random inputs")
+        return 0.0
+    raw = np.stack([model_input(image, meta["img_size"], meta["mean"], meta["std"], meta.get("resize", "warp"),
+                                UINT8_INPUT) for image in frames])
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([OUTPUT_NAME], {INPUT_NAME: raw})[0]
+    diff = float(np.abs(got.astype(np.float64) - float_scores.astype(np.float64)).max())
+    info(f"normalisation folded into the graph (uint8 NHWC BGR input): max |folded - float| = {diff:.2e}")
+    return diff
 
 
 def _compare_with_torch(graph: torch.nn.Module, onnx_path: Path, inputs: np.ndarray) -> tuple[float, float]:

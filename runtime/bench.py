@@ -32,7 +32,7 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
 def bench_backend(backend: Backend, spec: ModelSpec, batch: int, iterations: int, warmup: int) -> dict[str, Any]:
     """``infer`` on a fixed random batch, after warm-up: latency per batch, images/s, and the backend's own
     timings (TensorRT: host→device, GPU compute, device→host from CUDA events) where it measures them."""
-    images = np.random.default_rng(0).standard_normal((batch, 3, spec.img_size, spec.img_size)).astype(np.float32)
+    images = spec.random_batch(batch)
     for _ in range(warmup):
         backend.infer(images)
     wall, device_timings = [], []

@@ -163,6 +163,7 @@ def _make_int8(run: RunDir, meta: dict[str, Any], request: BuildRequest, say: Pr
     report = quantize_int8(run.onnx("fp32"), run.onnx("int8"), run.path / "calibration",
                            method=request.calib_method, calibration=calibration, img_size=int(meta["img_size"]),
                            mean=meta["mean"], std=meta["std"], resize=meta.get("resize", "warp"),
+                           input_format=meta.get("input_format", "float-nchw-rgb"),
                            keep_fp=request.keep_fp,
                            progress=lambda done, total: say(f"int8: calibrating ({request.calib_method})",
                                                             done, total))
@@ -204,7 +205,8 @@ def _calibration_set(meta: dict[str, Any], request: BuildRequest, *, required: b
 def _first_images(calibration, meta: dict[str, Any], count: int) -> np.ndarray:
     chunks, total = [], 0
     for batch in calibration.batches(int(meta["img_size"]), meta["mean"], meta["std"],
-                                     resize=meta.get("resize", "warp")):
+                                     resize=meta.get("resize", "warp"),
+                                     input_format=meta.get("input_format", "float-nchw-rgb")):
         chunks.append(batch)
         total += len(batch)
         if total >= count:
@@ -238,7 +240,8 @@ def _build_engine(run: RunDir, meta: dict[str, Any], trt, onnx_path: Path, reque
                            hardware_compatibility=request.hardware_compatibility)
     result = build_engine(trt, onnx_path, run.path, options, labels=meta["labels"],
                           preprocessing={"img_size": meta["img_size"], "mean": meta["mean"], "std": meta["std"],
-                                         "resize": meta.get("resize", "warp")},
+                                         "resize": meta.get("resize", "warp"),
+                                         "input_format": meta.get("input_format", "float-nchw-rgb")},
                           gpu=detect_gpu(), on_progress=lambda phase, done, total: say(f"engine: {phase}", done, total))
     info(f"engine: {result.engine_path.relative_to(run.path)} ({result.size_bytes / 1e6:.1f} MB, "
          f"{result.seconds:.1f} s{', timing cache reused' if result.timing_cache_reused else ''})")

@@ -30,8 +30,9 @@ DEEPSTREAM_MODES = {"primary": 1, "secondary": 2}  # nvinfer process-mode
 NVINFER_NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}
 LABELS_FILE = "labels.txt"
 MODEL_VERSION = "1"
-_TRITON_TYPES = {"float": "TYPE_FP32", "float32": "TYPE_FP32", "half": "TYPE_FP16", "float16": "TYPE_FP16"}
-_ONNX_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16"}  # onnx.TensorProto.FLOAT, FLOAT16
+_TRITON_TYPES = {"float": "TYPE_FP32", "float32": "TYPE_FP32", "half": "TYPE_FP16", "float16": "TYPE_FP16",
+                 "uint8": "TYPE_UINT8"}
+_ONNX_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 2: "TYPE_UINT8"}  # onnx.TensorProto.FLOAT, FLOAT16, UINT8
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -127,6 +128,9 @@ def write_deepstream_config(run: RunDir, out: Path, *, precision: str = "fp32", 
     """
     _check_choice("precision", precision, PRECISIONS)
     _check_choice("mode", mode, DEEPSTREAM_MODES)
+    if run.read().get("input_format", "float-nchw-rgb") != "float-nchw-rgb":
+        raise BuildError("this run's model takes uint8 frames (exported with --uint8-input); nvinfer feeds float "
+                         "NCHW tensors it normalises itself", hint="export without --uint8-input for DeepStream")
     if batch_size < 1 or gie_unique_id < 1 or (mode == "secondary" and operate_on_gie_id < 1):
         raise BuildError("batch_size, gie_unique_id and operate_on_gie_id must be at least 1",
                          hint="pass positive numbers")
@@ -315,7 +319,8 @@ def _triton_config(*, name: str, platform: str, max_batch_size: int, preferred_b
              f"name: {_quote(name)}", f"platform: {_quote(TRITON_PLATFORMS[platform])}",
              f"max_batch_size: {max_batch_size}"]
     for spec in inputs:
-        image_format = "\n  format: FORMAT_NCHW" if len(spec.dims) == 3 else ""
+        layout = "FORMAT_NHWC" if spec.data_type == "TYPE_UINT8" else "FORMAT_NCHW"  # uint8: frames as captured
+        image_format = f"\n  format: {layout}" if len(spec.dims) == 3 else ""
         lines.append(f"input {{\n  name: {_quote(spec.name)}\n  data_type: {spec.data_type}{image_format}\n"
                      f"  dims: [ {', '.join(map(str, spec.dims))} ]\n}}")
     for spec in outputs:

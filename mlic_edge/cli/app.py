@@ -363,6 +363,8 @@ def export(
     dynamo: bool = typer.Option(False, "--dynamo/--no-dynamo", help="Use torch.export (opset >= 18)."),
     reference: bool = typer.Option(True, "--reference/--no-reference",
                                    help="Write reference.npz (PyTorch scores on the eval split)."),
+    uint8_input: bool = typer.Option(False, "--uint8-input", help="Fold the normalisation into the graph: the "
+                                     "model takes resized uint8 NHWC BGR frames (they go to the GPU as captured)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Export model.onnx (dynamic batch, simplified, metadata), check it against PyTorch, write reference.npz.
@@ -375,7 +377,7 @@ def export(
     from mlic_edge.export.reference import write_reference
 
     run_dir = _run_dir(run, model)
-    result = export_onnx(run_dir, opset=opset, simplify=simplify, dynamo=dynamo)
+    result = export_onnx(run_dir, opset=opset, simplify=simplify, dynamo=dynamo, uint8_input=uint8_input)
     summary = {"onnx": str(result.path), "opset": result.opset, "max_abs_diff": result.max_abs_diff,
                "mean_abs_diff": result.mean_abs_diff, "check_images": result.check_images,
                "seconds": round(result.seconds, 2)}

@@ -59,6 +59,15 @@ def resize_image(image: np.ndarray, width: int, height: int, mode: str = "warp")
                               cv2.BORDER_CONSTANT, value=LETTERBOX_FILL)
 
 
+def model_input(image_bgr: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float],
+                resize: str = "warp", input_format: str = "float-nchw-rgb") -> np.ndarray:
+    """What the model takes for one image: the normalised float CHW RGB tensor, or — when the normalisation is folded
+    into the graph (``uint8-nhwc-bgr``, see export/fold_input.py) — the resized frame itself, uint8 HWC BGR."""
+    if input_format == "uint8-nhwc-bgr":
+        return np.ascontiguousarray(resize_image(image_bgr, size, size, resize))
+    return preprocess(image_bgr, size, mean, std, resize)
+
+
 def preprocess(
     image_bgr: np.ndarray,
     size: int | tuple[int, int],
@@ -68,7 +77,13 @@ def preprocess(
 ) -> np.ndarray:
     """BGR uint8 HxWx3 -> float32 3xHxW, RGB, resized (``resize_image``) and normalised."""
     height, width = (size, size) if isinstance(size, int) else size
-    resized = resize_image(image_bgr, width, height, resize)
+    return normalize(resize_image(image_bgr, width, height, resize), mean, std)
+
+
+def normalize(resized_bgr: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """A resized BGR uint8 HxWx3 frame -> float32 3xHxW RGB, (x/255 - mean)/std."""
+    height, width = resized_bgr.shape[:2]
     # (x/255 - mean)/std as one multiply-add per channel, written straight into CHW RGB: ~3x faster than
     # convert, normalise, transpose (this runs for every camera frame).
     std32 = np.asarray(std, dtype=np.float32)
@@ -76,6 +91,6 @@ def preprocess(
     shift = (-np.asarray(mean, dtype=np.float32) / std32).astype(np.float32)
     tensor = np.empty((3, height, width), np.float32)
     for channel, bgr_index in enumerate((2, 1, 0)):
-        np.multiply(resized[:, :, bgr_index], scale[channel], out=tensor[channel])
+        np.multiply(resized_bgr[:, :, bgr_index], scale[channel], out=tensor[channel])
         tensor[channel] += shift[channel]
     return tensor

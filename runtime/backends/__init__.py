@@ -105,8 +105,9 @@ def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str 
 
         if precision != "fp32":
             raise BackendError("the torch backend is the fp32 reference", hint="use --precision fp32")
-        return TorchBackend(run.require(run.checkpoint, "mlic-edge train"),
-                            device="cuda" if device == "cuda" else "cpu")
+        meta = run.read()
+        return TorchBackend(run.require(run.checkpoint, "mlic-edge train"), device="cuda" if device == "cuda" else "cpu",
+                            normalization=(meta["mean"], meta["std"]))
     from mlic_edge.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend, available_devices
 
     if device == "auto":

@@ -43,12 +43,14 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"ONNX Runtime could not load {onnx_path}: {str(error).splitlines()[0][:200]}",
                                hint="re-export the model with `mlic-edge export`") from error
         self.input_name = self.session.get_inputs()[0].name
+        # float32 NCHW normally; uint8 NHWC frames when the normalisation is folded into the graph
+        self.input_dtype = np.uint8 if self.session.get_inputs()[0].type == "tensor(uint8)" else np.float32
         self.output_name = self.session.get_outputs()[0].name
         self.info = BackendInfo(backend="onnxruntime", device=device, precision=precision, version=ort.__version__,
                                 details={"providers": self.session.get_providers(), "model": str(onnx_path)})
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
+        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, self.input_dtype)})[0]
 
     def close(self) -> None:
         self.session = None

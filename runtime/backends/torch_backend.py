@@ -11,7 +11,9 @@ from mlic_edge.runtime.backends.base import Backend, BackendInfo
 
 
 class TorchBackend(Backend):
-    def __init__(self, checkpoint: Path, device: str = "cpu") -> None:
+    def __init__(self, checkpoint: Path, device: str = "cpu",
+                 normalization: tuple[list[float], list[float]] | None = None) -> None:
+        """``normalization`` (mean, std) lets the reference take the uint8 frames a folded-input run feeds."""
         try:
             import torch
 
@@ -24,10 +26,18 @@ class TorchBackend(Backend):
         self._torch = torch
         self.device = torch.device(device)
         self.graph = load_model(checkpoint).for_export().to(self.device)
+        self.normalization = normalization
         self.info = BackendInfo(backend="torch", device=device, precision="fp32", version=torch.__version__,
                                 details={"checkpoint": str(checkpoint)})
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        if batch.dtype == np.uint8:  # resized BGR frames of a run exported with --uint8-input
+            from mlic_edge.data.images import normalize
+
+            if self.normalization is None:
+                raise BackendError("uint8 frames given to the torch reference without mean/std",
+                                   hint="open it through create_backend, which reads them from run.json")
+            batch = np.stack([normalize(frame, *self.normalization) for frame in batch])
         with self._torch.no_grad():
             return self.graph(self._torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)).cpu().numpy()
 
