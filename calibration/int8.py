@@ -41,11 +41,11 @@ import onnx
 
 from mlic_edge.calibration.images import CalibrationSet
 from mlic_edge.errors import CalibrationError
+from mlic_edge.export.metadata import derive_metadata
 from mlic_edge.io import atomic_path, read_json, sha256_file, write_json
 
 METHODS = ("entropy", "percentile", "minmax")
 QUANTIZED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
-WEIGHTED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 RECORD_FILE, RANGES_FILE = "record.json", "ranges.json"
 SETTINGS = {
     "format": "QDQ",
@@ -301,12 +301,7 @@ def _write_record(record_dir: Path, ranges: Path, calibration: CalibrationSet, f
 def _finish_model(path: Path, fp32: onnx.ModelProto, fp32_sha: str, key: str) -> int:
     """Carry the fp32 metadata over, mark the precision; return how many nodes run quantized."""
     model = onnx.load(str(path))
-    values = {entry.key: entry.value for entry in fp32.metadata_props}
-    values.update(precision="int8", source_onnx_sha256=fp32_sha, calibration_key=key)
-    del model.metadata_props[:]
-    for name, value in values.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = name, value
+    derive_metadata(model, fp32, precision="int8", source_onnx_sha256=fp32_sha, calibration_key=key)
     onnx.save(model, str(path))
     return len(quantized_node_names(model))
 

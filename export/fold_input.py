@@ -14,6 +14,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from mlic_edge.errors import MlicError
+from mlic_edge.export.metadata import derive_metadata
 
 INPUT_FORMATS = ("float-nchw-rgb", "uint8-nhwc-bgr")
 UINT8_INPUT = "uint8-nhwc-bgr"
@@ -55,21 +56,9 @@ def fold_uint8_input(model: onnx.ModelProto, mean: Sequence[float], std: Sequenc
     graph.node.extend(nodes + old_nodes)
     graph.input.remove(source)
     graph.input.insert(0, new_input)
-    _set(model, input_format=UINT8_INPUT,
-         input_layout="NHWC BGR uint8, resized to img_size (as captured); cast, (x/255 - mean)/std, BGR->RGB and "
+    derive_metadata(model, model, input_format=UINT8_INPUT,
+                    input_layout="NHWC BGR uint8, resized to img_size (as captured); cast, (x/255 - mean)/std, BGR->RGB and "
                       "NCHW inside the graph")
     onnx.checker.check_model(model)
     return model
 
-
-def input_format(model: onnx.ModelProto) -> str:
-    return {entry.key: entry.value for entry in model.metadata_props}.get("input_format", INPUT_FORMATS[0])
-
-
-def _set(model: onnx.ModelProto, **values: str) -> None:
-    current = {entry.key: entry.value for entry in model.metadata_props}
-    current.update(values)
-    del model.metadata_props[:]
-    for key, value in current.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value

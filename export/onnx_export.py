@@ -19,6 +19,7 @@ from mlic_edge.console import info, warn
 from mlic_edge.data import open_dataset
 from mlic_edge.data.images import model_input, preprocess, read_image
 from mlic_edge.export.fold_input import INPUT_FORMATS, UINT8_INPUT, fold_uint8_input
+from mlic_edge.export.metadata import write_metadata
 from mlic_edge.errors import MlicError
 from mlic_edge.io import atomic_path
 from mlic_edge.models.checkpoint import load_model
@@ -127,10 +128,7 @@ def _set_metadata(proto: onnx.ModelProto, meta: dict[str, Any], precision: str) 
         "input_layout": f"NCHW RGB float32, resized ({meta.get('resize', 'warp')}) to img_size, (x/255 - mean)/std",
         "output": "sigmoid probabilities, one per label",
     }
-    del proto.metadata_props[:]
-    for key, value in values.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    write_metadata(proto, values)
     proto.producer_name = "mlic-edge"
     proto.producer_version = mlic_edge.__version__
 

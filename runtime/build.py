@@ -144,12 +144,12 @@ def _reusable_fp16(run: RunDir, request: BuildRequest) -> dict[str, Any] | None:
     (a device rebuilding from a bundle has the file but not the images to measure again)."""
     import json
 
-    from mlic_edge.runtime.tensorrt.builder import onnx_metadata
+    from mlic_edge.export.metadata import read_metadata
 
     path = run.onnx("fp16")
     if not path.is_file():
         return None
-    metadata = onnx_metadata(path)
+    metadata = read_metadata(path)
     if (metadata.get("source_onnx_sha256") != sha256_file(run.onnx("fp32"))
             or metadata.get("asked_fp32") != json.dumps(sorted(request.keep_fp))):
         return None

@@ -115,7 +115,9 @@ def build_engine(trt: TensorRT, onnx_path: Path, run_path: Path, options: BuildO
             f"mlic-edge build --precision {options.precision} --backend onnxruntime")
         raise BuildError(f"{onnx_path} is missing", hint=f"make it first: {maker}")
     onnx_sha256 = sha256_file(onnx_path)
-    metadata = onnx_metadata(onnx_path)
+    from mlic_edge.export.metadata import read_metadata  # onnx loads only when building
+
+    metadata = read_metadata(onnx_path)
     _check_onnx_precision(onnx_path, metadata, options.precision)
     target = engine_target_name(trt, gpu, options.compute_capabilities)
     engine_path, manifest_path = engine_paths(Path(run_path), target, options.precision)
@@ -176,14 +178,6 @@ def build_engine(trt: TensorRT, onnx_path: Path, run_path: Path, options: BuildO
         _save_timing_cache(cache_path, cache_bytes)
     return EngineResult(engine_path=engine_path, manifest_path=manifest_path, manifest=manifest, seconds=seconds,
                         size_bytes=manifest["engine_bytes"], timing_cache_reused=reused)
-
-
-def onnx_metadata(onnx_path: Path) -> dict[str, str]:
-    """The ONNX's metadata_props (labels, img_size, mean, std, precision ... set at export), weights not loaded."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return {entry.key: entry.value for entry in model.metadata_props}
 
 
 def preprocessing_from_metadata(metadata: dict[str, str]) -> dict[str, Any]:
