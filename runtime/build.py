@@ -39,7 +39,7 @@ class BuildRequest:
     calib_images: int = DEFAULT_CALIB_IMAGES
     calib_method: str = "percentile"  # measured best-or-close on benchmarks/results/precision.md; entropy clipped too much
     keep_fp: list[str] = field(default_factory=list)
-    batch: tuple[int, int, int] = (1, 1, 8)
+    batch: tuple[int, int, int] | None = None  # None: the builder's default (1,1,8; DLA 1,1,1)
     workspace_mb: int | None = None
     dla_core: int | None = None
     version_compatible: bool = False
@@ -82,6 +82,10 @@ def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) 
     backend = resolve_build_backend(request.backend)
     _require_writable(run.path)
     trt = _load_builder(backend)  # a missing TensorRT is refused before any work
+    if trt is not None:
+        from mlic_edge.runtime.tensorrt.builder import plan_build
+
+        plan_build(trt.caps, _engine_options(request))  # and so is an option this TensorRT cannot honour
     started = time.monotonic()
     say = progress or (lambda what, done, total: None)
 
@@ -233,12 +237,9 @@ def _load_builder(backend: str):
 def _build_engine(run: RunDir, meta: dict[str, Any], trt, onnx_path: Path, request: BuildRequest,
                   say: Progress) -> dict[str, Any]:
     from mlic_edge.runtime.gpu import detect_gpu
-    from mlic_edge.runtime.tensorrt.builder import BuildOptions, build_engine
+    from mlic_edge.runtime.tensorrt.builder import build_engine
 
-    options = BuildOptions(precision=request.precision, batch=request.batch, workspace_mb=request.workspace_mb,
-                           dla_core=request.dla_core, version_compatible=request.version_compatible,
-                           hardware_compatibility=request.hardware_compatibility)
-    result = build_engine(trt, onnx_path, run.path, options, labels=meta["labels"],
+    result = build_engine(trt, onnx_path, run.path, _engine_options(request), labels=meta["labels"],
                           preprocessing={"img_size": meta["img_size"], "mean": meta["mean"], "std": meta["std"],
                                          "resize": meta.get("resize", "warp"),
                                          "input_format": meta.get("input_format", "float-nchw-rgb")},
@@ -248,6 +249,14 @@ def _build_engine(run: RunDir, meta: dict[str, Any], trt, onnx_path: Path, reque
     return {"path": str(result.engine_path.relative_to(run.path)), "size_bytes": result.size_bytes,
             "seconds": round(result.seconds, 2), "timing_cache_reused": result.timing_cache_reused,
             "manifest": result.manifest}
+
+
+def _engine_options(request: BuildRequest):
+    from mlic_edge.runtime.tensorrt.builder import BuildOptions
+
+    return BuildOptions(precision=request.precision, batch=request.batch, workspace_mb=request.workspace_mb,
+                        dla_core=request.dla_core, version_compatible=request.version_compatible,
+                        hardware_compatibility=request.hardware_compatibility)
 
 
 def rebuild_command(run: RunDir, request: BuildRequest, backend: str) -> str:
@@ -339,6 +348,13 @@ def build_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {key} | {onnx_size:.2f} MB | {engine_text} | {entry['seconds']} | {kept} | {map_text} | "
                      f"{delta} |")
     for key, entry in sorted(report["builds"].items()):
+        manifest = (entry.get("engine") or {}).get("manifest") or {}
+        dla = manifest.get("dla_layers")
+        if manifest.get("device", "gpu") != "gpu":
+            placement = (f"{dla['dla']} layers on {manifest['device']}, {dla['gpu']} on the GPU"
+                         + (f" ({', '.join(dla['gpu_layers'])})" if dla["gpu_layers"] else "") if dla else
+                         "this TensorRT cannot say which layers run on DLA")
+            lines += ["", f"## {key}: DLA placement (asked of the builder before building)", "", placement]
         worst = (entry.get("int8") or {}).get("sensitivity")
         if worst:
             lines += ["", f"## {key}: layers that hurt most (copy names into --keep-fp)", "",

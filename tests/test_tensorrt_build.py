@@ -22,6 +22,7 @@ from mlic_edge.runtime.gpu import GpuInfo, detect_gpu, jetson_gpu_from_model, pa
 from mlic_edge.runtime.tensorrt import (BuildOptions, TensorRT, available_tensorrt_backends, build_engine,
                                         capabilities, check_manifest, engine_target_name, find_engines,
                                         load_tensorrt, plan_build, read_manifest)
+from trt_surface import FakeTensorRT, load_surface
 
 REBUILD = "mlic-edge build --run runs/x --precision fp32"
 RTX_4090 = GpuInfo(name="NVIDIA GeForce RTX 4090", compute_capability="8.9", memory_mb=24564, source="test")
@@ -30,42 +31,14 @@ H100 = GpuInfo(name="NVIDIA H100 80GB HBM3", compute_capability="9.0", memory_mb
 T4 = GpuInfo(name="Tesla T4", compute_capability="7.5", memory_mb=15360, source="test")
 
 
-# --- fake TensorRT modules: only the API surface capabilities() looks at -------------------------------------
-def fake_tensorrt(version: str, *, strongly_typed: bool, precision_flags: bool, explicit_batch: bool,
-                  progress_monitor: bool) -> SimpleNamespace:
-    builder_flags = {"GPU_FALLBACK": 1, "VERSION_COMPATIBLE": 2, "REFIT": 3}
-    if precision_flags:
-        builder_flags.update(FP16=4, INT8=5)
-    network_flags = {}
-    if explicit_batch:
-        network_flags["EXPLICIT_BATCH"] = 0
-    if strongly_typed:
-        network_flags["STRONGLY_TYPED"] = 1
-    config_api = ["set_memory_pool_limit", "create_timing_cache", "set_timing_cache", "DLA_core",
-                  "default_device_type", "hardware_compatibility_level", "set_flag"]
-    if progress_monitor:
-        config_api.append("progress_monitor")
-    module = SimpleNamespace(
-        __version__=version,
-        BuilderFlag=SimpleNamespace(**builder_flags),
-        NetworkDefinitionCreationFlag=SimpleNamespace(**network_flags),
-        IBuilderConfig=type("IBuilderConfig", (), dict.fromkeys(config_api)),
-        ICudaEngine=type("ICudaEngine", (), dict.fromkeys(["num_io_tensors", "get_tensor_name"])),
-        DeviceType=SimpleNamespace(GPU=0, DLA=1),
-        MemoryPoolType=SimpleNamespace(WORKSPACE=0),
-        HardwareCompatibilityLevel=SimpleNamespace(NONE=0, AMPERE_PLUS=1, SAME_COMPUTE_CAPABILITY=2),
-    )
-    if progress_monitor:
-        module.IProgressMonitor = type("IProgressMonitor", (), {})
-    return module
+# --- fake TensorRT modules: the real API surface of each supported version (tests/trt_surface.py) ---------------
+def fake_tensorrt(version: str, surface: str) -> FakeTensorRT:
+    return FakeTensorRT(load_surface(surface), version=version)
 
 
-TRT86 = fake_tensorrt("8.6.2.3", strongly_typed=False, precision_flags=True, explicit_batch=True,
-                      progress_monitor=False)
-TRT10 = fake_tensorrt("10.3.0.26", strongly_typed=True, precision_flags=True, explicit_batch=True,
-                      progress_monitor=True)
-TRT11 = fake_tensorrt("11.1.0.5", strongly_typed=True, precision_flags=False, explicit_batch=False,
-                      progress_monitor=True)
+TRT86 = fake_tensorrt("8.6.1", "8.6")
+TRT10 = fake_tensorrt("10.3.0.26", "10.3")
+TRT11 = fake_tensorrt("11.4.0.106", "11.4")
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +89,9 @@ def test_capabilities_follow_the_api_present(rtx):
     ("11", "int8", False, True, ["STRONGLY_TYPED"], []),
     ("11", "fp16", True, True, ["STRONGLY_TYPED"], ["GPU_FALLBACK"]),
     ("11", "int8", True, True, ["STRONGLY_TYPED"], ["GPU_FALLBACK"]),
-    ("rtx", "fp32", False, True, ["STRONGLY_TYPED"], []),
-    ("rtx", "fp16", False, True, ["STRONGLY_TYPED"], []),
-    ("rtx", "int8", False, True, ["STRONGLY_TYPED"], []),
+    ("rtx", "fp32", False, True, ["STRONGLY_TYPED"], ["REQUIRE_USER_ALLOCATION"]),
+    ("rtx", "fp16", False, True, ["STRONGLY_TYPED"], ["REQUIRE_USER_ALLOCATION"]),
+    ("rtx", "int8", False, True, ["STRONGLY_TYPED"], ["REQUIRE_USER_ALLOCATION"]),
 ])
 def test_flag_selection(version, precision, dla, strongly_typed, network_flags, builder_flags):
     module = module_for(version)
@@ -137,8 +110,11 @@ def test_compatibility_options_where_the_api_has_them():
     plan = plan_build(capabilities(TRT10), BuildOptions(precision="fp16", version_compatible=True,
                                                        hardware_compatibility="ampere+"))
     assert "VERSION_COMPATIBLE" in plan.builder_flags and plan.hardware_compatibility == "AMPERE_PLUS"
-    plan = plan_build(capabilities(TRT86), BuildOptions(hardware_compatibility="same-compute-capability"))
+    plan = plan_build(capabilities(TRT11), BuildOptions(hardware_compatibility="same-compute-capability"))
     assert plan.hardware_compatibility == "SAME_COMPUTE_CAPABILITY"
+    for older in (TRT86, TRT10):  # SAME_COMPUTE_CAPABILITY appeared in TensorRT 10.9
+        with pytest.raises(BuildError, match="needs TensorRT 10.9 or later"):
+            plan_build(capabilities(older), BuildOptions(hardware_compatibility="same-compute-capability"))
 
 
 @pytest.mark.parametrize("version, options, says", [
@@ -278,7 +254,8 @@ def test_build_mixed_and_quantized_onnx(rtx, tmp_path, precision):
     manifest = result.manifest
     assert result.engine_path.name == f"model.{precision}.engine" and result.engine_path.parent.name.startswith(
         "aot-sm86-sm89-rtx")
-    assert manifest["precision"] == precision and manifest["strongly_typed"] and manifest["builder_flags"] == []
+    assert manifest["precision"] == precision and manifest["strongly_typed"]
+    assert manifest["builder_flags"] == ["REQUIRE_USER_ALLOCATION"]  # NVIDIA's builder accepts it: graph capture
     assert manifest["compute_capabilities"] == ["8.6", "8.9"]
     assert manifest["inputs"][0]["dtype"] == manifest["outputs"][0]["dtype"] == "float"  # fp32 IO
 
@@ -401,12 +378,11 @@ def test_version_compatible_engines_run_on_later_versions_of_the_same_major(tiny
     result, onnx_path = tiny_build
     manifest = {**result.manifest, "backend": "tensorrt", "tensorrt_version": "10.3.0.26", "compute_capabilities": None,
                 "gpu": {"name": H100.name, "compute_capability": "9.0"}, "version_compatible": True}
-    later = TensorRT.from_module(fake_tensorrt("10.8.0.1", strongly_typed=True, precision_flags=True,
-                                               explicit_batch=True, progress_monitor=True), "tensorrt")
+    later = TensorRT.from_module(fake_tensorrt("10.8.0.1", "10.3"), "tensorrt")
     check_manifest(manifest, trt=later, gpu=H100, onnx_path=onnx_path, rebuild_command=REBUILD)
     assert "10.3.0.26" in _refusal({**manifest, "version_compatible": False}, trt=later, gpu=H100,
                                    onnx_path=onnx_path)
-    assert "this is 11.1.0.5" in _refusal(manifest, trt=TensorRT.from_module(TRT11, "tensorrt"), gpu=H100,
+    assert "this is 11.4.0.106" in _refusal(manifest, trt=TensorRT.from_module(TRT11, "tensorrt"), gpu=H100,
                                           onnx_path=onnx_path)
 
 

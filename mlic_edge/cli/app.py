@@ -409,15 +409,17 @@ def build(
                                      "entropy (KL); benchmarks/results/precision.md compares them."),
     keep_fp: list[str] = typer.Option([], "--keep-fp", help="Node to keep in higher precision (repeatable; the "
                                       "build report names the most sensitive)."),
-    batch: str = typer.Option("1,1,8", "--batch", help="Engine batch range MIN,OPT,MAX."),
+    batch: Optional[str] = typer.Option(None, "--batch", help="Engine batch range MIN,OPT,MAX (default 1,1,8; "
+                                        "with --dla-core one size, N,N,N, default 1,1,1)."),
     workspace: Optional[int] = typer.Option(None, "--workspace", help="Builder workspace limit in MB."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Build for this DLA core, GPU fallback "
                                            "(Jetson)."),
     version_compatible: bool = typer.Option(False, "--version-compatible", help="Engine loadable by later "
                                             "TensorRT versions (where supported)."),
     hardware_compatibility: Optional[str] = typer.Option(None, "--hardware-compatibility",
-                                                         help="Engine portable across GPUs, e.g. ampere+ "
-                                                              "(where supported)."),
+                                                         help="Engine portable across GPUs: ampere+ (TensorRT "
+                                                              "8.6+) or same-compute-capability (10.9+); refused "
+                                                              "where this TensorRT lacks the level."),
     evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Measure the precision's mAP against "
                                   "fp32 with ONNX Runtime (needs reference.npz and the eval images)."),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="Unpack this bundle (from `mlic-edge pack`) into "
@@ -442,7 +444,8 @@ def build(
     else:
         run_dir = _run_dir(run, model)
     request = BuildRequest(precision=precision, backend=backend, calib_data=calib_data, calib_images=calib_images,
-                           calib_method=calib_method, keep_fp=list(keep_fp), batch=parse_batch(batch),
+                           calib_method=calib_method, keep_fp=list(keep_fp),
+                           batch=parse_batch(batch) if batch else None,
                            workspace_mb=workspace, dla_core=dla_core, version_compatible=version_compatible,
                            hardware_compatibility=hardware_compatibility, evaluate=evaluate)
     run_dir.read()  # a missing run is one line, before any progress display

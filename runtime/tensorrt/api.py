@@ -20,9 +20,16 @@ _INSTALL_HINTS = {
 }
 
 
+# ``--hardware-compatibility`` levels by the HardwareCompatibilityLevel member each needs, with the TensorRT that
+# introduced it (for messages on versions that lack it).
+HARDWARE_COMPATIBILITY_LEVELS = {"ampere+": ("AMPERE_PLUS", "8.6"),
+                                 "same-compute-capability": ("SAME_COMPUTE_CAPABILITY", "10.9")}
+
+
 @dataclass(frozen=True)
 class Capabilities:
-    """What the builder may ask of this TensorRT; every field comes from an attribute that exists or not."""
+    """What the builder and the runtime may ask of this TensorRT; every field comes from an attribute that exists or
+    not in the module (``tests/api_surfaces/`` records the real surface of each supported version)."""
 
     strongly_typed: bool  # NetworkDefinitionCreationFlag.STRONGLY_TYPED (10.0+, RTX)
     precision_flags: bool  # BuilderFlag.FP16 / INT8 (8.x, 10.x; gone in 11.x and RTX)
@@ -31,10 +38,19 @@ class Capabilities:
     timing_cache: bool  # IBuilderConfig.create_timing_cache / set_timing_cache
     progress_monitor: bool  # IProgressMonitor + IBuilderConfig.progress_monitor (10.0+)
     version_compatible: bool  # BuilderFlag.VERSION_COMPATIBLE, usable (8.6+; not RTX: it has no lean runtime)
-    hardware_compatibility: bool  # IBuilderConfig.hardware_compatibility_level, usable (8.6+; not RTX)
+    hardware_compatibility_levels: tuple[str, ...]  # --hardware-compatibility levels whose enum member exists (not RTX)
     dla: bool  # IBuilderConfig.DLA_core + DeviceType.DLA + BuilderFlag.GPU_FALLBACK (not RTX)
-    named_tensors: bool  # ICudaEngine.num_io_tensors / get_tensor_name (8.5+; 8.x also has binding indices)
+    dla_layer_query: bool  # IBuilderConfig.can_run_on_DLA: which layers DLA takes, asked before building
+    named_tensors: bool  # ICudaEngine.num_io_tensors / get_tensor_name + execute_async_v3 (8.5+)
     compute_capability_targets: bool  # IBuilderConfig.set_compute_capability: TensorRT for RTX ahead-of-time targets
+    engine_host_code: bool  # Runtime.engine_host_code_allowed: needed to load version-compatible plans (8.6+)
+    runtime_dla_core: bool  # Runtime.DLA_core: the core a DLA engine is deserialized onto
+    user_allocation_flag: bool  # BuilderFlag.REQUIRE_USER_ALLOCATION: TensorRT for RTX needs it for graph capture
+    stream_capturable_query: bool  # IExecutionContext.is_stream_capturable (RTX, 10.x+)
+
+    @property
+    def hardware_compatibility(self) -> bool:
+        return bool(self.hardware_compatibility_levels)
 
 
 def capabilities(trt_module: Any) -> Capabilities:
@@ -43,10 +59,16 @@ def capabilities(trt_module: Any) -> Capabilities:
     network_flag = getattr(trt_module, "NetworkDefinitionCreationFlag", None)
     config = getattr(trt_module, "IBuilderConfig", None)
     engine = getattr(trt_module, "ICudaEngine", None)
+    context = getattr(trt_module, "IExecutionContext", None)
+    runtime = getattr(trt_module, "Runtime", None)
     device_type = getattr(trt_module, "DeviceType", None)
+    levels = getattr(trt_module, "HardwareCompatibilityLevel", None)
     rtx = _has(config, "set_compute_capability") and _has(trt_module, "ComputeCapability")
     # TensorRT for RTX keeps the DLA, hardware-compatibility and version-compatibility names of the API it forked
     # from, but rejects them at build time (checked with 1.7.1); only the compute-capability API tells it apart.
+    hardware_levels = () if rtx or not _has(config, "hardware_compatibility_level") else tuple(
+        level for level, (member, _) in HARDWARE_COMPATIBILITY_LEVELS.items() if _has(levels, member))
+    dla = _has(config, "DLA_core") and _has(device_type, "DLA") and _has(builder_flag, "GPU_FALLBACK") and not rtx
     return Capabilities(
         strongly_typed=_has(network_flag, "STRONGLY_TYPED"),
         precision_flags=_has(builder_flag, "FP16") and _has(builder_flag, "INT8"),
@@ -55,12 +77,16 @@ def capabilities(trt_module: Any) -> Capabilities:
         timing_cache=_has(config, "create_timing_cache") and _has(config, "set_timing_cache"),
         progress_monitor=_has(trt_module, "IProgressMonitor") and _has(config, "progress_monitor"),
         version_compatible=_has(builder_flag, "VERSION_COMPATIBLE") and not rtx,
-        hardware_compatibility=(_has(config, "hardware_compatibility_level")
-                                and _has(trt_module, "HardwareCompatibilityLevel") and not rtx),
-        dla=(_has(config, "DLA_core") and _has(device_type, "DLA") and _has(builder_flag, "GPU_FALLBACK")
-             and not rtx),
-        named_tensors=_has(engine, "num_io_tensors") and _has(engine, "get_tensor_name"),
+        hardware_compatibility_levels=hardware_levels,
+        dla=dla,
+        dla_layer_query=dla and _has(config, "can_run_on_DLA"),
+        named_tensors=(_has(engine, "num_io_tensors") and _has(engine, "get_tensor_name")
+                       and _has(context, "execute_async_v3")),
         compute_capability_targets=rtx,
+        engine_host_code=_has(runtime, "engine_host_code_allowed"),
+        runtime_dla_core=_has(runtime, "DLA_core"),
+        user_allocation_flag=_has(builder_flag, "REQUIRE_USER_ALLOCATION"),
+        stream_capturable_query=_has(context, "is_stream_capturable"),
     )
 
 

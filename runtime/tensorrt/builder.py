@@ -17,21 +17,23 @@ from mlic_edge.console import warn
 from mlic_edge.errors import BuildError
 from mlic_edge.io import atomic_path, probe_writable, sha256_file, write_json
 from mlic_edge.runtime.gpu import GpuInfo
-from mlic_edge.runtime.tensorrt.api import Capabilities, TensorRT
+from mlic_edge.runtime.tensorrt.api import HARDWARE_COMPATIBILITY_LEVELS, Capabilities, TensorRT
 from mlic_edge.runtime.tensorrt.manifest import (MANIFEST_FORMAT, engine_paths, engine_target_name,
                                                  timing_cache_path)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # Cameras run batch 1, so that is the shape TensorRT tunes for; folder runs batch up to 8.
 DEFAULT_BATCH = (1, 1, 8)
-HARDWARE_COMPATIBILITY_LEVELS = {"ampere+": "AMPERE_PLUS", "same-compute-capability": "SAME_COMPUTE_CAPABILITY"}
+# DLA runs one batch size per engine (a profile with min = opt = max); without one, every layer falls back to the GPU.
+DEFAULT_DLA_BATCH = (1, 1, 1)
+DLA_GPU_LAYERS_LISTED = 20  # names of GPU-fallback layers kept in the manifest
 ProgressCallback = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
 class BuildOptions:
     precision: str = "fp32"
-    batch: tuple[int, int, int] = DEFAULT_BATCH  # (min, opt, max) of the optimization profile
+    batch: tuple[int, int, int] | None = None  # (min, opt, max) of the profile; None: DEFAULT_BATCH (DLA: 1,1,1)
     workspace_mb: int | None = None  # None: TensorRT's default (all device memory)
     dla_core: int | None = None  # Jetson DLA core, with GPU fallback for layers DLA cannot run
     version_compatible: bool = False
@@ -40,8 +42,14 @@ class BuildOptions:
     timing_cache: Path | None = None  # None: engines/<target>/timing.cache
     use_timing_cache: bool = True
 
+    @property
+    def batch_range(self) -> tuple[int, int, int]:
+        if self.batch is not None:
+            return self.batch
+        return DEFAULT_DLA_BATCH if self.dla_core is not None else DEFAULT_BATCH
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "batch": list(self.batch), "compute_capabilities": list(self.compute_capabilities),
+        return {**asdict(self), "batch": list(self.batch_range), "compute_capabilities": list(self.compute_capabilities),
                 "timing_cache": str(self.timing_cache) if self.timing_cache else None}
 
 
@@ -88,15 +96,22 @@ def plan_build(caps: Capabilities, options: BuildOptions) -> BuildPlan:
                      f"{'/'.join(flag.lower() for flag in builder_flags) or 'fp32'} where the ONNX has wider types")
     if dla:
         builder_flags.append("GPU_FALLBACK")
-        notes.append(f"DLA core {options.dla_core}; layers DLA cannot run fall back to the GPU")
+        notes.append(f"DLA core {options.dla_core}, batch {options.batch_range[0]} (DLA runs one batch size); "
+                     "layers DLA cannot run fall back to the GPU")
     if options.version_compatible:
         builder_flags.append("VERSION_COMPATIBLE")
+    if caps.compute_capability_targets and caps.user_allocation_flag:
+        # TensorRT for RTX captures an engine's work in a CUDA graph only when no allocation happens at run time;
+        # harmless for mlic-edge's models (no data-dependent shapes), so every RTX engine supports --cuda-graph.
+        builder_flags.append("REQUIRE_USER_ALLOCATION")
+        notes.append("REQUIRE_USER_ALLOCATION: no TensorRT allocations at run time, so CUDA graph capture works")
     compute_capabilities = [f"SM{cc.replace('.', '')}" for cc in options.compute_capabilities]
     if caps.compute_capability_targets and options.use_timing_cache:
         notes.append("TensorRT for RTX treats the timing cache as a no-op; it is still saved and loaded")
     return BuildPlan(strongly_typed=strongly_typed, network_flags=network_flags, builder_flags=builder_flags,
                      device=f"dla:{options.dla_core}" if dla else "gpu",
-                     hardware_compatibility=HARDWARE_COMPATIBILITY_LEVELS.get(options.hardware_compatibility or ""),
+                     hardware_compatibility=HARDWARE_COMPATIBILITY_LEVELS.get(
+                         options.hardware_compatibility or "", (None, ""))[0],
                      compute_capabilities=compute_capabilities, notes=notes)
 
 
@@ -131,8 +146,9 @@ def build_engine(trt: TensorRT, onnx_path: Path, run_path: Path, options: BuildO
         session.parse(onnx_path)
         _emit(on_progress, "Parsing ONNX", 1, 1)
         inputs, outputs = session.io_tensors()
-        batch = _add_profile(session, inputs, options.batch)
+        batch = _add_profile(session, inputs, options.batch_range)
         _configure(session, plan, options, gpu)
+        dla_layers = session.dla_layers() if options.dla_core is not None else None
         cache, reused = session.attach_timing_cache(cache_path) if use_cache else (None, False)
         session.attach_progress(on_progress)
         serialized = session.build(onnx_path.name)
@@ -151,6 +167,7 @@ def build_engine(trt: TensorRT, onnx_path: Path, run_path: Path, options: BuildO
         "hardware_compatibility": options.hardware_compatibility,
         "version_compatible": options.version_compatible,
         "device": plan.device,
+        "dla_layers": dla_layers,
         "precision": options.precision,
         "batch": {"min": batch[0], "opt": batch[1], "max": batch[2]},
         "inputs": inputs,
@@ -240,6 +257,15 @@ class _BuildSession:
         outputs = [_tensor_record(network.get_output(index)) for index in range(network.num_outputs)]
         return inputs, outputs
 
+    def dla_layers(self) -> dict[str, Any] | None:
+        """How many of the network's layers the configured DLA core takes and which fall back to the GPU (asked of
+        the builder config before building, as trtexec reports it); None where this TensorRT cannot tell."""
+        if not self.trt.caps.dla_layer_query:
+            return None
+        layers = [self.network.get_layer(index) for index in range(self.network.num_layers)]
+        on_gpu = [layer.name for layer in layers if not self.config.can_run_on_DLA(layer)]
+        return {"dla": len(layers) - len(on_gpu), "gpu": len(on_gpu), "gpu_layers": on_gpu[:DLA_GPU_LAYERS_LISTED]}
+
     def attach_timing_cache(self, cache_path: Path) -> tuple[Any, bool]:
         """Load the target folder's timing cache (or start one); returns (cache, whether an old one was loaded)."""
         stored = cache_path.read_bytes() if cache_path.is_file() else b""
@@ -279,10 +305,14 @@ class _BuildSession:
 def _check_options(options: BuildOptions) -> None:
     if options.precision not in PRECISIONS:
         raise BuildError(f"unknown precision {options.precision!r}", hint=f"choose one of {', '.join(PRECISIONS)}")
-    low, opt, high = options.batch
+    low, opt, high = options.batch_range
     if not 1 <= low <= opt <= high:
         raise BuildError(f"batch range {low}/{opt}/{high} is not min <= opt <= max with min >= 1",
                          hint="pass --batch MIN,OPT,MAX, e.g. 1,1,8")
+    if options.dla_core is not None and low != high:
+        raise BuildError(f"DLA runs one batch size per engine, not the range {low}/{opt}/{high}",
+                         hint=f"pass --batch {opt},{opt},{opt} with --dla-core (a range would put every layer on "
+                              "the GPU)")
     if options.workspace_mb is not None and options.workspace_mb <= 0:
         raise BuildError(f"workspace {options.workspace_mb} MB is not positive", hint="pass --workspace 1024, say")
     if options.dla_core is not None and options.dla_core < 0:
@@ -312,11 +342,16 @@ def _check_supported(caps: Capabilities, options: BuildOptions) -> None:
     if options.version_compatible and not caps.version_compatible:
         raise BuildError("this TensorRT cannot build version-compatible engines",
                          hint="drop --version-compatible (TensorRT 8.6 and later have it; TensorRT for RTX does not)")
-    if options.hardware_compatibility and not caps.hardware_compatibility:
+    level = options.hardware_compatibility
+    if level and not caps.hardware_compatibility:
         hint = ("TensorRT for RTX targets compute capabilities instead: --compute-capability 8.6"
                 if caps.compute_capability_targets
                 else "drop --hardware-compatibility (TensorRT 8.6 and later have it)")
         raise BuildError("this TensorRT cannot build hardware-compatible engines", hint=hint)
+    if level and level not in caps.hardware_compatibility_levels:
+        usable = ", ".join(caps.hardware_compatibility_levels)
+        raise BuildError(f"--hardware-compatibility {level} needs TensorRT {HARDWARE_COMPATIBILITY_LEVELS[level][1]} "
+                         "or later; this TensorRT does not have it", hint=f"usable here: {usable}")
     if options.compute_capabilities and not caps.compute_capability_targets:
         raise BuildError("only TensorRT for RTX builds for named compute capabilities",
                          hint="build on the GPU that will run the engine, or use --hardware-compatibility ampere+")
