@@ -17,8 +17,10 @@ import numpy as np
 
 from mlic_edge.errors import BackendError
 
-INSTALL_HINT = ("on Jetson pip install pycuda (it compiles against JetPack's CUDA toolkit, so nvcc must be on PATH); "
-                "on x86 pip install cuda-python (a wheel); or run the ONNX instead with --backend onnxruntime")
+INSTALL_HINT = ("pip install cuda-python of the CUDA major your driver supports ('cuda-python==12.*' on JetPack 6, "
+                "'cuda-python==11.8.*' on JetPack 5, 13.* needs a driver >= 580; `mlic-edge doctor` names it), or "
+                "pip install pycuda (it compiles against the CUDA toolkit, so nvcc must be on PATH); or run the ONNX "
+                "instead with --backend onnxruntime")
 
 
 @dataclass(eq=False)
@@ -50,11 +52,9 @@ class HostBuffer(Resource):
         return self.array[:count].view(dtype).reshape(shape)
 
 
+@dataclass(eq=False)
 class Stream(Resource):
-    @property
-    def ptr(self) -> int:
-        """The raw ``cudaStream_t`` TensorRT takes."""
-        return int(self.handle.handle) if hasattr(self.handle, "handle") else int(self.handle)
+    ptr: int = 0  # the raw ``cudaStream_t`` value TensorRT takes
 
 
 class Event(Resource):
@@ -85,7 +85,8 @@ class Cuda:
         return self._driver.supports_graphs
 
     def stream(self) -> Stream:
-        return self._own(Stream("stream", *self._driver.stream_create()))
+        handle, ptr, release = self._driver.stream_create()
+        return self._own(Stream("stream", handle, release, ptr=ptr))
 
     def device_buffer(self, nbytes: int) -> DeviceBuffer:
         handle, ptr, release = self._driver.malloc(max(int(nbytes), 1))
@@ -138,29 +139,34 @@ class Cuda:
         _release(resource)
 
     def close(self) -> None:
-        """Release every resource in reverse order of creation, then the device context. Safe to call twice."""
-        errors = []
-        while self._owned:
-            try:
-                _release(self._owned.pop())
-            except BackendError as error:  # keep releasing; report the first failure after
-                errors.append(error)
-        if self._driver is not None:
-            self._driver.close()
-            self._driver = None
+        """Release every resource in reverse order of creation, with the device current on the calling thread (any
+        thread may close, not only the one that opened), then the device context. Safe to call twice."""
+        driver, self._driver = self._driver, None
+        if driver is None:
+            return
+        errors: list[BackendError] = []
+        try:
+            with _bound(driver):
+                while self._owned:
+                    try:
+                        _release(self._owned.pop())
+                    except BackendError as error:  # keep releasing; report the first failure after
+                        errors.append(error)
+        except BackendError as error:  # the context could not be made current: it goes, and its memory with it
+            errors.append(error)
+        finally:
+            self._owned.clear()
+            driver.close()
         if errors:
             raise errors[0]
 
-    @contextlib.contextmanager
-    def on_this_thread(self) -> Iterator[None]:
+    def on_this_thread(self) -> contextlib.AbstractContextManager[None]:
         """Make the device current in the calling thread for the block. The pipeline infers on its own thread, and
         pycuda's context (unlike the runtime API's per-process primary context) is current only where it was
-        pushed."""
-        self._driver.bind_thread()
-        try:
-            yield
-        finally:
-            self._driver.unbind_thread()
+        pushed; blocks nest."""
+        if self._driver is None:
+            raise BackendError("this CUDA device was closed", hint="open a new backend for further inference")
+        return _bound(self._driver)
 
     def __enter__(self) -> "Cuda":
         return self
@@ -180,23 +186,35 @@ class Cuda:
                                hint="this is a bug in mlic-edge; please report it")
 
 
-def open_cuda(device: int = 0) -> Cuda:
-    """CUDA on ``device`` through pycuda if it imports, else cuda-python; BackendError saying how to get one."""
+def open_cuda(device: int = 0, *, graphs: bool = False) -> Cuda:
+    """CUDA on ``device`` through pycuda if it imports, else cuda-python; with ``graphs`` cuda-python first (pycuda
+    has no graph API). BackendError saying how to get one."""
+    pycuda_driver, cudart = _import_pycuda(), _import_cudart()
+    if cudart is not None and (graphs or pycuda_driver is None):
+        return cuda_python_api(cudart, device)
+    if pycuda_driver is not None:
+        return pycuda_api(pycuda_driver, device)
+    raise BackendError("running TensorRT engines needs pycuda or cuda-python, and neither is installed",
+                       hint=INSTALL_HINT)
+
+
+def _import_pycuda() -> Any:
     try:
         import pycuda.driver as pycuda_driver
     except ImportError:
-        pycuda_driver = None
-    if pycuda_driver is not None:
-        return pycuda_api(pycuda_driver, device)
+        return None
+    return pycuda_driver
+
+
+def _import_cudart() -> Any:
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
         try:
-            from cuda import cudart  # cuda-python before 12.6
+            from cuda import cudart  # cuda-python before 12.6 (JetPack 5's 11.8)
         except ImportError:
-            raise BackendError("running TensorRT engines needs pycuda or cuda-python, and neither is installed",
-                               hint=INSTALL_HINT) from None
-    return cuda_python_api(cudart, device)
+            return None
+    return cudart
 
 
 def pycuda_api(driver_module: Any, device: int = 0) -> Cuda:
@@ -207,6 +225,15 @@ def pycuda_api(driver_module: Any, device: int = 0) -> Cuda:
 def cuda_python_api(runtime_module: Any, device: int = 0) -> Cuda:
     """A ``Cuda`` over cuda-python's runtime module ``cuda.bindings.runtime`` (or an object shaped like one)."""
     return Cuda(_CudaPythonDriver(runtime_module, device))
+
+
+@contextlib.contextmanager
+def _bound(driver: "_Driver") -> Iterator[None]:
+    driver.bind_thread()
+    try:
+        yield
+    finally:
+        driver.unbind_thread()
 
 
 def _release(resource: Resource) -> None:
@@ -249,7 +276,13 @@ class _Driver:
 
 
 class _PyCudaDriver(_Driver):
-    """pycuda, in the device's primary context (the one TensorRT's runtime API uses). pycuda has no graph API."""
+    """pycuda, in the device's primary context (the one TensorRT's runtime API uses). pycuda has no graph API.
+
+    pycuda keeps a stack of current contexts per thread, and its ``Context.pop()`` pops the calling thread's top
+    (failing with "cannot pop non-current context" on a thread that pushed nothing). So the context is never left
+    current: every block of work pushes it on the calling thread and pops it there (``bind_thread`` /
+    ``unbind_thread``), and ``close`` pushes it once more to detach, which pops it: any thread may close.
+    """
 
     name = "pycuda"
 
@@ -264,13 +297,13 @@ class _PyCudaDriver(_Driver):
                                "check the NVIDIA driver (nvidia-smi), or use --backend onnxruntime")
         self._device = driver.Device(device)
         self._context = self._call("cuDevicePrimaryCtxRetain", self._device.retain_primary_context)
-        self._call("cuCtxPushCurrent", self._context.push)
 
     def device_name(self) -> str:
         return str(self._device.name())
 
     def stream_create(self):
-        return self._call("cuStreamCreate", self.cuda.Stream), lambda: None  # pycuda frees it with the object
+        stream = self._call("cuStreamCreate", self.cuda.Stream)
+        return stream, int(stream.handle), lambda: None  # pycuda frees it with the object
 
     def malloc(self, nbytes):
         allocation = self._call("cuMemAlloc", self.cuda.mem_alloc, nbytes)
@@ -306,8 +339,9 @@ class _PyCudaDriver(_Driver):
 
     def close(self) -> None:
         context, self._context = self._context, None
-        if context is not None:  # pycuda releases the primary context with its last reference, as autoprimaryctx does
-            self._call("cuCtxPopCurrent", context.pop)
+        if context is not None:  # detaching the current context releases the primary context and pops it
+            self._call("cuCtxPushCurrent", context.push)
+            self._call("cuDevicePrimaryCtxRelease", context.detach)
 
     def _call(self, what: str, function: Callable[..., Any], *args: Any) -> Any:
         error_type = getattr(self.cuda, "Error", RuntimeError)
@@ -325,7 +359,7 @@ class _CudaPythonDriver(_Driver):
 
     def __init__(self, runtime: Any, device: int) -> None:
         self.rt, self.device = runtime, device
-        self.version = self._runtime_version()
+        self.major, self.version = self._runtime_version()
         count = self._call("cudaGetDeviceCount", runtime.cudaGetDeviceCount)
         if not 0 <= device < count:
             raise BackendError(f"CUDA device {device} asked for; this machine has {count}",
@@ -341,20 +375,32 @@ class _CudaPythonDriver(_Driver):
     def stream_create(self):
         stream = self._call("cudaStreamCreateWithFlags", self.rt.cudaStreamCreateWithFlags,
                             self.rt.cudaStreamNonBlocking)
-        return stream, lambda: self._call("cudaStreamDestroy", self.rt.cudaStreamDestroy, stream)
+        return stream, handle_value(stream), lambda: self.stream_destroy(stream)
+
+    def stream_destroy(self, stream: Any) -> None:
+        self._call("cudaStreamDestroy", self.rt.cudaStreamDestroy, stream)
 
     def malloc(self, nbytes):
         ptr = int(self._call("cudaMalloc", self.rt.cudaMalloc, nbytes))
-        return ptr, ptr, lambda: self._call("cudaFree", self.rt.cudaFree, ptr)
+        return ptr, ptr, lambda: self.free(ptr)
+
+    def free(self, ptr: int) -> None:
+        self._call("cudaFree", self.rt.cudaFree, ptr)
 
     def malloc_host(self, nbytes):
         ptr = int(self._call("cudaMallocHost", self.rt.cudaMallocHost, nbytes))
         array = np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(ptr))
-        return ptr, ptr, array, lambda: self._call("cudaFreeHost", self.rt.cudaFreeHost, ptr)
+        return ptr, ptr, array, lambda: self.free_host(ptr)
+
+    def free_host(self, ptr: int) -> None:
+        self._call("cudaFreeHost", self.rt.cudaFreeHost, ptr)
 
     def event_create(self):
         event = self._call("cudaEventCreate", self.rt.cudaEventCreate)
-        return event, lambda: self._call("cudaEventDestroy", self.rt.cudaEventDestroy, event)
+        return event, lambda: self.event_destroy(event)
+
+    def event_destroy(self, event: Any) -> None:
+        self._call("cudaEventDestroy", self.rt.cudaEventDestroy, event)
 
     def copy_htod(self, dst_ptr, src, nbytes, stream):
         self._call("cudaMemcpyAsync", self.rt.cudaMemcpyAsync, dst_ptr, src.ptr, nbytes,
@@ -378,23 +424,44 @@ class _CudaPythonDriver(_Driver):
                    self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal)
 
     def abort_capture(self, stream):
-        error, graph = self.rt.cudaStreamEndCapture(stream)  # already failing: only tidy up
-        if _ok(self.rt, error) and graph:
-            self.rt.cudaGraphDestroy(graph)
+        """End a capture that is already failing, only to tidy up: errors here would hide the first one."""
+        try:
+            graph = self._call("cudaStreamEndCapture", self.rt.cudaStreamEndCapture, stream)
+        except BackendError:
+            return
+        self._tidy(self.graph_destroy, graph)
 
     def end_capture(self, stream):
         graph = self._call("cudaStreamEndCapture", self.rt.cudaStreamEndCapture, stream)
         try:
-            executable = self._call("cudaGraphInstantiate", self.rt.cudaGraphInstantiate, graph, 0)
-        except BackendError:
-            self.rt.cudaGraphDestroy(graph)
+            executable = self._instantiate(graph)
+        except BaseException:  # the captured graph must not outlive a failed instantiation, whatever failed
+            self._tidy(self.graph_destroy, graph)
             raise
 
         def release() -> None:
-            self._call("cudaGraphExecDestroy", self.rt.cudaGraphExecDestroy, executable)
-            self._call("cudaGraphDestroy", self.rt.cudaGraphDestroy, graph)
+            self.graph_exec_destroy(executable)
+            self.graph_destroy(graph)
 
         return executable, release
+
+    def graph_exec_destroy(self, executable: Any) -> None:
+        self._call("cudaGraphExecDestroy", self.rt.cudaGraphExecDestroy, executable)
+
+    def graph_destroy(self, graph: Any) -> None:
+        self._call("cudaGraphDestroy", self.rt.cudaGraphDestroy, graph)
+
+    @staticmethod
+    def _tidy(release: Callable[[Any], None], handle: Any) -> None:
+        try:
+            release(handle)
+        except BackendError:
+            pass  # already failing: the first error is the one to report
+
+    def _instantiate(self, graph: Any) -> Any:
+        """``cudaGraphInstantiateWithFlags(graph, flags)`` has one signature in every cuda-python (11.4+, 12, 13);
+        plain ``cudaGraphInstantiate`` takes (graph, logBuffer, bufferSize) on 11.x and (graph, flags) after."""
+        return self._call("cudaGraphInstantiateWithFlags", self.rt.cudaGraphInstantiateWithFlags, graph, 0)
 
     def graph_launch(self, graph, stream):
         self._call("cudaGraphLaunch", self.rt.cudaGraphLaunch, graph, stream)
@@ -408,14 +475,20 @@ class _CudaPythonDriver(_Driver):
     def close(self) -> None:
         pass  # the runtime API's primary context stays with the process, as TensorRT expects
 
-    def _runtime_version(self) -> str:
+    def _runtime_version(self) -> tuple[int, str]:
+        """(major, "major.minor") of the CUDA runtime these bindings carry: the CUDA the driver must support."""
         error, version = self.rt.cudaRuntimeGetVersion()
-        return f"{version // 1000}.{version % 1000 // 10}" if _ok(self.rt, error) else "unknown"
+        if not _ok(self.rt, error):
+            return 0, "unknown"
+        return version // 1000, f"{version // 1000}.{version % 1000 // 10}"
 
     def _call(self, what: str, function: Callable[..., Any], *args: Any) -> Any:
-        error, *values = function(*args)
+        try:
+            error, *values = function(*args)
+        except RuntimeError as loader_error:  # 11.x raises when libcuda is absent ("Failed to dlopen libcuda.so.1")
+            raise _cuda_error(what, f"no NVIDIA driver ({loader_error})", self.device) from loader_error
         if not _ok(self.rt, error):
-            raise _cuda_error(what, _error_name(self.rt, error), self.device)
+            raise _cuda_error(what, _error_name(self.rt, error), self.device, bindings_major=self.major)
         return values[0] if len(values) == 1 else (tuple(values) or None)
 
 
@@ -431,8 +504,30 @@ def _error_name(runtime: Any, error: Any) -> str:
         return str(error)
 
 
-def _cuda_error(what: str, reason: str, device: int) -> BackendError:
-    if any(word in reason for word in ("InsufficientDriver", "NoDevice", "NO_DEVICE", "no CUDA-capable")):
+def handle_value(handle: Any) -> int:
+    """The raw pointer value of a cuda-python handle (``cudaStream_t``...): read through ``getPtr()``, the address
+    of the value, because ``int(handle)`` is deprecated in cuda-bindings 13; plain ints pass through."""
+    if isinstance(handle, int):
+        return handle
+    if hasattr(handle, "getPtr"):
+        return ctypes.c_void_p.from_address(int(handle.getPtr())).value or 0
+    return int(handle)
+
+
+def _cuda_error(what: str, reason: str, device: int, bindings_major: int | None = None) -> BackendError:
+    if "InsufficientDriver" in reason or "INSUFFICIENT_DRIVER" in reason:
+        from mlic_edge.runtime.gpu import cuda_python_mismatch, cuda_python_requirement, driver_cuda_version
+
+        driver = driver_cuda_version()
+        mismatch = cuda_python_mismatch(bindings_major, driver)
+        if mismatch and driver is not None:
+            return BackendError(f"CUDA {what} failed on device {device}: {reason}: {mismatch}",
+                                hint=f"pip install '{cuda_python_requirement(driver)}' (the cuda-python of this "
+                                     "driver's CUDA), or update the NVIDIA driver")
+        hint = ("no NVIDIA driver is loaded here (check nvidia-smi); run the ONNX with --backend onnxruntime"
+                if driver is None else "update the NVIDIA driver, or install the cuda-python of its CUDA major "
+                                       "(mlic-edge doctor names it)")
+    elif any(word in reason for word in ("NoDevice", "NO_DEVICE", "no CUDA-capable", "no NVIDIA driver")):
         hint = "no usable NVIDIA GPU or driver here (check nvidia-smi); run the ONNX with --backend onnxruntime"
     elif "MemoryAllocation" in reason or "OUT_OF_MEMORY" in reason:
         hint = f"GPU {device} is out of memory: use a smaller --batch or stop other GPU work"

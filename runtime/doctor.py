@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from mlic_edge.errors import BackendError
-from mlic_edge.runtime.gpu import GpuInfo, detect_gpu, jetson_gpu_from_model
+from mlic_edge.runtime.gpu import (GpuInfo, cuda_python_mismatch, cuda_python_requirement, detect_gpu,
+                                   driver_cuda_version, jetson_gpu_from_model)
 from mlic_edge.runtime.tensorrt.api import TensorRT, available_tensorrt_backends, load_tensorrt
 
 Status = Literal["ok", "warn", "fail"]
@@ -41,8 +42,9 @@ JETPACK_PYTHON = {4: (3, 6), 5: (3, 8), 6: (3, 10), 7: (3, 12)}  # the system Py
 # DLA cores by module family (device-tree words, most specific first); None: depends on the SKU (Orin NX 8 GB has 1).
 DLA_CORES = (("thor", 0), ("agx orin", 2), ("orin nx", None), ("orin nano", 0), ("orin", 2), ("xavier", 2),
              ("tx2", 0), ("nano", 0), ("tx1", 0))
-# TensorRT for RTX runs engines only on these compute capabilities (its runtime's own message, seen on an H100).
-RTX_RUNNABLE = ("8.0", "8.6", "8.9")
+# TensorRT for RTX runs engines only on these compute capabilities below 12.0: Turing to Ada (1.7.1's
+# ComputeCapability enum: SM75, SM80, SM86, SM89, SM120, SM121; its runtime refused 9.0 on an H100).
+RTX_RUNNABLE = ("7.5", "8.0", "8.6", "8.9")
 NVARGUS_PLUGIN = "usr/lib/aarch64-linux-gnu/gstreamer-1.0/libgstnvarguscamerasrc.so"
 JETPACK_TENSORRT_FIX = ("use JetPack's TensorRT: sudo apt install python3-libnvinfer, in a venv made with "
                         "/usr/bin/python3 -m venv --system-site-packages VENV")
@@ -192,6 +194,17 @@ class _Facts:
         return f"JetPack {jetpack}" if jetpack else "this JetPack"
 
     @cached_property
+    def driver_cuda(self) -> tuple[int, int] | None:
+        """The CUDA version the driver supports: libcuda's own answer here; for another root (a Jetson's tree),
+        the CUDA that its L4T ships, which is what its driver supports."""
+        if self.system.live:
+            return driver_cuda_version()
+        toolkit = _cuda_toolkit_version(self.system) if self.is_jetson else None
+        parts = (toolkit or "").split(".")
+        return (int(parts[0]), int(parts[1])) if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit() \
+            else None
+
+    @cached_property
     def gpu(self) -> GpuInfo | None:
         live = self.system.live
         return detect_gpu(nvidia_smi="nvidia-smi" if live else None, use_python_bindings=live,
@@ -322,22 +335,30 @@ def _check_cuda_driver(facts: _Facts) -> _Outcome:
 def _check_cuda_python(facts: _Facts) -> _Outcome:
     from mlic_edge.runtime.cuda import INSTALL_HINT
 
-    found = {}
-    if _module_found("cuda.bindings") or _module_found("cuda.cuda"):
-        found["cuda-python"] = _distribution_version("cuda-bindings", "cuda-python")
-    if _module_found("pycuda"):
-        found["pycuda"] = _distribution_version("pycuda")
+    found = _cuda_packages()
     needed = facts.is_jetson or facts.gpu is not None
     if not found:
         if needed:
-            return _fail("neither pycuda nor cuda-python is installed: the TensorRT backend cannot run",
-                         INSTALL_HINT, packages={})
+            driver = facts.driver_cuda
+            fix = (f"pip install '{cuda_python_requirement(driver)}' (matches this driver's CUDA "
+                   f"{driver[0]}.{driver[1]})" if driver else INSTALL_HINT)
+            return _fail("neither pycuda nor cuda-python is installed: the TensorRT backend cannot run", fix,
+                         packages={})
         return _ok("neither pycuda nor cuda-python is installed (needed only to run TensorRT engines on a GPU)",
                    packages={})
     names = ", ".join(f"{name} {version or '(version unknown)'}" for name, version in found.items())
-    driver_cuda = _driver_cuda_version() if facts.system.live and "cuda-python" in found else None
-    suffix = f"; the driver supports CUDA {driver_cuda}" if driver_cuda else ""
-    return _ok(names + suffix, packages=found, driver_cuda=driver_cuda)
+    driver = facts.driver_cuda
+    driver_text = f"{driver[0]}.{driver[1]}" if driver else None
+    wanted = cuda_python_requirement(driver) if driver else None
+    data = {"packages": found, "driver_cuda": driver_text, "matching_cuda_python": wanted}
+    installed = found.get("cuda-python")
+    mismatch = cuda_python_mismatch(int(installed.split(".")[0]), driver) if installed else None
+    if mismatch:
+        return _fail(f"{names}: {mismatch}, so the TensorRT backend cannot use it",
+                     f"pip install '{wanted}' (the cuda-python of this driver's CUDA), or update the NVIDIA driver",
+                     **data)
+    suffix = f"; the driver supports CUDA {driver_text} (matching: {wanted})" if driver else ""
+    return _ok(names + suffix, **data)
 
 
 def _check_tensorrt(facts: _Facts) -> _Outcome:
@@ -566,19 +587,14 @@ def _cuda_toolkit_version(system: SystemRoot) -> str | None:
     return match.group(1) if match else None
 
 
-def _driver_cuda_version() -> str | None:
-    """The CUDA version the loaded driver supports, via cuda-python; None when no driver answers."""
-    try:
-        from cuda.bindings import driver
-    except ImportError:
-        return None
-    try:
-        status, version = driver.cuDriverGetVersion()
-    except Exception:  # no libcuda: cuda-python raises its own loader errors
-        return None
-    if status != driver.CUresult.CUDA_SUCCESS:
-        return None
-    return f"{version // 1000}.{version % 1000 // 10}"
+def _cuda_packages() -> dict[str, str | None]:
+    """The CUDA bindings this interpreter has, with their versions: {"cuda-python": "12.9.0", "pycuda": ...}."""
+    found = {}
+    if _module_found("cuda.bindings") or _module_found("cuda.cudart"):
+        found["cuda-python"] = _distribution_version("cuda-bindings", "cuda-python")
+    if _module_found("pycuda"):
+        found["pycuda"] = _distribution_version("pycuda")
+    return found
 
 
 def _module_found(name: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -15,6 +16,11 @@ JETSON_MODEL_FILE = Path("/proc/device-tree/model")
 JETSON_COMPUTE_CAPABILITY = (("thor", "11.0"), ("orin", "8.7"), ("xavier", "7.2"), ("tx2", "6.2"),
                              ("nano", "5.3"), ("tx1", "5.3"))
 PROBE_TIMEOUT_S = 5.0
+# The driver library every CUDA binding loads: asked directly, its version needs no binding and no GPU.
+LIBCUDA = "libcuda.so.1"
+# cuda-python's major is the CUDA major it needs from the driver; the minimum Linux driver of each (CUDA's release
+# notes, "minor version compatibility": any driver of the same CUDA major runs it).
+CUDA_MAJOR_MIN_DRIVER = {11: "450.80", 12: "525.60", 13: "580"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,36 @@ def detect_gpu(*, nvidia_smi: str | None = "nvidia-smi", jetson_model_file: Path
         if found is not None:
             return found
     return None
+
+
+def driver_cuda_version(library: str = LIBCUDA) -> tuple[int, int] | None:
+    """(major, minor) of the CUDA version the installed NVIDIA driver supports (``cuDriverGetVersion``), read from
+    libcuda itself so that it works whichever cuda-python is installed, or none; None without a driver."""
+    try:
+        libcuda = ctypes.CDLL(library)
+        version = ctypes.c_int(0)
+        status = libcuda.cuDriverGetVersion(ctypes.byref(version))
+    except (OSError, AttributeError):
+        return None
+    if status != 0 or version.value <= 0:
+        return None
+    return version.value // 1000, version.value % 1000 // 10
+
+
+def cuda_python_requirement(driver: tuple[int, int]) -> str:
+    """The pip requirement of the cuda-python that this driver runs: the same CUDA major (JetPack 6: 12, JetPack 5:
+    11.8, drivers >= 580: 13)."""
+    major = driver[0]
+    return "cuda-python==11.8.*" if major <= 11 else f"cuda-python=={major}.*"
+
+
+def cuda_python_mismatch(installed_major: int | None, driver: tuple[int, int] | None) -> str | None:
+    """Why the installed cuda-python cannot run on this driver (its CUDA major is newer), or None when it can."""
+    if installed_major is None or driver is None or installed_major <= driver[0]:
+        return None
+    needs = CUDA_MAJOR_MIN_DRIVER.get(installed_major)
+    return (f"cuda-python {installed_major}.x needs a driver for CUDA {installed_major}"
+            + (f" (>= {needs})" if needs else "") + f"; this driver supports CUDA {driver[0]}.{driver[1]}")
 
 
 def parse_nvidia_smi(text: str) -> GpuInfo | None:

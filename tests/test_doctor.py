@@ -62,8 +62,10 @@ def environment(monkeypatch):
     """Make the interpreter-side facts deterministic: which TensorRT loads, Python, OpenCV, the GPU probe."""
 
     def configure(tensorrt: str | None = None, rtx: str | None = None, python=(3, 10, 12),
-                  opencv=("4.8.0", False), gpu: GpuInfo | None | str = "probe") -> None:
+                  opencv=("4.8.0", False), gpu: GpuInfo | None | str = "probe",
+                  cuda_packages: dict | None = None) -> None:
         versions = {"tensorrt": tensorrt, "tensorrt-rtx": rtx}
+        monkeypatch.setattr(doctor, "_cuda_packages", lambda: dict(cuda_packages or {}))
         monkeypatch.setattr(doctor, "available_tensorrt_backends",
                             lambda: [backend for backend, version in versions.items() if version])
         monkeypatch.setattr(doctor, "load_tensorrt", lambda backend: TensorRT.from_module(
@@ -92,8 +94,11 @@ def test_parse_nv_tegra_release():
 
 
 def test_orin_jetpack6(tmp_path, environment):
-    environment(tensorrt="8.6.2.3", opencv=("4.8.0", True))
+    environment(tensorrt="8.6.2.3", opencv=("4.8.0", True), cuda_packages={"cuda-python": "12.6.2"})
     checks = by_id(run_checks(tmp_path, orin_tree(tmp_path / "root")))
+    assert checks["cuda-python"].status == "ok"
+    assert checks["cuda-python"].detail == ("cuda-python 12.6.2; the driver supports CUDA 12.2 "
+                                            "(matching: cuda-python==12.*)")
     assert checks["jetson"].status == "ok" and checks["jetson"].detail == "NVIDIA Jetson AGX Orin Developer Kit"
     assert checks["l4t"].status == "ok" and "L4T 36.3.0, JetPack 6.0" in checks["l4t"].detail
     assert checks["gpu"].status == "ok" and "compute capability 8.7" in checks["gpu"].detail
@@ -127,6 +132,20 @@ def test_orin_problems_each_get_one_line_and_a_fix(tmp_path, environment):
         assert check.fix and "\n" not in check.detail + check.fix
     assert "nvidia-l4t-gstreamer" in checks["gstreamer-csi"].fix
     assert "python3-opencv" in checks["opencv"].fix and "--system-site-packages" in checks["opencv"].fix
+
+
+def test_cuda_python_of_another_major_than_the_driver_is_named(tmp_path, environment):
+    """`pip install cuda-python` gives 13.x, which needs a driver >= 580; JetPack 6's driver is CUDA 12.x."""
+    system = orin_tree(tmp_path / "root")
+    environment(tensorrt="8.6.2.3", cuda_packages={"cuda-python": "13.0.1"})
+    check = by_id(run_checks(tmp_path, system))["cuda-python"]
+    assert check.status == "fail" and "needs a driver for CUDA 13 (>= 580); this driver supports CUDA 12.2" in \
+        check.detail
+    assert check.fix.startswith("pip install 'cuda-python==12.*'") and check.data["matching_cuda_python"] == \
+        "cuda-python==12.*"
+    environment(tensorrt="8.6.2.3", cuda_packages={})
+    check = by_id(run_checks(tmp_path, system))["cuda-python"]
+    assert check.status == "fail" and check.fix.startswith("pip install 'cuda-python==12.*'")
 
 
 def test_xavier_nx_jetpack5_without_tensorrt(tmp_path, environment):
@@ -182,6 +201,8 @@ def test_x86_with_gpus(tmp_path, environment):
     environment(rtx="1.7.1.116", gpu=GpuInfo("NVIDIA H100 80GB HBM3", "9.0", 81559, "nvidia-smi"))
     rtx = by_id(run_checks(tmp_path, system))["tensorrt-rtx"]
     assert rtx.status == "warn" and "cannot run them on NVIDIA H100" in rtx.detail
+    environment(rtx="1.7.1.116", gpu=GpuInfo("Tesla T4", "7.5", 15360, "nvidia-smi"))  # Turing: SM75 is a target
+    assert "builds and runs engines on Tesla T4" in by_id(run_checks(tmp_path, system))["tensorrt-rtx"].detail
 
 
 def test_low_disk_and_a_crashing_check(tmp_path, environment, monkeypatch):

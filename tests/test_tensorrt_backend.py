@@ -6,6 +6,9 @@ from __future__ import annotations
 import ctypes
 import itertools
 import sys
+import threading
+import warnings
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,10 +21,12 @@ from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.backends.tensorrt_backend import TIMING_KEYS, TensorRTBackend, open_tensorrt_backend
 from mlic_edge.runtime.cuda import cuda_python_api, open_cuda, pycuda_api
 from mlic_edge.runtime.tensorrt.api import TensorRT
+from trt_surface import FakeTensorRT, load_surface, surface_names
 
 WEIGHTS = np.arange(12, dtype=np.float32).reshape(3, 4) / 10 - 0.5
 INPUT_SHAPE = (3, 8, 8)
 ENGINE_BYTES = b"fake engine"
+VERSION_COMPATIBLE_ENGINE_BYTES = b"fake engine with its lean runtime"
 
 
 def expected_scores(batch: np.ndarray) -> np.ndarray:
@@ -37,6 +42,7 @@ class FakeGpu:
         self.captured: list = []
         self.graphs: dict[int, list] = {}
         self.launches = 0
+        self.retained = 0  # primary context references (pycuda)
         self.ids = itertools.count(100)
 
     def alloc(self, nbytes: int) -> int:
@@ -119,39 +125,80 @@ def fake_cudart(gpu: FakeGpu) -> SimpleNamespace:
         cudaEventCreate=lambda: (ok, next(gpu.ids)), cudaEventDestroy=logged("cudaEventDestroy"),
         cudaEventRecord=logged("cudaEventRecord"), cudaEventElapsedTime=lambda start, end: (ok, 0.25),
         cudaStreamCaptureMode=SimpleNamespace(cudaStreamCaptureModeGlobal=0), cudaStreamBeginCapture=begin_capture,
-        cudaStreamEndCapture=end_capture, cudaGraphInstantiate=lambda graph, flags: (ok, graph),
+        cudaStreamEndCapture=end_capture, cudaGraphInstantiateWithFlags=lambda graph, flags: (ok, graph),
         cudaGraphLaunch=launch, cudaGraphExecDestroy=logged("cudaGraphExecDestroy"),
         cudaGraphDestroy=logged("cudaGraphDestroy"))
 
 
+class PyCudaLogicError(RuntimeError):
+    pass
+
+
 def fake_pycuda(gpu: FakeGpu) -> SimpleNamespace:
-    """The slice of ``pycuda.driver`` that runtime/cuda.py calls."""
+    """The slice of ``pycuda.driver`` that runtime/cuda.py calls, with pycuda's context semantics (src/cpp/cuda.hpp):
+    a stack of current contexts per thread; ``Context.pop`` is static and pops the calling thread's top; memory,
+    streams and events need a current context; ``free()`` pushes the owning context only on the thread that made it
+    and otherwise leaks with a warning; ``detach()`` releases the primary context when current (and pops it)."""
+    local = threading.local()
+
+    def stack() -> list:
+        if not hasattr(local, "stack"):
+            local.stack = []
+        return local.stack
+
+    def current() -> "Context":
+        if not stack():
+            raise PyCudaLogicError("explicit_context_dependent failed: invalid device context - no currently active "
+                                   "context?")
+        return stack()[-1]
+
+    class Context:
+        def __init__(self):
+            self.creator, self.valid = threading.get_ident(), True
+            gpu.retained += 1
+
+        def push(self):
+            gpu.log.append("ctx.push")
+            stack().append(self)
+
+        @staticmethod
+        def pop():
+            if not stack():
+                raise PyCudaLogicError("context::pop failed: invalid device context - cannot pop non-current context")
+            gpu.log.append("ctx.pop")
+            stack().pop()
+
+        def detach(self):
+            if not self.valid:
+                raise PyCudaLogicError("context::detach failed: cannot detach from invalid context")
+            active = bool(stack()) and stack()[-1] is self
+            if active or threading.get_ident() == self.creator:
+                gpu.retained -= 1  # cuDevicePrimaryCtxRelease
+            if active:
+                stack().pop()
+            self.valid = False
 
     class Allocation:
         def __init__(self, nbytes):
-            self.ptr = gpu.alloc(nbytes)
+            self.context, self.ptr, self.freed = current(), gpu.alloc(nbytes), False
 
         def __int__(self):
             return self.ptr
 
         def free(self):
+            if self.freed:
+                raise PyCudaLogicError("cuMemFree failed: invalid resource handle")
+            if (not stack() or stack()[-1] is not self.context) and threading.get_ident() != self.context.creator:
+                warnings.warn("device_allocation in out-of-thread context could not be cleaned up")
+                return
             gpu.log.append("mem_free")
             gpu.free(self.ptr)
+            self.freed = True
 
     class Pinned(Allocation):
         @property
         def __array_interface__(self):
             return gpu.blocks[self.ptr].__array_interface__
-
-    class Context:
-        def push(self):
-            gpu.log.append("ctx.push")
-
-        def pop(self):
-            gpu.log.append("ctx.pop")
-
-        def detach(self):
-            gpu.log.append("ctx.detach")
 
     class Device:
         count = staticmethod(lambda: 1)
@@ -167,22 +214,30 @@ def fake_pycuda(gpu: FakeGpu) -> SimpleNamespace:
 
     class Stream:
         def __init__(self):
+            current()
             self.handle = next(gpu.ids)
 
         def synchronize(self):
+            current()
             gpu.log.append("synchronize")
 
     class Event:
+        def __init__(self):
+            current()
+
         def record(self, stream):
+            current()
             gpu.log.append("record")
 
         def time_since(self, start):
             return 0.25
 
     def memcpy_htod_async(dst, src, stream):
+        current()
         gpu.enqueue(stream.handle, lambda: gpu.copy(int(dst), src.ctypes.data, src.nbytes))
 
     def memcpy_dtoh_async(dst, src, stream):
+        current()
         gpu.enqueue(stream.handle, lambda: gpu.copy(dst.ctypes.data, int(src), dst.nbytes))
 
     return SimpleNamespace(Error=RuntimeError, get_version=lambda: (12, 6, 0), init=lambda: None, Device=Device,
@@ -191,108 +246,77 @@ def fake_pycuda(gpu: FakeGpu) -> SimpleNamespace:
                            memcpy_htod_async=memcpy_htod_async, memcpy_dtoh_async=memcpy_dtoh_async)
 
 
-# --- fake TensorRT: the model is expected_scores(); 10.x-style names or 8.6-style bindings ----------------------
-def fake_tensorrt(gpu: FakeGpu, *, named: bool, profile=(1, 8)) -> TensorRT:
-    severity = SimpleNamespace(ERROR=1, WARNING=2, INFO=3)
+# --- fake TensorRT, built from the real API surface of each supported version: the model is expected_scores() ---
+def fake_tensorrt(gpu: FakeGpu, version: str = "10.3", *, profile=(1, 8), dla_cores: int = 0,
+                  capturable: bool = True, output_dtype: str = "FLOAT") -> TensorRT:
+    module = FakeTensorRT(load_surface(version))
     names = ("images", "scores")
 
-    class ILogger:
-        Severity = severity
+    def released(owner, what):
+        weakref.finalize(owner, gpu.log.append, f"{what} released")
+        return owner
 
-        def __init__(self):
-            pass
+    def set_input_shape(context, name, shape):
+        if not profile[0] <= shape[0] <= profile[1]:
+            return False
+        vars(context)["test_shape"] = tuple(shape)
+        return True
 
-    def released(what):
-        return lambda self: gpu.log.append(f"{what} released")
+    def get_tensor_shape(context, name):
+        shape = vars(context)["test_shape"]
+        return shape if name == "images" else (shape[0], WEIGHTS.shape[1])
 
-    class Context:
-        def __init__(self):
-            self.shape, self.addresses = None, {}
+    def set_tensor_address(context, name, ptr):
+        vars(context).setdefault("test_addresses", {})[name] = ptr
+        return True
 
-        def _set_shape(self, shape):
-            if not profile[0] <= shape[0] <= profile[1]:
-                return False
-            self.shape = tuple(shape)
-            return True
+    def execute_async_v3(context, stream_handle):
+        gpu.log.append("execute_async_v3")
+        shape, addresses = vars(context)["test_shape"], vars(context)["test_addresses"]
+        count = shape[0]
 
-        def _shape(self, name):
-            return self.shape if name == "images" else (self.shape[0], WEIGHTS.shape[1])
+        def work():
+            batch = gpu.view(addresses["images"], 4 * int(np.prod(shape)), np.float32, shape)
+            scores = gpu.view(addresses["scores"], 4 * count * WEIGHTS.shape[1], np.float32, (count, WEIGHTS.shape[1]))
+            scores[...] = expected_scores(batch)
+        gpu.enqueue(stream_handle, work)
+        return True
 
-        def _run(self, stream):
-            gpu.log.append("execute_async_v3" if named else "execute_async_v2")
-            count = self.shape[0]
+    context_api = dict(set_input_shape=set_input_shape, get_tensor_shape=get_tensor_shape,
+                       set_tensor_address=set_tensor_address, execute_async_v3=execute_async_v3)
+    if module.IExecutionContext.__dict__.get("is_stream_capturable"):
+        context_api["is_stream_capturable"] = lambda context, stream: capturable
+    module.implement("IExecutionContext", **context_api)
+    module.implement(
+        "ICudaEngine", num_io_tensors=2, get_tensor_name=lambda engine, index: names[index],
+        get_tensor_mode=lambda engine, name: module.TensorIOMode.INPUT if name == "images" else
+        module.TensorIOMode.OUTPUT,
+        get_tensor_dtype=lambda engine, name: module.DataType.FLOAT if name == "images" else
+        module.DataType[output_dtype],
+        create_execution_context=lambda engine: released(module.IExecutionContext(), "context"))
 
-            def work():
-                batch = gpu.view(self.addresses["images"], 4 * int(np.prod(self.shape)), np.float32, self.shape)
-                scores = gpu.view(self.addresses["scores"], 4 * count * WEIGHTS.shape[1], np.float32,
-                                  (count, WEIGHTS.shape[1]))
-                scores[...] = expected_scores(batch)
-            gpu.enqueue(stream, work)
-            return True
+    def deserialize_cuda_engine(runtime, data):
+        logger = vars(runtime)["test_logger"]
+        vars(runtime)["test_dla_core_at_load"] = runtime.DLA_core
+        if data == VERSION_COMPATIBLE_ENGINE_BYTES and not runtime.engine_host_code_allowed:
+            logger.log(module.ILogger.Severity.ERROR, "IRuntime::deserializeCudaEngine: Error Code 1: Serialization "
+                       "(the engine contains host executable code; set engine_host_code_allowed to load it)")
+            return None
+        if data not in (ENGINE_BYTES, VERSION_COMPATIBLE_ENGINE_BYTES):
+            logger.log(module.ILogger.Severity.ERROR, "IRuntime::deserializeCudaEngine: Error Code 1: Serialization\n"
+                                                      "(the engine plan file is not compatible with this version)")
+            return None
+        return released(module.ICudaEngine(), "engine")
 
-        __del__ = released("context")
-
-    class NamedContext(Context):
-        def set_input_shape(self, name, shape):
-            return self._set_shape(shape)
-
-        def get_tensor_shape(self, name):
-            return self._shape(name)
-
-        def set_tensor_address(self, name, ptr):
-            self.addresses[name] = ptr
-
-        def execute_async_v3(self, stream):
-            return self._run(stream)
-
-    class BindingContext(Context):
-        def set_binding_shape(self, index, shape):
-            return self._set_shape(shape)
-
-        def get_binding_shape(self, index):
-            return self._shape(names[index])
-
-        def execute_async_v2(self, bindings, stream_handle):
-            self.addresses = dict(zip(names, bindings))
-            return self._run(stream_handle)
-
-    class NamedEngine:
-        num_io_tensors = 2
-        get_tensor_name = staticmethod(lambda index: names[index])
-        get_tensor_mode = staticmethod(lambda name: "in" if name == "images" else "out")
-        get_tensor_dtype = staticmethod(lambda name: np.float32)
-        create_execution_context = staticmethod(NamedContext)
-        __del__ = released("engine")
-
-    class BindingEngine:
-        num_bindings = 2
-        binding_is_input = staticmethod(lambda index: index == 0)
-        get_binding_name = staticmethod(lambda index: names[index])
-        get_binding_dtype = staticmethod(lambda index: np.float32)
-        create_execution_context = staticmethod(BindingContext)
-        __del__ = released("engine")
-
-    class Runtime:
-        def __init__(self, logger):
-            self.logger = logger
-
-        def deserialize_cuda_engine(self, data):
-            if data != ENGINE_BYTES:
-                self.logger.log(severity.ERROR, "IRuntime::deserializeCudaEngine: Error Code 1: Serialization\n"
-                                                "(the engine plan file is not compatible with this version)")
-                return None
-            return NamedEngine() if named else BindingEngine()
-
-        __del__ = released("runtime")
-
-    module = SimpleNamespace(__version__="10.3.0" if named else "8.6.1", ILogger=ILogger, Runtime=Runtime,
-                             nptype=np.dtype, TensorIOMode=SimpleNamespace(INPUT="in", OUTPUT="out"),
-                             ICudaEngine=NamedEngine if named else BindingEngine)
-    return TensorRT.from_module(module, "tensorrt")
+    module.implement("Runtime", __init__=lambda runtime, logger: (vars(runtime).update(test_logger=logger),
+                                                                 released(runtime, "runtime")),
+                     deserialize_cuda_engine=deserialize_cuda_engine, engine_host_code_allowed=False, DLA_core=-1,
+                     num_DLA_cores=dla_cores)
+    return TensorRT.from_module(module, "tensorrt-rtx" if version.startswith("rtx") else "tensorrt")
 
 
-def manifest(profile=(1, 8), precision="fp32") -> dict:
-    return {"format": 1, "engine": f"model.{precision}.engine", "backend": "tensorrt", "precision": precision,
+def manifest(profile=(1, 8), precision="fp32", **extra) -> dict:
+    return {**extra, "format": 1, "engine": f"model.{precision}.engine", "backend": "tensorrt", "precision": precision,
             "batch": {"min": profile[0], "opt": profile[0], "max": profile[1]},
             "inputs": [{"name": "images", "shape": [-1, *INPUT_SHAPE], "dtype": "float"}],
             "outputs": [{"name": "scores", "shape": [-1, 4], "dtype": "float"}]}
@@ -306,11 +330,13 @@ def engine_file(tmp_path) -> Path:
     return path
 
 
-def make_backend(engine_file, *, named=True, cuda="cuda-python", cuda_graph=False, profile=(1, 8)):
+def make_backend(engine_file, *, version="10.3", cuda="cuda-python", cuda_graph=False, profile=(1, 8),
+                 extra_manifest=None, **fake_options):
     gpu = FakeGpu()
     api = cuda_python_api(fake_cudart(gpu)) if cuda == "cuda-python" else pycuda_api(fake_pycuda(gpu))
-    backend = TensorRTBackend(engine_file, fake_tensorrt(gpu, named=named, profile=profile), precision="fp32",
-                              manifest=manifest(profile), cuda_graph=cuda_graph, cuda=api)
+    backend = TensorRTBackend(engine_file, fake_tensorrt(gpu, version, profile=profile, **fake_options),
+                              precision="fp32", manifest=manifest(profile, **(extra_manifest or {})),
+                              cuda_graph=cuda_graph, cuda=api)
     return backend, gpu
 
 
@@ -319,20 +345,22 @@ def images(count: int, seed: int = 0) -> np.ndarray:
 
 
 # --- tests ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("named, cuda", [(True, "cuda-python"), (False, "cuda-python"), (True, "pycuda")])
-def test_infer_copies_in_runs_and_copies_out(engine_file, named, cuda):
-    backend, gpu = make_backend(engine_file, named=named, cuda=cuda)
+@pytest.mark.parametrize("version", surface_names())
+@pytest.mark.parametrize("cuda", ["cuda-python", "pycuda"])
+def test_infer_copies_in_runs_and_copies_out(engine_file, version, cuda):
+    """Against the real API surface of every supported TensorRT: an attribute or call one lacks fails here."""
+    backend, gpu = make_backend(engine_file, version=version, cuda=cuda)
     with backend:
         for count in (3, 1, 8):
             batch = images(count, seed=count)
             np.testing.assert_allclose(backend.infer(batch), expected_scores(batch), rtol=1e-5, atol=1e-6)
         assert set(backend.last_timings) == set(TIMING_KEYS) and backend.last_timings["compute_ms"] == 0.25
         info = backend.info
-        assert (info.backend, info.device, info.version) == ("tensorrt", "cuda:0 Fake GPU",
-                                                             "10.3.0" if named else "8.6.1")
-        assert info.details["io"] == ("named tensors" if named else "bindings")
+        assert (info.device, info.version) == ("cuda:0 Fake GPU", load_surface(version)["version"])
+        assert info.details["io"] == "named tensors" and info.details["device"] == "gpu"
         assert info.details["engine"] == str(engine_file) and info.details["cuda"].startswith(cuda)
-    assert ("execute_async_v3" if named else "execute_async_v2") in gpu.log
+    assert "execute_async_v3" in gpu.log
+    assert gpu.retained == 0 and not gpu.blocks  # every byte and the primary context given back
 
 
 def test_batch_outside_the_profile_is_one_clear_line(engine_file):
@@ -510,3 +538,136 @@ def test_infer_on_another_thread_makes_the_device_current_there(engine_file):
         np.testing.assert_allclose(result["scores"], expected_scores(images(2)), rtol=1e-5, atol=1e-6)
         work = [entry for entry in gpu.log if entry != "ctx.push" and entry != "ctx.pop"]
         assert gpu.log[0] == "ctx.push" and gpu.log[-1] == "ctx.pop" and work  # every call inside push … pop
+
+
+# --- what a real device would hit (issue 10) ------------------------------------------------------------------
+@pytest.mark.parametrize("version", ["8.6", "10.3", "11.4"])
+def test_version_compatible_engine_loads_with_host_code_allowed_first(engine_file, version):
+    """A version-compatible plan embeds its lean runtime: TensorRT refuses it unless the runtime allows host code,
+    which must be set before deserializing (as Polygraphy's loader does)."""
+    engine_file.write_bytes(VERSION_COMPATIBLE_ENGINE_BYTES)
+    backend, gpu = make_backend(engine_file, version=version, extra_manifest={"version_compatible": True})
+    with backend:
+        batch = images(2)
+        np.testing.assert_allclose(backend.infer(batch), expected_scores(batch), rtol=1e-5, atol=1e-6)
+        calls = backend.trt.module.calls
+        assert calls.index("Runtime.engine_host_code_allowed=") < calls.index("Runtime.deserialize_cuda_engine")
+    engine_file.write_bytes(ENGINE_BYTES)  # an ordinary plan: host code stays disallowed
+    backend, _ = make_backend(engine_file, version=version)
+    with backend:
+        assert "Runtime.engine_host_code_allowed=" not in backend.trt.module.calls
+
+
+@pytest.mark.parametrize("version", ["8.6", "10.3", "11.4"])
+def test_dla_engine_is_deserialized_onto_its_core(engine_file, version):
+    backend, _ = make_backend(engine_file, version=version, dla_cores=2, profile=(1, 1),
+                              extra_manifest={"device": "dla:1"})
+    with backend:
+        assert vars(backend._runtime)["test_dla_core_at_load"] == 1 and backend.info.details["device"] == "dla:1"
+        batch = images(1)
+        np.testing.assert_allclose(backend.infer(batch), expected_scores(batch), rtol=1e-5, atol=1e-6)
+    with pytest.raises(BackendError) as caught:
+        make_backend(engine_file, version=version, dla_cores=1, extra_manifest={"device": "dla:1"})
+    assert "built for DLA core 1; this device has 1" in caught.value.message and "--dla-core" in caught.value.hint
+
+
+@pytest.mark.parametrize("version", surface_names())
+def test_a_tensor_numpy_cannot_hold_is_one_line_naming_it(engine_file, version):
+    with pytest.raises(BackendError) as caught:
+        make_backend(engine_file, version=version, output_dtype="FP8")
+    assert caught.value.message == "tensor 'scores' of model.fp32.engine is FP8, which numpy cannot hold"
+    assert "float32" in caught.value.hint and "\n" not in str(caught.value)
+
+
+def test_rtx_engine_that_is_not_stream_capturable_is_refused_for_cuda_graphs(engine_file):
+    backend, gpu = make_backend(engine_file, version="rtx-1.7", cuda_graph=True)
+    with backend:
+        batch = images(2)
+        np.testing.assert_allclose(backend.infer(batch), expected_scores(batch), rtol=1e-5, atol=1e-6)
+        assert gpu.launches == 1
+    with pytest.raises(BackendError) as caught:
+        make_backend(engine_file, version="rtx-1.7", cuda_graph=True, capturable=False)
+    assert "cannot be captured in a CUDA graph" in caught.value.message and "--cuda-graph" in caught.value.hint
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("failure", ["error code", "TypeError"])
+def test_failed_graph_instantiation_releases_the_captured_graph(engine_file, failure):
+    gpu = FakeGpu()
+    cudart = fake_cudart(gpu)
+
+    def instantiate(graph, flags):
+        if failure == "TypeError":
+            raise TypeError("cudaGraphInstantiate() takes exactly 3 positional arguments (2 given)")
+        return 999, None
+
+    cudart.cudaGraphInstantiateWithFlags = instantiate
+    backend = TensorRTBackend(engine_file, fake_tensorrt(gpu), precision="fp32", manifest=manifest(),
+                              cuda_graph=True, cuda=cuda_python_api(cudart))
+    with backend, pytest.raises(BackendError if failure == "error code" else TypeError):
+        backend.infer(images(2))
+    assert gpu.log.count("cudaGraphDestroy") == 1 and not gpu.blocks
+
+
+def test_pycuda_backend_closes_from_another_thread_without_leaking(engine_file):
+    """`mlic-edge run` opens the backend on one thread, infers on another and may stop from a third: every free
+    must happen with the context current there, and nothing may pop a context that thread never pushed."""
+    backend, gpu = make_backend(engine_file, cuda="pycuda")
+    outcome = {}
+
+    def on_thread(work):
+        def target():
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")  # pycuda's "out-of-thread context could not be cleaned up"
+                    outcome[work.__name__] = work()
+            except BaseException as error:  # reported below
+                outcome[work.__name__] = error
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join()
+
+    def infer():
+        return backend.infer(images(2))
+
+    def close():
+        backend.close()
+
+    on_thread(infer)
+    on_thread(close)
+    np.testing.assert_allclose(outcome["infer"], expected_scores(images(2)), rtol=1e-5, atol=1e-6)
+    assert outcome["close"] is None
+    assert not gpu.blocks and gpu.retained == 0
+    assert gpu.log.count("ctx.push") == gpu.log.count("ctx.pop") + 1  # the last push is popped by detach
+
+
+def test_cuda_graphs_prefer_cuda_python_when_pycuda_is_also_installed(monkeypatch):
+    gpu = FakeGpu()
+    pycuda_module = SimpleNamespace(driver=fake_pycuda(gpu))
+    runtime = fake_cudart(gpu)
+    monkeypatch.setitem(sys.modules, "pycuda", pycuda_module)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", pycuda_module.driver)
+    monkeypatch.setitem(sys.modules, "cuda", SimpleNamespace(bindings=SimpleNamespace(runtime=runtime)))
+    monkeypatch.setitem(sys.modules, "cuda.bindings", SimpleNamespace(runtime=runtime))
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", runtime)
+    with open_cuda(0) as plain, open_cuda(0, graphs=True) as for_graphs:
+        assert (plain.name, for_graphs.name) == ("pycuda", "cuda-python")
+
+
+def test_cuda_python_newer_than_the_driver_names_the_matching_major(monkeypatch):
+    """cuda-python 13 on a CUDA 12.6 driver (JetPack 6) fails with InsufficientDriver: say which to install."""
+    from mlic_edge.runtime import gpu as gpu_module
+
+    runtime = fake_cudart(FakeGpu())
+    runtime.cudaGetDeviceCount = lambda: (35, None)
+    runtime.cudaGetErrorName = lambda error: (0, b"cudaErrorInsufficientDriver")
+    monkeypatch.setattr(gpu_module, "driver_cuda_version", lambda: (12, 6))
+    with pytest.raises(BackendError) as caught:
+        cuda_python_api(runtime)
+    assert "cuda-python 13.x needs a driver for CUDA 13 (>= 580); this driver supports CUDA 12.6" in \
+        caught.value.message
+    assert "pip install 'cuda-python==12.*'" in caught.value.hint and "no usable NVIDIA GPU" not in str(caught.value)
+    monkeypatch.setattr(gpu_module, "driver_cuda_version", lambda: None)  # no driver at all: say that instead
+    with pytest.raises(BackendError, match="cudaErrorInsufficientDriver") as caught:
+        cuda_python_api(runtime)
+    assert "no NVIDIA driver is loaded" in caught.value.hint

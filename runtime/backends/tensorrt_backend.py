@@ -1,8 +1,9 @@
 """TensorRT (and TensorRT for RTX) engines on a GPU: pinned host buffers, async copies and execution on a CUDA stream.
 
-The API is detected from what is present: name-based tensors (``execute_async_v3``, TensorRT 10+, RTX) or
-binding indices (``execute_async_v2``, TensorRT 8.6). CUDA comes from ``mlic_edge.runtime.cuda`` (pycuda or
-cuda-python). Every resource is made in ``__init__``/``infer`` and released in ``close``.
+Tensors by name (``execute_async_v3``), which every supported TensorRT has (8.5+, 10.x, 11.x, RTX; the real API
+surfaces are recorded in ``tests/api_surfaces/``). CUDA comes from ``mlic_edge.runtime.cuda`` (pycuda or
+cuda-python). Every resource is made in ``__init__``/``infer`` and released in ``close``, with the CUDA context
+current on the calling thread.
 """
 
 from __future__ import annotations
@@ -24,70 +25,50 @@ TIMING_KEYS = ("h2d_ms", "compute_ms", "d2h_ms", "total_ms")
 
 
 class _Tensor:
-    def __init__(self, name: str, index: int, dtype: np.dtype) -> None:
-        self.name, self.index, self.dtype = name, index, np.dtype(dtype)
+    def __init__(self, name: str, dtype: np.dtype) -> None:
+        self.name, self.dtype = name, np.dtype(dtype)
 
 
 class _NamedTensors:
-    """TensorRT 10+ and TensorRT for RTX (8.5+ too): tensors by name, addresses set on the context."""
+    """The engine's I/O tensors by name; shapes and addresses are set on the execution context."""
 
     style = "named tensors"
 
-    def __init__(self, trt_module: Any, engine: Any) -> None:
+    def __init__(self, trt_module: Any, engine: Any, engine_name: str) -> None:
         self.inputs: list[_Tensor] = []
         self.outputs: list[_Tensor] = []
         for index in range(engine.num_io_tensors):
             name = engine.get_tensor_name(index)
-            tensor = _Tensor(name, index, trt_module.nptype(engine.get_tensor_dtype(name)))
+            tensor = _Tensor(name, numpy_dtype(trt_module, engine.get_tensor_dtype(name), name, engine_name))
             is_input = engine.get_tensor_mode(name) == trt_module.TensorIOMode.INPUT
             (self.inputs if is_input else self.outputs).append(tensor)
 
     @staticmethod
-    def matches(engine: Any, context: Any) -> bool:
-        return all(hasattr(engine, name) for name in ("num_io_tensors", "get_tensor_name", "get_tensor_mode")) and all(
-            hasattr(context, name) for name in ("set_input_shape", "set_tensor_address", "execute_async_v3"))
-
-    def set_input_shape(self, context: Any, tensor: _Tensor, shape: tuple[int, ...]) -> bool:
+    def set_input_shape(context: Any, tensor: _Tensor, shape: tuple[int, ...]) -> bool:
         return bool(context.set_input_shape(tensor.name, shape))
 
-    def shape(self, context: Any, tensor: _Tensor) -> tuple[int, ...]:
+    @staticmethod
+    def shape(context: Any, tensor: _Tensor) -> tuple[int, ...]:
         return tuple(int(size) for size in context.get_tensor_shape(tensor.name))
 
-    def bind(self, context: Any, tensor: _Tensor, ptr: int) -> None:
+    @staticmethod
+    def bind(context: Any, tensor: _Tensor, ptr: int) -> None:
         context.set_tensor_address(tensor.name, ptr)
 
-    def execute(self, context: Any, stream_ptr: int) -> bool:
+    @staticmethod
+    def execute(context: Any, stream_ptr: int) -> bool:
         return bool(context.execute_async_v3(stream_ptr))
 
 
-class _Bindings:
-    """TensorRT 8.6: binding indices, a pointer list passed to ``execute_async_v2``."""
-
-    style = "bindings"
-
-    def __init__(self, trt_module: Any, engine: Any) -> None:
-        self.inputs, self.outputs = [], []
-        for index in range(engine.num_bindings):
-            tensor = _Tensor(engine.get_binding_name(index), index, trt_module.nptype(engine.get_binding_dtype(index)))
-            (self.inputs if engine.binding_is_input(index) else self.outputs).append(tensor)
-        self.pointers = [0] * engine.num_bindings
-
-    @staticmethod
-    def matches(engine: Any, context: Any) -> bool:
-        return all(hasattr(engine, name) for name in ("num_bindings", "binding_is_input")) and all(
-            hasattr(context, name) for name in ("set_binding_shape", "execute_async_v2"))
-
-    def set_input_shape(self, context: Any, tensor: _Tensor, shape: tuple[int, ...]) -> bool:
-        return bool(context.set_binding_shape(tensor.index, shape))
-
-    def shape(self, context: Any, tensor: _Tensor) -> tuple[int, ...]:
-        return tuple(int(size) for size in context.get_binding_shape(tensor.index))
-
-    def bind(self, context: Any, tensor: _Tensor, ptr: int) -> None:
-        self.pointers[tensor.index] = ptr
-
-    def execute(self, context: Any, stream_ptr: int) -> bool:
-        return bool(context.execute_async_v2(bindings=self.pointers, stream_handle=stream_ptr))
+def numpy_dtype(trt_module: Any, dtype: Any, tensor: str, engine_name: str) -> np.dtype:
+    """The numpy type of a TensorRT DataType; bf16, fp8, int4, fp4 (no numpy equivalent) are one-line refusals."""
+    try:
+        return np.dtype(trt_module.nptype(dtype))
+    except TypeError:
+        kind = str(getattr(dtype, "name", dtype)).rsplit(".", 1)[-1]
+        raise BackendError(f"tensor {tensor!r} of {engine_name} is {kind}, which numpy cannot hold",
+                           hint="export the model with float32 inputs and outputs (mlic-edge export does), "
+                                "then rebuild the engine") from None
 
 
 class TensorRTBackend(Backend):
@@ -104,29 +85,33 @@ class TensorRTBackend(Backend):
         self.batch_range = (int(batch.get("min", 1)), int(batch.get("max", 1)))
         self._rebuild = (f"mlic-edge build --run {self.engine_path.parent.parent.parent} --precision {precision} "
                          f"--backend {trt.backend}")
+        self._dla_core = _dla_core(manifest.get("device"))
         self._context = self._engine = self._runtime = None
         self._graph: Graph | None = None
         self._graph_batch = 0
         self._buffers: dict[str, tuple[HostBuffer, DeviceBuffer]] = {}
         self._shape: tuple[int, ...] | None = None
         self._nbytes: dict[str, int] = {}
-        self._cuda = cuda or open_cuda(device)  # made first, closed last
+        self._cuda = cuda or open_cuda(device, graphs=cuda_graph)  # made first, closed last
         try:
             if cuda_graph and not self._cuda.supports_graphs:
                 raise BackendError(f"CUDA graph capture was asked for, and {self._cuda.name} has no CUDA graph API",
-                                   hint="pip install cuda-python (used when pycuda is absent), or run without "
-                                        "CUDA graphs")
-            self._stream = self._cuda.stream()
-            self._events = [self._cuda.event() for _ in range(4)]
-            self._logger = recording_logger(trt.module)
-            self._runtime = self._create_runtime()
-            self._engine = self._deserialize()
-            self._context = self._engine.create_execution_context()
-            if self._context is None:
-                raise BackendError(f"TensorRT could not create an execution context for {self.engine_path.name}: "
-                                   f"{self._logger.last_error() or 'no reason given'}",
-                                   hint="free GPU memory (other processes) or rebuild with a smaller --workspace")
-            self._io = self._detect_io()
+                                   hint="pip install cuda-python (preferred for --cuda-graph when both are "
+                                        "installed), or run without CUDA graphs")
+            with self._cuda.on_this_thread():
+                self._stream = self._cuda.stream()
+                self._events = [self._cuda.event() for _ in range(4)]
+                self._logger = recording_logger(trt.module)
+                self._runtime = self._create_runtime()
+                self._engine = self._deserialize()
+                self._context = self._engine.create_execution_context()
+                if self._context is None:
+                    raise BackendError(f"TensorRT could not create an execution context for {self.engine_path.name}:"
+                                       f" {self._logger.last_error() or 'no reason given'}",
+                                       hint="free GPU memory (other processes) or rebuild with a smaller --workspace")
+                self._io = self._detect_io()
+                if cuda_graph:
+                    self._check_capturable()
         except BaseException:
             self.close()
             raise
@@ -135,6 +120,7 @@ class TensorRTBackend(Backend):
             version=trt.version,
             details={"engine": str(self.engine_path), "io": self._io.style, "cuda": f"{self._cuda.name} "
                      f"{self._cuda.version}", "batch": list(self.batch_range), "cuda_graph": cuda_graph,
+                     "device": f"dla:{self._dla_core}" if self._dla_core is not None else "gpu",
                      "input": self._input.name, "output": self._output.name})
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -158,15 +144,18 @@ class TensorRTBackend(Backend):
             return self._buffers[self._output.name][0].view(self._output.dtype, output_shape).copy()
 
     def close(self) -> None:
-        """TensorRT objects first (context, engine, runtime), then CUDA's buffers, events and stream."""
-        if self._graph is not None:
-            self._cuda.free(self._graph)
-            self._graph = None
-        for name in ("_context", "_engine", "_runtime"):
-            setattr(self, name, None)
-        self._buffers = {}
+        """TensorRT objects first (context, engine, runtime), then CUDA's graph, buffers, events and stream, all
+        with the device's context current on the calling thread (which need not be the one that opened it)."""
         cuda, self._cuda = getattr(self, "_cuda", None), None
-        if cuda is not None:
+        if cuda is None:
+            return
+        try:
+            with cuda.on_this_thread():
+                self._graph = None  # owned by ``cuda``: released below with the rest
+                for name in ("_context", "_engine", "_runtime"):
+                    setattr(self, name, None)
+                self._buffers = {}
+        finally:
             cuda.close()
 
     # --- one inference ---------------------------------------------------------------------------------------
@@ -213,6 +202,15 @@ class TensorRTBackend(Backend):
         host, device = self._buffers[self._output.name]
         self._cuda.copy_to_host(host, device, self._nbytes[self._output.name], self._stream)
 
+    def _check_capturable(self) -> None:
+        """TensorRT for RTX captures an engine only when it was built with REQUIRE_USER_ALLOCATION; ask the
+        context where the API can say, so a refusal is one line now rather than a failed capture later."""
+        if self.trt.caps.stream_capturable_query and not self._context.is_stream_capturable(self._stream.ptr):
+            raise BackendError(f"{self.engine_path.name} cannot be captured in a CUDA graph on this stream "
+                               f"({self.trt.backend} {self.trt.version} says it is not stream capturable)",
+                               hint=f"rebuild it with this mlic-edge ({self._rebuild}), which builds TensorRT for "
+                                    "RTX engines for graph capture, or run without --cuda-graph")
+
     def _execute(self, count: int) -> None:
         if not self._io.execute(self._context, self._stream.ptr):
             raise BackendError(f"TensorRT could not run {self.engine_path.name} on a batch of {count}: "
@@ -257,12 +255,33 @@ class TensorRTBackend(Backend):
 
     # --- loading ---------------------------------------------------------------------------------------------
     def _create_runtime(self) -> Any:
+        """The runtime, set up for this engine before it is deserialized: a version-compatible plan carries its
+        lean runtime as host code, which TensorRT refuses to load unless allowed (as Polygraphy's loader does);
+        a DLA plan is deserialized onto the DLA core it was built for."""
+        caps = self.trt.caps
+        if self.manifest.get("version_compatible") and not caps.engine_host_code:
+            raise BackendError(f"{self.engine_path.name} is version-compatible, and {self.trt.backend} "
+                               f"{self.trt.version} cannot load engines with embedded host code",
+                               hint=f"rebuild it without --version-compatible: {self._rebuild}")
+        if self._dla_core is not None and not caps.runtime_dla_core:
+            raise BackendError(f"{self.engine_path.name} was built for DLA core {self._dla_core}, and "
+                               f"{self.trt.backend} {self.trt.version} has no DLA runtime",
+                               hint=f"run it on the Jetson it was built for, or rebuild without --dla-core")
         try:
-            return self.trt.module.Runtime(self._logger)
+            runtime = self.trt.module.Runtime(self._logger)
         except (TypeError, RuntimeError) as error:  # pybind raises TypeError when the factory returns nullptr
             raise BackendError(f"{self.trt.backend} {self.trt.version} could not create a runtime: "
                                f"{self._logger.last_error() or error}",
                                hint="check the NVIDIA driver with nvidia-smi, or use --backend onnxruntime") from error
+        if self.manifest.get("version_compatible"):
+            runtime.engine_host_code_allowed = True
+        if self._dla_core is not None:
+            if self._dla_core >= runtime.num_DLA_cores:
+                raise BackendError(f"{self.engine_path.name} was built for DLA core {self._dla_core}; this device "
+                                   f"has {runtime.num_DLA_cores}",
+                                   hint=f"rebuild with a --dla-core below {runtime.num_DLA_cores}: {self._rebuild}")
+            runtime.DLA_core = self._dla_core
+        return runtime
 
     def _deserialize(self) -> Any:
         try:
@@ -283,14 +302,12 @@ class TensorRTBackend(Backend):
                                                  f"rebuild it here: {self._rebuild}")
         return engine
 
-    def _detect_io(self) -> _NamedTensors | _Bindings:
-        for style in (_NamedTensors, _Bindings):
-            if style.matches(self._engine, self._context):
-                io = style(self.trt.module, self._engine)
-                break
-        else:
-            raise BackendError(f"{self.trt.backend} {self.trt.version} offers neither name-based tensors nor "
-                               "binding indices", hint="use TensorRT 8.6 or newer, or --backend onnxruntime")
+    def _detect_io(self) -> _NamedTensors:
+        if not self.trt.caps.named_tensors:
+            raise BackendError(f"{self.trt.backend} {self.trt.version} has no name-based tensor API "
+                               "(execute_async_v3, TensorRT 8.5 and later)",
+                               hint="use TensorRT 8.6 or newer (JetPack 5.1.2+), or --backend onnxruntime")
+        io = _NamedTensors(self.trt.module, self._engine, self.engine_path.name)
         if len(io.inputs) != 1 or not io.outputs:
             raise BackendError(f"{self.engine_path.name} has {len(io.inputs)} inputs and {len(io.outputs)} outputs; "
                                "mlic-edge runs models with one image input and a scores output",
@@ -299,6 +316,12 @@ class TensorRTBackend(Backend):
         self._input = io.inputs[0]
         self._output = next((tensor for tensor in io.outputs if tensor.name in wanted[:1]), io.outputs[0])
         return io
+
+
+def _dla_core(device: Any) -> int | None:
+    """The DLA core of a manifest's ``device`` ("gpu" or "dla:<core>")."""
+    kind, _, core = str(device or "gpu").partition(":")
+    return int(core) if kind == "dla" and core.isdigit() else None
 
 
 def open_tensorrt_backend(run: RunDir, backend_name: str, precision: str, engine_path: Path, *, device: int = 0,
