@@ -227,6 +227,24 @@ def test_fakes_expose_exactly_the_real_surface(version):
         module.nptype(module.DataType.FP8)  # no numpy type, as the real nptype says
 
 
+@pytest.mark.parametrize("version", surface_names())
+def test_callbacks_override_methods_the_real_base_classes_call(version):
+    """TensorRT calls the logger's and progress monitor's methods by their real names: an override under another
+    name would never be called."""
+    from mlic_edge.runtime.tensorrt.builder import _progress_monitor, recording_logger
+
+    module = FakeTensorRT(load_surface(version))
+    overrides = [(recording_logger(module), "ILogger")]
+    if hasattr(module, "IProgressMonitor"):
+        overrides.append((_progress_monitor(module, lambda *event: None), "IProgressMonitor"))
+    for instance, base in overrides:
+        real = {name for name, entry in load_surface(version)["members"][base]["members"].items()
+                if entry["kind"] == "method" and name != "__init__"}
+        defined = {name for klass in type(instance).__mro__[:-1] if klass.__name__ != base for name in vars(klass)
+                   if not name.startswith("_") and callable(vars(klass)[name])}
+        assert real <= defined, f"{base} methods not overridden: {real - defined}"
+
+
 def test_a_call_the_real_binding_rejects_is_rejected():
     module = FakeTensorRT(load_surface("10.3"))
     module.implement("IBuilderConfig", set_flag=lambda config, flag: None)

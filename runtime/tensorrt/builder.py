@@ -339,6 +339,9 @@ def _check_supported(caps: Capabilities, options: BuildOptions) -> None:
         if options.version_compatible or options.hardware_compatibility:
             raise BuildError("DLA engines cannot be version- or hardware-compatible",
                              hint="drop --version-compatible / --hardware-compatibility, or --dla-core")
+    if options.workspace_mb is not None and not caps.memory_pool_limit:
+        raise BuildError("this TensorRT has no memory pool limits (TensorRT 8.4 and later have them)",
+                         hint="drop --workspace")
     if options.version_compatible and not caps.version_compatible:
         raise BuildError("this TensorRT cannot build version-compatible engines",
                          hint="drop --version-compatible (TensorRT 8.6 and later have it; TensorRT for RTX does not)")
@@ -378,10 +381,7 @@ def _configure(session: _BuildSession, plan: BuildPlan, options: BuildOptions, g
         config.default_device_type = module.DeviceType.DLA
         config.DLA_core = options.dla_core
     if options.workspace_mb is not None:
-        if caps.memory_pool_limit:
-            config.set_memory_pool_limit(module.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
-        else:
-            config.max_workspace_size = options.workspace_mb << 20
+        config.set_memory_pool_limit(module.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
     if plan.hardware_compatibility:
         config.hardware_compatibility_level = getattr(module.HardwareCompatibilityLevel, plan.hardware_compatibility)
     if caps.compute_capability_targets:
