@@ -15,6 +15,7 @@ from mlic_edge.data.dataset import POSITIVE, MultiLabelDataset
 from mlic_edge.data.images import model_input, read_image
 from mlic_edge.errors import CalibrationError
 from mlic_edge.io import sha256_file
+from mlic_edge.spec import DEFAULT_RESIZE, FLOAT_INPUT
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -53,8 +54,8 @@ class CalibrationSet:
         return digest.hexdigest()
 
     def batches(self, img_size: int, mean: Sequence[float], std: Sequence[float],
-                batch_size: int = DEFAULT_BATCH_SIZE, resize: str = "warp",
-                input_format: str = "float-nchw-rgb") -> Iterator[np.ndarray]:
+                batch_size: int = DEFAULT_BATCH_SIZE, resize: str = DEFAULT_RESIZE,
+                input_format: str = FLOAT_INPUT) -> Iterator[np.ndarray]:
         """Preprocessed float32 NCHW batches, exactly as every runtime stage preprocesses; unreadable files skipped."""
         pending: list[np.ndarray] = []
         for path in self.image_paths:

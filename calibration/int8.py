@@ -41,6 +41,7 @@ import onnx
 
 from mlic_edge.calibration.images import CalibrationSet
 from mlic_edge.errors import CalibrationError
+from mlic_edge.spec import DEFAULT_RESIZE, FLOAT_INPUT
 from mlic_edge.export.metadata import derive_metadata
 from mlic_edge.io import atomic_path, read_json, sha256_file, write_json
 
@@ -110,7 +111,7 @@ def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
 
 def quantize_int8(fp32_path: Path, out_path: Path, record_root: Path, *, method: str = "percentile",
                   calibration: CalibrationSet | None, img_size: int, mean: Sequence[float], std: Sequence[float],
-                  resize: str = "warp", input_format: str = "float-nchw-rgb",
+                  resize: str = DEFAULT_RESIZE, input_format: str = FLOAT_INPUT,
                   keep_fp: Sequence[str] = (), progress: ProgressCallback | None = None) -> Int8Report:
     """Write ``out_path`` (INT8 Q/DQ) from ``fp32_path``; calibrate on ``calibration`` or reuse a stored record.
 

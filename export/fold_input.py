@@ -14,10 +14,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from mlic_edge.errors import MlicError
-from mlic_edge.export.metadata import derive_metadata
-
-INPUT_FORMATS = ("float-nchw-rgb", "uint8-nhwc-bgr")
-UINT8_INPUT = "uint8-nhwc-bgr"
+from mlic_edge.export.metadata import derive_metadata, read_metadata
+from mlic_edge.spec import DEFAULT_RESIZE, INPUT_LAYOUTS, UINT8_INPUT
 
 
 def fold_uint8_input(model: onnx.ModelProto, mean: Sequence[float], std: Sequence[float]) -> onnx.ModelProto:
@@ -56,9 +54,9 @@ def fold_uint8_input(model: onnx.ModelProto, mean: Sequence[float], std: Sequenc
     graph.node.extend(nodes + old_nodes)
     graph.input.remove(source)
     graph.input.insert(0, new_input)
+    resize = read_metadata(model).get("resize") or DEFAULT_RESIZE
     derive_metadata(model, model, input_format=UINT8_INPUT,
-                    input_layout="NHWC BGR uint8, resized to img_size (as captured); cast, (x/255 - mean)/std, BGR->RGB and "
-                      "NCHW inside the graph")
+                    input_layout=INPUT_LAYOUTS[UINT8_INPUT].format(resize=resize))
     onnx.checker.check_model(model)
     return model
 

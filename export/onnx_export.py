@@ -3,10 +3,9 @@ metadata attached, and checked against PyTorch on real images of the eval split.
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,13 @@ import mlic_edge
 from mlic_edge.console import info, warn
 from mlic_edge.data import open_dataset
 from mlic_edge.data.images import model_input, preprocess, read_image
-from mlic_edge.export.fold_input import INPUT_FORMATS, UINT8_INPUT, fold_uint8_input
+from mlic_edge.export.fold_input import fold_uint8_input
 from mlic_edge.export.metadata import write_metadata
 from mlic_edge.errors import MlicError
 from mlic_edge.io import atomic_path
 from mlic_edge.models.checkpoint import load_model
 from mlic_edge.rundir import RunDir
+from mlic_edge.spec import FLOAT_INPUT, UINT8_INPUT, RunSpec
 
 INPUT_NAME, OUTPUT_NAME = "images", "scores"
 DEFAULT_OPSET = 17  # the newest opset TensorRT 8.6 (JetPack 5) parses
@@ -60,7 +60,7 @@ def export_onnx(run: RunDir, opset: int = DEFAULT_OPSET, simplify: bool = True, 
         if uint8_input:
             max_diff = max(max_diff, _fold_and_check(tmp, meta, frames, inputs))
     result = ExportResult(run.onnx("fp32"), opset, max_diff, mean_diff, len(inputs), time.monotonic() - started)
-    run.update(input_format=UINT8_INPUT if uint8_input else INPUT_FORMATS[0],
+    run.update(input_format=UINT8_INPUT if uint8_input else FLOAT_INPUT,
                export={"onnx": result.path.name, "opset": opset, "simplified": simplify,
                        "exporter": "dynamo" if dynamo else "torchscript", "input": INPUT_NAME,
                        "output": OUTPUT_NAME, "check": {"images": result.check_images,
@@ -115,20 +115,8 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def _set_metadata(proto: onnx.ModelProto, meta: dict[str, Any], precision: str) -> None:
     """Everything a runtime needs to preprocess and name outputs, so an ONNX file alone is usable."""
-    values = {
-        "mlic_edge_version": mlic_edge.__version__,
-        "model": meta["model"],
-        "backbone": meta["backbone"],
-        "labels": json.dumps(meta["labels"]),
-        "img_size": str(meta["img_size"]),
-        "mean": json.dumps(meta["mean"]),
-        "std": json.dumps(meta["std"]),
-        "resize": meta.get("resize", "warp"),
-        "precision": precision,
-        "input_layout": f"NCHW RGB float32, resized ({meta.get('resize', 'warp')}) to img_size, (x/255 - mean)/std",
-        "output": "sigmoid probabilities, one per label",
-    }
-    write_metadata(proto, values)
+    spec = replace(RunSpec.from_run_json(meta), input_format=FLOAT_INPUT)  # folding, if asked, comes after
+    write_metadata(proto, spec.onnx_metadata(precision, mlic_edge.__version__))
     proto.producer_name = "mlic-edge"
     proto.producer_version = mlic_edge.__version__
 
@@ -154,8 +142,8 @@ def _float_inputs(meta: dict[str, Any], frames: list[np.ndarray], count: int) ->
     if not frames:
         rng = np.random.default_rng(0)
         return rng.standard_normal((max(2, count), 3, meta["img_size"], meta["img_size"])).astype(np.float32)
-    return np.stack([preprocess(image, meta["img_size"], meta["mean"], meta["std"], meta.get("resize", "warp"))
-                     for image in frames])
+    spec = RunSpec.from_run_json(meta)
+    return np.stack([preprocess(image, spec.img_size, spec.mean, spec.std, spec.resize) for image in frames])
 
 
 def _fold_and_check(path: Path, meta: dict[str, Any], frames: list[np.ndarray], inputs: np.ndarray) -> float:
@@ -168,8 +156,9 @@ def _fold_and_check(path: Path, meta: dict[str, Any], frames: list[np.ndarray], 
     if not frames:
         warn("no eval image to check the folded input on; the float graph was checked on random inputs")
         return 0.0
-    raw = np.stack([model_input(image, meta["img_size"], meta["mean"], meta["std"], meta.get("resize", "warp"),
-                                UINT8_INPUT) for image in frames])
+    spec = RunSpec.from_run_json(meta)
+    raw = np.stack([model_input(image, spec.img_size, spec.mean, spec.std, spec.resize, UINT8_INPUT)
+                    for image in frames])
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([OUTPUT_NAME], {INPUT_NAME: raw})[0]
     diff = float(np.abs(got.astype(np.float64) - float_scores.astype(np.float64)).max())
     info(f"normalisation folded into the graph (uint8 NHWC BGR input): max |folded - float| = {diff:.2e}")

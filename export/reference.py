@@ -14,6 +14,7 @@ from mlic_edge.data.torch_data import describe_broken
 from mlic_edge.io import atomic_path
 from mlic_edge.models.checkpoint import load_model
 from mlic_edge.rundir import RunDir
+from mlic_edge.spec import RunSpec
 from mlic_edge.train.evaluate import predict_scores
 
 
@@ -26,8 +27,9 @@ def write_reference(run: RunDir, data: str | None = None, split: str | None = No
                            difficult=dataset_meta.get("difficult", "ignore"))
     with progress_bar(transient=True) as progress:
         task = progress.add_task("reference scores (PyTorch)", total=len(dataset), status="")
-        result = predict_scores(model, dataset, meta["img_size"], meta["mean"], meta["std"], batch_size, workers,
-                                resize=meta.get("resize", "warp"),
+        spec = RunSpec.from_run_json(meta)
+        result = predict_scores(model, dataset, spec.img_size, spec.mean, spec.std, batch_size, workers,
+                                resize=spec.resize,
                                 on_batch=lambda n: progress.advance(task, n))
     if result.broken:
         warn(describe_broken(dataset, result.broken))

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from mlic_edge.errors import MlicError
+
 _UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it), then restored
 os.umask(_UMASK)
 
@@ -50,6 +52,25 @@ def probe_writable(folder: str | os.PathLike[str]) -> None:
     fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
     os.close(fd)
     os.unlink(probe)
+
+
+def require_writable(folder: str | os.PathLike[str], *, error: type[MlicError] = MlicError, create: bool = True,
+                     hint: str = "fix the folder's permissions or choose another folder",
+                     what: str | None = None) -> None:
+    """Refuse, before any work, a folder that cannot take new files: the one check every stage makes.
+
+    ``create``: make the folder (and parents) and prove a file can be made there (true for root too). Otherwise
+    nothing is made: the folder, or the nearest existing folder above it, must be writable (``os.access``)."""
+    folder = Path(folder)
+    if create:
+        try:
+            probe_writable(folder)
+        except OSError as failure:
+            raise error(f"{what or f'cannot write to {folder}'}: {failure.strerror or failure}", hint=hint) from failure
+        return
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise error(what or f"cannot write to {existing}", hint=hint)
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

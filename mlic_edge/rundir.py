@@ -1,14 +1,17 @@
-"""The run directory: the one place every stage reads from and writes to (DESIGN.md, "The flow of one model")."""
+"""The run directory: the one place every stage reads from and writes to (docs/design.md, "The flow of one model")."""
 
 from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlic_edge.errors import RunDirError
 from mlic_edge.io import read_json, write_json
+
+if TYPE_CHECKING:
+    from mlic_edge.spec import RunSpec
 
 DEFAULT_RUNS_ROOT = Path("runs")
 
@@ -48,7 +51,9 @@ class RunDir:
         return self.path / "reports"
 
     def onnx(self, precision: str = "fp32") -> Path:
-        return self.path / ("model.onnx" if precision == "fp32" else f"model.{precision}.onnx")
+        from mlic_edge.spec import onnx_file_name
+
+        return self.path / onnx_file_name(precision)
 
     # run.json
     def exists(self) -> bool:
@@ -60,6 +65,12 @@ class RunDir:
         if not self.run_json.is_file():
             raise RunDirError(f"{self.run_json} is missing", hint="this is not a run directory; train into it first")
         return read_json(self.run_json)
+
+    def spec(self) -> "RunSpec":
+        """run.json as the typed run contract (mlic_edge.spec): every default applied in one place."""
+        from mlic_edge.spec import RunSpec
+
+        return RunSpec.from_run_json(self.read())
 
     def update(self, **sections: Any) -> dict[str, Any]:
         """Merge top-level sections into run.json (written atomically) and return the new content."""

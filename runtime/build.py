@@ -1,7 +1,7 @@
 """``mlic-edge build``: the precision's ONNX (fp16 mixed, int8 Q/DQ), then the TensorRT engine, then the build
 report with ONNX Runtime's mAP of the precision against fp32 on the eval split.
 
-Precision lives in the ONNX (DESIGN.md): ``model.fp16.onnx`` and ``model.int8.onnx`` are made here from
+Precision lives in the ONNX (docs/design.md): ``model.fp16.onnx`` and ``model.int8.onnx`` are made here from
 ``model.onnx`` and serve every backend; the engine builder only parses them. Nothing here needs PyTorch unless
 ``model.onnx`` itself is missing (then the run is exported first, which does).
 """
@@ -9,7 +9,6 @@ Precision lives in the ONNX (DESIGN.md): ``model.fp16.onnx`` and ``model.int8.on
 from __future__ import annotations
 
 import importlib.util
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +18,10 @@ import numpy as np
 
 from mlic_edge.console import info, warn
 from mlic_edge.errors import BuildError, CalibrationError, MlicError
-from mlic_edge.io import atomic_path, read_json, sha256_file, write_json
+from mlic_edge.io import atomic_path, read_json, require_writable, sha256_file, write_json
 from mlic_edge.rundir import RunDir
-from mlic_edge.runtime.backends import PRECISIONS
+from mlic_edge.spec import BUILD_BACKENDS, PRECISIONS, RunSpec, require_choice
 
-BUILD_BACKENDS = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime")
 DEFAULT_CALIB_IMAGES = 512
 FP16_MEASURE_IMAGES = 64  # fp16 decisions are measured on this many of the calibration images
 SENSITIVITY_IMAGES = 32
@@ -50,8 +48,7 @@ class BuildRequest:
 def resolve_build_backend(name: str) -> str:
     """``auto``: full TensorRT when installed (it builds for this GPU), else ONNX Runtime (the ONNX is the artefact).
     TensorRT for RTX is used only when asked: its engines run on RTX GPUs, not necessarily this machine."""
-    if name not in BUILD_BACKENDS:
-        raise BuildError(f"unknown build backend {name!r}", hint=f"choose one of {', '.join(BUILD_BACKENDS)}")
+    require_choice("build backend", name, BUILD_BACKENDS, BuildError)
     if name != "auto":
         return name
     picked = "tensorrt" if importlib.util.find_spec("tensorrt") is not None else "onnxruntime"
@@ -76,11 +73,12 @@ def parse_batch(text: str) -> tuple[int, int, int]:
 
 def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) -> dict[str, Any]:
     """Make everything ``request`` asks for in ``run``; returns (and records in reports/build.json) the summary."""
-    if request.precision not in PRECISIONS:
-        raise BuildError(f"unknown precision {request.precision!r}", hint=f"choose one of {', '.join(PRECISIONS)}")
+    require_choice("precision", request.precision, PRECISIONS, BuildError)
     meta = run.read()
     backend = resolve_build_backend(request.backend)
-    _require_writable(run.path)
+    for folder in (run.path, run.reports):  # before any work; a run folder is never created here
+        require_writable(folder, error=BuildError, create=False,
+                         hint="fix its permissions or copy the run somewhere writable")
     trt = _load_builder(backend)  # a missing TensorRT is refused before any work
     if trt is not None:
         from mlic_edge.runtime.tensorrt.builder import plan_build
@@ -164,10 +162,10 @@ def _make_int8(run: RunDir, meta: dict[str, Any], request: BuildRequest, say: Pr
     from mlic_edge.calibration import layer_sensitivity, quantize_int8
 
     calibration = _calibration_set(meta, request, required=False, count=request.calib_images)
+    spec = RunSpec.from_run_json(meta)
     report = quantize_int8(run.onnx("fp32"), run.onnx("int8"), run.path / "calibration",
-                           method=request.calib_method, calibration=calibration, img_size=int(meta["img_size"]),
-                           mean=meta["mean"], std=meta["std"], resize=meta.get("resize", "warp"),
-                           input_format=meta.get("input_format", "float-nchw-rgb"),
+                           method=request.calib_method, calibration=calibration, img_size=spec.img_size,
+                           mean=spec.mean, std=spec.std, resize=spec.resize, input_format=spec.input_format,
                            keep_fp=request.keep_fp,
                            progress=lambda done, total: say(f"int8: calibrating ({request.calib_method})",
                                                             done, total))
@@ -208,9 +206,9 @@ def _calibration_set(meta: dict[str, Any], request: BuildRequest, *, required: b
 
 def _first_images(calibration, meta: dict[str, Any], count: int) -> np.ndarray:
     chunks, total = [], 0
-    for batch in calibration.batches(int(meta["img_size"]), meta["mean"], meta["std"],
-                                     resize=meta.get("resize", "warp"),
-                                     input_format=meta.get("input_format", "float-nchw-rgb")):
+    spec = RunSpec.from_run_json(meta)
+    for batch in calibration.batches(spec.img_size, spec.mean, spec.std, resize=spec.resize,
+                                     input_format=spec.input_format):
         chunks.append(batch)
         total += len(batch)
         if total >= count:
@@ -239,10 +237,9 @@ def _build_engine(run: RunDir, meta: dict[str, Any], trt, onnx_path: Path, reque
     from mlic_edge.runtime.gpu import detect_gpu
     from mlic_edge.runtime.tensorrt.builder import build_engine
 
-    result = build_engine(trt, onnx_path, run.path, _engine_options(request), labels=meta["labels"],
-                          preprocessing={"img_size": meta["img_size"], "mean": meta["mean"], "std": meta["std"],
-                                         "resize": meta.get("resize", "warp"),
-                                         "input_format": meta.get("input_format", "float-nchw-rgb")},
+    spec = RunSpec.from_run_json(meta)
+    result = build_engine(trt, onnx_path, run.path, _engine_options(request), labels=spec.labels,
+                          preprocessing=spec.preprocessing,
                           gpu=detect_gpu(), on_progress=lambda phase, done, total: say(f"engine: {phase}", done, total))
     info(f"engine: {result.engine_path.relative_to(run.path)} ({result.size_bytes / 1e6:.1f} MB, "
          f"{result.seconds:.1f} s{', timing cache reused' if result.timing_cache_reused else ''})")
@@ -257,10 +254,6 @@ def _engine_options(request: BuildRequest):
     return BuildOptions(precision=request.precision, batch=request.batch, workspace_mb=request.workspace_mb,
                         dla_core=request.dla_core, version_compatible=request.version_compatible,
                         hardware_compatibility=request.hardware_compatibility)
-
-
-def rebuild_command(run: RunDir, request: BuildRequest, backend: str) -> str:
-    return f"mlic-edge build --run {run.path} --precision {request.precision} --backend {backend}"
 
 
 def _evaluate_or_warn(run: RunDir, precision: str, say: Progress) -> dict[str, Any] | None:
@@ -303,15 +296,6 @@ def evaluate_precision(run: RunDir, precision: str, say: Progress) -> dict[str, 
 
 def _file_facts(path: Path) -> dict[str, Any]:
     return {"file": path.name, "size_bytes": path.stat().st_size, "sha256": sha256_file(path)}
-
-
-def _require_writable(folder: Path) -> None:
-    """Fail before any work when the run directory cannot take new files."""
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise BuildError(f"cannot write to {folder}", hint="fix its permissions or copy the run somewhere writable")
-    reports = folder / "reports"
-    if reports.exists() and not os.access(reports, os.W_OK | os.X_OK):
-        raise BuildError(f"cannot write to {reports}", hint="fix its permissions")
 
 
 def write_build_report(run: RunDir, entry: dict[str, Any]) -> None:

@@ -31,8 +31,9 @@ import numpy as np
 
 from mlic_edge import __version__
 from mlic_edge.errors import DataError, MlicError, RunDirError
-from mlic_edge.io import atomic_path, read_json, sha256_file, write_json
+from mlic_edge.io import atomic_path, read_json, require_writable, sha256_file, write_json
 from mlic_edge.rundir import DEFAULT_RUNS_ROOT, RunDir
+from mlic_edge.spec import PRECISIONS, RunSpec
 
 BUNDLE_FORMAT = 1
 BUNDLE_SUFFIX = ".mlic.tar.gz"
@@ -40,7 +41,6 @@ MANIFEST = "bundle.json"
 ORIGIN_RUN_JSON = "origin/run.json"
 IMAGES_DIR = "images"
 CALIBRATION_DIR = "calibration"
-PRECISIONS = ("fp32", "fp16", "int8")
 TRAIN_ONLY_KEYS = ("train",)
 TRAIN_ONLY_DATASET_KEYS = ("train_split", "train_images", "train_class_counts")
 _CHUNK = 1 << 20
@@ -65,7 +65,7 @@ def pack(run: RunDir, out: Path | None = None, *, with_images: bool = True,
     out = default_bundle_path(run) if out is None else Path(out)
     if out.is_dir():
         out = out / f"{run.path.name}{BUNDLE_SUFFIX}"
-    _require_writable(out.parent)
+    require_writable(out.parent, error=RunDirError, create=False, hint="choose a writable folder with --out DIR")
 
     members: dict[str, Path | bytes] = {name: run.path / name for name in _run_files(run)}
     device_meta = {key: value for key, value in meta.items() if key not in TRAIN_ONLY_KEYS}
@@ -92,8 +92,7 @@ def pack(run: RunDir, out: Path | None = None, *, with_images: bool = True,
         "model": meta.get("model"),
         "backbone": meta.get("backbone"),
         "labels": meta["labels"],
-        "preprocessing": {"img_size": meta["img_size"], "mean": meta["mean"], "std": meta["std"],
-                          "resize": meta.get("resize", "warp")},
+        "preprocessing": RunSpec.from_run_json(meta).preprocessing,
         "precisions": [p for p in PRECISIONS if run.onnx(p).is_file()],
         "images": images_section,
         "files": files,
@@ -321,17 +320,9 @@ def _check_target(target: Path, manifest: dict[str, Any]) -> None:
         if any(target.iterdir()) and not _same_bundle(target, manifest):
             raise RunDirError(f"{target} already exists and is not an unpack of this bundle",
                               hint=f"pass --out DIR for another folder, or delete {target}")
-    _require_writable(target)
-    _require_writable(target.parent)
+    require_writable(target, error=RunDirError, create=False, hint="choose a writable folder with --out DIR",
+                     what=f"cannot write to {target} (read-only install folder)")
     target.parent.mkdir(parents=True, exist_ok=True)
-
-
-def _require_writable(folder: Path) -> None:
-    """The folder, or the nearest existing folder above it, can take new files."""
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunDirError(f"cannot write to {existing} (read-only install folder)",
-                          hint="choose a writable folder with --out DIR")
 
 
 def _same_bundle(target: Path, manifest: dict[str, Any]) -> bool:

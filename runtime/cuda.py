@@ -1,6 +1,6 @@
 """CUDA for the TensorRT backend: streams, device and pinned host buffers, async copies, events and CUDA graphs.
 
-Two implementations behind one small API, picked by what is importable: pycuda (the design card's choice) and
+Two implementations behind one small API, picked by what is importable: pycuda (the original design's choice) and
 cuda-python (``cuda.bindings``, what TensorRT's own samples use; preferred for CUDA graphs, which pycuda lacks).
 Every call is written for the real bindings of each supported major (cuda-python 11.8, 12.x, 13.x:
 tests/test_cuda_bindings.py makes each one). Everything made through a ``Cuda`` is owned by it and released by

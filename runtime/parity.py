@@ -163,7 +163,7 @@ def present_targets(run: RunDir, backends: list[str] | None = None,
                     precisions: list[str] | None = None) -> list[tuple[str, str]]:
     """(backend, precision) pairs that have an artefact in the run: each precision's ONNX for ONNX Runtime, each
     engine for its TensorRT. Explicit ``backends`` are taken as asked (their artefacts are checked when loaded)."""
-    from mlic_edge.runtime.backends import PRECISIONS
+    from mlic_edge.spec import PRECISIONS
 
     wanted = precisions or list(PRECISIONS)
     if backends:

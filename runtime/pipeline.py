@@ -15,42 +15,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mlic_edge.data.images import model_input
 from mlic_edge.runtime.backends.base import Backend
 from mlic_edge.runtime.latency import LatencyRecorder
 from mlic_edge.runtime.sources import Frame, Source
+from mlic_edge.spec import ModelSpec
 
 _END = object()  # end of the stream, passed down the stages
 POLL_S = 0.05
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How to feed the model and name its outputs (from run.json, the same values as the ONNX metadata)."""
-
-    labels: list[str]
-    img_size: int
-    mean: list[float]
-    std: list[float]
-    resize: str = "warp"
-    input_format: str = "float-nchw-rgb"
-
-    @classmethod
-    def from_run(cls, meta: dict[str, Any]) -> "ModelSpec":
-        return cls(list(meta["labels"]), int(meta["img_size"]), list(meta["mean"]), list(meta["std"]),
-                   meta.get("resize", "warp"), meta.get("input_format", "float-nchw-rgb"))
-
-    def tensor(self, image_bgr: np.ndarray) -> np.ndarray:
-        """The model's input for one frame: exactly the preprocessing training evaluated with (or, with the
-        normalisation folded into the graph, the resized uint8 frame)."""
-        return model_input(image_bgr, self.img_size, self.mean, self.std, self.resize, self.input_format)
-
-    def random_batch(self, batch: int, seed: int = 0) -> np.ndarray:
-        """A batch of the model's input type (for timing: values do not matter)."""
-        rng = np.random.default_rng(seed)
-        if self.input_format == "uint8-nhwc-bgr":
-            return rng.integers(0, 256, (batch, self.img_size, self.img_size, 3), dtype=np.uint8)
-        return rng.standard_normal((batch, 3, self.img_size, self.img_size)).astype(np.float32)
 
 
 @dataclass

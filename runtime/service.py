@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Callable
 
 from mlic_edge.errors import MlicError, RunDirError
-from mlic_edge.io import atomic_path
+from mlic_edge.io import atomic_path, require_writable
 from mlic_edge.rundir import RunDir
+from mlic_edge.spec import ENGINE_BACKENDS, rebuild_command
 
 UNIT_DIR = Path("/etc/systemd/system")
 LOGROTATE_DIR = Path("/etc/logrotate.d")
 JSONL_NAME = "predictions.jsonl"
-ENGINE_BACKENDS = ("tensorrt", "tensorrt-rtx")
 NO_SYSTEMD_HINT = "use `mlic-edge service install ... --print` and start the printed ExecStart= command with your init system"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
@@ -195,11 +195,11 @@ def check_runnable(spec: ServiceSpec) -> None:
     if spec.backend in ENGINE_BACKENDS:
         if not engines:
             raise RunDirError(f"{spec.run_dir} has no {spec.precision} engine",
-                              hint=f"build it on this device: mlic-edge build --run {spec.run_dir} "
-                                   f"--precision {spec.precision} --backend {spec.backend}")
+                              hint="build it on this device: "
+                                   + rebuild_command(spec.run_dir, spec.precision, spec.backend))
     elif not onnx.is_file() and not engines:
         made_by = ("mlic-edge export" if spec.precision == "fp32"
-                   else f"mlic-edge build --run {spec.run_dir} --precision {spec.precision}")
+                   else rebuild_command(spec.run_dir, spec.precision))
         raise RunDirError(f"{spec.run_dir} has no {onnx.name} and no {spec.precision} engine", hint=f"run `{made_by}`")
     if not (spec.executable.is_file() and os.access(spec.executable, os.X_OK)):
         raise MlicError(f"{spec.executable} is not an executable", hint="pass the mlic-edge of the service's venv")
@@ -282,9 +282,8 @@ def _require_writable(folder: Path) -> None:
     if not folder.is_dir():
         raise MlicError(f"cannot write {folder}: it does not exist",
                         hint="is this a systemd system with logrotate installed? pass --print to write the unit yourself")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise MlicError(f"cannot write {folder}",
-                        hint="run with sudo, or pass --print to write the unit yourself")
+    require_writable(folder, create=False, what=f"cannot write {folder}",
+                     hint="run with sudo, or pass --print to write the unit yourself")
 
 
 def _require_user(user: str | None) -> None:

@@ -18,11 +18,11 @@ from typing import Any, Iterator, Sequence
 
 from mlic_edge.console import warn
 from mlic_edge.errors import BuildError, DataError, RunDirError
-from mlic_edge.io import atomic_path, probe_writable, sha256_file
+from mlic_edge.io import atomic_path, require_writable, sha256_file
 from mlic_edge.rundir import RunDir
+from mlic_edge.spec import FLOAT_INPUT, PRECISIONS, RunSpec, rebuild_command, require_choice
 from mlic_edge.runtime.tensorrt.manifest import find_engines, read_manifest
 
-PRECISIONS = ("fp32", "fp16", "int8")
 TRITON_PLATFORMS = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
 TRITON_MODEL_FILES = {"onnx": "model.onnx", "tensorrt": "model.plan"}
 TRITON_DEVICES = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
@@ -73,9 +73,9 @@ def write_triton_repository(run: RunDir, out: Path, *, precision: str = "fp32", 
     several targets have it) and takes max_batch_size from its optimization profile. The folder is built beside
     its final name and renamed into place; a model folder of the same name is replaced.
     """
-    _check_choice("precision", precision, PRECISIONS)
-    _check_choice("platform", platform, TRITON_PLATFORMS)
-    _check_choice("device", device, TRITON_DEVICES)
+    require_choice("precision", precision, PRECISIONS, BuildError)
+    require_choice("platform", platform, TRITON_PLATFORMS, BuildError)
+    require_choice("device", device, TRITON_DEVICES, BuildError)
     if device == "cpu" and platform == "tensorrt":
         raise BuildError("a TensorRT plan runs on a GPU only", hint="use --device gpu, or --platform onnx for CPU")
     if engine is not None and platform != "tensorrt":
@@ -100,7 +100,7 @@ def write_triton_repository(run: RunDir, out: Path, *, precision: str = "fp32", 
         model_files = [onnx_path, *_external_data_files(onnx_path)]
     _check_outputs(outputs, labels, onnx_path)
     out = Path(out)
-    _require_writable(out)
+    require_writable(out, error=BuildError, hint="fix the folder's permissions or pick another output folder")
     config = _triton_config(name=name, platform=platform, max_batch_size=max_batch_size,
                             preferred_batch_sizes=sorted({size for size in preferred_batch_sizes
                                                           if 1 <= size <= max_batch_size}),
@@ -126,9 +126,9 @@ def write_deepstream_config(run: RunDir, out: Path, *, precision: str = "fp32", 
     TensorRT plan built for the device's TensorRT, is copied and named as model-engine-file. Paths in the config
     are relative to it, as nvinfer resolves them. The config is written last, so it never names a missing file.
     """
-    _check_choice("precision", precision, PRECISIONS)
-    _check_choice("mode", mode, DEEPSTREAM_MODES)
-    if run.read().get("input_format", "float-nchw-rgb") != "float-nchw-rgb":
+    require_choice("precision", precision, PRECISIONS, BuildError)
+    require_choice("mode", mode, DEEPSTREAM_MODES, BuildError)
+    if run.spec().input_format != FLOAT_INPUT:
         raise BuildError("this run's model takes uint8 frames (exported with --uint8-input); nvinfer feeds float "
                          "NCHW tensors it normalises itself", hint="export without --uint8-input for DeepStream")
     if batch_size < 1 or gie_unique_id < 1 or (mode == "secondary" and operate_on_gie_id < 1):
@@ -149,7 +149,7 @@ def write_deepstream_config(run: RunDir, out: Path, *, precision: str = "fp32", 
         warn(f"nvinfer has one scale for all channels: its inputs differ from mlic-edge's per-channel std "
              f"normalisation by up to {norm.max_relative_error:.2%} (see the note in the config)")
     out = Path(out)
-    _require_writable(out)
+    require_writable(out, error=BuildError, hint="fix the folder's permissions or pick another output folder")
     onnx_name = f"model.{precision}.onnx"
     _copy_atomic(onnx_path, out / onnx_name)
     for extra in _external_data_files(onnx_path):
@@ -174,14 +174,14 @@ def _require_onnx(run: RunDir, precision: str) -> Path:
     path = run.onnx(precision)
     if not path.is_file():
         maker = (f"mlic-edge export --run {run.path}" if precision == "fp32" else
-                 f"mlic-edge build --run {run.path} --precision {precision} --backend onnxruntime")
+                 rebuild_command(run.path, precision, "onnxruntime"))
         raise RunDirError(f"{path} is missing", hint=f"make it first: {maker}")
     return path
 
 
 def _select_engine(run: RunDir, precision: str, engine: Path | None, onnx_path: Path) -> tuple[Path, dict[str, Any]]:
     """The engine of this precision under ``<run>/engines`` (or the one named), with its manifest."""
-    build = f"mlic-edge build --run {run.path} --precision {precision} --backend tensorrt"
+    build = rebuild_command(run.path, precision, "tensorrt")
     if engine is not None:
         engine = Path(engine)
         if not engine.is_file():
@@ -303,7 +303,7 @@ def _check_outputs(outputs: list[TensorSpec], labels: list[str], onnx_path: Path
 def _preprocessing(meta: dict[str, Any], precision: str) -> dict[str, str]:
     return {"mlic_edge.labels": json.dumps(meta["labels"]), "mlic_edge.img_size": str(meta["img_size"]),
             "mlic_edge.mean": json.dumps(meta["mean"]), "mlic_edge.std": json.dumps(meta["std"]),
-            "mlic_edge.resize": meta.get("resize", "warp"), "mlic_edge.precision": precision,
+            "mlic_edge.resize": RunSpec.from_run_json(meta).resize, "mlic_edge.precision": precision,
             "mlic_edge.input": "NCHW RGB float32, resized to img_size, (x/255 - mean)/std",
             "mlic_edge.output": "sigmoid probabilities, one per label (multi-label: threshold each)"}
 
@@ -339,7 +339,7 @@ def _nvinfer_config(*, meta: dict[str, Any], precision: str, mode: str, onnx_nam
                     batch_size: int, classifier_threshold: float) -> str:
     """A GLib key file with one [property] group (Gst-nvinfer's config file format)."""
     norm = nvinfer_normalisation(meta["mean"], meta["std"])
-    resize = meta.get("resize", "warp")
+    resize = RunSpec.from_run_json(meta).resize
     notes = ["# Written by mlic-edge for Gst-nvinfer. Paths are relative to this file.",
              "# Output: independent sigmoid scores, one per label (multi-label). nvinfer's default classifier",
              "# parser keeps only the highest score above classifier-threshold per output layer, i.e. ONE label.",
@@ -406,20 +406,6 @@ def _staged_folder(final: Path) -> Iterator[Path]:
 def _copy_atomic(source: Path, target: Path) -> None:
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
-
-
-def _require_writable(folder: Path) -> None:
-    """Fail before copying anything when the output folder cannot be made or written."""
-    try:
-        probe_writable(folder)
-    except OSError as error:
-        raise BuildError(f"cannot write to {folder}: {error.strerror or error}",
-                         hint="fix the folder's permissions or pick another output folder") from error
-
-
-def _check_choice(what: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise BuildError(f"unknown {what} {value!r}", hint=f"choose one of {', '.join(choices)}")
 
 
 def _quote(text: str) -> str:

@@ -1,4 +1,4 @@
-"""Packaging and architecture: one namespace over the stage folders, light --help, no torch where DESIGN.md forbids."""
+"""Packaging and architecture: one namespace over the stage folders, light --help, no torch where docs/design.md forbids."""
 
 from __future__ import annotations
 

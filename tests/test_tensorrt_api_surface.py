@@ -9,12 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mlic_edge.errors import BuildError
 from mlic_edge.runtime.gpu import GpuInfo
-from mlic_edge.runtime.tensorrt import BuildOptions, TensorRT, build_engine, capabilities, plan_build
+from mlic_edge.runtime.tensorrt import BuildOptions, TensorRT, build_engine, plan_build
 from trt_surface import SURFACES, SUPPORTED, FakeTensorRT, load_surface, surface_names
 
 ORIN = GpuInfo(name="NVIDIA Jetson AGX Orin Developer Kit", compute_capability="8.7", memory_mb=None, source="test")

@@ -10,6 +10,7 @@ import torch
 
 from mlic_edge.data.dataset import MultiLabelDataset
 from mlic_edge.data.torch_data import ImageDataset, make_loader
+from mlic_edge.spec import DEFAULT_RESIZE
 
 
 @dataclass
@@ -28,7 +29,7 @@ class SplitScores:
 def predict_scores(model: torch.nn.Module, dataset: MultiLabelDataset, img_size: int, mean: Sequence[float],
                    std: Sequence[float], batch_size: int = 32, workers: int = 0,
                    device: torch.device | str = "cpu",
-                   on_batch: Callable[[int], None] | None = None, resize: str = "warp") -> SplitScores:
+                   on_batch: Callable[[int], None] | None = None, resize: str = DEFAULT_RESIZE) -> SplitScores:
     model.eval()
     loader = make_loader(ImageDataset(dataset, img_size, mean, std, resize=resize), batch_size, shuffle=False,
                          workers=workers)

@@ -17,7 +17,7 @@ import torch
 from mlic_edge import metrics
 from mlic_edge.console import info, progress_bar, warn
 from mlic_edge.data import open_dataset
-from mlic_edge.data.images import RESIZE_MODES
+from mlic_edge.spec import DEFAULT_RESIZE, RESIZE_MODES
 from mlic_edge.data.torch_data import ImageDataset, describe_broken, make_loader
 from mlic_edge.errors import MlicError
 from mlic_edge.models import create_model, get_model_entry
@@ -50,7 +50,7 @@ class TrainConfig:
     stages: bool = False
     label_vectors: str | None = None
     crop_scale: float = 0.6
-    resize: str = "warp"
+    resize: str = DEFAULT_RESIZE
     pretrained: bool = False
     pretrained_file: str | None = None
     train_split: str | None = None

@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from mlic_edge.errors import MlicError
+from mlic_edge.spec import DEFAULT_RESIZE, PRECISIONS, RunSpec, rebuild_command, require_choice
 
 EPILOG_STYLE = "markdown"
 
@@ -224,7 +225,7 @@ def train(
                                                         "attention, dependency, joint), epochs split evenly."),
     label_vectors: Optional[Path] = typer.Option(None, "--label-vectors", help="Label word vectors for graph "
                                                  "models: GloVe text, .npy + names, .npz or pickle."),
-    resize: str = typer.Option("warp", "--resize", help="Evaluation resize, used identically by export, parity and "
+    resize: str = typer.Option(DEFAULT_RESIZE, "--resize", help="Evaluation resize, used identically by export, parity and "
                                "the runtime: warp, center-crop or letterbox."),
     crop_scale: float = typer.Option(0.6, "--crop-scale", help="Smallest share of the image area a random crop "
                                                                "keeps (multi-label: small crops cut labels out)."),
@@ -301,8 +302,8 @@ def evaluate(
         raise MlicError(f"{dataset.spec} has other classes than the run", hint="evaluate on the dataset it was "
                                                                                "trained on (or one with its labels)")
     net = load_model(run_dir.require(run_dir.checkpoint, "mlic-edge train")).to(torch_device)
-    result = predict_scores(net, dataset, meta["img_size"], meta["mean"], meta["std"], batch_size,
-                            resize=meta.get("resize", "warp"),
+    spec = RunSpec.from_run_json(meta)
+    result = predict_scores(net, dataset, spec.img_size, spec.mean, spec.std, batch_size, resize=spec.resize,
                             device=torch_device)
     if result.broken:
         warn(describe_broken(dataset, result.broken))
@@ -656,8 +657,6 @@ def bench(
 # --------------------------------------------------------------------------------------------------- parity
 def _parse_tolerances(pairs: list[str]) -> dict[str, float]:
     """['int8=2', 'fp16=0.8'] -> {'int8': 2.0, 'fp16': 0.8} (mAP points)."""
-    from mlic_edge.runtime.backends import PRECISIONS
-
     tolerances = {}
     for pair in pairs:
         precision, sep, value = pair.partition("=")
@@ -667,7 +666,7 @@ def _parse_tolerances(pairs: list[str]) -> dict[str, float]:
             tolerances[precision] = float(value)
         except ValueError:
             raise MlicError(f"--tolerance {pair!r} is not PRECISION=POINTS",
-                            hint="for example --tolerance int8=2.0 (precisions: fp32, fp16, int8)") from None
+                            hint=f"for example --tolerance int8=2.0 (precisions: {', '.join(PRECISIONS)})") from None
     return tolerances
 
 
@@ -693,13 +692,12 @@ def parity(
     Needs only reference.npz and the dataset, not PyTorch: it runs on the device."""
     from mlic_edge.console import console, progress_bar, warn
     from mlic_edge.io import atomic_path, write_json
-    from mlic_edge.runtime.backends import PRECISIONS, create_backend
+    from mlic_edge.runtime.backends import create_backend
     from mlic_edge.runtime.parity import (Reference, ReferenceImages, check_backend, check_parity,
                                           parity_markdown, parity_report, parity_table, present_targets)
 
     for name in precision:
-        if name not in PRECISIONS:
-            raise MlicError(f"unknown precision {name!r}", hint=f"choose from {', '.join(PRECISIONS)}")
+        require_choice("precision", name, PRECISIONS)
     tolerances = _parse_tolerances(tolerance)
     run_dir = _run_dir(run, model)
     run_dir.read()
@@ -709,9 +707,8 @@ def parity(
     if not targets:
         wanted = ", ".join(precision) or "any precision"
         raise MlicError(f"no ONNX or engine for {wanted} in {run_dir.path}",
-                        hint=f"make it: mlic-edge build --run {run_dir.path} --precision {(precision or ['fp32'])[0]} "
-                             "--backend onnxruntime" if precision else f"export first: mlic-edge export --run "
-                                                                       f"{run_dir.path}")
+                        hint="make it: " + rebuild_command(run_dir.path, precision[0], "onnxruntime") if precision
+                        else f"export first: mlic-edge export --run {run_dir.path}")
     results, skipped = [], []
     with progress_bar(transient=True) as progress:
         for backend_name, precision_name in targets:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from mlic_edge.console import console, info
+from mlic_edge.spec import rebuild_command
 
 
 def run_demo(out: Path, epochs: int = 12, backbone: str = "resnet10t", classes: int = 6, images: int = 800,
@@ -81,7 +82,7 @@ def run_demo(out: Path, epochs: int = 12, backbone: str = "resnet10t", classes: 
             ("label a folder, one JSON line per image", f"mlic-edge run {data_dir}/JPEGImages --run {run.path}"),
             ("label counts, head/middle/tail, co-occurrence heatmap", f"mlic-edge data stats {data_dir}"),
             ("int8 with calibration data, then parity of every precision",
-             f"mlic-edge build --run {run.path} --precision int8 && mlic-edge parity --run {run.path}"),
+             f"{rebuild_command(run.path, 'int8')} && mlic-edge parity --run {run.path}"),
             ("one archive for a device (ONNX files, calibration, reference)", f"mlic-edge pack --run {run.path}"),
             ("a real dataset (ImageNet weights need network or --pretrained-file)",
              "mlic-edge train --data voc:PATH/VOC2007 --backbone resnet50 --pretrained")):

@@ -12,10 +12,11 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from mlic_edge.spec import DEFAULT_RESIZE, FLOAT_INPUT, RESIZE_MODES, UINT8_INPUT
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RESIZE_MODES = ("warp", "center-crop", "letterbox")
 LETTERBOX_FILL = (114, 114, 114)  # the grey Ultralytics pads with
 
 
@@ -37,7 +38,7 @@ def read_image(path: str | Path) -> np.ndarray | None:
     return image
 
 
-def resize_image(image: np.ndarray, width: int, height: int, mode: str = "warp") -> np.ndarray:
+def resize_image(image: np.ndarray, width: int, height: int, mode: str = DEFAULT_RESIZE) -> np.ndarray:
     """``warp``: stretch to the size (ML-GCN's evaluation); ``center-crop``: scale the short side, crop the middle
     (timm's evaluation at crop_pct 1); ``letterbox``: scale the long side, pad with grey (Ultralytics)."""
     if mode == "warp":
@@ -60,10 +61,10 @@ def resize_image(image: np.ndarray, width: int, height: int, mode: str = "warp")
 
 
 def model_input(image_bgr: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float],
-                resize: str = "warp", input_format: str = "float-nchw-rgb") -> np.ndarray:
+                resize: str = DEFAULT_RESIZE, input_format: str = FLOAT_INPUT) -> np.ndarray:
     """What the model takes for one image: the normalised float CHW RGB tensor, or — when the normalisation is folded
     into the graph (``uint8-nhwc-bgr``, see export/fold_input.py) — the resized frame itself, uint8 HWC BGR."""
-    if input_format == "uint8-nhwc-bgr":
+    if input_format == UINT8_INPUT:
         return np.ascontiguousarray(resize_image(image_bgr, size, size, resize))
     return preprocess(image_bgr, size, mean, std, resize)
 
@@ -73,7 +74,7 @@ def preprocess(
     size: int | tuple[int, int],
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-    resize: str = "warp",
+    resize: str = DEFAULT_RESIZE,
 ) -> np.ndarray:
     """BGR uint8 HxWx3 -> float32 3xHxW, RGB, resized (``resize_image``) and normalised."""
     height, width = (size, size) if isinstance(size, int) else size

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mlic_edge.data.dataset import MultiLabelDataset
 from mlic_edge.data.images import preprocess, read_image
+from mlic_edge.spec import DEFAULT_RESIZE
 
 
 def random_resized_crop(image: np.ndarray, scale: tuple[float, float] = (0.5, 1.0),
@@ -44,7 +45,7 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, dataset: MultiLabelDataset, img_size: int, mean: Sequence[float], std: Sequence[float],
-                 augment: bool = False, crop_scale: tuple[float, float] = (0.6, 1.0), resize: str = "warp") -> None:
+                 augment: bool = False, crop_scale: tuple[float, float] = (0.6, 1.0), resize: str = DEFAULT_RESIZE) -> None:
         self.dataset = dataset
         self.crop_scale = crop_scale
         self.img_size = img_size

@@ -7,9 +7,8 @@ from pathlib import Path
 from mlic_edge.errors import BackendError, MlicError
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.backends.base import Backend, BackendInfo
+from mlic_edge.spec import BACKENDS, ENGINE_BACKENDS, PRECISIONS, rebuild_command, require_choice
 
-BACKENDS = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime", "torch")
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def resolve_auto(device: str = "auto", run: RunDir | None = None, precision: str = "fp32") -> tuple[str, str]:
@@ -60,7 +59,7 @@ def find_engine(run: RunDir, backend: str, precision: str) -> Path:
     from mlic_edge.runtime.tensorrt.manifest import check_manifest, find_engines, read_manifest
 
     trt = load_tensorrt(backend)
-    rebuild = f"mlic-edge build --run {run.path} --precision {precision} --backend {backend}"
+    rebuild = rebuild_command(run.path, precision, backend)
     candidates = [path for path in find_engines(run.path) if path.name == f"model.{precision}.json"]
     manifests = [(path, read_manifest(path)) for path in candidates]
     manifests = [(path, manifest) for path, manifest in manifests if manifest.get("backend") == backend]
@@ -82,13 +81,11 @@ def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str 
                    cuda_graph: bool = False) -> Backend:
     """Open backend ``name`` for the run's ``precision``; ``cuda_graph`` (TensorRT only) replays a captured CUDA
     graph per batch size instead of enqueueing copies and execution each time."""
-    if name not in BACKENDS:
-        raise BackendError(f"unknown backend {name!r}", hint=f"choose one of {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise BackendError(f"unknown precision {precision!r}", hint=f"choose one of {', '.join(PRECISIONS)}")
+    require_choice("backend", name, BACKENDS, BackendError)
+    require_choice("precision", precision, PRECISIONS, BackendError)
     if name == "auto":
         name, device = resolve_auto(device, run, precision)
-    if name in ("tensorrt", "tensorrt-rtx"):
+    if name in ENGINE_BACKENDS:
         from mlic_edge.runtime.backends.tensorrt_backend import open_tensorrt_backend
 
         if device == "cpu":
@@ -113,7 +110,7 @@ def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str 
     if device == "auto":
         device = "cuda" if "cuda" in available_devices() else "cpu"
     onnx_path = run.require(run.onnx(precision), f"mlic-edge export --run {run.path}" if precision == "fp32" else
-                            f"mlic-edge build --run {run.path} --precision {precision} --backend onnxruntime")
+                            rebuild_command(run.path, precision, "onnxruntime"))
     return OnnxRuntimeBackend(onnx_path, device=device, precision=precision)
 
 

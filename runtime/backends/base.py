@@ -1,4 +1,4 @@
-"""The one small interface every inference backend implements (DESIGN.md, "Backends")."""
+"""The one small interface every inference backend implements (docs/design.md, "Backends")."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from mlic_edge.runtime.cuda import Cuda, DeviceBuffer, Graph, HostBuffer, open_c
 from mlic_edge.runtime.tensorrt.api import TensorRT
 from mlic_edge.runtime.tensorrt.builder import recording_logger
 from mlic_edge.runtime.tensorrt.manifest import read_manifest
+from mlic_edge.spec import rebuild_command
 
 TIMING_KEYS = ("h2d_ms", "compute_ms", "d2h_ms", "total_ms")
 
@@ -83,8 +84,7 @@ class TensorRTBackend(Backend):
         self.last_timings: dict[str, float | None] = dict.fromkeys(TIMING_KEYS)
         batch = manifest.get("batch") or {}
         self.batch_range = (int(batch.get("min", 1)), int(batch.get("max", 1)))
-        self._rebuild = (f"mlic-edge build --run {self.engine_path.parent.parent.parent} --precision {precision} "
-                         f"--backend {trt.backend}")
+        self._rebuild = rebuild_command(self.engine_path.parent.parent.parent, precision, trt.backend)
         self._dla_core = _dla_core(manifest.get("device"))
         self._context = self._engine = self._runtime = None
         self._graph: Graph | None = None
@@ -336,7 +336,7 @@ def open_tensorrt_backend(run: RunDir, backend_name: str, precision: str, engine
         raise BackendError(error.message, hint=error.hint) from error
     if manifest.get("precision") != precision:
         raise BackendError(f"{engine_path.name} is a {manifest.get('precision')} engine, not {precision}",
-                           hint=f"mlic-edge build --run {run.path} --precision {precision} --backend {backend_name}")
+                           hint=rebuild_command(run.path, precision, backend_name))
     return TensorRTBackend(engine_path, load_tensorrt(backend_name), precision=precision, manifest=manifest,
                            device=device, cuda_graph=cuda_graph)
 

@@ -9,8 +9,8 @@ from types import ModuleType
 from typing import Any
 
 from mlic_edge.errors import BackendError, MlicError
+from mlic_edge.spec import ENGINE_BACKENDS
 
-TENSORRT_BACKENDS = ("tensorrt", "tensorrt-rtx")
 # TensorRT for RTX: the meta package `tensorrt-rtx-cu13` gives `tensorrt_rtx`; the bindings wheel alone gives the other.
 _MODULE_NAMES = {"tensorrt": ("tensorrt",), "tensorrt-rtx": ("tensorrt_rtx", "tensorrt_rtx_bindings")}
 _INSTALL_HINTS = {
@@ -109,7 +109,7 @@ def load_tensorrt(backend: str) -> TensorRT:
     """Import the TensorRT of ``backend``; a missing one is a BackendError saying how to get it (no fallback)."""
     if backend not in _MODULE_NAMES:
         raise BackendError(f"unknown TensorRT backend {backend!r}",
-                           hint=f"choose one of {', '.join(TENSORRT_BACKENDS)}")
+                           hint=f"choose one of {', '.join(ENGINE_BACKENDS)}")
     names = _MODULE_NAMES[backend]
     for name in names:
         if importlib.util.find_spec(name) is None:

@@ -15,13 +15,13 @@ from typing import Any, Callable, Sequence
 import mlic_edge
 from mlic_edge.console import warn
 from mlic_edge.errors import BuildError
-from mlic_edge.io import atomic_path, probe_writable, sha256_file, write_json
+from mlic_edge.io import atomic_path, require_writable, sha256_file, write_json
 from mlic_edge.runtime.gpu import GpuInfo
+from mlic_edge.spec import PRECISIONS, require_choice
 from mlic_edge.runtime.tensorrt.api import HARDWARE_COMPATIBILITY_LEVELS, Capabilities, TensorRT
 from mlic_edge.runtime.tensorrt.manifest import (MANIFEST_FORMAT, engine_paths, engine_target_name,
                                                  timing_cache_path)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 # Cameras run batch 1, so that is the shape TensorRT tunes for; folder runs batch up to 8.
 DEFAULT_BATCH = (1, 1, 8)
 # DLA runs one batch size per engine (a profile with min = opt = max); without one, every layer falls back to the GPU.
@@ -136,7 +136,8 @@ def build_engine(trt: TensorRT, onnx_path: Path, run_path: Path, options: BuildO
     _check_onnx_precision(onnx_path, metadata, options.precision)
     target = engine_target_name(trt, gpu, options.compute_capabilities)
     engine_path, manifest_path = engine_paths(Path(run_path), target, options.precision)
-    _require_writable(engine_path.parent)
+    require_writable(engine_path.parent, error=BuildError, what=f"cannot write engines to {engine_path.parent}",
+                     hint="fix the folder's permissions or build into another run directory")
     cache_path = options.timing_cache or timing_cache_path(engine_path.parent)
     use_cache = options.use_timing_cache and trt.caps.timing_cache
 
@@ -303,8 +304,7 @@ class _BuildSession:
 
 
 def _check_options(options: BuildOptions) -> None:
-    if options.precision not in PRECISIONS:
-        raise BuildError(f"unknown precision {options.precision!r}", hint=f"choose one of {', '.join(PRECISIONS)}")
+    require_choice("precision", options.precision, PRECISIONS, BuildError)
     low, opt, high = options.batch_range
     if not 1 <= low <= opt <= high:
         raise BuildError(f"batch range {low}/{opt}/{high} is not min <= opt <= max with min >= 1",
@@ -435,15 +435,6 @@ def _save_timing_cache(cache_path: Path, cache_bytes: bytes) -> None:
             cache_tmp.write_bytes(cache_bytes)
     except OSError as error:
         warn(f"could not save the timing cache {cache_path}: {error.strerror or error}")
-
-
-def _require_writable(folder: Path) -> None:
-    """Fail before parsing or building when the engine folder cannot be written."""
-    try:
-        probe_writable(folder)
-    except OSError as error:
-        raise BuildError(f"cannot write engines to {folder}: {error.strerror or error}",
-                         hint="fix the folder's permissions or build into another run directory") from error
 
 
 def recording_logger(module: Any) -> Any:

@@ -1,0 +1,140 @@
+"""The run contract (docs/design.md, "The run contract"): the facts every stage shares, each defined once here, and
+``RunSpec``, the typed view of run.json that the ONNX metadata mirrors.
+
+run.json and the ONNX metadata are read and written through ``RunSpec.from_run_json`` / ``to_run_json`` and
+``RunSpec.from_onnx_metadata`` / ``onnx_metadata``: the defaults of older runs (no ``resize``, no
+``input_format``) live in this module only. numpy-free and torch-free: every stage may import it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+PRECISIONS = ("fp32", "fp16", "int8")
+ENGINE_BACKENDS = ("tensorrt", "tensorrt-rtx")
+BACKENDS = ("auto", *ENGINE_BACKENDS, "onnxruntime", "torch")  # what `run`, `bench` and `parity` can infer with
+BUILD_BACKENDS = ("auto", *ENGINE_BACKENDS, "onnxruntime")  # what `build` can make an artefact for
+RESIZE_MODES = ("warp", "center-crop", "letterbox")
+DEFAULT_RESIZE = "warp"
+FLOAT_INPUT = "float-nchw-rgb"  # (x/255 - mean)/std done by mlic-edge before the model
+UINT8_INPUT = "uint8-nhwc-bgr"  # the resized frame as captured; normalisation folded into the graph
+INPUT_FORMATS = (FLOAT_INPUT, UINT8_INPUT)
+INPUT_LAYOUTS = {  # the human-readable ``input_layout`` of the ONNX metadata
+    FLOAT_INPUT: "NCHW RGB float32, resized ({resize}) to img_size, (x/255 - mean)/std",
+    UINT8_INPUT: "NHWC BGR uint8, resized ({resize}) to img_size (as captured); cast, (x/255 - mean)/std, BGR->RGB "
+                 "and NCHW are the graph's first nodes",
+}
+
+
+def rebuild_command(run_path: str | Path, precision: str, backend: str | None = None) -> str:
+    """The command that (re)makes a precision's artefact, named in every refusal that needs one."""
+    return f"mlic-edge build --run {run_path} --precision {precision}" + (f" --backend {backend}" if backend else "")
+
+
+def onnx_file_name(precision: str) -> str:
+    return "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to feed the model and name its outputs: what the runtime needs, from run.json or the ONNX metadata."""
+
+    labels: list[str]
+    img_size: int
+    mean: list[float]
+    std: list[float]
+    resize: str = DEFAULT_RESIZE
+    input_format: str = FLOAT_INPUT
+
+    @classmethod
+    def from_run(cls, meta: "Mapping[str, Any] | ModelSpec") -> "ModelSpec":
+        spec = meta if isinstance(meta, ModelSpec) else RunSpec.from_run_json(meta)
+        return ModelSpec(list(spec.labels), spec.img_size, list(spec.mean), list(spec.std), spec.resize,
+                         spec.input_format)
+
+    def tensor(self, image_bgr: Any) -> Any:
+        """The model's input for one frame: exactly the preprocessing training evaluated with (or, with the
+        normalisation folded into the graph, the resized uint8 frame)."""
+        from mlic_edge.data.images import model_input
+
+        return model_input(image_bgr, self.img_size, self.mean, self.std, self.resize, self.input_format)
+
+    def random_batch(self, batch: int, seed: int = 0) -> Any:
+        """A batch of the model's input type (for timing: values do not matter)."""
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        if self.input_format == UINT8_INPUT:
+            return rng.integers(0, 256, (batch, self.img_size, self.img_size, 3), dtype=np.uint8)
+        return rng.standard_normal((batch, 3, self.img_size, self.img_size)).astype(np.float32)
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """What a runtime needs to feed the model (the engine manifests and bundles record it)."""
+        return {"img_size": self.img_size, "mean": list(self.mean), "std": list(self.std), "resize": self.resize,
+                "input_format": self.input_format}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec(ModelSpec):
+    """What a run is and how its model is fed: the typed contract of run.json (and of the ONNX metadata)."""
+
+    model: str = "unknown"
+    backbone: str = "unknown"
+    dataset: dict[str, Any] | None = None  # spec and splits the run was trained on
+    source: dict[str, Any] | None = None  # provenance beyond training (an imported checkpoint, a bundle)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # the rest of run.json, kept as written
+
+    @classmethod
+    def from_run_json(cls, data: Mapping[str, Any]) -> "RunSpec":
+        known = {item.name for item in fields(cls)} - {"extra"}
+        return cls(model=str(data.get("model", "unknown")), backbone=str(data.get("backbone", "unknown")),
+                   labels=[str(label) for label in data["labels"]], img_size=int(data["img_size"]),
+                   mean=[float(value) for value in data["mean"]], std=[float(value) for value in data["std"]],
+                   resize=str(data.get("resize") or DEFAULT_RESIZE),
+                   input_format=str(data.get("input_format") or FLOAT_INPUT),
+                   dataset=data.get("dataset"), source=data.get("source"),
+                   extra={key: value for key, value in data.items() if key not in known})
+
+    def to_run_json(self) -> dict[str, Any]:
+        data = {**self.extra, "model": self.model, "backbone": self.backbone, "labels": list(self.labels),
+                "img_size": self.img_size, "mean": list(self.mean), "std": list(self.std), "resize": self.resize,
+                "input_format": self.input_format}
+        for key in ("dataset", "source"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
+        return data
+
+    @classmethod
+    def from_onnx_metadata(cls, metadata: Mapping[str, str]) -> "RunSpec":
+        """The contract an ONNX file carries by itself (a device may have the file and no run.json)."""
+        def parsed(key: str) -> Any:
+            return json.loads(metadata[key])
+
+        return cls(model=metadata.get("model", "unknown"), backbone=metadata.get("backbone", "unknown"),
+                   labels=parsed("labels"), img_size=int(metadata["img_size"]), mean=parsed("mean"),
+                   std=parsed("std"), resize=metadata.get("resize") or DEFAULT_RESIZE,
+                   input_format=metadata.get("input_format") or FLOAT_INPUT)
+
+    def onnx_metadata(self, precision: str, version: str) -> dict[str, str]:
+        return {"mlic_edge_version": version, "model": self.model, "backbone": self.backbone,
+                "labels": json.dumps(self.labels), "img_size": str(self.img_size), "mean": json.dumps(self.mean),
+                "std": json.dumps(self.std), "resize": self.resize, "input_format": self.input_format,
+                "precision": precision, "input_layout": self.input_layout,
+                "output": "sigmoid probabilities, one per label"}
+
+    @property
+    def input_layout(self) -> str:
+        return INPUT_LAYOUTS[self.input_format].format(resize=self.resize)
+
+
+def require_choice(kind: str, value: str, choices: tuple[str, ...], error: type[Exception] | None = None) -> str:
+    """``value`` if it is one of ``choices``; else the one-line refusal every stage gives ("unknown precision …")."""
+    if value in choices:
+        return value
+    from mlic_edge.errors import MlicError
+
+    raise (error or MlicError)(f"unknown {kind} {value!r}", hint=f"choose one of {', '.join(choices)}")

@@ -1,0 +1,77 @@
+"""The run contract: one definition of each shared fact, run.json and the ONNX metadata read and written by one pair
+of functions each, the defaults of older runs applied in one place."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from mlic_edge.errors import BuildError, MlicError
+from mlic_edge.spec import (DEFAULT_RESIZE, FLOAT_INPUT, PRECISIONS, UINT8_INPUT, ModelSpec, RunSpec,
+                            rebuild_command, require_choice)
+
+ROOT = Path(__file__).resolve().parents[1]
+OLD_RUN = {"model": "baseline", "backbone": "resnet10t", "labels": ["cat", "dog"], "img_size": 64,
+           "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "dataset": {"spec": "data/synth"},
+           "history": [{"epoch": 1}]}
+
+
+def test_an_old_run_json_gets_the_defaults_and_keeps_everything_else():
+    spec = RunSpec.from_run_json(OLD_RUN)
+    assert (spec.resize, spec.input_format) == (DEFAULT_RESIZE, FLOAT_INPUT)
+    assert spec.dataset == {"spec": "data/synth"} and spec.extra == {"history": [{"epoch": 1}]}
+    again = RunSpec.from_run_json(spec.to_run_json())
+    assert again == spec and again.extra == spec.extra
+    assert ModelSpec.from_run(OLD_RUN) == ModelSpec(["cat", "dog"], 64, [0.5] * 3, [0.25] * 3)
+
+
+def test_onnx_metadata_round_trip_carries_the_contract():
+    spec = RunSpec.from_run_json({**OLD_RUN, "resize": "letterbox", "input_format": UINT8_INPUT})
+    metadata = spec.onnx_metadata("int8", "0.1.0")
+    assert metadata["precision"] == "int8" and "letterbox" in metadata["input_layout"]
+    assert all(isinstance(value, str) for value in metadata.values())
+    back = RunSpec.from_onnx_metadata(metadata)
+    assert ModelSpec.from_run(back) == ModelSpec.from_run(spec) and back.model == "baseline"
+
+
+def test_choices_and_rebuild_hint_are_one_line_each():
+    assert require_choice("precision", "int8", PRECISIONS) == "int8"
+    with pytest.raises(BuildError) as caught:
+        require_choice("precision", "int4", PRECISIONS, BuildError)
+    assert str(caught.value) == "unknown precision 'int4' (choose one of fp32, fp16, int8)"
+    with pytest.raises(MlicError):
+        require_choice("resize", "stretch", ("warp",))
+    assert rebuild_command("runs/x", "fp16", "tensorrt") == "mlic-edge build --run runs/x --precision fp16 --backend tensorrt"
+
+
+STAGE_FOLDERS = ("mlic_edge", "train", "export", "calibration", "runtime")
+REPEATED_FACTS = {
+    "a precision list": lambda node: isinstance(node, ast.Tuple) and [getattr(e, "value", None) for e in node.elts]
+    == ["fp32", "fp16", "int8"],
+    "a resize default or list": lambda node: isinstance(node, ast.Constant) and node.value == "warp",
+    "an input format": lambda node: isinstance(node, ast.Constant) and node.value in ("float-nchw-rgb",
+                                                                                      "uint8-nhwc-bgr"),
+    "a rebuild hint": lambda node: isinstance(node, ast.Constant) and isinstance(node.value, str)
+    and "mlic-edge build --run" in node.value,
+}
+
+
+def test_each_shared_fact_is_written_once():
+    """Precisions, resize modes, input formats and the rebuild hint live in mlic_edge/spec.py only."""
+    found = []
+    for folder in STAGE_FOLDERS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path == ROOT / "mlic_edge" / "spec.py":
+                continue
+            tree = ast.parse(path.read_text())
+            docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                          if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body
+                          and isinstance(node.body[0], ast.Expr)}
+            for node in ast.walk(tree):
+                for fact, matches in REPEATED_FACTS.items():
+                    if id(node) not in docstrings and matches(node):
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno} {fact}")
+    allowed = {"mlic_edge/data/images.py"}  # resize_image dispatches on the mode's name
+    assert [entry for entry in found if entry.split(":")[0] not in allowed] == []
