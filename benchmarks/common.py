@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlic_edge.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+from mlic_edge.runtime.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
 
 
 def onnx_latency_ms(path: Path, img_size: int, batch: int = 1, runs: int = 50, warmup: int = 5) -> float:

@@ -3,7 +3,7 @@
     python benchmarks/gpu_check.py --out benchmarks/results      # writes gpu_check.json (and prints it)
 
 1. `mlic-edge doctor --json`, as a user would run it on that machine.
-2. The CUDA layer (runtime/cuda.py) through cuda-python: pinned host and device buffers, async copies both ways
+2. The CUDA layer (runtime/inference/cuda.py) through cuda-python: pinned host and device buffers, async copies both ways
    checked byte for byte, CUDA events timing them, a CUDA graph of the copies captured and replayed, resources
    released in order; then --cycles open/copy/graph/close cycles with cudaMemGetInfo before and after (a leak shows
    as device memory that does not come back).
@@ -47,7 +47,7 @@ def device_memory_free(runtime: Any) -> int:
 
 def one_cycle(nbytes: int, *, with_graph: bool) -> dict[str, Any]:
     """Open the CUDA layer, copy ``nbytes`` there and back (plain and as a CUDA graph), check, close."""
-    from mlic_edge.runtime.cuda import open_cuda
+    from mlic_edge.runtime.inference.cuda import open_cuda
 
     pattern = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
     with open_cuda(0, graphs=True) as cuda:
@@ -79,7 +79,7 @@ def one_cycle(nbytes: int, *, with_graph: bool) -> dict[str, Any]:
 
 
 def cuda_layer(cycles: int) -> dict[str, Any]:
-    from mlic_edge.runtime.cuda import _import_cudart
+    from mlic_edge.runtime.inference.cuda import _import_cudart
 
     runtime = _import_cudart()
     first = one_cycle(COPY_BYTES, with_graph=True)
@@ -104,10 +104,10 @@ def reference_overhead(work: Path, batches: list[int], frames: int, iterations: 
     from mlic_edge.models import create_model
     from mlic_edge.models.checkpoint import save_checkpoint
     from mlic_edge.rundir import RunDir
-    from mlic_edge.runtime.backends.base import Backend
-    from mlic_edge.runtime.backends.torch_backend import TorchBackend
-    from mlic_edge.runtime.bench import run_bench
-    from mlic_edge.runtime.pipeline import ModelSpec
+    from mlic_edge.runtime.inference.backends.base import Backend
+    from mlic_edge.runtime.inference.backends.torch_backend import TorchBackend
+    from mlic_edge.runtime.checks.bench import run_bench
+    from mlic_edge.spec import ModelSpec
 
     labels = [f"class{index}" for index in range(20)]
     run = RunDir(work / "resnet18")
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,8")
     args = parser.parse_args(argv)
     from mlic_edge.rundir import installed_versions
-    from mlic_edge.runtime.gpu import detect_gpu, driver_cuda_version
+    from mlic_edge.runtime.engines.gpu import detect_gpu, driver_cuda_version
 
     started = time.monotonic()
     gpu = detect_gpu()

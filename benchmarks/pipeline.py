@@ -23,9 +23,9 @@ from mlic_edge.export.onnx_export import write_onnx
 from mlic_edge.io import write_json
 from mlic_edge.models import create_model
 from mlic_edge.rundir import RunDir, installed_versions
-from mlic_edge.runtime.backends import create_backend
-from mlic_edge.runtime.bench import run_bench
-from mlic_edge.runtime.pipeline import ModelSpec
+from mlic_edge.runtime.inference.backends import create_backend
+from mlic_edge.runtime.checks.bench import run_bench
+from mlic_edge.spec import ModelSpec
 
 MODELS = (("resnet18", 224), ("resnet50", 224), ("mobilenetv3_large_100", 224))
 LABELS = [f"class{i}" for i in range(20)]

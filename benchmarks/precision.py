@@ -24,7 +24,7 @@ from mlic_edge.export.onnx_export import export_onnx
 from mlic_edge.export.reference import write_reference
 from mlic_edge.io import write_json
 from mlic_edge.rundir import RunDir, installed_versions
-from mlic_edge.runtime.build import BuildRequest, build
+from mlic_edge.commands.build import BuildRequest, build
 from mlic_edge.train.trainer import TrainConfig, train
 
 CALIBRATION_SIZES = (64, 256, 1024)

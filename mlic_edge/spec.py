@@ -55,13 +55,6 @@ class ModelSpec:
         return ModelSpec(list(spec.labels), spec.img_size, list(spec.mean), list(spec.std), spec.resize,
                          spec.input_format)
 
-    def tensor(self, image_bgr: Any) -> Any:
-        """The model's input for one frame: exactly the preprocessing training evaluated with (or, with the
-        normalisation folded into the graph, the resized uint8 frame)."""
-        from mlic_edge.data.images import model_input
-
-        return model_input(image_bgr, self.img_size, self.mean, self.std, self.resize, self.input_format)
-
     def random_batch(self, batch: int, seed: int = 0) -> Any:
         """A batch of the model's input type (for timing: values do not matter)."""
         import numpy as np

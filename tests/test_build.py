@@ -19,7 +19,7 @@ def built_run(tmp_path_factory, trained_run):
     import io
 
     from mlic_edge.rundir import RunDir
-    from mlic_edge.runtime.build import BuildRequest, build
+    from mlic_edge.commands.build import BuildRequest, build
 
     run = RunDir(tmp_path_factory.mktemp("built") / "run")
     shutil.copytree(trained_run, run.path)
@@ -62,7 +62,7 @@ def test_build_report_has_sizes_kept_layers_and_map_against_fp32(built_run):
 
 def test_rebuilding_int8_reuses_the_calibration(built_run, tmp_path):
     from mlic_edge.rundir import RunDir
-    from mlic_edge.runtime.build import BuildRequest, build
+    from mlic_edge.commands.build import BuildRequest, build
 
     run = RunDir(tmp_path / "run")
     shutil.copytree(built_run, run.path)
@@ -144,7 +144,7 @@ def test_build_without_model_onnx_and_without_torch_says_where_to_export(run_cop
 @pytest.fixture
 def rtx_gpu_here(monkeypatch):
     """Pretend an RTX GPU is present, so the engine checks get past "no GPU here" to what they compare."""
-    from mlic_edge.runtime import gpu
+    from mlic_edge.runtime.engines import gpu
 
     fake = gpu.GpuInfo(name="NVIDIA GeForce RTX 4090", compute_capability="8.9", memory_mb=24564, source="test")
     monkeypatch.setattr(gpu, "detect_gpu", lambda **_: fake)
@@ -192,7 +192,8 @@ def test_auto_prefers_an_engine_that_fits_and_says_why_one_does_not(built_run, m
     import importlib.util
 
     from mlic_edge.rundir import RunDir
-    from mlic_edge.runtime import backends, gpu
+    from mlic_edge.runtime.engines import gpu
+    from mlic_edge.runtime.inference import backends
 
     run = RunDir(built_run)
     real_find_spec = importlib.util.find_spec

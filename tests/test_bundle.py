@@ -19,7 +19,7 @@ from cli_helpers import invoke
 from mlic_edge.errors import DataError, RunDirError
 from mlic_edge.io import read_json, sha256_file, write_json
 from mlic_edge.rundir import RunDir
-from mlic_edge.runtime.bundle import BUNDLE_FORMAT, MANIFEST, inspect_bundle, pack, unpack
+from mlic_edge.runtime.deployment.bundle import BUNDLE_FORMAT, MANIFEST, inspect_bundle, pack, unpack
 
 STALE_RECORD = "calibration/0000stale0000/record.json"
 
@@ -27,7 +27,7 @@ STALE_RECORD = "calibration/0000stale0000/record.json"
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory, trained_run, synth_data) -> dict:
     """A run with fp16/int8 built on a private copy of the dataset, packed; then that dataset is deleted."""
-    from mlic_edge.runtime.build import BuildRequest, build
+    from mlic_edge.commands.build import BuildRequest, build
 
     root = tmp_path_factory.mktemp("bundle")
     dataset = root / "dataset"
@@ -98,8 +98,8 @@ def test_pack_holds_what_the_device_needs_and_nothing_else(packed):
 
 
 def test_unpacked_run_checks_parity_without_the_dataset(packed, tmp_path):
-    from mlic_edge.runtime.backends import create_backend
-    from mlic_edge.runtime.parity import compute_parity
+    from mlic_edge.runtime.inference.backends import create_backend
+    from mlic_edge.runtime.checks.parity import compute_parity
 
     device = unpack(packed["bundle"], tmp_path / "device" / "baseline")
     assert device.read()["labels"] == packed["run"].read()["labels"]
@@ -113,7 +113,7 @@ def test_unpacked_run_checks_parity_without_the_dataset(packed, tmp_path):
 
 
 def test_device_int8_build_reuses_the_calibration_record(packed, tmp_path):
-    from mlic_edge.runtime.build import BuildRequest, build
+    from mlic_edge.commands.build import BuildRequest, build
 
     device = unpack(packed["bundle"], tmp_path / "baseline")
     entry = build(device, BuildRequest(precision="int8", backend="onnxruntime"))
@@ -133,7 +133,7 @@ def test_cli_runs_the_unpacked_model(packed, tmp_path, capsys):
 def test_pack_and_unpack_need_no_torch(packed, tmp_path):
     script = (f"import sys; sys.modules['torch'] = None\n"
               f"from pathlib import Path\nfrom mlic_edge.rundir import RunDir\n"
-              f"from mlic_edge.runtime.bundle import pack, unpack\n"
+              f"from mlic_edge.runtime.deployment.bundle import pack, unpack\n"
               f"run = unpack(Path({str(packed['bundle'])!r}), Path({str(tmp_path / 'a')!r}))\n"
               f"unpack(pack(run, Path({str(tmp_path / 'b.mlic.tar.gz')!r})), Path({str(tmp_path / 'b')!r}))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

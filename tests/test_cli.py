@@ -122,7 +122,7 @@ def test_run_dir_lacking_the_onnx_says_to_export(capsys, run_copy, synth_data):
 
 
 def test_unexpected_errors_are_still_one_line(capsys, monkeypatch, trained_run, synth_data):
-    import mlic_edge.runtime.pipeline as pipeline
+    import mlic_edge.runtime.inference.pipeline as pipeline
 
     def explode(*args, **kwargs):
         raise ZeroDivisionError("boom")

@@ -23,7 +23,7 @@ MAJORS = ("11", "12", "13")
 # Every call of the layer, through _CudaPythonDriver's own methods, with handles of the binding's real types.
 PROBE = r'''
 import json, sys
-from mlic_edge.runtime import cuda as layer
+from mlic_edge.runtime.inference import cuda as layer
 
 runtime = layer._import_cudart()
 called = set()
@@ -98,8 +98,8 @@ def _bindings(major: str) -> Path:
 
 
 def _layer_calls() -> set[str]:
-    """Every cuda-python runtime function runtime/cuda.py names."""
-    source = (ROOT / "runtime" / "cuda.py").read_text()
+    """Every cuda-python runtime function runtime/inference/cuda.py names."""
+    source = (ROOT / "runtime" / "inference" / "cuda.py").read_text()
     return set(re.findall(r"\b(?:self\.rt|runtime)\.(cuda[A-Z][A-Za-z]+)\b(?!\.)", source))
 
 

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from mlic_edge.runtime import doctor
-from mlic_edge.runtime.doctor import SystemRoot, parse_nv_tegra_release, run_checks, summarize
-from mlic_edge.runtime.gpu import GpuInfo
-from mlic_edge.runtime.tensorrt.api import TensorRT
+from mlic_edge.runtime.deployment import doctor
+from mlic_edge.runtime.deployment.doctor import SystemRoot, parse_nv_tegra_release, run_checks, summarize
+from mlic_edge.runtime.engines.gpu import GpuInfo
+from mlic_edge.runtime.engines.api import TensorRT
 
 ORIN_RELEASE = ("# R36 (release), REVISION: 3.0, GCID: 36191598, BOARD: generic, EABI: aarch64, "
                 "DATE: Mon May  6 17:34:21 UTC 2024\n# KERNEL_VARIANT: oot\n")
@@ -239,4 +239,4 @@ def test_real_machine_is_reported_truthfully(tmp_path):
 def test_doctor_imports_no_heavy_module():
     from import_checks import packages_loaded_by
 
-    assert not {"torch", "tensorrt_rtx_bindings", "onnxruntime", "cv2"} & packages_loaded_by("mlic_edge.runtime.doctor")
+    assert not {"torch", "tensorrt_rtx_bindings", "onnxruntime", "cv2"} & packages_loaded_by("mlic_edge.runtime.deployment.doctor")

@@ -37,8 +37,8 @@ def bundle(tmp_path_factory, trained_run) -> Path:
     import io
 
     from mlic_edge.rundir import RunDir
-    from mlic_edge.runtime.build import BuildRequest, build
-    from mlic_edge.runtime.bundle import pack
+    from mlic_edge.commands.build import BuildRequest, build
+    from mlic_edge.runtime.deployment.bundle import pack
 
     run = RunDir(tmp_path_factory.mktemp("workstation") / "baseline")
     shutil.copytree(trained_run, run.path)

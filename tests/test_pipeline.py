@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from mlic_edge.runtime.backends.base import Backend, BackendInfo
-from mlic_edge.runtime.pipeline import ModelSpec, run_pipeline
-from mlic_edge.runtime.sources import Frame, Source, open_source
+from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
+from mlic_edge.runtime.inference.pipeline import ModelSpec, run_pipeline
+from mlic_edge.runtime.inference.sources import Frame, Source, open_source
 
 LABELS = ["a", "b"]
 
@@ -154,7 +154,7 @@ def test_sigint_stops_the_cli_cleanly_with_a_complete_jsonl(trained_run, tmp_pat
     import subprocess
     import sys
 
-    from mlic_edge.runtime.bench import make_video
+    from mlic_edge.runtime.checks.bench import make_video
 
     video = make_video(tmp_path / "long.mp4", frames=3000, size=(64, 48))
     out = tmp_path / "out.jsonl"

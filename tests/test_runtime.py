@@ -11,14 +11,14 @@ import pytest
 
 from mlic_edge.errors import BackendError, ParityError, SourceError
 from mlic_edge.rundir import RunDir
-from mlic_edge.runtime.backends import create_backend, resolve_auto
-from mlic_edge.runtime.backends.base import Backend, BackendInfo
-from mlic_edge.runtime.latency import LatencyRecorder
-from mlic_edge.runtime.parity import Reference, check_parity, compare_scores, compute_parity, parity_report
-from mlic_edge.runtime.pipeline import ModelSpec, run_pipeline
-from mlic_edge.runtime.postprocess import Postprocessor, decide_labels
-from mlic_edge.runtime.sinks import VideoSink
-from mlic_edge.runtime.sources import open_source
+from mlic_edge.runtime.inference.backends import create_backend, resolve_auto
+from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
+from mlic_edge.runtime.inference.latency import LatencyRecorder
+from mlic_edge.runtime.checks.parity import Reference, check_parity, compare_scores, compute_parity, parity_report
+from mlic_edge.runtime.inference.pipeline import ModelSpec, run_pipeline
+from mlic_edge.runtime.inference.postprocess import Postprocessor, decide_labels
+from mlic_edge.runtime.inference.sinks import VideoSink
+from mlic_edge.runtime.inference.sources import open_source
 
 
 @pytest.fixture
@@ -187,7 +187,7 @@ def test_tolerance_defaults_and_boundaries(precision, default_points):
 
 
 def test_parity_decodes_the_reference_images_once_for_every_backend(trained_run, monkeypatch):
-    from mlic_edge.runtime import parity
+    from mlic_edge.runtime.checks import parity
 
     run = RunDir(trained_run)
     reference = Reference.load(run)

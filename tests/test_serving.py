@@ -14,7 +14,7 @@ import pytest
 from mlic_edge.errors import BackendError, BuildError, DataError, RunDirError
 from mlic_edge.io import read_json, write_json
 from mlic_edge.rundir import RunDir
-from mlic_edge.runtime.serving import (nvinfer_normalisation, write_deepstream_config,
+from mlic_edge.runtime.deployment.serving import (nvinfer_normalisation, write_deepstream_config,
                                        write_triton_repository)
 
 # Gst-nvinfer [property] keys and their value types: the CONFIG_GROUP_INFER_* keys of gstnvinfer_property_parser.h
@@ -49,7 +49,7 @@ NVINFER_RANGES = {"network-mode": {0, 1, 2}, "network-type": {0, 1, 2, 3, 100}, 
 @pytest.fixture(scope="module")
 def engine_run(trained_run, tmp_path_factory) -> RunDir:
     """A copy of the trained run with a fp32 TensorRT-for-RTX engine for batch 1..8 (built once per module)."""
-    from mlic_edge.runtime.tensorrt import BuildOptions, build_engine, load_tensorrt
+    from mlic_edge.runtime.engines import BuildOptions, build_engine, load_tensorrt
 
     try:
         trt = load_tensorrt("tensorrt-rtx")

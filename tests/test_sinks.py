@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from mlic_edge.errors import MlicError
-from mlic_edge.runtime import sinks
-from mlic_edge.runtime.latency import WINDOW, LatencyRecorder, PeriodicStats, latency_table, stats_line
-from mlic_edge.runtime.postprocess import Postprocessor, decide_labels, read_thresholds
-from mlic_edge.runtime.sinks import CsvSink, JsonlSink, Sink, VideoSink, WindowSink, check_writable
+from mlic_edge.runtime.inference import sinks
+from mlic_edge.runtime.inference.latency import WINDOW, LatencyRecorder, PeriodicStats, latency_table, stats_line
+from mlic_edge.runtime.inference.postprocess import Postprocessor, decide_labels, read_thresholds
+from mlic_edge.runtime.inference.sinks import CsvSink, JsonlSink, Sink, VideoSink, WindowSink, check_writable
 
 LABELS = ["cat", "dog", "car", "tree"]
 
@@ -346,7 +346,7 @@ def test_periodic_stats_cadence_with_a_fake_clock():
 
 def test_append_keeps_earlier_records_and_survives_copytruncate(tmp_path):
     """A restarted service must not wipe its predictions, and logrotate's copytruncate must not leave NUL bytes."""
-    from mlic_edge.runtime.sinks import JsonlSink
+    from mlic_edge.runtime.inference.sinks import JsonlSink
 
     path = tmp_path / "predictions.jsonl"
     first = JsonlSink(path, append=True)

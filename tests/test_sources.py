@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from mlic_edge.errors import SourceError
-from mlic_edge.runtime import sources
-from mlic_edge.runtime.sources import capture_target, csi_pipeline, gstreamer_available, open_source
+from mlic_edge.runtime.inference import sources
+from mlic_edge.runtime.inference.sources import capture_target, csi_pipeline, gstreamer_available, open_source
 
 BROKEN_JPEG = b"\xff\xd8\xff\xe0 not a jpeg"
 

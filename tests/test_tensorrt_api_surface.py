@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from mlic_edge.errors import BuildError
-from mlic_edge.runtime.gpu import GpuInfo
-from mlic_edge.runtime.tensorrt import BuildOptions, TensorRT, build_engine, plan_build
+from mlic_edge.runtime.engines.gpu import GpuInfo
+from mlic_edge.runtime.engines import BuildOptions, TensorRT, build_engine, plan_build
 from trt_surface import SURFACES, SUPPORTED, FakeTensorRT, load_surface, surface_names
 
 ORIN = GpuInfo(name="NVIDIA Jetson AGX Orin Developer Kit", compute_capability="8.7", memory_mb=None, source="test")
@@ -230,7 +230,7 @@ def test_fakes_expose_exactly_the_real_surface(version):
 def test_callbacks_override_methods_the_real_base_classes_call(version):
     """TensorRT calls the logger's and progress monitor's methods by their real names: an override under another
     name would never be called."""
-    from mlic_edge.runtime.tensorrt.builder import _progress_monitor, recording_logger
+    from mlic_edge.runtime.engines.builder import _progress_monitor, recording_logger
 
     module = FakeTensorRT(load_surface(version))
     overrides = [(recording_logger(module), "ILogger")]
@@ -292,7 +292,7 @@ def test_build_refuses_an_option_this_tensorrt_lacks_before_making_any_onnx(run_
     """`mlic-edge build -p fp16 -b tensorrt-rtx --hardware-compatibility ampere+`: one line before fp16 work."""
     pytest.importorskip("tensorrt_rtx_bindings")
     from mlic_edge.rundir import RunDir
-    from mlic_edge.runtime.build import BuildRequest, build
+    from mlic_edge.commands.build import BuildRequest, build
 
     run = RunDir(run_copy)
     with pytest.raises(BuildError, match="cannot build hardware-compatible engines"):
@@ -301,7 +301,7 @@ def test_build_refuses_an_option_this_tensorrt_lacks_before_making_any_onnx(run_
 
 
 def test_build_report_says_where_dla_layers_run():
-    from mlic_edge.runtime.build import build_markdown
+    from mlic_edge.commands.build import build_markdown
 
     manifest = {"device": "dla:1", "dla_layers": {"dla": 3, "gpu": 1, "gpu_layers": ["topk_head"]}}
     entry = {"precision": "fp16", "backend": "tensorrt", "onnx": {"fp16": {"size_bytes": 1000}}, "seconds": 1.0,

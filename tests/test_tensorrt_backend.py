@@ -18,9 +18,9 @@ import pytest
 from mlic_edge.errors import BackendError
 from mlic_edge.io import write_json
 from mlic_edge.rundir import RunDir
-from mlic_edge.runtime.backends.tensorrt_backend import TIMING_KEYS, TensorRTBackend, open_tensorrt_backend
-from mlic_edge.runtime.cuda import cuda_python_api, open_cuda, pycuda_api
-from mlic_edge.runtime.tensorrt.api import TensorRT
+from mlic_edge.runtime.inference.backends.tensorrt_backend import TIMING_KEYS, TensorRTBackend, open_tensorrt_backend
+from mlic_edge.runtime.inference.cuda import cuda_python_api, open_cuda, pycuda_api
+from mlic_edge.runtime.engines.api import TensorRT
 from trt_surface import FakeTensorRT, load_surface, surface_names
 
 WEIGHTS = np.arange(12, dtype=np.float32).reshape(3, 4) / 10 - 0.5
@@ -74,7 +74,7 @@ class FakeGpu:
 
 
 def fake_cudart(gpu: FakeGpu) -> SimpleNamespace:
-    """The slice of cuda-python's ``cuda.bindings.runtime`` that runtime/cuda.py calls."""
+    """The slice of cuda-python's ``cuda.bindings.runtime`` that runtime/inference/cuda.py calls."""
     ok = 0
 
     def logged(name, result=(ok,)):
@@ -135,7 +135,7 @@ class PyCudaLogicError(RuntimeError):
 
 
 def fake_pycuda(gpu: FakeGpu) -> SimpleNamespace:
-    """The slice of ``pycuda.driver`` that runtime/cuda.py calls, with pycuda's context semantics (src/cpp/cuda.hpp):
+    """The slice of ``pycuda.driver`` that runtime/inference/cuda.py calls, with pycuda's context semantics (src/cpp/cuda.hpp):
     a stack of current contexts per thread; ``Context.pop`` is static and pops the calling thread's top; memory,
     streams and events need a current context; ``free()`` pushes the owning context only on the thread that made it
     and otherwise leaks with a warning; ``detach()`` releases the primary context when current (and pops it)."""
@@ -438,8 +438,8 @@ def test_an_engine_from_another_tensorrt_is_refused_with_the_rebuild_command(eng
 
 def test_real_tensorrt_rtx_engine_that_cannot_load_here_is_refused_and_cuda_released(tmp_path):
     """A real ahead-of-time TensorRT for RTX build; with no GPU its runtime refuses it, in one line with the reason."""
-    from mlic_edge.runtime.gpu import detect_gpu
-    from mlic_edge.runtime.tensorrt import BuildOptions, build_engine, load_tensorrt
+    from mlic_edge.runtime.engines.gpu import detect_gpu
+    from mlic_edge.runtime.engines import BuildOptions, build_engine, load_tensorrt
     from test_tensorrt_build import tiny_onnx
 
     if detect_gpu() is not None:
@@ -476,7 +476,7 @@ def test_without_pycuda_or_cuda_python_says_how_to_get_them(monkeypatch):
 
 def test_real_cuda_python_without_a_gpu_fails_clearly():
     pytest.importorskip("cuda.bindings")
-    from mlic_edge.runtime.gpu import detect_gpu
+    from mlic_edge.runtime.engines.gpu import detect_gpu
 
     if detect_gpu() is not None:
         pytest.skip("a GPU is present")
@@ -488,16 +488,16 @@ def test_real_cuda_python_without_a_gpu_fails_clearly():
 def test_importing_the_backend_imports_no_tensorrt_cuda_or_torch():
     from import_checks import packages_loaded_by
 
-    loaded = packages_loaded_by("mlic_edge.runtime.backends.tensorrt_backend")
+    loaded = packages_loaded_by("mlic_edge.runtime.inference.backends.tensorrt_backend")
     assert not {"tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindings", "pycuda", "cuda", "torch"} & loaded
 
 
 @pytest.mark.gpu
 def test_real_engine_matches_onnxruntime(request, tmp_path):
     """Build the trained run's fp32 engine here and compare its scores with ONNX Runtime's on the same batch."""
-    from mlic_edge.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from mlic_edge.runtime.gpu import detect_gpu
-    from mlic_edge.runtime.tensorrt import BuildOptions, available_tensorrt_backends, build_engine, load_tensorrt
+    from mlic_edge.runtime.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from mlic_edge.runtime.engines.gpu import detect_gpu
+    from mlic_edge.runtime.engines import BuildOptions, available_tensorrt_backends, build_engine, load_tensorrt
 
     gpu = detect_gpu()
     backends = available_tensorrt_backends()
@@ -656,7 +656,7 @@ def test_cuda_graphs_prefer_cuda_python_when_pycuda_is_also_installed(monkeypatc
 
 def test_cuda_python_newer_than_the_driver_names_the_matching_major(monkeypatch):
     """cuda-python 13 on a CUDA 12.6 driver (JetPack 6) fails with InsufficientDriver: say which to install."""
-    from mlic_edge.runtime import gpu as gpu_module
+    from mlic_edge.runtime.engines import gpu as gpu_module
 
     runtime = fake_cudart(FakeGpu())
     runtime.cudaGetDeviceCount = lambda: (35, None)

@@ -18,8 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mlic_edge.errors import BackendError, BuildError
 from mlic_edge.io import read_json, sha256_file
-from mlic_edge.runtime.gpu import GpuInfo, detect_gpu, jetson_gpu_from_model, parse_nvidia_smi
-from mlic_edge.runtime.tensorrt import (BuildOptions, TensorRT, available_tensorrt_backends, build_engine,
+from mlic_edge.runtime.engines.gpu import GpuInfo, detect_gpu, jetson_gpu_from_model, parse_nvidia_smi
+from mlic_edge.runtime.engines import (BuildOptions, TensorRT, available_tensorrt_backends, build_engine,
                                         capabilities, check_manifest, engine_target_name, find_engines,
                                         load_tensorrt, plan_build, read_manifest)
 from trt_surface import FakeTensorRT, load_surface
@@ -155,7 +155,7 @@ def test_missing_tensorrt_says_how_to_get_it():
 def test_importing_the_package_imports_no_tensorrt_onnx_or_torch():
     from import_checks import packages_loaded_by
 
-    loaded = packages_loaded_by("mlic_edge.runtime.tensorrt")
+    loaded = packages_loaded_by("mlic_edge.runtime.engines")
     assert not {"tensorrt_rtx_bindings", "tensorrt_rtx", "tensorrt", "onnx", "onnxruntime", "torch"} & loaded
 
 

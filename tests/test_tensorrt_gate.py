@@ -45,7 +45,7 @@ def test_the_gate_covers_every_registered_model():
 
 @pytest.fixture(scope="module")
 def tensorrt():
-    from mlic_edge.runtime.tensorrt.api import load_tensorrt
+    from mlic_edge.runtime.engines.api import load_tensorrt
 
     return load_tensorrt("tensorrt-rtx")  # missing: an error that says how to install it, so the test fails
 
@@ -77,7 +77,7 @@ def _scores(path, images: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_every_precision_parses_and_builds(name, tmp_path, tensorrt, calibration):
-    from mlic_edge.runtime.tensorrt.builder import BuildOptions, build_engine
+    from mlic_edge.runtime.engines.builder import BuildOptions, build_engine
 
     dataset, calibration_set = calibration
     run = RunDir(tmp_path)

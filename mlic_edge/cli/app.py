@@ -431,10 +431,10 @@ def build(
 ) -> None:
     """Make the precision's ONNX (fp16 / int8 with calibration) and a TensorRT engine; report sizes and mAP."""
     from mlic_edge.console import info, progress_bar
-    from mlic_edge.runtime.build import BuildRequest, build as run_build, parse_batch
+    from mlic_edge.commands.build import BuildRequest, build as run_build, parse_batch
 
     if bundle is not None:
-        from mlic_edge.runtime.bundle import unpack
+        from mlic_edge.runtime.deployment.bundle import unpack
 
         if run or model:
             raise MlicError("--bundle unpacks into its own run directory", hint="use --out DIR, not --run/--model")
@@ -536,12 +536,13 @@ def run_command(
 
     from mlic_edge.console import console, info, warn
     from mlic_edge.io import write_json
-    from mlic_edge.runtime.backends import create_backend
-    from mlic_edge.runtime.latency import LatencyRecorder, PeriodicStats, latency_table
-    from mlic_edge.runtime.pipeline import ModelSpec, run_pipeline
-    from mlic_edge.runtime.postprocess import Postprocessor, read_thresholds
-    from mlic_edge.runtime.sinks import CsvSink, JsonlSink, VideoSink, WindowSink, check_writable
-    from mlic_edge.runtime.sources import open_source
+    from mlic_edge.runtime.inference.backends import create_backend
+    from mlic_edge.runtime.inference.latency import LatencyRecorder, PeriodicStats, latency_table
+    from mlic_edge.runtime.inference.pipeline import run_pipeline
+    from mlic_edge.spec import ModelSpec
+    from mlic_edge.runtime.inference.postprocess import Postprocessor, read_thresholds
+    from mlic_edge.runtime.inference.sinks import CsvSink, JsonlSink, VideoSink, WindowSink, check_writable
+    from mlic_edge.runtime.inference.sources import open_source
 
     if not 0.0 <= threshold <= 1.0:
         raise MlicError(f"--threshold {threshold} is outside [0, 1]", hint="scores are probabilities")
@@ -628,9 +629,9 @@ def bench(
     """Backend alone (like trtexec) vs the whole pipeline on a generated video, and the ratio between them."""
     from mlic_edge.console import console, info
     from mlic_edge.io import write_json
-    from mlic_edge.runtime.backends import create_backend
-    from mlic_edge.runtime.bench import bench_table, run_bench
-    from mlic_edge.runtime.pipeline import ModelSpec
+    from mlic_edge.runtime.inference.backends import create_backend
+    from mlic_edge.runtime.checks.bench import bench_table, run_bench
+    from mlic_edge.spec import ModelSpec
 
     try:
         batches = [int(part) for part in batch.split(",")]
@@ -692,8 +693,8 @@ def parity(
     Needs only reference.npz and the dataset, not PyTorch: it runs on the device."""
     from mlic_edge.console import console, progress_bar, warn
     from mlic_edge.io import atomic_path, write_json
-    from mlic_edge.runtime.backends import create_backend
-    from mlic_edge.runtime.parity import (Reference, ReferenceImages, check_backend, check_parity,
+    from mlic_edge.runtime.inference.backends import create_backend
+    from mlic_edge.runtime.checks.parity import (Reference, ReferenceImages, check_backend, check_parity,
                                           parity_markdown, parity_report, parity_table, present_targets)
 
     for name in precision:
@@ -750,7 +751,7 @@ def pack(
     """One archive with what a device needs: ONNX files, calibration record, reference.npz (+ images), labels,
     preprocessing, and a manifest of sha256 hashes. No checkpoints, no engines (they are built on the device)."""
     from mlic_edge.console import info
-    from mlic_edge.runtime.bundle import inspect_bundle, pack as make_bundle
+    from mlic_edge.runtime.deployment.bundle import inspect_bundle, pack as make_bundle
 
     path = make_bundle(_run_dir(run, model), out, with_images=images)
     manifest = inspect_bundle(path)
@@ -783,7 +784,7 @@ def export_triton(
     """A Triton Inference Server model repository: config.pbtxt (inputs, outputs, dynamic batching), version
     folder with the ONNX or engine, labels file."""
     from mlic_edge.console import info
-    from mlic_edge.runtime.serving import write_triton_repository
+    from mlic_edge.runtime.deployment.serving import write_triton_repository
 
     try:
         sizes = [int(part) for part in preferred.split(",") if part.strip()]
@@ -812,7 +813,7 @@ def export_deepstream(
 ) -> None:
     """A DeepStream nvinfer configuration for a primary or secondary multi-label classifier."""
     from mlic_edge.console import info
-    from mlic_edge.runtime.serving import write_deepstream_config
+    from mlic_edge.runtime.deployment.serving import write_deepstream_config
 
     path = write_deepstream_config(_run_dir(run, model), out, precision=precision, mode=mode, engine=engine,
                                    gie_unique_id=gie_id, operate_on_gie_id=operate_on_gie_id, batch_size=batch_size,
@@ -830,7 +831,7 @@ def doctor(
     """What this machine can run: Jetson/L4T, GPU, CUDA, TensorRT, ONNX Runtime, DLA, cameras, disk — each ok / warn
     / fail with the fix. Exit 1 when a check fails."""
     from mlic_edge.console import console
-    from mlic_edge.runtime.doctor import doctor_table, run_checks, summarize
+    from mlic_edge.runtime.deployment.doctor import doctor_table, run_checks, summarize
 
     run_path = _run_dir(run, model).path if (run or model) else None
     checks = run_checks(run_path)
@@ -852,7 +853,7 @@ def _service_spec(run, model, source, backend, precision, out_dir, name, user, s
                   threshold, thresholds, smoothing, only_changes, extra):
     import os
 
-    from mlic_edge.runtime.service import ServiceSpec
+    from mlic_edge.runtime.deployment.service import ServiceSpec
 
     return ServiceSpec(run_dir=_run_dir(run, model).path, out_dir=out_dir, name=name, source=source,
                        backend=backend, precision=precision, user=user or os.environ.get("SUDO_USER"),
@@ -886,7 +887,7 @@ def service_install(
 ) -> None:
     """Install and start the service (needs root): unit in /etc/systemd/system, rule in /etc/logrotate.d."""
     from mlic_edge.console import info
-    from mlic_edge.runtime.service import install, render_logrotate, render_unit
+    from mlic_edge.runtime.deployment.service import install, render_logrotate, render_unit
 
     spec = _service_spec(run, model, source, backend, precision, out_dir, name, user, stats_every, rotate_mb, keep,
                          threshold, thresholds, smoothing, only_changes, extra)
@@ -907,7 +908,7 @@ def service_uninstall(
 ) -> None:
     """Stop and remove the service (predictions are kept)."""
     from mlic_edge.console import info
-    from mlic_edge.runtime.service import uninstall
+    from mlic_edge.runtime.deployment.service import uninstall
 
     uninstall(name, dry_run=dry_run, on_step=info)
 

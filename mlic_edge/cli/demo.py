@@ -20,13 +20,14 @@ def run_demo(out: Path, epochs: int = 12, backbone: str = "resnet10t", classes: 
     from mlic_edge.export.onnx_export import export_onnx
     from mlic_edge.export.reference import write_reference
     from mlic_edge.rundir import RunDir
-    from mlic_edge.runtime.backends import create_backend
-    from mlic_edge.runtime.latency import LatencyRecorder, latency_table
-    from mlic_edge.runtime.parity import check_parity, compute_parity, parity_report, parity_table
-    from mlic_edge.runtime.pipeline import ModelSpec, run_pipeline
-    from mlic_edge.runtime.postprocess import Postprocessor
-    from mlic_edge.runtime.sinks import JsonlSink, VideoSink
-    from mlic_edge.runtime.sources import open_source
+    from mlic_edge.runtime.inference.backends import create_backend
+    from mlic_edge.runtime.inference.latency import LatencyRecorder, latency_table
+    from mlic_edge.runtime.checks.parity import check_parity, compute_parity, parity_report, parity_table
+    from mlic_edge.runtime.inference.pipeline import run_pipeline
+    from mlic_edge.spec import ModelSpec
+    from mlic_edge.runtime.inference.postprocess import Postprocessor
+    from mlic_edge.runtime.inference.sinks import JsonlSink, VideoSink
+    from mlic_edge.runtime.inference.sources import open_source
     from mlic_edge.train.trainer import TrainConfig, train
 
     started = time.monotonic()

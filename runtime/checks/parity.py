@@ -15,11 +15,11 @@ import numpy as np
 
 from mlic_edge import metrics
 from mlic_edge.data import open_dataset
-from mlic_edge.data.images import read_image
+from mlic_edge.data.images import read_image, spec_input
 from mlic_edge.errors import MlicError, ParityError, RunDirError
 from mlic_edge.rundir import RunDir
-from mlic_edge.runtime.backends.base import Backend
-from mlic_edge.runtime.pipeline import ModelSpec
+from mlic_edge.runtime.inference.backends.base import Backend
+from mlic_edge.spec import ModelSpec
 
 DEFAULT_TOLERANCE_POINTS = {"fp32": 0.1, "fp16": 0.5, "int8": 1.5}
 WORST_CLASSES = 5
@@ -93,7 +93,7 @@ class ReferenceImages:
         image = read_image(path)
         if image is None:
             raise RunDirError(f"reference image {path} can no longer be read", hint="check the dataset")
-        return self.spec.tensor(image)
+        return spec_input(image, self.spec)
 
 
 def score_images(backend: Backend, images: ReferenceImages, batch_size: int = 16,
@@ -169,7 +169,7 @@ def present_targets(run: RunDir, backends: list[str] | None = None,
     if backends:
         return [(backend, precision) for backend in backends for precision in wanted
                 if backend != "torch" or precision == "fp32"]
-    from mlic_edge.runtime.tensorrt.manifest import find_engines, read_manifest
+    from mlic_edge.runtime.engines.manifest import find_engines, read_manifest
 
     targets = [("onnxruntime", precision) for precision in wanted if run.onnx(precision).is_file()]
     for path in find_engines(run.path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mlic_edge.errors import BackendError, MlicError
 from mlic_edge.rundir import RunDir
-from mlic_edge.runtime.backends.base import Backend, BackendInfo
+from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
 from mlic_edge.spec import BACKENDS, ENGINE_BACKENDS, PRECISIONS, rebuild_command, require_choice
 
 
@@ -15,7 +15,7 @@ def resolve_auto(device: str = "auto", run: RunDir | None = None, precision: str
     """(backend, device) that ``--backend auto`` would use on this machine: a TensorRT engine of the run that fits
     this TensorRT, GPU and ONNX (with pycuda or cuda-python to feed it), else ONNX Runtime on CUDA, else on the CPU.
     An engine that is there but does not fit is named with the reason, so the choice is never silent."""
-    from mlic_edge.runtime.backends.onnxruntime_backend import available_devices
+    from mlic_edge.runtime.inference.backends.onnxruntime_backend import available_devices
 
     if run is not None and device in ("auto", "cuda"):
         engine_backend = _usable_engine_backend(run, precision)
@@ -32,8 +32,8 @@ def _usable_engine_backend(run: RunDir, precision: str) -> str | None:
     import importlib.util
 
     from mlic_edge.console import info
-    from mlic_edge.runtime.tensorrt.api import available_tensorrt_backends
-    from mlic_edge.runtime.tensorrt.manifest import find_engines
+    from mlic_edge.runtime.engines.api import available_tensorrt_backends
+    from mlic_edge.runtime.engines.manifest import find_engines
 
     if not any(path.name == f"model.{precision}.json" for path in find_engines(run.path)):
         return None
@@ -54,9 +54,9 @@ def _usable_engine_backend(run: RunDir, precision: str) -> str | None:
 def find_engine(run: RunDir, backend: str, precision: str) -> Path:
     """The engine of ``backend`` and ``precision`` in the run that fits this TensorRT, GPU and ONNX, or a one-line
     refusal saying why and how to rebuild (TensorRT missing: how to get it, and what ``auto`` would use)."""
-    from mlic_edge.runtime.gpu import detect_gpu
-    from mlic_edge.runtime.tensorrt.api import load_tensorrt
-    from mlic_edge.runtime.tensorrt.manifest import check_manifest, find_engines, read_manifest
+    from mlic_edge.runtime.engines.gpu import detect_gpu
+    from mlic_edge.runtime.engines.api import load_tensorrt
+    from mlic_edge.runtime.engines.manifest import check_manifest, find_engines, read_manifest
 
     trt = load_tensorrt(backend)
     rebuild = rebuild_command(run.path, precision, backend)
@@ -86,7 +86,7 @@ def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str 
     if name == "auto":
         name, device = resolve_auto(device, run, precision)
     if name in ENGINE_BACKENDS:
-        from mlic_edge.runtime.backends.tensorrt_backend import open_tensorrt_backend
+        from mlic_edge.runtime.inference.backends.tensorrt_backend import open_tensorrt_backend
 
         if device == "cpu":
             raise BackendError(f"{name} runs engines on an NVIDIA GPU, not --device cpu",
@@ -98,14 +98,14 @@ def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str 
         raise BackendError(f"--cuda-graph is for TensorRT engines, not {name}", hint="use --backend tensorrt, or drop "
                                                                                    "--cuda-graph")
     if name == "torch":
-        from mlic_edge.runtime.backends.torch_backend import TorchBackend
+        from mlic_edge.runtime.inference.backends.torch_backend import TorchBackend
 
         if precision != "fp32":
             raise BackendError("the torch backend is the fp32 reference", hint="use --precision fp32")
         meta = run.read()
         return TorchBackend(run.require(run.checkpoint, "mlic-edge train"), device="cuda" if device == "cuda" else "cpu",
                             normalization=(meta["mean"], meta["std"]))
-    from mlic_edge.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend, available_devices
+    from mlic_edge.runtime.inference.backends.onnxruntime_backend import OnnxRuntimeBackend, available_devices
 
     if device == "auto":
         device = "cuda" if "cuda" in available_devices() else "cpu"

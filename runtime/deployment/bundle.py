@@ -124,7 +124,7 @@ def _run_files(run: RunDir) -> list[str]:
 def _reference_images(run: RunDir) -> tuple[dict[str, Any], dict[str, Path | bytes], bytes | None]:
     """The reference's eval images as a CSV dataset folder (``images/``), and reference.npz bytes when its image
     ids had to be renamed (ids outside the dataset root)."""
-    from mlic_edge.runtime.parity import Reference, ReferenceImages
+    from mlic_edge.runtime.checks.parity import Reference, ReferenceImages
 
     reference = Reference.load(run)
     try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from mlic_edge.errors import BackendError, MlicError
+from mlic_edge.errors import BackendError
 from mlic_edge.spec import ENGINE_BACKENDS
 
 # TensorRT for RTX: the meta package `tensorrt-rtx-cu13` gives `tensorrt_rtx`; the bindings wheel alone gives the other.
@@ -131,14 +131,8 @@ def available_tensorrt_backends() -> list[str]:
 
 
 def _auto_alternative() -> str:
-    """What ``--backend auto`` would run instead, named so the user chooses it knowingly."""
-    try:
-        from mlic_edge.runtime.backends import resolve_auto
-
-        backend, device = resolve_auto("auto")
-    except (ImportError, MlicError):
-        backend, device = "onnxruntime", "cpu"
-    return f"or run the ONNX with --backend onnxruntime; --backend auto picks {backend} on {device} here"
+    """What to run instead, named so the user chooses it knowingly (``auto`` says what it picks when it runs)."""
+    return "or run the ONNX with --backend onnxruntime (--backend auto picks what can run here and says which)"
 
 
 def _has(owner: Any, name: str) -> bool:

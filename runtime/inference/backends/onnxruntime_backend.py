@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from mlic_edge.errors import BackendError
-from mlic_edge.runtime.backends.base import Backend, BackendInfo
+from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 

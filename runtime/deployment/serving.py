@@ -21,7 +21,7 @@ from mlic_edge.errors import BuildError, DataError, RunDirError
 from mlic_edge.io import atomic_path, require_writable, sha256_file
 from mlic_edge.rundir import RunDir
 from mlic_edge.spec import FLOAT_INPUT, PRECISIONS, RunSpec, rebuild_command, require_choice
-from mlic_edge.runtime.tensorrt.manifest import find_engines, read_manifest
+from mlic_edge.runtime.engines.manifest import find_engines, read_manifest
 
 TRITON_PLATFORMS = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
 TRITON_MODEL_FILES = {"onnx": "model.onnx", "tensorrt": "model.plan"}

@@ -16,10 +16,10 @@ import mlic_edge
 from mlic_edge.console import warn
 from mlic_edge.errors import BuildError
 from mlic_edge.io import atomic_path, require_writable, sha256_file, write_json
-from mlic_edge.runtime.gpu import GpuInfo
+from mlic_edge.runtime.engines.gpu import GpuInfo
 from mlic_edge.spec import PRECISIONS, require_choice
-from mlic_edge.runtime.tensorrt.api import HARDWARE_COMPATIBILITY_LEVELS, Capabilities, TensorRT
-from mlic_edge.runtime.tensorrt.manifest import (MANIFEST_FORMAT, engine_paths, engine_target_name,
+from mlic_edge.runtime.engines.api import HARDWARE_COMPATIBILITY_LEVELS, Capabilities, TensorRT
+from mlic_edge.runtime.engines.manifest import (MANIFEST_FORMAT, engine_paths, engine_target_name,
                                                  timing_cache_path)
 
 # Cameras run batch 1, so that is the shape TensorRT tunes for; folder runs batch up to 8.

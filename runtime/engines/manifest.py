@@ -9,8 +9,8 @@ from typing import Any, Sequence
 
 from mlic_edge.errors import BuildError
 from mlic_edge.io import read_json, sha256_file, write_json
-from mlic_edge.runtime.gpu import GpuInfo
-from mlic_edge.runtime.tensorrt.api import TensorRT
+from mlic_edge.runtime.engines.gpu import GpuInfo
+from mlic_edge.runtime.engines.api import TensorRT
 
 MANIFEST_FORMAT = 1
 ENGINES_DIR = "engines"

@@ -1,7 +1,7 @@
 """TensorRT (and TensorRT for RTX) engines on a GPU: pinned host buffers, async copies and execution on a CUDA stream.
 
 Tensors by name (``execute_async_v3``), which every supported TensorRT has (8.5+, 10.x, 11.x, RTX; the real API
-surfaces are recorded in ``tests/api_surfaces/``). CUDA comes from ``mlic_edge.runtime.cuda`` (pycuda or
+surfaces are recorded in ``tests/api_surfaces/``). CUDA comes from ``mlic_edge.runtime.inference.cuda`` (pycuda or
 cuda-python). Every resource is made in ``__init__``/``infer`` and released in ``close``, with the CUDA context
 current on the calling thread.
 """
@@ -15,11 +15,11 @@ import numpy as np
 
 from mlic_edge.errors import BackendError, MlicError
 from mlic_edge.rundir import RunDir
-from mlic_edge.runtime.backends.base import Backend, BackendInfo
-from mlic_edge.runtime.cuda import Cuda, DeviceBuffer, Graph, HostBuffer, open_cuda
-from mlic_edge.runtime.tensorrt.api import TensorRT
-from mlic_edge.runtime.tensorrt.builder import recording_logger
-from mlic_edge.runtime.tensorrt.manifest import read_manifest
+from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
+from mlic_edge.runtime.inference.cuda import Cuda, DeviceBuffer, Graph, HostBuffer, open_cuda
+from mlic_edge.runtime.engines.api import TensorRT
+from mlic_edge.runtime.engines.builder import recording_logger
+from mlic_edge.runtime.engines.manifest import read_manifest
 from mlic_edge.spec import rebuild_command
 
 TIMING_KEYS = ("h2d_ms", "compute_ms", "d2h_ms", "total_ms")
@@ -327,7 +327,7 @@ def _dla_core(device: Any) -> int | None:
 def open_tensorrt_backend(run: RunDir, backend_name: str, precision: str, engine_path: Path, *, device: int = 0,
                           cuda_graph: bool = False) -> TensorRTBackend:
     """The engine ``find_engine`` chose, with the manifest beside it and the TensorRT of ``backend_name``."""
-    from mlic_edge.runtime.tensorrt.api import load_tensorrt
+    from mlic_edge.runtime.engines.api import load_tensorrt
 
     engine_path = Path(engine_path)
     try:

@@ -518,7 +518,7 @@ def handle_value(handle: Any) -> int:
 
 def _cuda_error(what: str, reason: str, device: int, bindings_major: int | None = None) -> BackendError:
     if "InsufficientDriver" in reason or "INSUFFICIENT_DRIVER" in reason:
-        from mlic_edge.runtime.gpu import cuda_python_mismatch, cuda_python_requirement, driver_cuda_version
+        from mlic_edge.runtime.engines.gpu import cuda_python_mismatch, cuda_python_requirement, driver_cuda_version
 
         driver = driver_cuda_version()
         mismatch = cuda_python_mismatch(bindings_major, driver)

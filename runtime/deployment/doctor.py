@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from mlic_edge.errors import BackendError
-from mlic_edge.runtime.gpu import (GpuInfo, cuda_python_mismatch, cuda_python_requirement, detect_gpu,
+from mlic_edge.runtime.engines.gpu import (GpuInfo, cuda_python_mismatch, cuda_python_requirement, detect_gpu,
                                    driver_cuda_version, jetson_gpu_from_model)
-from mlic_edge.runtime.tensorrt.api import TensorRT, available_tensorrt_backends, load_tensorrt
+from mlic_edge.runtime.engines.api import TensorRT, available_tensorrt_backends, load_tensorrt
 
 Status = Literal["ok", "warn", "fail"]
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
@@ -333,7 +333,7 @@ def _check_cuda_driver(facts: _Facts) -> _Outcome:
 
 
 def _check_cuda_python(facts: _Facts) -> _Outcome:
-    from mlic_edge.runtime.cuda import INSTALL_HINT
+    from mlic_edge.runtime.inference.cuda import INSTALL_HINT
 
     found = _cuda_packages()
     needed = facts.is_jetson or facts.gpu is not None
@@ -414,7 +414,7 @@ def _check_onnxruntime(facts: _Facts) -> _Outcome:
     try:
         import onnxruntime
 
-        from mlic_edge.runtime.backends.onnxruntime_backend import available_devices
+        from mlic_edge.runtime.inference.backends.onnxruntime_backend import available_devices
     except ImportError as error:
         tensorrt = facts.tensorrt("tensorrt")
         outcome = _warn if isinstance(tensorrt, TensorRT) and (facts.gpu or facts.is_jetson) else _fail
@@ -531,13 +531,13 @@ def _opencv_info() -> tuple[str, bool]:
     """OpenCV's version and whether it was built with GStreamer."""
     import cv2
 
-    from mlic_edge.runtime.sources import gstreamer_available
+    from mlic_edge.runtime.inference.sources import gstreamer_available
 
     return cv2.__version__, gstreamer_available()
 
 
 def _openable_cameras() -> set[str]:
-    from mlic_edge.runtime.sources import list_cameras
+    from mlic_edge.runtime.inference.sources import list_cameras
 
     return set(list_cameras())
 

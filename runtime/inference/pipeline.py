@@ -15,9 +15,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mlic_edge.runtime.backends.base import Backend
-from mlic_edge.runtime.latency import LatencyRecorder
-from mlic_edge.runtime.sources import Frame, Source
+from mlic_edge.runtime.inference.backends.base import Backend
+from mlic_edge.runtime.inference.latency import LatencyRecorder
+from mlic_edge.runtime.inference.sources import Frame, Source
+from mlic_edge.data.images import spec_input
 from mlic_edge.spec import ModelSpec
 
 _END = object()  # end of the stream, passed down the stages
@@ -154,7 +155,7 @@ class _Stages:
                 frames.append(item)
             if frames:
                 with self.latency.measure("preprocess", len(frames)):
-                    tensor = np.stack([self.spec.tensor(frame.image) for frame in frames])
+                    tensor = np.stack([spec_input(frame.image, self.spec) for frame in frames])
                 self._put(self.batches, (frames, tensor))
         self._put(self.batches, _END)
 

@@ -81,7 +81,7 @@ def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) 
                          hint="fix its permissions or copy the run somewhere writable")
     trt = _load_builder(backend)  # a missing TensorRT is refused before any work
     if trt is not None:
-        from mlic_edge.runtime.tensorrt.builder import plan_build
+        from mlic_edge.runtime.engines.builder import plan_build
 
         plan_build(trt.caps, _engine_options(request))  # and so is an option this TensorRT cannot honour
     started = time.monotonic()
@@ -227,15 +227,15 @@ def _sensitivity_inputs(run: RunDir, meta: dict[str, Any], calibration) -> np.nd
 def _load_builder(backend: str):
     if backend not in ("tensorrt", "tensorrt-rtx"):
         return None
-    from mlic_edge.runtime.tensorrt.api import load_tensorrt
+    from mlic_edge.runtime.engines.api import load_tensorrt
 
     return load_tensorrt(backend)
 
 
 def _build_engine(run: RunDir, meta: dict[str, Any], trt, onnx_path: Path, request: BuildRequest,
                   say: Progress) -> dict[str, Any]:
-    from mlic_edge.runtime.gpu import detect_gpu
-    from mlic_edge.runtime.tensorrt.builder import build_engine
+    from mlic_edge.runtime.engines.gpu import detect_gpu
+    from mlic_edge.runtime.engines.builder import build_engine
 
     spec = RunSpec.from_run_json(meta)
     result = build_engine(trt, onnx_path, run.path, _engine_options(request), labels=spec.labels,
@@ -249,7 +249,7 @@ def _build_engine(run: RunDir, meta: dict[str, Any], trt, onnx_path: Path, reque
 
 
 def _engine_options(request: BuildRequest):
-    from mlic_edge.runtime.tensorrt.builder import BuildOptions
+    from mlic_edge.runtime.engines.builder import BuildOptions
 
     return BuildOptions(precision=request.precision, batch=request.batch, workspace_mb=request.workspace_mb,
                         dla_core=request.dla_core, version_compatible=request.version_compatible,
@@ -267,8 +267,8 @@ def _evaluate_or_warn(run: RunDir, precision: str, say: Progress) -> dict[str, A
 
 def evaluate_precision(run: RunDir, precision: str, say: Progress) -> dict[str, Any]:
     """ONNX Runtime (CPU) mAP of the precision's ONNX and of fp32 on the reference's eval images."""
-    from mlic_edge.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from mlic_edge.runtime.parity import Reference, ReferenceImages, compare_scores, score_images
+    from mlic_edge.runtime.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from mlic_edge.runtime.checks.parity import Reference, ReferenceImages, compare_scores, score_images
 
     reference = Reference.load(run)
     images = ReferenceImages(run, reference)

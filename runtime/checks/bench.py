@@ -15,10 +15,11 @@ import cv2
 import numpy as np
 
 from mlic_edge.errors import MlicError
-from mlic_edge.runtime.backends.base import Backend
-from mlic_edge.runtime.latency import LatencyRecorder
-from mlic_edge.runtime.pipeline import ModelSpec, run_pipeline
-from mlic_edge.runtime.sources import open_source
+from mlic_edge.runtime.inference.backends.base import Backend
+from mlic_edge.runtime.inference.latency import LatencyRecorder
+from mlic_edge.runtime.inference.pipeline import run_pipeline
+from mlic_edge.spec import ModelSpec
+from mlic_edge.runtime.inference.sources import open_source
 
 VIDEO_SIZE = (640, 480)  # a typical camera frame: decoding and resizing it is part of the real cost
 
@@ -69,7 +70,7 @@ def make_video(path: Path, frames: int, fps: float = 30.0, size: tuple[int, int]
 
 def bench_pipeline(backend: Backend, spec: ModelSpec, video: Path, batch: int) -> dict[str, Any]:
     """The whole pipeline over ``video`` (decode, preprocess, batch, infer, postprocess; no output written)."""
-    from mlic_edge.runtime.postprocess import Postprocessor
+    from mlic_edge.runtime.inference.postprocess import Postprocessor
 
     latency = LatencyRecorder()
     with open_source(str(video)) as source:
