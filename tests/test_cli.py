@@ -207,3 +207,12 @@ def test_models_json_lists_the_zoo(capsys):
 def test_parity_of_a_precision_not_built_says_how_to_build_it(capsys, run_copy):
     result = invoke(capsys, "parity", "--run", run_copy, "--precision", "int8")
     assert_one_line_error(result, "no ONNX or engine for int8", "mlic-edge build", "--precision int8")
+
+
+def test_one_name_one_meaning_for_batch_options(capsys):
+    """--batch is images per inference (run); the engine's range is --batch-range, bench's sweep --batches."""
+    for command, option in (("build", "--batch-range"), ("bench", "--batches"), ("run", "--batch")):
+        result = invoke(capsys, command, "--help")
+        assert option in result.out, (command, option)
+    result = invoke(capsys, "build", "--model", "absent", "--batch-range", "8,4,1", "--backend", "onnxruntime")
+    assert_one_line_error(result, "MIN,OPT,MAX")

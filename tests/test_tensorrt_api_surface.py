@@ -158,7 +158,7 @@ def test_dla_refuses_a_batch_range_before_any_work(tmp_path):
     with pytest.raises(BuildError) as caught:
         build_engine(trt, tiny_model(tmp_path, "fp16"), tmp_path,
                      BuildOptions(precision="fp16", dla_core=0, batch=(1, 1, 8)), gpu=ORIN)
-    assert "DLA runs one batch size" in caught.value.message and "--batch 1,1,1" in caught.value.hint
+    assert "DLA runs one batch size" in caught.value.message and "--batch-range 1,1,1" in caught.value.hint
     assert "parsed" not in module.state and "\n" not in str(caught.value)
 
 

@@ -1,5 +1,6 @@
-"""TensorRT backend: both IO styles, batch-range refusal, buffer growth, release order and CUDA graphs, driven by fake
-TensorRT and fake CUDA modules (device memory in host RAM); a real engine only on a GPU (marker ``gpu``)."""
+"""TensorRT backend: named-tensor IO on every supported TensorRT, batch-range refusal, buffer growth, release order
+and CUDA graphs, driven by fakes built from the real TensorRT API surfaces and fake CUDA modules (device memory in
+host RAM); a real engine only on a GPU (marker ``gpu``)."""
 
 from __future__ import annotations
 

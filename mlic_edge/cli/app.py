@@ -13,8 +13,16 @@ from typing import Optional
 
 import typer
 
+from mlic_edge.cli.options import (BackendOpt, BatchesOpt, BatchRangeOpt, DataOpt, DeviceOpt, JsonOpt, ModelNameOpt,
+                                   PrecisionOpt, RunOpt, precision_option)
+from mlic_edge.commands.bench import BenchRequest
+from mlic_edge.commands.build import BuildRequest
+from mlic_edge.commands.evaluate import EvalRequest
+from mlic_edge.commands.export import ExportRequest
+from mlic_edge.commands.parity import ParityRequest
+from mlic_edge.commands.predict import PredictRequest
 from mlic_edge.errors import MlicError
-from mlic_edge.spec import DEFAULT_RESIZE, PRECISIONS, RunSpec, rebuild_command, require_choice
+from mlic_edge.spec import DEFAULT_RESIZE, PRECISIONS
 
 EPILOG_STYLE = "markdown"
 
@@ -69,17 +77,6 @@ def _print_error(message: str) -> None:
 
 def _emit_json(data: object) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
-
-
-# Options shared by several commands: one name, one meaning, everywhere.
-RunOpt = typer.Option(None, "--run", "-r", help="Run directory (default: runs/MODEL).", show_default=False)
-ModelNameOpt = typer.Option(None, "--model", "-m", help="Model name; --model NAME means --run runs/NAME.")
-JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
-DataOpt = typer.Option(None, "--data", "-d", help="Dataset: a path (format detected) or voc:PATH, coco:PATH, "
-                                                   "csv:PATH. Default: the run's dataset.")
-BackendOpt = typer.Option("auto", "--backend", "-b", help="auto, onnxruntime, torch, tensorrt, tensorrt-rtx.")
-PrecisionOpt = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 or int8 (the ONNX file it reads).")
-DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 
 
 def _parse_kwargs(pairs: list[str], option: str) -> dict:
@@ -273,50 +270,21 @@ def evaluate(
     model: Optional[str] = ModelNameOpt,
     data: Optional[str] = DataOpt,
     split: Optional[str] = typer.Option(None, "--split", help="Eval split (default: the run's)."),
-    threshold: float = typer.Option(0.5, "--threshold", help="Score threshold for CP/CR/CF1/OP/OR/OF1."),
-    ap_mode: str = typer.Option("standard", "--ap", help="standard (= scikit-learn) or voc07 (11-point)."),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    threshold: float = typer.Option(EvalRequest.threshold, "--threshold", help="Score threshold for "
+                                    "CP/CR/CF1/OP/OR/OF1."),
+    ap_mode: str = typer.Option(EvalRequest.ap_mode, "--ap", help="standard (= scikit-learn) or voc07 (11-point)."),
+    batch_size: int = typer.Option(EvalRequest.batch_size, "--batch-size"),
     device: str = DeviceOpt,
     save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="Write scores/targets/labels to .npz."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Evaluate the PyTorch checkpoint: mAP, CP, CR, CF1, OP, OR, OF1 (+ top-3), head/middle/tail mAP."""
-    import numpy as np
+    from mlic_edge.commands.evaluate import EvalRequest, evaluate as run_evaluation
+    from mlic_edge.console import console
 
-    from mlic_edge import metrics
-    from mlic_edge.console import console, warn
-    from mlic_edge.data import open_dataset
-    from mlic_edge.data.torch_data import describe_broken
-    from mlic_edge.io import atomic_path
-    from mlic_edge.models.checkpoint import load_model
-    from mlic_edge.train.evaluate import predict_scores
-    from mlic_edge.train.trainer import select_device
-
-    run_dir = _run_dir(run, model)
-    torch_device = select_device(device)
-    meta = run_dir.read()
-    dataset_meta = meta["dataset"]
-    dataset = open_dataset(data or dataset_meta["spec"], role="eval", split=split or dataset_meta.get("eval_split"),
-                           difficult=dataset_meta.get("difficult", "ignore"))
-    if dataset.names != meta["labels"]:
-        raise MlicError(f"{dataset.spec} has other classes than the run", hint="evaluate on the dataset it was "
-                                                                               "trained on (or one with its labels)")
-    net = load_model(run_dir.require(run_dir.checkpoint, "mlic-edge train")).to(torch_device)
-    spec = RunSpec.from_run_json(meta)
-    result = predict_scores(net, dataset, spec.img_size, spec.mean, spec.std, batch_size, resize=spec.resize,
-                            device=torch_device)
-    if result.broken:
-        warn(describe_broken(dataset, result.broken))
-    targets = result.targets(dataset)
-    report = metrics.evaluate(result.scores, targets, dataset.names,
-                              class_counts=np.asarray(dataset_meta.get("train_class_counts"))
-                              if dataset_meta.get("train_class_counts") else None,
-                              threshold=threshold, mode=ap_mode)
-    report.update(backend="torch", device=str(torch_device), split=dataset.split, data=dataset.spec)
-    if save_scores:
-        with atomic_path(save_scores) as tmp:
-            with tmp.open("wb") as handle:
-                np.savez_compressed(handle, scores=result.scores, targets=targets, labels=np.array(dataset.names))
+    report = run_evaluation(_run_dir(run, model), EvalRequest(
+        data=data, split=split, threshold=threshold, ap_mode=ap_mode, batch_size=batch_size, device=device,
+        save_scores=save_scores))
     if json_out:
         _emit_json(report)
         return
@@ -359,12 +327,12 @@ def export(
     ctx: typer.Context,
     run: Optional[Path] = RunOpt,
     model: Optional[str] = ModelNameOpt,
-    opset: int = typer.Option(17, "--opset", help="ONNX opset (17 = newest TensorRT 8.6 parses)."),
-    simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Run onnxsim."),
-    dynamo: bool = typer.Option(False, "--dynamo/--no-dynamo", help="Use torch.export (opset >= 18)."),
-    reference: bool = typer.Option(True, "--reference/--no-reference",
+    opset: int = typer.Option(ExportRequest.opset, "--opset", help="ONNX opset (17 = newest TensorRT 8.6 parses)."),
+    simplify: bool = typer.Option(ExportRequest.simplify, "--simplify/--no-simplify", help="Run onnxsim."),
+    dynamo: bool = typer.Option(ExportRequest.dynamo, "--dynamo/--no-dynamo", help="Use torch.export (opset >= 18)."),
+    reference: bool = typer.Option(ExportRequest.reference, "--reference/--no-reference",
                                    help="Write reference.npz (PyTorch scores on the eval split)."),
-    uint8_input: bool = typer.Option(False, "--uint8-input", help="Fold the normalisation into the graph: the "
+    uint8_input: bool = typer.Option(ExportRequest.uint8_input, "--uint8-input", help="Fold the normalisation into the graph: the "
                                      "model takes resized uint8 NHWC BGR frames (they go to the GPU as captured)."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -373,22 +341,18 @@ def export(
     With a subcommand (triton, deepstream), write that serving configuration instead."""
     if ctx.invoked_subcommand is not None:
         return
+    from mlic_edge.commands.export import ExportRequest, export as run_export
     from mlic_edge.console import info
-    from mlic_edge.export.onnx_export import export_onnx
-    from mlic_edge.export.reference import write_reference
 
     run_dir = _run_dir(run, model)
-    result = export_onnx(run_dir, opset=opset, simplify=simplify, dynamo=dynamo, uint8_input=uint8_input)
-    summary = {"onnx": str(result.path), "opset": result.opset, "max_abs_diff": result.max_abs_diff,
-               "mean_abs_diff": result.mean_abs_diff, "check_images": result.check_images,
-               "seconds": round(result.seconds, 2)}
-    if reference:
-        summary["reference"] = str(write_reference(run_dir))
+    summary = run_export(run_dir, ExportRequest(opset=opset, simplify=simplify, dynamo=dynamo, reference=reference,
+                                                uint8_input=uint8_input))
     if json_out:
         _emit_json(summary)
     else:
-        info(f"wrote {result.path} (opset {result.opset}); max |PyTorch - ONNX Runtime| on "
-             f"{result.check_images} images: {result.max_abs_diff:.2e}\nnext: mlic-edge parity --run {run_dir.path}")
+        info(f"wrote {summary['onnx']} (opset {summary['opset']}); max |PyTorch - ONNX Runtime| on "
+             f"{summary['check_images']} images: {summary['max_abs_diff']:.2e}\n"
+             f"next: mlic-edge parity --run {run_dir.path}")
 
 
 # --------------------------------------------------------------------------------------------------- build
@@ -398,20 +362,18 @@ def export(
 def build(
     run: Optional[Path] = RunOpt,
     model: Optional[str] = ModelNameOpt,
-    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 (mixed, fp32 IO) or int8 "
-                                  "(explicit Q/DQ from calibration data)."),
+    precision: str = precision_option(what="fp16: mixed, fp32 IO; int8: explicit Q/DQ from calibration data"),
     backend: str = typer.Option("auto", "--backend", "-b", help="auto (TensorRT if installed, else ONNX Runtime), "
                                 "tensorrt, tensorrt-rtx or onnxruntime (the artefact is the precision's ONNX)."),
     calib_data: Optional[str] = typer.Option(None, "--calib-data", help="Calibration images: a dataset path or "
                                              "voc:/coco:/csv: spec (default: the run's training split)."),
-    calib_images: int = typer.Option(512, "--calib-images", help="Calibration images to use (every class covered "
+    calib_images: int = typer.Option(BuildRequest.calib_images, "--calib-images", help="Calibration images to use (every class covered "
                                      "first)."),
-    calib_method: str = typer.Option("percentile", "--calib-method", help="percentile (99.999 %), minmax or "
+    calib_method: str = typer.Option(BuildRequest.calib_method, "--calib-method", help="percentile (99.999 %), minmax or "
                                      "entropy (KL); benchmarks/results/precision.md compares them."),
     keep_fp: list[str] = typer.Option([], "--keep-fp", help="Node to keep in higher precision (repeatable; the "
                                       "build report names the most sensitive)."),
-    batch: Optional[str] = typer.Option(None, "--batch", help="Engine batch range MIN,OPT,MAX (default 1,1,8; "
-                                        "with --dla-core one size, N,N,N, default 1,1,1)."),
+    batch: Optional[str] = BatchRangeOpt,
     workspace: Optional[int] = typer.Option(None, "--workspace", help="Builder workspace limit in MB."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Build for this DLA core, GPU fallback "
                                            "(Jetson)."),
@@ -421,7 +383,7 @@ def build(
                                                          help="Engine portable across GPUs: ampere+ (TensorRT "
                                                               "8.6+) or same-compute-capability (10.9+); refused "
                                                               "where this TensorRT lacks the level."),
-    evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Measure the precision's mAP against "
+    evaluate: bool = typer.Option(BuildRequest.evaluate, "--evaluate/--no-evaluate", help="Measure the precision's mAP against "
                                   "fp32 with ONNX Runtime (needs reference.npz and the eval images)."),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="Unpack this bundle (from `mlic-edge pack`) into "
                                           "--out and build there: the device side of a deployment."),
@@ -509,21 +471,22 @@ def run_command(
                                 "restarts keep earlier records, logrotate's copytruncate stays safe)."),
     save_video: Optional[Path] = typer.Option(None, "--save-video", help="Write frames with labels drawn (.mp4)."),
     show: bool = typer.Option(False, "--show", help="Show frames with labels in a window (q or Esc stops)."),
-    threshold: float = typer.Option(0.5, "--threshold", help="Report labels with score >= this."),
+    threshold: float = typer.Option(PredictRequest.threshold, "--threshold", help="Report labels with score >= "
+                                    "this."),
     thresholds: Optional[Path] = typer.Option(None, "--thresholds", help="Per-class thresholds: JSON "
                                               "{label: t} or CSV label,threshold (others use --threshold)."),
-    top_k: int = typer.Option(5, "--top-k", help="Also report the K best labels."),
-    smoothing: float = typer.Option(0.0, "--smoothing", help="EMA of scores across frames of a video or live "
+    top_k: int = typer.Option(PredictRequest.top_k, "--top-k", help="Also report the K best labels."),
+    smoothing: float = typer.Option(PredictRequest.smoothing, "--smoothing", help="EMA of scores across frames of a video or live "
                                     "source, 0 (off) to <1: s = A*s + (1-A)*x, so labels don't flicker."),
     only_changes: bool = typer.Option(False, "--only-changes", help="Emit a record only when the label set "
                                       "changes."),
-    batch: int = typer.Option(1, "--batch", "--batch-size", help="Images per inference for files (live sources "
+    batch: int = typer.Option(PredictRequest.batch, "--batch", "--batch-size", help="Images per inference for files (live sources "
                               "always use 1: the newest frame)."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N frames/images."),
     width: Optional[int] = typer.Option(None, "--width", help="Capture width (cameras, CSI)."),
     height: Optional[int] = typer.Option(None, "--height", help="Capture height (cameras, CSI)."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Capture frame rate (cameras, CSI)."),
-    max_reconnects: int = typer.Option(5, "--max-reconnects", help="Reconnect a dropped stream this many times."),
+    max_reconnects: int = typer.Option(PredictRequest.max_reconnects, "--max-reconnects", help="Reconnect a dropped stream this many times."),
     stats_every: Optional[float] = typer.Option(None, "--stats-every", help="Print a latency line every N s."),
     stats_json: Optional[Path] = typer.Option(None, "--stats-json", help="Write the latency summary as JSON."),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="TensorRT: replay a captured CUDA graph per batch "
@@ -534,76 +497,59 @@ def run_command(
     """Run a model over a source: one JSON line per image/frame, latency per stage at the end."""
     import threading
 
-    from mlic_edge.console import console, info, warn
+    from mlic_edge.commands.predict import PredictRequest, describe_backend, run_predict
+    from mlic_edge.console import console, info
     from mlic_edge.io import write_json
-    from mlic_edge.runtime.inference.backends import create_backend
     from mlic_edge.runtime.inference.latency import LatencyRecorder, PeriodicStats, latency_table
-    from mlic_edge.runtime.inference.pipeline import run_pipeline
-    from mlic_edge.spec import ModelSpec
-    from mlic_edge.runtime.inference.postprocess import Postprocessor, read_thresholds
     from mlic_edge.runtime.inference.sinks import CsvSink, JsonlSink, VideoSink, WindowSink, check_writable
-    from mlic_edge.runtime.inference.sources import open_source
 
-    if not 0.0 <= threshold <= 1.0:
-        raise MlicError(f"--threshold {threshold} is outside [0, 1]", hint="scores are probabilities")
-    if not 0.0 <= smoothing < 1.0:
-        raise MlicError(f"--smoothing {smoothing} is outside [0, 1)", hint="0 turns it off; 0.8 is a good start")
-    if top_k < 0 or batch < 1:
-        raise MlicError("--top-k must be >= 0 and --batch >= 1")
+    request = PredictRequest(backend=backend, precision=precision, device=device, batch=batch, threshold=threshold,
+                             thresholds=thresholds, top_k=top_k, smoothing=smoothing, only_changes=only_changes,
+                             all_scores=csv_out is not None, max_frames=max_frames, width=width, height=height,
+                             fps=fps, max_reconnects=max_reconnects, cuda_graph=cuda_graph)
+    request.check()
     for path in (out, csv_out, save_video, stats_json):
         if path is not None:
             check_writable(path)  # before any work: an unwritable output fails now, not after an hour of camera
     run_dir = _run_dir(run, model)
-    spec = ModelSpec.from_run(run_dir.read())
-    limits = read_thresholds(thresholds, spec.labels, default=threshold) if thresholds else threshold
-    latency, stop = LatencyRecorder(), threading.Event()
-    with open_source(source, width=width, height=height, fps=fps, max_reconnects=max_reconnects) as frames, \
-            create_backend(backend, run_dir, precision, device, cuda_graph=cuda_graph) as engine:
+    labels = run_dir.spec().labels
+    latency, stop, sinks = LatencyRecorder(), threading.Event(), []
+
+    def open_sinks(frames, engine):
         info(f"{frames.kind} {source} → {engine.info.describe()}")
-        live_or_video = frames.live or frames.kind == "video"
-        postprocess = Postprocessor(spec.labels, threshold=limits, top_k=top_k,
-                                    smoothing=smoothing if live_or_video else 0.0, only_changes=only_changes,
-                                    all_scores=csv_out is not None)
-        if smoothing and not live_or_video:
-            warn("--smoothing applies to videos and live sources; images of a folder are not smoothed")
-        sinks = [JsonlSink(out, append=append)]
-        sinks += [CsvSink(csv_out, spec.labels, append=append)] if csv_out else []
-        sinks += [VideoSink(save_video, frames.fps)] if save_video else []
+        sinks.append(JsonlSink(out, append=append))
+        sinks.extend([CsvSink(csv_out, labels, append=append)] if csv_out else [])
+        sinks.extend([VideoSink(save_video, frames.fps)] if save_video else [])
         window = WindowSink(f"mlic-edge: {source}") if show else None
-        sinks += [window] if window else []
+        sinks.extend([window] if window else [])
 
         def write(frame, record):
             for sink in sinks:
                 sink.write(frame, record)
             if window is not None and window.stop_requested:
                 stop.set()
+        return write
 
-        periodic = PeriodicStats(latency, stats_every, lambda line: info(line)) if stats_every else None
-        ok = False
-        try:
-            with _stop_on_signals(stop):
-                stats = run_pipeline(frames, engine, spec, postprocess=postprocess, on_record=write,
-                                     batch_size=batch, max_frames=max_frames, latency=latency, stop=stop,
-                                     on_tick=periodic.maybe_emit if periodic else None)
-            ok = True
-        finally:
-            for sink in sinks:
-                sink.close(ok or stop.is_set())
-    if stats.unreadable:
-        warn(f"{stats.unreadable} unreadable image(s) skipped: {', '.join(stats.unreadable_names)}")
-    source_stats = dict(getattr(frames, "stats", {}))
-    summary = {**latency.summary(), "backend": engine.info.as_dict(), "source": source, "kind": frames.kind,
-               "records": stats.records, "unreadable": stats.unreadable, "stopped": stats.stopped, **source_stats}
+    periodic = PeriodicStats(latency, stats_every, lambda line: info(line)) if stats_every else None
+    ok = False
+    try:
+        with _stop_on_signals(stop):
+            summary = run_predict(run_dir, source, request, on_open=open_sinks, stop=stop, latency=latency,
+                                  on_tick=periodic.maybe_emit if periodic else None)
+        ok = True
+    finally:
+        for sink in sinks:
+            sink.close(ok or stop.is_set())
     if stats_json:
         write_json(stats_json, summary)
     if json_out:
         _emit_json(summary)
     else:
-        console.print(latency_table(summary, f"latency per frame ({engine.info.describe()})"))
-    if stats.stopped:
+        console.print(latency_table(summary, f"latency per frame ({describe_backend(summary)})"))
+    if summary["stopped"]:
         info("stopped on request; every output was flushed and closed")
     if out:
-        info(f"wrote {stats.records} records to {out}")
+        info(f"wrote {summary['records']} records to {out}")
     for path in (csv_out, save_video):
         if path:
             info(f"wrote {path}")
@@ -618,36 +564,27 @@ def bench(
     backend: str = BackendOpt,
     precision: str = PrecisionOpt,
     device: str = DeviceOpt,
-    batch: str = typer.Option("1", "--batch", help="Batch sizes, comma-separated (e.g. 1,4,8)."),
-    iterations: int = typer.Option(200, "--iterations", help="Timed inferences per batch size (backend alone)."),
-    warmup: int = typer.Option(20, "--warmup", help="Untimed inferences first."),
-    frames: int = typer.Option(300, "--frames", help="Frames of the generated video for the pipeline run."),
+    batch: str = BatchesOpt,
+    iterations: int = typer.Option(BenchRequest.iterations, "--iterations", help="Timed inferences per batch size (backend alone)."),
+    warmup: int = typer.Option(BenchRequest.warmup, "--warmup", help="Untimed inferences first."),
+    frames: int = typer.Option(BenchRequest.frames, "--frames", help="Frames of the generated video for the pipeline run."),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="TensorRT: replay a captured CUDA graph per batch "
                                     "size."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Backend alone (like trtexec) vs the whole pipeline on a generated video, and the ratio between them."""
+    from mlic_edge.commands.bench import BenchRequest, bench as run_bench
     from mlic_edge.console import console, info
-    from mlic_edge.io import write_json
-    from mlic_edge.runtime.inference.backends import create_backend
-    from mlic_edge.runtime.checks.bench import bench_table, run_bench
-    from mlic_edge.spec import ModelSpec
+    from mlic_edge.runtime.checks.bench import bench_table
 
     try:
-        batches = [int(part) for part in batch.split(",")]
+        batches = tuple(int(part) for part in batch.split(","))
     except ValueError:
-        batches = []
-    if not batches or min(batches) < 1 or iterations < 1 or warmup < 0 or frames < 1:
-        raise MlicError(f"--batch {batch!r}, --iterations, --warmup and --frames must be positive",
-                        hint="for example --batch 1,4,8 --iterations 200")
+        batches = ()
     run_dir = _run_dir(run, model)
-    spec = ModelSpec.from_run(run_dir.read())
-    with create_backend(backend, run_dir, precision, device, cuda_graph=cuda_graph) as engine:
-        info(f"bench: {engine.info.describe()}")
-        report = run_bench(engine, spec, batches, iterations=iterations, warmup=warmup, video_frames=frames,
-                           progress=lambda message: info(message))
-    report["run"] = str(run_dir.path)
-    write_json(run_dir.reports / "bench.json", report)
+    report = run_bench(run_dir, BenchRequest(backend=backend, precision=precision, device=device, batches=batches,
+                                             iterations=iterations, warmup=warmup, frames=frames,
+                                             cuda_graph=cuda_graph), progress=lambda message: info(message))
     if json_out:
         _emit_json(report)
     else:
@@ -682,54 +619,32 @@ def parity(
     precision: list[str] = typer.Option([], "--precision", "-p", help="Precision(s) to check (repeatable; "
                                         "default: every one present)."),
     device: str = DeviceOpt,
-    threshold: float = typer.Option(0.5, "--threshold", help="Threshold for the identical-label-set share."),
+    threshold: float = typer.Option(ParityRequest.threshold, "--threshold", help="Threshold for the "
+                                    "identical-label-set share."),
     tolerance: list[str] = typer.Option([], "--tolerance", help="Allowed mAP drop in points, PRECISION=POINTS "
                                         "(repeatable; defaults fp32=0.1 fp16=0.5 int8=1.5)."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Images per inference."),
+    batch_size: int = typer.Option(ParityRequest.batch_size, "--batch-size", help="Images per inference."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Compare every backend and precision with the PyTorch reference on the eval split; exit 3 past a tolerance.
 
     Needs only reference.npz and the dataset, not PyTorch: it runs on the device."""
+    from mlic_edge.commands.parity import ParityRequest, parity as run_parity
     from mlic_edge.console import console, progress_bar, warn
-    from mlic_edge.io import atomic_path, write_json
-    from mlic_edge.runtime.inference.backends import create_backend
-    from mlic_edge.runtime.checks.parity import (Reference, ReferenceImages, check_backend, check_parity,
-                                          parity_markdown, parity_report, parity_table, present_targets)
+    from mlic_edge.runtime.checks.parity import check_parity, parity_table
 
-    for name in precision:
-        require_choice("precision", name, PRECISIONS)
-    tolerances = _parse_tolerances(tolerance)
+    request = ParityRequest(data=data, backends=tuple(backend), precisions=tuple(precision), device=device,
+                            threshold=threshold, tolerances=_parse_tolerances(tolerance), batch_size=batch_size)
     run_dir = _run_dir(run, model)
-    run_dir.read()
-    reference = Reference.load(run_dir)
-    images = ReferenceImages(run_dir, reference, data)
-    targets = present_targets(run_dir, backend or None, precision or None)
-    if not targets:
-        wanted = ", ".join(precision) or "any precision"
-        raise MlicError(f"no ONNX or engine for {wanted} in {run_dir.path}",
-                        hint="make it: " + rebuild_command(run_dir.path, precision[0], "onnxruntime") if precision
-                        else f"export first: mlic-edge export --run {run_dir.path}")
-    results, skipped = [], []
     with progress_bar(transient=True) as progress:
-        for backend_name, precision_name in targets:
-            try:
-                engine = create_backend(backend_name, run_dir, precision_name, device)
-            except MlicError as error:
-                if backend:  # asked for by name: an error, never a silent skip
-                    raise
-                skipped.append({"backend": backend_name, "precision": precision_name, "reason": str(error)})
-                warn(f"not checked: {backend_name} {precision_name}: {error}")
-                continue
-            with engine:
-                task = progress.add_task(f"parity {backend_name} {precision_name}", total=len(images), status="")
-                results.append(check_backend(engine, reference, images, threshold=threshold, batch_size=batch_size,
-                                             tolerance_points=tolerances.get(precision_name),
-                                             on_batch=lambda n, task=task: progress.advance(task, n)))
-    report = parity_report(run_dir, results, skipped)
-    write_json(run_dir.reports / "parity.json", report)
-    with atomic_path(run_dir.reports / "parity.md") as tmp:
-        tmp.write_text(parity_markdown(report))
+        tasks: dict[str, int] = {}
+
+        def advance(what: str, count: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = progress.add_task(what, total=total, status="")
+            progress.advance(tasks[what], count)
+
+        report = run_parity(run_dir, request, progress=advance, on_skip=warn)
     if json_out:
         _emit_json(report)
     else:
@@ -769,7 +684,7 @@ def export_triton(
     out: Path = typer.Argument(..., help="Model repository folder (the model goes in OUT/NAME/)."),
     run: Optional[Path] = RunOpt,
     model: Optional[str] = ModelNameOpt,
-    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 or int8."),
+    precision: str = precision_option(what="the model served"),
     platform: str = typer.Option("onnx", "--platform", help="onnx (ONNX Runtime backend) or tensorrt (the engine "
                                  "built for the serving GPU)."),
     name: Optional[str] = typer.Option(None, "--name", help="Model name (default: RUN_PRECISION_PLATFORM)."),
@@ -803,7 +718,7 @@ def export_deepstream(
     out: Path = typer.Argument(..., help="Folder for the nvinfer config, labels and model."),
     run: Optional[Path] = RunOpt,
     model: Optional[str] = ModelNameOpt,
-    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 or int8."),
+    precision: str = precision_option(what="the model served"),
     mode: str = typer.Option("secondary", "--mode", help="secondary (on detector objects) or primary (frames)."),
     engine: Optional[Path] = typer.Option(None, "--engine", help="Also point nvinfer at this engine."),
     gie_id: int = typer.Option(2, "--gie-id", help="gie-unique-id."),
@@ -869,7 +784,7 @@ def service_install(
     model: Optional[str] = ModelNameOpt,
     source: str = typer.Option("csi://0", "--source", help="What `run` reads (camera0, csi://0, rtsp://...)."),
     backend: str = BackendOpt,
-    precision: str = typer.Option("fp16", "--precision", "-p", help="fp32, fp16 or int8."),
+    precision: str = precision_option("fp16", "what the service runs"),
     out_dir: Path = typer.Option(Path("/var/lib/mlic-edge"), "--out-dir", help="Folder of predictions.jsonl."),
     name: str = typer.Option("mlic-edge", "--name", help="systemd unit name."),
     user: Optional[str] = typer.Option(None, "--user", help="Run as this user (default: $SUDO_USER, else root)."),

@@ -16,18 +16,14 @@ def run_demo(out: Path, epochs: int = 12, backbone: str = "resnet10t", classes: 
              size: int = 96) -> dict:
     from rich.rule import Rule
 
+    from mlic_edge.commands.export import export
+    from mlic_edge.commands.parity import ParityRequest, parity
+    from mlic_edge.commands.predict import PredictRequest, describe_backend, run_predict
     from mlic_edge.data.synth import SynthConfig, generate
-    from mlic_edge.export.onnx_export import export_onnx
-    from mlic_edge.export.reference import write_reference
     from mlic_edge.rundir import RunDir
-    from mlic_edge.runtime.inference.backends import create_backend
-    from mlic_edge.runtime.inference.latency import LatencyRecorder, latency_table
-    from mlic_edge.runtime.checks.parity import check_parity, compute_parity, parity_report, parity_table
-    from mlic_edge.runtime.inference.pipeline import run_pipeline
-    from mlic_edge.spec import ModelSpec
-    from mlic_edge.runtime.inference.postprocess import Postprocessor
+    from mlic_edge.runtime.checks.parity import check_parity, parity_table
+    from mlic_edge.runtime.inference.latency import latency_table
     from mlic_edge.runtime.inference.sinks import JsonlSink, VideoSink
-    from mlic_edge.runtime.inference.sources import open_source
     from mlic_edge.train.trainer import TrainConfig, train
 
     started = time.monotonic()
@@ -43,31 +39,32 @@ def run_demo(out: Path, epochs: int = 12, backbone: str = "resnet10t", classes: 
                                 warmup_epochs=0.5, crop_scale=0.8, workers=2, seed=0))
 
     console.print(Rule("3/5 export to ONNX"))
-    exported = export_onnx(run)
-    write_reference(run)
-    info(f"{exported.path}: max |PyTorch - ONNX Runtime| = {exported.max_abs_diff:.2e} on "
-         f"{exported.check_images} real images")
+    exported = export(run)
+    info(f"{exported['onnx']}: max |PyTorch - ONNX Runtime| = {exported['max_abs_diff']:.2e} on "
+         f"{exported['check_images']} real images")
 
     console.print(Rule("4/5 run over the video (ONNX Runtime)"))
-    spec = ModelSpec.from_run(run.read())
-    latency = LatencyRecorder()
     predictions = out / "video_predictions.jsonl"
-    with open_source(str(data_dir / "video.mp4")) as frames, create_backend("onnxruntime", run, "fp32", "cpu") as rt:
-        sinks = [JsonlSink(predictions), VideoSink(out / "video_labeled.mp4", frames.fps)]
-        run_pipeline(frames, rt, spec, postprocess=Postprocessor(spec.labels, threshold=0.5, top_k=3),
-                     latency=latency, on_record=lambda frame, record: [sink.write(frame, record) for sink in sinks])
+    sinks = []
+
+    def open_sinks(frames, engine):
+        sinks.extend([JsonlSink(predictions), VideoSink(out / "video_labeled.mp4", frames.fps)])
+        return lambda frame, record: [sink.write(frame, record) for sink in sinks]
+
+    try:
+        summary = run_predict(run, str(data_dir / "video.mp4"),
+                              PredictRequest(backend="onnxruntime", device="cpu", top_k=3), on_open=open_sinks)
+    finally:
         for sink in sinks:
             sink.close()
-        backend_info = rt.info
-    summary = latency.summary()
-    console.print(latency_table(summary, f"latency per frame ({backend_info.describe()})"))
+    device = summary["backend"]["device"]
+    console.print(latency_table(summary, f"latency per frame ({describe_backend(summary)})"))
     first = json.loads(predictions.read_text().splitlines()[0])
     info(f"frame 0: {', '.join(item['label'] for item in first['labels']) or '(no label over 0.5)'}; "
          f"all frames in {predictions}, labelled video in {out / 'video_labeled.mp4'}")
 
     console.print(Rule("5/5 parity: ONNX Runtime vs PyTorch on the test split"))
-    with create_backend("onnxruntime", run, "fp32", "cpu") as rt:
-        report = parity_report(run, [compute_parity(run, rt)])
+    report = parity(run, ParityRequest(backends=("onnxruntime",), precisions=("fp32",), device="cpu"))
     console.print(parity_table(report))
     check_parity(report)
 
@@ -76,7 +73,7 @@ def run_demo(out: Path, epochs: int = 12, backbone: str = "resnet10t", classes: 
         chance = float(np.mean((reference["targets"] == 1).mean(axis=0)))
     console.print(Rule("done"))
     info(f"best val mAP {trained['best_val_mAP'] * 100:.1f} (chance: {chance * 100:.1f}, the mean label frequency); "
-         f"the whole path took {minutes:.1f} min on {backend_info.device}.")
+         f"the whole path took {minutes:.1f} min on {device}.")
     info("Try next:")
     for comment, command in (
             ("all metrics: CP, CR, CF1, OP, OR, OF1, top-3", f"mlic-edge eval --run {run.path}"),

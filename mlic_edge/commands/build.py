@@ -12,15 +12,16 @@ import importlib.util
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable
 
 from mlic_edge.console import info, warn
 from mlic_edge.errors import BuildError, CalibrationError, MlicError
 from mlic_edge.io import atomic_path, read_json, require_writable, sha256_file, write_json
 from mlic_edge.rundir import RunDir
 from mlic_edge.spec import BUILD_BACKENDS, PRECISIONS, RunSpec, require_choice
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_CALIB_IMAGES = 512
 FP16_MEASURE_IMAGES = 64  # fp16 decisions are measured on this many of the calibration images
@@ -204,7 +205,9 @@ def _calibration_set(meta: dict[str, Any], request: BuildRequest, *, required: b
     return select_calibration_set(dataset, count)
 
 
-def _first_images(calibration, meta: dict[str, Any], count: int) -> np.ndarray:
+def _first_images(calibration, meta: dict[str, Any], count: int) -> "np.ndarray":
+    import numpy as np
+
     chunks, total = [], 0
     spec = RunSpec.from_run_json(meta)
     for batch in calibration.batches(spec.img_size, spec.mean, spec.std, resize=spec.resize,
@@ -218,7 +221,7 @@ def _first_images(calibration, meta: dict[str, Any], count: int) -> np.ndarray:
     return np.concatenate(chunks)[:count]
 
 
-def _sensitivity_inputs(run: RunDir, meta: dict[str, Any], calibration) -> np.ndarray | None:
+def _sensitivity_inputs(run: RunDir, meta: dict[str, Any], calibration) -> "np.ndarray | None":
     if calibration is not None:
         return _first_images(calibration, meta, SENSITIVITY_IMAGES)
     return None

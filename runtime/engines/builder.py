@@ -308,10 +308,10 @@ def _check_options(options: BuildOptions) -> None:
     low, opt, high = options.batch_range
     if not 1 <= low <= opt <= high:
         raise BuildError(f"batch range {low}/{opt}/{high} is not min <= opt <= max with min >= 1",
-                         hint="pass --batch MIN,OPT,MAX, e.g. 1,1,8")
+                         hint="pass --batch-range MIN,OPT,MAX, e.g. 1,1,8")
     if options.dla_core is not None and low != high:
         raise BuildError(f"DLA runs one batch size per engine, not the range {low}/{opt}/{high}",
-                         hint=f"pass --batch {opt},{opt},{opt} with --dla-core (a range would put every layer on "
+                         hint=f"pass --batch-range {opt},{opt},{opt} with --dla-core (a range would put every layer on "
                               "the GPU)")
     if options.workspace_mb is not None and options.workspace_mb <= 0:
         raise BuildError(f"workspace {options.workspace_mb} MB is not positive", hint="pass --workspace 1024, say")

@@ -266,7 +266,7 @@ class TensorRTBackend(Backend):
         if self._dla_core is not None and not caps.runtime_dla_core:
             raise BackendError(f"{self.engine_path.name} was built for DLA core {self._dla_core}, and "
                                f"{self.trt.backend} {self.trt.version} has no DLA runtime",
-                               hint=f"run it on the Jetson it was built for, or rebuild without --dla-core")
+                               hint="run it on the Jetson it was built for, or rebuild without --dla-core")
         try:
             runtime = self.trt.module.Runtime(self._logger)
         except (TypeError, RuntimeError) as error:  # pybind raises TypeError when the factory returns nullptr

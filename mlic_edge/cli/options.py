@@ -1,0 +1,32 @@
+"""Options shared by the commands: one name, one meaning, declared once (the choices come from mlic_edge.spec).
+
+``--batch`` is the images per inference everywhere; the engine's batch range is ``--batch-range`` (build) and the
+sizes bench sweeps ``--batches`` (both still accept ``--batch`` as the name they had before).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from mlic_edge.spec import BACKENDS, PRECISIONS
+
+RunOpt = typer.Option(None, "--run", "-r", help="Run directory (default: runs/MODEL).", show_default=False)
+ModelNameOpt = typer.Option(None, "--model", "-m", help="Model name; --model NAME means --run runs/NAME.")
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+DataOpt = typer.Option(None, "--data", "-d", help="Dataset: a path (format detected) or voc:PATH, coco:PATH, "
+                                                   "csv:PATH. Default: the run's dataset.")
+BackendOpt = typer.Option("auto", "--backend", "-b", help=f"{', '.join(BACKENDS)}.")
+DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+
+
+def precision_option(default: str = "fp32", what: str = "the ONNX file it reads") -> Any:
+    return typer.Option(default, "--precision", "-p", help=f"{', '.join(PRECISIONS)} ({what}).")
+
+
+PrecisionOpt = precision_option()
+BatchRangeOpt = typer.Option(None, "--batch-range", "--batch", help="Engine batch range MIN,OPT,MAX (default "
+                                                                     "1,1,8; with --dla-core one size, N,N,N, default "
+                                                                     "1,1,1).")
+BatchesOpt = typer.Option("1", "--batches", "--batch", help="Batch sizes to measure, comma-separated (e.g. 1,4,8).")

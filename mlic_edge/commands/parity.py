@@ -1,0 +1,70 @@
+"""`mlic-edge parity` as a library: every precision and backend present against the PyTorch reference.
+
+Needs only reference.npz and the images, not PyTorch: it runs on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from mlic_edge.errors import MlicError
+from mlic_edge.rundir import RunDir
+from mlic_edge.spec import PRECISIONS, rebuild_command, require_choice
+
+Progress = Callable[[str, int, int], None]  # (what, images just done, images in all)
+
+
+@dataclass(frozen=True)
+class ParityRequest:
+    data: str | None = None  # default: the reference's own images / the run's dataset
+    backends: tuple[str, ...] = ()  # default: ONNX Runtime on every precision's ONNX, and every engine built
+    precisions: tuple[str, ...] = ()  # default: every one present
+    device: str = "auto"
+    threshold: float = 0.5  # for the identical-label-set share
+    tolerances: dict[str, float] = field(default_factory=dict)  # mAP points per precision; defaults in checks.parity
+    batch_size: int = 16
+
+
+def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Progress | None = None,
+           on_skip: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The parity report (also written to reports/parity.json and .md). Past a tolerance the report says so;
+    ``check_parity(report)`` raises ParityError (exit 3), as the CLI does."""
+    from mlic_edge.io import atomic_path, write_json
+    from mlic_edge.runtime.checks.parity import (Reference, ReferenceImages, check_backend, parity_markdown,
+                                                 parity_report, present_targets)
+    from mlic_edge.runtime.inference.backends import create_backend
+
+    for name in (*request.precisions, *request.tolerances):
+        require_choice("precision", name, PRECISIONS)
+    run.read()
+    reference = Reference.load(run)
+    images = ReferenceImages(run, reference, request.data)
+    targets = present_targets(run, list(request.backends) or None, list(request.precisions) or None)
+    if not targets:
+        wanted = ", ".join(request.precisions) or "any precision"
+        raise MlicError(f"no ONNX or engine for {wanted} in {run.path}",
+                        hint="make it: " + rebuild_command(run.path, request.precisions[0], "onnxruntime")
+                        if request.precisions else f"export first: mlic-edge export --run {run.path}")
+    results, skipped = [], []
+    for backend_name, precision_name in targets:
+        try:
+            engine = create_backend(backend_name, run, precision_name, request.device)
+        except MlicError as error:
+            if request.backends:  # asked for by name: an error, never a silent skip
+                raise
+            skipped.append({"backend": backend_name, "precision": precision_name, "reason": str(error)})
+            if on_skip is not None:
+                on_skip(f"not checked: {backend_name} {precision_name}: {error}")
+            continue
+        with engine:
+            what = f"parity {backend_name} {precision_name}"
+            results.append(check_backend(
+                engine, reference, images, threshold=request.threshold, batch_size=request.batch_size,
+                tolerance_points=request.tolerances.get(precision_name),
+                on_batch=(lambda count, what=what: progress(what, count, len(images))) if progress else None))
+    report = parity_report(run, results, skipped)
+    write_json(run.reports / "parity.json", report)
+    with atomic_path(run.reports / "parity.md") as tmp:
+        tmp.write_text(parity_markdown(report))
+    return report
