@@ -44,21 +44,20 @@ def export_onnx(run: RunDir, opset: int = DEFAULT_OPSET, simplify: bool = True, 
     """model.onnx from the checkpoint, checked against PyTorch on real eval images. ``uint8_input`` folds the
     normalisation into the graph (uint8 NHWC BGR frames in; export/fold_input.py) and checks the folded graph on
     the raw frames against the float graph on the preprocessed ones."""
-    meta = run.read()
+    spec = run.spec()
     run.require(run.checkpoint, "mlic-edge train")
     model = load_model(run.checkpoint)
     graph = model.for_export()
-    img_size = int(meta["img_size"])
     started = time.monotonic()
-    example = torch.zeros(2, 3, img_size, img_size)
+    example = torch.zeros(2, 3, spec.img_size, spec.img_size)
 
     with atomic_path(run.onnx("fp32")) as tmp:
-        write_onnx(graph, example, tmp, meta, opset=opset, simplify=simplify, dynamo=dynamo)
-        frames = _check_frames(meta, check_images)
-        inputs = _float_inputs(meta, frames, check_images)
+        write_onnx(graph, example, tmp, spec, opset=opset, simplify=simplify, dynamo=dynamo)
+        frames = _check_frames(spec, check_images)
+        inputs = _float_inputs(spec, frames, check_images)
         max_diff, mean_diff = _compare_with_torch(graph, tmp, inputs)
         if uint8_input:
-            max_diff = max(max_diff, _fold_and_check(tmp, meta, frames, inputs))
+            max_diff = max(max_diff, _fold_and_check(tmp, spec, frames, inputs))
     result = ExportResult(run.onnx("fp32"), opset, max_diff, mean_diff, len(inputs), time.monotonic() - started)
     run.update(input_format=UINT8_INPUT if uint8_input else FLOAT_INPUT,
                export={"onnx": result.path.name, "opset": opset, "simplified": simplify,
@@ -69,15 +68,15 @@ def export_onnx(run: RunDir, opset: int = DEFAULT_OPSET, simplify: bool = True, 
     return result
 
 
-def write_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, meta: dict[str, Any], *,
+def write_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, spec: RunSpec | dict[str, Any], *,
                opset: int = DEFAULT_OPSET, simplify: bool = True, dynamo: bool = False) -> None:
-    """The model.onnx every later stage reads: exported, simplified, checked, with the run's metadata
-    (``meta`` needs model, backbone, labels, img_size, mean, std)."""
+    """The model.onnx every later stage reads: exported, simplified, checked, with the run contract as metadata
+    (``spec``: a RunSpec, or run.json's content)."""
     export_graph(graph, example, path, opset, dynamo)
     proto = onnx.load(str(path))
     if simplify:
         proto = _simplify(proto)
-    _set_metadata(proto, meta, precision="fp32")
+    _set_metadata(proto, spec if isinstance(spec, RunSpec) else RunSpec.from_run_json(spec), precision="fp32")
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
 
@@ -113,19 +112,22 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
     return simplified
 
 
-def _set_metadata(proto: onnx.ModelProto, meta: dict[str, Any], precision: str) -> None:
+def _set_metadata(proto: onnx.ModelProto, spec: RunSpec, precision: str) -> None:
     """Everything a runtime needs to preprocess and name outputs, so an ONNX file alone is usable."""
-    spec = replace(RunSpec.from_run_json(meta), input_format=FLOAT_INPUT)  # folding, if asked, comes after
+    spec = replace(spec, input_format=FLOAT_INPUT)  # folding, if asked, comes after
     write_metadata(proto, spec.onnx_metadata(precision, mlic_edge.__version__))
     proto.producer_name = "mlic-edge"
     proto.producer_version = mlic_edge.__version__
 
 
-def _check_frames(meta: dict[str, Any], count: int) -> list[np.ndarray]:
+def _check_frames(spec: RunSpec, count: int) -> list[np.ndarray]:
     """Real images of the eval split (BGR, as read); none when the split cannot be read."""
     frames: list[np.ndarray] = []
     try:
-        dataset = open_dataset(meta["dataset"]["spec"], role="eval", split=meta["dataset"].get("eval_split"))
+        dataset_meta = spec.dataset or {}
+        if not dataset_meta.get("spec"):
+            raise MlicError("run.json names no dataset")
+        dataset = open_dataset(dataset_meta["spec"], role="eval", split=dataset_meta.get("eval_split"))
         for path in dataset.image_paths:
             image = read_image(path)
             if image is not None:
@@ -137,26 +139,24 @@ def _check_frames(meta: dict[str, Any], count: int) -> list[np.ndarray]:
     return frames
 
 
-def _float_inputs(meta: dict[str, Any], frames: list[np.ndarray], count: int) -> np.ndarray:
+def _float_inputs(spec: RunSpec, frames: list[np.ndarray], count: int) -> np.ndarray:
     """The frames preprocessed like the runtime does; noise only if there are none."""
     if not frames:
         rng = np.random.default_rng(0)
-        return rng.standard_normal((max(2, count), 3, meta["img_size"], meta["img_size"])).astype(np.float32)
-    spec = RunSpec.from_run_json(meta)
+        return rng.standard_normal((max(2, count), 3, spec.img_size, spec.img_size)).astype(np.float32)
     return np.stack([preprocess(image, spec.img_size, spec.mean, spec.std, spec.resize) for image in frames])
 
 
-def _fold_and_check(path: Path, meta: dict[str, Any], frames: list[np.ndarray], inputs: np.ndarray) -> float:
+def _fold_and_check(path: Path, spec: RunSpec, frames: list[np.ndarray], inputs: np.ndarray) -> float:
     """Fold the normalisation into ``path``; max |folded(raw frames) - float graph(preprocessed)|."""
     import onnxruntime as ort
 
     float_scores = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
         [OUTPUT_NAME], {INPUT_NAME: inputs})[0]
-    onnx.save(fold_uint8_input(onnx.load(str(path)), meta["mean"], meta["std"]), str(path))
+    onnx.save(fold_uint8_input(onnx.load(str(path)), spec.mean, spec.std), str(path))
     if not frames:
         warn("no eval image to check the folded input on; the float graph was checked on random inputs")
         return 0.0
-    spec = RunSpec.from_run_json(meta)
     raw = np.stack([model_input(image, spec.img_size, spec.mean, spec.std, spec.resize, UINT8_INPUT)
                     for image in frames])
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([OUTPUT_NAME], {INPUT_NAME: raw})[0]

@@ -14,20 +14,18 @@ from mlic_edge.data.torch_data import describe_broken
 from mlic_edge.io import atomic_path
 from mlic_edge.models.checkpoint import load_model
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import RunSpec
 from mlic_edge.train.evaluate import predict_scores
 
 
 def write_reference(run: RunDir, data: str | None = None, split: str | None = None, batch_size: int = 32,
                     workers: int = 0) -> Path:
-    meta = run.read()
+    spec = run.spec()
     model = load_model(run.require(run.checkpoint, "mlic-edge train"))
-    dataset_meta = meta["dataset"]
+    dataset_meta = spec.dataset or {}
     dataset = open_dataset(data or dataset_meta["spec"], role="eval", split=split or dataset_meta.get("eval_split"),
                            difficult=dataset_meta.get("difficult", "ignore"))
     with progress_bar(transient=True) as progress:
         task = progress.add_task("reference scores (PyTorch)", total=len(dataset), status="")
-        spec = RunSpec.from_run_json(meta)
         result = predict_scores(model, dataset, spec.img_size, spec.mean, spec.std, batch_size, workers,
                                 resize=spec.resize,
                                 on_batch=lambda n: progress.advance(task, n))

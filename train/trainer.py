@@ -7,7 +7,7 @@ import csv
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,6 @@ import torch
 from mlic_edge import metrics
 from mlic_edge.console import info, progress_bar, warn
 from mlic_edge.data import open_dataset
-from mlic_edge.spec import DEFAULT_RESIZE, RESIZE_MODES
 from mlic_edge.data.torch_data import ImageDataset, describe_broken, make_loader
 from mlic_edge.errors import MlicError
 from mlic_edge.models import create_model, get_model_entry
@@ -25,60 +24,10 @@ from mlic_edge.models.backbone import backbone_data_config
 from mlic_edge.models.checkpoint import read_checkpoint, save_checkpoint
 from mlic_edge.plot import line_chart
 from mlic_edge.rundir import RunDir
+from mlic_edge.train.config import TrainConfig
 from mlic_edge.train.evaluate import predict_scores
 from mlic_edge.train.losses import create_loss
 from mlic_edge.train.schedule import DEFAULT_LR, create_optimizer, create_scheduler
-
-
-@dataclass
-class TrainConfig:
-    model: str
-    data: str
-    out: Path
-    backbone: str | None = None
-    epochs: int = 20
-    img_size: int | None = None
-    batch_size: int = 32
-    lr: float | None = None
-    optimizer: str = "sgd"
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    weight_decay: float = 1e-4
-    loss: str = "bce"
-    loss_options: dict[str, Any] = field(default_factory=dict)
-    sampler: str = "random"
-    stages: bool = False
-    label_vectors: str | None = None
-    crop_scale: float = 0.6
-    resize: str = DEFAULT_RESIZE
-    pretrained: bool = False
-    pretrained_file: str | None = None
-    train_split: str | None = None
-    eval_split: str | None = None
-    difficult: str = "ignore"
-    workers: int = 2
-    seed: int = 0
-    resume: bool = False
-    device: str = "auto"
-    model_options: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        checks = [
-            (self.epochs >= 1, "--epochs must be at least 1"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.lr is None or self.lr > 0, "--lr must be positive"),
-            (self.img_size is None or self.img_size >= 32, "--img-size must be at least 32"),
-            (self.workers >= 0, "--workers must be 0 or more"),
-            (0.05 <= self.crop_scale <= 1.0, "--crop-scale must be in [0.05, 1]"),
-            (self.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}"),
-            (self.resize in RESIZE_MODES, f"--resize must be one of {', '.join(RESIZE_MODES)}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise MlicError(message)
-
-
-SAMPLERS = ("random", "class-aware")
 
 
 def select_device(name: str) -> torch.device:

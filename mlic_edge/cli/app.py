@@ -22,7 +22,8 @@ from mlic_edge.commands.export import ExportRequest
 from mlic_edge.commands.parity import ParityRequest
 from mlic_edge.commands.predict import PredictRequest
 from mlic_edge.errors import MlicError
-from mlic_edge.spec import DEFAULT_RESIZE, PRECISIONS
+from mlic_edge.train.config import TrainConfig
+from mlic_edge.spec import PRECISIONS
 
 EPILOG_STYLE = "markdown"
 
@@ -204,46 +205,44 @@ def train(
     model: str = typer.Option("baseline", "--model", "-m", help="Registered model name."),
     data: str = typer.Option(..., "--data", "-d", help="Dataset: a path or voc:/coco:/csv: spec."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Any timm model (default: the model's)."),
-    epochs: int = typer.Option(20, "--epochs"),
+    epochs: int = typer.Option(TrainConfig.epochs, "--epochs"),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="Input side in pixels (default: the model's)."),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size"),
     lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate (default: 0.01 SGD, 1e-3 AdamW)."),
-    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd or adamw."),
-    schedule: str = typer.Option("cosine", "--schedule", help="cosine or step (after a linear warm-up)."),
-    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs"),
-    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
-    loss: str = typer.Option("bce", "--loss", help="bce, softmargin, focal, asl, dbl or dab."),
+    optimizer: str = typer.Option(TrainConfig.optimizer, "--optimizer", help="sgd or adamw."),
+    schedule: str = typer.Option(TrainConfig.schedule, "--schedule", help="cosine or step (after a linear warm-up)."),
+    warmup_epochs: float = typer.Option(TrainConfig.warmup_epochs, "--warmup-epochs"),
+    weight_decay: float = typer.Option(TrainConfig.weight_decay, "--weight-decay"),
+    loss: str = typer.Option(TrainConfig.loss, "--loss", help="bce, softmargin, focal, asl, dbl or dab."),
     loss_kwargs: list[str] = typer.Option([], "--loss-kwargs", help="Loss hyperparameter KEY=VALUE (repeatable), "
                                                                      "e.g. --loss-kwargs gamma_neg=4."),
     model_kwargs: list[str] = typer.Option([], "--model-kwargs", help="Model hyperparameter KEY=VALUE "
                                                                        "(repeatable), e.g. batchformer=false."),
-    sampler: str = typer.Option("random", "--sampler", help="random or class-aware (DBL's sampler)."),
-    stages: bool = typer.Option(False, "--stages", help="Train in the method's stages (semdep: backbone, "
+    sampler: str = typer.Option(TrainConfig.sampler, "--sampler", help="random or class-aware (DBL's sampler)."),
+    stages: bool = typer.Option(TrainConfig.stages, "--stages", help="Train in the method's stages (semdep: backbone, "
                                                         "attention, dependency, joint), epochs split evenly."),
     label_vectors: Optional[Path] = typer.Option(None, "--label-vectors", help="Label word vectors for graph "
                                                  "models: GloVe text, .npy + names, .npz or pickle."),
-    resize: str = typer.Option(DEFAULT_RESIZE, "--resize", help="Evaluation resize, used identically by export, parity and "
+    resize: str = typer.Option(TrainConfig.resize, "--resize", help="Evaluation resize, used identically by export, parity and "
                                "the runtime: warp, center-crop or letterbox."),
-    crop_scale: float = typer.Option(0.6, "--crop-scale", help="Smallest share of the image area a random crop "
+    crop_scale: float = typer.Option(TrainConfig.crop_scale, "--crop-scale", help="Smallest share of the image area a random crop "
                                                                "keeps (multi-label: small crops cut labels out)."),
-    pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="Start from ImageNet weights."),
+    pretrained: bool = typer.Option(TrainConfig.pretrained, "--pretrained/--no-pretrained", help="Start from ImageNet weights."),
     pretrained_file: Optional[Path] = typer.Option(None, "--pretrained-file", help="Local ImageNet weights file."),
     train_split: Optional[str] = typer.Option(None, "--train-split"),
     eval_split: Optional[str] = typer.Option(None, "--eval-split"),
-    difficult: str = typer.Option("ignore", "--difficult", help="VOC difficult objects: ignore, positive, negative."),
-    workers: int = typer.Option(2, "--workers", help="Data-loading processes."),
+    difficult: str = typer.Option(TrainConfig.difficult, "--difficult", help="VOC difficult objects: ignore, positive, negative."),
+    workers: int = typer.Option(TrainConfig.workers, "--workers", help="Data-loading processes."),
     device: str = DeviceOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<model>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch."),
-    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(TrainConfig.resume, "--resume", help="Continue the run in --out from its last epoch."),
+    seed: int = typer.Option(TrainConfig.seed, "--seed"),
     json_out: bool = JsonOpt,
 ) -> None:
     """Train a model and write its run directory (checkpoint.pt, run.json, reports/)."""
     from mlic_edge.console import info
-    from mlic_edge.train.trainer import TrainConfig, train as run_training
+    from mlic_edge.train.trainer import train as run_training
 
-    if difficult not in ("ignore", "positive", "negative"):
-        raise MlicError(f"--difficult {difficult!r} is not a policy", hint="use ignore, positive or negative")
     run_path = out or Path("runs") / model
     config = TrainConfig(model=model, data=data, out=run_path, backbone=backbone, epochs=epochs, img_size=img_size,
                          batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, resize=resize,

@@ -18,7 +18,7 @@ from mlic_edge.console import info, warn
 from mlic_edge.errors import BuildError, CalibrationError, MlicError
 from mlic_edge.io import atomic_path, read_json, require_writable, sha256_file, write_json
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import BUILD_BACKENDS, PRECISIONS, RunSpec, require_choice
+from mlic_edge.spec import BUILD_BACKENDS, ENGINE_BACKENDS, PRECISIONS, RunSpec, require_choice
 
 if TYPE_CHECKING:
     import numpy as np
@@ -75,7 +75,7 @@ def parse_batch(text: str) -> tuple[int, int, int]:
 def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) -> dict[str, Any]:
     """Make everything ``request`` asks for in ``run``; returns (and records in reports/build.json) the summary."""
     require_choice("precision", request.precision, PRECISIONS, BuildError)
-    meta = run.read()
+    spec = run.spec()
     backend = resolve_build_backend(request.backend)
     for folder in (run.path, run.reports):  # before any work; a run folder is never created here
         require_writable(folder, error=BuildError, create=False,
@@ -93,13 +93,13 @@ def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) 
                              "onnx": {"fp32": _file_facts(fp32)}}
     onnx_path = fp32
     if request.precision == "fp16":
-        onnx_path, entry["fp16"] = _make_fp16(run, meta, request, say)
+        onnx_path, entry["fp16"] = _make_fp16(run, spec, request, say)
     elif request.precision == "int8":
-        onnx_path, entry["int8"] = _make_int8(run, meta, request, say)
+        onnx_path, entry["int8"] = _make_int8(run, spec, request, say)
     entry["onnx"][request.precision] = _file_facts(onnx_path)
 
-    if backend in ("tensorrt", "tensorrt-rtx"):
-        entry["engine"] = _build_engine(run, meta, trt, onnx_path, request, say)
+    if backend in ENGINE_BACKENDS:
+        entry["engine"] = _build_engine(run, spec, trt, onnx_path, request, say)
     if request.evaluate:
         entry["accuracy"] = _evaluate_or_warn(run, request.precision, say)
     entry["seconds"] = round(time.monotonic() - started, 2)
@@ -123,7 +123,7 @@ def ensure_fp32_onnx(run: RunDir) -> Path:
     return run.onnx("fp32")
 
 
-def _make_fp16(run: RunDir, meta: dict[str, Any], request: BuildRequest, say: Progress) -> tuple[Path, dict]:
+def _make_fp16(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress) -> tuple[Path, dict]:
     from mlic_edge.export.fp16 import convert_to_fp16
 
     reusable = _reusable_fp16(run, request)
@@ -131,9 +131,9 @@ def _make_fp16(run: RunDir, meta: dict[str, Any], request: BuildRequest, say: Pr
         info(f"fp16: {run.onnx('fp16').name} was made from this model.onnx with the same --keep-fp: reused "
              "(delete it to measure again)")
         return run.onnx("fp16"), reusable
-    calibration = _calibration_set(meta, request, required=True, count=min(request.calib_images,
+    calibration = _calibration_set(spec, request, required=True, count=min(request.calib_images,
                                                                            FP16_MEASURE_IMAGES))
-    inputs = _first_images(calibration, meta, FP16_MEASURE_IMAGES)
+    inputs = _first_images(calibration, spec, FP16_MEASURE_IMAGES)
     say("fp16: measuring ranges and errors", 0, 1)
     report = convert_to_fp16(run.onnx("fp32"), run.onnx("fp16"), inputs, keep_fp32=request.keep_fp,
                              progress=lambda message: say(f"fp16: {message}", 0, 1))
@@ -159,11 +159,10 @@ def _reusable_fp16(run: RunDir, request: BuildRequest) -> dict[str, Any] | None:
     return {"path": str(path), "reused": True, "kept_fp32": json.loads(metadata.get("fp32_nodes", "[]"))}
 
 
-def _make_int8(run: RunDir, meta: dict[str, Any], request: BuildRequest, say: Progress) -> tuple[Path, dict]:
+def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress) -> tuple[Path, dict]:
     from mlic_edge.calibration import layer_sensitivity, quantize_int8
 
-    calibration = _calibration_set(meta, request, required=False, count=request.calib_images)
-    spec = RunSpec.from_run_json(meta)
+    calibration = _calibration_set(spec, request, required=False, count=request.calib_images)
     report = quantize_int8(run.onnx("fp32"), run.onnx("int8"), run.path / "calibration",
                            method=request.calib_method, calibration=calibration, img_size=spec.img_size,
                            mean=spec.mean, std=spec.std, resize=spec.resize, input_format=spec.input_format,
@@ -174,20 +173,20 @@ def _make_int8(run: RunDir, meta: dict[str, Any], request: BuildRequest, say: Pr
         f"calibration {report.key} reused ({report.images} images, {report.method})" if report.reused else
         f"calibrated on {report.images} images ({report.method}), record calibration/{report.key}/"))
     summary = report.as_dict()
-    sensitivity_inputs = _sensitivity_inputs(run, meta, calibration)
+    sensitivity_inputs = _sensitivity_inputs(spec, calibration)
     if sensitivity_inputs is not None:
         say("int8: per-layer sensitivity", 0, 1)
         summary["sensitivity"] = layer_sensitivity(run.onnx("fp32"), report.path, sensitivity_inputs)
     return report.path, summary
 
 
-def _calibration_set(meta: dict[str, Any], request: BuildRequest, *, required: bool, count: int):
+def _calibration_set(run_spec: RunSpec, request: BuildRequest, *, required: bool, count: int):
     """Images from the training split (or --calib-data); ``None`` where the data is absent and not required (an
     int8 rebuild on a device reuses its calibration record)."""
     from mlic_edge.calibration import select_calibration_set
     from mlic_edge.data import open_dataset
 
-    dataset_meta = meta.get("dataset", {})
+    dataset_meta = run_spec.dataset or {}
     spec = request.calib_data or dataset_meta.get("spec")
     split = None if request.calib_data else dataset_meta.get("train_split")
     try:
@@ -200,16 +199,15 @@ def _calibration_set(meta: dict[str, Any], request: BuildRequest, *, required: b
                                    hint="pass --calib-data DATA (images of the training distribution)") from error
         info(f"calibration data not available here ({error.message}); reusing the stored calibration record")
         return None
-    if dataset.names != meta["labels"]:
+    if dataset.names != run_spec.labels:
         warn(f"calibration data {dataset.spec} has other classes than the model: class coverage is not checked")
     return select_calibration_set(dataset, count)
 
 
-def _first_images(calibration, meta: dict[str, Any], count: int) -> "np.ndarray":
+def _first_images(calibration, spec: RunSpec, count: int) -> "np.ndarray":
     import numpy as np
 
     chunks, total = [], 0
-    spec = RunSpec.from_run_json(meta)
     for batch in calibration.batches(spec.img_size, spec.mean, spec.std, resize=spec.resize,
                                      input_format=spec.input_format):
         chunks.append(batch)
@@ -221,26 +219,25 @@ def _first_images(calibration, meta: dict[str, Any], count: int) -> "np.ndarray"
     return np.concatenate(chunks)[:count]
 
 
-def _sensitivity_inputs(run: RunDir, meta: dict[str, Any], calibration) -> "np.ndarray | None":
+def _sensitivity_inputs(spec: RunSpec, calibration) -> "np.ndarray | None":
     if calibration is not None:
-        return _first_images(calibration, meta, SENSITIVITY_IMAGES)
+        return _first_images(calibration, spec, SENSITIVITY_IMAGES)
     return None
 
 
 def _load_builder(backend: str):
-    if backend not in ("tensorrt", "tensorrt-rtx"):
+    if backend not in ENGINE_BACKENDS:
         return None
     from mlic_edge.runtime.engines.api import load_tensorrt
 
     return load_tensorrt(backend)
 
 
-def _build_engine(run: RunDir, meta: dict[str, Any], trt, onnx_path: Path, request: BuildRequest,
+def _build_engine(run: RunDir, spec: RunSpec, trt, onnx_path: Path, request: BuildRequest,
                   say: Progress) -> dict[str, Any]:
     from mlic_edge.runtime.engines.gpu import detect_gpu
     from mlic_edge.runtime.engines.builder import build_engine
 
-    spec = RunSpec.from_run_json(meta)
     result = build_engine(trt, onnx_path, run.path, _engine_options(request), labels=spec.labels,
                           preprocessing=spec.preprocessing,
                           gpu=detect_gpu(), on_progress=lambda phase, done, total: say(f"engine: {phase}", done, total))

@@ -55,13 +55,13 @@ class ReferenceImages:
     CACHE_BYTES = 1 << 30
 
     def __init__(self, run: RunDir, reference: Reference, data: str | None = None) -> None:
-        meta = run.read()
-        self.spec = ModelSpec.from_run(meta)
+        run_spec = run.spec()
+        self.spec = ModelSpec.from_run(run_spec)
         if reference.labels != self.spec.labels:
             raise RunDirError(f"{run.reference} was written for other labels than run.json",
                               hint="re-run `mlic-edge export` to refresh the reference")
         dataset = open_dataset(data or reference.spec, role="eval", split=reference.split,
-                               difficult=meta.get("dataset", {}).get("difficult", "ignore"))
+                               difficult=(run_spec.dataset or {}).get("difficult", "ignore"))
         by_id = {image_id: path for image_id, path in zip(dataset.image_ids(), dataset.image_paths)}
         missing = [image_id for image_id in reference.image_ids if image_id not in by_id]
         if missing:

@@ -83,8 +83,8 @@ def write_triton_repository(run: RunDir, out: Path, *, precision: str = "fp32", 
     if max_batch_size < 1 or instances < 1:
         raise BuildError(f"max_batch_size {max_batch_size} and instances {instances} must be at least 1",
                          hint="pass positive numbers")
-    meta = run.read()
-    labels = _checked_labels(meta["labels"])
+    spec = run.spec()
+    labels = _checked_labels(spec.labels)
     name = model_name or f"{run.path.name}_{precision}_{platform}"
     if not _MODEL_NAME.match(name):
         raise BuildError(f"Triton model name {name!r} has characters other than letters, digits, '_', '.', '-'",
@@ -105,7 +105,7 @@ def write_triton_repository(run: RunDir, out: Path, *, precision: str = "fp32", 
                             preferred_batch_sizes=sorted({size for size in preferred_batch_sizes
                                                           if 1 <= size <= max_batch_size}),
                             max_queue_delay_us=max_queue_delay_us, instances=instances, device=device,
-                            inputs=inputs, outputs=outputs, preprocessing=_preprocessing(meta, precision))
+                            inputs=inputs, outputs=outputs, preprocessing=_preprocessing(spec, precision))
     with _staged_folder(out / name) as staging:
         version = staging / MODEL_VERSION
         version.mkdir()
@@ -137,14 +137,14 @@ def write_deepstream_config(run: RunDir, out: Path, *, precision: str = "fp32", 
     if not 0.0 <= classifier_threshold <= 1.0:
         raise BuildError(f"classifier threshold {classifier_threshold} is not a probability",
                          hint="pass a value between 0 and 1")
-    meta = run.read()
-    labels = _checked_labels(meta["labels"])
+    spec = run.spec()
+    labels = _checked_labels(spec.labels)
     onnx_path = _require_onnx(run, precision)
     inputs, outputs = _onnx_tensors(onnx_path)
     _check_outputs(outputs, labels, onnx_path)
     if engine is not None:
         engine = _checked_deepstream_engine(Path(engine), precision, batch_size)
-    norm = nvinfer_normalisation(meta["mean"], meta["std"])
+    norm = nvinfer_normalisation(spec.mean, spec.std)
     if norm.max_relative_error > 0:
         warn(f"nvinfer has one scale for all channels: its inputs differ from mlic-edge's per-channel std "
              f"normalisation by up to {norm.max_relative_error:.2%} (see the note in the config)")
@@ -160,7 +160,7 @@ def write_deepstream_config(run: RunDir, out: Path, *, precision: str = "fp32", 
     with atomic_path(out / LABELS_FILE) as tmp:
         tmp.write_text(";".join(labels) + "\n")  # nvinfer: one line per output layer, classes split by ';'
     config_path = out / f"config_infer_{mode}.txt"
-    text = _nvinfer_config(meta=meta, precision=precision, mode=mode, onnx_name=onnx_name, engine_name=engine_name,
+    text = _nvinfer_config(spec=spec, precision=precision, mode=mode, onnx_name=onnx_name, engine_name=engine_name,
                            input_dims=inputs[0].dims, output_name=outputs[0].name, gie_unique_id=gie_unique_id,
                            operate_on_gie_id=operate_on_gie_id, batch_size=batch_size,
                            classifier_threshold=classifier_threshold)
@@ -300,10 +300,10 @@ def _check_outputs(outputs: list[TensorSpec], labels: list[str], onnx_path: Path
                          hint="export the model again with mlic-edge export")
 
 
-def _preprocessing(meta: dict[str, Any], precision: str) -> dict[str, str]:
-    return {"mlic_edge.labels": json.dumps(meta["labels"]), "mlic_edge.img_size": str(meta["img_size"]),
-            "mlic_edge.mean": json.dumps(meta["mean"]), "mlic_edge.std": json.dumps(meta["std"]),
-            "mlic_edge.resize": RunSpec.from_run_json(meta).resize, "mlic_edge.precision": precision,
+def _preprocessing(spec: RunSpec, precision: str) -> dict[str, str]:
+    return {"mlic_edge.labels": json.dumps(spec.labels), "mlic_edge.img_size": str(spec.img_size),
+            "mlic_edge.mean": json.dumps(spec.mean), "mlic_edge.std": json.dumps(spec.std),
+            "mlic_edge.resize": spec.resize, "mlic_edge.precision": precision,
             "mlic_edge.input": "NCHW RGB float32, resized to img_size, (x/255 - mean)/std",
             "mlic_edge.output": "sigmoid probabilities, one per label (multi-label: threshold each)"}
 
@@ -334,12 +334,12 @@ def _triton_config(*, name: str, platform: str, max_batch_size: int, preferred_b
     return "\n".join(lines) + "\n"
 
 
-def _nvinfer_config(*, meta: dict[str, Any], precision: str, mode: str, onnx_name: str, engine_name: str | None,
+def _nvinfer_config(*, spec: RunSpec, precision: str, mode: str, onnx_name: str, engine_name: str | None,
                     input_dims: tuple[int, ...], output_name: str, gie_unique_id: int, operate_on_gie_id: int,
                     batch_size: int, classifier_threshold: float) -> str:
     """A GLib key file with one [property] group (Gst-nvinfer's config file format)."""
-    norm = nvinfer_normalisation(meta["mean"], meta["std"])
-    resize = RunSpec.from_run_json(meta).resize
+    norm = nvinfer_normalisation(spec.mean, spec.std)
+    resize = spec.resize
     notes = ["# Written by mlic-edge for Gst-nvinfer. Paths are relative to this file.",
              "# Output: independent sigmoid scores, one per label (multi-label). nvinfer's default classifier",
              "# parser keeps only the highest score above classifier-threshold per output layer, i.e. ONE label.",
@@ -347,7 +347,7 @@ def _nvinfer_config(*, meta: dict[str, Any], precision: str, mode: str, onnx_nam
              "# each label; or set parse-classifier-func-name + custom-lib-path to a multi-label parser that",
              "# emits one attribute per label over the threshold."]
     if norm.max_relative_error > 0:
-        notes += [f"# WARNING: mlic-edge normalises (x/255 - mean[c])/std[c] with std={meta['std']}; nvinfer has",
+        notes += [f"# WARNING: mlic-edge normalises (x/255 - mean[c])/std[c] with std={spec.std}; nvinfer has",
                   "# one net-scale-factor for all channels, so it is 1/(255*mean(std)). Inputs differ from the",
                   f"# exact ones by up to {norm.max_relative_error:.2%} (at most {norm.max_abs_error:.3f} in "
                   "normalised units);",
@@ -375,7 +375,7 @@ def _nvinfer_config(*, meta: dict[str, Any], precision: str, mode: str, onnx_nam
         *([("symmetric-padding", 1)] if resize == "letterbox" else []),
         ("output-blob-names", output_name),
         ("classifier-threshold", _number(classifier_threshold)),
-        ("classifier-type", meta.get("model", "mlic")),
+        ("classifier-type", spec.model),
         ("output-tensor-meta", 1),
     ]
     body = "\n".join(f"{key}={value}" for key, value in properties)

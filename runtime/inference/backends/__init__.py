@@ -102,9 +102,9 @@ def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str 
 
         if precision != "fp32":
             raise BackendError("the torch backend is the fp32 reference", hint="use --precision fp32")
-        meta = run.read()
+        spec = run.spec()
         return TorchBackend(run.require(run.checkpoint, "mlic-edge train"), device="cuda" if device == "cuda" else "cpu",
-                            normalization=(meta["mean"], meta["std"]))
+                            normalization=(spec.mean, spec.std))
     from mlic_edge.runtime.inference.backends.onnxruntime_backend import OnnxRuntimeBackend, available_devices
 
     if device == "auto":
