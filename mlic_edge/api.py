@@ -49,7 +49,7 @@ class Run:
     @classmethod
     def train(cls, data: str, out: str | Path | None = None, *, model: str = "baseline", **config: Any) -> "Run":
         """Train ``model`` on ``data`` into ``out`` (default runs/MODEL); ``config``: any TrainConfig field."""
-        from mlic_edge.train.trainer import TrainConfig, train
+        from mlic_edge.commands.train import TrainConfig, train
 
         path = Path(out) if out is not None else RunDir.resolve(model=model).path
         train(TrainConfig(model=model, data=data, out=path, **config))
@@ -101,9 +101,15 @@ class Run:
 
     def pack(self, out: str | Path | None = None, *, images: bool = True) -> Path:
         """The bundle a device needs (ONNX files, calibration record, reference and its images)."""
-        from mlic_edge.runtime.deployment.bundle import pack
+        from mlic_edge.commands.pack import pack
 
-        return pack(self.dir, out, with_images=images)
+        return Path(pack(self.dir, out, images=images)["bundle"])
+
+    def doctor(self) -> dict[str, Any]:
+        """What this machine can run for this run (``doctor``'s summary: every check with its status and fix)."""
+        from mlic_edge.commands.doctor import doctor
+
+        return doctor(self.path)[1]
 
 
 def _request(kind: type, values: dict[str, Any]) -> Any:

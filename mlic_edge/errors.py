@@ -1,12 +1,18 @@
-"""Errors a person can act on: what is wrong and what to do, in one line."""
+"""Errors a person can act on: what is wrong and what to do, in one line; and the exit codes, each defined once."""
 
 from __future__ import annotations
+
+EXIT_INTERNAL_ERROR = 1  # a bug: one line, the traceback with --debug
+EXIT_CHECK_FAILED = 1  # doctor: a check failed
+EXIT_USER_ERROR = 2  # bad input, a missing file, a refusal (MlicError)
+EXIT_PARITY_FAILED = 3  # parity past a tolerance (ParityError)
+EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
 class MlicError(Exception):
     """A user-facing error. The CLI prints ``message`` (and ``hint``) on one line and exits non-zero."""
 
-    exit_code = 2
+    exit_code = EXIT_USER_ERROR
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -36,7 +42,7 @@ class SourceError(MlicError):
 class ParityError(MlicError):
     """The result is further from the reference than the tolerance allows."""
 
-    exit_code = 3
+    exit_code = EXIT_PARITY_FAILED
 
 
 class CalibrationError(MlicError):

@@ -32,6 +32,7 @@ def test_the_whole_path_runs_without_the_cli(synth_data, tmp_path):
     assert (run.path / "reports" / "parity.json").is_file()
     assert run.bench(batches=(1,), iterations=2, warmup=0, frames=4)["results"][0]["batch"] == 1
     assert run.pack(tmp_path / "baseline.mlic.tar.gz").is_file()
+    assert {check["id"] for check in run.doctor()["checks"]} >= {"platform", "onnxruntime"}
 
 
 def test_unknown_options_are_refused_in_one_line(tmp_path):

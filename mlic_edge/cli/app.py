@@ -21,7 +21,7 @@ from mlic_edge.commands.evaluate import EvalRequest
 from mlic_edge.commands.export import ExportRequest
 from mlic_edge.commands.parity import ParityRequest
 from mlic_edge.commands.predict import PredictRequest
-from mlic_edge.errors import MlicError
+from mlic_edge.errors import EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, MlicError
 from mlic_edge.train.config import TrainConfig
 from mlic_edge.spec import PRECISIONS
 
@@ -59,13 +59,13 @@ def main() -> None:
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         _print_error("interrupted")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as error:  # a bug: still one line, traceback on request
         if debug:
             traceback.print_exc()
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         _print_error(f"internal error: {type(error).__name__}: {message} (rerun with --debug for the traceback)")
-        sys.exit(1)
+        sys.exit(EXIT_INTERNAL_ERROR)
 
 
 def _print_error(message: str) -> None:
@@ -240,8 +240,8 @@ def train(
     json_out: bool = JsonOpt,
 ) -> None:
     """Train a model and write its run directory (checkpoint.pt, run.json, reports/)."""
+    from mlic_edge.commands.train import train as run_training
     from mlic_edge.console import info
-    from mlic_edge.train.trainer import train as run_training
 
     run_path = out or Path("runs") / model
     config = TrainConfig(model=model, data=data, out=run_path, backbone=backbone, epochs=epochs, img_size=img_size,
@@ -664,13 +664,13 @@ def pack(
 ) -> None:
     """One archive with what a device needs: ONNX files, calibration record, reference.npz (+ images), labels,
     preprocessing, and a manifest of sha256 hashes. No checkpoints, no engines (they are built on the device)."""
+    from mlic_edge.commands.pack import pack as make_bundle
     from mlic_edge.console import info
-    from mlic_edge.runtime.deployment.bundle import inspect_bundle, pack as make_bundle
 
-    path = make_bundle(_run_dir(run, model), out, with_images=images)
-    manifest = inspect_bundle(path)
+    result = make_bundle(_run_dir(run, model), out, images=images)
+    path, manifest = Path(result["bundle"]), result
     if json_out:
-        _emit_json({"bundle": str(path), **manifest})
+        _emit_json(result)
         return
     info(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB: {', '.join(manifest['precisions'])}); on the device: "
          f"mlic-edge build --bundle {path.name} --precision {manifest['precisions'][-1]} --backend auto")
@@ -744,17 +744,17 @@ def doctor(
 ) -> None:
     """What this machine can run: Jetson/L4T, GPU, CUDA, TensorRT, ONNX Runtime, DLA, cameras, disk — each ok / warn
     / fail with the fix. Exit 1 when a check fails."""
+    from mlic_edge.commands.doctor import doctor as run_doctor
     from mlic_edge.console import console
-    from mlic_edge.runtime.deployment.doctor import doctor_table, run_checks, summarize
+    from mlic_edge.runtime.deployment.doctor import doctor_table
 
-    run_path = _run_dir(run, model).path if (run or model) else None
-    checks = run_checks(run_path)
+    checks, summary = run_doctor(_run_dir(run, model).path if (run or model) else None)
     if json_out:
-        _emit_json(summarize(checks))
+        _emit_json(summary)
     else:
         console.print(doctor_table(checks))
     if any(check.status == "fail" for check in checks):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 # --------------------------------------------------------------------------------------------------- service
