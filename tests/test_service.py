@@ -12,8 +12,8 @@ import pytest
 
 from mlic_edge.errors import MlicError, RunDirError
 from mlic_edge.io import write_json
-from mlic_edge.runtime.deployment import service
-from mlic_edge.runtime.deployment.service import (ServiceSpec, install, render_logrotate, render_unit, systemd_quote,
+from mlic_edge.runtime.deployment import systemd as service
+from mlic_edge.runtime.deployment.systemd import (ServiceSpec, install, render_logrotate, render_unit, systemd_quote,
                                        uninstall)
 
 

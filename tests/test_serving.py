@@ -14,7 +14,7 @@ import pytest
 from mlic_edge.errors import BackendError, BuildError, DataError, RunDirError
 from mlic_edge.io import read_json, write_json
 from mlic_edge.rundir import RunDir
-from mlic_edge.runtime.deployment.serving import (nvinfer_normalisation, write_deepstream_config,
+from mlic_edge.runtime.deployment.serving_configs import (nvinfer_normalisation, write_deepstream_config,
                                        write_triton_repository)
 
 # Gst-nvinfer [property] keys and their value types: the CONFIG_GROUP_INFER_* keys of gstnvinfer_property_parser.h

@@ -698,7 +698,7 @@ def export_triton(
     """A Triton Inference Server model repository: config.pbtxt (inputs, outputs, dynamic batching), version
     folder with the ONNX or engine, labels file."""
     from mlic_edge.console import info
-    from mlic_edge.runtime.deployment.serving import write_triton_repository
+    from mlic_edge.runtime.deployment.serving_configs import write_triton_repository
 
     try:
         sizes = [int(part) for part in preferred.split(",") if part.strip()]
@@ -727,7 +727,7 @@ def export_deepstream(
 ) -> None:
     """A DeepStream nvinfer configuration for a primary or secondary multi-label classifier."""
     from mlic_edge.console import info
-    from mlic_edge.runtime.deployment.serving import write_deepstream_config
+    from mlic_edge.runtime.deployment.serving_configs import write_deepstream_config
 
     path = write_deepstream_config(_run_dir(run, model), out, precision=precision, mode=mode, engine=engine,
                                    gie_unique_id=gie_id, operate_on_gie_id=operate_on_gie_id, batch_size=batch_size,
@@ -767,7 +767,7 @@ def _service_spec(run, model, source, backend, precision, out_dir, name, user, s
                   threshold, thresholds, smoothing, only_changes, extra):
     import os
 
-    from mlic_edge.runtime.deployment.service import ServiceSpec
+    from mlic_edge.runtime.deployment.systemd import ServiceSpec
 
     return ServiceSpec(run_dir=_run_dir(run, model).path, out_dir=out_dir, name=name, source=source,
                        backend=backend, precision=precision, user=user or os.environ.get("SUDO_USER"),
@@ -801,7 +801,7 @@ def service_install(
 ) -> None:
     """Install and start the service (needs root): unit in /etc/systemd/system, rule in /etc/logrotate.d."""
     from mlic_edge.console import info
-    from mlic_edge.runtime.deployment.service import install, render_logrotate, render_unit
+    from mlic_edge.runtime.deployment.systemd import install, render_logrotate, render_unit
 
     spec = _service_spec(run, model, source, backend, precision, out_dir, name, user, stats_every, rotate_mb, keep,
                          threshold, thresholds, smoothing, only_changes, extra)
@@ -822,7 +822,7 @@ def service_uninstall(
 ) -> None:
     """Stop and remove the service (predictions are kept)."""
     from mlic_edge.console import info
-    from mlic_edge.runtime.deployment.service import uninstall
+    from mlic_edge.runtime.deployment.systemd import uninstall
 
     uninstall(name, dry_run=dry_run, on_step=info)
 
