@@ -28,6 +28,18 @@ INPUT_LAYOUTS = {  # the human-readable ``input_layout`` of the ONNX metadata
                  "and NCHW are the graph's first nodes",
 }
 
+# Parity limits per precision (runtime/checks/parity.py applies them; --tolerance, --min-same, --max-diff override).
+DEFAULT_TOLERANCE_POINTS = {"fp32": 0.1, "fp16": 0.5, "int8": 1.5}  # |ΔmAP| allowed, in points
+DEFAULT_LABELSET_FLOOR = {"fp32": 0.99, "fp16": 0.97, "int8": 0.90}  # share of images with identical label sets
+# max |Δscore|; fp32 only (fp16/int8 move scores by design): 1e-2 leaves room for TF32 on GPUs and fails a reference
+# of another model (seen: 0.11).
+DEFAULT_MAX_SCORE_DIFF: dict[str, float | None] = {"fp32": 1e-2, "fp16": None, "int8": None}
+
+
+def per_precision_text(values: Mapping[str, float | None]) -> str:
+    """"fp32=0.1 fp16=0.5 int8=1.5": a per-precision default as the options spell it (None: no limit)."""
+    return " ".join(f"{precision}={value:g}" for precision, value in values.items() if value is not None)
+
 
 def rebuild_command(run_path: str | Path, precision: str, backend: str | None = None) -> str:
     """The command that (re)makes a precision's artefact, named in every refusal that needs one."""

@@ -216,3 +216,18 @@ def test_one_name_one_meaning_for_batch_options(capsys):
         assert option in result.out, (command, option)
     result = invoke(capsys, "build", "--model", "absent", "--batch-range", "8,4,1", "--backend", "onnxruntime")
     assert_one_line_error(result, "MIN,OPT,MAX")
+
+
+def test_parity_with_nothing_to_compare_fails(capsys, run_copy):
+    """A model.onnx that cannot be loaded is skipped; with nothing else to compare, parity must not pass."""
+    (run_copy / "model.onnx").write_bytes(b"not an onnx file")
+    result = invoke(capsys, "parity", "--run", run_copy, "--json")
+    assert result.code == 3 and "nothing to compare" in result.err
+    assert json.loads(result.out)["passed"] is False
+
+
+@pytest.mark.parametrize("option, value", [("--tolerance", "int8=-1"), ("--tolerance", "int8=nan"),
+                                           ("--min-same", "int8=1.5"), ("--max-diff", "fp64=0.1")])
+def test_parity_limits_are_validated_before_any_work(capsys, run_copy, option, value):
+    result = invoke(capsys, "parity", "--run", run_copy, option, value)
+    assert_one_line_error(result, f"{option} '{value}' is not PRECISION=VALUE")

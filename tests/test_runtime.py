@@ -180,9 +180,12 @@ def test_tolerance_defaults_and_boundaries(precision, default_points):
     result = compare_scores(reference, scores, precision=precision)
     drop = -result["delta_mAP_points"]
     assert 0.5 < drop < 1.5  # this swap costs about 1 point of mAP: past fp32's and fp16's defaults, not int8's
-    assert result["tolerance_points"] == default_points and result["passed"] is (drop <= default_points)
-    assert compare_scores(reference, scores, precision=precision, tolerance_points=drop + 0.01)["passed"]
-    assert not compare_scores(reference, scores, precision=precision, tolerance_points=drop - 0.01)["passed"]
+    assert result["tolerance_points"] == default_points
+    assert any("points below the reference" in failure for failure in result["failures"]) is (drop > default_points)
+    lenient = {"labelset_floor": 0.0, "max_score_diff": 1.0}  # it also moves label sets and scores: mAP alone here
+    assert compare_scores(reference, scores, precision=precision, tolerance_points=drop + 0.01, **lenient)["passed"]
+    assert not compare_scores(reference, scores, precision=precision, tolerance_points=drop - 0.01,
+                              **lenient)["passed"]
     assert result["worst_classes"][0]["label"] == "a" and result["labelset_agreement"] == 1 - 14 / 40
 
 
@@ -198,3 +201,35 @@ def test_parity_decodes_the_reference_images_once_for_every_backend(trained_run,
     first = np.concatenate(list(images.batches(16)))
     second = np.concatenate(list(images.batches(7)))  # another backend, another batch size
     assert len(reads) == len(images) and np.array_equal(first, second)
+
+
+def test_a_gain_past_the_tolerance_is_a_mismatch_too():
+    """A backend far better than its reference is not a pass: the reference is of another model or other images."""
+    reference, scores = _reference_and_one_swap()
+    swapped = Reference(scores, reference.targets, reference.image_ids, reference.labels, "x", "t")
+    result = compare_scores(swapped, reference.scores.copy(), precision="int8", labelset_floor=0.0)
+    assert result["delta_mAP_points"] > 0.5 and result["passed"]  # within int8's 1.5 points
+    result = compare_scores(swapped, reference.scores.copy(), precision="fp32", labelset_floor=0.0)
+    assert not result["passed"] and "points above the reference" in result["failures"][0]
+
+
+def test_fp32_scores_far_from_the_reference_fail_even_at_equal_map():
+    """Another model's reference can rank alike; its scores do not match (seen: max |Δ| 0.11 passing before)."""
+    reference, _ = _reference_and_one_swap()
+    shifted = np.clip(reference.scores * 0.8 + 0.1, 0, 1)  # same ranking, same label sets at 0.5, other scores
+    result = compare_scores(reference, shifted, precision="fp32")
+    assert result["delta_mAP_points"] == 0 and result["labelset_agreement"] == 1.0
+    assert not result["passed"] and result["failures"] == ["max |Δscore| 1.00e-01 exceeds 1e-02"]
+    assert compare_scores(reference, shifted, precision="int8")["passed"]  # no score limit for int8 by default
+
+
+def test_label_sets_below_the_floor_fail_and_nothing_compared_is_not_a_pass(trained_run):
+    reference, scores = _reference_and_one_swap()
+    result = compare_scores(reference, scores, precision="int8")
+    assert not result["passed"] and result["failures"] == [
+        "65.0 % of images have the reference's label set, below the floor 90.0 %"]
+    report = parity_report(RunDir(trained_run), [], [{"backend": "onnxruntime", "precision": "fp32",
+                                                      "reason": "model.onnx is not a valid ONNX file"}])
+    assert report["passed"] is False
+    with pytest.raises(ParityError, match="nothing to compare: .*model.onnx is not a valid ONNX file"):
+        check_parity(report)

@@ -23,7 +23,8 @@ from mlic_edge.commands.parity import ParityRequest
 from mlic_edge.commands.predict import PredictRequest
 from mlic_edge.errors import EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, MlicError
 from mlic_edge.train.config import TrainConfig
-from mlic_edge.spec import PRECISIONS
+from mlic_edge.spec import (DEFAULT_LABELSET_FLOOR, DEFAULT_MAX_SCORE_DIFF, DEFAULT_TOLERANCE_POINTS, PRECISIONS,
+                            RESIZE_MODES, per_precision_text)
 
 EPILOG_STYLE = "markdown"
 
@@ -223,10 +224,10 @@ def train(
                                                         "attention, dependency, joint), epochs split evenly."),
     label_vectors: Optional[Path] = typer.Option(None, "--label-vectors", help="Label word vectors for graph "
                                                  "models: GloVe text, .npy + names, .npz or pickle."),
-    resize: str = typer.Option(TrainConfig.resize, "--resize", help="Evaluation resize, used identically by export, parity and "
-                               "the runtime: warp, center-crop or letterbox."),
-    crop_scale: float = typer.Option(TrainConfig.crop_scale, "--crop-scale", help="Smallest share of the image area a random crop "
-                                                               "keeps (multi-label: small crops cut labels out)."),
+    resize: str = typer.Option(TrainConfig.resize, "--resize", help="Evaluation resize, used identically by export, "
+                               f"parity and the runtime: {', '.join(RESIZE_MODES)}."),
+    crop_scale: float = typer.Option(TrainConfig.crop_scale, "--crop-scale", help="Smallest share of the image area a "
+                                     "random crop keeps (multi-label: small crops cut labels out)."),
     pretrained: bool = typer.Option(TrainConfig.pretrained, "--pretrained/--no-pretrained", help="Start from ImageNet weights."),
     pretrained_file: Optional[Path] = typer.Option(None, "--pretrained-file", help="Local ImageNet weights file."),
     train_split: Optional[str] = typer.Option(None, "--train-split"),
@@ -592,19 +593,24 @@ def bench(
 
 
 # --------------------------------------------------------------------------------------------------- parity
-def _parse_tolerances(pairs: list[str]) -> dict[str, float]:
-    """['int8=2', 'fp16=0.8'] -> {'int8': 2.0, 'fp16': 0.8} (mAP points)."""
-    tolerances = {}
+def _per_precision(pairs: list[str], option: str, example: str, upper: float | None = None) -> dict[str, float]:
+    """['int8=2', 'fp16=0.8'] -> {'int8': 2.0, 'fp16': 0.8}; each value finite and >= 0 (and <= ``upper``)."""
+    import math
+
+    parsed = {}
     for pair in pairs:
-        precision, sep, value = pair.partition("=")
+        precision, sep, text = pair.partition("=")
         try:
-            if not sep or precision not in PRECISIONS:
-                raise ValueError
-            tolerances[precision] = float(value)
+            value = float(text)
         except ValueError:
-            raise MlicError(f"--tolerance {pair!r} is not PRECISION=POINTS",
-                            hint=f"for example --tolerance int8=2.0 (precisions: {', '.join(PRECISIONS)})") from None
-    return tolerances
+            value = math.nan
+        if not sep or precision not in PRECISIONS or not math.isfinite(value) or value < 0 or (
+                upper is not None and value > upper):
+            limit = f" between 0 and {upper:g}" if upper is not None else " (finite, >= 0)"
+            raise MlicError(f"{option} {pair!r} is not PRECISION=VALUE{limit}",
+                            hint=f"for example {option} {example} (precisions: {', '.join(PRECISIONS)})")
+        parsed[precision] = value
+    return parsed
 
 
 @app.command(epilog="Examples: `mlic-edge parity -m baseline` (every precision and backend present), "
@@ -620,8 +626,14 @@ def parity(
     device: str = DeviceOpt,
     threshold: float = typer.Option(ParityRequest.threshold, "--threshold", help="Threshold for the "
                                     "identical-label-set share."),
-    tolerance: list[str] = typer.Option([], "--tolerance", help="Allowed mAP drop in points, PRECISION=POINTS "
-                                        "(repeatable; defaults fp32=0.1 fp16=0.5 int8=1.5)."),
+    tolerance: list[str] = typer.Option([], "--tolerance", help="Allowed |ΔmAP| in points (a drop, or a gain: "
+                                        "both mean another model), PRECISION=POINTS (repeatable; defaults "
+                                        f"{per_precision_text(DEFAULT_TOLERANCE_POINTS)})."),
+    min_same: list[str] = typer.Option([], "--min-same", help="Smallest share of images with the reference's label "
+                                       f"set, PRECISION=FRACTION (defaults {per_precision_text(DEFAULT_LABELSET_FLOOR)})."),
+    max_diff: list[str] = typer.Option([], "--max-diff", help="Largest |Δscore| on any image and label, "
+                                       f"PRECISION=VALUE (defaults {per_precision_text(DEFAULT_MAX_SCORE_DIFF)}; no limit "
+                                       "for the others)."),
     batch_size: int = typer.Option(ParityRequest.batch_size, "--batch-size", help="Images per inference."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -633,7 +645,10 @@ def parity(
     from mlic_edge.runtime.checks.parity import check_parity, parity_table
 
     request = ParityRequest(data=data, backends=tuple(backend), precisions=tuple(precision), device=device,
-                            threshold=threshold, tolerances=_parse_tolerances(tolerance), batch_size=batch_size)
+                            threshold=threshold, tolerances=_per_precision(tolerance, "--tolerance", "int8=2.0"),
+                            labelset_floors=_per_precision(min_same, "--min-same", "int8=0.95", upper=1.0),
+                            max_score_diffs=_per_precision(max_diff, "--max-diff", "fp32=0.001"),
+                            batch_size=batch_size)
     run_dir = _run_dir(run, model)
     with progress_bar(transient=True) as progress:
         tasks: dict[str, int] = {}

@@ -22,7 +22,10 @@ class ParityRequest:
     precisions: tuple[str, ...] = ()  # default: every one present
     device: str = "auto"
     threshold: float = 0.5  # for the identical-label-set share
-    tolerances: dict[str, float] = field(default_factory=dict)  # mAP points per precision; defaults in checks.parity
+    # Per precision; what is not given takes checks.parity's defaults (DEFAULT_TOLERANCE_POINTS, ...).
+    tolerances: dict[str, float] = field(default_factory=dict)  # |ΔmAP| in points
+    labelset_floors: dict[str, float] = field(default_factory=dict)  # share of images with identical label sets
+    max_score_diffs: dict[str, float] = field(default_factory=dict)  # max |Δscore|
     batch_size: int = 16
 
 
@@ -35,7 +38,7 @@ def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Prog
                                                  parity_report, present_targets)
     from mlic_edge.runtime.inference.backends import create_backend
 
-    for name in (*request.precisions, *request.tolerances):
+    for name in (*request.precisions, *request.tolerances, *request.labelset_floors, *request.max_score_diffs):
         require_choice("precision", name, PRECISIONS)
     run.read()
     reference = Reference.load(run)
@@ -62,6 +65,8 @@ def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Prog
             results.append(check_backend(
                 engine, reference, images, threshold=request.threshold, batch_size=request.batch_size,
                 tolerance_points=request.tolerances.get(precision_name),
+                labelset_floor=request.labelset_floors.get(precision_name),
+                max_score_diff=request.max_score_diffs.get(precision_name),
                 on_batch=(lambda count, what=what: progress(what, count, len(images))) if progress else None))
     report = parity_report(run, results, skipped)
     write_json(run.reports / "parity.json", report)

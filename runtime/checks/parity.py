@@ -1,7 +1,10 @@
 """mAP parity: every backend and precision against the PyTorch reference (reference.npz) on the same images.
 
 The reference holds PyTorch's scores and the targets of the eval split, so parity needs no PyTorch on the device.
-Tolerances are the mAP drop allowed, in points, per precision (``DEFAULT_TOLERANCE_POINTS``).
+A result passes when, for its precision: |ΔmAP| is within the tolerance in points (a gain past it is a mismatch
+too: the reference is of another model, or the eval images changed), the share of images with the reference's
+label set is at least the floor, and, where a limit is set, max |Δscore| is within it. Nothing compared is a
+failure, never a pass.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from mlic_edge.data.images import read_image, spec_input
 from mlic_edge.errors import MlicError, ParityError, RunDirError
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.inference.backends.base import Backend
-from mlic_edge.spec import ModelSpec
+from mlic_edge.spec import (DEFAULT_LABELSET_FLOOR, DEFAULT_MAX_SCORE_DIFF, DEFAULT_TOLERANCE_POINTS,
+                            ModelSpec)
 
-DEFAULT_TOLERANCE_POINTS = {"fp32": 0.1, "fp16": 0.5, "int8": 1.5}
 WORST_CLASSES = 5
 
 
@@ -112,8 +115,10 @@ def score_images(backend: Backend, images: ReferenceImages, batch_size: int = 16
 
 
 def compare_scores(reference: Reference, scores: np.ndarray, *, precision: str, threshold: float = 0.5,
-                   tolerance_points: float | None = None) -> dict[str, Any]:
-    """How far ``scores`` are from the reference: ΔmAP, per-class ΔAP, score differences, label-set agreement."""
+                   tolerance_points: float | None = None, labelset_floor: float | None = None,
+                   max_score_diff: float | None = None) -> dict[str, Any]:
+    """How far ``scores`` are from the reference: ΔmAP, per-class ΔAP, score differences, label-set agreement, and
+    every way it fails the precision's limits (``failures``, one sentence each; none: passed)."""
     if scores.shape != reference.scores.shape:
         raise MlicError(f"the backend returned scores of shape {scores.shape}, the reference has "
                         f"{reference.scores.shape}", hint="the ONNX/engine was made for another model; rebuild it")
@@ -125,7 +130,20 @@ def compare_scores(reference: Reference, scores: np.ndarray, *, precision: str, 
     diff = np.abs(scores.astype(np.float64) - reference.scores.astype(np.float64))
     same_sets = np.all((scores >= threshold) == (reference.scores >= threshold), axis=1)
     tolerance = DEFAULT_TOLERANCE_POINTS[precision] if tolerance_points is None else tolerance_points
+    floor = DEFAULT_LABELSET_FLOOR[precision] if labelset_floor is None else labelset_floor
+    score_limit = DEFAULT_MAX_SCORE_DIFF[precision] if max_score_diff is None else max_score_diff
     delta = float(got.map - ref.map)
+    max_diff = float(diff.max()) if diff.size else 0.0
+    agreement = float(same_sets.mean()) if len(same_sets) else 1.0
+    failures = []
+    if abs(delta) * 100 > tolerance + 1e-9:
+        failures.append(f"mAP {got.map * 100:.2f} is {abs(delta) * 100:.2f} points {'below' if delta < 0 else 'above'}"
+                        f" the reference {ref.map * 100:.2f}, more than the tolerance {tolerance}")
+    if agreement + 1e-9 < floor:
+        failures.append(f"{agreement * 100:.1f} % of images have the reference's label set, below the floor "
+                        f"{floor * 100:.1f} %")
+    if score_limit is not None and max_diff > score_limit:
+        failures.append(f"max |Δscore| {max_diff:.2e} exceeds {score_limit:.0e}")
     return {
         "precision": precision,
         "mAP": float(got.map),
@@ -133,22 +151,27 @@ def compare_scores(reference: Reference, scores: np.ndarray, *, precision: str, 
         "delta_mAP_points": delta * 100,
         "per_class_delta_AP": {reference.labels[i]: float(class_delta[i]) for i in scored},
         "worst_classes": [{"label": reference.labels[i], "delta_AP": float(class_delta[i])} for i in worst],
-        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+        "max_abs_diff": max_diff,
         "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
-        "labelset_agreement": float(same_sets.mean()) if len(same_sets) else 1.0,
+        "labelset_agreement": agreement,
         "threshold": threshold,
         "tolerance_points": tolerance,
-        "passed": bool(-delta * 100 <= tolerance + 1e-9),
+        "labelset_floor": floor,
+        "max_score_diff": score_limit,
+        "failures": failures,
+        "passed": not failures,
     }
 
 
 def check_backend(backend: Backend, reference: Reference, images: ReferenceImages, *, threshold: float = 0.5,
-                  tolerance_points: float | None = None, batch_size: int = 16,
+                  tolerance_points: float | None = None, labelset_floor: float | None = None,
+                  max_score_diff: float | None = None, batch_size: int = 16,
                   on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """One backend against the reference: the comparison, what ran, and its inference latency."""
     scores, latency = score_images(backend, images, batch_size, on_batch)
     result = compare_scores(reference, scores, precision=backend.info.precision, threshold=threshold,
-                            tolerance_points=tolerance_points)
+                            tolerance_points=tolerance_points, labelset_floor=labelset_floor,
+                            max_score_diff=max_score_diff)
     return {"backend": backend.info.backend, "device": backend.info.device, "version": backend.info.version,
             **result, "latency": latency, "images": len(images), "ran": backend.info.as_dict()}
 
@@ -189,20 +212,21 @@ def parity_report(run: RunDir, results: list[dict[str, Any]],
                       "images": len(reference.image_ids), "split": reference.split, **meta.get("reference", {})},
         "results": results,
         "skipped": skipped or [],
-        "passed": all(result["passed"] for result in results),
+        "passed": bool(results) and all(result["passed"] for result in results),
     }
 
 
 def check_parity(report: dict[str, Any]) -> None:
-    """Raise (exit 3) naming every backend/precision past its tolerance."""
+    """Raise (exit 3) naming every backend/precision past its limits, or that nothing could be compared."""
+    if not report["results"]:
+        reasons = "; ".join(f"{s['backend']} {s['precision']}: {s['reason']}" for s in report["skipped"])
+        raise ParityError("nothing to compare: no backend could run" + (f" ({reasons})" if reasons else ""),
+                          hint="fix what the reasons say (rebuild or re-export), then run parity again")
     failed = [result for result in report["results"] if not result["passed"]]
     if failed:
-        details = "; ".join(f"{r['backend']} {r['precision']} mAP {r['mAP'] * 100:.2f} is "
-                            f"{-r['delta_mAP_points']:.2f} points below the reference "
-                            f"{report['reference']['mAP'] * 100:.2f}, more than the tolerance {r['tolerance_points']}"
-                            for r in failed)
-        raise ParityError(details, hint="inspect reports/parity.md; pass --tolerance PRECISION=POINTS to accept "
-                                        "a larger drop")
+        details = "; ".join(f"{r['backend']} {r['precision']}: {', '.join(r['failures'])}" for r in failed)
+        raise ParityError(details, hint="inspect reports/parity.md; --tolerance, --min-same and --max-diff "
+                                        "PRECISION=VALUE accept larger differences")
 
 
 def _rows(report: dict[str, Any]) -> list[list[str]]:
