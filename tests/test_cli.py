@@ -231,3 +231,11 @@ def test_parity_with_nothing_to_compare_fails(capsys, run_copy):
 def test_parity_limits_are_validated_before_any_work(capsys, run_copy, option, value):
     result = invoke(capsys, "parity", "--run", run_copy, option, value)
     assert_one_line_error(result, f"{option} '{value}' is not PRECISION=VALUE")
+
+
+@pytest.mark.parametrize("option, value, says", [("--max-frames", "0", "--max-frames 0"),
+                                                 ("--stats-every", "0", "--stats-every 0.0"),
+                                                 ("--threshold", "1.5", "--threshold 1.5")])
+def test_run_options_are_validated_before_any_work(capsys, run_copy, option, value, says):
+    result = invoke(capsys, "run", str(run_copy / "missing-source.mp4"), "--run", run_copy, option, value)
+    assert_one_line_error(result, says)

@@ -118,3 +118,19 @@ def test_export_without_training_says_what_to_do(tmp_path):
 
     with pytest.raises(MlicError, match="train first"):
         export_onnx(RunDir(tmp_path / "nothing"))
+
+
+def test_resume_refuses_a_dataset_whose_classes_come_in_another_order(run_copy, synth_data, tmp_path):
+    """Resuming on reordered classes would train outputs under other names than run.json and the exported model."""
+    import shutil
+
+    reordered = tmp_path / "reordered"
+    shutil.copytree(synth_data, reordered)
+    classes = reordered / "ImageSets" / "Main" / "classes.txt"
+    names = classes.read_text().split()
+    classes.write_text("".join(f"{name}\n" for name in reversed(names)))
+    before = (run_copy / "run.json").read_bytes()
+    with pytest.raises(MlicError, match="another order") as caught:
+        train(TrainConfig(model="baseline", data=f"voc:{reordered}", out=run_copy, epochs=7, resume=True, workers=0))
+    assert "\n" not in str(caught.value) and "new --out" in caught.value.hint
+    assert (run_copy / "run.json").read_bytes() == before  # nothing touched

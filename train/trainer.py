@@ -30,6 +30,23 @@ from mlic_edge.train.losses import create_loss
 from mlic_edge.train.schedule import DEFAULT_LR, create_optimizer, create_scheduler
 
 
+def _check_resumed_classes(run: RunDir, names: list[str]) -> None:
+    """--resume on a dataset whose classes differ (or come in another order) would train outputs under other names
+    while run.json and the exported model keep the old ones: refuse it, naming the first difference."""
+    labels = run.spec().labels if run.exists() else None
+    if labels is None or list(names) == list(labels):
+        return
+    if sorted(names) == sorted(labels):
+        index = next(i for i, (new, old) in enumerate(zip(names, labels)) if new != old)
+        why = f"the same classes in another order ({names[index]!r} here, {labels[index]!r} there at position {index})"
+    else:
+        added, missing = sorted(set(names) - set(labels)), sorted(set(labels) - set(names))
+        why = "; ".join(part for part in (f"new here: {', '.join(added)}" if added else "",
+                                          f"missing here: {', '.join(missing)}" if missing else "") if part)
+    raise MlicError(f"--resume: this dataset's classes differ from {run.run_json}'s: {why}",
+                    hint="resume on the dataset the run was trained on, or train into a new --out")
+
+
 def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -70,6 +87,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         if saved.get("stages") and config.epochs != saved["epochs"]:
             raise MlicError("a run trained with --stages cannot change --epochs on --resume",
                             hint=f"resume with --epochs {saved['epochs']}: the stage plan depends on it")
+        _check_resumed_classes(run, train_set.names)
         config = TrainConfig(**{**saved, "out": config.out, "epochs": config.epochs, "resume": True,
                                 "workers": config.workers, "device": config.device})
     elif run.checkpoint.exists() or run.last_checkpoint.exists():

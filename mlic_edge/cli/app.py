@@ -508,6 +508,8 @@ def run_command(
                              all_scores=csv_out is not None, max_frames=max_frames, width=width, height=height,
                              fps=fps, max_reconnects=max_reconnects, cuda_graph=cuda_graph)
     request.check()
+    if stats_every is not None and not stats_every > 0:
+        raise MlicError(f"--stats-every {stats_every} is not a positive number of seconds", hint="for example 10")
     for path in (out, csv_out, save_video, stats_json):
         if path is not None:
             check_writable(path)  # before any work: an unwritable output fails now, not after an hour of camera

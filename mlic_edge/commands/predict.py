@@ -46,6 +46,8 @@ class PredictRequest:
                             hint="0 turns it off; 0.8 is a good start")
         if self.top_k < 0 or self.batch < 1:
             raise MlicError("--top-k must be >= 0 and --batch >= 1")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise MlicError(f"--max-frames {self.max_frames} is not a count of frames", hint="pass 1 or more")
 
 
 def run_predict(run: RunDir, source: str, request: PredictRequest = PredictRequest(), *,
