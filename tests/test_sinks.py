@@ -174,20 +174,56 @@ def test_csv_without_all_scores_fills_the_scores_it_knows(tmp_path):
     assert (tmp_path / "empty.csv").read_text() == "source,index,timestamp,labels,cat,dog,car,tree\n"
 
 
-def test_write_error_is_one_clear_line(tmp_path):
-    sink = JsonlSink(tmp_path / "preds.jsonl")
+class FillingDisk:
+    """A real output file on a disk that fills up part-way through the next write (what ENOSPC looks like)."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def write(self, data):
+        self.handle.write(data[: len(data) // 2])  # half a record reaches the disk ...
+        raise OSError(28, "No space left on device")  # ... then the disk is full
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+
+@pytest.mark.parametrize("sink_type", ["jsonl", "csv"])
+def test_write_error_is_one_clear_line_and_the_file_ends_on_a_whole_record(tmp_path, sink_type):
+    path = tmp_path / f"preds.{sink_type}"
+    sink = JsonlSink(path) if sink_type == "jsonl" else CsvSink(path, LABELS)
     sink.write(frame(0), RECORDS[0])
-    handle = sink._file._handle
-
-    def disk_full(*args):
-        raise OSError(28, "No space left on device")
-
-    sink._file._handle = SimpleNamespace(write=disk_full, flush=disk_full, close=handle.close)
-    with pytest.raises(MlicError, match="cannot write .*preds.jsonl: No space left on device") as error:
+    valid = path.read_bytes()
+    sink._file._handle = FillingDisk(sink._file._handle)
+    with pytest.raises(MlicError, match=f"cannot write .*preds.{sink_type}: No space left on device") as error:
         sink.write(frame(1), RECORDS[1])
     assert "1 record(s) already in it stay valid" in error.value.hint
     sink.close(ok=False)
-    assert json.loads((tmp_path / "preds.jsonl").read_text()) == RECORDS[0]
+    assert path.read_bytes() == valid  # the half-written record was cut back
+    if sink_type == "jsonl":
+        assert json.loads(path.read_text()) == RECORDS[0]
+
+
+def test_a_second_writer_of_the_same_output_is_refused(tmp_path):
+    first, second = JsonlSink(tmp_path / "preds.jsonl"), JsonlSink(tmp_path / "preds.jsonl")
+    first.write(frame(0), RECORDS[0])
+    with pytest.raises(MlicError, match="is being written by another process"):
+        second.write(frame(0), RECORDS[1])
+    first.write(frame(1), RECORDS[1])
+    first.close()
+    assert [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()] == RECORDS[:2]
+
+
+def test_an_output_that_is_the_input_or_another_output_is_refused(tmp_path):
+    from mlic_edge.runtime.inference.sinks import check_distinct_outputs
+
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"x")
+    with pytest.raises(MlicError, match="--save-video .*v.mp4 is the input itself"):
+        check_distinct_outputs(str(video), {"--out": None, "--save-video": video})
+    with pytest.raises(MlicError, match="--csv and --out are the same file"):
+        check_distinct_outputs("camera0", {"--out": tmp_path / "p.jsonl", "--csv": tmp_path / "." / "p.jsonl"})
+    check_distinct_outputs(str(video), {"--out": tmp_path / "p.jsonl", "--csv": tmp_path / "p.csv"})
 
 
 @pytest.mark.parametrize("ok", [True, False])

@@ -228,11 +228,13 @@ def train(
                                f"parity and the runtime: {', '.join(RESIZE_MODES)}."),
     crop_scale: float = typer.Option(TrainConfig.crop_scale, "--crop-scale", help="Smallest share of the image area a "
                                      "random crop keeps (multi-label: small crops cut labels out)."),
-    pretrained: bool = typer.Option(TrainConfig.pretrained, "--pretrained/--no-pretrained", help="Start from ImageNet weights."),
+    pretrained: bool = typer.Option(TrainConfig.pretrained, "--pretrained/--no-pretrained",
+                                    help="Start from ImageNet weights."),
     pretrained_file: Optional[Path] = typer.Option(None, "--pretrained-file", help="Local ImageNet weights file."),
     train_split: Optional[str] = typer.Option(None, "--train-split"),
     eval_split: Optional[str] = typer.Option(None, "--eval-split"),
-    difficult: str = typer.Option(TrainConfig.difficult, "--difficult", help="VOC difficult objects: ignore, positive, negative."),
+    difficult: str = typer.Option(TrainConfig.difficult, "--difficult",
+                                  help="VOC difficult objects: ignore, positive, negative."),
     workers: int = typer.Option(TrainConfig.workers, "--workers", help="Data-loading processes."),
     device: str = DeviceOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<model>)."),
@@ -332,8 +334,9 @@ def export(
     dynamo: bool = typer.Option(ExportRequest.dynamo, "--dynamo/--no-dynamo", help="Use torch.export (opset >= 18)."),
     reference: bool = typer.Option(ExportRequest.reference, "--reference/--no-reference",
                                    help="Write reference.npz (PyTorch scores on the eval split)."),
-    uint8_input: bool = typer.Option(ExportRequest.uint8_input, "--uint8-input", help="Fold the normalisation into the graph: the "
-                                     "model takes resized uint8 NHWC BGR frames (they go to the GPU as captured)."),
+    uint8_input: bool = typer.Option(ExportRequest.uint8_input, "--uint8-input",
+                                     help="Fold the normalisation into the graph: the model takes resized uint8 NHWC "
+                                          "BGR frames (they go to the GPU as captured)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Export model.onnx (dynamic batch, simplified, metadata), check it against PyTorch, write reference.npz.
@@ -367,10 +370,11 @@ def build(
                                 "tensorrt, tensorrt-rtx or onnxruntime (the artefact is the precision's ONNX)."),
     calib_data: Optional[str] = typer.Option(None, "--calib-data", help="Calibration images: a dataset path or "
                                              "voc:/coco:/csv: spec (default: the run's training split)."),
-    calib_images: int = typer.Option(BuildRequest.calib_images, "--calib-images", help="Calibration images to use (every class covered "
-                                     "first)."),
-    calib_method: str = typer.Option(BuildRequest.calib_method, "--calib-method", help="percentile (99.999 %), minmax or "
-                                     "entropy (KL); benchmarks/results/precision.md compares them."),
+    calib_images: int = typer.Option(BuildRequest.calib_images, "--calib-images",
+                                     help="Calibration images to use (every class covered first)."),
+    calib_method: str = typer.Option(BuildRequest.calib_method, "--calib-method",
+                                     help="percentile (99.999 %), minmax or entropy (KL); "
+                                          "benchmarks/results/precision.md compares them."),
     keep_fp: list[str] = typer.Option([], "--keep-fp", help="Node to keep in higher precision (repeatable; the "
                                       "build report names the most sensitive)."),
     batch: Optional[str] = BatchRangeOpt,
@@ -383,8 +387,9 @@ def build(
                                                          help="Engine portable across GPUs: ampere+ (TensorRT "
                                                               "8.6+) or same-compute-capability (10.9+); refused "
                                                               "where this TensorRT lacks the level."),
-    evaluate: bool = typer.Option(BuildRequest.evaluate, "--evaluate/--no-evaluate", help="Measure the precision's mAP against "
-                                  "fp32 with ONNX Runtime (needs reference.npz and the eval images)."),
+    evaluate: bool = typer.Option(BuildRequest.evaluate, "--evaluate/--no-evaluate",
+                                  help="Measure the precision's mAP against fp32 with ONNX Runtime (needs "
+                                       "reference.npz and the eval images)."),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="Unpack this bundle (from `mlic-edge pack`) into "
                                           "--out and build there: the device side of a deployment."),
     bundle_out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where --bundle unpacks (default: "
@@ -476,17 +481,19 @@ def run_command(
     thresholds: Optional[Path] = typer.Option(None, "--thresholds", help="Per-class thresholds: JSON "
                                               "{label: t} or CSV label,threshold (others use --threshold)."),
     top_k: int = typer.Option(PredictRequest.top_k, "--top-k", help="Also report the K best labels."),
-    smoothing: float = typer.Option(PredictRequest.smoothing, "--smoothing", help="EMA of scores across frames of a video or live "
-                                    "source, 0 (off) to <1: s = A*s + (1-A)*x, so labels don't flicker."),
+    smoothing: float = typer.Option(PredictRequest.smoothing, "--smoothing",
+                                    help="EMA of scores across frames of a video or live source, 0 (off) to <1: "
+                                         "s = A*s + (1-A)*x, so labels don't flicker."),
     only_changes: bool = typer.Option(False, "--only-changes", help="Emit a record only when the label set "
                                       "changes."),
-    batch: int = typer.Option(PredictRequest.batch, "--batch", "--batch-size", help="Images per inference for files (live sources "
-                              "always use 1: the newest frame)."),
+    batch: int = typer.Option(PredictRequest.batch, "--batch", "--batch-size",
+                              help="Images per inference for files (live sources always use 1: the newest frame)."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N frames/images."),
     width: Optional[int] = typer.Option(None, "--width", help="Capture width (cameras, CSI)."),
     height: Optional[int] = typer.Option(None, "--height", help="Capture height (cameras, CSI)."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Capture frame rate (cameras, CSI)."),
-    max_reconnects: int = typer.Option(PredictRequest.max_reconnects, "--max-reconnects", help="Reconnect a dropped stream this many times."),
+    max_reconnects: int = typer.Option(PredictRequest.max_reconnects, "--max-reconnects",
+                                       help="Reconnect a dropped stream this many times."),
     stats_every: Optional[float] = typer.Option(None, "--stats-every", help="Print a latency line every N s."),
     stats_json: Optional[Path] = typer.Option(None, "--stats-json", help="Write the latency summary as JSON."),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="TensorRT: replay a captured CUDA graph per batch "
@@ -501,7 +508,8 @@ def run_command(
     from mlic_edge.console import console, info
     from mlic_edge.io import write_json
     from mlic_edge.runtime.inference.latency import LatencyRecorder, PeriodicStats, latency_table
-    from mlic_edge.runtime.inference.sinks import CsvSink, JsonlSink, VideoSink, WindowSink, check_writable
+    from mlic_edge.runtime.inference.sinks import (CsvSink, JsonlSink, VideoSink, WindowSink, check_distinct_outputs,
+                                                   check_writable)
 
     request = PredictRequest(backend=backend, precision=precision, device=device, batch=batch, threshold=threshold,
                              thresholds=thresholds, top_k=top_k, smoothing=smoothing, only_changes=only_changes,
@@ -510,6 +518,8 @@ def run_command(
     request.check()
     if stats_every is not None and not stats_every > 0:
         raise MlicError(f"--stats-every {stats_every} is not a positive number of seconds", hint="for example 10")
+    check_distinct_outputs(source, {"--out": out, "--csv": csv_out, "--save-video": save_video,
+                                    "--stats-json": stats_json})
     for path in (out, csv_out, save_video, stats_json):
         if path is not None:
             check_writable(path)  # before any work: an unwritable output fails now, not after an hour of camera
@@ -567,9 +577,11 @@ def bench(
     precision: str = PrecisionOpt,
     device: str = DeviceOpt,
     batch: str = BatchesOpt,
-    iterations: int = typer.Option(BenchRequest.iterations, "--iterations", help="Timed inferences per batch size (backend alone)."),
+    iterations: int = typer.Option(BenchRequest.iterations, "--iterations",
+                                   help="Timed inferences per batch size (backend alone)."),
     warmup: int = typer.Option(BenchRequest.warmup, "--warmup", help="Untimed inferences first."),
-    frames: int = typer.Option(BenchRequest.frames, "--frames", help="Frames of the generated video for the pipeline run."),
+    frames: int = typer.Option(BenchRequest.frames, "--frames",
+                               help="Frames of the generated video for the pipeline run."),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="TensorRT: replay a captured CUDA graph per batch "
                                     "size."),
     json_out: bool = JsonOpt,
@@ -595,7 +607,8 @@ def bench(
 
 
 # --------------------------------------------------------------------------------------------------- parity
-def _per_precision(pairs: list[str], option: str, example: str, upper: float | None = None) -> dict[str, float]:
+def _per_precision(pairs: list[str], option: str, example: str, unit: str = "VALUE",
+                   upper: float | None = None) -> dict[str, float]:
     """['int8=2', 'fp16=0.8'] -> {'int8': 2.0, 'fp16': 0.8}; each value finite and >= 0 (and <= ``upper``)."""
     import math
 
@@ -609,7 +622,7 @@ def _per_precision(pairs: list[str], option: str, example: str, upper: float | N
         if not sep or precision not in PRECISIONS or not math.isfinite(value) or value < 0 or (
                 upper is not None and value > upper):
             limit = f" between 0 and {upper:g}" if upper is not None else " (finite, >= 0)"
-            raise MlicError(f"{option} {pair!r} is not PRECISION=VALUE{limit}",
+            raise MlicError(f"{option} {pair!r} is not PRECISION={unit}{limit}",
                             hint=f"for example {option} {example} (precisions: {', '.join(PRECISIONS)})")
         parsed[precision] = value
     return parsed
@@ -632,10 +645,11 @@ def parity(
                                         "both mean another model), PRECISION=POINTS (repeatable; defaults "
                                         f"{per_precision_text(DEFAULT_TOLERANCE_POINTS)})."),
     min_same: list[str] = typer.Option([], "--min-same", help="Smallest share of images with the reference's label "
-                                       f"set, PRECISION=FRACTION (defaults {per_precision_text(DEFAULT_LABELSET_FLOOR)})."),
+                                       "set, PRECISION=FRACTION (defaults "
+                                       f"{per_precision_text(DEFAULT_LABELSET_FLOOR)})."),
     max_diff: list[str] = typer.Option([], "--max-diff", help="Largest |Δscore| on any image and label, "
-                                       f"PRECISION=VALUE (defaults {per_precision_text(DEFAULT_MAX_SCORE_DIFF)}; no limit "
-                                       "for the others)."),
+                                       "PRECISION=VALUE (defaults "
+                                       f"{per_precision_text(DEFAULT_MAX_SCORE_DIFF)}; no limit for the others)."),
     batch_size: int = typer.Option(ParityRequest.batch_size, "--batch-size", help="Images per inference."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -647,8 +661,8 @@ def parity(
     from mlic_edge.runtime.checks.parity import check_parity, parity_table
 
     request = ParityRequest(data=data, backends=tuple(backend), precisions=tuple(precision), device=device,
-                            threshold=threshold, tolerances=_per_precision(tolerance, "--tolerance", "int8=2.0"),
-                            labelset_floors=_per_precision(min_same, "--min-same", "int8=0.95", upper=1.0),
+                            threshold=threshold, tolerances=_per_precision(tolerance, "--tolerance", "int8=2.0", "POINTS"),
+                            labelset_floors=_per_precision(min_same, "--min-same", "int8=0.95", "FRACTION", upper=1.0),
                             max_score_diffs=_per_precision(max_diff, "--max-diff", "fp32=0.001"),
                             batch_size=batch_size)
     run_dir = _run_dir(run, model)

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Protocol, TextIO, runtime_checkable
+from typing import Any, Iterator, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -60,21 +60,25 @@ def _cannot_write(path: Path, reason: str) -> MlicError:
 
 
 class _LineFile:
-    """A text file written at its final path one complete, flushed line at a time; opened on the first line."""
+    """A text file written at its final path one complete line at a time, unbuffered; opened on the first line.
+
+    The file is locked (``flock``) while open, so a second writer is refused in one line instead of interleaving.
+    A write that fails part-way (a full disk) is cut back to the last complete line before the error is raised, so
+    the file always ends on a whole record.
+    """
 
     def __init__(self, path: Path, first_line: str = "", append: bool = False) -> None:
         self.path = Path(path)
         self._first_line = first_line
         self._append = append
-        self._handle: TextIO | None = None
+        self._handle: Any = None
         self.lines = 0
 
     def write(self, line: str) -> None:
         with self._errors_explained():
             if self._handle is None:
                 self._open()
-            self._handle.write(line)
-            self._handle.flush()
+            self._write_whole(line)
         self.lines += 1
 
     def close(self, ok: bool = True) -> None:
@@ -83,15 +87,43 @@ class _LineFile:
                 self._open()  # a normal run with no record still leaves its (empty or header-only) file
             if self._handle is not None:
                 handle, self._handle = self._handle, None
-                handle.close()
+                handle.close()  # releases the lock
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Append mode also keeps the file valid under logrotate's copytruncate: writes go to the (new) end.
-        resume = self._append and self.path.is_file() and self.path.stat().st_size > 0
-        self._handle = open(self.path, "a" if self._append else "w", encoding="utf-8", newline="")
-        if not resume:
-            self._handle.write(self._first_line)
+        # Append mode keeps the file valid under logrotate's copytruncate too: every write goes to the (new) end.
+        handle = open(self.path, "ab", buffering=0)
+        try:
+            _lock(handle, self.path)
+            if not self._append:
+                handle.truncate(0)  # only once the lock is held: another writer's file is never emptied
+            if handle.seek(0, os.SEEK_END) == 0:
+                self._handle = handle
+                self._write_whole(self._first_line)
+        except BaseException:
+            handle.close()
+            self._handle = None
+            raise
+        self._handle = handle
+
+    def _write_whole(self, line: str) -> None:
+        data = line.encode("utf-8")
+        if not data:
+            return
+        start = self._handle.seek(0, os.SEEK_END)
+        try:
+            written = 0
+            while written < len(data):
+                written += self._handle.write(data[written:])
+        except OSError:
+            self._cut_back(start)
+            raise
+
+    def _cut_back(self, size: int) -> None:
+        try:
+            os.ftruncate(self._handle.fileno(), size)
+        except (AttributeError, OSError, ValueError):
+            pass  # nothing more can be done; the error that got us here is the one to report
 
     @contextlib.contextmanager
     def _errors_explained(self) -> Iterator[None]:
@@ -101,6 +133,36 @@ class _LineFile:
             raise MlicError(f"cannot write {self.path}: {error.strerror or error}",
                             hint=f"the {self.lines} record(s) already in it stay valid; free space or choose "
                                  "another output path") from error
+
+
+def _lock(handle: Any, path: Path) -> None:
+    """An exclusive, non-blocking lock on an output file (POSIX; elsewhere outputs are not locked)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise MlicError(f"{path} is being written by another process",
+                        hint="stop that run, or choose another output path") from None
+
+
+def check_distinct_outputs(source: str, outputs: dict[str, Path | None]) -> None:
+    """Refuse, before any work, an output that is the input or another output of the same command (``{"--out":
+    path, ...}``): writing one would destroy the other."""
+    seen: dict[Path, str] = {}
+    source_path = Path(source).resolve() if source and Path(source).exists() else None
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        resolved = Path(path).resolve()
+        if source_path is not None and resolved == source_path:
+            raise MlicError(f"{option} {path} is the input itself", hint="write the output to another file")
+        if resolved in seen:
+            raise MlicError(f"{option} and {seen[resolved]} are the same file {path}",
+                            hint="give each output its own file")
+        seen[resolved] = option
 
 
 class JsonlSink:
