@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import shutil
 
@@ -134,3 +136,20 @@ def test_resume_refuses_a_dataset_whose_classes_come_in_another_order(run_copy, 
         train(TrainConfig(model="baseline", data=f"voc:{reordered}", out=run_copy, epochs=7, resume=True, workers=0))
     assert "\n" not in str(caught.value) and "new --out" in caught.value.hint
     assert (run_copy / "run.json").read_bytes() == before  # nothing touched
+
+
+def test_training_afresh_into_an_exported_run_never_mixes_two_models(run_copy, synth_data):
+    """The old model.onnx and reference.npz must not outlive the checkpoint they came from (parity would pass
+    against the old model): refused, or with --overwrite moved whole to previous/<time>/."""
+    before = {name: (run_copy / name).read_bytes() for name in ("model.onnx", "reference.npz", "run.json")}
+    config = TrainConfig(model="baseline", data=f"voc:{synth_data}", out=run_copy, backbone="resnet10t", epochs=1,
+                         img_size=64, batch_size=16, workers=0)
+    with pytest.raises(MlicError, match="holds an exported model .*model.onnx.*reference.npz") as caught:
+        train(config)
+    assert "--overwrite" in caught.value.hint
+    assert {name: (run_copy / name).read_bytes() for name in before} == before  # nothing touched
+    train(replace(config, overwrite=True))
+    (previous,) = (run_copy / "previous").iterdir()
+    assert {name: (previous / name).read_bytes() for name in before} == before
+    assert not (run_copy / "model.onnx").exists() and not (run_copy / "reference.npz").exists()
+    assert "export" not in RunDir(run_copy).read()  # run.json describes only the new generation

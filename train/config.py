@@ -43,6 +43,7 @@ class TrainConfig:
     workers: int = 2
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False  # train afresh into a run that has exports: its old generation moves to previous/
     device: str = "auto"
     model_options: dict[str, Any] = field(default_factory=dict)
 

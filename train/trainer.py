@@ -30,6 +30,36 @@ from mlic_edge.train.losses import create_loss
 from mlic_edge.train.schedule import DEFAULT_LR, create_optimizer, create_scheduler
 
 
+GENERATION_FILES = ("run.json", "checkpoint.pt", "last.pt", "label_graph.npz", "model.onnx", "model.fp16.onnx",
+                    "model.int8.onnx", "reference.npz", "engines", "calibration", "reports")
+EXPORTS = ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "reference.npz", "engines", "calibration")
+
+
+def _start_a_new_generation(run: RunDir, overwrite: bool) -> None:
+    """Training afresh into a run that was exported would leave its ONNX files, engines and reference describing the
+    old model (and parity passing against it): refuse, or with ``overwrite`` move the old generation, whole, to
+    ``previous/<UTC time>/`` so the run never mixes two models."""
+    import os
+    from datetime import datetime, timezone
+
+    exported = [name for name in EXPORTS if (run.path / name).exists()]
+    if not exported:
+        if run.checkpoint.exists() or run.last_checkpoint.exists():
+            info(f"[dim]{run.path} already holds a run; training from scratch replaces it (--resume goes on)[/dim]")
+        return
+    if not overwrite:
+        raise MlicError(f"{run.path} holds an exported model ({', '.join(exported)}); training afresh into it would "
+                        "leave them describing the old one",
+                        hint="pass --overwrite to move the old generation to previous/, --resume to continue it, or "
+                             "--out for a new run directory")
+    folder = run.path / "previous" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    folder.mkdir(parents=True)
+    for name in GENERATION_FILES:
+        if (run.path / name).exists():
+            os.replace(run.path / name, folder / name)
+    info(f"the previous generation of {run.path} moved to {folder}")
+
+
 def _check_resumed_classes(run: RunDir, names: list[str]) -> None:
     """--resume on a dataset whose classes differ (or come in another order) would train outputs under other names
     while run.json and the exported model keep the old ones: refuse it, naming the first difference."""
@@ -90,8 +120,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         _check_resumed_classes(run, train_set.names)
         config = TrainConfig(**{**saved, "out": config.out, "epochs": config.epochs, "resume": True,
                                 "workers": config.workers, "device": config.device})
-    elif run.checkpoint.exists() or run.last_checkpoint.exists():
-        info(f"[dim]{run.path} already holds a run; training from scratch overwrites it (use --resume to go on)[/dim]")
+    else:
+        _start_a_new_generation(run, config.overwrite)
 
     img_size = config.img_size or entry.default_img_size
     backbone = config.backbone or entry.default_backbone

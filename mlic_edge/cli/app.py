@@ -239,6 +239,8 @@ def train(
     device: str = DeviceOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<model>)."),
     resume: bool = typer.Option(TrainConfig.resume, "--resume", help="Continue the run in --out from its last epoch."),
+    overwrite: bool = typer.Option(TrainConfig.overwrite, "--overwrite", help="Train afresh into a run that was "
+                                   "exported: its old model, exports and reports move to previous/<time>/."),
     seed: int = typer.Option(TrainConfig.seed, "--seed"),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -256,7 +258,7 @@ def train(
                          pretrained=pretrained,
                          pretrained_file=str(pretrained_file) if pretrained_file else None,
                          train_split=train_split, eval_split=eval_split, difficult=difficult, workers=workers,
-                         seed=seed, resume=resume, device=device)
+                         seed=seed, resume=resume, overwrite=overwrite, device=device)
     result = run_training(config)
     if json_out:
         _emit_json(result)
