@@ -144,8 +144,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, record_root: Path, *, method:
         ranges = Path(work) / RANGES_FILE
         reader = None
         if reused:
+            images = _checked_record(record_dir)
             shutil.copyfile(record_dir / RANGES_FILE, ranges)
-            images = int(read_json(record_dir / RECORD_FILE)["images_used"])
         else:
             # ORT's histogram calibrators stack the per-batch outputs, so every batch must have one shape.
             batches = calibration.batches(img_size, mean, std, batch_size=1, resize=resize, input_format=input_format)
@@ -254,6 +254,17 @@ def _check_keep_fp(model: onnx.ModelProto, keep_fp: Sequence[str]) -> list[str]:
     constant_adds = [node.name for node in model.graph.node
                      if node.op_type in QUANTIZED_OP_TYPES and node.name not in set(quantizable)]
     return list(keep_fp) + constant_adds
+
+
+def _checked_record(record_dir: Path) -> int:
+    """The images a stored record was calibrated on, once both of its files are known to be readable JSON."""
+    try:
+        read_json(record_dir / RANGES_FILE)
+        return int(read_json(record_dir / RECORD_FILE)["images_used"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CalibrationError(f"the calibration record {record_dir} is damaged ({type(error).__name__}: {error})",
+                               hint=f"delete {record_dir} and build again (it calibrates anew: the calibration images "
+                                    "must be here, or pass --calib-data)") from None
 
 
 def _record_complete(record_dir: Path) -> bool:

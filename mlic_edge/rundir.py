@@ -64,7 +64,18 @@ class RunDir:
             raise RunDirError(f"run directory {self.path} does not exist", hint="train first: mlic-edge train --data DATA")
         if not self.run_json.is_file():
             raise RunDirError(f"{self.run_json} is missing", hint="this is not a run directory; train into it first")
-        return read_json(self.run_json)
+        try:
+            data = read_json(self.run_json)
+        except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+            raise RunDirError(f"{self.run_json} is damaged (not valid JSON: {error})",
+                              hint="restore it from a copy of the run, or train into a new --out") from None
+        except OSError as error:
+            raise RunDirError(f"cannot read {self.run_json}: {error.strerror or error}",
+                              hint="check the file's permissions") from None
+        if not isinstance(data, dict):
+            raise RunDirError(f"{self.run_json} is damaged (not a JSON object)",
+                              hint="restore it from a copy of the run, or train into a new --out")
+        return data
 
     def spec(self) -> "RunSpec":
         """run.json as the typed run contract (mlic_edge.spec): every default applied in one place."""

@@ -210,3 +210,23 @@ def test_auto_prefers_an_engine_that_fits_and_says_why_one_does_not(built_run, m
     assert backends.resolve_auto("auto", run, "int8") == ("tensorrt-rtx", "cuda")
     assert backends.resolve_auto("auto", run, "fp16") == ("onnxruntime", "cpu")  # no fp16 engine built
     assert backends.resolve_auto("cpu", run, "int8") == ("onnxruntime", "cpu")
+
+
+@pytest.mark.parametrize("damage", ["run.json", "reference.npz", "model.onnx", "ranges.json"])
+def test_a_damaged_file_is_named_with_its_fix_never_an_internal_error(capsys, built_run, tmp_path, damage):
+    """Each damaged file of a run: one line naming it and what makes it again, and earlier files left alone."""
+    run = tmp_path / "run"
+    shutil.copytree(built_run, run)
+    (target,) = [run / damage] if damage != "ranges.json" else list((run / "calibration").glob("*/ranges.json"))[:1]
+    target.write_bytes(b"\x00 damaged by a test \xff")
+    untouched = {path: path.read_bytes() for path in run.rglob("*") if path.is_file() and path != target}
+    command = {"run.json": ["parity", "--run", run], "reference.npz": ["parity", "--run", run],
+               "model.onnx": ["build", "--run", run, "-p", "fp16", "--backend", "onnxruntime", "--no-evaluate"],
+               "ranges.json": ["build", "--run", run, "-p", "int8", "--backend", "onnxruntime", "--calib-images", "64",
+                               "--no-evaluate"]}[damage]
+    result = invoke(capsys, *command)
+    fix = {"run.json": "restore it", "reference.npz": "mlic-edge export", "model.onnx": "mlic-edge export",
+           "ranges.json": "delete"}[damage]
+    assert_one_line_error(result, str(target.parent if damage == "ranges.json" else target), fix)
+    assert "internal error" not in result.err and result.code == 2
+    assert {path: path.read_bytes() for path in untouched} == untouched

@@ -89,6 +89,7 @@ def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) 
     say = progress or (lambda what, done, total: None)
 
     fp32 = ensure_fp32_onnx(run)
+    _check_onnx_readable(run, fp32)
     entry: dict[str, Any] = {"precision": request.precision, "backend": backend,
                              "onnx": {"fp32": _file_facts(fp32)}}
     onnx_path = fp32
@@ -121,6 +122,17 @@ def ensure_fp32_onnx(run: RunDir) -> Path:
     export_onnx(run)
     write_reference(run)
     return run.onnx("fp32")
+
+
+def _check_onnx_readable(run: RunDir, path: Path) -> None:
+    """A damaged model.onnx is named, with the command that makes it again, before any conversion starts."""
+    import onnx
+
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError, onnx's own errors, a truncated file: all the same here
+        raise BuildError(f"{path} cannot be read as ONNX ({type(error).__name__}: {str(error).strip()[:120]})",
+                         hint=f"export it again: mlic-edge export --run {run.path}") from None
 
 
 def _make_fp16(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress) -> tuple[Path, dict]:

@@ -10,6 +10,7 @@ failure, never a pass.
 from __future__ import annotations
 
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -40,9 +41,13 @@ class Reference:
     @classmethod
     def load(cls, run: RunDir) -> "Reference":
         path = run.require(run.reference, "mlic-edge export")
-        with np.load(path) as data:
-            return cls(data["scores"], data["targets"], [str(i) for i in data["image_ids"]],
-                       [str(n) for n in data["labels"]], str(data["spec"]), str(data["split"]))
+        try:
+            with np.load(path) as data:
+                return cls(data["scores"], data["targets"], [str(i) for i in data["image_ids"]],
+                           [str(n) for n in data["labels"]], str(data["spec"]), str(data["split"]))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise RunDirError(f"{path} is damaged or not a reference ({type(error).__name__}: {error})",
+                              hint=f"write it again: mlic-edge export --run {run.path}") from None
 
     @property
     def map(self) -> float:
