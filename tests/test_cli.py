@@ -242,3 +242,16 @@ def test_parity_limits_are_validated_before_any_work(capsys, run_copy, option, v
 def test_run_options_are_validated_before_any_work(capsys, run_copy, option, value, says):
     result = invoke(capsys, "run", str(run_copy / "missing-source.mp4"), "--run", run_copy, option, value)
     assert_one_line_error(result, says)
+
+
+def test_train_argument_errors_come_before_pytorch_is_imported(tmp_path):
+    """A missing dataset path is reported at once, not after PyTorch's seconds of import."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom mlic_edge.cli.app import main\n"
+            f"sys.argv = ['mlic-edge', 'train', '--data', {str(tmp_path / 'absent')!r}]\n"
+            "try:\n    main()\nexcept SystemExit as stop:\n    print('exit', stop.code, 'torch' in sys.modules)\n")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert completed.stdout.split() == ["exit", "2", "False"], completed.stdout + completed.stderr
+    assert "dataset path" in completed.stderr and "does not exist" in completed.stderr

@@ -9,7 +9,12 @@ from mlic_edge.train.config import TrainConfig
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Train and write the run directory (checkpoint.pt, last.pt, run.json, reports/); the final metrics."""
+    """Train and write the run directory (checkpoint.pt, last.pt, run.json, reports/); the final metrics. Argument
+    errors (options out of range, a dataset path that does not exist) are reported before PyTorch is imported."""
+    from mlic_edge.data import parse_data_spec
+
+    config.validate()
+    parse_data_spec(config.data)
     from mlic_edge.train.trainer import train as run_training
 
     return run_training(config)
