@@ -61,7 +61,9 @@ class RunDir:
 
     def read(self) -> dict[str, Any]:
         if not self.path.is_dir():
-            raise RunDirError(f"run directory {self.path} does not exist", hint="train first: mlic-edge train --data DATA")
+            out = "" if self.path == DEFAULT_RUNS_ROOT / self.path.name else f" --out {self.path}"
+            raise RunDirError(f"run directory {self.path} does not exist",
+                              hint=f"train first: mlic-edge train --model {self.path.name} --data DATA{out}")
         if not self.run_json.is_file():
             raise RunDirError(f"{self.run_json} is missing", hint="this is not a run directory; train into it first")
         try:

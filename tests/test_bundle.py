@@ -228,3 +228,25 @@ def test_pack_without_images_keeps_the_dataset_spec(packed, tmp_path):
     assert manifest["images"] is None and not [n for n in manifest["files"] if n.startswith("images/")]
     device = unpack(bundle, tmp_path / "device")
     assert device.read()["dataset"]["spec"] == run.read()["dataset"]["spec"]
+
+
+def test_build_bundle_checks_the_backend_before_unpacking(packed, tmp_path, capsys):
+    """`build --bundle --backend tensorrt` on a machine without TensorRT: refused before anything is written."""
+    from cli_helpers import assert_one_line_error, invoke
+    from mlic_edge.runtime.engines.api import available_tensorrt_backends
+
+    if "tensorrt" in available_tensorrt_backends():
+        pytest.skip("full TensorRT is installed here")
+    out = tmp_path / "unpacked"
+    result = invoke(capsys, "build", "--bundle", packed["bundle"], "--out", out, "-p", "int8", "-b", "tensorrt")
+    assert_one_line_error(result, "tensorrt")
+    assert not out.exists()
+
+
+def test_a_missing_run_suggests_training_that_model(capsys, tmp_path):
+    from cli_helpers import assert_one_line_error, invoke
+
+    result = invoke(capsys, "build", "--model", "msrn-absent", "-p", "fp16")
+    assert_one_line_error(result, "mlic-edge train --model msrn-absent --data DATA")
+    result = invoke(capsys, "parity", "--run", tmp_path / "elsewhere")
+    assert_one_line_error(result, f"--model elsewhere --data DATA --out {tmp_path / 'elsewhere'}")

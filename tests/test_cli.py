@@ -255,3 +255,10 @@ def test_train_argument_errors_come_before_pytorch_is_imported(tmp_path):
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.stdout.split() == ["exit", "2", "False"], completed.stdout + completed.stderr
     assert "dataset path" in completed.stderr and "does not exist" in completed.stderr
+
+
+def test_the_zoo_files_are_named_as_the_models_they_register():
+    from mlic_edge.commands.train import zoo_file_names
+    from mlic_edge.models import list_models
+
+    assert zoo_file_names() == {entry.name for entry in list_models()}

@@ -400,24 +400,25 @@ def build(
 ) -> None:
     """Make the precision's ONNX (fp16 / int8 with calibration) and a TensorRT engine; report sizes and mAP."""
     from mlic_edge.console import info, progress_bar
-    from mlic_edge.commands.build import BuildRequest, build as run_build, parse_batch
+    from mlic_edge.commands.build import BuildRequest, build as run_build, check_request, parse_batch
 
+    request = BuildRequest(precision=precision, backend=backend, calib_data=calib_data, calib_images=calib_images,
+                           calib_method=calib_method, keep_fp=list(keep_fp),
+                           batch=parse_batch(batch) if batch else None,
+                           workspace_mb=workspace, dla_core=dla_core, version_compatible=version_compatible,
+                           hardware_compatibility=hardware_compatibility, evaluate=evaluate)
     if bundle is not None:
         from mlic_edge.runtime.deployment.bundle import unpack
 
         if run or model:
             raise MlicError("--bundle unpacks into its own run directory", hint="use --out DIR, not --run/--model")
+        check_request(request)  # a backend or option this machine cannot build is refused before unpacking
         run_dir = unpack(bundle, bundle_out)
         info(f"unpacked {bundle} into {run_dir.path} (every file's sha256 checked)")
     elif bundle_out is not None:
         raise MlicError("--out is where --bundle unpacks", hint="pass --bundle FILE, or --run DIR to build a run")
     else:
         run_dir = _run_dir(run, model)
-    request = BuildRequest(precision=precision, backend=backend, calib_data=calib_data, calib_images=calib_images,
-                           calib_method=calib_method, keep_fp=list(keep_fp),
-                           batch=parse_batch(batch) if batch else None,
-                           workspace_mb=workspace, dla_core=dla_core, version_compatible=version_compatible,
-                           hardware_compatibility=hardware_compatibility, evaluate=evaluate)
     run_dir.read()  # a missing run is one line, before any progress display
     with progress_bar(transient=True) as progress:
         tasks: dict[str, int] = {}

@@ -52,10 +52,20 @@ def resolve_build_backend(name: str) -> str:
     require_choice("build backend", name, BUILD_BACKENDS, BuildError)
     if name != "auto":
         return name
-    picked = "tensorrt" if importlib.util.find_spec("tensorrt") is not None else "onnxruntime"
-    info(f"--backend auto: {picked}" + ("" if picked == "tensorrt" else
-                                        " (no TensorRT here: the artefact is the precision's ONNX)"))
-    return picked
+    return "tensorrt" if importlib.util.find_spec("tensorrt") is not None else "onnxruntime"
+
+
+def check_request(request: BuildRequest) -> tuple[str, Any]:
+    """(backend, TensorRT or None) for ``request``, refusing before any work (and before a bundle is unpacked) a
+    precision or backend that does not exist, a TensorRT that is not installed, or an option it cannot honour."""
+    require_choice("precision", request.precision, PRECISIONS, BuildError)
+    backend = resolve_build_backend(request.backend)
+    trt = _load_builder(backend)
+    if trt is not None:
+        from mlic_edge.runtime.engines.builder import plan_build
+
+        plan_build(trt.caps, _engine_options(request))
+    return backend, trt
 
 
 def parse_batch(text: str) -> tuple[int, int, int]:
@@ -74,17 +84,14 @@ def parse_batch(text: str) -> tuple[int, int, int]:
 
 def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) -> dict[str, Any]:
     """Make everything ``request`` asks for in ``run``; returns (and records in reports/build.json) the summary."""
-    require_choice("precision", request.precision, PRECISIONS, BuildError)
+    backend, trt = check_request(request)
+    if request.backend == "auto":
+        info(f"--backend auto: {backend}" + ("" if backend == "tensorrt" else
+                                             " (no TensorRT here: the artefact is the precision's ONNX)"))
     spec = run.spec()
-    backend = resolve_build_backend(request.backend)
     for folder in (run.path, run.reports):  # before any work; a run folder is never created here
         require_writable(folder, error=BuildError, create=False,
                          hint="fix its permissions or copy the run somewhere writable")
-    trt = _load_builder(backend)  # a missing TensorRT is refused before any work
-    if trt is not None:
-        from mlic_edge.runtime.engines.builder import plan_build
-
-        plan_build(trt.caps, _engine_options(request))  # and so is an option this TensorRT cannot honour
     started = time.monotonic()
     say = progress or (lambda what, done, total: None)
 
