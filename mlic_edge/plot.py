@@ -26,13 +26,15 @@ def line_chart(path: Path, title: str, x: Sequence[float], series: dict[str, Seq
         cv2.rectangle(canvas, (left, top + 5), (right, bottom), (180, 180, 180), 1)
         ys = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
         finite = np.isfinite(ys)
-        if finite.any():
-            low, high = float(np.nanmin(ys)), float(np.nanmax(ys))
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging loss: huge values are drawn as gaps
+            low, high = (float(np.min(ys[finite])), float(np.max(ys[finite]))) if finite.any() else (0.0, 0.0)
             if high - low < 1e-12:
                 low, high = low - 0.5, high + 0.5
             span_x = max(1e-12, float(xs.max() - xs.min()))
             px = left + (xs - xs.min()) / span_x * (right - left)
             py = bottom - (ys - low) / (high - low) * (bottom - top - 10)
+        finite &= np.isfinite(px) & np.isfinite(py)
+        if finite.any():
             points = [(int(a), int(b)) for a, b, ok in zip(px, py, finite) if ok]
             colour = _COLOURS[row % len(_COLOURS)]
             for a, b in zip(points, points[1:]):

@@ -153,3 +153,15 @@ def test_training_afresh_into_an_exported_run_never_mixes_two_models(run_copy, s
     assert {name: (previous / name).read_bytes() for name in before} == before
     assert not (run_copy / "model.onnx").exists() and not (run_copy / "reference.npz").exists()
     assert "export" not in RunDir(run_copy).read()  # run.json describes only the new generation
+
+
+def test_training_curves_survive_a_diverging_loss(tmp_path):
+    """--lr 1e8: the loss check stops training on a non-finite step; an enormous but finite epoch loss must not
+    break the chart first (its values are drawn as gaps, the PNG is still written)."""
+    import cv2
+
+    from mlic_edge.plot import line_chart
+
+    path = line_chart(tmp_path / "curves.png", "diverging", [1, 2, 3, 4],
+                      {"train loss": [0.7, 1e308, -1e308, float("inf")], "val mAP": [0.5, None, 0.1, float("nan")]})
+    assert cv2.imread(str(path)) is not None
