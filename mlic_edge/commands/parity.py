@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from mlic_edge.errors import MlicError
+from mlic_edge.io import require_writable
 from mlic_edge.rundir import RunDir
 from mlic_edge.spec import PRECISIONS, rebuild_command, require_choice
 
@@ -29,6 +30,12 @@ class ParityRequest:
     batch_size: int = 16
 
 
+def require_reports_writable(run: RunDir) -> None:
+    """Refuse before any work a run whose reports/ cannot be written: the results would be computed, then lost."""
+    require_writable(run.reports, create=False, what=f"cannot write the report to {run.reports}",
+                     hint="fix the run directory's permissions, or copy the run somewhere writable")
+
+
 def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Progress | None = None,
            on_skip: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The parity report (also written to reports/parity.json and .md). Past a tolerance the report says so;
@@ -41,6 +48,7 @@ def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Prog
     for name in (*request.precisions, *request.tolerances, *request.labelset_floors, *request.max_score_diffs):
         require_choice("precision", name, PRECISIONS)
     run.read()
+    require_reports_writable(run)
     reference = Reference.load(run)
     images = ReferenceImages(run, reference, request.data)
     targets = present_targets(run, list(request.backends) or None, list(request.precisions) or None)
