@@ -93,6 +93,15 @@ class RunDir:
         write_json(self.run_json, data)
         return data
 
+    def require_writable(self, *, reports_only: bool = False) -> None:
+        """Refuse, before any work, a run whose files cannot be written: build writes into the run, parity and bench
+        into reports/ (they would otherwise compute their results and then lose them). Nothing is created."""
+        from mlic_edge.io import require_writable
+
+        for folder in (self.reports,) if reports_only else (self.path, self.reports):
+            require_writable(folder, error=RunDirError, create=False,
+                             hint="fix its permissions or copy the run somewhere writable")
+
     def require(self, path: Path, produced_by: str) -> Path:
         """Refuse clearly when a stage's input is missing."""
         if not path.exists():

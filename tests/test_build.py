@@ -241,5 +241,5 @@ def test_parity_and_bench_refuse_a_read_only_run_before_computing(capsys, run_co
     monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if str(path) == str(reports) and mode & os.W_OK
                         else real_access(path, mode, **kw))
     result = invoke(capsys, *command, "--run", run_copy)
-    assert_one_line_error(result, f"cannot write the report to {reports}")
+    assert_one_line_error(result, f"cannot write to {reports}")
     assert not (reports / "parity.json").exists() and not (reports / "bench.json").exists()

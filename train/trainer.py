@@ -24,15 +24,11 @@ from mlic_edge.models.backbone import backbone_data_config
 from mlic_edge.models.checkpoint import read_checkpoint, save_checkpoint
 from mlic_edge.plot import line_chart
 from mlic_edge.rundir import RunDir
+from mlic_edge.spec import PRECISIONS
 from mlic_edge.train.config import TrainConfig
 from mlic_edge.train.evaluate import predict_scores
 from mlic_edge.train.losses import create_loss
 from mlic_edge.train.schedule import DEFAULT_LR, create_optimizer, create_scheduler
-
-
-GENERATION_FILES = ("run.json", "checkpoint.pt", "last.pt", "label_graph.npz", "model.onnx", "model.fp16.onnx",
-                    "model.int8.onnx", "reference.npz", "engines", "calibration", "reports")
-EXPORTS = ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "reference.npz", "engines", "calibration")
 
 
 def _start_a_new_generation(run: RunDir, overwrite: bool) -> None:
@@ -42,7 +38,9 @@ def _start_a_new_generation(run: RunDir, overwrite: bool) -> None:
     import os
     from datetime import datetime, timezone
 
-    exported = [name for name in EXPORTS if (run.path / name).exists()]
+    exports = [run.onnx(precision) for precision in PRECISIONS] + [run.reference, run.path / "engines",
+                                                                  run.path / "calibration"]
+    exported = [path.name for path in exports if path.exists()]
     if not exported:
         if run.checkpoint.exists() or run.last_checkpoint.exists():
             info(f"[dim]{run.path} already holds a run; training from scratch replaces it (--resume goes on)[/dim]")
@@ -54,9 +52,11 @@ def _start_a_new_generation(run: RunDir, overwrite: bool) -> None:
                              "--out for a new run directory")
     folder = run.path / "previous" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     folder.mkdir(parents=True)
-    for name in GENERATION_FILES:
-        if (run.path / name).exists():
-            os.replace(run.path / name, folder / name)
+    generation = [run.run_json, run.checkpoint, run.last_checkpoint, run.path / "label_graph.npz", run.reports,
+                  *exports]
+    for path in generation:
+        if path.exists():
+            os.replace(path, folder / path.name)
     info(f"the previous generation of {run.path} moved to {folder}")
 
 

@@ -25,7 +25,6 @@ class BenchRequest:
 def bench(run: RunDir, request: BenchRequest = BenchRequest(),
           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The report (also written to reports/bench.json)."""
-    from mlic_edge.commands.parity import require_reports_writable
     from mlic_edge.runtime.checks.bench import run_bench
     from mlic_edge.runtime.inference.backends import create_backend
     from mlic_edge.spec import ModelSpec
@@ -35,7 +34,7 @@ def bench(run: RunDir, request: BenchRequest = BenchRequest(),
         raise MlicError(f"--batch {','.join(map(str, request.batches))!r}, --iterations, --warmup and --frames must "
                         "be positive", hint="for example --batch 1,4,8 --iterations 200")
     spec = ModelSpec.from_run(run.spec())
-    require_reports_writable(run)
+    run.require_writable(reports_only=True)
     say = progress or (lambda message: None)
     with create_backend(request.backend, run, request.precision, request.device,
                         cuda_graph=request.cuda_graph) as engine:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from mlic_edge.console import info, warn
 from mlic_edge.errors import BuildError, CalibrationError, MlicError
-from mlic_edge.io import atomic_path, read_json, require_writable, sha256_file, write_json
+from mlic_edge.io import atomic_path, read_json, sha256_file, write_json
 from mlic_edge.rundir import RunDir
 from mlic_edge.spec import BUILD_BACKENDS, ENGINE_BACKENDS, PRECISIONS, RunSpec, require_choice
 
@@ -89,9 +89,7 @@ def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) 
         info(f"--backend auto: {backend}" + ("" if backend == "tensorrt" else
                                              " (no TensorRT here: the artefact is the precision's ONNX)"))
     spec = run.spec()
-    for folder in (run.path, run.reports):  # before any work; a run folder is never created here
-        require_writable(folder, error=BuildError, create=False,
-                         hint="fix its permissions or copy the run somewhere writable")
+    run.require_writable()
     started = time.monotonic()
     say = progress or (lambda what, done, total: None)
 

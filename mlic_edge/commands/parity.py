@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from mlic_edge.errors import MlicError
-from mlic_edge.io import require_writable
 from mlic_edge.rundir import RunDir
 from mlic_edge.spec import PRECISIONS, rebuild_command, require_choice
 
@@ -23,17 +22,11 @@ class ParityRequest:
     precisions: tuple[str, ...] = ()  # default: every one present
     device: str = "auto"
     threshold: float = 0.5  # for the identical-label-set share
-    # Per precision; what is not given takes checks.parity's defaults (DEFAULT_TOLERANCE_POINTS, ...).
+    # Per precision; what is not given takes spec.py's defaults (DEFAULT_TOLERANCE_POINTS, ...).
     tolerances: dict[str, float] = field(default_factory=dict)  # |ΔmAP| in points
     labelset_floors: dict[str, float] = field(default_factory=dict)  # share of images with identical label sets
     max_score_diffs: dict[str, float] = field(default_factory=dict)  # max |Δscore|
     batch_size: int = 16
-
-
-def require_reports_writable(run: RunDir) -> None:
-    """Refuse before any work a run whose reports/ cannot be written: the results would be computed, then lost."""
-    require_writable(run.reports, create=False, what=f"cannot write the report to {run.reports}",
-                     hint="fix the run directory's permissions, or copy the run somewhere writable")
 
 
 def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Progress | None = None,
@@ -48,7 +41,7 @@ def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Prog
     for name in (*request.precisions, *request.tolerances, *request.labelset_floors, *request.max_score_diffs):
         require_choice("precision", name, PRECISIONS)
     run.read()
-    require_reports_writable(run)
+    run.require_writable(reports_only=True)
     reference = Reference.load(run)
     images = ReferenceImages(run, reference, request.data)
     targets = present_targets(run, list(request.backends) or None, list(request.precisions) or None)
@@ -76,7 +69,7 @@ def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Prog
                 labelset_floor=request.labelset_floors.get(precision_name),
                 max_score_diff=request.max_score_diffs.get(precision_name),
                 on_batch=(lambda count, what=what: progress(what, count, len(images))) if progress else None))
-    report = parity_report(run, results, skipped)
+    report = parity_report(run, results, skipped, reference=reference)
     write_json(run.reports / "parity.json", report)
     with atomic_path(run.reports / "parity.md") as tmp:
         tmp.write_text(parity_markdown(report))

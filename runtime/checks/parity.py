@@ -207,10 +207,11 @@ def present_targets(run: RunDir, backends: list[str] | None = None,
     return targets
 
 
-def parity_report(run: RunDir, results: list[dict[str, Any]],
-                  skipped: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    """The whole report: the reference once, then one result per backend and precision."""
-    reference = Reference.load(run)
+def parity_report(run: RunDir, results: list[dict[str, Any]], skipped: list[dict[str, str]] | None = None,
+                  reference: Reference | None = None) -> dict[str, Any]:
+    """The whole report: the reference once, then one result per backend and precision (``reference``: the one
+    already loaded, rather than reading reference.npz again)."""
+    reference = reference or Reference.load(run)
     meta = run.read()
     return {
         "reference": {"backend": "torch", "file": run.reference.name, "mAP": reference.map,
