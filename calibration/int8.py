@@ -43,6 +43,7 @@ from mlic_edge.calibration.images import CalibrationSet
 from mlic_edge.errors import CalibrationError
 from mlic_edge.spec import DEFAULT_RESIZE, FLOAT_INPUT
 from mlic_edge.export.metadata import derive_metadata
+from mlic_edge.export.lineage import ONNX_SHA
 from mlic_edge.io import atomic_path, read_json, sha256_file, write_json
 
 METHODS = ("entropy", "percentile", "minmax")
@@ -313,7 +314,7 @@ def _write_record(record_dir: Path, ranges: Path, calibration: CalibrationSet, f
 def _finish_model(path: Path, fp32: onnx.ModelProto, fp32_sha: str, key: str) -> int:
     """Carry the fp32 metadata over, mark the precision; return how many nodes run quantized."""
     model = onnx.load(str(path))
-    derive_metadata(model, fp32, precision="int8", source_onnx_sha256=fp32_sha, calibration_key=key)
+    derive_metadata(model, fp32, precision="int8", calibration_key=key, **{ONNX_SHA: fp32_sha})
     onnx.save(model, str(path))
     return len(quantized_node_names(model))
 

@@ -26,6 +26,7 @@ from onnx import TensorProto, numpy_helper
 
 from mlic_edge.errors import CalibrationError
 from mlic_edge.export.metadata import derive_metadata
+from mlic_edge.export.lineage import ONNX_SHA
 from mlic_edge.io import atomic_path, sha256_file
 
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
@@ -443,5 +444,5 @@ def _finish_metadata(converted: onnx.ModelProto, model: onnx.ModelProto, fp32_pa
                      asked: Sequence[str]) -> None:
     """The fp32 model's metadata, precision=fp16, the source's hash (so a later build can tell it is stale), the
     nodes kept in fp32 and why, and which were asked for (so a rebuild without the images can reuse the file)."""
-    derive_metadata(converted, model, precision="fp16", source_onnx_sha256=sha256_file(fp32_path),
+    derive_metadata(converted, model, precision="fp16", **{ONNX_SHA: sha256_file(fp32_path)},
                     fp32_nodes=json.dumps([asdict(node) for node in kept]), asked_fp32=json.dumps(sorted(asked)))

@@ -20,7 +20,8 @@ from mlic_edge.data.images import model_input, preprocess, read_image
 from mlic_edge.export.fold_input import fold_uint8_input
 from mlic_edge.export.metadata import write_metadata
 from mlic_edge.errors import MlicError
-from mlic_edge.io import atomic_path
+from mlic_edge.export.lineage import CHECKPOINT_SHA
+from mlic_edge.io import sha256_file
 from mlic_edge.models.checkpoint import load_model
 from mlic_edge.rundir import RunDir
 from mlic_edge.spec import FLOAT_INPUT, UINT8_INPUT, RunSpec
@@ -46,37 +47,42 @@ def export_onnx(run: RunDir, opset: int = DEFAULT_OPSET, simplify: bool = True, 
     the raw frames against the float graph on the preprocessed ones."""
     spec = run.spec()
     run.require(run.checkpoint, "mlic-edge train")
+    checkpoint_sha = sha256_file(run.checkpoint)
     model = load_model(run.checkpoint)
     graph = model.for_export()
     started = time.monotonic()
     example = torch.zeros(2, 3, spec.img_size, spec.img_size)
 
-    with atomic_path(run.onnx("fp32")) as tmp:
-        write_onnx(graph, example, tmp, spec, opset=opset, simplify=simplify, dynamo=dynamo)
+    with run.transaction() as change:  # model.onnx and run.json's export section, put in place together
+        tmp = change.path(run.onnx("fp32"))
+        write_onnx(graph, example, tmp, spec, opset=opset, simplify=simplify, dynamo=dynamo,
+                   checkpoint_sha256=checkpoint_sha)
         frames = _check_frames(spec, check_images)
         inputs = _float_inputs(spec, frames, check_images)
         max_diff, mean_diff = _compare_with_torch(graph, tmp, inputs)
         if uint8_input:
             max_diff = max(max_diff, _fold_and_check(tmp, spec, frames, inputs))
-    result = ExportResult(run.onnx("fp32"), opset, max_diff, mean_diff, len(inputs), time.monotonic() - started)
-    run.update(input_format=UINT8_INPUT if uint8_input else FLOAT_INPUT,
-               export={"onnx": result.path.name, "opset": opset, "simplified": simplify,
-                       "exporter": "dynamo" if dynamo else "torchscript", "input": INPUT_NAME,
-                       "output": OUTPUT_NAME, "check": {"images": result.check_images,
-                                                        "max_abs_diff": max_diff, "mean_abs_diff": mean_diff,
-                                                        "backend": "onnxruntime CPUExecutionProvider"}})
+        result = ExportResult(run.onnx("fp32"), opset, max_diff, mean_diff, len(inputs), time.monotonic() - started)
+        change.update(input_format=UINT8_INPUT if uint8_input else FLOAT_INPUT,
+                      export={"onnx": result.path.name, "opset": opset, "simplified": simplify,
+                              "exporter": "dynamo" if dynamo else "torchscript", "input": INPUT_NAME,
+                              "output": OUTPUT_NAME, CHECKPOINT_SHA: checkpoint_sha,
+                              "check": {"images": result.check_images, "max_abs_diff": max_diff,
+                                        "mean_abs_diff": mean_diff, "backend": "onnxruntime CPUExecutionProvider"}})
     return result
 
 
 def write_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, spec: RunSpec | dict[str, Any], *,
-               opset: int = DEFAULT_OPSET, simplify: bool = True, dynamo: bool = False) -> None:
+               opset: int = DEFAULT_OPSET, simplify: bool = True, dynamo: bool = False,
+               checkpoint_sha256: str | None = None) -> None:
     """The model.onnx every later stage reads: exported, simplified, checked, with the run contract as metadata
-    (``spec``: a RunSpec, or run.json's content)."""
+    (``spec``: a RunSpec, or run.json's content) and the sha256 of the checkpoint it came from (export/lineage.py)."""
     export_graph(graph, example, path, opset, dynamo)
     proto = onnx.load(str(path))
     if simplify:
         proto = _simplify(proto)
-    _set_metadata(proto, spec if isinstance(spec, RunSpec) else RunSpec.from_run_json(spec), precision="fp32")
+    _set_metadata(proto, spec if isinstance(spec, RunSpec) else RunSpec.from_run_json(spec), precision="fp32",
+                  lineage={CHECKPOINT_SHA: checkpoint_sha256} if checkpoint_sha256 else {})
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
 
@@ -112,10 +118,10 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
     return simplified
 
 
-def _set_metadata(proto: onnx.ModelProto, spec: RunSpec, precision: str) -> None:
+def _set_metadata(proto: onnx.ModelProto, spec: RunSpec, precision: str, lineage: dict[str, str]) -> None:
     """Everything a runtime needs to preprocess and name outputs, so an ONNX file alone is usable."""
     spec = replace(spec, input_format=FLOAT_INPUT)  # folding, if asked, comes after
-    write_metadata(proto, spec.onnx_metadata(precision, mlic_edge.__version__))
+    write_metadata(proto, {**spec.onnx_metadata(precision, mlic_edge.__version__), **lineage})
     proto.producer_name = "mlic-edge"
     proto.producer_version = mlic_edge.__version__
 

@@ -11,7 +11,8 @@ from mlic_edge import metrics
 from mlic_edge.console import progress_bar, warn
 from mlic_edge.data import open_dataset
 from mlic_edge.data.torch_data import describe_broken
-from mlic_edge.io import atomic_path
+from mlic_edge.export.lineage import CHECKPOINT_SHA
+from mlic_edge.io import sha256_file
 from mlic_edge.models.checkpoint import load_model
 from mlic_edge.rundir import RunDir
 from mlic_edge.train.evaluate import predict_scores
@@ -20,7 +21,8 @@ from mlic_edge.train.evaluate import predict_scores
 def write_reference(run: RunDir, data: str | None = None, split: str | None = None, batch_size: int = 32,
                     workers: int = 0) -> Path:
     spec = run.spec()
-    model = load_model(run.require(run.checkpoint, "mlic-edge train"))
+    checkpoint_sha = sha256_file(run.require(run.checkpoint, "mlic-edge train"))
+    model = load_model(run.checkpoint)
     dataset_meta = spec.dataset or {}
     dataset = open_dataset(data or dataset_meta["spec"], role="eval", split=split or dataset_meta.get("eval_split"),
                            difficult=dataset_meta.get("difficult", "ignore"))
@@ -32,13 +34,14 @@ def write_reference(run: RunDir, data: str | None = None, split: str | None = No
     if result.broken:
         warn(describe_broken(dataset, result.broken))
     ids = dataset.image_ids()
-    with atomic_path(run.reference) as tmp:
-        with tmp.open("wb") as handle:
+    ref_map = metrics.mean_average_precision(result.scores, result.targets(dataset)).map
+    with run.transaction() as change:  # reference.npz and run.json's reference section, put in place together
+        with change.path(run.reference).open("wb") as handle:
             np.savez_compressed(handle, scores=result.scores, targets=result.targets(dataset),
                                 image_ids=np.array([ids[i] for i in result.kept]), labels=np.array(dataset.names),
-                                spec=np.array(dataset.spec), split=np.array(dataset.split))
-    ref_map = metrics.mean_average_precision(result.scores, result.targets(dataset)).map
-    run.update(reference={"file": run.reference.name, "images": int(len(result.kept)), "split": dataset.split,
-                          "spec": dataset.spec, "mAP": float(ref_map), "backend": "torch",
-                          "device": "cpu", "torch": torch.__version__})
+                                spec=np.array(dataset.spec), split=np.array(dataset.split),
+                                **{CHECKPOINT_SHA: np.array(checkpoint_sha)})
+        change.update(reference={"file": run.reference.name, "images": int(len(result.kept)), "split": dataset.split,
+                                 "spec": dataset.spec, "mAP": float(ref_map), "backend": "torch", "device": "cpu",
+                                 "torch": torch.__version__, CHECKPOINT_SHA: checkpoint_sha})
     return run.reference

@@ -2,25 +2,71 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 console = Console(stderr=True, soft_wrap=True)  # one message, one line, also in logs and the journal
 
 
+PLAIN_PROGRESS_SECONDS = 10.0  # how often a long task reports when stderr is not a terminal
+
+
 def progress_bar(transient: bool = False) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=transient,
-    )
+    """A rich progress bar on a terminal; elsewhere (CI logs, the systemd journal, a pipe) plain lines: one when a
+    task finishes or its status changes after that, and one per task every ``PLAIN_PROGRESS_SECONDS``
+    (``MLIC_EDGE_PROGRESS_SECONDS`` overrides it)."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    if console.is_terminal:
+        return Progress(*columns, console=console, transient=transient)
+    import os
+
+    interval = float(os.environ.get("MLIC_EDGE_PROGRESS_SECONDS", PLAIN_PROGRESS_SECONDS))
+    return PlainProgress(*columns, console=console, interval=interval)
+
+
+class PlainProgress(Progress):
+    """rich's Progress without the live display, reporting in whole lines (see ``progress_bar``)."""
+
+    def __init__(self, *columns, console: Console, interval: float) -> None:
+        super().__init__(*columns, console=console, disable=True)
+        self._interval = interval
+        self._last: dict[TaskID, tuple[float, str | None]] = {}
+
+    def add_task(self, description: str, *args, **kwargs) -> TaskID:
+        task_id = super().add_task(description, *args, **kwargs)
+        self._last[task_id] = (time.monotonic(), None)
+        return task_id
+
+    def update(self, task_id: TaskID, *args, **kwargs) -> None:
+        super().update(task_id, *args, **kwargs)
+        self._report(task_id)
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._report(task_id)
+
+    def _report(self, task_id: TaskID) -> None:
+        task = self._tasks[task_id]
+        status = str(task.fields.get("status", ""))
+        logged_at, logged_status = self._last.get(task_id, (0.0, None))
+        now = time.monotonic()
+        if task.finished:
+            if logged_status == f"done {status}":
+                return
+            self._last[task_id] = (now, f"done {status}")
+        elif now - logged_at >= self._interval:
+            self._last[task_id] = (now, status)
+        else:
+            return
+        done = f"{task.completed:g}/{task.total:g}" if task.total is not None else f"{task.completed:g}"
+        elapsed = f"{task.elapsed:.1f} s" if task.elapsed is not None else ""
+        self.console.print(" ".join(part for part in (f"{task.description}:", done, status, elapsed) if part),
+                           highlight=False, markup=False)
 
 
 def warn(message: str) -> None:

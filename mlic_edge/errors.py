@@ -6,7 +6,8 @@ EXIT_INTERNAL_ERROR = 1  # a bug: one line, the traceback with --debug
 EXIT_CHECK_FAILED = 1  # doctor: a check failed
 EXIT_USER_ERROR = 2  # bad input, a missing file, a refusal (MlicError)
 EXIT_PARITY_FAILED = 3  # parity past a tolerance (ParityError)
-EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2, the shell's convention
+EXIT_TERMINATED = 143  # SIGTERM (systemd, docker stop, kill): 128 + 15
 
 
 class MlicError(Exception):
@@ -31,6 +32,11 @@ class RunDirError(MlicError):
     """A run directory lacks what a stage needs."""
 
 
+class LineageError(RunDirError):
+    """A file of the run was made from something other than what the run holds now (export/lineage.py), or cannot
+    be read: refused wherever it is used, never skipped."""
+
+
 class BackendError(MlicError):
     """An inference backend is missing or failed."""
 
@@ -51,3 +57,23 @@ class CalibrationError(MlicError):
 
 class BuildError(MlicError):
     """TensorRT could not parse or build an engine, or an engine does not match this machine."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived (mlic_edge/stops.py): long work unwinds through it, removing its temporary files, and
+    the CLI prints one line and exits 130 or 143. A BaseException, so no ``except Exception`` swallows it, and not a
+    KeyboardInterrupt, which Typer would turn into a silent exit."""
+
+    def __init__(self, signum: int, note: str | None = None) -> None:
+        import signal
+
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        self.note = note
+        super().__init__(self.signal_name)
+
+    @property
+    def exit_code(self) -> int:
+        import signal
+
+        return EXIT_TERMINATED if self.signum == signal.SIGTERM else EXIT_INTERRUPTED

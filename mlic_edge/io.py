@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -15,6 +16,15 @@ _UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by se
 os.umask(_UMASK)
 
 
+def _temp_beside(final: Path) -> Path:
+    """An empty file with a hidden temporary name in ``final``'s folder (the rename onto ``final`` is atomic)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=final.suffix or ".tmp", dir=final.parent)
+    os.close(fd)
+    os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600; the final file gets the usual permissions
+    return Path(tmp_name)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -22,22 +32,77 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     Nothing half-written is ever left under the final name.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=final.suffix or ".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the final file gets the usual permissions
+    tmp = _temp_beside(final)
     try:
-        yield tmp
-        os.replace(tmp, final)
+        with _naming_write_failures(final):
+            yield tmp
+            os.replace(tmp, final)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
+_WRITE_FAILURES = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EFBIG: "the file is too large for the file system", errno.EROFS: "the file system is read-only"}
+
+
+@contextlib.contextmanager
+def _naming_write_failures(final: Path | None, staged: "StagedFiles | None" = None) -> Iterator[None]:
+    """A full disk or read-only file system while writing becomes one line naming the file and the fix (the
+    temporary file is removed by the caller, so the old file, if any, is untouched)."""
+    try:
+        yield
+    except OSError as failure:
+        if failure.errno not in _WRITE_FAILURES:
+            raise
+        names = [final] if final is not None else list(staged.staged) if staged is not None else []
+        target = ", ".join(str(name) for name in names) or failure.filename or "a file"
+        raise MlicError(f"cannot write {target}: {_WRITE_FAILURES[failure.errno]} (what was there before is unchanged)",
+                        hint="free space there or write somewhere else, then run the command again") from failure
+
+
+class StagedFiles:
+    """Files being written under temporary names, for :func:`atomic_files`."""
+
+    def __init__(self) -> None:
+        self.staged: dict[Path, Path] = {}
+
+    def path(self, final: str | os.PathLike[str]) -> Path:
+        """The temporary path to write ``final``'s new content to."""
+        final = Path(final)
+        if final not in self.staged:
+            self.staged[final] = _temp_beside(final)
+        return self.staged[final]
+
+
+@contextlib.contextmanager
+def atomic_files() -> Iterator[StagedFiles]:
+    """Several files that belong together (an artefact and the record describing it): each is written to
+    ``staged.path(final)`` and all are renamed into place, in the order asked, when the block succeeds. A stop signal
+    waits until the renames are done; an error or a stop inside the block renames none and removes the temporaries."""
+    from mlic_edge.stops import signals_deferred
+
+    staged = StagedFiles()
+    try:
+        with _naming_write_failures(None, staged):
+            yield staged
+            with signals_deferred():
+                for final, tmp in staged.staged.items():
+                    os.replace(tmp, final)
+    finally:
+        for tmp in staged.staged.values():
+            if tmp.exists():
+                tmp.unlink()
+
+
+def json_text(data: Any) -> str:
+    """The JSON every file of a run is written as (indented, numpy values and paths as plain JSON)."""
+    return json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+        tmp.write_text(json_text(data))
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from mlic_edge.errors import RunDirError
-from mlic_edge.io import read_json, write_json
+from mlic_edge.io import StagedFiles, atomic_files, json_text, read_json
 
 if TYPE_CHECKING:
     from mlic_edge.spec import RunSpec
@@ -87,11 +88,25 @@ class RunDir:
 
     def update(self, **sections: Any) -> dict[str, Any]:
         """Merge top-level sections into run.json (written atomically) and return the new content."""
-        data = read_json(self.run_json) if self.run_json.is_file() else {}
-        data.update(sections)
-        data["versions"] = {**data.get("versions", {}), **installed_versions()}
-        write_json(self.run_json, data)
-        return data
+        with self.transaction() as change:
+            change.update(**sections)
+        return change.written
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator["RunChange"]:
+        """Artefacts and the run.json sections that describe them, put in place together: each artefact is written
+        to ``change.path(final)``, the sections given to ``change.update``; when the block succeeds every artefact is
+        renamed into place, then run.json (a stop signal waits for the renames). An error or a stop inside the block
+        leaves the run exactly as it was."""
+        with atomic_files() as staged:
+            change = RunChange(self, staged)
+            yield change
+            if change.sections:
+                data = read_json(self.run_json) if self.run_json.is_file() else {}
+                data.update(change.sections)
+                data["versions"] = {**data.get("versions", {}), **installed_versions()}
+                staged.path(self.run_json).write_text(json_text(data))
+                change.written = data
 
     def require_writable(self, *, reports_only: bool = False) -> None:
         """Refuse, before any work, a run whose files cannot be written: build writes into the run, parity and bench
@@ -107,6 +122,23 @@ class RunDir:
         if not path.exists():
             raise RunDirError(f"{path} is missing", hint=f"run `{produced_by}` first")
         return path
+
+
+@dataclass
+class RunChange:
+    """What one ``RunDir.transaction`` will put in place."""
+
+    run: RunDir
+    staged: StagedFiles
+    sections: dict[str, Any] = field(default_factory=dict)
+    written: dict[str, Any] = field(default_factory=dict)  # run.json's content once committed
+
+    def path(self, final: Path) -> Path:
+        """Where to write the new content of ``final`` (a file of the run)."""
+        return self.staged.path(final)
+
+    def update(self, **sections: Any) -> None:
+        self.sections.update(sections)
 
 
 def installed_versions() -> dict[str, str]:

@@ -219,9 +219,24 @@ def test_one_name_one_meaning_for_batch_options(capsys):
     assert_one_line_error(result, "MIN,OPT,MAX")
 
 
-def test_parity_with_nothing_to_compare_fails(capsys, run_copy):
-    """A model.onnx that cannot be loaded is skipped; with nothing else to compare, parity must not pass."""
+def test_parity_with_a_damaged_model_onnx_fails_naming_it(capsys, run_copy):
+    """A model.onnx that cannot be loaded is refused (it is the model to check), never skipped into a pass."""
     (run_copy / "model.onnx").write_bytes(b"not an onnx file")
+    reports = {path.name: path.read_bytes() for path in (run_copy / "reports").iterdir()}
+    result = invoke(capsys, "parity", "--run", run_copy, "--json")
+    assert_one_line_error(result, "model.onnx cannot be read as ONNX", f"mlic-edge export --run {run_copy}")
+    assert result.out == "" and {path.name: path.read_bytes() for path in (run_copy / "reports").iterdir()} == reports
+
+
+def test_parity_with_nothing_to_compare_fails(capsys, run_copy, monkeypatch):
+    """No backend can run here (say, only an engine and no TensorRT): parity must not pass."""
+    from mlic_edge.errors import BackendError
+    from mlic_edge.runtime.inference import backends
+
+    def cannot_run(name, run, precision, *args, **kwargs):
+        raise BackendError(f"{name} is not installed", hint="install it")
+
+    monkeypatch.setattr(backends, "create_backend", cannot_run)
     result = invoke(capsys, "parity", "--run", run_copy, "--json")
     assert result.code == 3 and "nothing to compare" in result.err
     assert json.loads(result.out)["passed"] is False

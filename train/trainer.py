@@ -3,13 +3,14 @@ best checkpoint, resume. Writes the run directory (checkpoint.pt, last.pt, run.j
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import random
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from mlic_edge import metrics
 from mlic_edge.console import info, progress_bar, warn
 from mlic_edge.data import open_dataset
 from mlic_edge.data.torch_data import ImageDataset, describe_broken, make_loader
-from mlic_edge.errors import MlicError
+from mlic_edge.errors import Interrupted, MlicError
 from mlic_edge.models import create_model, get_model_entry
 from mlic_edge.models.backbone import backbone_data_config
 from mlic_edge.models.checkpoint import read_checkpoint, save_checkpoint
@@ -187,7 +188,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     broken_train: list[int] = []
     started = time.monotonic()
-    with progress_bar() as progress:
+    with progress_bar() as progress, _note_on_stop(run, config, history):
         for epoch in range(start_epoch, config.epochs):
             if epoch > 0 and plan[epoch] != plan[epoch - 1]:
                 optimizer, scheduler = start_stage(epoch)
@@ -230,13 +231,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
             history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_mAP": _finite(val.map),
                             "lr": scheduler.get_last_lr()[0], "elapsed_s": round(time.monotonic() - started, 1)})
             is_best = math.isfinite(val.map) and val.map > best_map
-            if is_best:
-                best_map = val.map
-                save_checkpoint(run.checkpoint, model, epoch=epoch + 1, val_mAP=val.map)
-            save_checkpoint(run.last_checkpoint, model, epoch=epoch + 1, best_map=best_map, history=history,
-                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                            train_config=train_config)
-            _write_log(run.reports / "train_log.csv", history)
+            # The epoch's files and run.json's train section are put in place together: a stop leaves the last
+            # complete epoch, resumable from last.pt.
+            with run.transaction() as change:
+                if is_best:
+                    best_map = val.map
+                    save_checkpoint(change.path(run.checkpoint), model, epoch=epoch + 1, val_mAP=val.map)
+                save_checkpoint(change.path(run.last_checkpoint), model, epoch=epoch + 1, best_map=best_map,
+                                history=history, optimizer=optimizer.state_dict(),
+                                scheduler=scheduler.state_dict(), train_config=train_config)
+                _write_log(change.path(run.reports / "train_log.csv"), history)
+                change.update(train=_train_section(train_config, history, device))
             line_chart(run.reports / "training_curves.png", f"{config.model} ({backbone})",
                        [row["epoch"] for row in history],
                        {"train loss": [row["train_loss"] for row in history],
@@ -246,12 +251,32 @@ def train(config: TrainConfig) -> dict[str, Any]:
         warn(describe_broken(train_set, broken_train) + " (training split)")
     if split_scores.broken:
         warn(describe_broken(eval_set, split_scores.broken) + " (eval split)")
-    best = max(history, key=lambda row: row["val_mAP"] if row["val_mAP"] is not None else -1)
-    train_section = {"config": train_config, "history": history, "best_epoch": best["epoch"],
-                     "best_val_mAP": best["val_mAP"], "device": str(device),
-                     "skipped_images": {"train": len(set(broken_train)), "eval": len(set(split_scores.broken))}}
+    train_section = _train_section(train_config, history, device, skipped_images={
+        "train": len(set(broken_train)), "eval": len(set(split_scores.broken))})
     run.update(train=train_section)
     return train_section
+
+
+def _train_section(train_config: dict[str, Any], history: list[dict[str, Any]], device, **extra: Any) -> dict:
+    """run.json's train section after the epochs in ``history``."""
+    best = max(history, key=lambda row: row["val_mAP"] if row["val_mAP"] is not None else -1)
+    return {"config": train_config, "history": history, "epochs_done": len(history), "best_epoch": best["epoch"],
+            "best_val_mAP": best["val_mAP"], "device": str(device), **extra}
+
+
+@contextlib.contextmanager
+def _note_on_stop(run: RunDir, config: TrainConfig, history: list[dict[str, Any]]) -> Iterator[None]:
+    """A stop signal during training says what was kept and how to continue (the CLI prints the note)."""
+    try:
+        yield
+    except Interrupted as stop:
+        if history:
+            stop.note = (f"training stopped after {history[-1]['epoch']} complete epoch(s) of {config.epochs}; "
+                         f"{run.last_checkpoint} is resumable: mlic-edge train --model {config.model} --data "
+                         f"{config.data} --out {run.path} --epochs {config.epochs} --resume")
+        else:
+            stop.note = f"training stopped before its first epoch ended; no checkpoint was written in {run.path}"
+        raise
 
 
 def stage_plan(model, epochs: int) -> list[str]:
@@ -268,20 +293,18 @@ def stage_plan(model, epochs: int) -> list[str]:
 
 def prepare_label_graph(run: RunDir, train_set, vectors_path: str | None):
     """Word vectors + co-occurrence of the training split, saved to the run as label_graph.npz."""
-    from mlic_edge.io import atomic_path
     from mlic_edge.label_vectors import label_graph_for
 
     graph, warning = label_graph_for(train_set.names, train_set.targets, vectors_path)
     if warning:
         warn(warning)
-    run.path.mkdir(parents=True, exist_ok=True)
-    with atomic_path(run.path / "label_graph.npz") as tmp:
-        with tmp.open("wb") as handle:
+    with run.transaction() as change:
+        with change.path(run.path / "label_graph.npz").open("wb") as handle:
             np.savez_compressed(handle, names=np.array(graph.names), vectors=graph.vectors,
                                 cooccurrence=graph.cooccurrence, counts=graph.counts,
                                 vectors_source=np.array(graph.vectors_source))
-    run.update(label_graph={"file": "label_graph.npz", "vectors_source": graph.vectors_source,
-                            "vectors_dim": int(graph.vectors.shape[1]), "warning": warning})
+        change.update(label_graph={"file": "label_graph.npz", "vectors_source": graph.vectors_source,
+                                   "vectors_dim": int(graph.vectors.shape[1]), "warning": warning})
     return graph
 
 

@@ -3,7 +3,6 @@ only, so ``--help`` stays fast and works on a torch-free edge install."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -21,7 +20,7 @@ from mlic_edge.commands.evaluate import EvalRequest
 from mlic_edge.commands.export import ExportRequest
 from mlic_edge.commands.parity import ParityRequest
 from mlic_edge.commands.predict import PredictRequest
-from mlic_edge.errors import EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, MlicError
+from mlic_edge.errors import EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, Interrupted, MlicError
 from mlic_edge.train.config import TrainConfig
 from mlic_edge.spec import (DEFAULT_LABELSET_FLOOR, DEFAULT_MAX_SCORE_DIFF, DEFAULT_TOLERANCE_POINTS, PRECISIONS,
                             RESIZE_MODES, per_precision_text)
@@ -50,9 +49,18 @@ def _global(debug: bool = typer.Option(False, "--debug", help="Show full traceba
 
 def main() -> None:
     """Entry point: errors become one actionable line and a non-zero exit (tracebacks only with --debug)."""
+    from mlic_edge.stops import stop_on_signals
+
     debug = "--debug" in sys.argv or os.environ.get("MLIC_EDGE_DEBUG") == "1"
     try:
-        app()
+        with stop_on_signals():
+            app()
+    except Interrupted as stop:
+        if debug:
+            traceback.print_exc()
+        _print_error(f"stopped by {stop.signal_name}: " + (stop.note or "temporary files removed; what was complete "
+                                                                          "before the signal is kept, nothing else"))
+        sys.exit(stop.exit_code)
     except MlicError as error:
         if debug:
             traceback.print_exc()
@@ -443,24 +451,6 @@ def build(
 
 
 # --------------------------------------------------------------------------------------------------- run
-@contextlib.contextmanager
-def _stop_on_signals(stop):
-    """Ctrl-C / SIGTERM: finish what is in flight, flush and close every output. A second Ctrl-C aborts."""
-    import signal
-
-    def request_stop(signum, frame):
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop.set()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 @app.command("run", epilog="Examples: `mlic-edge run camera0 -m baseline --smoothing 0.8 --only-changes`, "
                            "`mlic-edge run photos/ -r runs/baseline --batch 8 --out preds.jsonl --csv preds.csv`, "
                            "`mlic-edge run rtsp://cam.local/stream -m msrn -b tensorrt -p int8 --stats-every 10`, "
@@ -510,6 +500,7 @@ def run_command(
     from mlic_edge.commands.predict import PredictRequest, describe_backend, run_predict
     from mlic_edge.console import console, info
     from mlic_edge.io import write_json
+    from mlic_edge.stops import finish_on_signals
     from mlic_edge.runtime.inference.latency import LatencyRecorder, PeriodicStats, latency_table
     from mlic_edge.runtime.inference.sinks import (CsvSink, JsonlSink, VideoSink, WindowSink, check_distinct_outputs,
                                                    check_writable)
@@ -548,7 +539,7 @@ def run_command(
     periodic = PeriodicStats(latency, stats_every, lambda line: info(line)) if stats_every else None
     ok = False
     try:
-        with _stop_on_signals(stop):
+        with finish_on_signals(stop):
             summary = run_predict(run_dir, source, request, on_open=open_sinks, stop=stop, latency=latency,
                                   on_tick=periodic.maybe_emit if periodic else None)
         ok = True

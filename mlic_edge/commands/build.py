@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from mlic_edge.console import info, warn
 from mlic_edge.errors import BuildError, CalibrationError, MlicError
-from mlic_edge.io import atomic_path, read_json, sha256_file, write_json
-from mlic_edge.rundir import RunDir
+from mlic_edge.export.lineage import ONNX_SHA, check_onnx
+from mlic_edge.io import json_text, read_json, sha256_file
+from mlic_edge.rundir import RunChange, RunDir
 from mlic_edge.spec import BUILD_BACKENDS, ENGINE_BACKENDS, PRECISIONS, RunSpec, require_choice
 
 if TYPE_CHECKING:
@@ -94,22 +95,27 @@ def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) 
     say = progress or (lambda what, done, total: None)
 
     fp32 = ensure_fp32_onnx(run)
-    _check_onnx_readable(run, fp32)
+    check_onnx(run, "fp32", spec)  # readable, made for this run's classes and preprocessing, from its checkpoint
     entry: dict[str, Any] = {"precision": request.precision, "backend": backend,
                              "onnx": {"fp32": _file_facts(fp32)}}
-    onnx_path = fp32
-    if request.precision == "fp16":
-        onnx_path, entry["fp16"] = _make_fp16(run, spec, request, say)
-    elif request.precision == "int8":
-        onnx_path, entry["int8"] = _make_int8(run, spec, request, say)
-    entry["onnx"][request.precision] = _file_facts(onnx_path)
-
+    # The precision's ONNX and its report entry are put in place together (a stop before the end changes nothing);
+    # the engine, built from the ONNX in place, follows with its own report entry.
+    with run.transaction() as change:
+        onnx_path = fp32
+        if request.precision == "fp16":
+            onnx_path, entry["fp16"] = _make_fp16(run, spec, request, say, change.path(run.onnx("fp16")))
+        elif request.precision == "int8":
+            onnx_path, entry["int8"] = _make_int8(run, spec, request, say, change.path(run.onnx("int8")))
+        entry["onnx"][request.precision] = _file_facts(onnx_path, name=run.onnx(request.precision).name)
+        if request.evaluate:
+            entry["accuracy"] = _evaluate_or_warn(run, request.precision, say, onnx_path)
+        entry["seconds"] = round(time.monotonic() - started, 2)
+        stage_build_report(run, entry, change)
     if backend in ENGINE_BACKENDS:
-        entry["engine"] = _build_engine(run, spec, trt, onnx_path, request, say)
-    if request.evaluate:
-        entry["accuracy"] = _evaluate_or_warn(run, request.precision, say)
-    entry["seconds"] = round(time.monotonic() - started, 2)
-    write_build_report(run, entry)
+        entry["engine"] = _build_engine(run, spec, trt, run.onnx(request.precision), request, say)
+        entry["seconds"] = round(time.monotonic() - started, 2)
+        with run.transaction() as change:
+            stage_build_report(run, entry, change)
     return entry
 
 
@@ -129,18 +135,9 @@ def ensure_fp32_onnx(run: RunDir) -> Path:
     return run.onnx("fp32")
 
 
-def _check_onnx_readable(run: RunDir, path: Path) -> None:
-    """A damaged model.onnx is named, with the command that makes it again, before any conversion starts."""
-    import onnx
-
-    try:
-        onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # protobuf's DecodeError, onnx's own errors, a truncated file: all the same here
-        raise BuildError(f"{path} cannot be read as ONNX ({type(error).__name__}: {str(error).strip()[:120]})",
-                         hint=f"export it again: mlic-edge export --run {run.path}") from None
-
-
-def _make_fp16(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress) -> tuple[Path, dict]:
+def _make_fp16(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress, out: Path) -> tuple[Path, dict]:
+    """model.fp16.onnx written to ``out`` (its temporary name until the build commits), or the one in place when it
+    is still current."""
     from mlic_edge.export.fp16 import convert_to_fp16
 
     reusable = _reusable_fp16(run, request)
@@ -152,11 +149,11 @@ def _make_fp16(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress)
                                                                            FP16_MEASURE_IMAGES))
     inputs = _first_images(calibration, spec, FP16_MEASURE_IMAGES)
     say("fp16: measuring ranges and errors", 0, 1)
-    report = convert_to_fp16(run.onnx("fp32"), run.onnx("fp16"), inputs, keep_fp32=request.keep_fp,
+    report = convert_to_fp16(run.onnx("fp32"), out, inputs, keep_fp32=request.keep_fp,
                              progress=lambda message: say(f"fp16: {message}", 0, 1))
     for kept in report.kept_fp32:
         info(f"fp16: {kept.name} ({kept.op_type}) stays fp32: {kept.reason}")
-    return report.path, report.as_dict()
+    return out, {**report.as_dict(), "path": str(run.onnx("fp16"))}
 
 
 def _reusable_fp16(run: RunDir, request: BuildRequest) -> dict[str, Any] | None:
@@ -170,17 +167,19 @@ def _reusable_fp16(run: RunDir, request: BuildRequest) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     metadata = read_metadata(path)
-    if (metadata.get("source_onnx_sha256") != sha256_file(run.onnx("fp32"))
+    if (metadata.get(ONNX_SHA) != sha256_file(run.onnx("fp32"))
             or metadata.get("asked_fp32") != json.dumps(sorted(request.keep_fp))):
         return None
     return {"path": str(path), "reused": True, "kept_fp32": json.loads(metadata.get("fp32_nodes", "[]"))}
 
 
-def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress) -> tuple[Path, dict]:
+def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress, out: Path) -> tuple[Path, dict]:
+    """model.int8.onnx written to ``out`` (its temporary name until the build commits); the calibration record is
+    stored under calibration/<key>/ at once (it is named by what it was made from, so it is never stale)."""
     from mlic_edge.calibration import layer_sensitivity, quantize_int8
 
     calibration = _calibration_set(spec, request, required=False, count=request.calib_images)
-    report = quantize_int8(run.onnx("fp32"), run.onnx("int8"), run.path / "calibration",
+    report = quantize_int8(run.onnx("fp32"), out, run.path / "calibration",
                            method=request.calib_method, calibration=calibration, img_size=spec.img_size,
                            mean=spec.mean, std=spec.std, resize=spec.resize, input_format=spec.input_format,
                            keep_fp=request.keep_fp,
@@ -189,12 +188,12 @@ def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress)
     info(f"int8: {report.quantized_nodes} quantized layers, " + (
         f"calibration {report.key} reused ({report.images} images, {report.method})" if report.reused else
         f"calibrated on {report.images} images ({report.method}), record calibration/{report.key}/"))
-    summary = report.as_dict()
+    summary = {**report.as_dict(), "path": str(run.onnx("int8"))}
     sensitivity_inputs = _sensitivity_inputs(spec, calibration)
     if sensitivity_inputs is not None:
         say("int8: per-layer sensitivity", 0, 1)
-        summary["sensitivity"] = layer_sensitivity(run.onnx("fp32"), report.path, sensitivity_inputs)
-    return report.path, summary
+        summary["sensitivity"] = layer_sensitivity(run.onnx("fp32"), out, sensitivity_inputs)
+    return out, summary
 
 
 def _calibration_set(run_spec: RunSpec, request: BuildRequest, *, required: bool, count: int):
@@ -273,17 +272,18 @@ def _engine_options(request: BuildRequest):
                         hardware_compatibility=request.hardware_compatibility)
 
 
-def _evaluate_or_warn(run: RunDir, precision: str, say: Progress) -> dict[str, Any] | None:
+def _evaluate_or_warn(run: RunDir, precision: str, say: Progress, onnx_path: Path) -> dict[str, Any] | None:
     """The artefacts are built either way; without the reference or its images the report just has no mAP."""
     try:
-        return evaluate_precision(run, precision, say)
+        return evaluate_precision(run, precision, say, onnx_path)
     except MlicError as error:
         warn(f"no mAP in the build report: {error}")
         return None
 
 
-def evaluate_precision(run: RunDir, precision: str, say: Progress) -> dict[str, Any]:
-    """ONNX Runtime (CPU) mAP of the precision's ONNX and of fp32 on the reference's eval images."""
+def evaluate_precision(run: RunDir, precision: str, say: Progress, onnx_path: Path | None = None) -> dict[str, Any]:
+    """ONNX Runtime (CPU) mAP of the precision's ONNX (``onnx_path``, by default the run's) and of fp32 on the
+    reference's eval images."""
     from mlic_edge.runtime.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
     from mlic_edge.runtime.checks.parity import Reference, ReferenceImages, compare_scores, score_images
 
@@ -291,7 +291,8 @@ def evaluate_precision(run: RunDir, precision: str, say: Progress) -> dict[str, 
     images = ReferenceImages(run, reference)
     scores = {}
     for name in dict.fromkeys(("fp32", precision)):
-        with OnnxRuntimeBackend(run.onnx(name), device="cpu", precision=name) as backend:
+        path = onnx_path if onnx_path is not None and name == precision else run.onnx(name)
+        with OnnxRuntimeBackend(path, device="cpu", precision=name) as backend:
             done = 0
 
             def advance(count: int, name: str = name) -> None:
@@ -311,19 +312,19 @@ def evaluate_precision(run: RunDir, precision: str, say: Progress) -> dict[str, 
             "worst_classes": against_fp32["worst_classes"], "mAP_reference": reference.map}
 
 
-def _file_facts(path: Path) -> dict[str, Any]:
-    return {"file": path.name, "size_bytes": path.stat().st_size, "sha256": sha256_file(path)}
+def _file_facts(path: Path, name: str | None = None) -> dict[str, Any]:
+    return {"file": name or path.name, "size_bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def write_build_report(run: RunDir, entry: dict[str, Any]) -> None:
-    """reports/build.json keeps the latest build of each precision (and engine backend); build.md tabulates it."""
+def stage_build_report(run: RunDir, entry: dict[str, Any], change: RunChange) -> None:
+    """reports/build.json keeps the latest build of each precision (and engine backend); build.md tabulates it.
+    Both are staged in ``change``, to be put in place with the files they describe."""
     path = run.reports / "build.json"
     report = read_json(path) if path.is_file() else {"builds": {}}
-    key = entry["precision"] + ("" if "engine" not in entry else f".{entry['backend']}")
+    key = entry["precision"] + (f".{entry['backend']}" if entry["backend"] in ENGINE_BACKENDS else "")
     report["builds"][key] = entry
-    write_json(path, report)
-    with atomic_path(run.reports / "build.md") as tmp:
-        tmp.write_text(build_markdown(report))
+    change.path(path).write_text(json_text(report))
+    change.path(run.reports / "build.md").write_text(build_markdown(report))
 
 
 def build_markdown(report: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from mlic_edge.errors import MlicError
+from mlic_edge.errors import LineageError, MlicError
 from mlic_edge.rundir import RunDir
 from mlic_edge.spec import PRECISIONS, rebuild_command, require_choice
 
@@ -55,7 +55,7 @@ def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Prog
         try:
             engine = create_backend(backend_name, run, precision_name, request.device)
         except MlicError as error:
-            if request.backends:  # asked for by name: an error, never a silent skip
+            if request.backends or isinstance(error, LineageError):  # asked for by name, or the wrong model
                 raise
             skipped.append({"backend": backend_name, "precision": precision_name, "reason": str(error)})
             if on_skip is not None:

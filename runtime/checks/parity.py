@@ -21,6 +21,7 @@ from mlic_edge import metrics
 from mlic_edge.data import open_dataset
 from mlic_edge.data.images import read_image, spec_input
 from mlic_edge.errors import MlicError, ParityError, RunDirError
+from mlic_edge.export.lineage import CHECKPOINT_SHA, check_reference
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.inference.backends.base import Backend
 from mlic_edge.spec import (DEFAULT_LABELSET_FLOOR, DEFAULT_MAX_SCORE_DIFF, DEFAULT_TOLERANCE_POINTS,
@@ -40,14 +41,18 @@ class Reference:
 
     @classmethod
     def load(cls, run: RunDir) -> "Reference":
+        """The run's reference.npz, refused when damaged or when it scored another model or other classes."""
         path = run.require(run.reference, "mlic-edge export")
         try:
             with np.load(path) as data:
-                return cls(data["scores"], data["targets"], [str(i) for i in data["image_ids"]],
-                           [str(n) for n in data["labels"]], str(data["spec"]), str(data["split"]))
+                reference = cls(data["scores"], data["targets"], [str(i) for i in data["image_ids"]],
+                                [str(n) for n in data["labels"]], str(data["spec"]), str(data["split"]))
+                made_from = str(data[CHECKPOINT_SHA]) if CHECKPOINT_SHA in data.files else None
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
             raise RunDirError(f"{path} is damaged or not a reference ({type(error).__name__}: {error})",
                               hint=f"write it again: mlic-edge export --run {run.path}") from None
+        check_reference(run, made_from, reference.labels)
+        return reference
 
     @property
     def map(self) -> float:
@@ -65,9 +70,6 @@ class ReferenceImages:
     def __init__(self, run: RunDir, reference: Reference, data: str | None = None) -> None:
         run_spec = run.spec()
         self.spec = ModelSpec.from_run(run_spec)
-        if reference.labels != self.spec.labels:
-            raise RunDirError(f"{run.reference} was written for other labels than run.json",
-                              hint="re-run `mlic-edge export` to refresh the reference")
         dataset = open_dataset(data or reference.spec, role="eval", split=reference.split,
                                difficult=(run_spec.dataset or {}).get("difficult", "ignore"))
         by_id = {image_id: path for image_id, path in zip(dataset.image_ids(), dataset.image_paths)}

@@ -85,6 +85,10 @@ def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str 
     require_choice("precision", precision, PRECISIONS, BackendError)
     if name == "auto":
         name, device = resolve_auto(device, run, precision)
+    if name != "torch" and run.onnx(precision).is_file():
+        from mlic_edge.export.lineage import check_onnx
+
+        check_onnx(run, precision)  # the ONNX (and so the engine built from it) is this run's current model
     if name in ENGINE_BACKENDS:
         from mlic_edge.runtime.inference.backends.tensorrt_backend import open_tensorrt_backend
 

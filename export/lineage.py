@@ -1,0 +1,105 @@
+"""Where each artefact of a run came from, and the refusal when a stage's input is not what the run says it is
+(docs/design.md, "Lineage"). No torch: the build stage and the runtime check lineage on a device.
+
+```
+checkpoint.pt ─sha256─► model.onnx            metadata source_checkpoint_sha256
+model.onnx    ─sha256─► model.fp16.onnx       metadata source_onnx_sha256
+              ─sha256─► model.int8.onnx       metadata source_onnx_sha256, calibration_key
+                        calibration/<key>/    record.json fp32_onnx_sha256
+model.<p>.onnx ─sha256─► engines/…            manifest onnx.sha256 (runtime/engines/manifest.py)
+checkpoint.pt ─sha256─► reference.npz         source_checkpoint_sha256
+```
+A file from before lineage was recorded has no stamp and is taken as it is; a stamp that does not match is refused
+in one line with the command that makes the file again. The checkpoint is not on a device (bundles leave it out):
+there the ONNX's stamp is the model's identity, and the reference is checked against it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mlic_edge.errors import LineageError
+from mlic_edge.io import sha256_file
+from mlic_edge.rundir import RunDir
+from mlic_edge.spec import RunSpec, rebuild_command
+
+CHECKPOINT_SHA = "source_checkpoint_sha256"  # the ONNX metadata key and the reference.npz array of it
+ONNX_SHA = "source_onnx_sha256"
+FEEDING_FIELDS = ("labels", "img_size", "mean", "std", "resize")  # what must agree between run.json and an ONNX
+
+
+def export_command(run: RunDir) -> str:
+    return f"mlic-edge export --run {run.path}"
+
+
+def checkpoint_sha256(run: RunDir) -> str | None:
+    """The sha256 of the run's checkpoint.pt, or None where it is not here (a device)."""
+    return sha256_file(run.checkpoint) if run.checkpoint.is_file() else None
+
+
+def onnx_metadata(run: RunDir, precision: str, path: Path | None = None) -> dict[str, str]:
+    """The metadata of the run's ONNX of ``precision`` (or of ``path``), refusing a file that cannot be read."""
+    from mlic_edge.export.metadata import read_metadata
+
+    path = path or run.onnx(precision)
+    fix = export_command(run) if precision == "fp32" else rebuild_command(run.path, precision)
+    try:
+        return read_metadata(path)
+    except Exception as error:  # protobuf's DecodeError, onnx's own errors, a truncated file: all the same here
+        raise LineageError(f"{path} cannot be read as ONNX ({type(error).__name__}: {str(error).strip()[:120]})",
+                          hint=f"make it again: {fix}") from None
+
+
+def check_onnx(run: RunDir, precision: str, spec: RunSpec | None = None, path: Path | None = None) -> dict[str, str]:
+    """Refuse the run's ONNX of ``precision`` when it feeds or names classes differently from run.json, or was
+    made from another checkpoint (fp32) or another model.onnx (fp16, int8). Returns its metadata."""
+    path = path or run.onnx(precision)
+    metadata = onnx_metadata(run, precision, path)
+    spec = spec or run.spec()
+    fix = export_command(run) if precision == "fp32" else rebuild_command(run.path, precision)
+    if "labels" in metadata:
+        try:
+            made_as = RunSpec.from_onnx_metadata(metadata)
+        except (KeyError, ValueError, TypeError) as error:
+            raise LineageError(f"{path} has damaged mlic-edge metadata ({type(error).__name__}: {error})",
+                              hint=f"make it again: {fix}") from None
+        for name in FEEDING_FIELDS:
+            if getattr(made_as, name) != getattr(spec, name):
+                raise LineageError(f"{path.name} was made for other {name} than {run.run_json} "
+                                  f"({_short(getattr(made_as, name))} vs {_short(getattr(spec, name))})",
+                                  hint=f"make it again from this run: {fix}")
+    if precision == "fp32":
+        recorded, current = metadata.get(CHECKPOINT_SHA), checkpoint_sha256(run)
+        if recorded and current and recorded != current:
+            raise LineageError(f"{path.name} was exported from another {run.checkpoint.name} (the checkpoint changed "
+                              "since)", hint=f"export again: {fix}")
+    else:
+        recorded = metadata.get(ONNX_SHA)
+        if recorded and run.onnx("fp32").is_file() and recorded != sha256_file(run.onnx("fp32")):
+            raise LineageError(f"{path.name} was made from another {run.onnx('fp32').name} (it was exported again "
+                              "since)", hint=f"rebuild: {fix}")
+    return metadata
+
+
+def check_reference(run: RunDir, reference_checkpoint: str | None, reference_labels: list[str]) -> None:
+    """Refuse a reference.npz that scored another model than the run's model.onnx (or other classes)."""
+    spec = run.spec()
+    if reference_labels != spec.labels:
+        raise LineageError(f"{run.reference} was written for other labels than {run.run_json}",
+                          hint=f"write it again: {export_command(run)}")
+    if not reference_checkpoint:
+        return
+    # The model the reference is compared with is model.onnx's (whether that is current is check_onnx's question);
+    # without it, the checkpoint's.
+    made_from = onnx_metadata(run, "fp32").get(CHECKPOINT_SHA) if run.onnx("fp32").is_file() else None
+    made_from = made_from or checkpoint_sha256(run)
+    if made_from and made_from != reference_checkpoint:
+        raise LineageError(f"{run.reference} scored another model than this run's (made from checkpoint "
+                          f"{reference_checkpoint[:12]}…, the run's is {made_from[:12]}…)",
+                          hint=f"write it again: {export_command(run)}")
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "..."
