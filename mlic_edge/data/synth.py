@@ -797,6 +797,13 @@ def generate(out: Path, config: SynthConfig, progress: Callable[[int, int], None
 
 
 def _move_into_place(build: Path, out: Path) -> None:
+    from mlic_edge.stops import signals_deferred
+
+    with signals_deferred():  # a stop waits until the whole new output is in place
+        _replace_output(build, out)
+
+
+def _replace_output(build: Path, out: Path) -> None:
     if out.is_dir() and any(out.iterdir()):
         # A previous synth output: replace exactly the entries synth writes, leave anything else alone.
         trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

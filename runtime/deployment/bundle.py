@@ -31,6 +31,7 @@ import numpy as np
 
 from mlic_edge import __version__
 from mlic_edge.errors import DataError, MlicError, RunDirError
+from mlic_edge.stops import signals_deferred
 from mlic_edge.io import atomic_path, read_json, require_writable, sha256_file, write_json
 from mlic_edge.rundir import DEFAULT_RUNS_ROOT, RunDir
 from mlic_edge.spec import PRECISIONS, RunSpec
@@ -366,7 +367,8 @@ def _move_into_place(work: Path, target: Path) -> None:
     if not target.exists():
         os.replace(work, target)
         return
-    for path in sorted(p for p in work.rglob("*") if p.is_file()):
-        dest = target / path.relative_to(work)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, dest)
+    with signals_deferred():  # a stop waits until every file is replaced: never half an old, half a new run
+        for path in sorted(p for p in work.rglob("*") if p.is_file()):
+            dest = target / path.relative_to(work)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
