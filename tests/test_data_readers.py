@@ -93,6 +93,15 @@ def test_voc_custom_classes_and_unknown_class(tmp_path):
     assert "classes.txt" in str(error.value)
 
 
+def test_voc_name_outside_classes_file_in_the_test_split_names_the_xml(tmp_path):
+    root = make_voc(tmp_path / "c", {"a": [("blob", 0)], "b": [("ring", 0), ("rnig", 0)]},
+                    {"trainval": ["a"], "test": ["b"]}, classes=["ring", "blob"])
+    assert open_dataset(str(root)).names == ["ring", "blob"]
+    with pytest.raises(DataError, match=r"unknown class 'rnig' in .*Annotations/b.xml") as error:
+        open_dataset(str(root), role="eval")
+    assert str(root / "ImageSets" / "Main" / "classes.txt") in str(error.value)
+
+
 def test_voc_missing_annotation_and_image_are_skipped_with_notes(voc):
     (voc / "Annotations" / "000002.xml").unlink()
     (voc / "JPEGImages" / "000003.jpg").unlink()
@@ -205,6 +214,42 @@ def test_coco_broken_json_is_a_data_error(tmp_path):
         open_dataset(str(root), role="eval")
 
 
+def _rewrite_instances(root: Path, change) -> Path:
+    path = root / "annotations" / "instances_val2017.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_coco_annotation_with_unknown_category_names_file_and_annotation_id(tmp_path):
+    root = make_coco(tmp_path / "coco")
+    _rewrite_instances(root, lambda data: data["annotations"][2].update(category_id=7))
+    with pytest.raises(DataError, match=r"instances_val2017.json: annotation id 3 has category_id 7, which is not "
+                                        r"among the file's categories"):
+        open_dataset(str(root), role="eval")
+    _rewrite_instances(root, lambda data: data["annotations"][0].update(image_id=99))
+    with pytest.raises(DataError, match=r"annotation id 1 has image_id 99, which is not among the file's images"):
+        open_dataset(str(root), role="eval")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda data: data["categories"].append({"id": 1, "name": "bike"}), r"category id 1 appears more than once"),
+    (lambda data: data["categories"].append({"id": 2, "name": "car"}), r"category name 'car' appears more than once"),
+    (lambda data: data["categories"][0].update(id="90"), r"categories\[0\] needs an integer id, has '90'"),
+    (lambda data: data["categories"][1].update(name=None), r"categories\[1\] needs a non-empty name, has None"),
+    (lambda data: data["images"].append(dict(data["images"][0])), r"image id 20 appears more than once"),
+    (lambda data: data.update(images={"20": {}}), r"'images' is an object, not an array"),
+    (lambda data: data.update(annotations=[1]), r"annotations\[0\] is a number, not an object"),
+])
+def test_coco_inconsistent_files_are_data_errors_naming_the_file(tmp_path, change, message):
+    root = make_coco(tmp_path / "coco")
+    _rewrite_instances(root, change)
+    with pytest.raises(DataError, match=r"instances_val2017.json is not a readable COCO instances file \(.*"
+                                        + message):
+        open_dataset(str(root), role="eval")
+
+
 def make_csv(root: Path, rows: dict[str, list[tuple[str, str]]], classes: list[str] | None = None) -> Path:
     root.mkdir(parents=True)
     for split, entries in rows.items():
@@ -218,12 +263,47 @@ def make_csv(root: Path, rows: dict[str, list[tuple[str, str]]], classes: list[s
 
 
 def test_csv_names_order_and_val_fallback(tmp_path):
-    root = make_csv(tmp_path / "c", {"train": [("img/a.jpg", "dog;cat"), ("img/b.jpg", "")],
-                                     "val": [("img/c.jpg", "zebra")]})
+    root = make_csv(tmp_path / "c", {"train": [("img/a.jpg", "dog;zebra"), ("img/b.jpg", ""), ("img/c.jpg", "cat")],
+                                     "val": [("img/d.jpg", "zebra")]})
     train = open_dataset(str(root))
-    assert train.format == "csv" and train.names == ["cat", "dog", "zebra"]  # union over every csv, sorted
-    np.testing.assert_array_equal(train.targets, [[1, 1, 0], [0, 0, 0]])
-    assert open_dataset(f"csv:{root}", role="eval").split == "val"
+    assert train.format == "csv" and train.names == ["cat", "dog", "zebra"]  # the train split's labels, sorted
+    np.testing.assert_array_equal(train.targets, [[0, 1, 1], [0, 0, 0], [1, 0, 0]])
+    val = open_dataset(f"csv:{root}", role="eval")
+    assert val.split == "val" and val.names == train.names  # the order of earlier runs: the sorted union then
+
+
+def test_csv_eval_label_missing_from_train_split_names_file_and_line(tmp_path):
+    root = make_csv(tmp_path / "c", {"train": [("a.jpg", "dog;cat"), ("b.jpg", "cat")],
+                                     "test": [("c.jpg", "cat"), ("d.jpg", "dog;dgo")]})
+    assert open_dataset(str(root)).names == ["cat", "dog"]  # the typo adds no class to the train split either
+    with pytest.raises(DataError, match=r"test.csv, line 3: label 'dgo' is not a label of the train split "
+                                        r"train.csv") as error:
+        open_dataset(str(root), role="eval")
+    assert f"declare every class in {root.resolve() / 'classes.txt'}" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_csv_eval_only_class_declared_in_classes_file_loads(tmp_path):
+    root = make_csv(tmp_path / "c", {"train": [("a.jpg", "dog;cat")], "test": [("c.jpg", "cat"), ("d.jpg", "dgo")]},
+                    classes=["dog", "cat", "dgo"])
+    test = open_dataset(str(root), role="eval")
+    assert test.names == open_dataset(str(root)).names == ["dog", "cat", "dgo"]
+    np.testing.assert_array_equal(test.targets, [[0, 1, 0], [0, 0, 1]])
+
+
+def test_csv_without_train_csv_takes_the_union_of_its_splits(tmp_path):
+    root = make_csv(tmp_path / "c", {"fold1": [("a.jpg", "dog")], "fold2": [("b.jpg", "cat")]})
+    (root / "results.csv").write_text("epoch,map\n1,0.5\n")  # no image,labels header: not a split, no classes
+    assert open_dataset(str(root), split="fold1").names == open_dataset(str(root), split="fold2").names == [
+        "cat", "dog"]
+
+
+def test_csv_label_with_a_line_break_names_the_row_start(tmp_path):
+    root = make_csv(tmp_path / "c", {"train": [("a.jpg", "dog")]})
+    (root / "train.csv").write_text('image,labels\na.jpg,dog\nb.jpg,"dog\ncat"\n')
+    with pytest.raises(DataError, match=r"train.csv, line 3: label 'dog\\ncat' holds the control character or "
+                                        r"line break '\\n'"):
+        open_dataset(str(root))
 
 
 def test_csv_unknown_label_names_file_and_line(tmp_path):
@@ -246,8 +326,8 @@ def test_csv_classes_file_order_test_before_val_and_other_splits(tmp_path):
 
 
 def test_csv_stray_files_header_and_empty_split(tmp_path):
-    root = make_csv(tmp_path / "c", {"train": [("a.jpg", "dog")], "test": [("b.jpg", "cat")]})
-    (root / "results.csv").write_text("epoch,map\n1,0.5\n")  # no image,labels header: not a split, no classes
+    root = make_csv(tmp_path / "c", {"train": [("a.jpg", "dog;cat")], "test": [("b.jpg", "cat")]})
+    (root / "results.csv").write_text("epoch,map\n1,0.5\n")  # no image,labels header: not a split
     (root / "empty.csv").write_text("\ufeffimage,labels\n")  # BOM and header only
     assert open_dataset(str(root)).names == ["cat", "dog"]
     with pytest.raises(DataError, match="split 'empty' of csv:.* has no images") as error:

@@ -146,9 +146,16 @@ def open_dataset(spec: str, role: str = "train", split: str | None = None, *, di
     return dataset
 
 
+def _on_disk(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long for the file system, or holding a NUL, names no file on disk
+        return False
+
+
 def _drop_missing_images(dataset: MultiLabelDataset) -> MultiLabelDataset:
     """Existence only (cheap); corrupt files are skipped later, when the loaders decode them."""
-    present = np.fromiter((path.exists() for path in dataset.image_paths), dtype=bool, count=len(dataset))
+    present = np.fromiter((_on_disk(path) for path in dataset.image_paths), dtype=bool, count=len(dataset))
     if present.all():
         return dataset
     missing = [dataset.image_paths[i] for i in np.flatnonzero(~present)]

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from mlic_edge.data.dataset import POSITIVE, MultiLabelDataset
+from mlic_edge.data.dataset import POSITIVE, MultiLabelDataset, class_name_problem
 from mlic_edge.errors import DataError
 
 _INSTANCES = re.compile(r"^instances_([A-Za-z]+)(\d{4})\.json$")
@@ -63,17 +65,83 @@ def image_folder(root: Path, split: str) -> Path:
                     hint=f"unpack {split}.zip into {root}")
 
 
+def _not_coco(path: Path, why: str) -> DataError:
+    return DataError(f"{path} is not a readable COCO instances file ({why})",
+                     hint="it needs 'images', 'annotations' and 'categories'; re-download it")
+
+
+def _json_kind(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    kinds = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _is_id(value: Any, *kinds: type) -> bool:
+    return isinstance(value, kinds) and not isinstance(value, bool)  # JSON true is no id, though Python's 1 == True
+
+
+def _objects(path: Path, data: dict, key: str) -> list[dict]:
+    """``data[key]``: a list of JSON objects (``annotations`` may be missing or null: no annotation)."""
+    entries = data.get(key)
+    if entries is None and key == "annotations":
+        return []
+    if not isinstance(entries, list):
+        raise _not_coco(path, f"no {key!r}" if entries is None else
+                        f"{key!r} is {_json_kind(entries)}, not an array")
+    for position, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise _not_coco(path, f"{key}[{position}] is {_json_kind(entry)}, not an object")
+    return entries
+
+
 def _load(path: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """(categories in id order, images, annotations), each entry checked where a wrong one would mislabel."""
     try:
         with path.open("rb") as handle:
             data = json.load(handle)
-        categories = sorted(data["categories"], key=lambda c: c["id"])
-        images = data["images"]
-        annotations = data.get("annotations") or []
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{path} is not a readable COCO instances file ({type(error).__name__}: {error})",
-                        hint="it needs 'images', 'annotations' and 'categories'; re-download it") from error
-    return categories, images, annotations
+    except (OSError, ValueError, RecursionError) as error:
+        raise _not_coco(path, f"{type(error).__name__}: {error}") from error
+    if not isinstance(data, dict):
+        raise _not_coco(path, f"the top level is {_json_kind(data)}, not an object")
+    categories, images = _objects(path, data, "categories"), _objects(path, data, "images")
+    if not categories:
+        raise _not_coco(path, "'categories' is empty")
+    for position, category in enumerate(categories):
+        name = category.get("name")
+        if not _is_id(category.get("id"), int):
+            problem = f"needs an integer id, has {category.get('id')!r}"
+        elif not (isinstance(name, str) and name.strip()):
+            problem = f"needs a non-empty name, has {name!r}"
+        else:
+            problem = class_name_problem(name)
+        if problem:
+            raise _not_coco(path, f"categories[{position}] {problem}")
+    for key in ("id", "name"):
+        repeated = [value for value, count in Counter(c[key] for c in categories).items() if count > 1]
+        if repeated:
+            raise _not_coco(path, f"category {key} {', '.join(map(repr, repeated))} appears more than once")
+    seen_images: set[int | str] = set()
+    for position, image in enumerate(images):
+        image_id, file_name = image.get("id"), image.get("file_name")
+        if not _is_id(image_id, int, str) or not (isinstance(file_name, str) and file_name.strip()):
+            raise _not_coco(path, f"images[{position}] needs an integer or string id and a file_name")
+        if image_id in seen_images:
+            raise _not_coco(path, f"image id {image_id!r} appears more than once")
+        seen_images.add(image_id)
+    return sorted(categories, key=lambda c: c["id"]), images, _objects(path, data, "annotations")
+
+
+def _annotation_problem(path: Path, annotations: list[dict], row_of: dict, column_of: dict) -> DataError:
+    """The first annotation that names no image or category of the file (the slow pass, only after a failure)."""
+    for position, annotation in enumerate(annotations):
+        label = f"id {annotation['id']!r}" if "id" in annotation else f"#{position} (no id)"
+        for key, known, what in (("image_id", row_of, "images"), ("category_id", column_of, "categories")):
+            value = annotation.get(key)
+            if not _is_id(value, int, str) or value not in known:
+                return DataError(f"{path}: annotation {label} has {key} {value!r}, which is not among the file's "
+                                 f"{what}", hint="the file is inconsistent; fix or re-download it")
+    return _not_coco(path, "an annotation refers to an unknown image or category")
 
 
 def read_coco(root: Path, split: str, drop_unannotated: bool = False) -> MultiLabelDataset:
@@ -81,7 +149,7 @@ def read_coco(root: Path, split: str, drop_unannotated: bool = False) -> MultiLa
     path = annotation_files(root)[split]
     folder = image_folder(root, split)
     categories, images, annotations = _load(path)
-    names = [str(c["name"]) for c in categories]
+    names = [c["name"] for c in categories]
     column_of = {c["id"]: i for i, c in enumerate(categories)}
     row_of = {image["id"]: i for i, image in enumerate(images)}
     targets = np.zeros((len(images), len(names)), dtype=np.int8)
@@ -90,9 +158,8 @@ def read_coco(root: Path, split: str, drop_unannotated: bool = False) -> MultiLa
             rows = np.fromiter((row_of[a["image_id"]] for a in annotations), dtype=np.int64, count=len(annotations))
             cols = np.fromiter((column_of[a["category_id"]] for a in annotations), dtype=np.int64,
                                count=len(annotations))
-        except KeyError as error:
-            raise DataError(f"{path}: an annotation refers to an unknown image or category id {error}",
-                            hint="the file is inconsistent; re-download it") from error
+        except (KeyError, TypeError) as error:
+            raise _annotation_problem(path, annotations, row_of, column_of) from error
         targets[rows, cols] = POSITIVE
     del annotations
     paths = [folder / image["file_name"] for image in images]

@@ -5,8 +5,11 @@ Each file needs a header with columns ``image,labels`` (other columns are ignore
 ``;``-separated class names (empty: no label); image paths are relative to the folder.
 
 Classes: ``classes.txt`` in the folder when present (its names and order; a label not in it is an error naming the
-file and line), else the sorted union of names over every CSV file of the folder, so all splits agree. CSV files
-without the ``image,labels`` header (a stray results.csv) are left out of that union and of the split list.
+file and line), else the sorted labels of the train split ``train.csv``, whichever split is read, so all splits
+agree: a label of another split that the train split lacks (a typo in test.csv) is an error naming the file and
+line, never a silent extra class. A folder without train.csv takes the sorted union over its CSV splits. CSV files
+without the ``image,labels`` header (a stray results.csv) are left out of that union and of the split list. A label
+holding a line break or control character (a quoting accident) is an error.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mlic_edge.data.dataset import CLASSES_FILE, POSITIVE, MultiLabelDataset, read_class_file
+from mlic_edge.data.dataset import CLASSES_FILE, POSITIVE, MultiLabelDataset, class_name_problem, read_class_file
 from mlic_edge.errors import DataError
 
 DEFAULT_SPLITS = {"train": ("train",), "eval": ("test", "val")}
+TRAIN_SPLIT = DEFAULT_SPLITS["train"][0]  # its labels are the classes when classes.txt is absent
 REQUIRED_COLUMNS = ("image", "labels")
 
 
@@ -50,42 +54,61 @@ def default_split(root: Path, role: str) -> str:
 
 
 def _read_rows(path: Path) -> list[tuple[int, str, list[str]]]:
-    """(line number, image, label names) per data row."""
+    """(line number where the row starts, image, label names) per data row."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             header = [column.strip() for column in next(reader, [])]
             if not set(REQUIRED_COLUMNS) <= set(header):
                 raise DataError(f"{path} needs a header line with columns image,labels",
-                                hint=f"found columns: {', '.join(header) or 'none'}")
+                                hint=f"found columns: {', '.join(map(repr, header)) or 'none'}")
             image_col, labels_col = header.index("image"), header.index("labels")
             rows = []
+            line = reader.line_num + 1
             for record in reader:
+                start, line = line, reader.line_num + 1  # a quoted cell may span lines: report the row's first
                 if not any(cell.strip() for cell in record):
                     continue
-                line = reader.line_num
                 image = record[image_col].strip() if image_col < len(record) else ""
                 if not image:
-                    raise DataError(f"{path}, line {line}: empty image path", hint="fill the image column")
+                    raise DataError(f"{path}, line {start}: empty image path", hint="fill the image column")
                 cell = record[labels_col] if labels_col < len(record) else ""
                 labels = [name.strip() for name in cell.split(";") if name.strip()]
-                rows.append((line, image, labels))
+                for name in labels:
+                    problem = class_name_problem(name)
+                    if problem:
+                        raise DataError(f"{path}, line {start}: label {name!r} {problem}",
+                                        hint="check the quoting of the labels column")
+                rows.append((start, image, labels))
             return rows
     except (UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{path} is not a readable CSV file ({error})", hint="save it as UTF-8 CSV") from error
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror or error}", hint="check the file") from error
 
 
-def class_list(root: Path) -> tuple[list[str], bool]:
-    """(names, custom): classes.txt when present, else the sorted union of labels over the folder's CSV files."""
+def class_list(root: Path) -> tuple[list[str], Path | None]:
+    """(names, source): the names of classes.txt when present, else the sorted labels of the train split (source
+    train.csv), else, in a folder without train.csv, the sorted union over its CSV splits (source None)."""
     classes_file = root / CLASSES_FILE
     if classes_file.is_file():
-        return read_class_file(classes_file), True
-    seen = {name for path in sorted(root.glob("*.csv")) if _is_split_file(path)
-            for _, _, labels in _read_rows(path) for name in labels}
+        return read_class_file(classes_file), classes_file
+    train_file = root / f"{TRAIN_SPLIT}.csv"
+    source = train_file if train_file.is_file() else None
+    files = [train_file] if source else [path for path in sorted(root.glob("*.csv")) if _is_split_file(path)]
+    seen = {name for path in files for _, _, labels in _read_rows(path) for name in labels}
     if not seen:
-        raise DataError(f"no labels found in the CSV files of {root}",
+        raise DataError(f"no labels found in {source or f'the CSV files of {root}'}",
                         hint="the labels column holds ;-separated class names")
-    return sorted(seen), False
+    return sorted(seen), source
+
+
+def _unknown_label(path: Path, line: int, name: str, source: Path | None) -> DataError:
+    if source is not None and source.name == CLASSES_FILE:
+        return DataError(f"{path}, line {line}: unknown label {name!r}", hint=f"add it to {source} or fix the label")
+    where = f"the train split {source.name}" if source is not None else "the folder's CSV splits"
+    return DataError(f"{path}, line {line}: label {name!r} is not a label of {where}",
+                     hint=f"fix the label, or declare every class in {path.parent / CLASSES_FILE}")
 
 
 def read_csv_dataset(root: Path, split: str) -> MultiLabelDataset:
@@ -94,15 +117,13 @@ def read_csv_dataset(root: Path, split: str) -> MultiLabelDataset:
         raise DataError(f"split {split!r} not found: {path} is missing",
                         hint=f"available splits: {', '.join(available_splits(root)) or 'none'}")
     rows = _read_rows(path)
-    names, custom = class_list(root)
+    names, source = class_list(root)
     index = {name: i for i, name in enumerate(names)}
     targets = np.zeros((len(rows), len(names)), dtype=np.int8)
     for row_number, (line, _, labels) in enumerate(rows):
         for name in labels:
             if name not in index:
-                raise DataError(f"{path}, line {line}: unknown label {name!r}",
-                                hint=f"add it to {root / CLASSES_FILE} or fix the label" if custom else
-                                "the class list is the union of the folder's CSV files")
+                raise _unknown_label(path, line, name, source)
             targets[row_number, index[name]] = POSITIVE
     paths = [root / image for _, image, _ in rows]
     return MultiLabelDataset(names=names, image_paths=paths, targets=targets, root=root, format="csv", split=split,

@@ -7,6 +7,7 @@ count them as negatives (ML-GCN's convention, METHODS.md §7).
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,11 +19,36 @@ POSITIVE, NEGATIVE, IGNORE = 1, 0, -1
 CLASSES_FILE = "classes.txt"
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 text file of a dataset (a BOM ignored); unreadable or undecodable is a DataError naming the file."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})",
+                        hint="save it as UTF-8") from error
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror or error}", hint="check the file") from error
+
+
+def class_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a class name, or None: each name is one line of a classes.txt (and of the exported
+    label files), so a line break or a control character in it is a quoting accident, never a class."""
+    bad = next((char for char in name if unicodedata.category(char) in ("Cc", "Zl", "Zp")), None)
+    return None if bad is None else f"holds the control character or line break {bad!r}"
+
+
 def read_class_file(path: Path) -> list[str]:
     """A ``classes.txt``: one unique class name per line, in class order (blank lines and a BOM ignored)."""
-    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-    if not names:
+    numbered = [(number, line.strip()) for number, line in enumerate(read_text(path).splitlines(), start=1)
+                if line.strip()]
+    if not numbered:
         raise DataError(f"{path} is empty", hint="write one class name per line")
+    for number, name in numbered:
+        problem = class_name_problem(name)
+        if problem:
+            raise DataError(f"{path}, line {number}: class name {name!r} {problem}",
+                            hint="one printable class name per line")
+    names = [name for _, name in numbered]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise DataError(f"{path} repeats {', '.join(map(repr, repeated))}", hint="one unique class name per line")
@@ -34,7 +60,8 @@ class MultiLabelDataset:
     """One split of a multi-label dataset: image paths and a target matrix in the dataset's class order."""
 
     names: list[str]
-    """Class names in the dataset's order (VOC standard or classes.txt; COCO category-id order; CSV classes.txt or sorted)."""
+    """Class names in the dataset's order (VOC standard or classes.txt; COCO category-id order; CSV classes.txt or
+    the train split's labels, sorted)."""
     image_paths: list[Path]
     targets: np.ndarray
     """int8 array (num_images, num_classes) with values in {1, 0, -1}."""

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlic_edge.data.dataset import CLASSES_FILE, IGNORE, NEGATIVE, POSITIVE, MultiLabelDataset, read_class_file
+from mlic_edge.data.dataset import (CLASSES_FILE, IGNORE, NEGATIVE, POSITIVE, MultiLabelDataset, read_class_file,
+                                    read_text)
 from mlic_edge.errors import DataError
 
 VOC_CLASSES = (
@@ -96,7 +97,7 @@ def read_split_ids(root: Path, split: str) -> list[str]:
     if not split_file.is_file():
         raise DataError(f"split {split!r} not found: {split_file} is missing",
                         hint=f"available splits: {', '.join(available_splits(root)) or 'none'}")
-    ids = [line.split()[0] for line in split_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    ids = [line.split()[0] for line in read_text(split_file).splitlines() if line.strip()]
     if not ids:
         raise DataError(f"split {split!r} of voc:{root} has no images: {split_file} is empty",
                         hint=f"one image id per line; available splits: {', '.join(available_splits(root))}")
@@ -119,7 +120,7 @@ def read_voc(root: Path, split: str, difficult: str = "ignore") -> MultiLabelDat
         xml_path = root / "Annotations" / f"{image_id}.xml"
         try:
             annotation = ET.parse(xml_path).getroot()
-        except (OSError, ET.ParseError):
+        except (OSError, ValueError, ET.ParseError):  # ValueError: an id holding a NUL names no file
             unreadable.append(xml_path.name)
             continue
         row = np.full(len(names), NEGATIVE, dtype=np.int8)
