@@ -143,3 +143,27 @@ def require_choice(kind: str, value: str, choices: tuple[str, ...], error: type[
     from mlic_edge.errors import MlicError
 
     raise (error or MlicError)(f"unknown {kind} {value!r}", hint=f"choose one of {', '.join(choices)}")
+
+
+def require_fraction(option: str, value: float, *, upper_open: bool = False, hint: str = "scores are probabilities"
+                     ) -> float:
+    """``value`` if it is a number in [0, 1] (``upper_open``: [0, 1)); else the one-line refusal naming ``option``."""
+    import math
+
+    if isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value and (
+            value < 1.0 if upper_open else value <= 1.0):
+        return value
+    from mlic_edge.errors import MlicError
+
+    raise MlicError(f"{option} {value} is outside [0, {'1)' if upper_open else '1]'}", hint=hint)
+
+
+def require_seconds(option: str, value: float, hint: str = "for example 10") -> float:
+    """``value`` if it is a finite positive number of seconds; else the one-line refusal naming ``option``."""
+    import math
+
+    if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+        return value
+    from mlic_edge.errors import MlicError
+
+    raise MlicError(f"{option} {value} is not a positive number of seconds", hint=hint)

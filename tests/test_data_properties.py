@@ -20,13 +20,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mlic_edge.data import MultiLabelDataset, open_dataset
 from mlic_edge.data.voc import VOC_CLASSES
 from mlic_edge.errors import MlicError
+from mlic_edge.rundir import RunDir
 from test_data_readers import _jpeg, _voc_xml, make_coco, make_csv, make_voc
 
 SETTINGS = settings(max_examples=40, deadline=None)
@@ -511,13 +511,11 @@ def test_stats_every_is_a_positive_number_of_seconds_or_refused_naming_the_optio
         PeriodicStats(LatencyRecorder(), every, print)
     except MlicError as error:
         _assert_refused_naming(error, "--stats-every")
-        assert not every > 0
+        assert not (math.isfinite(every) and every > 0)
     else:
-        assert every > 0
+        assert math.isfinite(every) and every > 0
 
 
-@pytest.mark.xfail(strict=True, reason="ServiceSpec refuses `stats_every <= 0`, which lets nan through (reported, "
-                                       "runtime/deployment/systemd.py)")
 @SETTINGS
 @given(every=FLOATS)
 @example(every=math.nan)
@@ -529,9 +527,9 @@ def test_service_stats_every_is_a_positive_number_of_seconds_or_refused_naming_t
                     stats_every=every)
     except MlicError as error:
         _assert_refused_naming(error, "--stats-every")
-        assert not every > 0
+        assert not (math.isfinite(every) and every > 0)
     else:
-        assert every > 0
+        assert math.isfinite(every) and every > 0
 
 
 @SETTINGS
@@ -548,3 +546,30 @@ def test_parity_limits_are_accepted_in_range_or_refused_naming_the_option(value,
     else:
         limit = parsed[precision]
         assert math.isfinite(limit) and 0 <= limit <= (upper if upper is not None else math.inf)
+
+
+@SETTINGS
+@given(threshold=FLOATS, command=st.sampled_from(["evaluate", "parity", "service"]))
+def test_threshold_is_checked_before_any_work_by_every_command_that_takes_it(threshold, command):
+    """A valid --threshold gets as far as the (absent) run; an invalid one is refused first, naming the option."""
+    from mlic_edge.commands.evaluate import EvalRequest, evaluate
+    from mlic_edge.commands.parity import ParityRequest, parity
+    from mlic_edge.runtime.deployment.systemd import ServiceSpec
+
+    absent = RunDir(Path("/nonexistent/mlic-edge-run"))
+    valid = math.isfinite(threshold) and 0 <= threshold <= 1
+    try:
+        if command == "evaluate":
+            evaluate(absent, EvalRequest(threshold=threshold))
+        elif command == "parity":
+            parity(absent, ParityRequest(threshold=threshold))
+        else:
+            ServiceSpec(run_dir=absent.path, out_dir=Path("/srv/out"), threshold=threshold,
+                        executable=Path("/usr/bin/mlic-edge"))
+    except MlicError as error:
+        if valid:
+            assert "--threshold" not in str(error) and "does not exist" in str(error), error
+        else:
+            _assert_refused_naming(error, "--threshold")
+    else:
+        assert valid and command == "service"

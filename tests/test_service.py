@@ -217,7 +217,7 @@ def test_uninstall_disables_and_removes(spec, tmp_path, fake_systemctl):
     ({"name": "my service"}, "not a valid systemd unit name"),
     ({"name": "door.service"}, "not a valid systemd unit name"),
     ({"user": "root; rm"}, "not a valid user name"),
-    ({"stats_every": 0}, "stats interval"),
+    ({"stats_every": 0}, "--stats-every 0 is not a positive number of seconds"),
     ({"source": "csi://0\nExecStartPre=/bin/evil"}, "line break"),
 ])
 def test_bad_specs_are_refused(tmp_path, fields, message):

@@ -23,7 +23,7 @@ from mlic_edge.commands.predict import PredictRequest
 from mlic_edge.errors import EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, Interrupted, MlicError
 from mlic_edge.train.config import TrainConfig
 from mlic_edge.spec import (DEFAULT_LABELSET_FLOOR, DEFAULT_MAX_SCORE_DIFF, DEFAULT_TOLERANCE_POINTS, PRECISIONS,
-                            RESIZE_MODES, per_precision_text)
+                            RESIZE_MODES, per_precision_text, require_seconds)
 
 EPILOG_STYLE = "markdown"
 
@@ -510,8 +510,8 @@ def run_command(
                              all_scores=csv_out is not None, max_frames=max_frames, width=width, height=height,
                              fps=fps, max_reconnects=max_reconnects, cuda_graph=cuda_graph)
     request.check()
-    if stats_every is not None and not stats_every > 0:
-        raise MlicError(f"--stats-every {stats_every} is not a positive number of seconds", hint="for example 10")
+    if stats_every is not None:
+        require_seconds("--stats-every", stats_every)
     check_distinct_outputs(source, {"--out": out, "--csv": csv_out, "--save-video": save_video,
                                     "--stats-json": stats_json})
     for path in (out, csv_out, save_video, stats_json):

@@ -8,6 +8,7 @@ from typing import Any
 
 from mlic_edge.errors import MlicError
 from mlic_edge.rundir import RunDir
+from mlic_edge.spec import require_fraction
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class EvalRequest:
 
 def evaluate(run: RunDir, request: EvalRequest = EvalRequest()) -> dict[str, Any]:
     """mAP, CP, CR, CF1, OP, OR, OF1 (+ top-3) and head/middle/tail mAP of the run's checkpoint."""
+    require_fraction("--threshold", request.threshold)  # before PyTorch is imported
     import numpy as np
 
     from mlic_edge import metrics

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from mlic_edge.errors import LineageError, MlicError
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import PRECISIONS, rebuild_command, require_choice
+from mlic_edge.spec import PRECISIONS, rebuild_command, require_choice, require_fraction
 
 Progress = Callable[[str, int, int], None]  # (what, images just done, images in all)
 
@@ -40,6 +40,7 @@ def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Prog
 
     for name in (*request.precisions, *request.tolerances, *request.labelset_floors, *request.max_score_diffs):
         require_choice("precision", name, PRECISIONS)
+    require_fraction("--threshold", request.threshold)
     run.read()
     run.require_writable(reports_only=True)
     reference = Reference.load(run)

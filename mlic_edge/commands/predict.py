@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 from mlic_edge.console import warn
 from mlic_edge.errors import MlicError
 from mlic_edge.rundir import RunDir
+from mlic_edge.spec import require_fraction
 
 RecordCallback = Callable[[Any, dict[str, Any]], None]  # (frame, record)
 
@@ -39,11 +40,8 @@ class PredictRequest:
     cuda_graph: bool = False
 
     def check(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise MlicError(f"--threshold {self.threshold} is outside [0, 1]", hint="scores are probabilities")
-        if not 0.0 <= self.smoothing < 1.0:
-            raise MlicError(f"--smoothing {self.smoothing} is outside [0, 1)",
-                            hint="0 turns it off; 0.8 is a good start")
+        require_fraction("--threshold", self.threshold)
+        require_fraction("--smoothing", self.smoothing, upper_open=True, hint="0 turns it off; 0.8 is a good start")
         if self.top_k < 0 or self.batch < 1:
             raise MlicError("--top-k must be >= 0 and --batch >= 1")
         if self.max_frames is not None and self.max_frames < 1:

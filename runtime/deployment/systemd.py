@@ -18,7 +18,7 @@ from typing import Callable
 from mlic_edge.errors import MlicError, RunDirError
 from mlic_edge.io import atomic_path, require_writable
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import ENGINE_BACKENDS, rebuild_command
+from mlic_edge.spec import ENGINE_BACKENDS, rebuild_command, require_fraction, require_seconds
 
 UNIT_DIR = Path("/etc/systemd/system")
 LOGROTATE_DIR = Path("/etc/logrotate.d")
@@ -71,9 +71,11 @@ class ServiceSpec:
                             hint="use letters, digits, '-', '_' or '.', e.g. mlic-edge-door")
         if self.user is not None and not _USER.fullmatch(self.user):
             raise MlicError(f"user {self.user!r} is not a valid user name", hint="give an existing login name")
-        if self.rotate_mb < 1 or self.keep < 0 or self.stats_every <= 0:
-            raise MlicError("rotate size must be >= 1 MB, kept files >= 0 and the stats interval > 0 s",
-                            hint="for example --rotate-mb 50 --keep 10 --stats-every 60")
+        if self.rotate_mb < 1 or self.keep < 0:
+            raise MlicError("rotate size must be >= 1 MB and kept files >= 0", hint="for example --rotate-mb 50 --keep 10")
+        require_seconds("--stats-every", self.stats_every, hint="for example --stats-every 60")
+        if self.threshold is not None:
+            require_fraction("--threshold", self.threshold)
         for value in (self.source, self.name, *self.extra_args):
             if any(char in value for char in "\n\r\0"):
                 raise MlicError(f"{value!r} contains a line break or NUL, which a unit file cannot hold",

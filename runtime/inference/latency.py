@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from mlic_edge.errors import MlicError
+from mlic_edge.spec import require_seconds
 
 STAGES = ("decode", "preprocess", "inference", "postprocess", "sink")
 END_TO_END = "end_to_end"
@@ -168,9 +169,7 @@ class PeriodicStats:
 
     def __init__(self, recorder: LatencyRecorder, every_s: float, emit: Callable[[str], None],
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if not every_s > 0:
-            raise MlicError(f"--stats-every {every_s} must be a positive number of seconds",
-                            hint="for example --stats-every 5")
+        require_seconds("--stats-every", every_s, hint="for example --stats-every 5")
         self.recorder = recorder
         self.every_s = float(every_s)
         self.emit = emit
