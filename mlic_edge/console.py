@@ -10,6 +10,12 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, Text
                            TimeRemainingColumn)
 
 console = Console(stderr=True, soft_wrap=True)  # one message, one line, also in logs and the journal
+results = Console(soft_wrap=True)  # stdout: the tables a command exists to show, as JSON and records go there too
+
+
+def show(renderable) -> None:
+    """A command's result (a table) on stdout, so ``mlic-edge eval … > metrics.txt`` keeps it and nothing else."""
+    results.print(renderable)
 
 
 PLAIN_PROGRESS_SECONDS = 10.0  # how often a long task reports when stderr is not a terminal

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -134,18 +135,18 @@ def test_unexpected_errors_are_still_one_line(capsys, monkeypatch, trained_run, 
 
 
 @pytest.mark.parametrize("command", [["run", "{images}", "--max-frames", "3"], ["parity"]])
-def test_run_and_parity_work_without_torch(trained_run, synth_data, command):
+def test_run_and_parity_work_without_torch(run_copy, synth_data, command):
     """The edge promise: an install without PyTorch runs models and checks parity."""
     import subprocess
     import sys
 
-    args = [part.format(images=synth_data / "JPEGImages") for part in command] + ["--run", str(trained_run)]
+    args = [part.format(images=synth_data / "JPEGImages") for part in command] + ["--run", str(run_copy)]
     code = ("import sys\nfor name in ('torch', 'timm', 'torchvision'):\n    sys.modules[name] = None\n"
             f"sys.argv = ['mlic-edge', *{args!r}]\n"
             "from mlic_edge.cli.app import main\nmain()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "onnxruntime" in result.stderr
+    assert "onnxruntime" in result.stdout + result.stderr
 
 
 def test_torch_backend_without_torch_says_how_to_get_it(trained_run):
@@ -277,3 +278,12 @@ def test_the_zoo_files_are_named_as_the_models_they_register():
     from mlic_edge.models import list_models
 
     assert zoo_file_names() == {entry.name for entry in list_models()}
+
+
+def test_results_go_to_stdout_progress_and_diagnostics_to_stderr(capsys, run_copy):
+    """`mlic-edge parity … > parity.txt` keeps the table; a log (stderr not a terminal) still shows progress lines."""
+    result = invoke(capsys, "parity", "--run", run_copy)
+    assert result.code == 0, result.err
+    assert "PASS" in result.out and "onnxruntime" in result.out
+    assert "PASS" not in result.err
+    assert re.search(r"^parity onnxruntime fp32: (\d+)/\1\b", result.err, re.MULTILINE), result.err

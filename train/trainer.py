@@ -226,7 +226,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                                           on_batch=lambda n: progress.advance(val_task, n), resize=config.resize)
             val = metrics.mean_average_precision(split_scores.scores, split_scores.targets(eval_set))
             train_loss = running / max(1, seen)
-            progress.update(task, status=f"loss {train_loss:.4f} val mAP {val.map:.4f}")
+            progress.update(task, status=f"loss {train_loss:.4f} val mAP {val.map * 100:.2f}%")
             progress.remove_task(val_task)
             history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_mAP": _finite(val.map),
                             "lr": scheduler.get_last_lr()[0], "elapsed_s": round(time.monotonic() - started, 1)})

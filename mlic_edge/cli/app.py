@@ -153,7 +153,7 @@ def data_stats(
     json_out: bool = JsonOpt,
 ) -> None:
     """Images, labels per image, per-class counts with head/middle/tail groups, co-occurrence heatmap."""
-    from mlic_edge.console import console, info
+    from mlic_edge.console import info, show
     from mlic_edge.data import open_dataset
     from mlic_edge.data.stats import dataset_stats, format_stats_table, save_cooccurrence_heatmap
 
@@ -167,7 +167,7 @@ def data_stats(
     if json_out:
         _emit_json(stats)
         return
-    console.print(format_stats_table(stats))
+    show(format_stats_table(stats))
     info(f"{stats['images']} images, {stats['labels_per_image']['mean']:.2f} labels per image; "
          f"co-occurrence heatmap: {stats['heatmap']}")
 
@@ -182,7 +182,7 @@ def models_command(
     """Every model in the zoo: paper, default backbone and input size, parameters, GFLOPs."""
     from rich.table import Table
 
-    from mlic_edge.console import console, progress_bar
+    from mlic_edge.console import progress_bar, show
     from mlic_edge.models import list_models
     from mlic_edge.models.summary import summarize
 
@@ -204,7 +204,7 @@ def models_command(
         table.add_row(row["name"], row["paper"], row["default_backbone"], str(row["default_img_size"]),
                       f"{row['params_inference_M']:.1f}", f"{row['GFLOPs']:.1f}" if "GFLOPs" in row else "-")
     table.caption = "params: the exported graph (train-only parts removed); GFLOPs: one forward pass, 2 per MAC"
-    console.print(table)
+    show(table)
 
 
 # --------------------------------------------------------------------------------------------------- train
@@ -292,7 +292,7 @@ def evaluate(
 ) -> None:
     """Evaluate the PyTorch checkpoint: mAP, CP, CR, CF1, OP, OR, OF1 (+ top-3), head/middle/tail mAP."""
     from mlic_edge.commands.evaluate import EvalRequest, evaluate as run_evaluation
-    from mlic_edge.console import console
+    from mlic_edge.console import show
 
     report = run_evaluation(_run_dir(run, model), EvalRequest(
         data=data, split=split, threshold=threshold, ap_mode=ap_mode, batch_size=batch_size, device=device,
@@ -300,7 +300,7 @@ def evaluate(
     if json_out:
         _emit_json(report)
         return
-    console.print(_metrics_table(report))
+    show(_metrics_table(report))
 
 
 def _metrics_table(report: dict):
@@ -431,13 +431,13 @@ def build(
     with progress_bar(transient=True) as progress:
         tasks: dict[str, int] = {}
 
-        def show(what: str, done: int, total: int) -> None:
+        def advance(what: str, done: int, total: int) -> None:
             step = what.split(":")[0]  # one bar per step (fp16, int8, engine, mAP ...), its text updated
             if step not in tasks:
                 tasks[step] = progress.add_task(what, total=total or None, status="")
             progress.update(tasks[step], description=what, completed=done, total=total or None)
 
-        entry = run_build(run_dir, request, progress=show)
+        entry = run_build(run_dir, request, progress=advance)
     if json_out:
         _emit_json(entry)
         return
@@ -582,7 +582,7 @@ def bench(
 ) -> None:
     """Backend alone (like trtexec) vs the whole pipeline on a generated video, and the ratio between them."""
     from mlic_edge.commands.bench import BenchRequest, bench as run_bench
-    from mlic_edge.console import console, info
+    from mlic_edge.console import info, show
     from mlic_edge.runtime.checks.bench import bench_table
 
     try:
@@ -596,7 +596,7 @@ def bench(
     if json_out:
         _emit_json(report)
     else:
-        console.print(bench_table(report))
+        show(bench_table(report))
         info(f"report: {run_dir.reports / 'bench.json'}")
 
 
@@ -651,7 +651,7 @@ def parity(
 
     Needs only reference.npz and the dataset, not PyTorch: it runs on the device."""
     from mlic_edge.commands.parity import ParityRequest, parity as run_parity
-    from mlic_edge.console import console, progress_bar, warn
+    from mlic_edge.console import progress_bar, show, warn
     from mlic_edge.runtime.checks.parity import check_parity, parity_table
 
     request = ParityRequest(data=data, backends=tuple(backend), precisions=tuple(precision), device=device,
@@ -672,7 +672,7 @@ def parity(
     if json_out:
         _emit_json(report)
     else:
-        console.print(parity_table(report))
+        show(parity_table(report))
     check_parity(report)
 
 
@@ -770,14 +770,14 @@ def doctor(
     """What this machine can run: Jetson/L4T, GPU, CUDA, TensorRT, ONNX Runtime, DLA, cameras, disk — each ok / warn
     / fail with the fix. Exit 1 when a check fails."""
     from mlic_edge.commands.doctor import doctor as run_doctor
-    from mlic_edge.console import console
+    from mlic_edge.console import show
     from mlic_edge.runtime.deployment.doctor import doctor_table
 
     checks, summary = run_doctor(_run_dir(run, model).path if (run or model) else None)
     if json_out:
         _emit_json(summary)
     else:
-        console.print(doctor_table(checks))
+        show(doctor_table(checks))
     if any(check.status == "fail" for check in checks):
         raise typer.Exit(EXIT_CHECK_FAILED)
 
