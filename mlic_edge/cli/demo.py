@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from mlic_edge.console import console, info
 from mlic_edge.spec import rebuild_command
+
+
+def _machine() -> str:
+    """'2 CPU cores (x86_64)': what the wall time was measured on."""
+    import os
+    import platform
+
+    return f"{os.cpu_count()} CPU cores ({platform.machine()})"
 
 
 def run_demo(out: Path, epochs: int = 12, backbone: str = "resnet10t", classes: int = 6, images: int = 800,
@@ -73,7 +82,8 @@ def run_demo(out: Path, epochs: int = 12, backbone: str = "resnet10t", classes: 
         chance = float(np.mean((reference["targets"] == 1).mean(axis=0)))
     console.print(Rule("done"))
     info(f"best val mAP {trained['best_val_mAP'] * 100:.1f} (chance: {chance * 100:.1f}, the mean label frequency); "
-         f"the whole path took {minutes:.1f} min on {device}.")
+         f"the whole path took {minutes:.1f} min (wall time) on {device}, {_machine()}, "
+         f"{datetime.now(timezone.utc):%Y-%m-%d}.")
     info("Try next:")
     for comment, command in (
             ("all metrics: CP, CR, CF1, OP, OR, OF1, top-3", f"mlic-edge eval --run {run.path}"),
