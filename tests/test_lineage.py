@@ -162,3 +162,10 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch)
     assert str(target) in str(failure.value) and "no space left" in str(failure.value)
     assert json.loads(target.read_text()) == {"old": True}
     assert [path.name for path in target.parent.iterdir()] == ["parity.json"]
+
+
+def test_pack_refuses_to_ship_a_stale_model(capsys, run_copy, tmp_path):
+    retrained_checkpoint(run_copy)
+    result = invoke(capsys, "pack", "--run", run_copy, tmp_path / "bundle.mlic.tar.gz")
+    assert_one_line_error(result, "exported from another checkpoint.pt", f"mlic-edge export --run {run_copy}")
+    assert not (tmp_path / "bundle.mlic.tar.gz").exists()

@@ -33,7 +33,7 @@ def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Prog
            on_skip: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The parity report (also written to reports/parity.json and .md). Past a tolerance the report says so;
     ``check_parity(report)`` raises ParityError (exit 3), as the CLI does."""
-    from mlic_edge.io import atomic_path, write_json
+    from mlic_edge.io import atomic_files, json_text
     from mlic_edge.runtime.checks.parity import (Reference, ReferenceImages, check_backend, parity_markdown,
                                                  parity_report, present_targets)
     from mlic_edge.runtime.inference.backends import create_backend
@@ -71,7 +71,7 @@ def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Prog
                 max_score_diff=request.max_score_diffs.get(precision_name),
                 on_batch=(lambda count, what=what: progress(what, count, len(images))) if progress else None))
     report = parity_report(run, results, skipped, reference=reference)
-    write_json(run.reports / "parity.json", report)
-    with atomic_path(run.reports / "parity.md") as tmp:
-        tmp.write_text(parity_markdown(report))
+    with atomic_files() as staged:  # the JSON and the table that shows it, together
+        staged.path(run.reports / "parity.json").write_text(json_text(report))
+        staged.path(run.reports / "parity.md").write_text(parity_markdown(report))
     return report

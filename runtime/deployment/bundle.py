@@ -31,10 +31,12 @@ import numpy as np
 
 from mlic_edge import __version__
 from mlic_edge.errors import DataError, MlicError, RunDirError
-from mlic_edge.stops import signals_deferred
+from mlic_edge.export.lineage import check_onnx
 from mlic_edge.io import atomic_path, read_json, require_writable, sha256_file, write_json
 from mlic_edge.rundir import DEFAULT_RUNS_ROOT, RunDir
+from mlic_edge.runtime.checks.parity import Reference, ReferenceImages
 from mlic_edge.spec import PRECISIONS, RunSpec
+from mlic_edge.stops import signals_deferred
 
 BUNDLE_FORMAT = 1
 BUNDLE_SUFFIX = ".mlic.tar.gz"
@@ -63,6 +65,11 @@ def pack(run: RunDir, out: Path | None = None, *, with_images: bool = True,
         if not path.is_file():
             raise RunDirError(f"cannot pack {run.path}: {path.name} is missing",
                               hint=f"run `mlic-edge export --run {run.path}` first")
+    spec = RunSpec.from_run_json(meta)
+    for precision in PRECISIONS:  # never ship a stale model: each ONNX and the reference are this run's current ones
+        if run.onnx(precision).is_file():
+            check_onnx(run, precision, spec)
+    Reference.load(run)
     out = default_bundle_path(run) if out is None else Path(out)
     if out.is_dir():
         out = out / f"{run.path.name}{BUNDLE_SUFFIX}"
@@ -125,8 +132,6 @@ def _run_files(run: RunDir) -> list[str]:
 def _reference_images(run: RunDir) -> tuple[dict[str, Any], dict[str, Path | bytes], bytes | None]:
     """The reference's eval images as a CSV dataset folder (``images/``), and reference.npz bytes when its image
     ids had to be renamed (ids outside the dataset root)."""
-    from mlic_edge.runtime.checks.parity import Reference, ReferenceImages
-
     reference = Reference.load(run)
     try:
         paths = ReferenceImages(run, reference).paths
