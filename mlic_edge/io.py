@@ -55,10 +55,13 @@ def _naming_write_failures(final: Path | None, staged: "StagedFiles | None" = No
     except OSError as failure:
         if failure.errno not in _WRITE_FAILURES:
             raise
-        names = [final] if final is not None else list(staged.staged) if staged is not None else []
+        names = [_STAGED_FOR.get(final, final)] if final is not None else list(staged.staged) if staged else []
         target = ", ".join(str(name) for name in names) or failure.filename or "a file"
         raise MlicError(f"cannot write {target}: {_WRITE_FAILURES[failure.errno]} (what was there before is unchanged)",
                         hint="free space there or write somewhere else, then run the command again") from failure
+
+
+_STAGED_FOR: dict[Path, Path] = {}  # temporary name -> the file it will become, to name the right file in errors
 
 
 class StagedFiles:
@@ -72,6 +75,7 @@ class StagedFiles:
         final = Path(final)
         if final not in self.staged:
             self.staged[final] = _temp_beside(final)
+            _STAGED_FOR[self.staged[final]] = final
         return self.staged[final]
 
 
@@ -91,6 +95,7 @@ def atomic_files() -> Iterator[StagedFiles]:
                     os.replace(tmp, final)
     finally:
         for tmp in staged.staged.values():
+            _STAGED_FOR.pop(tmp, None)
             if tmp.exists():
                 tmp.unlink()
 

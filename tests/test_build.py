@@ -73,6 +73,19 @@ def test_rebuilding_int8_reuses_the_calibration(built_run, tmp_path):
     assert not entry["int8"]["reused"] and len(list((run.path / "calibration").iterdir())) == len(records) + 1
 
 
+def test_rebuilding_fp16_reuses_the_file_unchanged(built_run, tmp_path):
+    """A reused model.fp16.onnx stays byte for byte what it was (the build once put an empty file in its place)."""
+    from mlic_edge.commands.build import BuildRequest, build
+    from mlic_edge.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(built_run, run.path)
+    before = run.onnx("fp16").read_bytes()
+    entry = build(run, BuildRequest(precision="fp16", backend="onnxruntime", evaluate=False))
+    assert entry["fp16"]["reused"] and run.onnx("fp16").read_bytes() == before
+    assert [path.name for path in run.path.rglob(".*")] == []
+
+
 def test_parity_checks_every_precision_present(capsys, built_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(built_run, run)

@@ -169,3 +169,18 @@ def test_pack_refuses_to_ship_a_stale_model(capsys, run_copy, tmp_path):
     result = invoke(capsys, "pack", "--run", run_copy, tmp_path / "bundle.mlic.tar.gz")
     assert_one_line_error(result, "exported from another checkpoint.pt", f"mlic-edge export --run {run_copy}")
     assert not (tmp_path / "bundle.mlic.tar.gz").exists()
+
+
+def test_a_full_disk_during_an_fp16_build_names_the_file_and_changes_nothing(capsys, run_copy, monkeypatch):
+    import errno
+
+    before = snapshot(run_copy)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", full_disk)
+    result = invoke(capsys, "build", "--run", run_copy, "--precision", "fp16", "--backend", "onnxruntime")
+    assert_one_line_error(result, f"cannot write {run_copy / 'model.fp16.onnx'}: no space left on the device",
+                          "free space")
+    assert snapshot(run_copy) == before

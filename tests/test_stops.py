@@ -81,6 +81,16 @@ def test_train_stopped_keeps_the_last_complete_epoch_resumable(tmp_path, synth_d
     assert section["epochs_done"] == saved["epoch"] + 1
 
 
+def test_train_stopped_in_its_first_epoch_says_nothing_was_kept(tmp_path, synth_data):
+    out = tmp_path / "run"
+    options = ["--model", "baseline", "--data", f"voc:{synth_data}", "--out", out, "--backbone", "resnet10t",
+               "--img-size", "32", "--batch-size", "8", "--workers", "0", "--epochs", "30"]
+    code, err = interrupt(["train", *options], r"^training baseline", signal.SIGINT, tmp_path)
+    assert_stopped(code, err, signal.SIGINT, "before its first epoch ended", "no checkpoint was written")
+    assert not (out / "last.pt").exists() and not (out / "checkpoint.pt").exists()
+    assert hidden_files(out) == []
+
+
 def test_export_stopped_leaves_the_run_as_it_was(tmp_path, run_copy):
     before = snapshot(run_copy)
     code, err = interrupt(["export", "--run", run_copy], r"export check|reference scores", signal.SIGINT, tmp_path)

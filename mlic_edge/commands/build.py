@@ -103,9 +103,9 @@ def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) 
     with run.transaction() as change:
         onnx_path = fp32
         if request.precision == "fp16":
-            onnx_path, entry["fp16"] = _make_fp16(run, spec, request, say, change.path(run.onnx("fp16")))
+            onnx_path, entry["fp16"] = _make_fp16(run, spec, request, say, change)
         elif request.precision == "int8":
-            onnx_path, entry["int8"] = _make_int8(run, spec, request, say, change.path(run.onnx("int8")))
+            onnx_path, entry["int8"] = _make_int8(run, spec, request, say, change)
         entry["onnx"][request.precision] = _file_facts(onnx_path, name=run.onnx(request.precision).name)
         if request.evaluate:
             entry["accuracy"] = _evaluate_or_warn(run, request.precision, say, onnx_path)
@@ -135,9 +135,10 @@ def ensure_fp32_onnx(run: RunDir) -> Path:
     return run.onnx("fp32")
 
 
-def _make_fp16(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress, out: Path) -> tuple[Path, dict]:
-    """model.fp16.onnx written to ``out`` (its temporary name until the build commits), or the one in place when it
-    is still current."""
+def _make_fp16(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
+               change: RunChange) -> tuple[Path, dict]:
+    """model.fp16.onnx staged in ``change`` (put in place when the build commits), or the one in place when it is
+    still current (then nothing is staged)."""
     from mlic_edge.export.fp16 import convert_to_fp16
 
     reusable = _reusable_fp16(run, request)
@@ -149,6 +150,7 @@ def _make_fp16(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
                                                                            FP16_MEASURE_IMAGES))
     inputs = _first_images(calibration, spec, FP16_MEASURE_IMAGES)
     say("fp16: measuring ranges and errors", 0, 1)
+    out = change.path(run.onnx("fp16"))
     report = convert_to_fp16(run.onnx("fp32"), out, inputs, keep_fp32=request.keep_fp,
                              progress=lambda message: say(f"fp16: {message}", 0, 1))
     for kept in report.kept_fp32:
@@ -173,11 +175,13 @@ def _reusable_fp16(run: RunDir, request: BuildRequest) -> dict[str, Any] | None:
     return {"path": str(path), "reused": True, "kept_fp32": json.loads(metadata.get("fp32_nodes", "[]"))}
 
 
-def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress, out: Path) -> tuple[Path, dict]:
-    """model.int8.onnx written to ``out`` (its temporary name until the build commits); the calibration record is
-    stored under calibration/<key>/ at once (it is named by what it was made from, so it is never stale)."""
+def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
+               change: RunChange) -> tuple[Path, dict]:
+    """model.int8.onnx staged in ``change`` (put in place when the build commits); the calibration record is stored
+    under calibration/<key>/ at once (it is named by what it was made from, so it is never stale)."""
     from mlic_edge.calibration import layer_sensitivity, quantize_int8
 
+    out = change.path(run.onnx("int8"))
     calibration = _calibration_set(spec, request, required=False, count=request.calib_images)
     report = quantize_int8(run.onnx("fp32"), out, run.path / "calibration",
                            method=request.calib_method, calibration=calibration, img_size=spec.img_size,

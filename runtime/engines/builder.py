@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import mlic_edge
 from mlic_edge.console import warn
 from mlic_edge.errors import BuildError
-from mlic_edge.io import atomic_path, require_writable, sha256_file, write_json
+from mlic_edge.io import atomic_files, atomic_path, json_text, require_writable, sha256_file
 from mlic_edge.runtime.engines.gpu import GpuInfo
 from mlic_edge.spec import PRECISIONS, require_choice
 from mlic_edge.runtime.engines.api import HARDWARE_COMPATIBILITY_LEVELS, Capabilities, TensorRT
@@ -186,12 +186,13 @@ def build_engine(trt: TensorRT, onnx_path: Path, run_path: Path, options: BuildO
         "mlic_edge_version": mlic_edge.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    # Engine renamed first, manifest last: a manifest never names an engine that is not there.
-    with atomic_path(manifest_path) as manifest_tmp:
-        with atomic_path(engine_path) as engine_tmp:
-            engine_tmp.write_bytes(serialized)
-            manifest.update(engine_sha256=sha256_file(engine_tmp), engine_bytes=engine_tmp.stat().st_size)
-            write_json(manifest_tmp, manifest)
+    # Engine renamed first, manifest last, a stop signal held until both are in place: a manifest never names an
+    # engine that is not there, and an engine never sits under another engine's manifest.
+    with atomic_files() as staged:
+        engine_tmp = staged.path(engine_path)
+        engine_tmp.write_bytes(serialized)
+        manifest.update(engine_sha256=sha256_file(engine_tmp), engine_bytes=engine_tmp.stat().st_size)
+        staged.path(manifest_path).write_text(json_text(manifest))
     if cache_bytes is not None:
         _save_timing_cache(cache_path, cache_bytes)
     return EngineResult(engine_path=engine_path, manifest_path=manifest_path, manifest=manifest, seconds=seconds,
