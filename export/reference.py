@@ -12,6 +12,7 @@ from mlic_edge.console import progress_bar, warn
 from mlic_edge.data import open_dataset
 from mlic_edge.data.torch_data import describe_broken
 from mlic_edge.export.lineage import CHECKPOINT_SHA
+from mlic_edge.errors import MlicError
 from mlic_edge.io import sha256_file
 from mlic_edge.models.checkpoint import load_model
 from mlic_edge.rundir import RunDir
@@ -24,8 +25,15 @@ def write_reference(run: RunDir, data: str | None = None, split: str | None = No
     checkpoint_sha = sha256_file(run.require(run.checkpoint, "mlic-edge train"))
     model = load_model(run.checkpoint)
     dataset_meta = spec.dataset or {}
+    if not (data or dataset_meta.get("spec")):
+        raise MlicError(f"{run.run_json} names no dataset to score the reference on",
+                        hint=f"pass --data DATA (e.g. mlic-edge export --run {run.path} --data voc:VOCdevkit/VOC2007)")
     dataset = open_dataset(data or dataset_meta["spec"], role="eval", split=split or dataset_meta.get("eval_split"),
-                           difficult=dataset_meta.get("difficult", "ignore"))
+                           difficult=dataset_meta.get("difficult", "ignore"), labels=spec.labels)
+    if dataset.names != spec.labels:
+        raise MlicError(f"{dataset.spec} has other classes than the model ({len(dataset.names)} vs "
+                        f"{len(spec.labels)}, or other names)",
+                        hint="score the reference on a dataset with the model's classes (--data)")
     with progress_bar(transient=True) as progress:
         task = progress.add_task("reference scores (PyTorch)", total=len(dataset), status="")
         result = predict_scores(model, dataset, spec.img_size, spec.mean, spec.std, batch_size, workers,

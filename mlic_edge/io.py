@@ -43,7 +43,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 _WRITE_FAILURES = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-                   errno.EFBIG: "the file is too large for the file system", errno.EROFS: "the file system is read-only"}
+                   errno.EFBIG: "the file is too large for the file system",
+                   errno.EROFS: "the file system is read-only"}
 
 
 @contextlib.contextmanager

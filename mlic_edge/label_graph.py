@@ -24,6 +24,13 @@ class LabelGraph:
     """int64 (C,): training images holding each class (ML-GCN's ``nums``)."""
     vectors_source: str = "unknown"
 
+    def save(self, path) -> None:
+        """label_graph.npz: what the run keeps of its label graph (names, vectors, co-occurrence, counts)."""
+        with open(path, "wb") as handle:
+            np.savez_compressed(handle, names=np.array(self.names), vectors=self.vectors,
+                                cooccurrence=self.cooccurrence, counts=self.counts,
+                                vectors_source=np.array(self.vectors_source))
+
     @classmethod
     def from_targets(cls, names: list[str], targets: np.ndarray, vectors: np.ndarray,
                      vectors_source: str = "unknown") -> "LabelGraph":

@@ -93,16 +93,16 @@ class RunDir:
         return change.written
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator["RunChange"]:
+    def transaction(self, *, fresh: bool = False) -> Iterator["RunChange"]:
         """Artefacts and the run.json sections that describe them, put in place together: each artefact is written
         to ``change.path(final)``, the sections given to ``change.update``; when the block succeeds every artefact is
         renamed into place, then run.json (a stop signal waits for the renames). An error or a stop inside the block
-        leaves the run exactly as it was."""
+        leaves the run exactly as it was. ``fresh``: run.json is written anew from the sections (a new model)."""
         with atomic_files() as staged:
             change = RunChange(self, staged)
             yield change
             if change.sections:
-                data = read_json(self.run_json) if self.run_json.is_file() else {}
+                data = read_json(self.run_json) if self.run_json.is_file() and not fresh else {}
                 data.update(change.sections)
                 data["versions"] = {**data.get("versions", {}), **installed_versions()}
                 staged.path(self.run_json).write_text(json_text(data))
@@ -116,6 +116,38 @@ class RunDir:
         for folder in (self.reports,) if reports_only else (self.path, self.reports):
             require_writable(folder, error=RunDirError, create=False,
                              hint="fix its permissions or copy the run somewhere writable")
+
+    def start_new_generation(self, overwrite: bool, *, making: str, other_ways: str = "") -> None:
+        """Before a new model is written into this run (training afresh, importing): a run that was exported would
+        keep ONNX files, engines and a reference describing the old model (and parity passing against it). Refuse,
+        or with ``overwrite`` move the old generation, whole, to ``previous/<UTC time>/``: a run never mixes two
+        models."""
+        import os
+        from datetime import datetime, timezone
+
+        from mlic_edge.console import info
+        from mlic_edge.spec import PRECISIONS
+
+        exports = [self.onnx(precision) for precision in PRECISIONS] + [self.reference, self.path / "engines",
+                                                                       self.path / "calibration"]
+        exported = [path.name for path in exports if path.exists()]
+        if not exported:
+            if self.checkpoint.exists() or self.last_checkpoint.exists():
+                info(f"[dim]{self.path} already holds a run; {making} replaces it[/dim]")
+            return
+        if not overwrite:
+            raise RunDirError(f"{self.path} holds an exported model ({', '.join(exported)}); {making} would leave "
+                              "them describing the old one",
+                              hint=f"pass --overwrite to move the old generation to previous/, {other_ways}or --out "
+                                   "for a new run directory")
+        folder = self.path / "previous" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        folder.mkdir(parents=True)
+        generation = [self.run_json, self.checkpoint, self.last_checkpoint, self.path / "label_graph.npz",
+                      self.reports, *exports]
+        for path in generation:
+            if path.exists():
+                os.replace(path, folder / path.name)
+        info(f"the previous generation of {self.path} moved to {folder}")
 
     def require(self, path: Path, produced_by: str) -> Path:
         """Refuse clearly when a stage's input is missing."""

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from cli_helpers import assert_one_line_error, invoke
+from cli_helpers import assert_one_line_error, exit_before_torch, invoke
 
 
 def test_eval_json_has_the_metrics_as_fractions(capsys, trained_run, tmp_path):
@@ -262,15 +262,9 @@ def test_run_options_are_validated_before_any_work(capsys, run_copy, option, val
 
 def test_train_argument_errors_come_before_pytorch_is_imported(tmp_path):
     """A missing dataset path is reported at once, not after PyTorch's seconds of import."""
-    import subprocess
-    import sys
-
-    code = ("import sys\nfrom mlic_edge.cli.app import main\n"
-            f"sys.argv = ['mlic-edge', 'train', '--data', {str(tmp_path / 'absent')!r}]\n"
-            "try:\n    main()\nexcept SystemExit as stop:\n    print('exit', stop.code, 'torch' in sys.modules)\n")
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert completed.stdout.split() == ["exit", "2", "False"], completed.stdout + completed.stderr
-    assert "dataset path" in completed.stderr and "does not exist" in completed.stderr
+    printed, err = exit_before_torch("train", "--data", tmp_path / "absent")
+    assert printed == ["exit", "2", "False"], printed + [err]
+    assert "dataset path" in err and "does not exist" in err
 
 
 def test_the_zoo_files_are_named_as_the_models_they_register():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mlic_edge import label_vectors as lv
+from mlic_edge.data.coco import COCO_CATEGORY_NAMES
 from mlic_edge.errors import DataError
 from mlic_edge.label_graph import LabelGraph, conditional_edges, mlgcn_adjacency
 from mlic_edge.label_vectors import (default_label_vectors, hashed_label_vectors, label_graph_for,
@@ -20,17 +21,7 @@ from mlic_edge.label_vectors import (default_label_vectors, hashed_label_vectors
 VOC = shipped_label_data("voc2007_labels.npz")
 COCO = shipped_label_data("coco2014_labels.npz")
 
-# COCO category-id order (1, 2, ... 90 with gaps), as mlic-edge's COCO reader gives it.
-COCO_ID_ORDER = [
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant",
-    "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
-    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli",
-    "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet",
-    "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
-    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
-]
+COCO_ID_ORDER = list(COCO_CATEGORY_NAMES)  # category-id order, as mlic-edge's COCO reader gives it
 
 
 @pytest.fixture

@@ -161,3 +161,21 @@ def test_gat_layer_is_residual_elu_of_masked_row_softmax():
         expected[i] = nn.functional.elu(sum(alpha[k] * h[j] for k, j in enumerate(neighbours)) + h[i])
     torch.testing.assert_close(layer(x, mask), expected)
     torch.testing.assert_close(layer(x, mask)[3], nn.functional.elu(2 * h[3]))
+
+
+def test_pool_rounding_matters_only_for_odd_branch_maps():
+    """floor (the official MaxPool2d(2, 2)) drops an odd map's last row and column, ceil pools them alone: resnet10t
+    at 224 px has a 7×7 layer4 (3×3 vs 4×4 pooled), at 448 px all three branch maps are even."""
+    floor = make_model(7, pool_rounding="floor")
+    ceil = make_model(7, pool_rounding="ceil")
+    ceil.load_state_dict(floor.state_dict())
+    assert floor.config()["hyperparameters"]["pool_rounding"] == "floor"
+    torch.manual_seed(4)
+    with torch.no_grad():
+        odd, even = torch.randn(1, 3, 224, 224), torch.randn(1, 3, 448, 448)
+        assert [f.shape[1] for f in floor.image_side.branch_features(odd)] == [14 * 14, 7 * 7, 3 * 3]
+        assert [f.shape[1] for f in ceil.image_side.branch_features(odd)] == [14 * 14, 7 * 7, 4 * 4]
+        assert (floor(odd) - ceil(odd)).abs().max() > 1e-4
+        torch.testing.assert_close(floor(even), ceil(even), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="pool_rounding"):
+        make_model(7, pool_rounding="round")

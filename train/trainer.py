@@ -25,40 +25,10 @@ from mlic_edge.models.backbone import backbone_data_config
 from mlic_edge.models.checkpoint import read_checkpoint, save_checkpoint
 from mlic_edge.plot import line_chart
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import PRECISIONS
 from mlic_edge.train.config import TrainConfig
 from mlic_edge.train.evaluate import predict_scores
 from mlic_edge.train.losses import create_loss
 from mlic_edge.train.schedule import DEFAULT_LR, create_optimizer, create_scheduler
-
-
-def _start_a_new_generation(run: RunDir, overwrite: bool) -> None:
-    """Training afresh into a run that was exported would leave its ONNX files, engines and reference describing the
-    old model (and parity passing against it): refuse, or with ``overwrite`` move the old generation, whole, to
-    ``previous/<UTC time>/`` so the run never mixes two models."""
-    import os
-    from datetime import datetime, timezone
-
-    exports = [run.onnx(precision) for precision in PRECISIONS] + [run.reference, run.path / "engines",
-                                                                  run.path / "calibration"]
-    exported = [path.name for path in exports if path.exists()]
-    if not exported:
-        if run.checkpoint.exists() or run.last_checkpoint.exists():
-            info(f"[dim]{run.path} already holds a run; training from scratch replaces it (--resume goes on)[/dim]")
-        return
-    if not overwrite:
-        raise MlicError(f"{run.path} holds an exported model ({', '.join(exported)}); training afresh into it would "
-                        "leave them describing the old one",
-                        hint="pass --overwrite to move the old generation to previous/, --resume to continue it, or "
-                             "--out for a new run directory")
-    folder = run.path / "previous" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    folder.mkdir(parents=True)
-    generation = [run.run_json, run.checkpoint, run.last_checkpoint, run.path / "label_graph.npz", run.reports,
-                  *exports]
-    for path in generation:
-        if path.exists():
-            os.replace(path, folder / path.name)
-    info(f"the previous generation of {run.path} moved to {folder}")
 
 
 def _check_resumed_classes(run: RunDir, names: list[str]) -> None:
@@ -122,7 +92,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         config = TrainConfig(**{**saved, "out": config.out, "epochs": config.epochs, "resume": True,
                                 "workers": config.workers, "device": config.device})
     else:
-        _start_a_new_generation(run, config.overwrite)
+        run.start_new_generation(config.overwrite, making="training afresh into it",
+                                 other_ways="--resume to continue it, ")
 
     img_size = config.img_size or entry.default_img_size
     backbone = config.backbone or entry.default_backbone
@@ -299,10 +270,7 @@ def prepare_label_graph(run: RunDir, train_set, vectors_path: str | None):
     if warning:
         warn(warning)
     with run.transaction() as change:
-        with change.path(run.path / "label_graph.npz").open("wb") as handle:
-            np.savez_compressed(handle, names=np.array(graph.names), vectors=graph.vectors,
-                                cooccurrence=graph.cooccurrence, counts=graph.counts,
-                                vectors_source=np.array(graph.vectors_source))
+        graph.save(change.path(run.path / "label_graph.npz"))
         change.update(label_graph={"file": "label_graph.npz", "vectors_source": graph.vectors_source,
                                    "vectors_dim": int(graph.vectors.shape[1]), "warning": warning})
     return graph

@@ -275,6 +275,53 @@ def train(
              f"next: mlic-edge export --run {run_path}")
 
 
+# --------------------------------------------------------------------------------------------------- import
+@app.command("import", epilog="Examples: `mlic-edge import ml-gcn voc_checkpoint.pth.tar --out runs/mlgcn-voc --data "
+                              "voc:VOCdevkit/VOC2007 --paper-map 94.0`, `mlic-edge import q2l Q2L-R101-448/checkpoint.pkl "
+                              "--config Q2L-R101-448/config_new.json --labels coco --out runs/q2l --data coco:COCO2014`, "
+                              "`mlic-edge import msrn coco_checkpoint.pth.tar --labels coco --out runs/msrn-coco`; then "
+                              "`mlic-edge export`, `build`, `parity` as for a trained run")
+def import_command(
+    format: str = typer.Argument(..., help="ml-gcn, q2l or msrn: whose released checkpoint this is."),
+    checkpoint: Path = typer.Argument(..., help="The checkpoint file as downloaded (e.g. voc_checkpoint.pth.tar)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The run directory to write."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="voc, coco or a file with one class name per line, "
+                                         "in the checkpoint's order (default: from the class count)."),
+    word_vectors: Optional[Path] = typer.Option(None, "--word-vectors", help="Label vectors (the official "
+                                                "*_glove_word2vec.pkl; default: the shipped GloVe vectors)."),
+    adjacency: Optional[Path] = typer.Option(None, "--adjacency", help="The official co-occurrence pickle "
+                                             "(*_adj.pkl; default: the shipped VOC/COCO counts)."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", help="Input side in pixels (default: the paper's)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Query2Label's config_new.json."),
+    data: Optional[str] = DataOpt,
+    paper_map: Optional[float] = typer.Option(None, "--paper-map", help="The mAP (percent) the paper reports for "
+                                              "this file, kept in run.json beside what eval measures."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a checkpoint that needs full unpickling "
+                                      "(it can run code: only for files from a source you trust)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Move an exported model already in --out to previous/."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Import a paper's released checkpoint (ML-GCN, Query2Label, MSRN) as a run directory."""
+    from mlic_edge.commands.import_official import ImportRequest, import_official
+    from mlic_edge.console import info
+    from mlic_edge.rundir import RunDir
+
+    summary = import_official(RunDir(out), ImportRequest(
+        format=format, checkpoint=checkpoint, labels=labels, word_vectors=word_vectors, adjacency=adjacency,
+        img_size=img_size, config=config, data=data, paper_map=paper_map, trust_pickle=trust_pickle,
+        overwrite=overwrite))
+    if json_out:
+        _emit_json(summary)
+        return
+    for note in summary["notes"]:
+        info(note)
+    if summary["ignored_tensors"]:
+        info(f"not loaded (the official model never uses them): {', '.join(summary['ignored_tensors'])}")
+    info(f"imported {format} {checkpoint} ({summary['classes']} classes, {summary['backbone']}, "
+         f"{summary['img_size']} px) into {out}\nnext: mlic-edge export --run {out}"
+         + ("" if data else " --data DATA"))
+
+
 # --------------------------------------------------------------------------------------------------- eval
 @app.command("eval", epilog="Example: `mlic-edge eval --run runs/baseline --json`")
 def evaluate(
@@ -347,6 +394,7 @@ def export(
     uint8_input: bool = typer.Option(ExportRequest.uint8_input, "--uint8-input",
                                      help="Fold the normalisation into the graph: the model takes resized uint8 NHWC "
                                           "BGR frames (they go to the GPU as captured)."),
+    data: Optional[str] = DataOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Export model.onnx (dynamic batch, simplified, metadata), check it against PyTorch, write reference.npz.
@@ -359,7 +407,7 @@ def export(
 
     run_dir = _run_dir(run, model)
     summary = run_export(run_dir, ExportRequest(opset=opset, simplify=simplify, dynamo=dynamo, reference=reference,
-                                                uint8_input=uint8_input))
+                                                uint8_input=uint8_input, data=data))
     if json_out:
         _emit_json(summary)
     else:

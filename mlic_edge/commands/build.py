@@ -212,7 +212,7 @@ def _calibration_set(run_spec: RunSpec, request: BuildRequest, *, required: bool
     try:
         if not spec:
             raise CalibrationError("run.json names no dataset", hint="pass --calib-data DATA")
-        dataset = open_dataset(spec, role="train", split=split)
+        dataset = open_dataset(spec, role="train", split=split, labels=run_spec.labels)
     except MlicError as error:
         if required or request.calib_data:
             raise CalibrationError(f"calibration data cannot be read: {error}",

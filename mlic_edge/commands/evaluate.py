@@ -43,7 +43,7 @@ def evaluate(run: RunDir, request: EvalRequest = EvalRequest()) -> dict[str, Any
         raise MlicError(f"{run.run_json} names no dataset", hint="pass --data DATA")
     dataset = open_dataset(request.data or dataset_meta["spec"], role="eval",
                            split=request.split or dataset_meta.get("eval_split"),
-                           difficult=dataset_meta.get("difficult", "ignore"))
+                           difficult=dataset_meta.get("difficult", "ignore"), labels=spec.labels)
     if dataset.names != spec.labels:
         raise MlicError(f"{dataset.spec} has other classes than the run", hint="evaluate on the dataset it was "
                                                                                "trained on (or one with its labels)")

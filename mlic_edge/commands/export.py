@@ -15,6 +15,7 @@ class ExportRequest:
     dynamo: bool = False  # torch.export (opset >= 18)
     reference: bool = True  # PyTorch scores on the eval split, for parity without PyTorch
     uint8_input: bool = False  # fold the normalisation into the graph
+    data: str | None = None  # the dataset the reference is scored on (default: the run's)
 
 
 def export(run: RunDir, request: ExportRequest = ExportRequest()) -> dict[str, Any]:
@@ -27,5 +28,5 @@ def export(run: RunDir, request: ExportRequest = ExportRequest()) -> dict[str, A
                                "mean_abs_diff": result.mean_abs_diff, "check_images": result.check_images,
                                "seconds": round(result.seconds, 2)}
     if request.reference:
-        summary["reference"] = str(write_reference(run))
+        summary["reference"] = str(write_reference(run, data=request.data))
     return summary

@@ -115,11 +115,12 @@ def _available_splits(fmt: str, root: Path) -> list[str]:
 
 
 def open_dataset(spec: str, role: str = "train", split: str | None = None, *, difficult: str = "ignore",
-                 drop_unannotated: bool = False) -> MultiLabelDataset:
+                 drop_unannotated: bool = False, labels: list[str] | None = None) -> MultiLabelDataset:
     """Read one split. ``role`` picks the default split (train: trainval/train; eval: test/val); ``split`` wins.
 
     ``difficult`` is the VOC difficult-object policy (ignore/positive/negative); ``drop_unannotated`` drops COCO
     images without annotations (kept as all-negative by default). Both are ignored by the other formats.
+    ``labels``: a model's classes; a dataset holding the same classes in another order is put in that order.
     """
     _check_role(role)
     fmt, path = parse_data_spec(spec)
@@ -143,7 +144,7 @@ def open_dataset(spec: str, role: str = "train", split: str | None = None, *, di
         detail = f"; {dataset.notes[-1]}" if dataset.notes else ""
         raise DataError(f"split {dataset.split!r} of {dataset.spec} has no images",
                         hint=f"available splits: {splits}{detail}")
-    return dataset
+    return dataset.in_order(labels) if labels is not None else dataset
 
 
 def _on_disk(path: Path) -> bool:

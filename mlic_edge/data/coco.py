@@ -25,6 +25,17 @@ import numpy as np
 from mlic_edge.data.dataset import POSITIVE, MultiLabelDataset, class_name_problem
 from mlic_edge.errors import DataError
 
+# The 80 COCO 2014/2017 categories in category-id order (ids 1-90 with gaps): the order mlic-edge's reader and
+# Query2Label use. ML-GCN and MSRN number them alphabetically instead (mlic_edge/models/official/).
+COCO_CATEGORY_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant",
+    "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
+    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli",
+    "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet",
+    "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush")
 _INSTANCES = re.compile(r"^instances_([A-Za-z]+)(\d{4})\.json$")
 DEFAULT_SPLITS = {"train": "train", "eval": "val"}
 

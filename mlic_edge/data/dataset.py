@@ -8,7 +8,7 @@ count them as negatives (ML-GCN's convention, METHODS.md §7).
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +94,17 @@ class MultiLabelDataset:
     def class_counts(self) -> np.ndarray:
         """Images holding each class (positives only)."""
         return (self.targets == POSITIVE).sum(axis=0).astype(np.int64)
+
+    def in_order(self, names: list[str]) -> "MultiLabelDataset":
+        """The same images with the target columns in the order of ``names`` (a model's classes), matched by name:
+        an imported ML-GCN numbers COCO's classes alphabetically, the COCO reader by category id. Other classes than
+        the dataset's are not reordered (the caller compares the names and says what differs)."""
+        if list(names) == list(self.names) or sorted(names) != sorted(self.names):
+            return self
+        column = {name: index for index, name in enumerate(self.names)}
+        order = [column[name] for name in names]
+        return replace(self, names=list(names), targets=self.targets[:, order],
+                       notes=[*self.notes, f"classes matched by name to the model's order ({self.spec})"])
 
     def subset(self, indices: list[int] | np.ndarray) -> "MultiLabelDataset":
         idx = np.asarray(indices, dtype=np.int64)

@@ -6,8 +6,17 @@ Equations below are the seed paper's. Where the paper and the official code diff
 
 * Backbone (§3.1, §4.1): the last three stages (ResNet layer2/3/4) feed three branches. Branches 1 and 2 get a
   1×1 "buffer" conv (same width, with bias); every branch is then max-pooled 2×2 (stride 2) and projected by a
-  1×1 conv (with bias) to the embedding width d (``embed_dim``, 512): f_b = conv1×1(f̄_b). The pooling uses
-  ``ceil_mode`` so tiny inputs with odd or 1×1 maps still work; at the paper's 448 px (even maps) it is the same.
+  1×1 conv (with bias) to the embedding width d (``embed_dim``, 512): f_b = conv1×1(f̄_b).
+* Pool rounding (``pool_rounding``): the code's ``MaxPool2d(2, 2)`` rounds down ("floor"): an odd map loses its last
+  row and column. "ceil" pools them as a window of their own, and a 1×1 map (tiny inputs) survives. The two agree
+  whenever the three branch maps are even — the paper's 448 px on ResNet (56/28/14) — and differ elsewhere: 224,
+  352, 416, 480 px give an odd layer4 map on ResNet-101 (224: 7×7 → 3×3 floor, 4×4 ceil). Imported official
+  checkpoints use "floor" (``mlic_edge.models.official.msrn``). New training defaults to "ceil", measured
+  2026-12-02 on a shared 2-core Intel Xeon (CPU, torch 2.14.1): resnet10t MSRN (d 64, fc 128), 8-class synthetic
+  data (``mlic_edge.data.synth``, 240 train / 80 val images), 80 px (layer3 5×5, layer4 3×3: both odd), AdamW
+  2e-3, 3 epochs; final val mAP floor / ceil: seed 0 51.79 / 55.37, seed 1 50.01 / 51.94. Ceil was ahead in both
+  seeds (+3.6, +1.9 points), weak evidence from two short runs, but nothing favours floor; ceil also keeps 1×1 maps
+  of tiny inputs, and checkpoints saved before the option existed (trained with ceil) rebuild unchanged.
 * Label embeddings (§3.2.1, eqs. 2-4): GloVe vectors V → Linear(label_dim, 256) (the code's ``fc_label``, not
   in the paper) → GAT(256→300) → GAT(300→d). Each GAT layer is single-head with the residual of eq. 3:
   h' = ELU(softmax_j(mask(e))·h + h), mask = Â > 0 with ML-GCN's Â at τ = ``tau`` (0.4) — as the code; Â is
@@ -17,7 +26,9 @@ Equations below are the seed paper's. Where the paper and the official code diff
   layer3 branches, the ones from lower layers that the buffer is meant to damp.
 * Group embeddings (§3.2.2, eq. 5): one DiffPool level on ReLU(E_l): z = GAT(ReLU(E_l)),
   S = softmax_rows(GAT_{→K}(ReLU(E_l))), E_g = Sᵀz, with K = max(1, round(pool_ratio·C)). Paper: m = 4 groups;
-  code: K = pool_ratio·C (VOC 0.2 → 4, COCO 0.05 → 4). ``pool_ratio`` defaults to 0.2 (VOC's 4 groups of 20).
+  code: K = int(pool_ratio·C), truncated and possibly 0 (VOC 0.2 → 4, COCO 0.05 → 4). ``pool_ratio`` defaults to
+  0.2 (VOC's 4 groups of 20). An imported checkpoint passes pool_ratio = K / C with K read from its tensors, which
+  the rounding turns back into K exactly, so no separate group-count option is needed.
 * Group compactness loss (eq. 6): the code's λ·Σ_i ‖E_l^i − E_g^{argmax S_i}‖₂ — Euclidean norm, **not
   squared** as in eq. 6 — with λ = ``group_loss_weight`` = 1e-4 (code; the paper's §4.1 says 1e-3). Total loss
   L1 + λ·L2 (§3.3), L1 = the trainer's criterion (eq. 1).
@@ -46,6 +57,9 @@ from mlic_edge.models.registry import register_model
 
 BRANCH_STAGES = (2, 3, 4)
 """timm feature indices of ResNet's layer2, layer3, layer4 (index 0 is the stem)."""
+POOL_ROUNDINGS = ("floor", "ceil")
+"""How the 2×2 branch pooling treats an odd map: "floor" drops its last row/column (the official code), "ceil" pools
+it alone (a 1×1 map survives)."""
 
 
 def num_groups_for(num_classes: int, pool_ratio: float) -> int:
@@ -69,12 +83,12 @@ class _ImageSide(nn.Module):
     """What runs per image: backbone, branches, SGA and the head — shared by ``MSRN`` and its folded form."""
 
     def __init__(self, backbone: nn.Module, channels: list[int], embed_dim: int, num_rows: int,
-                 fc_hidden: int, num_classes: int) -> None:
+                 fc_hidden: int, num_classes: int, pool_rounding: str) -> None:
         super().__init__()
         self.backbone = backbone
         # Buffer convs on all but the last branch (layer2, layer3), same width, with bias (§4.1; code).
         self.buffer_convs = nn.ModuleList(nn.Conv2d(c, c, kernel_size=1) for c in channels[:-1])
-        self.pool = nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=pool_rounding == "ceil")
         self.projections = nn.ModuleList(nn.Conv2d(c, embed_dim, kernel_size=1) for c in channels)
         self.fc1 = nn.Linear(len(channels) * embed_dim * num_rows, fc_hidden)
         self.fc2 = nn.Linear(fc_hidden, num_classes)
@@ -118,12 +132,15 @@ class MSRN(MultiLabelModel):
         group_loss_weight: float = 1e-4,
         fc_hidden: int = 2048,
         label_dim: int | None = None,
+        pool_rounding: str = "ceil",
     ) -> None:
+        if pool_rounding not in POOL_ROUNDINGS:
+            raise ValueError(f"pool_rounding must be one of {', '.join(POOL_ROUNDINGS)}, got {pool_rounding!r}")
         vectors, label_dim = label_vectors_of(label_graph, num_classes, label_dim, "msrn")
         num_groups = num_groups_for(num_classes, pool_ratio)
         super().__init__("msrn", num_classes, backbone, tau=tau, pool_ratio=pool_ratio, embed_dim=embed_dim,
                          label_hidden=label_hidden, gat_hidden=gat_hidden, group_loss_weight=group_loss_weight,
-                         fc_hidden=fc_hidden, label_dim=label_dim)
+                         fc_hidden=fc_hidden, label_dim=label_dim, pool_rounding=pool_rounding)
         self.num_groups = num_groups
         self.group_loss_weight = group_loss_weight
 
@@ -140,7 +157,7 @@ class MSRN(MultiLabelModel):
                                    out_indices=BRANCH_STAGES)
         channels = list(features.feature_info.channels())
         self.image_side = _ImageSide(features, channels, embed_dim, num_classes + num_groups, fc_hidden,
-                                     num_classes)
+                                     num_classes, pool_rounding)
 
         self.label_fc = nn.Linear(label_dim, label_hidden)
         self.label_gat = nn.ModuleList([ResidualGATLayer(label_hidden, gat_hidden),

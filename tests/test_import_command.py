@@ -1,0 +1,75 @@
+"""``mlic-edge import`` end to end: an official-layout ML-GCN checkpoint becomes a run that export, build, parity
+and run take unchanged; refusals write nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from cli_helpers import assert_one_line_error, exit_before_torch, invoke
+from test_import_mlgcn import official_gen_a, official_state, save_official, write_pickle
+
+
+def official_files(tmp_path, synth_data):
+    """An ML-GCN checkpoint (official layout, random weights) for the synthetic dataset's classes, with its word
+    vectors and co-occurrence pickles, as the paper's repository ships them."""
+    from mlic_edge.data import open_dataset
+
+    train = open_dataset(f"voc:{synth_data}", role="train")
+    positive = (train.targets == 1).astype(np.int64)
+    adj = positive.T @ positive
+    np.fill_diagonal(adj, 0)
+    nums = positive.sum(0)
+    vectors = np.random.default_rng(5).standard_normal((len(train.names), 16)).astype(np.float32)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(train.names) + "\n")
+    checkpoint = save_official(tmp_path / "checkpoint.pth.tar", official_state(official_gen_a(adj, nums), 16),
+                               module_prefix=True)
+    return ["--labels", classes, "--word-vectors", write_pickle(tmp_path / "glove.pkl", vectors),
+            "--adjacency", write_pickle(tmp_path / "adj.pkl", {"nums": nums, "adj": adj})], checkpoint
+
+
+def test_an_imported_checkpoint_goes_through_export_build_parity_and_run(capsys, tmp_path, synth_data):
+    options, checkpoint = official_files(tmp_path, synth_data)
+    run = tmp_path / "run"
+    result = invoke(capsys, "import", "ml-gcn", checkpoint, "--out", run, *options, "--data", f"voc:{synth_data}",
+                    "--img-size", "64", "--paper-map", "94.0", "--json")
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)
+    assert summary["model"] == "mlgcn" and summary["backbone"] == "resnet18" and summary["paper_mAP"] == 94.0
+    recorded = json.loads((run / "run.json").read_text())
+    assert recorded["imported"]["sha256"] == summary["sha256"] and recorded["img_size"] == 64
+    assert (run / "label_graph.npz").is_file() and "train" not in recorded
+
+    # Random weights are not a model int8 can be accurate for: its parity limits are opened, fp32's are the defaults.
+    for command in (["export", "--run", run], ["build", "--run", run, "--precision", "int8", "--backend",
+                                                "onnxruntime", "--calib-images", "32"],
+                    ["parity", "--run", run, "--json", "--tolerance", "int8=100", "--min-same", "int8=0"]):
+        result = invoke(capsys, *command)
+        assert result.code == 0, (command, result.err)
+    report = json.loads(result.out)
+    assert report["passed"] and {r["precision"] for r in report["results"]} == {"fp32", "int8"}
+    result = invoke(capsys, "run", synth_data / "JPEGImages", "--run", run, "--max-frames", "3")
+    assert result.code == 0 and len(result.out.splitlines()) == 3, result.err
+
+
+def test_a_refused_import_writes_nothing(capsys, tmp_path, synth_data):
+    options, checkpoint = official_files(tmp_path, synth_data)
+    (tmp_path / "classes.txt").write_text("one\ntwo\n")  # the checkpoint has the dataset's 4 classes
+    result = invoke(capsys, "import", "ml-gcn", checkpoint, "--out", tmp_path / "run", *options)
+    assert_one_line_error(result, "the checkpoint has 4 classes but --labels", "names 2")
+    assert not (tmp_path / "run").exists()
+
+
+def test_import_argument_errors_come_before_pytorch(tmp_path):
+    printed, err = exit_before_torch("import", "ml-gcn", tmp_path / "absent.pth", "--out", tmp_path / "run")
+    assert printed == ["exit", "2", "False"], printed + [err]
+    assert "absent.pth does not exist" in err
+
+
+def test_the_command_knows_every_importer():
+    from mlic_edge.commands.import_official import FORMAT_NAMES
+    from mlic_edge.models.official import FORMATS
+
+    assert FORMAT_NAMES == tuple(FORMATS)
