@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from cli_helpers import assert_one_line_error, exit_before_torch, invoke
 from test_import_mlgcn import official_gen_a, official_state, save_official, write_pickle
@@ -73,3 +74,47 @@ def test_the_command_knows_every_importer():
     from mlic_edge.models.official import FORMATS
 
     assert FORMAT_NAMES == tuple(FORMATS)
+
+
+@pytest.fixture(scope="module")
+def five_classes(tmp_path_factory):
+    """A small synthetic dataset of 5 classes (the class count of the Query2Label and MSRN official-layout files)."""
+    from mlic_edge.data.synth import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("synth5")
+    generate(out, SynthConfig(classes=5, images=60, size=64, seed=2))
+    return out
+
+
+def q2l_files(folder, names):
+    from test_import_q2l import official_resnet_checkpoint, write_checkpoint
+
+    state, config = official_resnet_checkpoint(hidden_dim=64, nheads=4, ffn_dim=64, enc_layers=1, dec_layers=2,
+                                               keep_input_proj=True, self_attention=False, img_size=64)
+    checkpoint, options = write_checkpoint(folder, state, config, prefix="module.")
+    (folder / "labels.txt").write_text("\n".join(names) + "\n")
+    return checkpoint, ["--labels", options.labels, "--config", options.config]
+
+
+def msrn_files(folder, names):
+    from test_import_msrn import label_files, official_state, write_checkpoint
+
+    labels, vectors, graph = label_files(folder)
+    labels.write_text("\n".join(names) + "\n")
+    checkpoint = write_checkpoint(folder / "checkpoint.pth.tar", official_state(), prefix="module.")
+    return checkpoint, ["--labels", labels, "--word-vectors", vectors, "--adjacency", graph, "--img-size", "64"]
+
+
+@pytest.mark.parametrize("fmt, files", [("q2l", q2l_files), ("msrn", msrn_files)])
+def test_query2label_and_msrn_imports_export_and_pass_parity(capsys, tmp_path, five_classes, fmt, files):
+    from mlic_edge.data import open_dataset
+
+    names = open_dataset(f"voc:{five_classes}", role="eval").names
+    checkpoint, options = files(tmp_path, names)
+    run = tmp_path / "run"
+    result = invoke(capsys, "import", fmt, checkpoint, "--out", run, *options, "--data", f"voc:{five_classes}")
+    assert result.code == 0, result.err
+    for command in (["export", "--run", run], ["parity", "--run", run, "--json"]):
+        result = invoke(capsys, *command)
+        assert result.code == 0, (command, result.err)
+    assert json.loads(result.out)["passed"]
