@@ -2,7 +2,8 @@
 
     from mlic_edge import Run
 
-    run = Run.train("data/synth", "runs/baseline", epochs=10)   # or Run("runs/msrn") for an existing run
+    run = Run.train("data/synth", "runs/baseline", epochs=10)   # or Run("runs/msrn") for an existing run,
+                                                                # or Run.import_checkpoint("ml-gcn", FILE, "runs/x")
     run.export()
     run.build("int8")                                           # model.int8.onnx (+ an engine with backend=...)
     for record in run.predict("camera0", precision="int8"):
@@ -54,6 +55,15 @@ class Run:
         path = Path(out) if out is not None else RunDir.resolve(model=model).path
         train(TrainConfig(model=model, data=data, out=path, **config))
         return cls(path)
+
+    @classmethod
+    def import_checkpoint(cls, format: str, checkpoint: str | Path, out: str | Path, **request: Any) -> "Run":
+        """A paper's released checkpoint (``format``: ml-gcn, q2l, msrn) as the run ``out``; ``request``: any
+        ImportRequest field (labels, word_vectors, adjacency, img_size, config, data, paper_map, ...)."""
+        from mlic_edge.commands.import_official import ImportRequest, import_official
+
+        import_official(RunDir(Path(out)), ImportRequest(format=format, checkpoint=Path(checkpoint), **request))
+        return cls(out)
 
     def evaluate(self, **request: Any) -> dict[str, Any]:
         """mAP, CP, CR, CF1, OP, OR, OF1 of the checkpoint; ``request``: EvalRequest fields."""

@@ -118,3 +118,27 @@ def test_query2label_and_msrn_imports_export_and_pass_parity(capsys, tmp_path, f
         result = invoke(capsys, *command)
         assert result.code == 0, (command, result.err)
     assert json.loads(result.out)["passed"]
+
+
+def test_a_dataset_is_put_in_the_models_class_order_by_name(synth_data):
+    """An imported COCO ML-GCN numbers classes alphabetically, the COCO reader by category id: eval, the reference
+    and calibration match them by name."""
+    from mlic_edge.data import open_dataset
+
+    dataset = open_dataset(f"voc:{synth_data}", role="eval")
+    order = list(reversed(dataset.names))
+    reordered = open_dataset(f"voc:{synth_data}", role="eval", labels=order)
+    assert reordered.names == order and reordered.image_ids() == dataset.image_ids()
+    np.testing.assert_array_equal(reordered.targets, dataset.targets[:, ::-1])
+    other = open_dataset(f"voc:{synth_data}", role="eval", labels=["a", "b", "c", "d"])
+    assert other.names == dataset.names  # other classes are not "reordered": the caller refuses them
+
+
+def test_the_python_api_imports_too(tmp_path, synth_data):
+    from mlic_edge import Run
+
+    options, checkpoint = official_files(tmp_path, synth_data)
+    keyword = dict(zip(("labels", "word_vectors", "adjacency"), options[1::2]))
+    run = Run.import_checkpoint("ml-gcn", checkpoint, tmp_path / "run", data=f"voc:{synth_data}", **keyword)
+    assert run.spec.model == "mlgcn" and run.spec.img_size == 448
+    assert run.dir.read()["imported"]["format"] == "ml-gcn"
