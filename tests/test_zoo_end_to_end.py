@@ -31,7 +31,7 @@ def test_every_registered_model_is_covered():
 def test_train_export_parity(capsys, tmp_path, synth_data, name):
     run = tmp_path / name
     args = ["train", "--model", name, "--data", str(synth_data), "--backbone", "resnet10t", "--img-size", "64",
-            "--epochs", "2", "--batch-size", "16", "--optimizer", "adamw", "--workers", "0", "--out", str(run)]
+            "--epochs", "2", "--batch-size", "16", "--recipe", "quick", "--workers", "0", "--out", str(run)]
     for kwarg in TINY[name]:
         args += ["--model-kwargs", kwarg]
     result = invoke(capsys, *args)

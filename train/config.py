@@ -16,24 +16,30 @@ DIFFICULT_POLICIES = ("ignore", "positive", "negative")  # VOC difficult objects
 
 @dataclass
 class TrainConfig:
+    """A training run. The fields left ``None`` come from the model's recipe (``recipe``: paper or quick,
+    mlic_edge/models/recipe.py); each one given overrides that field alone."""
+
     model: str
     data: str
     out: Path
+    recipe: str = "paper"
     backbone: str | None = None
-    epochs: int = 20
+    epochs: int | None = None
     img_size: int | None = None
-    batch_size: int = 32
+    batch_size: int | None = None
     lr: float | None = None
-    optimizer: str = "sgd"
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    weight_decay: float = 1e-4
-    loss: str = "bce"
+    optimizer: str | None = None
+    schedule: str | None = None
+    warmup_epochs: float | None = None
+    weight_decay: float | None = None
+    grad_clip: float | None = None  # 0 turns the recipe's clipping off
+    ema_decay: float | None = None  # 0 turns the recipe's EMA off
+    loss: str | None = None
     loss_options: dict[str, Any] = field(default_factory=dict)
     sampler: str = "random"
     stages: bool = False
     label_vectors: str | None = None
-    crop_scale: float = 0.6
+    crop_scale: float | None = None
     resize: str = DEFAULT_RESIZE
     pretrained: bool = False
     pretrained_file: str | None = None
@@ -48,13 +54,19 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        from mlic_edge.models.recipe import RECIPE_NAMES, SCHEDULES
+
         checks = [
-            (self.epochs >= 1, "--epochs must be at least 1"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.recipe in RECIPE_NAMES, f"--recipe must be one of {', '.join(RECIPE_NAMES)}"),
+            (self.epochs is None or self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch_size is None or self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.lr is None or self.lr > 0, "--lr must be positive"),
             (self.img_size is None or self.img_size >= 32, "--img-size must be at least 32"),
             (self.workers >= 0, "--workers must be 0 or more"),
-            (0.05 <= self.crop_scale <= 1.0, "--crop-scale must be in [0.05, 1]"),
+            (self.crop_scale is None or 0.05 <= self.crop_scale <= 1.0, "--crop-scale must be in [0.05, 1]"),
+            (self.grad_clip is None or self.grad_clip >= 0, "--grad-clip must be 0 (off) or positive"),
+            (self.ema_decay is None or 0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1) (0: off)"),
+            (self.schedule is None or self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
             (self.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}"),
             (self.resize in RESIZE_MODES, f"--resize must be one of {', '.join(RESIZE_MODES)}"),
             (self.difficult in DIFFICULT_POLICIES, f"--difficult must be one of {', '.join(DIFFICULT_POLICIES)}"),
@@ -62,3 +74,14 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise MlicError(message)
+
+    def resolve(self, recipes: dict[str, Any]) -> Any:
+        """The model's recipe with every field this config gives in its place (0 turns clipping or EMA off)."""
+        recipe = recipes[self.recipe].with_changes(
+            epochs=self.epochs, img_size=self.img_size, batch_size=self.batch_size, lr=self.lr,
+            optimizer=self.optimizer, schedule=self.schedule, warmup_epochs=self.warmup_epochs,
+            weight_decay=self.weight_decay, crop_scale=self.crop_scale, loss=self.loss,
+            loss_options=self.loss_options or None, grad_clip=self.grad_clip, ema_decay=self.ema_decay)
+        from dataclasses import replace
+
+        return replace(recipe, grad_clip=recipe.grad_clip or None, ema_decay=recipe.ema_decay or None)

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 
 from mlic_edge import metrics
 from mlic_edge.console import info, progress_bar, warn
@@ -28,7 +29,7 @@ from mlic_edge.rundir import RunDir
 from mlic_edge.train.config import TrainConfig
 from mlic_edge.train.evaluate import predict_scores
 from mlic_edge.train.losses import create_loss
-from mlic_edge.train.schedule import DEFAULT_LR, create_optimizer, create_scheduler
+from mlic_edge.train.schedule import create_optimizer, create_scheduler
 
 
 def _check_resumed_classes(run: RunDir, names: list[str]) -> None:
@@ -85,17 +86,18 @@ def train(config: TrainConfig) -> dict[str, Any]:
             if getattr(config, key) not in (None, saved[key]):
                 raise MlicError(f"--resume with a different {key} ({getattr(config, key)} vs {saved[key]})",
                                 hint="resume with the original options, or train into a new --out")
-        if saved.get("stages") and config.epochs != saved["epochs"]:
+        if saved.get("stages") and config.epochs not in (None, saved["epochs"]):
             raise MlicError("a run trained with --stages cannot change --epochs on --resume",
                             hint=f"resume with --epochs {saved['epochs']}: the stage plan depends on it")
         _check_resumed_classes(run, train_set.names)
-        config = TrainConfig(**{**saved, "out": config.out, "epochs": config.epochs, "resume": True,
-                                "workers": config.workers, "device": config.device})
+        config = TrainConfig(**{**saved, "out": config.out, "epochs": config.epochs or saved["epochs"],
+                                "resume": True, "workers": config.workers, "device": config.device})
     else:
         run.start_new_generation(config.overwrite, making="training afresh into it",
                                  other_ways="--resume to continue it, ")
 
-    img_size = config.img_size or entry.default_img_size
+    recipe = config.resolve(entry.recipes)
+    img_size = recipe.img_size or entry.default_img_size
     backbone = config.backbone or entry.default_backbone
     label_graph = prepare_label_graph(run, train_set, config.label_vectors) if entry.needs_label_graph else None
     model = create_model(config.model, train_set.num_classes, backbone=backbone, pretrained=config.pretrained
@@ -103,16 +105,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
                          **config.model_options)
     data_config = backbone_data_config(model.backbone)
     model.to(device)
+    ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay else None  # timm's, as Query2Label's code
 
-    loss_fn = create_loss(config.loss, class_counts=train_set.class_counts(), num_images=len(train_set),
-                          **config.loss_options)
-    lr = config.lr or DEFAULT_LR.get(config.optimizer, 0.01)
-    plan = stage_plan(model, config.epochs) if config.stages else [None] * config.epochs
+    loss_fn = create_loss(recipe.loss, class_counts=train_set.class_counts(), num_images=len(train_set),
+                          **recipe.loss_options)
+    lr = recipe.lr
+    plan = stage_plan(model, recipe.epochs) if config.stages else [None] * recipe.epochs
     train_loader = make_loader(ImageDataset(train_set, img_size, data_config["mean"], data_config["std"],
-                                            augment=True, crop_scale=(config.crop_scale, 1.0),
-                                            resize=config.resize),
-                               config.batch_size, shuffle=True,
-                               workers=config.workers, seed=config.seed, drop_last=len(train_set) > config.batch_size,
+                                            augment=True, crop_scale=(recipe.crop_scale, 1.0),
+                                            resize=config.resize, extra=recipe.augment),
+                               recipe.batch_size, shuffle=True,
+                               workers=config.workers, seed=config.seed, drop_last=len(train_set) > recipe.batch_size,
                                sampler=_sampler(config.sampler, train_set, config.seed))
     steps_per_epoch = max(1, len(train_loader))
 
@@ -123,9 +126,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
             model.set_training_stage(stage)
             info(f"stage [bold]{stage}[/bold] from epoch {epoch + 1}")
         stage_epochs = plan.count(stage)
-        opt = create_optimizer(model, config.optimizer, lr, config.weight_decay)
+        opt = create_optimizer(model, recipe.optimizer, lr, recipe.weight_decay,
+                               backbone_lr_scale=recipe.backbone_lr_scale)
         return opt, create_scheduler(opt, stage_epochs * steps_per_epoch,
-                                     int(config.warmup_epochs * steps_per_epoch), config.schedule)
+                                     int(recipe.warmup_epochs * steps_per_epoch), recipe.schedule)
 
     optimizer, scheduler = start_stage(0)
     use_amp = device.type == "cuda"
@@ -138,17 +142,21 @@ def train(config: TrainConfig) -> dict[str, Any]:
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         start_epoch, best_map, history = resume_state["epoch"], resume_state["best_map"], resume_state["history"]
-        if start_epoch >= config.epochs:
+        if ema is not None and "ema" in resume_state:
+            ema.module.load_state_dict(resume_state["ema"])
+        if start_epoch >= recipe.epochs:
             raise MlicError(f"{run.last_checkpoint} already finished {start_epoch} epochs",
                             hint="pass a larger --epochs to train longer")
-        info(f"resuming {run.path} at epoch {start_epoch + 1}/{config.epochs}")
+        info(f"resuming {run.path} at epoch {start_epoch + 1}/{recipe.epochs}")
 
     run.path.mkdir(parents=True, exist_ok=True)
     train_config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
-    train_config.update(img_size=img_size, backbone=backbone, lr=lr)
+    resolved = {k: v for k, v in recipe.as_dict().items() if k != "source" and k in train_config}
+    train_config.update(resolved, img_size=img_size, backbone=backbone)  # a resume trains with what ran
     run.update(
         model=config.model, backbone=backbone, img_size=img_size, mean=data_config["mean"], std=data_config["std"],
         resize=config.resize, labels=train_set.names, model_config=model.config(),
+        recipe={"name": config.recipe, **recipe.as_dict()},
         dataset={"spec": train_set.spec, "format": train_set.format, "train_split": train_set.split,
                  "eval_split": eval_set.split, "difficult": config.difficult,
                  "train_images": len(train_set), "eval_images": len(eval_set),
@@ -159,14 +167,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     broken_train: list[int] = []
     started = time.monotonic()
-    with progress_bar() as progress, _note_on_stop(run, config, history):
-        for epoch in range(start_epoch, config.epochs):
+    with progress_bar() as progress, _note_on_stop(run, config, recipe.epochs, history):
+        for epoch in range(start_epoch, recipe.epochs):
             if epoch > 0 and plan[epoch] != plan[epoch - 1]:
                 optimizer, scheduler = start_stage(epoch)
             model.train()
             if hasattr(loss_fn, "set_epoch"):  # losses with a schedule over training (DAB's φ)
-                loss_fn.set_epoch(epoch, config.epochs)
-            task = progress.add_task(f"epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch, status="")
+                loss_fn.set_epoch(epoch, recipe.epochs)
+            task = progress.add_task(f"epoch {epoch + 1}/{recipe.epochs}", total=steps_per_epoch, status="")
             running, seen = 0.0, 0
             for batch in train_loader:
                 broken_train.extend(batch.broken)
@@ -182,35 +190,49 @@ def train(config: TrainConfig) -> dict[str, Any]:
                                     hint="lower --lr or use a warm-up (--warmup-epochs)")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+                if recipe.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                if ema is not None:
+                    ema.update(model)
                 running += loss.item() * len(batch.indices)
                 seen += len(batch.indices)
                 progress.update(task, advance=1,
                                 status=f"loss {running / seen:.4f} lr {scheduler.get_last_lr()[0]:.2e}")
             val_task = progress.add_task("  validate", total=len(eval_set), status="")
-            split_scores = predict_scores(model, eval_set, img_size, data_config["mean"], data_config["std"],
-                                          config.batch_size, config.workers, device,
-                                          on_batch=lambda n: progress.advance(val_task, n), resize=config.resize)
-            val = metrics.mean_average_precision(split_scores.scores, split_scores.targets(eval_set))
+            candidates = {"raw": model} if ema is None else {"raw": model, "ema": ema.module}
+            val_maps, scores_of = {}, {}
+            for weights, network in candidates.items():
+                scores_of[weights] = predict_scores(
+                    network, eval_set, img_size, data_config["mean"], data_config["std"], recipe.batch_size,
+                    config.workers, device, on_batch=lambda n: progress.advance(val_task, n / len(candidates)),
+                    resize=config.resize)
+                val_maps[weights] = metrics.mean_average_precision(
+                    scores_of[weights].scores, scores_of[weights].targets(eval_set)).map
+            split_scores = scores_of["raw"]
+            better = max(val_maps, key=lambda name: val_maps[name] if math.isfinite(val_maps[name]) else -1.0)
             train_loss = running / max(1, seen)
-            progress.update(task, status=f"loss {train_loss:.4f} val mAP {val.map * 100:.2f}%")
+            progress.update(task, status=f"loss {train_loss:.4f} val mAP {val_maps['raw'] * 100:.2f}%"
+                            + (f" (EMA {val_maps['ema'] * 100:.2f}%)" if ema is not None else ""))
             progress.remove_task(val_task)
-            history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_mAP": _finite(val.map),
+            history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_mAP": _finite(val_maps["raw"]),
+                            **({"val_mAP_ema": _finite(val_maps["ema"])} if ema is not None else {}),
                             "lr": scheduler.get_last_lr()[0], "elapsed_s": round(time.monotonic() - started, 1)})
-            is_best = math.isfinite(val.map) and val.map > best_map
+            is_best = math.isfinite(val_maps[better]) and val_maps[better] > best_map
             # The epoch's files and run.json's train section are put in place together: a stop leaves the last
-            # complete epoch, resumable from last.pt.
+            # complete epoch, resumable from last.pt. checkpoint.pt holds the better of the raw and EMA weights.
             with run.transaction() as change:
                 if is_best:
-                    best_map = val.map
-                    save_checkpoint(change.path(run.checkpoint), model, epoch=epoch + 1, val_mAP=val.map)
+                    best_map = val_maps[better]
+                    save_checkpoint(change.path(run.checkpoint), candidates[better], epoch=epoch + 1,
+                                    val_mAP=best_map, weights=better)
                 save_checkpoint(change.path(run.last_checkpoint), model, epoch=epoch + 1, best_map=best_map,
                                 history=history, optimizer=optimizer.state_dict(),
-                                scheduler=scheduler.state_dict(), train_config=train_config)
+                                scheduler=scheduler.state_dict(), train_config=train_config,
+                                **({"ema": ema.module.state_dict()} if ema is not None else {}))
                 _write_log(change.path(run.reports / "train_log.csv"), history)
                 change.update(train=_train_section(train_config, history, device))
             line_chart(run.reports / "training_curves.png", f"{config.model} ({backbone})",
@@ -229,22 +251,29 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 
 def _train_section(train_config: dict[str, Any], history: list[dict[str, Any]], device, **extra: Any) -> dict:
-    """run.json's train section after the epochs in ``history``."""
-    best = max(history, key=lambda row: row["val_mAP"] if row["val_mAP"] is not None else -1)
+    """run.json's train section after the epochs in ``history``; ``best_weights``: whether checkpoint.pt holds the
+    raw or the EMA weights (the better of the two at the best epoch)."""
+    def score(row: dict[str, Any], weights: str) -> float:
+        value = row.get(f"val_mAP{'_ema' if weights == 'ema' else ''}")
+        return value if value is not None else -1.0
+
+    best_weights, best = max(((weights, row) for row in history for weights in ("raw", "ema")),
+                             key=lambda pair: score(pair[1], pair[0]))
     return {"config": train_config, "history": history, "epochs_done": len(history), "best_epoch": best["epoch"],
-            "best_val_mAP": best["val_mAP"], "device": str(device), **extra}
+            "best_val_mAP": best["val_mAP_ema" if best_weights == "ema" else "val_mAP"],
+            "best_weights": best_weights, "device": str(device), **extra}
 
 
 @contextlib.contextmanager
-def _note_on_stop(run: RunDir, config: TrainConfig, history: list[dict[str, Any]]) -> Iterator[None]:
+def _note_on_stop(run: RunDir, config: TrainConfig, epochs: int, history: list[dict[str, Any]]) -> Iterator[None]:
     """A stop signal during training says what was kept and how to continue (the CLI prints the note)."""
     try:
         yield
     except Interrupted as stop:
         if history:
-            stop.note = (f"training stopped after {history[-1]['epoch']} complete epoch(s) of {config.epochs}; "
+            stop.note = (f"training stopped after {history[-1]['epoch']} complete epoch(s) of {epochs}; "
                          f"{run.last_checkpoint} is resumable: mlic-edge train --model {config.model} --data "
-                         f"{config.data} --out {run.path} --epochs {config.epochs} --resume")
+                         f"{config.data} --out {run.path} --epochs {epochs} --resume")
         else:
             stop.note = f"training stopped before its first epoch ended; no checkpoint was written in {run.path}"
         raise

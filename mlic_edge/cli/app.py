@@ -208,21 +208,30 @@ def models_command(
 
 
 # --------------------------------------------------------------------------------------------------- train
-@app.command(epilog="Examples: `mlic-edge train --data data/synth --backbone resnet18 --epochs 10`, "
+@app.command(epilog="Examples: `mlic-edge train --data data/synth --recipe quick`, "
+                    "`mlic-edge train --model q2l --data coco:COCO2014 --pretrained` (the paper's recipe), "
                     "`mlic-edge train --model baseline --data voc:VOCdevkit/VOC2007 --pretrained --resume`")
 def train(
     model: str = typer.Option("baseline", "--model", "-m", help="Registered model name."),
     data: str = typer.Option(..., "--data", "-d", help="Dataset: a path or voc:/coco:/csv: spec."),
+    recipe: str = typer.Option(TrainConfig.recipe, "--recipe", help="paper (the model's paper's training, see "
+                               "`mlic-edge models --json`) or quick (from scratch, small data, minutes on a CPU). "
+                               "Every option below left out comes from it."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Any timm model (default: the model's)."),
-    epochs: int = typer.Option(TrainConfig.epochs, "--epochs"),
-    img_size: Optional[int] = typer.Option(None, "--img-size", help="Input side in pixels (default: the model's)."),
-    batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate (default: 0.01 SGD, 1e-3 AdamW)."),
-    optimizer: str = typer.Option(TrainConfig.optimizer, "--optimizer", help="sgd or adamw."),
-    schedule: str = typer.Option(TrainConfig.schedule, "--schedule", help="cosine or step (after a linear warm-up)."),
-    warmup_epochs: float = typer.Option(TrainConfig.warmup_epochs, "--warmup-epochs"),
-    weight_decay: float = typer.Option(TrainConfig.weight_decay, "--weight-decay"),
-    loss: str = typer.Option(TrainConfig.loss, "--loss", help="bce, softmargin, focal, asl, dbl or dab."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    img_size: Optional[int] = typer.Option(None, "--img-size", help="Input side in pixels."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (the backbone's is scaled as the "
+                                       "recipe says)."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd or adamw."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine, step (after a linear warm-up) or "
+                                           "onecycle."),
+    warmup_epochs: Optional[float] = typer.Option(None, "--warmup-epochs"),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
+    grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Max gradient norm (0: off)."),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="EMA of the weights (timm ModelEmaV3), "
+                                              "evaluated beside them; the better is kept (0: off)."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="bce, softmargin, focal, asl, dbl or dab."),
     loss_kwargs: list[str] = typer.Option([], "--loss-kwargs", help="Loss hyperparameter KEY=VALUE (repeatable), "
                                                                      "e.g. --loss-kwargs gamma_neg=4."),
     model_kwargs: list[str] = typer.Option([], "--model-kwargs", help="Model hyperparameter KEY=VALUE "
@@ -234,7 +243,7 @@ def train(
                                                  "models: GloVe text, .npy + names, .npz or pickle."),
     resize: str = typer.Option(TrainConfig.resize, "--resize", help="Evaluation resize, used identically by export, "
                                f"parity and the runtime: {', '.join(RESIZE_MODES)}."),
-    crop_scale: float = typer.Option(TrainConfig.crop_scale, "--crop-scale", help="Smallest share of the image area a "
+    crop_scale: Optional[float] = typer.Option(None, "--crop-scale", help="Smallest share of the image area a "
                                      "random crop keeps (multi-label: small crops cut labels out)."),
     pretrained: bool = typer.Option(TrainConfig.pretrained, "--pretrained/--no-pretrained",
                                     help="Start from ImageNet weights."),
@@ -257,8 +266,9 @@ def train(
     from mlic_edge.console import info
 
     run_path = out or Path("runs") / model
-    config = TrainConfig(model=model, data=data, out=run_path, backbone=backbone, epochs=epochs, img_size=img_size,
-                         batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, resize=resize,
+    config = TrainConfig(model=model, data=data, out=run_path, recipe=recipe, backbone=backbone, epochs=epochs,
+                         img_size=img_size, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
+                         resize=resize, grad_clip=grad_clip, ema_decay=ema_decay,
                          warmup_epochs=warmup_epochs, weight_decay=weight_decay, loss=loss, crop_scale=crop_scale,
                          loss_options=_parse_kwargs(loss_kwargs, "--loss-kwargs"),
                          model_options=_parse_kwargs(model_kwargs, "--model-kwargs"), sampler=sampler, stages=stages,

@@ -44,8 +44,7 @@ def run_demo(out: Path, epochs: int = 12, backbone: str = "resnet10t", classes: 
 
     console.print(Rule(f"2/5 train baseline ({backbone}, {epochs} epochs, CPU)"))
     trained = train(TrainConfig(model="baseline", data=f"voc:{data_dir}", out=run.path, backbone=backbone,
-                                epochs=epochs, img_size=size, batch_size=32, optimizer="adamw", lr=3e-3,
-                                warmup_epochs=0.5, crop_scale=0.8, workers=2, seed=0, overwrite=True))
+                                recipe="quick", epochs=epochs, img_size=size, workers=2, seed=0, overwrite=True))
 
     console.print(Rule("3/5 export to ONNX"))
     exported = export(run)

@@ -37,15 +37,36 @@ def random_resized_crop(image: np.ndarray, scale: tuple[float, float] = (0.5, 1.
     return image
 
 
+def rand_augment(image: np.ndarray) -> np.ndarray:
+    """torchvision's RandAugment (2 operations, magnitude 9: its defaults, Query2Label's) on a BGR uint8 image."""
+    from torchvision.transforms import v2
+
+    rgb = torch.from_numpy(np.ascontiguousarray(image[:, :, ::-1])).permute(2, 0, 1)
+    return np.ascontiguousarray(v2.RandAugment()(rgb).permute(1, 2, 0).numpy()[:, :, ::-1])
+
+
+def cutout(tensor: torch.Tensor, share: float = 0.5) -> torch.Tensor:
+    """One square of ``share`` of the side, at a random centre (clipped at the borders), set to 0, the mean colour
+    after normalisation (Query2Label's CutoutPIL, which fills a random colour instead)."""
+    height, width = tensor.shape[-2:]
+    side_h, side_w = int(height * share), int(width * share)
+    top = int(torch.randint(0, height, (1,))) - side_h // 2
+    left = int(torch.randint(0, width, (1,))) - side_w // 2
+    tensor[..., max(0, top):max(0, top + side_h), max(0, left):max(0, left + side_w)] = 0.0
+    return tensor
+
+
 class ImageDataset(Dataset):
-    """Images of a split as normalised CHW float tensors; ``augment`` adds random resized crop and flip.
+    """Images of a split as normalised CHW float tensors; ``augment`` adds random resized crop and flip, and the
+    ``extra`` augmentations a recipe asks for (``randaugment``, ``cutout``).
 
     The crop keeps at least ``crop_scale[0]`` of the image area: multi-label targets stay the image's, so a crop
     small enough to cut objects out would teach the model wrong labels.
     """
 
     def __init__(self, dataset: MultiLabelDataset, img_size: int, mean: Sequence[float], std: Sequence[float],
-                 augment: bool = False, crop_scale: tuple[float, float] = (0.6, 1.0), resize: str = DEFAULT_RESIZE) -> None:
+                 augment: bool = False, crop_scale: tuple[float, float] = (0.6, 1.0), resize: str = DEFAULT_RESIZE,
+                 extra: Sequence[str] = ()) -> None:
         self.dataset = dataset
         self.crop_scale = crop_scale
         self.img_size = img_size
@@ -53,6 +74,7 @@ class ImageDataset(Dataset):
         self.std = std
         self.augment = augment
         self.resize = resize
+        self.extra = tuple(extra)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -66,7 +88,11 @@ class ImageDataset(Dataset):
             image = random_resized_crop(image, self.crop_scale)
             if float(torch.rand(1)) < 0.5:
                 image = cv2.flip(image, 1)
+            if "randaugment" in self.extra:
+                image = rand_augment(image)
         tensor = torch.from_numpy(preprocess(image, self.img_size, self.mean, self.std, self.resize))
+        if self.augment and "cutout" in self.extra:
+            tensor = cutout(tensor)
         return tensor, target, index
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from mlic_edge.errors import MlicError
+from mlic_edge.models.recipe import Recipe, recipes_of
 
 
 @dataclass(frozen=True)
@@ -19,16 +20,19 @@ class ModelEntry:
     summary: str
     needs_label_graph: bool = False
     """The builder takes ``label_graph=LabelGraph`` (word vectors + co-occurrence of the training split)."""
+    recipes: dict[str, Recipe] | None = None
+    """How to train it, by name (mlic_edge/models/recipe.py): ``paper`` and ``quick``."""
 
 
 _MODELS: dict[str, ModelEntry] = {}
 
 
-def register_model(*, name: str, paper: str, default_backbone: str, default_img_size: int,
+def register_model(*, name: str, paper: str, default_backbone: str, default_img_size: int, recipe: Recipe,
                    needs_label_graph: bool = False) -> Callable:
     """Class or function decorator: ``builder(num_classes, backbone, pretrained, pretrained_file,
     [label_graph,] **hyperparameters) -> MultiLabelModel``.
 
+    ``recipe``: how the paper trains it (``--recipe paper``, the default); ``quick`` is shared.
     A builder with ``needs_label_graph`` gets ``label_graph=None`` when rebuilt from a checkpoint: it must then
     allocate its label buffers from its hyperparameters and let ``load_state_dict`` fill them.
     """
@@ -38,7 +42,7 @@ def register_model(*, name: str, paper: str, default_backbone: str, default_img_
             raise ValueError(f"model {name!r} registered twice")
         summary = (builder.__doc__ or "").strip().splitlines()[0] if builder.__doc__ else ""
         _MODELS[name] = ModelEntry(name, builder, paper, default_backbone, default_img_size, summary,
-                                   needs_label_graph)
+                                   needs_label_graph, recipes_of(recipe))
         return builder
 
     return decorate

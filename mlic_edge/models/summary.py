@@ -38,6 +38,7 @@ def summarize(entry: ModelEntry, num_classes: int = 80, img_size: int | None = N
         "params_inference_M": sum(t.numel() for t in _tensors(inference)) / 1e6,
         "needs_label_graph": entry.needs_label_graph,
         "options": model_options(entry.name),
+        "recipes": {name: recipe.as_dict() for name, recipe in entry.recipes.items()},
     }
     if count_flops:
         counter = FlopCounterMode(display=False)

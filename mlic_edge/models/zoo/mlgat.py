@@ -24,6 +24,7 @@ from mlic_edge.label_graph import LabelGraph
 from mlic_edge.models.backbone import create_backbone
 from mlic_edge.models.base import MultiLabelModel
 from mlic_edge.models.layers.graph import DenseGATLayer, cooccurrence_mask
+from mlic_edge.models.recipe import Recipe
 from mlic_edge.models.registry import register_model
 from mlic_edge.models.label_branch import FoldedClassifier, label_vectors_of
 
@@ -33,8 +34,17 @@ settings (d″ = 1280, 5×5 conv1 without padding: 14×14 → 10×10). The paper
 its kernel is not given: a 1×1 conv (no padding to invent; 4 M instead of 105 M weights at D = 2048)."""
 
 
+PAPER_RECIPE = Recipe(
+    source="no public code for ML-GAT: ML-GCN's recipe (the model family it extends; METHODS.md §1): SGD lr 0.1, "
+           "backbone 0.01, weight decay 1e-4, gradient norm 10, crops down to 0.5, 448 px, MultiLabelSoftMarginLoss, "
+           "20 epochs, batch 32, step decay",
+    optimizer="sgd", lr=0.1, backbone_lr_scale=0.1, weight_decay=1e-4, schedule="step", warmup_epochs=0.0,
+    epochs=20, batch_size=32, img_size=448, grad_clip=10.0, crop_scale=0.5, loss="softmargin")
+
+
 @register_model(name="mlgat", paper="Zhang et al. 2022, ML-GAT (multi-label classification with graph attention)",
-                default_backbone="resnet101", default_img_size=448, needs_label_graph=True)
+                default_backbone="resnet101", default_img_size=448, needs_label_graph=True,
+                recipe=PAPER_RECIPE)
 class MLGAT(MultiLabelModel):
     """Two residual GAT layers on reduced label vectors make the classifiers of a conv-reduced, max-pooled CNN.
 

@@ -53,6 +53,7 @@ from mlic_edge.models.backbone import create_backbone
 from mlic_edge.models.base import MultiLabelModel
 from mlic_edge.models.label_branch import label_vectors_of
 from mlic_edge.models.layers.diffpool import DiffPool, ResidualGATLayer, group_compactness_loss
+from mlic_edge.models.recipe import Recipe
 from mlic_edge.models.registry import register_model
 
 BRANCH_STAGES = (2, 3, 4)
@@ -112,8 +113,17 @@ class _ImageSide(nn.Module):
         return self.fc2(hidden)
 
 
+PAPER_RECIPE = Recipe(
+    source="MSRN official code (chehao2628/MSRN demo_voc2007_gcn.py; METHODS.md §5): SGD lr 0.1, backbone 0.01, "
+           "weight decay 1e-4, gradient norm 10, MultiScaleCrop (1 to 0.6), 448 px, MultiLabelSoftMarginLoss (+ the "
+           "model's group loss); epochs and batch size as ML-GCN's (20, 32), the paper's being unconfirmed",
+    optimizer="sgd", lr=0.1, backbone_lr_scale=0.1, weight_decay=1e-4, schedule="step", warmup_epochs=0.0,
+    epochs=20, batch_size=32, img_size=448, grad_clip=10.0, crop_scale=0.6, loss="softmargin")
+
+
 @register_model(name="msrn", paper="Qu et al. 2021, Multi-layered Semantic Representation Network (MSRN)",
-                default_backbone="resnet101", default_img_size=448, needs_label_graph=True)
+                default_backbone="resnet101", default_img_size=448, needs_label_graph=True,
+                recipe=PAPER_RECIPE)
 class MSRN(MultiLabelModel):
     """Label (GAT) and group (DiffPool) embeddings attend three backbone stages (SGA); an MLP on all of them."""
 

@@ -56,6 +56,7 @@ import torch.nn as nn
 from mlic_edge.models.backbone import create_backbone
 from mlic_edge.models.base import MultiLabelModel
 from mlic_edge.models.layers.attention import LabelAttention, SEBlock
+from mlic_edge.models.recipe import Recipe
 from mlic_edge.models.registry import register_model
 
 PARAMETER_GROUPS: tuple[str, ...] = ("backbone", "cls_head", "attention", "dependency", "alpha")
@@ -138,8 +139,15 @@ class DependencyBranch(nn.Module):
         return self.fc(self.features(attention).mean(dim=(2, 3)))
 
 
+PAPER_RECIPE = Recipe(
+    source="no public code for Xue et al. 2019 (METHODS.md §6): the fine-tune of its baseline family (SGD 0.01, "
+           "momentum 0.9, weight decay 1e-4, gradient norm 10, 448 px, 20 epochs, batch 32, cosine) chosen",
+    optimizer="sgd", lr=0.01, weight_decay=1e-4, schedule="cosine", warmup_epochs=1.0, epochs=20, batch_size=32,
+    img_size=448, grad_clip=10.0, crop_scale=0.5, loss="bce")
+
+
 @register_model(name="semdep", paper="Xue et al. 2019, attention + SE semantic dependencies (OEE 46(9))",
-                default_backbone="densenet121", default_img_size=448)
+                default_backbone="densenet121", default_img_size=448, recipe=PAPER_RECIPE)
 class SemDep(MultiLabelModel):
     """Label attention, SE-gated semantic-dependency convs and a learnable α fusion with the backbone head."""
 

@@ -1,0 +1,101 @@
+"""Training recipes as data (mlic_edge/models/recipe.py): each model's paper recipe and the quick one, resolved
+field by field against the user's options; the schedules and EMA they name behave as their references."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cli_helpers import assert_one_line_error, invoke
+from mlic_edge.models import list_models
+from mlic_edge.models.recipe import AUGMENTATIONS, QUICK, SCHEDULES
+from mlic_edge.train.config import TrainConfig
+
+
+def config(**fields) -> TrainConfig:
+    return TrainConfig(model="q2l", data="voc:x", out="runs/x", **fields)
+
+
+def test_every_model_has_a_paper_recipe_with_its_source_and_the_quick_one():
+    for entry in list_models():
+        paper = entry.recipes["paper"]
+        assert paper.source and paper.schedule in SCHEDULES and set(paper.augment) <= set(AUGMENTATIONS)
+        assert entry.recipes["quick"] == QUICK
+
+
+def test_the_paper_recipes_say_what_the_papers_do():
+    recipes = {entry.name: entry.recipes["paper"] for entry in list_models()}
+    assert (recipes["q2l"].optimizer, recipes["q2l"].lr, recipes["q2l"].schedule) == ("adamw", 1e-4, "onecycle")
+    assert recipes["q2l"].ema_decay == 0.9997 and set(recipes["q2l"].augment) == {"randaugment", "cutout"}
+    assert (recipes["mlgcn"].lr, recipes["mlgcn"].backbone_lr_scale, recipes["mlgcn"].grad_clip) == (0.1, 0.1, 10.0)
+    assert recipes["mlgcn"].loss == "softmargin" and recipes["msrn"].crop_scale == 0.6
+
+
+def test_each_option_overrides_one_field_and_zero_turns_ema_and_clipping_off():
+    entry = next(entry for entry in list_models() if entry.name == "q2l")
+    paper = entry.recipes["paper"]
+    resolved = config(lr=3e-4, epochs=2).resolve(entry.recipes)
+    assert (resolved.lr, resolved.epochs) == (3e-4, 2)
+    assert resolved.with_changes(lr=paper.lr, epochs=paper.epochs) == paper  # nothing else moved
+    assert config(ema_decay=0.0).resolve(entry.recipes).ema_decay is None
+    assert config(recipe="quick").resolve(entry.recipes) == QUICK
+    assert config(loss_options={"gamma_neg": 4}).resolve(entry.recipes).loss_options == {"gamma_neg": 4}
+
+
+@pytest.mark.parametrize("option, value", [("--recipe", "fast"), ("--ema-decay", "1.5"), ("--schedule", "linear")])
+def test_bad_recipe_options_are_one_line(capsys, tmp_path, option, value):
+    result = invoke(capsys, "train", "--data", tmp_path, "--out", tmp_path / "run", option, value)
+    assert_one_line_error(result, option)
+
+
+def test_one_cycle_is_pytorchs():
+    from mlic_edge.train.schedule import lr_factor
+
+    layer = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+    reference = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1.0, total_steps=50, pct_start=0.2)
+    for step in range(50):
+        assert lr_factor(step, 50, 0, "onecycle") == pytest.approx(optimizer.param_groups[0]["lr"], abs=1e-12)
+        optimizer.step()
+        reference.step()
+
+
+def test_the_backbone_learns_at_its_share_of_the_rate():
+    from mlic_edge.models import create_model
+    from mlic_edge.train.schedule import create_optimizer
+
+    model = create_model("baseline", 3, backbone="resnet10t")
+    optimizer = create_optimizer(model, "sgd", 0.1, 1e-4, backbone_lr_scale=0.1)
+    backbone = {id(param) for param in model.backbone.parameters()}
+    for group in optimizer.param_groups:
+        in_backbone = {id(param) in backbone for param in group["params"]}
+        assert len(in_backbone) == 1
+        assert group["lr"] == pytest.approx(0.01 if in_backbone.pop() else 0.1)
+
+
+def test_ema_follows_its_formula():
+    from timm.utils import ModelEmaV3
+
+    model = torch.nn.Linear(3, 1)
+    ema = ModelEmaV3(model, decay=0.9)
+    before = ema.module.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.module.weight, 0.9 * before + 0.1 * model.weight.detach())
+
+
+def test_a_run_records_its_resolved_recipe_and_which_weights_it_kept(capsys, tmp_path, synth_data):
+    run = tmp_path / "run"
+    result = invoke(capsys, "train", "--model", "baseline", "--data", f"voc:{synth_data}", "--recipe", "quick",
+                    "--backbone", "resnet10t", "--img-size", "32", "--epochs", "2", "--ema-decay", "0.5",
+                    "--workers", "0", "--out", run, "--json")
+    assert result.code == 0, result.err
+    section = json.loads(result.out)
+    recorded = json.loads((run / "run.json").read_text())
+    assert recorded["recipe"]["name"] == "quick" and recorded["recipe"]["ema_decay"] == 0.5
+    assert recorded["recipe"]["img_size"] == 32 and recorded["recipe"]["lr"] == QUICK.lr
+    assert all("val_mAP_ema" in row for row in section["history"]) and section["best_weights"] in ("raw", "ema")
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["weights"] == section["best_weights"]
