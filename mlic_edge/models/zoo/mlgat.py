@@ -16,6 +16,8 @@ The extracted paper text prints no equation numbers; they are numbered here in o
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -23,10 +25,10 @@ import torch.nn.functional as F
 from mlic_edge.label_graph import LabelGraph
 from mlic_edge.models.backbone import create_backbone
 from mlic_edge.models.base import MultiLabelModel
-from mlic_edge.models.layers.graph import DenseGATLayer, cooccurrence_mask
-from mlic_edge.models.recipe import Recipe
-from mlic_edge.models.registry import register_model
 from mlic_edge.models.label_branch import FoldedClassifier, label_vectors_of
+from mlic_edge.models.layers.graph import DenseGATLayer, cooccurrence_mask
+from mlic_edge.models.registry import register_model
+from mlic_edge.models.zoo.mlgcn import PAPER_RECIPE as MLGCN_RECIPE
 
 VOC_SIZED = 20
 """Label sets up to this size get the paper's VOC settings (d″ = 512, conv1 keeps W×H); larger ones its COCO
@@ -34,12 +36,8 @@ settings (d″ = 1280, 5×5 conv1 without padding: 14×14 → 10×10). The paper
 its kernel is not given: a 1×1 conv (no padding to invent; 4 M instead of 105 M weights at D = 2048)."""
 
 
-PAPER_RECIPE = Recipe(
-    source="no public code for ML-GAT: ML-GCN's recipe (the model family it extends; METHODS.md §1): SGD lr 0.1, "
-           "backbone 0.01, weight decay 1e-4, gradient norm 10, crops down to 0.5, 448 px, MultiLabelSoftMarginLoss, "
-           "20 epochs, batch 32, step decay",
-    optimizer="sgd", lr=0.1, backbone_lr_scale=0.1, weight_decay=1e-4, schedule="step", warmup_epochs=0.0,
-    epochs=20, batch_size=32, img_size=448, grad_clip=10.0, crop_scale=0.5, loss="softmargin")
+PAPER_RECIPE = replace(MLGCN_RECIPE, source="no public code for ML-GAT: ML-GCN's recipe, the model family it extends "
+                                            "(METHODS.md §1)")
 
 
 @register_model(name="mlgat", paper="Zhang et al. 2022, ML-GAT (multi-label classification with graph attention)",
