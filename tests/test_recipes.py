@@ -98,4 +98,6 @@ def test_a_run_records_its_resolved_recipe_and_which_weights_it_kept(capsys, tmp
     assert recorded["recipe"]["name"] == "quick" and recorded["recipe"]["ema_decay"] == 0.5
     assert recorded["recipe"]["img_size"] == 32 and recorded["recipe"]["lr"] == QUICK.lr
     assert all("val_mAP_ema" in row for row in section["history"]) and section["best_weights"] in ("raw", "ema")
+    assert all(row["train_images_per_s"] > 0 for row in section["history"])  # throughput, also in train_log.csv
+    assert "train_images_per_s" in (run / "reports" / "train_log.csv").read_text().splitlines()[0]
     assert torch.load(run / "checkpoint.pt", weights_only=True)["weights"] == section["best_weights"]

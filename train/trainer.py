@@ -175,7 +175,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             if hasattr(loss_fn, "set_epoch"):  # losses with a schedule over training (DAB's φ)
                 loss_fn.set_epoch(epoch, recipe.epochs)
             task = progress.add_task(f"epoch {epoch + 1}/{recipe.epochs}", total=steps_per_epoch, status="")
-            running, seen = 0.0, 0
+            running, seen, epoch_started = 0.0, 0, time.monotonic()
             for batch in train_loader:
                 broken_train.extend(batch.broken)
                 if len(batch.indices) == 0:
@@ -201,7 +201,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 running += loss.item() * len(batch.indices)
                 seen += len(batch.indices)
                 progress.update(task, advance=1,
-                                status=f"loss {running / seen:.4f} lr {scheduler.get_last_lr()[0]:.2e}")
+                                status=f"loss {running / seen:.4f} lr {scheduler.get_last_lr()[0]:.2e} "
+                                       f"{seen / max(time.monotonic() - epoch_started, 1e-9):.1f} img/s")
+            images_per_s = seen / max(time.monotonic() - epoch_started, 1e-9)  # training, this process, with loading
             val_task = progress.add_task("  validate", total=len(eval_set), status="")
             candidates = {"raw": model} if ema is None else {"raw": model, "ema": ema.module}
             val_maps, scores_of = {}, {}
@@ -220,7 +222,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
             progress.remove_task(val_task)
             history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_mAP": _finite(val_maps["raw"]),
                             **({"val_mAP_ema": _finite(val_maps["ema"])} if ema is not None else {}),
-                            "lr": scheduler.get_last_lr()[0], "elapsed_s": round(time.monotonic() - started, 1)})
+                            "lr": scheduler.get_last_lr()[0], "train_images_per_s": round(images_per_s, 2),
+                            "elapsed_s": round(time.monotonic() - started, 1)})
             is_best = math.isfinite(val_maps[better]) and val_maps[better] > best_map
             # The epoch's files and run.json's train section are put in place together: a stop leaves the last
             # complete epoch, resumable from last.pt. checkpoint.pt holds the better of the raw and EMA weights.
