@@ -12,6 +12,7 @@ from mlic_edge.spec import DEFAULT_RESIZE, RESIZE_MODES
 
 SAMPLERS = ("random", "class-aware")
 DIFFICULT_POLICIES = ("ignore", "positive", "negative")  # VOC difficult objects
+AMP_MODES = ("bf16", "fp16", "off")  # autocast dtype on CUDA; None: fp16 on CUDA, off on CPUs
 
 
 @dataclass
@@ -51,6 +52,9 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False  # train afresh into a run that has exports: its old generation moves to previous/
     device: str = "auto"
+    sync_bn: bool = False  # SyncBatchNorm across the ranks of a torchrun launch (CUDA only)
+    accumulate: int = 1  # optimizer step every ``accumulate`` batches
+    amp: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -70,6 +74,12 @@ class TrainConfig:
             (self.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}"),
             (self.resize in RESIZE_MODES, f"--resize must be one of {', '.join(RESIZE_MODES)}"),
             (self.difficult in DIFFICULT_POLICIES, f"--difficult must be one of {', '.join(DIFFICULT_POLICIES)}"),
+            (isinstance(self.accumulate, int) and self.accumulate >= 1, "--accumulate must be at least 1"),
+            (self.amp is None or self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}"),
+            (not (self.sync_bn and self.device == "cpu"),
+             "--sync-bn needs CUDA devices (gloo on CPUs has no SyncBatchNorm)"),
+            (self.amp in (None, "off") or self.device != "cpu",
+             f"--amp {self.amp} needs a CUDA device (training on CPUs runs in float32: use --amp off)"),
         ]
         for ok, message in checks:
             if not ok:

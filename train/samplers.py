@@ -7,6 +7,8 @@ corrects the over-sampling of head classes that co-occur with the tail classes t
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Iterator
 
 import numpy as np
@@ -43,9 +45,14 @@ class ClassAwareSampler(Sampler[int]):
     sampler uses the generator seeded with (seed, i), so successive epochs differ but a rerun repeats them;
     :meth:`set_epoch` pins the pass number (e.g. when resuming). The reference picks classes from a shuffled cycle
     rather than uniformly at random; both give every class the same expected share.
+
+    Under DDP (``num_replicas`` > 1) every rank draws the same seeded sequence, padded to a multiple of
+    ``num_replicas``, and takes every ``num_replicas``-th index from ``rank`` on: the ranks' shares together are the
+    one sequence a single process would draw, so every class is covered across ranks.
     """
 
-    def __init__(self, targets: np.ndarray, num_samples_cls: int = 3, seed: int = 0) -> None:
+    def __init__(self, targets: np.ndarray, num_samples_cls: int = 3, seed: int = 0, num_replicas: int = 1,
+                 rank: int = 0) -> None:
         labels = np.asarray(targets)
         if labels.ndim != 2 or labels.shape[0] == 0 or labels.shape[1] == 0:
             raise MlicError(f"ClassAwareSampler needs an (images, classes) target matrix, got shape {labels.shape}",
@@ -64,20 +71,27 @@ class ClassAwareSampler(Sampler[int]):
         self.epoch = 0
         max_count = max(len(images) for images in self.class_images)
         self.num_samples = max(1, int(round(max_count * labels.shape[1] / 4)))
+        if not 0 <= rank < num_replicas:
+            raise MlicError(f"ClassAwareSampler: rank {rank} is not in [0, {num_replicas})")
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        self.total_samples = math.ceil(self.num_samples / self.num_replicas) * self.num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.total_samples // self.num_replicas
 
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
+        return itertools.islice(self._draw(rng, self.total_samples), self.rank, None, self.num_replicas)
+
+    def _draw(self, rng: np.random.Generator, count: int) -> Iterator[int]:
         cycles = {int(k): _ShuffledCycle(self.class_images[k], rng) for k in self.classes}
         drawn = 0
-        while drawn < self.num_samples:
+        while drawn < count:
             cycle = cycles[int(self.classes[rng.integers(len(self.classes))])]
-            for _ in range(min(self.num_samples_cls, self.num_samples - drawn)):
+            for _ in range(min(self.num_samples_cls, count - drawn)):
                 yield next(cycle)
                 drawn += 1

@@ -1,5 +1,9 @@
 """The training loop: BCE-family loss, SGD/AdamW, warm-up + cosine/step, AMP on CUDA, validation mAP each epoch,
-best checkpoint, resume. Writes the run directory (checkpoint.pt, last.pt, run.json, reports/train_log.csv)."""
+best checkpoint, resume. Writes the run directory (checkpoint.pt, last.pt, run.json, reports/train_log.csv).
+
+Under ``torchrun`` (train/distributed.py) the same loop runs as DistributedDataParallel: each rank trains on its
+share of the data (``--batch-size`` is per process), validation is sharded and gathered back into dataset order (so
+the val mAP is the single-process one of the same weights), and rank 0 alone writes the run directory."""
 
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ from mlic_edge.models.checkpoint import read_checkpoint, save_checkpoint
 from mlic_edge.plot import line_chart
 from mlic_edge.rundir import RunDir
 from mlic_edge.train.config import TrainConfig
-from mlic_edge.train.evaluate import predict_scores
+from mlic_edge.train.distributed import DistContext, process_group
+from mlic_edge.train.evaluate import SplitScores, predict_scores
 from mlic_edge.train.losses import create_loss
 from mlic_edge.train.schedule import create_optimizer, create_scheduler
 
@@ -63,12 +68,45 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class _TrainingLoss(torch.nn.Module):
+    """The model's training loss as a ``forward``: DistributedDataParallel synchronises gradients through its wrapped
+    module's forward only, and the trainer calls ``model.training_loss``, not ``model(...)``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, loss_fn) -> torch.Tensor:
+        return self.model.training_loss(images, targets, loss_fn)
+
+
+def autocast_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--amp`` on ``device`` (None: float32). fp16 is the CUDA default; on CPUs training runs
+    in float32 and an explicit bf16/fp16 is refused (CPU autocast is slower than float32 for these convnets)."""
+    if device.type != "cuda":
+        if amp not in (None, "off"):
+            raise MlicError(f"--amp {amp} needs a CUDA device (training on {device} runs in float32)",
+                            hint="use --amp off")
+        return None
+    return {None: torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16, "off": None}[amp]
+
+
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Train and write the run directory; returns the final metrics section of run.json."""
+    """Train and write the run directory; returns the final metrics section of run.json. Under torchrun, joins the
+    process group for the run and leaves it at the end."""
     config.validate()
+    device = select_device(config.device)
+    autocast_dtype(config.amp, device)  # refused before any process group or file
+    if config.sync_bn and device.type != "cuda":
+        raise MlicError("--sync-bn needs CUDA devices (gloo on CPUs has no SyncBatchNorm)", hint="drop --sync-bn")
+    with process_group(device) as dist:
+        return _train(config, dist)
+
+
+def _train(config: TrainConfig, dist: DistContext) -> dict[str, Any]:
     entry = get_model_entry(config.model)
     run = RunDir(config.out)
-    device = select_device(config.device)
+    device = dist.device
     seed_everything(config.seed)
 
     train_set = open_dataset(config.data, role="train", split=config.train_split, difficult=config.difficult)
@@ -91,19 +129,26 @@ def train(config: TrainConfig) -> dict[str, Any]:
                             hint=f"resume with --epochs {saved['epochs']}: the stage plan depends on it")
         _check_resumed_classes(run, train_set.names)
         config = TrainConfig(**{**saved, "out": config.out, "epochs": config.epochs or saved["epochs"],
-                                "resume": True, "workers": config.workers, "device": config.device})
-    else:
+                                "resume": True, "workers": config.workers, "device": config.device,
+                                "sync_bn": config.sync_bn, "amp": config.amp})
+    elif dist.is_main:
         run.start_new_generation(config.overwrite, making="training afresh into it",
                                  other_ways="--resume to continue it, ")
+    dist.barrier()  # a refusal on rank 0 (an exported run without --overwrite) ends the run before any rank trains
 
     recipe = config.resolve(entry.recipes)
     img_size = recipe.img_size or entry.default_img_size
     backbone = config.backbone or entry.default_backbone
-    label_graph = prepare_label_graph(run, train_set, config.label_vectors) if entry.needs_label_graph else None
+    label_graph = None
+    if entry.needs_label_graph:  # counted once, by the rank that writes the run
+        label_graph = dist.broadcast_object(
+            prepare_label_graph(run, train_set, config.label_vectors) if dist.is_main else None)
     model = create_model(config.model, train_set.num_classes, backbone=backbone, pretrained=config.pretrained
                          and resume_state is None, pretrained_file=config.pretrained_file, label_graph=label_graph,
                          **config.model_options)
     data_config = backbone_data_config(model.backbone)
+    if config.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay else None  # timm's, as Query2Label's code
 
@@ -111,20 +156,27 @@ def train(config: TrainConfig) -> dict[str, Any]:
                           **recipe.loss_options)
     lr = recipe.lr
     plan = stage_plan(model, recipe.epochs) if config.stages else [None] * recipe.epochs
-    train_loader = make_loader(ImageDataset(train_set, img_size, data_config["mean"], data_config["std"],
-                                            augment=True, crop_scale=(recipe.crop_scale, 1.0),
-                                            resize=config.resize, extra=recipe.augment),
-                               recipe.batch_size, shuffle=True,
-                               workers=config.workers, seed=config.seed, drop_last=len(train_set) > recipe.batch_size,
-                               sampler=_sampler(config.sampler, train_set, config.seed))
-    steps_per_epoch = max(1, len(train_loader))
+    train_images = ImageDataset(train_set, img_size, data_config["mean"], data_config["std"], augment=True,
+                                crop_scale=(recipe.crop_scale, 1.0), resize=config.resize, extra=recipe.augment)
+    sampler = _sampler(config.sampler, train_images, config.seed, dist)
+    train_loader = make_loader(train_images, recipe.batch_size, shuffle=True, workers=config.workers,
+                               seed=config.seed + dist.rank,
+                               drop_last=len(train_set) // dist.world_size > recipe.batch_size, sampler=sampler)
+    batches_per_epoch = max(1, len(train_loader))
+    steps_per_epoch = math.ceil(batches_per_epoch / config.accumulate)  # optimizer steps
+    step_model: torch.nn.Module = _TrainingLoss(model)
 
     def start_stage(epoch: int):
         """Optimizer and schedule over the epochs of the stage ``epoch`` is in (all epochs without stages)."""
+        nonlocal step_model
         stage = plan[epoch]
         if stage is not None:
             model.set_training_stage(stage)
             info(f"stage [bold]{stage}[/bold] from epoch {epoch + 1}")
+        if dist.enabled:  # wrapped after the stage has set which parameters train
+            step_model = torch.nn.parallel.DistributedDataParallel(
+                _TrainingLoss(model), device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=stage is not None)
         stage_epochs = plan.count(stage)
         opt = create_optimizer(model, recipe.optimizer, lr, recipe.weight_decay,
                                backbone_lr_scale=recipe.backbone_lr_scale)
@@ -132,8 +184,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
                                      int(recipe.warmup_epochs * steps_per_epoch), recipe.schedule)
 
     optimizer, scheduler = start_stage(0)
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = autocast_dtype(config.amp, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bf16 needs no loss scaling
 
     start_epoch, best_map, history = 0, -1.0, []
     if resume_state is not None:
@@ -149,21 +201,24 @@ def train(config: TrainConfig) -> dict[str, Any]:
                             hint="pass a larger --epochs to train longer")
         info(f"resuming {run.path} at epoch {start_epoch + 1}/{recipe.epochs}")
 
-    run.path.mkdir(parents=True, exist_ok=True)
     train_config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     resolved = {k: v for k, v in recipe.as_dict().items() if k != "source" and k in train_config}
     train_config.update(resolved, img_size=img_size, backbone=backbone)  # a resume trains with what ran
-    run.update(
-        model=config.model, backbone=backbone, img_size=img_size, mean=data_config["mean"], std=data_config["std"],
-        resize=config.resize, labels=train_set.names, model_config=model.config(),
-        recipe={"name": config.recipe, **recipe.as_dict()},
-        dataset={"spec": train_set.spec, "format": train_set.format, "train_split": train_set.split,
-                 "eval_split": eval_set.split, "difficult": config.difficult,
-                 "train_images": len(train_set), "eval_images": len(eval_set),
-                 "train_class_counts": train_set.class_counts().tolist()},
-    )
-    info(f"training [bold]{config.model}[/bold] ({backbone}, {img_size}px) on {train_set.spec}: "
-         f"{len(train_set)} train / {len(eval_set)} eval images, {train_set.num_classes} classes, device {device}")
+    distributed = {"world_size": dist.world_size} if dist.enabled else {}
+    if dist.is_main:
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.update(
+            model=config.model, backbone=backbone, img_size=img_size, mean=data_config["mean"],
+            std=data_config["std"], resize=config.resize, labels=train_set.names, model_config=model.config(),
+            recipe={"name": config.recipe, **recipe.as_dict()},
+            dataset={"spec": train_set.spec, "format": train_set.format, "train_split": train_set.split,
+                     "eval_split": eval_set.split, "difficult": config.difficult,
+                     "train_images": len(train_set), "eval_images": len(eval_set),
+                     "train_class_counts": train_set.class_counts().tolist()},
+        )
+        info(f"training [bold]{config.model}[/bold] ({backbone}, {img_size}px) on {train_set.spec}: "
+             f"{len(train_set)} train / {len(eval_set)} eval images, {train_set.num_classes} classes, device {device}"
+             + (f", {dist.world_size} processes" if dist.enabled else ""))
 
     broken_train: list[int] = []
     started = time.monotonic()
@@ -172,44 +227,54 @@ def train(config: TrainConfig) -> dict[str, Any]:
             if epoch > 0 and plan[epoch] != plan[epoch - 1]:
                 optimizer, scheduler = start_stage(epoch)
             model.train()
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
             if hasattr(loss_fn, "set_epoch"):  # losses with a schedule over training (DAB's φ)
                 loss_fn.set_epoch(epoch, recipe.epochs)
-            task = progress.add_task(f"epoch {epoch + 1}/{recipe.epochs}", total=steps_per_epoch, status="")
+            task = progress.add_task(f"epoch {epoch + 1}/{recipe.epochs}", total=batches_per_epoch, status="")
             running, seen, epoch_started = 0.0, 0, time.monotonic()
-            for batch in train_loader:
+            optimizer.zero_grad(set_to_none=True)
+            for batch_number, batch in enumerate(train_loader, start=1):
                 broken_train.extend(batch.broken)
                 if len(batch.indices) == 0:
                     progress.advance(task)
                     continue
                 images = batch.images.to(device, non_blocking=True)
                 targets = batch.targets.to(device, non_blocking=True)
-                with torch.autocast(device.type, enabled=use_amp):
-                    loss = model.training_loss(images, targets, loss_fn)
-                if not torch.isfinite(loss):
-                    raise MlicError(f"loss became {loss.item()} at epoch {epoch + 1}",
-                                    hint="lower --lr or use a warm-up (--warmup-epochs)")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if recipe.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                if ema is not None:
-                    ema.update(model)
+                steps_now = batch_number % config.accumulate == 0 or batch_number == batches_per_epoch
+                # Under DDP, gradients are all-reduced only on the batch that steps the optimizer.
+                with (contextlib.nullcontext() if steps_now or not dist.enabled else step_model.no_sync()):
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        loss = step_model(images, targets, loss_fn)
+                    if not torch.isfinite(loss):
+                        raise MlicError(f"loss became {loss.item()} at epoch {epoch + 1}",
+                                        hint="lower --lr or use a warm-up (--warmup-epochs)")
+                    scaler.scale(loss / config.accumulate).backward()
+                if steps_now:
+                    if recipe.grad_clip:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                    if ema is not None:
+                        ema.update(model)
                 running += loss.item() * len(batch.indices)
                 seen += len(batch.indices)
                 progress.update(task, advance=1,
                                 status=f"loss {running / seen:.4f} lr {scheduler.get_last_lr()[0]:.2e} "
                                        f"{seen / max(time.monotonic() - epoch_started, 1e-9):.1f} img/s")
             images_per_s = seen / max(time.monotonic() - epoch_started, 1e-9)  # training, this process, with loading
+            running, seen = dist.sum(running, seen)  # the loss over every rank's images
             val_task = progress.add_task("  validate", total=len(eval_set), status="")
             candidates = {"raw": model} if ema is None else {"raw": model, "ema": ema.module}
+            for network in candidates.values():
+                dist.broadcast_buffers(network)
             val_maps, scores_of = {}, {}
             for weights, network in candidates.items():
-                scores_of[weights] = predict_scores(
-                    network, eval_set, img_size, data_config["mean"], data_config["std"], recipe.batch_size,
+                scores_of[weights] = _validation_scores(
+                    dist, network, eval_set, img_size, data_config["mean"], data_config["std"], recipe.batch_size,
                     config.workers, device, on_batch=lambda n: progress.advance(val_task, n / len(candidates)),
                     resize=config.resize)
                 val_maps[weights] = metrics.mean_average_precision(
@@ -225,11 +290,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
                             "lr": scheduler.get_last_lr()[0], "train_images_per_s": round(images_per_s, 2),
                             "elapsed_s": round(time.monotonic() - started, 1)})
             is_best = math.isfinite(val_maps[better]) and val_maps[better] > best_map
+            if is_best:
+                best_map = val_maps[better]
+            if not dist.is_main:
+                continue
             # The epoch's files and run.json's train section are put in place together: a stop leaves the last
             # complete epoch, resumable from last.pt. checkpoint.pt holds the better of the raw and EMA weights.
             with run.transaction() as change:
                 if is_best:
-                    best_map = val_maps[better]
                     save_checkpoint(change.path(run.checkpoint), candidates[better], epoch=epoch + 1,
                                     val_mAP=best_map, weights=better)
                 save_checkpoint(change.path(run.last_checkpoint), model, epoch=epoch + 1, best_map=best_map,
@@ -237,7 +305,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                                 scheduler=scheduler.state_dict(), train_config=train_config,
                                 **({"ema": ema.module.state_dict()} if ema is not None else {}))
                 _write_log(change.path(run.reports / "train_log.csv"), history)
-                change.update(train=_train_section(train_config, history, device))
+                change.update(train=_train_section(train_config, history, device, **distributed))
             line_chart(run.reports / "training_curves.png", f"{config.model} ({backbone})",
                        [row["epoch"] for row in history],
                        {"train loss": [row["train_loss"] for row in history],
@@ -247,10 +315,26 @@ def train(config: TrainConfig) -> dict[str, Any]:
         warn(describe_broken(train_set, broken_train) + " (training split)")
     if split_scores.broken:
         warn(describe_broken(eval_set, split_scores.broken) + " (eval split)")
-    train_section = _train_section(train_config, history, device, skipped_images={
+    train_section = _train_section(train_config, history, device, **distributed, skipped_images={
         "train": len(set(broken_train)), "eval": len(set(split_scores.broken))})
-    run.update(train=train_section)
+    if dist.is_main:
+        run.update(train=train_section)
+    dist.barrier()  # every rank returns once the run directory is complete
     return train_section
+
+
+def _validation_scores(dist: DistContext, network: torch.nn.Module, eval_set, *args: Any, **kwargs: Any
+                       ) -> SplitScores:
+    """``predict_scores`` of the eval split; under DDP each rank scores its shard and every rank gets the whole
+    split's scores back in dataset order, as one process would have computed them."""
+    shard = dist.shard(len(eval_set))
+    if shard is None:
+        return predict_scores(network, eval_set, *args, **kwargs)
+    part = predict_scores(network, eval_set.subset(shard), *args, **kwargs)
+    shard_indices = np.asarray(shard, dtype=np.int64)
+    scores, kept, broken = dist.gather_scores(part.scores, shard_indices[part.kept],
+                                              [shard[index] for index in part.broken])
+    return SplitScores(scores=scores, kept=kept, broken=broken)
 
 
 def _train_section(train_config: dict[str, Any], history: list[dict[str, Any]], device, **extra: Any) -> dict:
@@ -308,11 +392,17 @@ def prepare_label_graph(run: RunDir, train_set, vectors_path: str | None):
     return graph
 
 
-def _sampler(name: str, train_set, seed: int):
+def _sampler(name: str, train_images: ImageDataset, seed: int, dist: DistContext):
+    """The training sampler: None (the loader shuffles) for one random-order process; each rank's share under DDP."""
     if name == "class-aware":
         from mlic_edge.train.samplers import ClassAwareSampler
 
-        return ClassAwareSampler(train_set.targets, seed=seed)
+        return ClassAwareSampler(train_images.dataset.targets, seed=seed, num_replicas=dist.world_size,
+                                 rank=dist.rank)
+    if dist.enabled:
+        from torch.utils.data.distributed import DistributedSampler
+
+        return DistributedSampler(train_images, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed)
     return None
 
 

@@ -259,9 +259,16 @@ def train(
     overwrite: bool = typer.Option(TrainConfig.overwrite, "--overwrite", help="Train afresh into a run that was "
                                    "exported: its old model, exports and reports move to previous/<time>/."),
     seed: int = typer.Option(TrainConfig.seed, "--seed"),
+    sync_bn: bool = typer.Option(TrainConfig.sync_bn, "--sync-bn", help="SyncBatchNorm across torchrun's processes "
+                                 "(CUDA only)."),
+    accumulate: int = typer.Option(TrainConfig.accumulate, "--accumulate", help="Optimizer step every K batches "
+                                   "(a K times larger effective batch)."),
+    amp: Optional[str] = typer.Option(None, "--amp", help="Mixed precision on CUDA: bf16, fp16 (the CUDA default) or "
+                                      "off; CPUs train in float32 (off)."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Train a model and write its run directory (checkpoint.pt, run.json, reports/)."""
+    """Train a model and write its run directory (checkpoint.pt, run.json, reports/). Under `torchrun
+    --nproc-per-node N -m mlic_edge train ...` it runs as DistributedDataParallel (--batch-size is per process)."""
     from mlic_edge.commands.train import train as run_training
     from mlic_edge.console import info
 
@@ -276,7 +283,8 @@ def train(
                          pretrained=pretrained,
                          pretrained_file=str(pretrained_file) if pretrained_file else None,
                          train_split=train_split, eval_split=eval_split, difficult=difficult, workers=workers,
-                         seed=seed, resume=resume, overwrite=overwrite, device=device)
+                         seed=seed, resume=resume, overwrite=overwrite, device=device, sync_bn=sync_bn,
+                         accumulate=accumulate, amp=amp)
     result = run_training(config)
     if json_out:
         _emit_json(result)
