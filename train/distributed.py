@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
+from mlic_edge.console import console
 from mlic_edge.errors import MlicError
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=5)
@@ -120,6 +121,7 @@ def process_group(device: torch.device) -> Iterator[DistContext]:
         raise MlicError(f"rank {rank}: could not join the process group ({backend}): {message}",
                         hint="check --rdzv-endpoint / MASTER_ADDR:MASTER_PORT and that every node started") from error
     context = DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+    console.quiet = not context.is_main  # progress and notes once, from rank 0 (errors still print: mlic_edge.cli)
     try:
         yield context
     except MlicError as error:
@@ -129,4 +131,5 @@ def process_group(device: torch.device) -> Iterator[DistContext]:
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise RuntimeError(f"rank {rank}: {type(error).__name__}: {message}") from error
     finally:
+        console.quiet = False
         torch_dist.destroy_process_group()

@@ -82,6 +82,7 @@ def _print_error(message: str) -> None:
 
     from mlic_edge.console import console
 
+    console.quiet = False  # an error always prints, also from a rank whose progress was silenced
     console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
