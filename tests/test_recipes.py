@@ -101,3 +101,27 @@ def test_a_run_records_its_resolved_recipe_and_which_weights_it_kept(capsys, tmp
     assert all(row["train_images_per_s"] > 0 for row in section["history"])  # throughput, also in train_log.csv
     assert "train_images_per_s" in (run / "reports" / "train_log.csv").read_text().splitlines()[0]
     assert torch.load(run / "checkpoint.pt", weights_only=True)["weights"] == section["best_weights"]
+
+
+def test_a_frozen_backbone_keeps_its_stem_and_batchnorm_statistics():
+    """Query2Label's recipe: FrozenBatchNorm2d in the backbone and only layer2-4 trained."""
+    from mlic_edge.models import create_model
+    from mlic_edge.train.schedule import create_optimizer
+    from mlic_edge.train.trainer import freeze_backbone
+
+    torch.manual_seed(0)
+    model = create_model("baseline", 3, backbone="resnet10t")
+    norms = freeze_backbone(model, frozen_bn=True, frozen_stem=True)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    optimizer = create_optimizer(model, "sgd", 0.1, 0.0)
+    model.train()
+    for norm in norms:
+        norm.eval()
+    loss = model(torch.randn(4, 3, 64, 64)).sum()
+    loss.backward()
+    optimizer.step()
+    after = model.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert not any(name.startswith(("backbone.conv1", "backbone.bn1", "backbone.layer1")) for name in changed)
+    assert not any("running_" in name or ".bn" in name for name in changed)
+    assert any(name.startswith("backbone.layer2") for name in changed) and "head.weight" in changed

@@ -150,6 +150,7 @@ def _train(config: TrainConfig, dist: DistContext) -> dict[str, Any]:
     if config.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
+    frozen_norms = freeze_backbone(model, frozen_bn=recipe.frozen_bn, frozen_stem=recipe.frozen_stem)
     ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay else None  # timm's, as Query2Label's code
 
     loss_fn = create_loss(recipe.loss, class_counts=train_set.class_counts(), num_images=len(train_set),
@@ -227,6 +228,8 @@ def _train(config: TrainConfig, dist: DistContext) -> dict[str, Any]:
             if epoch > 0 and plan[epoch] != plan[epoch - 1]:
                 optimizer, scheduler = start_stage(epoch)
             model.train()
+            for norm in frozen_norms:  # FrozenBatchNorm: the statistics stay the pretrained ones
+                norm.eval()
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
             if hasattr(loss_fn, "set_epoch"):  # losses with a schedule over training (DAB's φ)
@@ -364,6 +367,29 @@ def _note_on_stop(run: RunDir, config: TrainConfig, epochs: int, history: list[d
         else:
             stop.note = f"training stopped before its first epoch ended; no checkpoint was written in {run.path}"
         raise
+
+
+STEM_PREFIXES = ("conv1", "bn1", "layer1")  # timm ResNet-family names of the stem and first stage
+
+
+def freeze_backbone(model: torch.nn.Module, *, frozen_bn: bool, frozen_stem: bool) -> list[torch.nn.Module]:
+    """What a recipe keeps fixed in the backbone: ``frozen_stem`` stops training its stem and first stage,
+    ``frozen_bn`` its BatchNorm affine parameters; returns the BatchNorm layers to keep in eval mode (their running
+    statistics then stay the pretrained ones, as with FrozenBatchNorm2d)."""
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        return []
+    if frozen_stem:
+        for name, param in backbone.named_parameters():
+            if name.startswith(STEM_PREFIXES):
+                param.requires_grad_(False)
+    norms = [module for module in backbone.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    if not frozen_bn:
+        return []
+    for norm in norms:
+        for param in norm.parameters():
+            param.requires_grad_(False)
+    return norms
 
 
 def stage_plan(model, epochs: int) -> list[str]:

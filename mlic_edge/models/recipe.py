@@ -35,6 +35,8 @@ class Recipe:
     ema_decay: float | None = None  # exponential moving average of the weights (timm ModelEmaV3); None: off
     crop_scale: float = 0.6  # random resized crop keeps at least this share of the image area
     augment: tuple[str, ...] = ()  # extra augmentations from AUGMENTATIONS
+    frozen_bn: bool = False  # backbone BatchNorm kept in eval mode, affine frozen (Query2Label's FrozenBatchNorm2d)
+    frozen_stem: bool = False  # backbone stem and first stage not trained (Query2Label's/DETR's backbone: layer2-4)
     loss: str = "bce"
     loss_options: Mapping[str, Any] = field(default_factory=dict)
 

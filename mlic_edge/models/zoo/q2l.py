@@ -74,12 +74,13 @@ def _decode(model: nn.Module, memory: torch.Tensor, pos: torch.Tensor) -> torch.
 PAPER_RECIPE = Recipe(
     source="paper 003 §2.1 with the Query2Label official code (SlongLiu/query2labels main_mlc.py; METHODS.md §3) "
            "where it is silent: AdamW, weight decay 1e-2, OneCycle (20 % rise), EMA 0.9997 (the better of EMA and "
-           "raw weights kept), RandAugment and Cutout, 448 px, ASL γ-=2 γ+=0 clip 0, no gradient clipping. Paper "
+           "raw weights kept), RandAugment and Cutout, 448 px, ASL γ-=2 γ+=0 clip 0, no gradient clipping, the "
+           "backbone's BatchNorm frozen and its stem and first stage not trained (Query2Label's backbone.py). Paper "
            "003 trains 25 epochs and states an initial lr of 1e-6, read as Query2Label's 1e-4 (at 1e-6 nothing "
            "learns in 25 epochs); its cutmix is not implemented (Cutout instead); batch 32 chosen for one GPU",
     optimizer="adamw", lr=1e-4, weight_decay=1e-2, schedule="onecycle", warmup_epochs=0.0, epochs=25,
     batch_size=32, img_size=448, grad_clip=None, ema_decay=0.9997, crop_scale=0.6, augment=("randaugment", "cutout"),
-    loss="asl", loss_options={"gamma_neg": 2.0, "gamma_pos": 0.0, "clip": 0.0})
+    frozen_bn=True, frozen_stem=True, loss="asl", loss_options={"gamma_neg": 2.0, "gamma_pos": 0.0, "clip": 0.0})
 
 
 @register_model(name="q2l", paper="ResNeSt + improved Transformer + BatchFormerV2 (Wang & Zhang 2024; Query2Label)",
