@@ -28,52 +28,44 @@ def _raise_interrupted(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM raise Interrupted inside the block (outside the main thread: no change)."""
+def _stop_signals_handled_by(handler) -> Iterator[None]:
+    """``handler`` for SIGINT and SIGTERM inside the block, the previous handlers after it (main thread only: Python
+    delivers signals there; elsewhere nothing changes)."""
     if not _in_main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def stop_on_signals() -> contextlib.AbstractContextManager[None]:
+    """SIGINT and SIGTERM raise Interrupted inside the block."""
+    return _stop_signals_handled_by(_raise_interrupted)
 
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """A stop signal that arrives inside the block is delivered when it ends (to the handler in place before)."""
-    if not _in_main_thread():
-        yield
-        return
     received: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in STOP_SIGNALS}
     try:
-        yield
+        with _stop_signals_handled_by(lambda signum, frame: received.append(signum)):
+            yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         if received:
             signal.raise_signal(received[0])
 
 
-@contextlib.contextmanager
-def finish_on_signals(stop: threading.Event) -> Iterator[None]:
+def finish_on_signals(stop: threading.Event) -> contextlib.AbstractContextManager[None]:
     """For work that can end gracefully (``run``: finish what is in flight, flush and close every output): the first
     SIGINT or SIGTERM sets ``stop``; a second SIGINT stops at once."""
-    if not _in_main_thread():
-        yield
-        return
 
     def request_stop(signum: int, frame: object) -> None:
         if stop.is_set() and signum == signal.SIGINT:
             raise Interrupted(signum)
         stop.set()
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return _stop_signals_handled_by(request_stop)

@@ -502,29 +502,26 @@ def test_run_options_are_accepted_in_range_or_refused_naming_the_option(threshol
             assert valid, f"--{field} {value} accepted"
 
 
-@SETTINGS
-@given(every=FLOATS)
-def test_stats_every_is_a_positive_number_of_seconds_or_refused_naming_the_option(every):
+def _periodic_stats(every: float) -> None:
     from mlic_edge.runtime.inference.latency import LatencyRecorder, PeriodicStats
 
-    try:
-        PeriodicStats(LatencyRecorder(), every, print)
-    except MlicError as error:
-        _assert_refused_naming(error, "--stats-every")
-        assert not (math.isfinite(every) and every > 0)
-    else:
-        assert math.isfinite(every) and every > 0
+    PeriodicStats(LatencyRecorder(), every, print)
+
+
+def _service(every: float) -> None:
+    from mlic_edge.runtime.deployment.systemd import ServiceSpec
+
+    ServiceSpec(run_dir=Path("/srv/run"), out_dir=Path("/srv/out"), executable=Path("/usr/bin/mlic-edge"),
+                stats_every=every)
 
 
 @SETTINGS
-@given(every=FLOATS)
-@example(every=math.nan)
-def test_service_stats_every_is_a_positive_number_of_seconds_or_refused_naming_the_option(every):
-    from mlic_edge.runtime.deployment.systemd import ServiceSpec
-
+@given(every=FLOATS, build=st.sampled_from([_periodic_stats, _service]))
+@example(every=math.nan, build=_service)
+def test_stats_every_is_a_positive_number_of_seconds_or_refused_naming_the_option(every, build):
+    """`run --stats-every` (the pipeline's PeriodicStats) and `service install --stats-every` alike."""
     try:
-        ServiceSpec(run_dir=Path("/srv/run"), out_dir=Path("/srv/out"), executable=Path("/usr/bin/mlic-edge"),
-                    stats_every=every)
+        build(every)
     except MlicError as error:
         _assert_refused_naming(error, "--stats-every")
         assert not (math.isfinite(every) and every > 0)

@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules (per iteration: linear warm-up, then cosine or step decay)."""
+"""Optimisers and learning-rate schedules (per iteration: linear warm-up, then cosine or step decay; or one-cycle)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import math
 import torch
 
 from mlic_edge.errors import MlicError
-
-DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
 
 
 def create_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float,

@@ -158,6 +158,24 @@ def rename(state: Mapping[str, torch.Tensor], rules: list[tuple[str, str]]) -> d
     return renamed
 
 
+# The torchvision ResNets the three official codes build on (timm's ``resnetN`` has the same names and shapes):
+# (bottleneck blocks?, blocks per stage) -> timm name.
+TORCHVISION_RESNETS = {
+    (False, (2, 2, 2, 2)): "resnet18",
+    (False, (3, 4, 6, 3)): "resnet34",
+    (True, (3, 4, 6, 3)): "resnet50",
+    (True, (3, 4, 23, 3)): "resnet101",
+    (True, (3, 8, 36, 3)): "resnet152",
+}
+
+
+def resnet_layout(state: Mapping[str, torch.Tensor], stages: list[str]) -> tuple[bool, tuple[int, ...]]:
+    """(bottleneck blocks?, blocks per stage) of a ResNet whose four stages' tensors start with ``stages``."""
+    blocks = tuple(len({key[len(prefix):].split(".")[0] for key in state if key.startswith(prefix)})
+                   for prefix in stages)
+    return f"{stages[0]}0.conv3.weight" in state, blocks
+
+
 def _first(keys: list[str]) -> str:
     shown = ", ".join(keys[:SHOWN_KEYS])
     return shown + (f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else "")

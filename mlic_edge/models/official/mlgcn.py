@@ -38,14 +38,14 @@ Choices:
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mlic_edge.label_graph import LabelGraph, mlgcn_adjacency
-from mlic_edge.models.official import Imported, ImportOptions, ImportRefused, load_mapped, official_labels, rename
+from mlic_edge.models.official import (TORCHVISION_RESNETS, resnet_layout, Imported, ImportOptions, ImportRefused,
+                                        load_mapped, official_labels, rename)
 from mlic_edge.models.official.label_files import cooccurrence, label_vectors
 from mlic_edge.models.registry import create_model
 
@@ -55,9 +55,6 @@ TAU, P = 0.4, 0.25  # the official gen_A's t (both demos) and its hard-coded re-
 A_TOLERANCE = 1e-5
 STAGES = {0: "conv1", 1: "bn1", 4: "layer1", 5: "layer2", 6: "layer3", 7: "layer4"}  # features.N → our names
 STAGE_INDICES = (4, 5, 6, 7)
-DEPTHS = {((2, 2, 2, 2), False): 18, ((3, 4, 6, 3), False): 34, ((3, 4, 6, 3), True): 50,
-          ((3, 4, 23, 3), True): 101, ((3, 8, 36, 3), True): 152}  # (blocks per stage, bottleneck) → ResNet depth
-_BLOCK_KEY = re.compile(r"^features\.([4-7])\.(\d+)\.")
 
 
 def convert(state: dict[str, torch.Tensor], options: ImportOptions, source: Path) -> Imported:
@@ -111,20 +108,14 @@ def normalised_adjacency(a: torch.Tensor) -> torch.Tensor:
 def detect_resnet(state: dict[str, torch.Tensor], source: Path) -> tuple[str, str | None]:
     """(timm name, note) of the torchvision ResNet under ``features.*``: depth from the blocks per stage and the
     block type; ResNeXt / wide variants from the groups and width of layer1's 3×3 convolution."""
-    blocks = {index: 0 for index in STAGE_INDICES}
-    for key in state:
-        match = _BLOCK_KEY.match(key)
-        if match:
-            stage, block = int(match.group(1)), int(match.group(2))
-            blocks[stage] = max(blocks[stage], block + 1)
-    per_stage = tuple(blocks[index] for index in STAGE_INDICES)
-    bottleneck = "features.4.0.conv3.weight" in state
-    depth = DEPTHS.get((per_stage, bottleneck))
-    if depth is None or "features.4.0.conv2.weight" not in state:
+    bottleneck, per_stage = resnet_layout(state, [f"features.{index}." for index in STAGE_INDICES])
+    resnet = TORCHVISION_RESNETS.get((bottleneck, per_stage))
+    if resnet is None or "features.4.0.conv2.weight" not in state:
         kind = "Bottleneck" if bottleneck else "BasicBlock"
         raise ImportRefused(f"{source}: features.4-7 hold {'-'.join(map(str, per_stage))} {kind} blocks, not a "
                             "torchvision ResNet (18/34/50/101/152)",
                             hint=f"check FORMAT ({FORMAT}): ML-GCN's backbone is features.0-7 of a ResNet")
+    depth = int(resnet.removeprefix("resnet"))
     width, per_group = state["features.4.0.conv2.weight"].shape[:2]
     groups = max(int(width) // int(per_group), 1)
     if groups > 1:

@@ -59,7 +59,8 @@ import torch
 
 from mlic_edge.label_graph import LabelGraph
 from mlic_edge.models.official.label_files import cooccurrence, label_vectors
-from mlic_edge.models.official import Imported, ImportOptions, ImportRefused, load_mapped, official_labels, rename
+from mlic_edge.models.official import (TORCHVISION_RESNETS, resnet_layout, Imported, ImportOptions, ImportRefused,
+                                        load_mapped, official_labels, rename)
 from mlic_edge.models.registry import create_model
 from mlic_edge.models.zoo.msrn import num_groups_for
 
@@ -82,13 +83,6 @@ GAT_LAYERS = {  # official GAT module → ours
     "label_embed.layers.1": "label_gat.1.gat",
     "group_embed.layers.0.embed": "group_pool.embed.gat",
     "group_embed.layers.0.assign_mat": "group_pool.assign.gat",
-}
-_BACKBONES = {  # (bottleneck blocks?, blocks per stage) → timm name (torchvision's layout and names)
-    (False, (2, 2, 2, 2)): "resnet18",
-    (False, (3, 4, 6, 3)): "resnet34",
-    (True, (3, 4, 6, 3)): "resnet50",
-    (True, (3, 4, 23, 3)): "resnet101",
-    (True, (3, 8, 36, 3)): "resnet152",
 }
 
 
@@ -163,12 +157,10 @@ def _gat_tensors(state: dict[str, torch.Tensor], official: str, ours: str, sourc
 
 def _backbone_of(state: dict[str, torch.Tensor], source: Path) -> str:
     """The timm ResNet with the checkpoint's layout: bottleneck or basic blocks, and the block count of each stage."""
-    blocks = tuple(len({key.split(".")[2] for key in state if key.startswith(f"resnet_101.layer{stage}.")})
-                   for stage in (1, 2, 3, 4))
-    bottleneck = "resnet_101.layer1.0.conv3.weight" in state
-    name = _BACKBONES.get((bottleneck, blocks))
+    bottleneck, blocks = resnet_layout(state, [f"resnet_101.layer{stage}." for stage in (1, 2, 3, 4)])
+    name = TORCHVISION_RESNETS.get((bottleneck, blocks))
     if name is None:
         raise ImportRefused(f"{source}: its ResNet has {'bottleneck' if bottleneck else 'basic'} blocks {blocks}, "
-                            f"none of {', '.join(_BACKBONES.values())}",
+                            f"none of {', '.join(TORCHVISION_RESNETS.values())}",
                             hint="check FORMAT; the backbone is read from the resnet_101.layer* tensors")
     return name

@@ -82,6 +82,8 @@ import torch
 import torch.nn as nn
 
 from mlic_edge.models.official import (
+    TORCHVISION_RESNETS,
+    resnet_layout,
     IMAGENET_MEAN,
     IMAGENET_STD,
     Imported,
@@ -102,12 +104,6 @@ HINT = "give the checkpoint.pkl and config_new.json released together (mapping: 
 
 RESNET_BODY, TRESNET_BODY = "backbone.0.body.", "backbone.0.body.body."
 ENCODING_KEY = "backbone.1.pe"
-RESNETS = {  # (bottleneck blocks, blocks per stage) -> timm name; the depths the official Backbone builds
-    (False, (2, 2, 2, 2)): "resnet18",
-    (False, (3, 4, 6, 3)): "resnet34",
-    (True, (3, 4, 6, 3)): "resnet50",
-    (True, (3, 4, 23, 3)): "resnet101",
-}
 TRESNETS = {(4, 5, 18, 3): "tresnet_l", (4, 5, 24, 3): "tresnet_xl"}  # basic blocks in layer1-2 (TResNet v1)
 OFFICIAL_BACKBONES = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50",
                       "resnet101": "resnet101", "tresnetl": "tresnet_l", "tresnetxl": "tresnet_xl"}
@@ -321,10 +317,11 @@ def detect_backbone(state: Mapping[str, torch.Tensor], source: Path) -> str:
     else:
         raise ImportRefused(f"{source} has no ResNet or TResNet backbone tensors (backbone.0.body.*): Swin and CvT "
                             "backbones are not supported", hint=HINT)
-    blocks = tuple(_count_indices(state, f"{body}layer{stage}.") for stage in (1, 2, 3, 4))
-    bottleneck = f"{body}layer1.0.conv3.weight" in state
-    name = RESNETS.get((bottleneck, blocks)) if family == "ResNet" else (
+    bottleneck, blocks = resnet_layout(state, [f"{body}layer{stage}." for stage in (1, 2, 3, 4)])
+    name = TORCHVISION_RESNETS.get((bottleneck, blocks)) if family == "ResNet" else (
         None if bottleneck else TRESNETS.get(blocks))
+    if name not in OFFICIAL_BACKBONES.values():  # the depths the official Backbone builds (no resnet152)
+        name = None
     if name is None:
         raise ImportRefused(f"{source}: a {family} with {'bottleneck' if bottleneck else 'basic'} blocks "
                             f"{'-'.join(map(str, blocks))} per stage, which this importer does not support",
