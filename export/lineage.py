@@ -16,6 +16,7 @@ there the ONNX's stamp is the model's identity, and the reference is checked aga
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -35,17 +36,15 @@ def export_command(run: RunDir) -> str:
 
 def checkpoint_sha256(run: RunDir) -> str | None:
     """The sha256 of the run's checkpoint.pt, or None where it is not here (a device)."""
-    return sha256_file(run.checkpoint) if run.checkpoint.is_file() else None
+    return _file_sha256(run.checkpoint) if run.checkpoint.is_file() else None
 
 
 def onnx_metadata(run: RunDir, precision: str, path: Path | None = None) -> dict[str, str]:
     """The metadata of the run's ONNX of ``precision`` (or of ``path``), refusing a file that cannot be read."""
-    from mlic_edge.export.metadata import read_metadata
-
     path = path or run.onnx(precision)
     fix = export_command(run) if precision == "fp32" else rebuild_command(run.path, precision)
     try:
-        return read_metadata(path)
+        return dict(_file_metadata(path))
     except Exception as error:  # protobuf's DecodeError, onnx's own errors, a truncated file: all the same here
         raise LineageError(f"{path} cannot be read as ONNX ({type(error).__name__}: {str(error).strip()[:120]})",
                           hint=f"make it again: {fix}") from None
@@ -76,7 +75,7 @@ def check_onnx(run: RunDir, precision: str, spec: RunSpec | None = None, path: P
                               "since)", hint=f"export again: {fix}")
     else:
         recorded = metadata.get(ONNX_SHA)
-        if recorded and run.onnx("fp32").is_file() and recorded != sha256_file(run.onnx("fp32")):
+        if recorded and run.onnx("fp32").is_file() and recorded != _file_sha256(run.onnx("fp32")):
             raise LineageError(f"{path.name} was made from another {run.onnx('fp32').name} (it was exported again "
                               "since)", hint=f"rebuild: {fix}")
     return metadata
@@ -98,6 +97,33 @@ def check_reference(run: RunDir, reference_checkpoint: str | None, reference_lab
         raise LineageError(f"{run.reference} scored another model than this run's (made from checkpoint "
                           f"{reference_checkpoint[:12]}…, the run's is {made_from[:12]}…)",
                           hint=f"write it again: {export_command(run)}")
+
+
+# parity, build and run check the same files several times (the reference, then each backend): each file is read once
+# per version of it (every artefact is replaced by a rename, so a new version is a new inode or mtime).
+def _version(path: Path) -> tuple[str, int, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _file_sha256(path: Path) -> str:
+    return _sha256_of(_version(path))
+
+
+def _file_metadata(path: Path) -> tuple[tuple[str, str], ...]:
+    return _metadata_of(_version(path))
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of(version: tuple[str, int, int, int]) -> str:
+    return sha256_file(version[0])
+
+
+@functools.lru_cache(maxsize=16)
+def _metadata_of(version: tuple[str, int, int, int]) -> tuple[tuple[str, str], ...]:
+    from mlic_edge.export.metadata import read_metadata
+
+    return tuple(read_metadata(version[0]).items())
 
 
 def _short(value: object) -> str:
