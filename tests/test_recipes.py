@@ -125,3 +125,26 @@ def test_a_frozen_backbone_keeps_its_stem_and_batchnorm_statistics():
     assert not any(name.startswith(("backbone.conv1", "backbone.bn1", "backbone.layer1")) for name in changed)
     assert not any("running_" in name or ".bn" in name for name in changed)
     assert any(name.startswith("backbone.layer2") for name in changed) and "head.weight" in changed
+
+
+def test_compile_and_channels_last_train_the_same_model(capsys, tmp_path, synth_data, monkeypatch):
+    """--compile goes through torch.compile; with it and --channels-last, the same first epoch is learnt as without."""
+    compiled = []
+    real_compile = torch.compile
+
+    def spy(module, **options):
+        compiled.append(type(module).__name__)
+        return real_compile(module, **options)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    losses = {}
+    for name, options in (("eager", ["--no-channels-last"]), ("compiled", ["--channels-last", "--compile"])):
+        result = invoke(capsys, "train", "--model", "baseline", "--data", f"voc:{synth_data}", "--recipe", "quick",
+                        "--backbone", "resnet10t", "--img-size", "32", "--epochs", "1", "--workers", "0",
+                        "--out", tmp_path / name, "--json", *options)
+        assert result.code == 0, result.err
+        losses[name] = json.loads(result.out)["history"][0]["train_loss"]
+        config = json.loads((tmp_path / name / "run.json").read_text())["train"]["config"]
+        assert config["compile"] == (name == "compiled") and config["channels_last"] == (name == "compiled")
+    assert compiled == ["_TrainingLoss"]
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)

@@ -55,6 +55,8 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm across the ranks of a torchrun launch (CUDA only)
     accumulate: int = 1  # optimizer step every ``accumulate`` batches
     amp: str | None = None
+    channels_last: bool | None = None  # None: on CUDA devices (Tensor Core convolutions), off on CPUs
+    compile: bool = False  # torch.compile the training step
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:

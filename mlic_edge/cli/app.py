@@ -266,6 +266,10 @@ def train(
                                    "(a K times larger effective batch)."),
     amp: Optional[str] = typer.Option(None, "--amp", help="Mixed precision on CUDA: bf16, fp16 (the CUDA default) or "
                                       "off; CPUs train in float32 (off)."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory "
+                                                 "format for the convolutions (default: on CUDA, off on CPUs)."),
+    compile_model: bool = typer.Option(TrainConfig.compile, "--compile", help="torch.compile the training step "
+                                       "(minutes of compiling first; pays off on long GPU runs)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Train a model and write its run directory (checkpoint.pt, run.json, reports/). Under `torchrun
@@ -285,7 +289,7 @@ def train(
                          pretrained_file=str(pretrained_file) if pretrained_file else None,
                          train_split=train_split, eval_split=eval_split, difficult=difficult, workers=workers,
                          seed=seed, resume=resume, overwrite=overwrite, device=device, sync_bn=sync_bn,
-                         accumulate=accumulate, amp=amp)
+                         accumulate=accumulate, amp=amp, channels_last=channels_last, compile=compile_model)
     result = run_training(config)
     if json_out:
         _emit_json(result)
