@@ -76,6 +76,17 @@ def test_paper_structure():
     assert tiny(7, batchformer=False).batchformer is None
 
 
+def test_default_sizes_follow_the_backbone_as_query2labels_configs_do():
+    """d = the backbone's width (no projection; 2048 for the paper's ResNeSt/ResNet-101), FFN 4d; run.json and a
+    checkpoint record the resolved sizes, so a reloaded model is the one trained."""
+    model = Q2L(5, backbone="resnet10t")
+    assert model.hyperparameters["hidden_dim"] == 512 and model.hyperparameters["ffn_dim"] == 2048
+    assert isinstance(model.input_proj, nn.Identity)
+    assert model.transformer.encoder[0].linear1.out_features == 2048
+    wide = Q2L(5, backbone="resnest14d", batchformer=False)
+    assert (wide.hyperparameters["hidden_dim"], wide.hyperparameters["ffn_dim"]) == (2048, 8192)
+
+
 def test_sine_encoding_matches_detr():
     h, w, d = 3, 5, 16
     pos = sine_position_encoding(torch.zeros(2, d, h, w), d)

@@ -59,6 +59,6 @@ QUICK = Recipe(
     img_size=96, grad_clip=10.0, crop_scale=0.8)
 
 
-def recipes_of(paper: Recipe) -> dict[str, Recipe]:
-    """A model's recipes by name: its paper's and the shared quick one."""
-    return {"paper": paper, "quick": QUICK}
+def recipes_of(paper: Recipe, quick: Recipe | None = None) -> dict[str, Recipe]:
+    """A model's recipes by name: its paper's and the quick one (the shared ``QUICK`` unless it has its own)."""
+    return {"paper": paper, "quick": quick or QUICK}

@@ -28,11 +28,12 @@ _MODELS: dict[str, ModelEntry] = {}
 
 
 def register_model(*, name: str, paper: str, default_backbone: str, default_img_size: int, recipe: Recipe,
-                   needs_label_graph: bool = False) -> Callable:
+                   needs_label_graph: bool = False, quick: Recipe | None = None) -> Callable:
     """Class or function decorator: ``builder(num_classes, backbone, pretrained, pretrained_file,
     [label_graph,] **hyperparameters) -> MultiLabelModel``.
 
-    ``recipe``: how the paper trains it (``--recipe paper``, the default); ``quick`` is shared.
+    ``recipe``: how the paper trains it (``--recipe paper``, the default); ``quick``: the shared ``QUICK`` unless the
+    model needs its own (``QUICK.with_changes(...)``, saying why in its ``source``).
     A builder with ``needs_label_graph`` gets ``label_graph=None`` when rebuilt from a checkpoint: it must then
     allocate its label buffers from its hyperparameters and let ``load_state_dict`` fill them.
     """
@@ -42,7 +43,7 @@ def register_model(*, name: str, paper: str, default_backbone: str, default_img_
             raise ValueError(f"model {name!r} registered twice")
         summary = (builder.__doc__ or "").strip().splitlines()[0] if builder.__doc__ else ""
         _MODELS[name] = ModelEntry(name, builder, paper, default_backbone, default_img_size, summary,
-                                   needs_label_graph, recipes_of(recipe))
+                                   needs_label_graph, recipes_of(recipe, quick))
         return builder
 
     return decorate
