@@ -12,7 +12,6 @@ import sys
 import threading
 from pathlib import Path
 
-
 from test_lineage import snapshot
 
 ENTRY = "import sys; from mlic_edge.cli.app import main; sys.argv[0] = 'mlic-edge'; main()"
