@@ -30,7 +30,8 @@ def test_every_model_has_a_paper_recipe_with_its_source_and_the_quick_one():
 def test_the_paper_recipes_say_what_the_papers_do():
     recipes = {entry.name: entry.recipes["paper"] for entry in list_models()}
     assert (recipes["q2l"].optimizer, recipes["q2l"].lr, recipes["q2l"].schedule) == ("adamw", 1e-4, "onecycle")
-    assert recipes["q2l"].ema_decay == 0.9997 and set(recipes["q2l"].augment) == {"randaugment", "cutout"}
+    assert recipes["q2l"].ema_decay == 0.9997 and set(recipes["q2l"].augment) == {"randaugment", "cutout", "cutmix"}
+    assert recipes["q2l"].mean == (0.0, 0.0, 0.0) and recipes["q2l"].std == (1.0, 1.0, 1.0)  # paper 003 §2.1
     assert (recipes["mlgcn"].lr, recipes["mlgcn"].backbone_lr_scale, recipes["mlgcn"].grad_clip) == (0.1, 0.1, 10.0)
     assert recipes["mlgcn"].loss == "softmargin" and recipes["msrn"].crop_scale == 0.6
 
@@ -150,3 +151,35 @@ def test_compile_and_channels_last_train_the_same_model(capsys, tmp_path, synth_
         assert config["compile"] == (name == "compiled") and config["channels_last"] == (name == "compiled")
     assert compiled == ["_TrainingLoss"]
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
+
+
+def test_cutmix_mixes_a_box_and_the_labels_by_its_area():
+    """Paper 003's CutMix: one box from the partner image (the batch reversed), targets mixed by the area kept; a
+    label ignored (-1, VOC difficult) in either image stays ignored."""
+    from mlic_edge.data.torch_data import cut_mix
+
+    torch.manual_seed(3)
+    images = torch.stack([torch.zeros(3, 40, 40), torch.ones(3, 40, 40)])
+    targets = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    mixed, soft = cut_mix(images, targets, probability=1.0)
+    kept = float((mixed[0] == 0).float().mean())  # share of image 0 still its own
+    assert 0.0 < kept < 1.0 and torch.equal(mixed[1] == 1, (mixed[0] == 0))  # the same box, swapped
+    torch.testing.assert_close(soft[0, :2], torch.tensor([kept, 1.0 - kept]))
+    assert soft[0, 2] == -1.0 and soft[1, 2] == -1.0
+    unchanged = cut_mix(images, targets, probability=0.0)
+    assert unchanged[0] is images and unchanged[1] is targets
+
+
+def test_q2ls_paper_recipe_trains_end_to_end_with_its_normalisation(capsys, tmp_path, synth_data):
+    """Every part of the paper recipe at once (AdamW one-cycle, EMA, RandAugment, Cutout, CutMix, frozen BN and stem,
+    ASL), small: the run records the paper's mean 0 / std 1, which export and the runtime then use."""
+    run = tmp_path / "q2l"
+    result = invoke(capsys, "train", "--model", "q2l", "--data", f"voc:{synth_data}", "--backbone", "resnet10t",
+                    "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--model-kwargs",
+                    "hidden_dim=64", "--model-kwargs", "ffn_dim=64", "--out", run, "--json")
+    assert result.code == 0, result.err
+    recorded = json.loads((run / "run.json").read_text())
+    assert recorded["recipe"]["name"] == "paper" and "cutmix" in recorded["recipe"]["augment"]
+    assert recorded["mean"] == [0.0, 0.0, 0.0] and recorded["std"] == [1.0, 1.0, 1.0]
+    history = json.loads(result.out)["history"]
+    assert len(history) == 1 and all(row["train_loss"] > 0 and row["val_mAP_ema"] is not None for row in history)

@@ -23,7 +23,7 @@ from timm.utils import ModelEmaV3
 from mlic_edge import metrics
 from mlic_edge.console import info, progress_bar, warn
 from mlic_edge.data import open_dataset
-from mlic_edge.data.torch_data import ImageDataset, describe_broken, make_loader
+from mlic_edge.data.torch_data import ImageDataset, cut_mix, describe_broken, make_loader
 from mlic_edge.errors import Interrupted, MlicError
 from mlic_edge.models import create_model, get_model_entry
 from mlic_edge.models.backbone import backbone_data_config
@@ -167,7 +167,8 @@ def _train(config: TrainConfig, dist: DistContext) -> dict[str, Any]:
                           **recipe.loss_options)
     lr = recipe.lr
     plan = stage_plan(model, recipe.epochs) if config.stages else [None] * recipe.epochs
-    train_images = ImageDataset(train_set, img_size, data_config["mean"], data_config["std"], augment=True,
+    mean, std = recipe.mean or data_config["mean"], recipe.std or data_config["std"]
+    train_images = ImageDataset(train_set, img_size, mean, std, augment=True,
                                 crop_scale=(recipe.crop_scale, 1.0), resize=config.resize, extra=recipe.augment)
     sampler = _sampler(config.sampler, train_images, config.seed, dist)
     train_loader = make_loader(train_images, recipe.batch_size, shuffle=True, workers=config.workers,
@@ -222,8 +223,8 @@ def _train(config: TrainConfig, dist: DistContext) -> dict[str, Any]:
     if dist.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
         run.update(
-            model=config.model, backbone=backbone, img_size=img_size, mean=data_config["mean"],
-            std=data_config["std"], resize=config.resize, labels=train_set.names, model_config=model.config(),
+            model=config.model, backbone=backbone, img_size=img_size, mean=list(mean), std=list(std),
+            resize=config.resize, labels=train_set.names, model_config=model.config(),
             recipe={"name": config.recipe, **recipe.as_dict()},
             dataset={"spec": train_set.spec, "format": train_set.format, "train_split": train_set.split,
                      "eval_split": eval_set.split, "difficult": config.difficult,
@@ -258,6 +259,8 @@ def _train(config: TrainConfig, dist: DistContext) -> dict[str, Any]:
                 images = batch.images.to(device, non_blocking=True,
                                          memory_format=memory_format or torch.contiguous_format)
                 targets = batch.targets.to(device, non_blocking=True)
+                if "cutmix" in recipe.augment:
+                    images, targets = cut_mix(images, targets)
                 steps_now = batch_number % config.accumulate == 0 or batch_number == batches_per_epoch
                 # Under DDP, gradients are all-reduced only on the batch that steps the optimizer.
                 with (contextlib.nullcontext() if steps_now or not dist.enabled else step_model.no_sync()):
@@ -291,7 +294,7 @@ def _train(config: TrainConfig, dist: DistContext) -> dict[str, Any]:
             val_maps, scores_of = {}, {}
             for weights, network in candidates.items():
                 scores_of[weights] = _validation_scores(
-                    dist, network, eval_set, img_size, data_config["mean"], data_config["std"], recipe.batch_size,
+                    dist, network, eval_set, img_size, mean, std, recipe.batch_size,
                     config.workers, device, on_batch=lambda n: progress.advance(val_task, n / len(candidates)),
                     resize=config.resize)
                 val_maps[weights] = metrics.mean_average_precision(

@@ -56,6 +56,26 @@ def cutout(tensor: torch.Tensor, share: float = 0.5) -> torch.Tensor:
     return tensor
 
 
+def cut_mix(images: torch.Tensor, targets: torch.Tensor, alpha: float = 1.0, probability: float = 0.5
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix (Yun et al. 2019) on a multi-label batch: with ``probability``, one box of every image is replaced by
+    the same box of its partner (the batch reversed) and the targets mix by area, λ·y + (1 − λ)·y_partner, where λ is
+    the share of the image kept; a label ignored (-1) in either image stays ignored. λ ~ Beta(α, α) and the box come
+    from timm (``cutmix_bbox_and_lam``, λ corrected for a box clipped at the border)."""
+    from timm.data.mixup import cutmix_bbox_and_lam
+
+    if len(images) < 2 or float(torch.rand(1)) >= probability:
+        return images, targets
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    (top, bottom, left, right), lam = cutmix_bbox_and_lam(images.shape, lam)
+    partner_images, partner_targets = images.flip(0), targets.flip(0)
+    mixed = images.clone()
+    mixed[:, :, top:bottom, left:right] = partner_images[:, :, top:bottom, left:right]
+    soft = lam * targets + (1.0 - lam) * partner_targets
+    soft[(targets < 0) | (partner_targets < 0)] = -1.0
+    return mixed, soft
+
+
 class ImageDataset(Dataset):
     """Images of a split as normalised CHW float tensors; ``augment`` adds random resized crop and flip, and the
     ``extra`` augmentations a recipe asks for (``randaugment``, ``cutout``).

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 RECIPE_NAMES = ("paper", "quick")
 SCHEDULES = ("cosine", "step", "onecycle")
-AUGMENTATIONS = ("randaugment", "cutout")  # on top of the random resized crop and the flip every recipe has
+AUGMENTATIONS = ("randaugment", "cutout", "cutmix")  # on top of the random resized crop and flip of every recipe
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ class Recipe:
     ema_decay: float | None = None  # exponential moving average of the weights (timm ModelEmaV3); None: off
     crop_scale: float = 0.6  # random resized crop keeps at least this share of the image area
     augment: tuple[str, ...] = ()  # extra augmentations from AUGMENTATIONS
+    mean: tuple[float, float, float] | None = None  # input normalisation; None: the backbone's (timm's data config)
+    std: tuple[float, float, float] | None = None
     frozen_bn: bool = False  # backbone BatchNorm kept in eval mode, affine frozen (Query2Label's FrozenBatchNorm2d)
     frozen_stem: bool = False  # backbone stem and first stage not trained (Query2Label's/DETR's backbone: layer2-4)
     loss: str = "bce"

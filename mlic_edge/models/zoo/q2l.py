@@ -78,9 +78,11 @@ PAPER_RECIPE = Recipe(
            "raw weights kept), RandAugment and Cutout, 448 px, ASL γ-=2 γ+=0 clip 0, no gradient clipping, the "
            "backbone's BatchNorm frozen and its stem and first stage not trained (Query2Label's backbone.py). Paper "
            "003 trains 25 epochs and states an initial lr of 1e-6, read as Query2Label's 1e-4 (at 1e-6 nothing "
-           "learns in 25 epochs); its cutmix is not implemented (Cutout instead); batch 32 chosen for one GPU",
+           "learns in 25 epochs); its cutmix (probability 0.5, chosen: the paper gives none) beside Query2Label's Cutout; "
+           "its normalisation, mean 0 and std 1 (paper 003 §2.1); batch 32 chosen for one GPU",
     optimizer="adamw", lr=1e-4, weight_decay=1e-2, schedule="onecycle", warmup_epochs=0.0, epochs=25,
-    batch_size=32, img_size=448, grad_clip=None, ema_decay=0.9997, crop_scale=0.6, augment=("randaugment", "cutout"),
+    batch_size=32, img_size=448, grad_clip=None, ema_decay=0.9997, crop_scale=0.6,
+    augment=("randaugment", "cutout", "cutmix"), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
     frozen_bn=True, frozen_stem=True, loss="asl", loss_options={"gamma_neg": 2.0, "gamma_pos": 0.0, "clip": 0.0})
 
 
