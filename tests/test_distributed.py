@@ -4,6 +4,7 @@ a resume with one process, a failing rank, bad input, and the class-aware sample
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -76,6 +77,36 @@ def test_sync_bn_on_cpus_is_refused_by_every_rank(tmp_path, synth_data):
     # each rank refuses; torchrun may stop the second before it prints, once the first has exited
     assert (result.stdout + result.stderr).count("--sync-bn needs CUDA devices") >= 1
     assert not out.exists()
+
+
+def test_an_unreachable_rendezvous_is_one_line_and_writes_nothing(tmp_path, synth_data):
+    """A rank whose MASTER_ADDR:MASTER_PORT never answers (a hand-set launch, a dead head node) stops in one line
+    instead of retrying for the collective timeout."""
+    out = tmp_path / "run"
+    environment = {**os.environ, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                   "MASTER_PORT": str(free_port()), "MLIC_EDGE_RENDEZVOUS_SECONDS": "1"}
+    result = subprocess.run([sys.executable, *TRAIN, "--data", f"voc:{synth_data}", "--epochs", "1", "--out",
+                             str(out), "--device", "cpu"], capture_output=True, text=True, timeout=120,
+                            env=environment)
+    assert result.returncode == 2  # a refusal (MlicError), not a crash
+    assert "rank 1: nothing answered at the rendezvous 127.0.0.1:" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_more_processes_than_gpus_is_refused_by_the_rank_without_one(monkeypatch):
+    import torch
+
+    from mlic_edge.errors import MlicError
+    from mlic_edge.train.distributed import process_group
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for name, value in {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(MlicError, match="rank 3: local rank 3 has no GPU \\(this machine has 2\\)") as refused:
+        with process_group(torch.device("cuda")):
+            pass
+    assert "--nproc-per-node at most the GPU count" in refused.value.hint
 
 
 @pytest.mark.parametrize(("changes", "message"), [

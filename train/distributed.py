@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Iterator, TypeVar
@@ -24,6 +26,7 @@ from mlic_edge.console import console
 from mlic_edge.errors import MlicError
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=5)
+RENDEZVOUS_SECONDS = 120.0  # how long a rank waits for MASTER_ADDR:MASTER_PORT to answer (MLIC_EDGE_RENDEZVOUS_SECONDS)
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 T = TypeVar("T")
@@ -98,6 +101,27 @@ class DistContext:
         return list(range(self.rank, count, self.world_size)) if self.enabled else None
 
 
+def wait_for_rendezvous(rank: int, host: str, port: int, seconds: float) -> None:
+    """Refuse, in one line, a rendezvous nothing answers at: PyTorch's store would otherwise retry for the whole
+    collective timeout. Under torchrun the agent's store is up before any rank starts, so this returns at once;
+    it matters for hand-set or scheduler-set MASTER_ADDR/MASTER_PORT (every rank but 0 connects to rank 0's store,
+    which rank 0 itself creates)."""
+    if rank == 0:
+        return
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(5.0, max(seconds, 0.1))):
+                return
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                raise MlicError(f"rank {rank}: nothing answered at the rendezvous {host}:{port} for {seconds:g} s "
+                                f"({error.strerror or error})",
+                                hint="check --rdzv-endpoint / MASTER_ADDR:MASTER_PORT and that rank 0 started"
+                                ) from None
+            time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def process_group(device: torch.device) -> Iterator[DistContext]:
     """The run's context: under torchrun with more than one process, joins the process group (on CUDA, each process
@@ -114,6 +138,8 @@ def process_group(device: torch.device) -> Iterator[DistContext]:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
+    wait_for_rendezvous(rank, os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                        float(os.environ.get("MLIC_EDGE_RENDEZVOUS_SECONDS", RENDEZVOUS_SECONDS)))
     try:
         torch_dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT)
     except Exception as error:  # an unreachable rendezvous, a port in use: one line, naming the rank
