@@ -7,8 +7,8 @@
 
 from mlic_edge.calibration.images import CalibrationSet, select_calibration_set
 from mlic_edge.calibration.int8 import (METHODS, Int8Report, calibration_key, quantizable_nodes, quantize_int8,
-                                        quantized_node_names)
+                                        quantized_node_names, residual_add_inputs)
 from mlic_edge.calibration.sensitivity import layer_sensitivity
 
 __all__ = ["METHODS", "CalibrationSet", "Int8Report", "calibration_key", "layer_sensitivity", "quantizable_nodes",
-           "quantize_int8", "quantized_node_names", "select_calibration_set"]
+           "quantize_int8", "quantized_node_names", "residual_add_inputs", "select_calibration_set"]

@@ -1,13 +1,16 @@
 """FP32 ONNX -> INT8 ONNX with explicit Q/DQ, by ONNX Runtime's static quantizer, and the calibration record.
 
-What is quantized (NVIDIA's explicit-quantization placement rules, TensorRT developer guide "Explicit
-Quantization"): Q/DQ go on the *inputs* of the weighted operators (Conv, ConvTranspose, Gemm, MatMul), where
-TensorRT fuses DQ -> op into an INT8 kernel; outputs of those ops are not quantized (the next consumer's input Q
-does it). Residual ``Add`` nodes whose two inputs are both activations also get Q/DQ on their inputs (not their
-output): NVIDIA recommends this for ResNets so the Add fuses into the preceding Conv as an INT8 element-wise
-epilogue instead of forcing a float round trip. An ``Add`` with a constant input (a bias, a folded label
-embedding) is left in float. Everything is symmetric INT8 (zero point 0), weights per output channel, and biases
-stay float (TensorRT's parser rejects INT32 biases).
+What is quantized (NVIDIA's explicit-quantization placement, TensorRT developer guide "Q/DQ Layer-Placement
+Recommendations"): Q/DQ go on the *inputs* of the weighted operators (Conv, ConvTranspose, Gemm, MatMul), where
+TensorRT fuses DQ -> op into an INT8 kernel; their outputs are not quantized, so Conv -> Relu stays one fused
+kernel. A residual ``Add`` fed by a Conv gets one Q/DQ, on its *other* input (the shortcut; the second input when
+both come from Convs): TensorRT then fuses the Conv, the Add and a following Relu into one INT8 kernel with an
+element-wise epilogue. The Conv's output into that Add stays float, and so does every other Add (a bias, a folded
+label embedding, a transformer's residual). Everything is symmetric INT8 (zero point 0), weights per output
+channel, and biases stay float (TensorRT's parser rejects INT32 biases).
+
+ONNX Runtime's static quantizer places the weighted operators' Q/DQ from the calibrated ranges; the residual Adds'
+Q/DQ are placed here from the same ranges (its quantizer can only quantize every input of an Add, or none).
 
 Record layout under ``<run>/calibration/<key>/``: ``record.json`` (method, settings, fp32 ONNX hash, images and
 their hashes, class coverage, ORT version) and ``ranges.json`` (ONNX Runtime's per-tensor ranges). The key
@@ -47,7 +50,9 @@ from mlic_edge.export.lineage import ONNX_SHA
 from mlic_edge.io import atomic_path, read_json, sha256_file, write_json
 
 METHODS = ("entropy", "percentile", "minmax")
-QUANTIZED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
+WEIGHTED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+QUANTIZED_OP_TYPES = (*WEIGHTED_OP_TYPES, "Add")
+CONV_OP_TYPES = ("Conv", "ConvTranspose")
 RECORD_FILE, RANGES_FILE = "record.json", "ranges.json"
 SETTINGS = {
     "format": "QDQ",
@@ -55,6 +60,8 @@ SETTINGS = {
     "weights": "int8 symmetric per-channel",
     "quantize_bias": False,
     "op_types": list(QUANTIZED_OP_TYPES),
+    "weighted_outputs_quantized": False,
+    "add_inputs_quantized": "the shortcut of an Add fed by a Conv",
     "add_outputs_quantized": False,
     "calibrators": {  # ORT's quantize_static leaves entropy at 128 bins = 128 target bins, i.e. plain min/max
         "entropy": {"num_bins": 2048, "num_quantized_bins": 256},  # 128 levels a side, as TensorRT on |x|
@@ -98,16 +105,31 @@ def constant_names(model: onnx.ModelProto) -> set[str]:
 
 
 def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes that get Q/DQ (the names ``keep_fp`` accepts)."""
+    """Names of the nodes that get Q/DQ (the names ``keep_fp`` accepts): the weighted operators and the residual
+    Adds fed by a Conv."""
+    residual = residual_add_inputs(model)
+    return [node.name for node in model.graph.node
+            if node.op_type in WEIGHTED_OP_TYPES or (node.op_type == "Add" and node.name in residual)]
+
+
+def residual_add_inputs(model: onnx.ModelProto) -> dict[str, int]:
+    """The Adds TensorRT fuses into a Conv, each with the index of the input to quantize: both inputs are
+    activations and one comes from a Conv; the quantized one is the other (input 1 when both come from Convs)."""
     constants = constant_names(model)
-    names = []
+    producers = {out: node for node in model.graph.node for out in node.output}
+
+    def from_conv(name: str) -> bool:
+        producer = producers.get(name)
+        return producer is not None and producer.op_type in CONV_OP_TYPES
+
+    chosen = {}
     for node in model.graph.node:
-        if node.op_type not in QUANTIZED_OP_TYPES:
+        if node.op_type != "Add" or len(node.input) != 2 or any(name in constants for name in node.input):
             continue
-        if node.op_type == "Add" and any(name in constants for name in node.input):
-            continue
-        names.append(node.name)
-    return names
+        convs = [from_conv(name) for name in node.input]
+        if any(convs):
+            chosen[node.name] = 1 if all(convs) else convs.index(False)
+    return chosen
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, record_root: Path, *, method: str = "percentile",
@@ -195,16 +217,83 @@ def _run_quantizer(fp32_path: Path, out_path: Path, ranges: Path, reader: _Batch
                 _calibrate(fp32_path, ranges, reader, method)
             quantize_static(str(fp32_path), str(out_path), None, quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=list(QUANTIZED_OP_TYPES), nodes_to_exclude=excluded,
+                            op_types_to_quantize=list(WEIGHTED_OP_TYPES), nodes_to_exclude=excluded,
                             calibrate_method=_calibration_methods()[method], calibration_cache_path=str(ranges),
                             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                           "QuantizeBias": False, "OpTypesToExcludeOutputQuantization": ["Add"]})
+                                           "QuantizeBias": False,
+                                           "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES)})
+            _quantize_residual_adds(out_path, ranges, excluded)
         except (ValueError, RuntimeError) as error:
             if reader is not None and reader.images == 0:
                 raise _no_readable_image() from error
             raise CalibrationError(f"ONNX Runtime could not quantize {fp32_path.name}: {error}",
                                    hint="check the fp32 model runs under ONNX Runtime; try another --calib-method"
                                    ) from error
+
+
+def _quantize_residual_adds(path: Path, ranges: Path, excluded: Sequence[str]) -> None:
+    """Q/DQ on the shortcut input of each residual Add (``residual_add_inputs``) not kept in float, from its
+    calibrated range. A tensor ONNX Runtime quantized for a Conv already reaches every consumer through that Q/DQ
+    (its quantizer rewires them all), so the Add shares it: one scale per tensor."""
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    model = onnx.load(str(path))
+    residual = {name: index for name, index in residual_add_inputs(model).items() if name not in set(excluded)}
+    if not residual:
+        return
+    calibrated = load_tensors_data(ranges)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    dequantized = {producers[dq.input[0]].input[0]: dq.output[0] for dq in model.graph.node
+                   if dq.op_type == "DequantizeLinear" and dq.input[0] in producers
+                   and producers[dq.input[0]].op_type == "QuantizeLinear"}
+    added = []
+    for node in model.graph.node:
+        if node.name not in residual:
+            continue
+        tensor = node.input[residual[node.name]]
+        if producers.get(tensor) is not None and producers[tensor].op_type == "DequantizeLinear":
+            continue  # ONNX Runtime already feeds it the Q/DQ it made for a Conv reading the same tensor
+        if tensor not in dequantized:
+            if tensor not in calibrated:
+                raise CalibrationError(f"no calibrated range for {tensor!r}, the shortcut input of {node.name}",
+                                       hint=f"keep it in float: --keep-fp {node.name}")
+            low, high = calibrated[tensor].range_value
+            scale = max(abs(float(np.min(low))), abs(float(np.max(high))), 1e-12) / 127.0
+            dequantized[tensor] = _add_qdq(model, tensor, scale, added)
+        node.input[residual[node.name]] = dequantized[tensor]
+    _insert_in_order(model, added)
+    onnx.save(model, str(path))
+
+
+def _add_qdq(model: onnx.ModelProto, tensor: str, scale: float, added: list[onnx.NodeProto]) -> str:
+    """A symmetric int8 QuantizeLinear -> DequantizeLinear pair on ``tensor``; returns the dequantized name."""
+    from onnx import TensorProto, helper
+
+    stem = f"{tensor}_residual"
+    model.graph.initializer.extend([
+        helper.make_tensor(f"{stem}_scale", TensorProto.FLOAT, [], [scale]),
+        helper.make_tensor(f"{stem}_zero_point", TensorProto.INT8, [], [0]),
+    ])
+    added.append(helper.make_node("QuantizeLinear", [tensor, f"{stem}_scale", f"{stem}_zero_point"],
+                                  [f"{stem}_quantized"], name=f"{stem}_QuantizeLinear"))
+    added.append(helper.make_node("DequantizeLinear", [f"{stem}_quantized", f"{stem}_scale", f"{stem}_zero_point"],
+                                  [f"{stem}_dequantized"], name=f"{stem}_DequantizeLinear"))
+    return f"{stem}_dequantized"
+
+
+def _insert_in_order(model: onnx.ModelProto, added: list[onnx.NodeProto]) -> None:
+    """Put each new Q/DQ pair right after the node producing its tensor (ONNX wants nodes topologically sorted)."""
+    after: dict[str, list[onnx.NodeProto]] = {}
+    inputs = {value.name for value in model.graph.input}
+    for index in range(0, len(added), 2):
+        after.setdefault(added[index].input[0], []).extend(added[index:index + 2])
+    nodes = [node for name in inputs & after.keys() for node in after[name]]
+    for node in model.graph.node:
+        nodes.append(node)
+        for output in node.output:
+            nodes.extend(after.get(output, []))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
 
 
 def _calibration_methods() -> dict:
@@ -245,16 +334,14 @@ def _quiet_root_logger() -> Iterator[None]:
 
 
 def _check_keep_fp(model: onnx.ModelProto, keep_fp: Sequence[str]) -> list[str]:
-    """``keep_fp`` plus the Adds that must stay float (constant input)."""
+    """``keep_fp``, once every name is known to be a quantizable node."""
     quantizable = quantizable_nodes(model)
     unknown = [name for name in keep_fp if name not in set(quantizable)]
     if unknown:
         raise CalibrationError(f"--keep-fp names no quantizable node: {', '.join(unknown)}",
                                hint=f"use node names such as {', '.join(quantizable[:3])} "
                                     f"(the sensitivity report lists the worst ones)")
-    constant_adds = [node.name for node in model.graph.node
-                     if node.op_type in QUANTIZED_OP_TYPES and node.name not in set(quantizable)]
-    return list(keep_fp) + constant_adds
+    return list(keep_fp)
 
 
 def _checked_record(record_dir: Path) -> int:

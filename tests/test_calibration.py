@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from mlic_edge.calibration import (METHODS, CalibrationSet, layer_sensitivity, quantizable_nodes, quantize_int8,
-                                   quantized_node_names, select_calibration_set)
+                                   quantized_node_names, residual_add_inputs, select_calibration_set)
 from mlic_edge.calibration import images as calibration_images
 from mlic_edge.data import open_dataset
 from mlic_edge.data.dataset import MultiLabelDataset
@@ -154,26 +154,37 @@ def test_weights_are_per_channel_symmetric_int8_and_biases_stay_float(int8):
             assert initializers[node.input[0]].data_type != TensorProto.INT32, "bias quantized to INT32"
 
 
-def test_activation_qdq_pairs_sit_on_inputs_of_quantized_ops(int8):
+def test_qdq_placement_is_the_one_tensorrt_fuses(int8, run):
+    """Q/DQ on the activation inputs of Conv/Gemm/MatMul and on the shortcut of residual Adds, nowhere else: no Q/DQ
+    between a Conv and its Relu or on the Conv branch of an Add (TensorRT fuses Conv + Add + Relu), none on an Add's
+    output."""
+    fp32 = onnx.load(str(run.onnx("fp32")))
     model = onnx.load(str(int8.path))
     producers = _producers(model)
     constants = {init.name for init in model.graph.initializer}
+    weighted_inputs = {name for node in fp32.graph.node if node.op_type in WEIGHTED for name in node.input}
+    residual = residual_add_inputs(fp32)
+    nodes = {node.name: node for node in fp32.graph.node}
+    shortcuts = {nodes[name].input[index] for name, index in residual.items()}
+    fp32_constants = {init.name for init in fp32.graph.initializer}
+    block_adds = {node.name for node in fp32.graph.node
+                  if node.op_type == "Add" and not fp32_constants & set(node.input)}
+    assert residual.keys() == block_adds and residual  # a ResNet: every block's Add is fed by a Conv
+    assert {node.input[0] for node in model.graph.node if node.op_type == "QuantizeLinear"} \
+        <= weighted_inputs | shortcuts  # nothing else is quantized: no Conv output before a Relu, no Add output
     quantized = quantized_node_names(model)
     assert int8.quantized_nodes == len(quantized) > 0
-    assert {node.op_type for node in model.graph.node if node.name in quantized} >= {"Conv", "Gemm", "Add"}
     for node in model.graph.node:
-        if node.name not in quantized:
-            continue
-        for name in node.input:
-            if not name or name in constants:
-                continue  # a float bias
-            dq = producers.get(name)
-            assert dq is not None and dq.op_type == "DequantizeLinear", f"{node.name} input {name} not quantized"
-            if dq.input[0] in constants:
-                continue  # a weight
-            assert producers[dq.input[0]].op_type == "QuantizeLinear"
-    add_outputs = {node.output[0] for node in model.graph.node if node.op_type == "Add"}
-    assert not any(node.op_type == "QuantizeLinear" and node.input[0] in add_outputs for node in model.graph.node)
+        inputs = [name for name in node.input if name and name not in constants]
+        fed = [producers.get(name) is not None and producers[name].op_type == "DequantizeLinear" for name in inputs]
+        if node.op_type in WEIGHTED:
+            assert all(fed), f"{node.name}: an activation input is not quantized"
+        elif node.op_type == "Add" and node.name in residual:
+            index = residual[node.name]
+            assert fed[index] and not fed[1 - index], f"{node.name}: Q/DQ belongs on the shortcut alone"
+            assert producers[node.input[1 - index]].op_type == "Conv"  # the fused branch stays float
+        elif node.op_type == "Relu":
+            assert not any(fed), f"{node.name} reads a dequantized Conv output"
 
 
 def test_metadata_is_carried_and_marks_int8(int8, run):
