@@ -32,6 +32,8 @@ class CalibrationSet:
     requested: int
     notes: list[str] = field(default_factory=list)
     """Things the user should be told (fewer images than asked, classes absent)."""
+    targets: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """(images, classes) in the dataset's {1, 0, -1} encoding, for a set that is scored (the held-out set)."""
     _hashes: dict[str, str] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -70,9 +72,28 @@ class CalibrationSet:
             yield np.stack(pending)
 
 
-def select_calibration_set(dataset: MultiLabelDataset, count: int, seed: int = 0) -> CalibrationSet:
+    def inputs_and_targets(self, img_size: int, mean: Sequence[float], std: Sequence[float],
+                           resize: str = DEFAULT_RESIZE, input_format: str = FLOAT_INPUT
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """Every readable image preprocessed (one NCHW array) and its targets; unreadable files left out of both."""
+        images, kept = [], []
+        for index, path in enumerate(self.image_paths):
+            image = read_image(path)
+            if image is not None:
+                images.append(model_input(image, img_size, mean, std, resize, input_format))
+                kept.append(index)
+        if not images or self.targets is None:
+            raise CalibrationError("none of the held-out images could be read" if self.targets is not None else
+                                   "this image set has no targets to score against",
+                                   hint="check the training split's image files")
+        return np.stack(images), self.targets[kept]
+
+
+def select_calibration_set(dataset: MultiLabelDataset, count: int, seed: int = 0,
+                           purpose: str = "calibration") -> CalibrationSet:
     """Pick ``count`` images: one holding each class first (rarest class first), then random ones; deterministic
-    for a seed. Fewer images than asked uses them all and says so; classes with no image are warned about by name."""
+    for a seed. Fewer images than asked uses them all and says so; classes with no image are warned about by name.
+    ``purpose`` names the set in those notes."""
     if count < 1:
         raise CalibrationError(f"calibration image count must be at least 1, got {count}",
                                hint="pass --calib-images N with N >= 1 (a few hundred is typical)")
@@ -82,7 +103,7 @@ def select_calibration_set(dataset: MultiLabelDataset, count: int, seed: int = 0
     if count >= len(dataset):
         chosen = list(range(len(dataset)))
         if count > len(dataset):
-            notes.append(f"asked for {count} calibration images but split {dataset.split!r} has only "
+            notes.append(f"asked for {count} {purpose} images but split {dataset.split!r} has only "
                          f"{len(dataset)}: using all {len(dataset)}")
     else:
         chosen = _cover_classes_then_fill(positives, count, rng)
@@ -97,11 +118,13 @@ def select_calibration_set(dataset: MultiLabelDataset, count: int, seed: int = 0
         class_counts={name: int(n) for name, n in zip(dataset.names, counts)},
         requested=count,
         notes=notes,
+        targets=picked.targets,
     )
     missing = calibration.missing_classes()
     if missing:
-        notes.append(f"no calibration image holds {len(missing)} class(es): {', '.join(missing)} "
-                     f"(their activations are calibrated only through other images)")
+        notes.append(f"no {purpose} image holds {len(missing)} class(es): {', '.join(missing)}"
+                     + (" (their activations are calibrated only through other images)"
+                        if purpose == "calibration" else ""))
     for note in notes:
         warn(note)
     return calibration
@@ -123,3 +146,15 @@ def _cover_classes_then_fill(positives: np.ndarray, count: int, rng: np.random.G
     rest = rng.permutation(np.flatnonzero(~taken))[: count - len(chosen)]
     chosen.extend(int(i) for i in rest)
     return chosen
+
+
+def split_holdout(dataset: MultiLabelDataset, count: int, seed: int = 1
+                  ) -> tuple[CalibrationSet, MultiLabelDataset]:
+    """(held-out images, the rest of the split): ``count`` images of ``dataset`` (the training split; at most a
+    quarter of it) chosen as calibration images are, every class first, to measure an INT8 model on; calibration
+    then picks from the rest, so the two never share an image, and neither is the eval split."""
+    count = max(1, min(count, len(dataset) // 4))
+    holdout = select_calibration_set(dataset, count, seed=seed, purpose="held-out")
+    taken = set(holdout.image_ids)
+    rest = [index for index, image_id in enumerate(dataset.image_ids()) if image_id not in taken]
+    return holdout, dataset.subset(rest)

@@ -233,26 +233,29 @@ def _run_quantizer(fp32_path: Path, out_path: Path, ranges: Path, reader: _Batch
 
 def _quantize_residual_adds(path: Path, ranges: Path, excluded: Sequence[str]) -> None:
     """Q/DQ on the shortcut input of each residual Add (``residual_add_inputs``) not kept in float, from its
-    calibrated range. A tensor ONNX Runtime quantized for a Conv already reaches every consumer through that Q/DQ
-    (its quantizer rewires them all), so the Add shares it: one scale per tensor."""
+    calibrated range. A tensor ONNX Runtime quantized for a Conv reaches every consumer through that Q/DQ (its
+    quantizer rewires them all): the Add shares it (one scale per tensor), or reads the float tensor when kept."""
     from onnxruntime.quantization.calibrate import load_tensors_data
 
     model = onnx.load(str(path))
-    residual = {name: index for name, index in residual_add_inputs(model).items() if name not in set(excluded)}
+    residual = residual_add_inputs(model)
     if not residual:
         return
     calibrated = load_tensors_data(ranges)
     producers = {out: node for node in model.graph.node for out in node.output}
-    dequantized = {producers[dq.input[0]].input[0]: dq.output[0] for dq in model.graph.node
-                   if dq.op_type == "DequantizeLinear" and dq.input[0] in producers
-                   and producers[dq.input[0]].op_type == "QuantizeLinear"}
+    float_of = {dq.output[0]: producers[dq.input[0]].input[0] for dq in model.graph.node
+                if dq.op_type == "DequantizeLinear" and dq.input[0] in producers
+                and producers[dq.input[0]].op_type == "QuantizeLinear"}
+    dequantized = {tensor: name for name, tensor in float_of.items()}
     added = []
     for node in model.graph.node:
         if node.name not in residual:
             continue
-        tensor = node.input[residual[node.name]]
-        if producers.get(tensor) is not None and producers[tensor].op_type == "DequantizeLinear":
-            continue  # ONNX Runtime already feeds it the Q/DQ it made for a Conv reading the same tensor
+        index = residual[node.name]
+        tensor = float_of.get(node.input[index], node.input[index])
+        if node.name in set(excluded):
+            node.input[index] = tensor  # kept in float, also where ONNX Runtime rewired it to a Conv's Q/DQ
+            continue
         if tensor not in dequantized:
             if tensor not in calibrated:
                 raise CalibrationError(f"no calibrated range for {tensor!r}, the shortcut input of {node.name}",
@@ -260,7 +263,7 @@ def _quantize_residual_adds(path: Path, ranges: Path, excluded: Sequence[str]) -
             low, high = calibrated[tensor].range_value
             scale = max(abs(float(np.min(low))), abs(float(np.max(high))), 1e-12) / 127.0
             dequantized[tensor] = _add_qdq(model, tensor, scale, added)
-        node.input[residual[node.name]] = dequantized[tensor]
+        node.input[index] = dequantized[tensor]
     _insert_in_order(model, added)
     onnx.save(model, str(path))
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from mlic_edge.calibration.int8 import QUANTIZED_OP_TYPES, constant_names
+from mlic_edge.calibration.int8 import constant_names, quantizable_nodes
 from mlic_edge.errors import CalibrationError
 
 
-def layer_sensitivity(fp32_path: Path, int8_path: Path, inputs: np.ndarray, top: int = 5) -> list[dict]:
-    """The ``top`` quantized layers adding the most relative error on ``inputs`` (a preprocessed NCHW batch),
-    worst first: node name, op type, input and output relative error, added error and output SQNR in dB."""
+def layer_sensitivity(fp32_path: Path, int8_path: Path, inputs: np.ndarray, top: int | None = 5) -> list[dict]:
+    """The ``top`` (None: all) quantized layers adding the most relative error on ``inputs`` (a preprocessed NCHW
+    batch), worst first: node name, op type, input and output relative error, added error and output SQNR in dB."""
     int8 = onnx.load(str(int8_path))
     layers = _quantized_layers(int8)
     if not layers:
@@ -40,16 +40,18 @@ def layer_sensitivity(fp32_path: Path, int8_path: Path, inputs: np.ndarray, top:
         rows.append({"node": name, "op_type": op_type, "input_error": in_error, "output_error": out_error,
                      "added_error": out_error - in_error, "sqnr_db": _sqnr_db(out_error)})
     rows.sort(key=lambda row: row["added_error"], reverse=True)
-    return rows[:top]
+    return rows if top is None else rows[:top]
 
 
 def _quantized_layers(model: onnx.ModelProto) -> list[tuple[str, str, list[str], str]]:
-    """(node, op type, float tensors before its input Q/DQ, output) for every node fed by a DequantizeLinear."""
+    """(node, op type, float tensors before its input Q/DQ, output) for every quantizable node (the names
+    ``--keep-fp`` accepts) fed by a DequantizeLinear."""
     producer = {out: node for node in model.graph.node for out in node.output}
     constants = constant_names(model)
+    quantizable = set(quantizable_nodes(model))
     layers = []
     for node in model.graph.node:
-        if node.op_type not in QUANTIZED_OP_TYPES:
+        if node.name not in quantizable:
             continue
         sources = [_before_qdq(name, producer) for name in node.input if name]
         if not any(name != original for name, original in zip(sources, node.input)):

@@ -31,6 +31,9 @@ INPUT_LAYOUTS = {  # the human-readable ``input_layout`` of the ONNX metadata
 # Parity limits per precision (runtime/checks/parity.py applies them; --tolerance, --min-same, --max-diff override).
 DEFAULT_TOLERANCE_POINTS = {"fp32": 0.1, "fp16": 0.5, "int8": 1.5}  # |ΔmAP| allowed, in points
 DEFAULT_LABELSET_FLOOR = {"fp32": 0.99, "fp16": 0.97, "int8": 0.90}  # share of images with identical label sets
+# What `build --precision int8` keeps layers in float for, measured on held-out training images (issue 15's target).
+INT8_TARGET_DELTA_POINTS = 0.5
+INT8_TARGET_AGREEMENT = 0.97
 # max |Δscore|; fp32 only (fp16/int8 move scores by design): 1e-2 leaves room for TF32 on GPUs and fails a reference
 # of another model (seen: 0.11).
 DEFAULT_MAX_SCORE_DIFF: dict[str, float | None] = {"fp32": 1e-2, "fp16": None, "int8": None}

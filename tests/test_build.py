@@ -60,6 +60,27 @@ def test_build_report_has_sizes_kept_layers_and_map_against_fp32(built_run):
     assert "| int8 |" in markdown and "--keep-fp" in markdown
 
 
+def test_int8_keeps_layers_in_float_for_its_accuracy_target_on_held_out_images(built_run):
+    """By default the int8 build measures itself on held-out training images and keeps the most sensitive layers
+    in float, within its budget (10 % of the quantized layers), until the target holds; the ONNX is the last step's."""
+    from mlic_edge.calibration import quantizable_nodes, quantized_node_names
+
+    entry = json.loads((built_run / "reports" / "build.json").read_text())["builds"]["int8"]["int8"]
+    search = entry["accuracy_target"]
+    assert search["target"] == {"max_delta_points": 0.5, "min_agreement": 0.97, "threshold": 0.5}
+    assert search["images"] == 30 and search["steps"][0]["kept_fp"] == []  # a quarter of the 120 training images
+    budget = -(-len(quantizable_nodes(onnx.load(str(built_run / "model.onnx")))) // 10)
+    assert len(search["kept_fp"]) <= budget and search["kept_fp"] == entry["kept_fp"]
+    assert search["met"] == search["steps"][-1]["met"] and search["stopped"] in ("met", "budget")
+    assert all(not step["met"] for step in search["steps"][:-1])
+    ranked = [row["node"] for row in entry["sensitivity"]]
+    assert search["kept_fp"] == ranked[:len(search["kept_fp"])]  # the most sensitive first
+    quantized = set(quantized_node_names(onnx.load(str(built_run / "model.int8.onnx"))))
+    assert not quantized & set(search["kept_fp"]) and len(quantized) == entry["quantized_nodes"]
+    markdown = (built_run / "reports" / "build.md").read_text()
+    assert "accuracy target" in markdown and "held-out" in markdown
+
+
 def test_rebuilding_int8_reuses_the_calibration(built_run, tmp_path):
     from mlic_edge.rundir import RunDir
     from mlic_edge.commands.build import BuildRequest, build

@@ -458,6 +458,14 @@ def build(
                                           "benchmarks/results/precision.md compares them."),
     keep_fp: list[str] = typer.Option([], "--keep-fp", help="Node to keep in higher precision (repeatable; the "
                                       "build report names the most sensitive)."),
+    target_delta: float = typer.Option(BuildRequest.target_delta, "--target-delta", help="int8: largest |ΔmAP| in "
+                                       "points against fp32 on held-out training images; the most sensitive layers "
+                                       "are kept in float until it holds."),
+    target_agreement: float = typer.Option(BuildRequest.target_agreement, "--target-agreement", help="int8: "
+                                           "smallest share of held-out images with fp32's label set."),
+    max_fp_layers: Optional[int] = typer.Option(None, "--max-fp-layers", help="int8: most layers the accuracy "
+                                                "search keeps in float (default: 10 % of the quantized ones; 0: "
+                                                "measure only)."),
     batch: Optional[str] = BatchRangeOpt,
     workspace: Optional[int] = typer.Option(None, "--workspace", help="Builder workspace limit in MB."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Build for this DLA core, GPU fallback "
@@ -482,7 +490,8 @@ def build(
     from mlic_edge.commands.build import BuildRequest, build as run_build, check_request, parse_batch
 
     request = BuildRequest(precision=precision, backend=backend, calib_data=calib_data, calib_images=calib_images,
-                           calib_method=calib_method, keep_fp=list(keep_fp),
+                           calib_method=calib_method, keep_fp=list(keep_fp), target_delta=target_delta,
+                           target_agreement=target_agreement, max_fp_layers=max_fp_layers,
                            batch=parse_batch(batch) if batch else None,
                            workspace_mb=workspace, dla_core=dla_core, version_compatible=version_compatible,
                            hardware_compatibility=hardware_compatibility, evaluate=evaluate)

@@ -9,6 +9,7 @@ Precision lives in the ONNX (docs/design.md): ``model.fp16.onnx`` and ``model.in
 from __future__ import annotations
 
 import importlib.util
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ from mlic_edge.errors import BuildError, CalibrationError, MlicError
 from mlic_edge.export.lineage import ONNX_SHA, check_onnx
 from mlic_edge.io import json_text, read_json, sha256_file
 from mlic_edge.rundir import RunChange, RunDir
-from mlic_edge.spec import BUILD_BACKENDS, ENGINE_BACKENDS, PRECISIONS, RunSpec, require_choice
+from mlic_edge.spec import (BUILD_BACKENDS, ENGINE_BACKENDS, INT8_TARGET_AGREEMENT, INT8_TARGET_DELTA_POINTS,
+                            PRECISIONS, RunSpec, require_choice, require_fraction)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 DEFAULT_CALIB_IMAGES = 512
 FP16_MEASURE_IMAGES = 64  # fp16 decisions are measured on this many of the calibration images
 SENSITIVITY_IMAGES = 32
+DEFAULT_HOLDOUT_IMAGES = 256  # held-out training images the int8 accuracy target is measured on
+DEFAULT_FP_LAYER_SHARE = 0.1  # default budget of layers kept in float: this share of the quantizable ones
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -39,6 +43,10 @@ class BuildRequest:
     calib_images: int = DEFAULT_CALIB_IMAGES
     calib_method: str = "percentile"  # measured best-or-close on benchmarks/results/precision.md; entropy clipped too much
     keep_fp: list[str] = field(default_factory=list)
+    target_delta: float = INT8_TARGET_DELTA_POINTS  # int8: |ΔmAP| in points on held-out training images
+    target_agreement: float = INT8_TARGET_AGREEMENT  # int8: share of images with fp32's label set
+    max_fp_layers: int | None = None  # int8: layers the search may keep in float (None: 10 %; 0: measure only)
+    holdout_images: int = DEFAULT_HOLDOUT_IMAGES
     batch: tuple[int, int, int] | None = None  # None: the builder's default (1,1,8; DLA 1,1,1)
     workspace_mb: int | None = None
     dla_core: int | None = None
@@ -60,6 +68,12 @@ def check_request(request: BuildRequest) -> tuple[str, Any]:
     """(backend, TensorRT or None) for ``request``, refusing before any work (and before a bundle is unpacked) a
     precision or backend that does not exist, a TensorRT that is not installed, or an option it cannot honour."""
     require_choice("precision", request.precision, PRECISIONS, BuildError)
+    require_fraction("--target-agreement", request.target_agreement, hint="for example 0.97")
+    if not (math.isfinite(request.target_delta) and request.target_delta >= 0):
+        raise BuildError(f"--target-delta {request.target_delta} is not a number of mAP points >= 0",
+                         hint="for example 0.5")
+    if request.max_fp_layers is not None and request.max_fp_layers < 0:
+        raise BuildError(f"--max-fp-layers {request.max_fp_layers} is negative", hint="0 measures without keeping any")
     backend = resolve_build_backend(request.backend)
     trt = _load_builder(backend)
     if trt is not None:
@@ -139,6 +153,7 @@ def _make_fp16(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
                change: RunChange) -> tuple[Path, dict]:
     """model.fp16.onnx staged in ``change`` (put in place when the build commits), or the one in place when it is
     still current (then nothing is staged)."""
+    from mlic_edge.calibration import select_calibration_set
     from mlic_edge.export.fp16 import convert_to_fp16
 
     reusable = _reusable_fp16(run, request)
@@ -146,8 +161,8 @@ def _make_fp16(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
         info(f"fp16: {run.onnx('fp16').name} was made from this model.onnx with the same --keep-fp: reused "
              "(delete it to measure again)")
         return run.onnx("fp16"), reusable
-    calibration = _calibration_set(spec, request, required=True, count=min(request.calib_images,
-                                                                           FP16_MEASURE_IMAGES))
+    calibration = select_calibration_set(_training_images(spec, request, required=True),
+                                         min(request.calib_images, FP16_MEASURE_IMAGES))
     inputs = _first_images(calibration, spec, FP16_MEASURE_IMAGES)
     say("fp16: measuring ranges and errors", 0, 1)
     out = change.path(run.onnx("fp16"))
@@ -178,32 +193,88 @@ def _reusable_fp16(run: RunDir, request: BuildRequest) -> dict[str, Any] | None:
 def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
                change: RunChange) -> tuple[Path, dict]:
     """model.int8.onnx staged in ``change`` (put in place when the build commits); the calibration record is stored
-    under calibration/<key>/ at once (it is named by what it was made from, so it is never stale)."""
-    from mlic_edge.calibration import layer_sensitivity, quantize_int8
+    under calibration/<key>/ at once (it is named by what it was made from, so it is never stale). Where the
+    training images are here, the most sensitive layers are kept in float until the accuracy target holds on
+    held-out ones (calibration/accuracy.py)."""
+    from mlic_edge.calibration import layer_sensitivity, quantize_int8, select_calibration_set, split_holdout
 
     out = change.path(run.onnx("int8"))
-    calibration = _calibration_set(spec, request, required=False, count=request.calib_images)
-    report = quantize_int8(run.onnx("fp32"), out, run.path / "calibration",
-                           method=request.calib_method, calibration=calibration, img_size=spec.img_size,
-                           mean=spec.mean, std=spec.std, resize=spec.resize, input_format=spec.input_format,
-                           keep_fp=request.keep_fp,
-                           progress=lambda done, total: say(f"int8: calibrating ({request.calib_method})",
-                                                            done, total))
+    dataset = _training_images(spec, request, required=False)
+    holdout = calibration = None
+    if dataset is not None:
+        holdout, rest = split_holdout(dataset, request.holdout_images)
+        calibration = select_calibration_set(rest, request.calib_images)
+
+    def quantize(keep_fp: list[str], path: Path = out):
+        return quantize_int8(run.onnx("fp32"), path, run.path / "calibration", method=request.calib_method,
+                             calibration=calibration, img_size=spec.img_size, mean=spec.mean, std=spec.std,
+                             resize=spec.resize, input_format=spec.input_format, keep_fp=keep_fp,
+                             progress=lambda done, total: say(f"int8: calibrating ({request.calib_method})",
+                                                              done, total))
+
+    report = quantize(request.keep_fp)
     info(f"int8: {report.quantized_nodes} quantized layers, " + (
         f"calibration {report.key} reused ({report.images} images, {report.method})" if report.reused else
         f"calibrated on {report.images} images ({report.method}), record calibration/{report.key}/"))
     summary = {**report.as_dict(), "path": str(run.onnx("int8"))}
-    sensitivity_inputs = _sensitivity_inputs(spec, calibration)
-    if sensitivity_inputs is not None:
-        say("int8: per-layer sensitivity", 0, 1)
-        summary["sensitivity"] = layer_sensitivity(run.onnx("fp32"), out, sensitivity_inputs)
+    if calibration is None:
+        info("int8: accuracy target not measured (no training images here); the layers kept in float are the ones "
+             "asked with --keep-fp")
+        return out, summary
+    say("int8: per-layer sensitivity", 0, 1)
+    ranking = layer_sensitivity(run.onnx("fp32"), out, _first_images(calibration, spec, SENSITIVITY_IMAGES), top=None)
+    summary["sensitivity"] = ranking[:5]
+    search = _meet_accuracy_target(run, spec, request, dataset, holdout, ranking, quantize, out, say)
+    if search is not None:
+        if search.kept_fp != report.kept_fp:
+            final = quantize(search.kept_fp)  # from the same calibration record
+            summary.update(kept_fp=final.kept_fp, quantized_nodes=final.quantized_nodes)
+        summary["accuracy_target"] = search.as_dict()
     return out, summary
 
 
-def _calibration_set(run_spec: RunSpec, request: BuildRequest, *, required: bool, count: int):
-    """Images from the training split (or --calib-data); ``None`` where the data is absent and not required (an
-    int8 rebuild on a device reuses its calibration record)."""
-    from mlic_edge.calibration import select_calibration_set
+def _meet_accuracy_target(run: RunDir, spec: RunSpec, request: BuildRequest, dataset, holdout,
+                          ranking: list[dict], quantize, first: Path, say: Progress):
+    """The keep-fp search on held-out training images (None where they cannot be scored), told to the user;
+    ``first`` is the int8 ONNX already quantized with the user's --keep-fp."""
+    import tempfile
+
+    import onnx
+
+    from mlic_edge.calibration import AccuracyTarget, quantizable_nodes, search_keep_fp
+
+    if dataset.names != spec.labels:
+        info("int8: accuracy target not measured: the calibration data's classes are not the model's")
+        return None
+    images, targets = holdout.inputs_and_targets(spec.img_size, spec.mean, spec.std, spec.resize,
+                                                 spec.input_format)
+    quantizable = len(quantizable_nodes(onnx.load(str(run.onnx("fp32")))))
+    budget = (max(1, math.ceil(DEFAULT_FP_LAYER_SHARE * quantizable)) if request.max_fp_layers is None
+              else request.max_fp_layers)
+    target = AccuracyTarget(request.target_delta, request.target_agreement)
+    with tempfile.TemporaryDirectory(prefix=".int8-search.", dir=run.path) as work:
+        def trial(keep_fp: list[str]) -> Path:
+            if keep_fp == list(request.keep_fp):
+                return first
+            return quantize(keep_fp, Path(work) / f"int8.{len(keep_fp)}.onnx").path
+
+        search = search_keep_fp(trial, run.onnx("fp32"), images, targets, [row["node"] for row in ranking], target,
+                                budget, keep_fp=request.keep_fp, progress=lambda message: say(f"int8: {message}", 0, 1))
+    step = search.final
+    verdict = "meets" if search.met else f"misses ({search.stopped})"
+    info(f"int8: {verdict} the target (|ΔmAP| ≤ {target.max_delta_points} points, ≥ "
+         f"{target.min_agreement * 100:.0f} % identical label sets) on {search.images} held-out training images: "
+         f"ΔmAP {step.delta_mAP_points:+.2f}, {step.labelset_agreement * 100:.1f} % identical, "
+         f"{len(step.kept_fp)} layer(s) in float" + (f" ({', '.join(step.kept_fp)})" if step.kept_fp else ""))
+    if not search.met:
+        warn(f"int8 misses its accuracy target with {len(step.kept_fp)} layer(s) in float: raise --max-fp-layers, "
+             "try another --calib-method, or use fp16")
+    return search
+
+
+def _training_images(run_spec: RunSpec, request: BuildRequest, *, required: bool):
+    """The training split (or --calib-data) the calibration and held-out images come from; ``None`` where the data
+    is absent and not required (an int8 rebuild on a device reuses its calibration record)."""
     from mlic_edge.data import open_dataset
 
     dataset_meta = run_spec.dataset or {}
@@ -221,7 +292,7 @@ def _calibration_set(run_spec: RunSpec, request: BuildRequest, *, required: bool
         return None
     if dataset.names != run_spec.labels:
         warn(f"calibration data {dataset.spec} has other classes than the model: class coverage is not checked")
-    return select_calibration_set(dataset, count)
+    return dataset
 
 
 def _first_images(calibration, spec: RunSpec, count: int) -> "np.ndarray":
@@ -361,6 +432,19 @@ def build_markdown(report: dict[str, Any]) -> str:
                          + (f" ({', '.join(dla['gpu_layers'])})" if dla["gpu_layers"] else "") if dla else
                          "this TensorRT cannot say which layers run on DLA")
             lines += ["", f"## {key}: DLA placement (asked of the builder before building)", "", placement]
+        search = (entry.get("int8") or {}).get("accuracy_target")
+        if search:
+            outcome = "met" if search["met"] else f"missed ({search['stopped']})"
+            lines += ["", f"## {key}: accuracy target, {outcome}", "",
+                      f"Measured with ONNX Runtime (CPU; layers in float run fp32) on {search['images']} held-out "
+                      f"training images, neither calibration nor eval images (fp32 mAP there "
+                      f"{search['mAP_fp32'] * 100:.2f}). Each step keeps the next most sensitive layers in float.", "",
+                      "| step | layers in float | ΔmAP vs fp32 (pts) | identical label sets | target met |",
+                      "|---|---|---|---|---|"]
+            for number, step in enumerate(search["steps"]):
+                kept = ", ".join(step["kept_fp"]) or "none"
+                lines.append(f"| {number} | {kept} | {step['delta_mAP_points']:+.3f} | "
+                             f"{step['labelset_agreement'] * 100:.1f} % | {'yes' if step['met'] else 'no'} |")
         worst = (entry.get("int8") or {}).get("sensitivity")
         if worst:
             lines += ["", f"## {key}: layers that hurt most (copy names into --keep-fp)", "",

@@ -1,0 +1,97 @@
+"""INT8 that meets its accuracy target by itself (calibration/accuracy.py): the held-out images are neither
+calibration nor eval images, and the keep-fp search stops at the target and at its budget, keeping the most
+sensitive layers first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlic_edge.calibration import AccuracyTarget, search_keep_fp, select_calibration_set, split_holdout
+from mlic_edge.calibration import accuracy
+from mlic_edge.data import open_dataset
+
+
+def test_held_out_images_are_neither_calibration_nor_eval_images(synth_data):
+    train = open_dataset(f"voc:{synth_data}", role="train")
+    evaluation = open_dataset(f"voc:{synth_data}", role="eval")
+    holdout, rest = split_holdout(train, 256)
+    calibration = select_calibration_set(rest, 512)
+    assert len(holdout) == len(train) // 4  # capped: calibration keeps most of a small split
+    assert not set(holdout.image_ids) & set(calibration.image_ids)
+    assert not set(holdout.image_paths) & set(evaluation.image_paths)
+    assert len(holdout) + len(calibration) == len(train)
+    assert holdout.targets.shape == (len(holdout), train.num_classes)
+    assert all(count > 0 for count in holdout.class_counts.values())  # every class first, as calibration
+
+
+RANKING = ["worst", "second", "third", "fourth", "fifth", "sixth"]
+
+
+@pytest.fixture
+def fake_models(monkeypatch):
+    """Each quantization is named by the layers it keeps in float; its scores move away from fp32's by an error
+    that each kept layer removes (the worst layer most), so the search's choices are known in advance."""
+    rng = np.random.default_rng(0)
+    targets = (rng.random((200, 4)) < 0.3).astype(np.int8)
+    fp32 = np.clip(targets * 0.3 + rng.random((200, 4)) * 0.7, 0, 1)
+    share = {"worst": 0.6, "second": 0.2, "third": 0.1, "fourth": 0.08, "fifth": 0.01, "sixth": 0.01}
+    noise = rng.standard_normal((200, 4))
+    quantized: list[list[str]] = []
+
+    def quantize(keep_fp: list[str]) -> Path:
+        quantized.append(list(keep_fp))
+        return Path("int8-" + "+".join(keep_fp))
+
+    def scores(path: Path, images: np.ndarray) -> np.ndarray:
+        if path.name == "fp32":
+            return fp32
+        kept = [name for name in path.name.removeprefix("int8-").split("+") if name]
+        error = 1.0 - sum(share[name] for name in kept)
+        return np.clip(fp32 + 0.5 * error * noise, 0, 1)
+
+    monkeypatch.setattr(accuracy, "onnx_scores", scores)
+    return quantize, targets, quantized
+
+
+def test_the_search_stops_once_the_target_holds(fake_models):
+    quantize, targets, quantized = fake_models
+    target = AccuracyTarget(max_delta_points=100.0, min_agreement=0.9)
+    search = search_keep_fp(quantize, Path("fp32"), np.zeros((200, 1)), targets, RANKING, target, budget=6)
+    assert search.met and search.stopped == "met" and 2 < len(search.steps) < 5  # neither at once nor the budget
+    assert search.kept_fp == RANKING[:len(search.kept_fp)]  # the most sensitive first
+    assert [step.met for step in search.steps] == [False] * (len(search.steps) - 1) + [True]
+    assert quantized == [step.kept_fp for step in search.steps]  # one quantization per step, none after
+    assert [len(step.kept_fp) for step in search.steps] == [0, 1, 2, 4, 6][:len(search.steps)]
+
+
+def test_the_search_stops_at_its_budget_and_says_so(fake_models):
+    quantize, targets, _ = fake_models
+    impossible = AccuracyTarget(max_delta_points=0.0, min_agreement=1.0)
+    search = search_keep_fp(quantize, Path("fp32"), np.zeros((200, 1)), targets, RANKING, impossible, budget=3)
+    assert not search.met and search.stopped == "budget" and search.kept_fp == RANKING[:3]
+    assert [len(step.kept_fp) for step in search.steps] == [0, 1, 2, 3]
+
+
+def test_the_users_layers_stay_in_float_and_count_outside_the_budget(fake_models):
+    quantize, targets, _ = fake_models
+    impossible = AccuracyTarget(max_delta_points=0.0, min_agreement=1.0)
+    search = search_keep_fp(quantize, Path("fp32"), np.zeros((200, 1)), targets, RANKING, impossible, budget=2,
+                            keep_fp=["third"])
+    assert [step.kept_fp for step in search.steps] == [["third"], ["third", "worst"], ["third", "worst", "second"]]
+
+
+def test_budget_zero_measures_without_keeping(fake_models):
+    quantize, targets, _ = fake_models
+    search = search_keep_fp(quantize, Path("fp32"), np.zeros((200, 1)), targets, RANKING,
+                            AccuracyTarget(0.0, 1.0), budget=0)
+    assert len(search.steps) == 1 and search.kept_fp == [] and search.stopped == "budget"
+
+
+def test_group_sizes_grow_and_fill_the_budget_exactly():
+    assert accuracy.group_sizes(0) == []
+    assert accuracy.group_sizes(1) == [1]
+    assert accuracy.group_sizes(6) == [1, 1, 2, 2]
+    assert accuracy.group_sizes(12) == [1, 1, 2, 4, 4]
