@@ -2,8 +2,10 @@
 
     python benchmarks/precision.py --out benchmarks/results          # writes precision.json and precision.md
 
-On one trained synthetic model (resnet10t, long-tailed synthetic data): ΔmAP against the fp32 ONNX for every
-calibration method and calibration-set size (ONNX Runtime CPU, eval split); ONNX and TensorRT-for-RTX engine sizes
+On one trained synthetic model (resnet10t, long-tailed synthetic data): ΔmAP and label-set agreement against the fp32
+ONNX for every calibration method and calibration-set size with the Q/DQ placement alone (``--max-fp-layers 0``), and
+for the default command (which keeps layers in float until its accuracy target holds on held-out training images)
+(ONNX Runtime CPU, eval split); ONNX and TensorRT-for-RTX engine sizes
 per precision (engines built ahead of time on the CPU, never run here); ONNX Runtime CPU latency per precision,
 measured side by side in one process. Not a test: nothing is asserted.
 """
@@ -24,7 +26,7 @@ from mlic_edge.export.onnx_export import export_onnx
 from mlic_edge.export.reference import write_reference
 from mlic_edge.io import write_json
 from mlic_edge.rundir import RunDir, installed_versions
-from mlic_edge.commands.build import BuildRequest, build
+from mlic_edge.commands.build import DEFAULT_CALIB_IMAGES, BuildRequest, build
 from mlic_edge.train.trainer import TrainConfig, train
 
 CALIBRATION_SIZES = (64, 256, 1024)
@@ -69,16 +71,19 @@ def main() -> None:
     for method in METHODS:
         for size in CALIBRATION_SIZES:
             entry = quiet_build(run, BuildRequest(precision="int8", backend="onnxruntime", calib_method=method,
-                                                  calib_images=size))
+                                                  calib_images=size, max_fp_layers=0))
             calibration.append({"method": method, "requested": size, "images": entry["int8"]["images"],
                                 "seconds": entry["seconds"], "mAP_int8": entry["accuracy"]["mAP_int8"],
                                 "mAP_fp32": entry["accuracy"]["mAP_fp32"],
-                                "delta_mAP_points": entry["accuracy"]["delta_mAP_vs_fp32"] * 100})
-            print(f"int8 {method:10s} {size:5d} images: ΔmAP {calibration[-1]['delta_mAP_points']:+.3f} points",
-                  flush=True)
-    # The int8 ONNX the size/latency rows use: the default method with the largest set.
-    builds["int8"] = quiet_build(run, BuildRequest(precision="int8", backend="onnxruntime",
-                                                   calib_images=max(CALIBRATION_SIZES)))
+                                "delta_mAP_points": entry["accuracy"]["delta_mAP_vs_fp32"] * 100,
+                                "labelset_agreement": entry["accuracy"]["labelset_agreement_vs_fp32"]})
+            print(f"int8 {method:10s} {size:5d} images: ΔmAP {calibration[-1]['delta_mAP_points']:+.3f} points, "
+                  f"{calibration[-1]['labelset_agreement'] * 100:.1f} % identical label sets", flush=True)
+    # The default command; its int8 ONNX is the one the size/latency rows use.
+    builds["int8"] = quiet_build(run, BuildRequest(precision="int8", backend="onnxruntime"))
+    default = {"delta_mAP_points": builds["int8"]["accuracy"]["delta_mAP_vs_fp32"] * 100,
+               "labelset_agreement": builds["int8"]["accuracy"]["labelset_agreement_vs_fp32"],
+               "search": builds["int8"]["int8"]["accuracy_target"]}
 
     precisions = []
     for precision in ("fp32", "fp16", "int8"):
@@ -101,7 +106,7 @@ def main() -> None:
     result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/precision.py",
               "settings": {k: str(v) for k, v in vars(args).items()}, "versions": versions,
               "eval_images": builds["fp16"]["accuracy"]["images"], "fp16": builds["fp16"]["fp16"],
-              "calibration": calibration, "precisions": precisions,
+              "calibration": calibration, "default_int8": default, "precisions": precisions,
               "minutes": (time.monotonic() - started) / 60}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "precision.json", result)
@@ -117,19 +122,32 @@ def markdown(result: dict) -> str:
              f"{settings['classes']} classes; mAP on {result['eval_images']} eval images with ONNX Runtime "
              f"{result['versions'].get('onnxruntime')} (CPU). Engines: TensorRT for RTX, built ahead of time on this "
              "CPU and never run here (no engine speed or accuracy is reported).", "",
-             "## ΔmAP of int8 against the fp32 ONNX (points)", "",
+             "## int8 against the fp32 ONNX: ΔmAP (points) / identical label sets, Q/DQ placement alone", "",
+             "`--max-fp-layers 0`: every quantizable layer in int8.", "",
              "| method | " + " | ".join(f"{n} images" for n in CALIBRATION_SIZES) + " |",
              "|---|" + "---|" * len(CALIBRATION_SIZES)]
     for method in METHODS:
         rows = [r for r in result["calibration"] if r["method"] == method]
         lines.append(f"| {method} | " + " | ".join(
-            f"{r['delta_mAP_points']:+.2f}" + (f" ({r['images']} used)" if r["images"] != r["requested"] else "")
-            for r in rows) + " |")
+            f"{r['delta_mAP_points']:+.2f} / {r['labelset_agreement'] * 100:.1f} %"
+            + (f" ({r['images']} used)" if r["images"] != r["requested"] else "") for r in rows) + " |")
+    default = result["default_int8"]
+    search = default["search"]
+    final = search["steps"][-1]
+    lines += ["", "## The default command (`mlic-edge build --precision int8`)", "",
+              f"Percentile, {DEFAULT_CALIB_IMAGES} calibration images asked; accuracy target |ΔmAP| ≤ "
+              f"{search['target']['max_delta_points']} points and ≥ {search['target']['min_agreement'] * 100:.0f} % "
+              f"identical label sets on {search['images']} held-out training images: "
+              f"{'met' if search['met'] else 'missed (' + search['stopped'] + ')'} there with "
+              f"{len(final['kept_fp'])} layer(s) in float ({', '.join(final['kept_fp']) or 'none'}; held-out ΔmAP "
+              f"{final['delta_mAP_points']:+.2f}, {final['labelset_agreement'] * 100:.1f} % identical). On the eval "
+              f"split: ΔmAP **{default['delta_mAP_points']:+.2f}** points, **{default['labelset_agreement'] * 100:.1f} %"
+              "** identical label sets."]
     fp32_map = result["calibration"][0]["mAP_fp32"] * 100
     lines += ["", f"fp32 mAP: {fp32_map:.2f}. fp16 nodes kept in fp32 (measured): "
               + (", ".join(k["name"] for k in result["fp16"]["kept_fp32"]) or "none") + ".", "",
               "## Size and ONNX Runtime CPU latency per precision", "",
-              "| precision | mAP (ORT; int8: default method, 1024 images) | ONNX MB | engine MB (RTX, AOT) | ms batch 1 | ms batch 8 | vs fp32 (b1 / b8) |",
+              "| precision | mAP (ORT; int8: the default command) | ONNX MB | engine MB (RTX, AOT) | ms batch 1 | ms batch 8 | vs fp32 (b1 / b8) |",
               "|---|---|---|---|---|---|---|"]
     for row in result["precisions"]:
         latency, ratio = row["latency_ms"], row["latency_vs_fp32"]
