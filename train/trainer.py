@@ -107,11 +107,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
     autocast_dtype(config.amp, device)  # refused before any process group or file
     if config.sync_bn and device.type != "cuda":
         raise MlicError("--sync-bn needs CUDA devices (gloo on CPUs has no SyncBatchNorm)", hint="drop --sync-bn")
-    with process_group(device) as dist:
-        return _train(config, dist)
+    done: dict[str, Any] = {}  # what a stop's note reports: the epochs planned and those complete
+    with process_group(device) as dist, _note_on_stop(config, done):
+        return _train(config, dist, done)
 
 
-def _train(config: TrainConfig, dist: DistContext) -> dict[str, Any]:
+def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict[str, Any]:
     entry = get_model_entry(config.model)
     run = RunDir(config.out)
     device = dist.device
@@ -237,7 +238,8 @@ def _train(config: TrainConfig, dist: DistContext) -> dict[str, Any]:
 
     broken_train: list[int] = []
     started = time.monotonic()
-    with progress_bar() as progress, _note_on_stop(run, config, recipe.epochs, history):
+    done.update(epochs=recipe.epochs, history=history)
+    with progress_bar() as progress:
         for epoch in range(start_epoch, recipe.epochs):
             if epoch > 0 and plan[epoch] != plan[epoch - 1]:
                 optimizer, scheduler = start_stage(epoch)
@@ -372,15 +374,20 @@ def _train_section(train_config: dict[str, Any], history: list[dict[str, Any]], 
 
 
 @contextlib.contextmanager
-def _note_on_stop(run: RunDir, config: TrainConfig, epochs: int, history: list[dict[str, Any]]) -> Iterator[None]:
-    """A stop signal during training says what was kept and how to continue (the CLI prints the note)."""
+def _note_on_stop(config: TrainConfig, done: dict[str, Any]) -> Iterator[None]:
+    """A stop signal at any point of training says what was kept and how to continue (the CLI prints the note);
+    ``done`` holds the epochs planned and the history of those complete, once training has started."""
     try:
         yield
     except Interrupted as stop:
+        history, run = done.get("history"), RunDir(config.out)
         if history:
+            epochs = done["epochs"]
             stop.note = (f"training stopped after {history[-1]['epoch']} complete epoch(s) of {epochs}; "
                          f"{run.last_checkpoint} is resumable: mlic-edge train --model {config.model} --data "
                          f"{config.data} --out {run.path} --epochs {epochs} --resume")
+        elif config.resume:
+            stop.note = f"training stopped before another epoch ended; {run.last_checkpoint} is unchanged"
         else:
             stop.note = f"training stopped before its first epoch ended; no checkpoint was written in {run.path}"
         raise
