@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--runs", type=int, default=50, help="timed runs per latency figure")
+    parser.add_argument("--note", default="", help="what else ran on the machine, said under the latency table")
     args = parser.parse_args()
 
     run = prepare_run(args.work, args)
@@ -155,7 +156,8 @@ def markdown(result: dict) -> str:
                      f"{row['engine_bytes'] / 1e6:.2f} | {latency['batch1']:.2f} | {latency['batch8']:.2f} | "
                      f"{ratio['batch1']:.2f} / {ratio['batch8']:.2f} |")
     lines += ["", "Latency: median of the timed runs after warm-up, one process, precisions measured one after "
-              "another. ONNX Runtime's CPU kernels are not TensorRT's: these ratios say nothing about a GPU."]
+              "another. ONNX Runtime's CPU kernels are not TensorRT's: these ratios say nothing about a GPU."
+              + (f" {settings['note']}" if settings.get("note") else "")]
     return "\n".join(lines) + "\n"
 
 
