@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -92,6 +93,23 @@ def table(rows: list[dict], key: str, claims: dict) -> list[str]:
     return lines
 
 
+def merged(previous: dict, update: dict) -> dict:
+    """``previous`` results with the rows ``update`` re-measured put in place of theirs (or added)."""
+    def key(row: dict) -> tuple:
+        return row["model"], row["recipe"], row["loss"], row["sampler"]
+
+    result = dict(previous)
+    for table_name in ("models", "losses"):
+        fresh = {key(row): row for row in update[table_name]}
+        rows = [fresh.pop(key(row), row) for row in previous[table_name]]
+        result[table_name] = rows + list(fresh.values())
+    rows = [f"{row['model']} ({row['recipe']}, {row['loss']})" for name in ("models", "losses")
+            for row in update[name]]
+    command = "python benchmarks/zoo.py " + " ".join(sys.argv[1:])
+    result["updates"] = previous.get("updates", []) + [{"date": update["date"], "rows": rows, "command": command}]
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -105,7 +123,14 @@ def main() -> None:
     parser.add_argument("--losses", nargs="*", default=["bce", "softmargin", "focal", "asl", "dbl", "dab"])
     parser.add_argument("--paper-recipe", nargs="*", default=["q2l"], help="models also trained with their paper's "
                         "recipe (same input size and epochs)")
+    parser.add_argument("--update", action="store_true", help="train only the --models / --losses / --paper-recipe "
+                        "named (none by default) and replace their rows in OUT/zoo.json, keeping the others")
     args = parser.parse_args()
+    if args.update:
+        given = set(sys.argv)
+        args.models = args.models or []
+        args.losses = args.losses if "--losses" in given else []
+        args.paper_recipe = args.paper_recipe if "--paper-recipe" in given else []
 
     data_dir = args.work / "data"
     generate(data_dir, SynthConfig(classes=args.classes, images=args.images, size=args.img_size, seed=0,
@@ -113,7 +138,7 @@ def main() -> None:
     data = f"voc:{data_dir}"
     eval_targets = open_dataset(data, role="eval").targets
     chance_map = float(eval_targets.mean(axis=0).mean())  # expected AP of random scores: each class's prevalence
-    names = args.models or [entry.name for entry in list_models()]
+    names = args.models if args.update else args.models or [entry.name for entry in list_models()]
     model_rows = [one(name, "bce", data, args.work, args) for name in names]
     model_rows += [one(name, None, data, args.work, args, recipe="paper") for name in args.paper_recipe]
     loss_rows = [one("baseline", loss, data, args.work, args, sampler="class-aware" if loss == "dbl" else "random")
@@ -123,7 +148,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "settings": {k: str(v) for k, v in
                                                                                   vars(args).items()},
-              "chance_mAP": chance_map, "models": model_rows, "losses": loss_rows}
+              "chance_mAP": chance_map, "models": model_rows, "losses": loss_rows, "updates": []}
+    if args.update:
+        result = merged(json.loads((args.out / "zoo.json").read_text()), result)
+        model_rows, loss_rows = result["models"], result["losses"]
     (args.out / "zoo.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Zoo benchmark ({result['date']}, {machine})", "",
              f"Synthetic long-tailed data: {args.classes} classes, {args.images} images at {args.img_size} px "
@@ -132,7 +160,10 @@ def main() -> None:
              "`--recipe quick` unless it says paper (then the paper's optimizer, schedule, EMA, augmentations and "
              f"freezing at the same input size and epochs). Chance (random scores): {chance_map * 100:.1f} mAP. "
              "head/middle/tail: > 100 / 20–100 / < 20 training images. ORT CPU ms: ONNX Runtime fp32, batch 1, "
-             f"median of 50. Command: `python benchmarks/zoo.py --images {args.images}`.", "",
+             f"median of 50. Command: `python benchmarks/zoo.py --images {args.images}`."]
+    lines += [f"Rows re-measured on {update['date']} with `{update['command']}`: {', '.join(update['rows'])}."
+              for update in result["updates"]]
+    lines += ["",
              "## Models", ""] + table(model_rows, "model", PAPER_CLAIMS) + [
              "", "## Losses (baseline model)", ""] + table(loss_rows, "loss", LOSS_CLAIMS) + [""]
     (args.out / "zoo.md").write_text("\n".join(lines))
