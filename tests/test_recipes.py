@@ -173,8 +173,8 @@ def test_cutmix_mixes_a_box_and_the_labels_by_its_area():
 
 
 def test_q2ls_paper_recipe_trains_end_to_end_with_its_normalisation(capsys, tmp_path, synth_data):
-    """Every part of the paper recipe at once (AdamW one-cycle, EMA, RandAugment, Cutout, CutMix, frozen BN and stem,
-    ASL), small: the run records the paper's mean 0 / std 1, which export and the runtime then use."""
+    """Every part of the paper recipe at once (AdamW one-cycle, EMA, RandAugment, Cutout, CutMix, ASL), small: the
+    run records the paper's mean 0 / std 1, which export and the runtime then use."""
     run = tmp_path / "q2l"
     result = invoke(capsys, "train", "--model", "q2l", "--data", f"voc:{synth_data}", "--backbone", "resnet10t",
                     "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--model-kwargs",
@@ -183,5 +183,8 @@ def test_q2ls_paper_recipe_trains_end_to_end_with_its_normalisation(capsys, tmp_
     recorded = json.loads((run / "run.json").read_text())
     assert recorded["recipe"]["name"] == "paper" and "cutmix" in recorded["recipe"]["augment"]
     assert recorded["mean"] == [0.0, 0.0, 0.0] and recorded["std"] == [1.0, 1.0, 1.0]
+    # From scratch the backbone's BatchNorm and stem train: frozen random weights would never learn.
+    assert not recorded["recipe"]["frozen_bn"] and not recorded["recipe"]["frozen_stem"]
+    assert "meant for pretrained weights" in result.err
     history = json.loads(result.out)["history"]
     assert len(history) == 1 and all(row["train_loss"] > 0 and row["val_mAP_ema"] is not None for row in history)

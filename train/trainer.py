@@ -12,7 +12,7 @@ import csv
 import math
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -147,6 +147,12 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
     dist.barrier()  # a refusal on rank 0 (an exported run without --overwrite) ends the run before any rank trains
 
     recipe = config.resolve(entry.recipes)
+    starts_pretrained = config.pretrained or config.pretrained_file is not None or resume_state is not None
+    if (recipe.frozen_bn or recipe.frozen_stem) and not starts_pretrained:
+        # Freezing keeps pretrained statistics and low-level filters; frozen random ones would never learn.
+        info(f"recipe {config.recipe!r} freezes the backbone's BatchNorm and stem, meant for pretrained weights: "
+             "training from scratch, they train (pass --pretrained to freeze them)")
+        recipe = replace(recipe, frozen_bn=False, frozen_stem=False)
     img_size = recipe.img_size or entry.default_img_size
     backbone = config.backbone or entry.default_backbone
     label_graph = None

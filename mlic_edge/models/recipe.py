@@ -37,6 +37,7 @@ class Recipe:
     augment: tuple[str, ...] = ()  # extra augmentations from AUGMENTATIONS
     mean: tuple[float, float, float] | None = None  # input normalisation; None: the backbone's (timm's data config)
     std: tuple[float, float, float] | None = None
+    # Both freezings apply to pretrained backbones only (from scratch the trainer trains them and says so).
     frozen_bn: bool = False  # backbone BatchNorm kept in eval mode, affine frozen (Query2Label's FrozenBatchNorm2d)
     frozen_stem: bool = False  # backbone stem and first stage not trained (Query2Label's/DETR's backbone: layer2-4)
     loss: str = "bce"
