@@ -137,7 +137,8 @@ def main() -> None:
                                    long_tail=True))
     data = f"voc:{data_dir}"
     eval_targets = open_dataset(data, role="eval").targets
-    chance_map = float(eval_targets.mean(axis=0).mean())  # expected AP of random scores: each class's prevalence
+    # Expected AP of random scores: each class's prevalence among its scored (not ignored, -1) images.
+    chance_map = float(((eval_targets == 1).sum(axis=0) / (eval_targets >= 0).sum(axis=0)).mean())
     names = args.models if args.update else args.models or [entry.name for entry in list_models()]
     model_rows = [one(name, "bce", data, args.work, args) for name in names]
     model_rows += [one(name, None, data, args.work, args, recipe="paper") for name in args.paper_recipe]
