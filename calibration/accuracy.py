@@ -111,7 +111,7 @@ def search_keep_fp(quantize: Quantize, fp32_path: Path, images: np.ndarray, targ
                           mAP_fp32=float(metrics.mean_average_precision(fp32_scores, targets).map))
     candidates = [name for name in ranking if name not in set(keep_fp)]
     sizes = iter(group_sizes(min(budget, len(candidates))))
-    kept = list(keep_fp)
+    kept, added = list(keep_fp), 0
     while True:
         say(f"measuring with {len(kept)} layer(s) in float")
         delta, agreement = compare(onnx_scores(quantize(kept), images), fp32_scores, targets, target.threshold)
@@ -121,8 +121,9 @@ def search_keep_fp(quantize: Quantize, fp32_path: Path, images: np.ndarray, targ
             break
         size = next(sizes, None)
         if size is None:
-            search.stopped = "budget" if len(candidates) > len(kept) - len(keep_fp) else "no more layers"
+            search.stopped = "budget" if len(candidates) > added else "no more layers"
             break
-        kept += candidates[len(kept) - len(keep_fp):len(kept) - len(keep_fp) + size]
+        kept += candidates[added:added + size]
+        added += size
     search.kept_fp = search.final.kept_fp
     return search

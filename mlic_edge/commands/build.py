@@ -239,16 +239,14 @@ def _meet_accuracy_target(run: RunDir, spec: RunSpec, request: BuildRequest, dat
     ``first`` is the int8 ONNX already quantized with the user's --keep-fp."""
     import tempfile
 
-    import onnx
-
-    from mlic_edge.calibration import AccuracyTarget, quantizable_nodes, search_keep_fp
+    from mlic_edge.calibration import AccuracyTarget, search_keep_fp
 
     if dataset.names != spec.labels:
         info("int8: accuracy target not measured: the calibration data's classes are not the model's")
         return None
     images, targets = holdout.inputs_and_targets(spec.img_size, spec.mean, spec.std, spec.resize,
                                                  spec.input_format)
-    quantizable = len(quantizable_nodes(onnx.load(str(run.onnx("fp32")))))
+    quantizable = len(ranking) + len(request.keep_fp)  # the ranking holds every quantized layer
     budget = (max(1, math.ceil(DEFAULT_FP_LAYER_SHARE * quantizable)) if request.max_fp_layers is None
               else request.max_fp_layers)
     target = AccuracyTarget(request.target_delta, request.target_agreement)

@@ -62,6 +62,12 @@ QUICK = Recipe(
     img_size=96, grad_clip=10.0, crop_scale=0.8)
 
 
+def quick_at(lr: float, why: str) -> Recipe:
+    """The quick recipe at another learning rate, for a model the shared rate does not train; ``why``: what was
+    measured, appended to the source."""
+    return QUICK.with_changes(lr=lr, source=f"{QUICK.source}; {why}")
+
+
 def recipes_of(paper: Recipe, quick: Recipe | None = None) -> dict[str, Recipe]:
     """A model's recipes by name: its paper's and the quick one (the shared ``QUICK`` unless it has its own)."""
     return {"paper": paper, "quick": quick or QUICK}

@@ -49,7 +49,7 @@ from mlic_edge.models.layers.transformer import (
     Q2LTransformer,
     sine_position_encoding,
 )
-from mlic_edge.models.recipe import QUICK, Recipe
+from mlic_edge.models.recipe import Recipe, quick_at
 from mlic_edge.models.registry import register_model
 
 
@@ -78,7 +78,8 @@ PAPER_RECIPE = Recipe(
            "raw weights kept), RandAugment and Cutout, 448 px, ASL γ-=2 γ+=0 clip 0, no gradient clipping, the "
            "backbone's BatchNorm frozen and its stem and first stage not trained (Query2Label's backbone.py). Paper "
            "003 trains 25 epochs and states an initial lr of 1e-6, read as Query2Label's 1e-4 (at 1e-6 nothing "
-           "learns in 25 epochs); its cutmix (probability 0.5, chosen: the paper gives none) beside Query2Label's Cutout; "
+           "learns in 25 epochs); its cutmix (probability 0.5, chosen: the paper gives none) beside Query2Label's "
+           "Cutout; "
            "its normalisation, mean 0 and std 1 (paper 003 §2.1); batch 32 chosen for one GPU",
     optimizer="adamw", lr=1e-4, weight_decay=1e-2, schedule="onecycle", warmup_epochs=0.0, epochs=25,
     batch_size=32, img_size=448, grad_clip=None, ema_decay=0.9997, crop_scale=0.6,
@@ -86,11 +87,10 @@ PAPER_RECIPE = Recipe(
     frozen_bn=True, frozen_stem=True, loss="asl", loss_options={"gamma_neg": 2.0, "gamma_pos": 0.0, "clip": 0.0})
 
 
-QUICK_RECIPE = QUICK.with_changes(
-    source=QUICK.source + "; for Q2L lr 3e-4: at the shared 3e-3 its transformer never learnt (the zoo benchmark's "
-           "set, loss stuck at the label prior, val mAP 23-28 % over 5 epochs), at 1e-3 it reached 38.8 % by epoch 5 "
-           "and at 3e-4 51.6 % (55.3 mAP after 12)",
-    lr=3e-4)
+QUICK_RECIPE = quick_at(3e-4, (
+    "for Q2L lr 3e-4: at the shared 3e-3 its transformer never learnt (the zoo benchmark's set, loss "
+    "stuck at the label prior, val mAP 23-28 % over 5 epochs), at 1e-3 it reached 38.8 % by epoch 5 and "
+    "at 3e-4 51.6 % (55.3 mAP after 12)"))
 
 
 @register_model(name="q2l", paper="ResNeSt + improved Transformer + BatchFormerV2 (Wang & Zhang 2024; Query2Label)",
