@@ -59,11 +59,13 @@ def one(name: str, loss: str | None, data: str, out: Path, args, recipe: str = "
     started = time.monotonic()
     epochs = args.epochs or QUICK.epochs  # paper recipes run for the quick one's epochs here
     train(TrainConfig(model=name, data=data, out=run.path, recipe=recipe, backbone=args.backbone, epochs=epochs,
-                      img_size=args.img_size, loss=loss, sampler=sampler, workers=2, seed=0, overwrite=True))
+                      img_size=args.img_size, loss=loss, sampler=sampler, lr=args.lr, workers=2, seed=0,
+                      overwrite=True))
     train_s = time.monotonic() - started
     meta = run.read()
     used = meta["recipe"]
     row = {"model": name, "loss": used["loss"], "sampler": sampler, "recipe": recipe,
+           "date": time.strftime("%Y-%m-%d"),
            "recipe_summary": f"{recipe}: {used['optimizer']} {used['lr']:g} {used['schedule']}"
                              + (f", EMA {used['ema_decay']:g}" if used["ema_decay"] else "")
                              + (f", {'+'.join(used['augment'])}" if used["augment"] else "")
@@ -82,11 +84,11 @@ def table(rows: list[dict], key: str, claims: dict) -> list[str]:
     def pct(v):
         return "-" if v is None else f"{v * 100:.1f}"
 
-    lines = [f"| {key} | recipe | mAP | head | middle | tail | CF1 | OF1 | params (M) | ORT CPU ms | train s | "
-             "paper reports |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| {key} | recipe | measured | mAP | head | middle | tail | CF1 | OF1 | params (M) | ORT CPU ms | "
+             "train s | paper reports |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         label = r[key] + (f" ({r['sampler']})" if r.get("sampler", "random") != "random" else "")
-        lines.append(f"| {label} | {r['recipe_summary']} | {pct(r['mAP'])} | {pct(r['head'])} | "
+        lines.append(f"| {label} | {r['recipe_summary']} | {r['date']} | {pct(r['mAP'])} | {pct(r['head'])} | "
                      f"{pct(r['middle'])} | {pct(r['tail'])} | "
                      f"{pct(r['CF1'])} | {pct(r['OF1'])} | {r['params_M']} | {r['ort_cpu_ms']} | {r['train_s']} | "
                      f"{claims.get(r[key], '')} |")
@@ -106,7 +108,8 @@ def merged(previous: dict, update: dict) -> dict:
     rows = [f"{row['model']} ({row['recipe']}, {row['loss']})" for name in ("models", "losses")
             for row in update[name]]
     command = "python benchmarks/zoo.py " + " ".join(sys.argv[1:])
-    result["updates"] = previous.get("updates", []) + [{"date": update["date"], "rows": rows, "command": command}]
+    if rows:
+        result["updates"] = previous.get("updates", []) + [{"date": update["date"], "rows": rows, "command": command}]
     return result
 
 
@@ -120,6 +123,8 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--images", type=int, default=1200)
     parser.add_argument("--models", nargs="*", default=None)
+    parser.add_argument("--lr", type=float, default=None, help="override every row's recipe lr (for trials; each row "
+                        "records the lr it used)")
     parser.add_argument("--losses", nargs="*", default=["bce", "softmargin", "focal", "asl", "dbl", "dab"])
     parser.add_argument("--paper-recipe", nargs="*", default=["q2l"], help="models also trained with their paper's "
                         "recipe (same input size and epochs)")
@@ -164,9 +169,11 @@ def main() -> None:
              f"median of 50. Command: `python benchmarks/zoo.py --images {args.images}`."]
     lines += [f"Rows re-measured on {update['date']} with `{update['command']}`: {', '.join(update['rows'])}."
               for update in result["updates"]]
-    lines += ["",
-             "## Models", ""] + table(model_rows, "model", PAPER_CLAIMS) + [
-             "", "## Losses (baseline model)", ""] + table(loss_rows, "loss", LOSS_CLAIMS) + [""]
+    lines += ["", "## Models", ""] + table(model_rows, "model", PAPER_CLAIMS)
+    lines += ["", "## Losses (baseline model)", ""] + table(loss_rows, "loss", LOSS_CLAIMS)
+    if result.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in result["notes"]]
+    lines += [""]
     (args.out / "zoo.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
