@@ -6,8 +6,9 @@ On one trained synthetic model (resnet10t, long-tailed synthetic data): ΔmAP an
 ONNX for every calibration method and calibration-set size with the Q/DQ placement alone (``--max-fp-layers 0``), and
 for the default command (which keeps layers in float until its accuracy target holds on held-out training images)
 (ONNX Runtime CPU, eval split); ONNX and TensorRT-for-RTX engine sizes
-per precision (engines built ahead of time on the CPU, never run here); ONNX Runtime CPU latency per precision,
-measured side by side in one process. Not a test: nothing is asserted.
+per precision (engines built ahead of time on the CPU, never run here); ONNX Runtime CPU latency of every graph
+(fp32, fp16, TensorRT's int8 Q/DQ graph and the int8 CPU graph) at batch 1 and 8, timed in turns in one process,
+with the CPU's int8 instructions named. Not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 
-from common import machine, onnx_latency_ms
+from common import machine
 from mlic_edge.calibration import METHODS
 from mlic_edge.data.synth import SynthConfig, generate
 from mlic_edge.export.onnx_export import export_onnx
@@ -27,6 +28,9 @@ from mlic_edge.export.reference import write_reference
 from mlic_edge.io import write_json
 from mlic_edge.rundir import RunDir, installed_versions
 from mlic_edge.commands.build import DEFAULT_CALIB_IMAGES, BuildRequest, build
+from mlic_edge.runtime.checks.bench import interleaved_latency
+from mlic_edge.runtime.inference.backends.onnxruntime_backend import OnnxRuntimeBackend, cpu_features, describe_cpu
+from mlic_edge.spec import ModelSpec
 from mlic_edge.train.trainer import TrainConfig, train
 
 CALIBRATION_SIZES = (64, 256, 1024)
@@ -82,29 +86,39 @@ def main() -> None:
                   f"{calibration[-1]['labelset_agreement'] * 100:.1f} % identical label sets", flush=True)
     # The default command; its int8 ONNX is the one the size/latency rows use.
     builds["int8"] = quiet_build(run, BuildRequest(precision="int8", backend="onnxruntime"))
+    cpu_graph = builds["int8"]["int8"]["cpu_graph"]
     default = {"delta_mAP_points": builds["int8"]["accuracy"]["delta_mAP_vs_fp32"] * 100,
                "labelset_agreement": builds["int8"]["accuracy"]["labelset_agreement_vs_fp32"],
-               "search": builds["int8"]["int8"]["accuracy_target"]}
+               "search": builds["int8"]["int8"]["accuracy_target"],
+               "cpu_graph": {"format": cpu_graph["quant_format"], "search": cpu_graph.get("accuracy_target"),
+                             "delta_mAP_points": builds["int8"]["accuracy"]["cpu_graph"]["delta_mAP_vs_fp32"] * 100,
+                             "labelset_agreement":
+                                 builds["int8"]["accuracy"]["cpu_graph"]["labelset_agreement_vs_fp32"]}}
 
+    graphs = {"fp32": run.onnx("fp32"), "fp16": run.onnx("fp16"), "int8": run.onnx("int8"),
+              f"int8 CPU graph ({cpu_graph['quant_format']})": run.onnx("int8", "cpu")}
+    with contextlib.ExitStack() as stack:
+        backends = {name: stack.enter_context(OnnxRuntimeBackend(path, device="cpu")) for name, path in graphs.items()}
+        latency = interleaved_latency(backends, ModelSpec.from_run(meta), (1, 8), rounds=args.runs)
     precisions = []
-    for precision in ("fp32", "fp16", "int8"):
-        engine = quiet_build(run, BuildRequest(precision=precision, backend="tensorrt-rtx", evaluate=False))
+    for name, path in graphs.items():
+        precision = name.split()[0]
+        engine = (quiet_build(run, BuildRequest(precision=precision, backend="tensorrt-rtx", evaluate=False))
+                  if name in ("fp32", "fp16", "int8") else None)
+        accuracy = builds[precision]["accuracy"] if precision != "fp32" else builds["fp16"]["accuracy"]
         precisions.append({
-            "precision": precision,
-            "onnx_bytes": run.onnx(precision).stat().st_size,
-            "engine_bytes": engine["engine"]["size_bytes"],
-            "engine_build_seconds": engine["engine"]["seconds"],
-            "mAP_onnxruntime": (builds[precision]["accuracy"][f"mAP_{precision}"] if precision != "fp32"
-                                else builds["fp16"]["accuracy"]["mAP_fp32"]),
-            "latency_ms": {f"batch{batch}": onnx_latency_ms(run.onnx(precision), meta["img_size"], batch, args.runs)
-                           for batch in (1, 8)},
+            "precision": name,
+            "onnx_bytes": path.stat().st_size,
+            "engine_bytes": engine["engine"]["size_bytes"] if engine else None,
+            "engine_build_seconds": engine["engine"]["seconds"] if engine else None,
+            "mAP_onnxruntime": (accuracy["cpu_graph"] if name.startswith("int8 CPU") else accuracy)[f"mAP_{precision}"],
+            "latency_ms": {f"batch{batch}": latency[name][batch] for batch in (1, 8)},
+            "latency_vs_fp32": {f"batch{batch}": latency[name][batch] / latency["fp32"][batch] for batch in (1, 8)},
         })
-    fp32_latency = precisions[0]["latency_ms"]
-    for row in precisions:
-        row["latency_vs_fp32"] = {k: v / fp32_latency[k] for k, v in row["latency_ms"].items()}
 
     versions = installed_versions()
-    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/precision.py",
+    result = {"machine": machine(), "cpu": describe_cpu(cpu_features()), "cpu_features": cpu_features(),
+              "date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/precision.py",
               "settings": {k: str(v) for k, v in vars(args).items()}, "versions": versions,
               "eval_images": builds["fp16"]["accuracy"]["images"], "fp16": builds["fp16"]["fp16"],
               "calibration": calibration, "default_int8": default, "precisions": precisions,
@@ -144,19 +158,30 @@ def markdown(result: dict) -> str:
               f"{final['delta_mAP_points']:+.2f}, {final['labelset_agreement'] * 100:.1f} % identical). On the eval "
               f"split: ΔmAP **{default['delta_mAP_points']:+.2f}** points, **{default['labelset_agreement'] * 100:.1f} %"
               "** identical label sets."]
+    cpu = default["cpu_graph"]
+    if cpu["search"]:
+        final = cpu["search"]["steps"][-1]
+        lines += ["", f"Its ONNX Runtime CPU graph ({cpu['format']}, uint8 activations): held-out ΔmAP "
+                      f"{final['delta_mAP_points']:+.2f}, {final['labelset_agreement'] * 100:.1f} % identical with "
+                      f"{len(final['kept_fp'])} layer(s) in float (target "
+                      f"{'met' if cpu['search']['met'] else 'missed'}); eval split ΔmAP "
+                      f"**{cpu['delta_mAP_points']:+.2f}**, **{cpu['labelset_agreement'] * 100:.1f} %** identical."]
     fp32_map = result["calibration"][0]["mAP_fp32"] * 100
     lines += ["", f"fp32 mAP: {fp32_map:.2f}. fp16 nodes kept in fp32 (measured): "
               + (", ".join(k["name"] for k in result["fp16"]["kept_fp32"]) or "none") + ".", "",
-              "## Size and ONNX Runtime CPU latency per precision", "",
-              "| precision | mAP (ORT; int8: the default command) | ONNX MB | engine MB (RTX, AOT) | ms batch 1 | ms batch 8 | vs fp32 (b1 / b8) |",
+              f"## Size and ONNX Runtime CPU latency per graph ({result.get('cpu', 'CPU not recorded')})", "",
+              "| graph | mAP (ORT; int8: the default command) | ONNX MB | engine MB (RTX, AOT) | ms batch 1 | "
+              "ms batch 8 | vs fp32 (b1 / b8) |",
               "|---|---|---|---|---|---|---|"]
     for row in result["precisions"]:
         latency, ratio = row["latency_ms"], row["latency_vs_fp32"]
+        engine = f"{row['engine_bytes'] / 1e6:.2f}" if row["engine_bytes"] else "-"
         lines.append(f"| {row['precision']} | {row['mAP_onnxruntime'] * 100:.2f} | {row['onnx_bytes'] / 1e6:.2f} | "
-                     f"{row['engine_bytes'] / 1e6:.2f} | {latency['batch1']:.2f} | {latency['batch8']:.2f} | "
+                     f"{engine} | {latency['batch1']:.2f} | {latency['batch8']:.2f} | "
                      f"{ratio['batch1']:.2f} / {ratio['batch8']:.2f} |")
-    lines += ["", "Latency: median of the timed runs after warm-up, one process, precisions measured one after "
-              "another. ONNX Runtime's CPU kernels are not TensorRT's: these ratios say nothing about a GPU."
+    lines += ["", f"Latency: median of {settings['runs']} timed rounds after warm-up, one process, every graph timed "
+              "once per round at each batch in turn, so a load on the machine falls on all of them alike. ONNX "
+              "Runtime's CPU kernels are not TensorRT's: these ratios say nothing about a GPU."
               + (f" {settings['note']}" if settings.get("note") else "")]
     return "\n".join(lines) + "\n"
 

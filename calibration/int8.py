@@ -20,6 +20,13 @@ change of data or model calibrates again. ``keep_fp`` is not part of the key: ra
 ``quant_pre_process`` is not used: the export is already simplified with full shapes, and ORT's pre-processing
 optimizer can fold nodes into ORT-only operators TensorRT's parser does not know.
 
+The graph for ONNX Runtime on a CPU (``CPU_GRAPH``, ``model.int8.cpu.onnx``) is another scheme: ONNX Runtime's
+own placement (every op type it quantizes), uint8 activations with zero points, int8 per-channel weights, in QDQ or
+QOperator form. Its x86 and ARM kernels run u8 x s8; the symmetric int8 activations TensorRT wants leave most of the
+graph in float there (measured about fp32 speed). Its calibration record is its own: asymmetric ranges of every
+tensor, keyed by ``CPU_SETTINGS`` (both forms share it). ``reduce_range`` (7-bit weights) is for x86 CPUs without
+VNNI, where u8 x s8 products can saturate (ONNX Runtime's quantization guide).
+
 Needs ``quantize_static(calibration_cache_path=...)`` (onnxruntime with PR #28221; 1.32 checked).
 """
 
@@ -70,7 +77,52 @@ SETTINGS = {
     },
 }
 
+CPU_SETTINGS = {
+    "activations": "uint8 asymmetric per-tensor",
+    "weights": "int8 symmetric per-channel",
+    "op_types": "every op type ONNX Runtime quantizes",
+    "calibrators": SETTINGS["calibrators"],
+}
+TENSORRT_GRAPH, CPU_GRAPH = "tensorrt", "cpu"
+CPU_FORMATS = ("QDQ", "QOperator")
+
 ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """How one int8 graph is made: for whom (``graph``), the settings its calibration record is keyed by, and the
+    quantizer's options."""
+
+    graph: str
+    settings: dict
+    quant_format: str  # "QDQ" | "QOperator"
+    symmetric_activations: bool
+    op_types: tuple[str, ...] | None  # None: every op type ONNX Runtime quantizes
+    extra_options: dict
+    residual_adds: bool  # Q/DQ on residual Adds' shortcuts, placed here (TensorRT's fusion)
+    reduce_range: bool = False
+
+    def describe(self) -> dict:
+        return {"graph": self.graph, "format": self.quant_format, "reduce_range": self.reduce_range,
+                **{k: v for k, v in self.settings.items() if k != "calibrators"}}
+
+
+TENSORRT_INT8 = Int8Scheme(
+    graph=TENSORRT_GRAPH, settings=SETTINGS, quant_format="QDQ", symmetric_activations=True,
+    op_types=WEIGHTED_OP_TYPES, residual_adds=True,
+    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                   "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES)})
+
+
+def cpu_int8_scheme(quant_format: str, reduce_range: bool = False) -> Int8Scheme:
+    """The ONNX Runtime CPU graph in ``quant_format`` (QDQ or QOperator)."""
+    if quant_format not in CPU_FORMATS:
+        raise CalibrationError(f"unknown ONNX Runtime quantization format {quant_format!r}",
+                               hint=f"use one of {', '.join(CPU_FORMATS)}")
+    return Int8Scheme(graph=CPU_GRAPH, settings=CPU_SETTINGS, quant_format=quant_format, symmetric_activations=False,
+                      op_types=None, residual_adds=False, reduce_range=reduce_range,
+                      extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
 
 
 @dataclass
@@ -84,6 +136,8 @@ class Int8Report:
     kept_fp: list[str]
     record_dir: Path
     seconds: float
+    graph: str = TENSORRT_GRAPH
+    quant_format: str = "QDQ"
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -135,8 +189,10 @@ def residual_add_inputs(model: onnx.ModelProto) -> dict[str, int]:
 def quantize_int8(fp32_path: Path, out_path: Path, record_root: Path, *, method: str = "percentile",
                   calibration: CalibrationSet | None, img_size: int, mean: Sequence[float], std: Sequence[float],
                   resize: str = DEFAULT_RESIZE, input_format: str = FLOAT_INPUT,
-                  keep_fp: Sequence[str] = (), progress: ProgressCallback | None = None) -> Int8Report:
-    """Write ``out_path`` (INT8 Q/DQ) from ``fp32_path``; calibrate on ``calibration`` or reuse a stored record.
+                  keep_fp: Sequence[str] = (), progress: ProgressCallback | None = None,
+                  scheme: Int8Scheme = TENSORRT_INT8) -> Int8Report:
+    """Write ``out_path`` (INT8, by default TensorRT's Q/DQ graph; ``scheme`` for another) from ``fp32_path``;
+    calibrate on ``calibration`` or reuse a stored record of the scheme's settings.
 
     With ``calibration=None`` the newest record for this fp32 model and method is reused (a device without the
     images); with images, an existing record of the same key is reused and no image is read.
@@ -153,12 +209,12 @@ def quantize_int8(fp32_path: Path, out_path: Path, record_root: Path, *, method:
     fp32_sha = sha256_file(fp32_path)
 
     if calibration is None:
-        record_dir = _newest_record(record_root, fp32_sha, method)
+        record_dir = _newest_record(record_root, fp32_sha, method, scheme.settings)
         key, reused = record_dir.name, True
     else:
         if len(calibration) == 0:
             raise CalibrationError("the calibration set holds no image", hint="pass --calib-data with images")
-        key = calibration_key(fp32_sha, calibration.fingerprint(), method, SETTINGS)
+        key = calibration_key(fp32_sha, calibration.fingerprint(), method, scheme.settings)
         record_dir = record_root / key
         reused = _record_complete(record_dir)
 
@@ -173,18 +229,19 @@ def quantize_int8(fp32_path: Path, out_path: Path, record_root: Path, *, method:
             # ORT's histogram calibrators stack the per-batch outputs, so every batch must have one shape.
             batches = calibration.batches(img_size, mean, std, batch_size=1, resize=resize, input_format=input_format)
             reader = _BatchReader(model.graph.input[0].name, batches, len(calibration), progress)
-        _run_quantizer(fp32_path, tmp, ranges, reader, method, excluded)
-        quantized = _finish_model(tmp, model, fp32_sha, key)
+        _run_quantizer(fp32_path, tmp, ranges, reader, method, excluded, scheme)
+        quantized = _finish_model(tmp, model, fp32_sha, key, scheme)
         if reader is not None:
             images = reader.images
             if images == 0:
                 raise _no_readable_image()
-            _write_record(record_dir, ranges, calibration, fp32_sha, method, images, key)
+            _write_record(record_dir, ranges, calibration, fp32_sha, method, images, key, scheme.settings)
 
     notes = [] if calibration is None else list(calibration.notes)
     return Int8Report(path=out_path, key=key, method=method, images=images, reused=reused,
                       quantized_nodes=quantized, kept_fp=list(keep_fp), record_dir=record_dir,
-                      seconds=time.monotonic() - started, notes=notes)
+                      seconds=time.monotonic() - started, graph=scheme.graph, quant_format=scheme.quant_format,
+                      notes=notes)
 
 
 class _BatchReader:
@@ -206,7 +263,7 @@ class _BatchReader:
 
 
 def _run_quantizer(fp32_path: Path, out_path: Path, ranges: Path, reader: _BatchReader | None, method: str,
-                   excluded: list[str]) -> None:
+                   excluded: list[str], scheme: Int8Scheme) -> None:
     """Calibrate into ``ranges`` (unless it holds stored ranges already), then quantize with those ranges."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -214,15 +271,16 @@ def _run_quantizer(fp32_path: Path, out_path: Path, ranges: Path, reader: _Batch
     with contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
         try:
             if reader is not None:
-                _calibrate(fp32_path, ranges, reader, method)
-            quantize_static(str(fp32_path), str(out_path), None, quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=list(WEIGHTED_OP_TYPES), nodes_to_exclude=excluded,
-                            calibrate_method=_calibration_methods()[method], calibration_cache_path=str(ranges),
-                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                           "QuantizeBias": False,
-                                           "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES)})
-            _quantize_residual_adds(out_path, ranges, excluded)
+                _calibrate(fp32_path, ranges, reader, method, scheme)
+            quantize_static(str(fp32_path), str(out_path), None, quant_format=QuantFormat[scheme.quant_format],
+                            per_channel=True, reduce_range=scheme.reduce_range,
+                            activation_type=QuantType.QInt8 if scheme.symmetric_activations else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8,
+                            op_types_to_quantize=list(scheme.op_types) if scheme.op_types else None,
+                            nodes_to_exclude=excluded, calibrate_method=_calibration_methods()[method],
+                            calibration_cache_path=str(ranges), extra_options=dict(scheme.extra_options))
+            if scheme.residual_adds:
+                _quantize_residual_adds(out_path, ranges, excluded)
         except (ValueError, RuntimeError) as error:
             if reader is not None and reader.images == 0:
                 raise _no_readable_image() from error
@@ -306,15 +364,16 @@ def _calibration_methods() -> dict:
             "minmax": CalibrationMethod.MinMax}
 
 
-def _calibrate(fp32_path: Path, ranges: Path, reader: _BatchReader, method: str) -> None:
-    """ORT's calibrator with the settings in ``SETTINGS`` (quantize_static cannot pass the histogram sizes)."""
+def _calibrate(fp32_path: Path, ranges: Path, reader: _BatchReader, method: str, scheme: Int8Scheme) -> None:
+    """ORT's calibrator with the scheme's settings (quantize_static cannot pass the histogram sizes)."""
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
     with tempfile.TemporaryDirectory(prefix=".calibrate.", dir=ranges.parent) as work:
-        calibrator = create_calibrator(fp32_path, list(QUANTIZED_OP_TYPES),
+        calibrator = create_calibrator(fp32_path, list(QUANTIZED_OP_TYPES) if scheme.op_types else None,
                                        augmented_model_path=str(Path(work) / "augmented.onnx"),
                                        calibrate_method=_calibration_methods()[method],
-                                       extra_options={"symmetric": True, **SETTINGS["calibrators"][method]})
+                                       extra_options={"symmetric": scheme.symmetric_activations,
+                                                      **scheme.settings["calibrators"][method]})
         calibrator.collect_data(reader)
         save_tensors_data(calibrator.compute_data(), ranges)
         del calibrator
@@ -362,7 +421,16 @@ def _record_complete(record_dir: Path) -> bool:
     return (record_dir / RECORD_FILE).is_file() and (record_dir / RANGES_FILE).is_file()
 
 
-def _newest_record(record_root: Path, fp32_sha: str, method: str) -> Path:
+def has_record(record_root: Path, fp32_path: Path, method: str, scheme: Int8Scheme = TENSORRT_INT8) -> bool:
+    """Whether ``quantize_int8`` can run without images: a complete record of this model, method and scheme."""
+    try:
+        _newest_record(Path(record_root), sha256_file(fp32_path), method, scheme.settings)
+    except CalibrationError:
+        return False
+    return True
+
+
+def _newest_record(record_root: Path, fp32_sha: str, method: str, settings: dict) -> Path:
     matches = []
     for record_file in record_root.glob(f"*/{RECORD_FILE}"):
         try:
@@ -370,7 +438,7 @@ def _newest_record(record_root: Path, fp32_sha: str, method: str) -> Path:
         except (OSError, ValueError):
             continue
         if (record.get("fp32_onnx_sha256") == fp32_sha and record.get("method") == method
-                and record.get("settings") == SETTINGS and _record_complete(record_file.parent)):
+                and record.get("settings") == settings and _record_complete(record_file.parent)):
             matches.append((record.get("created", ""), record_file.parent))
     if not matches:
         raise CalibrationError(f"no {method} calibration record for this model under {record_root}",
@@ -379,7 +447,7 @@ def _newest_record(record_root: Path, fp32_sha: str, method: str) -> Path:
 
 
 def _write_record(record_dir: Path, ranges: Path, calibration: CalibrationSet, fp32_sha: str, method: str,
-                  images_used: int, key: str) -> None:
+                  images_used: int, key: str, settings: dict) -> None:
     import onnxruntime
 
     with atomic_path(record_dir / RANGES_FILE) as tmp:
@@ -388,7 +456,7 @@ def _write_record(record_dir: Path, ranges: Path, calibration: CalibrationSet, f
     write_json(record_dir / RECORD_FILE, {
         "key": key,
         "method": method,
-        "settings": SETTINGS,
+        "settings": settings,
         "fp32_onnx_sha256": fp32_sha,
         "images_requested": calibration.requested,
         "images_used": images_used,
@@ -401,19 +469,22 @@ def _write_record(record_dir: Path, ranges: Path, calibration: CalibrationSet, f
     })
 
 
-def _finish_model(path: Path, fp32: onnx.ModelProto, fp32_sha: str, key: str) -> int:
-    """Carry the fp32 metadata over, mark the precision; return how many nodes run quantized."""
+def _finish_model(path: Path, fp32: onnx.ModelProto, fp32_sha: str, key: str, scheme: Int8Scheme) -> int:
+    """Carry the fp32 metadata over, mark the precision and the graph; return how many nodes run quantized."""
     model = onnx.load(str(path))
-    derive_metadata(model, fp32, precision="int8", calibration_key=key, **{ONNX_SHA: fp32_sha})
+    derive_metadata(model, fp32, precision="int8", calibration_key=key, int8_graph=scheme.graph,
+                    int8_format=scheme.quant_format, **{ONNX_SHA: fp32_sha})
     onnx.save(model, str(path))
     return len(quantized_node_names(model))
 
 
 def quantized_node_names(model: onnx.ModelProto) -> list[str]:
-    """Nodes of the quantized op types fed by a DequantizeLinear (the layers that run in INT8)."""
+    """The layers that run in INT8: nodes of the quantized op types fed by a DequantizeLinear (Q/DQ form), and
+    ONNX Runtime's integer operators (QOperator form: QLinearConv, MatMulInteger, ...)."""
     dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
     return [node.name for node in model.graph.node
-            if node.op_type in QUANTIZED_OP_TYPES and any(name in dequantized for name in node.input)]
+            if (node.op_type in QUANTIZED_OP_TYPES and any(name in dequantized for name in node.input))
+            or (node.op_type.startswith("QLinear") or node.op_type.endswith("Integer"))]
 
 
 def _require_calibration_cache_support() -> None:

@@ -51,10 +51,18 @@ class RunDir:
     def reports(self) -> Path:
         return self.path / "reports"
 
-    def onnx(self, precision: str = "fp32") -> Path:
+    def onnx(self, precision: str = "fp32", variant: str | None = None) -> Path:
         from mlic_edge.spec import onnx_file_name
 
-        return self.path / onnx_file_name(precision)
+        return self.path / onnx_file_name(precision, variant)
+
+    def onnx_graphs(self) -> list[tuple[str, str | None, Path]]:
+        """(precision, variant or None, path) of every precision's ONNX present, variants after their precision's."""
+        from mlic_edge.spec import ONNX_VARIANTS, PRECISIONS
+
+        graphs = [(precision, variant, self.onnx(precision, variant)) for precision in PRECISIONS
+                  for variant in (None, *ONNX_VARIANTS.get(precision, ()))]
+        return [graph for graph in graphs if graph[2].is_file()]
 
     # run.json
     def exists(self) -> bool:

@@ -49,7 +49,17 @@ def rebuild_command(run_path: str | Path, precision: str, backend: str | None = 
     return f"mlic-edge build --run {run_path} --precision {precision}" + (f" --backend {backend}" if backend else "")
 
 
-def onnx_file_name(precision: str) -> str:
+# Graphs of one precision that differ by where they run: int8's default graph is TensorRT's symmetric Q/DQ (which
+# ONNX Runtime on CUDA runs too); "cpu" is the one ONNX Runtime's CPU kernels fuse (uint8 activations).
+ONNX_VARIANTS = {"int8": ("cpu",)}
+INT8_GRAPHS = ("tensorrt", "cpu")  # what `graph=` names: model.int8.onnx, model.int8.cpu.onnx
+
+
+def onnx_file_name(precision: str, variant: str | None = None) -> str:
+    """model.onnx, model.<precision>.onnx, or a variant's model.<precision>.<variant>.onnx."""
+    if variant is not None:
+        require_choice(f"{precision} graph", variant, ONNX_VARIANTS.get(precision, ()))
+        return f"model.{precision}.{variant}.onnx"
     return "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
 
 

@@ -81,17 +81,33 @@ def test_int8_keeps_layers_in_float_for_its_accuracy_target_on_held_out_images(b
     assert "accuracy target" in markdown and "held-out" in markdown
 
 
+def records_by_graph(run_path) -> dict[str, list[str]]:
+    """Calibration record folders of the run, by the int8 graph whose settings they were made with."""
+    from mlic_edge.calibration.int8 import CPU_SETTINGS, SETTINGS
+
+    found: dict[str, list[str]] = {"tensorrt": [], "cpu": []}
+    for record in sorted((run_path / "calibration").glob("*/record.json")):
+        settings = json.loads(record.read_text())["settings"]
+        found["tensorrt" if settings == SETTINGS else "cpu" if settings == CPU_SETTINGS else "?"].append(
+            record.parent.name)
+    return found
+
+
 def test_rebuilding_int8_reuses_the_calibration(built_run, tmp_path):
+    """Each int8 graph keeps its own record (TensorRT's symmetric ranges, the CPU graph's asymmetric ones of every
+    tensor); a rebuild on the same images reuses both, other images calibrate both anew."""
     from mlic_edge.rundir import RunDir
     from mlic_edge.commands.build import BuildRequest, build
 
     run = RunDir(tmp_path / "run")
     shutil.copytree(built_run, run.path)
-    records = sorted((run.path / "calibration").iterdir())
+    records = records_by_graph(run.path)
+    assert len(records["tensorrt"]) == 1 and len(records["cpu"]) == 1, records
     entry = build(run, BuildRequest(precision="int8", backend="onnxruntime", calib_images=64, evaluate=False))
-    assert entry["int8"]["reused"] and sorted((run.path / "calibration").iterdir()) == records
+    assert entry["int8"]["reused"] and entry["int8"]["cpu_graph"]["reused"] and records_by_graph(run.path) == records
     entry = build(run, BuildRequest(precision="int8", backend="onnxruntime", calib_images=48, evaluate=False))
-    assert not entry["int8"]["reused"] and len(list((run.path / "calibration").iterdir())) == len(records) + 1
+    assert not entry["int8"]["reused"] and not entry["int8"]["cpu_graph"]["reused"]
+    assert {graph: len(found) for graph, found in records_by_graph(run.path).items()} == {"tensorrt": 2, "cpu": 2}
 
 
 def test_rebuilding_fp16_reuses_the_file_unchanged(built_run, tmp_path):
@@ -114,14 +130,17 @@ def test_parity_checks_every_precision_present(capsys, built_run, tmp_path):
     assert result.code == 0, result.err
     report = json.loads(result.out)
     assert 0 < report["reference"]["mAP"] <= 1
-    by_precision = {r["precision"]: r for r in report["results"]}
-    assert set(by_precision) == {"fp32", "fp16", "int8"}
+    by_precision = {(r["precision"], r["graph"]): r for r in report["results"]}
+    # Both int8 graphs present are checked: TensorRT's Q/DQ and the CPU graph, each run by ONNX Runtime.
+    assert set(by_precision) == {("fp32", None), ("fp16", None), ("int8", "tensorrt"), ("int8", "cpu")}
+    assert by_precision[("int8", "cpu")]["ran"]["details"]["model"].endswith("model.int8.cpu.onnx")
     for precision, result_row in by_precision.items():
         assert result_row["backend"] == "onnxruntime" and result_row["passed"]
         assert set(result_row) >= {"backend", "precision", "mAP", "delta_mAP", "max_abs_diff", "labelset_agreement",
                                    "passed", "worst_classes", "latency"}
         assert 0 <= result_row["mAP"] <= 1
-    assert by_precision["int8"]["max_abs_diff"] > by_precision["fp32"]["max_abs_diff"]
+    assert by_precision[("int8", "tensorrt")]["max_abs_diff"] > by_precision[("fp32", None)]["max_abs_diff"]
+    assert "int8 (cpu graph)" in (run / "reports" / "parity.md").read_text()
     # The TensorRT-RTX engine is present but cannot run on this machine: reported as not run, with the reason.
     (skipped,) = report["skipped"]
     assert skipped["backend"] == "tensorrt-rtx" and skipped["precision"] == "int8" and skipped["reason"]
@@ -134,7 +153,8 @@ def test_parity_exit_3_names_the_precision_past_its_tolerance(capsys, built_run,
     result = invoke(capsys, "parity", "--run", run, "--backend", "onnxruntime", "--tolerance", "int8=0",
                     "--min-same", "int8=1", "--max-diff", "int8=0")
     assert result.code == 3
-    assert_one_line_error(result, "onnxruntime int8: ", "max |Δscore|")
+    assert_one_line_error(result, "onnxruntime int8 (tensorrt graph): ", "onnxruntime int8 (cpu graph): ",
+                          "max |Δscore|")
 
 
 def test_missing_tensorrt_says_how_to_get_it_and_what_auto_uses(capsys, run_copy):
@@ -278,3 +298,86 @@ def test_parity_and_bench_refuse_a_read_only_run_before_computing(capsys, run_co
     result = invoke(capsys, *command, "--run", run_copy)
     assert_one_line_error(result, f"cannot write to {reports}")
     assert {path.name: path.read_bytes() for path in reports.iterdir()} == before
+
+
+def test_onnxruntime_int8_build_makes_the_cpu_graph_in_its_fastest_form(built_run):
+    """`build --precision int8 --backend onnxruntime` also writes model.int8.cpu.onnx: uint8 activations, the form
+    (QDQ or QOperator) that was fastest at batch 8 when timed in turns with fp32, recorded with its timings."""
+    from mlic_edge.calibration import quantized_node_names
+    from mlic_edge.export.metadata import read_metadata
+    from mlic_edge.io import sha256_file
+
+    entry = json.loads((built_run / "reports" / "build.json").read_text())["builds"]["int8"]
+    cpu = entry["int8"]["cpu_graph"]
+    latency = cpu["latency_ms"]
+    assert set(latency) == {"fp32", "QDQ", "QOperator"} and all(set(by_batch) == {"1", "8"} for by_batch in
+                                                                   latency.values())
+    assert cpu["quant_format"] == min(("QDQ", "QOperator"), key=lambda form: latency[form]["8"])
+    path = built_run / "model.int8.cpu.onnx"
+    model = onnx.load(str(path))
+    metadata = read_metadata(model)
+    assert (metadata["precision"], metadata["int8_graph"], metadata["int8_format"]) == ("int8", "cpu",
+                                                                                       cpu["quant_format"])
+    assert metadata["source_onnx_sha256"] == sha256_file(built_run / "model.onnx")
+    initializers = {init.name: init for init in model.graph.initializer}
+    zero_points = [initializers[node.input[2]] for node in model.graph.node if node.op_type == "QuantizeLinear"]
+    assert zero_points and all(zp.data_type == onnx.TensorProto.UINT8 for zp in zero_points)
+    assert len(quantized_node_names(model)) == cpu["quantized_nodes"] > 0
+    assert entry["onnx"]["int8.cpu"]["sha256"] == sha256_file(path)
+    assert abs(entry["accuracy"]["cpu_graph"]["delta_mAP_vs_fp32"]) <= 0.015  # the int8 tolerance, as above
+    search = cpu["accuracy_target"]
+    assert search["steps"][0]["kept_fp"] == entry["int8"]["kept_fp"]  # it starts from the TensorRT graph's
+    markdown = (built_run / "reports" / "build.md").read_text()
+    assert "ONNX Runtime CPU graph (model.int8.cpu.onnx)" in markdown and "× fp32 at 8" in markdown
+
+
+def test_cpu_graph_scores_stay_close_to_the_tensorrt_graph(built_run):
+    from mlic_edge.rundir import RunDir
+    from mlic_edge.runtime.checks.parity import Reference, ReferenceImages, score_images
+    from mlic_edge.runtime.inference.backends import create_backend
+
+    run = RunDir(built_run)
+    images = ReferenceImages(run, Reference.load(run))
+    scores = {}
+    for graph in ("tensorrt", "cpu"):
+        with create_backend("onnxruntime", run, "int8", "cpu", graph=graph) as backend:
+            scores[graph], _ = score_images(backend, images)
+    difference = abs(scores["cpu"] - scores["tensorrt"])
+    same = ((scores["cpu"] >= 0.5) == (scores["tensorrt"] >= 0.5)).all(axis=1)
+    assert difference.mean() < 0.02 and difference.max() < 0.25 and same.mean() >= 0.9, (difference.max(), same)
+
+
+def test_onnxruntime_on_a_cpu_picks_the_cpu_graph_and_says_when_there_is_none(capsys, built_run, tmp_path):
+    from mlic_edge.errors import BackendError
+    from mlic_edge.rundir import RunDir
+    from mlic_edge.runtime.inference.backends import create_backend
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(built_run, run.path)
+    with create_backend("onnxruntime", run, "int8", "cpu") as backend:
+        assert backend.info.details["graph"] == "cpu"
+        assert backend.info.details["model"].endswith("model.int8.cpu.onnx")
+    with create_backend("onnxruntime", run, "int8", "cpu", graph="tensorrt") as backend:
+        assert backend.info.details["model"].endswith("model.int8.onnx")
+    assert "make the CPU graph" not in capsys.readouterr().err
+    run.onnx("int8", "cpu").unlink()
+    with create_backend("onnxruntime", run, "int8", "cpu") as backend:
+        assert backend.info.details["graph"] == "tensorrt"
+    err = capsys.readouterr().err
+    assert "about fp32 speed" in err and f"mlic-edge build --run {run.path} --precision int8 --backend onnxruntime" in err
+    with pytest.raises(BackendError, match="int8 graph"):
+        create_backend("onnxruntime", run, "fp32", "cpu", graph="cpu")
+
+
+@pytest.mark.parametrize("fp16_arithmetic", [False, True])
+def test_fp16_on_a_cpu_says_it_brings_no_speed_up(capsys, built_run, monkeypatch, fp16_arithmetic):
+    from mlic_edge.rundir import RunDir
+    from mlic_edge.runtime.inference.backends import create_backend
+    from mlic_edge.runtime.inference.backends import onnxruntime_backend
+
+    monkeypatch.setattr(onnxruntime_backend, "cpu_features", lambda: {"machine": "x86_64", "int8_dot_product": [],
+                                                                      "fp16_arithmetic": fp16_arithmetic,
+                                                                      "int8_reduce_range": True})
+    with create_backend("onnxruntime", RunDir(built_run), "fp16", "cpu"):
+        pass
+    assert ("no speed-up on this CPU" in capsys.readouterr().err) is not fp16_arithmetic

@@ -31,6 +31,8 @@ FP16_MEASURE_IMAGES = 64  # fp16 decisions are measured on this many of the cali
 SENSITIVITY_IMAGES = 32
 DEFAULT_HOLDOUT_IMAGES = 256  # held-out training images the int8 accuracy target is measured on
 DEFAULT_FP_LAYER_SHARE = 0.1  # default budget of layers kept in float: this share of the quantizable ones
+CPU_TIMING_BATCHES = (1, 8)  # the int8 CPU graph's form is chosen by its latency at the last of these
+CPU_TIMING_ROUNDS = 10
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -119,10 +121,15 @@ def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) 
         if request.precision == "fp16":
             onnx_path, entry["fp16"] = _make_fp16(run, spec, request, say, change)
         elif request.precision == "int8":
-            onnx_path, entry["int8"] = _make_int8(run, spec, request, say, change)
+            onnx_path, entry["int8"] = _make_int8(run, spec, request, say, change, backend)
         entry["onnx"][request.precision] = _file_facts(onnx_path, name=run.onnx(request.precision).name)
+        cpu_graph = change.path(run.onnx("int8", "cpu")) if (entry.get("int8") or {}).get("cpu_graph") else None
+        if cpu_graph:
+            entry["onnx"]["int8.cpu"] = _file_facts(cpu_graph, name=run.onnx("int8", "cpu").name)
         if request.evaluate:
             entry["accuracy"] = _evaluate_or_warn(run, request.precision, say, onnx_path)
+            if cpu_graph and entry["accuracy"]:
+                entry["accuracy"]["cpu_graph"] = _evaluate_or_warn(run, "int8", say, cpu_graph)
         entry["seconds"] = round(time.monotonic() - started, 2)
         stage_build_report(run, entry, change)
     if backend in ENGINE_BACKENDS:
@@ -190,12 +197,12 @@ def _reusable_fp16(run: RunDir, request: BuildRequest) -> dict[str, Any] | None:
     return {"path": str(path), "reused": True, "kept_fp32": json.loads(metadata.get("fp32_nodes", "[]"))}
 
 
-def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
-               change: RunChange) -> tuple[Path, dict]:
+def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress, change: RunChange,
+               backend: str) -> tuple[Path, dict]:
     """model.int8.onnx staged in ``change`` (put in place when the build commits); the calibration record is stored
     under calibration/<key>/ at once (it is named by what it was made from, so it is never stale). Where the
     training images are here, the most sensitive layers are kept in float until the accuracy target holds on
-    held-out ones (calibration/accuracy.py)."""
+    held-out ones (calibration/accuracy.py). For ONNX Runtime, model.int8.cpu.onnx too (``_make_int8_cpu``)."""
     from mlic_edge.calibration import layer_sensitivity, quantize_int8, select_calibration_set, split_holdout
 
     out = change.path(run.onnx("int8"))
@@ -217,26 +224,101 @@ def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
         f"calibration {report.key} reused ({report.images} images, {report.method})" if report.reused else
         f"calibrated on {report.images} images ({report.method}), record calibration/{report.key}/"))
     summary = {**report.as_dict(), "path": str(run.onnx("int8"))}
+    ranking = None
     if calibration is None:
         info("int8: accuracy target not measured (no training images here); the layers kept in float are the ones "
              "asked with --keep-fp")
-        return out, summary
-    say("int8: per-layer sensitivity", 0, 1)
-    ranking = layer_sensitivity(run.onnx("fp32"), out, _first_images(calibration, spec, SENSITIVITY_IMAGES), top=None)
-    summary["sensitivity"] = ranking[:5]
-    search = _meet_accuracy_target(run, spec, request, dataset, holdout, ranking, quantize, out, say)
-    if search is not None:
-        if search.kept_fp != report.kept_fp:
-            final = quantize(search.kept_fp)  # from the same calibration record
-            summary.update(kept_fp=final.kept_fp, quantized_nodes=final.quantized_nodes)
-        summary["accuracy_target"] = search.as_dict()
+    else:
+        say("int8: per-layer sensitivity", 0, 1)
+        ranking = layer_sensitivity(run.onnx("fp32"), out, _first_images(calibration, spec, SENSITIVITY_IMAGES),
+                                    top=None)
+        summary["sensitivity"] = ranking[:5]
+        search = _meet_accuracy_target(run, spec, request, dataset, holdout, ranking, quantize, out, say,
+                                       start=request.keep_fp, what="int8")
+        if search is not None:
+            if search.kept_fp != report.kept_fp:
+                final = quantize(search.kept_fp)  # from the same calibration record
+                summary.update(kept_fp=final.kept_fp, quantized_nodes=final.quantized_nodes)
+            summary["accuracy_target"] = search.as_dict()
+    if backend == "onnxruntime":
+        summary["cpu_graph"] = _make_int8_cpu(run, spec, request, calibration, summary["kept_fp"], change, say,
+                                              search_inputs=(dataset, holdout, ranking))
     return out, summary
 
 
+def _make_int8_cpu(run: RunDir, spec: RunSpec, request: BuildRequest, calibration, keep_fp: list[str],
+                   change: RunChange, say: Progress, search_inputs: tuple) -> dict | None:
+    """model.int8.cpu.onnx staged in ``change``: the int8 graph ONNX Runtime's CPU kernels fuse (uint8 activations,
+    its own calibration record), in the form (QDQ or QOperator) that runs fastest on this CPU at batch 8, timed
+    against fp32 in turns; the layers kept in float start from the TensorRT graph's and grow by the same search
+    where held-out images are here. None (and a warning) where neither images nor a stored record exist."""
+    import contextlib
+    import shutil
+    import tempfile
+
+    from mlic_edge.calibration import CPU_FORMATS, CPU_GRAPH, cpu_int8_scheme, has_record, quantize_int8
+    from mlic_edge.runtime.checks.bench import interleaved_latency
+    from mlic_edge.runtime.inference.backends.onnxruntime_backend import (OnnxRuntimeBackend, cpu_features,
+                                                                          describe_cpu)
+    from mlic_edge.spec import ModelSpec
+
+    features = cpu_features()
+    out = change.path(run.onnx("int8", CPU_GRAPH))
+
+    def quantize(quant_format: str, keep: list[str], path: Path):
+        return quantize_int8(run.onnx("fp32"), path, run.path / "calibration", method=request.calib_method,
+                             calibration=calibration, img_size=spec.img_size, mean=spec.mean, std=spec.std,
+                             resize=spec.resize, input_format=spec.input_format, keep_fp=keep,
+                             scheme=cpu_int8_scheme(quant_format, features["int8_reduce_range"]),
+                             progress=lambda done, total: say(f"int8 CPU graph: calibrating ({request.calib_method})",
+                                                              done, total))
+
+    if calibration is None and not has_record(run.path / "calibration", run.onnx("fp32"), request.calib_method,
+                                              cpu_int8_scheme(CPU_FORMATS[0])):
+        warn(f"int8 CPU graph not made: no training images here and no {request.calib_method} calibration record "
+             "of it in the run (build it where the images are, or pass --calib-data)")
+        return None
+    with tempfile.TemporaryDirectory(prefix=".int8-cpu.", dir=run.path) as work:
+        reports = {form: quantize(form, keep_fp, Path(work) / f"{form}.onnx") for form in CPU_FORMATS}
+        say("int8 CPU graph: timing QDQ and QOperator against fp32", 0, 1)
+        graphs = {"fp32": run.onnx("fp32"), **{form: report.path for form, report in reports.items()}}
+        with contextlib.ExitStack() as stack:
+            backends = {name: stack.enter_context(OnnxRuntimeBackend(path, device="cpu")) for name, path in
+                        graphs.items()}
+            latency = interleaved_latency(backends, ModelSpec.from_run(spec), CPU_TIMING_BATCHES, CPU_TIMING_ROUNDS)
+        batch = CPU_TIMING_BATCHES[-1]
+        chosen = min(CPU_FORMATS, key=lambda form: latency[form][batch])
+        shutil.copyfile(reports[chosen].path, out)
+    report = reports[chosen]
+    ratio = latency[chosen][batch] / latency["fp32"][batch]
+    info(f"int8 CPU graph: {chosen} (uint8 activations{', 7-bit weights' if features['int8_reduce_range'] else ''})"
+         f", batch {batch} {latency[chosen][batch]:.2f} ms vs fp32 {latency['fp32'][batch]:.2f} ms ({ratio:.2f}×) on "
+         f"this CPU ({describe_cpu(features)}); " + ", ".join(f"{form} {latency[form][batch]:.2f} ms"
+                                                                for form in CPU_FORMATS if form != chosen))
+    summary = {**report.as_dict(), "path": str(run.onnx("int8", CPU_GRAPH)),
+               "reused": all(each.reused for each in reports.values()),  # the second form reads the first's record
+               "reduce_range": features["int8_reduce_range"], "cpu": describe_cpu(features),
+               "chosen_by": f"lowest median latency at batch {batch} ({CPU_TIMING_ROUNDS} rounds, timed in turns "
+                            "with fp32, ONNX Runtime CPU)",
+               "latency_ms": {name: {str(b): round(ms, 3) for b, ms in by_batch.items()}
+                              for name, by_batch in latency.items()}}
+    dataset, holdout, ranking = search_inputs
+    if ranking is not None:
+        search = _meet_accuracy_target(run, spec, request, dataset, holdout, ranking,
+                                       lambda keep, path=out: quantize(chosen, keep, path), out, say, start=keep_fp,
+                                       what="int8 CPU graph")
+        if search is not None:
+            if search.kept_fp != keep_fp:
+                final = quantize(chosen, search.kept_fp, out)
+                summary.update(kept_fp=final.kept_fp, quantized_nodes=final.quantized_nodes)
+            summary["accuracy_target"] = search.as_dict()
+    return summary
+
+
 def _meet_accuracy_target(run: RunDir, spec: RunSpec, request: BuildRequest, dataset, holdout,
-                          ranking: list[dict], quantize, first: Path, say: Progress):
+                          ranking: list[dict], quantize, first: Path, say: Progress, *, start: list[str], what: str):
     """The keep-fp search on held-out training images (None where they cannot be scored), told to the user;
-    ``first`` is the int8 ONNX already quantized with the user's --keep-fp."""
+    ``first`` is the graph (``what``) already quantized with ``start`` in float."""
     import tempfile
 
     from mlic_edge.calibration import AccuracyTarget, search_keep_fp
@@ -246,26 +328,27 @@ def _meet_accuracy_target(run: RunDir, spec: RunSpec, request: BuildRequest, dat
         return None
     images, targets = holdout.inputs_and_targets(spec.img_size, spec.mean, spec.std, spec.resize,
                                                  spec.input_format)
-    quantizable = len(ranking) + len(request.keep_fp)  # the ranking holds every quantized layer
+    quantizable = len(ranking) + len(request.keep_fp)  # the ranking holds every quantized layer of TensorRT's graph
     budget = (max(1, math.ceil(DEFAULT_FP_LAYER_SHARE * quantizable)) if request.max_fp_layers is None
               else request.max_fp_layers)
+    budget = max(0, budget - (len(start) - len(request.keep_fp)))  # what an earlier search kept counts against it
     target = AccuracyTarget(request.target_delta, request.target_agreement)
     with tempfile.TemporaryDirectory(prefix=".int8-search.", dir=run.path) as work:
         def trial(keep_fp: list[str]) -> Path:
-            if keep_fp == list(request.keep_fp):
+            if keep_fp == list(start):
                 return first
             return quantize(keep_fp, Path(work) / f"int8.{len(keep_fp)}.onnx").path
 
         search = search_keep_fp(trial, run.onnx("fp32"), images, targets, [row["node"] for row in ranking], target,
-                                budget, keep_fp=request.keep_fp, progress=lambda message: say(f"int8: {message}", 0, 1))
+                                budget, keep_fp=start, progress=lambda message: say(f"{what}: {message}", 0, 1))
     step = search.final
     verdict = "meets" if search.met else f"misses ({search.stopped})"
-    info(f"int8: {verdict} the target (|ΔmAP| ≤ {target.max_delta_points} points, ≥ "
+    info(f"{what}: {verdict} the target (|ΔmAP| ≤ {target.max_delta_points} points, ≥ "
          f"{target.min_agreement * 100:.0f} % identical label sets) on {search.images} held-out training images: "
          f"ΔmAP {step.delta_mAP_points:+.2f}, {step.labelset_agreement * 100:.1f} % identical, "
          f"{len(step.kept_fp)} layer(s) in float" + (f" ({', '.join(step.kept_fp)})" if step.kept_fp else ""))
     if not search.met:
-        warn(f"int8 misses its accuracy target with {len(step.kept_fp)} layer(s) in float: raise --max-fp-layers, "
+        warn(f"{what} misses its accuracy target with {len(step.kept_fp)} layer(s) in float: raise --max-fp-layers, "
              "try another --calib-method, or use fp16")
     return search
 
@@ -400,6 +483,36 @@ def stage_build_report(run: RunDir, entry: dict[str, Any], change: RunChange) ->
     change.path(run.reports / "build.md").write_text(build_markdown(report))
 
 
+def _cpu_graph_markdown(key: str, entry: dict[str, Any]) -> list[str]:
+    """The int8 CPU graph's section: the form chosen and why, its latency against fp32, its accuracy."""
+    cpu = (entry.get("int8") or {}).get("cpu_graph")
+    if not cpu:
+        return []
+    latency = cpu["latency_ms"]
+    batches = list(latency["fp32"])
+    lines = ["", f"## {key}: ONNX Runtime CPU graph ({Path(cpu['path']).name}), {cpu['quant_format']}", "",
+             f"uint8 activations, int8 per-channel weights{' (7-bit: reduce_range)' if cpu['reduce_range'] else ''}, "
+             f"on {cpu['cpu']}; chosen by {cpu['chosen_by']}. Median ms per batch on the machine that built it:", "",
+             "| graph | " + " | ".join(f"batch {b}" for b in batches) + " | " +
+             " | ".join(f"× fp32 at {b}" for b in batches) + " |", "|---|" + "---|" * (2 * len(batches))]
+    for name, by_batch in latency.items():
+        lines.append(f"| {name}{' (chosen)' if name == cpu['quant_format'] else ''} | "
+                     + " | ".join(f"{by_batch[b]:.2f}" for b in batches) + " | "
+                     + " | ".join(f"{by_batch[b] / latency['fp32'][b]:.2f}" for b in batches) + " |")
+    search = cpu.get("accuracy_target")
+    accuracy = ((entry.get("accuracy") or {}).get("cpu_graph")) or {}
+    if search:
+        step = search["steps"][-1]
+        lines += ["", f"Held-out training images ({search['images']}): ΔmAP {step['delta_mAP_points']:+.3f} points, "
+                      f"{step['labelset_agreement'] * 100:.1f} % identical label sets, layers in float: "
+                      f"{', '.join(step['kept_fp']) or 'none'} (target {'met' if search['met'] else 'missed'})."]
+    if accuracy:
+        lines += ["", f"Eval split (ONNX Runtime CPU): mAP {accuracy['mAP_int8'] * 100:.2f}, Δ vs fp32 "
+                      f"{accuracy['delta_mAP_vs_fp32'] * 100:+.3f} points, "
+                      f"{accuracy['labelset_agreement_vs_fp32'] * 100:.1f} % identical label sets."]
+    return lines
+
+
 def build_markdown(report: dict[str, Any]) -> str:
     lines = ["# Builds", "",
              "mAP: ONNX Runtime (CPU) on the eval split; Δ against the fp32 ONNX. Engine sizes and build times are "
@@ -430,6 +543,7 @@ def build_markdown(report: dict[str, Any]) -> str:
                          + (f" ({', '.join(dla['gpu_layers'])})" if dla["gpu_layers"] else "") if dla else
                          "this TensorRT cannot say which layers run on DLA")
             lines += ["", f"## {key}: DLA placement (asked of the builder before building)", "", placement]
+        lines += _cpu_graph_markdown(key, entry)
         search = (entry.get("int8") or {}).get("accuracy_target")
         if search:
             outcome = "met" if search["met"] else f"missed ({search['stopped']})"

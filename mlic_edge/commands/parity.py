@@ -52,9 +52,9 @@ def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Prog
                         hint="make it: " + rebuild_command(run.path, request.precisions[0], "onnxruntime")
                         if request.precisions else f"export first: mlic-edge export --run {run.path}")
     results, skipped = [], []
-    for backend_name, precision_name in targets:
+    for backend_name, precision_name, graph in targets:
         try:
-            engine = create_backend(backend_name, run, precision_name, request.device)
+            engine = create_backend(backend_name, run, precision_name, request.device, graph=graph)
         except MlicError as error:
             if request.backends or isinstance(error, LineageError):  # asked for by name, or the wrong model
                 raise
@@ -63,7 +63,7 @@ def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Prog
                 on_skip(f"not checked: {backend_name} {precision_name}: {error}")
             continue
         with engine:
-            what = f"parity {backend_name} {precision_name}"
+            what = f"parity {backend_name} {precision_name}" + (f" ({graph} graph)" if graph != "auto" else "")
             results.append(check_backend(
                 engine, reference, images, threshold=request.threshold, batch_size=request.batch_size,
                 tolerance_points=request.tolerances.get(precision_name),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -80,6 +80,26 @@ def bench_pipeline(backend: Backend, spec: ModelSpec, video: Path, batch: int) -
     return {"batch": batch, "frames": stats.frames, "wall_s": summary["wall_s"],
             "images_per_s": stats.frames / summary["wall_s"] if summary["wall_s"] else None,
             "stages_ms": summary["stages_ms"]}
+
+
+def interleaved_latency(backends: dict[str, Backend], spec: ModelSpec, batches: Sequence[int], rounds: int = 10,
+                        warmup: int = 2) -> dict[str, dict[int, float]]:
+    """Median ms of one ``infer`` per backend and batch, timed in turns (each round times every backend at every
+    batch once), so a load that comes and goes on the machine falls on all of them alike and their ratios hold."""
+    inputs = {batch: spec.random_batch(batch) for batch in batches}
+    for backend in backends.values():
+        for batch in batches:
+            for _ in range(warmup):
+                backend.infer(inputs[batch])
+    samples: dict[str, dict[int, list[float]]] = {name: {batch: [] for batch in batches} for name in backends}
+    for _ in range(rounds):
+        for batch in batches:
+            for name, backend in backends.items():
+                started = time.perf_counter()
+                backend.infer(inputs[batch])
+                samples[name][batch].append((time.perf_counter() - started) * 1e3)
+    return {name: {batch: float(np.median(times)) for batch, times in by_batch.items()}
+            for name, by_batch in samples.items()}
 
 
 def run_bench(backend: Backend, spec: ModelSpec, batches: list[int], *, iterations: int, warmup: int,

@@ -180,7 +180,8 @@ def check_backend(backend: Backend, reference: Reference, images: ReferenceImage
                             tolerance_points=tolerance_points, labelset_floor=labelset_floor,
                             max_score_diff=max_score_diff)
     return {"backend": backend.info.backend, "device": backend.info.device, "version": backend.info.version,
-            **result, "latency": latency, "images": len(images), "ran": backend.info.as_dict()}
+            "graph": backend.info.details.get("graph"), **result, "latency": latency, "images": len(images),
+            "ran": backend.info.as_dict()}
 
 
 def compute_parity(run: RunDir, backend: Backend, *, data: str | None = None, **options: Any) -> dict[str, Any]:
@@ -190,22 +191,30 @@ def compute_parity(run: RunDir, backend: Backend, *, data: str | None = None, **
 
 
 def present_targets(run: RunDir, backends: list[str] | None = None,
-                    precisions: list[str] | None = None) -> list[tuple[str, str]]:
-    """(backend, precision) pairs that have an artefact in the run: each precision's ONNX for ONNX Runtime, each
-    engine for its TensorRT. Explicit ``backends`` are taken as asked (their artefacts are checked when loaded)."""
+                    precisions: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """(backend, precision, graph) that have an artefact in the run: each precision's ONNX for ONNX Runtime (both
+    int8 graphs where the CPU one was built: ``graph`` "tensorrt" and "cpu", else "auto"), each engine for its
+    TensorRT. Explicit ``backends`` are taken as asked (their artefacts are checked when loaded)."""
     from mlic_edge.spec import PRECISIONS
 
     wanted = precisions or list(PRECISIONS)
+
+    def graphs(backend: str, precision: str) -> list[str]:
+        both = backend == "onnxruntime" and precision == "int8" and run.onnx("int8", "cpu").is_file()
+        return ["tensorrt", "cpu"] if both else ["auto"]
+
     if backends:
-        return [(backend, precision) for backend in backends for precision in wanted
-                if backend != "torch" or precision == "fp32"]
+        return [(backend, precision, graph) for backend in backends for precision in wanted
+                if backend != "torch" or precision == "fp32" for graph in graphs(backend, precision)]
     from mlic_edge.runtime.engines.manifest import find_engines, read_manifest
 
-    targets = [("onnxruntime", precision) for precision in wanted if run.onnx(precision).is_file()]
+    targets = [("onnxruntime", precision, graph) for precision in wanted if run.onnx(precision).is_file()
+               for graph in graphs("onnxruntime", precision)]
     for path in find_engines(run.path):
         manifest = read_manifest(path)
-        if manifest["precision"] in wanted and (manifest["backend"], manifest["precision"]) not in targets:
-            targets.append((manifest["backend"], manifest["precision"]))
+        target = (manifest["backend"], manifest["precision"], "auto")
+        if manifest["precision"] in wanted and target not in targets:
+            targets.append(target)
     return targets
 
 
@@ -232,16 +241,22 @@ def check_parity(report: dict[str, Any]) -> None:
                           hint="fix what the reasons say (rebuild or re-export), then run parity again")
     failed = [result for result in report["results"] if not result["passed"]]
     if failed:
-        details = "; ".join(f"{r['backend']} {r['precision']}: {', '.join(r['failures'])}" for r in failed)
+        details = "; ".join(f"{r['backend']} {precision_text(r)}: {', '.join(r['failures'])}" for r in failed)
         raise ParityError(details, hint="inspect reports/parity.md; --tolerance, --min-same and --max-diff "
                                         "PRECISION=VALUE accept larger differences")
+
+
+def precision_text(result: dict[str, Any]) -> str:
+    """'fp16', or 'int8 (cpu graph)' where the result says which int8 graph ran."""
+    graph = result.get("graph")
+    return result["precision"] + (f" ({graph} graph)" if graph else "")
 
 
 def _rows(report: dict[str, Any]) -> list[list[str]]:
     rows = []
     for r in report["results"]:
         worst = ", ".join(f"{w['label']} {w['delta_AP'] * 100:+.2f}" for w in r["worst_classes"][:3])
-        rows.append([r["backend"], r["precision"], r["device"], f"{r['mAP'] * 100:.2f}",
+        rows.append([r["backend"], precision_text(r), r["device"], f"{r['mAP'] * 100:.2f}",
                      f"{r['delta_mAP_points']:+.3f}", worst or "-", f"{r['max_abs_diff']:.1e}",
                      f"{r['mean_abs_diff']:.1e}", f"{r['labelset_agreement'] * 100:.1f}%",
                      f"{r['latency']['ms_per_image']:.2f}", f"{r['tolerance_points']}",
@@ -264,7 +279,7 @@ def parity_markdown(report: dict[str, Any]) -> str:
         lines.append(f"\nNot run: {skip['backend']} {skip['precision']}: {skip['reason']}")
     for r in report["results"]:
         ran = r["ran"]
-        lines.append(f"\n{r['backend']} {r['precision']}: {ran['backend']} {ran['version']} on {ran['device']}"
+        lines.append(f"\n{r['backend']} {precision_text(r)}: {ran['backend']} {ran['version']} on {ran['device']}"
                      + (f", {ran['details'].get('model') or ran['details'].get('engine')}" if ran.get("details")
                         else ""))
     return "\n".join(lines) + "\n"

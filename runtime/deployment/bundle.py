@@ -66,9 +66,8 @@ def pack(run: RunDir, out: Path | None = None, *, with_images: bool = True,
             raise RunDirError(f"cannot pack {run.path}: {path.name} is missing",
                               hint=f"run `mlic-edge export --run {run.path}` first")
     spec = RunSpec.from_run_json(meta)
-    for precision in PRECISIONS:  # never ship a stale model: each ONNX and the reference are this run's current ones
-        if run.onnx(precision).is_file():
-            check_onnx(run, precision, spec)
+    for precision, _, path in run.onnx_graphs():  # never ship a stale model: each ONNX and the reference are current
+        check_onnx(run, precision, spec, path=path)
     Reference.load(run)
     out = default_bundle_path(run) if out is None else Path(out)
     if out.is_dir():
@@ -102,6 +101,8 @@ def pack(run: RunDir, out: Path | None = None, *, with_images: bool = True,
         "labels": meta["labels"],
         "preprocessing": RunSpec.from_run_json(meta).preprocessing,
         "precisions": [p for p in PRECISIONS if run.onnx(p).is_file()],
+        "graphs": {path.name: {"precision": precision, "graph": variant or ("tensorrt" if precision == "int8" else None)}
+                   for precision, variant, path in run.onnx_graphs()},
         "images": images_section,
         "files": files,
     }
@@ -115,7 +116,7 @@ def pack(run: RunDir, out: Path | None = None, *, with_images: bool = True,
 
 def _run_files(run: RunDir) -> list[str]:
     """The ONNX files present, reference.npz, and the calibration records made for this model.onnx."""
-    names = [run.onnx(p).name for p in PRECISIONS if run.onnx(p).is_file()] + [run.reference.name]
+    names = [path.name for _, _, path in run.onnx_graphs()] + [run.reference.name]
     fp32_sha = sha256_file(run.onnx("fp32"))
     for record in sorted((run.path / CALIBRATION_DIR).glob("*/record.json")):
         try:

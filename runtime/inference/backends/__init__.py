@@ -7,7 +7,7 @@ from pathlib import Path
 from mlic_edge.errors import BackendError, MlicError
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
-from mlic_edge.spec import BACKENDS, ENGINE_BACKENDS, PRECISIONS, rebuild_command, require_choice
+from mlic_edge.spec import BACKENDS, ENGINE_BACKENDS, INT8_GRAPHS, PRECISIONS, rebuild_command, require_choice
 
 
 
@@ -78,11 +78,17 @@ def find_engine(run: RunDir, backend: str, precision: str) -> Path:
 
 
 def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str = "auto",
-                   cuda_graph: bool = False) -> Backend:
+                   cuda_graph: bool = False, graph: str = "auto") -> Backend:
     """Open backend ``name`` for the run's ``precision``; ``cuda_graph`` (TensorRT only) replays a captured CUDA
-    graph per batch size instead of enqueueing copies and execution each time."""
+    graph per batch size instead of enqueueing copies and execution each time. ``graph`` (ONNX Runtime, int8):
+    ``tensorrt`` (model.int8.onnx), ``cpu`` (model.int8.cpu.onnx) or ``auto`` (the CPU graph on the CPU where
+    it was built, else the TensorRT one, saying so)."""
     require_choice("backend", name, BACKENDS, BackendError)
     require_choice("precision", precision, PRECISIONS, BackendError)
+    if graph != "auto":
+        require_choice("int8 graph", graph, INT8_GRAPHS, BackendError)
+        if precision != "int8":
+            raise BackendError(f"graph {graph!r} is an int8 graph, not {precision}", hint="use --precision int8")
     if name == "auto":
         name, device = resolve_auto(device, run, precision)
     if name != "torch" and run.onnx(precision).is_file():
@@ -112,10 +118,48 @@ def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str 
     from mlic_edge.runtime.inference.backends.onnxruntime_backend import OnnxRuntimeBackend, available_devices
 
     if device == "auto":
-        device = "cuda" if "cuda" in available_devices() else "cpu"
-    onnx_path = run.require(run.onnx(precision), f"mlic-edge export --run {run.path}" if precision == "fp32" else
+        device = "cpu" if graph == "cpu" or "cuda" not in available_devices() else "cuda"
+    if precision == "int8":
+        graph = _int8_graph(run, device, graph)
+    elif precision == "fp16" and device == "cpu":
+        _say_fp16_on_cpu()
+    onnx_path = run.onnx(precision, "cpu" if graph == "cpu" else None)
+    onnx_path = run.require(onnx_path, f"mlic-edge export --run {run.path}" if precision == "fp32" else
                             rebuild_command(run.path, precision, "onnxruntime"))
-    return OnnxRuntimeBackend(onnx_path, device=device, precision=precision)
+    if graph == "cpu":
+        from mlic_edge.export.lineage import check_onnx
+
+        check_onnx(run, precision, path=onnx_path)
+    return OnnxRuntimeBackend(onnx_path, device=device, precision=precision,
+                              graph=graph if precision == "int8" else None)
+
+
+def _int8_graph(run: RunDir, device: str, graph: str) -> str:
+    """The int8 graph ONNX Runtime runs on ``device``: ``graph`` when named; on the CPU the CPU graph where the run
+    has it, else TensorRT's, with a line saying it runs near fp32 speed there and how to make the CPU graph."""
+    from mlic_edge.console import info
+
+    if graph != "auto":
+        return graph
+    if device != "cpu":
+        return "tensorrt"
+    if run.onnx("int8", "cpu").is_file():
+        return "cpu"
+    info(f"int8 on ONNX Runtime's CPU: {run.onnx('int8').name} is the Q/DQ graph shaped for TensorRT, which the CPU "
+         f"kernels mostly run in float (about fp32 speed); make the CPU graph: "
+         f"{rebuild_command(run.path, 'int8', 'onnxruntime')}")
+    return "tensorrt"
+
+
+def _say_fp16_on_cpu() -> None:
+    """fp16 through ONNX Runtime's CPU provider is no faster than fp32 where the CPU has no fp16 arithmetic it uses
+    (every x86 CPU: its ops run in fp32 behind inserted casts); said, so a slower run is never a surprise."""
+    from mlic_edge.console import info
+    from mlic_edge.runtime.inference.backends.onnxruntime_backend import cpu_features
+
+    if not cpu_features()["fp16_arithmetic"]:
+        info("fp16 on ONNX Runtime's CPU: no speed-up on this CPU (no fp16 arithmetic its kernels use; fp16 ops run "
+             "as fp32 behind casts, usually slower than fp32): use fp32, or int8 on a CPU")
 
 
 __all__ = ["BACKENDS", "PRECISIONS", "Backend", "BackendInfo", "create_backend", "resolve_auto"]

@@ -10,6 +10,34 @@ from mlic_edge.errors import BackendError
 from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# /proc/cpuinfo flags of the integer dot-product instructions ONNX Runtime's u8 x s8 kernels use, by architecture.
+INT8_DOT_FLAGS = {"x86_64": ("avx512_vnni", "avx_vnni", "amx_int8"), "aarch64": ("asimddp", "i8mm")}
+FP16_ARITHMETIC_FLAGS = {"aarch64": ("asimdhp",)}
+
+
+def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+    """What this CPU offers ONNX Runtime's int8 and fp16 kernels: the integer dot-product flags present (VNNI, AMX,
+    ARM dot product), fp16 arithmetic, and whether int8 weights need ``reduce_range`` (x86 without VNNI, where
+    u8 x s8 products can saturate, as ONNX Runtime's quantization guide says)."""
+    import platform
+
+    machine = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
+    try:
+        flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                          if line.split(":", 1)[0].strip() in ("flags", "Features")), []))
+    except OSError:
+        flags = set()
+    int8_dot = [flag for flag in INT8_DOT_FLAGS.get(machine, ()) if flag in flags]
+    return {"machine": machine, "int8_dot_product": int8_dot,
+            "fp16_arithmetic": any(flag in flags for flag in FP16_ARITHMETIC_FLAGS.get(machine, ())),
+            "int8_reduce_range": machine == "x86_64" and not int8_dot}
+
+
+def describe_cpu(features: dict) -> str:
+    """'x86_64 with avx512_vnni, amx_int8' / 'x86_64 without VNNI'."""
+    if features["int8_dot_product"]:
+        return f"{features['machine']} with {', '.join(features['int8_dot_product'])}"
+    return f"{features['machine']} without " + ("VNNI" if features["machine"] == "x86_64" else "int8 dot product")
 
 
 def available_devices() -> list[str]:
@@ -20,7 +48,8 @@ def available_devices() -> list[str]:
 
 
 class OnnxRuntimeBackend(Backend):
-    def __init__(self, onnx_path: Path, device: str = "cpu", precision: str = "fp32", threads: int = 0) -> None:
+    def __init__(self, onnx_path: Path, device: str = "cpu", precision: str = "fp32", threads: int = 0,
+                 graph: str | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as error:
@@ -47,7 +76,8 @@ class OnnxRuntimeBackend(Backend):
         self.input_dtype = np.uint8 if self.session.get_inputs()[0].type == "tensor(uint8)" else np.float32
         self.output_name = self.session.get_outputs()[0].name
         self.info = BackendInfo(backend="onnxruntime", device=device, precision=precision, version=ort.__version__,
-                                details={"providers": self.session.get_providers(), "model": str(onnx_path)})
+                                details={"providers": self.session.get_providers(), "model": str(onnx_path),
+                                         **({"graph": graph} if graph else {})})
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, self.input_dtype)})[0]
