@@ -67,7 +67,8 @@ def test_int8_keeps_layers_in_float_for_its_accuracy_target_on_held_out_images(b
 
     entry = json.loads((built_run / "reports" / "build.json").read_text())["builds"]["int8"]["int8"]
     search = entry["accuracy_target"]
-    assert search["target"] == {"max_delta_points": 0.5, "min_agreement": 0.97, "threshold": 0.5}
+    assert search["target"] == {"max_delta_points": 0.5, "min_agreement": 0.97, "threshold": 0.5, "margin_se": 1.0}
+    assert search["required_agreement"] == 1.0  # 97 % plus one standard error of 30 images is past every image
     assert search["images"] == 30 and search["steps"][0]["kept_fp"] == []  # a quarter of the 120 training images
     budget = -(-len(quantizable_nodes(onnx.load(str(built_run / "model.onnx")))) // 10)
     assert len(search["kept_fp"]) <= budget and search["kept_fp"] == entry["kept_fp"]

@@ -95,3 +95,13 @@ def test_group_sizes_grow_and_fill_the_budget_exactly():
     assert accuracy.group_sizes(1) == [1]
     assert accuracy.group_sizes(6) == [1, 1, 2, 2]
     assert accuracy.group_sizes(12) == [1, 1, 2, 4, 4]
+
+
+def test_the_agreement_target_is_asked_with_a_margin_for_the_held_out_sample():
+    """At 97 % on 256 held-out images one standard error is about a point: 97.5 % there is not yet enough."""
+    target = AccuracyTarget(max_delta_points=0.5, min_agreement=0.97)
+    assert target.required_agreement(256) == pytest.approx(0.97 + (0.97 * 0.03 / 256) ** 0.5)
+    assert not target.met_by(0.0, 0.975, 256) and target.met_by(0.0, 0.99, 256)
+    assert AccuracyTarget(0.5, 0.97, margin_se=0).met_by(0.0, 0.975, 256)
+    assert AccuracyTarget(0.5, 0.999).required_agreement(10) == 1.0  # never more than every image
+    assert not target.met_by(0.6, 1.0, 256)  # the mAP bound holds as before

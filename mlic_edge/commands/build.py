@@ -344,7 +344,9 @@ def _meet_accuracy_target(run: RunDir, spec: RunSpec, request: BuildRequest, dat
     step = search.final
     verdict = "meets" if search.met else f"misses ({search.stopped})"
     info(f"{what}: {verdict} the target (|ΔmAP| ≤ {target.max_delta_points} points, ≥ "
-         f"{target.min_agreement * 100:.0f} % identical label sets) on {search.images} held-out training images: "
+         f"{target.min_agreement * 100:.0f} % identical label sets, asked as ≥ "
+         f"{target.required_agreement(search.images) * 100:.1f} % on {search.images} held-out training images, one "
+         f"standard error of margin): "
          f"ΔmAP {step.delta_mAP_points:+.2f}, {step.labelset_agreement * 100:.1f} % identical, "
          f"{len(step.kept_fp)} layer(s) in float" + (f" ({', '.join(step.kept_fp)})" if step.kept_fp else ""))
     if not search.met:
@@ -550,7 +552,11 @@ def build_markdown(report: dict[str, Any]) -> str:
             lines += ["", f"## {key}: accuracy target, {outcome}", "",
                       f"Measured with ONNX Runtime (CPU; layers in float run fp32) on {search['images']} held-out "
                       f"training images, neither calibration nor eval images (fp32 mAP there "
-                      f"{search['mAP_fp32'] * 100:.2f}). Each step keeps the next most sensitive layers in float.", "",
+                      f"{search['mAP_fp32'] * 100:.2f}). Each step keeps the next most sensitive layers in float. "
+                      f"Identical label sets are asked as ≥ "
+                      f"{search.get('required_agreement', search['target']['min_agreement']) * 100:.1f} %: the target "
+                      f"{search['target']['min_agreement'] * 100:.0f} % plus {search['target'].get('margin_se', 0):g} "
+                      f"standard error(s) of an estimate from {search['images']} images.", "",
                       "| step | layers in float | ΔmAP vs fp32 (pts) | identical label sets | target met |",
                       "|---|---|---|---|---|"]
             for number, step in enumerate(search["steps"]):
