@@ -382,3 +382,13 @@ def test_fp16_on_a_cpu_says_it_brings_no_speed_up(capsys, built_run, monkeypatch
     with create_backend("onnxruntime", RunDir(built_run), "fp16", "cpu"):
         pass
     assert ("no speed-up on this CPU" in capsys.readouterr().err) is not fp16_arithmetic
+
+
+def test_the_build_command_names_both_int8_graphs(capsys, built_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(built_run, run)
+    result = invoke(capsys, "build", "--run", run, "-p", "int8", "-b", "onnxruntime", "--calib-images", "64",
+                    "--no-evaluate")
+    assert result.code == 0, result.err
+    assert f"built {run / 'model.int8.onnx'}" in result.err and f"built {run / 'model.int8.cpu.onnx'}" in result.err
+    assert "int8 CPU graph: Q" in result.err  # the form it chose (QDQ or QOperator), with its timing
