@@ -87,6 +87,89 @@ def write_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, spec: 
     onnx.save(proto, str(path))
 
 
+def write_qdq_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, spec: RunSpec, source_onnx: Path, *,
+                   opset: int = DEFAULT_OPSET, **stamps: str) -> int:
+    """The int8 Q/DQ graph of a fake-quantized model (quantization-aware training, train/qat.py): exported like
+    model.onnx (same names, dynamic batch, onnxsim unless it changes the Q/DQ pairs, the input folded to uint8 where
+    model.onnx's is), each weight's QuantizeLinear folded into an int8 initializer (the form post-training int8
+    has: a quarter of the size), and model.onnx's metadata with ``precision=int8``, ``source_onnx_sha256`` and
+    ``stamps`` on top. Returns the number of DequantizeLinear nodes."""
+    from mlic_edge.export.lineage import ONNX_SHA
+    from mlic_edge.export.metadata import derive_metadata
+
+    export_graph(graph, example, path, opset)
+    proto = onnx.load(str(path))
+    pairs = _qdq_counts(proto)
+    simplified = _simplify(proto)
+    if _qdq_counts(simplified) == pairs:
+        proto = simplified
+    else:
+        warn("onnxsim changed the Q/DQ pairs of the int8 graph; keeping the unsimplified graph")
+    fold_weight_quantizers(proto)
+    if spec.input_format == UINT8_INPUT:
+        proto = fold_uint8_input(proto, spec.mean, spec.std)
+    derive_metadata(proto, onnx.load(str(source_onnx), load_external_data=False), precision="int8",
+                    **{ONNX_SHA: sha256_file(source_onnx)}, **stamps)
+    proto.producer_name, proto.producer_version = "mlic-edge", mlic_edge.__version__
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return _qdq_counts(proto)[1]
+
+
+def _qdq_counts(proto: onnx.ModelProto) -> tuple[int, int]:
+    ops = [node.op_type for node in proto.graph.node]
+    return ops.count("QuantizeLinear"), ops.count("DequantizeLinear")
+
+
+def fold_weight_quantizers(proto: onnx.ModelProto) -> int:
+    """Replace each QuantizeLinear of a constant (a weight, as torch exports fake quantization: float weight -> Q
+    -> DQ) by its int8 result, so the DequantizeLinear reads an int8 initializer; the same values, ONNX's rounding
+    (half to even, saturated). Returns how many were folded."""
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    constant_nodes = {node.output[0]: node for node in graph.node if node.op_type == "Constant"}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+
+    def value(name: str):
+        if name in constants:
+            return numpy_helper.to_array(constants[name])
+        node = constant_nodes.get(name)
+        return numpy_helper.to_array(node.attribute[0].t) if node is not None and node.attribute[0].name == "value" \
+            else None
+
+    folded, kept = 0, []
+    for node in graph.node:
+        weight = value(node.input[0]) if node.op_type == "QuantizeLinear" else None
+        if weight is None or weight.dtype != np.float32:
+            kept.append(node)
+            continue
+        scale, zero = value(node.input[1]), value(node.input[2]) if len(node.input) > 2 else None
+        axis = next((attribute.i for attribute in node.attribute if attribute.name == "axis"), 1)
+        if scale is None or (zero is not None and zero.dtype != np.int8):
+            kept.append(node)
+            continue
+        shape = [1] * weight.ndim
+        if scale.ndim:
+            shape[axis] = scale.size
+        zero_point = zero.reshape(shape).astype(np.float32) if zero is not None and zero.ndim else float(zero or 0)
+        quantized = np.clip(np.round(weight / scale.reshape(shape)) + zero_point, -128, 127).astype(np.int8)
+        name = node.output[0]
+        graph.initializer.append(numpy_helper.from_array(quantized, name))
+        if node.input[0] in constants and consumers.get(node.input[0]) == 1:
+            graph.initializer.remove(constants.pop(node.input[0]))
+        folded += 1
+    used = {name for node in kept for name in node.input} | {out.name for out in graph.output}
+    kept = [node for node in kept if node.op_type != "Constant" or node.output[0] in used]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return folded
+
+
 def export_graph(graph: torch.nn.Module, example: torch.Tensor, path: Path, opset: int = DEFAULT_OPSET,
                  dynamo: bool = False) -> None:
     """torch -> ONNX with the names and dynamic batch axis every stage after export relies on."""

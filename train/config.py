@@ -10,6 +10,16 @@ from typing import Any
 from mlic_edge.errors import MlicError
 from mlic_edge.spec import DEFAULT_RESIZE, RESIZE_MODES
 
+QAT_LIBRARY = "nvidia-modelopt"  # `train --qat` (train/qat.py)
+QAT_CALIB_IMAGES = 256  # training images its int8 ranges are calibrated on before fine-tuning
+
+
+def modelopt_missing(detail: str = "") -> MlicError:
+    """The one-line refusal of `train --qat` where NVIDIA ModelOpt is not installed (said before PyTorch loads)."""
+    return MlicError(f"quantization-aware training needs NVIDIA ModelOpt ({QAT_LIBRARY}), which is not installed"
+                     + (f" ({detail})" if detail else ""), hint='pip install "mlic-edge[qat]"')
+
+
 SAMPLERS = ("random", "class-aware")
 DIFFICULT_POLICIES = ("ignore", "positive", "negative")  # VOC difficult objects
 AMP_MODES = ("bf16", "fp16", "off")  # autocast dtype on CUDA; None: fp16 on CUDA, off on CPUs

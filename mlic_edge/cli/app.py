@@ -20,6 +20,7 @@ from mlic_edge.commands.evaluate import EvalRequest
 from mlic_edge.commands.export import ExportRequest
 from mlic_edge.commands.parity import ParityRequest
 from mlic_edge.commands.predict import PredictRequest
+from mlic_edge.commands.train import QatRequest
 from mlic_edge.errors import EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, Interrupted, MlicError
 from mlic_edge.train.config import TrainConfig
 from mlic_edge.spec import (DEFAULT_LABELSET_FLOOR, DEFAULT_MAX_SCORE_DIFF, DEFAULT_TOLERANCE_POINTS, PRECISIONS,
@@ -211,10 +212,12 @@ def models_command(
 # --------------------------------------------------------------------------------------------------- train
 @app.command(epilog="Examples: `mlic-edge train --data data/synth --recipe quick`, "
                     "`mlic-edge train --model q2l --data coco:COCO2014 --pretrained` (the paper's recipe), "
-                    "`mlic-edge train --model baseline --data voc:VOCdevkit/VOC2007 --pretrained --resume`")
+                    "`mlic-edge train --model baseline --data voc:VOCdevkit/VOC2007 --pretrained --resume`, "
+                    "`mlic-edge train --qat --run runs/baseline --epochs 2` (int8 quantization-aware fine-tuning)")
 def train(
     model: str = typer.Option("baseline", "--model", "-m", help="Registered model name."),
-    data: str = typer.Option(..., "--data", "-d", help="Dataset: a path or voc:/coco:/csv: spec."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset: a path or voc:/coco:/csv: spec "
+                                       "(--qat fine-tunes on the run's own)."),
     recipe: str = typer.Option(TrainConfig.recipe, "--recipe", help="paper (the model's paper's training, see "
                                "`mlic-edge models --json`) or quick (from scratch, small data, minutes on a CPU). "
                                "Every option below left out comes from it."),
@@ -270,13 +273,32 @@ def train(
                                                  "format for the convolutions (default: on CUDA, off on CPUs)."),
     compile_model: bool = typer.Option(TrainConfig.compile, "--compile", help="torch.compile the training step "
                                        "(minutes of compiling first; pays off on long GPU runs)."),
+    qat: bool = typer.Option(False, "--qat", help="Quantization-aware fine-tuning of the trained run in --run "
+                             "(NVIDIA ModelOpt int8 fake quant, --epochs N at --lr, default the recipe's × 0.01): "
+                             "writes its Q/DQ graph as model.int8.onnx, which `build -p int8` then uses."),
+    run: Optional[Path] = typer.Option(None, "--run", "-r", help="--qat: the trained run directory."),
+    calib_images: int = typer.Option(QatRequest.calib_images, "--calib-images", help="--qat: training images the "
+                                     "int8 ranges are calibrated on before fine-tuning."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Train a model and write its run directory (checkpoint.pt, run.json, reports/). Under `torchrun
-    --nproc-per-node N -m mlic_edge train ...` it runs as DistributedDataParallel (--batch-size is per process)."""
+    --nproc-per-node N -m mlic_edge train ...` it runs as DistributedDataParallel (--batch-size is per process).
+    With --qat, fine-tune a trained run with int8 fake quantization instead (`mlic-edge train --qat --run DIR
+    --epochs N`)."""
     from mlic_edge.commands.train import train as run_training
     from mlic_edge.console import info
 
+    if qat:
+        if data is not None:
+            raise MlicError("--qat fine-tunes on the dataset the run was trained on; --data is not for it",
+                            hint="drop --data")
+        _train_qat(run, epochs, lr, calib_images, batch_size, workers, device, seed, json_out)
+        return
+    if run is not None:
+        raise MlicError("--run is for --qat; training writes the run given with --out",
+                        hint="pass --out DIR (or --qat to fine-tune the run in --run)")
+    if data is None:
+        raise MlicError("train needs --data", hint="pass --data DATA (a path or voc:/coco:/csv: spec)")
     run_path = out or Path("runs") / model
     config = TrainConfig(model=model, data=data, out=run_path, recipe=recipe, backbone=backbone, epochs=epochs,
                          img_size=img_size, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
@@ -296,6 +318,27 @@ def train(
     else:
         info(f"best val mAP {result['best_val_mAP'] * 100:.2f} at epoch {result['best_epoch']}; run: {run_path}\n"
              f"next: mlic-edge export --run {run_path}")
+
+
+def _train_qat(run: Optional[Path], epochs: Optional[int], lr: Optional[float], calib_images: int,
+               batch_size: Optional[int], workers: int, device: str, seed: int, json_out: bool) -> None:
+    from mlic_edge.commands.train import train_qat
+
+    if run is None:
+        raise MlicError("--qat fine-tunes a trained run: --run DIR is missing",
+                        hint="mlic-edge train --qat --run runs/NAME --epochs 2")
+    if epochs is None:
+        raise MlicError("--qat needs --epochs (a few: about a tenth of the original training)",
+                        hint=f"mlic-edge train --qat --run {run} --epochs 2")
+    section = train_qat(QatRequest(run=run, epochs=epochs, lr=lr, calib_images=calib_images, batch_size=batch_size,
+                                   workers=workers, device=device, seed=seed))
+    if json_out:
+        _emit_json(section)
+    else:
+        from mlic_edge.console import info
+        from mlic_edge.spec import rebuild_command
+
+        info(f"report: {run / 'reports' / 'qat.md'}\nnext: {rebuild_command(run, 'int8', 'tensorrt')}")
 
 
 # --------------------------------------------------------------------------------------------------- import

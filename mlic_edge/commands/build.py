@@ -205,7 +205,8 @@ def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
     held-out ones (calibration/accuracy.py). For ONNX Runtime, model.int8.cpu.onnx too (``_make_int8_cpu``)."""
     from mlic_edge.calibration import layer_sensitivity, quantize_int8, select_calibration_set, split_holdout
 
-    out = change.path(run.onnx("int8"))
+    qat = _reusable_qat_int8(run)
+    out = change.path(run.onnx("int8")) if qat is None else run.onnx("int8")  # a reused graph is not staged
     dataset = _training_images(spec, request, required=False)
     holdout = calibration = None
     if dataset is not None:
@@ -219,6 +220,16 @@ def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
                              progress=lambda done, total: say(f"int8: calibrating ({request.calib_method})",
                                                               done, total))
 
+    if qat is not None:
+        info(f"int8: {run.onnx('int8').name} is the Q/DQ graph of quantization-aware training (mlic-edge train --qat) "
+             "from this model.onnx: reused instead of post-training quantization (delete it to quantize after "
+             "training instead)")
+        if request.keep_fp:
+            warn("int8: --keep-fp does not change the quantization-aware graph (it applies to the CPU graph only)")
+        if backend == "onnxruntime":
+            qat["cpu_graph"] = _make_int8_cpu(run, spec, request, calibration, request.keep_fp, change, say,
+                                              search_inputs=(dataset, holdout, None))
+        return run.onnx("int8"), qat
     report = quantize(request.keep_fp)
     info(f"int8: {report.quantized_nodes} quantized layers, " + (
         f"calibration {report.key} reused ({report.images} images, {report.method})" if report.reused else
@@ -244,6 +255,24 @@ def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
         summary["cpu_graph"] = _make_int8_cpu(run, spec, request, calibration, summary["kept_fp"], change, say,
                                               search_inputs=(dataset, holdout, ranking))
     return out, summary
+
+
+def _reusable_qat_int8(run: RunDir) -> dict[str, Any] | None:
+    """The record of model.int8.onnx when quantization-aware training wrote it (``int8_source=qat``) from the current
+    model.onnx; None otherwise (post-training quantization then makes it)."""
+    from mlic_edge.calibration import quantized_node_names
+    from mlic_edge.export.metadata import read_metadata
+
+    path = run.onnx("int8")
+    if not path.is_file():
+        return None
+    metadata = read_metadata(path)
+    if metadata.get("int8_source") != "qat" or metadata.get(ONNX_SHA) != sha256_file(run.onnx("fp32")):
+        return None
+    import onnx
+
+    return {"path": str(path), "reused": True, "source": "qat", "kept_fp": [],
+            "quantized_nodes": len(quantized_node_names(onnx.load(str(path))))}
 
 
 def _make_int8_cpu(run: RunDir, spec: RunSpec, request: BuildRequest, calibration, keep_fp: list[str],

@@ -1,12 +1,15 @@
 """`mlic-edge train` as a library: ``TrainConfig`` (mlic_edge/train/config.py) holds the request and its defaults;
-training needs PyTorch, imported only when it runs."""
+training needs PyTorch, imported only when it runs. ``train_qat`` (`mlic-edge train --qat`): quantization-aware
+fine-tuning of a trained run (train/qat.py), its Q/DQ graph exported as model.int8.onnx."""
 
 from __future__ import annotations
 
+import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlic_edge.train.config import TrainConfig
+from mlic_edge.train.config import QAT_CALIB_IMAGES, TrainConfig
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -34,4 +37,128 @@ def zoo_file_names() -> set[str]:
     return {path.stem for path in zoo.glob("*.py") if not path.stem.startswith("_")}
 
 
-__all__ = ["TrainConfig", "train", "zoo_file_names"]
+
+
+@dataclass
+class QatRequest:
+    """``mlic-edge train --qat``: fine-tune the trained run in ``run`` with int8 fake quantization."""
+
+    run: Path
+    epochs: int
+    lr: float | None = None  # None: the run's recipe lr × 0.01 (train/qat.py's LR_SCALE)
+    calib_images: int = QAT_CALIB_IMAGES
+    batch_size: int | None = None  # None: the recipe's
+    workers: int = 2
+    device: str = "auto"
+    seed: int = 0
+
+    def validate(self) -> None:
+        from mlic_edge.errors import MlicError
+
+        for ok, message in ((self.epochs >= 1, "--epochs must be at least 1"),
+                            (self.lr is None or self.lr > 0, "--lr must be positive"),
+                            (self.calib_images >= 1, "--calib-images must be at least 1"),
+                            (self.batch_size is None or self.batch_size >= 1, "--batch-size must be at least 1"),
+                            (self.workers >= 0, "--workers must be 0 or more")):
+            if not ok:
+                raise MlicError(message)
+
+
+def train_qat(request: QatRequest) -> dict[str, Any]:
+    """Quantization-aware fine-tuning of a trained run: model.int8.onnx (the Q/DQ graph, int8_source=qat, from the
+    current model.onnx), qat.pt (ModelOpt's state and the fine-tuned weights), run.json's ``qat`` section and
+    reports/qat.md, put in place together. ΔmAP is measured as the build measures it (ONNX Runtime CPU, eval split,
+    against model.onnx), and so is the post-training int8 graph's when one was in the run. Returns the section."""
+    from mlic_edge.errors import LineageError, RunDirError
+    from mlic_edge.rundir import RunDir
+    from mlic_edge.train.config import modelopt_missing
+
+    request.validate()
+    run = RunDir(request.run)
+    spec = run.spec()  # a missing folder or run.json: one line
+    if not run.checkpoint.is_file():
+        raise RunDirError(f"--qat fine-tunes a trained run, and {run.checkpoint} is missing",
+                          hint="train first (mlic-edge train --data DATA --out RUN), then mlic-edge train --qat "
+                               "--run RUN")
+    if importlib.util.find_spec("modelopt") is None:
+        raise modelopt_missing()
+    run.require_writable()
+    import torch
+
+    from mlic_edge.calibration.int8 import TENSORRT_GRAPH
+    from mlic_edge.commands.build import _evaluate_or_warn, ensure_fp32_onnx
+    from mlic_edge.console import info
+    from mlic_edge.export.lineage import check_onnx
+    from mlic_edge.export.metadata import read_metadata
+    from mlic_edge.export.onnx_export import write_qdq_onnx
+    from mlic_edge.train.qat import QAT_LIBRARY, library_version, quantization_aware_finetune, save_qat_state
+
+    fp32 = ensure_fp32_onnx(run)
+    check_onnx(run, "fp32", spec)
+    ptq = None
+    if run.onnx("int8").is_file() and read_metadata(run.onnx("int8")).get("int8_source") != "qat":
+        try:
+            check_onnx(run, "int8", spec)
+        except LineageError as error:
+            info(f"qat: the post-training {run.onnx('int8').name} is not compared ({error.message})")
+        else:
+            info(f"qat: measuring the post-training {run.onnx('int8').name} for comparison")
+            ptq = _evaluate_or_warn(run, "int8", _quiet, run.onnx("int8"))
+    result = quantization_aware_finetune(run, request.epochs, request.lr, request.calib_images,
+                                         batch_size=request.batch_size, workers=request.workers,
+                                         device=request.device, seed=request.seed)
+    with run.transaction() as change:
+        out = change.path(run.onnx("int8"))
+        dequantized = write_qdq_onnx(result.model.for_export(), torch.zeros(2, 3, spec.img_size, spec.img_size), out,
+                                     spec, fp32, int8_graph=TENSORRT_GRAPH, int8_format="QDQ", int8_source="qat")
+        save_qat_state(result.model, change.path(run.path / "qat.pt"))
+        accuracy = _evaluate_or_warn(run, "int8", _quiet, out)
+        section = {"epochs": result.epochs, "lr": result.lr, "calib_images": result.calib_images,
+                   "calibration": "max", "library": QAT_LIBRARY, "library_version": library_version(),
+                   "torch": torch.__version__, "quantizers": result.quantizers, "dequantize_nodes": dequantized,
+                   "onnx": run.onnx("int8").name, "state": "qat.pt", "device": result.device,
+                   "seconds": result.seconds, "history": result.history,
+                   "fake_quant_torch": {"images": result.eval_images, "mAP_fp32": result.mAP_fp32,
+                                        "mAP_calibrated": result.mAP_calibrated, "mAP_qat": result.mAP_qat},
+                   "delta_mAP_vs_fp32": accuracy["delta_mAP_vs_fp32"] if accuracy else None,
+                   "ptq_delta_mAP_vs_fp32": ptq["delta_mAP_vs_fp32"] if ptq else None,
+                   "accuracy": accuracy, "ptq_accuracy": ptq}
+        change.path(run.reports / "qat.md").write_text(qat_markdown(section))
+        change.update(qat=section)
+    delta = f"ΔmAP {accuracy['delta_mAP_vs_fp32'] * 100:+.2f} points vs fp32" if accuracy else "ΔmAP not measured"
+    info(f"qat: {run.onnx('int8')} ({delta}" + (f"; post-training int8 was {ptq['delta_mAP_vs_fp32'] * 100:+.2f}"
+                                                 if ptq else "") + ")")
+    return section
+
+
+def _quiet(what: str, done: int, total: int) -> None:
+    return None
+
+
+def qat_markdown(section: dict[str, Any]) -> str:
+    """reports/qat.md: what ran and the int8 graph's accuracy beside the post-training one's."""
+    torch_side = section["fake_quant_torch"]
+    lines = ["# Quantization-aware fine-tuning", "",
+             f"{section['library']} {section['library_version']} (PyTorch {section['torch']}, {section['device']}): "
+             f"{section['quantizers']} int8 quantizers (Conv/Linear inputs and weights), max calibration on "
+             f"{section['calib_images']} training images, then {section['epochs']} epoch(s) at lr "
+             f"{section['lr']:.3g} (cosine to 0). Graph: {section['onnx']} ({section['dequantize_nodes']} "
+             "DequantizeLinear), state: qat.pt.", "",
+             f"PyTorch, fake quant, eval split ({torch_side['images']} images): mAP fp32 "
+             f"{torch_side['mAP_fp32'] * 100:.2f}, calibrated {torch_side['mAP_calibrated'] * 100:.2f}, after "
+             f"fine-tuning {torch_side['mAP_qat'] * 100:.2f}.", "",
+             "| int8 graph | mAP (ONNX Runtime CPU) | Δ vs fp32 (pts) | identical label sets |", "|---|---|---|---|"]
+    for name, accuracy in (("quantization-aware (this)", section["accuracy"]),
+                           ("post-training (before)", section["ptq_accuracy"])):
+        if accuracy:
+            lines.append(f"| {name} | {accuracy['mAP_int8'] * 100:.2f} | {accuracy['delta_mAP_vs_fp32'] * 100:+.3f} "
+                         f"| {accuracy['labelset_agreement_vs_fp32'] * 100:.1f} % |")
+        elif name.startswith("quantization"):
+            lines.append(f"| {name} | - | - | - |")
+    if section["accuracy"]:
+        lines += ["", f"fp32 mAP {section['accuracy']['mAP_fp32'] * 100:.2f} on {section['accuracy']['images']} "
+                      f"images of the {section['accuracy']['split']} split."]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["QatRequest", "TrainConfig", "qat_markdown", "train", "train_qat", "zoo_file_names"]

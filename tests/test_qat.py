@@ -1,0 +1,123 @@
+"""`mlic-edge train --qat`: quantization-aware fine-tuning (NVIDIA ModelOpt) of the trained synthetic model, its Q/DQ
+graph through NVIDIA's parser and builder (TensorRT for RTX, on the CPU), and its ΔmAP against post-training int8."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import onnx
+import pytest
+
+from cli_helpers import assert_one_line_error, invoke
+
+pytest.importorskip("modelopt", reason='quantization-aware training needs pip install "mlic-edge[qat]"')
+
+WEIGHTED = ("Conv", "Gemm")
+POOLING = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
+
+
+@pytest.fixture(scope="module")
+def qat_run(tmp_path_factory, trained_run):
+    """The trained fixture run as a user meets QAT: post-training int8 built first (ONNX Runtime, its default
+    accuracy search), then `train --qat` for 2 epochs on top of it."""
+    import contextlib
+    import io
+
+    from mlic_edge.commands.build import BuildRequest, build
+    from mlic_edge.commands.train import QatRequest, train_qat
+    from mlic_edge.rundir import RunDir
+
+    run = RunDir(tmp_path_factory.mktemp("qat") / "run")
+    shutil.copytree(trained_run, run.path)
+    with contextlib.redirect_stderr(io.StringIO()):
+        ptq = build(run, BuildRequest(precision="int8", backend="onnxruntime", calib_images=64))
+        section = train_qat(QatRequest(run=run.path, epochs=2, workers=0))
+    return run.path, ptq, section
+
+
+@pytest.mark.slow
+def test_qat_graph_has_qdq_on_weighted_inputs_only_and_records_its_lineage(qat_run):
+    from mlic_edge.io import sha256_file
+
+    path, _, _ = qat_run
+    proto = onnx.load(str(path / "model.int8.onnx"))
+    producer = {out: node for node in proto.graph.node for out in node.output}
+    initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
+
+    def dequantized(name: str) -> bool:
+        return name in producer and producer[name].op_type == "DequantizeLinear"
+
+    weighted = [node for node in proto.graph.node if node.op_type in WEIGHTED]
+    assert weighted and all(dequantized(node.input[0]) and dequantized(node.input[1]) for node in weighted)
+    for node in weighted:  # weights stored as int8, as post-training int8 stores them (no QuantizeLinear left)
+        assert initializers[producer[node.input[1]].input[0]].data_type == onnx.TensorProto.INT8
+    pools = [node for node in proto.graph.node if node.op_type in POOLING]
+    assert pools and not any(dequantized(name) for node in pools for name in node.input)
+    assert not any(dequantized(name) for node in proto.graph.node if node.op_type == "Add" for name in node.input)
+    quantized_outputs = {node.input[0] for node in proto.graph.node if node.op_type == "QuantizeLinear"}
+    assert not quantized_outputs & {out for node in weighted for out in node.output}  # none on outputs
+    assert (path / "model.int8.onnx").stat().st_size < (path / "model.onnx").stat().st_size / 2
+
+    metadata = {entry.key: entry.value for entry in proto.metadata_props}
+    assert (metadata["precision"], metadata["int8_graph"], metadata["int8_source"]) == ("int8", "tensorrt", "qat")
+    assert metadata["source_onnx_sha256"] == sha256_file(path / "model.onnx")
+    section = json.loads((path / "run.json").read_text())["qat"]
+    assert section["epochs"] == 2 and section["library"] == "nvidia-modelopt" and section["library_version"]
+    assert section["lr"] == pytest.approx(3e-3 * 0.01)  # the fixture's recipe lr × 1 %
+    assert section["quantizers"] == 2 * len(weighted) and section["accuracy"]["backend"].startswith("onnxruntime")
+    assert (path / "qat.pt").is_file() and "post-training" in (path / "reports" / "qat.md").read_text()
+
+
+@pytest.mark.slow
+def test_nvidia_builder_accepts_the_qat_graph_and_build_reuses_it(qat_run, tmp_path):
+    """The TensorRT gate: TensorRT for RTX parses and builds the Q/DQ graph; `build -p int8` uses the QAT graph
+    as it is instead of quantizing model.onnx after training."""
+    from mlic_edge.commands.build import BuildRequest, build
+    from mlic_edge.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(qat_run[0], run.path)
+    before = run.onnx("int8").read_bytes()
+    entry = build(run, BuildRequest(precision="int8", backend="tensorrt-rtx", evaluate=False, batch=(1, 2, 4)))
+    assert entry["int8"]["source"] == "qat" and entry["int8"]["reused"]
+    assert run.onnx("int8").read_bytes() == before
+    assert (run.path / entry["engine"]["path"]).stat().st_size == entry["engine"]["size_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_qat_delta_map_is_no_worse_than_post_training_int8(qat_run):
+    """Both ΔmAPs are measured alike: ONNX Runtime CPU, the run's 40 reference (eval) images, against model.onnx.
+    Tolerance 0.005 (half a point): with about 20 positives per class in 40 images, one positive swapping rank with
+    a negative moves that class's AP by up to ~0.01, so mAP (4 classes) by ~0.0025; two such swaps are noise, not a
+    worse quantization."""
+    _, ptq, section = qat_run
+    ptq_delta = ptq["accuracy"]["delta_mAP_vs_fp32"]
+    qat_delta = section["accuracy"]["delta_mAP_vs_fp32"]
+    assert section["ptq_accuracy"]["delta_mAP_vs_fp32"] == pytest.approx(ptq_delta)  # QAT measured PTQ as build did
+    assert abs(qat_delta) <= abs(ptq_delta) + 0.005, (qat_delta, ptq_delta)
+
+
+def test_qat_on_a_run_without_checkpoint_is_one_line(capsys, trained_run, tmp_path):
+    run = tmp_path / "untrained"
+    run.mkdir()
+    shutil.copy(trained_run / "run.json", run / "run.json")
+    result = invoke(capsys, "train", "--qat", "--run", run, "--epochs", "1")
+    assert_one_line_error(result, "checkpoint.pt is missing", "mlic-edge train --qat --run")
+    assert_one_line_error(invoke(capsys, "train", "--qat", "--epochs", "1"), "--run DIR is missing")
+    assert_one_line_error(invoke(capsys, "train", "--qat", "--run", tmp_path / "absent", "--epochs", "1"),
+                          "does not exist")
+    assert_one_line_error(invoke(capsys, "train", "--epochs", "1"), "train needs --data")
+
+
+def test_qat_without_modelopt_says_how_to_install_it(capsys, monkeypatch, run_copy):
+    from mlic_edge.errors import MlicError
+    from mlic_edge.train.qat import require_modelopt
+
+    for name in ("modelopt", "modelopt.torch", "modelopt.torch.quantization"):
+        monkeypatch.setitem(sys.modules, name, None)  # import and find_spec then see no modelopt
+    result = invoke(capsys, "train", "--qat", "--run", run_copy, "--epochs", "1")
+    assert_one_line_error(result, "NVIDIA ModelOpt", 'pip install "mlic-edge[qat]"')
+    with pytest.raises(MlicError, match=r"mlic-edge\[qat\]"):
+        require_modelopt()

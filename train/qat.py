@@ -1,0 +1,250 @@
+"""Quantization-aware fine-tuning (``mlic-edge train --qat``), for a model whose post-training int8 misses its
+accuracy target: fake-quantize the trained model, fine-tune it a few epochs so the weights adapt to int8, and export
+the Q/DQ graph as ``model.int8.onnx`` (the export and the run's files: ``mlic_edge/commands/train.py``).
+
+The library is NVIDIA ModelOpt (``nvidia-modelopt``, ``modelopt.torch.quantization``). NVIDIA deprecated its
+pytorch-quantization toolkit in ModelOpt's favour; PyTorch's own ``torch.ao.quantization`` is deprecated and moved to
+torchao, whose QAT targets LLM int4 / dynamic int8 and exports no ONNX Q/DQ graph TensorRT parses. ModelOpt's fake
+quantizers export as ONNX ``QuantizeLinear``/``DequantizeLinear`` pairs (opset >= 13), the explicit quantization
+TensorRT 8.6-11 and TensorRT for RTX build from; it trains on CPUs and GPUs alike.
+
+Placement: as close to the post-training graph (calibration/int8.py) as ModelOpt's modules allow. Q/DQ on the
+inputs and weights of Conv / ConvTranspose / Linear (-> Gemm, MatMul) modules only: per-output-channel symmetric
+int8 weights (axis 0; 1 for transposed convolutions), per-tensor symmetric int8 activations, max calibration; no
+quantizer on outputs, biases float. ModelOpt's default config also quantizes pooling, normalisation and other layers'
+inputs: every quantizer is disabled first and only those of the weighted modules are enabled. Where it differs:
+- the post-training graph's Q/DQ on the shortcut of a residual ``Add`` (so TensorRT fuses Conv + Add + Relu into one
+  int8 kernel) cannot be expressed without rewriting each model's forward: the QAT graph leaves every Add float
+  (TensorRT then runs the Add in float after the int8 Conv: correct, a little slower);
+- a ``torch.matmul`` / ``F.linear`` outside an ``nn.Linear`` (an attention's products) stays float;
+- BatchNorm is not folded into the convolution before fake quantization (ModelOpt's QAT keeps it as trained):
+  the ONNX holds Conv -> BatchNormalization, which TensorRT folds into the per-channel weight scales exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from mlic_edge import metrics
+from mlic_edge.console import info, progress_bar
+from mlic_edge.data import open_dataset
+from mlic_edge.data.torch_data import ImageDataset, cut_mix, make_loader
+from mlic_edge.errors import MlicError
+from mlic_edge.models.checkpoint import load_model
+from mlic_edge.models.recipe import Recipe
+from mlic_edge.rundir import RunDir
+from mlic_edge.train.config import QAT_CALIB_IMAGES, QAT_LIBRARY, modelopt_missing
+from mlic_edge.train.evaluate import predict_scores
+from mlic_edge.train.losses import create_loss
+from mlic_edge.train.schedule import create_optimizer, create_scheduler
+from mlic_edge.train.trainer import freeze_backbone, seed_everything, select_device
+
+# NVIDIA's QAT guidance (ModelOpt's and pytorch-quantization's docs): fine-tune for ~10 % of the original schedule at
+# ~1 % of the initial learning rate, annealed (cosine) to zero; a rate near the original one undoes the training.
+LR_SCALE = 0.01
+WEIGHTED_MODULES = {"nn.Conv1d": 0, "nn.Conv2d": 0, "nn.Conv3d": 0, "nn.Linear": 0,  # weight axis of output channels
+                    "nn.ConvTranspose1d": 1, "nn.ConvTranspose2d": 1, "nn.ConvTranspose3d": 1}
+
+
+def require_modelopt():
+    """``modelopt.torch.quantization``, or the one-line error that says how to install it."""
+    try:
+        with warnings.catch_warnings():  # its import warns about optional integrations (transformers, ...)
+            warnings.simplefilter("ignore")
+            import modelopt.torch.quantization as mtq
+    except ImportError as error:
+        raise modelopt_missing(str(error.name or error)) from None
+    return mtq
+
+
+def library_version() -> str:
+    try:
+        return importlib.metadata.version(QAT_LIBRARY)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def quant_config() -> dict[str, Any]:
+    """ModelOpt's INT8 config with the post-training graph's placement (the module docstring): everything off, then
+    the input and weight quantizers of the weighted modules on; max calibration."""
+    entries: list[dict[str, Any]] = [{"quantizer_name": "*", "enable": False}]
+    for module, axis in WEIGHTED_MODULES.items():
+        entries.append({"quantizer_name": "*weight_quantizer", "parent_class": module,
+                        "cfg": {"num_bits": 8, "axis": axis}})
+        entries.append({"quantizer_name": "*input_quantizer", "parent_class": module,
+                        "cfg": {"num_bits": 8, "axis": None}})
+    return {"quant_cfg": entries, "algorithm": "max"}
+
+
+def enabled_quantizers(model: torch.nn.Module) -> list[str]:
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    return [name for name, module in model.named_modules()
+            if isinstance(module, TensorQuantizer) and module.is_enabled]
+
+
+@dataclass
+class QatResult:
+    model: torch.nn.Module
+    """The fine-tuned model with ModelOpt's fake quantizers (eval mode, on the CPU)."""
+    epochs: int
+    lr: float
+    calib_images: int
+    quantizers: int
+    mAP_fp32: float  # PyTorch on the eval split
+    mAP_calibrated: float  # fake quant after calibration, before fine-tuning
+    mAP_qat: float  # fake quant after fine-tuning
+    eval_images: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    device: str = "cpu"
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {item.name: getattr(self, item.name) for item in fields(self) if item.name != "model"}
+
+
+def run_recipe(run_json: dict[str, Any], model_name: str) -> Recipe:
+    """The recipe the run was trained with (run.json's resolved ``recipe``), else its model's paper recipe."""
+    known = {item.name for item in fields(Recipe)}
+    recorded = {key: value for key, value in (run_json.get("recipe") or {}).items() if key in known}
+    if not recorded:
+        from mlic_edge.models import get_model_entry
+
+        return get_model_entry(model_name).recipes["paper"]
+    recorded["augment"] = tuple(recorded.get("augment") or ())
+    recorded.setdefault("source", "run.json")
+    return Recipe(**recorded)
+
+
+def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = None,
+                                calib_images: int = QAT_CALIB_IMAGES, *, batch_size: int | None = None,
+                                workers: int = 0, device: str = "auto", seed: int = 0,
+                                say: Callable[[str], None] = info) -> QatResult:
+    """Load the run's checkpoint, calibrate ModelOpt's int8 quantizers on ``calib_images`` training images (no
+    augmentation), fine-tune ``epochs`` epochs with the run's recipe (loss, optimizer, augmentation) at ``lr``
+    (default: the recipe's × ``LR_SCALE``) under a cosine schedule without warm-up, and measure the fake-quantized
+    model on the eval split. Writes nothing: the caller exports and records the result."""
+    mtq = require_modelopt()
+    if epochs < 1:
+        raise MlicError("--epochs must be at least 1 for --qat")
+    if calib_images < 1:
+        raise MlicError("--calib-images must be at least 1")
+    if lr is not None and not lr > 0:
+        raise MlicError("--lr must be positive")
+    spec = run.spec()
+    run.require(run.checkpoint, "mlic-edge train")
+    recipe = run_recipe(run.read(), spec.model)
+    lr = lr if lr is not None else recipe.lr * LR_SCALE
+    batch_size = batch_size or recipe.batch_size
+    dataset_meta = spec.dataset or {}
+    if not dataset_meta.get("spec"):
+        raise MlicError(f"{run.run_json} names no dataset to fine-tune on",
+                        hint="--qat fine-tunes on the run's training split: train the run with mlic-edge train")
+    difficult = dataset_meta.get("difficult", "ignore")
+    train_set = open_dataset(dataset_meta["spec"], role="train", split=dataset_meta.get("train_split"),
+                             difficult=difficult, labels=spec.labels)
+    eval_set = open_dataset(dataset_meta["spec"], role="eval", split=dataset_meta.get("eval_split"),
+                            difficult=difficult, labels=spec.labels)
+    if train_set.names != spec.labels or eval_set.names != spec.labels:
+        raise MlicError(f"{train_set.spec} has other classes than the model", hint="fine-tune on the run's dataset")
+
+    started = time.monotonic()
+    seed_everything(seed)
+    torch_device = select_device(device)
+    model = load_model(run.checkpoint).to(torch_device)
+
+    def evaluate(network: torch.nn.Module) -> float:
+        result = predict_scores(network, eval_set, spec.img_size, spec.mean, spec.std, batch_size, workers,
+                                torch_device, resize=spec.resize)
+        return float(metrics.mean_average_precision(result.scores, result.targets(eval_set)).map)
+
+    map_fp32 = evaluate(model)
+    picked = np.sort(np.random.default_rng(seed).permutation(len(train_set))[:calib_images])
+    calib_loader = make_loader(ImageDataset(train_set.subset(picked), spec.img_size, spec.mean, spec.std,
+                                            resize=spec.resize), batch_size, shuffle=False, workers=workers)
+
+    def forward_loop(network: torch.nn.Module) -> None:
+        network.eval()
+        with torch.no_grad():
+            for batch in calib_loader:
+                if len(batch.indices):
+                    network(batch.images.to(torch_device))
+
+    say(f"qat: calibrating ModelOpt int8 quantizers (max) on {len(picked)} training images")
+    with contextlib.redirect_stdout(sys.stderr):  # ModelOpt prints its summary: stdout is for results (--json)
+        model = mtq.quantize(model, quant_config(), forward_loop)
+    quantizers = enabled_quantizers(model)
+    map_calibrated = evaluate(model)
+
+    loss_fn = create_loss(recipe.loss, class_counts=train_set.class_counts(), num_images=len(train_set),
+                          **dict(recipe.loss_options))
+    train_loader = make_loader(ImageDataset(train_set, spec.img_size, spec.mean, spec.std, augment=True,
+                                            crop_scale=(recipe.crop_scale, 1.0), resize=spec.resize,
+                                            extra=recipe.augment),
+                               batch_size, shuffle=True, workers=workers, seed=seed,
+                               drop_last=len(train_set) > batch_size)
+    frozen_norms = freeze_backbone(model, frozen_bn=recipe.frozen_bn, frozen_stem=recipe.frozen_stem)  # as trained
+    optimizer = create_optimizer(model, recipe.optimizer, lr, recipe.weight_decay,
+                                 backbone_lr_scale=recipe.backbone_lr_scale)
+    scheduler = create_scheduler(optimizer, epochs * max(1, len(train_loader)), 0, "cosine")
+    history = []
+    with progress_bar() as progress:
+        for epoch in range(epochs):
+            model.train()
+            for norm in frozen_norms:
+                norm.eval()
+            task = progress.add_task(f"qat epoch {epoch + 1}/{epochs}", total=len(train_loader), status="")
+            running, seen = 0.0, 0
+            for batch in train_loader:
+                if len(batch.indices) == 0:
+                    progress.advance(task)
+                    continue
+                images, targets = batch.images.to(torch_device), batch.targets.to(torch_device)
+                if "cutmix" in recipe.augment:
+                    images, targets = cut_mix(images, targets)
+                loss = model.training_loss(images, targets, loss_fn)
+                if not torch.isfinite(loss):
+                    raise MlicError(f"qat: loss became {loss.item()} at epoch {epoch + 1}", hint="lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if recipe.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                running += loss.item() * len(batch.indices)
+                seen += len(batch.indices)
+                progress.update(task, advance=1, status=f"loss {running / max(seen, 1):.4f}")
+            val_map = evaluate(model)
+            history.append({"epoch": epoch + 1, "train_loss": running / max(seen, 1), "val_mAP_fake_quant": val_map,
+                            "lr": scheduler.get_last_lr()[0]})
+            progress.update(task, status=f"loss {running / max(seen, 1):.4f} val mAP (fake quant) "
+                                         f"{val_map * 100:.2f}%")
+    model = model.to("cpu").eval()
+    result = QatResult(model=model, epochs=epochs, lr=lr, calib_images=len(picked), quantizers=len(quantizers),
+                       mAP_fp32=map_fp32, mAP_calibrated=map_calibrated, mAP_qat=history[-1]["val_mAP_fake_quant"],
+                       eval_images=len(eval_set), history=history, device=str(torch_device),
+                       seconds=round(time.monotonic() - started, 1))
+    if not math.isfinite(result.mAP_qat):
+        raise MlicError("qat: the fine-tuned model's mAP is not a number", hint="lower --lr")
+    return result
+
+
+def save_qat_state(model: torch.nn.Module, path: Path) -> None:
+    """``qat.pt``: ModelOpt's quantizer state and the fine-tuned weights (``modelopt.torch.opt.restore`` onto the
+    checkpoint's model rebuilds the fake-quantized model)."""
+    with warnings.catch_warnings():  # as in require_modelopt
+        warnings.simplefilter("ignore")
+        import modelopt.torch.opt as mto
+
+        mto.save(model, str(path))
