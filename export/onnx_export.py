@@ -87,7 +87,7 @@ def write_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, spec: 
     onnx.save(proto, str(path))
 
 
-def write_qdq_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, spec: RunSpec, source_onnx: Path, *,
+def write_qdq_onnx(graph: torch.nn.Module, path: Path, spec: RunSpec, source_onnx: Path, *,
                    opset: int = DEFAULT_OPSET, **stamps: str) -> int:
     """The int8 Q/DQ graph of a fake-quantized model (quantization-aware training, train/qat.py): exported like
     model.onnx (same names, dynamic batch, onnxsim unless it changes the Q/DQ pairs, the input folded to uint8 where
@@ -97,7 +97,7 @@ def write_qdq_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, sp
     from mlic_edge.export.lineage import ONNX_SHA
     from mlic_edge.export.metadata import derive_metadata
 
-    export_graph(graph, example, path, opset)
+    export_graph(graph, torch.zeros(2, 3, spec.img_size, spec.img_size), path, opset)
     proto = onnx.load(str(path))
     pairs = _qdq_counts(proto)
     simplified = _simplify(proto)

@@ -4,6 +4,7 @@ fine-tuning of a trained run (train/qat.py), its Q/DQ graph exported as model.in
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +84,6 @@ def train_qat(request: QatRequest) -> dict[str, Any]:
     if importlib.util.find_spec("modelopt") is None:
         raise modelopt_missing()
     run.require_writable()
-    import torch
-
     from mlic_edge.calibration.int8 import TENSORRT_GRAPH
     from mlic_edge.commands.build import _evaluate_or_warn, ensure_fp32_onnx
     from mlic_edge.console import info
@@ -109,13 +108,13 @@ def train_qat(request: QatRequest) -> dict[str, Any]:
                                          device=request.device, seed=request.seed)
     with run.transaction() as change:
         out = change.path(run.onnx("int8"))
-        dequantized = write_qdq_onnx(result.model.for_export(), torch.zeros(2, 3, spec.img_size, spec.img_size), out,
-                                     spec, fp32, int8_graph=TENSORRT_GRAPH, int8_format="QDQ", int8_source="qat")
+        dequantized = write_qdq_onnx(result.model.for_export(), out, spec, fp32, int8_graph=TENSORRT_GRAPH,
+                                     int8_format="QDQ", int8_source="qat")
         save_qat_state(result.model, change.path(run.path / "qat.pt"))
         accuracy = _evaluate_or_warn(run, "int8", _quiet, out)
         section = {"epochs": result.epochs, "lr": result.lr, "calib_images": result.calib_images,
                    "calibration": "max", "library": QAT_LIBRARY, "library_version": library_version(),
-                   "torch": torch.__version__, "quantizers": result.quantizers, "dequantize_nodes": dequantized,
+                   "torch": importlib.metadata.version("torch"), "quantizers": result.quantizers, "dequantize_nodes": dequantized,
                    "onnx": run.onnx("int8").name, "state": "qat.pt", "device": result.device,
                    "seconds": result.seconds, "history": result.history,
                    "fake_quant_torch": {"images": result.eval_images, "mAP_fp32": result.mAP_fp32,
