@@ -158,8 +158,9 @@ def _say_fp16_on_cpu() -> None:
     from mlic_edge.runtime.inference.backends.onnxruntime_backend import cpu_features
 
     if not cpu_features()["fp16_arithmetic"]:
-        info("fp16 on ONNX Runtime's CPU: no speed-up on this CPU (no fp16 arithmetic its kernels use; fp16 ops run "
-             "as fp32 behind casts, usually slower than fp32): use fp32, or int8 on a CPU")
+        info("fp16 on ONNX Runtime's CPU: no speed-up on this CPU to expect from fp16 arithmetic (it has none its "
+             "kernels use: fp16 ops run as fp32 behind casts); fp32, or the int8 CPU graph, is the choice here "
+             "(`mlic-edge bench` measures it)")
 
 
 __all__ = ["BACKENDS", "PRECISIONS", "Backend", "BackendInfo", "create_backend", "resolve_auto"]
