@@ -12,6 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from test_lineage import snapshot
 
 ENTRY = "import sys; from mlic_edge.cli.app import main; sys.argv[0] = 'mlic-edge'; main()"
@@ -158,3 +160,24 @@ def test_build_from_a_bundle_stopped_while_unpacking_leaves_nothing(tmp_path, tr
     assert_stopped(result.code, result.err, signal.SIGTERM)
     assert len(extracted) == 2 and not (tmp_path / "device-run").exists()
     assert hidden_files(tmp_path) == []
+
+
+def test_a_stop_that_cpython_wraps_in_a_system_error_is_still_a_stop(monkeypatch, capsys):
+    """A signal landing while C code runs a Python callback (os.fspath calling Path.__fspath__, seen once under
+    parity) reaches the CLI as "SystemError: ... returned a result with an exception set", caused by Interrupted."""
+    from mlic_edge.cli import app as cli
+    from mlic_edge.errors import Interrupted
+
+    def app() -> None:
+        try:
+            raise Interrupted(signal.SIGTERM)
+        except Interrupted as stop:
+            raise SystemError("<built-in function fspath> returned a result with an exception set") from stop
+
+    monkeypatch.setattr(cli, "app", app)
+    monkeypatch.setattr(sys, "argv", ["mlic-edge", "parity"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 143
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM" in err and "internal error" not in err

@@ -57,11 +57,7 @@ def main() -> None:
         with stop_on_signals():
             app()
     except Interrupted as stop:
-        if debug:
-            traceback.print_exc()
-        _print_error(f"stopped by {stop.signal_name}: " + (stop.note or "temporary files removed; what was complete "
-                                                                          "before the signal is kept, nothing else"))
-        sys.exit(stop.exit_code)
+        _stopped(stop, debug)
     except MlicError as error:
         if debug:
             traceback.print_exc()
@@ -71,11 +67,35 @@ def main() -> None:
         _print_error("interrupted")
         sys.exit(EXIT_INTERRUPTED)
     except Exception as error:  # a bug: still one line, traceback on request
+        stop = _interrupted_cause(error)
+        if stop is not None:
+            _stopped(stop, debug)
         if debug:
             traceback.print_exc()
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         _print_error(f"internal error: {type(error).__name__}: {message} (rerun with --debug for the traceback)")
         sys.exit(EXIT_INTERNAL_ERROR)
+
+
+def _stopped(stop: Interrupted, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    _print_error(f"stopped by {stop.signal_name}: " + (stop.note or "temporary files removed; what was complete "
+                                                                      "before the signal is kept, nothing else"))
+    sys.exit(stop.exit_code)
+
+
+def _interrupted_cause(error: BaseException) -> Interrupted | None:
+    """The stop behind ``error``: a signal that lands while C code runs a Python callback (``os.fspath`` calling a
+    path's ``__fspath__``, seen under parity) raises Interrupted there, and CPython reports it as a SystemError
+    caused by it. The ``with`` blocks unwound all the same, so it is a stop like any other."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, Interrupted):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _print_error(message: str) -> None:
