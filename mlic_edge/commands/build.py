@@ -127,9 +127,9 @@ def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) 
         if cpu_graph:
             entry["onnx"]["int8.cpu"] = _file_facts(cpu_graph, name=run.onnx("int8", "cpu").name)
         if request.evaluate:
-            entry["accuracy"] = _evaluate_or_warn(run, request.precision, say, onnx_path)
+            entry["accuracy"] = evaluate_or_warn(run, request.precision, say, onnx_path)
             if cpu_graph and entry["accuracy"]:
-                entry["accuracy"]["cpu_graph"] = _evaluate_or_warn(run, "int8", say, cpu_graph)
+                entry["accuracy"]["cpu_graph"] = evaluate_or_warn(run, "int8", say, cpu_graph)
         entry["seconds"] = round(time.monotonic() - started, 2)
         stage_build_report(run, entry, change)
     if backend in ENGINE_BACKENDS:
@@ -459,7 +459,7 @@ def _engine_options(request: BuildRequest):
                         hardware_compatibility=request.hardware_compatibility)
 
 
-def _evaluate_or_warn(run: RunDir, precision: str, say: Progress, onnx_path: Path) -> dict[str, Any] | None:
+def evaluate_or_warn(run: RunDir, precision: str, say: Progress, onnx_path: Path) -> dict[str, Any] | None:
     """The artefacts are built either way; without the reference or its images the report just has no mAP."""
     try:
         return evaluate_precision(run, precision, say, onnx_path)

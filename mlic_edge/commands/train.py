@@ -85,7 +85,7 @@ def train_qat(request: QatRequest) -> dict[str, Any]:
         raise modelopt_missing()
     run.require_writable()
     from mlic_edge.calibration.int8 import TENSORRT_GRAPH
-    from mlic_edge.commands.build import _evaluate_or_warn, ensure_fp32_onnx
+    from mlic_edge.commands.build import evaluate_or_warn, ensure_fp32_onnx
     from mlic_edge.console import info
     from mlic_edge.export.lineage import check_onnx
     from mlic_edge.export.metadata import read_metadata
@@ -102,7 +102,7 @@ def train_qat(request: QatRequest) -> dict[str, Any]:
             info(f"qat: the post-training {run.onnx('int8').name} is not compared ({error.message})")
         else:
             info(f"qat: measuring the post-training {run.onnx('int8').name} for comparison")
-            ptq = _evaluate_or_warn(run, "int8", _quiet, run.onnx("int8"))
+            ptq = evaluate_or_warn(run, "int8", _quiet, run.onnx("int8"))
     result = quantization_aware_finetune(run, request.epochs, request.lr, request.calib_images,
                                          batch_size=request.batch_size, workers=request.workers,
                                          device=request.device, seed=request.seed)
@@ -111,7 +111,7 @@ def train_qat(request: QatRequest) -> dict[str, Any]:
         dequantized = write_qdq_onnx(result.model.for_export(), out, spec, fp32, int8_graph=TENSORRT_GRAPH,
                                      int8_format="QDQ", int8_source="qat")
         save_qat_state(result.model, change.path(run.path / "qat.pt"))
-        accuracy = _evaluate_or_warn(run, "int8", _quiet, out)
+        accuracy = evaluate_or_warn(run, "int8", _quiet, out)
         section = {"epochs": result.epochs, "lr": result.lr, "calib_images": result.calib_images,
                    "calibration": "max", "library": QAT_LIBRARY, "library_version": library_version(),
                    "torch": importlib.metadata.version("torch"), "quantizers": result.quantizers, "dequantize_nodes": dequantized,
