@@ -36,6 +36,18 @@ def test_the_paper_recipes_say_what_the_papers_do():
     assert recipes["q2l"].mean == (0.0, 0.0, 0.0) and recipes["q2l"].std == (1.0, 1.0, 1.0)  # paper 003 §2.1
     assert (recipes["mlgcn"].lr, recipes["mlgcn"].backbone_lr_scale, recipes["mlgcn"].grad_clip) == (0.1, 0.1, 10.0)
     assert recipes["mlgcn"].loss == "softmargin" and recipes["msrn"].crop_scale == 0.6
+    semdep = recipes["semdep"]  # paper 001 §3.1
+    assert (semdep.optimizer, semdep.lr, semdep.weight_decay, semdep.batch_size) == ("sgd", 1e-3, 5e-4, 24)
+    assert semdep.stages and semdep.schedule == "step" and semdep.img_size == 448
+    assert [name for name, recipe in recipes.items() if recipe.stages] == ["semdep"]
+
+
+def test_the_stages_come_from_the_recipe_unless_the_option_says():
+    entry = next(entry for entry in list_models() if entry.name == "semdep")
+    assert config().resolve(entry.recipes).stages
+    assert not config(stages=False).resolve(entry.recipes).stages
+    assert not config(recipe="quick").resolve(entry.recipes).stages
+    assert config(recipe="quick", stages=True).resolve(entry.recipes).stages
 
 
 def test_each_option_overrides_one_field_and_zero_turns_ema_and_clipping_off():

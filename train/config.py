@@ -48,7 +48,7 @@ class TrainConfig:
     loss: str | None = None
     loss_options: dict[str, Any] = field(default_factory=dict)
     sampler: str = "random"
-    stages: bool = False
+    stages: bool | None = None  # None: the recipe's (semdep's paper recipe trains in its four stages)
     label_vectors: str | None = None
     crop_scale: float | None = None
     resize: str = DEFAULT_RESIZE
@@ -103,7 +103,8 @@ class TrainConfig:
             epochs=self.epochs, img_size=self.img_size, batch_size=self.batch_size, lr=self.lr,
             optimizer=self.optimizer, schedule=self.schedule, warmup_epochs=self.warmup_epochs,
             weight_decay=self.weight_decay, crop_scale=self.crop_scale, loss=self.loss,
-            loss_options=self.loss_options or None, grad_clip=self.grad_clip, ema_decay=self.ema_decay)
+            loss_options=self.loss_options or None, grad_clip=self.grad_clip, ema_decay=self.ema_decay,
+            stages=self.stages)
         from dataclasses import replace
 
         return replace(recipe, grad_clip=recipe.grad_clip or None, ema_decay=recipe.ema_decay or None)

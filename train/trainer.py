@@ -173,7 +173,7 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
     loss_fn = create_loss(recipe.loss, class_counts=train_set.class_counts(), num_images=len(train_set),
                           **recipe.loss_options)
     lr = recipe.lr
-    plan = stage_plan(model, recipe.epochs) if config.stages else [None] * recipe.epochs
+    plan = stage_plan(model, recipe.epochs) if recipe.stages else [None] * recipe.epochs
     mean, std = recipe.mean or data_config["mean"], recipe.std or data_config["std"]
     train_images = ImageDataset(train_set, img_size, mean, std, augment=True,
                                 crop_scale=(recipe.crop_scale, 1.0), resize=config.resize, extra=recipe.augment)

@@ -261,8 +261,9 @@ def train(
     model_kwargs: list[str] = typer.Option([], "--model-kwargs", help="Model hyperparameter KEY=VALUE "
                                                                        "(repeatable), e.g. batchformer=false."),
     sampler: str = typer.Option(TrainConfig.sampler, "--sampler", help="random or class-aware (DBL's sampler)."),
-    stages: bool = typer.Option(TrainConfig.stages, "--stages", help="Train in the method's stages (semdep: backbone, "
-                                                        "attention, dependency, joint), epochs split evenly."),
+    stages: Optional[bool] = typer.Option(None, "--stages/--no-stages", help="Train in the method's stages (semdep: "
+                                          "backbone, attention, dependency, joint), epochs split evenly; default: "
+                                          "the recipe's (semdep's paper recipe does)."),
     label_vectors: Optional[Path] = typer.Option(None, "--label-vectors", help="Label word vectors for graph "
                                                  "models: GloVe text, .npy + names, .npz or pickle."),
     resize: str = typer.Option(TrainConfig.resize, "--resize", help="Evaluation resize, used identically by export, "

@@ -40,6 +40,7 @@ class Recipe:
     # Both freezings apply to pretrained backbones only (from scratch the trainer trains them and says so).
     frozen_bn: bool = False  # backbone BatchNorm kept in eval mode, affine frozen (Query2Label's FrozenBatchNorm2d)
     frozen_stem: bool = False  # backbone stem and first stage not trained (Query2Label's/DETR's backbone: layer2-4)
+    stages: bool = False  # train in the model's stages (semdep §3.1), the epochs split evenly, a schedule each
     loss: str = "bce"
     loss_options: Mapping[str, Any] = field(default_factory=dict)
 

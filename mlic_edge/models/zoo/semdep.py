@@ -41,7 +41,8 @@ API for the trainer: ``STAGES`` (stage names, in order), ``training_stages()`` (
 ``set_trainable(model, stage)`` (name or 0-based index; sets ``requires_grad``, the loss ``training_loss`` uses, and
 keeps frozen parts in eval mode so a frozen backbone's BatchNorm statistics do not move). ``apply_stage`` is the same
 function. A model starts in ``"joint"`` (everything trains, loss on ŷ), so training without stages is plain
-end-to-end training.
+end-to-end training. The paper recipe trains in the four stages (``Recipe.stages``); the quick recipe end to end
+(four stages in its 12 epochs scored 47.4 mAP on the zoo benchmark's set against 52.9 end to end).
 """
 
 from __future__ import annotations
@@ -140,10 +141,13 @@ class DependencyBranch(nn.Module):
 
 
 PAPER_RECIPE = Recipe(
-    source="no public code for Xue et al. 2019 (METHODS.md §6): the fine-tune of its baseline family (SGD 0.01, "
-           "momentum 0.9, weight decay 1e-4, gradient norm 10, 448 px, 20 epochs, batch 32, cosine) chosen",
-    optimizer="sgd", lr=0.01, weight_decay=1e-4, schedule="cosine", warmup_epochs=1.0, epochs=20, batch_size=32,
-    img_size=448, grad_clip=10.0, crop_scale=0.5, loss="bce")
+    source="paper §3.1 (no public code, METHODS.md §6): SGD momentum 0.9, lr 1e-3 divided by 10 every 30 epochs, "
+           "weight decay 5e-4, batch 24, images resized to 512 and randomly cropped to 448 with horizontal flips "
+           "(crop_scale 0.75 = (448/512)² of the area), cross-entropy (eq. 10), four stages (backbone, attention, "
+           "dependency, joint). Silent there, chosen: 30 epochs per stage, each stage its own step schedule (×0.1 at "
+           "60 % and 85 % of it) and no warm-up, no gradient clipping (none mentioned)",
+    optimizer="sgd", lr=1e-3, weight_decay=5e-4, schedule="step", warmup_epochs=0.0, epochs=120, batch_size=24,
+    img_size=448, grad_clip=None, crop_scale=0.75, loss="bce", stages=True)
 
 
 @register_model(name="semdep", paper="Xue et al. 2019, attention + SE semantic dependencies (OEE 46(9))",
