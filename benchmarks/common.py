@@ -27,4 +27,11 @@ def onnx_latency_ms(path: Path, img_size: int, batch: int = 1, runs: int = 50, w
 
 
 def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only (no GPU)"
+    """'x86_64 (AMD EPYC 7B13), 2 cores, CPU only (no GPU)': the CPU model from /proc/cpuinfo where there is one."""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                      if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    name = platform.processor() or platform.machine()
+    return f"{name}{f' ({model})' if model else ''}, {os.cpu_count()} cores, CPU only (no GPU)"

@@ -28,7 +28,7 @@ from mlic_edge.export.reference import write_reference
 from mlic_edge.io import write_json
 from mlic_edge.rundir import RunDir, installed_versions
 from mlic_edge.commands.build import DEFAULT_CALIB_IMAGES, BuildRequest, build
-from mlic_edge.runtime.checks.bench import interleaved_latency
+from mlic_edge.runtime.inference.latency import interleaved_latency
 from mlic_edge.runtime.inference.backends.onnxruntime_backend import OnnxRuntimeBackend, cpu_features, describe_cpu
 from mlic_edge.spec import ModelSpec
 from mlic_edge.train.trainer import TrainConfig, train

@@ -371,7 +371,9 @@ def test_onnxruntime_on_a_cpu_picks_the_cpu_graph_and_says_when_there_is_none(ca
 
 
 @pytest.mark.parametrize("fp16_arithmetic", [False, True])
-def test_fp16_on_a_cpu_says_it_brings_no_speed_up(capsys, built_run, monkeypatch, fp16_arithmetic):
+def test_fp16_on_a_cpu_says_what_it_costs_and_falls_back_when_asked(capsys, built_run, monkeypatch, fp16_arithmetic):
+    import re
+
     from mlic_edge.rundir import RunDir
     from mlic_edge.runtime.inference.backends import create_backend
     from mlic_edge.runtime.inference.backends import onnxruntime_backend
@@ -379,9 +381,16 @@ def test_fp16_on_a_cpu_says_it_brings_no_speed_up(capsys, built_run, monkeypatch
     monkeypatch.setattr(onnxruntime_backend, "cpu_features", lambda: {"machine": "x86_64", "int8_dot_product": [],
                                                                       "fp16_arithmetic": fp16_arithmetic,
                                                                       "int8_reduce_range": True})
-    with create_backend("onnxruntime", RunDir(built_run), "fp16", "cpu"):
-        pass
-    assert ("no speed-up on this CPU" in capsys.readouterr().err) is not fp16_arithmetic
+    with create_backend("onnxruntime", RunDir(built_run), "fp16", "cpu") as backend:
+        assert backend.info.precision == "fp16"
+    said = capsys.readouterr().err
+    assert ("no speed-up on this CPU" in said) is not fp16_arithmetic
+    assert bool(re.search(r"fp16 takes \d+\.\d\dx the fp32 time at batch 1", said)) is not fp16_arithmetic
+    with create_backend("onnxruntime", RunDir(built_run), "fp16", "cpu", fp16_fallback=True) as backend:
+        ran = backend.info
+    assert ran.precision == ("fp16" if fp16_arithmetic else "fp32")
+    assert ran.details.get("asked_precision") == (None if fp16_arithmetic else "fp16")
+    assert ("running fp32 instead" in capsys.readouterr().err) is not fp16_arithmetic
 
 
 def test_the_build_command_names_both_int8_graphs(capsys, built_run, tmp_path):

@@ -32,7 +32,7 @@ def test_cpu_features_name_the_int8_dot_product_and_when_weights_need_reduce_ran
 
 
 def test_interleaved_latency_times_every_backend_in_turns():
-    from mlic_edge.runtime.checks.bench import interleaved_latency
+    from mlic_edge.runtime.inference.latency import interleaved_latency
     from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
     from mlic_edge.spec import ModelSpec
 

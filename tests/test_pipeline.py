@@ -193,6 +193,10 @@ def test_run_cli_writes_csv_only_changes_and_stats_json(capsys, trained_run, syn
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["frames"] == 12 and stats["records"] == len(records)
     assert {"p50_ms", "p90_ms", "p99_ms"} <= set(stats["stages_ms"]["inference"])
+    assert stats["latency"] == "service_time" and stats["end_to_end_ms"] is None  # a file: no "latency" to claim
+    assert stats["queue_wait_ms"]["count"] == 12
+    assert stats["threads"]["chosen_by"] == "policy" and stats["threads"]["cores"] >= 1
+    assert "threads:" in result.err
 
 
 @pytest.mark.parametrize("args, fragments", [
@@ -210,14 +214,28 @@ def test_run_cli_bad_input_is_one_line(capsys, trained_run, synth_data, tmp_path
     assert_one_line_error(invoke(capsys, "run", *args, "--run", str(trained_run)), *fragments)
 
 
-def test_bench_cli_reports_backend_alone_pipeline_and_ratio(capsys, run_copy):
+def test_bench_cli_reports_alone_pipeline_and_naive_loop_in_interleaved_rounds(capsys, run_copy):
     from cli_helpers import invoke
 
-    result = invoke(capsys, "bench", "--run", run_copy, "--batch", "1,2", "--iterations", "5", "--warmup", "1",
-                    "--frames", "12", "--json")
+    result = invoke(capsys, "bench", "--run", run_copy, "--batch", "1,2", "--iterations", "6", "--warmup", "1",
+                    "--frames", "12", "--rounds", "3", "--threads", "1", "--json")
     assert result.code == 0, result.err
     report = json.loads(result.out)
     assert [row["batch"] for row in report["results"]] == [1, 2]
+    assert report["rounds"] == 3 and report["iterations_per_round"] == 2
     for row in report["results"]:
-        assert row["backend_alone"]["images_per_s"] > 0 and row["pipeline"]["frames"] == 12 and row["ratio"] > 0
+        assert len(row["rounds"]) == 3  # every round is kept
+        for name in ("backend_alone", "pipeline", "naive_loop"):
+            rates = sorted(entry[name]["images_per_s"] for entry in row["rounds"])
+            summary = row[name]["images_per_s_spread"]
+            assert row[name]["images_per_s"] == summary["median"] == rates[1]
+            assert (summary["min"], summary["max"]) == (rates[0], rates[-1])
+        assert all(entry["pipeline"]["frames"] == entry["naive_loop"]["frames"] == 12 for entry in row["rounds"])
+        assert row["ratio"] == row["pipeline"]["images_per_s"] / row["backend_alone"]["images_per_s"]
+        assert row["pipeline_over_naive"] == row["pipeline"]["images_per_s"] / row["naive_loop"]["images_per_s"]
+    assert report["threads"]["inference"] == 1 and report["threads"]["chosen_by"] == "--threads"
+    assert report["naive_threads"]["chosen_by"] == "library defaults"  # the loop a user writes
     assert report["backend"]["backend"] == "onnxruntime" and (run_copy / "reports" / "bench.json").is_file()
+    table = invoke(capsys, "bench", "--run", run_copy, "--batch", "1", "--iterations", "2", "--warmup", "0",
+                   "--frames", "4", "--rounds", "2")
+    assert table.code == 0 and "vs naive" in table.out and "naive loop (decode, preprocess" in table.out

@@ -306,9 +306,27 @@ def test_percentiles_match_numpy_and_the_summary_has_every_field():
     assert summary["stages_ms"]["preprocess"] == {"count": 3, "mean_ms": 3.0, "p50_ms": 3.0, "p90_ms": 3.0,
                                                   "p99_ms": 3.0}
     assert list(summary["stages_ms"]) == ["preprocess", "inference"]  # pipeline order, measured stages only
-    assert set(summary) == {"frames", "dropped", "wall_s", "fps", "stages_ms", "end_to_end_ms"}
+    assert set(summary) == {"frames", "dropped", "wall_s", "fps", "latency", "stages_ms", "queue_wait_ms",
+                            "end_to_end_ms"}
     with pytest.raises(MlicError, match="unknown latency stage"):
         recorder.add("nap", 1.0)
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_a_frames_time_in_the_pipeline_splits_into_service_and_queue_wait(live):
+    now = [10.0]
+    recorder = LatencyRecorder(clock=lambda: now[0])
+    recorder.live = live
+    now[0] = 10.050  # a frame captured at 10.000 is written 50 ms later, after 12 ms of work on it
+    recorder.add_end_to_end(captured=10.0, service_ms=12.0)
+    summary = recorder.summary()
+    assert summary["queue_wait_ms"]["p50_ms"] == pytest.approx(38.0)
+    if live:  # what a viewer waits: capture to output
+        assert summary["latency"] == "capture_to_output" and summary["end_to_end_ms"]["p50_ms"] == pytest.approx(50)
+    else:  # files are read ahead on purpose: their wait is no latency a camera would see
+        assert summary["latency"] == "service_time" and summary["end_to_end_ms"] is None
+    title = latency_table(summary, "latency").title
+    assert ("capture-to-output" in title) == live and ("queue wait is time frames spent queued" in title) != live
 
 
 def test_recorder_is_thread_safe():
@@ -346,6 +364,7 @@ def test_memory_is_bounded_and_means_stay_exact():
 def test_stats_line_and_table():
     clock = iter([0.0, 4.0]).__next__
     recorder = LatencyRecorder(clock=clock)
+    recorder.live = True
     recorder.start()
     recorder.stop()
     for value in (30.0, 33.0, 41.0):
@@ -362,7 +381,8 @@ def test_stats_line_and_table():
     console = Console(record=True, width=120)
     console.print(latency_table(summary, "latency"))
     text = console.export_text()
-    assert all(word in text for word in ("p90 ms", "p99 ms", "inference", "end to end", "4 dropped", "30.0 fps"))
+    assert all(word in text for word in ("p90 ms", "p99 ms", "inference", "capture to output", "4 dropped",
+                                         "30.0 fps"))
 
 
 def test_periodic_stats_cadence_with_a_fake_clock():

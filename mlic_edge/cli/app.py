@@ -13,7 +13,8 @@ from typing import Optional
 import typer
 
 from mlic_edge.cli.options import (BackendOpt, BatchesOpt, BatchRangeOpt, DataOpt, DeviceOpt, JsonOpt, ModelNameOpt,
-                                   PrecisionOpt, RunOpt, precision_option)
+                                   Fp16FallbackOpt, PrecisionOpt, RunOpt, ThreadsOpt,
+                                   precision_option)
 from mlic_edge.commands.bench import BenchRequest
 from mlic_edge.commands.build import BuildRequest
 from mlic_edge.commands.evaluate import EvalRequest
@@ -643,6 +644,8 @@ def run_command(
     stats_json: Optional[Path] = typer.Option(None, "--stats-json", help="Write the latency summary as JSON."),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="TensorRT: replay a captured CUDA graph per batch "
                                     "size (less CPU per frame; needs cuda-python)."),
+    threads: Optional[int] = ThreadsOpt,
+    fp16_fallback: bool = Fp16FallbackOpt,
     json_out: bool = typer.Option(False, "--json", help="Print the latency summary as JSON on stdout (after the "
                                                         "records unless --out is given)."),
 ) -> None:
@@ -660,7 +663,8 @@ def run_command(
     request = PredictRequest(backend=backend, precision=precision, device=device, batch=batch, threshold=threshold,
                              thresholds=thresholds, top_k=top_k, smoothing=smoothing, only_changes=only_changes,
                              all_scores=csv_out is not None, max_frames=max_frames, width=width, height=height,
-                             fps=fps, max_reconnects=max_reconnects, cuda_graph=cuda_graph)
+                             fps=fps, max_reconnects=max_reconnects, cuda_graph=cuda_graph, threads=threads,
+                             fp16_fallback=fp16_fallback)
     request.check()
     if stats_every is not None:
         require_seconds("--stats-every", stats_every)
@@ -674,7 +678,8 @@ def run_command(
     latency, stop, sinks = LatencyRecorder(), threading.Event(), []
 
     def open_sinks(frames, engine):
-        info(f"{frames.kind} {source} → {engine.info.describe()}")
+        info(f"{frames.kind} {source} → {engine.info.describe()}"
+             + (f"; {engine.thread_budget.describe()}" if engine.thread_budget is not None else ""))
         sinks.append(JsonlSink(out, append=append))
         sinks.extend([CsvSink(csv_out, labels, append=append)] if csv_out else [])
         sinks.extend([VideoSink(save_video, frames.fps)] if save_video else [])
@@ -730,9 +735,13 @@ def bench(
                                help="Frames of the generated video for the pipeline run."),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="TensorRT: replay a captured CUDA graph per batch "
                                     "size."),
+    rounds: int = typer.Option(BenchRequest.rounds, "--rounds", help="Interleaved rounds of backend alone, pipeline "
+                               "and naive loop (medians and spread over them)."),
+    threads: Optional[int] = ThreadsOpt,
+    fp16_fallback: bool = Fp16FallbackOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Backend alone (like trtexec) vs the whole pipeline on a generated video, and the ratio between them."""
+    """Backend alone (like trtexec), the whole pipeline and a naive loop on a generated video, in interleaved rounds."""
     from mlic_edge.commands.bench import BenchRequest, bench as run_bench
     from mlic_edge.console import info, show
     from mlic_edge.runtime.checks.bench import bench_table
@@ -744,7 +753,9 @@ def bench(
     run_dir = _run_dir(run, model)
     report = run_bench(run_dir, BenchRequest(backend=backend, precision=precision, device=device, batches=batches,
                                              iterations=iterations, warmup=warmup, frames=frames,
-                                             cuda_graph=cuda_graph), progress=lambda message: info(message))
+                                             cuda_graph=cuda_graph, rounds=rounds, threads=threads,
+                                             fp16_fallback=fp16_fallback),
+                           progress=lambda message: info(message))
     if json_out:
         _emit_json(report)
     else:

@@ -19,6 +19,10 @@ DataOpt = typer.Option(None, "--data", "-d", help="Dataset: a path (format detec
                                                    "csv:PATH. Default: the run's dataset.")
 BackendOpt = typer.Option("auto", "--backend", "-b", help=f"{', '.join(BACKENDS)}.")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+Fp16FallbackOpt = typer.Option(False, "--fp16-fallback", help="fp16 asked of a CPU backend without fp16 "
+                               "arithmetic (ONNX Runtime on x86): run the fp32 graph instead, saying so.")
+ThreadsOpt = typer.Option(None, "--threads", help="Inference threads (the feed gets the other cores); default: "
+                          "from the cores present and the backend; 0: the libraries' own defaults.")
 
 
 def precision_option(default: str = "fp32", what: str = "the ONNX file it reads") -> Any:

@@ -286,7 +286,7 @@ def _make_int8_cpu(run: RunDir, spec: RunSpec, request: BuildRequest, calibratio
     import tempfile
 
     from mlic_edge.calibration import CPU_FORMATS, CPU_GRAPH, cpu_int8_scheme, has_record, quantize_int8
-    from mlic_edge.runtime.checks.bench import interleaved_latency
+    from mlic_edge.runtime.inference.latency import interleaved_latency
     from mlic_edge.runtime.inference.backends.onnxruntime_backend import (OnnxRuntimeBackend, cpu_features,
                                                                           describe_cpu)
     from mlic_edge.spec import ModelSpec

@@ -38,12 +38,17 @@ class PredictRequest:
     fps: float | None = None
     max_reconnects: int = 5
     cuda_graph: bool = False
+    threads: int | None = None  # inference threads; None: the thread budget's policy (runtime/inference/threads.py)
+    fp16_fallback: bool = False  # fp16 on a CPU backend without fp16 arithmetic runs fp32 instead
 
     def check(self) -> None:
         require_fraction("--threshold", self.threshold)
         require_fraction("--smoothing", self.smoothing, upper_open=True, hint="0 turns it off; 0.8 is a good start")
         if self.top_k < 0 or self.batch < 1:
             raise MlicError("--top-k must be >= 0 and --batch >= 1")
+        if self.threads is not None and self.threads < 0:
+            raise MlicError(f"--threads {self.threads} is not a thread count",
+                            hint="pass 1 or more, 0 for the libraries' defaults, or leave it out")
         if self.max_frames is not None and self.max_frames < 1:
             raise MlicError(f"--max-frames {self.max_frames} is not a count of frames", hint="pass 1 or more")
 
@@ -71,7 +76,8 @@ def run_predict(run: RunDir, source: str, request: PredictRequest = PredictReque
     with open_source(source, width=request.width, height=request.height, fps=request.fps,
                      max_reconnects=request.max_reconnects) as frames, \
             create_backend(request.backend, run, request.precision, request.device,
-                           cuda_graph=request.cuda_graph) as engine:
+                           cuda_graph=request.cuda_graph, threads=request.threads,
+                           fp16_fallback=request.fp16_fallback) as engine:
         live_or_video = frames.live or frames.kind == "video"
         postprocess = Postprocessor(spec.labels, threshold=limits, top_k=request.top_k,
                                     smoothing=request.smoothing if live_or_video else 0.0,
@@ -84,7 +90,9 @@ def run_predict(run: RunDir, source: str, request: PredictRequest = PredictReque
                              on_tick=on_tick)
     if stats.unreadable:
         warn(f"{stats.unreadable} unreadable image(s) skipped: {', '.join(stats.unreadable_names)}")
-    return {**latency.summary(), "backend": engine.info.as_dict(), "source": source, "kind": frames.kind,
+    budget = engine.thread_budget
+    return {**latency.summary(), "backend": engine.info.as_dict(),
+            "threads": budget.as_dict() if budget is not None else None, "source": source, "kind": frames.kind,
             "records": stats.records, "unreadable": stats.unreadable, "stopped": stats.stopped,
             **dict(getattr(frames, "stats", {}))}
 

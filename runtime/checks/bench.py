@@ -1,7 +1,10 @@
-"""``mlic-edge bench``: the backend alone (like trtexec) and the whole pipeline on a generated video, side by side.
+"""``mlic-edge bench``: the backend alone (like trtexec), the whole pipeline and the loop a user would write without
+it, on a generated video, measured in interleaved rounds.
 
 The ratio pipeline / backend-alone throughput at the same batch says how much of the engine's speed survives
-decoding, preprocessing and output; the pipeline overlaps those with inference on threads.
+decoding, preprocessing and output; pipeline / naive loop says what the threads and the thread budget buy. Each
+round runs all three once, so a load that comes and goes on the machine falls on all of them alike; the report
+gives the median and spread of each over the rounds, the ratios of the medians, and every round.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 
 from mlic_edge.errors import MlicError
 from mlic_edge.runtime.inference.backends.base import Backend
-from mlic_edge.runtime.inference.latency import LatencyRecorder
+from mlic_edge.runtime.inference.latency import LatencyRecorder, describe_threads
 from mlic_edge.runtime.inference.pipeline import run_pipeline
 from mlic_edge.spec import ModelSpec
 from mlic_edge.runtime.inference.sources import open_source
@@ -28,6 +31,14 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
     values = np.asarray(samples_ms, dtype=np.float64)
     return {"mean_ms": float(values.mean()), "p50_ms": float(np.percentile(values, 50)),
             "p90_ms": float(np.percentile(values, 90)), "p99_ms": float(np.percentile(values, 99))}
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median, min, max and the relative spread (max - min) / median of one measurement's rounds."""
+    array = np.asarray(values, dtype=np.float64)
+    median = float(np.median(array))
+    return {"median": median, "min": float(array.min()), "max": float(array.max()),
+            "relative_spread": float((array.max() - array.min()) / median) if median else 0.0}
 
 
 def bench_backend(backend: Backend, spec: ModelSpec, batch: int, iterations: int, warmup: int) -> dict[str, Any]:
@@ -82,43 +93,99 @@ def bench_pipeline(backend: Backend, spec: ModelSpec, video: Path, batch: int) -
             "stages_ms": summary["stages_ms"]}
 
 
-def interleaved_latency(backends: dict[str, Backend], spec: ModelSpec, batches: Sequence[int], rounds: int = 10,
-                        warmup: int = 2) -> dict[str, dict[int, float]]:
-    """Median ms of one ``infer`` per backend and batch, timed in turns (each round times every backend at every
-    batch once), so a load that comes and goes on the machine falls on all of them alike and their ratios hold."""
-    inputs = {batch: spec.random_batch(batch) for batch in batches}
-    for backend in backends.values():
-        for batch in batches:
-            for _ in range(warmup):
-                backend.infer(inputs[batch])
-    samples: dict[str, dict[int, list[float]]] = {name: {batch: [] for batch in batches} for name in backends}
-    for _ in range(rounds):
-        for batch in batches:
-            for name, backend in backends.items():
-                started = time.perf_counter()
-                backend.infer(inputs[batch])
-                samples[name][batch].append((time.perf_counter() - started) * 1e3)
-    return {name: {batch: float(np.median(times)) for batch, times in by_batch.items()}
-            for name, by_batch in samples.items()}
+def naive_loop(backend: Backend, spec: ModelSpec, video: Path, batch: int) -> dict[str, Any]:
+    """What a user writes without the pipeline, timed the way the pipeline is: one thread reads ``batch`` frames,
+    preprocesses them as the runtime does, infers, and turns each score vector into a JSON line, then the next."""
+    import json
+
+    from mlic_edge.data.images import spec_input
+    from mlic_edge.runtime.inference.postprocess import Postprocessor
+
+    postprocess = Postprocessor(spec.labels)
+    capture = cv2.VideoCapture(str(video))
+    if not capture.isOpened():
+        raise MlicError(f"cannot read the test video {video}", hint="check OpenCV's video support (FFmpeg)")
+    frames, started = 0, time.perf_counter()
+    try:
+        ended = False
+        while not ended:
+            images = []
+            while len(images) < batch:
+                ok, image = capture.read()
+                if not ok:
+                    ended = True
+                    break
+                images.append(spec_input(image, spec))
+            if images:
+                for index, scores in enumerate(backend.infer(np.stack(images))):
+                    json.dumps(postprocess(scores, {"source": str(video), "index": frames + index, "timestamp": 0.0}))
+                frames += len(images)
+    finally:
+        capture.release()
+    wall = time.perf_counter() - started
+    return {"batch": batch, "frames": frames, "wall_s": wall, "images_per_s": frames / wall if wall else None}
+
+
+MEASUREMENTS = ("backend_alone", "pipeline", "naive_loop")
 
 
 def run_bench(backend: Backend, spec: ModelSpec, batches: list[int], *, iterations: int, warmup: int,
-              video_frames: int, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+              video_frames: int, rounds: int = 5, naive_backend: Backend | None = None,
+              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Per batch size: warm-up, then ``rounds`` rounds of backend alone (``iterations`` timed inferences in all,
+    shared out over the rounds), the pipeline over the video, and the naive loop over it (on ``naive_backend``:
+    the same model opened with the libraries' default threads, as a user's loop would; else ``backend``)."""
     say = progress or (lambda message: None)
+    naive_backend = naive_backend or backend
+    per_round = max(1, -(-iterations // rounds))
     rows = []
     with tempfile.TemporaryDirectory(prefix="mlic-edge-bench-") as work:
         say("writing the test video")
         video = make_video(Path(work) / "bench.mp4", video_frames)
         for batch in batches:
-            say(f"backend alone, batch {batch}")
-            alone = bench_backend(backend, spec, batch, iterations, warmup)
-            say(f"pipeline, batch {batch}")
-            bench_pipeline(backend, spec, video, batch)  # warm-up pass: file cache, thread start-up
-            pipeline = bench_pipeline(backend, spec, video, batch)
-            ratio = pipeline["images_per_s"] / alone["images_per_s"] if pipeline["images_per_s"] else None
-            rows.append({"batch": batch, "backend_alone": alone, "pipeline": pipeline, "ratio": ratio})
-    return {"backend": backend.info.as_dict(), "video": {"frames": video_frames, "size": list(VIDEO_SIZE)},
-            "iterations": iterations, "warmup": warmup, "results": rows}
+            say(f"batch {batch}: warm-up")
+            bench_backend(backend, spec, batch, 1, warmup)
+            bench_pipeline(backend, spec, video, batch)  # file cache, thread start-up
+            naive_loop(naive_backend, spec, video, batch)
+            measured = []
+            for number in range(1, rounds + 1):
+                say(f"batch {batch}: round {number}/{rounds} (backend alone, pipeline, naive loop)")
+                measured.append({"backend_alone": bench_backend(backend, spec, batch, per_round, 0),
+                                 "pipeline": bench_pipeline(backend, spec, video, batch),
+                                 "naive_loop": naive_loop(naive_backend, spec, video, batch)})
+            rows.append(_summarise(batch, measured))
+    return {"backend": backend.info.as_dict(), "naive_backend": naive_backend.info.as_dict(),
+            "threads": _budget(backend), "naive_threads": _budget(naive_backend),
+            "video": {"frames": video_frames, "size": list(VIDEO_SIZE)}, "iterations": iterations,
+            "iterations_per_round": per_round, "rounds": rounds, "warmup": warmup, "results": rows}
+
+
+def _budget(backend: Backend) -> dict[str, Any] | None:
+    return backend.thread_budget.as_dict() if backend.thread_budget is not None else None
+
+
+def _summarise(batch: int, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One batch size's row: each measurement's median images/s and spread over the rounds, the ratios of the
+    medians, the round whose pipeline throughput is the median (its stage times), and every round."""
+    throughput = {name: spread([entry[name]["images_per_s"] or 0.0 for entry in rounds]) for name in MEASUREMENTS}
+    median_round = min(rounds, key=lambda entry: abs((entry["pipeline"]["images_per_s"] or 0.0)
+                                                     - throughput["pipeline"]["median"]))
+    alone_ms = [entry["backend_alone"]["latency"]["p50_ms"] for entry in rounds]
+    row: dict[str, Any] = {"batch": batch}
+    for name in MEASUREMENTS:
+        row[name] = {"images_per_s": throughput[name]["median"], "images_per_s_spread": throughput[name]}
+    row["backend_alone"]["latency"] = {"p50_ms": float(np.median(alone_ms)),
+                                       "p99_ms": float(np.median([entry["backend_alone"]["latency"]["p99_ms"]
+                                                                  for entry in rounds]))}
+    device = [entry["backend_alone"]["device_ms"] for entry in rounds if entry["backend_alone"].get("device_ms")]
+    if device:
+        row["backend_alone"]["device_ms"] = {key: float(np.median([d[key] for d in device])) for key in device[0]}
+    row["pipeline"]["stages_ms"] = median_round["pipeline"]["stages_ms"]
+    medians = {name: throughput[name]["median"] for name in MEASUREMENTS}
+    row["ratio"] = medians["pipeline"] / medians["backend_alone"] if medians["backend_alone"] else None
+    row["pipeline_over_naive"] = medians["pipeline"] / medians["naive_loop"] if medians["naive_loop"] else None
+    row["rounds"] = rounds
+    return row
 
 
 def bench_table(report: dict[str, Any]):
@@ -126,19 +193,30 @@ def bench_table(report: dict[str, Any]):
     from rich.table import Table
 
     info = report["backend"]
-    table = Table(title=f"bench: {info['backend']} {info['version']} on {info['device']}, {info['precision']} "
-                        f"(pipeline: {report['video']['frames']} frames {report['video']['size'][0]}x"
-                        f"{report['video']['size'][1]} video)", title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("batch", "alone ms/batch p50", "p99", "alone img/s", "pipeline img/s", "pipeline/alone"):
-        table.add_column(column, justify="right")
+    threads = report.get("threads")
+    table = Table(caption="vs alone: pipeline / backend alone; vs naive: pipeline / naive loop (decode, preprocess, "
+                          "infer, JSON one after another, the libraries' default threads)",
+                  caption_justify="left",
+                  title=f"bench: {info['backend']} {info['version']} on {info['device']}, {info['precision']} "
+                        f"(pipeline and naive loop: {report['video']['frames']} frames {report['video']['size'][0]}x"
+                        f"{report['video']['size'][1]} video; medians of {report['rounds']} interleaved rounds, "
+                        f"± half their range){'; ' + describe_threads(threads) if threads else ''}",
+                  title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("batch", "alone ms p50", "alone img/s", "pipeline img/s", "naive img/s", "vs alone",
+                   "vs naive"):
+        table.add_column(column, justify="right", no_wrap=True)
+
+    def rate(entry: dict[str, Any]) -> str:
+        return f"{entry['images_per_s']:.1f} ±{entry['images_per_s_spread']['relative_spread'] * 50:.0f}%"
+
     for row in report["results"]:
-        alone, pipeline = row["backend_alone"], row["pipeline"]
-        table.add_row(str(row["batch"]), f"{alone['latency']['p50_ms']:.2f}", f"{alone['latency']['p99_ms']:.2f}",
-                      f"{alone['images_per_s']:.1f}", f"{pipeline['images_per_s']:.1f}",
-                      f"{row['ratio'] * 100:.1f}%" if row["ratio"] else "-")
+        alone = row["backend_alone"]
+        table.add_row(str(row["batch"]), f"{alone['latency']['p50_ms']:.2f}", rate(alone), rate(row["pipeline"]),
+                      rate(row["naive_loop"]), f"{row['ratio'] * 100:.1f}%" if row["ratio"] else "-",
+                      f"{row['pipeline_over_naive']:.2f}x" if row["pipeline_over_naive"] else "-")
     device = [row["backend_alone"].get("device_ms") for row in report["results"] if row["backend_alone"].get("device_ms")]
     if device:
-        table.caption = "device timings (CUDA events), mean ms: " + "; ".join(
+        table.caption += "\ndevice timings (CUDA events), mean ms: " + "; ".join(
             f"batch {row['batch']}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["backend_alone"]["device_ms"].items())
             for row in report["results"])
     return table

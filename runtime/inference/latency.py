@@ -1,4 +1,10 @@
-"""Latency per stage and end to end (mean / p50 / p90 / p99), throughput and dropped frames, in bounded memory.
+"""Latency per stage, queue wait and capture to output (mean / p50 / p90 / p99), throughput and dropped frames, in
+bounded memory.
+
+What a latency means depends on the source. A live source (camera, stream) hands over the newest frame, so capture
+to output is the latency a viewer sees. A file source is read as fast as the pipeline takes it: its frames wait in
+the queues between stages by design (that wait buys throughput), so for files the figures are throughput, the
+service time of each stage, and the queue wait in a column of its own; no "end to end" is reported for them.
 
 Safe to feed from several threads. Counts and means are exact over the whole run; percentiles are over the last
 ``window`` samples of each stage, so a camera can run for days in constant memory.
@@ -9,16 +15,22 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from mlic_edge.errors import MlicError
 from mlic_edge.spec import require_seconds
 
+if TYPE_CHECKING:
+    from mlic_edge.runtime.inference.backends.base import Backend
+    from mlic_edge.spec import ModelSpec
+
 STAGES = ("decode", "preprocess", "inference", "postprocess", "sink")
 END_TO_END = "end_to_end"
-"""From ``frame.captured`` (a ``time.perf_counter()`` value) to the record written."""
+"""From ``frame.captured`` (a ``time.perf_counter()`` value) to the record written: reported for live sources."""
+QUEUE_WAIT = "queue_wait"
+"""Of that time, what a frame spent waiting in queues between stages rather than being worked on."""
 WINDOW = 10_000
 
 
@@ -52,6 +64,8 @@ class LatencyRecorder:
     def __init__(self, stages: tuple[str, ...] = STAGES, window: int = WINDOW,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.stages = tuple(stages)
+        self.live: bool | None = None
+        """Set by the pipeline: whether the source is live (capture-to-output latency) or a file (throughput)."""
         self.window = window
         self._clock = clock
         self._lock = threading.Lock()
@@ -69,7 +83,7 @@ class LatencyRecorder:
 
     def add(self, stage: str, milliseconds: float, frames: int = 1) -> None:
         """Record a stage time; a batch of ``frames`` is recorded as that many per-frame shares."""
-        if stage not in self.stages and stage != END_TO_END:
+        if stage not in self.stages and stage not in (END_TO_END, QUEUE_WAIT):
             raise MlicError(f"unknown latency stage {stage!r}", hint=f"use one of {', '.join(self.stages)}")
         with self._lock:
             series = self._series.get(stage)
@@ -83,9 +97,12 @@ class LatencyRecorder:
         yield
         self.add(stage, (self._clock() - started) * 1e3, frames)
 
-    def add_end_to_end(self, captured: float) -> None:
-        """A record was written for a frame captured at ``captured`` (same clock as this recorder)."""
-        self.add(END_TO_END, (self._clock() - captured) * 1e3)
+    def add_end_to_end(self, captured: float, service_ms: float = 0.0) -> None:
+        """A record was written for a frame captured at ``captured`` (same clock as this recorder) after
+        ``service_ms`` of work on it since then; the rest of that time is its queue wait."""
+        elapsed = (self._clock() - captured) * 1e3
+        self.add(END_TO_END, elapsed)
+        self.add(QUEUE_WAIT, max(0.0, elapsed - service_ms))
 
     def count_frames(self, frames: int = 1) -> None:
         with self._lock:
@@ -125,17 +142,50 @@ class LatencyRecorder:
             snapshots = {stage: series.snapshot() for stage, series in self._series.items()}
             frames, dropped = self._frames, self._dropped
         stages = {stage: _describe(*snapshots[stage]) for stage in self.stages if stage in snapshots}
-        end_to_end = _describe(*snapshots[END_TO_END]) if END_TO_END in snapshots else None
+        measured = {name: _describe(*snapshots[name]) if name in snapshots else None
+                    for name in (END_TO_END, QUEUE_WAIT)}
         wall = self.wall_seconds
         return {"frames": frames, "dropped": dropped, "wall_s": wall, "fps": frames / wall if wall > 0 else None,
-                "stages_ms": stages, "end_to_end_ms": end_to_end}
+                "latency": {True: "capture_to_output", False: "service_time"}.get(self.live, "stages"),
+                "stages_ms": stages, "queue_wait_ms": measured[QUEUE_WAIT],
+                "end_to_end_ms": measured[END_TO_END] if self.live is not False else None}
+
+
+LATENCY_HEADINGS = {
+    "capture_to_output": "live source: capture-to-output latency, and the service time of each stage",
+    "service_time": "file source: throughput and the service time of each stage; queue wait is time frames spent "
+                    "queued between stages (they are read ahead on purpose), not a latency a camera would see",
+    "stages": "service time of each stage",
+}
+
+
+def interleaved_latency(backends: dict[str, Backend], spec: ModelSpec, batches: Sequence[int], rounds: int = 10,
+                        warmup: int = 2) -> dict[str, dict[int, float]]:
+    """Median ms of one ``infer`` per backend and batch, timed in turns (each round times every backend at every
+    batch once), so a load that comes and goes on the machine falls on all of them alike and their ratios hold."""
+    inputs = {batch: spec.random_batch(batch) for batch in batches}
+    for backend in backends.values():
+        for batch in batches:
+            for _ in range(warmup):
+                backend.infer(inputs[batch])
+    samples: dict[str, dict[int, list[float]]] = {name: {batch: [] for batch in batches} for name in backends}
+    for _ in range(rounds):
+        for batch in batches:
+            for name, backend in backends.items():
+                started = time.perf_counter()
+                backend.infer(inputs[batch])
+                samples[name][batch].append((time.perf_counter() - started) * 1e3)
+    return {name: {batch: float(np.median(times)) for batch, times in by_batch.items()}
+            for name, by_batch in samples.items()}
 
 
 def latency_table(summary: dict[str, Any], title: str):
-    """A rich table: one row per stage, then end to end; frames, fps and dropped frames in the caption."""
+    """A rich table: one row per stage, queue wait, then capture to output for a live source; frames, fps and
+    dropped frames in the caption. The heading says which kind of figures these are."""
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    heading = LATENCY_HEADINGS[summary.get("latency", "stages")]
+    table = Table(title=f"{title}\n{heading}", title_justify="left")
     columns = (("mean ms", "mean_ms"), ("p50 ms", "p50_ms"), ("p90 ms", "p90_ms"), ("p99 ms", "p99_ms"))
     table.add_column("stage")
     for header, _ in columns:
@@ -143,12 +193,25 @@ def latency_table(summary: dict[str, Any], title: str):
     stages = list(summary["stages_ms"].items())
     for number, (stage, row) in enumerate(stages, 1):
         table.add_row(stage, *(f"{row[key]:.2f}" for _, key in columns), end_section=number == len(stages))
+    if summary.get("queue_wait_ms"):
+        table.add_row("queue wait", *(f"{summary['queue_wait_ms'][key]:.2f}" for _, key in columns), style="dim")
     if summary.get("end_to_end_ms"):
-        table.add_row("end to end", *(f"{summary['end_to_end_ms'][key]:.2f}" for _, key in columns), style="bold")
+        table.add_row("capture to output", *(f"{summary['end_to_end_ms'][key]:.2f}" for _, key in columns),
+                      style="bold")
     fps = summary["fps"]
+    threads = summary.get("threads")
     table.caption = (f"{summary['frames']} frames in {summary['wall_s']:.2f} s" + (f" = {fps:.1f} fps" if fps else "")
-                     + f", {summary.get('dropped', 0)} dropped")
+                     + f", {summary.get('dropped', 0)} dropped"
+                     + (f"; {describe_threads(threads)}" if threads else ""))
     return table
+
+
+def describe_threads(budget: dict[str, Any]) -> str:
+    """'threads: 1 inference + 1 feed of 2 cores (policy)', from a ``ThreadBudget.as_dict()``."""
+    cores = f"{budget['cores']} core{'s' if budget['cores'] != 1 else ''}"
+    if not budget["inference"]:
+        return f"threads: the libraries' defaults on {cores}"
+    return f"threads: {budget['inference']} inference + {budget['feed']} feed of {cores} ({budget['chosen_by']})"
 
 
 def stats_line(summary: dict[str, Any]) -> str:

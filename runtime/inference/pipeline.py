@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -18,6 +19,7 @@ import numpy as np
 from mlic_edge.runtime.inference.backends.base import Backend
 from mlic_edge.runtime.inference.latency import LatencyRecorder
 from mlic_edge.runtime.inference.sources import Frame, Source
+from mlic_edge.runtime.inference.threads import apply_feed_threads, restore_feed_threads
 from mlic_edge.data.images import spec_input
 from mlic_edge.spec import ModelSpec
 
@@ -118,30 +120,44 @@ class _Stages:
                 self.stop_source()
         return run
 
+    def _served(self, stage: str, frames: list[Frame], started: float) -> None:
+        """``stage`` worked on ``frames`` since ``started``: recorded per frame, and added to each frame's service
+        time (a batch's time shared out), so what is left of its time in the pipeline is queue wait."""
+        elapsed_ms = (time.perf_counter() - started) * 1e3
+        self.latency.add(stage, elapsed_ms, len(frames))
+        for frame in frames:
+            if hasattr(frame, "service_ms"):
+                frame.service_ms += elapsed_ms / len(frames)
+
     def stop_source(self) -> None:
         """Make a blocked live read return (sources without ``stop`` end by themselves)."""
         if hasattr(self.source, "stop"):
             self.source.stop()
 
     def capture(self) -> None:
-        count = 0
         try:
-            for frame in self.source:
-                if self.stop.is_set() or self.abort.is_set():
-                    self.stats.stopped = self.stop.is_set()
-                    break
-                self.latency.add("decode", frame.decode_ms)
-                if frame.image is None:
-                    self.stats.unreadable += 1
-                    if len(self.stats.unreadable_names) < 3:
-                        self.stats.unreadable_names.append(frame.source)
-                    continue
-                self._put(self.frames_in, frame)
-                count += 1
-                if self.max_frames is not None and count >= self.max_frames:
-                    break
+            self._read(lambda frame: self._put(self.frames_in, frame))
         finally:
             self._put(self.frames_in, _END)
+
+    def _read(self, deliver: Callable[[Frame], None]) -> None:
+        """Decode the source's frames and hand each readable one to ``deliver`` (until its end, a stop or
+        ``max_frames``)."""
+        count = 0
+        for frame in self.source:
+            if self.stop.is_set() or self.abort.is_set():
+                self.stats.stopped = self.stop.is_set()
+                break
+            self.latency.add("decode", frame.decode_ms)
+            if frame.image is None:
+                self.stats.unreadable += 1
+                if len(self.stats.unreadable_names) < 3:
+                    self.stats.unreadable_names.append(frame.source)
+                continue
+            deliver(frame)
+            count += 1
+            if self.max_frames is not None and count >= self.max_frames:
+                break
 
     def prepare(self) -> None:
         ended = False
@@ -154,37 +170,67 @@ class _Stages:
                     break
                 frames.append(item)
             if frames:
-                with self.latency.measure("preprocess", len(frames)):
-                    tensor = np.stack([spec_input(frame.image, self.spec) for frame in frames])
-                self._put(self.batches, (frames, tensor))
+                self._put(self.batches, (frames, self._preprocess(frames)))
         self._put(self.batches, _END)
 
     def infer(self) -> None:
         while (item := self._get(self.batches)) is not _END:
             frames, tensor = item
-            with self.latency.measure("inference", len(frames)):
-                scores = self.backend.infer(tensor)
-            self._put(self.results, (frames, scores))
+            self._put(self.results, (frames, self._infer(frames, tensor)))
         self._put(self.results, _END)
 
     def output(self) -> None:
         while (item := self._get(self.results)) is not _END:
-            frames, scores = item
-            for frame, frame_scores in zip(frames, scores):
-                with self.latency.measure("postprocess"):
-                    record = self.postprocess(frame_scores, {"source": frame.source, "index": frame.index,
-                                                             "timestamp": round(frame.timestamp, 4)})
-                if record is not None:
-                    with self.latency.measure("sink"):
-                        self.on_record(frame, record)
-                    self.stats.records += 1
-                captured = getattr(frame, "captured", None)
-                if captured is not None:
-                    self.latency.add_end_to_end(captured)
-                self.stats.frames += 1
-                self.latency.count_frames()
-            if self.on_tick:
-                self.on_tick()
+            self._write(*item)
+
+    def in_turn(self) -> None:
+        """The four stages one after another on one thread, a batch at a time: for files on a CPU backend that
+        holds every core, where overlapping decoding with inference only makes them fight for the cores."""
+        pending: list[Frame] = []
+
+        def deliver(frame: Frame) -> None:
+            pending.append(frame)
+            if len(pending) == self.batch_size:
+                self._through(pending[:])
+                pending.clear()
+
+        self._read(deliver)
+        if pending:
+            self._through(pending)
+
+    def _through(self, frames: list[Frame]) -> None:
+        self._write(frames, self._infer(frames, self._preprocess(frames)))
+
+    def _preprocess(self, frames: list[Frame]) -> np.ndarray:
+        started = time.perf_counter()
+        tensor = np.stack([spec_input(frame.image, self.spec) for frame in frames])
+        self._served("preprocess", frames, started)
+        return tensor
+
+    def _infer(self, frames: list[Frame], tensor: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        scores = self.backend.infer(tensor)
+        self._served("inference", frames, started)
+        return scores
+
+    def _write(self, frames: list[Frame], scores: np.ndarray) -> None:
+        for frame, frame_scores in zip(frames, scores):
+            started = time.perf_counter()
+            record = self.postprocess(frame_scores, {"source": frame.source, "index": frame.index,
+                                                     "timestamp": round(frame.timestamp, 4)})
+            self._served("postprocess", [frame], started)
+            if record is not None:
+                started = time.perf_counter()
+                self.on_record(frame, record)
+                self._served("sink", [frame], started)
+                self.stats.records += 1
+            captured = getattr(frame, "captured", None)
+            if captured is not None:
+                self.latency.add_end_to_end(captured, getattr(frame, "service_ms", 0.0))
+            self.stats.frames += 1
+            self.latency.count_frames()
+        if self.on_tick:
+            self.on_tick()
 
 
 def run_pipeline(source: Source, backend: Backend, spec: ModelSpec, *,
@@ -192,13 +238,19 @@ def run_pipeline(source: Source, backend: Backend, spec: ModelSpec, *,
                  on_record: Callable[[Frame, dict[str, Any]], None] = lambda frame, record: None,
                  batch_size: int = 1, max_frames: int | None = None, latency: LatencyRecorder | None = None,
                  stop: threading.Event | None = None, on_tick: Callable[[], None] | None = None) -> RunStats:
-    """Run ``backend`` over ``source`` on four threads; ``postprocess(scores, meta)`` makes each record (or None to
-    emit nothing) and ``on_record(frame, record)`` writes it. Returns when everything captured has been written."""
+    """Run ``backend`` over ``source`` on four threads (or, where the backend's thread budget says overlap does not
+    pay, a file's stages in turn on one); ``postprocess(scores, meta)`` makes each record (or None to emit nothing)
+    and ``on_record(frame, record)`` writes it. Returns when everything captured has been written."""
     latency = latency or LatencyRecorder()
+    latency.live = source.live
+    budget = getattr(backend, "thread_budget", None)
+    opencv_threads = apply_feed_threads(budget) if budget is not None else None
     stages = _Stages(source, backend, spec, batch_size, max_frames, postprocess, on_record, latency,
                      stop or threading.Event(), on_tick)
-    threads = [threading.Thread(target=stages._guard(work), name=f"mlic-edge-{work.__name__}", daemon=True)
-               for work in (stages.capture, stages.prepare, stages.infer, stages.output)]
+    overlap = source.live or budget is None or budget.overlap  # a live source needs its reader to keep the newest
+    work = (stages.capture, stages.prepare, stages.infer, stages.output) if overlap else (stages.in_turn,)
+    threads = [threading.Thread(target=stages._guard(stage), name=f"mlic-edge-{stage.__name__}", daemon=True)
+               for stage in work]
     latency.start()
     for thread in threads:
         thread.start()
@@ -218,6 +270,8 @@ def run_pipeline(source: Source, backend: Backend, spec: ModelSpec, *,
         raise
     finally:
         latency.stop()
+        if opencv_threads is not None:
+            restore_feed_threads(opencv_threads)
     if isinstance(stages.frames_in, LatestFrame):
         stages.stats.dropped = stages.frames_in.dropped
     if stages.errors:

@@ -63,6 +63,8 @@ class Frame:
     decode_ms: float
     captured: float = field(default_factory=time.perf_counter)
     """``time.perf_counter()`` when the frame was captured/decoded: end-to-end latency starts here."""
+    service_ms: float = 0.0
+    """Time the pipeline's stages have worked on this frame since ``captured`` (its share of a batch's)."""
 
 
 class Source:

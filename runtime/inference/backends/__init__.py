@@ -17,8 +17,8 @@ def resolve_auto(device: str = "auto", run: RunDir | None = None, precision: str
     An engine that is there but does not fit is named with the reason, so the choice is never silent."""
     from mlic_edge.runtime.inference.backends.onnxruntime_backend import available_devices
 
-    if run is not None and device in ("auto", "cuda"):
-        engine_backend = _usable_engine_backend(run, precision)
+    if run is not None and device in ("auto", "cuda") and any((run.path / "engines").glob(f"*/model.{precision}.json")):
+        engine_backend = _usable_engine_backend(run, precision)  # the engines modules load only when there is one
         if engine_backend is not None:
             return engine_backend, "cuda"
     if device in ("auto", "cuda") and "cuda" in available_devices():
@@ -78,11 +78,16 @@ def find_engine(run: RunDir, backend: str, precision: str) -> Path:
 
 
 def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str = "auto",
-                   cuda_graph: bool = False, graph: str = "auto") -> Backend:
+                   cuda_graph: bool = False, graph: str = "auto", threads: int | None = None,
+                   fp16_fallback: bool = False) -> Backend:
     """Open backend ``name`` for the run's ``precision``; ``cuda_graph`` (TensorRT only) replays a captured CUDA
     graph per batch size instead of enqueueing copies and execution each time. ``graph`` (ONNX Runtime, int8):
     ``tensorrt`` (model.int8.onnx), ``cpu`` (model.int8.cpu.onnx) or ``auto`` (the CPU graph on the CPU where
-    it was built, else the TensorRT one, saying so)."""
+    it was built, else the TensorRT one, saying so). ``threads`` (``--threads``): the inference threads; by default
+    the thread budget's (runtime/inference/threads.py), which the backend carries as ``thread_budget``.
+    ``fp16_fallback``: fp16 asked of ONNX Runtime on a CPU without fp16 arithmetic runs the fp32 graph (said)."""
+    from mlic_edge.runtime.inference.threads import available_cores, plan_threads
+
     require_choice("backend", name, BACKENDS, BackendError)
     require_choice("precision", precision, PRECISIONS, BackendError)
     if graph != "auto":
@@ -103,7 +108,9 @@ def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str 
                                hint="use --backend onnxruntime --device cpu")
         engine = find_engine(run, name, precision)
         index = int(device.partition(":")[2] or 0) if device.startswith("cuda") else 0
-        return open_tensorrt_backend(run, name, precision, engine, device=index, cuda_graph=cuda_graph)
+        backend = open_tensorrt_backend(run, name, precision, engine, device=index, cuda_graph=cuda_graph)
+        backend.thread_budget = plan_threads(available_cores(), "cuda", threads)
+        return backend
     if cuda_graph:
         raise BackendError(f"--cuda-graph is for TensorRT engines, not {name}", hint="use --backend tensorrt, or drop "
                                                                                    "--cuda-graph")
@@ -113,16 +120,21 @@ def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str 
         if precision != "fp32":
             raise BackendError("the torch backend is the fp32 reference", hint="use --precision fp32")
         spec = run.spec()
-        return TorchBackend(run.require(run.checkpoint, "mlic-edge train"), device="cuda" if device == "cuda" else "cpu",
-                            normalization=(spec.mean, spec.std))
+        device = "cuda" if device == "cuda" else "cpu"
+        budget = plan_threads(available_cores(), device, threads)
+        backend = TorchBackend(run.require(run.checkpoint, "mlic-edge train"), device=device,
+                               normalization=(spec.mean, spec.std), threads=budget.inference)
+        backend.thread_budget = budget
+        return backend
     from mlic_edge.runtime.inference.backends.onnxruntime_backend import OnnxRuntimeBackend, available_devices
 
     if device == "auto":
         device = "cpu" if graph == "cpu" or "cuda" not in available_devices() else "cuda"
+    asked, budget = precision, plan_threads(available_cores(), device, threads)
     if precision == "int8":
         graph = _int8_graph(run, device, graph)
-    elif precision == "fp16" and device == "cpu":
-        _say_fp16_on_cpu()
+    elif precision == "fp16" and device == "cpu" and _fp16_on_cpu(run, budget.inference, fp16_fallback):
+        precision = "fp32"
     onnx_path = run.onnx(precision, "cpu" if graph == "cpu" else None)
     onnx_path = run.require(onnx_path, f"mlic-edge export --run {run.path}" if precision == "fp32" else
                             rebuild_command(run.path, precision, "onnxruntime"))
@@ -130,8 +142,13 @@ def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str 
         from mlic_edge.export.lineage import check_onnx
 
         check_onnx(run, precision, path=onnx_path)
-    return OnnxRuntimeBackend(onnx_path, device=device, precision=precision,
-                              graph=graph if precision == "int8" else None)
+    backend = OnnxRuntimeBackend(onnx_path, device=device, precision=precision,
+                                 graph=graph if precision == "int8" else None, threads=budget.inference,
+                                 spinning=budget.spinning)
+    if precision != asked:
+        backend.info.details["asked_precision"] = asked  # reports say fp32 ran, and that fp16 was asked
+    backend.thread_budget = budget
+    return backend
 
 
 def _int8_graph(run: RunDir, device: str, graph: str) -> str:
@@ -151,16 +168,33 @@ def _int8_graph(run: RunDir, device: str, graph: str) -> str:
     return "tensorrt"
 
 
-def _say_fp16_on_cpu() -> None:
-    """fp16 through ONNX Runtime's CPU provider is no faster than fp32 where the CPU has no fp16 arithmetic it uses
-    (every x86 CPU: its ops run in fp32 behind inserted casts); said, so a slower run is never a surprise."""
-    from mlic_edge.console import info
-    from mlic_edge.runtime.inference.backends.onnxruntime_backend import cpu_features
+FP16_CHECK_ROUNDS = 5  # batch-1 inferences of fp16 and fp32 timed in turns to measure what fp16 costs on a CPU
 
-    if not cpu_features()["fp16_arithmetic"]:
-        info("fp16 on ONNX Runtime's CPU: no speed-up on this CPU to expect from fp16 arithmetic (it has none its "
-             "kernels use: fp16 ops run as fp32 behind casts); fp32, or the int8 CPU graph, is the choice here "
-             "(`mlic-edge bench` measures it)")
+
+def _fp16_on_cpu(run: RunDir, threads: int, fallback: bool) -> bool:
+    """fp16 through ONNX Runtime's CPU provider runs its ops in fp32 behind inserted casts where the CPU has no fp16
+    arithmetic the kernels use (every x86 CPU), so it is slower than fp32. Said with the factor measured now (both
+    graphs, batch 1, timed in turns); returns True when the caller should run fp32 instead (``fallback``)."""
+    from mlic_edge.console import info
+    from mlic_edge.runtime.inference.backends.onnxruntime_backend import OnnxRuntimeBackend, cpu_features
+    from mlic_edge.runtime.inference.latency import interleaved_latency
+    from mlic_edge.spec import ModelSpec
+
+    if cpu_features()["fp16_arithmetic"] or not run.onnx("fp16").is_file():
+        return False
+    with OnnxRuntimeBackend(run.onnx("fp16"), threads=threads) as fp16, \
+            OnnxRuntimeBackend(run.onnx(), threads=threads) as fp32:
+        medians = interleaved_latency({"fp16": fp16, "fp32": fp32}, ModelSpec.from_run(run.spec()), (1,),
+                                      rounds=FP16_CHECK_ROUNDS, warmup=1)
+    factor = medians["fp16"][1] / medians["fp32"][1]
+    said = (f"fp16 on ONNX Runtime's CPU: no speed-up on this CPU (it has no fp16 arithmetic the kernels use; fp16 "
+            f"ops run as fp32 behind casts): measured now, fp16 takes {factor:.2f}x the fp32 time at batch 1")
+    if fallback:
+        info(f"{said}; running fp32 instead (--fp16-fallback)")
+        return True
+    info(f"{said}; --fp16-fallback runs fp32 instead, and the int8 CPU graph is the faster choice "
+         f"({rebuild_command(run.path, 'int8', 'onnxruntime')})")
+    return False
 
 
 __all__ = ["BACKENDS", "PRECISIONS", "Backend", "BackendInfo", "create_backend", "resolve_auto"]

@@ -31,6 +31,8 @@ class Backend(ABC):
     ``close`` (or the ``with`` block), in one place."""
 
     info: BackendInfo
+    thread_budget: Any = None
+    """The ``ThreadBudget`` it was opened with (runtime/inference/threads.py); the pipeline gives the feed the rest."""
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray: ...

@@ -49,7 +49,10 @@ def available_devices() -> list[str]:
 
 class OnnxRuntimeBackend(Backend):
     def __init__(self, onnx_path: Path, device: str = "cpu", precision: str = "fp32", threads: int = 0,
-                 graph: str | None = None) -> None:
+                 graph: str | None = None, spinning: bool = True) -> None:
+        """``threads``: intra-op threads (0: ONNX Runtime's default, one per core); ``spinning``: whether idle
+        intra-op threads spin-wait for work (fast when they own their cores, a thief when the decoder shares them).
+        """
         try:
             import onnxruntime as ort
         except ImportError as error:
@@ -64,6 +67,8 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1  # the graphs run sequentially; a second pool would only compete
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.log_severity_level = 3
         providers = [PROVIDERS[device]] + (["CPUExecutionProvider"] if device != "cpu" else [])
         try:
@@ -77,6 +82,7 @@ class OnnxRuntimeBackend(Backend):
         self.output_name = self.session.get_outputs()[0].name
         self.info = BackendInfo(backend="onnxruntime", device=device, precision=precision, version=ort.__version__,
                                 details={"providers": self.session.get_providers(), "model": str(onnx_path),
+                                         "intra_op_threads": threads or "default", "spinning": spinning,
                                          **({"graph": graph} if graph else {})})
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

@@ -12,8 +12,9 @@ from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
 
 class TorchBackend(Backend):
     def __init__(self, checkpoint: Path, device: str = "cpu",
-                 normalization: tuple[list[float], list[float]] | None = None) -> None:
-        """``normalization`` (mean, std) lets the reference take the uint8 frames a folded-input run feeds."""
+                 normalization: tuple[list[float], list[float]] | None = None, threads: int | None = None) -> None:
+        """``normalization`` (mean, std) lets the reference take the uint8 frames a folded-input run feeds;
+        ``threads``: PyTorch's intra-op threads (process-wide: ``torch.set_num_threads``)."""
         try:
             import torch
 
@@ -24,6 +25,8 @@ class TorchBackend(Backend):
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendError("--device cuda asked for, but PyTorch sees no CUDA GPU", hint="use --device cpu")
         self._torch = torch
+        if threads:
+            torch.set_num_threads(threads)
         self.device = torch.device(device)
         self.graph = load_model(checkpoint).for_export().to(self.device)
         self.normalization = normalization
