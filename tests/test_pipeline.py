@@ -239,3 +239,21 @@ def test_bench_cli_reports_alone_pipeline_and_naive_loop_in_interleaved_rounds(c
     table = invoke(capsys, "bench", "--run", run_copy, "--batch", "1", "--iterations", "2", "--warmup", "0",
                    "--frames", "4", "--rounds", "2")
     assert table.code == 0 and "vs naive" in table.out and "naive loop (decode, preprocess" in table.out
+
+
+def test_a_cpu_run_loads_nothing_from_the_tensorrt_side(trained_run, synth_data):
+    """`run` on ONNX Runtime's CPU provider never imports the engine builder, TensorRT or a CUDA binding."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, runpy\n"
+             f"sys.argv = ['mlic-edge', 'run', {str(synth_data / 'video.mp4')!r}, '--run', {str(trained_run)!r}, "
+             "'--backend', 'auto', '--max-frames', '2', '--json']\n"
+             "try:\n    runpy.run_module('mlic_edge', run_name='__main__')\nexcept SystemExit as stop:\n"
+             "    assert not stop.code, stop.code\n"
+             "loaded = [m for m in sys.modules if m.startswith(('mlic_edge.runtime.engines', 'tensorrt', 'pycuda',"
+             " 'cuda'))]\n"
+             "print('LOADED', loaded, file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "LOADED []" in result.stderr, result.stderr
