@@ -15,16 +15,18 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
 from mlic_edge.errors import MlicError
-from mlic_edge.spec import require_seconds
+from mlic_edge.spec import ModelSpec, require_seconds
 
-if TYPE_CHECKING:
-    from mlic_edge.runtime.inference.backends.base import Backend
-    from mlic_edge.spec import ModelSpec
+
+class Infers(Protocol):
+    """What ``interleaved_latency`` times: a backend's ``infer`` (backends import this module, not the reverse)."""
+
+    def infer(self, batch: np.ndarray) -> np.ndarray: ...
 
 STAGES = ("decode", "preprocess", "inference", "postprocess", "sink")
 END_TO_END = "end_to_end"
@@ -159,7 +161,7 @@ LATENCY_HEADINGS = {
 }
 
 
-def interleaved_latency(backends: dict[str, Backend], spec: ModelSpec, batches: Sequence[int], rounds: int = 10,
+def interleaved_latency(backends: dict[str, Infers], spec: ModelSpec, batches: Sequence[int], rounds: int = 10,
                         warmup: int = 2) -> dict[str, dict[int, float]]:
     """Median ms of one ``infer`` per backend and batch, timed in turns (each round times every backend at every
     batch once), so a load that comes and goes on the machine falls on all of them alike and their ratios hold."""
