@@ -720,6 +720,7 @@ def run_command(
 
 # --------------------------------------------------------------------------------------------------- bench
 @app.command(epilog="Examples: `mlic-edge bench -m baseline --batch 1,4,8`, "
+                    "`mlic-edge bench -m baseline --threads 1 --rounds 7` (another thread split, more rounds), "
                     "`mlic-edge bench -r runs/msrn -b tensorrt -p int8 --iterations 500 --json`")
 def bench(
     run: Optional[Path] = RunOpt,
