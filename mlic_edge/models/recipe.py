@@ -63,10 +63,10 @@ QUICK = Recipe(
     img_size=96, grad_clip=10.0, crop_scale=0.8)
 
 
-def quick_at(lr: float, why: str, backbone_lr_scale: float = 1.0) -> Recipe:
-    """The quick recipe at another learning rate (and the backbone at ``backbone_lr_scale`` times it), for a model
-    the shared rate does not train; ``why``: what was measured, appended to the source."""
-    return QUICK.with_changes(lr=lr, backbone_lr_scale=backbone_lr_scale, source=f"{QUICK.source}; {why}")
+def quick_at(lr: float, why: str) -> Recipe:
+    """The quick recipe at another learning rate, for a model the shared rate does not train; ``why``: what was
+    measured, appended to the source."""
+    return QUICK.with_changes(lr=lr, source=f"{QUICK.source}; {why}")
 
 
 def recipes_of(paper: Recipe, quick: Recipe | None = None) -> dict[str, Recipe]:
