@@ -55,16 +55,16 @@ def evaluate_run(run: RunDir, data: str, img_size: int) -> dict:
 
 
 def one(name: str, loss: str | None, data: str, out: Path, args, recipe: str = "quick", sampler="random") -> dict:
-    run = RunDir(out / f"{name}-{loss or 'recipe'}-{recipe}")
+    run = RunDir(out / (f"{name}-{loss or 'recipe'}-{recipe}" + (f"-seed{args.seed}" if args.seed else "")))
     started = time.monotonic()
     epochs = args.epochs or QUICK.epochs  # paper recipes run for the quick one's epochs here
     train(TrainConfig(model=name, data=data, out=run.path, recipe=recipe, backbone=args.backbone, epochs=epochs,
-                      img_size=args.img_size, loss=loss, sampler=sampler, lr=args.lr, workers=2, seed=0,
+                      img_size=args.img_size, loss=loss, sampler=sampler, lr=args.lr, workers=2, seed=args.seed,
                       overwrite=True))
     train_s = time.monotonic() - started
     meta = run.read()
     used = meta["recipe"]
-    row = {"model": name, "loss": used["loss"], "sampler": sampler, "recipe": recipe,
+    row = {"model": name, "loss": used["loss"], "sampler": sampler, "recipe": recipe, "seed": args.seed,
            "date": time.strftime("%Y-%m-%d"),
            "recipe_summary": f"{recipe}: {used['optimizer']} {used['lr']:g} {used['schedule']}"
                              + (f", EMA {used['ema_decay']:g}" if used["ema_decay"] else "")
@@ -87,7 +87,8 @@ def table(rows: list[dict], key: str, claims: dict) -> list[str]:
     lines = [f"| {key} | recipe | measured | mAP | head | middle | tail | CF1 | OF1 | params (M) | ORT CPU ms | "
              "train s | paper reports |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        label = r[key] + (f" ({r['sampler']})" if r.get("sampler", "random") != "random" else "")
+        label = (r[key] + (f" ({r['sampler']})" if r.get("sampler", "random") != "random" else "")
+                 + (f" (seed {r['seed']})" if r.get("seed") else ""))
         lines.append(f"| {label} | {r['recipe_summary']} | {r['date']} | {pct(r['mAP'])} | {pct(r['head'])} | "
                      f"{pct(r['middle'])} | {pct(r['tail'])} | "
                      f"{pct(r['CF1'])} | {pct(r['OF1'])} | {r['params_M']} | {r['ort_cpu_ms']} | {r['train_s']} | "
@@ -98,14 +99,15 @@ def table(rows: list[dict], key: str, claims: dict) -> list[str]:
 def merged(previous: dict, update: dict) -> dict:
     """``previous`` results with the rows ``update`` re-measured put in place of theirs (or added)."""
     def key(row: dict) -> tuple:
-        return row["model"], row["recipe"], row["loss"], row["sampler"]
+        return row["model"], row["recipe"], row["loss"], row["sampler"], row.get("seed", 0)
 
     result = dict(previous)
     for table_name in ("models", "losses"):
         fresh = {key(row): row for row in update[table_name]}
         rows = [fresh.pop(key(row), row) for row in previous[table_name]]
         result[table_name] = rows + list(fresh.values())
-    rows = [f"{row['model']} ({row['recipe']}, {row['loss']})" for name in ("models", "losses")
+    rows = [f"{row['model']} ({row['recipe']}, {row['loss']}" + (f", seed {row['seed']})" if row.get("seed") else ")")
+            for name in ("models", "losses")
             for row in update[name]]
     command = "python benchmarks/zoo.py " + " ".join(sys.argv[1:])
     if rows:
@@ -123,6 +125,8 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--images", type=int, default=1200)
     parser.add_argument("--models", nargs="*", default=None)
+    parser.add_argument("--seed", type=int, default=0, help="training seed of every row (rows of another seed than 0 "
+                        "are kept beside the seed-0 rows and labelled)")
     parser.add_argument("--lr", type=float, default=None, help="override every row's recipe lr (for trials; each row "
                         "records the lr it used)")
     parser.add_argument("--losses", nargs="*", default=["bce", "softmargin", "focal", "asl", "dbl", "dab"])
