@@ -122,7 +122,19 @@ def test_live_source_keeps_the_newest_frame_and_counts_the_dropped():
     indices = [r["index"] for r in records]
     assert indices == sorted(indices) and len(indices) < 300 and stats.dropped > 0
     assert len(indices) + stats.dropped == 300  # every frame is either processed or counted as dropped
+    assert indices[-1] == 299  # the end of the stream does not replace the newest frame
     assert all(len(batch) == 1 for batch in backend.batches)  # live: one newest frame at a time
+
+
+def test_the_latest_frame_slot_hands_out_the_newest_then_the_end():
+    from mlic_edge.runtime.inference.pipeline import _END, LatestFrame
+
+    slot = LatestFrame()
+    slot.put("a")
+    slot.put("b")  # replaces a: one dropped
+    slot.put(_END)  # replaces nothing
+    assert (slot.get(0.01), slot.get(0.01), slot.dropped) == ("b", _END, 1)
+    assert slot.get(0.01) is _END  # every stage that asks again sees the end
 
 
 def test_stop_event_ends_a_live_run_with_everything_in_flight_written():

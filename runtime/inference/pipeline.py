@@ -42,32 +42,39 @@ class RunStats:
 
 
 class LatestFrame:
-    """A one-frame slot for live sources: ``put`` replaces an unprocessed frame (counted as dropped)."""
+    """A one-frame slot for live sources: ``put`` replaces an unprocessed frame (counted as dropped). The end of the
+    stream replaces nothing: the newest frame is still taken, then the end."""
 
     def __init__(self, on_drop: Callable[[], None] | None = None) -> None:
         self._condition = threading.Condition()
         self._item: Any = None
         self._full = False
+        self._ended = False
         self.dropped = 0
         self._on_drop = on_drop
 
     def put(self, item: Any) -> None:
         with self._condition:
-            if self._full and self._item is not _END:
-                self.dropped += 1
-                if self._on_drop:
-                    self._on_drop()
-            self._item, self._full = item, True
+            if item is _END:
+                self._ended = True
+            else:
+                if self._full:
+                    self.dropped += 1
+                    if self._on_drop:
+                        self._on_drop()
+                self._item, self._full = item, True
             self._condition.notify()
 
     def get(self, timeout: float) -> Any:
         with self._condition:
-            if not self._full and not self._condition.wait(timeout):
+            if not (self._full or self._ended) and not self._condition.wait(timeout):
                 raise queue.Empty
-            if not self._full:
-                raise queue.Empty
-            item, self._item, self._full = self._item, None, False
-            return item
+            if self._full:
+                item, self._item, self._full = self._item, None, False
+                return item
+            if self._ended:
+                return _END
+            raise queue.Empty
 
 
 class _Stages:
