@@ -1,9 +1,9 @@
 """How many threads decoding + preprocessing ("the feed") and inference get, from the cores this process may use.
 
 On a CPU backend the two sides compete for the same cores. The feed is cheap next to a CNN: on the 2-core
-development CPU (AMD EPYC, AVX2), a 640x480 frame costs 1.2 ms to decode, 1.8 ms to resize and normalise and 0.9 ms
-to turn into a record, against 28 ms of resnet18 at 224 px on ONNX Runtime's two threads, and taking one of those
-two cores from inference made it 52 ms and the pipeline about half as fast as a plain loop; decoding beside a
+development CPU (AMD EPYC, AVX2, ONNX Runtime fp32), decoding, preprocessing and the record of a 640x480 frame took
+2-4 ms against 31 ms of resnet18 at 224 px on ONNX Runtime's two threads, and taking one of those two cores from
+inference made it 46 ms and the pipeline 0.56-0.62 of a plain loop; decoding beside a
 two-thread inference gained nothing measurable over doing each in turn (0.95-1.08 of a plain loop, and a parallel
 op waits for its slowest thread when decoding takes one of its cores; benchmarks/results/pipeline.md).
 So below four cores inference keeps every core and a file's stages run in turn on one thread (live sources keep
