@@ -69,7 +69,8 @@ def one(name: str, loss: str | None, data: str, out: Path, args, recipe: str = "
            "recipe_summary": f"{recipe}: {used['optimizer']} {used['lr']:g} {used['schedule']}"
                              + (f", EMA {used['ema_decay']:g}" if used["ema_decay"] else "")
                              + (f", {'+'.join(used['augment'])}" if used["augment"] else "")
-                             + (", frozen BN+stem" if used["frozen_bn"] and used["frozen_stem"] else ""),
+                             + (", frozen BN+stem" if used["frozen_bn"] and used["frozen_stem"] else "")
+                             + (f", stages {used['stages']}" if used.get("stages", "none") != "none" else ""),
            "epochs": used["epochs"], "best_weights": meta["train"]["best_weights"], "train_s": round(train_s, 1),
            **evaluate_run(run, data, args.img_size)}
     exported = export_onnx(run, check_images=8)

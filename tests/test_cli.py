@@ -179,8 +179,9 @@ def test_demo_runs_the_whole_path(tmp_path, capsys):
     (["--model", "q2l", "--model-kwargs", "nosuch=1"], ["unknown option nosuch for model 'q2l'", "hidden_dim"]),
     (["--model", "mlgcn", "--model-kwargs", "tau=7"], ["tau must be in (0, 1]"]),
     (["--model", "mlgcn", "--backbone", "resnet5O"], ["unknown timm backbone", "resnet50"]),
-    (["--model", "semdep", "--stages", "--epochs", "2"], ["needs at least 4 epochs"]),
-    (["--model", "baseline", "--stages"], ["not trained in stages"]),
+    (["--model", "semdep", "--stages", "sequential", "--epochs", "2"], ["needs at least 4 epochs"]),
+    (["--model", "baseline", "--stages", "concurrent"], ["not trained in stages"]),
+    (["--model", "semdep", "--stages", "yes"], ["--stages must be one of none, sequential, concurrent"]),
 ])
 def test_bad_model_and_loss_options_are_one_line(capsys, tmp_path, synth_data, extra, fragments):
     args = ["train", "--data", str(synth_data), "--backbone", "resnet10t", "--epochs", "4", "--img-size", "32",

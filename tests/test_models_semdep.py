@@ -209,3 +209,49 @@ def test_overfits_a_small_batch():
 
     losses = fit_steps(model, images, targets, nn.BCEWithLogitsLoss(), after_first_backward=every_branch_has_gradients)
     assert losses[-1] < 0.2 * losses[0], losses
+
+
+def test_the_concurrent_stage_trains_each_part_by_its_own_stage_loss_alone():
+    """Stages 1-3 at once: the backbone learns from y' only, the attention from ŷ_att only (X held fixed), the
+    dependency branch and α from ŷ only (A and y' held fixed), as the paper's stages hold them fixed in turn."""
+    torch.manual_seed(0)
+    model = make_model(4)
+    images, targets = torch.randn(4, 3, 64, 64), torch.randint(0, 2, (4, 4)).float()
+    criterion = nn.BCEWithLogitsLoss()
+    model.train()
+    set_trainable(model, "concurrent")
+    assert _trainable_groups(model) == set(PARAMETER_GROUPS) and model.backbone.training
+
+    def grads(loss):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # BatchNorm statistics move on every pass
+    together = grads(model.training_loss(images, targets, criterion))
+    model.load_state_dict(state)
+    out = model.outputs(images)
+    alone = grads(criterion(out["cls"], targets))
+    model.load_state_dict(state)
+    features = model.spatial_features(images).detach()
+    z, a = model.attention(features)
+    alone |= grads(criterion((a * z).sum(dim=(2, 3)), targets))
+    model.load_state_dict(state)
+    out = model.outputs(images)
+    fused = model.alpha * out["cls"].detach() + (1 - model.alpha) * model.dependency(out["attention"].detach())
+    alone |= grads(criterion(fused, targets))
+    assert together.keys() == alone.keys() == {name for name, _ in model.named_parameters()}
+    for name in together:
+        torch.testing.assert_close(together[name], alone[name], msg=name)
+
+
+def test_the_trainers_stage_plan_for_each_mode():
+    from mlic_edge.errors import MlicError
+    from mlic_edge.train.trainer import stage_plan
+
+    model = make_model(3)
+    assert stage_plan(model, 3, "none") == [None] * 3
+    assert stage_plan(model, 3, "concurrent") == ["concurrent"] * 3
+    assert stage_plan(model, 6, "sequential") == ["backbone"] * 2 + ["attention"] * 2 + ["dependency", "joint"]
+    with pytest.raises(MlicError, match="at least 4 epochs"):
+        stage_plan(model, 3, "sequential")

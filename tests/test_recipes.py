@@ -10,7 +10,7 @@ import torch
 
 from cli_helpers import assert_one_line_error, invoke
 from mlic_edge.models import list_models
-from mlic_edge.models.recipe import AUGMENTATIONS, QUICK, SCHEDULES
+from mlic_edge.models.recipe import AUGMENTATIONS, QUICK, SCHEDULES, Recipe
 from mlic_edge.train.config import TrainConfig
 
 
@@ -23,10 +23,10 @@ def test_every_model_has_a_paper_recipe_with_its_source_and_the_quick_one():
         paper = entry.recipes["paper"]
         assert paper.source and paper.schedule in SCHEDULES and set(paper.augment) <= set(AUGMENTATIONS)
         quick = entry.recipes["quick"]
-        # Q2L's transformer, ML-GCN and MSRN learn at lower rates (their recipes' sources); nothing else differs.
-        own_rate = {"q2l": 3e-4, "mlgcn": 1e-3, "msrn": 1e-3}
-        assert quick == (QUICK.with_changes(lr=own_rate[entry.name], source=quick.source) if entry.name in own_rate
-                         else QUICK)
+        # Q2L's transformer, ML-GCN and MSRN learn at lower rates, semdep trains its stages at once (their recipes'
+        # sources); nothing else differs.
+        own = {"q2l": {"lr": 3e-4}, "mlgcn": {"lr": 1e-3}, "msrn": {"lr": 1e-3}, "semdep": {"stages": "concurrent"}}
+        assert quick == (QUICK.with_changes(**own[entry.name], source=quick.source) if entry.name in own else QUICK)
 
 
 def test_the_paper_recipes_say_what_the_papers_do():
@@ -38,16 +38,23 @@ def test_the_paper_recipes_say_what_the_papers_do():
     assert recipes["mlgcn"].loss == "softmargin" and recipes["msrn"].crop_scale == 0.6
     semdep = recipes["semdep"]  # paper 001 §3.1
     assert (semdep.optimizer, semdep.lr, semdep.weight_decay, semdep.batch_size) == ("sgd", 1e-3, 5e-4, 24)
-    assert semdep.stages and semdep.schedule == "step" and semdep.img_size == 448
-    assert [name for name, recipe in recipes.items() if recipe.stages] == ["semdep"]
+    assert semdep.stages == "sequential" and semdep.schedule == "step" and semdep.img_size == 448
+    assert [name for name, recipe in recipes.items() if recipe.stages != "none"] == ["semdep"]
 
 
 def test_the_stages_come_from_the_recipe_unless_the_option_says():
     entry = next(entry for entry in list_models() if entry.name == "semdep")
-    assert config().resolve(entry.recipes).stages
-    assert not config(stages=False).resolve(entry.recipes).stages
-    assert not config(recipe="quick").resolve(entry.recipes).stages
-    assert config(recipe="quick", stages=True).resolve(entry.recipes).stages
+    assert config().resolve(entry.recipes).stages == "sequential"
+    assert config(stages="none").resolve(entry.recipes).stages == "none"
+    assert config(recipe="quick").resolve(entry.recipes).stages == "concurrent"
+    assert config(recipe="quick", stages="sequential").resolve(entry.recipes).stages == "sequential"
+
+
+def test_runs_recorded_before_the_stage_modes_read_as_sequential_or_none():
+    paper = next(entry for entry in list_models() if entry.name == "semdep").recipes["paper"]
+    recorded = {**paper.as_dict(), "stages": True}
+    assert Recipe(**recorded).stages == "sequential"
+    assert Recipe(**{**recorded, "stages": False}).stages == "none"
 
 
 def test_each_option_overrides_one_field_and_zero_turns_ema_and_clipping_off():

@@ -48,7 +48,7 @@ class TrainConfig:
     loss: str | None = None
     loss_options: dict[str, Any] = field(default_factory=dict)
     sampler: str = "random"
-    stages: bool | None = None  # None: the recipe's (semdep's paper recipe trains in its four stages)
+    stages: str | None = None  # STAGE_MODES; None: the recipe's (semdep: paper sequential, quick concurrent)
     label_vectors: str | None = None
     crop_scale: float | None = None
     resize: str = DEFAULT_RESIZE
@@ -70,7 +70,7 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        from mlic_edge.models.recipe import RECIPE_NAMES, SCHEDULES
+        from mlic_edge.models.recipe import RECIPE_NAMES, SCHEDULES, STAGE_MODES
 
         checks = [
             (self.recipe in RECIPE_NAMES, f"--recipe must be one of {', '.join(RECIPE_NAMES)}"),
@@ -83,6 +83,7 @@ class TrainConfig:
             (self.grad_clip is None or self.grad_clip >= 0, "--grad-clip must be 0 (off) or positive"),
             (self.ema_decay is None or 0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1) (0: off)"),
             (self.schedule is None or self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.stages is None or self.stages in STAGE_MODES, f"--stages must be one of {', '.join(STAGE_MODES)}"),
             (self.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}"),
             (self.resize in RESIZE_MODES, f"--resize must be one of {', '.join(RESIZE_MODES)}"),
             (self.difficult in DIFFICULT_POLICIES, f"--difficult must be one of {', '.join(DIFFICULT_POLICIES)}"),

@@ -28,6 +28,7 @@ from mlic_edge.errors import Interrupted, MlicError
 from mlic_edge.models import create_model, get_model_entry
 from mlic_edge.models.backbone import backbone_data_config
 from mlic_edge.models.checkpoint import read_checkpoint, save_checkpoint
+from mlic_edge.models.recipe import stage_mode
 from mlic_edge.plot import line_chart
 from mlic_edge.rundir import RunDir
 from mlic_edge.train.config import TrainConfig
@@ -133,7 +134,8 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
             if getattr(config, key) not in (None, saved[key]):
                 raise MlicError(f"--resume with a different {key} ({getattr(config, key)} vs {saved[key]})",
                                 hint="resume with the original options, or train into a new --out")
-        if saved.get("stages") and config.epochs not in (None, saved["epochs"]):
+        saved["stages"] = stage_mode(saved.get("stages"))
+        if saved["stages"] == "sequential" and config.epochs not in (None, saved["epochs"]):
             raise MlicError("a run trained with --stages cannot change --epochs on --resume",
                             hint=f"resume with --epochs {saved['epochs']}: the stage plan depends on it")
         _check_resumed_classes(run, train_set.names)
@@ -173,7 +175,7 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
     loss_fn = create_loss(recipe.loss, class_counts=train_set.class_counts(), num_images=len(train_set),
                           **recipe.loss_options)
     lr = recipe.lr
-    plan = stage_plan(model, recipe.epochs) if recipe.stages else [None] * recipe.epochs
+    plan = stage_plan(model, recipe.epochs, recipe.stages)
     mean, std = recipe.mean or data_config["mean"], recipe.std or data_config["std"]
     train_images = ImageDataset(train_set, img_size, mean, std, augment=True,
                                 crop_scale=(recipe.crop_scale, 1.0), resize=config.resize, extra=recipe.augment)
@@ -422,13 +424,18 @@ def freeze_backbone(model: torch.nn.Module, *, frozen_bn: bool, frozen_stem: boo
     return norms
 
 
-def stage_plan(model, epochs: int) -> list[str]:
-    """Split the epochs evenly over the model's training stages, in order (the earlier stages get the rest)."""
+def stage_plan(model, epochs: int, mode: str) -> list[str | None]:
+    """The stage of each epoch: none (``None``: end to end); the model's ``concurrent_stage`` throughout; or its
+    ``training_stages`` in order, the epochs split evenly (the earlier stages get the rest)."""
+    if mode == "none":
+        return [None] * epochs
     stages = list(model.training_stages)
     if not stages:
-        raise MlicError(f"--stages: {model.model_name} is not trained in stages", hint="drop --stages")
+        raise MlicError(f"--stages {mode}: {model.model_name} is not trained in stages", hint="drop --stages")
+    if mode == "concurrent":
+        return [model.concurrent_stage] * epochs
     if epochs < len(stages):
-        raise MlicError(f"--stages needs at least {len(stages)} epochs ({', '.join(stages)})",
+        raise MlicError(f"--stages sequential needs at least {len(stages)} epochs ({', '.join(stages)})",
                         hint=f"pass --epochs {len(stages)} or more")
     share, rest = divmod(epochs, len(stages))
     return [stage for index, stage in enumerate(stages) for _ in range(share + (index < rest))]

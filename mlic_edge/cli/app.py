@@ -262,9 +262,11 @@ def train(
     model_kwargs: list[str] = typer.Option([], "--model-kwargs", help="Model hyperparameter KEY=VALUE "
                                                                        "(repeatable), e.g. batchformer=false."),
     sampler: str = typer.Option(TrainConfig.sampler, "--sampler", help="random or class-aware (DBL's sampler)."),
-    stages: Optional[bool] = typer.Option(None, "--stages/--no-stages", help="Train in the method's stages (semdep: "
-                                          "backbone, attention, dependency, joint), epochs split evenly; default: "
-                                          "the recipe's (semdep's paper recipe does)."),
+    stages: Optional[str] = typer.Option(None, "--stages", help="How a method trained in stages (semdep: backbone, "
+                                         "attention, dependency, joint) goes through them: none (end to end), "
+                                         "sequential (in turn, epochs split evenly) or concurrent (at once, "
+                                         "gradients stopped between them); default: the recipe's (semdep: paper "
+                                         "sequential, quick concurrent)."),
     label_vectors: Optional[Path] = typer.Option(None, "--label-vectors", help="Label word vectors for graph "
                                                  "models: GloVe text, .npy + names, .npz or pickle."),
     resize: str = typer.Option(TrainConfig.resize, "--resize", help="Evaluation resize, used identically by export, "

@@ -12,10 +12,12 @@ class MultiLabelModel(nn.Module):
     """Base for the zoo: ``forward(images) -> logits`` (N, C); ``for_export()`` the graph that ships.
 
     ``hyperparameters`` holds exactly what the registry builder needs to rebuild the model from ``checkpoint.pt``.
-    Methods trained in stages (semdep) list them in ``training_stages`` and switch with ``set_training_stage``.
+    Methods trained in stages (semdep) list them in ``training_stages`` and switch with ``set_training_stage``;
+    ``concurrent_stage`` names the stage that trains all of them at once (recipe ``stages="concurrent"``).
     """
 
     training_stages: tuple[str, ...] = ()
+    concurrent_stage: str | None = None
 
     def __init__(self, name: str, num_classes: int, backbone_name: str, **hyperparameters: Any) -> None:
         super().__init__()

@@ -14,6 +14,17 @@ from typing import Any, Mapping
 RECIPE_NAMES = ("paper", "quick")
 SCHEDULES = ("cosine", "step", "onecycle")
 AUGMENTATIONS = ("randaugment", "cutout", "cutmix")  # on top of the random resized crop and flip of every recipe
+STAGE_MODES = ("none", "sequential", "concurrent")
+"""How a model trained in stages (semdep) goes through them: ``none`` end to end; ``sequential`` one stage after the
+other, the epochs split evenly, a schedule each (``training_stages``); ``concurrent`` every stage's loss at once,
+each part held fixed for the parts after it by stopped gradients (the model's ``concurrent_stage``)."""
+
+
+def stage_mode(value: str | bool | None) -> str | None:
+    """A STAGE_MODES name; runs recorded before the modes existed wrote a bool (True: sequential)."""
+    if isinstance(value, bool):
+        return "sequential" if value else "none"
+    return value
 
 
 @dataclass(frozen=True)
@@ -40,9 +51,12 @@ class Recipe:
     # Both freezings apply to pretrained backbones only (from scratch the trainer trains them and says so).
     frozen_bn: bool = False  # backbone BatchNorm kept in eval mode, affine frozen (Query2Label's FrozenBatchNorm2d)
     frozen_stem: bool = False  # backbone stem and first stage not trained (Query2Label's/DETR's backbone: layer2-4)
-    stages: bool = False  # train in the model's stages (semdep §3.1), the epochs split evenly, a schedule each
+    stages: str = "none"  # one of STAGE_MODES: how to go through the model's training stages (semdep §3.1)
     loss: str = "bce"
     loss_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", stage_mode(self.stages))
 
     def as_dict(self) -> dict[str, Any]:
         values = asdict(self)
