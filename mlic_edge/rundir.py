@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from mlic_edge.spec import RunSpec
 
 DEFAULT_RUNS_ROOT = Path("runs")
+ENGINES_DIR = "engines"  # <run>/engines/<target>/model.<precision>.engine + .json (runtime/engines/manifest.py)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,15 @@ class RunDir:
     @property
     def reports(self) -> Path:
         return self.path / "reports"
+
+    @property
+    def engines(self) -> Path:
+        return self.path / ENGINES_DIR
+
+    def engine_manifests(self, precision: str | None = None) -> list[Path]:
+        """Every engine's manifest (``engines/<target>/model.<precision>.json``), of ``precision`` if given, sorted;
+        a glob, so ``--backend auto`` can tell whether there is an engine without importing the engines modules."""
+        return sorted(self.engines.glob(f"*/model.{precision or '*'}.json"))
 
     def onnx(self, precision: str = "fp32", variant: str | None = None) -> Path:
         from mlic_edge.spec import onnx_file_name
@@ -136,7 +146,7 @@ class RunDir:
         from mlic_edge.console import info
         from mlic_edge.spec import PRECISIONS
 
-        exports = [self.onnx(precision) for precision in PRECISIONS] + [self.reference, self.path / "engines",
+        exports = [self.onnx(precision) for precision in PRECISIONS] + [self.reference, self.engines,
                                                                        self.path / "calibration"]
         exported = [path.name for path in exports if path.exists()]
         if not exported:

@@ -9,11 +9,11 @@ from typing import Any, Sequence
 
 from mlic_edge.errors import BuildError
 from mlic_edge.io import read_json, sha256_file, write_json
+from mlic_edge.rundir import ENGINES_DIR, RunDir
 from mlic_edge.runtime.engines.gpu import GpuInfo
 from mlic_edge.runtime.engines.api import TensorRT
 
 MANIFEST_FORMAT = 1
-ENGINES_DIR = "engines"
 TIMING_CACHE_NAME = "timing.cache"
 _BACKEND_TAGS = {"tensorrt": "trt", "tensorrt-rtx": "rtx"}
 _BACKEND_TITLES = {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT for RTX"}
@@ -66,9 +66,9 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def find_engines(run_path: Path) -> list[Path]:
-    """Every engine manifest under ``<run>/engines/``, sorted."""
-    return sorted((Path(run_path) / ENGINES_DIR).glob("*/model.*.json"))
+def find_engines(run_path: Path, precision: str | None = None) -> list[Path]:
+    """Every engine manifest under ``<run>/engines/`` (of ``precision`` if given), sorted."""
+    return RunDir(Path(run_path)).engine_manifests(precision)
 
 
 def check_manifest(manifest: dict[str, Any], *, trt: TensorRT, gpu: GpuInfo | None, onnx_path: Path,

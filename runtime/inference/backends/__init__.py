@@ -17,7 +17,7 @@ def resolve_auto(device: str = "auto", run: RunDir | None = None, precision: str
     An engine that is there but does not fit is named with the reason, so the choice is never silent."""
     from mlic_edge.runtime.inference.backends.onnxruntime_backend import available_devices
 
-    if run is not None and device in ("auto", "cuda") and any((run.path / "engines").glob(f"*/model.{precision}.json")):
+    if run is not None and device in ("auto", "cuda") and run.engine_manifests(precision):
         engine_backend = _usable_engine_backend(run, precision)  # the engines modules load only when there is one
         if engine_backend is not None:
             return engine_backend, "cuda"
@@ -33,10 +33,7 @@ def _usable_engine_backend(run: RunDir, precision: str) -> str | None:
 
     from mlic_edge.console import info
     from mlic_edge.runtime.engines.api import available_tensorrt_backends
-    from mlic_edge.runtime.engines.manifest import find_engines
 
-    if not any(path.name == f"model.{precision}.json" for path in find_engines(run.path)):
-        return None
     if not any(importlib.util.find_spec(module) for module in ("pycuda", "cuda")):
         info(f"--backend auto: the run has a {precision} engine, but neither pycuda nor cuda-python is installed "
              "to run it")
@@ -56,15 +53,14 @@ def find_engine(run: RunDir, backend: str, precision: str) -> Path:
     refusal saying why and how to rebuild (TensorRT missing: how to get it, and what ``auto`` would use)."""
     from mlic_edge.runtime.engines.gpu import detect_gpu
     from mlic_edge.runtime.engines.api import load_tensorrt
-    from mlic_edge.runtime.engines.manifest import check_manifest, find_engines, read_manifest
+    from mlic_edge.runtime.engines.manifest import check_manifest, read_manifest
 
     trt = load_tensorrt(backend)
     rebuild = rebuild_command(run.path, precision, backend)
-    candidates = [path for path in find_engines(run.path) if path.name == f"model.{precision}.json"]
-    manifests = [(path, read_manifest(path)) for path in candidates]
+    manifests = [(path, read_manifest(path)) for path in run.engine_manifests(precision)]
     manifests = [(path, manifest) for path, manifest in manifests if manifest.get("backend") == backend]
     if not manifests:
-        raise BackendError(f"no {backend} {precision} engine in {run.path / 'engines'}", hint=f"build it: {rebuild}")
+        raise BackendError(f"no {backend} {precision} engine in {run.engines}", hint=f"build it: {rebuild}")
     gpu = detect_gpu()
     refusals = []
     for path, manifest in manifests:
@@ -169,6 +165,7 @@ def _int8_graph(run: RunDir, device: str, graph: str) -> str:
 
 
 FP16_CHECK_ROUNDS = 5  # batch-1 inferences of fp16 and fp32 timed in turns to measure what fp16 costs on a CPU
+_FP16_FACTORS: dict[tuple, float] = {}  # (the two graphs' path, mtime, size; threads) -> fp16 / fp32 time, per process
 
 
 def _fp16_on_cpu(run: RunDir, threads: int, fallback: bool) -> bool:
@@ -182,13 +179,18 @@ def _fp16_on_cpu(run: RunDir, threads: int, fallback: bool) -> bool:
 
     if cpu_features()["fp16_arithmetic"] or not run.onnx("fp16").is_file():
         return False
-    with OnnxRuntimeBackend(run.onnx("fp16"), threads=threads) as fp16, \
-            OnnxRuntimeBackend(run.onnx(), threads=threads) as fp32:
-        medians = interleaved_latency({"fp16": fp16, "fp32": fp32}, ModelSpec.from_run(run.spec()), (1,),
-                                      rounds=FP16_CHECK_ROUNDS, warmup=1)
-    factor = medians["fp16"][1] / medians["fp32"][1]
+    graphs = tuple((str(path), path.stat().st_mtime_ns, path.stat().st_size) for path in (run.onnx("fp16"), run.onnx()))
+    measured = (graphs, threads) in _FP16_FACTORS
+    if not measured:
+        with OnnxRuntimeBackend(run.onnx("fp16"), threads=threads) as fp16, \
+                OnnxRuntimeBackend(run.onnx(), threads=threads) as fp32:
+            medians = interleaved_latency({"fp16": fp16, "fp32": fp32}, ModelSpec.from_run(run.spec()), (1,),
+                                          rounds=FP16_CHECK_ROUNDS, warmup=1)
+        _FP16_FACTORS[(graphs, threads)] = medians["fp16"][1] / medians["fp32"][1]
+    factor = _FP16_FACTORS[(graphs, threads)]
     said = (f"fp16 on ONNX Runtime's CPU: no speed-up on this CPU (it has no fp16 arithmetic the kernels use; fp16 "
-            f"ops run as fp32 behind casts): measured now, fp16 takes {factor:.2f}x the fp32 time at batch 1")
+            f"ops run as fp32 behind casts): {'measured earlier in this process' if measured else 'measured now'}, "
+            f"fp16 takes {factor:.2f}x the fp32 time at batch 1")
     if fallback:
         info(f"{said}; running fp32 instead (--fp16-fallback)")
         return True
