@@ -136,7 +136,7 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
                                 hint="resume with the original options, or train into a new --out")
         saved["stages"] = stage_mode(saved.get("stages"))
         if saved["stages"] == "sequential" and config.epochs not in (None, saved["epochs"]):
-            raise MlicError("a run trained with --stages cannot change --epochs on --resume",
+            raise MlicError("a run trained with --stages sequential cannot change --epochs on --resume",
                             hint=f"resume with --epochs {saved['epochs']}: the stage plan depends on it")
         _check_resumed_classes(run, train_set.names)
         config = TrainConfig(**{**saved, "out": config.out, "epochs": config.epochs or saved["epochs"],
