@@ -55,6 +55,7 @@ def test_runs_recorded_before_the_stage_modes_read_as_sequential_or_none():
     recorded = {**paper.as_dict(), "stages": True}
     assert Recipe(**recorded).stages == "sequential"
     assert Recipe(**{**recorded, "stages": False}).stages == "none"
+    assert config(stages=True).stages == "sequential" and config(stages=False).stages == "none"  # a resumed record
 
 
 def test_each_option_overrides_one_field_and_zero_turns_ema_and_clipping_off():

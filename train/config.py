@@ -69,6 +69,11 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training step
     model_options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        from mlic_edge.models.recipe import stage_mode
+
+        self.stages = stage_mode(self.stages)  # a train_config recorded before the stage modes holds a bool
+
     def validate(self) -> None:
         from mlic_edge.models.recipe import RECIPE_NAMES, SCHEDULES, STAGE_MODES
 

@@ -134,8 +134,7 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
             if getattr(config, key) not in (None, saved[key]):
                 raise MlicError(f"--resume with a different {key} ({getattr(config, key)} vs {saved[key]})",
                                 hint="resume with the original options, or train into a new --out")
-        saved["stages"] = stage_mode(saved.get("stages"))
-        if saved["stages"] == "sequential" and config.epochs not in (None, saved["epochs"]):
+        if stage_mode(saved.get("stages")) == "sequential" and config.epochs not in (None, saved["epochs"]):
             raise MlicError("a run trained with --stages sequential cannot change --epochs on --resume",
                             hint=f"resume with --epochs {saved['epochs']}: the stage plan depends on it")
         _check_resumed_classes(run, train_set.names)

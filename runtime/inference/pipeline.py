@@ -133,8 +133,7 @@ class _Stages:
         elapsed_ms = (time.perf_counter() - started) * 1e3
         self.latency.add(stage, elapsed_ms, len(frames))
         for frame in frames:
-            if hasattr(frame, "service_ms"):
-                frame.service_ms += elapsed_ms / len(frames)
+            frame.service_ms += elapsed_ms / len(frames)
 
     def stop_source(self) -> None:
         """Make a blocked live read return (sources without ``stop`` end by themselves)."""

@@ -266,13 +266,12 @@ class SemDep(MultiLabelModel):
         if loss_on == "fused":
             return criterion(self(images), targets)
         x = self.spatial_features(images)
-        y_cls = self.cls_head(x.mean(dim=(2, 3)))
         if loss_on == "cls":
-            return criterion(y_cls, targets)
+            return criterion(self.cls_head(x.mean(dim=(2, 3))), targets)
         z, a = self.attention(x.detach() if loss_on == "stopped" else x)
         y_att = (a * z).sum(dim=(2, 3))
         if loss_on == "att":
             return criterion(y_att, targets)
-        alpha = self.alpha
+        y_cls, alpha = self.cls_head(x.mean(dim=(2, 3))), self.alpha
         fused = alpha * y_cls.detach() + (1.0 - alpha) * self.dependency(a.detach())
         return criterion(y_cls, targets) + criterion(y_att, targets) + criterion(fused, targets)
