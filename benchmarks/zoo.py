@@ -67,6 +67,8 @@ def one(name: str, loss: str | None, data: str, out: Path, args, recipe: str = "
     row = {"model": name, "loss": used["loss"], "sampler": sampler, "recipe": recipe, "seed": args.seed,
            "date": time.strftime("%Y-%m-%d"),
            "recipe_summary": f"{recipe}: {used['optimizer']} {used['lr']:g} {used['schedule']}"
+                             + (f", wd {used['weight_decay']:g}" if used["weight_decay"] != QUICK.weight_decay else "")
+                             + (f", {used['loss']}" if used["loss"] != "bce" else "")
                              + (f", EMA {used['ema_decay']:g}" if used["ema_decay"] else "")
                              + (f", {'+'.join(used['augment'])}" if used["augment"] else "")
                              + (", frozen BN+stem" if used["frozen_bn"] and used["frozen_stem"] else "")
@@ -150,7 +152,7 @@ def main() -> None:
     # Expected AP of random scores: each class's prevalence among its scored (not ignored, -1) images.
     chance_map = float(((eval_targets == 1).sum(axis=0) / (eval_targets >= 0).sum(axis=0)).mean())
     names = args.models if args.update else args.models or [entry.name for entry in list_models()]
-    model_rows = [one(name, "bce", data, args.work, args) for name in names]
+    model_rows = [one(name, None, data, args.work, args) for name in names]  # each with its quick recipe's loss
     model_rows += [one(name, None, data, args.work, args, recipe="paper") for name in args.paper_recipe]
     loss_rows = [one("baseline", loss, data, args.work, args, sampler="class-aware" if loss == "dbl" else "random")
                  for loss in args.losses]
