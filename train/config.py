@@ -12,6 +12,13 @@ from mlic_edge.spec import DEFAULT_RESIZE, RESIZE_MODES
 
 QAT_LIBRARY = "nvidia-modelopt"  # `train --qat` (train/qat.py)
 QAT_CALIB_IMAGES = 256  # training images its int8 ranges are calibrated on before fine-tuning
+QAT_TARGETS = ("distill", "labels")
+"""What the fake-quantized model is fine-tuned towards: ``distill`` the fp32 model's own scores on the same
+augmented images (quantization-aware distillation, QAD in ModelOpt's guide "Quantization-Aware Training and
+Distillation": a frozen full-precision teacher, a logit-level KL loss; for independent sigmoid labels that KL is the
+binary cross-entropy against the teacher's sigmoid, up to a constant), or ``labels`` the ground truth with the run's
+loss (QAT proper). Distillation keeps the int8 scores where the fp32 ones were, so labels at the threshold agree;
+training on labels moves the scores wherever the loss prefers."""
 
 
 def modelopt_missing(detail: str = "") -> MlicError:

@@ -2,6 +2,12 @@
 accuracy target: fake-quantize the trained model, fine-tune it a few epochs so the weights adapt to int8, and export
 the Q/DQ graph as ``model.int8.onnx`` (the export and the run's files: ``mlic_edge/commands/train.py``).
 
+By default the fine-tuning distils (``QAT_TARGETS``): the fp32 checkpoint, frozen, is the teacher, and the student's
+BatchNorm keeps the trained running statistics (only its affine part trains), so the student normalises exactly as
+the deployed graph will. Measured on ML-GCN (zoo set, 3 epochs, 300 eval images): 96.0 % identical label sets with the
+statistics fixed, 90.0 % with them updating, 86.3 % training on labels; post-training int8 93.3 %. With fixed
+statistics the rate must stay small (the default 1 %): at 100× it drifts further than training on labels.
+
 The library is NVIDIA ModelOpt (``nvidia-modelopt``, ``modelopt.torch.quantization``). NVIDIA deprecated its
 pytorch-quantization toolkit in ModelOpt's favour; PyTorch's own ``torch.ao.quantization`` is deprecated and moved to
 torchao, whose QAT targets LLM int4 / dynamic int8 and exports no ONNX Q/DQ graph TensorRT parses. ModelOpt's fake
@@ -44,7 +50,7 @@ from mlic_edge.errors import MlicError
 from mlic_edge.models.checkpoint import load_model
 from mlic_edge.models.recipe import Recipe
 from mlic_edge.rundir import RunDir
-from mlic_edge.train.config import QAT_CALIB_IMAGES, QAT_LIBRARY, modelopt_missing
+from mlic_edge.train.config import QAT_CALIB_IMAGES, QAT_LIBRARY, QAT_TARGETS, modelopt_missing
 from mlic_edge.train.evaluate import predict_scores
 from mlic_edge.train.losses import create_loss
 from mlic_edge.train.schedule import create_optimizer, create_scheduler
@@ -100,6 +106,7 @@ class QatResult:
     """The fine-tuned model with ModelOpt's fake quantizers (eval mode, on the CPU)."""
     epochs: int
     lr: float
+    target: str  # one of QAT_TARGETS
     calib_images: int
     quantizers: int
     mAP_fp32: float  # PyTorch on the eval split
@@ -129,12 +136,12 @@ def run_recipe(run_json: dict[str, Any], model_name: str) -> Recipe:
 
 def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = None,
                                 calib_images: int = QAT_CALIB_IMAGES, *, batch_size: int | None = None,
-                                workers: int = 0, device: str = "auto", seed: int = 0,
+                                workers: int = 0, device: str = "auto", seed: int = 0, target: str = QAT_TARGETS[0],
                                 say: Callable[[str], None] = info) -> QatResult:
     """Load the run's checkpoint, calibrate ModelOpt's int8 quantizers on ``calib_images`` training images (no
-    augmentation), fine-tune ``epochs`` epochs with the run's recipe (loss, optimizer, augmentation) at ``lr``
-    (default: the recipe's × ``LR_SCALE``) under a cosine schedule without warm-up, and measure the fake-quantized
-    model on the eval split. Writes nothing: the caller exports and records the result."""
+    augmentation), fine-tune ``epochs`` epochs with the run's recipe (optimizer, augmentation) towards ``target``
+    (``QAT_TARGETS``) at ``lr`` (default: the recipe's × ``LR_SCALE``) under a cosine schedule without warm-up, and
+    measure the fake-quantized model on the eval split. Writes nothing: the caller exports and records the result."""
     mtq = require_modelopt()
     if epochs < 1:
         raise MlicError("--epochs must be at least 1 for --qat")
@@ -142,6 +149,8 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
         raise MlicError("--calib-images must be at least 1")
     if lr is not None and not lr > 0:
         raise MlicError("--lr must be positive")
+    if target not in QAT_TARGETS:
+        raise MlicError(f"unknown QAT target {target!r}", hint=f"use one of {', '.join(QAT_TARGETS)}")
     spec = run.spec()
     run.require(run.checkpoint, "mlic-edge train")
     recipe = run_recipe(run.read(), spec.model)
@@ -187,14 +196,18 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
     quantizers = enabled_quantizers(model)
     map_calibrated = evaluate(model)
 
-    loss_fn = create_loss(recipe.loss, class_counts=train_set.class_counts(), num_images=len(train_set),
-                          **dict(recipe.loss_options))
+    teacher = _frozen(load_model(run.checkpoint).to(torch_device)) if target == "distill" else None
+    loss_fn = torch.nn.BCEWithLogitsLoss() if teacher is not None else create_loss(
+        recipe.loss, class_counts=train_set.class_counts(), num_images=len(train_set), **dict(recipe.loss_options))
     train_loader = make_loader(ImageDataset(train_set, spec.img_size, spec.mean, spec.std, augment=True,
                                             crop_scale=(recipe.crop_scale, 1.0), resize=spec.resize,
                                             extra=recipe.augment),
                                batch_size, shuffle=True, workers=workers, seed=seed,
                                drop_last=len(train_set) > batch_size)
     frozen_norms = freeze_backbone(model, frozen_bn=recipe.frozen_bn, frozen_stem=recipe.frozen_stem)  # as trained
+    if teacher is not None:  # the student normalises as the teacher does: BatchNorm statistics fixed, affine trained
+        frozen_norms = [module for module in model.modules()
+                        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
     optimizer = create_optimizer(model, recipe.optimizer, lr, recipe.weight_decay,
                                  backbone_lr_scale=recipe.backbone_lr_scale)
     scheduler = create_scheduler(optimizer, epochs * max(1, len(train_loader)), 0, "cosine")
@@ -213,6 +226,9 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
                 images, targets = batch.images.to(torch_device), batch.targets.to(torch_device)
                 if "cutmix" in recipe.augment:
                     images, targets = cut_mix(images, targets)
+                if teacher is not None:
+                    with torch.no_grad():
+                        targets = torch.sigmoid(teacher(images))
                 loss = model.training_loss(images, targets, loss_fn)
                 if not torch.isfinite(loss):
                     raise MlicError(f"qat: loss became {loss.item()} at epoch {epoch + 1}", hint="lower --lr")
@@ -231,13 +247,21 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
             progress.update(task, status=f"loss {running / max(seen, 1):.4f} val mAP (fake quant) "
                                          f"{val_map * 100:.2f}%")
     model = model.to("cpu").eval()
-    result = QatResult(model=model, epochs=epochs, lr=lr, calib_images=len(picked), quantizers=len(quantizers),
+    result = QatResult(model=model, epochs=epochs, lr=lr, target=target, calib_images=len(picked),
+                       quantizers=len(quantizers),
                        mAP_fp32=map_fp32, mAP_calibrated=map_calibrated, mAP_qat=history[-1]["val_mAP_fake_quant"],
                        eval_images=len(eval_set), history=history, device=str(torch_device),
                        seconds=round(time.monotonic() - started, 1))
     if not math.isfinite(result.mAP_qat):
         raise MlicError("qat: the fine-tuned model's mAP is not a number", hint="lower --lr")
     return result
+
+
+def _frozen(model: torch.nn.Module) -> torch.nn.Module:
+    """The fp32 teacher: eval mode (BatchNorm on its running statistics, no dropout), no gradients."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model.eval()
 
 
 def save_qat_state(model: torch.nn.Module, path: Path) -> None:

@@ -303,6 +303,9 @@ def train(
     run: Optional[Path] = typer.Option(None, "--run", "-r", help="--qat: the trained run directory."),
     calib_images: int = typer.Option(QatRequest.calib_images, "--calib-images", help="--qat: training images the "
                                      "int8 ranges are calibrated on before fine-tuning."),
+    qat_target: str = typer.Option(QatRequest.target, "--qat-target", help="--qat: fine-tune towards the fp32 "
+                                   "model's scores (distill: int8 labels agree with fp32's) or the labels (labels: "
+                                   "the run's loss)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Train a model and write its run directory (checkpoint.pt, run.json, reports/). Under `torchrun
@@ -316,7 +319,8 @@ def train(
         if data is not None:
             raise MlicError("--qat fine-tunes on the dataset the run was trained on; --data is not for it",
                             hint="drop --data")
-        _train_qat(run, epochs, lr, calib_images, batch_size, workers, device, seed, json_out)
+        _train_qat(QatRequest(run=run, epochs=epochs, lr=lr, calib_images=calib_images, target=qat_target,
+                              batch_size=batch_size, workers=workers, device=device, seed=seed), json_out)
         return
     if run is not None:
         raise MlicError("--run is for --qat; training writes the run given with --out",
@@ -344,18 +348,17 @@ def train(
              f"next: mlic-edge export --run {run_path}")
 
 
-def _train_qat(run: Optional[Path], epochs: Optional[int], lr: Optional[float], calib_images: int,
-               batch_size: Optional[int], workers: int, device: str, seed: int, json_out: bool) -> None:
+def _train_qat(request: QatRequest, json_out: bool) -> None:
     from mlic_edge.commands.train import train_qat
 
+    run, epochs = request.run, request.epochs
     if run is None:
         raise MlicError("--qat fine-tunes a trained run: --run DIR is missing",
                         hint="mlic-edge train --qat --run runs/NAME --epochs 2")
     if epochs is None:
         raise MlicError("--qat needs --epochs (a few: about a tenth of the original training)",
                         hint=f"mlic-edge train --qat --run {run} --epochs 2")
-    section = train_qat(QatRequest(run=run, epochs=epochs, lr=lr, calib_images=calib_images, batch_size=batch_size,
-                                   workers=workers, device=device, seed=seed))
+    section = train_qat(request)
     if json_out:
         _emit_json(section)
     else:

@@ -379,8 +379,9 @@ def _meet_accuracy_target(run: RunDir, spec: RunSpec, request: BuildRequest, dat
          f"ΔmAP {step.delta_mAP_points:+.2f}, {step.labelset_agreement * 100:.1f} % identical, "
          f"{len(step.kept_fp)} layer(s) in float" + (f" ({', '.join(step.kept_fp)})" if step.kept_fp else ""))
     if not search.met:
-        warn(f"{what} misses its accuracy target with {len(step.kept_fp)} layer(s) in float: raise --max-fp-layers, "
-             "try another --calib-method, or use fp16")
+        warn(f"{what} misses its accuracy target with {len(step.kept_fp)} layer(s) in float: fine-tune it "
+             f"(mlic-edge train --qat --run {run.path} --epochs 3, distilling the fp32 scores), raise "
+             "--max-fp-layers, try another --calib-method, or use fp16")
     return search
 
 

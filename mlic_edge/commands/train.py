@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlic_edge.train.config import QAT_CALIB_IMAGES, TrainConfig
+from mlic_edge.train.config import QAT_CALIB_IMAGES, QAT_TARGETS, TrainConfig
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -48,6 +48,7 @@ class QatRequest:
     epochs: int
     lr: float | None = None  # None: the run's recipe lr × 0.01 (train/qat.py's LR_SCALE)
     calib_images: int = QAT_CALIB_IMAGES
+    target: str = QAT_TARGETS[0]  # distill (the fp32 model's scores) | labels (the run's loss)
     batch_size: int | None = None  # None: the recipe's
     workers: int = 2
     device: str = "auto"
@@ -59,6 +60,7 @@ class QatRequest:
         for ok, message in ((self.epochs >= 1, "--epochs must be at least 1"),
                             (self.lr is None or self.lr > 0, "--lr must be positive"),
                             (self.calib_images >= 1, "--calib-images must be at least 1"),
+                            (self.target in QAT_TARGETS, f"--qat-target must be one of {', '.join(QAT_TARGETS)}"),
                             (self.batch_size is None or self.batch_size >= 1, "--batch-size must be at least 1"),
                             (self.workers >= 0, "--workers must be 0 or more")):
             if not ok:
@@ -105,16 +107,17 @@ def train_qat(request: QatRequest) -> dict[str, Any]:
             ptq = evaluate_or_warn(run, "int8", _quiet, run.onnx("int8"))
     result = quantization_aware_finetune(run, request.epochs, request.lr, request.calib_images,
                                          batch_size=request.batch_size, workers=request.workers,
-                                         device=request.device, seed=request.seed)
+                                         device=request.device, seed=request.seed, target=request.target)
     with run.transaction() as change:
         out = change.path(run.onnx("int8"))
         dequantized = write_qdq_onnx(result.model.for_export(), out, spec, fp32, int8_graph=TENSORRT_GRAPH,
                                      int8_format="QDQ", int8_source="qat")
         save_qat_state(result.model, change.path(run.path / "qat.pt"))
         accuracy = evaluate_or_warn(run, "int8", _quiet, out)
-        section = {"epochs": result.epochs, "lr": result.lr, "calib_images": result.calib_images,
-                   "calibration": "max", "library": QAT_LIBRARY, "library_version": library_version(),
-                   "torch": importlib.metadata.version("torch"), "quantizers": result.quantizers, "dequantize_nodes": dequantized,
+        section = {"epochs": result.epochs, "lr": result.lr, "target": result.target,
+                   "calib_images": result.calib_images, "calibration": "max", "library": QAT_LIBRARY,
+                   "library_version": library_version(), "torch": importlib.metadata.version("torch"),
+                   "quantizers": result.quantizers, "dequantize_nodes": dequantized,
                    "onnx": run.onnx("int8").name, "state": "qat.pt", "device": result.device,
                    "seconds": result.seconds, "history": result.history,
                    "fake_quant_torch": {"images": result.eval_images, "mAP_fp32": result.mAP_fp32,
@@ -134,6 +137,9 @@ def _quiet(what: str, done: int, total: int) -> None:
     return None
 
 
+QAT_TARGET_WORDS = {"distill": "the fp32 model's scores (distillation)", "labels": "the labels (the run's loss)"}
+
+
 def qat_markdown(section: dict[str, Any]) -> str:
     """reports/qat.md: what ran and the int8 graph's accuracy beside the post-training one's."""
     torch_side = section["fake_quant_torch"]
@@ -141,7 +147,8 @@ def qat_markdown(section: dict[str, Any]) -> str:
              f"{section['library']} {section['library_version']} (PyTorch {section['torch']}, {section['device']}): "
              f"{section['quantizers']} int8 quantizers (Conv/Linear inputs and weights), max calibration on "
              f"{section['calib_images']} training images, then {section['epochs']} epoch(s) at lr "
-             f"{section['lr']:.3g} (cosine to 0). Graph: {section['onnx']} ({section['dequantize_nodes']} "
+             f"{section['lr']:.3g} (cosine to 0) towards {QAT_TARGET_WORDS[section.get('target', 'labels')]}. "
+             f"Graph: {section['onnx']} ({section['dequantize_nodes']} "
              "DequantizeLinear), state: qat.pt.", "",
              f"PyTorch, fake quant, eval split ({torch_side['images']} images): mAP fp32 "
              f"{torch_side['mAP_fp32'] * 100:.2f}, calibrated {torch_side['mAP_calibrated'] * 100:.2f}, after "
