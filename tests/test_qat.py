@@ -66,6 +66,9 @@ def test_qat_graph_has_qdq_on_weighted_inputs_only_and_records_its_lineage(qat_r
     section = json.loads((path / "run.json").read_text())["qat"]
     assert section["epochs"] == 2 and section["library"] == "nvidia-modelopt" and section["library_version"]
     assert section["target"] == "distill" and "distillation" in (path / "reports" / "qat.md").read_text()
+    builds = json.loads((path / "reports" / "build.json").read_text())["builds"]  # the post-training build's record
+    assert builds["int8"]["superseded_by"].startswith("train --qat")
+    assert "**Superseded:** the int8 build(s) above" in (path / "reports" / "build.md").read_text()
     assert section["lr"] == pytest.approx(3e-3 * 0.01)  # the fixture's recipe lr × 1 %
     assert section["quantizers"] == 2 * len(weighted) and section["accuracy"]["backend"].startswith("onnxruntime")
     assert (path / "qat.pt").is_file() and "post-training" in (path / "reports" / "qat.md").read_text()

@@ -515,6 +515,20 @@ def stage_build_report(run: RunDir, entry: dict[str, Any], change: RunChange) ->
     change.path(run.reports / "build.md").write_text(build_markdown(report))
 
 
+def stage_int8_superseded(run: RunDir, change: RunChange, by: str) -> None:
+    """Quantization-aware training replaced model.int8.onnx: the int8 builds on record describe the graph before it.
+    They stay in reports/build.json, marked, and build.md says so above them (until ``build -p int8`` again)."""
+    path = run.reports / "build.json"
+    report = read_json(path) if path.is_file() else {"builds": {}}
+    stale = [key for key, entry in report["builds"].items() if entry["precision"] == "int8"]
+    if not stale:
+        return
+    for key in stale:
+        report["builds"][key]["superseded_by"] = by
+    change.path(path).write_text(json_text(report))
+    change.path(run.reports / "build.md").write_text(build_markdown(report))
+
+
 def _cpu_graph_markdown(key: str, entry: dict[str, Any]) -> list[str]:
     """The int8 CPU graph's section: the form chosen and why, its latency against fp32, its accuracy."""
     cpu = (entry.get("int8") or {}).get("cpu_graph")
@@ -567,6 +581,11 @@ def build_markdown(report: dict[str, Any]) -> str:
         delta = f"{accuracy['delta_mAP_vs_fp32'] * 100:+.3f}" if accuracy else "-"
         lines.append(f"| {key} | {onnx_size:.2f} MB | {engine_text} | {entry['seconds']} | {kept} | {map_text} | "
                      f"{delta} |")
+    superseded = {entry["superseded_by"] for entry in report["builds"].values() if entry.get("superseded_by")}
+    for by in sorted(superseded):
+        keys = ", ".join(key for key, entry in sorted(report["builds"].items()) if entry.get("superseded_by") == by)
+        lines += ["", f"**Superseded:** the {keys} build(s) above describe the post-training graph that {by} "
+                      "replaced; `mlic-edge build -p int8` builds and measures the current one."]
     for key, entry in sorted(report["builds"].items()):
         manifest = (entry.get("engine") or {}).get("manifest") or {}
         dla = manifest.get("dla_layers")

@@ -87,7 +87,7 @@ def train_qat(request: QatRequest) -> dict[str, Any]:
         raise modelopt_missing()
     run.require_writable()
     from mlic_edge.calibration.int8 import TENSORRT_GRAPH
-    from mlic_edge.commands.build import evaluate_or_warn, ensure_fp32_onnx
+    from mlic_edge.commands.build import evaluate_or_warn, ensure_fp32_onnx, stage_int8_superseded
     from mlic_edge.console import info
     from mlic_edge.export.lineage import check_onnx
     from mlic_edge.export.metadata import read_metadata
@@ -126,6 +126,7 @@ def train_qat(request: QatRequest) -> dict[str, Any]:
                    "ptq_delta_mAP_vs_fp32": ptq["delta_mAP_vs_fp32"] if ptq else None,
                    "accuracy": accuracy, "ptq_accuracy": ptq}
         change.path(run.reports / "qat.md").write_text(qat_markdown(section))
+        stage_int8_superseded(run, change, "train --qat (reports/qat.md)")
         change.update(qat=section)
     delta = f"ΔmAP {accuracy['delta_mAP_vs_fp32'] * 100:+.2f} points vs fp32" if accuracy else "ΔmAP not measured"
     info(f"qat: {run.onnx('int8')} ({delta}" + (f"; post-training int8 was {ptq['delta_mAP_vs_fp32'] * 100:+.2f}"
