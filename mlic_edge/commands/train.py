@@ -128,9 +128,12 @@ def train_qat(request: QatRequest) -> dict[str, Any]:
         change.path(run.reports / "qat.md").write_text(qat_markdown(section))
         stage_int8_superseded(run, change, "train --qat (reports/qat.md)")
         change.update(qat=section)
-    delta = f"ΔmAP {accuracy['delta_mAP_vs_fp32'] * 100:+.2f} points vs fp32" if accuracy else "ΔmAP not measured"
-    info(f"qat: {run.onnx('int8')} ({delta}" + (f"; post-training int8 was {ptq['delta_mAP_vs_fp32'] * 100:+.2f}"
-                                                 if ptq else "") + ")")
+    def measured(figures: dict[str, Any]) -> str:
+        return (f"ΔmAP {figures['delta_mAP_vs_fp32'] * 100:+.2f} points vs fp32, "
+                f"{figures['labelset_agreement_vs_fp32'] * 100:.1f} % identical label sets")
+
+    info(f"qat: {run.onnx('int8')} ({measured(accuracy) if accuracy else 'ΔmAP not measured'}"
+         + (f"; post-training int8: {measured(ptq)}" if ptq else "") + ")")
     return section
 
 
