@@ -25,7 +25,9 @@ own placement (every op type it quantizes), uint8 activations with zero points, 
 QOperator form. Its x86 and ARM kernels run u8 x s8; the symmetric int8 activations TensorRT wants leave most of the
 graph in float there (measured about fp32 speed). Its calibration record is its own: asymmetric ranges of every
 tensor, keyed by ``CPU_SETTINGS`` (both forms share it). ``reduce_range`` (7-bit weights) is for x86 CPUs without
-VNNI, where u8 x s8 products can saturate (ONNX Runtime's quantization guide).
+VNNI, where u8 x s8 products can saturate (ONNX Runtime's quantization guide). Measured on an AVX2 CPU without VNNI
+(the zoo's ML-GCN, 225 held-out images, every layer int8, percentile): QDQ with 8-bit weights ΔmAP −1.63 points and
+92.0 % identical label sets, with 7-bit weights −0.01 and 97.8 % (QOperator: −1.57 / 91.1 % and −0.14 / 98.2 %).
 
 Needs ``quantize_static(calibration_cache_path=...)`` (onnxruntime with PR #28221; 1.32 checked).
 """
