@@ -203,7 +203,7 @@ def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
     under calibration/<key>/ at once (it is named by what it was made from, so it is never stale). Where the
     training images are here, the most sensitive layers are kept in float until the accuracy target holds on
     held-out ones (calibration/accuracy.py). For ONNX Runtime, model.int8.cpu.onnx too (``_make_int8_cpu``)."""
-    from mlic_edge.calibration import layer_sensitivity, quantize_int8, select_calibration_set, split_holdout
+    from mlic_edge.calibration import TENSORRT_INT8, layer_sensitivity, select_calibration_set, split_holdout
 
     qat = _reusable_qat_int8(run)
     out = change.path(run.onnx("int8")) if qat is None else run.onnx("int8")  # a reused graph is not staged
@@ -213,13 +213,7 @@ def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
         holdout, rest = split_holdout(dataset, request.holdout_images)
         calibration = select_calibration_set(rest, request.calib_images)
 
-    def quantize(keep_fp: list[str], path: Path = out):
-        return quantize_int8(run.onnx("fp32"), path, run.path / "calibration", method=request.calib_method,
-                             calibration=calibration, img_size=spec.img_size, mean=spec.mean, std=spec.std,
-                             resize=spec.resize, input_format=spec.input_format, keep_fp=keep_fp,
-                             progress=lambda done, total: say(f"int8: calibrating ({request.calib_method})",
-                                                              done, total))
-
+    quantize = _quantizer(run, spec, request, calibration, TENSORRT_INT8, say, "int8")
     if qat is not None:
         info(f"int8: {run.onnx('int8').name} is the Q/DQ graph of quantization-aware training (mlic-edge train --qat) "
              "from this model.onnx: reused instead of post-training quantization (delete it to quantize after "
@@ -230,7 +224,7 @@ def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
             qat["cpu_graph"] = _make_int8_cpu(run, spec, request, calibration, request.keep_fp, change, say,
                                               search_inputs=(dataset, holdout, None))
         return run.onnx("int8"), qat
-    report = quantize(request.keep_fp)
+    report = quantize(request.keep_fp, out)
     info(f"int8: {report.quantized_nodes} quantized layers, " + (
         f"calibration {report.key} reused ({report.images} images, {report.method})" if report.reused else
         f"calibrated on {report.images} images ({report.method}), record calibration/{report.key}/"))
@@ -248,13 +242,29 @@ def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
                                        start=request.keep_fp, what="int8")
         if search is not None:
             if search.kept_fp != report.kept_fp:
-                final = quantize(search.kept_fp)  # from the same calibration record
+                final = quantize(search.kept_fp, out)  # from the same calibration record
                 summary.update(kept_fp=final.kept_fp, quantized_nodes=final.quantized_nodes)
             summary["accuracy_target"] = search.as_dict()
     if backend == "onnxruntime":
         summary["cpu_graph"] = _make_int8_cpu(run, spec, request, calibration, summary["kept_fp"], change, say,
                                               search_inputs=(dataset, holdout, ranking))
     return out, summary
+
+
+def _quantizer(run: RunDir, spec: RunSpec, request: BuildRequest, calibration, scheme, say: Progress,
+               what: str) -> Callable[[list[str], Path], Any]:
+    """``quantize(keep_fp, path)``: the run's fp32 ONNX in ``scheme``'s int8 graph at ``path`` with ``keep_fp`` in
+    float, from ``calibration`` (or the stored record), progress shown as ``what``."""
+    from mlic_edge.calibration import quantize_int8
+
+    def quantize(keep_fp: list[str], path: Path):
+        return quantize_int8(run.onnx("fp32"), path, run.path / "calibration", method=request.calib_method,
+                             calibration=calibration, img_size=spec.img_size, mean=spec.mean, std=spec.std,
+                             resize=spec.resize, input_format=spec.input_format, keep_fp=keep_fp, scheme=scheme,
+                             progress=lambda done, total: say(f"{what}: calibrating ({request.calib_method})",
+                                                              done, total))
+
+    return quantize
 
 
 def _reusable_qat_int8(run: RunDir) -> dict[str, Any] | None:
@@ -285,7 +295,7 @@ def _make_int8_cpu(run: RunDir, spec: RunSpec, request: BuildRequest, calibratio
     import shutil
     import tempfile
 
-    from mlic_edge.calibration import CPU_FORMATS, CPU_GRAPH, cpu_int8_scheme, has_record, quantize_int8
+    from mlic_edge.calibration import CPU_FORMATS, CPU_GRAPH, cpu_int8_scheme, has_record
     from mlic_edge.runtime.inference.latency import interleaved_latency
     from mlic_edge.runtime.inference.backends.onnxruntime_backend import (OnnxRuntimeBackend, cpu_features,
                                                                           describe_cpu)
@@ -295,12 +305,8 @@ def _make_int8_cpu(run: RunDir, spec: RunSpec, request: BuildRequest, calibratio
     out = change.path(run.onnx("int8", CPU_GRAPH))
 
     def quantize(quant_format: str, keep: list[str], path: Path):
-        return quantize_int8(run.onnx("fp32"), path, run.path / "calibration", method=request.calib_method,
-                             calibration=calibration, img_size=spec.img_size, mean=spec.mean, std=spec.std,
-                             resize=spec.resize, input_format=spec.input_format, keep_fp=keep,
-                             scheme=cpu_int8_scheme(quant_format, features["int8_reduce_range"]),
-                             progress=lambda done, total: say(f"int8 CPU graph: calibrating ({request.calib_method})",
-                                                              done, total))
+        scheme = cpu_int8_scheme(quant_format, features["int8_reduce_range"])
+        return _quantizer(run, spec, request, calibration, scheme, say, "int8 CPU graph")(keep, path)
 
     if calibration is None and not has_record(run.path / "calibration", run.onnx("fp32"), request.calib_method,
                                               cpu_int8_scheme(CPU_FORMATS[0])):
