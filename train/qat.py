@@ -30,6 +30,7 @@ inputs: every quantizer is disabled first and only those of the weighted modules
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.metadata
 import math
 import sys
@@ -190,13 +191,13 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
                 if len(batch.indices):
                     network(batch.images.to(torch_device))
 
+    teacher = _frozen(copy.deepcopy(model)) if target == "distill" else None  # before quantize changes the model
     say(f"qat: calibrating ModelOpt int8 quantizers (max) on {len(picked)} training images")
     with contextlib.redirect_stdout(sys.stderr):  # ModelOpt prints its summary: stdout is for results (--json)
         model = mtq.quantize(model, quant_config(), forward_loop)
     quantizers = enabled_quantizers(model)
     map_calibrated = evaluate(model)
 
-    teacher = _frozen(load_model(run.checkpoint).to(torch_device)) if target == "distill" else None
     loss_fn = torch.nn.BCEWithLogitsLoss() if teacher is not None else create_loss(
         recipe.loss, class_counts=train_set.class_counts(), num_images=len(train_set), **dict(recipe.loss_options))
     train_loader = make_loader(ImageDataset(train_set, spec.img_size, spec.mean, spec.std, augment=True,

@@ -304,9 +304,9 @@ def _make_int8_cpu(run: RunDir, spec: RunSpec, request: BuildRequest, calibratio
     features = cpu_features()
     out = change.path(run.onnx("int8", CPU_GRAPH))
 
-    def quantize(quant_format: str, keep: list[str], path: Path):
-        scheme = cpu_int8_scheme(quant_format, features["int8_reduce_range"])
-        return _quantizer(run, spec, request, calibration, scheme, say, "int8 CPU graph")(keep, path)
+    quantizers = {form: _quantizer(run, spec, request, calibration,
+                                   cpu_int8_scheme(form, features["int8_reduce_range"]), say, "int8 CPU graph")
+                  for form in CPU_FORMATS}
 
     if calibration is None and not has_record(run.path / "calibration", run.onnx("fp32"), request.calib_method,
                                               cpu_int8_scheme(CPU_FORMATS[0])):
@@ -314,7 +314,7 @@ def _make_int8_cpu(run: RunDir, spec: RunSpec, request: BuildRequest, calibratio
              "of it in the run (build it where the images are, or pass --calib-data)")
         return None
     with tempfile.TemporaryDirectory(prefix=".int8-cpu.", dir=run.path) as work:
-        reports = {form: quantize(form, keep_fp, Path(work) / f"{form}.onnx") for form in CPU_FORMATS}
+        reports = {form: quantizers[form](keep_fp, Path(work) / f"{form}.onnx") for form in CPU_FORMATS}
         say("int8 CPU graph: timing QDQ and QOperator against fp32", 0, 1)
         graphs = {"fp32": run.onnx("fp32"), **{form: report.path for form, report in reports.items()}}
         with contextlib.ExitStack() as stack:
@@ -340,11 +340,11 @@ def _make_int8_cpu(run: RunDir, spec: RunSpec, request: BuildRequest, calibratio
     dataset, holdout, ranking = search_inputs
     if ranking is not None:
         search = _meet_accuracy_target(run, spec, request, dataset, holdout, ranking,
-                                       lambda keep, path=out: quantize(chosen, keep, path), out, say, start=keep_fp,
+                                       quantizers[chosen], out, say, start=keep_fp,
                                        what="int8 CPU graph")
         if search is not None:
             if search.kept_fp != keep_fp:
-                final = quantize(chosen, search.kept_fp, out)
+                final = quantizers[chosen](search.kept_fp, out)
                 summary.update(kept_fp=final.kept_fp, quantized_nodes=final.quantized_nodes)
             summary["accuracy_target"] = search.as_dict()
     return summary
@@ -513,26 +513,31 @@ def _file_facts(path: Path, name: str | None = None) -> dict[str, Any]:
 def stage_build_report(run: RunDir, entry: dict[str, Any], change: RunChange) -> None:
     """reports/build.json keeps the latest build of each precision (and engine backend); build.md tabulates it.
     Both are staged in ``change``, to be put in place with the files they describe."""
-    path = run.reports / "build.json"
-    report = read_json(path) if path.is_file() else {"builds": {}}
     key = entry["precision"] + (f".{entry['backend']}" if entry["backend"] in ENGINE_BACKENDS else "")
+    report = _build_report(run)
     report["builds"][key] = entry
-    change.path(path).write_text(json_text(report))
+    _stage_report(run, report, change)
+
+
+def _build_report(run: RunDir) -> dict[str, Any]:
+    path = run.reports / "build.json"
+    return read_json(path) if path.is_file() else {"builds": {}}
+
+
+def _stage_report(run: RunDir, report: dict[str, Any], change: RunChange) -> None:
+    change.path(run.reports / "build.json").write_text(json_text(report))
     change.path(run.reports / "build.md").write_text(build_markdown(report))
 
 
 def stage_int8_superseded(run: RunDir, change: RunChange, by: str) -> None:
     """Quantization-aware training replaced model.int8.onnx: the int8 builds on record describe the graph before it.
     They stay in reports/build.json, marked, and build.md says so above them (until ``build -p int8`` again)."""
-    path = run.reports / "build.json"
-    report = read_json(path) if path.is_file() else {"builds": {}}
-    stale = [key for key, entry in report["builds"].items() if entry["precision"] == "int8"]
-    if not stale:
-        return
-    for key in stale:
-        report["builds"][key]["superseded_by"] = by
-    change.path(path).write_text(json_text(report))
-    change.path(run.reports / "build.md").write_text(build_markdown(report))
+    report = _build_report(run)
+    stale = [entry for entry in report["builds"].values() if entry["precision"] == "int8"]
+    for entry in stale:
+        entry["superseded_by"] = by
+    if stale:
+        _stage_report(run, report, change)
 
 
 def _cpu_graph_markdown(key: str, entry: dict[str, Any]) -> list[str]:
