@@ -56,6 +56,7 @@ class Step:
     delta_mAP_points: float
     labelset_agreement: float
     met: bool
+    source: str = "post-training"  # or how the graph was fine-tuned (the build's fallback)
 
 
 @dataclass
@@ -102,6 +103,21 @@ def compare(scores: np.ndarray, fp32_scores: np.ndarray, targets: np.ndarray, th
     return float(delta) * 100, float(same.mean())
 
 
+def measure_step(int8_path: Path, fp32_scores: np.ndarray, images: np.ndarray, targets: np.ndarray,
+                 target: AccuracyTarget, kept_fp: Sequence[str] = ()) -> Step:
+    """The int8 graph at ``int8_path`` scored on ``images`` against fp32's scores of them, judged by ``target``."""
+    delta, agreement = compare(onnx_scores(int8_path, images), fp32_scores, targets, target.threshold)
+    return Step(list(kept_fp), delta, agreement, target.met_by(delta, agreement, len(images)))
+
+
+def improves_on(candidate: Step, incumbent: Step, target: AccuracyTarget) -> bool:
+    """Whether ``candidate`` should replace ``incumbent`` (which misses ``target``): it meets the target, or it keeps
+    more label sets without a ΔmAP beyond both the target's and the incumbent's."""
+    return candidate.met or (candidate.labelset_agreement > incumbent.labelset_agreement
+                             and abs(candidate.delta_mAP_points) <= max(abs(incumbent.delta_mAP_points),
+                                                                        target.max_delta_points))
+
+
 def group_sizes(budget: int) -> list[int]:
     """How many more layers each step keeps in float: 1, 1, 2, 4, ... up to ``budget`` in all."""
     sizes, total, size = [], 0, 1
@@ -127,8 +143,7 @@ def search_keep_fp(quantize: Quantize, fp32_path: Path, images: np.ndarray, targ
     kept, added = list(keep_fp), 0
     while True:
         say(f"measuring with {len(kept)} layer(s) in float")
-        delta, agreement = compare(onnx_scores(quantize(kept), images), fp32_scores, targets, target.threshold)
-        search.steps.append(Step(list(kept), delta, agreement, target.met_by(delta, agreement, len(images))))
+        search.steps.append(measure_step(quantize(kept), fp32_scores, images, targets, target, kept))
         if search.final.met:
             search.stopped = "met"
             break

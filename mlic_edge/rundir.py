@@ -187,6 +187,11 @@ class RunChange:
         """Where to write the new content of ``final`` (a file of the run)."""
         return self.staged.path(final)
 
+    def current(self, final: Path) -> Path:
+        """``final`` as this change has it so far: its staged new content where one was written, else the file."""
+        staged = self.staged.staged.get(Path(final))
+        return staged if staged is not None and staged.stat().st_size else Path(final)
+
     def update(self, **sections: Any) -> None:
         self.sections.update(sections)
 

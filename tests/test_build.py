@@ -25,8 +25,9 @@ def built_run(tmp_path_factory, trained_run):
     shutil.copytree(trained_run, run.path)
     with contextlib.redirect_stderr(io.StringIO()):
         build(run, BuildRequest(precision="fp16", backend="onnxruntime"))
-        build(run, BuildRequest(precision="int8", backend="onnxruntime", calib_images=64))
-        build(run, BuildRequest(precision="int8", backend="tensorrt-rtx", calib_images=64, batch=(1, 2, 4)))
+        build(run, BuildRequest(precision="int8", backend="onnxruntime", calib_images=64, qat_epochs=0))
+        build(run, BuildRequest(precision="int8", backend="tensorrt-rtx", calib_images=64, batch=(1, 2, 4),
+                                qat_epochs=0))
     return run.path
 
 
@@ -104,9 +105,11 @@ def test_rebuilding_int8_reuses_the_calibration(built_run, tmp_path):
     shutil.copytree(built_run, run.path)
     records = records_by_graph(run.path)
     assert len(records["tensorrt"]) == 1 and len(records["cpu"]) == 1, records
-    entry = build(run, BuildRequest(precision="int8", backend="onnxruntime", calib_images=64, evaluate=False))
+    entry = build(run, BuildRequest(precision="int8", backend="onnxruntime", calib_images=64, evaluate=False,
+                                    qat_epochs=0))
     assert entry["int8"]["reused"] and entry["int8"]["cpu_graph"]["reused"] and records_by_graph(run.path) == records
-    entry = build(run, BuildRequest(precision="int8", backend="onnxruntime", calib_images=48, evaluate=False))
+    entry = build(run, BuildRequest(precision="int8", backend="onnxruntime", calib_images=48, evaluate=False,
+                                    qat_epochs=0))
     assert not entry["int8"]["reused"] and not entry["int8"]["cpu_graph"]["reused"]
     assert {graph: len(found) for graph, found in records_by_graph(run.path).items()} == {"tensorrt": 2, "cpu": 2}
 
@@ -170,6 +173,7 @@ def test_missing_tensorrt_says_how_to_get_it_and_what_auto_uses(capsys, run_copy
     (["--backend", "tflite"], ["unknown build backend"]),
     (["--precision", "int8", "--keep-fp", "no_such_node"], ["no_such_node"]),
     (["--precision", "int8", "--calib-method", "mse"], ["mse"]),
+    (["--precision", "int8", "--qat-epochs", "-1"], ["--qat-epochs -1", "0 never fine-tunes"]),
 ])
 def test_bad_build_options_are_one_line_errors(capsys, run_copy, args, fragments):
     assert_one_line_error(invoke(capsys, "build", "--run", run_copy, *args), *fragments)
@@ -278,7 +282,7 @@ def test_a_damaged_file_is_named_with_its_fix_never_an_internal_error(capsys, bu
     command = {"run.json": ["parity", "--run", run], "reference.npz": ["parity", "--run", run],
                "model.onnx": ["build", "--run", run, "-p", "fp16", "--backend", "onnxruntime", "--no-evaluate"],
                "ranges.json": ["build", "--run", run, "-p", "int8", "--backend", "onnxruntime", "--calib-images", "64",
-                               "--no-evaluate"]}[damage]
+                               "--no-evaluate", "--qat-epochs", "0"]}[damage]
     result = invoke(capsys, *command)
     fix = {"run.json": "restore it", "reference.npz": "mlic-edge export", "model.onnx": "mlic-edge export",
            "ranges.json": "delete"}[damage]
@@ -403,7 +407,7 @@ def test_the_build_command_names_both_int8_graphs(capsys, built_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(built_run, run)
     result = invoke(capsys, "build", "--run", run, "-p", "int8", "-b", "onnxruntime", "--calib-images", "64",
-                    "--no-evaluate")
+                    "--no-evaluate", "--qat-epochs", "0")
     assert result.code == 0, result.err
     assert f"built {run / 'model.int8.onnx'}" in result.err and f"built {run / 'model.int8.cpu.onnx'}" in result.err
     assert "int8 CPU graph: Q" in result.err  # the form it chose (QDQ or QOperator), with its timing

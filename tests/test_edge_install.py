@@ -44,7 +44,8 @@ def bundle(tmp_path_factory, trained_run) -> Path:
     shutil.copytree(trained_run, run.path)
     with contextlib.redirect_stderr(io.StringIO()):
         for precision in ("fp16", "int8"):
-            build(run, BuildRequest(precision=precision, backend="onnxruntime", calib_images=64, evaluate=False))
+            build(run, BuildRequest(precision=precision, backend="onnxruntime", calib_images=64, evaluate=False,
+                                        qat_epochs=0))
     return pack(run, run.path.parent / "baseline.mlic.tar.gz")
 
 

@@ -53,7 +53,7 @@ def test_uint8_run_exports_runs_builds_and_passes_parity(capsys, uint8_run, synt
 
     for precision in ("fp16", "int8"):
         built = invoke(capsys, "build", "--run", uint8_run, "-p", precision, "-b", "onnxruntime", "--calib-images",
-                       "48", "--json")
+                       "48", "--qat-epochs", "0", "--json")
         assert built.code == 0, built.err
         proto = onnx.load(str(uint8_run / f"model.{precision}.onnx"))
         assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8

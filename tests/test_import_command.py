@@ -45,7 +45,7 @@ def test_an_imported_checkpoint_goes_through_export_build_parity_and_run(capsys,
 
     # Random weights are not a model int8 can be accurate for: its parity limits are opened, fp32's are the defaults.
     for command in (["export", "--run", run], ["build", "--run", run, "--precision", "int8", "--backend",
-                                                "onnxruntime", "--calib-images", "32"],
+                                                "onnxruntime", "--calib-images", "32", "--qat-epochs", "0"],
                     ["parity", "--run", run, "--json", "--tolerance", "int8=100", "--min-same", "int8=0"]):
         result = invoke(capsys, *command)
         assert result.code == 0, (command, result.err)

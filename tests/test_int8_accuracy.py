@@ -105,3 +105,15 @@ def test_the_agreement_target_is_asked_with_a_margin_for_the_held_out_sample():
     assert AccuracyTarget(0.5, 0.97, margin_se=0).met_by(0.0, 0.975, 256)
     assert AccuracyTarget(0.5, 0.999).required_agreement(10) == 1.0  # never more than every image
     assert not target.met_by(0.6, 1.0, 256)  # the mAP bound holds as before
+
+
+def test_a_fine_tuned_graph_replaces_one_that_misses_only_when_it_comes_closer():
+    from mlic_edge.calibration.accuracy import Step, improves_on
+
+    target = AccuracyTarget(max_delta_points=0.5, min_agreement=0.97)
+    missed = Step([], delta_mAP_points=-0.3, labelset_agreement=0.92, met=False)
+    assert improves_on(Step([], -0.1, 0.99, True), missed, target)  # meets the target
+    assert improves_on(Step([], -0.4, 0.95, False), missed, target)  # more label sets, ΔmAP within the target
+    assert not improves_on(Step([], -0.1, 0.92, False), missed, target)  # no more label sets
+    assert not improves_on(Step([], -0.8, 0.95, False), missed, target)  # ΔmAP beyond the target and the incumbent
+    assert improves_on(Step([], -0.8, 0.95, False), Step([], -0.9, 0.92, False), target)  # ... unless no worse

@@ -32,7 +32,7 @@ def qat_run(tmp_path_factory, trained_run):
     run = RunDir(tmp_path_factory.mktemp("qat") / "run")
     shutil.copytree(trained_run, run.path)
     with contextlib.redirect_stderr(io.StringIO()):
-        ptq = build(run, BuildRequest(precision="int8", backend="onnxruntime", calib_images=64))
+        ptq = build(run, BuildRequest(precision="int8", backend="onnxruntime", calib_images=64, qat_epochs=0))
         section = train_qat(QatRequest(run=run.path, epochs=2, workers=0))
     return run.path, ptq, section
 
@@ -135,6 +135,52 @@ def test_distillation_keeps_the_int8_scores_nearer_fp32_than_training_on_labels(
         assert result.target == target
         distance[target] = float(np.abs(scores(result.model) - fp32).mean())
     assert distance["distill"] < distance["labels"], distance
+
+
+@pytest.mark.slow
+def test_build_fine_tunes_when_post_training_misses_and_keeps_the_graph_nearer_fp32(run_copy, monkeypatch):
+    """`build -p int8` by default: post-training int8 misses a target it cannot reach (|ΔmAP| ≤ 0), so the build
+    distils for --qat-epochs with the held-out images left out of fine-tuning and calibration, measures the result on
+    them as the search measured post-training, and keeps the graph nearer fp32, recording both."""
+    import contextlib
+    import io
+
+    import mlic_edge.train.qat as qat_module
+    from mlic_edge.calibration import split_holdout
+    from mlic_edge.commands.build import BuildRequest, _training_images, build
+    from mlic_edge.export.metadata import read_metadata
+    from mlic_edge.rundir import RunDir
+
+    trained_on: list[set[str]] = []
+    real_dataset = qat_module.ImageDataset
+
+    def recording_dataset(dataset, *args, **kwargs):
+        trained_on.append(set(dataset.image_ids()))
+        return real_dataset(dataset, *args, **kwargs)
+
+    monkeypatch.setattr(qat_module, "ImageDataset", recording_dataset)
+    run = RunDir(run_copy)
+    request = BuildRequest(precision="int8", backend="onnxruntime", calib_images=64, target_delta=0.0,
+                           max_fp_layers=0, qat_epochs=1)
+    with contextlib.redirect_stderr(io.StringIO()):
+        int8 = build(run, request)["int8"]
+    held_out = set(split_holdout(_training_images(run.spec(), request, required=True), request.holdout_images)[0]
+                   .image_ids)
+    assert len(trained_on) == 2 and all(ids and not ids & held_out for ids in trained_on)  # calibration, training
+
+    steps = int8["accuracy_target"]["steps"]
+    assert int8["accuracy_target"]["met"] is False and not steps[0]["met"]  # nothing meets |ΔmAP| ≤ 0
+    graph = read_metadata(run.onnx("int8"))
+    if int8.get("source") == "qat":  # fine-tuning kept more label sets: its graph is the build's
+        assert steps[-1]["source"] == "quantization-aware, 1 epoch(s)" and len(steps) == 2
+        assert steps[-1]["labelset_agreement"] > steps[0]["labelset_agreement"]
+        assert graph["int8_source"] == "qat" and int8["post_training"]["accuracy_target"]["steps"] == steps[:1]
+        assert run.read()["qat"]["by"].startswith("build -p int8") and (run.path / "qat.pt").is_file()
+        assert "quantization-aware, 1 epoch(s) fine-tuning" in (run.reports / "build.md").read_text()
+    else:  # it did not: the post-training graph stays, the trial is on record
+        assert int8["qat_trial"]["source"] == "quantization-aware, 1 epoch(s)" and len(steps) == 1
+        assert graph.get("int8_source") != "qat" and "qat" not in run.read()
+    assert run.onnx("int8", "cpu").is_file()  # the CPU graph is post-training either way
 
 
 def test_qat_on_a_run_without_checkpoint_is_one_line(capsys, trained_run, tmp_path):

@@ -12,6 +12,7 @@ from mlic_edge.spec import DEFAULT_RESIZE, RESIZE_MODES
 
 QAT_LIBRARY = "nvidia-modelopt"  # `train --qat` (train/qat.py)
 QAT_CALIB_IMAGES = 256  # training images its int8 ranges are calibrated on before fine-tuning
+QAT_WORKERS = 2  # data-loading processes of quantization-aware fine-tuning
 QAT_TARGETS = ("distill", "labels")
 """What the fake-quantized model is fine-tuned towards: ``distill`` the fp32 model's own scores on the same
 augmented images (quantization-aware distillation, QAD in ModelOpt's guide "Quantization-Aware Training and

@@ -38,7 +38,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 import torch
@@ -114,6 +114,7 @@ class QatResult:
     mAP_calibrated: float  # fake quant after calibration, before fine-tuning
     mAP_qat: float  # fake quant after fine-tuning
     eval_images: int
+    train_images: int = 0  # fine-tuned on (the training split less ``exclude``)
     history: list[dict[str, Any]] = field(default_factory=list)
     device: str = "cpu"
     seconds: float = 0.0
@@ -138,11 +139,13 @@ def run_recipe(run_json: dict[str, Any], model_name: str) -> Recipe:
 def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = None,
                                 calib_images: int = QAT_CALIB_IMAGES, *, batch_size: int | None = None,
                                 workers: int = 0, device: str = "auto", seed: int = 0, target: str = QAT_TARGETS[0],
-                                say: Callable[[str], None] = info) -> QatResult:
+                                exclude: Collection[str] = (), say: Callable[[str], None] = info) -> QatResult:
     """Load the run's checkpoint, calibrate ModelOpt's int8 quantizers on ``calib_images`` training images (no
     augmentation), fine-tune ``epochs`` epochs with the run's recipe (optimizer, augmentation) towards ``target``
     (``QAT_TARGETS``) at ``lr`` (default: the recipe's × ``LR_SCALE``) under a cosine schedule without warm-up, and
-    measure the fake-quantized model on the eval split. Writes nothing: the caller exports and records the result."""
+    measure the fake-quantized model on the eval split. ``exclude``: training image ids (``image_ids()``) neither
+    calibrated nor fine-tuned on (the build's held-out images, which judge the result). Writes nothing: the caller
+    exports and records the result."""
     mtq = require_modelopt()
     if epochs < 1:
         raise MlicError("--epochs must be at least 1 for --qat")
@@ -168,6 +171,10 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
                             difficult=difficult, labels=spec.labels)
     if train_set.names != spec.labels or eval_set.names != spec.labels:
         raise MlicError(f"{train_set.spec} has other classes than the model", hint="fine-tune on the run's dataset")
+    if exclude:
+        left_out = set(exclude)
+        train_set = train_set.subset([index for index, image_id in enumerate(train_set.image_ids())
+                                      if image_id not in left_out])
 
     started = time.monotonic()
     seed_everything(seed)
@@ -251,8 +258,8 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
     result = QatResult(model=model, epochs=epochs, lr=lr, target=target, calib_images=len(picked),
                        quantizers=len(quantizers),
                        mAP_fp32=map_fp32, mAP_calibrated=map_calibrated, mAP_qat=history[-1]["val_mAP_fake_quant"],
-                       eval_images=len(eval_set), history=history, device=str(torch_device),
-                       seconds=round(time.monotonic() - started, 1))
+                       eval_images=len(eval_set), train_images=len(train_set), history=history,
+                       device=str(torch_device), seconds=round(time.monotonic() - started, 1))
     if not math.isfinite(result.mAP_qat):
         raise MlicError("qat: the fine-tuned model's mAP is not a number", hint="lower --lr")
     return result

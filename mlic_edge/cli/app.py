@@ -539,6 +539,10 @@ def build(
     max_fp_layers: Optional[int] = typer.Option(None, "--max-fp-layers", help="int8: most layers the accuracy "
                                                 "search keeps in float (default: 10 % of the quantized ones; 0: "
                                                 "measure only)."),
+    qat_epochs: int = typer.Option(BuildRequest.qat_epochs, "--qat-epochs", help="int8: when post-training "
+                                   "quantization misses the target, fine-tune this many epochs with quantization-"
+                                   "aware distillation (needs the checkpoint, the training data and ModelOpt; 0: "
+                                   "never)."),
     batch: Optional[str] = BatchRangeOpt,
     workspace: Optional[int] = typer.Option(None, "--workspace", help="Builder workspace limit in MB."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Build for this DLA core, GPU fallback "
@@ -564,7 +568,7 @@ def build(
 
     request = BuildRequest(precision=precision, backend=backend, calib_data=calib_data, calib_images=calib_images,
                            calib_method=calib_method, keep_fp=list(keep_fp), target_delta=target_delta,
-                           target_agreement=target_agreement, max_fp_layers=max_fp_layers,
+                           target_agreement=target_agreement, max_fp_layers=max_fp_layers, qat_epochs=qat_epochs,
                            batch=parse_batch(batch) if batch else None,
                            workspace_mb=workspace, dla_core=dla_core, version_compatible=version_compatible,
                            hardware_compatibility=hardware_compatibility, evaluate=evaluate)

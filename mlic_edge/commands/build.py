@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from mlic_edge.commands.evaluate import evaluate_or_warn
 from mlic_edge.console import info, warn
 from mlic_edge.errors import BuildError, CalibrationError, MlicError
 from mlic_edge.export.lineage import ONNX_SHA, check_onnx
@@ -33,6 +34,7 @@ DEFAULT_HOLDOUT_IMAGES = 256  # held-out training images the int8 accuracy targe
 DEFAULT_FP_LAYER_SHARE = 0.1  # default budget of layers kept in float: this share of the quantizable ones
 CPU_TIMING_BATCHES = (1, 8)  # the int8 CPU graph's form is chosen by its latency at the last of these
 CPU_TIMING_ROUNDS = 10
+DEFAULT_QAT_EPOCHS = 3  # int8: quantization-aware distillation when post-training misses the target (benchmarks/qat.py)
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -49,6 +51,7 @@ class BuildRequest:
     target_agreement: float = INT8_TARGET_AGREEMENT  # int8: share of images with fp32's label set
     max_fp_layers: int | None = None  # int8: layers the search may keep in float (None: 10 %; 0: measure only)
     holdout_images: int = DEFAULT_HOLDOUT_IMAGES
+    qat_epochs: int = DEFAULT_QAT_EPOCHS  # int8: fine-tune this long when post-training misses the target (0: never)
     batch: tuple[int, int, int] | None = None  # None: the builder's default (1,1,8; DLA 1,1,1)
     workspace_mb: int | None = None
     dla_core: int | None = None
@@ -76,6 +79,8 @@ def check_request(request: BuildRequest) -> tuple[str, Any]:
                          hint="for example 0.5")
     if request.max_fp_layers is not None and request.max_fp_layers < 0:
         raise BuildError(f"--max-fp-layers {request.max_fp_layers} is negative", hint="0 measures without keeping any")
+    if request.qat_epochs < 0:
+        raise BuildError(f"--qat-epochs {request.qat_epochs} is negative", hint="0 never fine-tunes")
     backend = resolve_build_backend(request.backend)
     trt = _load_builder(backend)
     if trt is not None:
@@ -245,10 +250,68 @@ def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
                 final = quantize(search.kept_fp, out)  # from the same calibration record
                 summary.update(kept_fp=final.kept_fp, quantized_nodes=final.quantized_nodes)
             summary["accuracy_target"] = search.as_dict()
+            if not search.met and request.qat_epochs:
+                summary = _fine_tune_when_missed(run, spec, request, holdout, search, summary, change, say)
     if backend == "onnxruntime":
-        summary["cpu_graph"] = _make_int8_cpu(run, spec, request, calibration, summary["kept_fp"], change, say,
+        post_training = summary.get("post_training", summary)  # the CPU graph is post-training: start from its layers
+        summary["cpu_graph"] = _make_int8_cpu(run, spec, request, calibration, post_training["kept_fp"], change, say,
                                               search_inputs=(dataset, holdout, ranking))
     return out, summary
+
+
+def _fine_tune_when_missed(run: RunDir, spec: RunSpec, request: BuildRequest, holdout, search, summary: dict,
+                           change: RunChange, say: Progress) -> dict:
+    """Post-training int8 missed its target: quantization-aware distillation (train/qat.py) for
+    ``request.qat_epochs`` epochs, the held-out images left out of it, measured on them as the search was. The
+    fine-tuned graph replaces the staged post-training one where it meets the target, or comes closer than it;
+    returns the int8 summary (the post-training one kept under ``post_training``, or noting the trial)."""
+    import dataclasses
+    import shutil
+    import tempfile
+
+    from mlic_edge.calibration.accuracy import improves_on, measure_step, onnx_scores
+    from mlic_edge.commands.qat import export_qat_graph, qat_blocker, stage_qat
+    from mlic_edge.train.config import QAT_WORKERS
+    from mlic_edge.train.qat import quantization_aware_finetune
+
+    blocker = qat_blocker(run)
+    if blocker is not None:
+        warn(f"int8: no quantization-aware fine-tuning here ({blocker.message}); {blocker.hint}")
+        return summary
+    info(f"int8: post-training misses the target; fine-tuning {request.qat_epochs} epoch(s) with quantization-aware "
+         f"distillation of the fp32 scores, the {len(holdout)} held-out images left out (--qat-epochs 0: never)")
+    say("int8: quantization-aware fine-tuning", 0, 1)
+    result = quantization_aware_finetune(run, request.qat_epochs, workers=QAT_WORKERS, exclude=holdout.image_ids)
+    images, targets = holdout.inputs_and_targets(spec.img_size, spec.mean, spec.std, spec.resize, spec.input_format)
+    out = change.path(run.onnx("int8"))
+    with tempfile.TemporaryDirectory(prefix=".int8-qat.", dir=run.path) as work:
+        graph = Path(work) / run.onnx("int8").name
+        dequantized = export_qat_graph(result, spec, run.onnx("fp32"), graph)
+        step = dataclasses.replace(measure_step(graph, onnx_scores(run.onnx("fp32"), images), images, targets,
+                                                search.target), source=f"quantization-aware, {result.epochs} epoch(s)")
+        best = search.final
+        verdict = "meets" if step.met else "misses"
+        info(f"int8: the quantization-aware graph {verdict} the target on the held-out images: ΔmAP "
+             f"{step.delta_mAP_points:+.2f}, {step.labelset_agreement * 100:.1f} % identical (post-training: "
+             f"{best.delta_mAP_points:+.2f}, {best.labelset_agreement * 100:.1f} %)")
+        if not improves_on(step, best, search.target):
+            warn("int8: the quantization-aware graph is no closer to fp32 than the post-training one: the "
+                 "post-training graph is kept")
+            return {**summary, "qat_trial": {**dataclasses.asdict(step), "seconds": result.seconds}}
+        ptq_eval = evaluate_or_warn(run, "int8", lambda *_: None, out) if request.evaluate else None
+        shutil.copyfile(graph, out)
+    search.steps.append(step)
+    search.kept_fp, search.stopped = [], "met" if step.met else f"{search.stopped}, then fine-tuned"
+    if not step.met:
+        warn(f"int8 misses its accuracy target after {result.epochs} epoch(s) of quantization-aware fine-tuning "
+             "(kept: it comes closer than post-training): raise --qat-epochs, or use fp16")
+    by = "build -p int8 (quantization-aware fine-tuning)"
+    section = stage_qat(run, result, change, dequantized, ptq_eval, by=by, evaluate=request.evaluate)
+    stage_int8_superseded(run, change, by)  # this build's own entry replaces its mark
+    return {"path": str(run.onnx("int8")), "reused": False, "source": "qat", "kept_fp": [],
+            "quantized_nodes": summary_quantized_nodes(out), "accuracy_target": search.as_dict(),
+            "qat": {key: section[key] for key in ("epochs", "lr", "target", "seconds", "device")},
+            "post_training": summary}
 
 
 def _quantizer(run: RunDir, spec: RunSpec, request: BuildRequest, calibration, scheme, say: Progress,
@@ -270,7 +333,6 @@ def _quantizer(run: RunDir, spec: RunSpec, request: BuildRequest, calibration, s
 def _reusable_qat_int8(run: RunDir) -> dict[str, Any] | None:
     """The record of model.int8.onnx when quantization-aware training wrote it (``int8_source=qat``) from the current
     model.onnx; None otherwise (post-training quantization then makes it)."""
-    from mlic_edge.calibration import quantized_node_names
     from mlic_edge.export.metadata import read_metadata
 
     path = run.onnx("int8")
@@ -279,10 +341,16 @@ def _reusable_qat_int8(run: RunDir) -> dict[str, Any] | None:
     metadata = read_metadata(path)
     if metadata.get("int8_source") != "qat" or metadata.get(ONNX_SHA) != sha256_file(run.onnx("fp32")):
         return None
+    return {"path": str(path), "reused": True, "source": "qat", "kept_fp": [],
+            "quantized_nodes": summary_quantized_nodes(path)}
+
+
+def summary_quantized_nodes(path: Path) -> int:
     import onnx
 
-    return {"path": str(path), "reused": True, "source": "qat", "kept_fp": [],
-            "quantized_nodes": len(quantized_node_names(onnx.load(str(path))))}
+    from mlic_edge.calibration import quantized_node_names
+
+    return len(quantized_node_names(onnx.load(str(path))))
 
 
 def _make_int8_cpu(run: RunDir, spec: RunSpec, request: BuildRequest, calibration, keep_fp: list[str],
@@ -384,7 +452,7 @@ def _meet_accuracy_target(run: RunDir, spec: RunSpec, request: BuildRequest, dat
          f"standard error of margin): "
          f"ΔmAP {step.delta_mAP_points:+.2f}, {step.labelset_agreement * 100:.1f} % identical, "
          f"{len(step.kept_fp)} layer(s) in float" + (f" ({', '.join(step.kept_fp)})" if step.kept_fp else ""))
-    if not search.met:
+    if not search.met and not (what == "int8" and request.qat_epochs):  # else fine-tuning follows
         warn(f"{what} misses its accuracy target with {len(step.kept_fp)} layer(s) in float: fine-tune it "
              f"(mlic-edge train --qat --run {run.path} --epochs 3, distilling the fp32 scores), raise "
              "--max-fp-layers, try another --calib-method, or use fp16")
@@ -466,46 +534,6 @@ def _engine_options(request: BuildRequest):
                         hardware_compatibility=request.hardware_compatibility)
 
 
-def evaluate_or_warn(run: RunDir, precision: str, say: Progress, onnx_path: Path) -> dict[str, Any] | None:
-    """The artefacts are built either way; without the reference or its images the report just has no mAP."""
-    try:
-        return evaluate_precision(run, precision, say, onnx_path)
-    except MlicError as error:
-        warn(f"no mAP in the build report: {error}")
-        return None
-
-
-def evaluate_precision(run: RunDir, precision: str, say: Progress, onnx_path: Path | None = None) -> dict[str, Any]:
-    """ONNX Runtime (CPU) mAP of the precision's ONNX (``onnx_path``, by default the run's) and of fp32 on the
-    reference's eval images."""
-    from mlic_edge.runtime.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from mlic_edge.runtime.checks.parity import Reference, ReferenceImages, compare_scores, score_images
-
-    reference = Reference.load(run)
-    images = ReferenceImages(run, reference)
-    scores = {}
-    for name in dict.fromkeys(("fp32", precision)):
-        path = onnx_path if onnx_path is not None and name == precision else run.onnx(name)
-        with OnnxRuntimeBackend(path, device="cpu", precision=name) as backend:
-            done = 0
-
-            def advance(count: int, name: str = name) -> None:
-                nonlocal done
-                done += count
-                say(f"mAP of {name} (ONNX Runtime CPU)", done, len(images))
-
-            scores[name], _ = score_images(backend, images, on_batch=advance)
-    fp32_vs_ref = compare_scores(reference, scores["fp32"], precision="fp32")
-    as_fp32 = Reference(scores["fp32"], reference.targets, reference.image_ids, reference.labels, reference.spec,
-                        reference.split)
-    against_fp32 = compare_scores(as_fp32, scores[precision], precision=precision)
-    return {"backend": "onnxruntime CPUExecutionProvider", "images": len(images), "split": reference.split,
-            "mAP_fp32": fp32_vs_ref["mAP"], f"mAP_{precision}": against_fp32["mAP"],
-            "delta_mAP_vs_fp32": against_fp32["delta_mAP"], "max_abs_diff_vs_fp32": against_fp32["max_abs_diff"],
-            "labelset_agreement_vs_fp32": against_fp32["labelset_agreement"],
-            "worst_classes": against_fp32["worst_classes"], "mAP_reference": reference.map}
-
-
 def _file_facts(path: Path, name: str | None = None) -> dict[str, Any]:
     return {"file": name or path.name, "size_bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
@@ -514,13 +542,14 @@ def stage_build_report(run: RunDir, entry: dict[str, Any], change: RunChange) ->
     """reports/build.json keeps the latest build of each precision (and engine backend); build.md tabulates it.
     Both are staged in ``change``, to be put in place with the files they describe."""
     key = entry["precision"] + (f".{entry['backend']}" if entry["backend"] in ENGINE_BACKENDS else "")
-    report = _build_report(run)
+    report = _build_report(run, change)
     report["builds"][key] = entry
     _stage_report(run, report, change)
 
 
-def _build_report(run: RunDir) -> dict[str, Any]:
-    path = run.reports / "build.json"
+def _build_report(run: RunDir, change: RunChange) -> dict[str, Any]:
+    """reports/build.json as ``change`` has it so far."""
+    path = change.current(run.reports / "build.json")
     return read_json(path) if path.is_file() else {"builds": {}}
 
 
@@ -532,7 +561,7 @@ def _stage_report(run: RunDir, report: dict[str, Any], change: RunChange) -> Non
 def stage_int8_superseded(run: RunDir, change: RunChange, by: str) -> None:
     """Quantization-aware training replaced model.int8.onnx: the int8 builds on record describe the graph before it.
     They stay in reports/build.json, marked, and build.md says so above them (until ``build -p int8`` again)."""
-    report = _build_report(run)
+    report = _build_report(run, change)
     stale = [entry for entry in report["builds"].values() if entry["precision"] == "int8"]
     for entry in stale:
         entry["superseded_by"] = by
@@ -621,6 +650,8 @@ def build_markdown(report: dict[str, Any]) -> str:
                       "|---|---|---|---|---|"]
             for number, step in enumerate(search["steps"]):
                 kept = ", ".join(step["kept_fp"]) or "none"
+                if step.get("source", "post-training") != "post-training":
+                    kept += f" ({step['source']} fine-tuning, reports/qat.md)"
                 lines.append(f"| {number} | {kept} | {step['delta_mAP_points']:+.3f} | "
                              f"{step['labelset_agreement'] * 100:.1f} % | {'yes' if step['met'] else 'no'} |")
         worst = (entry.get("int8") or {}).get("sensitivity")

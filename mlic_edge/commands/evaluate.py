@@ -1,11 +1,14 @@
-"""`mlic-edge eval` as a library: the PyTorch checkpoint on an eval split, every metric (needs PyTorch)."""
+"""`mlic-edge eval` as a library: the PyTorch checkpoint on an eval split, every metric (needs PyTorch). And, without
+PyTorch, ``evaluate_precision``: a precision's ONNX against fp32 with ONNX Runtime, as the build report and
+quantization-aware fine-tuning record it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from mlic_edge.console import warn
 from mlic_edge.errors import MlicError
 from mlic_edge.rundir import RunDir
 from mlic_edge.spec import require_fraction
@@ -28,7 +31,6 @@ def evaluate(run: RunDir, request: EvalRequest = EvalRequest()) -> dict[str, Any
     import numpy as np
 
     from mlic_edge import metrics
-    from mlic_edge.console import warn
     from mlic_edge.data import open_dataset
     from mlic_edge.data.torch_data import describe_broken
     from mlic_edge.io import atomic_path
@@ -63,3 +65,46 @@ def evaluate(run: RunDir, request: EvalRequest = EvalRequest()) -> dict[str, Any
             with tmp.open("wb") as handle:
                 np.savez_compressed(handle, scores=result.scores, targets=targets, labels=np.array(dataset.names))
     return report
+
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+def evaluate_or_warn(run: RunDir, precision: str, say: Progress, onnx_path: Path) -> dict[str, Any] | None:
+    """The artefacts are built either way; without the reference or its images the report just has no mAP."""
+    try:
+        return evaluate_precision(run, precision, say, onnx_path)
+    except MlicError as error:
+        warn(f"no mAP in the build report: {error}")
+        return None
+
+
+def evaluate_precision(run: RunDir, precision: str, say: Progress, onnx_path: Path | None = None) -> dict[str, Any]:
+    """ONNX Runtime (CPU) mAP of the precision's ONNX (``onnx_path``, by default the run's) and of fp32 on the
+    reference's eval images."""
+    from mlic_edge.runtime.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from mlic_edge.runtime.checks.parity import Reference, ReferenceImages, compare_scores, score_images
+
+    reference = Reference.load(run)
+    images = ReferenceImages(run, reference)
+    scores = {}
+    for name in dict.fromkeys(("fp32", precision)):
+        path = onnx_path if onnx_path is not None and name == precision else run.onnx(name)
+        with OnnxRuntimeBackend(path, device="cpu", precision=name) as backend:
+            done = 0
+
+            def advance(count: int, name: str = name) -> None:
+                nonlocal done
+                done += count
+                say(f"mAP of {name} (ONNX Runtime CPU)", done, len(images))
+
+            scores[name], _ = score_images(backend, images, on_batch=advance)
+    fp32_vs_ref = compare_scores(reference, scores["fp32"], precision="fp32")
+    as_fp32 = Reference(scores["fp32"], reference.targets, reference.image_ids, reference.labels, reference.spec,
+                        reference.split)
+    against_fp32 = compare_scores(as_fp32, scores[precision], precision=precision)
+    return {"backend": "onnxruntime CPUExecutionProvider", "images": len(images), "split": reference.split,
+            "mAP_fp32": fp32_vs_ref["mAP"], f"mAP_{precision}": against_fp32["mAP"],
+            "delta_mAP_vs_fp32": against_fp32["delta_mAP"], "max_abs_diff_vs_fp32": against_fp32["max_abs_diff"],
+            "labelset_agreement_vs_fp32": against_fp32["labelset_agreement"],
+            "worst_classes": against_fp32["worst_classes"], "mAP_reference": reference.map}

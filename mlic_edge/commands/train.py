@@ -4,13 +4,11 @@ fine-tuning of a trained run (train/qat.py), its Q/DQ graph exported as model.in
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlic_edge.train.config import QAT_CALIB_IMAGES, QAT_TARGETS, TrainConfig
+from mlic_edge.train.config import QAT_CALIB_IMAGES, QAT_TARGETS, QAT_WORKERS, TrainConfig
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -50,7 +48,7 @@ class QatRequest:
     calib_images: int = QAT_CALIB_IMAGES
     target: str = QAT_TARGETS[0]  # distill (the fp32 model's scores) | labels (the run's loss)
     batch_size: int | None = None  # None: the recipe's
-    workers: int = 2
+    workers: int = QAT_WORKERS
     device: str = "auto"
     seed: int = 0
 
@@ -72,27 +70,23 @@ def train_qat(request: QatRequest) -> dict[str, Any]:
     current model.onnx), qat.pt (ModelOpt's state and the fine-tuned weights), run.json's ``qat`` section and
     reports/qat.md, put in place together. ΔmAP is measured as the build measures it (ONNX Runtime CPU, eval split,
     against model.onnx), and so is the post-training int8 graph's when one was in the run. Returns the section."""
-    from mlic_edge.errors import LineageError, RunDirError
+    from mlic_edge.commands.qat import export_qat_graph, qat_blocker, stage_qat
+    from mlic_edge.errors import LineageError
     from mlic_edge.rundir import RunDir
-    from mlic_edge.train.config import modelopt_missing
 
     request.validate()
     run = RunDir(request.run)
     spec = run.spec()  # a missing folder or run.json: one line
-    if not run.checkpoint.is_file():
-        raise RunDirError(f"--qat fine-tunes a trained run, and {run.checkpoint} is missing",
-                          hint="train first (mlic-edge train --data DATA --out RUN), then mlic-edge train --qat "
-                               "--run RUN")
-    if importlib.util.find_spec("modelopt") is None:
-        raise modelopt_missing()
+    blocker = qat_blocker(run)
+    if blocker is not None:
+        raise blocker
     run.require_writable()
-    from mlic_edge.calibration.int8 import TENSORRT_GRAPH
-    from mlic_edge.commands.build import evaluate_or_warn, ensure_fp32_onnx, stage_int8_superseded
+    from mlic_edge.commands.build import ensure_fp32_onnx, stage_int8_superseded
+    from mlic_edge.commands.evaluate import evaluate_or_warn
     from mlic_edge.console import info
     from mlic_edge.export.lineage import check_onnx
     from mlic_edge.export.metadata import read_metadata
-    from mlic_edge.export.onnx_export import write_qdq_onnx
-    from mlic_edge.train.qat import QAT_LIBRARY, library_version, quantization_aware_finetune, save_qat_state
+    from mlic_edge.train.qat import quantization_aware_finetune
 
     fp32 = ensure_fp32_onnx(run)
     check_onnx(run, "fp32", spec)
@@ -109,25 +103,11 @@ def train_qat(request: QatRequest) -> dict[str, Any]:
                                          batch_size=request.batch_size, workers=request.workers,
                                          device=request.device, seed=request.seed, target=request.target)
     with run.transaction() as change:
-        out = change.path(run.onnx("int8"))
-        dequantized = write_qdq_onnx(result.model.for_export(), out, spec, fp32, int8_graph=TENSORRT_GRAPH,
-                                     int8_format="QDQ", int8_source="qat")
-        save_qat_state(result.model, change.path(run.path / "qat.pt"))
-        accuracy = evaluate_or_warn(run, "int8", _quiet, out)
-        section = {"epochs": result.epochs, "lr": result.lr, "target": result.target,
-                   "calib_images": result.calib_images, "calibration": "max", "library": QAT_LIBRARY,
-                   "library_version": library_version(), "torch": importlib.metadata.version("torch"),
-                   "quantizers": result.quantizers, "dequantize_nodes": dequantized,
-                   "onnx": run.onnx("int8").name, "state": "qat.pt", "device": result.device,
-                   "seconds": result.seconds, "history": result.history,
-                   "fake_quant_torch": {"images": result.eval_images, "mAP_fp32": result.mAP_fp32,
-                                        "mAP_calibrated": result.mAP_calibrated, "mAP_qat": result.mAP_qat},
-                   "delta_mAP_vs_fp32": accuracy["delta_mAP_vs_fp32"] if accuracy else None,
-                   "ptq_delta_mAP_vs_fp32": ptq["delta_mAP_vs_fp32"] if ptq else None,
-                   "accuracy": accuracy, "ptq_accuracy": ptq}
-        change.path(run.reports / "qat.md").write_text(qat_markdown(section))
+        dequantized = export_qat_graph(result, spec, fp32, change.path(run.onnx("int8")))
+        section = stage_qat(run, result, change, dequantized, ptq, by="train --qat")
         stage_int8_superseded(run, change, "train --qat (reports/qat.md)")
-        change.update(qat=section)
+    accuracy = section["accuracy"]
+
     def measured(figures: dict[str, Any]) -> str:
         return (f"ΔmAP {figures['delta_mAP_vs_fp32'] * 100:+.2f} points vs fp32, "
                 f"{figures['labelset_agreement_vs_fp32'] * 100:.1f} % identical label sets")
@@ -141,34 +121,4 @@ def _quiet(what: str, done: int, total: int) -> None:
     return None
 
 
-QAT_TARGET_WORDS = {"distill": "the fp32 model's scores (distillation)", "labels": "the labels (the run's loss)"}
-
-
-def qat_markdown(section: dict[str, Any]) -> str:
-    """reports/qat.md: what ran and the int8 graph's accuracy beside the post-training one's."""
-    torch_side = section["fake_quant_torch"]
-    lines = ["# Quantization-aware fine-tuning", "",
-             f"{section['library']} {section['library_version']} (PyTorch {section['torch']}, {section['device']}): "
-             f"{section['quantizers']} int8 quantizers (Conv/Linear inputs and weights), max calibration on "
-             f"{section['calib_images']} training images, then {section['epochs']} epoch(s) at lr "
-             f"{section['lr']:.3g} (cosine to 0) towards {QAT_TARGET_WORDS[section.get('target', 'labels')]}. "
-             f"Graph: {section['onnx']} ({section['dequantize_nodes']} "
-             "DequantizeLinear), state: qat.pt.", "",
-             f"PyTorch, fake quant, eval split ({torch_side['images']} images): mAP fp32 "
-             f"{torch_side['mAP_fp32'] * 100:.2f}, calibrated {torch_side['mAP_calibrated'] * 100:.2f}, after "
-             f"fine-tuning {torch_side['mAP_qat'] * 100:.2f}.", "",
-             "| int8 graph | mAP (ONNX Runtime CPU) | Δ vs fp32 (pts) | identical label sets |", "|---|---|---|---|"]
-    for name, accuracy in (("quantization-aware (this)", section["accuracy"]),
-                           ("post-training (before)", section["ptq_accuracy"])):
-        if accuracy:
-            lines.append(f"| {name} | {accuracy['mAP_int8'] * 100:.2f} | {accuracy['delta_mAP_vs_fp32'] * 100:+.3f} "
-                         f"| {accuracy['labelset_agreement_vs_fp32'] * 100:.1f} % |")
-        elif name.startswith("quantization"):
-            lines.append(f"| {name} | - | - | - |")
-    if section["accuracy"]:
-        lines += ["", f"fp32 mAP {section['accuracy']['mAP_fp32'] * 100:.2f} on {section['accuracy']['images']} "
-                      f"images of the {section['accuracy']['split']} split."]
-    return "\n".join(lines) + "\n"
-
-
-__all__ = ["QatRequest", "TrainConfig", "qat_markdown", "train", "train_qat", "zoo_file_names"]
+__all__ = ["QatRequest", "TrainConfig", "train", "train_qat", "zoo_file_names"]
