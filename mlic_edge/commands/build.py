@@ -309,7 +309,7 @@ def _fine_tune_when_missed(run: RunDir, spec: RunSpec, request: BuildRequest, ho
     section = stage_qat(run, result, change, dequantized, ptq_eval, by=by, evaluate=request.evaluate)
     stage_int8_superseded(run, change, by)  # this build's own entry replaces its mark
     return {"path": str(run.onnx("int8")), "reused": False, "source": "qat", "kept_fp": [],
-            "quantized_nodes": summary_quantized_nodes(out), "accuracy_target": search.as_dict(),
+            "quantized_nodes": _quantized_node_count(out), "accuracy_target": search.as_dict(),
             "qat": {key: section[key] for key in ("epochs", "lr", "target", "seconds", "device")},
             "post_training": summary}
 
@@ -342,10 +342,10 @@ def _reusable_qat_int8(run: RunDir) -> dict[str, Any] | None:
     if metadata.get("int8_source") != "qat" or metadata.get(ONNX_SHA) != sha256_file(run.onnx("fp32")):
         return None
     return {"path": str(path), "reused": True, "source": "qat", "kept_fp": [],
-            "quantized_nodes": summary_quantized_nodes(path)}
+            "quantized_nodes": _quantized_node_count(path)}
 
 
-def summary_quantized_nodes(path: Path) -> int:
+def _quantized_node_count(path: Path) -> int:
     import onnx
 
     from mlic_edge.calibration import quantized_node_names
