@@ -1,6 +1,7 @@
-"""Quantization-aware fine-tuning (``mlic-edge train --qat``), for a model whose post-training int8 misses its
-accuracy target: fake-quantize the trained model, fine-tune it a few epochs so the weights adapt to int8, and export
-the Q/DQ graph as ``model.int8.onnx`` (the export and the run's files: ``mlic_edge/commands/train.py``).
+"""Quantization-aware fine-tuning, for a model whose post-training int8 misses its accuracy target (``build -p int8``
+runs it by itself then; ``mlic-edge train --qat`` by hand): fake-quantize the trained model, fine-tune it a few
+epochs so the weights adapt to int8, and export the Q/DQ graph as ``model.int8.onnx`` (the export and the run's
+files: ``mlic_edge/commands/qat.py``).
 
 By default the fine-tuning distils (``QAT_TARGETS``): the fp32 checkpoint, frozen, is the teacher, and the student's
 BatchNorm keeps the trained running statistics (only its affine part trains), so the student normalises exactly as

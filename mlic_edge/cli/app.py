@@ -538,7 +538,7 @@ def build(
                                            "standard error of margin for the held-out sample)."),
     max_fp_layers: Optional[int] = typer.Option(None, "--max-fp-layers", help="int8: most layers the accuracy "
                                                 "search keeps in float (default: 10 % of the quantized ones; 0: "
-                                                "measure only)."),
+                                                "none, the target is only measured; --qat-epochs still applies)."),
     qat_epochs: int = typer.Option(BuildRequest.qat_epochs, "--qat-epochs", help="int8: when post-training "
                                    "quantization misses the target, fine-tune this many epochs with quantization-"
                                    "aware distillation (needs the checkpoint, the training data and ModelOpt; 0: "

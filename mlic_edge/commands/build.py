@@ -49,7 +49,7 @@ class BuildRequest:
     keep_fp: list[str] = field(default_factory=list)
     target_delta: float = INT8_TARGET_DELTA_POINTS  # int8: |ΔmAP| in points on held-out training images
     target_agreement: float = INT8_TARGET_AGREEMENT  # int8: share of images with fp32's label set
-    max_fp_layers: int | None = None  # int8: layers the search may keep in float (None: 10 %; 0: measure only)
+    max_fp_layers: int | None = None  # int8: layers the search may keep in float (None: 10 %; 0: none)
     holdout_images: int = DEFAULT_HOLDOUT_IMAGES
     qat_epochs: int = DEFAULT_QAT_EPOCHS  # int8: fine-tune this long when post-training misses the target (0: never)
     batch: tuple[int, int, int] | None = None  # None: the builder's default (1,1,8; DLA 1,1,1)
