@@ -1,11 +1,14 @@
-"""What the benchmark scripts share: ONNX Runtime CPU latency and the description of the machine they ran on."""
+"""What the benchmark scripts share: ONNX Runtime CPU latency, the description of the machine they ran on, and how
+their results are written."""
 
 from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -35,3 +38,19 @@ def machine() -> str:
         model = ""
     name = platform.processor() or platform.machine()
     return f"{name}{f' ({model})' if model else ''}, {os.cpu_count()} cores, CPU only (no GPU)"
+
+
+def results_header(script: str) -> dict:
+    """The machine, the date and the command line a result was produced by."""
+    return {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
+            "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:])}
+
+
+def write_results(out: Path, name: str, result: dict, markdown: Callable[[dict], str]) -> None:
+    """``<out>/<name>.json`` and ``<out>/<name>.md``; the markdown is printed too."""
+    from mlic_edge.io import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{name}.json", result)
+    (out / f"{name}.md").write_text(markdown(result))
+    print(markdown(result))

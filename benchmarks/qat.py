@@ -18,16 +18,14 @@ import argparse
 import contextlib
 import io
 import shutil
-import sys
 import time
 from pathlib import Path
 
-from common import machine
+from common import results_header, write_results
 from mlic_edge.commands.build import BuildRequest, build
 from mlic_edge.commands.train import QatRequest, train_qat
 from mlic_edge.export.onnx_export import export_onnx
 from mlic_edge.export.reference import write_reference
-from mlic_edge.io import write_json
 from mlic_edge.rundir import RunDir
 from mlic_edge.train.config import QAT_TARGETS
 
@@ -136,13 +134,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/bench-qat"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
-    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "epochs": args.epochs,
-              "command": "python benchmarks/qat.py " + " ".join(sys.argv[1:]),
+    result = {**results_header("qat.py"), "epochs": args.epochs,
               "models": [measure(source, args.work, args.epochs, args.targets) for source in args.runs]}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "qat.json", result)
-    (args.out / "qat.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, "qat", result, markdown)
 
 
 if __name__ == "__main__":
