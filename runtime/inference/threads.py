@@ -7,9 +7,11 @@ inference made it 46 ms and the pipeline 0.56-0.62 of a plain loop; decoding bes
 two-thread inference gained nothing measurable over doing each in turn (0.95-1.08 of a plain loop, and a parallel
 op waits for its slowest thread when decoding takes one of its cores; benchmarks/results/pipeline.md).
 So below four cores inference keeps every core and a file's stages run in turn on one thread (live sources keep
-their reader thread, which must keep taking the newest frame), with ONNX Runtime's idle threads not spinning; from
-four cores up the feed gets one core in four to itself, the stages overlap on threads and the pool may spin. A GPU
-backend leaves the CPU to the feed and overlaps. ``--threads N`` sets the inference threads and the feed gets the
+their reader thread, which must keep taking the newest frame); from four cores up the feed gets one core in four to
+itself and the stages overlap on threads. Either way ONNX Runtime's idle pool threads spin: in turn nothing else
+runs beside an inference, overlapping the pool has its cores to itself, and without spinning every op of a small
+model pays a thread wake-up (on a 2-core Xeon with AVX-512, mobilenetv3_large_100 at batch 1 ran at 0.76 of a plain
+loop with the pool parked and 1.07 with it spinning). A GPU backend leaves the CPU to the feed and overlaps. ``--threads N`` sets the inference threads and the feed gets the
 rest (overlapping where that leaves it a core); ``--threads 0`` leaves every library its own default.
 """
 
@@ -36,7 +38,7 @@ class ThreadBudget:
     chosen_by: str
     """``policy`` or ``--threads``."""
     spinning: bool
-    """Whether ONNX Runtime's idle intra-op threads spin (only when they have their cores to themselves)."""
+    """Whether ONNX Runtime's idle intra-op threads spin (on a CPU backend; a GPU backend's host thread waits)."""
     overlap: bool = True
     """Whether a file's decoding runs beside inference (threads) or in turn with it (one thread): beside it only
     where it has a core inference does not use, or on a GPU backend."""
@@ -80,8 +82,8 @@ def plan_threads(cores: int, device: str, threads: int | None = None) -> ThreadB
         inference, chosen_by = cores - cores // FEED_SHARE, "policy"
     feed = max(1, cores - inference)
     own_cores = inference + feed <= cores
-    return ThreadBudget(cores=cores, inference=inference, feed=feed, chosen_by=chosen_by,
-                        spinning=not on_gpu and own_cores, overlap=on_gpu or own_cores)
+    return ThreadBudget(cores=cores, inference=inference, feed=feed, chosen_by=chosen_by, spinning=not on_gpu,
+                        overlap=on_gpu or own_cores)
 
 
 def apply_feed_threads(budget: ThreadBudget) -> int:
