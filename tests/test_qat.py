@@ -163,7 +163,8 @@ def test_build_fine_tunes_when_post_training_misses_and_keeps_the_graph_nearer_f
     request = BuildRequest(precision="int8", backend="onnxruntime", calib_images=64, target_delta=0.0,
                            max_fp_layers=0, qat_epochs=1)
     with contextlib.redirect_stderr(io.StringIO()):
-        int8 = build(run, request)["int8"]
+        entry = build(run, request)
+    int8 = entry["int8"]
     held_out = set(split_holdout(_training_images(run.spec(), request, required=True), request.holdout_images)[0]
                    .image_ids)
     assert len(trained_on) == 2 and all(ids and not ids & held_out for ids in trained_on)  # calibration, training
@@ -176,6 +177,7 @@ def test_build_fine_tunes_when_post_training_misses_and_keeps_the_graph_nearer_f
         assert steps[-1]["labelset_agreement"] > steps[0]["labelset_agreement"]
         assert graph["int8_source"] == "qat" and int8["post_training"]["accuracy_target"]["steps"] == steps[:1]
         assert run.read()["qat"]["by"].startswith("build -p int8") and (run.path / "qat.pt").is_file()
+        assert entry["accuracy"] == run.read()["qat"]["accuracy"] and "eval_accuracy" not in int8  # measured once
         assert "quantization-aware, 1 epoch(s) fine-tuning" in (run.reports / "build.md").read_text()
     else:  # it did not: the post-training graph stays, the trial is on record
         assert int8["qat_trial"]["source"] == "quantization-aware, 1 epoch(s)" and len(steps) == 1

@@ -132,7 +132,8 @@ def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) 
         if cpu_graph:
             entry["onnx"]["int8.cpu"] = _file_facts(cpu_graph, name=run.onnx("int8", "cpu").name)
         if request.evaluate:
-            entry["accuracy"] = evaluate_or_warn(run, request.precision, say, onnx_path)
+            measured = (entry.get("int8") or {}).pop("eval_accuracy", None)  # a fine-tuned graph, as it was recorded
+            entry["accuracy"] = measured or evaluate_or_warn(run, request.precision, say, onnx_path)
             if cpu_graph and entry["accuracy"]:
                 entry["accuracy"]["cpu_graph"] = evaluate_or_warn(run, "int8", say, cpu_graph)
         entry["seconds"] = round(time.monotonic() - started, 2)
@@ -280,6 +281,9 @@ def _fine_tune_when_missed(run: RunDir, spec: RunSpec, request: BuildRequest, ho
         return summary
     info(f"int8: post-training misses the target; fine-tuning {request.qat_epochs} epoch(s) with quantization-aware "
          f"distillation of the fp32 scores, the {len(holdout)} held-out images left out (--qat-epochs 0: never)")
+    if request.keep_fp:
+        warn("int8: --keep-fp applies to post-training quantization: the fine-tuned graph quantizes every Conv/Linear "
+             "layer (--qat-epochs 0 keeps the post-training graph with your layers in float)")
     say("int8: quantization-aware fine-tuning", 0, 1)
     result = quantization_aware_finetune(run, request.qat_epochs, workers=QAT_WORKERS, exclude=holdout.image_ids)
     images, targets = holdout.inputs_and_targets(spec.img_size, spec.mean, spec.std, spec.resize, spec.input_format)
@@ -311,7 +315,7 @@ def _fine_tune_when_missed(run: RunDir, spec: RunSpec, request: BuildRequest, ho
     return {"path": str(run.onnx("int8")), "reused": False, "source": "qat", "kept_fp": [],
             "quantized_nodes": _quantized_node_count(out), "accuracy_target": search.as_dict(),
             "qat": {key: section[key] for key in ("epochs", "lr", "target", "seconds", "device")},
-            "post_training": summary}
+            "post_training": summary, "eval_accuracy": section["accuracy"]}
 
 
 def _quantizer(run: RunDir, spec: RunSpec, request: BuildRequest, calibration, scheme, say: Progress,
