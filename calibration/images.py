@@ -35,6 +35,7 @@ class CalibrationSet:
     targets: np.ndarray | None = field(default=None, repr=False, compare=False)
     """(images, classes) in the dataset's {1, 0, -1} encoding, for a set that is scored (the held-out set)."""
     _hashes: dict[str, str] | None = field(default=None, repr=False, compare=False)
+    _inputs: dict[tuple, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -75,7 +76,16 @@ class CalibrationSet:
     def inputs_and_targets(self, img_size: int, mean: Sequence[float], std: Sequence[float],
                            resize: str = DEFAULT_RESIZE, input_format: str = FLOAT_INPUT
                            ) -> tuple[np.ndarray, np.ndarray]:
-        """Every readable image preprocessed (one NCHW array) and its targets; unreadable files left out of both."""
+        """Every readable image preprocessed (one NCHW array) and its targets; unreadable files left out of both.
+        Read once per preprocessing (the build's searches and its fine-tuning all score the held-out set); the arrays
+        are shared, not to be written to."""
+        key = (img_size, tuple(mean), tuple(std), resize, input_format)
+        if key not in self._inputs:
+            self._inputs[key] = self._read_inputs(img_size, mean, std, resize, input_format)
+        return self._inputs[key]
+
+    def _read_inputs(self, img_size: int, mean: Sequence[float], std: Sequence[float], resize: str,
+                     input_format: str) -> tuple[np.ndarray, np.ndarray]:
         images, kept = [], []
         for index, path in enumerate(self.image_paths):
             image = read_image(path)
