@@ -1,11 +1,17 @@
-"""Shared fixtures: one small synthetic dataset and one trained tiny run, made once per test session."""
+"""Shared fixtures: one small synthetic dataset, one trained tiny run and one built wheel, made once per test
+session."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +44,24 @@ def run_copy(trained_run, tmp_path) -> Path:
     target = tmp_path / "run"
     shutil.copytree(trained_run, target)
     return target
+
+
+class BuiltPackage(NamedTuple):
+    sdist: Path
+    wheel: Path
+
+
+@pytest.fixture(scope="session")
+def built_package(tmp_path_factory) -> BuiltPackage:
+    """The sdist of a copy of this source tree and the wheel built from that sdist, as `python -m build` makes them
+    for a release (the copy keeps build/ and *.egg-info out of the checkout)."""
+    work = tmp_path_factory.mktemp("package")
+    source = work / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv*", "runs", "build", "dist", "demo",
+                                                                "__pycache__", "*.egg-info", ".pytest_cache"))
+    result = subprocess.run([sys.executable, "-m", "build", "--outdir", str(work / "dist"), str(source)],
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [sdist] = (work / "dist").glob("*.tar.gz")
+    [wheel] = (work / "dist").glob("*.whl")
+    return BuiltPackage(sdist, wheel)

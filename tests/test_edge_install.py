@@ -1,11 +1,11 @@
 """The torch-free edge install, end to end: a bundle made by the full install is unpacked, built (ONNX Runtime and
 TensorRT for RTX), run, parity-checked and benchmarked in a separate virtual environment without PyTorch, from a
-regular (non-editable) install of this source tree — what a Jetson gets from `pip install mlic-edge[edge]`."""
+regular (non-editable) install of the wheel this source tree builds (tests/conftest.py's built_package), with the
+`edge` extra a Jetson installs."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,19 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from test_wheel import run_installed
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def edge_venv(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("edge")
-    source = work / "source"  # a copy, so the wheel build leaves nothing (build/, egg-info) in the checkout
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv*", "runs", "build", "dist", "demo",
-                                                                "__pycache__", "*.egg-info", ".pytest_cache"))
-    venv = work / "venv"
+def edge_venv(tmp_path_factory, built_package) -> Path:
+    venv = tmp_path_factory.mktemp("edge") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                             f"{source}[edge,tensorrt-rtx]"], capture_output=True, text=True, timeout=1200)
+                             f"{built_package.wheel}[edge,tensorrt-rtx]"], capture_output=True, text=True,
+                            timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     return venv
 
@@ -50,9 +49,7 @@ def bundle(tmp_path_factory, trained_run) -> Path:
 
 
 def _edge(venv: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    return subprocess.run([str(venv / "bin" / "mlic-edge"), *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return run_installed(venv, cwd, "mlic-edge", *args)
 
 
 def test_the_edge_install_has_no_torch_and_imports_the_installed_package(edge_venv, tmp_path):
