@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import invoke
+from cli_helpers import assert_one_line_error, invoke
 from mlic_edge.errors import DataError, RunDirError
 from mlic_edge.io import read_json, sha256_file, write_json
 from mlic_edge.rundir import RunDir
@@ -26,8 +27,14 @@ STALE_RECORD = "calibration/0000stale0000/record.json"
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory, trained_run, synth_data) -> dict:
-    """A run with fp16/int8 built on a private copy of the dataset, packed; then that dataset is deleted."""
+    """A run with fp16/int8 built on a private copy of the dataset (int8 with its first quantized layer kept in
+    float, as the accuracy search may keep one), packed as `mlic-edge pack` does (parity measured on the graphs it
+    ships); then that dataset is deleted."""
+    import onnx
+
+    from mlic_edge.calibration import quantized_node_names
     from mlic_edge.commands.build import BuildRequest, build
+    from mlic_edge.commands.pack import pack as pack_command
 
     root = tmp_path_factory.mktemp("bundle")
     dataset = root / "dataset"
@@ -35,14 +42,18 @@ def packed(tmp_path_factory, trained_run, synth_data) -> dict:
     run = RunDir(root / "runs" / "baseline")
     shutil.copytree(trained_run, run.path)
     _repoint_dataset(run, f"voc:{dataset}")
-    for precision in ("fp16", "int8"):
-        build(run, BuildRequest(precision=precision, backend="onnxruntime", evaluate=False, qat_epochs=0))
+    build(run, BuildRequest(precision="fp16", backend="onnxruntime", evaluate=False))
+    every_layer = BuildRequest(precision="int8", backend="onnxruntime", evaluate=False, qat_epochs=0,
+                               max_fp_layers=0)
+    build(run, every_layer)
+    kept = quantized_node_names(onnx.load(str(run.onnx("int8"))))[:1]
+    build(run, dataclasses.replace(every_layer, keep_fp=kept))
     (run.path / "engines" / "cpu-x").mkdir(parents=True)
     (run.path / "engines" / "cpu-x" / "model.fp32.engine").write_bytes(b"device specific")
     write_json(run.path / STALE_RECORD, {"fp32_onnx_sha256": "0" * 64})
-    bundle = pack(run, root / "baseline.mlic.tar.gz")
+    bundle = Path(pack_command(run, root / "baseline.mlic.tar.gz")["bundle"])
     shutil.rmtree(dataset)  # the device has no dataset: everything must come from the bundle
-    return {"run": run, "bundle": bundle, "root": root}
+    return {"run": run, "bundle": bundle, "root": root, "kept_fp": kept}
 
 
 def _repoint_dataset(run: RunDir, spec: str) -> None:
@@ -112,13 +123,16 @@ def test_unpacked_run_checks_parity_without_the_dataset(packed, tmp_path):
     assert not list(device.path.parent.glob(".*"))  # no temporary folder left beside it
 
 
-def test_device_int8_build_reuses_the_calibration_record(packed, tmp_path):
+def test_device_requantize_reuses_the_calibration_record_and_says_the_graph_is_new(packed, tmp_path, capsys):
     from mlic_edge.commands.build import BuildRequest, build
 
     device = unpack(packed["bundle"], tmp_path / "baseline")
-    entry = build(device, BuildRequest(precision="int8", backend="onnxruntime"))
-    assert entry["int8"]["reused"] is True
+    entry = build(device, BuildRequest(precision="int8", backend="onnxruntime", requantize=True))
+    assert entry["int8"]["reused"] is True and entry["int8"].get("source") != "bundle"  # the record, not the graph
     assert entry["accuracy"]["images"] == 40  # mAP measured on the bundled images
+    assert "workstation's parity figures no longer apply" in capsys.readouterr().err
+    # the kept-float layer was the workstation's decision; the record alone cannot repeat it
+    assert device.onnx("int8").read_bytes() != packed["run"].onnx("int8").read_bytes()
 
 
 def test_cli_runs_the_unpacked_model(packed, tmp_path, capsys):
@@ -250,3 +264,104 @@ def test_a_missing_run_suggests_training_that_model(capsys, tmp_path):
     assert_one_line_error(result, "mlic-edge train --model msrn-absent --data DATA")
     result = invoke(capsys, "parity", "--run", tmp_path / "elsewhere")
     assert_one_line_error(result, f"--model elsewhere --data DATA --out {tmp_path / 'elsewhere'}")
+
+
+def _int8_result(results: list[dict], graph: str = "tensorrt") -> dict:
+    return next(r for r in results if r["backend"] == "onnxruntime" and r["precision"] == "int8"
+                and r["graph"] == graph)
+
+
+def test_round_trip_deploys_the_verified_int8_graph_byte_for_byte(packed, tmp_path, capsys):
+    """pack → build --bundle → parity → bench: the int8 graph checked on the workstation (one layer kept in float)
+    is the one the device runs, its parity sits beside the workstation's, and reports/deploy.md says what held."""
+    import onnx
+
+    from mlic_edge.calibration import quantized_node_names
+
+    workstation = packed["run"]
+    graph = inspect_bundle(packed["bundle"])["graphs"]["model.int8.onnx"]
+    measured_here = _int8_result(read_json(workstation.reports / "parity.json")["results"])
+    assert graph["sha256"] == sha256_file(workstation.onnx("int8"))
+    assert [(r["backend"], r["precision"], r["graph"]) for r in graph["workstation_parity"]] == [
+        ("onnxruntime", "int8", "tensorrt")]
+    assert graph["workstation_parity"][0]["labelset_agreement"] == measured_here["labelset_agreement"]
+
+    device = tmp_path / "device"
+    built = invoke(capsys, "build", "--bundle", packed["bundle"], "--out", device, "-p", "int8", "-b",
+                   "onnxruntime", "--json")
+    assert built.code == 0, built.err
+    assert json.loads(built.out)["int8"]["source"] == "bundle"
+    assert (device / "model.int8.onnx").read_bytes() == workstation.onnx("int8").read_bytes()
+    assert packed["kept_fp"][0] not in quantized_node_names(onnx.load(str(device / "model.int8.onnx")))
+    assert read_json(device / "reports" / "deploy.json")["status"] == "incomplete"  # no parity here yet
+
+    checked = invoke(capsys, "parity", "--run", device, "--json")
+    assert checked.code == 0, checked.err
+    report = json.loads(checked.out)
+    beside = next(row for row in report["workstation"] if row["precision"] == "int8" and row["graph"] == "tensorrt")
+    assert beside["same_bytes"] and beside["onnx"] == "model.int8.onnx"
+    assert beside["workstation"] == graph["workstation_parity"]
+    # the same bytes on the same ONNX Runtime: the device's figures are the workstation's
+    assert beside["device_result"]["labelset_agreement"] == measured_here["labelset_agreement"]
+    assert "Workstation (as the bundle recorded) beside this device" in (device / "reports" / "parity.md").read_text()
+
+    deploy = read_json(device / "reports" / "deploy.json")
+    assert deploy["status"] == "incomplete" and deploy["problems"] == [
+        "no latency measured here: mlic-edge bench --run RUN"]
+    timed = invoke(capsys, "bench", "--run", device, "-b", "onnxruntime", "-p", "int8", "--batch", "1",
+                   "--iterations", "2", "--warmup", "1", "--frames", "4", "--rounds", "1", "--json")
+    assert timed.code == 0, timed.err
+    deploy = read_json(device / "reports" / "deploy.json")
+    assert deploy["status"] == "verified", deploy["problems"]
+    int8 = next(g for g in deploy["graphs"] if g["file"] == "model.int8.onnx")
+    assert int8["identical"] and int8["sha256_now"] == graph["sha256"]
+    # ONNX Runtime on a CPU runs int8 as the CPU graph, which the bundle shipped too
+    assert deploy["latency"]["shipped_graph"] == "model.int8.cpu.onnx" and deploy["latency"]["results"][0]["batch"] == 1
+    text = (device / "reports" / "deploy.md").read_text()
+    assert "**verified**" in text and f"| model.int8.onnx | {graph['sha256'][:12]}… | yes |" in text
+
+    doctor = invoke(capsys, "doctor", "--run", device, "--json")
+    check = next(c for c in json.loads(doctor.out)["checks"] if c["id"] == "deploy")
+    assert check["status"] == "ok" and "model.int8.onnx" in check["detail"]
+
+
+def test_a_graph_changed_on_the_device_is_refused_and_the_deploy_report_fails(packed, tmp_path, capsys):
+    import onnx
+    from onnx import numpy_helper
+
+    device = unpack(packed["bundle"], tmp_path / "device")
+    model = onnx.load(str(device.onnx("int8")))
+    weight = next(init for init in model.graph.initializer if init.data_type == onnx.TensorProto.FLOAT
+                  and len(init.dims) == 4)
+    values = numpy_helper.to_array(weight).copy()
+    values.flat[0] += 0.5  # one weight: still a valid graph, no longer the verified one
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    onnx.save(model, str(device.onnx("int8")))
+
+    result = invoke(capsys, "build", "--run", device.path, "-p", "int8", "-b", "onnxruntime")
+    assert_one_line_error(result, "model.int8.onnx differs", "bundle baseline shipped", "--requantize")
+    checked = invoke(capsys, "parity", "--run", device.path, "--json")
+    beside = next(row for row in json.loads(checked.out)["workstation"]
+                  if row["precision"] == "int8" and row["graph"] == "tensorrt")
+    assert beside["same_bytes"] is False
+    deploy = read_json(device.reports / "deploy.json")
+    assert deploy["status"] == "failed"
+    assert "model.int8.onnx is not the graph the bundle shipped (its bytes changed)" in deploy["problems"]
+    doctor = invoke(capsys, "doctor", "--run", device.path, "--json")
+    assert doctor.code == 1
+    assert next(c for c in json.loads(doctor.out)["checks"] if c["id"] == "deploy")["status"] == "fail"
+
+
+def test_a_shipped_graph_deleted_on_the_device_is_not_silently_remade(packed, tmp_path, capsys):
+    device = unpack(packed["bundle"], tmp_path / "device")
+    device.onnx("fp16").unlink()
+    result = invoke(capsys, "build", "--run", device.path, "-p", "fp16", "-b", "onnxruntime")
+    assert_one_line_error(result, "model.fp16.onnx is missing: bundle baseline shipped it", "--requantize")
+
+
+def test_requantize_is_refused_on_a_run_made_here(run_copy):
+    from mlic_edge.commands.build import BuildRequest, build
+    from mlic_edge.errors import BuildError
+
+    with pytest.raises(BuildError, match="--requantize is for a run unpacked from a bundle"):
+        build(RunDir(run_copy), BuildRequest(precision="fp16", backend="onnxruntime", requantize=True))

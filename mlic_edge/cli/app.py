@@ -44,8 +44,18 @@ app.add_typer(data_app, name="data")
 _state = {"debug": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from mlic_edge import __version__
+
+        typer.echo(f"mlic-edge {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _global(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+def _global(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+            version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
+                                         help="Print mlic-edge's version and exit.")) -> None:
     _state["debug"] = debug
 
 
@@ -560,9 +570,13 @@ def build(
                                           "--out and build there: the device side of a deployment."),
     bundle_out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where --bundle unpacks (default: "
                                               "runs/NAME)."),
+    requantize: bool = typer.Option(False, "--requantize", help="A bundle's run: make the precision's ONNX here "
+                                    "from model.onnx instead of deploying the graph the bundle shipped (verified "
+                                    "on the workstation; the default, checked by sha256)."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Make the precision's ONNX (fp16 / int8 with calibration) and a TensorRT engine; report sizes and mAP."""
+    """Make the precision's ONNX (fp16 / int8 with calibration) and a TensorRT engine; report sizes and mAP. On a
+    bundle's run, the graphs it shipped are deployed byte for byte (engines are built from them)."""
     from mlic_edge.console import info, progress_bar
     from mlic_edge.commands.build import BuildRequest, build as run_build, check_request, parse_batch
 
@@ -571,7 +585,8 @@ def build(
                            target_agreement=target_agreement, max_fp_layers=max_fp_layers, qat_epochs=qat_epochs,
                            batch=parse_batch(batch) if batch else None,
                            workspace_mb=workspace, dla_core=dla_core, version_compatible=version_compatible,
-                           hardware_compatibility=hardware_compatibility, evaluate=evaluate)
+                           hardware_compatibility=hardware_compatibility, evaluate=evaluate,
+                           requantize=requantize)
     if bundle is not None:
         from mlic_edge.runtime.deployment.bundle import unpack
 
@@ -863,15 +878,25 @@ def pack(
     """One archive with what a device needs: ONNX files, calibration record, reference.npz (+ images), labels,
     preprocessing, and a manifest of sha256 hashes. No checkpoints, no engines (they are built on the device)."""
     from mlic_edge.commands.pack import pack as make_bundle
-    from mlic_edge.console import info
+    from mlic_edge.console import info, progress_bar
 
-    result = make_bundle(_run_dir(run, model), out, images=images)
+    with progress_bar(transient=True) as progress:
+        task = progress.add_task("pack", total=None, status="")
+        result = make_bundle(_run_dir(run, model), out, images=images,
+                             progress=lambda what, done, total: progress.update(task, description=what,
+                                                                                completed=done, total=total or None))
     path, manifest = Path(result["bundle"]), result
     if json_out:
         _emit_json(result)
         return
+    for name, graph in manifest["graphs"].items():
+        figures = "; ".join(f"{r['backend']}/{r['device']} ΔmAP {r['delta_mAP_points']:+.3f}, "
+                            f"{r['labelset_agreement'] * 100:.1f} % identical, {'PASS' if r['passed'] else 'FAIL'}"
+                            for r in graph["workstation_parity"]) or "no parity measured"
+        info(f"{name} (sha256 {graph['sha256'][:12]}…): {figures}")
     info(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB: {', '.join(manifest['precisions'])}); on the device: "
-         f"mlic-edge build --bundle {path.name} --precision {manifest['precisions'][-1]} --backend auto")
+         f"mlic-edge build --bundle {path.name} --precision {manifest['precisions'][-1]} --backend auto, then "
+         f"mlic-edge parity and mlic-edge bench (reports/deploy.md says what held there)")
 
 
 # --------------------------------------------------------------------------------------------------- export triton

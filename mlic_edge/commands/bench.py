@@ -31,6 +31,8 @@ def bench(run: RunDir, request: BenchRequest = BenchRequest(),
           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The report (also written to reports/bench.json)."""
     from mlic_edge.runtime.checks.bench import run_bench
+    from mlic_edge.runtime.checks.parity import scored_onnx
+    from mlic_edge.runtime.deployment.deploy_report import write_deploy_report
     from mlic_edge.runtime.inference.backends import create_backend
     from mlic_edge.spec import ModelSpec
 
@@ -55,6 +57,8 @@ def bench(run: RunDir, request: BenchRequest = BenchRequest(),
         report = run_bench(engine, spec, list(request.batches), iterations=request.iterations,
                            warmup=request.warmup, video_frames=request.frames, rounds=request.rounds,
                            naive_backend=naive, progress=say)
+        report["onnx"] = scored_onnx(engine)
     report["run"] = str(run.path)
     write_json(run.reports / "bench.json", report)
+    write_deploy_report(run)
     return report

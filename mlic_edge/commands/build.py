@@ -58,6 +58,7 @@ class BuildRequest:
     version_compatible: bool = False
     hardware_compatibility: str | None = None
     evaluate: bool = True
+    requantize: bool = False  # a bundle's run: make the precision's ONNX here instead of deploying the shipped one
 
 
 def resolve_build_backend(name: str) -> str:
@@ -106,6 +107,8 @@ def parse_batch(text: str) -> tuple[int, int, int]:
 
 def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) -> dict[str, Any]:
     """Make everything ``request`` asks for in ``run``; returns (and records in reports/build.json) the summary."""
+    from mlic_edge.runtime.deployment.deploy_report import write_deploy_report
+
     backend, trt = check_request(request)
     if request.backend == "auto":
         info(f"--backend auto: {backend}" + ("" if backend == "tensorrt" else
@@ -119,16 +122,19 @@ def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) 
     check_onnx(run, "fp32", spec)  # readable, made for this run's classes and preprocessing, from its checkpoint
     entry: dict[str, Any] = {"precision": request.precision, "backend": backend,
                              "onnx": {"fp32": _file_facts(fp32)}}
+    shipped = _shipped_graphs(run, request)
     # The precision's ONNX and its report entry are put in place together (a stop before the end changes nothing);
     # the engine, built from the ONNX in place, follows with its own report entry.
     with run.transaction() as change:
         onnx_path = fp32
-        if request.precision == "fp16":
+        if request.precision in shipped:
+            onnx_path, entry[request.precision] = _deploy_shipped(run, request, shipped[request.precision])
+        elif request.precision == "fp16":
             onnx_path, entry["fp16"] = _make_fp16(run, spec, request, say, change)
         elif request.precision == "int8":
             onnx_path, entry["int8"] = _make_int8(run, spec, request, say, change, backend)
         entry["onnx"][request.precision] = _file_facts(onnx_path, name=run.onnx(request.precision).name)
-        cpu_graph = change.path(run.onnx("int8", "cpu")) if (entry.get("int8") or {}).get("cpu_graph") else None
+        cpu_graph = change.current(run.onnx("int8", "cpu")) if (entry.get("int8") or {}).get("cpu_graph") else None
         if cpu_graph:
             entry["onnx"]["int8.cpu"] = _file_facts(cpu_graph, name=run.onnx("int8", "cpu").name)
         if request.evaluate:
@@ -143,7 +149,57 @@ def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) 
         entry["seconds"] = round(time.monotonic() - started, 2)
         with run.transaction() as change:
             stage_build_report(run, entry, change)
+    write_deploy_report(run)
     return entry
+
+
+def _shipped_graphs(run: RunDir, request: BuildRequest) -> dict[str, dict[str, Any]]:
+    """In a run unpacked from a bundle: {precision: its bundle record} for the precisions whose ONNX the bundle
+    shipped, each file checked to be the shipped bytes (model.onnx always, as every graph's source). Empty for a run
+    made here; with --requantize the precision asked for is made here instead (and said so)."""
+    from mlic_edge.runtime.deployment.bundle import bundle_manifest, bundled_graph
+
+    manifest = bundle_manifest(run)
+    if manifest is None:
+        if request.requantize:
+            raise BuildError("--requantize is for a run unpacked from a bundle (`build --bundle`)",
+                             hint="here the precision's ONNX is made from model.onnx anyway; drop --requantize")
+        return {}
+    bundled_graph(run, run.onnx("fp32"))
+    if request.precision == "fp32":
+        return {}
+    if request.requantize:
+        if run.onnx(request.precision).name in manifest["files"]:
+            warn(f"{request.precision}: --requantize: {run.onnx(request.precision).name} is made here, replacing the "
+                 "one the bundle shipped; the workstation's parity figures no longer apply to it (run `mlic-edge "
+                 "parity` here)")
+        return {}
+    record = bundled_graph(run, run.onnx(request.precision))
+    return {} if record is None else {request.precision: record}
+
+
+def _deploy_shipped(run: RunDir, request: BuildRequest, record: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The bundle's graph of the precision, as it was verified on the workstation: nothing converted or quantized
+    (for int8 the CPU graph too, where the bundle shipped it)."""
+    path = run.onnx(request.precision)
+    verified = [f"{r['backend']} ΔmAP {r['delta_mAP_points']:+.3f}, {r['labelset_agreement'] * 100:.1f} % identical"
+                for r in record.get("workstation_parity") or []]
+    info(f"{request.precision}: {path.name} deployed as the bundle shipped it (sha256 {record['sha256'][:12]}…, "
+         + (f"workstation parity: {'; '.join(verified)}" if verified else "no workstation parity recorded")
+         + "); --requantize makes a new one here")
+    if request.keep_fp:
+        warn(f"{request.precision}: --keep-fp does not change a shipped graph (pass --requantize to make one here)")
+    summary = {"path": str(path), "reused": True, "source": "bundle", "sha256": record["sha256"],
+               "workstation_parity": record.get("workstation_parity") or []}
+    if request.precision == "int8":
+        from mlic_edge.runtime.deployment.bundle import bundled_graph
+
+        cpu = run.onnx("int8", "cpu")
+        cpu_record = bundled_graph(run, cpu)
+        if cpu_record is not None:
+            summary["cpu_graph"] = {"path": str(cpu), "reused": True, "source": "bundle",
+                                    "sha256": cpu_record["sha256"]}
+    return path, summary
 
 
 def ensure_fp32_onnx(run: RunDir) -> Path:
@@ -169,7 +225,7 @@ def _make_fp16(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
     from mlic_edge.calibration import select_calibration_set
     from mlic_edge.export.fp16 import convert_to_fp16
 
-    reusable = _reusable_fp16(run, request)
+    reusable = None if request.requantize else _reusable_fp16(run, request)
     if reusable is not None:
         info(f"fp16: {run.onnx('fp16').name} was made from this model.onnx with the same --keep-fp: reused "
              "(delete it to measure again)")
@@ -211,7 +267,7 @@ def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
     held-out ones (calibration/accuracy.py). For ONNX Runtime, model.int8.cpu.onnx too (``_make_int8_cpu``)."""
     from mlic_edge.calibration import TENSORRT_INT8, layer_sensitivity, select_calibration_set, split_holdout
 
-    qat = _reusable_qat_int8(run)
+    qat = None if request.requantize else _reusable_qat_int8(run)
     out = change.path(run.onnx("int8")) if qat is None else run.onnx("int8")  # a reused graph is not staged
     dataset = _training_images(spec, request, required=False)
     holdout = calibration = None
@@ -576,7 +632,7 @@ def stage_int8_superseded(run: RunDir, change: RunChange, by: str) -> None:
 def _cpu_graph_markdown(key: str, entry: dict[str, Any]) -> list[str]:
     """The int8 CPU graph's section: the form chosen and why, its latency against fp32, its accuracy."""
     cpu = (entry.get("int8") or {}).get("cpu_graph")
-    if not cpu:
+    if not cpu or cpu.get("source") == "bundle":
         return []
     latency = cpu["latency_ms"]
     batches = list(latency["fp32"])
@@ -614,7 +670,9 @@ def build_markdown(report: dict[str, Any]) -> str:
         onnx_size = entry["onnx"][precision]["size_bytes"] / 1e6
         engine = entry.get("engine")
         engine_text = f"{engine['size_bytes'] / 1e6:.2f} MB ({entry['backend']})" if engine else "-"
-        if precision == "fp16":
+        if (entry.get(precision) or {}).get("source") == "bundle":
+            kept = "as the bundle shipped it"
+        elif precision == "fp16":
             kept = ", ".join(f"{k['name']} ({k['op_type']})" for k in entry["fp16"]["kept_fp32"]) or "none"
         elif precision == "int8":
             kept = ", ".join(entry["int8"]["kept_fp"]) or "none"

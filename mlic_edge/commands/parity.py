@@ -36,6 +36,7 @@ def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Prog
     from mlic_edge.io import atomic_files, json_text
     from mlic_edge.runtime.checks.parity import (Reference, ReferenceImages, check_backend, parity_markdown,
                                                  parity_report, present_targets)
+    from mlic_edge.runtime.deployment.deploy_report import beside_workstation, write_deploy_report
     from mlic_edge.runtime.inference.backends import create_backend
 
     for name in (*request.precisions, *request.tolerances, *request.labelset_floors, *request.max_score_diffs):
@@ -71,7 +72,11 @@ def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Prog
                 max_score_diff=request.max_score_diffs.get(precision_name),
                 on_batch=(lambda count, what=what: progress(what, count, len(images))) if progress else None))
     report = parity_report(run, results, skipped, reference=reference)
+    workstation = beside_workstation(run, results)
+    if workstation is not None:
+        report["workstation"] = workstation
     with atomic_files() as staged:  # the JSON and the table that shows it, together
         staged.path(run.reports / "parity.json").write_text(json_text(report))
         staged.path(run.reports / "parity.md").write_text(parity_markdown(report))
+    write_deploy_report(run)
     return report

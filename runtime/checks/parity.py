@@ -180,8 +180,22 @@ def check_backend(backend: Backend, reference: Reference, images: ReferenceImage
                             tolerance_points=tolerance_points, labelset_floor=labelset_floor,
                             max_score_diff=max_score_diff)
     return {"backend": backend.info.backend, "device": backend.info.device, "version": backend.info.version,
-            "graph": backend.info.details.get("graph"), **result, "latency": latency, "images": len(images),
-            "ran": backend.info.as_dict()}
+            "graph": backend.info.details.get("graph"), "onnx": scored_onnx(backend), **result, "latency": latency,
+            "images": len(images), "ran": backend.info.as_dict()}
+
+
+def scored_onnx(backend: Backend) -> dict[str, str] | None:
+    """The ONNX a backend's scores come from, by file name and sha256: the graph ONNX Runtime loaded, or the one an
+    engine was built from (its manifest). A bundle's figures are matched to the graphs it ships by this hash."""
+    from mlic_edge.io import sha256_file
+
+    manifest = getattr(backend, "manifest", None)
+    if isinstance(manifest, dict) and manifest.get("onnx", {}).get("sha256"):
+        return {"file": manifest["onnx"].get("file"), "sha256": manifest["onnx"]["sha256"]}
+    model = backend.info.details.get("model")
+    if model and Path(model).is_file():
+        return {"file": Path(model).name, "sha256": sha256_file(model)}
+    return None
 
 
 def compute_parity(run: RunDir, backend: Backend, *, data: str | None = None, **options: Any) -> dict[str, Any]:
@@ -222,9 +236,14 @@ def parity_report(run: RunDir, results: list[dict[str, Any]], skipped: list[dict
                   reference: Reference | None = None) -> dict[str, Any]:
     """The whole report: the reference once, then one result per backend and precision (``reference``: the one
     already loaded, rather than reading reference.npz again)."""
+    import platform
+    from datetime import datetime, timezone
+
     reference = reference or Reference.load(run)
     meta = run.read()
     return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
         "reference": {"backend": "torch", "file": run.reference.name, "mAP": reference.map,
                       "images": len(reference.image_ids), "split": reference.split, **meta.get("reference", {})},
         "results": results,
@@ -282,7 +301,25 @@ def parity_markdown(report: dict[str, Any]) -> str:
         lines.append(f"\n{r['backend']} {precision_text(r)}: {ran['backend']} {ran['version']} on {ran['device']}"
                      + (f", {ran['details'].get('model') or ran['details'].get('engine')}" if ran.get("details")
                         else ""))
+    if report.get("workstation") is not None:
+        lines += ["", "## Workstation (as the bundle recorded) beside this device", "",
+                  "| backend | precision | graph | same bytes as shipped | workstation ΔmAP / same | "
+                  "device ΔmAP / same |", "|---|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(row) + " |" for row in workstation_rows(report)]
     return "\n".join(lines) + "\n"
+
+
+def workstation_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row per device result beside the workstation's figures on the graph the bundle shipped."""
+    def figures(result: dict[str, Any]) -> str:
+        return f"{result['delta_mAP_points']:+.3f} / {result['labelset_agreement'] * 100:.1f}%"
+
+    rows = []
+    for row in report.get("workstation") or []:
+        workstation = "; ".join(f"{figures(ws)} ({ws['backend']}/{ws['device']})" for ws in row["workstation"])
+        rows.append([row["backend"], precision_text(row), str(row["onnx"]), "yes" if row["same_bytes"] else "NO",
+                     workstation or "not recorded", figures(row["device_result"])])
+    return rows
 
 
 CONSOLE_COLUMNS = ["backend", "prec", "mAP", "ΔmAP", "tol", "max |Δ|", "same", "ms/img", "result"]
@@ -307,5 +344,7 @@ def parity_table(report: dict[str, Any]):
                       f"[{colour}]{verdict}[/{colour}]")
         notes.append(f"{backend} {precision} worst ΔAP: {worst}")
     notes += [f"not run: {s['backend']} {s['precision']} ({s['reason']})" for s in report["skipped"]]
+    notes += [f"{backend} {precision} on {graph} (shipped bytes: {same}): workstation {workstation}, here {device}"
+              for backend, precision, graph, same, workstation, device in workstation_rows(report)]
     table.caption = "\n".join(notes)
     return table

@@ -1,14 +1,16 @@
 """Deployable bundles: one ``.mlic.tar.gz`` with what a device needs to build, run and check a model, and nothing
 it cannot use (no checkpoint, no engines, no training-only files).
 
-A bundle holds ``bundle.json`` (format, model, labels, preprocessing, precisions, and the sha256 and size of every
-other member), a device ``run.json`` (the original minus its training-only sections; the original itself is kept
+A bundle holds ``bundle.json`` (format, model, labels, preprocessing, precisions, the sha256 and size of every
+other member, and for each graph the parity figures measured on the workstation with exactly those bytes), a device
+``run.json`` (the original minus its training-only sections; the original itself is kept
 as ``origin/run.json``), the fp32/fp16/int8 ONNX files present, the calibration records of this fp32 model,
 ``reference.npz`` and, by default, the reference's eval images as a CSV dataset under ``images/`` (so ``parity``
 needs no dataset on the device).
 
 ``unpack`` extracts into a temporary folder beside the target, checks every member against ``bundle.json``, points
-run.json and reference.npz at the unpacked images, and only then moves the files into place.
+run.json and reference.npz at the unpacked images, and only then moves the files into place. The unpacked run keeps
+``bundle.json``: ``bundled_graph`` checks a graph against it before the device builds from or reports on it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import IO, Any, Callable
 import numpy as np
 
 from mlic_edge import __version__
-from mlic_edge.errors import DataError, MlicError, RunDirError
+from mlic_edge.errors import DataError, LineageError, MlicError, RunDirError
 from mlic_edge.export.lineage import check_onnx
 from mlic_edge.io import atomic_path, read_json, require_writable, sha256_file, write_json
 from mlic_edge.rundir import DEFAULT_RUNS_ROOT, RunDir
@@ -38,7 +40,7 @@ from mlic_edge.runtime.checks.parity import Reference, ReferenceImages
 from mlic_edge.spec import PRECISIONS, RunSpec
 from mlic_edge.stops import signals_deferred
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2  # 2: graphs carry their sha256 and workstation parity (an older reader would re-quantize)
 BUNDLE_SUFFIX = ".mlic.tar.gz"
 MANIFEST = "bundle.json"
 ORIGIN_RUN_JSON = "origin/run.json"
@@ -46,6 +48,8 @@ IMAGES_DIR = "images"
 CALIBRATION_DIR = "calibration"
 TRAIN_ONLY_KEYS = ("train",)
 TRAIN_ONLY_DATASET_KEYS = ("train_split", "train_images", "train_class_counts")
+PARITY_FIGURES = ("backend", "device", "version", "precision", "graph", "mAP", "delta_mAP_points", "labelset_agreement",
+                  "max_abs_diff", "images", "tolerance_points", "labelset_floor", "passed")
 _CHUNK = 1 << 20
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
@@ -57,9 +61,12 @@ def default_bundle_path(run: RunDir) -> Path:
     return run.path.parent / f"{run.path.name}{BUNDLE_SUFFIX}"
 
 
-def pack(run: RunDir, out: Path | None = None, *, with_images: bool = True,
-         progress: Progress | None = None) -> Path:
-    """Write the bundle of ``run`` to ``out`` (a file, or a folder to put ``<run name>.mlic.tar.gz`` in)."""
+def pack(run: RunDir, out: Path | None = None, *, with_images: bool = True, progress: Progress | None = None,
+         parity: dict[str, Any] | None = None) -> Path:
+    """Write the bundle of ``run`` to ``out`` (a file, or a folder to put ``<run name>.mlic.tar.gz`` in).
+
+    ``parity``: a parity report of this run (reports/parity.json); each graph records the results measured on its
+    exact bytes (matched by sha256), which the device's parity is later set beside."""
     meta = run.read()
     for path in (run.onnx("fp32"), run.reference):
         if not path.is_file():
@@ -101,7 +108,7 @@ def pack(run: RunDir, out: Path | None = None, *, with_images: bool = True,
         "labels": meta["labels"],
         "preprocessing": RunSpec.from_run_json(meta).preprocessing,
         "precisions": [p for p in PRECISIONS if run.onnx(p).is_file()],
-        "graphs": {path.name: {"precision": precision, "graph": variant or ("tensorrt" if precision == "int8" else None)}
+        "graphs": {path.name: _graph_record(precision, variant, files[path.name], parity)
                    for precision, variant, path in run.onnx_graphs()},
         "images": images_section,
         "files": files,
@@ -112,6 +119,26 @@ def pack(run: RunDir, out: Path | None = None, *, with_images: bool = True,
             _add_member(tar, name, source)
             say("pack: writing", done, len(members))
     return out
+
+
+def _graph_record(precision: str, variant: str | None, facts: dict[str, Any],
+                  parity: dict[str, Any] | None) -> dict[str, Any]:
+    """What the bundle says of one graph: its precision and form, its bytes' identity, and the workstation's parity
+    results on exactly those bytes (an empty list: none was measured on them)."""
+    measured = [{key: result.get(key) for key in PARITY_FIGURES}
+                for result in (parity or {}).get("results", [])
+                if (result.get("onnx") or {}).get("sha256") == facts["sha256"]]
+    where = {key: (parity or {}).get(key) for key in ("machine", "created")}
+    return {"precision": precision, "graph": variant or ("tensorrt" if precision == "int8" else None),
+            "sha256": facts["sha256"], "size": facts["size"],
+            "workstation_parity": [{**result, **where} for result in measured]}
+
+
+def graphs_without_parity(run: RunDir, parity: dict[str, Any] | None) -> list[str]:
+    """The precisions whose ONNX (any of its graphs) has no result in ``parity`` measured on its current bytes."""
+    measured = {(result.get("onnx") or {}).get("sha256") for result in (parity or {}).get("results", [])}
+    missing = [precision for precision, _, path in run.onnx_graphs() if sha256_file(path) not in measured]
+    return list(dict.fromkeys(missing))
 
 
 def _run_files(run: RunDir) -> list[str]:
@@ -201,6 +228,44 @@ def _add_member(tar: tarfile.TarFile, name: str, source: Path | bytes) -> None:
     info.size = source.stat().st_size
     with source.open("rb") as handle:
         tar.addfile(info, handle)
+
+
+# ------------------------------------------------------------------------------------------------- on the device
+def bundle_manifest(run: RunDir) -> dict[str, Any] | None:
+    """bundle.json of a run unpacked from a bundle; None for a run made on this machine."""
+    path = run.path / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = read_json(path)
+    except (OSError, ValueError) as error:
+        raise LineageError(f"{path} is damaged ({error}): what this run was shipped as cannot be checked",
+                           hint="unpack the bundle again: mlic-edge build --bundle FILE --out " + str(run.path))
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise LineageError(f"{path} has no file list: what this run was shipped as cannot be checked",
+                           hint="unpack the bundle again: mlic-edge build --bundle FILE --out " + str(run.path))
+    return manifest
+
+
+def bundled_graph(run: RunDir, path: Path) -> dict[str, Any] | None:
+    """The bundle's record of graph ``path`` once its bytes are checked to be the ones shipped; None where the run
+    is not a bundle's or the bundle did not ship that file (it was made on this device)."""
+    manifest = bundle_manifest(run)
+    shipped = None if manifest is None else manifest["files"].get(Path(path).name)
+    if shipped is None:
+        return None
+    actual = sha256_file(path) if Path(path).is_file() else None
+    if actual != shipped.get("sha256"):
+        bundle = manifest.get("name")
+        problem = (f"is missing: bundle {bundle} shipped it, verified on the workstation" if actual is None else
+                   f"differs from the {Path(path).name} that bundle {bundle} shipped (sha256 {actual[:12]}…, shipped "
+                   f"{shipped['sha256'][:12]}…): it is not the graph verified on the workstation")
+        raise LineageError(f"{path} {problem}",
+                           hint=f"unpack the bundle again (mlic-edge build --bundle FILE --out {run.path}), or pass "
+                                "--requantize to make a new graph here (parity on this device then vouches for it "
+                                "alone)")
+    record = (manifest.get("graphs") or {}).get(Path(path).name) or {}
+    return {"sha256": shipped["sha256"], "size": shipped.get("size"), "workstation_parity": [], **record}
 
 
 # ------------------------------------------------------------------------------------------------------- unpack

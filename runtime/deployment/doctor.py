@@ -507,6 +507,31 @@ def _check_disk(facts: _Facts) -> _Outcome:
     return _ok(detail, **data)
 
 
+def _check_deploy(facts: _Facts) -> _Outcome | None:
+    """With --run on a bundle's run: what reports/deploy.md says held on this device (None elsewhere)."""
+    from mlic_edge.rundir import RunDir
+    from mlic_edge.runtime.deployment.deploy_report import FAILED, VERIFIED, deploy_report
+
+    if facts.run_path is None:
+        return None
+    run = RunDir(facts.run_path)
+    report = deploy_report(run)
+    if report is None:
+        return None
+    data = {"status": report["status"], "problems": report["problems"], "report": str(run.reports / "deploy.md")}
+    shipped = ", ".join(graph["file"] for graph in report["graphs"])
+    if report["status"] == VERIFIED:
+        checked = "; ".join(f"{r['backend']} {r['precision']} ΔmAP {r['delta_mAP_points']:+.3f}"
+                            for r in report["device_parity"])
+        return _ok(f"bundle {report['bundle']['name']}: {shipped} as shipped; parity here passed ({checked}); "
+                   f"{len(report['engines'])} engine(s) from shipped graphs", **data)
+    detail = f"bundle {report['bundle']['name']}: " + "; ".join(report["problems"])
+    if report["status"] == FAILED:
+        return _fail(detail, f"unpack the bundle again (mlic-edge build --bundle FILE --out {run.path}) and read "
+                             f"{run.reports / 'deploy.md'}", **data)
+    return _warn(detail, f"mlic-edge parity --run {run.path}, then mlic-edge bench --run {run.path}", **data)
+
+
 CHECKS: tuple[tuple[str, str, Callable[[_Facts], _Outcome | None]], ...] = (
     ("platform", "Platform", _check_platform),
     ("python", "Python", _check_python),
@@ -523,6 +548,7 @@ CHECKS: tuple[tuple[str, str, Callable[[_Facts], _Outcome | None]], ...] = (
     ("gstreamer-csi", "GStreamer CSI plugin", _check_gstreamer_csi),
     ("cameras", "V4L2 cameras", _check_cameras),
     ("disk", "Free disk", _check_disk),
+    ("deploy", "Deployed bundle", _check_deploy),
 )
 CHECK_IDS = tuple(check_id for check_id, _, _ in CHECKS)
 
