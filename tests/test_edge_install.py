@@ -31,13 +31,14 @@ def edge_venv(tmp_path_factory, built_package) -> Path:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, trained_run) -> Path:
-    """Made on the training machine (this process, with PyTorch): fp16 and int8 ONNX, then `pack`."""
+    """Made on the training machine (this process, with PyTorch): fp16 and int8 ONNX, then `pack` (which measures
+    the workstation's parity on the graphs it ships)."""
     import contextlib
     import io
 
     from mlic_edge.rundir import RunDir
     from mlic_edge.commands.build import BuildRequest, build
-    from mlic_edge.runtime.deployment.bundle import pack
+    from mlic_edge.commands.pack import pack
 
     run = RunDir(tmp_path_factory.mktemp("workstation") / "baseline")
     shutil.copytree(trained_run, run.path)
@@ -45,7 +46,7 @@ def bundle(tmp_path_factory, trained_run) -> Path:
         for precision in ("fp16", "int8"):
             build(run, BuildRequest(precision=precision, backend="onnxruntime", calib_images=64, evaluate=False,
                                         qat_epochs=0))
-    return pack(run, run.path.parent / "baseline.mlic.tar.gz")
+        return Path(pack(run, run.path.parent / "baseline.mlic.tar.gz")["bundle"])
 
 
 def _edge(venv: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -93,6 +94,16 @@ def test_a_bundle_goes_through_build_run_parity_and_bench_without_torch(edge_ven
         ("onnxruntime", "fp32"), ("onnxruntime", "fp16"), ("onnxruntime", "int8")}
     assert all(r["passed"] for r in report["results"])
     assert [(s["backend"], s["precision"]) for s in report["skipped"]] == [("tensorrt-rtx", "fp16")]  # no GPU here
+    assert all(row["same_bytes"] and row["workstation"] for row in report["workstation"])
+
+    # what held here: every graph as shipped and checked, the engine built from the shipped fp16 graph but not run
+    deploy = json.loads((device / "run" / "reports" / "deploy.json").read_text())
+    assert all(graph["identical"] for graph in deploy["graphs"])
+    assert [engine["shipped_graph"] for engine in deploy["engines"]] == ["model.fp16.onnx"]
+    assert deploy["status"] == "incomplete" and any("has no device parity" in p for p in deploy["problems"])
+    doctor_run = _edge(edge_venv, device, "doctor", "--run", "run", "--json")
+    check = next(c for c in json.loads(doctor_run.stdout)["checks"] if c["id"] == "deploy")
+    assert check["status"] == "warn" and "has no device parity" in check["detail"]
 
     bench = _edge(edge_venv, device, "bench", "--run", "run", "-b", "onnxruntime", "--batch", "1", "--iterations",
                   "3", "--warmup", "1", "--frames", "10", "--json")
