@@ -8,7 +8,10 @@ model.onnx    ─sha256─► model.fp16.onnx       metadata source_onnx_sha256
                         calibration/<key>/    record.json fp32_onnx_sha256
 model.<p>.onnx ─sha256─► engines/…            manifest onnx.sha256 (runtime/engines/manifest.py)
 checkpoint.pt ─sha256─► reference.npz         source_checkpoint_sha256
+every ONNX    ─sha256─► run.json onnx_sha256  written with the file (RunDir.transaction); a bundle's bundle.json
 ```
+Every command that loads a graph checks its bytes against that record (``check_onnx``): a file replaced or changed
+in place (one weight is enough) is refused, on the workstation and on a device alike.
 A file from before lineage was recorded has no stamp and is taken as it is; a stamp that does not match is refused
 in one line with the command that makes the file again. The checkpoint is not on a device (bundles leave it out):
 there the ONNX's stamp is the model's identity, and the reference is checked against it.
@@ -21,10 +24,11 @@ import json
 from pathlib import Path
 
 from mlic_edge.errors import LineageError
-from mlic_edge.io import sha256_file
-from mlic_edge.rundir import RunDir
+from mlic_edge.io import read_json, sha256_file
+from mlic_edge.rundir import GRAPH_HASHES, RunDir
 from mlic_edge.spec import RunSpec, rebuild_command
 
+BUNDLE_MANIFEST = "bundle.json"  # kept in a run unpacked from a bundle (runtime/deployment/bundle.py)
 CHECKPOINT_SHA = "source_checkpoint_sha256"  # the ONNX metadata key and the reference.npz array of it
 ONNX_SHA = "source_onnx_sha256"
 FEEDING_FIELDS = ("labels", "img_size", "mean", "std", "resize")  # what must agree between run.json and an ONNX
@@ -57,6 +61,7 @@ def check_onnx(run: RunDir, precision: str, spec: RunSpec | None = None, path: P
     metadata = onnx_metadata(run, precision, path)
     spec = spec or run.spec()
     fix = export_command(run) if precision == "fp32" else rebuild_command(run.path, precision)
+    check_graph_bytes(run, path, precision)
     if "labels" in metadata:
         try:
             made_as = RunSpec.from_onnx_metadata(metadata)
@@ -79,6 +84,50 @@ def check_onnx(run: RunDir, precision: str, spec: RunSpec | None = None, path: P
             raise LineageError(f"{path.name} was made from another {run.onnx('fp32').name} (it was exported again "
                               "since)", hint=f"rebuild: {fix}")
     return metadata
+
+
+def recorded_graph_sha256(run: RunDir, path: Path) -> tuple[str, str] | None:
+    """(sha256, where it was recorded) of the run's graph ``path``: run.json's record of the last file mlic-edge put
+    there, else the bundle's the run was unpacked from; None for a file outside the run folder or from before
+    either record existed (taken as it is)."""
+    path = Path(path)
+    if path.resolve().parent != run.path.resolve():
+        return None  # a staged or temporary graph: checked when it is put in place
+    recorded = (_json_field(run.run_json, GRAPH_HASHES) or {}).get(path.name)
+    shipped = ((_json_field(run.path / BUNDLE_MANIFEST, "files") or {}).get(path.name) or {}).get("sha256")
+    if shipped and recorded in (None, shipped):
+        return shipped, BUNDLE_MANIFEST
+    return (recorded, "run.json") if recorded else None  # made here, also in a bundle's run (--requantize)
+
+
+def check_graph_bytes(run: RunDir, path: Path, precision: str) -> None:
+    """Refuse a graph of the run whose bytes are not the ones recorded when it was made or shipped."""
+    recorded = recorded_graph_sha256(run, path)
+    if recorded is None:
+        return
+    expected, where = recorded
+    actual = _file_sha256(Path(path))
+    if actual == expected:
+        return
+    if where == BUNDLE_MANIFEST:
+        hint = f"unpack the bundle again (mlic-edge build --bundle FILE --out {run.path})" + (
+            f", or make a new one here: {rebuild_command(run.path, precision)} --requantize" if precision != "fp32"
+            else "")
+        raise LineageError(f"{Path(path).name} differs from the one the bundle shipped (sha256 {actual[:12]}…, "
+                           f"shipped {expected[:12]}…): it is not the graph verified on the workstation", hint=hint)
+    fix = export_command(run) if precision == "fp32" else rebuild_command(run.path, precision)
+    raise LineageError(f"{Path(path).name} differs from the one mlic-edge wrote into {run.path} (sha256 "
+                       f"{actual[:12]}…, recorded in run.json {expected[:12]}…): it was replaced or changed since",
+                       hint=f"make it again: {fix}")
+
+
+def _json_field(path: Path, key: str) -> object:
+    try:
+        data = read_json(path) if path.is_file() else {}
+    except (OSError, ValueError) as error:
+        raise LineageError(f"{path} is damaged ({error}): the graphs' recorded hashes cannot be checked",
+                           hint="restore it, or unpack the bundle / export again") from None
+    return data.get(key) if isinstance(data, dict) else None
 
 
 def check_reference(run: RunDir, reference_checkpoint: str | None, reference_labels: list[str]) -> None:

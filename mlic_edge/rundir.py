@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 DEFAULT_RUNS_ROOT = Path("runs")
 ENGINES_DIR = "engines"  # <run>/engines/<target>/model.<precision>.engine + .json (runtime/engines/manifest.py)
+# run.json: {file name: sha256} of every ONNX a transaction put in the run folder; what loads a graph checks it
+GRAPH_HASHES = "onnx_sha256"
 
 
 @dataclass(frozen=True)
@@ -119,12 +121,22 @@ class RunDir:
         with atomic_files() as staged:
             change = RunChange(self, staged)
             yield change
-            if change.sections:
+            graphs = self._graph_hashes(staged)
+            if change.sections or graphs:
                 data = read_json(self.run_json) if self.run_json.is_file() and not fresh else {}
                 data.update(change.sections)
+                if graphs:
+                    data[GRAPH_HASHES] = {**data.get(GRAPH_HASHES, {}), **graphs}
                 data["versions"] = {**data.get("versions", {}), **installed_versions()}
                 staged.path(self.run_json).write_text(json_text(data))
                 change.written = data
+
+    def _graph_hashes(self, staged: StagedFiles) -> dict[str, str]:
+        """The sha256 of each ONNX file of the run folder that ``staged`` is about to put in place."""
+        from mlic_edge.io import sha256_file
+
+        return {final.name: sha256_file(tmp) for final, tmp in staged.staged.items()
+                if final.suffix == ".onnx" and final.parent == self.path and tmp.is_file() and tmp.stat().st_size}
 
     def require_writable(self, *, reports_only: bool = False) -> None:
         """Refuse, before any work, a run whose files cannot be written: build writes into the run, parity and bench

@@ -45,3 +45,17 @@ def assert_onnxruntime_matches(graph: torch.nn.Module, path: Path, img_size: int
             expected = graph(images).numpy()
         (got,) = session.run(None, {"images": images.numpy()})
         np.testing.assert_allclose(got, expected, atol=atol, rtol=0)
+
+
+def change_one_weight(path: Path, by: float = 0.5) -> None:
+    """Add ``by`` to one value of the first float weight tensor of the ONNX at ``path``: still a valid graph that
+    loads and runs, but no longer the bytes that were made or verified."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    weight = next(init for init in model.graph.initializer
+                  if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) >= 2)
+    values = numpy_helper.to_array(weight).copy()
+    values.flat[0] += by
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    onnx.save(model, str(path))

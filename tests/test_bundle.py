@@ -326,30 +326,40 @@ def test_round_trip_deploys_the_verified_int8_graph_byte_for_byte(packed, tmp_pa
 
 
 def test_a_graph_changed_on_the_device_is_refused_and_the_deploy_report_fails(packed, tmp_path, capsys):
-    import onnx
-    from onnx import numpy_helper
+    from mlic_edge.runtime.deployment.deploy_report import deploy_report
+    from model_checks import change_one_weight
 
     device = unpack(packed["bundle"], tmp_path / "device")
-    model = onnx.load(str(device.onnx("int8")))
-    weight = next(init for init in model.graph.initializer if init.data_type == onnx.TensorProto.FLOAT
-                  and len(init.dims) == 4)
-    values = numpy_helper.to_array(weight).copy()
-    values.flat[0] += 0.5  # one weight: still a valid graph, no longer the verified one
-    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
-    onnx.save(model, str(device.onnx("int8")))
-
-    result = invoke(capsys, "build", "--run", device.path, "-p", "int8", "-b", "onnxruntime")
-    assert_one_line_error(result, "model.int8.onnx differs", "bundle baseline shipped", "--requantize")
-    checked = invoke(capsys, "parity", "--run", device.path, "--json")
-    beside = next(row for row in json.loads(checked.out)["workstation"]
-                  if row["precision"] == "int8" and row["graph"] == "tensorrt")
-    assert beside["same_bytes"] is False
-    deploy = read_json(device.reports / "deploy.json")
-    assert deploy["status"] == "failed"
-    assert "model.int8.onnx is not the graph the bundle shipped (its bytes changed)" in deploy["problems"]
+    change_one_weight(device.onnx("int8"))  # still a valid graph, no longer the verified one
+    for command in (("build", "--run", device.path, "-p", "int8", "-b", "onnxruntime"),
+                    ("run", device.path / "images" / "JPEGImages", "--run", device.path, "-p", "int8",
+                     "--max-frames", "2"),
+                    ("parity", "--run", device.path, "-p", "int8"),
+                    ("bench", "--run", device.path, "-p", "int8", "--iterations", "2", "--frames", "2")):
+        result = invoke(capsys, *command)
+        assert_one_line_error(result, "model.int8.onnx differs from the one the bundle shipped",
+                              "not the graph verified on the workstation", "unpack the bundle again", "--requantize")
+    report = deploy_report(device)
+    assert report["status"] == "failed"
+    assert "model.int8.onnx is not the graph the bundle shipped (its bytes changed)" in report["problems"]
     doctor = invoke(capsys, "doctor", "--run", device.path, "--json")
     assert doctor.code == 1
     assert next(c for c in json.loads(doctor.out)["checks"] if c["id"] == "deploy")["status"] == "fail"
+
+
+def test_a_requantized_graph_is_the_devices_own_and_the_report_says_so(packed, tmp_path, capsys):
+    from mlic_edge.runtime.deployment.deploy_report import deploy_report
+
+    device = unpack(packed["bundle"], tmp_path / "device")
+    assert invoke(capsys, "build", "--run", device.path, "-p", "int8", "-b", "onnxruntime", "--requantize").code == 0
+    again = invoke(capsys, "build", "--run", device.path, "-p", "int8", "-b", "onnxruntime", "--no-evaluate")
+    assert again.code == 0, again.err  # made here: built again as any graph made here is, not refused
+    assert invoke(capsys, "parity", "--run", device.path).code == 0
+    report = deploy_report(device)
+    int8 = next(g for g in report["graphs"] if g["file"] == "model.int8.onnx")
+    assert int8["made_here"] and not int8["identical"]
+    assert report["status"] == "incomplete" and any("made on this device (--requantize)" in p
+                                                    for p in report["problems"])
 
 
 def test_a_shipped_graph_deleted_on_the_device_is_not_silently_remade(packed, tmp_path, capsys):

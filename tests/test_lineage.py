@@ -17,7 +17,7 @@ from mlic_edge.errors import Interrupted, MlicError
 from mlic_edge.export.lineage import CHECKPOINT_SHA, ONNX_SHA
 from mlic_edge.export.metadata import read_metadata, write_metadata
 from mlic_edge.io import sha256_file
-from mlic_edge.rundir import RunDir
+from mlic_edge.rundir import GRAPH_HASHES, RunDir
 from mlic_edge.stops import signals_deferred, stop_on_signals
 
 
@@ -88,6 +88,42 @@ def test_a_precision_onnx_made_from_another_model_onnx_is_refused(capsys, run_co
                     "--precision", "int8")
     assert_one_line_error(result, "model.int8.onnx was made from another model.onnx",
                           f"mlic-edge build --run {run_copy} --precision int8")
+
+
+def test_every_graph_a_transaction_puts_in_place_is_recorded_in_run_json(trained_run):
+    run = RunDir(trained_run)
+    assert run.read()[GRAPH_HASHES] == {"model.onnx": sha256_file(run.onnx("fp32"))}
+
+
+@pytest.mark.parametrize("command", [("parity",), ("build", "--precision", "fp16", "--backend", "onnxruntime"),
+                                     ("run", "IMAGES", "--backend", "onnxruntime"),
+                                     ("bench", "--iterations", "2", "--frames", "2"), ("pack",)])
+def test_a_graph_changed_in_place_is_refused_by_every_command_that_loads_it(capsys, run_copy, synth_data, command):
+    """One weight of model.onnx changed, its metadata intact (and, below, nothing else to compare it with): the
+    bytes are not the ones export wrote, so nothing runs, builds, checks or ships it."""
+    from model_checks import change_one_weight
+
+    change_one_weight(run_copy / "model.onnx")
+    before = snapshot(run_copy)
+    args = [str(synth_data / "JPEGImages") if arg == "IMAGES" else arg for arg in command]
+    result = invoke(capsys, *args, "--run", run_copy)
+    assert_one_line_error(result, "model.onnx differs from the one mlic-edge wrote into", "recorded in run.json",
+                          f"mlic-edge export --run {run_copy}")
+    assert snapshot(run_copy) == before
+
+
+def test_a_changed_graph_is_refused_without_its_checkpoint_or_metadata_stamp(capsys, run_copy, synth_data):
+    from model_checks import change_one_weight
+
+    (run_copy / "checkpoint.pt").unlink()
+    model = onnx.load(str(run_copy / "model.onnx"))
+    write_metadata(model, {k: v for k, v in read_metadata(model).items() if k != CHECKPOINT_SHA})
+    onnx.save(model, str(run_copy / "model.onnx"))
+    result = invoke(capsys, "run", synth_data / "JPEGImages", "--run", run_copy, "--backend", "onnxruntime")
+    assert_one_line_error(result, "model.onnx differs from the one mlic-edge wrote into")
+    change_one_weight(run_copy / "model.onnx")  # and the same for a weight
+    result = invoke(capsys, "run", synth_data / "JPEGImages", "--run", run_copy, "--backend", "onnxruntime")
+    assert_one_line_error(result, "model.onnx differs from the one mlic-edge wrote into")
 
 
 # ----------------------------------------------------------------------------------------------- transactions

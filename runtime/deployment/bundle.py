@@ -33,16 +33,16 @@ import numpy as np
 
 from mlic_edge import __version__
 from mlic_edge.errors import DataError, LineageError, MlicError, RunDirError
-from mlic_edge.export.lineage import check_onnx
+from mlic_edge.export.lineage import BUNDLE_MANIFEST, check_graph_bytes, check_onnx, recorded_graph_sha256
 from mlic_edge.io import atomic_path, read_json, require_writable, sha256_file, write_json
 from mlic_edge.rundir import DEFAULT_RUNS_ROOT, RunDir
 from mlic_edge.runtime.checks.parity import Reference, ReferenceImages
-from mlic_edge.spec import PRECISIONS, RunSpec
+from mlic_edge.spec import PRECISIONS, RunSpec, rebuild_command
 from mlic_edge.stops import signals_deferred
 
 BUNDLE_FORMAT = 2  # 2: graphs carry their sha256 and workstation parity (an older reader would re-quantize)
 BUNDLE_SUFFIX = ".mlic.tar.gz"
-MANIFEST = "bundle.json"
+MANIFEST = BUNDLE_MANIFEST
 ORIGIN_RUN_JSON = "origin/run.json"
 IMAGES_DIR = "images"
 CALIBRATION_DIR = "calibration"
@@ -249,22 +249,22 @@ def bundle_manifest(run: RunDir) -> dict[str, Any] | None:
 
 def bundled_graph(run: RunDir, path: Path) -> dict[str, Any] | None:
     """The bundle's record of graph ``path`` once its bytes are checked to be the ones shipped; None where the run
-    is not a bundle's or the bundle did not ship that file (it was made on this device)."""
+    is not a bundle's, the bundle did not ship that file, or this device made it since (``--requantize``)."""
     manifest = bundle_manifest(run)
-    shipped = None if manifest is None else manifest["files"].get(Path(path).name)
+    path = Path(path)
+    shipped = None if manifest is None else manifest["files"].get(path.name)
     if shipped is None:
         return None
-    actual = sha256_file(path) if Path(path).is_file() else None
-    if actual != shipped.get("sha256"):
-        bundle = manifest.get("name")
-        problem = (f"is missing: bundle {bundle} shipped it, verified on the workstation" if actual is None else
-                   f"differs from the {Path(path).name} that bundle {bundle} shipped (sha256 {actual[:12]}…, shipped "
-                   f"{shipped['sha256'][:12]}…): it is not the graph verified on the workstation")
-        raise LineageError(f"{path} {problem}",
-                           hint=f"unpack the bundle again (mlic-edge build --bundle FILE --out {run.path}), or pass "
-                                "--requantize to make a new graph here (parity on this device then vouches for it "
-                                "alone)")
-    record = (manifest.get("graphs") or {}).get(Path(path).name) or {}
+    record = (manifest.get("graphs") or {}).get(path.name) or {}
+    precision = record.get("precision", "fp32")
+    if not path.is_file():
+        raise LineageError(f"{path} is missing: bundle {manifest.get('name')} shipped it, verified on the workstation",
+                           hint=f"unpack the bundle again (mlic-edge build --bundle FILE --out {run.path})" + (
+                               f", or make a new one here: {rebuild_command(run.path, precision)} --requantize"
+                               if precision != "fp32" else ""))
+    check_graph_bytes(run, path, precision)
+    if (recorded_graph_sha256(run, path) or ("", ""))[1] != BUNDLE_MANIFEST:
+        return None
     return {"sha256": shipped["sha256"], "size": shipped.get("size"), "workstation_parity": [], **record}
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from mlic_edge import __version__
 from mlic_edge.io import atomic_files, json_text, read_json, sha256_file
-from mlic_edge.rundir import RunDir
+from mlic_edge.rundir import GRAPH_HASHES, RunDir
 from mlic_edge.runtime.deployment.bundle import bundle_manifest
 
 DEPLOY_JSON = "deploy.json"
@@ -27,11 +27,15 @@ def deploy_report(run: RunDir) -> dict[str, Any] | None:
     manifest = bundle_manifest(run)
     if manifest is None:
         return None
-    graphs = [_graph_state(run, name, record, manifest["files"].get(name, {}))
+    made_here = run.read().get(GRAPH_HASHES, {})
+    graphs = [_graph_state(run, name, record, manifest["files"].get(name, {}), made_here.get(name))
               for name, record in (manifest.get("graphs") or {}).items()]
     by_sha = {graph["sha256_shipped"]: graph["file"] for graph in graphs}
+    made_here_by_sha = {graph["sha256_now"]: graph["file"] for graph in graphs if graph["made_here"]}
     parity = _read_report(run, "parity.json")
-    device_parity = [_device_result(result, by_sha) for result in (parity or {}).get("results", [])]
+    device_parity = [{**_device_result(result, by_sha),
+                      "made_here_graph": made_here_by_sha.get((result.get("onnx") or {}).get("sha256"))}
+                     for result in (parity or {}).get("results", [])]
     engines = [_engine_state(path, by_sha) for path in run.engine_manifests()]
     report = {
         "bundle": {key: manifest.get(key) for key in ("name", "format", "mlic_edge", "created", "model", "backbone")},
@@ -91,12 +95,15 @@ def _read_report(run: RunDir, name: str) -> dict[str, Any] | None:
     return report if isinstance(report, dict) else None
 
 
-def _graph_state(run: RunDir, name: str, record: dict[str, Any], shipped: dict[str, Any]) -> dict[str, Any]:
+def _graph_state(run: RunDir, name: str, record: dict[str, Any], shipped: dict[str, Any],
+                 recorded_here: str | None) -> dict[str, Any]:
     path = run.path / name
     now = sha256_file(path) if path.is_file() else None
     expected = shipped.get("sha256") or record.get("sha256")
+    identical = now is not None and now == expected
     return {"file": name, "precision": record.get("precision"), "graph": record.get("graph"),
-            "sha256_shipped": expected, "sha256_now": now, "identical": now is not None and now == expected,
+            "sha256_shipped": expected, "sha256_now": now, "identical": identical,
+            "made_here": not identical and now is not None and now == recorded_here,
             "workstation_parity": record.get("workstation_parity") or []}
 
 
@@ -141,12 +148,15 @@ def _verdict(report: dict[str, Any]) -> tuple[str, list[str]]:
     (something not measured yet), with one sentence per problem."""
     failed, missing = [], []
     for graph in report["graphs"]:
-        if not graph["identical"]:
+        if graph["made_here"]:
+            missing.append(f"{graph['file']} was made on this device (--requantize), not shipped: only this device's "
+                           "parity vouches for it")
+        elif not graph["identical"]:
             failed.append(f"{graph['file']} is not the graph the bundle shipped"
                           + (" (missing)" if graph["sha256_now"] is None else " (its bytes changed)"))
     for result in report["device_parity"]:
         what = f"{result['backend']} {result['precision']}" + (f" ({result['graph']} graph)" if result["graph"] else "")
-        if result["shipped_graph"] is None:
+        if result["shipped_graph"] is None and result["made_here_graph"] is None:
             failed.append(f"device parity of {what} scored a graph the bundle did not ship")
         elif not result["passed"]:
             failed.append(f"device parity of {what} failed: {'; '.join(result.get('failures') or [])}")
@@ -157,14 +167,14 @@ def _verdict(report: dict[str, Any]) -> tuple[str, list[str]]:
     if not report["device_parity"]:
         missing.append("parity has not run on this device: mlic-edge parity --run RUN")
     else:
-        checked = {result["shipped_graph"] for result in report["device_parity"]}
+        checked = {result["shipped_graph"] or result["made_here_graph"] for result in report["device_parity"]}
         for engine in report["engines"]:
             if engine.get("shipped_graph") and not any(r["backend"] == engine["backend"] and
                                                       r["precision"] == engine["precision"]
                                                       for r in report["device_parity"]):
                 missing.append(f"engine {engine['engine']} has no device parity yet")
         missing += [f"{graph['file']} has no device parity" for graph in report["graphs"]
-                    if graph["file"] not in checked and graph["identical"]]
+                    if graph["file"] not in checked and (graph["identical"] or graph["made_here"])]
     if report["latency"] is None:
         missing.append("no latency measured here: mlic-edge bench --run RUN")
     if failed:
