@@ -158,7 +158,7 @@ def test_torch_backend_without_torch_says_how_to_get_it(trained_run):
             "from mlic_edge.cli.app import main\nmain()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "pip install 'mlic-edge[train]'" in result.stderr
+    assert "pip install '.[train]'" in result.stderr
 
 
 def test_demo_runs_the_whole_path(tmp_path, capsys):

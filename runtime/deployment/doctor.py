@@ -396,7 +396,7 @@ def _check_tensorrt_rtx(facts: _Facts) -> _Outcome | None:
                      version=None)
     if found is None:
         return _ok("not installed (optional: builds engines on a CPU, runs them on RTX GPUs; "
-                   "pip install mlic-edge[tensorrt-rtx])", version=None)
+                   "pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings)", version=None)
     gpu = facts.gpu
     if gpu is None:
         return _ok(f"TensorRT for RTX {found.version}: builds engines; cannot run without an RTX-class GPU",

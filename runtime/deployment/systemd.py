@@ -40,7 +40,8 @@ def default_executable() -> Path:
     if found:
         return Path(found).absolute()
     raise MlicError("the mlic-edge command is not installed in this Python environment",
-                    hint="pip install mlic-edge into the venv the service should use, or pass its path")
+                    hint="install mlic-edge (its wheel or source tree) into the venv the service should use, or pass "
+                         "its path")
 
 
 @dataclass(kw_only=True)

@@ -21,7 +21,8 @@ class TorchBackend(Backend):
             from mlic_edge.models.checkpoint import load_model
         except ImportError as error:
             raise BackendError("the torch backend needs PyTorch and timm",
-                               hint="pip install 'mlic-edge[train]', or use --backend onnxruntime") from error
+                               hint="install mlic-edge with its [train] extra (PyTorch: pip install '.[train]' in "
+                                    "the source tree), or use --backend onnxruntime") from error
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendError("--device cuda asked for, but PyTorch sees no CUDA GPU", hint="use --device cpu")
         self._torch = torch
