@@ -98,7 +98,7 @@ def test_orin_jetpack6(tmp_path, environment):
     checks = by_id(run_checks(tmp_path, orin_tree(tmp_path / "root")))
     assert checks["cuda-python"].status == "ok"
     assert checks["cuda-python"].detail == ("cuda-python 12.6.2; the driver supports CUDA 12.2 "
-                                            "(matching: cuda-python==12.*)")
+                                            "(matching: cuda-python>=12.8,<13)")
     assert checks["jetson"].status == "ok" and checks["jetson"].detail == "NVIDIA Jetson AGX Orin Developer Kit"
     assert checks["l4t"].status == "ok" and "L4T 36.3.0, JetPack 6.0" in checks["l4t"].detail
     assert checks["gpu"].status == "ok" and "compute capability 8.7" in checks["gpu"].detail
@@ -141,11 +141,11 @@ def test_cuda_python_of_another_major_than_the_driver_is_named(tmp_path, environ
     check = by_id(run_checks(tmp_path, system))["cuda-python"]
     assert check.status == "fail" and "needs a driver for CUDA 13 (>= 580); this driver supports CUDA 12.2" in \
         check.detail
-    assert check.fix.startswith("pip install 'cuda-python==12.*'") and check.data["matching_cuda_python"] == \
-        "cuda-python==12.*"
+    assert check.fix.startswith("pip install 'cuda-python>=12.8,<13'") and check.data["matching_cuda_python"] == \
+        "cuda-python>=12.8,<13"
     environment(tensorrt="8.6.2.3", cuda_packages={})
     check = by_id(run_checks(tmp_path, system))["cuda-python"]
-    assert check.status == "fail" and check.fix.startswith("pip install 'cuda-python==12.*'")
+    assert check.status == "fail" and check.fix.startswith("pip install 'cuda-python>=12.8,<13'")
 
 
 def test_xavier_nx_jetpack5_without_tensorrt(tmp_path, environment):

@@ -667,7 +667,7 @@ def test_cuda_python_newer_than_the_driver_names_the_matching_major(monkeypatch)
         cuda_python_api(runtime)
     assert "cuda-python 13.x needs a driver for CUDA 13 (>= 580); this driver supports CUDA 12.6" in \
         caught.value.message
-    assert "pip install 'cuda-python==12.*'" in caught.value.hint and "no usable NVIDIA GPU" not in str(caught.value)
+    assert "pip install 'cuda-python>=12.8,<13'" in caught.value.hint and "no usable NVIDIA GPU" not in str(caught.value)
     monkeypatch.setattr(gpu_module, "driver_cuda_version", lambda: None)  # no driver at all: say that instead
     with pytest.raises(BackendError, match="cudaErrorInsufficientDriver") as caught:
         cuda_python_api(runtime)

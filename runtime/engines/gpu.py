@@ -68,7 +68,11 @@ def cuda_python_requirement(driver: tuple[int, int]) -> str:
     """The pip requirement of the cuda-python that this driver runs: the same CUDA major (JetPack 6: 12, JetPack 5:
     11.8, drivers >= 580: 13)."""
     major = driver[0]
-    return "cuda-python==11.8.*" if major <= 11 else f"cuda-python=={major}.*"
+    if major <= 11:
+        return "cuda-python==11.8.*"
+    # before 12.8, cuda-python wheels carry cuda.bindings themselves: pip puts them beside a newer cuda-bindings that
+    # torch pulled in (13.x for PyPI's torch >= 2.11) and reports no conflict; from 12.8 on it is refused
+    return "cuda-python>=12.8,<13" if major == 12 else f"cuda-python=={major}.*"
 
 
 def cuda_python_mismatch(installed_major: int | None, driver: tuple[int, int] | None) -> str | None:
