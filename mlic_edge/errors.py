@@ -28,6 +28,11 @@ class DataError(MlicError):
     """A dataset, image or label problem."""
 
 
+class PickleRefused(MlicError):
+    """A pickle asks for more than plain data, so unpickling it could run code from the file (mlic_edge/pickles.py);
+    read only with --trust-pickle."""
+
+
 class RunDirError(MlicError):
     """A run directory lacks what a stage needs."""
 

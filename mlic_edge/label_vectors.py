@@ -18,14 +18,14 @@ import gzip
 import hashlib
 import importlib.util
 import os
-import pickle
 import re
 from pathlib import Path
 
 import numpy as np
 
-from mlic_edge.errors import DataError
+from mlic_edge.errors import DataError, MlicError
 from mlic_edge.label_graph import LabelGraph
+from mlic_edge.pickles import read_pickle
 
 FALLBACK_DIM = 300
 FALLBACK_NORM = 6.5
@@ -172,10 +172,8 @@ def _read_npz(path: Path) -> _Vocabulary:
     return _rows_vocabulary(path, names, matrix, "'names'")
 
 
-def _read_pickle(path: Path) -> _Vocabulary:
-    # Unpickling runs code from the file: only ever called on the file the user passed with --label-vectors.
-    with path.open("rb") as handle:
-        data = pickle.load(handle)  # noqa: S301 - the user's own file
+def _read_pickle(path: Path, trust_pickle: bool) -> _Vocabulary:
+    data = read_pickle(path, trust=trust_pickle)
     if isinstance(data, dict) and "names" in data and ("vectors" in data or "glove300" in data):
         vectors = data["vectors"] if "vectors" in data else data["glove300"]
         return _rows_vocabulary(path, [str(n) for n in data["names"]], _as_matrix(vectors, path, "'vectors'"),
@@ -259,13 +257,13 @@ def _read_text(path: Path, names: list[str]) -> _Vocabulary:
     return vocabulary
 
 
-def load_label_vectors(path: str | Path, names: list[str]) -> np.ndarray:
+def load_label_vectors(path: str | Path, names: list[str], *, trust_pickle: bool = False) -> np.ndarray:
     """float32 (C, D) vectors for ``names`` (dataset order) from a user's file; DataError names what is wrong.
 
     The format follows the suffix: ``.npy`` (names in ``<stem>.names.txt`` or ``<stem>.txt`` beside it, one a
     line, in row order), ``.npz`` (``names`` + ``vectors`` or ``glove300``), ``.pkl``/``.pickle`` (a
-    ``{name: vector}`` dict — unpickling runs code from the file, so only pass your own files); anything else is
-    read as GloVe/word2vec text (``.gz`` allowed).
+    ``{name: vector}`` dict of plain data, or of any class with ``trust_pickle``, which can run code from the
+    file); anything else is read as GloVe/word2vec text (``.gz`` allowed).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -278,10 +276,10 @@ def load_label_vectors(path: str | Path, names: list[str]) -> np.ndarray:
         elif suffix == ".npz":
             vocabulary = _read_npz(path)
         elif suffix in (".pkl", ".pickle"):
-            vocabulary = _read_pickle(path)
+            vocabulary = _read_pickle(path, trust_pickle)
         else:
             vocabulary = _read_text(path, names)
-    except DataError:
+    except MlicError:
         raise
     except Exception as error:  # noqa: BLE001 - any parse failure is the file's problem, said in one line
         raise DataError(f"cannot read label vectors from {path} ({type(error).__name__}: {error})",
@@ -430,13 +428,13 @@ def default_label_vectors(names: list[str]) -> tuple[np.ndarray, str, str | None
     return vectors, f"hash-seeded random {FALLBACK_DIM}-d vectors (no semantics)", warning
 
 
-def label_graph_for(names: list[str], targets: np.ndarray,
-                    vectors_path: str | Path | None = None) -> tuple[LabelGraph, str | None]:
+def label_graph_for(names: list[str], targets: np.ndarray, vectors_path: str | Path | None = None, *,
+                    trust_pickle: bool = False) -> tuple[LabelGraph, str | None]:
     """The label graph of a training split: vectors (from ``vectors_path`` or the defaults) + co-occurrence of
     ``targets`` (-1 entries not counted). Returns (graph, warning to print or None)."""
     names = list(names)
     if vectors_path is not None:
-        vectors = load_label_vectors(vectors_path, names)
+        vectors = load_label_vectors(vectors_path, names, trust_pickle=trust_pickle)
         source, warning = f"file {Path(vectors_path).expanduser()} ({vectors.shape[1]}-d)", None
     else:
         vectors, source, warning = default_label_vectors(names)

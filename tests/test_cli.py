@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import re
 
 import pytest
@@ -195,6 +197,48 @@ def test_label_vectors_missing_a_class_names_it(capsys, tmp_path, synth_data):
     result = invoke(capsys, "train", "--model", "mlgcn", "--data", str(synth_data), "--label-vectors", vectors,
                     "--epochs", "1", "--out", tmp_path / "run")
     assert_one_line_error(result, "has no vector for 3 of 4 classes")
+
+
+class ShellOnUnpickle:
+    """Unpickled, runs a shell command: what any code in a pickle could do instead."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+class VectorTable(dict):
+    """A {name: vector} dict of a class of its own: unpickling it imports this module."""
+
+
+def _train_graph_model(capsys, synth_data, vectors, out, *extra):
+    return invoke(capsys, "train", "--model", "mlgcn", "--data", synth_data, "--label-vectors", vectors, "--backbone",
+                  "resnet10t", "--epochs", "1", "--img-size", "32", "--workers", "0", "--out", out, *extra)
+
+
+def test_a_label_vectors_pickle_runs_no_code(capsys, tmp_path, synth_data):
+    marker = tmp_path / "marker"
+    vectors = tmp_path / "vectors.pkl"
+    vectors.write_bytes(pickle.dumps({"circle": ShellOnUnpickle(f"touch {marker}")}))
+    result = _train_graph_model(capsys, synth_data, vectors, tmp_path / "run")
+    assert not marker.exists(), "unpickling --label-vectors ran the file's code"
+    assert_one_line_error(result, str(vectors), f"{os.system.__module__}.system", "--trust-pickle")
+
+
+def test_trust_pickle_reads_label_vectors_of_a_custom_class(capsys, tmp_path, synth_data):
+    from mlic_edge.data.synth import class_names
+
+    vectors = tmp_path / "vectors.pkl"
+    vectors.write_bytes(pickle.dumps(VectorTable({name: [float(row), 1.0, 2.0]
+                                                  for row, name in enumerate(class_names(4))})))
+    refused = _train_graph_model(capsys, synth_data, vectors, tmp_path / "refused")
+    assert_one_line_error(refused, str(vectors), f"{VectorTable.__module__}.VectorTable", "--trust-pickle")
+    trusted = _train_graph_model(capsys, synth_data, vectors, tmp_path / "run", "--trust-pickle")
+    assert trusted.code == 0, trusted.err
+    graph = json.loads((tmp_path / "run" / "run.json").read_text())["label_graph"]
+    assert graph["vectors_source"] == f"file {vectors} (3-d)"
 
 
 def test_models_json_lists_the_zoo(capsys):

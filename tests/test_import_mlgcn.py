@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -184,7 +185,7 @@ def test_refusals(tmp_path, custom):
 
     code = tmp_path / "code.pkl"
     code.write_bytes(pickle.dumps(argparse.Namespace(vectors=1)))
-    assert "not a plain numpy pickle" in refusal(tmp_path, state, ImportOptions(labels=options.labels,
+    assert "not a plain data pickle" in refusal(tmp_path, state, ImportOptions(labels=options.labels,
                                                                                  word_vectors=code))
 
     whole = save_official(tmp_path / "whole.pth.tar", state)
@@ -200,6 +201,17 @@ def test_a_pickle_that_needs_full_unpickling_loads_only_when_trusted(tmp_path, c
     with pytest.raises(ImportRefused, match="trust-pickle"):
         import_checkpoint("ml-gcn", path, options)
     assert import_checkpoint("ml-gcn", path, options, trust_pickle=True).labels == CUSTOM_LABELS
+
+
+def test_label_pickles_of_other_classes_load_only_when_trusted(tmp_path, custom):
+    state, vectors, options = custom
+    table = write_pickle(tmp_path / "table.pkl", OrderedDict(zip(CUSTOM_LABELS, vectors)))
+    with_table = ImportOptions(labels=options.labels, word_vectors=table, adjacency=options.adjacency)
+    message = refusal(tmp_path, state, with_table)
+    assert "--word-vectors" in message and "collections.OrderedDict" in message and "--trust-pickle" in message
+    path = save_official(tmp_path / "checkpoint.pth.tar", state)
+    imported = import_checkpoint("ml-gcn", path, with_table, trust_pickle=True)
+    np.testing.assert_array_equal(imported.model.state_dict()["label_vectors"].numpy(), vectors)
 
 
 @pytest.mark.parametrize("builder, expected", [(torchvision.models.resnet50, "resnet50"),

@@ -13,7 +13,7 @@ import pytest
 
 from mlic_edge import label_vectors as lv
 from mlic_edge.data.coco import COCO_CATEGORY_NAMES
-from mlic_edge.errors import DataError
+from mlic_edge.errors import DataError, PickleRefused
 from mlic_edge.label_graph import LabelGraph, conditional_edges, mlgcn_adjacency
 from mlic_edge.label_vectors import (default_label_vectors, hashed_label_vectors, label_graph_for,
                                      load_label_vectors, shipped_label_data)
@@ -230,6 +230,34 @@ def test_pickle_dict(tmp_path):
     path = tmp_path / "vecs.pkl"
     path.write_bytes(pickle.dumps({word: np.array(vector) for word, vector in WORDS.items()}))
     assert np.array_equal(load_label_vectors(path, NAMES), EXPECTED)
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+@pytest.mark.parametrize("payload", [
+    {word: np.array(vector, np.float32) for word, vector in WORDS.items()},
+    {word: [np.float64(value) for value in vector] for word, vector in WORDS.items()},
+    {word: tuple(vector) for word, vector in WORDS.items()},
+    {"names": list(WORDS), "vectors": np.array(list(WORDS.values()))},
+], ids=["arrays", "numpy-scalars", "tuples", "names-and-vectors"])
+def test_plain_data_pickles_of_every_protocol(tmp_path, protocol, payload):
+    path = tmp_path / "vecs.pkl"
+    path.write_bytes(pickle.dumps(payload, protocol=protocol))
+    assert np.array_equal(load_label_vectors(path, NAMES), EXPECTED)
+
+
+class _Table(dict):
+    """A {name: vector} dict of a class of its own."""
+
+
+def test_a_pickle_of_anything_but_plain_data_needs_trust(tmp_path):
+    path = tmp_path / "vecs.pkl"
+    path.write_bytes(pickle.dumps(_Table((word, np.array(vector)) for word, vector in WORDS.items())))
+    with pytest.raises(PickleRefused) as refusal:
+        load_label_vectors(path, NAMES)
+    message = str(refusal.value)
+    assert "\n" not in message and str(path) in message and f"{__name__}._Table" in message
+    assert "--trust-pickle" in message
+    assert np.array_equal(load_label_vectors(path, NAMES, trust_pickle=True), EXPECTED)
 
 
 # ----------------------------------------------------------------------------------------------- errors

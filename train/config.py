@@ -58,6 +58,7 @@ class TrainConfig:
     sampler: str = "random"
     stages: str | None = None  # STAGE_MODES; None: the recipe's (semdep: paper sequential, quick concurrent)
     label_vectors: str | None = None
+    trust_pickle: bool = False  # unpickle a --label-vectors pickle fully, which can run code from it
     crop_scale: float | None = None
     resize: str = DEFAULT_RESIZE
     pretrained: bool = False

@@ -141,7 +141,7 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
         config = TrainConfig(**{**saved, "out": config.out, "epochs": config.epochs or saved["epochs"],
                                 "resume": True, "workers": config.workers, "device": config.device,
                                 "sync_bn": config.sync_bn, "amp": config.amp, "channels_last": config.channels_last,
-                                "compile": config.compile})
+                                "compile": config.compile, "trust_pickle": config.trust_pickle})
     elif dist.is_main:
         run.start_new_generation(config.overwrite, making="training afresh into it",
                                  other_ways="--resume to continue it, ")
@@ -159,7 +159,7 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
     label_graph = None
     if entry.needs_label_graph:  # counted once, by the rank that writes the run
         label_graph = dist.broadcast_object(
-            prepare_label_graph(run, train_set, config.label_vectors) if dist.is_main else None)
+            prepare_label_graph(run, train_set, config.label_vectors, config.trust_pickle) if dist.is_main else None)
     model = create_model(config.model, train_set.num_classes, backbone=backbone, pretrained=config.pretrained
                          and resume_state is None, pretrained_file=config.pretrained_file, label_graph=label_graph,
                          **config.model_options)
@@ -440,11 +440,11 @@ def stage_plan(model, epochs: int, mode: str) -> list[str | None]:
     return [stage for index, stage in enumerate(stages) for _ in range(share + (index < rest))]
 
 
-def prepare_label_graph(run: RunDir, train_set, vectors_path: str | None):
+def prepare_label_graph(run: RunDir, train_set, vectors_path: str | None, trust_pickle: bool = False):
     """Word vectors + co-occurrence of the training split, saved to the run as label_graph.npz."""
     from mlic_edge.label_vectors import label_graph_for
 
-    graph, warning = label_graph_for(train_set.names, train_set.targets, vectors_path)
+    graph, warning = label_graph_for(train_set.names, train_set.targets, vectors_path, trust_pickle=trust_pickle)
     if warning:
         warn(warning)
     with run.transaction() as change:

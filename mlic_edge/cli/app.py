@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from mlic_edge.cli.options import (BackendOpt, BatchesOpt, BatchRangeOpt, DataOpt, DeviceOpt, JsonOpt, ModelNameOpt,
-                                   Fp16FallbackOpt, PrecisionOpt, RunOpt, ThreadsOpt,
+                                   Fp16FallbackOpt, PrecisionOpt, RunOpt, ThreadsOpt, TrustPickleOpt,
                                    precision_option)
 from mlic_edge.commands.bench import BenchRequest
 from mlic_edge.commands.build import BuildRequest
@@ -279,6 +279,7 @@ def train(
                                          "sequential, quick concurrent)."),
     label_vectors: Optional[Path] = typer.Option(None, "--label-vectors", help="Label word vectors for graph "
                                                  "models: GloVe text, .npy + names, .npz or pickle."),
+    trust_pickle: bool = TrustPickleOpt,
     resize: str = typer.Option(TrainConfig.resize, "--resize", help="Evaluation resize, used identically by export, "
                                f"parity and the runtime: {', '.join(RESIZE_MODES)}."),
     crop_scale: Optional[float] = typer.Option(None, "--crop-scale", help="Smallest share of the image area a "
@@ -344,7 +345,7 @@ def train(
                          warmup_epochs=warmup_epochs, weight_decay=weight_decay, loss=loss, crop_scale=crop_scale,
                          loss_options=_parse_kwargs(loss_kwargs, "--loss-kwargs"),
                          model_options=_parse_kwargs(model_kwargs, "--model-kwargs"), sampler=sampler, stages=stages,
-                         label_vectors=str(label_vectors) if label_vectors else None,
+                         label_vectors=str(label_vectors) if label_vectors else None, trust_pickle=trust_pickle,
                          pretrained=pretrained,
                          pretrained_file=str(pretrained_file) if pretrained_file else None,
                          train_split=train_split, eval_split=eval_split, difficult=difficult, workers=workers,
@@ -399,8 +400,7 @@ def import_command(
     data: Optional[str] = DataOpt,
     paper_map: Optional[float] = typer.Option(None, "--paper-map", help="The mAP (percent) the paper reports for "
                                               "this file, kept in run.json beside what eval measures."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a checkpoint that needs full unpickling "
-                                      "(it can run code: only for files from a source you trust)."),
+    trust_pickle: bool = TrustPickleOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Move an exported model already in --out to previous/."),
     json_out: bool = JsonOpt,
 ) -> None:

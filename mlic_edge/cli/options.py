@@ -21,6 +21,9 @@ BackendOpt = typer.Option("auto", "--backend", "-b", help=f"{', '.join(BACKENDS)
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 Fp16FallbackOpt = typer.Option(False, "--fp16-fallback", help="fp16 asked of a CPU backend without fp16 "
                                "arithmetic (ONNX Runtime on x86): run the fp32 graph instead, saying so.")
+TrustPickleOpt = typer.Option(False, "--trust-pickle", help="Fully unpickle the pickles this command reads, which "
+                              "can run code from them: only for files from a source you trust (without it, a pickle "
+                              "of anything but plain data and numpy arrays is refused).")
 ThreadsOpt = typer.Option(None, "--threads", help="Inference threads (the feed gets the other cores); default: "
                           "from the cores present and the backend; 0: the libraries' own defaults.")
 

@@ -9,7 +9,7 @@ load that refuses a checkpoint with missing or unexpected tensors, naming the fi
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -17,6 +17,7 @@ import torch
 
 from mlic_edge.errors import MlicError
 from mlic_edge.models.base import MultiLabelModel
+from mlic_edge.pickles import TRUST_PICKLE_HINT
 
 FORMATS = {"ml-gcn": "mlgcn", "q2l": "q2l", "msrn": "msrn"}  # FORMAT -> the module here (and the zoo's model name)
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -37,6 +38,7 @@ class ImportOptions:
     adjacency: Path | None = None  # the official co-occurrence pickle ({'nums', 'adj'}), where the model has a graph
     img_size: int | None = None  # default: the paper's test size for the format
     config: Path | None = None  # Query2Label's config_new.json
+    trust_pickle: bool = False  # --trust-pickle: unpickle the checkpoint and the label pickles fully (can run code)
 
 
 @dataclass
@@ -55,11 +57,14 @@ class Imported:
 
 def import_checkpoint(fmt: str, path: Path, options: ImportOptions = ImportOptions(), *,
                       trust_pickle: bool = False) -> Imported:
-    """Read ``path`` as an official checkpoint of ``fmt`` and return our model holding its weights."""
+    """Read ``path`` as an official checkpoint of ``fmt`` and return our model holding its weights. ``trust_pickle``
+    (or ``options.trust_pickle``) unpickles every file of the import fully."""
     from mlic_edge.spec import require_choice
 
     require_choice("format", fmt, tuple(FORMATS), ImportRefused)
-    state = state_dict_of(read_official(path, trust_pickle=trust_pickle), path)
+    if trust_pickle:
+        options = replace(options, trust_pickle=True)
+    state = state_dict_of(read_official(path, trust_pickle=options.trust_pickle), path)
     module = importlib.import_module(f"{__name__}.{FORMATS[fmt]}")
     converter: Callable[[dict[str, torch.Tensor], ImportOptions, Path], Imported] = module.convert
     imported = converter(state, options, path)
@@ -83,7 +88,7 @@ def read_official(path: Path, *, trust_pickle: bool = False) -> Any:
         if not trust_pickle:
             needs = str(error).split("Unsupported global:")[-1].strip().splitlines()[0][:100]
             raise ImportRefused(f"{path} needs full unpickling ({needs}), which can run code from the file",
-                                hint="pass --trust-pickle only if you trust where the file came from") from None
+                                hint=TRUST_PICKLE_HINT) from None
     except (RuntimeError, EOFError, ValueError, OSError) as error:
         raise ImportRefused(f"{path} cannot be read as a PyTorch checkpoint ({type(error).__name__}: "
                             f"{str(error).strip().splitlines()[0][:120] if str(error).strip() else 'truncated'})",

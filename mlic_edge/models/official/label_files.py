@@ -1,24 +1,25 @@
 """The label files the graph models' papers released beside their checkpoints, read for the importers (ML-GCN,
 MSRN): the word-vector pickle (a bare (C, D) array in class order), the co-occurrence pickle ({'nums', 'adj'}), and
-the copies of both shipped with mlic-edge for VOC 2007 and COCO 2014, matched by class name. Pickles are read by an
-unpickler that rebuilds numpy arrays and nothing else, so no code in the file can run."""
+the copies of both shipped with mlic-edge for VOC 2007 and COCO 2014, matched by class name. Pickles are read by
+mlic_edge.pickles, which rebuilds plain data and numpy arrays and nothing else (unless --trust-pickle), so no code in
+the file can run."""
 
 from __future__ import annotations
 
-import codecs
-import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlic_edge.errors import DataError
+from mlic_edge.errors import DataError, PickleRefused
 from mlic_edge.label_vectors import SHIPPED_FILES, load_label_vectors, normalise_name, shipped_label_data
 from mlic_edge.models.official import ImportRefused
+from mlic_edge.pickles import read_pickle
 
 
 # --------------------------------------------------------------------------------------------- label vectors
-def label_vectors(path: Path | None, labels: list[str], label_dim: int | None = None) -> tuple[np.ndarray, str]:
+def label_vectors(path: Path | None, labels: list[str], label_dim: int | None = None, *,
+                  trust_pickle: bool = False) -> tuple[np.ndarray, str]:
     """(float32 (C, D) vectors in label order, where they came from): ``path`` (--word-vectors), else the shipped
     GloVe vectors matched by name. ``label_dim``: the D the checkpoint needs (checked)."""
     if path is None:
@@ -32,7 +33,7 @@ def label_vectors(path: Path | None, labels: list[str], label_dim: int | None = 
         source = f"GloVe 300-d, ML-GCN's published vectors (shipped {filename}), matched by name"
     else:
         path = Path(path).expanduser()
-        vectors, source = _vectors_file(path, labels), f"file {path}"
+        vectors, source = _vectors_file(path, labels, trust_pickle), f"file {path}"
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     wanted = (len(labels), label_dim if label_dim is not None else vectors.shape[-1])
     if vectors.ndim != 2 or vectors.shape != wanted or not np.isfinite(vectors).all():
@@ -43,7 +44,7 @@ def label_vectors(path: Path | None, labels: list[str], label_dim: int | None = 
     return vectors, source
 
 
-def _vectors_file(path: Path, labels: list[str]) -> np.ndarray:
+def _vectors_file(path: Path, labels: list[str], trust_pickle: bool) -> np.ndarray:
     """A pickle: the official bare (C, D) array in the checkpoint's order, or {name: vector}; other formats by
     mlic_edge.label_vectors (GloVe text, .npy + names, .npz)."""
     if path.suffix.lower() not in (".pkl", ".pickle"):
@@ -51,7 +52,7 @@ def _vectors_file(path: Path, labels: list[str]) -> np.ndarray:
             return load_label_vectors(path, labels)
         except DataError as error:
             raise ImportRefused(error.message, hint=error.hint) from None
-    data = read_numpy_pickle(path, "--word-vectors")
+    data = read_numpy_pickle(path, "--word-vectors", trust_pickle)
     if isinstance(data, np.ndarray):
         if data.ndim != 2 or len(data) != len(labels):
             raise ImportRefused(f"--word-vectors {path} holds an array of shape {data.shape}, not one row per class "
@@ -88,12 +89,13 @@ def _compact(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- adjacency
-def cooccurrence(path: Path | None, labels: list[str]) -> tuple[np.ndarray, np.ndarray, str] | None:
+def cooccurrence(path: Path | None, labels: list[str], *,
+                 trust_pickle: bool = False) -> tuple[np.ndarray, np.ndarray, str] | None:
     """(co-occurrence (C, C), counts (C,), where from) in label order: the --adjacency pickle, else the shipped
     counts when the labels are exactly the VOC 2007 or COCO 2014 classes, else None."""
     if path is not None:
         path = Path(path).expanduser()
-        data = read_numpy_pickle(path, "--adjacency")
+        data = read_numpy_pickle(path, "--adjacency", trust_pickle)
         if not (isinstance(data, dict) and "nums" in data and "adj" in data):
             raise ImportRefused(f"--adjacency {path} is not ML-GCN's {{'nums', 'adj'}} pickle",
                                 hint="give the *_adj.pkl the checkpoint was trained with")
@@ -112,39 +114,15 @@ def cooccurrence(path: Path | None, labels: list[str]) -> tuple[np.ndarray, np.n
 
 
 # ----------------------------------------------------------------------------------------- official pickles
-_NUMPY_CORE = np._core if hasattr(np, "_core") else np.core  # numpy 2 / numpy 1
-_NUMPY_GLOBALS = {
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): codecs.encode,  # protocol-2 pickles write bytes through it
-    **{(f"{package}.multiarray", "_reconstruct"): _NUMPY_CORE.multiarray._reconstruct
-       for package in ("numpy.core", "numpy._core")},  # pickles written by numpy 1 / numpy 2
-    **{(f"{package}.multiarray", "scalar"): _NUMPY_CORE.multiarray.scalar for package in ("numpy.core", "numpy._core")},
-    **{(f"{package}.numeric", "_frombuffer"): _NUMPY_CORE.numeric._frombuffer  # protocol 5
-       for package in ("numpy.core", "numpy._core")},
-}
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Rebuilds numpy arrays, dicts, lists and strings; any other global is refused, so no code can run."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _NUMPY_GLOBALS:
-            return _NUMPY_GLOBALS[(module, name)]
-        raise pickle.UnpicklingError(f"{module}.{name} is not a numpy array part")
-
-
-def read_numpy_pickle(path: Path, option: str) -> Any:
-    """An official data pickle (numpy arrays in dicts): nothing but numpy arrays is rebuilt (``latin1`` for
-    Python 2 pickles, numpy's convention)."""
+def read_numpy_pickle(path: Path, option: str, trust_pickle: bool = False) -> Any:
+    """An official data pickle (numpy arrays in dicts), read by mlic_edge.pickles (plain data only unless
+    ``trust_pickle``)."""
     if not path.is_file():
         raise ImportRefused(f"{option} {path} does not exist", hint="give the pickle from the paper's repository")
     try:
-        with path.open("rb") as handle:
-            return _NumpyOnlyUnpickler(handle, encoding="latin1").load()
-    except pickle.UnpicklingError as error:
-        raise ImportRefused(f"{option} {path} is not a plain numpy pickle ({error})",
-                            hint="give ML-GCN's data pickle, or convert it to .npz") from None
+        return read_pickle(path, trust=trust_pickle)
+    except PickleRefused as error:
+        raise ImportRefused(f"{option} {error.message}", hint=error.hint) from None
     except Exception as error:  # noqa: BLE001 - a damaged pickle fails in many ways; one line for all
         raise ImportRefused(f"{option} {path} cannot be read ({type(error).__name__}: {str(error)[:120]})",
                             hint="download it again") from None

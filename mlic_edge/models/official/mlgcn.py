@@ -69,9 +69,10 @@ def convert(state: dict[str, torch.Tensor], options: ImportOptions, source: Path
     backbone, backbone_note = detect_resnet(state, source)
     labels, labels_note = official_labels(options.labels, num_classes, "ML-GCN", coco_order="alphabetical")
 
-    vectors, vectors_source = label_vectors(options.word_vectors, labels, label_dim)
+    vectors, vectors_source = label_vectors(options.word_vectors, labels, label_dim,
+                                            trust_pickle=options.trust_pickle)
     a_file = adjacency_a.to(torch.float32)
-    counts = cooccurrence(options.adjacency, labels)
+    counts = cooccurrence(options.adjacency, labels, trust_pickle=options.trust_pickle)
     if counts is None:
         _require_usable(a_file, source)
         graph, a_note = None, ("A: not checked (no co-occurrence counts for these labels; pass --adjacency with the "

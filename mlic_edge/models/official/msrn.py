@@ -92,8 +92,9 @@ def convert(state: dict[str, torch.Tensor], options: ImportOptions, source: Path
     num_groups = _tensor(state, "group_embed.layers.0.assign_mat.W", source).shape[1]
     fc_label = _tensor(state, "fc_label.weight", source)
     names, label_note = official_labels(options.labels, num_classes, "MSRN", coco_order="alphabetical")
-    vectors, vectors_source = label_vectors(options.word_vectors, names, fc_label.shape[1])
-    counts = cooccurrence(options.adjacency, names)
+    vectors, vectors_source = label_vectors(options.word_vectors, names, fc_label.shape[1],
+                                            trust_pickle=options.trust_pickle)
+    counts = cooccurrence(options.adjacency, names, trust_pickle=options.trust_pickle)
     if counts is None:
         raise ImportRefused("MSRN's label graph is its training set's co-occurrence, and the shipped one is VOC "
                             "2007's or COCO 2014's, whose classes these are not",
