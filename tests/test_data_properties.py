@@ -167,7 +167,8 @@ def _csv_rows(columns: list[str], records: list[list[str]]) -> list[tuple[str, l
         if not any(value.strip() for value in record):
             continue
         image, labels = cell("image").strip(), [n.strip() for n in cell("labels").split(";") if n.strip()]
-        if not image or any(map(_unprintable, labels)):
+        run_on = any(char in cell(column) for char in "\r\n" for column in ("image", "labels"))  # a quote left open
+        if not image or run_on or any(map(_unprintable, labels)):
             return None
         rows.append((image, labels))
     return rows
@@ -246,6 +247,35 @@ def test_csv_eval_label_absent_from_the_train_split_is_named_with_file_and_line(
         assert _snapshot(root) == before
 
 
+@SETTINGS
+@given(rows=st.lists(st.tuples(st.sampled_from(CSV_PRESENT_IMAGES),
+                               st.lists(st.sampled_from(["dog", "cat", "hot dog", "狗"]), max_size=2)),
+                     min_size=1, max_size=6),
+       opened=st.tuples(st.integers(0, 5), st.sampled_from(["image", "labels"])),
+       closed=st.none() | st.tuples(st.integers(1, 5), st.integers(0, 40)))
+def test_csv_quote_left_open_is_refused_naming_the_row_it_opened_on(rows, opened, closed):
+    """A quote opening a cell that is never closed, or closed rows later, swallows the rows after it: the file is
+    refused naming the line the quote opened on, never read in part."""
+    lines = [f"{image},{';'.join(labels)}" for image, labels in rows]
+    row = opened[0] % len(lines)
+    cell_start = 0 if opened[1] == "image" else lines[row].index(",") + 1
+    lines[row] = lines[row][:cell_start] + '"' + lines[row][cell_start:]
+    if closed is not None and row + closed[0] < len(lines):
+        later = row + closed[0]
+        position = min(closed[1], len(lines[later]))
+        lines[later] = lines[later][:position] + '"' + lines[later][position:]
+    with _dataset_folder() as root:
+        root.mkdir()
+        for image in CSV_PRESENT_IMAGES:
+            _jpeg(root / image)
+        (root / "train.csv").write_text("\n".join(["image,labels", *lines]) + "\n")
+        outcome = _open(f"csv:{root}", "train")
+        assert isinstance(outcome, MlicError), f"read {len(outcome)} of {len(lines)} rows"
+        message = str(outcome)
+        assert message.splitlines() == [message]
+        assert f"{root / 'train.csv'}, line {row + 2}: " in message, message
+
+
 # --------------------------------------------------------------------------------------------------------------- VOC
 VOC_XML_STATES = st.sampled_from(["ok", "ok", "ok", "missing", "truncated", "invalid utf-8"])
 
@@ -305,8 +335,11 @@ def test_voc_folder_reads_exactly_its_classes_or_is_refused_naming_the_file(fold
             rows = []
             for image_id in folder["splits"][split] if readable[split] and names else []:
                 image = folder["images"].get(image_id, {"xml": "missing"})
-                if image["xml"] != "ok":
+                if image["xml"] == "missing":
                     continue  # skipped and counted in the notes
+                if image["xml"] != "ok":
+                    blamed.append(str(root / "Annotations" / f"{image_id}.xml"))  # damaged: refused, never dropped
+                    continue
                 found = [(name.strip(), hard) for name, hard in image["objects"]]
                 if any(name not in names for name, _ in found):
                     blamed.append(str(root / "Annotations" / f"{image_id}.xml"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -129,13 +130,24 @@ def test_voc_split_listing_leaves_out_class_files_and_empty_split_file(voc):
         open_dataset(str(voc), split="empty")
 
 
-def test_voc_unparseable_xml_is_skipped_and_filename_comes_from_xml(voc):
-    (voc / "Annotations" / "000003.xml").write_text("<annotation><object>")
+def test_voc_filename_comes_from_xml(voc):
     (voc / "Annotations" / "000001.xml").write_text(_voc_xml("renamed.png", [("dog", 0)]))
     cv2.imwrite(str(voc / "JPEGImages" / "renamed.png"), np.zeros((8, 8, 3), np.uint8))
     train = open_dataset(str(voc))
-    assert train.image_ids() == ["JPEGImages/renamed.png", "JPEGImages/000002.jpg"]
-    assert any("1 annotation file(s)" in note and "000003.xml" in note for note in train.notes)
+    assert train.image_ids() == ["JPEGImages/renamed.png", "JPEGImages/000002.jpg", "JPEGImages/000003.jpg"]
+
+
+def test_voc_truncated_or_unreadable_xml_is_refused_naming_file_and_line(voc):
+    """A damaged annotation is never a silently dropped image: only a missing one is skipped (with a note)."""
+    xml = voc / "Annotations" / "000003.xml"
+    xml.write_text(_voc_xml("000003.jpg", [("cat", 0)]).replace("</size>", "</size>\n")[:150])
+    with pytest.raises(DataError, match=rf"{re.escape(str(xml))}, line 2: invalid XML \(.*\)") as error:
+        open_dataset(str(voc))
+    assert f"take '000003' out of {voc / 'ImageSets' / 'Main' / 'trainval.txt'}" in str(error.value)
+    xml.unlink()
+    xml.mkdir()
+    with pytest.raises(DataError, match=rf"cannot read {re.escape(str(xml))}: Is a directory"):
+        open_dataset(str(voc))
 
 
 def test_voc_year_folder_below_root_and_ambiguity(tmp_path):
@@ -301,9 +313,42 @@ def test_csv_without_train_csv_takes_the_union_of_its_splits(tmp_path):
 def test_csv_label_with_a_line_break_names_the_row_start(tmp_path):
     root = make_csv(tmp_path / "c", {"train": [("a.jpg", "dog")]})
     (root / "train.csv").write_text('image,labels\na.jpg,dog\nb.jpg,"dog\ncat"\n')
-    with pytest.raises(DataError, match=r"train.csv, line 3: label 'dog\\ncat' holds the control character or "
-                                        r"line break '\\n'"):
+    with pytest.raises(DataError, match=r"train.csv, line 3: the labels cell runs on to line 4"):
         open_dataset(str(root))
+    (root / "train.csv").write_text('image,labels\na.jpg,dog\nb.jpg,"dog\tcat"\n')
+    with pytest.raises(DataError, match=r"train.csv, line 3: label 'dog\\tcat' holds the control character or "
+                                        r"line break '\\t'"):
+        open_dataset(str(root))
+
+
+def _csv_of_30(root: Path, line: int, text: str) -> Path:
+    """A CSV split of 30 images whose given line (the header is line 1) is replaced by ``text``."""
+    rows = [(f"{i}.jpg", "dog" if i % 2 else "cat") for i in range(30)]
+    make_csv(root, {"train": rows})
+    lines = (root / "train.csv").read_text().splitlines()
+    lines[line - 1] = text
+    (root / "train.csv").write_text("\n".join(lines) + "\n")
+    return root / "train.csv"
+
+
+@pytest.mark.parametrize("text", ['"2.jpg,dog,x', '2.jpg,"dog,x', '2.jpg,dog,"x'])
+def test_csv_unterminated_quote_names_file_and_line_instead_of_reading_part(tmp_path, text):
+    path = _csv_of_30(tmp_path / "c", 4, text)
+    with pytest.raises(DataError, match=re.escape(f"{path}, line 4: the row starting here opens a quote that is "
+                                                  "never closed")) as error:
+        open_dataset(str(tmp_path / "c"))
+    assert '""' in error.value.hint and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("opened, closed, column", [('"2.jpg,dog,x', '6.jpg",cat,x', "image"),
+                                                    ('2.jpg,"dog,x', '6.jpg,cat",x', "labels")])
+def test_csv_quote_closed_rows_later_names_the_row_it_swallowed_lines_from(tmp_path, opened, closed, column):
+    path = _csv_of_30(tmp_path / "c", 4, opened)
+    lines = path.read_text().splitlines()
+    lines[7] = closed
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}, line 4: the {column} cell runs on to line 8"):
+        open_dataset(str(tmp_path / "c"))
 
 
 def test_csv_unknown_label_names_file_and_line(tmp_path):

@@ -418,3 +418,27 @@ def test_append_keeps_earlier_records_and_survives_copytruncate(tmp_path):
     third.write(None, {"index": 3})
     third.close()
     assert [json.loads(line)["index"] for line in path.read_text().splitlines()] == [2, 3]
+
+
+@pytest.mark.parametrize("sink_type, whole, partial", [
+    ("jsonl", '{"index": 0}\n{"index": 1}\n', '{"index": 2, "lab'),  # a run killed mid-record
+    ("jsonl", "", '{"ind'),
+    ("csv", "source,index,timestamp,labels,cat,dog,car,tree\ncamera0,0,0.0,cat,0.9,0.1,0.6,0.0\n", "camera0,1,0."),
+    ("csv", "", "source,ind"),  # cut back to nothing: the header is written again
+])
+def test_append_onto_a_partial_last_line_cuts_it_back_first_and_says_so(tmp_path, capsys, sink_type, whole, partial):
+    path = tmp_path / f"preds.{sink_type}"
+    path.write_text(whole + partial)
+    sink = JsonlSink(path, append=True) if sink_type == "jsonl" else CsvSink(path, LABELS, append=True)
+    write_records(sink, 1, ok=True)
+    fresh = tmp_path / f"fresh.{sink_type}"
+    write_records(JsonlSink(fresh) if sink_type == "jsonl" else CsvSink(fresh, LABELS), 1, ok=True)
+    appended = fresh.read_text()
+    if sink_type == "csv" and whole:
+        appended = appended.split("\n", 1)[1]  # the header is there already
+    assert path.read_text() == whole + appended
+    warning = " ".join(capsys.readouterr().err.split())
+    assert f"{path}" in warning and f"{len(partial)} byte(s)" in warning
+    write_records(JsonlSink(path, append=True) if sink_type == "jsonl" else CsvSink(path, LABELS, append=True), 1,
+                  ok=True)
+    assert "warning" not in capsys.readouterr().err  # a file ending on a whole line is appended to as it is

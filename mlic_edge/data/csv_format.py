@@ -10,6 +10,10 @@ agree: a label of another split that the train split lacks (a typo in test.csv) 
 line, never a silent extra class. A folder without train.csv takes the sorted union over its CSV splits. CSV files
 without the ``image,labels`` header (a stray results.csv) are left out of that union and of the split list. A label
 holding a line break or control character (a quoting accident) is an error.
+
+Every row is read or the file is refused naming the line: a quote left open swallows the rows after it, so a quote
+never closed, or an image or labels cell running over several lines (a quote closed rows later), is an error naming
+the line of the row it opened on.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from mlic_edge.errors import DataError
 DEFAULT_SPLITS = {"train": ("train",), "eval": ("test", "val")}
 TRAIN_SPLIT = DEFAULT_SPLITS["train"][0]  # its labels are the classes when classes.txt is absent
 REQUIRED_COLUMNS = ("image", "labels")
+QUOTING_HINT = 'check the quotes: a cell that starts with " ends at the next lone ", and a " inside it is written ""'
 
 
 def _header(path: Path) -> list[str]:
@@ -55,9 +60,10 @@ def default_split(root: Path, role: str) -> str:
 
 def _read_rows(path: Path) -> list[tuple[int, str, list[str]]]:
     """(line number where the row starts, image, label names) per data row."""
+    line = 1  # where the row being read starts
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
+            reader = csv.reader(handle, strict=True)  # strict: a quote still open at the end is an error
             header = [column.strip() for column in next(reader, [])]
             if not set(REQUIRED_COLUMNS) <= set(header):
                 raise DataError(f"{path} needs a header line with columns image,labels",
@@ -73,6 +79,11 @@ def _read_rows(path: Path) -> list[tuple[int, str, list[str]]]:
                 if not image:
                     raise DataError(f"{path}, line {start}: empty image path", hint="fill the image column")
                 cell = record[labels_col] if labels_col < len(record) else ""
+                run_on = next((column for column, text in (("image", image), ("labels", cell))
+                               if "\n" in text or "\r" in text), None)
+                if run_on:
+                    raise DataError(f"{path}, line {start}: the {run_on} cell runs on to line {line - 1}",
+                                    hint=QUOTING_HINT)
                 labels = [name.strip() for name in cell.split(";") if name.strip()]
                 for name in labels:
                     problem = class_name_problem(name)
@@ -81,8 +92,12 @@ def _read_rows(path: Path) -> list[tuple[int, str, list[str]]]:
                                         hint="check the quoting of the labels column")
                 rows.append((start, image, labels))
             return rows
-    except (UnicodeDecodeError, csv.Error) as error:
+    except UnicodeDecodeError as error:
         raise DataError(f"{path} is not a readable CSV file ({error})", hint="save it as UTF-8 CSV") from error
+    except csv.Error as error:
+        problem = ("the row starting here opens a quote that is never closed" if str(error) == "unexpected end of data"
+                   else f"not readable as CSV ({error})")
+        raise DataError(f"{path}, line {line}: {problem}", hint=QUOTING_HINT) from error
     except OSError as error:
         raise DataError(f"cannot read {path}: {error.strerror or error}", hint="check the file") from error
 

@@ -16,7 +16,8 @@ synthetic data use it; otherwise the 20 standard VOC classes in standard order, 
 is an error asking for classes.txt.
 
 Image path: ``JPEGImages/<filename from the XML>``, else ``JPEGImages/<id>.jpg``. An id of the split whose XML is
-missing or unparseable is skipped and counted in ``notes``.
+missing is skipped and counted in ``notes`` (as an image missing on disk is); an XML that is there but cannot be read
+or parsed (truncated, not UTF-8) is an error naming it and the line, never a silently dropped image.
 """
 
 from __future__ import annotations
@@ -108,6 +109,15 @@ def _is_difficult(obj: ET.Element) -> bool:
     return (obj.findtext("difficult") or "0").strip().lower() in ("1", "true")
 
 
+def _unreadable_annotation(root: Path, split: str, image_id: str, xml_path: Path,
+                           error: OSError | ET.ParseError) -> DataError:
+    hint = f"restore the file, or take {image_id!r} out of {root / 'ImageSets' / 'Main' / f'{split}.txt'}"
+    if isinstance(error, ET.ParseError):
+        reason = error.msg.rsplit(": line ", 1)[0]  # expat ends its message with the position, given here already
+        return DataError(f"{xml_path}, line {error.position[0]}: invalid XML ({reason})", hint=hint)
+    return DataError(f"cannot read {xml_path}: {error.strerror or error}", hint=hint)
+
+
 def read_voc(root: Path, split: str, difficult: str = "ignore") -> MultiLabelDataset:
     if difficult not in DIFFICULT_POLICIES:
         raise DataError(f"unknown difficult policy {difficult!r}", hint=f"use one of {', '.join(DIFFICULT_POLICIES)}")
@@ -115,14 +125,16 @@ def read_voc(root: Path, split: str, difficult: str = "ignore") -> MultiLabelDat
     names, custom = class_list(root)
     index = {name: i for i, name in enumerate(names)}
     only_difficult = DIFFICULT_VALUE[difficult]
-    paths, rows, unreadable = [], [], []
+    paths, rows, missing = [], [], []
     for image_id in ids:
         xml_path = root / "Annotations" / f"{image_id}.xml"
         try:
             annotation = ET.parse(xml_path).getroot()
-        except (OSError, ValueError, ET.ParseError):  # ValueError: an id holding a NUL names no file
-            unreadable.append(xml_path.name)
+        except (FileNotFoundError, NotADirectoryError, ValueError):  # ValueError: an id holding a NUL names no file
+            missing.append(xml_path.name)
             continue
+        except (OSError, ET.ParseError) as error:
+            raise _unreadable_annotation(root, split, image_id, xml_path, error) from error
         row = np.full(len(names), NEGATIVE, dtype=np.int8)
         hard = np.zeros(len(names), dtype=bool)
         for obj in annotation.findall("object"):
@@ -142,9 +154,9 @@ def read_voc(root: Path, split: str, difficult: str = "ignore") -> MultiLabelDat
         paths.append(root / "JPEGImages" / filename)
         rows.append(row)
     notes = []
-    if unreadable:
-        notes.append(f"{len(unreadable)} annotation file(s) of split {split!r} missing or unreadable, images "
-                     f"skipped: {', '.join(unreadable[:3])}" + (" ..." if len(unreadable) > 3 else ""))
+    if missing:
+        notes.append(f"{len(missing)} annotation file(s) of split {split!r} missing, images skipped: "
+                     f"{', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
     targets = np.stack(rows) if rows else np.zeros((0, len(names)), np.int8)
     return MultiLabelDataset(names=names, image_paths=paths, targets=targets, root=root, format="voc", split=split,
                              spec=f"voc:{root}", notes=notes)

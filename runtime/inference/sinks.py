@@ -5,7 +5,9 @@ a time, flushed per line (so a consumer can tail them live); Ctrl-C, SIGTERM or 
 file of every record emitted so far. The file is created on the first record, so a run that fails before any
 record leaves an existing file untouched; a run that ends normally with no record leaves an empty file (CSV: the
 header). The video is written under a temporary name and renamed on close, also after an interruption, since
-releasing the writer finalises the container.
+releasing the writer finalises the container. ``--append`` onto a file whose last line is partial (a run killed
+mid-write by SIGKILL or a power cut) cuts it back to its last whole line first, with a warning, so no new record is
+glued to the fragment.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Iterator, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from mlic_edge.console import warn
 from mlic_edge.errors import MlicError
 from mlic_edge.io import atomic_path
 
@@ -97,6 +100,8 @@ class _LineFile:
             _lock(handle, self.path)
             if not self._append:
                 handle.truncate(0)  # only once the lock is held: another writer's file is never emptied
+            else:
+                self._drop_partial_line(handle)
             if handle.seek(0, os.SEEK_END) == 0:
                 self._handle = handle
                 self._write_whole(self._first_line)
@@ -105,6 +110,14 @@ class _LineFile:
             self._handle = None
             raise
         self._handle = handle
+
+    def _drop_partial_line(self, handle: Any) -> None:
+        size = handle.seek(0, os.SEEK_END)
+        whole = _whole_lines_size(self.path, size)
+        if whole < size:
+            os.ftruncate(handle.fileno(), whole)
+            warn(f"{self.path} ended in a partial line (an earlier run stopped mid-record): cut back {size - whole} "
+                 "byte(s) to its last whole line before appending")
 
     def _write_whole(self, line: str) -> None:
         data = line.encode("utf-8")
@@ -133,6 +146,20 @@ class _LineFile:
             raise MlicError(f"cannot write {self.path}: {error.strerror or error}",
                             hint=f"the {self.lines} record(s) already in it stay valid; free space or choose "
                                  "another output path") from error
+
+
+def _whole_lines_size(path: Path, size: int, chunk: int = 1 << 16) -> int:
+    """How many of the file's first ``size`` bytes end on a line break (its last whole line), read from the end."""
+    with open(path, "rb") as reader:
+        end = size
+        while end > 0:
+            start = max(0, end - chunk)
+            reader.seek(start)
+            found = reader.read(end - start).rfind(b"\n")
+            if found >= 0:
+                return start + found + 1
+            end = start
+    return 0
 
 
 def _lock(handle: Any, path: Path) -> None:
