@@ -6,9 +6,10 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 from mlic_edge.errors import MlicError
 
@@ -142,6 +143,84 @@ def require_writable(folder: str | os.PathLike[str], *, error: type[MlicError] =
     existing = next(path for path in (folder, *folder.parents) if path.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise error(what or f"cannot write to {existing}", hint=hint)
+
+
+Identity = tuple[int, int]  # (st_dev, st_ino): the file itself, whatever path, symlink or hard link names it
+
+
+def refuse_output_onto_inputs(outputs: Mapping[str, str | os.PathLike[str] | None],
+                              inputs: Iterable[str | os.PathLike[str]]) -> None:
+    """Refuse, before any work, an output that would overwrite what the command reads, or another of its outputs:
+    the one check every command that writes a file a user names makes (docs/design.md, "Outputs never overwrite
+    inputs").
+
+    ``outputs``: ``{option: path}`` as the user named them (None: not given). ``inputs``: every file the command reads,
+    and every folder it reads files from by name (a run directory): nothing may be written inside such a folder, not
+    even a new file, which a later command would take for one of the folder's own. Files are compared by identity
+    (device and inode), so a symlink or a hard link to an input is caught as its own path is. An output that does not
+    exist yet is fine unless it falls inside such a folder; an input that does not exist is left out."""
+    files: dict[Identity, Path] = {}
+    folders: dict[Identity, Path] = {}
+    for path in map(Path, inputs):
+        try:
+            info = path.stat()
+        except (OSError, ValueError):
+            continue
+        (folders if stat.S_ISDIR(info.st_mode) else files).setdefault((info.st_dev, info.st_ino), path)
+    seen: dict[Identity | Path, str] = {}
+    for option, given in outputs.items():
+        if given is None:
+            continue
+        output = Path(given)
+        real = Path(os.path.realpath(output))
+        overwritten, folder = _input_overwritten(real, output, files, folders)
+        if overwritten:
+            raise MlicError(f"{option} {output} {overwritten}",
+                            hint=f"choose another {option}" + (f", outside {folder}" if folder else ""))
+        key = _identity(real) or real
+        if key in seen:
+            raise MlicError(f"{option} and {seen[key]} are the same file {output}",
+                            hint="give each output its own file")
+        seen[key] = option
+
+
+def _identity(path: Path) -> Identity | None:
+    try:
+        info = path.stat()
+    except (OSError, ValueError):
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _input_overwritten(real: Path, output: Path, files: dict[Identity, Path],
+                       folders: dict[Identity, Path]) -> tuple[str | None, Path | None]:
+    """(how writing ``output``, whose resolved path is ``real``, would destroy an input, or None; the folder read
+    by the command it falls in, if any)."""
+    reads = "which this command reads"
+    identity = _identity(real)
+    if identity in files:
+        named = files[identity]
+        return ("is a file this command reads" if named == output else f"is the same file as {named}, {reads}"), None
+    for ancestor in (real, *real.parents):
+        folder = folders.get(_identity(ancestor))
+        if folder is not None:
+            existing_file = identity is not None and ancestor != real
+            return (f"would overwrite {real} in {folder}, {reads}" if existing_file
+                    else f"would write into {folder}, {reads}"), folder
+    if identity is None:
+        return None, None
+    if real.is_dir():
+        held = next((path for path in (*files.values(), *folders.values())
+                     if identity in map(_identity, Path(os.path.realpath(path)).parents)), None)
+        return (f"is a folder holding {held}, {reads}" if held else None), None
+    if real.stat().st_nlink > 1:  # a hard link: look for its other names inside the folders read
+        for folder in folders.values():
+            for parent, _, names in os.walk(folder):
+                named = next((Path(parent) / name for name in names if _identity(Path(parent) / name) == identity),
+                             None)
+                if named is not None:
+                    return f"is the same file as {named} in {folder}, {reads}", folder
+    return None, None
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

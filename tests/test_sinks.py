@@ -214,18 +214,6 @@ def test_a_second_writer_of_the_same_output_is_refused(tmp_path):
     assert [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()] == RECORDS[:2]
 
 
-def test_an_output_that_is_the_input_or_another_output_is_refused(tmp_path):
-    from mlic_edge.runtime.inference.sinks import check_distinct_outputs
-
-    video = tmp_path / "v.mp4"
-    video.write_bytes(b"x")
-    with pytest.raises(MlicError, match="--save-video .*v.mp4 is the input itself"):
-        check_distinct_outputs(str(video), {"--out": None, "--save-video": video})
-    with pytest.raises(MlicError, match="--csv and --out are the same file"):
-        check_distinct_outputs("camera0", {"--out": tmp_path / "p.jsonl", "--csv": tmp_path / "." / "p.jsonl"})
-    check_distinct_outputs(str(video), {"--out": tmp_path / "p.jsonl", "--csv": tmp_path / "p.csv"})
-
-
 @pytest.mark.parametrize("ok", [True, False])
 def test_video_sink_keeps_the_written_frames(tmp_path, ok):
     path = tmp_path / "out.mp4"

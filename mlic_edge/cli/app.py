@@ -187,12 +187,14 @@ def data_stats(
 ) -> None:
     """Images, labels per image, per-class counts with head/middle/tail groups, co-occurrence heatmap."""
     from mlic_edge.console import info, show
-    from mlic_edge.data import open_dataset
+    from mlic_edge.data import dataset_files, open_dataset
     from mlic_edge.data.stats import dataset_stats, format_stats_table, save_cooccurrence_heatmap
+    from mlic_edge.io import refuse_output_onto_inputs
 
     dataset = open_dataset(data, role="train", split=split)
-    stats = dataset_stats(dataset)
     target = heatmap or (dataset.root / f"cooccurrence_{dataset.split}.png")
+    refuse_output_onto_inputs({"--heatmap": target}, dataset_files(dataset))
+    stats = dataset_stats(dataset)
     try:
         stats["heatmap"] = str(save_cooccurrence_heatmap(dataset, target))
     except OSError as error:
@@ -676,13 +678,12 @@ def run_command(
     """Run a model over a source: one JSON line per image/frame, latency per stage at the end."""
     import threading
 
-    from mlic_edge.commands.predict import PredictRequest, describe_backend, run_predict
+    from mlic_edge.commands.predict import PredictRequest, check_outputs, describe_backend, run_predict
     from mlic_edge.console import console, info
     from mlic_edge.io import write_json
     from mlic_edge.stops import finish_on_signals
     from mlic_edge.runtime.inference.latency import LatencyRecorder, PeriodicStats, latency_table
-    from mlic_edge.runtime.inference.sinks import (CsvSink, JsonlSink, VideoSink, WindowSink, check_distinct_outputs,
-                                                   check_writable)
+    from mlic_edge.runtime.inference.sinks import CsvSink, JsonlSink, VideoSink, WindowSink, check_writable
 
     request = PredictRequest(backend=backend, precision=precision, device=device, batch=batch, threshold=threshold,
                              thresholds=thresholds, top_k=top_k, smoothing=smoothing, only_changes=only_changes,
@@ -692,12 +693,12 @@ def run_command(
     request.check()
     if stats_every is not None:
         require_seconds("--stats-every", stats_every)
-    check_distinct_outputs(source, {"--out": out, "--csv": csv_out, "--save-video": save_video,
-                                    "--stats-json": stats_json})
+    run_dir = _run_dir(run, model)
+    check_outputs(run_dir, source, request, {"--out": out, "--csv": csv_out, "--save-video": save_video,
+                                             "--stats-json": stats_json})
     for path in (out, csv_out, save_video, stats_json):
         if path is not None:
             check_writable(path)  # before any work: an unwritable output fails now, not after an hour of camera
-    run_dir = _run_dir(run, model)
     labels = run_dir.spec().labels
     latency, stop, sinks = LatencyRecorder(), threading.Event(), []
 
@@ -1023,11 +1024,15 @@ def service_install(
     extra: Optional[list[str]] = typer.Argument(None, help="More `mlic-edge run` options, after --."),
 ) -> None:
     """Install and start the service (needs root): unit in /etc/systemd/system, rule in /etc/logrotate.d."""
+    from mlic_edge.commands.predict import PredictRequest, check_outputs
     from mlic_edge.console import info
+    from mlic_edge.rundir import RunDir
     from mlic_edge.runtime.deployment.systemd import install, render_logrotate, render_unit
 
     spec = _service_spec(run, model, source, backend, precision, out_dir, name, user, stats_every, rotate_mb, keep,
                          threshold, thresholds, smoothing, only_changes, extra)
+    check_outputs(RunDir(spec.run_dir), spec.source, PredictRequest(thresholds=spec.thresholds),
+                  {"--out-dir": spec.jsonl_path})  # the service's `run` would refuse it at every start
     if print_only:
         sys.stdout.write(render_unit(spec) + "\n# /etc/logrotate.d/" + spec.name + "\n" + render_logrotate(spec))
         return

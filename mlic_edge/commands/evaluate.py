@@ -31,9 +31,9 @@ def evaluate(run: RunDir, request: EvalRequest = EvalRequest()) -> dict[str, Any
     import numpy as np
 
     from mlic_edge import metrics
-    from mlic_edge.data import open_dataset
+    from mlic_edge.data import dataset_files, open_dataset
     from mlic_edge.data.torch_data import describe_broken
-    from mlic_edge.io import atomic_path
+    from mlic_edge.io import atomic_path, refuse_output_onto_inputs
     from mlic_edge.models.checkpoint import load_model
     from mlic_edge.train.evaluate import predict_scores
     from mlic_edge.train.trainer import select_device
@@ -49,6 +49,7 @@ def evaluate(run: RunDir, request: EvalRequest = EvalRequest()) -> dict[str, Any
     if dataset.names != spec.labels:
         raise MlicError(f"{dataset.spec} has other classes than the run", hint="evaluate on the dataset it was "
                                                                                "trained on (or one with its labels)")
+    refuse_output_onto_inputs({"--save-scores": request.save_scores}, [run.path, *dataset_files(dataset)])
     net = load_model(run.require(run.checkpoint, "mlic-edge train")).to(torch_device)
     result = predict_scores(net, dataset, spec.img_size, spec.mean, spec.std, request.batch_size, resize=spec.resize,
                             device=torch_device)

@@ -16,11 +16,27 @@ def pack(run: RunDir, out: str | Path | None = None, *, images: bool = True,
     """Write the bundle (ONNX files, calibration record, reference.npz and, with ``images``, its eval images);
     returns its path and manifest. Graphs without a parity result on their current bytes are measured first (ONNX
     Runtime, every precision, as ``mlic-edge parity -b onnxruntime``)."""
-    from mlic_edge.runtime.deployment.bundle import inspect_bundle, pack as make_bundle
+    from mlic_edge.io import refuse_output_onto_inputs
+    from mlic_edge.runtime.deployment.bundle import bundle_path, inspect_bundle, pack as make_bundle
 
+    refuse_output_onto_inputs({"OUT": bundle_path(run, out)}, [run.path, *_eval_dataset_files(run)])
     path = make_bundle(run, out, with_images=images, parity=workstation_parity(run, progress),
                        progress=progress)
     return {"bundle": str(path), **inspect_bundle(path)}
+
+
+def _eval_dataset_files(run: RunDir) -> list[Path]:
+    """The files of the dataset the reference was scored on, where it is here (parity and the bundle's images read
+    them); none where it is not (pack then measures no parity and, with images, says why)."""
+    from mlic_edge.data import dataset_files, open_dataset
+    from mlic_edge.errors import MlicError
+    from mlic_edge.runtime.checks.parity import Reference
+
+    try:
+        reference = Reference.load(run)
+        return dataset_files(open_dataset(reference.spec, role="eval", split=reference.split))
+    except MlicError:
+        return []
 
 
 def workstation_parity(run: RunDir, progress: Progress | None = None) -> dict[str, Any] | None:

@@ -53,6 +53,16 @@ class PredictRequest:
             raise MlicError(f"--max-frames {self.max_frames} is not a count of frames", hint="pass 1 or more")
 
 
+def check_outputs(run: RunDir, source: str, request: PredictRequest,
+                               outputs: dict[str, Path | None]) -> None:
+    """Refuse, before any work, an output (``{"--out": path, ...}``) onto what ``run`` reads (the source's files,
+    the thresholds file) or into the run directory, or onto another output."""
+    from mlic_edge.io import refuse_output_onto_inputs
+    from mlic_edge.runtime.inference.sources import source_files
+
+    refuse_output_onto_inputs(outputs, [*source_files(source), *filter(None, [request.thresholds]), run.path])
+
+
 def run_predict(run: RunDir, source: str, request: PredictRequest = PredictRequest(), *,
                 on_open: Callable[[Any, Any], RecordCallback | None] | None = None,
                 stop: threading.Event | None = None, latency: Any = None,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlic_edge.data.dataset import IGNORE, NEGATIVE, POSITIVE, MultiLabelDataset
+from mlic_edge.data.dataset import CLASSES_FILE, IGNORE, NEGATIVE, POSITIVE, MultiLabelDataset
 from mlic_edge.errors import DataError
 
 FORMATS = ("voc", "coco", "csv")
@@ -147,6 +147,16 @@ def open_dataset(spec: str, role: str = "train", split: str | None = None, *, di
     return dataset.in_order(labels) if labels is not None else dataset
 
 
+def dataset_files(dataset: MultiLabelDataset) -> list[Path]:
+    """What reading ``dataset`` took its labels and images from: its format's label files, or the folders holding
+    them (VOC's Annotations/ and ImageSets/, COCO's annotations/), and its images. The inputs no output may
+    overwrite (``mlic_edge.io.refuse_output_onto_inputs``)."""
+    root = dataset.root
+    labels = {"voc": [root / "Annotations", root / "ImageSets"], "coco": [root / "annotations"],
+              "csv": [*root.glob("*.csv"), root / CLASSES_FILE]}[dataset.format]
+    return [*labels, *dataset.image_paths]
+
+
 def _on_disk(path: Path) -> bool:
     try:
         return path.exists()
@@ -172,5 +182,5 @@ def _drop_missing_images(dataset: MultiLabelDataset) -> MultiLabelDataset:
     return kept
 
 
-__all__ = ["FORMATS", "IGNORE", "NEGATIVE", "POSITIVE", "MultiLabelDataset", "available_splits", "default_split",
-           "detect_format", "open_dataset", "parse_data_spec"]
+__all__ = ["FORMATS", "IGNORE", "NEGATIVE", "POSITIVE", "MultiLabelDataset", "available_splits", "dataset_files",
+           "default_split", "detect_format", "open_dataset", "parse_data_spec"]

@@ -61,6 +61,14 @@ def default_bundle_path(run: RunDir) -> Path:
     return run.path.parent / f"{run.path.name}{BUNDLE_SUFFIX}"
 
 
+def bundle_path(run: RunDir, out: str | Path | None = None) -> Path:
+    """The file ``pack`` writes: ``out``, or ``<run name>.mlic.tar.gz`` in the folder ``out`` or beside the run."""
+    if out is None:
+        return default_bundle_path(run)
+    out = Path(out)
+    return out / f"{run.path.name}{BUNDLE_SUFFIX}" if out.is_dir() else out
+
+
 def pack(run: RunDir, out: Path | None = None, *, with_images: bool = True, progress: Progress | None = None,
          parity: dict[str, Any] | None = None) -> Path:
     """Write the bundle of ``run`` to ``out`` (a file, or a folder to put ``<run name>.mlic.tar.gz`` in).
@@ -76,9 +84,7 @@ def pack(run: RunDir, out: Path | None = None, *, with_images: bool = True, prog
     for precision, _, path in run.onnx_graphs():  # never ship a stale model: each ONNX and the reference are current
         check_onnx(run, precision, spec, path=path)
     Reference.load(run)
-    out = default_bundle_path(run) if out is None else Path(out)
-    if out.is_dir():
-        out = out / f"{run.path.name}{BUNDLE_SUFFIX}"
+    out = bundle_path(run, out)
     require_writable(out.parent, error=RunDirError, create=False, hint="choose a writable folder with --out DIR")
 
     members: dict[str, Path | bytes] = {name: run.path / name for name in _run_files(run)}

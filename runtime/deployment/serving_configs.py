@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 
 from mlic_edge.console import warn
 from mlic_edge.errors import BuildError, DataError, RunDirError
-from mlic_edge.io import atomic_path, require_writable, sha256_file
+from mlic_edge.io import atomic_path, refuse_output_onto_inputs, require_writable, sha256_file
 from mlic_edge.rundir import RunDir
 from mlic_edge.spec import FLOAT_INPUT, PRECISIONS, RunSpec, rebuild_command, require_choice
 from mlic_edge.runtime.engines.manifest import find_engines, read_manifest
@@ -100,6 +100,7 @@ def write_triton_repository(run: RunDir, out: Path, *, precision: str = "fp32", 
         model_files = [onnx_path, *_external_data_files(onnx_path)]
     _check_outputs(outputs, labels, onnx_path)
     out = Path(out)
+    refuse_output_onto_inputs({"OUT": out / name}, [run.path, *model_files])  # out/name is replaced whole
     require_writable(out, error=BuildError, hint="fix the folder's permissions or pick another output folder")
     config = _triton_config(name=name, platform=platform, max_batch_size=max_batch_size,
                             preferred_batch_sizes=sorted({size for size in preferred_batch_sizes
@@ -149,6 +150,8 @@ def write_deepstream_config(run: RunDir, out: Path, *, precision: str = "fp32", 
         warn(f"nvinfer has one scale for all channels: its inputs differ from mlic-edge's per-channel std "
              f"normalisation by up to {norm.max_relative_error:.2%} (see the note in the config)")
     out = Path(out)
+    config_path = out / f"config_infer_{mode}.txt"
+    refuse_output_onto_inputs({"OUT": config_path}, [run.path])
     require_writable(out, error=BuildError, hint="fix the folder's permissions or pick another output folder")
     onnx_name = f"model.{precision}.onnx"
     _copy_atomic(onnx_path, out / onnx_name)
@@ -159,7 +162,6 @@ def write_deepstream_config(run: RunDir, out: Path, *, precision: str = "fp32", 
         _copy_atomic(engine, out / engine_name)
     with atomic_path(out / LABELS_FILE) as tmp:
         tmp.write_text(";".join(labels) + "\n")  # nvinfer: one line per output layer, classes split by ';'
-    config_path = out / f"config_infer_{mode}.txt"
     text = _nvinfer_config(spec=spec, precision=precision, mode=mode, onnx_name=onnx_name, engine_name=engine_name,
                            input_dims=inputs[0].dims, output_name=outputs[0].name, gie_unique_id=gie_unique_id,
                            operate_on_gie_id=operate_on_gie_id, batch_size=batch_size,

@@ -175,23 +175,6 @@ def _lock(handle: Any, path: Path) -> None:
                         hint="stop that run, or choose another output path") from None
 
 
-def check_distinct_outputs(source: str, outputs: dict[str, Path | None]) -> None:
-    """Refuse, before any work, an output that is the input or another output of the same command (``{"--out":
-    path, ...}``): writing one would destroy the other."""
-    seen: dict[Path, str] = {}
-    source_path = Path(source).resolve() if source and Path(source).exists() else None
-    for option, path in outputs.items():
-        if path is None:
-            continue
-        resolved = Path(path).resolve()
-        if source_path is not None and resolved == source_path:
-            raise MlicError(f"{option} {path} is the input itself", hint="write the output to another file")
-        if resolved in seen:
-            raise MlicError(f"{option} and {seen[resolved]} are the same file {path}",
-                            hint="give each output its own file")
-        seen[resolved] = option
-
-
 class JsonlSink:
     """One JSON record per line, to stdout (``path=None``) or a file (see the module docstring for validity)."""
 

@@ -371,31 +371,53 @@ def _list_file_paths(list_file: Path) -> list[Path]:
     return paths
 
 
-def _file_source(spec: str, path_spec: str) -> Source:
+_NO_IMAGES = {"glob": ("no images match {spec!r}", "check the pattern (quote it so the shell leaves it)"),
+              "folder": ("folder {spec!r} holds no images", "supported: .jpg .jpeg .png .bmp .webp .tif"),
+              "list": ("list {spec!r} names no images", "write one image path per line")}
+
+
+def _file_paths(path_spec: str) -> tuple[str, list[Path]]:
+    """(kind, files) of a file source: glob, folder, list (the list file, then its entries), image or video; kind
+    missing or unknown (no files) for a path that is not there or no source this tool knows."""
     if any(char in path_spec for char in "*?["):
-        paths = sorted(Path(p) for p in globlib.glob(path_spec, recursive=True) if is_image_file(p))
-        if not paths:
-            raise SourceError(f"no images match {spec!r}", hint="check the pattern (quote it so the shell leaves it)")
-        return ImageFiles(spec, paths, "glob")
+        return "glob", sorted(Path(p) for p in globlib.glob(path_spec, recursive=True) if is_image_file(p))
     path = Path(path_spec).expanduser()
     if not path.exists():
-        raise SourceError(f"{spec!r} does not exist", hint=f"accepted: {ACCEPTED_FORMS}")
+        return "missing", []
     if path.is_dir():
-        paths = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
-        if not paths:
-            raise SourceError(f"folder {spec!r} holds no images", hint="supported: .jpg .jpeg .png .bmp .webp .tif")
-        return ImageFiles(spec, paths, "folder")
+        return "folder", sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
     if path.suffix.lower() == ".txt":
-        paths = _list_file_paths(path)
-        if not paths:
-            raise SourceError(f"list {spec!r} names no images", hint="write one image path per line")
-        return ImageFiles(spec, paths, "list")
+        return "list", [path, *_list_file_paths(path)]
     if is_image_file(path):
-        return ImageFiles(spec, [path], "image")
-    if path.suffix.lower() in VIDEO_SUFFIXES:
-        return CaptureSource(spec, CaptureTarget("video", str(path)))
-    raise SourceError(f"{spec!r} is neither an image, a video nor a .txt list this tool knows",
-                      hint=f"video suffixes: {' '.join(sorted(VIDEO_SUFFIXES))}")
+        return "image", [path]
+    return ("video", [path]) if path.suffix.lower() in VIDEO_SUFFIXES else ("unknown", [])
+
+
+def _path_spec(spec: str) -> str:
+    return spec[len("file://"):] if spec.startswith("file://") else spec
+
+
+def _file_source(spec: str, path_spec: str) -> Source:
+    kind, paths = _file_paths(path_spec)
+    if kind == "missing":
+        raise SourceError(f"{spec!r} does not exist", hint=f"accepted: {ACCEPTED_FORMS}")
+    if kind == "unknown":
+        raise SourceError(f"{spec!r} is neither an image, a video nor a .txt list this tool knows",
+                          hint=f"video suffixes: {' '.join(sorted(VIDEO_SUFFIXES))}")
+    if kind == "video":
+        return CaptureSource(spec, CaptureTarget("video", str(paths[0])))
+    images = paths[1:] if kind == "list" else paths
+    if not images:
+        message, hint = _NO_IMAGES[kind]
+        raise SourceError(message.format(spec=spec), hint=hint)
+    return ImageFiles(spec, images, kind)
+
+
+def source_files(spec: str) -> list[Path]:
+    """Every file SOURCE will read: the video, the image, the images of a folder or glob, or a list and the images
+    it names; none for a live source (what no output may overwrite: ``mlic_edge.io.refuse_output_onto_inputs``)."""
+    spec = str(spec).strip()
+    return [] if capture_target(spec) is not None else _file_paths(_path_spec(spec))[1]
 
 
 def open_source(spec: str, *, width: int | None = None, height: int | None = None, fps: float | None = None,
@@ -408,4 +430,4 @@ def open_source(spec: str, *, width: int | None = None, height: int | None = Non
         warn(f"--width/--height/--fps apply to cameras (camera0, csi://0) only; ignored for {spec}")
     if target is not None:
         return CaptureSource(spec, target, max_reconnects=max_reconnects, reconnect_delay=reconnect_delay)
-    return _file_source(spec, spec[len("file://"):] if spec.startswith("file://") else spec)
+    return _file_source(spec, _path_spec(spec))
