@@ -222,6 +222,9 @@ def quantize_int8(fp32_path: Path, out_path: Path, record_root: Path, *, method:
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".int8.", dir=out_path.parent) as work, atomic_path(out_path) as tmp:
+        # ONNX Runtime writes a shape-inferred copy beside the model it is given (model-inferred.onnx), removed
+        # only when it returns: given a copy in this folder, a stop leaves nothing of it in the run.
+        source = Path(shutil.copyfile(fp32_path, Path(work) / fp32_path.name))
         ranges = Path(work) / RANGES_FILE
         reader = None
         if reused:
@@ -231,7 +234,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, record_root: Path, *, method:
             # ORT's histogram calibrators stack the per-batch outputs, so every batch must have one shape.
             batches = calibration.batches(img_size, mean, std, batch_size=1, resize=resize, input_format=input_format)
             reader = _BatchReader(model.graph.input[0].name, batches, len(calibration), progress)
-        _run_quantizer(fp32_path, tmp, ranges, reader, method, excluded, scheme)
+        _run_quantizer(source, tmp, ranges, reader, method, excluded, scheme)
         quantized = _finish_model(tmp, model, fp32_sha, key, scheme)
         if reader is not None:
             images = reader.images

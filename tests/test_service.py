@@ -66,6 +66,7 @@ def test_unit_runs_the_expected_command_and_restarts_on_failure(spec):
     assert service_section["Restart"] == "on-failure"
     assert service_section["RestartSec"] == "5"
     assert service_section["KillSignal"] == "SIGTERM"
+    assert service_section["SuccessExitStatus"].split() == ["130", "143"]  # run's exit after a stop signal
     assert service_section["StandardError"] == "journal"
     assert service_section["Environment"] == "PYTHONUNBUFFERED=1"
     assert service_section["WorkingDirectory"] == str(spec.out_dir)

@@ -4,13 +4,16 @@ it was before the command (or complete, when the signal came during the final re
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -20,31 +23,66 @@ ENTRY = "import sys; from mlic_edge.cli.app import main; sys.argv[0] = 'mlic-edg
 WAIT_SECONDS = 300  # for the moment to signal at; generous for a busy 2-core CI machine
 
 
-def interrupt(args: list[str], when: str, sig: signal.Signals, cwd: Path) -> tuple[int, str]:
-    """Run ``mlic-edge ARGS``, send ``sig`` once stderr has a line matching ``when``; (exit code, stderr)."""
+class Stopped(NamedTuple):
+    code: int
+    err: str
+    out: str
+
+
+def send_signals(args: list[str], cwd: Path, signals: list[tuple[str, signal.Signals]],
+                 hold_stdout: bool = False) -> Stopped:
+    """Run ``mlic-edge ARGS`` and send each signal in turn, once stderr has a line matching its pattern (after the
+    signal before it). With ``hold_stdout`` the first line of stdout is read before the first signal and the rest
+    only after the last one: the run blocks writing records meanwhile, so it is still at work when they land."""
     env = {**os.environ, "MLIC_EDGE_PROGRESS_SECONDS": "0", "COLUMNS": "200"}
     process = subprocess.Popen([sys.executable, "-c", ENTRY, *map(str, args)], cwd=cwd, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
-    seen = threading.Event()
+    out: list[str] = []
+    arrived = threading.Condition()
 
-    def read() -> None:
+    def read_stderr() -> None:
         for line in process.stderr:
-            lines.append(line)
-            if re.search(when, line):
-                seen.set()
+            with arrived:
+                lines.append(line)
+                arrived.notify_all()
+        with arrived:
+            lines.append("")  # the end: nothing more will match
+            arrived.notify_all()
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    readers = [threading.Thread(target=read_stderr, daemon=True),
+               threading.Thread(target=lambda: out.extend(process.stdout), daemon=True)]
+    readers[0].start()
     try:
-        assert seen.wait(WAIT_SECONDS), f"never reached {when!r}: {''.join(lines)}"
-        process.send_signal(sig)
+        if hold_stdout:
+            out.append(process.stdout.readline())
+        else:
+            readers[1].start()
+        seen = 0
+        for when, sig in signals:
+            with arrived:
+                def reached() -> bool:
+                    return any(re.search(when, line) for line in lines[seen:])
+
+                arrived.wait_for(lambda: reached() or "" in lines, WAIT_SECONDS)
+                assert reached(), f"never reached {when!r}: {''.join(lines)}"
+                seen = len(lines)
+            process.send_signal(sig)
+        if hold_stdout:
+            readers[1].start()
         code = process.wait(WAIT_SECONDS)
     finally:
         if process.poll() is None:
             process.kill()
-    reader.join(10)
-    return code, "".join(lines)
+    for reader in readers:
+        reader.join(10)
+    return Stopped(code, "".join(lines), "".join(out))
+
+
+def interrupt(args: list[str], when: str, sig: signal.Signals, cwd: Path) -> tuple[int, str]:
+    """Run ``mlic-edge ARGS``, send ``sig`` once stderr has a line matching ``when``; (exit code, stderr)."""
+    stopped = send_signals(args, cwd, [(when, sig)])
+    return stopped.code, stopped.err
 
 
 def assert_stopped(code: int, err: str, sig: signal.Signals, *fragments: str) -> None:
@@ -129,6 +167,143 @@ def test_bench_and_parity_stopped_keep_their_reports(tmp_path, run_copy):
         assert_stopped(code, err, signal.SIGTERM)
         assert snapshot(run_copy) == before
     assert hidden_files(run_copy) == []
+
+
+def long_image_list(folder: Path, synth_data: Path, repeats: int = 200) -> Path:
+    """A list file naming the synthetic images ``repeats`` times over: a run over it lasts long enough to stop."""
+    images = sorted((synth_data / "JPEGImages").glob("*.jpg"))
+    listed = folder / "long.txt"
+    listed.write_text("".join(f"{image}\n" for image in images * repeats))
+    return listed
+
+
+def whole_records(text: str) -> list[dict]:
+    """The JSON lines of ``text``, which must end with a whole one."""
+    assert text.endswith("\n"), text[-200:]
+    return [json.loads(line) for line in text.splitlines()]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_run_stopped_finishes_in_flight_writes_whole_outputs_and_exits_with_the_signal(tmp_path, trained_run,
+                                                                                        synth_data, sig):
+    """A partial output is told from a complete one by the exit status: 130 / 143, never 0."""
+    out = tmp_path / "out.jsonl"
+    code, err = interrupt(["run", long_image_list(tmp_path, synth_data), "--run", trained_run, "--backend",
+                           "onnxruntime", "--out", out, "--stats-every", "0.1"], r"^\d+ frames, ", sig, tmp_path)
+    assert_stopped(code, err, sig, "stopped early after", "every output was flushed and closed")
+    records = whole_records(out.read_text())
+    assert 0 < len(records) < 32000 and [record["index"] for record in records] == list(range(len(records)))
+    assert f"after {len(records)} frame(s)" in err  # every frame processed was written
+    assert "latency per frame" in err and hidden_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("first, second", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM, signal.SIGINT)],
+                         ids=["SIGINT-SIGINT", "SIGTERM-SIGINT"])
+def test_run_signalled_again_while_finishing_stops_at_once_with_one_line(tmp_path, trained_run, synth_data, first,
+                                                                         second):
+    """Records go to stdout, which the test stops reading after the first: the run blocks writing a batch of 512
+    (far more than a pipe holds), so the first signal cannot be finished before the second lands. The first
+    signal decides the exit status."""
+    stopped = send_signals(["run", long_image_list(tmp_path, synth_data), "--run", trained_run, "--backend",
+                            "onnxruntime", "--batch", "512"], tmp_path,
+                           [(r" → ", first), (r"again stops at once", second)], hold_stdout=True)
+    assert_stopped(stopped.code, stopped.err, first, "a second signal", "at once")
+    assert "stopped early after" not in stopped.err
+    assert 0 < len(whole_records(stopped.out)) < 32000
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_interpreter_shuts_down_changes_neither_line_nor_status(tmp_path, sig):
+    """A second Ctrl-C that lands after the line, while the interpreter frees ONNX Runtime and the modules, killed
+    the process by the signal instead (status -2 / -15). Sent here from an exit handler, deterministically."""
+    kill_at_exit = f"import atexit, os; atexit.register(os.kill, os.getpid(), {int(sig)}); {ENTRY}"
+    process = subprocess.run([sys.executable, "-c", kill_at_exit, "bench", "--run", tmp_path / "nowhere"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_SECONDS)
+    assert process.returncode == 2, (process.returncode, process.stderr)
+    assert [line for line in process.stderr.splitlines() if line.startswith("error:")] == process.stderr.splitlines()
+    assert "Traceback" not in process.stderr
+
+
+def test_bench_stopped_in_its_pipeline_exits_with_the_signal_after_joining_its_threads(tmp_path, run_copy):
+    """--threads 1 on two cores or more overlaps the pipeline's stages on four threads; a stop arrives in round 2."""
+    code, err = interrupt(["bench", "--run", run_copy, "--backend", "onnxruntime", "--iterations", "1", "--warmup",
+                           "0", "--frames", "200", "--rounds", "1000", "--threads", "1"], r"round 2/1000",
+                          signal.SIGTERM, tmp_path)
+    assert_stopped(code, err, signal.SIGTERM)
+    assert "terminate called" not in err
+
+
+@pytest.mark.parametrize("in_turn", [False, True], ids=["overlapped", "in-turn"])
+def test_a_stop_waits_for_the_inference_in_flight_before_it_propagates(tmp_path, in_turn):
+    """The stage threads run native code (ONNX Runtime, OpenCV): a stop that propagated while one still ran would
+    let the backend be closed and the process exit under it ("terminate called without an active exception").
+    The inference outlasts the 5 s the pipeline used to wait for each thread; in turn (a file on a CPU backend
+    holding every core) its one thread is the one whose join the signal handler interrupts."""
+    import cv2
+    import numpy as np
+
+    from mlic_edge.errors import Interrupted
+    from mlic_edge.runtime.inference.pipeline import run_pipeline
+    from mlic_edge.runtime.inference.sources import open_source
+    from mlic_edge.runtime.inference.threads import plan_threads
+    from mlic_edge.spec import ModelSpec
+    from mlic_edge.stops import stop_on_signals
+    from test_pipeline import FakeLiveSource, RecordingBackend, identity
+
+    finished = threading.Event()
+
+    class SignalledWhileInferring(RecordingBackend):
+        thread_budget = plan_threads(2, "cpu") if in_turn else None
+
+        def infer(self, batch):
+            if not self.batches:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(6)
+                finished.set()
+            return super().infer(batch)
+
+    for index in range(4):
+        cv2.imwrite(str(tmp_path / f"{index}.png"), np.zeros((8, 8, 3), np.uint8))
+    assert SignalledWhileInferring.thread_budget is None or not SignalledWhileInferring.thread_budget.overlap
+    with open_source(str(tmp_path)) if in_turn else FakeLiveSource() as source, stop_on_signals(), \
+            pytest.raises(Interrupted):
+        run_pipeline(source, SignalledWhileInferring(), ModelSpec(["a", "b"], 16, [0.5] * 3, [0.25] * 3),
+                     postprocess=identity)
+    assert finished.is_set()
+    assert not [thread.name for thread in threading.enumerate() if thread.name.startswith("mlic-edge-")]
+
+
+@pytest.mark.parametrize("writes_before_stop", [0, 1], ids=["calibrator", "quantizer"])
+def test_int8_quantizer_stopped_leaves_none_of_onnx_runtimes_files_in_the_run(run_copy, synth_data, monkeypatch,
+                                                                              writes_before_stop):
+    """ONNX Runtime's calibrator and quantizer each write a shape-inferred copy of their input beside it
+    (model-inferred.onnx) and remove it only when they return: a stop right after one was written (the
+    calibrator's, or the quantizer's after a finished calibration) must leave nothing in the run folder."""
+    import onnx
+
+    from mlic_edge.calibration import quantize_int8, select_calibration_set
+    from mlic_edge.data import open_dataset
+    from mlic_edge.errors import Interrupted
+    from mlic_edge.rundir import RunDir
+
+    infer_shapes_path, written = onnx.shape_inference.infer_shapes_path, []
+
+    def infer_shapes_then_stop(model_path, output_path="", *args, **kwargs):
+        infer_shapes_path(model_path, output_path, *args, **kwargs)
+        written.append(Path(output_path or model_path))
+        if len(written) > writes_before_stop:
+            raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes_path", infer_shapes_then_stop)
+    meta = RunDir(run_copy).read()
+    calibration = select_calibration_set(open_dataset(f"voc:{synth_data}", "train"), 8)
+    before = snapshot(run_copy)
+    with pytest.raises(Interrupted):
+        quantize_int8(run_copy / "model.onnx", run_copy / "model.int8.onnx", run_copy / "calibration",
+                      method="minmax", calibration=calibration, img_size=int(meta["img_size"]), mean=meta["mean"],
+                      std=meta["std"])
+    assert len(written) == writes_before_stop + 1
+    assert snapshot(run_copy) == before and not [path for path in written if path.exists()]
 
 
 def test_data_synth_stopped_leaves_no_half_dataset(tmp_path):

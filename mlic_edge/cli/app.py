@@ -61,8 +61,9 @@ def _global(debug: bool = typer.Option(False, "--debug", help="Show full traceba
 
 def main() -> None:
     """Entry point: errors become one actionable line and a non-zero exit (tracebacks only with --debug)."""
-    from mlic_edge.stops import stop_on_signals
+    from mlic_edge.stops import exit_uninterrupted, stop_on_signals
 
+    exit_uninterrupted()
     debug = "--debug" in sys.argv or os.environ.get("MLIC_EDGE_DEBUG") == "1"
     try:
         with stop_on_signals():
@@ -681,7 +682,7 @@ def run_command(
     from mlic_edge.commands.predict import PredictRequest, check_outputs, describe_backend, run_predict
     from mlic_edge.console import console, info
     from mlic_edge.io import write_json
-    from mlic_edge.stops import finish_on_signals
+    from mlic_edge.stops import finish_on_signals, signals_deferred
     from mlic_edge.runtime.inference.latency import LatencyRecorder, PeriodicStats, latency_table
     from mlic_edge.runtime.inference.sinks import CsvSink, JsonlSink, VideoSink, WindowSink, check_writable
 
@@ -721,26 +722,30 @@ def run_command(
     periodic = PeriodicStats(latency, stats_every, lambda line: info(line)) if stats_every else None
     ok = False
     try:
-        with finish_on_signals(stop):
+        with finish_on_signals(stop) as signalled:
             summary = run_predict(run_dir, source, request, on_open=open_sinks, stop=stop, latency=latency,
                                   on_tick=periodic.maybe_emit if periodic else None)
         ok = True
     finally:
-        for sink in sinks:
-            sink.close(ok or stop.is_set())
+        with signals_deferred():
+            for sink in sinks:
+                sink.close(ok or stop.is_set())
     if stats_json:
         write_json(stats_json, summary)
     if json_out:
         _emit_json(summary)
     else:
         console.print(latency_table(summary, f"latency per frame ({describe_backend(summary)})"))
-    if summary["stopped"]:
+    if summary["stopped"] and not signalled:
         info("stopped on request; every output was flushed and closed")
     if out:
         info(f"wrote {summary['records']} records to {out}")
     for path in (csv_out, save_video):
         if path:
             info(f"wrote {path}")
+    if signalled:  # the exit status tells a partial output from a complete one
+        raise Interrupted(signalled[0], note=f"stopped early after {summary['frames']} frame(s); every output was "
+                                             "flushed and closed and ends with a whole record")
 
 
 # --------------------------------------------------------------------------------------------------- bench

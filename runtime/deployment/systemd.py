@@ -159,6 +159,8 @@ def render_unit(spec: ServiceSpec) -> str:
         # run finishes what is in flight and closes its outputs on SIGTERM; 20 s covers a slow engine or camera.
         "KillSignal=SIGTERM",
         "TimeoutStopSec=20",
+        # ... then exits 143 (130 after SIGINT), which systemd would otherwise count as a failure of `systemctl stop`
+        "SuccessExitStatus=130 143",
         "StandardOutput=journal",
         "StandardError=journal",
         "",

@@ -22,6 +22,7 @@ from mlic_edge.runtime.inference.sources import Frame, Source
 from mlic_edge.runtime.inference.threads import apply_feed_threads, restore_feed_threads
 from mlic_edge.data.images import spec_input
 from mlic_edge.spec import ModelSpec
+from mlic_edge.stops import signals_deferred
 
 _END = object()  # end of the stream, passed down the stages
 POLL_S = 0.05
@@ -117,7 +118,7 @@ class _Stages:
                 continue
         return _END
 
-    def _guard(self, stage: Callable[[], None]) -> Callable[[], None]:
+    def _guard(self, stage: Callable[[], None], ended: threading.Event) -> Callable[[], None]:
         def run() -> None:
             try:
                 stage()
@@ -125,6 +126,8 @@ class _Stages:
                 self.errors.append(error)
                 self.abort.set()
                 self.stop_source()
+            finally:
+                ended.set()
         return run
 
     def _served(self, stage: str, frames: list[Frame], started: float) -> None:
@@ -255,26 +258,34 @@ def run_pipeline(source: Source, backend: Backend, spec: ModelSpec, *,
                      stop or threading.Event(), on_tick)
     overlap = source.live or budget is None or budget.overlap  # a live source needs its reader to keep the newest
     work = (stages.capture, stages.prepare, stages.infer, stages.output) if overlap else (stages.in_turn,)
-    threads = [threading.Thread(target=stages._guard(stage), name=f"mlic-edge-{stage.__name__}", daemon=True)
-               for stage in work]
+    ended = [threading.Event() for _ in work]
+    threads = [threading.Thread(target=stages._guard(stage, done), name=f"mlic-edge-{stage.__name__}", daemon=True)
+               for stage, done in zip(work, ended)]
     latency.start()
-    for thread in threads:
-        thread.start()
     source_stopped = False
     try:
-        for thread in threads:
-            while thread.is_alive():  # short joins, so signal handlers run in this (the main) thread
-                thread.join(POLL_S)
+        with signals_deferred():  # a stop lands once every thread has started, so each is joined below
+            for thread in threads:
+                thread.start()
+        for done in ended:
+            # Short waits, so signal handlers run in this (the main) thread; on an Event, not Thread.join: a handler
+            # raising inside join can mark a running thread as ended (CPython before 3.13), and it is not joined.
+            while not done.wait(POLL_S):
                 if stages.stop.is_set() and not source_stopped:
                     stages.stop_source()
                     source_stopped = True
     except BaseException:
         stages.abort.set()
         stages.stop_source()
-        for thread in threads:
-            thread.join(5)
         raise
     finally:
+        # Every stage is joined, however long its step (one batch's inference) takes: a thread left in native code
+        # would have its backend closed under it, or the process exit around it ("terminate called without an
+        # active exception"). A signal meanwhile waits: the stop it asks for is already under way.
+        with signals_deferred():
+            for thread in threads:
+                if thread.ident is not None:
+                    thread.join()
         latency.stop()
         if opencv_threads is not None:
             restore_feed_threads(opencv_threads)
