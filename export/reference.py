@@ -41,6 +41,7 @@ def write_reference(run: RunDir, data: str | None = None, split: str | None = No
                                 on_batch=lambda n: progress.advance(task, n))
     if result.broken:
         warn(describe_broken(dataset, result.broken))
+    result.check_finite(run.checkpoint, dataset)
     ids = dataset.image_ids()
     ref_map = metrics.mean_average_precision(result.scores, result.targets(dataset)).map
     with run.transaction() as change:  # reference.npz and run.json's reference section, put in place together

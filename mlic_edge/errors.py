@@ -24,6 +24,11 @@ class MlicError(Exception):
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
+class NonFiniteError(MlicError, ValueError):
+    """A NaN or inf where a number is read or compared (``mlic_edge.spec.require_finite``). A ValueError too, as the
+    metrics' other refusals of bad input are."""
+
+
 class DataError(MlicError):
     """A dataset, image or label problem."""
 

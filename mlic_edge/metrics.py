@@ -14,6 +14,8 @@ Conventions (METHODS.md):
   (CP, CR, CF1, OP, OR, OF1), as fractions in [0, 1].
 * ``group_map`` is the head / middle / tail mAP of the long-tail papers
   (DBL, DAB): head = training count > 100, tail = count < 20.
+* A NaN or inf score is refused (NonFiniteError, a ValueError): sorted or
+  thresholded, it would count as a real score.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from mlic_edge.spec import require_finite
 
 __all__ = [
     "MapResult",
@@ -35,6 +39,7 @@ __all__ = [
 
 _AP_MODES = ("standard", "voc07")
 _METRIC_KEYS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
+NON_FINITE_HINT = "a model or file that gives NaN or inf is broken: make it again"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -50,6 +55,7 @@ def _as_1d_pair(scores_1d, targets_1d) -> tuple[np.ndarray, np.ndarray]:
         )
     if s.shape != t.shape:
         raise ValueError(f"scores and targets differ in length: {s.shape[0]} vs {t.shape[0]}")
+    require_finite("scores", s, hint=NON_FINITE_HINT)
     keep = t != -1
     if not keep.all():
         s, t = s[keep], t[keep]
@@ -147,6 +153,7 @@ def _as_2d_pair(scores, targets) -> tuple[np.ndarray, np.ndarray]:
         )
     if s.shape != t.shape:
         raise ValueError(f"scores shape {s.shape} does not match targets shape {t.shape}")
+    require_finite("scores", s, hint=NON_FINITE_HINT)
     if t.dtype == bool:
         t = t.astype(np.int64)
     if t.size and not np.isin(t, (-1, 0, 1)).all():

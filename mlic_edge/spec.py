@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ENGINE_BACKENDS = ("tensorrt", "tensorrt-rtx")
@@ -42,6 +42,11 @@ DEFAULT_MAX_SCORE_DIFF: dict[str, float | None] = {"fp32": 1e-2, "fp16": None, "
 def per_precision_text(values: Mapping[str, float | None]) -> str:
     """"fp32=0.1 fp16=0.5 int8=1.5": a per-precision default as the options spell it (None: no limit)."""
     return " ".join(f"{precision}={value:g}" for precision, value in values.items() if value is not None)
+
+
+# What a runtime refusal of NaN or inf scores advises (the graph made them; no limit lets them pass).
+BROKEN_GRAPH_HINT = ("the graph or engine that returned them is broken: make it again (fp32: mlic-edge export; "
+                     "the others: mlic-edge build --precision PRECISION --requantize)")
 
 
 def rebuild_command(run_path: str | Path, precision: str, backend: str | None = None) -> str:
@@ -158,12 +163,36 @@ def require_choice(kind: str, value: str, choices: tuple[str, ...], error: type[
     raise (error or MlicError)(f"unknown {kind} {value!r}", hint=f"choose one of {', '.join(choices)}")
 
 
+def require_finite(what: str, values: Any, *, error: type[Exception] | None = None,
+                   hint: str = "every score and limit must be a number: find what produced this one",
+                   at: Callable[[tuple[int, ...]], str] | None = None) -> Any:
+    """``values`` (a number, or an array of them) if every one is finite; else the one-line refusal naming ``what``
+    (``error``, by default NonFiniteError) and, for an array, how many are NaN or inf and where the first is (``at``
+    names a position: "image 12, label 'cat'"). The one rule for numbers read from files, options and backends:
+    ``nan > limit`` is false, so a NaN would pass any check written as a comparison."""
+    import numpy as np
+
+    from mlic_edge.errors import NonFiniteError
+
+    array = np.asarray(values)
+    finite = np.isfinite(array)
+    if finite.all():
+        return values
+    if array.ndim == 0:
+        problem = f"{what} is {values}, not a finite number"
+    else:
+        counts = " and ".join(f"{count} {name}" for name, count in (("NaN", int(np.isnan(array).sum())),
+                                                                     ("inf", int(np.isinf(array).sum()))) if count)
+        first = tuple(int(i) for i in np.argwhere(~finite)[0])
+        problem = (f"{what} hold {counts} among {array.size} values "
+                   f"(first at {at(first) if at else list(first)})")
+    raise (error or NonFiniteError)(problem, hint=hint)
+
+
 def require_fraction(option: str, value: float, *, upper_open: bool = False, hint: str = "scores are probabilities"
                      ) -> float:
     """``value`` if it is a number in [0, 1] (``upper_open``: [0, 1)); else the one-line refusal naming ``option``."""
-    import math
-
-    if isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value and (
+    if isinstance(value, (int, float)) and 0.0 <= require_finite(option, value, hint=hint) and (
             value < 1.0 if upper_open else value <= 1.0):
         return value
     from mlic_edge.errors import MlicError
@@ -173,9 +202,7 @@ def require_fraction(option: str, value: float, *, upper_open: bool = False, hin
 
 def require_seconds(option: str, value: float, hint: str = "for example 10") -> float:
     """``value`` if it is a finite positive number of seconds; else the one-line refusal naming ``option``."""
-    import math
-
-    if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+    if isinstance(value, (int, float)) and require_finite(option, value, hint=hint) > 0:
         return value
     from mlic_edge.errors import MlicError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from mlic_edge.data.dataset import MultiLabelDataset
 from mlic_edge.data.torch_data import ImageDataset, make_loader
-from mlic_edge.spec import DEFAULT_RESIZE
+from mlic_edge.spec import DEFAULT_RESIZE, require_finite
 
 
 @dataclass
@@ -23,6 +24,13 @@ class SplitScores:
 
     def targets(self, dataset: MultiLabelDataset) -> np.ndarray:
         return dataset.targets[self.kept]
+
+    def check_finite(self, checkpoint: Path, dataset: MultiLabelDataset) -> None:
+        """Refuse scores with a NaN or inf (diverged or damaged weights): nothing is measured or written from them."""
+        ids = dataset.image_ids()
+        require_finite(f"{checkpoint}'s scores on {dataset.spec}", self.scores,
+                       hint="the weights are broken: train again (a lower --lr where training diverged)",
+                       at=lambda index: f"image {ids[self.kept[index[0]]]}, label {dataset.names[index[1]]!r}")
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ from mlic_edge import metrics
 from mlic_edge.console import info, progress_bar, warn
 from mlic_edge.data import open_dataset
 from mlic_edge.data.torch_data import ImageDataset, cut_mix, describe_broken, make_loader
-from mlic_edge.errors import Interrupted, MlicError
+from mlic_edge.errors import Interrupted, MlicError, NonFiniteError
 from mlic_edge.models import create_model, get_model_entry
 from mlic_edge.models.backbone import backbone_data_config
 from mlic_edge.models.checkpoint import read_checkpoint, save_checkpoint
@@ -306,8 +306,11 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
                     dist, network, eval_set, img_size, mean, std, recipe.batch_size,
                     config.workers, device, on_batch=lambda n: progress.advance(val_task, n / len(candidates)),
                     resize=config.resize)
-                val_maps[weights] = metrics.mean_average_precision(
-                    scores_of[weights].scores, scores_of[weights].targets(eval_set)).map
+                try:
+                    val_maps[weights] = metrics.mean_average_precision(
+                        scores_of[weights].scores, scores_of[weights].targets(eval_set)).map
+                except NonFiniteError:  # a NaN or inf score: no mAP this epoch, so never the best checkpoint
+                    val_maps[weights] = math.nan
             split_scores = scores_of["raw"]
             better = max(val_maps, key=lambda name: val_maps[name] if math.isfinite(val_maps[name]) else -1.0)
             train_loss = running / max(1, seen)

@@ -885,6 +885,7 @@ def pack(
     preprocessing, and a manifest of sha256 hashes. No checkpoints, no engines (they are built on the device)."""
     from mlic_edge.commands.pack import pack as make_bundle
     from mlic_edge.console import info, progress_bar
+    from mlic_edge.runtime.checks.parity import figures_text
 
     with progress_bar(transient=True) as progress:
         task = progress.add_task("pack", total=None, status="")
@@ -896,8 +897,7 @@ def pack(
         _emit_json(result)
         return
     for name, graph in manifest["graphs"].items():
-        figures = "; ".join(f"{r['backend']}/{r['device']} ΔmAP {r['delta_mAP_points']:+.3f}, "
-                            f"{r['labelset_agreement'] * 100:.1f} % identical, {'PASS' if r['passed'] else 'FAIL'}"
+        figures = "; ".join(f"{r['backend']}/{r['device']} {figures_text(r)}, {'PASS' if r['passed'] else 'FAIL'}"
                             for r in graph["workstation_parity"]) or "no parity measured"
         info(f"{name} (sha256 {graph['sha256'][:12]}…): {figures}")
     info(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB: {', '.join(manifest['precisions'])}); on the device: "

@@ -22,7 +22,7 @@ from mlic_edge.export.lineage import ONNX_SHA, check_onnx
 from mlic_edge.io import json_text, read_json, sha256_file
 from mlic_edge.rundir import RunChange, RunDir
 from mlic_edge.spec import (BUILD_BACKENDS, ENGINE_BACKENDS, INT8_TARGET_AGREEMENT, INT8_TARGET_DELTA_POINTS,
-                            PRECISIONS, RunSpec, require_choice, require_fraction)
+                            PRECISIONS, RunSpec, require_choice, require_finite, require_fraction)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -75,7 +75,7 @@ def check_request(request: BuildRequest) -> tuple[str, Any]:
     precision or backend that does not exist, a TensorRT that is not installed, or an option it cannot honour."""
     require_choice("precision", request.precision, PRECISIONS, BuildError)
     require_fraction("--target-agreement", request.target_agreement, hint="for example 0.97")
-    if not (math.isfinite(request.target_delta) and request.target_delta >= 0):
+    if require_finite("--target-delta", request.target_delta, error=BuildError, hint="for example 0.5") < 0:
         raise BuildError(f"--target-delta {request.target_delta} is not a number of mAP points >= 0",
                          hint="for example 0.5")
     if request.max_fp_layers is not None and request.max_fp_layers < 0:
@@ -181,9 +181,10 @@ def _shipped_graphs(run: RunDir, request: BuildRequest) -> dict[str, dict[str, A
 def _deploy_shipped(run: RunDir, request: BuildRequest, record: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     """The bundle's graph of the precision, as it was verified on the workstation: nothing converted or quantized
     (for int8 the CPU graph too, where the bundle shipped it)."""
+    from mlic_edge.runtime.checks.parity import figures_text
+
     path = run.onnx(request.precision)
-    verified = [f"{r['backend']} ΔmAP {r['delta_mAP_points']:+.3f}, {r['labelset_agreement'] * 100:.1f} % identical"
-                for r in record.get("workstation_parity") or []]
+    verified = [f"{r['backend']} {figures_text(r)}" for r in record.get("workstation_parity") or []]
     info(f"{request.precision}: {path.name} deployed as the bundle shipped it (sha256 {record['sha256'][:12]}…, "
          + (f"workstation parity: {'; '.join(verified)}" if verified else "no workstation parity recorded")
          + "); --requantize makes a new one here")

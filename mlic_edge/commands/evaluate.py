@@ -11,7 +11,7 @@ from typing import Any, Callable
 from mlic_edge.console import warn
 from mlic_edge.errors import MlicError
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import require_fraction
+from mlic_edge.spec import BROKEN_GRAPH_HINT, require_finite, require_fraction
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ def evaluate(run: RunDir, request: EvalRequest = EvalRequest()) -> dict[str, Any
                             device=torch_device)
     if result.broken:
         warn(describe_broken(dataset, result.broken))
+    result.check_finite(run.checkpoint, dataset)
     targets = result.targets(dataset)
     counts = dataset_meta.get("train_class_counts")
     report = metrics.evaluate(result.scores, targets, dataset.names,
@@ -100,6 +101,8 @@ def evaluate_precision(run: RunDir, precision: str, say: Progress, onnx_path: Pa
                 say(f"mAP of {name} (ONNX Runtime CPU)", done, len(images))
 
             scores[name], _ = score_images(backend, images, on_batch=advance)
+        require_finite(f"{path.name}'s scores (ONNX Runtime CPU)", scores[name], at=reference.at,
+                       hint=BROKEN_GRAPH_HINT)
     fp32_vs_ref = compare_scores(reference, scores["fp32"], precision="fp32")
     as_fp32 = Reference(scores["fp32"], reference.targets, reference.image_ids, reference.labels, reference.spec,
                         reference.split)

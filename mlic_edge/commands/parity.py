@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from mlic_edge.errors import LineageError, MlicError
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import PRECISIONS, rebuild_command, require_choice, require_fraction
+from mlic_edge.spec import PRECISIONS, rebuild_command, require_choice, require_finite, require_fraction
 
 Progress = Callable[[str, int, int], None]  # (what, images just done, images in all)
 
@@ -29,6 +29,20 @@ class ParityRequest:
     batch_size: int = 16
 
 
+def check_limits(request: ParityRequest) -> None:
+    """Refuse, before any work, a limit for an unknown precision, or one that is not a finite number >= 0 (a share
+    of images: in [0, 1]): every limit is compared with ``>``, which a NaN passes."""
+    for option, limits in (("--tolerance", request.tolerances), ("--min-same", request.labelset_floors),
+                           ("--max-diff", request.max_score_diffs)):
+        for precision, value in limits.items():
+            require_choice("precision", precision, PRECISIONS)
+            what, example = f"{option} {precision}", f"for example {option} {precision}=0.5"
+            if option == "--min-same":
+                require_fraction(what, value, hint=example)
+            elif require_finite(what, value, hint=example) < 0:
+                raise MlicError(f"{what} is {value}, below 0", hint=example)
+
+
 def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Progress | None = None,
            on_skip: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The parity report (also written to reports/parity.json and .md). Past a tolerance the report says so;
@@ -39,8 +53,9 @@ def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Prog
     from mlic_edge.runtime.deployment.deploy_report import beside_workstation, write_deploy_report
     from mlic_edge.runtime.inference.backends import create_backend
 
-    for name in (*request.precisions, *request.tolerances, *request.labelset_floors, *request.max_score_diffs):
+    for name in request.precisions:
         require_choice("precision", name, PRECISIONS)
+    check_limits(request)
     require_fraction("--threshold", request.threshold)
     run.read()
     run.require_writable(reports_only=True)

@@ -20,12 +20,12 @@ import numpy as np
 from mlic_edge import metrics
 from mlic_edge.data import open_dataset
 from mlic_edge.data.images import read_image, spec_input
-from mlic_edge.errors import MlicError, ParityError, RunDirError
+from mlic_edge.errors import MlicError, NonFiniteError, ParityError, RunDirError
 from mlic_edge.export.lineage import CHECKPOINT_SHA, check_reference
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.inference.backends.base import Backend
-from mlic_edge.spec import (DEFAULT_LABELSET_FLOOR, DEFAULT_MAX_SCORE_DIFF, DEFAULT_TOLERANCE_POINTS,
-                            ModelSpec)
+from mlic_edge.spec import (BROKEN_GRAPH_HINT, DEFAULT_LABELSET_FLOOR, DEFAULT_MAX_SCORE_DIFF,
+                            DEFAULT_TOLERANCE_POINTS, ModelSpec, require_finite)
 
 WORST_CLASSES = 5
 
@@ -41,8 +41,10 @@ class Reference:
 
     @classmethod
     def load(cls, run: RunDir) -> "Reference":
-        """The run's reference.npz, refused when damaged or when it scored another model or other classes."""
+        """The run's reference.npz, refused when damaged (a NaN or inf score included) or when it scored another
+        model or other classes."""
         path = run.require(run.reference, "mlic-edge export")
+        again = f"write it again: mlic-edge export --run {run.path}"
         try:
             with np.load(path) as data:
                 reference = cls(data["scores"], data["targets"], [str(i) for i in data["image_ids"]],
@@ -50,9 +52,21 @@ class Reference:
                 made_from = str(data[CHECKPOINT_SHA]) if CHECKPOINT_SHA in data.files else None
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
             raise RunDirError(f"{path} is damaged or not a reference ({type(error).__name__}: {error})",
-                              hint=f"write it again: mlic-edge export --run {run.path}") from None
+                              hint=again) from None
+        grid = (len(reference.image_ids), len(reference.labels))
+        if reference.scores.shape != grid or reference.targets.shape != grid:
+            raise RunDirError(f"{path} is damaged: scores {reference.scores.shape} and targets "
+                              f"{reference.targets.shape} for {grid[0]} images and {grid[1]} labels", hint=again)
+        for name in ("scores", "targets"):
+            require_finite(f"{path} {name}", getattr(reference, name), error=RunDirError, hint=again,
+                           at=reference.at)
         check_reference(run, made_from, reference.labels)
         return reference
+
+    def at(self, index: tuple[int, ...]) -> str:
+        """Where (row, column) of the scores is: "image 000012, label 'cat'"."""
+        row, column = index
+        return f"image {self.image_ids[row]}, label {self.labels[column]!r}"
 
     @property
     def map(self) -> float:
@@ -125,10 +139,21 @@ def compare_scores(reference: Reference, scores: np.ndarray, *, precision: str, 
                    tolerance_points: float | None = None, labelset_floor: float | None = None,
                    max_score_diff: float | None = None) -> dict[str, Any]:
     """How far ``scores`` are from the reference: ΔmAP, per-class ΔAP, score differences, label-set agreement, and
-    every way it fails the precision's limits (``failures``, one sentence each; none: passed)."""
+    every way it fails the precision's limits (``failures``, one sentence each; none: passed). Scores with a NaN or
+    inf are not compared: the result fails saying where, and its figures are None."""
     if scores.shape != reference.scores.shape:
         raise MlicError(f"the backend returned scores of shape {scores.shape}, the reference has "
                         f"{reference.scores.shape}", hint="the ONNX/engine was made for another model; rebuild it")
+    tolerance = DEFAULT_TOLERANCE_POINTS[precision] if tolerance_points is None else tolerance_points
+    floor = DEFAULT_LABELSET_FLOOR[precision] if labelset_floor is None else labelset_floor
+    score_limit = DEFAULT_MAX_SCORE_DIFF[precision] if max_score_diff is None else max_score_diff
+    limits = {"threshold": threshold, "tolerance_points": tolerance, "labelset_floor": floor,
+              "max_score_diff": score_limit}
+    try:
+        require_finite("its scores", scores, at=reference.at)
+    except NonFiniteError as error:
+        return {"precision": precision, **dict.fromkeys(FIGURES), "per_class_delta_AP": {}, "worst_classes": [],
+                **limits, "failures": [f"{error.message}, so nothing was compared"], "passed": False}
     ref = metrics.mean_average_precision(reference.scores, reference.targets)
     got = metrics.mean_average_precision(scores, reference.targets)
     class_delta = got.per_class - ref.per_class
@@ -136,9 +161,6 @@ def compare_scores(reference: Reference, scores: np.ndarray, *, precision: str, 
     worst = sorted(scored, key=lambda i: class_delta[i])[:WORST_CLASSES]
     diff = np.abs(scores.astype(np.float64) - reference.scores.astype(np.float64))
     same_sets = np.all((scores >= threshold) == (reference.scores >= threshold), axis=1)
-    tolerance = DEFAULT_TOLERANCE_POINTS[precision] if tolerance_points is None else tolerance_points
-    floor = DEFAULT_LABELSET_FLOOR[precision] if labelset_floor is None else labelset_floor
-    score_limit = DEFAULT_MAX_SCORE_DIFF[precision] if max_score_diff is None else max_score_diff
     delta = float(got.map - ref.map)
     max_diff = float(diff.max()) if diff.size else 0.0
     agreement = float(same_sets.mean()) if len(same_sets) else 1.0
@@ -161,13 +183,26 @@ def compare_scores(reference: Reference, scores: np.ndarray, *, precision: str, 
         "max_abs_diff": max_diff,
         "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
         "labelset_agreement": agreement,
-        "threshold": threshold,
-        "tolerance_points": tolerance,
-        "labelset_floor": floor,
-        "max_score_diff": score_limit,
+        **limits,
         "failures": failures,
         "passed": not failures,
     }
+
+
+FIGURES = ("mAP", "delta_mAP", "delta_mAP_points", "max_abs_diff", "mean_abs_diff", "labelset_agreement")
+"""What ``compare_scores`` measures: None where the scores were not all finite."""
+
+
+def figure(value: float | None, spec: str, scale: float = 1.0) -> str:
+    """A result's figure formatted by ``spec`` (times ``scale``), or "-" where it was not measured."""
+    return "-" if value is None else format(value * scale, spec)
+
+
+def figures_text(result: dict[str, Any]) -> str:
+    """"ΔmAP +0.012, 98.5 % identical" of a parity result (also as a bundle records it)."""
+    if result.get("delta_mAP_points") is None:
+        return "nothing compared (scores not finite)"
+    return f"ΔmAP {result['delta_mAP_points']:+.3f}, {result['labelset_agreement'] * 100:.1f} % identical"
 
 
 def check_backend(backend: Backend, reference: Reference, images: ReferenceImages, *, threshold: float = 0.5,
@@ -261,6 +296,8 @@ def check_parity(report: dict[str, Any]) -> None:
     failed = [result for result in report["results"] if not result["passed"]]
     if failed:
         details = "; ".join(f"{r['backend']} {precision_text(r)}: {', '.join(r['failures'])}" for r in failed)
+        if any(r["mAP"] is None for r in failed):  # no limit lets NaN or inf scores pass
+            raise ParityError(details, hint=BROKEN_GRAPH_HINT)
         raise ParityError(details, hint="inspect reports/parity.md; --tolerance, --min-same and --max-diff "
                                         "PRECISION=VALUE accept larger differences")
 
@@ -275,9 +312,9 @@ def _rows(report: dict[str, Any]) -> list[list[str]]:
     rows = []
     for r in report["results"]:
         worst = ", ".join(f"{w['label']} {w['delta_AP'] * 100:+.2f}" for w in r["worst_classes"][:3])
-        rows.append([r["backend"], precision_text(r), r["device"], f"{r['mAP'] * 100:.2f}",
-                     f"{r['delta_mAP_points']:+.3f}", worst or "-", f"{r['max_abs_diff']:.1e}",
-                     f"{r['mean_abs_diff']:.1e}", f"{r['labelset_agreement'] * 100:.1f}%",
+        rows.append([r["backend"], precision_text(r), r["device"], figure(r["mAP"], ".2f", 100),
+                     figure(r["delta_mAP_points"], "+.3f"), worst or "-", figure(r["max_abs_diff"], ".1e"),
+                     figure(r["mean_abs_diff"], ".1e"), figure(r["labelset_agreement"], ".1%"),
                      f"{r['latency']['ms_per_image']:.2f}", f"{r['tolerance_points']}",
                      "PASS" if r["passed"] else "FAIL"])
     return rows
@@ -312,7 +349,7 @@ def parity_markdown(report: dict[str, Any]) -> str:
 def workstation_rows(report: dict[str, Any]) -> list[list[str]]:
     """One row per device result beside the workstation's figures on the graph the bundle shipped."""
     def figures(result: dict[str, Any]) -> str:
-        return f"{result['delta_mAP_points']:+.3f} / {result['labelset_agreement'] * 100:.1f}%"
+        return f"{figure(result['delta_mAP_points'], '+.3f')} / {figure(result['labelset_agreement'], '.1%')}"
 
     rows = []
     for row in report.get("workstation") or []:

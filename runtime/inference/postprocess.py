@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from mlic_edge.errors import DataError, MlicError
+from mlic_edge.spec import BROKEN_GRAPH_HINT, require_finite
 
 MAX_TRACKED_SOURCES = 256
 """Streams whose smoothing / last label set are remembered; older keys are forgotten (a folder run stays bounded)."""
@@ -145,6 +146,8 @@ class Postprocessor:
     def __call__(self, scores: np.ndarray, meta: dict[str, Any]) -> dict[str, Any] | None:
         key = str(meta["source"])
         current = np.asarray(scores, dtype=np.float64).reshape(-1)
+        require_finite(f"the model's scores for {key} (frame {meta['index']})", current,
+                       at=lambda index: f"label {self.labels[index[0]]!r}", hint=BROKEN_GRAPH_HINT)
         if self.smoothing:
             previous = self._smoothed.get(key)
             if previous is not None:
