@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import functools
 import json
+import zipfile
 from pathlib import Path
 
 from mlic_edge.errors import LineageError
 from mlic_edge.io import read_json, sha256_file
 from mlic_edge.rundir import GRAPH_HASHES, RunDir
-from mlic_edge.spec import RunSpec, rebuild_command
+from mlic_edge.spec import RunSpec, rebuild_command, retrain_command
 
 BUNDLE_MANIFEST = "bundle.json"  # kept in a run unpacked from a bundle (runtime/deployment/bundle.py)
 CHECKPOINT_SHA = "source_checkpoint_sha256"  # the ONNX metadata key and the reference.npz array of it
@@ -47,6 +48,8 @@ def onnx_metadata(run: RunDir, precision: str, path: Path | None = None) -> dict
     """The metadata of the run's ONNX of ``precision`` (or of ``path``), refusing a file that cannot be read."""
     path = path or run.onnx(precision)
     fix = export_command(run) if precision == "fp32" else rebuild_command(run.path, precision)
+    if path.is_file() and path.stat().st_size == 0:  # onnx parses no bytes as an empty model without complaint
+        raise LineageError(f"{path} is empty (0 bytes)", hint=f"make it again: {fix}")
     try:
         return dict(_file_metadata(path))
     except Exception as error:  # protobuf's DecodeError, onnx's own errors, a truncated file: all the same here
@@ -76,10 +79,18 @@ def check_onnx(run: RunDir, precision: str, spec: RunSpec | None = None, path: P
     if precision == "fp32":
         recorded, current = metadata.get(CHECKPOINT_SHA), checkpoint_sha256(run)
         if recorded and current and recorded != current:
+            if not zipfile.is_zipfile(run.checkpoint):  # torch.save writes a zip: this one cannot be exported from
+                raise LineageError(f"{run.checkpoint} is damaged (not a readable checkpoint), so {path.name} cannot "
+                                   "be checked against it",
+                                   hint=f"restore it from a copy of the run, or make it again: "
+                                        f"{retrain_command(run.path)}")
             raise LineageError(f"{path.name} was exported from another {run.checkpoint.name} (the checkpoint changed "
                               "since)", hint=f"export again: {fix}")
     else:
         recorded = metadata.get(ONNX_SHA)
+        if recorded and run.onnx("fp32").is_file():
+            check_graph_bytes(run, run.onnx("fp32"), "fp32")  # a damaged model.onnx is named, not what was made from it
+            onnx_metadata(run, "fp32")
         if recorded and run.onnx("fp32").is_file() and recorded != _file_sha256(run.onnx("fp32")):
             raise LineageError(f"{path.name} was made from another {run.onnx('fp32').name} (it was exported again "
                               "since)", hint=f"rebuild: {fix}")

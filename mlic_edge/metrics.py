@@ -37,7 +37,7 @@ __all__ = [
     "threshold_metrics",
 ]
 
-_AP_MODES = ("standard", "voc07")
+AP_MODES = ("standard", "voc07")
 _METRIC_KEYS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
 NON_FINITE_HINT = "a model or file that gives NaN or inf is broken: make it again"
 
@@ -170,8 +170,8 @@ def mean_average_precision(scores, targets, mode: str = "standard") -> MapResult
     ``mode`` is ``"standard"`` (non-interpolated, = sklearn) or ``"voc07"``
     (11-point interpolated). -1 targets are left out per class.
     """
-    if mode not in _AP_MODES:
-        raise ValueError(f"unknown AP mode {mode!r}; expected one of {list(_AP_MODES)}")
+    if mode not in AP_MODES:
+        raise ValueError(f"unknown AP mode {mode!r}; expected one of {list(AP_MODES)}")
     s, t = _as_2d_pair(scores, targets)
     fn = average_precision if mode == "standard" else average_precision_voc07
     num_classes = s.shape[1]

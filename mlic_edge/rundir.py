@@ -104,7 +104,7 @@ class RunDir:
         """run.json as the typed run contract (mlic_edge.spec): every default applied in one place."""
         from mlic_edge.spec import RunSpec
 
-        return RunSpec.from_run_json(self.read())
+        return RunSpec.from_run_json(self.read(), self.run_json)
 
     def update(self, **sections: Any) -> dict[str, Any]:
         """Merge top-level sections into run.json (written atomically) and return the new content."""

@@ -8,7 +8,9 @@ run.json and the ONNX metadata are read and written through ``RunSpec.from_run_j
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -52,6 +54,11 @@ BROKEN_GRAPH_HINT = ("the graph or engine that returned them is broken: make it 
 def rebuild_command(run_path: str | Path, precision: str, backend: str | None = None) -> str:
     """The command that (re)makes a precision's artefact, named in every refusal that needs one."""
     return f"mlic-edge build --run {run_path} --precision {precision}" + (f" --backend {backend}" if backend else "")
+
+
+def retrain_command(run_path: str | Path) -> str:
+    """The command that makes a run's model and run.json anew (a damaged checkpoint or run.json field)."""
+    return f"mlic-edge train --data DATA --out {run_path} --overwrite"
 
 
 # Graphs of one precision that differ by where they run: int8's default graph is TensorRT's symmetric Q/DQ (which
@@ -112,15 +119,16 @@ class RunSpec(ModelSpec):
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # the rest of run.json, kept as written
 
     @classmethod
-    def from_run_json(cls, data: Mapping[str, Any]) -> "RunSpec":
+    def from_run_json(cls, data: Mapping[str, Any], source: str | Path = "run.json") -> "RunSpec":
+        """The contract in run.json's ``data`` (read from ``source``); a field missing or of the wrong kind is
+        refused in one line naming ``source`` and the field (RunDirError)."""
         known = {item.name for item in fields(cls)} - {"extra"}
-        return cls(model=str(data.get("model", "unknown")), backbone=str(data.get("backbone", "unknown")),
-                   labels=[str(label) for label in data["labels"]], img_size=int(data["img_size"]),
-                   mean=[float(value) for value in data["mean"]], std=[float(value) for value in data["std"]],
-                   resize=str(data.get("resize") or DEFAULT_RESIZE),
-                   input_format=str(data.get("input_format") or FLOAT_INPUT),
-                   dataset=data.get("dataset"), source=data.get("source"),
-                   extra={key: value for key, value in data.items() if key not in known})
+        read = functools.partial(_run_json_field, data, source)
+        return cls(model=read("model", "unknown"), backbone=read("backbone", "unknown"), labels=list(read("labels")),
+                   img_size=read("img_size"), mean=[float(value) for value in read("mean")],
+                   std=[float(value) for value in read("std")], resize=read("resize", DEFAULT_RESIZE),
+                   input_format=read("input_format", FLOAT_INPUT), dataset=read("dataset", None),
+                   source=read("source", None), extra={key: value for key, value in data.items() if key not in known})
 
     def to_run_json(self) -> dict[str, Any]:
         data = {**self.extra, "model": self.model, "backbone": self.backbone, "labels": list(self.labels),
@@ -152,6 +160,69 @@ class RunSpec(ModelSpec):
     @property
     def input_layout(self) -> str:
         return INPUT_LAYOUTS[self.input_format].format(resize=self.resize)
+
+
+_REQUIRED = object()
+_DATASET_TEXT = ("spec", "format", "train_split", "eval_split", "difficult")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_numbers(value: Any, positive: bool = False) -> bool:
+    return isinstance(value, list) and len(value) == 3 and all(_is_number(x) and (x > 0 or not positive) for x in value)
+
+
+def _is_dataset(value: Any) -> bool:
+    if not isinstance(value, dict) or not all(isinstance(value.get(key), (str, type(None))) for key in _DATASET_TEXT):
+        return False
+    counts = value.get("train_class_counts")
+    return counts is None or isinstance(counts, list) and all(isinstance(n, int) and n >= 0 for n in counts)
+
+
+# Each field of run.json that RunSpec reads: what it must hold, in words, and the test of it.
+_RUN_JSON_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "labels": ("a non-empty list of distinct class names",
+               lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, str) and x for x in v)
+               and len(set(v)) == len(v)),
+    "img_size": ("a positive whole number of pixels", lambda v: isinstance(v, int) and not isinstance(v, bool)
+                 and v > 0),
+    "mean": ("a list of 3 numbers (R, G, B)", _is_numbers),
+    "std": ("a list of 3 positive numbers (R, G, B)", functools.partial(_is_numbers, positive=True)),
+    "resize": (f"one of {', '.join(RESIZE_MODES)}", lambda v: isinstance(v, str) and v in RESIZE_MODES),
+    "input_format": (f"one of {', '.join(INPUT_FORMATS)}", lambda v: isinstance(v, str) and v in INPUT_FORMATS),
+    "model": ("a model name (text)", lambda v: isinstance(v, str)),
+    "backbone": ("a backbone name (text)", lambda v: isinstance(v, str)),
+    "dataset": (f"an object whose {', '.join(_DATASET_TEXT)} are text and train_class_counts a list of counts",
+                _is_dataset),
+    "source": ("an object", lambda v: isinstance(v, dict)),
+}
+
+
+def _run_json_field(data: Mapping[str, Any], source: str | Path, name: str, default: Any = _REQUIRED) -> Any:
+    """run.json's field ``name`` if it holds what RunSpec needs; ``default`` where it is absent (null or "" too, as
+    older runs wrote); else the one-line refusal naming the file, the field and a fix that works: export and every
+    later stage only read run.json, so the fix is to correct the field or to make the run again."""
+    expected, valid = _RUN_JSON_FIELDS[name]
+    value = data.get(name)
+    if value in (None, "") and default is not _REQUIRED:
+        return default
+    if valid(value):
+        return value
+    from mlic_edge.errors import RunDirError
+
+    run = Path(source).parent if Path(source).parent != Path(".") else "RUN"
+    problem = (f"has no field '{name}' ({expected})" if name not in data
+               else f"field '{name}' is {_shown(value)}, not {expected}")
+    raise RunDirError(f"{source} {problem}",
+                      hint=f"correct '{name}' in {source}, or make the run again: {retrain_command(run)}, or for an "
+                           f"imported run mlic-edge import FORMAT CHECKPOINT --out {run} --overwrite")
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def require_choice(kind: str, value: str, choices: tuple[str, ...], error: type[Exception] | None = None) -> str:
@@ -207,3 +278,19 @@ def require_seconds(option: str, value: float, hint: str = "for example 10") -> 
     from mlic_edge.errors import MlicError
 
     raise MlicError(f"{option} {value} is not a positive number of seconds", hint=hint)
+
+
+def require_at_least(option: str, value: float | None, minimum: float, *, above: bool = False,
+                     hint: str | None = None) -> float | None:
+    """``value`` (None: not given) if it is a finite number >= ``minimum`` (``above``: > ``minimum``); else the
+    one-line refusal naming ``option``, made before any work."""
+    if value is None:
+        return None
+    hint = hint or f"pass a number {'above' if above else 'of at least'} {minimum:g}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        require_finite(option, value, hint=hint)
+        if value > minimum if above else value >= minimum:
+            return value
+    from mlic_edge.errors import MlicError
+
+    raise MlicError(f"{option} {value} is {'not above' if above else 'below'} {minimum:g}", hint=hint)

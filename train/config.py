@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mlic_edge.errors import MlicError
-from mlic_edge.spec import DEFAULT_RESIZE, RESIZE_MODES
+from mlic_edge.spec import DEFAULT_RESIZE, RESIZE_MODES, require_at_least
 
 QAT_LIBRARY = "nvidia-modelopt"  # `train --qat` (train/qat.py)
 QAT_CALIB_IMAGES = 256  # training images its int8 ranges are calibrated on before fine-tuning
@@ -84,17 +84,20 @@ class TrainConfig:
         self.stages = stage_mode(self.stages)  # a train_config recorded before the stage modes holds a bool
 
     def validate(self) -> None:
+        """Refuse, before any file is written, an option no training can run with."""
         from mlic_edge.models.recipe import RECIPE_NAMES, SCHEDULES, STAGE_MODES
 
+        require_at_least("--lr", self.lr, 0, above=True, hint="for example 1e-3")
+        require_at_least("--warmup-epochs", self.warmup_epochs, 0, hint="0 starts at the full learning rate")
+        require_at_least("--weight-decay", self.weight_decay, 0, hint="0 turns it off; 1e-4 is typical")
+        require_at_least("--grad-clip", self.grad_clip, 0, hint="0 turns the recipe's clipping off")
         checks = [
             (self.recipe in RECIPE_NAMES, f"--recipe must be one of {', '.join(RECIPE_NAMES)}"),
             (self.epochs is None or self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size is None or self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.lr is None or self.lr > 0, "--lr must be positive"),
             (self.img_size is None or self.img_size >= 32, "--img-size must be at least 32"),
             (self.workers >= 0, "--workers must be 0 or more"),
             (self.crop_scale is None or 0.05 <= self.crop_scale <= 1.0, "--crop-scale must be in [0.05, 1]"),
-            (self.grad_clip is None or self.grad_clip >= 0, "--grad-clip must be 0 (off) or positive"),
             (self.ema_decay is None or 0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1) (0: off)"),
             (self.schedule is None or self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
             (self.stages is None or self.stages in STAGE_MODES, f"--stages must be one of {', '.join(STAGE_MODES)}"),

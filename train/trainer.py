@@ -27,7 +27,7 @@ from mlic_edge.data.torch_data import ImageDataset, cut_mix, describe_broken, ma
 from mlic_edge.errors import Interrupted, MlicError, NonFiniteError
 from mlic_edge.models import create_model, get_model_entry
 from mlic_edge.models.backbone import backbone_data_config
-from mlic_edge.models.checkpoint import read_checkpoint, save_checkpoint
+from mlic_edge.models.checkpoint import load_weights, read_training_state, save_checkpoint
 from mlic_edge.models.recipe import stage_mode
 from mlic_edge.plot import line_chart
 from mlic_edge.rundir import RunDir
@@ -128,7 +128,7 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
 
     resume_state = None
     if config.resume:
-        resume_state = read_checkpoint(run.last_checkpoint)
+        resume_state = read_training_state(run.last_checkpoint)
         saved = resume_state["train_config"]
         for key in ("model", "backbone", "img_size"):
             if getattr(config, key) not in (None, saved[key]):
@@ -212,7 +212,7 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
 
     start_epoch, best_map, history = 0, -1.0, []
     if resume_state is not None:
-        model.load_state_dict(resume_state["state_dict"])
+        load_weights(model, resume_state["state_dict"], run.last_checkpoint)
         optimizer, scheduler = start_stage(resume_state["epoch"] - 1)  # the stage the saved optimizer belongs to
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])

@@ -37,14 +37,16 @@ def run_demo(out: Path, epochs: int = 12, backbone: str = "resnet10t", classes: 
 
     started = time.monotonic()
     data_dir, run = out / "data", RunDir(out / "run")
+    config = TrainConfig(model="baseline", data=f"voc:{data_dir}", out=run.path, backbone=backbone, recipe="quick",
+                         epochs=epochs, img_size=size, workers=2, seed=0, overwrite=True)
+    config.validate()  # before minutes of making data
 
     console.print(Rule("1/5 synthetic data"))
     generate(data_dir, SynthConfig(classes=classes, images=images, size=size, seed=0, video=True))
     info(f"{images} images of {classes} classes with co-occurrence rules in {data_dir} (VOC layout) + video.mp4")
 
     console.print(Rule(f"2/5 train baseline ({backbone}, {epochs} epochs, CPU)"))
-    trained = train(TrainConfig(model="baseline", data=f"voc:{data_dir}", out=run.path, backbone=backbone,
-                                recipe="quick", epochs=epochs, img_size=size, workers=2, seed=0, overwrite=True))
+    trained = train(config)
 
     console.print(Rule("3/5 export to ONNX"))
     exported = export(run)

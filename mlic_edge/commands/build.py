@@ -22,7 +22,7 @@ from mlic_edge.export.lineage import ONNX_SHA, check_onnx
 from mlic_edge.io import json_text, read_json, sha256_file
 from mlic_edge.rundir import RunChange, RunDir
 from mlic_edge.spec import (BUILD_BACKENDS, ENGINE_BACKENDS, INT8_TARGET_AGREEMENT, INT8_TARGET_DELTA_POINTS,
-                            PRECISIONS, RunSpec, require_choice, require_finite, require_fraction)
+                            PRECISIONS, RunSpec, require_at_least, require_choice, require_fraction)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -75,13 +75,11 @@ def check_request(request: BuildRequest) -> tuple[str, Any]:
     precision or backend that does not exist, a TensorRT that is not installed, or an option it cannot honour."""
     require_choice("precision", request.precision, PRECISIONS, BuildError)
     require_fraction("--target-agreement", request.target_agreement, hint="for example 0.97")
-    if require_finite("--target-delta", request.target_delta, error=BuildError, hint="for example 0.5") < 0:
-        raise BuildError(f"--target-delta {request.target_delta} is not a number of mAP points >= 0",
-                         hint="for example 0.5")
-    if request.max_fp_layers is not None and request.max_fp_layers < 0:
-        raise BuildError(f"--max-fp-layers {request.max_fp_layers} is negative", hint="0 measures without keeping any")
-    if request.qat_epochs < 0:
-        raise BuildError(f"--qat-epochs {request.qat_epochs} is negative", hint="0 never fine-tunes")
+    require_at_least("--target-delta", request.target_delta, 0, hint="mAP points, for example 0.5")
+    require_at_least("--max-fp-layers", request.max_fp_layers, 0, hint="0 measures without keeping any")
+    require_at_least("--qat-epochs", request.qat_epochs, 0, hint="0 never fine-tunes")
+    require_at_least("--workspace", request.workspace_mb, 1, hint="a limit in MB, for example 2048")
+    require_at_least("--dla-core", request.dla_core, 0, hint="a DLA core number: 0 or 1 on a Jetson")
     backend = resolve_build_backend(request.backend)
     trt = _load_builder(backend)
     if trt is not None:

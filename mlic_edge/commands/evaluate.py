@@ -11,7 +11,7 @@ from typing import Any, Callable
 from mlic_edge.console import warn
 from mlic_edge.errors import MlicError
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import BROKEN_GRAPH_HINT, require_finite, require_fraction
+from mlic_edge.spec import BROKEN_GRAPH_HINT, require_at_least, require_choice, require_finite, require_fraction
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,13 @@ class EvalRequest:
 def evaluate(run: RunDir, request: EvalRequest = EvalRequest()) -> dict[str, Any]:
     """mAP, CP, CR, CF1, OP, OR, OF1 (+ top-3) and head/middle/tail mAP of the run's checkpoint."""
     require_fraction("--threshold", request.threshold)  # before PyTorch is imported
+    require_at_least("--batch-size", request.batch_size, 1, hint="for example 32")
+    from mlic_edge.metrics import AP_MODES
+    from mlic_edge.runtime.inference.sinks import check_writable
+
+    require_choice("--ap", request.ap_mode, AP_MODES)
+    if request.save_scores is not None:
+        check_writable(request.save_scores)  # now, not after the whole evaluation
     import numpy as np
 
     from mlic_edge import metrics

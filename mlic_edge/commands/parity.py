@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from mlic_edge.errors import LineageError, MlicError
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import PRECISIONS, rebuild_command, require_choice, require_finite, require_fraction
+from mlic_edge.spec import PRECISIONS, rebuild_command, require_at_least, require_choice, require_fraction
 
 Progress = Callable[[str, int, int], None]  # (what, images just done, images in all)
 
@@ -39,8 +39,8 @@ def check_limits(request: ParityRequest) -> None:
             what, example = f"{option} {precision}", f"for example {option} {precision}=0.5"
             if option == "--min-same":
                 require_fraction(what, value, hint=example)
-            elif require_finite(what, value, hint=example) < 0:
-                raise MlicError(f"{what} is {value}, below 0", hint=example)
+            else:
+                require_at_least(what, value, 0, hint=example)
 
 
 def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Progress | None = None,
@@ -57,6 +57,7 @@ def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Prog
         require_choice("precision", name, PRECISIONS)
     check_limits(request)
     require_fraction("--threshold", request.threshold)
+    require_at_least("--batch-size", request.batch_size, 1, hint="images per inference, for example 16")
     run.read()
     run.require_writable(reports_only=True)
     reference = Reference.load(run)

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mlic_edge.console import warn
-from mlic_edge.errors import MlicError
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import require_fraction
+from mlic_edge.spec import require_at_least, require_fraction
 
 RecordCallback = Callable[[Any, dict[str, Any]], None]  # (frame, record)
 
@@ -44,13 +43,15 @@ class PredictRequest:
     def check(self) -> None:
         require_fraction("--threshold", self.threshold)
         require_fraction("--smoothing", self.smoothing, upper_open=True, hint="0 turns it off; 0.8 is a good start")
-        if self.top_k < 0 or self.batch < 1:
-            raise MlicError("--top-k must be >= 0 and --batch >= 1")
-        if self.threads is not None and self.threads < 0:
-            raise MlicError(f"--threads {self.threads} is not a thread count",
-                            hint="pass 1 or more, 0 for the libraries' defaults, or leave it out")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise MlicError(f"--max-frames {self.max_frames} is not a count of frames", hint="pass 1 or more")
+        require_at_least("--top-k", self.top_k, 0, hint="0 reports no best labels")
+        require_at_least("--batch", self.batch, 1, hint="images per inference, for example 8")
+        require_at_least("--threads", self.threads, 0, hint="pass 1 or more, 0 for the libraries' defaults, or leave "
+                                                             "it out")
+        require_at_least("--max-frames", self.max_frames, 1, hint="pass 1 or more")
+        require_at_least("--max-reconnects", self.max_reconnects, 0, hint="0 never reconnects")
+        require_at_least("--width", self.width, 1, hint="a capture width in pixels, for example 1280")
+        require_at_least("--height", self.height, 1, hint="a capture height in pixels, for example 720")
+        require_at_least("--fps", self.fps, 0, above=True, hint="a capture frame rate, for example 30")
 
 
 def check_outputs(run: RunDir, source: str, request: PredictRequest,

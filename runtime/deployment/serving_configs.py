@@ -20,7 +20,7 @@ from mlic_edge.console import warn
 from mlic_edge.errors import BuildError, DataError, RunDirError
 from mlic_edge.io import atomic_path, refuse_output_onto_inputs, require_writable, sha256_file
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import FLOAT_INPUT, PRECISIONS, RunSpec, rebuild_command, require_choice
+from mlic_edge.spec import FLOAT_INPUT, PRECISIONS, RunSpec, rebuild_command, require_at_least, require_choice
 from mlic_edge.runtime.engines.manifest import find_engines, read_manifest
 
 TRITON_PLATFORMS = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
@@ -83,6 +83,7 @@ def write_triton_repository(run: RunDir, out: Path, *, precision: str = "fp32", 
     if max_batch_size < 1 or instances < 1:
         raise BuildError(f"max_batch_size {max_batch_size} and instances {instances} must be at least 1",
                          hint="pass positive numbers")
+    require_at_least("--queue-delay-us", max_queue_delay_us, 0, hint="microseconds, for example 100")
     spec = run.spec()
     labels = _checked_labels(spec.labels)
     name = model_name or f"{run.path.name}_{precision}_{platform}"
@@ -107,7 +108,7 @@ def write_triton_repository(run: RunDir, out: Path, *, precision: str = "fp32", 
                                                           if 1 <= size <= max_batch_size}),
                             max_queue_delay_us=max_queue_delay_us, instances=instances, device=device,
                             inputs=inputs, outputs=outputs, preprocessing=_preprocessing(spec, precision))
-    with _staged_folder(out / name) as staging:
+    with _writing(out / name, "nothing in it was changed"), _staged_folder(out / name) as staging:
         version = staging / MODEL_VERSION
         version.mkdir()
         shutil.copyfile(model_files[0], version / TRITON_MODEL_FILES[platform])
@@ -154,20 +155,21 @@ def write_deepstream_config(run: RunDir, out: Path, *, precision: str = "fp32", 
     refuse_output_onto_inputs({"OUT": config_path}, [run.path])
     require_writable(out, error=BuildError, hint="fix the folder's permissions or pick another output folder")
     onnx_name = f"model.{precision}.onnx"
-    _copy_atomic(onnx_path, out / onnx_name)
-    for extra in _external_data_files(onnx_path):
-        _copy_atomic(extra, out / extra.name)
     engine_name = f"model.{precision}.engine" if engine is not None else None
-    if engine is not None:
-        _copy_atomic(engine, out / engine_name)
-    with atomic_path(out / LABELS_FILE) as tmp:
-        tmp.write_text(";".join(labels) + "\n")  # nvinfer: one line per output layer, classes split by ';'
     text = _nvinfer_config(spec=spec, precision=precision, mode=mode, onnx_name=onnx_name, engine_name=engine_name,
                            input_dims=inputs[0].dims, output_name=outputs[0].name, gie_unique_id=gie_unique_id,
                            operate_on_gie_id=operate_on_gie_id, batch_size=batch_size,
                            classifier_threshold=classifier_threshold)
-    with atomic_path(config_path) as tmp:
-        tmp.write_text(text)
+    with _writing(out, f"{config_path.name} was not written"):
+        _copy_atomic(onnx_path, out / onnx_name)
+        for extra in _external_data_files(onnx_path):
+            _copy_atomic(extra, out / extra.name)
+        if engine is not None:
+            _copy_atomic(engine, out / engine_name)
+        with atomic_path(out / LABELS_FILE) as tmp:
+            tmp.write_text(";".join(labels) + "\n")  # nvinfer: one line per output layer, classes split by ';'
+        with atomic_path(config_path) as tmp:
+            tmp.write_text(text)
     return config_path
 
 
@@ -403,6 +405,16 @@ def _staged_folder(final: Path) -> Iterator[Path]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _writing(target: Path, left: str) -> Iterator[None]:
+    """A write that fails (a full disk, a read-only folder) as one line naming ``target`` and what was ``left``."""
+    try:
+        yield
+    except OSError as error:
+        raise BuildError(f"cannot write {target}: {error.strerror or error}; {left}",
+                         hint="free space there or choose another output folder") from None
 
 
 def _copy_atomic(source: Path, target: Path) -> None:

@@ -46,6 +46,8 @@ def check_writable(path: Path) -> None:
     if path.is_dir():
         raise _cannot_write(path, "it is a folder")
     if path.exists():
+        if not path.is_file():  # /dev/null, a pipe: truncating or renaming onto it fails or replaces the device
+            raise _cannot_write(path, "it is not a regular file")
         if not os.access(path, os.W_OK):
             raise _cannot_write(path, "permission denied")
         return
