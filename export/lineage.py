@@ -104,8 +104,8 @@ def recorded_graph_sha256(run: RunDir, path: Path) -> tuple[str, str] | None:
     path = Path(path)
     if path.resolve().parent != run.path.resolve():
         return None  # a staged or temporary graph: checked when it is put in place
-    recorded = (_json_field(run.run_json, GRAPH_HASHES) or {}).get(path.name)
-    shipped = ((_json_field(run.path / BUNDLE_MANIFEST, "files") or {}).get(path.name) or {}).get("sha256")
+    recorded = _mapping_field(run.run_json, GRAPH_HASHES).get(path.name)
+    shipped = (_mapping_field(run.path / BUNDLE_MANIFEST, "files").get(path.name) or {}).get("sha256")
     if shipped and recorded in (None, shipped):
         return shipped, BUNDLE_MANIFEST
     return (recorded, "run.json") if recorded else None  # made here, also in a bundle's run (--requantize)
@@ -132,13 +132,18 @@ def check_graph_bytes(run: RunDir, path: Path, precision: str) -> None:
                        hint=f"make it again: {fix}")
 
 
-def _json_field(path: Path, key: str) -> object:
+def _mapping_field(path: Path, key: str) -> dict:
+    """``key`` of the JSON object in ``path`` ({} where the file or the key is absent), refusing a damaged one."""
     try:
         data = read_json(path) if path.is_file() else {}
     except (OSError, ValueError) as error:
-        raise LineageError(f"{path} is damaged ({error}): the graphs' recorded hashes cannot be checked",
-                           hint="restore it, or unpack the bundle / export again") from None
-    return data.get(key) if isinstance(data, dict) else None
+        data = error
+    value = data.get(key, {}) if isinstance(data, dict) else data
+    if not isinstance(value, dict) or not all(isinstance(v, (str, dict)) for v in value.values()):
+        raise LineageError(f"{path} is damaged ({key!r} is not a table of files: {str(value)[:60]}): the graphs' "
+                           "recorded hashes cannot be checked",
+                           hint=f"restore {path.name} from a copy of the run, or make the run's graphs again")
+    return value
 
 
 def check_reference(run: RunDir, reference_checkpoint: str | None, reference_labels: list[str]) -> None:

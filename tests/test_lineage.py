@@ -220,3 +220,12 @@ def test_a_full_disk_during_an_fp16_build_names_the_file_and_changes_nothing(cap
     assert_one_line_error(result, f"cannot write {run_copy / 'model.fp16.onnx'}: no space left on the device",
                           "free space")
     assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("damage", ["not a table", ["model.onnx"], {"model.onnx": 3}])
+def test_a_damaged_hash_record_is_named_not_an_internal_error(capsys, run_copy, synth_data, damage):
+    recorded = json.loads((run_copy / "run.json").read_text())
+    recorded[GRAPH_HASHES] = damage
+    (run_copy / "run.json").write_text(json.dumps(recorded))
+    result = invoke(capsys, "run", synth_data / "JPEGImages", "--run", run_copy, "--backend", "onnxruntime")
+    assert_one_line_error(result, "run.json is damaged", "'onnx_sha256' is not a table of files")

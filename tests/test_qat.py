@@ -12,7 +12,7 @@ import pytest
 
 from cli_helpers import assert_one_line_error, invoke
 
-pytest.importorskip("modelopt", reason='quantization-aware training needs pip install "mlic-edge[qat]"')
+pytest.importorskip("modelopt", reason="quantization-aware training needs NVIDIA ModelOpt (the [qat] extra)")
 
 WEIGHTED = ("Conv", "Gemm")
 POOLING = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
@@ -206,6 +206,6 @@ def test_qat_without_modelopt_says_how_to_install_it(capsys, monkeypatch, run_co
     for name in ("modelopt", "modelopt.torch", "modelopt.torch.quantization"):
         monkeypatch.setitem(sys.modules, name, None)  # import and find_spec then see no modelopt
     result = invoke(capsys, "train", "--qat", "--run", run_copy, "--epochs", "1")
-    assert_one_line_error(result, "NVIDIA ModelOpt", 'pip install "mlic-edge[qat]"')
+    assert_one_line_error(result, "NVIDIA ModelOpt", 'pip install "nvidia-modelopt>=0.47"')
     with pytest.raises(MlicError, match=r"mlic-edge\[qat\]"):
         require_modelopt()
