@@ -25,7 +25,8 @@ training on labels moves the scores wherever the loss prefers."""
 def modelopt_missing(detail: str = "") -> MlicError:
     """The one-line refusal of `train --qat` where NVIDIA ModelOpt is not installed (said before PyTorch loads)."""
     return MlicError(f"quantization-aware training needs NVIDIA ModelOpt ({QAT_LIBRARY}), which is not installed"
-                     + (f" ({detail})" if detail else ""), hint='pip install "nvidia-modelopt>=0.47" (the [qat] extra)')
+                     + (f" ({detail})" if detail else ""),
+                     hint='pip install "nvidia-modelopt>=0.47", what the [qat] extra installs')
 
 
 SAMPLERS = ("random", "class-aware")
