@@ -356,3 +356,67 @@ def test_a_stop_that_cpython_wraps_in_a_system_error_is_still_a_stop(monkeypatch
     assert exited.value.code == 143
     err = capsys.readouterr().err
     assert "stopped by SIGTERM" in err and "internal error" not in err
+
+
+RANDOM_POINTS = 5  # per command; seeded, so a failure names the delay that found it
+
+
+@pytest.mark.parametrize("command", [("build", "--precision", "fp16", "--backend", "onnxruntime"), ("pack",)],
+                         ids=["build-fp16", "pack"])
+def test_a_signal_at_any_point_leaves_a_consistent_run(tmp_path, trained_run, command):
+    """SIGINT or SIGTERM at seeded random points of a command's life (from its first line of output to past its
+    end): whatever it was doing, it ends with its signal's status and one line, or, when the signal came too late,
+    with 0; no temporary file stays behind, and every graph in the run is one its records vouch for. (Before its
+    first line, Python may still be importing: there a signal acts as its default does.)"""
+    import random
+    import shutil
+
+    from mlic_edge.export.lineage import check_onnx
+    from mlic_edge.rundir import RunDir
+
+    def fresh(name: str) -> Path:
+        run = tmp_path / name / "run"
+        shutil.copytree(trained_run, run)
+        return run
+
+    def start(run: Path) -> subprocess.Popen:
+        env = {**os.environ, "MLIC_EDGE_PROGRESS_SECONDS": "0"}
+        return subprocess.Popen([sys.executable, "-c", ENTRY, *command, "--run", str(run)], cwd=run.parent, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    started = time.monotonic()
+    whole = start(fresh("whole"))
+    whole_err = whole.communicate(timeout=WAIT_SECONDS)[1]
+    assert whole.returncode == 0, whole_err
+    duration = time.monotonic() - started  # only to spread the random points over the command's life
+    chooser = random.Random(f"{command[0]}-stops")
+    for point in range(RANDOM_POINTS):
+        delay, sig = chooser.uniform(0.0, duration), chooser.choice([signal.SIGINT, signal.SIGTERM])
+        run = fresh(f"point{point}")
+        process = start(run)
+        lines: list[str] = []
+        first_line = threading.Event()
+
+        def read_stderr(process: subprocess.Popen = process, lines: list[str] = lines,
+                        first_line: threading.Event = first_line) -> None:
+            for line in process.stderr:
+                lines.append(line)
+                first_line.set()
+            first_line.set()
+
+        reader = threading.Thread(target=read_stderr, daemon=True)
+        reader.start()
+        first_line.wait(WAIT_SECONDS)
+        time.sleep(delay)
+        process.send_signal(sig)
+        code = process.wait(WAIT_SECONDS)
+        reader.join(10)
+        err = "".join(lines)
+        where = f"{sig.name} after {delay:.2f} s of {duration:.2f} s: exit {code}\n{err}"
+        assert code in (0, 128 + sig), where
+        assert "Traceback" not in err, where
+        if code:
+            assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1, where
+        assert hidden_files(run) == [] and hidden_files(run.parent) == [], where
+        for precision, variant, path in RunDir(run).onnx_graphs():
+            check_onnx(RunDir(run), precision, path=path)  # its bytes are the ones run.json recorded
