@@ -41,7 +41,7 @@ def export_command(run: RunDir) -> str:
 
 def checkpoint_sha256(run: RunDir) -> str | None:
     """The sha256 of the run's checkpoint.pt, or None where it is not here (a device)."""
-    return _file_sha256(run.checkpoint) if run.checkpoint.is_file() else None
+    return file_sha256(run.checkpoint) if run.checkpoint.is_file() else None
 
 
 def onnx_metadata(run: RunDir, precision: str, path: Path | None = None) -> dict[str, str]:
@@ -91,7 +91,7 @@ def check_onnx(run: RunDir, precision: str, spec: RunSpec | None = None, path: P
         if recorded and run.onnx("fp32").is_file():
             check_graph_bytes(run, run.onnx("fp32"), "fp32")  # a damaged model.onnx is named, not what was made from it
             onnx_metadata(run, "fp32")
-        if recorded and run.onnx("fp32").is_file() and recorded != _file_sha256(run.onnx("fp32")):
+        if recorded and run.onnx("fp32").is_file() and recorded != file_sha256(run.onnx("fp32")):
             raise LineageError(f"{path.name} was made from another {run.onnx('fp32').name} (it was exported again "
                               "since)", hint=f"rebuild: {fix}")
     return metadata
@@ -117,7 +117,7 @@ def check_graph_bytes(run: RunDir, path: Path, precision: str) -> None:
     if recorded is None:
         return
     expected, where = recorded
-    actual = _file_sha256(Path(path))
+    actual = file_sha256(Path(path))
     if actual == expected:
         return
     if where == BUNDLE_MANIFEST:
@@ -171,7 +171,8 @@ def _version(path: Path) -> tuple[str, int, int, int]:
     return str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of ``path``, hashed once per version of the file (the graphs are hashed by several checks)."""
     return _sha256_of(_version(path))
 
 

@@ -180,6 +180,7 @@ def _deploy_shipped(run: RunDir, request: BuildRequest, record: dict[str, Any]) 
     """The bundle's graph of the precision, as it was verified on the workstation: nothing converted or quantized
     (for int8 the CPU graph too, where the bundle shipped it)."""
     from mlic_edge.runtime.checks.parity import figures_text
+    from mlic_edge.runtime.deployment.bundle import bundled_graph
 
     path = run.onnx(request.precision)
     verified = [f"{r['backend']} {figures_text(r)}" for r in record.get("workstation_parity") or []]
@@ -191,8 +192,6 @@ def _deploy_shipped(run: RunDir, request: BuildRequest, record: dict[str, Any]) 
     summary = {"path": str(path), "reused": True, "source": "bundle", "sha256": record["sha256"],
                "workstation_parity": record.get("workstation_parity") or []}
     if request.precision == "int8":
-        from mlic_edge.runtime.deployment.bundle import bundled_graph
-
         cpu = run.onnx("int8", "cpu")
         cpu_record = bundled_graph(run, cpu)
         if cpu_record is not None:

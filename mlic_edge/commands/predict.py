@@ -54,8 +54,7 @@ class PredictRequest:
         require_at_least("--fps", self.fps, 0, above=True, hint="a capture frame rate, for example 30")
 
 
-def check_outputs(run: RunDir, source: str, request: PredictRequest,
-                               outputs: dict[str, Path | None]) -> None:
+def check_outputs(run: RunDir, source: str, request: PredictRequest, outputs: dict[str, Path | None]) -> None:
     """Refuse, before any work, an output (``{"--out": path, ...}``) onto what ``run`` reads (the source's files,
     the thresholds file) or into the run directory, or onto another output."""
     from mlic_edge.io import refuse_output_onto_inputs

@@ -21,7 +21,7 @@ from mlic_edge import metrics
 from mlic_edge.data import open_dataset
 from mlic_edge.data.images import read_image, spec_input
 from mlic_edge.errors import MlicError, NonFiniteError, ParityError, RunDirError
-from mlic_edge.export.lineage import CHECKPOINT_SHA, check_reference
+from mlic_edge.export.lineage import CHECKPOINT_SHA, check_reference, file_sha256
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.inference.backends.base import Backend
 from mlic_edge.spec import (BROKEN_GRAPH_HINT, DEFAULT_LABELSET_FLOOR, DEFAULT_MAX_SCORE_DIFF,
@@ -222,14 +222,12 @@ def check_backend(backend: Backend, reference: Reference, images: ReferenceImage
 def scored_onnx(backend: Backend) -> dict[str, str] | None:
     """The ONNX a backend's scores come from, by file name and sha256: the graph ONNX Runtime loaded, or the one an
     engine was built from (its manifest). A bundle's figures are matched to the graphs it ships by this hash."""
-    from mlic_edge.io import sha256_file
-
     manifest = getattr(backend, "manifest", None)
     if isinstance(manifest, dict) and manifest.get("onnx", {}).get("sha256"):
         return {"file": manifest["onnx"].get("file"), "sha256": manifest["onnx"]["sha256"]}
     model = backend.info.details.get("model")
     if model and Path(model).is_file():
-        return {"file": Path(model).name, "sha256": sha256_file(model)}
+        return {"file": Path(model).name, "sha256": file_sha256(Path(model))}
     return None
 
 

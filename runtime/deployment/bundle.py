@@ -33,7 +33,8 @@ import numpy as np
 
 from mlic_edge import __version__
 from mlic_edge.errors import DataError, LineageError, MlicError, RunDirError
-from mlic_edge.export.lineage import BUNDLE_MANIFEST, check_graph_bytes, check_onnx, recorded_graph_sha256
+from mlic_edge.export.lineage import (BUNDLE_MANIFEST, check_graph_bytes, check_onnx, file_sha256,
+                                     recorded_graph_sha256)
 from mlic_edge.io import atomic_path, read_json, require_writable, sha256_file, write_json
 from mlic_edge.rundir import DEFAULT_RUNS_ROOT, RunDir
 from mlic_edge.runtime.checks.parity import Reference, ReferenceImages
@@ -143,14 +144,14 @@ def _graph_record(precision: str, variant: str | None, facts: dict[str, Any],
 def graphs_without_parity(run: RunDir, parity: dict[str, Any] | None) -> list[str]:
     """The precisions whose ONNX (any of its graphs) has no result in ``parity`` measured on its current bytes."""
     measured = {(result.get("onnx") or {}).get("sha256") for result in (parity or {}).get("results", [])}
-    missing = [precision for precision, _, path in run.onnx_graphs() if sha256_file(path) not in measured]
+    missing = [precision for precision, _, path in run.onnx_graphs() if file_sha256(path) not in measured]
     return list(dict.fromkeys(missing))
 
 
 def _run_files(run: RunDir) -> list[str]:
     """The ONNX files present, reference.npz, and the calibration records made for this model.onnx."""
     names = [path.name for _, _, path in run.onnx_graphs()] + [run.reference.name]
-    fp32_sha = sha256_file(run.onnx("fp32"))
+    fp32_sha = file_sha256(run.onnx("fp32"))
     for record in sorted((run.path / CALIBRATION_DIR).glob("*/record.json")):
         try:
             made_for = read_json(record).get("fp32_onnx_sha256")

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from mlic_edge import __version__
-from mlic_edge.io import atomic_files, json_text, read_json, sha256_file
+from mlic_edge.export.lineage import file_sha256
+from mlic_edge.io import atomic_files, json_text, read_json
 from mlic_edge.rundir import GRAPH_HASHES, RunDir
 from mlic_edge.runtime.deployment.bundle import bundle_manifest
 
@@ -98,7 +99,7 @@ def _read_report(run: RunDir, name: str) -> dict[str, Any] | None:
 def _graph_state(run: RunDir, name: str, record: dict[str, Any], shipped: dict[str, Any],
                  recorded_here: str | None) -> dict[str, Any]:
     path = run.path / name
-    now = sha256_file(path) if path.is_file() else None
+    now = file_sha256(path) if path.is_file() else None
     expected = shipped.get("sha256") or record.get("sha256")
     identical = now is not None and now == expected
     return {"file": name, "precision": record.get("precision"), "graph": record.get("graph"),
