@@ -1,6 +1,7 @@
 """mlic-edge: multi-label image classifiers from the papers to edge GPUs.
 
-``from mlic_edge import Run`` is the Python API (mlic_edge/api.py); importing the package loads nothing heavy."""
+``mlic_edge.load(RUN)`` is a classifier an application holds; ``from mlic_edge import Run`` the rest of the Python
+API (mlic_edge/api.py). Importing the package loads nothing heavy."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Run":
-        from mlic_edge.api import Run
+    if name in ("Run", "load"):
+        from mlic_edge import api
 
-        return Run
+        return getattr(api, name)
     raise AttributeError(f"module 'mlic_edge' has no attribute {name!r}")
 
 
-__all__ = ["Run", "__version__"]
+__all__ = ["Run", "__version__", "load"]

@@ -22,10 +22,10 @@ def test_the_whole_path_runs_without_the_cli(synth_data, tmp_path):
     assert built["precision"] == "int8" and (run.path / "model.int8.onnx").is_file()
 
     records = list(run.predict(str(synth_data / "JPEGImages"), precision="int8", batch=4, max_frames=10))
-    assert len(records) == 10 and all({item["label"] for item in record["labels"]} <= set(run.spec.labels)
+    assert len(records) == 10 and all({item["label"] for item in record.labels} <= set(run.spec.labels)
                                       for record in records)
     first = next(iter(run.predict(str(synth_data / "JPEGImages"))))  # leaving the loop early stops the source
-    assert {"source", "index", "labels", "top_k"} <= set(first)
+    assert {"source", "index", "labels", "top_k", "timing"} <= set(first.to_dict())
 
     report = run.parity(precisions=("fp32", "int8"), tolerances={"int8": 100.0, "fp32": 100.0}, check=True)
     assert {result["precision"] for result in report["results"]} == {"fp32", "int8"}

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
-from mlic_edge.runtime.inference.pipeline import ModelSpec, run_pipeline
+from mlic_edge.runtime.inference.classifier import Classifier
+from mlic_edge.runtime.inference.pipeline import run_pipeline
+from mlic_edge.spec import ModelSpec
 from mlic_edge.runtime.inference.sources import Frame, Source, open_source
 
 LABELS = ["a", "b"]
@@ -77,7 +79,7 @@ def test_runtime_tensor_equals_the_training_evaluation_tensor(synth_data, tmp_pa
     spec = ModelSpec(LABELS, 40, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], resize)
     backend = RecordingBackend()
     with open_source(str(wide)) as source:
-        run_pipeline(source, backend, spec, postprocess=identity)
+        run_pipeline(source, Classifier(backend, spec), postprocess=identity)
     training = ImageDataset(dataset.subset([0]), 40, spec.mean, spec.std, resize=resize)
     training.dataset.image_paths[0] = wide
     expected = training[0][0].numpy()
@@ -106,8 +108,8 @@ def test_files_keep_order_and_lose_nothing_across_batches(tmp_path):
     backend = RecordingBackend(delay_s=0.002)
     records = []
     with open_source(str(folder)) as source:
-        stats = run_pipeline(source, backend, ModelSpec(LABELS, 16, [0.5] * 3, [0.25] * 3), postprocess=identity,
-                             on_record=lambda frame, record: records.append(record), batch_size=4)
+        stats = run_pipeline(source, Classifier(backend, ModelSpec(LABELS, 16, [0.5] * 3, [0.25] * 3)), postprocess=identity,
+                             on_result=lambda frame, record: records.append(record), batch_size=4)
     assert [r["index"] for r in records] == [i for i in range(12) if i != 6]  # the broken file is index 6
     assert stats.frames == 11 and stats.unreadable == 1 and stats.dropped == 0
     assert [len(batch) for batch in backend.batches] == [4, 4, 3]
@@ -118,8 +120,8 @@ def test_live_source_keeps_the_newest_frame_and_counts_the_dropped():
     source = FakeLiveSource(period=0.001, frames=300)
     backend = RecordingBackend(delay_s=0.02)  # far slower than the camera
     records = []
-    stats = run_pipeline(source, backend, ModelSpec(LABELS, 16, [0.5] * 3, [0.25] * 3), postprocess=identity,
-                         on_record=lambda frame, record: records.append(record), batch_size=8)
+    stats = run_pipeline(source, Classifier(backend, ModelSpec(LABELS, 16, [0.5] * 3, [0.25] * 3)), postprocess=identity,
+                         on_result=lambda frame, record: records.append(record), batch_size=8)
     indices = [r["index"] for r in records]
     assert indices == sorted(indices) and len(indices) < 300 and stats.dropped > 0
     assert len(indices) + stats.dropped == 300  # every frame is either processed or counted as dropped
@@ -144,8 +146,8 @@ def test_stop_event_ends_a_live_run_with_everything_in_flight_written():
     records = []
     threading.Timer(0.3, stop.set).start()
     started = time.monotonic()
-    stats = run_pipeline(source, RecordingBackend(), ModelSpec(LABELS, 16, [0.5] * 3, [0.25] * 3),
-                         postprocess=identity, on_record=lambda frame, record: records.append(record), stop=stop)
+    stats = run_pipeline(source, Classifier(RecordingBackend(), ModelSpec(LABELS, 16, [0.5] * 3, [0.25] * 3)),
+                         postprocess=identity, on_result=lambda frame, record: records.append(record), stop=stop)
     assert time.monotonic() - started < 3 and stats.stopped and records
     assert stats.frames == len(records)
 
@@ -156,7 +158,7 @@ def test_a_failing_backend_surfaces_its_error_instead_of_hanging(tmp_path):
     for index in range(20):
         cv2.imwrite(str(folder / f"{index:02d}.png"), np.zeros((8, 8, 3), np.uint8))
     with open_source(str(folder)) as source, pytest.raises(RuntimeError, match="engine exploded"):
-        run_pipeline(source, RecordingBackend(fail_after=2), ModelSpec(LABELS, 8, [0.5] * 3, [0.25] * 3),
+        run_pipeline(source, Classifier(RecordingBackend(fail_after=2), ModelSpec(LABELS, 8, [0.5] * 3, [0.25] * 3)),
                      postprocess=identity, batch_size=2)
 
 

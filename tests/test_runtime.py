@@ -15,7 +15,9 @@ from mlic_edge.runtime.inference.backends import create_backend, resolve_auto
 from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
 from mlic_edge.runtime.inference.latency import LatencyRecorder
 from mlic_edge.runtime.checks.parity import Reference, check_parity, compare_scores, compute_parity, parity_report
-from mlic_edge.runtime.inference.pipeline import ModelSpec, run_pipeline
+from mlic_edge.runtime.inference.classifier import Classifier
+from mlic_edge.runtime.inference.pipeline import run_pipeline
+from mlic_edge.spec import ModelSpec
 from mlic_edge.runtime.inference.postprocess import Postprocessor, decide_labels
 from mlic_edge.runtime.inference.sinks import VideoSink
 from mlic_edge.runtime.inference.sources import open_source
@@ -85,9 +87,9 @@ def test_pipeline_batches_records_and_times_every_stage(image_folder):
     backend = FixedBackend(lambda batch: np.tile([[0.8, 0.1]], (len(batch), 1)))
     records, latency = [], LatencyRecorder()
     with open_source(str(image_folder)) as source:
-        stats = run_pipeline(source, backend, spec, batch_size=2, latency=latency,
+        stats = run_pipeline(source, Classifier(backend, spec), batch_size=2, latency=latency,
                              postprocess=Postprocessor(spec.labels, top_k=1),
-                             on_record=lambda frame, record: records.append(record))
+                             on_result=lambda frame, result: records.append(result.to_dict()))
     assert stats.frames == 5 and stats.unreadable == 1 and "zz_broken.jpg" in stats.unreadable_names[0]
     assert backend.calls == [2, 2, 1]
     assert [r["index"] for r in records] == [0, 1, 2, 3, 4]
@@ -100,7 +102,7 @@ def test_pipeline_batches_records_and_times_every_stage(image_folder):
 def test_max_frames_stops_early(synth_data):
     spec = ModelSpec(["a"], 32, [0.5] * 3, [0.25] * 3)
     with open_source(str(synth_data / "video.mp4")) as source:
-        stats = run_pipeline(source, FixedBackend(lambda b: np.zeros((len(b), 1))), spec, max_frames=4,
+        stats = run_pipeline(source, Classifier(FixedBackend(lambda b: np.zeros((len(b), 1))), spec), max_frames=4,
                              postprocess=Postprocessor(spec.labels))
     assert stats.frames == 4
 

@@ -58,12 +58,13 @@ def test_per_class_thresholds_decide_labels():
     over, best = decide_labels(scores, LABELS, np.array([0.4, 0.5, 0.7, 0.9]), top_k=2)
     assert [item["label"] for item in over] == ["tree", "cat"]  # car 0.6 < its 0.7, cat 0.45 >= its 0.4
     assert [item["label"] for item in best] == ["tree", "car"]
-    record = Postprocessor(LABELS, threshold=np.array([0.4, 0.5, 0.7, 0.9]))(scores, meta(0))
-    assert [item["label"] for item in record["labels"]] == ["tree", "cat"]
+    result = Postprocessor(LABELS, threshold=np.array([0.4, 0.5, 0.7, 0.9]))(scores, meta(0))
+    assert [item["label"] for item in result.labels] == ["tree", "cat"]
 
 
 def test_postprocessor_record_fields():
-    record = Postprocessor(LABELS, threshold=0.5, top_k=1, all_scores=True)(np.array([0.1, 0.7, 0.2, 0.6]), meta(3))
+    record = Postprocessor(LABELS, threshold=0.5, top_k=1)(np.array([0.1, 0.7, 0.2, 0.6]), meta(3)).to_dict(scores=True)
+    assert set(record.pop("timing")) == {"postprocess_ms"}
     assert record == {"source": "camera0", "index": 3, "timestamp": 0.3,
                       "labels": [{"label": "dog", "score": 0.7}, {"label": "tree", "score": 0.6}],
                       "top_k": [{"label": "dog", "score": 0.7}], "scores": [0.1, 0.7, 0.2, 0.6]}
@@ -79,7 +80,7 @@ def test_postprocessor_refuses_bad_options(options):
 # ------------------------------------------------------------------------------------- smoothing, only changes
 def label_sets(postprocessor, cat_scores, source="camera0"):
     records = [postprocessor(np.array([value, 0.0, 0.0, 0.0]), meta(i, source)) for i, value in enumerate(cat_scores)]
-    return [tuple(item["label"] for item in record["labels"]) for record in records]
+    return [tuple(item["label"] for item in result.labels) for result in records]
 
 
 def test_smoothing_steadies_a_flickering_label():
@@ -92,8 +93,8 @@ def test_smoothing_steadies_a_flickering_label():
 
 def test_smoothing_is_per_source_so_folder_images_stay_independent():
     postprocessor = Postprocessor(LABELS, smoothing=0.8)
-    assert postprocessor(np.array([0.9, 0, 0, 0]), meta(0, "a.jpg"))["labels"][0]["label"] == "cat"
-    record = postprocessor(np.array([0.1, 0, 0, 0]), meta(1, "b.jpg"))
+    assert postprocessor(np.array([0.9, 0, 0, 0]), meta(0, "a.jpg")).labels[0]["label"] == "cat"
+    record = postprocessor(np.array([0.1, 0, 0, 0]), meta(1, "b.jpg")).to_dict()
     assert record["labels"] == [] and record["smoothed"] is True and record["top_k"][0]["score"] == 0.1
 
 
@@ -101,12 +102,12 @@ def test_only_changes_emits_the_first_frame_then_changes():
     postprocessor = Postprocessor(LABELS, only_changes=True)
     sequence = [[0.9, 0, 0, 0], [0.8, 0, 0, 0], [0.9, 0.7, 0, 0], [0.9, 0.6, 0, 0], [0.1, 0, 0, 0], [0.2, 0, 0, 0]]
     emitted = [postprocessor(np.array(scores), meta(i)) for i, scores in enumerate(sequence)]
-    assert [record["index"] for record in emitted if record] == [0, 2, 4]
+    assert [result.index for result in emitted if result] == [0, 2, 4]
     assert postprocessor(np.array([0.1, 0, 0, 0]), meta(0, "camera1")) is not None  # another stream starts afresh
 
 
 # ------------------------------------------------------------------------------------------------------ sinks
-RECORDS = [Postprocessor(LABELS, top_k=2, all_scores=True)(np.array([0.9, 0.1, 0.6, i / 10]), meta(i))
+RECORDS = [Postprocessor(LABELS, top_k=2)(np.array([0.9, 0.1, 0.6, i / 10]), meta(i)).to_dict(scores=True)
            for i in range(5)]
 
 
@@ -165,7 +166,7 @@ def test_csv_header_columns_and_rows(tmp_path, ok):
 
 def test_csv_without_all_scores_fills_the_scores_it_knows(tmp_path):
     path = tmp_path / "preds.csv"
-    record = Postprocessor(LABELS, top_k=1)(np.array([0.2, 0.7, 0.6, 0.1]), meta(0, "a, b.jpg"))
+    record = Postprocessor(LABELS, top_k=1)(np.array([0.2, 0.7, 0.6, 0.1]), meta(0, "a, b.jpg")).to_dict()
     sink = CsvSink(path, LABELS)
     sink.write(frame(0), record)
     sink.close()

@@ -243,6 +243,7 @@ def test_a_stop_waits_for_the_inference_in_flight_before_it_propagates(tmp_path,
     import numpy as np
 
     from mlic_edge.errors import Interrupted
+    from mlic_edge.runtime.inference.classifier import Classifier
     from mlic_edge.runtime.inference.pipeline import run_pipeline
     from mlic_edge.runtime.inference.sources import open_source
     from mlic_edge.runtime.inference.threads import plan_threads
@@ -267,7 +268,7 @@ def test_a_stop_waits_for_the_inference_in_flight_before_it_propagates(tmp_path,
     assert SignalledWhileInferring.thread_budget is None or not SignalledWhileInferring.thread_budget.overlap
     with open_source(str(tmp_path)) if in_turn else FakeLiveSource() as source, stop_on_signals(), \
             pytest.raises(Interrupted):
-        run_pipeline(source, SignalledWhileInferring(), ModelSpec(["a", "b"], 16, [0.5] * 3, [0.25] * 3),
+        run_pipeline(source, Classifier(SignalledWhileInferring(), ModelSpec(["a", "b"], 16, [0.5] * 3, [0.25] * 3)),
                      postprocess=identity)
     assert finished.is_set()
     assert not [thread.name for thread in threading.enumerate() if thread.name.startswith("mlic-edge-")]

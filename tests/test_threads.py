@@ -47,6 +47,7 @@ def test_threads_reach_onnxruntimes_session_and_opencv(run_copy):
 
     from mlic_edge.rundir import RunDir
     from mlic_edge.runtime.inference.backends import create_backend
+    from mlic_edge.runtime.inference.classifier import Classifier
     from mlic_edge.runtime.inference.pipeline import run_pipeline
     from mlic_edge.runtime.inference.sources import Frame
     from mlic_edge.spec import ModelSpec
@@ -69,7 +70,7 @@ def test_threads_reach_onnxruntimes_session_and_opencv(run_copy):
                 yield Frame(np.zeros((48, 64, 3), np.uint8), "x", 0, 0.0, 1.0)
 
         before = cv2.getNumThreads()
-        run_pipeline(OneFrame(), backend, spec, postprocess=lambda scores, meta: meta)
+        run_pipeline(OneFrame(), Classifier(backend, spec), postprocess=lambda scores, meta: meta)
         assert seen == [backend.thread_budget.feed] and cv2.getNumThreads() == before
 
 
@@ -84,6 +85,7 @@ def test_files_run_their_stages_in_turn_where_inference_holds_every_core(run_cop
     from mlic_edge.rundir import RunDir
     from mlic_edge.runtime.inference import threads as threads_module
     from mlic_edge.runtime.inference.backends import create_backend
+    from mlic_edge.runtime.inference.classifier import Classifier
     from mlic_edge.runtime.inference.pipeline import run_pipeline
     from mlic_edge.runtime.inference.sources import Frame
     from mlic_edge.spec import ModelSpec
@@ -105,8 +107,8 @@ def test_files_run_their_stages_in_turn_where_inference_holds_every_core(run_cop
         threads_module.available_cores = lambda: 2
         with create_backend("onnxruntime", run, device="cpu", threads=threads) as backend:
             records = []
-            stats = run_pipeline(Frames(), backend, ModelSpec.from_run(run.spec()), batch_size=2,
-                                 postprocess=lambda scores, meta: meta, on_record=lambda f, r: records.append(r))
+            stats = run_pipeline(Frames(), Classifier(backend, ModelSpec.from_run(run.spec())), batch_size=2,
+                                 postprocess=lambda scores, meta: meta, on_result=lambda f, r: records.append(r))
     finally:
         threads_module.available_cores = original
     if not live:  # (a live source keeps only the newest frame: this one, faster than any model, drops most)

@@ -27,12 +27,11 @@ def run_demo(out: Path, epochs: int = 12, backbone: str = "resnet10t", classes: 
 
     from mlic_edge.commands.export import export
     from mlic_edge.commands.parity import ParityRequest, parity
-    from mlic_edge.commands.predict import PredictRequest, describe_backend, run_predict
+    from mlic_edge.commands.predict import PredictOutputs, PredictRequest, describe_backend, predict_to_outputs
     from mlic_edge.data.synth import SynthConfig, generate
     from mlic_edge.rundir import RunDir
     from mlic_edge.runtime.checks.parity import check_parity, parity_table
     from mlic_edge.runtime.inference.latency import latency_table
-    from mlic_edge.runtime.inference.sinks import JsonlSink, VideoSink
     from mlic_edge.train.trainer import TrainConfig, train
 
     started = time.monotonic()
@@ -55,18 +54,9 @@ def run_demo(out: Path, epochs: int = 12, backbone: str = "resnet10t", classes: 
 
     console.print(Rule("4/5 run over the video (ONNX Runtime)"))
     predictions = out / "video_predictions.jsonl"
-    sinks = []
-
-    def open_sinks(frames, engine):
-        sinks.extend([JsonlSink(predictions), VideoSink(out / "video_labeled.mp4", frames.fps)])
-        return lambda frame, record: [sink.write(frame, record) for sink in sinks]
-
-    try:
-        summary = run_predict(run, str(data_dir / "video.mp4"),
-                              PredictRequest(backend="onnxruntime", device="cpu", top_k=3), on_open=open_sinks)
-    finally:
-        for sink in sinks:
-            sink.close()
+    summary = predict_to_outputs(run, str(data_dir / "video.mp4"),
+                                 PredictRequest(backend="onnxruntime", device="cpu", top_k=3),
+                                 PredictOutputs(out=predictions, save_video=out / "video_labeled.mp4"))
     device = summary["backend"]["device"]
     console.print(latency_table(summary, f"latency per frame ({describe_backend(summary)})"))
     first = json.loads(predictions.read_text().splitlines()[0])

@@ -19,6 +19,7 @@ import numpy as np
 
 from mlic_edge.errors import MlicError
 from mlic_edge.runtime.inference.backends.base import Backend
+from mlic_edge.runtime.inference.classifier import Classifier
 from mlic_edge.runtime.inference.latency import LatencyRecorder, describe_threads
 from mlic_edge.runtime.inference.pipeline import run_pipeline
 from mlic_edge.spec import ModelSpec
@@ -79,29 +80,23 @@ def make_video(path: Path, frames: int, fps: float = 30.0, size: tuple[int, int]
     return path
 
 
-def bench_pipeline(backend: Backend, spec: ModelSpec, video: Path, batch: int) -> dict[str, Any]:
+def bench_pipeline(classifier: Classifier, video: Path, batch: int) -> dict[str, Any]:
     """The whole pipeline over ``video`` (decode, preprocess, batch, infer, postprocess; no output written)."""
-    from mlic_edge.runtime.inference.postprocess import Postprocessor
-
     latency = LatencyRecorder()
     with open_source(str(video)) as source:
-        stats = run_pipeline(source, backend, spec, postprocess=Postprocessor(spec.labels), batch_size=batch,
-                             latency=latency)
+        stats = run_pipeline(source, classifier, batch_size=batch, latency=latency)
     summary = latency.summary()
     return {"batch": batch, "frames": stats.frames, "wall_s": summary["wall_s"],
             "images_per_s": stats.frames / summary["wall_s"] if summary["wall_s"] else None,
             "stages_ms": summary["stages_ms"]}
 
 
-def naive_loop(backend: Backend, spec: ModelSpec, video: Path, batch: int) -> dict[str, Any]:
+def naive_loop(classifier: Classifier, video: Path, batch: int) -> dict[str, Any]:
     """What a user writes without the pipeline, timed the way the pipeline is: one thread reads ``batch`` frames,
-    preprocesses them as the runtime does, infers, and turns each score vector into a JSON line, then the next."""
+    classifies them (``classifier.predict``: preprocessing, inference, labels) and writes each result as a JSON
+    line, then the next."""
     import json
 
-    from mlic_edge.data.images import spec_input
-    from mlic_edge.runtime.inference.postprocess import Postprocessor
-
-    postprocess = Postprocessor(spec.labels)
     capture = cv2.VideoCapture(str(video))
     if not capture.isOpened():
         raise MlicError(f"cannot read the test video {video}", hint="check OpenCV's video support (FFmpeg)")
@@ -115,10 +110,10 @@ def naive_loop(backend: Backend, spec: ModelSpec, video: Path, batch: int) -> di
                 if not ok:
                     ended = True
                     break
-                images.append(spec_input(image, spec))
+                images.append(image)
             if images:
-                for index, scores in enumerate(backend.infer(np.stack(images))):
-                    json.dumps(postprocess(scores, {"source": str(video), "index": frames + index, "timestamp": 0.0}))
+                for result in classifier.predict(images):
+                    json.dumps(result.to_dict())
                 frames += len(images)
     finally:
         capture.release()
@@ -138,6 +133,8 @@ def run_bench(backend: Backend, spec: ModelSpec, batches: list[int], *, iteratio
     the same model opened with the libraries' default threads, as a user's loop would; else ``backend``)."""
     say = progress or (lambda message: None)
     naive_backend = naive_backend or backend
+    # not closed here: the caller owns the backends
+    classifier, naive_classifier = Classifier(backend, spec), Classifier(naive_backend, spec)
     per_round = max(1, -(-iterations // rounds))
     rows = []
     with tempfile.TemporaryDirectory(prefix="mlic-edge-bench-") as work:
@@ -146,15 +143,15 @@ def run_bench(backend: Backend, spec: ModelSpec, batches: list[int], *, iteratio
         for batch in batches:
             say(f"batch {batch}: warm-up")
             bench_backend(backend, spec, batch, 1, warmup)
-            bench_pipeline(backend, spec, video, batch)  # file cache, thread start-up
-            naive_loop(naive_backend, spec, video, batch)
+            bench_pipeline(classifier, video, batch)  # file cache, thread start-up
+            naive_loop(naive_classifier, video, batch)
             measured = []
             for number in range(1, rounds + 1):
                 say(f"batch {batch}: round {number}/{rounds} (backend alone, pipeline, naive loop)")
                 # a few untimed inferences first: the naive loop's own session has just had the cores
                 measured.append({"backend_alone": bench_backend(backend, spec, batch, per_round, ROUND_WARMUP),
-                                 "pipeline": bench_pipeline(backend, spec, video, batch),
-                                 "naive_loop": naive_loop(naive_backend, spec, video, batch)})
+                                 "pipeline": bench_pipeline(classifier, video, batch),
+                                 "naive_loop": naive_loop(naive_classifier, video, batch)})
             rows.append(_summarise(batch, measured))
     return {"backend": backend.info.as_dict(), "naive_backend": naive_backend.info.as_dict(),
             "threads": _budget(backend), "naive_threads": _budget(naive_backend),

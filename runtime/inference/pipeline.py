@@ -1,4 +1,4 @@
-"""The run loop on threads: capture → preprocess + batch → inference → postprocess + sinks.
+"""The run loop on threads around a ``Classifier``: capture → preprocess + batch → inference → postprocess + sinks.
 
 Bounded queues join the stages, so decoding and preprocessing overlap inference. Files lose nothing and keep their
 order; a live source (camera, stream) keeps only the newest frame: the latest frame wins and the stale ones are
@@ -16,12 +16,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mlic_edge.runtime.inference.backends.base import Backend
+from mlic_edge.runtime.inference.classifier import Classifier
 from mlic_edge.runtime.inference.latency import LatencyRecorder
+from mlic_edge.runtime.inference.postprocess import Result
 from mlic_edge.runtime.inference.sources import Frame, Source
 from mlic_edge.runtime.inference.threads import apply_feed_threads, restore_feed_threads
-from mlic_edge.data.images import spec_input
-from mlic_edge.spec import ModelSpec
 from mlic_edge.stops import signals_deferred
 
 _END = object()  # end of the stream, passed down the stages
@@ -81,14 +80,14 @@ class LatestFrame:
 class _Stages:
     """The four threads and what they share; the first error in any of them aborts all and is re-raised."""
 
-    def __init__(self, source: Source, backend: Backend, spec: ModelSpec, batch_size: int, max_frames: int | None,
-                 postprocess: Callable[[np.ndarray, dict[str, Any]], dict[str, Any] | None],
-                 on_record: Callable[[Frame, dict[str, Any]], None], latency: LatencyRecorder,
+    def __init__(self, source: Source, classifier: Classifier, batch_size: int, max_frames: int | None,
+                 postprocess: Callable[[np.ndarray, dict[str, Any]], Result | None],
+                 on_result: Callable[[Frame, Result], None], latency: LatencyRecorder,
                  stop: threading.Event, on_tick: Callable[[], None] | None) -> None:
-        self.source, self.backend, self.spec = source, backend, spec
+        self.source, self.classifier = source, classifier
         self.live = source.live
         self.batch_size = 1 if self.live else batch_size
-        self.max_frames, self.postprocess, self.on_record = max_frames, postprocess, on_record
+        self.max_frames, self.postprocess, self.on_result = max_frames, postprocess, on_result
         self.latency, self.stop, self.on_tick = latency, stop, on_tick
         self.abort = threading.Event()
         self.errors: list[BaseException] = []
@@ -137,6 +136,7 @@ class _Stages:
         self.latency.add(stage, elapsed_ms, len(frames))
         for frame in frames:
             frame.service_ms += elapsed_ms / len(frames)
+            frame.timing[stage] = frame.timing.get(stage, 0.0) + elapsed_ms / len(frames)
 
     def stop_source(self) -> None:
         """Make a blocked live read return (sources without ``stop`` end by themselves)."""
@@ -212,25 +212,26 @@ class _Stages:
 
     def _preprocess(self, frames: list[Frame]) -> np.ndarray:
         started = time.perf_counter()
-        tensor = np.stack([spec_input(frame.image, self.spec) for frame in frames])
+        tensor = self.classifier.prepare([frame.image for frame in frames])
         self._served("preprocess", frames, started)
         return tensor
 
     def _infer(self, frames: list[Frame], tensor: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
-        scores = self.backend.infer(tensor)
+        scores = self.classifier.infer(tensor)
         self._served("inference", frames, started)
         return scores
 
     def _write(self, frames: list[Frame], scores: np.ndarray) -> None:
         for frame, frame_scores in zip(frames, scores):
             started = time.perf_counter()
-            record = self.postprocess(frame_scores, {"source": frame.source, "index": frame.index,
-                                                     "timestamp": round(frame.timestamp, 4)})
+            result = self.postprocess(frame_scores, {"source": frame.source, "index": frame.index,
+                                                     "timestamp": round(frame.timestamp, 4),
+                                                     "timing": {"decode": frame.decode_ms, **frame.timing}})
             self._served("postprocess", [frame], started)
-            if record is not None:
+            if result is not None:
                 started = time.perf_counter()
-                self.on_record(frame, record)
+                self.on_result(frame, result)
                 self._served("sink", [frame], started)
                 self.stats.records += 1
             captured = getattr(frame, "captured", None)
@@ -242,20 +243,22 @@ class _Stages:
             self.on_tick()
 
 
-def run_pipeline(source: Source, backend: Backend, spec: ModelSpec, *,
-                 postprocess: Callable[[np.ndarray, dict[str, Any]], dict[str, Any] | None],
-                 on_record: Callable[[Frame, dict[str, Any]], None] = lambda frame, record: None,
+def run_pipeline(source: Source, classifier: Classifier, *,
+                 postprocess: Callable[[np.ndarray, dict[str, Any]], Result | None] | None = None,
+                 on_result: Callable[[Frame, Result], None] = lambda frame, result: None,
                  batch_size: int = 1, max_frames: int | None = None, latency: LatencyRecorder | None = None,
                  stop: threading.Event | None = None, on_tick: Callable[[], None] | None = None) -> RunStats:
-    """Run ``backend`` over ``source`` on four threads (or, where the backend's thread budget says overlap does not
-    pay, a file's stages in turn on one); ``postprocess(scores, meta)`` makes each record (or None to emit nothing)
-    and ``on_record(frame, record)`` writes it. Returns when everything captured has been written."""
+    """Run ``classifier`` over ``source`` on four threads (or, where its backend's thread budget says overlap does
+    not pay, a file's stages in turn on one): its ``prepare`` and ``infer`` on batches, then ``postprocess(scores,
+    meta)`` (default: the classifier's stateless rule; ``classifier.postprocessor(...)`` for smoothing) makes each
+    ``Result`` (or None to emit nothing) and ``on_result(frame, result)`` writes it. Returns when everything
+    captured has been written."""
     latency = latency or LatencyRecorder()
     latency.live = source.live
-    budget = getattr(backend, "thread_budget", None)
+    budget = getattr(classifier.backend, "thread_budget", None)
     opencv_threads = apply_feed_threads(budget) if budget is not None else None
-    stages = _Stages(source, backend, spec, batch_size, max_frames, postprocess, on_record, latency,
-                     stop or threading.Event(), on_tick)
+    stages = _Stages(source, classifier, batch_size, max_frames, postprocess or classifier.postprocessor(),
+                     on_result, latency, stop or threading.Event(), on_tick)
     overlap = source.live or budget is None or budget.overlap  # a live source needs its reader to keep the newest
     work = (stages.capture, stages.prepare, stages.infer, stages.output) if overlap else (stages.in_turn,)
     ended = [threading.Event() for _ in work]

@@ -65,6 +65,8 @@ class Frame:
     """``time.perf_counter()`` when the frame was captured/decoded: end-to-end latency starts here."""
     service_ms: float = 0.0
     """Time the pipeline's stages have worked on this frame since ``captured`` (its share of a batch's)."""
+    timing: dict[str, float] = field(default_factory=dict)
+    """That time per stage (ms), which the frame's ``Result`` carries."""
 
 
 class Source:
