@@ -12,7 +12,34 @@ from typing import Callable
 
 import numpy as np
 
+from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+BENCH_LABELS = [f"class{i}" for i in range(20)]
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def make_run(work: Path, backbone: str, img_size: int) -> RunDir:
+    """``work/<backbone>``: a baseline run of 20 labels with random weights (pretrained=False) exported to ONNX,
+    made once; latency does not depend on the weights."""
+    import contextlib
+    import io
+
+    import torch
+
+    from mlic_edge.export.onnx_export import write_onnx
+    from mlic_edge.models import create_model
+
+    run = RunDir(work / backbone)
+    if not run.onnx().is_file():
+        meta = {"model": "baseline", "backbone": backbone, "labels": BENCH_LABELS, "img_size": img_size,
+                "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.update(**meta)
+        model = create_model("baseline", len(BENCH_LABELS), backbone=backbone).eval()
+        with contextlib.redirect_stderr(io.StringIO()):
+            write_onnx(model.for_export(), torch.zeros(2, 3, img_size, img_size), run.onnx(), meta)
+    return run
 
 
 def onnx_latency_ms(path: Path, img_size: int, batch: int = 1, runs: int = 50, warmup: int = 5) -> float:

@@ -14,39 +14,16 @@ throughput does not depend on them. Not a test: nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import sys
 import time
 from pathlib import Path
 
-import torch
-
-from common import machine
-from mlic_edge.export.onnx_export import write_onnx
+from common import machine, make_run
 from mlic_edge.io import write_json
-from mlic_edge.models import create_model
-from mlic_edge.rundir import RunDir, installed_versions
+from mlic_edge.rundir import installed_versions
 from mlic_edge.runtime.inference.backends import create_backend
 from mlic_edge.runtime.checks.bench import run_bench
 from mlic_edge.spec import ModelSpec
-
-LABELS = [f"class{i}" for i in range(20)]
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
-def make_run(work: Path, backbone: str, img_size: int) -> RunDir:
-    run = RunDir(work / backbone)
-    if not run.onnx().is_file():
-        meta = {"model": "baseline", "backbone": backbone, "labels": LABELS, "img_size": img_size, "mean": MEAN,
-                "std": STD}
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.update(**meta)
-        model = create_model("baseline", len(LABELS), backbone=backbone).eval()
-        with contextlib.redirect_stderr(io.StringIO()):
-            write_onnx(model.for_export(), torch.zeros(2, 3, img_size, img_size), run.onnx(), meta)
-    return run
-
 
 CASES = {"resnet18": (1, 8), "mobilenetv3_large_100": (1, 8), "resnet50": (8,)}  # the targets
 

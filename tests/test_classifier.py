@@ -270,3 +270,17 @@ def test_stream_stops_when_the_loop_is_left(trained_run, synth_data):
             assert result.source.endswith("video.mp4") and result.index == 0 and "decode" in result.timing
             break
         assert not [thread for thread in threading.enumerate() if thread.name == "mlic-edge-stream"]
+
+
+def test_predict_requests_stream_fields_take_their_defaults_from_stream_options():
+    """``StreamOptions`` holds the defaults of how a source is read; ``PredictRequest`` (the CLI's) repeats them."""
+    from dataclasses import fields
+
+    from mlic_edge.commands.predict import LOAD_FIELDS, PredictRequest
+    from mlic_edge.runtime.inference.classifier import StreamOptions
+
+    request = PredictRequest()
+    for item in fields(StreamOptions):
+        assert getattr(request, item.name) == item.default, item.name
+    assert set(LOAD_FIELDS) | {item.name for item in fields(StreamOptions)} | {"all_scores"} == \
+        {item.name for item in fields(PredictRequest)}
