@@ -234,6 +234,21 @@ def require_choice(kind: str, value: str, choices: tuple[str, ...], error: type[
     raise (error or MlicError)(f"unknown {kind} {value!r}", hint=f"choose one of {', '.join(choices)}")
 
 
+def split_items(option: str, text: str, item_type: type = str) -> list[Any]:
+    """'4,8' -> [4, 8]: the comma-separated items of ``text`` as ``item_type`` (blanks dropped); else the one-line
+    refusal naming ``option``. How a list given as one string is read: the CLI's list options and the Python API's
+    string for a list field (mlic_edge/api.py)."""
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        return [item_type(item) for item in items]
+    except ValueError:
+        from mlic_edge.errors import MlicError
+
+        example = {int: "4,8", float: "0.5,0.9"}.get(item_type, "a,b")
+        raise MlicError(f"{option} {text!r} is not a comma-separated list of {item_type.__name__} values",
+                        hint=f"for example {option} {example}") from None
+
+
 def require_finite(what: str, values: Any, *, error: type[Exception] | None = None,
                    hint: str = "every score and limit must be a number: find what produced this one",
                    at: Callable[[tuple[int, ...]], str] | None = None) -> Any:

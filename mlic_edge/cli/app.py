@@ -18,14 +18,17 @@ from mlic_edge.cli.options import (BackendOpt, BatchesOpt, BatchRangeOpt, DataOp
 from mlic_edge.commands.bench import BenchRequest
 from mlic_edge.commands.build import BuildRequest
 from mlic_edge.commands.evaluate import EvalRequest
+from mlic_edge.commands.models import ModelsRequest
 from mlic_edge.commands.export import ExportRequest
 from mlic_edge.commands.parity import ParityRequest
 from mlic_edge.commands.predict import PredictRequest
+from mlic_edge.commands.service import ServiceRequest, UninstallRequest
+from mlic_edge.commands.serving import DeepStreamRequest, TritonRequest
 from mlic_edge.commands.train import QatRequest
 from mlic_edge.errors import EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, Interrupted, MlicError
 from mlic_edge.train.config import TrainConfig
 from mlic_edge.spec import (DEFAULT_LABELSET_FLOOR, DEFAULT_MAX_SCORE_DIFF, DEFAULT_TOLERANCE_POINTS, PRECISIONS,
-                            RESIZE_MODES, per_precision_text, require_seconds)
+                            RESIZE_MODES, per_precision_text, require_seconds, split_items)
 
 EPILOG_STYLE = "markdown"
 
@@ -187,19 +190,11 @@ def data_stats(
     json_out: bool = JsonOpt,
 ) -> None:
     """Images, labels per image, per-class counts with head/middle/tail groups, co-occurrence heatmap."""
+    from mlic_edge.commands.data import StatsRequest, data_stats as describe
     from mlic_edge.console import info, show
-    from mlic_edge.data import dataset_files, open_dataset
-    from mlic_edge.data.stats import dataset_stats, format_stats_table, save_cooccurrence_heatmap
-    from mlic_edge.io import refuse_output_onto_inputs
+    from mlic_edge.data.stats import format_stats_table
 
-    dataset = open_dataset(data, role="train", split=split)
-    target = heatmap or (dataset.root / f"cooccurrence_{dataset.split}.png")
-    refuse_output_onto_inputs({"--heatmap": target}, dataset_files(dataset))
-    stats = dataset_stats(dataset)
-    try:
-        stats["heatmap"] = str(save_cooccurrence_heatmap(dataset, target))
-    except OSError as error:
-        raise MlicError(f"cannot write the heatmap {target}: {error.strerror}", hint="pass --heatmap PATH") from error
+    stats = describe(data, StatsRequest(split=split, heatmap=heatmap))
     if json_out:
         _emit_json(stats)
         return
@@ -211,25 +206,23 @@ def data_stats(
 # --------------------------------------------------------------------------------------------------- models
 @app.command("models", epilog="Example: `mlic-edge models --json`")
 def models_command(
-    classes: int = typer.Option(80, "--classes", help="Label count the figures are computed for (COCO: 80)."),
-    flops: bool = typer.Option(True, "--flops/--no-flops", help="Count forward FLOPs at each default size."),
+    classes: int = typer.Option(ModelsRequest.classes, "--classes", help="Label count the figures are computed for "
+                                "(COCO: 80)."),
+    flops: bool = typer.Option(ModelsRequest.flops, "--flops/--no-flops", help="Count forward FLOPs at each default "
+                               "size."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Every model in the zoo: paper, default backbone and input size, parameters, GFLOPs."""
     from rich.table import Table
 
+    from mlic_edge.commands.models import ModelsRequest, list_zoo
     from mlic_edge.console import progress_bar, show
-    from mlic_edge.models import list_models
-    from mlic_edge.models.summary import summarize
 
-    entries = list_models()
-    rows = []
     with progress_bar(transient=True) as progress:
-        task = progress.add_task("building models", total=len(entries), status="")
-        for entry in entries:
-            progress.update(task, status=entry.name)
-            rows.append(summarize(entry, num_classes=classes, count_flops=flops))
-            progress.advance(task)
+        task = progress.add_task("building models", total=None, status="")
+        rows = list_zoo(ModelsRequest(classes=classes, flops=flops),
+                        progress=lambda name, done, total: progress.update(task, status=name, completed=done,
+                                                                           total=total))
     if json_out:
         _emit_json(rows)
         return
@@ -912,31 +905,31 @@ def export_triton(
     out: Path = typer.Argument(..., help="Model repository folder (the model goes in OUT/NAME/)."),
     run: Optional[Path] = RunOpt,
     model: Optional[str] = ModelNameOpt,
-    precision: str = precision_option(what="the model served"),
-    platform: str = typer.Option("onnx", "--platform", help="onnx (ONNX Runtime backend) or tensorrt (the engine "
-                                 "built for the serving GPU)."),
+    precision: str = precision_option(TritonRequest.precision, "the model served"),
+    platform: str = typer.Option(TritonRequest.platform, "--platform", help="onnx (ONNX Runtime backend) or tensorrt "
+                                 "(the engine built for the serving GPU)."),
     name: Optional[str] = typer.Option(None, "--name", help="Model name (default: RUN_PRECISION_PLATFORM)."),
-    max_batch: int = typer.Option(8, "--max-batch", help="max_batch_size (TensorRT: the engine's profile max)."),
-    preferred: str = typer.Option("4,8", "--preferred", help="Dynamic batching preferred sizes."),
-    queue_delay_us: int = typer.Option(100, "--queue-delay-us", help="Dynamic batching max queue delay."),
-    instances: int = typer.Option(1, "--instances", help="Model instances."),
-    instance_kind: str = typer.Option("gpu", "--instance-kind", help="gpu or cpu (onnx only): instance_group kind."),
+    max_batch: int = typer.Option(TritonRequest.max_batch, "--max-batch", help="max_batch_size (TensorRT: the "
+                                  "engine's profile max)."),
+    preferred: str = typer.Option(",".join(map(str, TritonRequest.preferred)), "--preferred",
+                                  help="Dynamic batching preferred sizes."),
+    queue_delay_us: int = typer.Option(TritonRequest.queue_delay_us, "--queue-delay-us",
+                                       help="Dynamic batching max queue delay."),
+    instances: int = typer.Option(TritonRequest.instances, "--instances", help="Model instances."),
+    instance_kind: str = typer.Option(TritonRequest.instance_kind, "--instance-kind", help="gpu or cpu (onnx only): "
+                                      "instance_group kind."),
     engine: Optional[Path] = typer.Option(None, "--engine", help="Engine to serve (default: the run's, by "
                                           "precision)."),
 ) -> None:
     """A Triton Inference Server model repository: config.pbtxt (inputs, outputs, dynamic batching), version
     folder with the ONNX or engine, labels file."""
+    from mlic_edge.commands.serving import export_triton as write_repository
     from mlic_edge.console import info
-    from mlic_edge.runtime.deployment.serving_configs import write_triton_repository
 
-    try:
-        sizes = [int(part) for part in preferred.split(",") if part.strip()]
-    except ValueError:
-        raise MlicError(f"--preferred {preferred!r} is not a list of batch sizes", hint="for example 4,8") from None
-    path = write_triton_repository(_run_dir(run, model), out, precision=precision, platform=platform,
-                                   model_name=name, max_batch_size=max_batch, preferred_batch_sizes=sizes,
-                                   max_queue_delay_us=queue_delay_us, instances=instances, device=instance_kind,
-                                   engine=engine)
+    request = TritonRequest(precision=precision, platform=platform, name=name, max_batch=max_batch,
+                            preferred=tuple(split_items("--preferred", preferred, int)), queue_delay_us=queue_delay_us,
+                            instances=instances, instance_kind=instance_kind, engine=engine)
+    path = write_repository(_run_dir(run, model), out, request)
     info(f"wrote {path}; serve with: tritonserver --model-repository {out}")
 
 
@@ -946,21 +939,23 @@ def export_deepstream(
     out: Path = typer.Argument(..., help="Folder for the nvinfer config, labels and model."),
     run: Optional[Path] = RunOpt,
     model: Optional[str] = ModelNameOpt,
-    precision: str = precision_option(what="the model served"),
-    mode: str = typer.Option("secondary", "--mode", help="secondary (on detector objects) or primary (frames)."),
+    precision: str = precision_option(DeepStreamRequest.precision, "the model served"),
+    mode: str = typer.Option(DeepStreamRequest.mode, "--mode", help="secondary (on detector objects) or primary "
+                             "(frames)."),
     engine: Optional[Path] = typer.Option(None, "--engine", help="Also point nvinfer at this engine."),
-    gie_id: int = typer.Option(2, "--gie-id", help="gie-unique-id."),
-    operate_on_gie_id: int = typer.Option(1, "--operate-on-gie-id", help="Detector whose objects are classified."),
-    batch_size: int = typer.Option(1, "--batch-size", help="nvinfer batch-size."),
-    threshold: float = typer.Option(0.5, "--threshold", help="classifier-threshold."),
+    gie_id: int = typer.Option(DeepStreamRequest.gie_id, "--gie-id", help="gie-unique-id."),
+    operate_on_gie_id: int = typer.Option(DeepStreamRequest.operate_on_gie_id, "--operate-on-gie-id",
+                                          help="Detector whose objects are classified."),
+    batch_size: int = typer.Option(DeepStreamRequest.batch_size, "--batch-size", help="nvinfer batch-size."),
+    threshold: float = typer.Option(DeepStreamRequest.threshold, "--threshold", help="classifier-threshold."),
 ) -> None:
     """A DeepStream nvinfer configuration for a primary or secondary multi-label classifier."""
+    from mlic_edge.commands.serving import export_deepstream as write_config
     from mlic_edge.console import info
-    from mlic_edge.runtime.deployment.serving_configs import write_deepstream_config
 
-    path = write_deepstream_config(_run_dir(run, model), out, precision=precision, mode=mode, engine=engine,
-                                   gie_unique_id=gie_id, operate_on_gie_id=operate_on_gie_id, batch_size=batch_size,
-                                   classifier_threshold=threshold)
+    path = write_config(_run_dir(run, model), out, DeepStreamRequest(
+        precision=precision, mode=mode, engine=engine, gie_id=gie_id, operate_on_gie_id=operate_on_gie_id,
+        batch_size=batch_size, threshold=threshold))
     info(f"wrote {path}")
 
 
@@ -992,33 +987,23 @@ service_app = typer.Typer(help="Run `mlic-edge run` as a systemd service (restar
 app.add_typer(service_app, name="service")
 
 
-def _service_spec(run, model, source, backend, precision, out_dir, name, user, stats_every, rotate_mb, keep,
-                  threshold, thresholds, smoothing, only_changes, extra):
-    import os
-
-    from mlic_edge.runtime.deployment.systemd import ServiceSpec
-
-    return ServiceSpec(run_dir=_run_dir(run, model).path, out_dir=out_dir, name=name, source=source,
-                       backend=backend, precision=precision, user=user or os.environ.get("SUDO_USER"),
-                       stats_every=stats_every, rotate_mb=rotate_mb, keep=keep, threshold=threshold,
-                       thresholds=thresholds, smoothing=smoothing, only_changes=only_changes,
-                       extra_args=list(extra or []))
-
-
 @service_app.command("install", epilog="Examples: `sudo mlic-edge service install -m msrn --source csi://0 -b tensorrt "
                                        "-p int8`, `mlic-edge service install -m msrn --print` (write the unit yourself)")
 def service_install(
     run: Optional[Path] = RunOpt,
     model: Optional[str] = ModelNameOpt,
-    source: str = typer.Option("csi://0", "--source", help="What `run` reads (camera0, csi://0, rtsp://...)."),
+    source: str = typer.Option(ServiceRequest.source, "--source", help="What `run` reads (camera0, csi://0, "
+                               "rtsp://...)."),
     backend: str = BackendOpt,
-    precision: str = precision_option("fp16", "what the service runs"),
-    out_dir: Path = typer.Option(Path("/var/lib/mlic-edge"), "--out-dir", help="Folder of predictions.jsonl."),
-    name: str = typer.Option("mlic-edge", "--name", help="systemd unit name."),
+    precision: str = precision_option(ServiceRequest.precision, "what the service runs"),
+    out_dir: Path = typer.Option(ServiceRequest.out_dir, "--out-dir", help="Folder of predictions.jsonl."),
+    name: str = typer.Option(ServiceRequest.name, "--name", help="systemd unit name."),
     user: Optional[str] = typer.Option(None, "--user", help="Run as this user (default: $SUDO_USER, else root)."),
-    stats_every: float = typer.Option(60.0, "--stats-every", help="Latency line in the journal every N s."),
-    rotate_mb: int = typer.Option(50, "--rotate-mb", help="Rotate predictions.jsonl at this size."),
-    keep: int = typer.Option(10, "--keep", help="Rotated files to keep."),
+    stats_every: float = typer.Option(ServiceRequest.stats_every, "--stats-every", help="Latency line in the journal "
+                                      "every N s."),
+    rotate_mb: int = typer.Option(ServiceRequest.rotate_mb, "--rotate-mb", help="Rotate predictions.jsonl at this "
+                                  "size."),
+    keep: int = typer.Option(ServiceRequest.keep, "--keep", help="Rotated files to keep."),
     threshold: Optional[float] = typer.Option(None, "--threshold"),
     thresholds: Optional[Path] = typer.Option(None, "--thresholds"),
     smoothing: Optional[float] = typer.Option(None, "--smoothing"),
@@ -1029,35 +1014,33 @@ def service_install(
     extra: Optional[list[str]] = typer.Argument(None, help="More `mlic-edge run` options, after --."),
 ) -> None:
     """Install and start the service (needs root): unit in /etc/systemd/system, rule in /etc/logrotate.d."""
-    from mlic_edge.commands.predict import PredictRequest, check_outputs
+    from mlic_edge.commands.service import install_service
     from mlic_edge.console import info
-    from mlic_edge.rundir import RunDir
-    from mlic_edge.runtime.deployment.systemd import install, render_logrotate, render_unit
+    from mlic_edge.runtime.deployment.systemd import LOGROTATE_DIR
 
-    spec = _service_spec(run, model, source, backend, precision, out_dir, name, user, stats_every, rotate_mb, keep,
-                         threshold, thresholds, smoothing, only_changes, extra)
-    check_outputs(RunDir(spec.run_dir), spec.source, PredictRequest(thresholds=spec.thresholds),
-                  {"--out-dir": spec.jsonl_path})  # the service's `run` would refuse it at every start
+    request = ServiceRequest(source=source, backend=backend, precision=precision, out_dir=out_dir, name=name,
+                             user=user, stats_every=stats_every, rotate_mb=rotate_mb, keep=keep, threshold=threshold,
+                             thresholds=thresholds, smoothing=smoothing, only_changes=only_changes,
+                             logrotate=not no_logrotate, dry_run=dry_run, print_only=print_only,
+                             extra=tuple(extra or ()))
+    installed = install_service(_run_dir(run, model), request, on_step=info)
     if print_only:
-        sys.stdout.write(render_unit(spec) + "\n# /etc/logrotate.d/" + spec.name + "\n" + render_logrotate(spec))
-        return
-    install(spec, logrotate_dir=None if no_logrotate else Path("/etc/logrotate.d"), dry_run=dry_run,
-            on_step=info)
-    if not dry_run:
-        info(f"started {spec.unit_name}; follow it with: journalctl -u {spec.name} -f; predictions: "
-             f"{spec.jsonl_path}")
+        sys.stdout.write(installed["unit"] + f"\n# {LOGROTATE_DIR / name}\n" + installed["logrotate"])
+    elif not dry_run:
+        info(f"started {installed['unit_name']}; follow it with: journalctl -u {name} -f; predictions: "
+             f"{installed['predictions']}")
 
 
 @service_app.command("uninstall", epilog="Example: `sudo mlic-edge service uninstall --name mlic-edge`")
 def service_uninstall(
-    name: str = typer.Option("mlic-edge", "--name", help="systemd unit name."),
+    name: str = typer.Option(UninstallRequest.name, "--name", help="systemd unit name."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be done; change nothing."),
 ) -> None:
     """Stop and remove the service (predictions are kept)."""
+    from mlic_edge.commands.service import uninstall_service
     from mlic_edge.console import info
-    from mlic_edge.runtime.deployment.systemd import uninstall
 
-    uninstall(name, dry_run=dry_run, on_step=info)
+    uninstall_service(UninstallRequest(name=name, dry_run=dry_run), on_step=info)
 
 
 # --------------------------------------------------------------------------------------------------- demo
