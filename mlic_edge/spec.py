@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 PRECISIONS = ("fp32", "fp16", "int8")
-ENGINE_BACKENDS = ("tensorrt", "tensorrt-rtx")
-BACKENDS = ("auto", *ENGINE_BACKENDS, "onnxruntime", "torch")  # what `run`, `bench` and `parity` can infer with
-BUILD_BACKENDS = ("auto", *ENGINE_BACKENDS, "onnxruntime")  # what `build` can make an artefact for
+# The backends and their name lists (BACKENDS, ENGINE_BACKENDS, BUILD_BACKENDS) are the runtime's backend registry's:
+# runtime/inference/backends/registry.py.
 RESIZE_MODES = ("warp", "center-crop", "letterbox")
 DEFAULT_RESIZE = "warp"
 FLOAT_INPUT = "float-nchw-rgb"  # (x/255 - mean)/std done by mlic-edge before the model

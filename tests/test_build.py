@@ -384,11 +384,10 @@ def test_fp16_on_a_cpu_says_what_it_costs_and_falls_back_when_asked(capsys, buil
     import re
 
     from mlic_edge.rundir import RunDir
-    from mlic_edge.runtime.inference import backends
     from mlic_edge.runtime.inference.backends import create_backend
     from mlic_edge.runtime.inference.backends import onnxruntime_backend
 
-    monkeypatch.setattr(backends, "_FP16_FACTORS", {})
+    monkeypatch.setattr(onnxruntime_backend, "_FP16_FACTORS", {})
     monkeypatch.setattr(onnxruntime_backend, "cpu_features", lambda: {"machine": "x86_64", "int8_dot_product": [],
                                                                       "fp16_arithmetic": fp16_arithmetic,
                                                                       "int8_reduce_range": True})

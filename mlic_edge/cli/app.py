@@ -12,8 +12,8 @@ from typing import Optional
 
 import typer
 
-from mlic_edge.cli.options import (BackendOpt, BatchesOpt, BatchRangeOpt, DataOpt, DeviceOpt, JsonOpt, ModelNameOpt,
-                                   Fp16FallbackOpt, PrecisionOpt, RunOpt, ThreadsOpt, TrustPickleOpt,
+from mlic_edge.cli.options import (BackendOpt, BatchesOpt, BatchRangeOpt, BuildBackendOpt, DataOpt, DeviceOpt, JsonOpt,
+                                   ModelNameOpt, Fp16FallbackOpt, PrecisionOpt, RunOpt, ThreadsOpt, TrustPickleOpt,
                                    precision_option)
 from mlic_edge.commands.bench import BenchRequest
 from mlic_edge.commands.build import BuildRequest
@@ -524,9 +524,7 @@ def build(
     run: Optional[Path] = RunOpt,
     model: Optional[str] = ModelNameOpt,
     precision: str = precision_option(what="fp16: mixed, fp32 IO; int8: explicit Q/DQ from calibration data"),
-    backend: str = typer.Option("auto", "--backend", "-b", help="auto (TensorRT if installed, else ONNX Runtime), "
-                                "tensorrt, tensorrt-rtx or onnxruntime (the artefact is the precision's ONNX; int8 "
-                                "adds the graph ONNX Runtime's CPU kernels fuse, in the form timed fastest here)."),
+    backend: str = BuildBackendOpt,
     calib_data: Optional[str] = typer.Option(None, "--calib-data", help="Calibration images: a dataset path or "
                                              "voc:/coco:/csv: spec (default: the run's training split)."),
     calib_images: int = typer.Option(BuildRequest.calib_images, "--calib-images",

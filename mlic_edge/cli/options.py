@@ -1,4 +1,5 @@
-"""Options shared by the commands: one name, one meaning, declared once (the choices come from mlic_edge.spec).
+"""Options shared by the commands: one name, one meaning, declared once (the choices come from mlic_edge.spec and,
+for backends, from the backend registry).
 
 ``--batch`` is the images per inference everywhere; the engine's batch range is ``--batch-range`` (build) and the
 sizes bench sweeps ``--batches`` (both still accept ``--batch`` as the name they had before).
@@ -10,14 +11,21 @@ from typing import Any
 
 import typer
 
-from mlic_edge.spec import BACKENDS, PRECISIONS
+from mlic_edge.runtime.inference.backends import registry as backend_registry
+from mlic_edge.spec import PRECISIONS
 
 RunOpt = typer.Option(None, "--run", "-r", help="Run directory (default: runs/MODEL).", show_default=False)
 ModelNameOpt = typer.Option(None, "--model", "-m", help="Model name; --model NAME means --run runs/NAME.")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
 DataOpt = typer.Option(None, "--data", "-d", help="Dataset: a path (format detected) or voc:PATH, coco:PATH, "
                                                    "csv:PATH. Default: the run's dataset.")
-BackendOpt = typer.Option("auto", "--backend", "-b", help=f"{', '.join(BACKENDS)}.")
+BackendOpt = typer.Option("auto", "--backend", "-b", help="auto (the first of "
+                          f"{', '.join(backend_registry.AUTO_ORDER)} that can run the run here; it says which) or "
+                          f"{', '.join(backend_registry.BACKENDS[1:])}.")
+BuildBackendOpt = typer.Option("auto", "--backend", "-b", help="auto (TensorRT if installed, else ONNX Runtime) or "
+                               f"{', '.join(backend_registry.BUILD_BACKENDS[1:])} (onnxruntime's artefact is the "
+                               "precision's ONNX; int8 adds the graph ONNX Runtime's CPU kernels fuse, in the form "
+                               "timed fastest here).")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 Fp16FallbackOpt = typer.Option(False, "--fp16-fallback", help="fp16 asked of a CPU backend without fp16 "
                                "arithmetic (ONNX Runtime on x86): run the fp32 graph instead, saying so.")

@@ -21,8 +21,9 @@ from mlic_edge.errors import BuildError, CalibrationError, MlicError
 from mlic_edge.export.lineage import ONNX_SHA, check_onnx
 from mlic_edge.io import json_text, read_json, sha256_file
 from mlic_edge.rundir import RunChange, RunDir
-from mlic_edge.spec import (BUILD_BACKENDS, ENGINE_BACKENDS, INT8_TARGET_AGREEMENT, INT8_TARGET_DELTA_POINTS,
-                            PRECISIONS, RunSpec, require_at_least, require_choice, require_fraction)
+from mlic_edge.runtime.inference.backends import registry as backend_registry
+from mlic_edge.spec import (INT8_TARGET_AGREEMENT, INT8_TARGET_DELTA_POINTS, PRECISIONS, RunSpec, require_at_least,
+                            require_choice, require_fraction)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,7 +65,7 @@ class BuildRequest:
 def resolve_build_backend(name: str) -> str:
     """``auto``: full TensorRT when installed (it builds for this GPU), else ONNX Runtime (the ONNX is the artefact).
     TensorRT for RTX is used only when asked: its engines run on RTX GPUs, not necessarily this machine."""
-    require_choice("build backend", name, BUILD_BACKENDS, BuildError)
+    require_choice("build backend", name, backend_registry.BUILD_BACKENDS, BuildError)
     if name != "auto":
         return name
     return "tensorrt" if importlib.util.find_spec("tensorrt") is not None else "onnxruntime"
@@ -142,7 +143,7 @@ def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) 
                 entry["accuracy"]["cpu_graph"] = evaluate_or_warn(run, "int8", say, cpu_graph)
         entry["seconds"] = round(time.monotonic() - started, 2)
         stage_build_report(run, entry, change)
-    if backend in ENGINE_BACKENDS:
+    if backend in backend_registry.ENGINE_BACKENDS:
         entry["engine"] = _build_engine(run, spec, trt, run.onnx(request.precision), request, say)
         entry["seconds"] = round(time.monotonic() - started, 2)
         with run.transaction() as change:
@@ -562,7 +563,7 @@ def _sensitivity_inputs(spec: RunSpec, calibration) -> "np.ndarray | None":
 
 
 def _load_builder(backend: str):
-    if backend not in ENGINE_BACKENDS:
+    if backend not in backend_registry.ENGINE_BACKENDS:
         return None
     from mlic_edge.runtime.engines.api import load_tensorrt
 
@@ -599,7 +600,8 @@ def _file_facts(path: Path, name: str | None = None) -> dict[str, Any]:
 def stage_build_report(run: RunDir, entry: dict[str, Any], change: RunChange) -> None:
     """reports/build.json keeps the latest build of each precision (and engine backend); build.md tabulates it.
     Both are staged in ``change``, to be put in place with the files they describe."""
-    key = entry["precision"] + (f".{entry['backend']}" if entry["backend"] in ENGINE_BACKENDS else "")
+    engine = entry["backend"] in backend_registry.ENGINE_BACKENDS
+    key = entry["precision"] + (f".{entry['backend']}" if engine else "")
     report = _build_report(run, change)
     report["builds"][key] = entry
     _stage_report(run, report, change)

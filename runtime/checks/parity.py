@@ -239,30 +239,20 @@ def compute_parity(run: RunDir, backend: Backend, *, data: str | None = None, **
 
 def present_targets(run: RunDir, backends: list[str] | None = None,
                     precisions: list[str] | None = None) -> list[tuple[str, str, str]]:
-    """(backend, precision, graph) that have an artefact in the run: each precision's ONNX for ONNX Runtime (both
-    int8 graphs where the CPU one was built: ``graph`` "tensorrt" and "cpu", else "auto"), each engine for its
-    TensorRT. Explicit ``backends`` are taken as asked (their artefacts are checked when loaded)."""
+    """(backend, precision, graph) to check, each backend saying which of its graphs (the registry's
+    ``parity_graphs``): by default what the run holds (each precision's ONNX for ONNX Runtime, both int8 graphs where
+    the CPU one was built, each engine for its TensorRT), every graph before the engines built from it. Explicit
+    ``backends`` are taken as asked (their artefacts are checked when loaded)."""
+    from mlic_edge.runtime.inference.backends.registry import get_backend, list_backends
     from mlic_edge.spec import PRECISIONS
 
     wanted = precisions or list(PRECISIONS)
-
-    def graphs(backend: str, precision: str) -> list[str]:
-        both = backend == "onnxruntime" and precision == "int8" and run.onnx("int8", "cpu").is_file()
-        return ["tensorrt", "cpu"] if both else ["auto"]
-
     if backends:
-        return [(backend, precision, graph) for backend in backends for precision in wanted
-                if backend != "torch" or precision == "fp32" for graph in graphs(backend, precision)]
-    from mlic_edge.runtime.engines.manifest import find_engines, read_manifest
-
-    targets = [("onnxruntime", precision, graph) for precision in wanted if run.onnx(precision).is_file()
-               for graph in graphs("onnxruntime", precision)]
-    for path in find_engines(run.path):
-        manifest = read_manifest(path)
-        target = (manifest["backend"], manifest["precision"], "auto")
-        if manifest["precision"] in wanted and target not in targets:
-            targets.append(target)
-    return targets
+        return [(name, precision, graph) for name in backends for precision in wanted
+                for graph in (["auto"] if name == "auto" else get_backend(name).parity_graphs(run, precision, True))]
+    entries = sorted(list_backends(), key=lambda entry: entry.runs_engines)
+    return [(entry.name, precision, graph) for entry in entries for precision in wanted
+            for graph in entry.parity_graphs(run, precision, False)]
 
 
 def parity_report(run: RunDir, results: list[dict[str, Any]], skipped: list[dict[str, str]] | None = None,

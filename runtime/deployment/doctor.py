@@ -1,5 +1,5 @@
-"""`mlic-edge doctor`: what this machine can run — platform, Jetson/L4T, CUDA, TensorRT, ONNX Runtime, GPU, DLA,
-cameras, disk — each check ok / warn / fail with a concrete fix.
+"""`mlic-edge doctor`: what this machine can run — platform, Jetson/L4T, CUDA, GPU, every backend of the registry
+(TensorRT, ONNX Runtime, ...), DLA, cameras, disk — each check ok / warn / fail with a concrete fix.
 
 System facts are read from files under a ``SystemRoot`` ("/" normally, a fake tree in tests); the Python packages
 (TensorRT, ONNX Runtime, OpenCV, CUDA bindings) are the ones of this interpreter, imported lazily inside checks.
@@ -25,6 +25,7 @@ from mlic_edge.errors import BackendError
 from mlic_edge.runtime.engines.gpu import (GpuInfo, cuda_python_mismatch, cuda_python_requirement, detect_gpu,
                                    driver_cuda_version, jetson_gpu_from_model)
 from mlic_edge.runtime.engines.api import TensorRT, available_tensorrt_backends, load_tensorrt
+from mlic_edge.runtime.inference.backends.registry import BackendEntry, list_backends
 
 Status = Literal["ok", "warn", "fail"]
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
@@ -103,7 +104,7 @@ def run_checks(run_path: Path | None = None, system: SystemRoot = SystemRoot()) 
     """Every check that applies to this machine, in a fixed order. Never raises."""
     facts = _Facts(system, Path(run_path) if run_path else None)
     checks = []
-    for check_id, title, check in CHECKS:
+    for check_id, title, check in all_checks():
         try:
             outcome = check(facts)
         except Exception as error:  # a doctor must report, not crash: the reason becomes the check's detail
@@ -532,7 +533,19 @@ def _check_deploy(facts: _Facts) -> _Outcome | None:
     return _warn(detail, f"mlic-edge parity --run {run.path}, then mlic-edge bench --run {run.path}", **data)
 
 
-CHECKS: tuple[tuple[str, str, Callable[[_Facts], _Outcome | None]], ...] = (
+def _check_installed(entry: BackendEntry) -> Callable[[_Facts], _Outcome]:
+    """A backend doctor knows nothing particular about: whether its package is here (the registry's probe)."""
+
+    def check(facts: _Facts) -> _Outcome:
+        if entry.installed():
+            return _ok(f"installed ({entry.description})", installed=True)
+        return _ok(f"not installed (optional: {entry.description}; {entry.install_hint()})", installed=False)
+
+    return check
+
+
+Checks = tuple[tuple[str, str, Callable[[_Facts], "_Outcome | None"]], ...]
+_SYSTEM_CHECKS: Checks = (
     ("platform", "Platform", _check_platform),
     ("python", "Python", _check_python),
     ("jetson", "Jetson module", _check_jetson),
@@ -540,9 +553,10 @@ CHECKS: tuple[tuple[str, str, Callable[[_Facts], _Outcome | None]], ...] = (
     ("gpu", "GPU", _check_gpu),
     ("cuda-driver", "CUDA driver", _check_cuda_driver),
     ("cuda-python", "CUDA Python bindings", _check_cuda_python),
-    ("tensorrt", "TensorRT", _check_tensorrt),
-    ("tensorrt-rtx", "TensorRT for RTX", _check_tensorrt_rtx),
-    ("onnxruntime", "ONNX Runtime", _check_onnxruntime),
+)
+# What doctor knows of a backend beyond its probe (the versions JetPack ships, the GPUs it runs on, the providers).
+_BACKEND_CHECKS = {"tensorrt": _check_tensorrt, "tensorrt-rtx": _check_tensorrt_rtx, "onnxruntime": _check_onnxruntime}
+_DEVICE_CHECKS: Checks = (
     ("dla", "DLA cores", _check_dla),
     ("opencv", "OpenCV", _check_opencv),
     ("gstreamer-csi", "GStreamer CSI plugin", _check_gstreamer_csi),
@@ -550,7 +564,18 @@ CHECKS: tuple[tuple[str, str, Callable[[_Facts], _Outcome | None]], ...] = (
     ("disk", "Free disk", _check_disk),
     ("deploy", "Deployed bundle", _check_deploy),
 )
-CHECK_IDS = tuple(check_id for check_id, _, _ in CHECKS)
+
+
+def all_checks() -> Checks:
+    """(id, title, check) in doctor's order: the system, one row per registered backend (its id is the backend's
+    name), then the device's cameras, disk and deployment."""
+    backends = tuple((entry.name, entry.title, _BACKEND_CHECKS.get(entry.name) or _check_installed(entry))
+                     for entry in list_backends())
+    return _SYSTEM_CHECKS + backends + _DEVICE_CHECKS
+
+
+def check_ids() -> tuple[str, ...]:
+    return tuple(check_id for check_id, _, _ in all_checks())
 
 
 def _opencv_info() -> tuple[str, bool]:

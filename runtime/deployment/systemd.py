@@ -18,7 +18,8 @@ from typing import Callable
 from mlic_edge.errors import MlicError, RunDirError
 from mlic_edge.io import atomic_path, require_writable
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import ENGINE_BACKENDS, rebuild_command, require_fraction, require_seconds
+from mlic_edge.runtime.inference.backends import registry as backend_registry
+from mlic_edge.spec import rebuild_command, require_fraction, require_seconds
 
 UNIT_DIR = Path("/etc/systemd/system")
 LOGROTATE_DIR = Path("/etc/logrotate.d")
@@ -197,7 +198,7 @@ def check_runnable(spec: ServiceSpec) -> None:
     run.read()
     onnx = run.onnx(spec.precision)
     engines = list((spec.run_dir / "engines").glob(f"*/model.{spec.precision}.engine"))
-    if spec.backend in ENGINE_BACKENDS:
+    if spec.backend in backend_registry.ENGINE_BACKENDS:
         if not engines:
             raise RunDirError(f"{spec.run_dir} has no {spec.precision} engine",
                               hint="build it on this device: "

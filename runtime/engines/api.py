@@ -9,10 +9,12 @@ from types import ModuleType
 from typing import Any
 
 from mlic_edge.errors import BackendError
-from mlic_edge.spec import ENGINE_BACKENDS
 
 # TensorRT for RTX: the meta package `tensorrt-rtx-cu13` gives `tensorrt_rtx`; the bindings wheel alone gives the other.
 _MODULE_NAMES = {"tensorrt": ("tensorrt",), "tensorrt-rtx": ("tensorrt_rtx", "tensorrt_rtx_bindings")}
+# The TensorRTs this layer loads: the backend registry's engine backends (runtime/inference/backends/registry.py, a
+# layer up; tests/test_backend_registry.py checks they are the same).
+TENSORRT_BACKENDS = tuple(_MODULE_NAMES)
 _INSTALL_HINTS = {
     "tensorrt": "on Jetson use JetPack's python3-libnvinfer and a venv made with --system-site-packages; "
                 "on x86 pip install tensorrt, whose wheels come from NVIDIA's index pypi.nvidia.com",
@@ -109,7 +111,7 @@ def load_tensorrt(backend: str) -> TensorRT:
     """Import the TensorRT of ``backend``; a missing one is a BackendError saying how to get it (no fallback)."""
     if backend not in _MODULE_NAMES:
         raise BackendError(f"unknown TensorRT backend {backend!r}",
-                           hint=f"choose one of {', '.join(ENGINE_BACKENDS)}")
+                           hint=f"choose one of {', '.join(TENSORRT_BACKENDS)}")
     names = _MODULE_NAMES[backend]
     for name in names:
         if importlib.util.find_spec(name) is None:

@@ -3,24 +3,27 @@
 Tensors by name (``execute_async_v3``), which every supported TensorRT has (8.5+, 10.x, 11.x, RTX; the real API
 surfaces are recorded in ``tests/api_surfaces/``). CUDA comes from ``mlic_edge.runtime.inference.cuda`` (pycuda or
 cuda-python). Every resource is made in ``__init__``/``infer`` and released in ``close``, with the CUDA context
-current on the calling thread.
+current on the calling thread. Registers the ``tensorrt`` and ``tensorrt-rtx`` backends; the engines layer
+(runtime/engines/) is imported only when a run's engine is looked for or opened, so a CPU run loads none of it.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mlic_edge.errors import BackendError, MlicError
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
+from mlic_edge.runtime.inference.backends.registry import OpenOptions, register_backend
 from mlic_edge.runtime.inference.cuda import Cuda, DeviceBuffer, Graph, HostBuffer, open_cuda
-from mlic_edge.runtime.engines.api import TensorRT
-from mlic_edge.runtime.engines.builder import recording_logger
-from mlic_edge.runtime.engines.manifest import read_manifest
 from mlic_edge.spec import rebuild_command
+
+if TYPE_CHECKING:
+    from mlic_edge.runtime.engines.api import TensorRT
 
 TIMING_KEYS = ("h2d_ms", "compute_ms", "d2h_ms", "total_ms")
 
@@ -77,6 +80,8 @@ class TensorRTBackend(Backend):
 
     def __init__(self, engine_path: Path, trt: TensorRT, *, precision: str, manifest: dict, device: int = 0,
                  cuda_graph: bool = False, cuda: Cuda | None = None) -> None:
+        from mlic_edge.runtime.engines.builder import recording_logger
+
         self.engine_path = Path(engine_path)
         self.trt = trt
         self.manifest = manifest
@@ -328,6 +333,7 @@ def open_tensorrt_backend(run: RunDir, backend_name: str, precision: str, engine
                           cuda_graph: bool = False) -> TensorRTBackend:
     """The engine ``find_engine`` chose, with the manifest beside it and the TensorRT of ``backend_name``."""
     from mlic_edge.runtime.engines.api import load_tensorrt
+    from mlic_edge.runtime.engines.manifest import read_manifest
 
     engine_path = Path(engine_path)
     try:
@@ -341,4 +347,92 @@ def open_tensorrt_backend(run: RunDir, backend_name: str, precision: str, engine
                            device=device, cuda_graph=cuda_graph)
 
 
-__all__ = ["TIMING_KEYS", "TensorRTBackend", "open_tensorrt_backend"]
+def find_engine(run: RunDir, backend: str, precision: str) -> Path:
+    """The engine of ``backend`` and ``precision`` in the run that fits this TensorRT, GPU and ONNX, or a one-line
+    refusal saying why and how to rebuild (TensorRT missing: how to get it, and what ``auto`` would use)."""
+    from mlic_edge.runtime.engines.api import load_tensorrt
+    from mlic_edge.runtime.engines.gpu import detect_gpu
+    from mlic_edge.runtime.engines.manifest import check_manifest, read_manifest
+
+    trt = load_tensorrt(backend)
+    rebuild = rebuild_command(run.path, precision, backend)
+    manifests = [(path, read_manifest(path)) for path in run.engine_manifests(precision)]
+    manifests = [(path, manifest) for path, manifest in manifests if manifest.get("backend") == backend]
+    if not manifests:
+        raise BackendError(f"no {backend} {precision} engine in {run.engines}", hint=f"build it: {rebuild}")
+    gpu = detect_gpu()
+    refusals = []
+    for path, manifest in manifests:
+        try:
+            check_manifest(manifest, trt=trt, gpu=gpu, onnx_path=run.onnx(precision), rebuild_command=rebuild,
+                           engine_path=path.with_suffix(".engine"))
+            return path.with_suffix(".engine")
+        except MlicError as error:
+            refusals.append(error)
+    raise refusals[0]
+
+
+def open_engine_backend(backend_name: str, run: RunDir, precision: str, device: str,
+                        options: OpenOptions) -> TensorRTBackend:
+    """The run's engine of ``backend_name`` and ``precision`` that fits here, on the GPU of ``device``."""
+    if device == "cpu":
+        raise BackendError(f"{backend_name} runs engines on an NVIDIA GPU, not --device cpu",
+                           hint="use --backend onnxruntime --device cpu")
+    engine = find_engine(run, backend_name, precision)
+    index = int(device.partition(":")[2] or 0) if device.startswith("cuda") else 0
+    backend = open_tensorrt_backend(run, backend_name, precision, engine, device=index, cuda_graph=options.cuda_graph)
+    backend.thread_budget = options.thread_budget("cuda")
+    return backend
+
+
+def _installed(backend_name: str) -> bool:
+    from mlic_edge.runtime.engines.api import available_tensorrt_backends
+
+    return backend_name in available_tensorrt_backends()
+
+
+def _auto_device(backend_name: str, run: RunDir | None, precision: str, device: str) -> str | None:
+    """"cuda" where the run has an engine of ``backend_name`` that fits this TensorRT, GPU and ONNX and a CUDA binding
+    is installed to feed it; an engine that is there but cannot run is named with the reason."""
+    import importlib.util
+
+    from mlic_edge.console import info
+
+    if run is None:
+        return None
+    try:
+        find_engine(run, backend_name, precision)
+    except MlicError as error:
+        if "engine in" not in error.message:  # an engine is there but does not fit: say why it is not used
+            info(f"--backend auto: not using the {backend_name} engine: {error.message}")
+        return None
+    if not any(importlib.util.find_spec(module) for module in ("pycuda", "cuda")):
+        info(f"--backend auto: not using the {backend_name} engine: neither pycuda nor cuda-python is installed to "
+             "run it")
+        return None
+    return "cuda"
+
+
+def _parity_graphs(backend_name: str, run: RunDir, precision: str, asked: bool) -> list[str]:
+    """By default, the run's engines of ``backend_name`` and ``precision``."""
+    from mlic_edge.runtime.engines.manifest import read_manifest
+
+    built = any(read_manifest(path).get("backend") == backend_name for path in run.engine_manifests(precision))
+    return ["auto"] if asked or built else []
+
+
+def _register(name: str, title: str, description: str, extras: tuple[str, ...], auto_order: int) -> None:
+    register_backend(name=name, title=title, description=description, installed=partial(_installed, name),
+                     extras=extras, runs_engines=True, buildable=True, auto_order=auto_order,
+                     auto_device=partial(_auto_device, name),
+                     parity_graphs=partial(_parity_graphs, name))(partial(open_engine_backend, name))
+
+
+# The extras: cuda12 stands for the cuda-python of the driver's CUDA major (cuda11, cuda12 or cuda13: doctor names
+# it); full TensorRT comes from JetPack or NVIDIA's package index, not from an extra.
+_register("tensorrt", "TensorRT", "TensorRT engines on an NVIDIA GPU (Jetson, data-centre, desktop)", ("cuda12",), 10)
+_register("tensorrt-rtx", "TensorRT for RTX", "TensorRT for RTX engines on RTX desktop GPUs (it builds them on a CPU "
+          "too)", ("tensorrt-rtx", "cuda13"), 20)
+
+
+__all__ = ["TIMING_KEYS", "TensorRTBackend", "find_engine", "open_engine_backend", "open_tensorrt_backend"]

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from mlic_edge.errors import BackendError
+from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
+from mlic_edge.runtime.inference.backends.registry import OpenOptions, package_installed, register_backend
 
 
 class TorchBackend(Backend):
@@ -47,3 +49,24 @@ class TorchBackend(Backend):
 
     def close(self) -> None:
         self.graph = None
+
+
+def _parity_graphs(run: RunDir, precision: str, asked: bool) -> list[str]:
+    """fp32 when asked for by name; never by default, as it made the reference parity compares with."""
+    return ["auto"] if asked and precision == "fp32" else []
+
+
+@register_backend(name="torch", title="PyTorch", installed=package_installed("torch"), extras=("train",),
+                  description="the checkpoint on PyTorch, fp32: the reference parity compares with",
+                  made_from_onnx=False, parity_graphs=_parity_graphs)
+def open_torch(run: RunDir, precision: str, device: str, options: OpenOptions) -> TorchBackend:
+    """The run's checkpoint, fp32 only, on CUDA with --device cuda, else the CPU."""
+    if precision != "fp32":
+        raise BackendError("the torch backend is the fp32 reference", hint="use --precision fp32")
+    spec = run.spec()
+    device = "cuda" if device == "cuda" else "cpu"
+    budget = options.thread_budget(device)
+    backend = TorchBackend(run.require(run.checkpoint, "mlic-edge train"), device=device,
+                           normalization=(spec.mean, spec.std), threads=budget.inference)
+    backend.thread_budget = budget
+    return backend
