@@ -12,16 +12,18 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from mlic_edge.runtime.inference.classifier import Classifier
 from mlic_edge.runtime.inference.latency import LatencyRecorder
 from mlic_edge.runtime.inference.postprocess import Result
 from mlic_edge.runtime.inference.sources import Frame, Source
 from mlic_edge.runtime.inference.threads import apply_feed_threads, restore_feed_threads
 from mlic_edge.stops import signals_deferred
+
+if TYPE_CHECKING:  # the classifier runs this pipeline (Classifier.run): a type, not an import, the other way
+    from mlic_edge.runtime.inference.classifier import Classifier
 
 _END = object()  # end of the stream, passed down the stages
 POLL_S = 0.05
