@@ -17,6 +17,7 @@ from mlic_edge.cli.options import (BackendOpt, BatchesOpt, BatchRangeOpt, BuildB
                                    precision_option)
 from mlic_edge.commands.bench import BenchRequest
 from mlic_edge.commands.build import BuildRequest
+from mlic_edge.commands.demo import DemoRequest
 from mlic_edge.commands.evaluate import EvalRequest
 from mlic_edge.commands.models import ModelsRequest
 from mlic_edge.commands.export import ExportRequest
@@ -1045,13 +1046,13 @@ def service_uninstall(
 @app.command(epilog="Example: `mlic-edge demo --out demo`")
 def demo(
     out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the data and the run."),
-    epochs: int = typer.Option(12, "--epochs"),
-    backbone: str = typer.Option("resnet10t", "--backbone"),
+    epochs: int = typer.Option(DemoRequest.epochs, "--epochs"),
+    backbone: str = typer.Option(DemoRequest.backbone, "--backbone"),
 ) -> None:
     """Synthetic data → train a small model → export → run over a video → parity and latency tables."""
-    from mlic_edge.cli.demo import run_demo
+    from mlic_edge.commands.demo import demo as run_demo
 
-    run_demo(out, epochs=epochs, backbone=backbone)
+    run_demo(out, DemoRequest(epochs=epochs, backbone=backbone))
 
 
 if __name__ == "__main__":

@@ -77,7 +77,8 @@ def write_triton_repository(run: RunDir, out: Path, *, precision: str = "fp32", 
     require_choice("platform", platform, TRITON_PLATFORMS, BuildError)
     require_choice("instance kind", device, TRITON_DEVICES, BuildError)
     if device == "cpu" and platform == "tensorrt":
-        raise BuildError("a TensorRT plan runs on a GPU only", hint="use --instance-kind gpu, or --platform onnx for CPU")
+        raise BuildError("a TensorRT plan runs on a GPU only",
+                         hint="use --instance-kind gpu, or --platform onnx for CPU")
     if engine is not None and platform != "tensorrt":
         raise BuildError("an engine is served with platform tensorrt only", hint="add --platform tensorrt")
     if max_batch_size < 1 or instances < 1:

@@ -1,11 +1,13 @@
-"""``mlic-edge demo``: the whole path on an embedded default, in minutes on a laptop CPU."""
+"""``mlic-edge demo`` as a library: the whole path on an embedded default, in minutes on a laptop CPU."""
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,8 +23,18 @@ def _machine() -> str:
     return f"{os.cpu_count()} CPU cores ({platform.machine()})"
 
 
-def run_demo(out: Path, epochs: int = 12, backbone: str = "resnet10t", classes: int = 6, images: int = 800,
-             size: int = 96) -> dict:
+@dataclass(frozen=True)
+class DemoRequest:
+    epochs: int = 12
+    backbone: str = "resnet10t"
+    classes: int = 6  # of the synthetic dataset
+    images: int = 800
+    size: int = 96  # image side in pixels, also the model's input
+
+
+def demo(out: Path, request: DemoRequest = DemoRequest()) -> dict[str, Any]:
+    """Synthetic data → a small model trained → export → run over a video → parity, in ``out``; what each step
+    measured."""
     from rich.rule import Rule
 
     from mlic_edge.commands.export import export
@@ -36,15 +48,18 @@ def run_demo(out: Path, epochs: int = 12, backbone: str = "resnet10t", classes: 
 
     started = time.monotonic()
     data_dir, run = out / "data", RunDir(out / "run")
-    config = TrainConfig(model="baseline", data=f"voc:{data_dir}", out=run.path, backbone=backbone, recipe="quick",
-                         epochs=epochs, img_size=size, workers=2, seed=0, overwrite=True)
+    config = TrainConfig(model="baseline", data=f"voc:{data_dir}", out=run.path, backbone=request.backbone,
+                         recipe="quick", epochs=request.epochs, img_size=request.size, workers=2, seed=0,
+                         overwrite=True)
     config.validate()  # before minutes of making data
 
     console.print(Rule("1/5 synthetic data"))
-    generate(data_dir, SynthConfig(classes=classes, images=images, size=size, seed=0, video=True))
-    info(f"{images} images of {classes} classes with co-occurrence rules in {data_dir} (VOC layout) + video.mp4")
+    generate(data_dir, SynthConfig(classes=request.classes, images=request.images, size=request.size, seed=0,
+                                   video=True))
+    info(f"{request.images} images of {request.classes} classes with co-occurrence rules in {data_dir} (VOC layout) "
+         "+ video.mp4")
 
-    console.print(Rule(f"2/5 train baseline ({backbone}, {epochs} epochs, CPU)"))
+    console.print(Rule(f"2/5 train baseline ({request.backbone}, {request.epochs} epochs, CPU)"))
     trained = train(config)
 
     console.print(Rule("3/5 export to ONNX"))
