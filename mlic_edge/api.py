@@ -31,11 +31,14 @@ from contextvars import ContextVar
 from dataclasses import MISSING, fields
 from pathlib import Path
 from types import UnionType
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from mlic_edge.errors import MlicError
 from mlic_edge.rundir import RunDir
 from mlic_edge.spec import RunSpec, split_items
+
+if TYPE_CHECKING:
+    from mlic_edge.runtime.inference.classifier import Classifier, Result
 
 
 _Function = typing.TypeVar("_Function", bound=Callable[..., Any])
@@ -165,12 +168,37 @@ class Run:
         return build(self.dir, _request(BuildRequest, {"precision": precision, **request}), progress)
 
     @_api
-    def predict(self, source: str, **request: Any) -> Iterator[dict[str, Any]]:
-        """One record (labels, scores, timing) per image or frame of ``source``; ``request``: PredictRequest
-        fields (backend, precision, batch, threshold, ...)."""
+    def classifier(self, **request: Any) -> "Classifier":
+        """The run's ``Classifier``, opened once (``mlic_edge.load``); ``request``: backend, precision, device,
+        threshold, thresholds, top_k, cuda_graph, threads, fp16_fallback."""
+        from mlic_edge.commands.predict import LOAD_FIELDS, PredictRequest, load_classifier
+
+        _refuse_unknown(request, LOAD_FIELDS, "load (how a source is read goes to clf.stream(source, ...))")
+        return load_classifier(self.dir, _request(PredictRequest, request))
+
+    @_api
+    def predict(self, source: str, **request: Any) -> Iterator["Result"]:
+        """One ``Result`` (labels, scores, timing; ``to_dict()`` is ``run``'s JSON record) per image or frame of
+        ``source``, opening the backend for this pass; ``request``: PredictRequest fields (backend, precision, batch,
+        threshold, ...). To classify many sources or frames, hold a classifier instead (``mlic_edge.load``)."""
         from mlic_edge.commands.predict import PredictRequest, predict
 
         return predict(self.dir, source, _request(PredictRequest, request))
+
+    @_api
+    def predict_to_files(self, source: str, *, out: str | Path | None = None, csv: str | Path | None = None,
+                         save_video: str | Path | None = None, stats_json: str | Path | None = None,
+                         append: bool = False, **request: Any) -> dict[str, Any]:
+        """``mlic-edge run SOURCE --out --csv --save-video --stats-json``: every record written (JSON lines to
+        ``out``, else stdout), each output closed whole; returns the latency summary."""
+        from mlic_edge.commands.predict import PredictOutputs, PredictRequest, predict_to_outputs
+
+        def path(value: str | Path | None) -> Path | None:
+            return Path(value) if value is not None else None
+
+        outputs = PredictOutputs(out=path(out), csv=path(csv), save_video=path(save_video),
+                                 stats_json=path(stats_json), append=append)
+        return predict_to_outputs(self.dir, source, _request(PredictRequest, request), outputs)
 
     @_api
     def parity(self, *, check: bool = False, **request: Any) -> dict[str, Any]:
@@ -213,6 +241,27 @@ class Run:
         from mlic_edge.commands.service import ServiceRequest, install_service
 
         return install_service(self.dir, _request(ServiceRequest, request))
+
+
+@_api
+def load(run_or_bundle: str | Path, **request: Any) -> "Classifier":
+    """A ``Classifier`` that keeps its backend open: ``run_or_bundle`` is a run directory, a bundle from ``pack``
+    (unpacked into runs/NAME first, every member checked) or a model name (runs/NAME). ``request``: backend
+    ("auto"), precision ("fp32"), device ("auto"), threshold, thresholds, top_k, cuda_graph, threads,
+    fp16_fallback.
+
+        clf = mlic_edge.load("runs/baseline")
+        result = clf(frame)                     # BGR uint8 frame, OpenCV's convention
+        print(result.labels)
+    """
+    path = Path(run_or_bundle)
+    if path.is_file() and path.name.endswith(".tar.gz"):
+        from mlic_edge.runtime.deployment.bundle import unpack
+
+        return Run(unpack(path).path).classifier(**request)
+    if not path.exists() and len(path.parts) == 1:
+        return Run.for_model(str(run_or_bundle)).classifier(**request)
+    return Run(path).classifier(**request)
 
 
 # --- what is not about one run ----------------------------------------------------------------------------------
@@ -266,7 +315,8 @@ def uninstall_service(**request: Any) -> list[str]:
 CLI_COUNTERPARTS: dict[str, Callable[..., Any]] = {
     "data synth": synth, "data stats": data_stats, "models": models, "train": Run.train, "train --qat": Run.qat,
     "import": Run.import_checkpoint, "eval": Run.evaluate, "export": Run.export, "export triton": Run.export_triton,
-    "export deepstream": Run.export_deepstream, "build": Run.build, "run": Run.predict, "bench": Run.bench,
+    "export deepstream": Run.export_deepstream, "build": Run.build, "run": Run.predict_to_files,
+    "bench": Run.bench,
     "parity": Run.parity, "pack": Run.pack, "doctor": Run.doctor, "service install": Run.install_service,
     "service uninstall": uninstall_service, "demo": demo,
 }
@@ -459,4 +509,4 @@ def _flag_value(word: str) -> str | None:
     return f"{value}{after}"
 
 
-__all__ = ["CLI_COUNTERPARTS", "Run", "data_stats", "demo", "models", "synth", "uninstall_service"]
+__all__ = ["CLI_COUNTERPARTS", "Run", "data_stats", "demo", "models", "synth", "uninstall_service", "load"]

@@ -208,9 +208,10 @@ def test_load_opens_once_and_a_second_call_reopens_nothing(trained_run, synth_da
 
 
 def test_load_refuses_unknown_options_listing_the_valid_ones(trained_run):
-    with pytest.raises(MlicError, match="unknown option batch for load") as error:
+    with pytest.raises(MlicError, match=r"unknown option batch for load \(how a source is read goes to clf.stream") \
+            as error:
         mlic_edge.load(trained_run, batch=8)
-    assert "threshold" in error.value.hint and "stream" in error.value.hint
+    assert "threshold" in error.value.hint and "top_k" in error.value.hint
     with mlic_edge.load(trained_run, backend="onnxruntime") as clf:
         with pytest.raises(MlicError, match="unknown option epochs for StreamOptions"):
             clf.stream("x.mp4", epochs=2)

@@ -33,7 +33,8 @@ def test_run_over_a_folder_writes_one_json_line_per_image(capsys, trained_run, s
     assert result.code == 0, result.err
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 7
-    assert set(lines[0]) == {"source", "index", "timestamp", "labels", "top_k"} and len(lines[0]["top_k"]) == 2
+    assert set(lines[0]) == {"source", "index", "timestamp", "labels", "top_k", "timing"} and len(lines[0]["top_k"]) == 2
+    assert set(lines[0]["timing"]) == {"decode_ms", "preprocess_ms", "inference_ms", "postprocess_ms"}
     assert all(item["score"] >= 0.3 for line in lines for item in line["labels"])
     assert "inference" in result.err and "onnxruntime" in result.err  # latency table names what ran
 

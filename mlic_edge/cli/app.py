@@ -665,69 +665,47 @@ def run_command(
                                     "size (less CPU per frame; needs cuda-python)."),
     threads: Optional[int] = ThreadsOpt,
     fp16_fallback: bool = Fp16FallbackOpt,
-    json_out: bool = typer.Option(False, "--json", help="Print the latency summary as JSON on stdout (after the "
-                                                        "records unless --out is given)."),
+    scores: bool = typer.Option(False, "--scores", help="Write every label's score in each record (\"scores\", in "
+                                "label order)."),
+    json_out: bool = typer.Option(False, "--json", help="End stdout with the latency summary as one JSON line (after "
+                                                        "the records unless --out is given)."),
 ) -> None:
-    """Run a model over a source: one JSON line per image/frame, latency per stage at the end."""
+    """Run a model over a source: one JSON line per image/frame on stdout (or --out), latency per stage at the end.
+
+    stdout carries only JSON: the records (without --out) and, with --json, the summary as the last line (it has no
+    "labels"); everything for people (what runs, the latency table) goes to stderr."""
     import threading
 
-    from mlic_edge.commands.predict import PredictRequest, check_outputs, describe_backend, run_predict
+    from mlic_edge.commands.predict import PredictOutputs, PredictRequest, describe_backend, predict_to_outputs
     from mlic_edge.console import console, info
-    from mlic_edge.io import write_json
-    from mlic_edge.stops import finish_on_signals, signals_deferred
+    from mlic_edge.stops import finish_on_signals
     from mlic_edge.runtime.inference.latency import LatencyRecorder, PeriodicStats, latency_table
-    from mlic_edge.runtime.inference.sinks import CsvSink, JsonlSink, VideoSink, WindowSink, check_writable
 
     request = PredictRequest(backend=backend, precision=precision, device=device, batch=batch, threshold=threshold,
                              thresholds=thresholds, top_k=top_k, smoothing=smoothing, only_changes=only_changes,
-                             all_scores=csv_out is not None, max_frames=max_frames, width=width, height=height,
+                             all_scores=scores, max_frames=max_frames, width=width, height=height,
                              fps=fps, max_reconnects=max_reconnects, cuda_graph=cuda_graph, threads=threads,
                              fp16_fallback=fp16_fallback)
     request.check()
     if stats_every is not None:
         require_seconds("--stats-every", stats_every)
     run_dir = _run_dir(run, model)
-    check_outputs(run_dir, source, request, {"--out": out, "--csv": csv_out, "--save-video": save_video,
-                                             "--stats-json": stats_json})
-    for path in (out, csv_out, save_video, stats_json):
-        if path is not None:
-            check_writable(path)  # before any work: an unwritable output fails now, not after an hour of camera
-    labels = run_dir.spec().labels
-    latency, stop, sinks = LatencyRecorder(), threading.Event(), []
+    outputs = PredictOutputs(out=out, csv=csv_out, save_video=save_video, stats_json=stats_json, append=append,
+                             show=show)
+    latency, stop = LatencyRecorder(), threading.Event()
 
-    def open_sinks(frames, engine):
-        info(f"{frames.kind} {source} → {engine.info.describe()}"
-             + (f"; {engine.thread_budget.describe()}" if engine.thread_budget is not None else ""))
-        sinks.append(JsonlSink(out, append=append))
-        sinks.extend([CsvSink(csv_out, labels, append=append)] if csv_out else [])
-        sinks.extend([VideoSink(save_video, frames.fps)] if save_video else [])
-        window = WindowSink(f"mlic-edge: {source}") if show else None
-        sinks.extend([window] if window else [])
-
-        def write(frame, record):
-            for sink in sinks:
-                sink.write(frame, record)
-            if window is not None and window.stop_requested:
-                stop.set()
-        return write
+    def opened(frames, classifier):
+        budget = classifier.backend.thread_budget
+        info(f"{frames.kind} {source} → {classifier.info.describe()}"
+             + (f"; {budget.describe()}" if budget is not None else ""))
 
     periodic = PeriodicStats(latency, stats_every, lambda line: info(line)) if stats_every else None
-    ok = False
-    try:
-        with finish_on_signals(stop) as signalled:
-            summary = run_predict(run_dir, source, request, on_open=open_sinks, stop=stop, latency=latency,
-                                  on_tick=periodic.maybe_emit if periodic else None)
-        ok = True
-    finally:
-        with signals_deferred():
-            for sink in sinks:
-                sink.close(ok or stop.is_set())
-    if stats_json:
-        write_json(stats_json, summary)
+    with finish_on_signals(stop) as signalled:
+        summary = predict_to_outputs(run_dir, source, request, outputs, on_open=opened, stop=stop, latency=latency,
+                                     on_tick=periodic.maybe_emit if periodic else None)
+    console.print(latency_table(summary, f"latency per frame ({describe_backend(summary)})"))
     if json_out:
-        _emit_json(summary)
-    else:
-        console.print(latency_table(summary, f"latency per frame ({describe_backend(summary)})"))
+        sys.stdout.write(json.dumps(summary) + "\n")
     if summary["stopped"] and not signalled:
         info("stopped on request; every output was flushed and closed")
     if out:
