@@ -9,8 +9,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mlic_edge.console import console, info
 from mlic_edge.spec import rebuild_command
 
@@ -84,6 +82,8 @@ def demo(out: Path, request: DemoRequest = DemoRequest()) -> dict[str, Any]:
     check_parity(report)
 
     minutes = (time.monotonic() - started) / 60
+    import numpy as np  # here: the CLI imports DemoRequest for its defaults, and --help loads no numpy
+
     with np.load(run.reference) as reference:
         chance = float(np.mean((reference["targets"] == 1).mean(axis=0)))
     console.print(Rule("done"))

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from mlic_edge.errors import BackendError
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
 from mlic_edge.runtime.inference.backends.registry import OpenOptions, package_installed, register_backend
 from mlic_edge.spec import rebuild_command
+
+if TYPE_CHECKING:  # the registry imports this module to list it (every --help): numpy loads when a backend opens
+    import numpy as np
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # /proc/cpuinfo flags of the integer dot-product instructions ONNX Runtime's u8 x s8 kernels use, by architecture.
@@ -81,6 +83,9 @@ class OnnxRuntimeBackend(Backend):
                                hint="re-export the model with `mlic-edge export`") from error
         self.input_name = self.session.get_inputs()[0].name
         # float32 NCHW normally; uint8 NHWC frames when the normalisation is folded into the graph
+        import numpy as np
+
+        self._contiguous = np.ascontiguousarray
         self.input_dtype = np.uint8 if self.session.get_inputs()[0].type == "tensor(uint8)" else np.float32
         self.output_name = self.session.get_outputs()[0].name
         self.info = BackendInfo(backend="onnxruntime", device=device, precision=precision, version=ort.__version__,
@@ -89,7 +94,7 @@ class OnnxRuntimeBackend(Backend):
                                          **({"graph": graph} if graph else {})})
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, self.input_dtype)})[0]
+        return self.session.run([self.output_name], {self.input_name: self._contiguous(batch, self.input_dtype)})[0]
 
     def close(self) -> None:
         self.session = None

@@ -9,28 +9,41 @@ current on the calling thread. Registers the ``tensorrt`` and ``tensorrt-rtx`` b
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from mlic_edge.errors import BackendError, MlicError
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
 from mlic_edge.runtime.inference.backends.registry import OpenOptions, register_backend
-from mlic_edge.runtime.inference.cuda import Cuda, DeviceBuffer, Graph, HostBuffer, open_cuda
 from mlic_edge.spec import rebuild_command
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the registry imports this module to list it (every --help): numpy and CUDA load when one opens
+    import numpy as np
+
     from mlic_edge.runtime.engines.api import TensorRT
+    from mlic_edge.runtime.inference.cuda import Cuda, DeviceBuffer, Graph, HostBuffer
+
+def _numpy() -> Any:
+    import numpy
+
+    return numpy
+
+
+def _open_cuda(device: int, graphs: bool) -> "Cuda":
+    from mlic_edge.runtime.inference.cuda import open_cuda
+
+    return open_cuda(device, graphs=graphs)
+
 
 TIMING_KEYS = ("h2d_ms", "compute_ms", "d2h_ms", "total_ms")
 
 
 class _Tensor:
     def __init__(self, name: str, dtype: np.dtype) -> None:
-        self.name, self.dtype = name, np.dtype(dtype)
+        self.name, self.dtype = name, _numpy().dtype(dtype)
 
 
 class _NamedTensors:
@@ -67,7 +80,7 @@ class _NamedTensors:
 def numpy_dtype(trt_module: Any, dtype: Any, tensor: str, engine_name: str) -> np.dtype:
     """The numpy type of a TensorRT DataType; bf16, fp8, int4, fp4 (no numpy equivalent) are one-line refusals."""
     try:
-        return np.dtype(trt_module.nptype(dtype))
+        return _numpy().dtype(trt_module.nptype(dtype))
     except TypeError:
         kind = str(getattr(dtype, "name", dtype)).rsplit(".", 1)[-1]
         raise BackendError(f"tensor {tensor!r} of {engine_name} is {kind}, which numpy cannot hold",
@@ -97,7 +110,8 @@ class TensorRTBackend(Backend):
         self._buffers: dict[str, tuple[HostBuffer, DeviceBuffer]] = {}
         self._shape: tuple[int, ...] | None = None
         self._nbytes: dict[str, int] = {}
-        self._cuda = cuda or open_cuda(device, graphs=cuda_graph)  # made first, closed last
+        self._contiguous = _numpy().ascontiguousarray
+        self._cuda = cuda or _open_cuda(device, graphs=cuda_graph)  # made first, closed last
         try:
             if cuda_graph and not self._cuda.supports_graphs:
                 raise BackendError(f"CUDA graph capture was asked for, and {self._cuda.name} has no CUDA graph API",
@@ -133,7 +147,7 @@ class TensorRTBackend(Backend):
         if self._cuda is None:
             raise BackendError(f"the TensorRT backend of {self.engine_path.name} is closed",
                                hint="open a new backend (create_backend) for further inference")
-        batch = np.ascontiguousarray(batch, dtype=self._input.dtype)
+        batch = self._contiguous(batch, dtype=self._input.dtype)
         count = batch.shape[0] if batch.ndim else 0
         low, high = self.batch_range
         if not low <= count <= high:
@@ -238,8 +252,8 @@ class TensorRTBackend(Backend):
                                    hint=f"rebuild with {self._rebuild} --batch MIN,OPT,MAX")
             self._shape = tuple(shape)
         output_shape = self._io.shape(self._context, self._output)
-        self._nbytes = {self._input.name: int(np.prod(shape)) * self._input.dtype.itemsize,
-                        self._output.name: int(np.prod(output_shape)) * self._output.dtype.itemsize}
+        self._nbytes = {self._input.name: int(math.prod(shape)) * self._input.dtype.itemsize,
+                        self._output.name: int(math.prod(output_shape)) * self._output.dtype.itemsize}
         for tensor in (self._input, self._output):
             self._ensure_buffer(tensor, self._nbytes[tensor.name])
         return output_shape

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from mlic_edge.errors import BackendError
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
 from mlic_edge.runtime.inference.backends.registry import OpenOptions, package_installed, register_backend
+
+if TYPE_CHECKING:  # the registry imports this module to list it (every --help): numpy loads when a backend opens
+    import numpy as np
 
 
 class TorchBackend(Backend):
@@ -37,6 +39,8 @@ class TorchBackend(Backend):
                                 details={"checkpoint": str(checkpoint)})
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         if batch.dtype == np.uint8:  # resized BGR frames of a run exported with --uint8-input
             from mlic_edge.data.images import normalize
 
