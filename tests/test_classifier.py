@@ -285,3 +285,26 @@ def test_predict_requests_stream_fields_take_their_defaults_from_stream_options(
         assert getattr(request, item.name) == item.default, item.name
     assert set(LOAD_FIELDS) | {item.name for item in fields(StreamOptions)} | {"all_scores"} == \
         {item.name for item in fields(PredictRequest)}
+
+
+def test_predict_to_files_is_run_with_outputs(trained_run, synth_data, tmp_path, capsys):
+    """``Run.predict_to_files`` (the API's ``run --out --csv --stats-json``) writes what the CLI writes, and refuses
+    an output onto its input like the CLI (the hint in keyword form)."""
+    folder = synth_data / "JPEGImages"
+    summary = mlic_edge.Run(trained_run).predict_to_files(
+        str(folder), out=tmp_path / "api.jsonl", csv=tmp_path / "api.csv", stats_json=tmp_path / "api.stats.json",
+        backend="onnxruntime", max_frames=5, batch=2)
+    cli = invoke(capsys, "run", folder, "--run", trained_run, "--backend", "onnxruntime", "--max-frames", "5",
+                 "--batch", "2", "--out", tmp_path / "cli.jsonl", "--csv", tmp_path / "cli.csv")
+    assert cli.code == 0, cli.err
+    assert summary["records"] == 5 and json.loads((tmp_path / "api.stats.json").read_text())["records"] == 5
+
+    def untimed(path):
+        return [{k: v for k, v in json.loads(line).items() if k != "timing"} for line in path.read_text().splitlines()]
+
+    assert untimed(tmp_path / "api.jsonl") == untimed(tmp_path / "cli.jsonl")
+    assert (tmp_path / "api.csv").read_text() == (tmp_path / "cli.csv").read_text()
+    victim = sorted(folder.glob("*.jpg"))[0]
+    with pytest.raises(MlicError, match="--out|out") as error:
+        mlic_edge.Run(trained_run).predict_to_files(str(folder), out=victim, backend="onnxruntime")
+    assert victim.stat().st_size > 100 and "--" not in (error.value.hint or "")
