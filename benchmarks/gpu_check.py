@@ -5,44 +5,84 @@
 1. `mlic-edge doctor --json`, as a user would run it on that machine.
 2. The CUDA layer (runtime/inference/cuda.py) through cuda-python: pinned host and device buffers, async copies both ways
    checked byte for byte, CUDA events timing them, a CUDA graph of the copies captured and replayed, resources
-   released in order; then --cycles open/copy/graph/close cycles with cudaMemGetInfo before and after (a leak shows
-   as device memory that does not come back).
+   released in order. Bandwidth is the median (and spread) of --bandwidth-cycles warm cycles after one cold one; then
+   --cycles open/copy/graph/close cycles, with cudaMemGetInfo before and after (device memory that does not come back)
+   and the layer's own count of live pinned buffers, streams, events and graphs (all must be back to none).
 3. The pipeline's host overhead per frame with the PyTorch CUDA reference (baseline resnet18, random weights) at
    batch 1 and 8, fp32 and fp16: the backend alone vs the whole `mlic-edge run` pipeline over a generated video,
    measured side by side in this process; overhead = pipeline ms/frame - backend-alone ms/frame.
 No TensorRT figure comes from this script: it runs no engine (the lent data-centre GPUs have no TensorRT, and
-TensorRT for RTX refuses compute capability 9.0). Without a GPU it writes what it could check and exits 2.
+TensorRT for RTX refuses compute capability 9.0).
+
+The results file is rewritten after every step, so a run cut short leaves what it measured. Exit status: 0 when every
+step ran and every check held; 1 when a step failed or timed out, a round trip gave back other bytes, a timing was not
+positive or something leaked (``failures`` in the file lists them); 2 with no GPU here and nothing else failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-COPY_BYTES = 8 << 20
+BANDWIDTH_BYTES = 64 << 20  # large enough that per-copy latency is a small part of the time
+LEAK_CYCLE_BYTES = 1 << 20
 LEAK_TOLERANCE_BYTES = 2 << 20  # the driver's own bookkeeping may move by a page or two
+DOCTOR_TIMEOUT_S = 120
+EXIT_FAILED, EXIT_NO_GPU = 1, 2
+
+
+class CudaStatusError(RuntimeError):
+    """A CUDA runtime call this script makes itself (outside the layer) returned an error."""
 
 
 def doctor_json() -> Any:
     completed = subprocess.run([sys.executable, "-m", "mlic_edge", "doctor", "--json"], capture_output=True,
-                               text=True, timeout=120)
+                               text=True, timeout=DOCTOR_TIMEOUT_S)
     try:
         return json.loads(completed.stdout)
     except json.JSONDecodeError:
-        return {"exit": completed.returncode, "stdout": completed.stdout[-2000:], "stderr": completed.stderr[-2000:]}
+        return {"error": "no JSON on stdout", "exit": completed.returncode, "stdout": completed.stdout[-2000:],
+                "stderr": completed.stderr[-2000:]}
+
+
+def checked_cuda_call(runtime: Any, name: str, *args: Any) -> list[Any]:
+    """``runtime.<name>(*args)``'s values after its status, which must be cudaSuccess."""
+    from mlic_edge.runtime.inference.cuda import _error_name
+
+    status, *values = getattr(runtime, name)(*args)
+    if status != runtime.cudaError_t.cudaSuccess:
+        raise CudaStatusError(f"{name} returned {_error_name(runtime, status)}")
+    return values
 
 
 def device_memory_free(runtime: Any) -> int:
-    error, free, _total = runtime.cudaMemGetInfo()
+    free, _total = checked_cuda_call(runtime, "cudaMemGetInfo")
     return int(free)
+
+
+def synchronize_device(runtime: Any) -> None:
+    """Wait for all work and raise on any error it left (an asynchronous fault shows here, not at its call)."""
+    checked_cuda_call(runtime, "cudaDeviceSynchronize")
+    checked_cuda_call(runtime, "cudaGetLastError")
+
+
+def import_cudart() -> Any:
+    from mlic_edge.runtime.inference.cuda import _import_cudart
+
+    runtime = _import_cudart()
+    if runtime is None:
+        raise CudaStatusError("cuda-python is not installed: pip install the cuda-python `mlic-edge doctor` names")
+    return runtime
 
 
 def one_cycle(nbytes: int, *, with_graph: bool) -> dict[str, Any]:
@@ -78,23 +118,76 @@ def one_cycle(nbytes: int, *, with_graph: bool) -> dict[str, Any]:
     return result
 
 
-def cuda_layer(cycles: int) -> dict[str, Any]:
-    from mlic_edge.runtime.inference.cuda import _import_cudart
+TIMINGS = ("h2d_ms", "d2h_ms", "graph_ms")
 
-    runtime = _import_cudart()
-    first = one_cycle(COPY_BYTES, with_graph=True)
-    gigabytes = COPY_BYTES / 1e9
-    first.update(h2d_gb_s=gigabytes / (first["h2d_ms"] / 1e3), d2h_gb_s=gigabytes / (first["d2h_ms"] / 1e3))
-    one_cycle(COPY_BYTES, with_graph=True)  # the context and allocator settle before the baseline is read
-    before = device_memory_free(runtime)
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Median, extremes and (max - min) / median of ``values``; all None without values."""
+    if not values:
+        return {"median": None, "min": None, "max": None, "spread_percent": None, "n": 0}
+    median = statistics.median(values)
+    return {"median": median, "min": min(values), "max": max(values),
+            "spread_percent": 100 * (max(values) - min(values)) / median if median else None, "n": len(values)}
+
+
+def valid_timing(ms: Any) -> bool:
+    return isinstance(ms, (int, float)) and math.isfinite(ms) and ms > 0
+
+
+def bandwidth(cycles: list[dict[str, Any]], nbytes: int) -> dict[str, Any]:
+    """GB/s each way and the graph's round trip, over the cycles whose event timings are valid."""
+    def rates(key: str) -> list[float]:
+        return [nbytes / 1e9 / (cycle[key] / 1e3) for cycle in cycles if valid_timing(cycle.get(key))]
+
+    return {"bytes": nbytes, "h2d_gb_s": spread(rates("h2d_ms")), "d2h_gb_s": spread(rates("d2h_ms")),
+            "graph_round_trip_ms": spread([cycle["graph_ms"] for cycle in cycles
+                                           if valid_timing(cycle.get("graph_ms"))])}
+
+
+def cuda_layer(cycles: int, bandwidth_cycles: int) -> dict[str, Any]:
+    from mlic_edge.runtime.inference.cuda import live_resources
+
+    runtime = import_cudart()
+    cold = one_cycle(BANDWIDTH_BYTES, with_graph=True)  # the context and allocator settle; not a bandwidth figure
+    warm = [one_cycle(BANDWIDTH_BYTES, with_graph=True) for _ in range(bandwidth_cycles)]
+    synchronize_device(runtime)
+    memory_before, resources_before = device_memory_free(runtime), live_resources()
     started = time.perf_counter()
-    failures = sum(not (cycle["round_trip_ok"] and cycle["graph_round_trip_ok"])
-                   for cycle in (one_cycle(1 << 20, with_graph=True) for _ in range(cycles)))
+    leak_cycles = [one_cycle(LEAK_CYCLE_BYTES, with_graph=True) for _ in range(cycles)]
     seconds = time.perf_counter() - started
-    after = device_memory_free(runtime)
-    return {"first_cycle": first, "cycles": cycles, "failed_round_trips": failures,
-            "seconds_per_cycle": seconds / cycles, "device_free_before": before, "device_free_after": after,
-            "leaked_bytes": before - after, "leak": before - after > LEAK_TOLERANCE_BYTES}
+    synchronize_device(runtime)
+    memory_after, resources_after = device_memory_free(runtime), live_resources()
+    every_cycle = [cold, *warm, *leak_cycles]
+    return {"device": cold["device"], "cuda": cold["cuda"], "cuda_version": cold["cuda_version"],
+            "bandwidth_cycles": bandwidth_cycles, "bandwidth": bandwidth(warm, BANDWIDTH_BYTES),
+            "round_trips": len(every_cycle),
+            "failed_round_trips": sum(not (cycle["round_trip_ok"] and cycle.get("graph_round_trip_ok", True))
+                                      for cycle in every_cycle),
+            "invalid_timings": sum(not valid_timing(cycle[key]) for cycle in every_cycle for key in TIMINGS
+                                   if key in cycle),
+            "cycles": cycles, "seconds_per_cycle": seconds / cycles if cycles else None,
+            "device_free_before": memory_before, "device_free_after": memory_after,
+            "leaked_bytes": memory_before - memory_after,
+            "device_memory_leak": memory_before - memory_after > LEAK_TOLERANCE_BYTES,
+            "live_resources_before": resources_before, "live_resources_after": resources_after}
+
+
+def cuda_layer_failures(report: dict[str, Any]) -> list[str]:
+    """What went wrong in ``cuda_layer``'s report, one line each; empty when every check held. Every layer object
+    was closed by then, so any resource still live is a leak."""
+    failures = []
+    if report["failed_round_trips"]:
+        failures.append(f"cuda_layer: {report['failed_round_trips']} of {report['round_trips']} round trips (plain "
+                        "or graph) gave back other bytes than were sent")
+    if report["invalid_timings"]:
+        failures.append(f"cuda_layer: {report['invalid_timings']} event timings were not positive and finite")
+    if report["device_memory_leak"]:
+        failures.append(f"cuda_layer: {report['leaked_bytes']} bytes of device memory not given back after "
+                        f"{report['cycles']} cycles")
+    if report["live_resources_after"]:
+        live = ", ".join(f"{count} {kind}" for kind, count in sorted(report["live_resources_after"].items()))
+        failures.append(f"cuda_layer: still live after every cycle was closed: {live}")
+    return failures
 
 
 def reference_overhead(work: Path, batches: list[int], frames: int, iterations: int,
@@ -151,10 +244,30 @@ def reference_overhead(work: Path, batches: list[int], frames: int, iterations: 
     return rows
 
 
+def run_step(result: dict[str, Any], failures: list[str], key: str, step: Callable[[], Any]) -> Any:
+    """``result[key] = step()``; a failure or a subprocess time-out is recorded there and in ``failures`` instead."""
+    try:
+        result[key] = step()
+    except subprocess.TimeoutExpired as timeout:
+        command = " ".join(map(str, timeout.cmd)) if isinstance(timeout.cmd, (list, tuple)) else str(timeout.cmd)
+        result[key] = {"error": f"timed out after {timeout.timeout:g} s", "command": command, "timed_out": True}
+        failures.append(f"{key}: {command} timed out after {timeout.timeout:g} s")
+    except Exception as error:  # keep what the other steps measure; say what failed
+        result[key] = {"error": f"{type(error).__name__}: {error}"}
+        failures.append(f"{key}: {type(error).__name__}: {error}")
+    return result[key]
+
+
+def write_results(out: Path, result: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--cycles", type=int, default=1000)
+    parser.add_argument("--bandwidth-cycles", type=int, default=10)
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--batches", default="1,8")
@@ -163,30 +276,30 @@ def main(argv: list[str] | None = None) -> int:
     from mlic_edge.runtime.engines.gpu import detect_gpu, driver_cuda_version
 
     started = time.monotonic()
-    gpu = detect_gpu()
-    driver = driver_cuda_version()
+    failures: list[str] = []
     result: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/gpu_check.py",
-                              "gpu": gpu.__dict__ if gpu else None,
-                              "driver_cuda": f"{driver[0]}.{driver[1]}" if driver else None,
-                              "versions": installed_versions(), "doctor": doctor_json(),
-                              "tensorrt": "not measured: no engine runs in this script"}
-    status = 0
-    if gpu is None:
+                              "tensorrt": "not measured: no engine runs in this script", "failures": failures}
+    gpu = run_step(result, failures, "gpu", lambda: vars(found) if (found := detect_gpu()) else None)
+    run_step(result, failures, "driver_cuda", lambda: ".".join(map(str, driver_cuda_version() or ())) or None)
+    run_step(result, failures, "versions", installed_versions)
+    write_results(args.out, result)
+    doctor = run_step(result, failures, "doctor", doctor_json)
+    if isinstance(doctor, dict) and doctor.get("error") == "no JSON on stdout":
+        failures.append(f"doctor: printed no JSON (exit {doctor['exit']})")
+    write_results(args.out, result)
+    if not isinstance(gpu, dict) or "error" in gpu:
         result["skipped"] = "no NVIDIA GPU here: the CUDA layer and the reference overhead were not measured"
-        status = 2
     else:
-        for key, step in (("cuda_layer", lambda: cuda_layer(args.cycles)),
-                          ("reference_overhead", lambda: reference_overhead(
-                              Path(tempfile.mkdtemp(prefix="gpu-check-")), [int(b) for b in args.batches.split(",")],
-                              args.frames, args.iterations))):
-            try:
-                result[key] = step()
-            except Exception as error:  # keep what the other step measured; say what failed
-                result[key] = {"error": f"{type(error).__name__}: {error}"}
-                status = 1
-    result["minutes"] = (time.monotonic() - started) / 60
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+        layer = run_step(result, failures, "cuda_layer", lambda: cuda_layer(args.cycles, args.bandwidth_cycles))
+        if "error" not in layer:
+            failures.extend(cuda_layer_failures(layer))
+        write_results(args.out, result)
+        run_step(result, failures, "reference_overhead", lambda: reference_overhead(
+            Path(tempfile.mkdtemp(prefix="gpu-check-")), [int(b) for b in args.batches.split(",")], args.frames,
+            args.iterations))
+    status = EXIT_FAILED if failures else EXIT_NO_GPU if "skipped" in result else 0
+    result.update(exit=status, minutes=(time.monotonic() - started) / 60)
+    write_results(args.out, result)
     print(json.dumps(result, indent=1, default=str))
     return status
 

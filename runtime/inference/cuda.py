@@ -4,14 +4,17 @@ Two implementations behind one small API, picked by what is importable: pycuda (
 cuda-python (``cuda.bindings``, what TensorRT's own samples use; preferred for CUDA graphs, which pycuda lacks).
 Every call is written for the real bindings of each supported major (cuda-python 11.8, 12.x, 13.x:
 tests/test_cuda_bindings.py makes each one). Everything made through a ``Cuda`` is owned by it and released by
-``close()`` in reverse order of creation, with the device current on the closing thread. Nothing here imports pycuda
-or cuda-python until ``open_cuda`` is called.
+``close()`` in reverse order of creation, with the device current on the closing thread; ``live_resources()`` counts
+what cuda-python created and has not destroyed yet. Nothing here imports pycuda or cuda-python until ``open_cuda`` is
+called.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -491,7 +494,37 @@ class _CudaPythonDriver(_Driver):
             raise _cuda_error(what, f"no NVIDIA driver ({loader_error})", self.device) from loader_error
         if not _ok(self.rt, error):
             raise _cuda_error(what, _error_name(self.rt, error), self.device, bindings_major=self.major)
+        _count_resource(what)
         return values[0] if len(values) == 1 else (tuple(values) or None)
+
+
+# The cuda-python calls that create (+1) or destroy (-1) a resource, by kind: counted when they succeed, so that a check
+# on a real GPU (benchmarks/gpu_check.py) sees pinned memory, streams, events and graphs that were never destroyed.
+_RESOURCE_CALLS = {
+    "cudaMalloc": ("device buffer", 1), "cudaFree": ("device buffer", -1),
+    "cudaMallocHost": ("pinned host buffer", 1), "cudaFreeHost": ("pinned host buffer", -1),
+    "cudaStreamCreateWithFlags": ("stream", 1), "cudaStreamDestroy": ("stream", -1),
+    "cudaEventCreate": ("event", 1), "cudaEventDestroy": ("event", -1),
+    "cudaStreamEndCapture": ("graph", 1), "cudaGraphDestroy": ("graph", -1),
+    "cudaGraphInstantiateWithFlags": ("graph exec", 1), "cudaGraphExecDestroy": ("graph exec", -1),
+}
+_live = Counter[str]()
+_live_lock = threading.Lock()  # the pipeline creates and frees on its own thread
+
+
+def live_resources() -> dict[str, int]:
+    """How many of each kind (``_RESOURCE_CALLS``) cuda-python has created and not destroyed, in this process, over
+    every ``Cuda`` together; kinds at zero are left out. pycuda's are not counted (it frees streams and events with
+    their Python objects)."""
+    with _live_lock:
+        return {kind: count for kind, count in _live.items() if count}
+
+
+def _count_resource(call: str) -> None:
+    kind_change = _RESOURCE_CALLS.get(call)
+    if kind_change is not None:
+        with _live_lock:
+            _live[kind_change[0]] += kind_change[1]
 
 
 def _ok(runtime: Any, error: Any) -> bool:
@@ -539,4 +572,4 @@ def _cuda_error(what: str, reason: str, device: int, bindings_major: int | None 
 
 
 __all__ = ["Cuda", "DeviceBuffer", "Event", "Graph", "HostBuffer", "INSTALL_HINT", "Resource", "Stream",
-           "cuda_python_api", "open_cuda", "pycuda_api"]
+           "cuda_python_api", "live_resources", "open_cuda", "pycuda_api"]
