@@ -27,7 +27,7 @@ from mlic_edge.rundir import RunDir
 from mlic_edge.spec import FLOAT_INPUT, UINT8_INPUT, RunSpec
 
 INPUT_NAME, OUTPUT_NAME = "images", "scores"
-DEFAULT_OPSET = 17  # the newest opset TensorRT 8.6 (JetPack 5) parses
+DEFAULT_OPSET = 17  # the newest opset TensorRT 8.6 (JetPack 6.0) parses
 
 
 @dataclass

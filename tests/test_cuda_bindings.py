@@ -1,4 +1,4 @@
-"""The CUDA layer against NVIDIA's real cuda-python bindings of every CUDA major it supports (11.8 for JetPack 5,
+"""The CUDA layer against NVIDIA's real cuda-python bindings of every CUDA major it supports (11.8 for CUDA 11 drivers,
 12.x for JetPack 6, 13.x for current drivers). They import without a GPU or driver, so every call the layer makes
 is made for real, with the layer's own argument patterns: each must fail with a CUDA error (no driver here), never
 a TypeError, which is what a wrong signature gives. The bindings are installed per major by

@@ -4,11 +4,12 @@ README.md and docs/*.md: every relative link target exists; every repository pat
 or fenced, whose first folder is one of the repository's top-level folders, e.g. `benchmarks/results/zoo.md`,
 `tests/api_surfaces/`) exists; every cited notes file (`NAME.md` in capitals, anywhere) exists; no line tells users to
 `pip install mlic-edge` from an index, as no public index serves it yet; a wheel file name quoted carries the
-package's version."""
+package's version; every extra quoted (`.[train,cuda12]`, `[cuda13]`) is one pyproject.toml defines."""
 
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +23,9 @@ NOTES_FILE = re.compile(r"(?<![\w/.-])([A-Z][A-Z0-9_-]*\.md)\b")
 PIP_FROM_INDEX = re.compile(r"pip3? install\s+(?:-{1,2}[\w-]+(?:=\S+)?\s+)*[\"']?mlic-edge(?![\w-]|\.\w)")
 WHEEL = re.compile(r"mlic_edge-([^-\s/\"'`]+)-py3-none-any\.whl")
 PLACEHOLDER = set("<>{}*$…|")
+# `.[train,cuda12]`, `mlic_edge-0.1.0-py3-none-any.whl[edge]`, `mlic-edge[edge]`, a bare `[cuda13]`; not another
+# package's extra (`tritonclient[grpc]`) or an index (`x[0]`)
+EXTRAS = re.compile(r"(?:(?<=\.whl)|(?<=mlic-edge)|(?<![\w\]-]))\[([a-z][a-z0-9-]*(?:,[a-z][a-z0-9-]*)*)\]")
 
 
 def _top_level_folders() -> set[str]:
@@ -106,6 +110,21 @@ def test_rule_catches_the_forms_it_is_for():
     assert _repository_paths("see benchmarks/results/zoo.md, tests/api_surfaces/ and calibration/<key>/", folders) \
         == ["benchmarks/results/zoo.md", "tests/api_surfaces/"]
     assert NOTES_FILE.findall("checked on a CPU (NOTES-TENSORRT.md); see docs/design.md") == ["NOTES-TENSORRT.md"]
+
+
+def test_quoted_extras_exist():
+    defined = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    quoted = [(doc, extra) for doc in DOCS for code in _code(doc.read_text()) for group in EXTRAS.findall(code)
+              for extra in group.split(",")]
+    assert len(quoted) > 10, f"only {len(quoted)} extras found: the rule no longer sees the docs' install lines"
+    unknown = sorted({f"{_where(doc)}: [{extra}]" for doc, extra in quoted if extra not in defined})
+    assert not unknown, f"extras quoted that pyproject.toml does not define ({sorted(defined)}):\n" + "\n".join(unknown)
+
+
+def test_extras_rule_catches_the_forms_it_is_for():
+    found = EXTRAS.findall('pip install -e ".[train,cuda12]" "dist/mlic_edge-0.1.0-py3-none-any.whl[edge]" '
+                           "mlic-edge[qat] `[cuda13]` [edge,cuda11] tritonclient[grpc] x[0] list[int] [ -e f ]")
+    assert found == ["train,cuda12", "edge", "qat", "cuda13", "edge,cuda11"]
 
 
 def test_quoted_wheel_names_carry_the_version():

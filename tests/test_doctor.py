@@ -152,12 +152,13 @@ def test_xavier_nx_jetpack5_without_tensorrt(tmp_path, environment):
     environment(tensorrt=None, python=(3, 10, 12))
     checks = by_id(run_checks(tmp_path, xavier_tree(tmp_path / "root")))
     assert checks["jetson"].detail == "NVIDIA Jetson Xavier NX Developer Kit"
-    assert "L4T 35.4.1, JetPack 5.1.2 (ships TensorRT 8.5)" in checks["l4t"].detail
+    assert checks["l4t"].status == "fail" and checks["l4t"].detail == (
+        "L4T 35.4.1, JetPack 5.1.2 (ships TensorRT 8.5, Python 3.8): not supported, mlic-edge runs on JetPack 6")
     assert "compute capability 7.2" in checks["gpu"].detail
     assert checks["dla"].data["cores"] == 2 and checks["dla"].status == "ok"
     assert checks["tensorrt"].status == "fail" and "JetPack 5.1.2 ships TensorRT 8.5" in checks["tensorrt"].detail
     assert "python3-libnvinfer" in checks["tensorrt"].fix
-    assert checks["python"].status == "warn" and "github.com/NVIDIA/TensorRT" in checks["python"].fix
+    assert checks["python"].status == "warn" and checks["python"].fix.startswith("flash JetPack 6")
     assert checks["cameras"].status == "warn" and checks["gstreamer-csi"].status == "warn"
     assert checks["cuda-driver"].status == "warn"  # no /usr/local/cuda in this tree
 

@@ -49,6 +49,8 @@ RTX_RUNNABLE = ("7.5", "8.0", "8.6", "8.9")
 NVARGUS_PLUGIN = "usr/lib/aarch64-linux-gnu/gstreamer-1.0/libgstnvarguscamerasrc.so"
 JETPACK_TENSORRT_FIX = ("use JetPack's TensorRT: sudo apt install python3-libnvinfer, in a venv made with "
                         "/usr/bin/python3 -m venv --system-site-packages VENV")
+UNSUPPORTED_JETPACK_FIX = ("flash JetPack 6 with NVIDIA SDK Manager (Orin modules; Xavier stops at JetPack 5, Nano and "
+                           "TX2 at 4, so they cannot run mlic-edge's engines)")
 NO_GPU_DETAIL = "no NVIDIA GPU: TensorRT engines cannot run here; ONNX Runtime CPU works"
 
 
@@ -253,9 +255,7 @@ def _check_python(facts: _Facts) -> _Outcome:
     if system_python and system_python < MIN_PYTHON:
         return _warn(f"Python {text}; {facts.jetson_label}'s TensorRT, OpenCV and pycuda packages are built for "
                      f"its system Python {'.'.join(map(str, system_python))}, which is too old for mlic-edge",
-                     f"build TensorRT's Python bindings for Python {version[0]}.{version[1]} from "
-                     "github.com/NVIDIA/TensorRT (python/ folder, against JetPack's TensorRT), or move to JetPack 6",
-                     **data)
+                     UNSUPPORTED_JETPACK_FIX, **data)
     if system_python and version[:2] != system_python:
         return _warn(f"Python {text}; {facts.jetson_label}'s TensorRT, OpenCV and pycuda packages are built for "
                      f"its system Python {'.'.join(map(str, system_python))}",
@@ -287,9 +287,10 @@ def _check_l4t(facts: _Facts) -> _Outcome | None:
     data = {key: release[key] for key in ("l4t", "jetpack", "tensorrt", "board")}
     if release["l4t"] is None:
         return _warn("/etc/nv_tegra_release cannot be parsed", "cat /etc/nv_tegra_release and report it", **data)
-    if release["jetpack_major"] is not None and release["jetpack_major"] < 5:
-        return _fail(f"L4T {release['l4t']} is JetPack 4 (TensorRT 8.2, Python 3.6): too old for mlic-edge",
-                     "flash JetPack 5.1 or 6 with NVIDIA SDK Manager (Xavier: JetPack 5.1.x; Nano/TX2 stop at 4)",
+    if release["jetpack_major"] is not None and release["jetpack_major"] < 6:
+        system_python = ".".join(map(str, JETPACK_PYTHON[release["jetpack_major"]]))
+        return _fail(f"L4T {release['l4t']}, {facts.jetson_label} (ships TensorRT {release['tensorrt'] or 'unknown'}, "
+                     f"Python {system_python}): not supported, mlic-edge runs on JetPack 6", UNSUPPORTED_JETPACK_FIX,
                      **data)
     if release["jetpack"] is None:
         return _ok(f"L4T {release['l4t']} (JetPack version not in mlic-edge's table; "

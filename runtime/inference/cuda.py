@@ -23,9 +23,9 @@ import numpy as np
 from mlic_edge.errors import BackendError
 
 INSTALL_HINT = ("pip install cuda-python of the CUDA major your driver supports ('cuda-python==12.*' on JetPack 6, "
-                "'cuda-python==11.8.*' on JetPack 5, 13.* needs a driver >= 580; `mlic-edge doctor` names it), or "
-                "pip install pycuda (it compiles against the CUDA toolkit, so nvcc must be on PATH); or run the ONNX "
-                "instead with --backend onnxruntime")
+                "'cuda-python==11.8.*' with a CUDA 11 driver, 13.* needs a driver >= 580; `mlic-edge doctor` names "
+                "it), or pip install pycuda (it compiles against the CUDA toolkit, so nvcc must be on PATH); or run the "
+                "ONNX instead with --backend onnxruntime")
 
 
 @dataclass(eq=False)
@@ -216,7 +216,7 @@ def _import_cudart() -> Any:
         from cuda.bindings import runtime as cudart
     except ImportError:
         try:
-            from cuda import cudart  # cuda-python before 12.6 (JetPack 5's 11.8)
+            from cuda import cudart  # cuda-python before 12.6 (11.8, for CUDA 11 drivers)
         except ImportError:
             return None
     return cudart

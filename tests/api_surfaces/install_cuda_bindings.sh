@@ -13,7 +13,7 @@ install() {  # folder, module that must import, requirements...
   "$python" -m pip install --quiet --no-deps --only-binary=:all: --target "$dir" "$@"
   PYTHONPATH="$dir" "$python" -c "import $module" && touch "$dir/.ok"
 }
-# JetPack 5 (CUDA 11.4 driver): 11.8 has `from cuda import cudart` and cuda.bindings; needs nothing else.
+# CUDA 11 drivers (x86_64): 11.8 has `from cuda import cudart` and cuda.bindings; needs nothing else.
 install 11 cuda.cudart "cuda-python==11.8.7" "cuda-bindings==11.8.7"
 # JetPack 6 (CUDA 12.6) and drivers 525-575; 12.9+ needs cuda-pathfinder at import.
 install 12 cuda.bindings.runtime "cuda-bindings==12.9.*" "cuda-pathfinder>=1.1,<2"

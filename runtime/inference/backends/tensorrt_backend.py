@@ -325,7 +325,7 @@ class TensorRTBackend(Backend):
         if not self.trt.caps.named_tensors:
             raise BackendError(f"{self.trt.backend} {self.trt.version} has no name-based tensor API "
                                "(execute_async_v3, TensorRT 8.5 and later)",
-                               hint="use TensorRT 8.6 or newer (JetPack 5.1.2+), or --backend onnxruntime")
+                               hint="use TensorRT 8.6 or newer (JetPack 6), or --backend onnxruntime")
         io = _NamedTensors(self.trt.module, self._engine, self.engine_path.name)
         if len(io.inputs) != 1 or not io.outputs:
             raise BackendError(f"{self.engine_path.name} has {len(io.inputs)} inputs and {len(io.outputs)} outputs; "
@@ -442,8 +442,8 @@ def _register(name: str, title: str, description: str, extras: tuple[str, ...], 
                      parity_graphs=partial(_parity_graphs, name))(partial(open_engine_backend, name))
 
 
-# The extras: cuda12 stands for the cuda-python of the driver's CUDA major (cuda11, cuda12 or cuda13: doctor names
-# it); full TensorRT comes from JetPack or NVIDIA's package index, not from an extra.
+# The extras: cuda12 stands for the cuda-python of the driver's CUDA major (cuda12 or cuda13: doctor names it);
+# full TensorRT comes from JetPack or NVIDIA's package index, not from an extra.
 _register("tensorrt", "TensorRT", "TensorRT engines on an NVIDIA GPU (Jetson, data-centre, desktop)", ("cuda12",), 10)
 _register("tensorrt-rtx", "TensorRT for RTX", "TensorRT for RTX engines on RTX desktop GPUs (it builds them on a CPU "
           "too)", ("tensorrt-rtx", "cuda13"), 20)
