@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -123,3 +124,93 @@ def test_every_call_of_the_cuda_layer_is_valid_on_the_real_bindings(major):
         f"functions of the layer this test did not call: {_layer_calls() - set(report['called'])}"
     assert report["stream_value"] == 0x1234  # the raw handle TensorRT takes, read without int(handle)
     assert not report["missing"], f"the fake cudart has functions cuda-python {major}.x lacks: {report['missing']}"
+
+
+# runtime/engines/gpu.py's cuda-python probe on the real driver bindings of the same major: each of its calls is
+# made for real with the probe's own arguments (no driver here: it must end in a CUDA error), then answered as a
+# machine with one GPU would answer it, or with an error status for the call named in argv[1].
+DRIVER_PROBE = r'''
+import json, sys
+import cuda.bindings
+from cuda.bindings import driver as real
+from mlic_edge.runtime.engines import gpu
+
+unprobed = gpu._probe_cuda_python()  # the real module, no driver here
+ONE_GPU = {"cuInit": (), "cuDeviceGetCount": (1,), "cuDeviceGet": (real.CUdevice(0),),
+           "cuDeviceGetName": (b"Fake GPU\x00\x00",), "cuDeviceGetAttribute": (8,), "cuDeviceTotalMem": (8 << 30,)}
+failing = sys.argv[1]
+called, outcome = [], {}
+
+
+class Driver:
+    def __getattr__(self, name):
+        attribute = getattr(real, name)
+        if not name.startswith("cu") or isinstance(attribute, type):
+            return attribute
+
+        def call(*args):
+            called.append(name)
+            try:
+                outcome[name] = "status " + attribute(*args)[0].name
+            except RuntimeError as error:  # the loader: no libcuda here (11.x, and cuda-pathfinder's error on 12.9+)
+                outcome[name] = "no driver"
+            except Exception as error:
+                outcome[name] = f"{type(error).__name__}: {error}"
+                raise
+            if name not in ONE_GPU:
+                raise KeyError(f"this test does not know what {name} returns: add it to ONE_GPU")
+            return (real.CUresult.CUDA_ERROR_NO_DEVICE if name == failing else real.CUresult.CUDA_SUCCESS,
+                    *ONE_GPU[name])
+        return call
+
+
+sys.modules["cuda.bindings.driver"] = cuda.bindings.driver = Driver()
+try:
+    found = gpu._probe_cuda_python()
+    found = None if found is None else vars(found)
+except Exception as error:
+    found = f"raised {type(error).__name__}: {error}"
+print(json.dumps({"unprobed": unprobed is None, "found": found, "called": called, "outcome": outcome}))
+'''
+
+
+def _probe_driver(folder: Path, failing: str = "") -> dict:
+    completed = subprocess.run([sys.executable, "-c", DRIVER_PROBE, failing], capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(ROOT)])},
+                               timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    return json.loads(completed.stdout)
+
+
+@pytest.mark.parametrize("major", MAJORS)
+def test_gpu_probe_calls_are_valid_on_the_real_driver_bindings(major):
+    """Every call of gpu.py's cuda-python probe, on the real bindings: a CUDA error each, never a TypeError (which a
+    wrong signature gives, and which the probe must not hide); an error status from any call means no GPU."""
+    report = _probe_driver(_bindings(major))
+    assert report["unprobed"], "without a driver the probe finds no GPU, and raises nothing"
+    wrong = {name: result for name, result in report["outcome"].items()
+             if not (result == "no driver" or result.startswith("status CUDA_ERROR_"))}
+    assert not wrong, f"cuda-python {major}.x rejects the probe's calls: {wrong}"
+    source = (ROOT / "runtime" / "engines" / "gpu.py").read_text()
+    assert set(report["called"]) >= set(re.findall(r"\bdriver\.(cu[A-Z]\w+)\b", source))
+    assert report["found"] == {"name": "Fake GPU", "compute_capability": "8.8", "memory_mb": 8192,
+                               "source": "cuda-python"}
+    for failing in dict.fromkeys(report["called"]):
+        assert _probe_driver(_bindings(major), failing)["found"] is None, f"{failing} failed, and a GPU was found"
+
+
+def test_gpu_probe_lets_a_programming_error_through(monkeypatch):
+    """No driver (the bindings' loader raises RuntimeError) means no GPU; a TypeError is a bug, and surfaces."""
+    from mlic_edge.runtime.engines import gpu
+
+    def driver_raising(error: Exception) -> SimpleNamespace:
+        def raise_it(*args):
+            raise error
+        return SimpleNamespace(CUresult=SimpleNamespace(CUDA_SUCCESS=0), CUdevice_attribute=None, cuInit=raise_it)
+
+    monkeypatch.setitem(sys.modules, "cuda", SimpleNamespace())
+    monkeypatch.setitem(sys.modules, "cuda.bindings", SimpleNamespace(driver=driver_raising(RuntimeError("no libcuda"))))
+    assert gpu._probe_cuda_python() is None
+    sys.modules["cuda.bindings"].driver = driver_raising(TypeError("cuInit() takes exactly 1 positional argument"))
+    with pytest.raises(TypeError):
+        gpu._probe_cuda_python()

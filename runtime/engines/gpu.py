@@ -35,7 +35,8 @@ def detect_gpu(*, nvidia_smi: str | None = "nvidia-smi", jetson_model_file: Path
                use_python_bindings: bool = True) -> GpuInfo | None:
     """The first GPU found by cuda-python, pycuda, nvidia-smi, then a Jetson's device tree; None if none is.
 
-    Never raises and never waits more than a few seconds (nvidia-smi runs with a timeout).
+    Never raises for a missing driver or GPU (a bug in a probe, such as a TypeError from a wrong call, does raise) and
+    never waits more than a few seconds (nvidia-smi runs with a timeout).
     """
     probes: list[Callable[[], GpuInfo | None]] = []
     if use_python_bindings:
@@ -119,24 +120,35 @@ def _probe_cuda_python() -> GpuInfo | None:
             return None
     try:
         return _query_cuda_driver(driver)
-    except Exception:  # a probe must never crash detection: no driver raises from inside the bindings
+    except RuntimeError:  # no libcuda: 11.x's loader raises it, 12.9+ cuda-pathfinder's DynamicLibNotFoundError too
         return None
+
+
+class _NoDevice(Exception):
+    """A driver call returned an error status."""
 
 
 def _query_cuda_driver(driver) -> GpuInfo | None:
-    success = driver.CUresult.CUDA_SUCCESS
-    (status,) = driver.cuInit(0)
-    if status != success:
-        return None
-    status, count = driver.cuDeviceGetCount()
-    if status != success or count < 1:
-        return None
-    status, device = driver.cuDeviceGet(0)
-    status, raw_name = driver.cuDeviceGetName(256, device)
+    """The first device through the driver API; None when any call returns an error status (no driver or device)."""
     attribute = driver.CUdevice_attribute
-    _, major = driver.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device)
-    _, minor = driver.cuDeviceGetAttribute(attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device)
-    _, memory = driver.cuDeviceTotalMem(device)
+
+    def call(function, *args):
+        status, *values = function(*args)
+        if status != driver.CUresult.CUDA_SUCCESS:
+            raise _NoDevice
+        return values[0] if values else None
+
+    try:
+        call(driver.cuInit, 0)
+        if call(driver.cuDeviceGetCount) < 1:
+            return None
+        device = call(driver.cuDeviceGet, 0)
+        raw_name = call(driver.cuDeviceGetName, 256, device)
+        major = call(driver.cuDeviceGetAttribute, attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device)
+        minor = call(driver.cuDeviceGetAttribute, attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device)
+        memory = call(driver.cuDeviceTotalMem, device)
+    except _NoDevice:
+        return None
     name = raw_name.split(b"\x00", 1)[0].decode(errors="replace").strip()
     return GpuInfo(name=name, compute_capability=f"{major}.{minor}", memory_mb=int(memory) >> 20, source="cuda-python")
 
@@ -144,7 +156,7 @@ def _query_cuda_driver(driver) -> GpuInfo | None:
 def _probe_pycuda() -> GpuInfo | None:
     try:
         import pycuda.driver as cuda_driver
-    except ImportError:
+    except ImportError:  # also what loading pycuda's extension without libcuda raises
         return None
     try:
         cuda_driver.init()
@@ -154,7 +166,7 @@ def _probe_pycuda() -> GpuInfo | None:
         major, minor = device.compute_capability()
         return GpuInfo(name=device.name(), compute_capability=f"{major}.{minor}",
                        memory_mb=device.total_memory() >> 20, source="pycuda")
-    except Exception:  # pycuda raises its own driver errors when no GPU or driver is present
+    except cuda_driver.Error:  # pycuda's driver errors: no driver or device (cuInit fails)
         return None
 
 
