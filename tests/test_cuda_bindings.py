@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from test_tensorrt_backend import FakeGpu, fake_cudart
+from cuda_fakes import FakeGpu, fake_cudart
 
 ROOT = Path(__file__).resolve().parents[1]
 BINDINGS = Path(os.environ.get("MLIC_EDGE_CUDA_BINDINGS", ROOT / ".cuda-bindings"))
@@ -209,7 +209,8 @@ def test_gpu_probe_lets_a_programming_error_through(monkeypatch):
         return SimpleNamespace(CUresult=SimpleNamespace(CUDA_SUCCESS=0), CUdevice_attribute=None, cuInit=raise_it)
 
     monkeypatch.setitem(sys.modules, "cuda", SimpleNamespace())
-    monkeypatch.setitem(sys.modules, "cuda.bindings", SimpleNamespace(driver=driver_raising(RuntimeError("no libcuda"))))
+    no_driver = driver_raising(RuntimeError("Failed to dlopen libcuda.so.1"))
+    monkeypatch.setitem(sys.modules, "cuda.bindings", SimpleNamespace(driver=no_driver))
     assert gpu._probe_cuda_python() is None
     sys.modules["cuda.bindings"].driver = driver_raising(TypeError("cuInit() takes exactly 1 positional argument"))
     with pytest.raises(TypeError):

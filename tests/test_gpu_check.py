@@ -17,7 +17,7 @@ from mlic_edge.runtime.engines import gpu as gpu_module
 from mlic_edge.runtime.engines.gpu import GpuInfo
 from mlic_edge.runtime.inference import cuda as cuda_module
 from mlic_edge.runtime.inference.cuda import cuda_python_api, live_resources
-from test_tensorrt_backend import FakeGpu, fake_cudart
+from cuda_fakes import FakeGpu, fake_cudart
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_KINDS = {"device buffer": 1, "pinned host buffer": 1, "stream": 1, "event": 1, "graph": 1, "graph exec": 1}
@@ -184,9 +184,9 @@ def test_swapped_event_timings_count_as_invalid_and_stay_out_of_the_bandwidth(gp
 
 def test_a_cuda_status_error_is_raised_naming_the_call(gpu_check):
     runtime = Runtime(cudaMemGetInfo=lambda: (2, 0, 0))
-    with pytest.raises(gpu_check.CudaStatusError, match="cudaMemGetInfo returned cudaErrorFake"):
+    with pytest.raises(gpu_check.CudaStatusError, match="cudaMemGetInfo returned cudaErrorMemoryAllocation"):
         gpu_check.device_memory_free(runtime)
-    with pytest.raises(gpu_check.CudaStatusError, match="cudaGetLastError returned cudaErrorFake"):
+    with pytest.raises(gpu_check.CudaStatusError, match="cudaGetLastError returned cudaErrorIllegalAddress"):
         gpu_check.synchronize_device(Runtime(cudaGetLastError=lambda: (700,)))
 
 

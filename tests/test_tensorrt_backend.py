@@ -4,8 +4,6 @@ host RAM); a real engine only on a GPU (marker ``gpu``)."""
 
 from __future__ import annotations
 
-import ctypes
-import itertools
 import sys
 import threading
 import warnings
@@ -22,6 +20,7 @@ from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.inference.backends.tensorrt_backend import TIMING_KEYS, TensorRTBackend, open_tensorrt_backend
 from mlic_edge.runtime.inference.cuda import cuda_python_api, open_cuda, pycuda_api
 from mlic_edge.runtime.engines.api import TensorRT
+from cuda_fakes import D2H_MS, EXECUTE_MS, H2D_MS, FakeGpu, fake_cudart, fake_pycuda, no_leaks
 from trt_surface import FakeTensorRT, load_surface, surface_names
 
 WEIGHTS = np.arange(12, dtype=np.float32).reshape(3, 4) / 10 - 0.5
@@ -32,219 +31,6 @@ VERSION_COMPATIBLE_ENGINE_BYTES = b"fake engine with its lean runtime"
 
 def expected_scores(batch: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-(batch.mean(axis=(2, 3)) @ WEIGHTS)))
-
-
-# --- fake GPU: device memory is host memory, graph capture records instead of running ---------------------------
-class FakeGpu:
-    def __init__(self) -> None:
-        self.blocks: dict[int, np.ndarray] = {}
-        self.log: list[str] = []
-        self.capturing = None
-        self.captured: list = []
-        self.graphs: dict[int, list] = {}
-        self.launches = 0
-        self.retained = 0  # primary context references (pycuda)
-        self.ids = itertools.count(100)
-
-    def alloc(self, nbytes: int) -> int:
-        block = np.zeros(nbytes, np.uint8)
-        self.blocks[block.ctypes.data] = block
-        return block.ctypes.data
-
-    def free(self, ptr: int) -> None:
-        del self.blocks[ptr]  # a double free or a stray pointer fails here
-
-    def check(self, ptr: int, nbytes: int) -> None:
-        assert any(start <= ptr and ptr + nbytes <= start + block.nbytes for start, block in self.blocks.items()), \
-            f"{nbytes} bytes at {ptr:#x} are not allocated"
-
-    def view(self, ptr: int, nbytes: int, dtype, shape) -> np.ndarray:
-        self.check(ptr, nbytes)
-        return np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(ptr)).view(dtype).reshape(shape)
-
-    def copy(self, dst: int, src: int, nbytes: int) -> None:
-        self.check(dst, nbytes)
-        self.check(src, nbytes)
-        ctypes.memmove(dst, src, nbytes)
-
-    def enqueue(self, stream, work) -> None:
-        if self.capturing is not None and self.capturing == stream:
-            self.captured.append(work)
-        else:
-            work()
-
-
-def fake_cudart(gpu: FakeGpu) -> SimpleNamespace:
-    """The slice of cuda-python's ``cuda.bindings.runtime`` that runtime/inference/cuda.py calls."""
-    ok = 0
-
-    def logged(name, result=(ok,)):
-        def call(*args):
-            gpu.log.append(name)
-            return result
-        return call
-
-    def malloc(nbytes):
-        gpu.log.append("cudaMalloc")
-        return ok, gpu.alloc(nbytes)
-
-    def free(name):
-        def call(ptr):
-            gpu.log.append(name)
-            gpu.free(ptr)
-            return (ok,)
-        return call
-
-    def memcpy(dst, src, nbytes, kind, stream):
-        gpu.enqueue(stream, lambda: gpu.copy(dst, src, nbytes))
-        return (ok,)
-
-    def begin_capture(stream, mode):
-        gpu.capturing, gpu.captured = stream, []
-        return (ok,)
-
-    def end_capture(stream):
-        graph = next(gpu.ids)
-        gpu.graphs[graph], gpu.capturing = gpu.captured, None
-        return ok, graph
-
-    def launch(executable, stream):
-        gpu.launches += 1
-        for work in gpu.graphs[executable]:
-            work()
-        return (ok,)
-
-    return SimpleNamespace(
-        cudaError_t=SimpleNamespace(cudaSuccess=ok), cudaGetErrorName=lambda error: (ok, b"cudaErrorFake"),
-        cudaRuntimeGetVersion=lambda: (ok, 13000), cudaGetDeviceCount=lambda: (ok, 1),
-        cudaSetDevice=logged("cudaSetDevice"),
-        cudaGetDeviceProperties=lambda device: (ok, SimpleNamespace(name=b"Fake GPU\x00\x00")),
-        cudaStreamNonBlocking=1, cudaStreamCreateWithFlags=lambda flags: (ok, next(gpu.ids)),
-        cudaStreamDestroy=logged("cudaStreamDestroy"), cudaStreamSynchronize=logged("cudaStreamSynchronize"),
-        cudaMalloc=malloc, cudaMallocHost=malloc, cudaFree=free("cudaFree"), cudaFreeHost=free("cudaFreeHost"),
-        cudaMemcpyKind=SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2), cudaMemcpyAsync=memcpy,
-        cudaEventCreate=lambda: (ok, next(gpu.ids)), cudaEventDestroy=logged("cudaEventDestroy"),
-        cudaEventRecord=logged("cudaEventRecord"), cudaEventElapsedTime=lambda start, end: (ok, 0.25),
-        cudaStreamCaptureMode=SimpleNamespace(cudaStreamCaptureModeGlobal=0), cudaStreamBeginCapture=begin_capture,
-        cudaStreamEndCapture=end_capture, cudaGraphInstantiateWithFlags=lambda graph, flags: (ok, graph),
-        cudaGraphLaunch=launch, cudaGraphExecDestroy=logged("cudaGraphExecDestroy"),
-        cudaGraphDestroy=logged("cudaGraphDestroy"))
-
-
-class PyCudaLogicError(RuntimeError):
-    pass
-
-
-def fake_pycuda(gpu: FakeGpu) -> SimpleNamespace:
-    """The slice of ``pycuda.driver`` that runtime/inference/cuda.py calls, with pycuda's context semantics (src/cpp/cuda.hpp):
-    a stack of current contexts per thread; ``Context.pop`` is static and pops the calling thread's top; memory,
-    streams and events need a current context; ``free()`` pushes the owning context only on the thread that made it
-    and otherwise leaks with a warning; ``detach()`` releases the primary context when current (and pops it)."""
-    local = threading.local()
-
-    def stack() -> list:
-        if not hasattr(local, "stack"):
-            local.stack = []
-        return local.stack
-
-    def current() -> "Context":
-        if not stack():
-            raise PyCudaLogicError("explicit_context_dependent failed: invalid device context - no currently active "
-                                   "context?")
-        return stack()[-1]
-
-    class Context:
-        def __init__(self):
-            self.creator, self.valid = threading.get_ident(), True
-            gpu.retained += 1
-
-        def push(self):
-            gpu.log.append("ctx.push")
-            stack().append(self)
-
-        @staticmethod
-        def pop():
-            if not stack():
-                raise PyCudaLogicError("context::pop failed: invalid device context - cannot pop non-current context")
-            gpu.log.append("ctx.pop")
-            stack().pop()
-
-        def detach(self):
-            if not self.valid:
-                raise PyCudaLogicError("context::detach failed: cannot detach from invalid context")
-            active = bool(stack()) and stack()[-1] is self
-            if active or threading.get_ident() == self.creator:
-                gpu.retained -= 1  # cuDevicePrimaryCtxRelease
-            if active:
-                stack().pop()
-            self.valid = False
-
-    class Allocation:
-        def __init__(self, nbytes):
-            self.context, self.ptr, self.freed = current(), gpu.alloc(nbytes), False
-
-        def __int__(self):
-            return self.ptr
-
-        def free(self):
-            if self.freed:
-                raise PyCudaLogicError("cuMemFree failed: invalid resource handle")
-            if (not stack() or stack()[-1] is not self.context) and threading.get_ident() != self.context.creator:
-                warnings.warn("device_allocation in out-of-thread context could not be cleaned up")
-                return
-            gpu.log.append("mem_free")
-            gpu.free(self.ptr)
-            self.freed = True
-
-    class Pinned(Allocation):
-        @property
-        def __array_interface__(self):
-            return gpu.blocks[self.ptr].__array_interface__
-
-    class Device:
-        count = staticmethod(lambda: 1)
-
-        def __init__(self, index):
-            self.index = index
-
-        def name(self):
-            return "Fake GPU"
-
-        def retain_primary_context(self):
-            return Context()
-
-    class Stream:
-        def __init__(self):
-            current()
-            self.handle = next(gpu.ids)
-
-        def synchronize(self):
-            current()
-            gpu.log.append("synchronize")
-
-    class Event:
-        def __init__(self):
-            current()
-
-        def record(self, stream):
-            current()
-            gpu.log.append("record")
-
-        def time_since(self, start):
-            return 0.25
-
-    def memcpy_htod_async(dst, src, stream):
-        current()
-        gpu.enqueue(stream.handle, lambda: gpu.copy(int(dst), src.ctypes.data, src.nbytes))
-
-    def memcpy_dtoh_async(dst, src, stream):
-        current()
-        gpu.enqueue(stream.handle, lambda: gpu.copy(dst.ctypes.data, int(src), dst.nbytes))
-
-    return SimpleNamespace(Error=RuntimeError, get_version=lambda: (12, 6, 0), init=lambda: None, Device=Device,
-                           Stream=Stream, Event=Event, mem_alloc=Allocation,
-                           pagelocked_empty=lambda nbytes, dtype: np.asarray(Pinned(nbytes)),
-                           memcpy_htod_async=memcpy_htod_async, memcpy_dtoh_async=memcpy_dtoh_async)
 
 
 # --- fake TensorRT, built from the real API surface of each supported version: the model is expected_scores() ---
@@ -345,6 +131,14 @@ def images(count: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((count, *INPUT_SHAPE)).astype(np.float32)
 
 
+@pytest.fixture(autouse=True)
+def cuda_released():
+    """Every test here ends with the fake GPUs' leak report: a stream, event, graph, allocation or primary context
+    that was created and not released fails it."""
+    with no_leaks():
+        yield
+
+
 # --- tests ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("version", surface_names())
 @pytest.mark.parametrize("cuda", ["cuda-python", "pycuda"])
@@ -355,7 +149,9 @@ def test_infer_copies_in_runs_and_copies_out(engine_file, version, cuda):
         for count in (3, 1, 8):
             batch = images(count, seed=count)
             np.testing.assert_allclose(backend.infer(batch), expected_scores(batch), rtol=1e-5, atol=1e-6)
-        assert set(backend.last_timings) == set(TIMING_KEYS) and backend.last_timings["compute_ms"] == 0.25
+        assert backend.last_timings == {"h2d_ms": H2D_MS, "compute_ms": EXECUTE_MS, "d2h_ms": D2H_MS,
+                                         "total_ms": H2D_MS + EXECUTE_MS + D2H_MS}  # from the events' order
+        assert set(backend.last_timings) == set(TIMING_KEYS)
         info = backend.info
         assert (info.device, info.version) == ("cuda:0 Fake GPU", load_surface(version)["version"])
         assert info.details["io"] == "named tensors" and info.details["device"] == "gpu"
@@ -383,14 +179,15 @@ def test_buffers_are_reallocated_only_when_the_batch_grows(engine_file):
     backend, gpu = make_backend(engine_file)
     with backend:
         backend.infer(images(4))
-        first = gpu.log.count("cudaMalloc")
-        assert first == 4  # pinned + device, for the input and the output
+        def allocations(counts):
+            return counts["device memory"], counts["pinned host memory"]
+        assert allocations(gpu.created) == (2, 2)  # for the input and the output
         for count in (1, 4, 2):
             backend.infer(images(count))
-        assert gpu.log.count("cudaMalloc") == first and "cudaFree" not in gpu.log
+        assert allocations(gpu.created) == (2, 2) and not gpu.destroyed
         batch = images(6, seed=6)
         np.testing.assert_allclose(backend.infer(batch), expected_scores(batch), rtol=1e-5, atol=1e-6)
-        assert gpu.log.count("cudaMalloc") == 2 * first and gpu.log.count("cudaFree") == 2
+        assert allocations(gpu.created) == (4, 4) and allocations(gpu.destroyed) == (2, 2)
 
 
 def test_close_releases_tensorrt_then_cuda_in_reverse_order(engine_file):
@@ -414,11 +211,12 @@ def test_cuda_graph_is_captured_once_per_batch_size_and_replayed(engine_file):
         for seed in range(3):
             batch = images(2, seed=seed)
             np.testing.assert_allclose(backend.infer(batch), expected_scores(batch), rtol=1e-5, atol=1e-6)
-        assert (len(gpu.graphs), gpu.launches) == (1, 3)
-        assert backend.last_timings == {"h2d_ms": None, "compute_ms": None, "d2h_ms": None, "total_ms": 0.25}
+        assert (gpu.created["graph"], gpu.launches) == (1, 3)
+        assert backend.last_timings == {"h2d_ms": None, "compute_ms": None, "d2h_ms": None,
+                                        "total_ms": H2D_MS + EXECUTE_MS + D2H_MS}
         batch = images(5, seed=9)
         np.testing.assert_allclose(backend.infer(batch), expected_scores(batch), rtol=1e-5, atol=1e-6)
-        assert (len(gpu.graphs), gpu.launches) == (2, 4) and gpu.log.count("cudaGraphExecDestroy") == 1
+        assert (gpu.created["graph"], gpu.launches) == (2, 4) and gpu.log.count("cudaGraphExecDestroy") == 1
     assert gpu.log.count("cudaGraphExecDestroy") == 2 and not gpu.blocks
 
 

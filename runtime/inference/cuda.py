@@ -116,7 +116,14 @@ class Cuda:
         self._driver.event_record(event.handle, stream.handle)
 
     def elapsed_ms(self, start: Event, end: Event) -> float:
-        return float(self._driver.event_elapsed_ms(start.handle, end.handle))
+        """Milliseconds from ``start`` to ``end``, both recorded and their stream synchronized. Every interval measured
+        here holds work, and CUDA's event timer resolves about half a microsecond, so a time that is not positive
+        means the events were passed or recorded out of order: a bug, raised rather than reported."""
+        elapsed = float(self._driver.event_elapsed_ms(start.handle, end.handle))
+        if not elapsed > 0:
+            raise BackendError(f"CUDA events timed {elapsed} ms from start to end: they were recorded or passed out "
+                               "of order", hint="this is a bug in mlic-edge; please report it")
+        return elapsed
 
     def synchronize(self, stream: Stream) -> None:
         self._driver.stream_synchronize(stream.handle)
