@@ -7,12 +7,14 @@ names it calls:
   pinned pointers, its enums and error codes, and converts arguments as the bindings do (a handle may come as the int
   of its value, a str is a TypeError). pycuda's stream arguments must be its ``Stream`` (an int is a TypeError, as
   Boost.Python's converter raises). A handle of the wrong kind or a destroyed one is an invalid resource handle.
-- stream order and time: work enqueued on a stream runs at once, or is recorded while that stream is captured, and
-  advances the device's clock (a host-to-device copy, TensorRT's execution and a device-to-host copy each take their
-  own time); an event takes the clock's time when its stream reaches it and is complete once that stream is
-  synchronized, so the elapsed time is end - start (negative when swapped), NotReady before the synchronize and an
-  invalid resource handle for an event never recorded. Allocating or freeing while a stream captures in global mode
-  fails and invalidates the capture, as does synchronizing the captured stream.
+- stream order and time: work enqueued on a stream runs at once (its data effect), or is recorded while that stream
+  is captured; on the device's timeline it starts when its stream's earlier work is done (a host-to-device copy,
+  TensorRT's execution and a device-to-host copy each take their own time), streams running side by side except that
+  the legacy default stream and blocking streams wait for each other. An event takes its stream's time when the
+  stream reaches it and is complete once that stream is synchronized, so the elapsed time is end - start (negative
+  when swapped, zero when the work went to another stream), NotReady before the synchronize and an invalid resource
+  handle for an event never recorded. While a stream captures in global mode, allocating, freeing, synchronizing the
+  captured stream or using the legacy stream fails and invalidates the capture.
 - pairing: every create and allocation is counted until its destroy or free, per ``FakeGpu``; ``no_leaks()`` fails
   the test that made a fake GPU and left any (pycuda's primary-context references included).
 pycuda's names and signatures are held to the real pycuda's by tests/test_cuda_fakes.py, through the surface recorded
@@ -39,8 +41,9 @@ import pytest
 
 # Fake durations: distinct powers of two, so sums are exact and any pair of events gives its own time.
 H2D_MS, EXECUTE_MS, D2H_MS, OTHER_COPY_MS = 0.5, 1.0, 0.125, 0.25
-# cudaStreamLegacy and cudaStreamPerThread besides 0: the implicit streams, never created or destroyed.
-DEFAULT_STREAMS = (0, 1, 2)
+# cudaStreamLegacy and cudaStreamPerThread besides 0: the implicit streams, never created or destroyed. 0 and 1 are
+# the legacy default stream, which waits for every blocking stream and they for it (a non-blocking one runs beside it).
+DEFAULT_STREAMS, LEGACY_STREAMS, BLOCKING = (0, 1, 2), (0, 1), 0
 KINDS = ("stream", "event", "graph", "graph exec", "device memory", "pinned host memory")
 _tracked: list[FakeGpu] | None = None  # the fake GPUs made under no_leaks()
 
@@ -55,7 +58,7 @@ class FakeCudaError(Exception):
 
 @dataclass
 class FakeEvent:
-    time_ms: float | None = None  # the clock when its stream reached it; None until then
+    time_ms: float | None = None  # when its stream reached it on the device's timeline; None until then
     stream: int | None = None
     complete: bool = False
 
@@ -78,7 +81,7 @@ class FakeGpu:
         self.graphs: dict[int, list] = {}
         self.executables: dict[int, list] = {}
         self.captures: dict[int, Capture] = {}
-        self.clock_ms = 0.0
+        self.stream_time: dict[int, float] = {}  # when each stream's work enqueued so far is done
         self.launches = 0
         self.retained = 0  # primary context references (pycuda)
         self.initialized = False  # cuInit (pycuda)
@@ -153,19 +156,37 @@ class FakeGpu:
             raise FakeCudaError("cudaErrorInvalidResourceHandle")
         return stream
 
-    def enqueue(self, stream: Any, work: Callable[[], Any], ms: float = EXECUTE_MS) -> None:
-        """Run ``work`` in ``stream``'s order (at once here), or record it while the stream is captured; the clock
-        advances by ``ms`` when it runs. ``stream`` is the raw stream value, as TensorRT takes it."""
-        stream = self.check_stream(operator.index(stream))
+    def new_stream(self, flags: int) -> int:
+        stream = self.create("stream", self.streams, flags)
+        self.stream_time[stream] = max(self.stream_time.values(), default=0.0)  # it starts now
+        return stream
 
-        def run() -> None:
-            work()
-            self.clock_ms += ms
+    def destroy_stream(self, stream: int) -> None:
+        self.destroy("stream", self.streams, stream)
+        del self.stream_time[stream]
+
+    def start_time(self, stream: int) -> float:
+        """When work enqueued now on ``stream`` starts on the device's timeline."""
+        waits_for = [stream]
+        if stream in LEGACY_STREAMS:
+            waits_for += [other for other, flags in self.streams.items() if flags == BLOCKING]
+        elif self.streams.get(stream) == BLOCKING:
+            waits_for += LEGACY_STREAMS
+        return max(self.stream_time.get(other, 0.0) for other in waits_for)
+
+    def enqueue(self, stream: Any, work: Callable[[], Any], ms: float = EXECUTE_MS) -> None:
+        """Do ``work`` and take ``ms`` on ``stream``'s timeline, or record both while the stream is captured.
+        ``stream`` is the raw stream value, as TensorRT takes it."""
+        stream = self.check_stream(operator.index(stream))
         capture = self.captures.get(stream)
         if capture is not None:
-            capture.work.append(run)
-        else:
-            run()
+            capture.work.append((work, ms))
+            return
+        if stream in LEGACY_STREAMS:
+            self.check_no_global_capture("cudaErrorStreamCaptureImplicit")
+        start = self.start_time(stream)
+        work()
+        self.stream_time[stream] = start + ms
 
     def event(self, event: int) -> FakeEvent:
         if event not in self.events:
@@ -174,10 +195,11 @@ class FakeGpu:
 
     def record(self, event: int, stream: int) -> None:
         recorded = self.event(event)
-
-        def reached() -> None:
-            recorded.time_ms, recorded.stream, recorded.complete = self.clock_ms, stream, False
-        self.enqueue(stream, reached, 0.0)
+        if stream in self.captures:
+            raise NotImplementedError("the fake captures no event records")
+        if stream in LEGACY_STREAMS:
+            self.check_no_global_capture("cudaErrorStreamCaptureImplicit")
+        recorded.time_ms, recorded.stream, recorded.complete = self.start_time(stream), stream, False
 
     def synchronize(self, stream: int) -> None:
         capture = self.captures.get(self.check_stream(stream))
@@ -211,14 +233,14 @@ class FakeGpu:
             raise FakeCudaError("cudaErrorStreamCaptureInvalidated")
         return self.create("graph", self.graphs, capture.work)
 
-    def check_no_global_capture(self) -> None:
+    def check_no_global_capture(self, error: str = "cudaErrorStreamCaptureUnsupported") -> None:
         """In global capture mode (the layer's), calls that may synchronize the device fail while a stream captures,
         and the capture is invalidated."""
         global_captures = [capture for capture in self.captures.values() if capture.mode == 0]
         for capture in global_captures:
             capture.invalidated = True
         if global_captures:
-            raise FakeCudaError("cudaErrorStreamCaptureUnsupported")
+            raise FakeCudaError(error)
 
 
 # --- cuda-python ----------------------------------------------------------------------------------------------
@@ -310,11 +332,11 @@ def fake_cudart(gpu: FakeGpu) -> SimpleNamespace:
 
     @function(outputs=1)
     def cudaStreamCreateWithFlags(flags):
-        return runtime.cudaStream_t(gpu.create("stream", gpu.streams, _size_t(flags)))
+        return runtime.cudaStream_t(gpu.new_stream(_size_t(flags)))
 
     @function(outputs=0)
     def cudaStreamDestroy(stream):
-        gpu.destroy("stream", gpu.streams, _handle(runtime.cudaStream_t, stream))
+        gpu.destroy_stream(_handle(runtime.cudaStream_t, stream))
 
     @function(outputs=0)
     def cudaStreamSynchronize(stream):
@@ -393,8 +415,8 @@ def fake_cudart(gpu: FakeGpu) -> SimpleNamespace:
             raise FakeCudaError("cudaErrorInvalidResourceHandle")
         stream = stream_of(stream)
         gpu.launches += 1
-        for run in work:
-            gpu.enqueue(stream, run, 0.0)  # each captured step advances the clock itself
+        for step, ms in work:
+            gpu.enqueue(stream, step, ms)
 
     @function(outputs=0)
     def cudaGraphExecDestroy(graphExec):
@@ -515,7 +537,7 @@ def fake_pycuda(gpu: FakeGpu) -> SimpleNamespace:
 
         def __init__(self, flags: int = 0) -> None:
             super().__init__()
-            self._handle = on_device("cuStreamCreate", lambda: gpu.create("stream", gpu.streams, flags))
+            self._handle = on_device("cuStreamCreate", lambda: gpu.new_stream(flags))
 
         @property
         def handle(self) -> int:
@@ -527,7 +549,7 @@ def fake_pycuda(gpu: FakeGpu) -> SimpleNamespace:
 
         def __del__(self) -> None:
             if hasattr(self, "_handle"):
-                self._release(lambda: gpu.destroy("stream", gpu.streams, self._handle))
+                self._release(lambda: gpu.destroy_stream(self._handle))
 
     class Event(ContextDependent):
         _kind = "event"

@@ -18,7 +18,7 @@ import pytest
 
 from cuda_fakes import H2D_MS, FakeGpu, fake_cudart, fake_pycuda, no_leaks, real_cudart
 from mlic_edge.errors import BackendError
-from mlic_edge.runtime.inference.cuda import Cuda, cuda_python_api, pycuda_api
+from mlic_edge.runtime.inference.cuda import Cuda, Stream, cuda_python_api, pycuda_api
 
 SURFACES = sorted((Path(__file__).parent / "api_surfaces").glob("pycuda-*.json"))
 KEPT_DUNDERS = ("__init__", "__int__", "__index__")  # the fakes' other dunders are Python's, not pycuda's
@@ -213,14 +213,31 @@ def test_a_handle_of_the_wrong_kind_is_refused_and_an_int_of_the_right_one_taken
 
 
 def test_capture_rules_hold():
-    """Under global capture mode, synchronizing the captured stream or allocating fails and invalidates the capture;
-    the layer tidies up the failed capture, so nothing is left."""
+    """Under global capture mode, synchronizing the captured stream, allocating or using the legacy default stream
+    fails and invalidates the capture; the layer tidies up the failed capture, so nothing is left."""
     with cuda_python_api(fake_cudart(FakeGpu())) as cuda:
-        stream = cuda.stream()
+        stream, device, host = cuda.stream(), cuda.device_buffer(8), cuda.host_buffer(8)
         with pytest.raises(BackendError, match="cudaStreamSynchronize failed .*cudaErrorStreamCaptureUnsupported"):
             cuda.capture(stream, lambda: cuda.synchronize(stream))
         with pytest.raises(BackendError, match="cudaMalloc failed .*cudaErrorStreamCaptureUnsupported"):
             cuda.capture(stream, lambda: cuda.device_buffer(8))
+        legacy = Stream("stream", None)
+        with pytest.raises(BackendError, match="cudaMemcpyAsync failed .*cudaErrorStreamCaptureImplicit"):
+            cuda.capture(stream, lambda: cuda.copy_to_device(device, host, 8, legacy))
+
+
+def test_work_on_another_stream_is_not_timed_by_this_one():
+    """Streams run side by side: a copy enqueued on another non-blocking stream takes no time between two events of
+    this one, so the layer refuses the zero it would time."""
+    with fake_cuda("cuda-python") as cuda:
+        stream, elsewhere, start, end = cuda.stream(), cuda.stream(), cuda.event(), cuda.event()
+        device, host = cuda.device_buffer(8), cuda.host_buffer(8)
+        cuda.record(start, stream)
+        cuda.copy_to_device(device, host, 8, elsewhere)
+        cuda.record(end, stream)
+        cuda.synchronize(stream)
+        with pytest.raises(BackendError, match="timed 0.0 ms"):
+            cuda.elapsed_ms(start, end)
 
 
 @pytest.mark.parametrize("binding", ["cuda-python", "pycuda"])
