@@ -11,9 +11,10 @@ the wheel (no dependencies) into a temporary directory, unpacks it, adds the two
 frontend package that ``pip install tensorrt`` / ``tensorrt-rtx`` would provide
 (``from tensorrt_bindings import *``), imports it in a subprocess and writes
 ``tests/api_surfaces/<module>-<version>.json``: every public module-level name with its
-kind, enum values, class bases, method/constructor signatures (from the pybind11
-docstrings), properties and whether they are writable, plus what ``nptype`` returns for
-each ``DataType``.
+kind, enum values (and the name an alias prints as), class bases, method/constructor
+signatures (from the pybind11 docstrings), properties with their getter and setter
+signatures (so whether they are writable and which type a write takes), plus what
+``nptype`` returns for each ``DataType``.
 
 Why stubs: the bindings wheel holds only ``tensorrt.so``, a pybind11 module linked
 against ``libnvinfer.so.N``, ``libnvonnxparser.so.N``, ... from the multi-GB ``-libs``
@@ -111,6 +112,13 @@ def signatures(obj: Any, name: str) -> list[str]:
     return doc_signatures(obj, name)
 
 
+def accessor_signatures(prop: property) -> dict[str, list[str]]:
+    """The getter's and setter's pybind11 signatures ("(arg0: X, arg1: tensorrt.DeviceType) -> None"): the type a
+    property gives and the values a write takes (pybind11 rejects an int for an enum, a float for an int)."""
+    accessors = {"getter": prop.fget, "setter": prop.fset}
+    return {key: signatures(function, "") for key, function in accessors.items() if function is not None}
+
+
 def type_name(cls: type, module: str) -> str:
     """Qualified name for classes of the extension (tensorrt_bindings.tensorrt), dotted path otherwise."""
     if cls.__module__ == module or cls.__module__.endswith("." + module):
@@ -125,14 +133,17 @@ def is_enum(cls: type) -> bool:
 def describe_type(cls: type, module: str, depth: int = 0) -> dict[str, Any]:
     if is_enum(cls):
         values = {k: int(v.value if isinstance(v, enum.Enum) else v) for k, v in cls.__members__.items()}
-        return {"kind": "enum", "values": values}
+        # A member sharing another's value prints under the name defined first (BuilderFlag.STRIP_PLAN.name is
+        # "WEIGHTLESS" in 10.3), which the sorted values cannot tell.
+        aliases = {k: v.name for k, v in cls.__members__.items() if isinstance(v.name, str) and v.name != k}
+        return {"kind": "enum", "values": values, **({"aliases": aliases} if aliases else {})}
     members: dict[str, Any] = {}
     for name in dir(cls):
         if name.startswith("_") and name != "__init__":
             continue  # dunders and pybind11 internals such as _pybind11_conduit_v1_
         raw = inspect.getattr_static(cls, name)
         if isinstance(raw, property):  # includes pybind11_static_property
-            members[name] = {"kind": "property", "writable": raw.fset is not None}
+            members[name] = {"kind": "property", "writable": raw.fset is not None, **accessor_signatures(raw)}
         elif isinstance(raw, (staticmethod, classmethod)):
             members[name] = {"kind": "static", "signatures": signatures(getattr(cls, name), name)}
         elif isinstance(raw, type):
