@@ -5,10 +5,12 @@ argument the real version lacks, so each build path below proves the builder's c
 from __future__ import annotations
 
 import json
+import operator
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mlic_edge.errors import BuildError
@@ -256,6 +258,102 @@ def test_a_call_the_real_binding_rejects_is_rejected():
     assert not hasattr(FakeTensorRT(load_surface("11.4")).BuilderFlag, "FP16")
 
 
+def outcomes(probes: dict, taken=lambda result: result) -> dict:
+    """Each probe's result (through ``taken``), or the name of the exception it raised."""
+    found = {}
+    for probe, run in probes.items():
+        try:
+            found[probe] = taken(run())
+        except Exception as error:
+            found[probe] = type(error).__name__
+    return found
+
+
+def enum_behaviour(module) -> dict:
+    """What the code may do with an enum (DeviceType), each outcome a value or the exception's name."""
+    device_type = module.DeviceType
+    gpu, dla = device_type.GPU, device_type.DLA
+    probes = {"== int": lambda: gpu == 0, "!= int": lambda: gpu != 0, "int == ": lambda: 1 == dla,
+              "== itself": lambda: gpu == device_type.GPU, "== other member": lambda: gpu == dla,
+              "== made from its value": lambda: device_type(1) == dla, "from a float": lambda: device_type(1.0),
+              "from a bool": lambda: device_type(True) == dla, "unnamed value": lambda: device_type(5).name,
+              "hash": lambda: hash(dla), "int()": lambda: int(dla), "index": lambda: operator.index(dla),
+              "found under its int": lambda: {1: "x"}.get(dla), "is an int": lambda: isinstance(dla, int),
+              "truth of 0": lambda: bool(gpu), "repr": lambda: repr(dla), "str": lambda: str(dla),
+              "name": lambda: dla.name, "value": lambda: dla.value, "shift": lambda: 1 << dla,
+              "order": lambda: gpu < dla, "subscript": lambda: device_type["GPU"], "iterate": lambda: list(device_type),
+              "members": lambda: sorted(device_type.__members__)}
+    return outcomes(probes)
+
+
+REAL_ENUM = {"== int": False, "!= int": True, "int == ": False, "== itself": True, "== other member": False,
+             "== made from its value": True, "from a float": "TypeError", "from a bool": True, "unnamed value": "???",
+             "hash": 1, "int()": 1, "index": 1, "found under its int": None, "is an int": False, "truth of 0": True,
+             "repr": "<DeviceType.DLA: 1>", "str": "DeviceType.DLA", "name": "DLA", "value": 1, "shift": "TypeError",
+             "order": "TypeError", "subscript": "TypeError", "iterate": "TypeError", "members": ["DLA", "GPU"]}
+
+
+@pytest.mark.parametrize("version", surface_names())
+def test_fake_enums_behave_as_the_real_pybind11_enums(version):
+    """An enum never equals an int (``get_tensor_mode(name) == 1`` finds no input on the real bindings)."""
+    assert enum_behaviour(FakeTensorRT(load_surface(version))) == REAL_ENUM
+
+
+def test_real_enums_behave_as_the_fakes_assume():
+    real = pytest.importorskip("tensorrt_rtx_bindings")
+    assert enum_behaviour(real) == REAL_ENUM
+
+
+def typed_writes(module, config, runtime) -> dict:
+    """Writes and constructions the real setters and constructors take or refuse (TypeError), by what they pass."""
+    probes = {"bool property = int": lambda: setattr(runtime, "engine_host_code_allowed", 2),
+              "bool property = float": lambda: setattr(runtime, "engine_host_code_allowed", 0.5),
+              "bool property = enum": lambda: setattr(runtime, "engine_host_code_allowed", module.DeviceType.DLA),
+              "bool property = str": lambda: setattr(runtime, "engine_host_code_allowed", "yes"),
+              "enum property = int": lambda: setattr(config, "default_device_type", 1),
+              "enum property = enum": lambda: setattr(config, "default_device_type", module.DeviceType.DLA),
+              "int property = float": lambda: setattr(config, "DLA_core", 1.0),
+              "int property = int": lambda: setattr(config, "DLA_core", 1),
+              "int property = bool": lambda: setattr(config, "DLA_core", True),
+              "int property = numpy int": lambda: setattr(config, "DLA_core", np.int64(1)),
+              "int property = numpy float32": lambda: setattr(config, "DLA_core", np.float32(1)),
+              "int property = numpy float64": lambda: setattr(config, "DLA_core", np.float64(1)),
+              "int property = enum": lambda: setattr(config, "DLA_core", module.DeviceType.DLA),
+              "int property = str": lambda: setattr(config, "DLA_core", "1"),
+              "enum argument = int": lambda: config.set_flag(1),
+              "Dims2(float)": lambda: module.Dims2(7.0), "Dims2(float, int)": lambda: module.Dims2(7.0, 8),
+              "Dims2(tuple of floats)": lambda: module.Dims2((7.0, 8.0)), "Dims2(int, int)": lambda: module.Dims2(7, 8),
+              "nptype(int)": lambda: module.nptype(0), "nptype(FLOAT)": lambda: module.nptype(module.DataType.FLOAT)}
+    return outcomes(probes, taken=lambda result: "taken")
+
+
+REAL_WRITES = {"bool property = int": "taken", "bool property = float": "taken", "bool property = enum": "TypeError",
+               "bool property = str": "TypeError", "enum property = int": "TypeError", "enum property = enum": "taken",
+               "int property = float": "TypeError", "int property = int": "taken", "int property = bool": "taken",
+               "int property = numpy int": "taken", "int property = numpy float32": "taken",
+               "int property = numpy float64": "TypeError", "int property = enum": "taken",
+               "int property = str": "TypeError", "enum argument = int": "TypeError",
+               "Dims2(float)": "TypeError", "Dims2(float, int)": "TypeError", "Dims2(tuple of floats)": "TypeError",
+               "Dims2(int, int)": "taken", "nptype(int)": "TypeError", "nptype(FLOAT)": "taken"}
+
+
+@pytest.mark.parametrize("version", surface_names())
+def test_fake_setters_and_constructors_check_types_as_the_real_ones(version):
+    """``config.default_device_type = 1`` and ``config.DLA_core = float(core)`` are TypeErrors on the real bindings."""
+    module = FakeTensorRT(load_surface(version))
+    module.implement("IBuilderConfig", set_flag=lambda config, flag: None)
+    assert typed_writes(module, module.IBuilderConfig(), module.Runtime.__new__(module.Runtime)) == REAL_WRITES
+    write_only = module.Builder.__new__(module.Builder)
+    with pytest.raises(AttributeError):
+        write_only.gpu_allocator  # a property without a getter in every version
+
+
+def test_real_setters_and_constructors_check_types_as_the_fakes_assume():
+    real = pytest.importorskip("tensorrt_rtx_bindings")
+    logger = real.Logger(real.Logger.ERROR)
+    assert typed_writes(real, real.Builder(logger).create_builder_config(), real.Runtime(logger)) == REAL_WRITES
+
+
 def test_surfaces_record_the_api_facts_the_code_relies_on():
     """What the defects of issue 10 hinged on, as the real bindings have it."""
     levels = {name: set(load_surface(name)["members"]["HardwareCompatibilityLevel"]["values"]) for name in SUPPORTED}
@@ -266,6 +364,7 @@ def test_surfaces_record_the_api_facts_the_code_relies_on():
         assert runtime["engine_host_code_allowed"]["writable"] and runtime["DLA_core"]["writable"]
         assert load_surface(name)["nptype"]["BF16" if name != "8.6" else "FP8"] is None
     assert "REQUIRE_USER_ALLOCATION" in load_surface("rtx-1.7")["members"]["BuilderFlag"]["values"]
+    assert FakeTensorRT(load_surface("10.3")).BuilderFlag.STRIP_PLAN.name == "WEIGHTLESS"  # an alias's printed name
     assert "num_bindings" not in load_surface("10.3")["members"]["ICudaEngine"]["members"]
 
 

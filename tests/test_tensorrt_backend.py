@@ -79,7 +79,7 @@ def fake_tensorrt(gpu: FakeGpu, version: str = "10.3", *, profile=(1, 8), dla_co
         get_tensor_mode=lambda engine, name: module.TensorIOMode.INPUT if name == "images" else
         module.TensorIOMode.OUTPUT,
         get_tensor_dtype=lambda engine, name: module.DataType.FLOAT if name == "images" else
-        module.DataType[output_dtype],
+        getattr(module.DataType, output_dtype),
         create_execution_context=lambda engine: released(module.IExecutionContext(), "context"))
 
     def deserialize_cuda_engine(runtime, data):
