@@ -155,6 +155,29 @@ def test_dla_build_has_a_fixed_batch_and_counts_layers_on_each_surface(version, 
     assert "GPU_FALLBACK" in module.state["flags"]
 
 
+# What create_network must get on each version, written from NVIDIA's docs rather than from plan_build: 8.6's ONNX
+# parser refuses a network made without EXPLICIT_BATCH; 10.x types strictly only with STRONGLY_TYPED (else TensorRT
+# may pick other precisions without a word), except on DLA, which 10.x documents with the precision flags; 11.x and
+# TensorRT for RTX removed EXPLICIT_BATCH, and their bit 0 is STRONGLY_TYPED (10.x's EXPLICIT_BATCH bit).
+NETWORK_FLAGS = {("8.6", "gpu"): {"EXPLICIT_BATCH"}, ("8.6", "dla"): {"EXPLICIT_BATCH"},
+                 ("10.3", "gpu"): {"STRONGLY_TYPED"}, ("10.3", "dla"): set(),
+                 ("11.4", "gpu"): {"STRONGLY_TYPED"}, ("11.4", "dla"): {"STRONGLY_TYPED"},
+                 ("rtx-1.7", "gpu"): {"STRONGLY_TYPED"}}
+
+
+@pytest.mark.parametrize("version, device", list(NETWORK_FLAGS))
+def test_network_is_created_with_the_flags_each_version_needs(version, device, tmp_path):
+    trt, module = fake_builder(version)
+    result = build_engine(trt, tiny_model(tmp_path, "fp16"), tmp_path,
+                          BuildOptions(precision="fp16", dla_core=0 if device == "dla" else None), gpu=_gpu(version))
+    bits = load_surface(version)["members"]["NetworkDefinitionCreationFlag"]["values"]
+    flags = module.state["network_flags"]
+    named = {name for name, bit in bits.items() if flags >> bit & 1}
+    assert flags == sum(1 << bits[name] for name in named), f"bits {flags:#b} that {version} has no flag for"
+    assert named == NETWORK_FLAGS[version, device]
+    assert result.manifest["strongly_typed"] == ("STRONGLY_TYPED" in named)  # the manifest says what was built
+
+
 def test_dla_refuses_a_batch_range_before_any_work(tmp_path):
     trt, module = fake_builder("10.3")
     with pytest.raises(BuildError) as caught:
