@@ -40,7 +40,8 @@ class Mutation:
     invisible: bool = False  # a break no fake can see (the real binding accepts it too): listed, not counted
 
 
-TRT_TESTS = ("tests/test_tensorrt_api_surface.py", "tests/test_tensorrt_build.py", "tests/test_tensorrt_backend.py")
+# fastest first (each run stops at the first failure); test_tensorrt_build.py makes real TensorRT for RTX builds
+TRT_TESTS = ("tests/test_tensorrt_api_surface.py", "tests/test_tensorrt_backend.py", "tests/test_tensorrt_build.py")
 CUDA_TESTS = ("tests/test_tensorrt_backend.py", "tests/test_cuda_fakes.py", "tests/test_cuda_bindings.py")
 GPU_TESTS = ("tests/test_cuda_bindings.py", "tests/test_doctor.py")
 
@@ -96,9 +97,15 @@ MUTATIONS: tuple[Mutation, ...] = (
              "self._driver.copy_htod(dst.ptr, src, nbytes, 0)", CUDA_TESTS),
     Mutation("a non-positive event time reported instead of refused", "runtime/inference/cuda.py",
              "        if not elapsed > 0:", "        if False:", CUDA_TESTS),
-    Mutation("the stream's int value instead of its handle in cudaEventRecord (the binding accepts both)",
+    Mutation("the stream's int value instead of its handle in Cuda.record (cuda-python accepts it, pycuda does not)",
              "runtime/inference/cuda.py", "self._driver.event_record(event.handle, stream.handle)",
-             "self._driver.event_record(event.handle, stream.ptr)", CUDA_TESTS, invisible=True),
+             "self._driver.event_record(event.handle, stream.ptr)", CUDA_TESTS),
+    Mutation("host-to-device copy with destination and source swapped (two ints to the binding)",
+             "runtime/inference/cuda.py", 'self.rt.cudaMemcpyAsync, dst_ptr, src.ptr, nbytes,',
+             'self.rt.cudaMemcpyAsync, src.ptr, dst_ptr, nbytes,', CUDA_TESTS),
+    Mutation("a blocking stream (cudaStreamDefault) instead of a non-blocking one: the same type, only a GPU's "
+             "legacy default stream would show it", "runtime/inference/cuda.py",
+             "self.rt.cudaStreamNonBlocking)", "self.rt.cudaStreamDefault)", CUDA_TESTS, invisible=True),
     # --- GPU detection (runtime/engines/gpu.py) ------------------------------------------------------------------
     Mutation("cuDeviceGetName(device) without its length", "runtime/engines/gpu.py",
              "call(driver.cuDeviceGetName, 256, device)", "call(driver.cuDeviceGetName, device)", GPU_TESTS),
@@ -180,6 +187,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="mlic-edge-mutations-") as work:
         tree = extract(args.commit, Path(work))
+        if (REPO / ".cuda-bindings").is_dir():  # the real cuda-python of each major (not in git: .ci/run installs it)
+            (tree / ".cuda-bindings").symlink_to(REPO / ".cuda-bindings")
         root = import_root(tree, Path(work))
         check_import_root(tree, root)
         baseline = run_tests(tree, root, tuple(sorted({test for m in chosen for test in m.tests})), args.timeout * 2)

@@ -45,7 +45,7 @@ def prepare_run(work: Path, args) -> RunDir:
     if not run.reference.is_file():
         train(TrainConfig(model="baseline", data=f"voc:{data}", out=run.path, backbone="resnet10t",
                           epochs=args.epochs, img_size=args.size, batch_size=32, optimizer="adamw", lr=3e-3,
-                          workers=0, seed=0))
+                          workers=0, seed=0, pretrained=False))
         export_onnx(run)
         write_reference(run)
     return run

@@ -60,7 +60,7 @@ def one(name: str, loss: str | None, data: str, out: Path, args, recipe: str = "
     epochs = args.epochs or QUICK.epochs  # paper recipes run for the quick one's epochs here
     train(TrainConfig(model=name, data=data, out=run.path, recipe=recipe, backbone=args.backbone, epochs=epochs,
                       img_size=args.img_size, loss=loss, sampler=sampler, lr=args.lr, workers=2, seed=args.seed,
-                      overwrite=True))
+                      overwrite=True, pretrained=False))
     train_s = time.monotonic() - started
     meta = run.read()
     used = meta["recipe"]

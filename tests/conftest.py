@@ -3,6 +3,7 @@ session."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,10 @@ from typing import NamedTuple
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# No test reaches the network: ImageNet weights come from files the tests write (tests/test_pretrained.py), and a
+# training that asks for them otherwise stops at once instead of trying the Hugging Face hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +38,7 @@ def trained_run(tmp_path_factory, synth_data) -> Path:
 
     run = RunDir(tmp_path_factory.mktemp("runs") / "baseline")
     train(TrainConfig(model="baseline", data=f"voc:{synth_data}", out=run.path, backbone="resnet10t", epochs=6,
-                      img_size=64, batch_size=16, optimizer="adamw", lr=3e-3, workers=0, seed=0))
+                      img_size=64, batch_size=16, optimizer="adamw", lr=3e-3, workers=0, seed=0, pretrained=False))
     export_onnx(run, check_images=8)
     write_reference(run)
     return run.path

@@ -14,7 +14,7 @@ def test_the_whole_path_runs_without_the_cli(synth_data, tmp_path):
     from mlic_edge import Run
 
     run = Run.train(f"voc:{synth_data}", tmp_path / "baseline", backbone="resnet10t", epochs=2, img_size=64,
-                    batch_size=16, optimizer="adamw", lr=3e-3, workers=0)
+                    batch_size=16, optimizer="adamw", lr=3e-3, workers=0, pretrained=False)
     assert run.spec.labels == json.loads((run.path / "run.json").read_text())["labels"]
     exported = run.export()
     assert exported["max_abs_diff"] < 1e-3 and (run.path / "reference.npz").is_file()

@@ -184,7 +184,8 @@ def test_flags_in_a_hint_are_written_as_keyword_arguments(text, keywords, expect
 
 def test_a_refusal_through_the_api_names_keyword_arguments(synth_data, run_copy, tmp_path):
     with pytest.raises(MlicError) as caught:  # an exported run: training afresh into it needs overwrite
-        Run.train(f"voc:{synth_data}", run_copy, backbone="resnet10t", epochs=1, img_size=64, workers=0)
+        Run.train(f"voc:{synth_data}", run_copy, backbone="resnet10t", epochs=1, img_size=64, workers=0,
+                  pretrained=False)
     assert "pass overwrite=True to move the old generation to previous/, resume=True to continue it, or out=..." \
            in str(caught.value) and "--overwrite" not in str(caught.value)
     assert caught.value.args == (caught.value.message,)

@@ -177,7 +177,7 @@ def test_torch_backend_without_torch_says_how_to_get_it(trained_run):
 ])
 def test_bad_model_and_loss_options_are_one_line(capsys, tmp_path, synth_data, extra, fragments):
     args = ["train", "--data", str(synth_data), "--backbone", "resnet10t", "--epochs", "4", "--img-size", "32",
-            "--workers", "0", "--out", str(tmp_path / "run")]
+            "--workers", "0", "--no-pretrained", "--out", str(tmp_path / "run")]
     assert_one_line_error(invoke(capsys, *args, *extra), *fragments)
 
 
@@ -185,7 +185,7 @@ def test_label_vectors_missing_a_class_names_it(capsys, tmp_path, synth_data):
     vectors = tmp_path / "vectors.txt"
     vectors.write_text("circle 0.1 0.2 0.3\n")
     result = invoke(capsys, "train", "--model", "mlgcn", "--data", str(synth_data), "--label-vectors", vectors,
-                    "--epochs", "1", "--out", tmp_path / "run")
+                    "--epochs", "1", "--no-pretrained", "--out", tmp_path / "run")
     assert_one_line_error(result, "has no vector for 3 of 4 classes")
 
 
@@ -205,7 +205,8 @@ class VectorTable(dict):
 
 def _train_graph_model(capsys, synth_data, vectors, out, *extra):
     return invoke(capsys, "train", "--model", "mlgcn", "--data", synth_data, "--label-vectors", vectors, "--backbone",
-                  "resnet10t", "--epochs", "1", "--img-size", "32", "--workers", "0", "--out", out, *extra)
+                  "resnet10t", "--epochs", "1", "--img-size", "32", "--workers", "0", "--no-pretrained", "--out", out,
+                  *extra)
 
 
 def test_a_label_vectors_pickle_runs_no_code(capsys, tmp_path, synth_data):

@@ -33,9 +33,9 @@ def test_pretrained_without_network_stops_with_a_hint(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    with pytest.raises(MlicError, match="could not load ImageNet weights") as error:
+    with pytest.raises(MlicError, match="no ImageNet weights for backbone 'resnet10t'") as error:
         create_model("baseline", 3, backbone="resnet10t", pretrained=True)
-    assert "--pretrained-file" in str(error.value)
+    assert "--pretrained-file" in str(error.value) and "--recipe quick" in str(error.value)
 
 
 def test_pretrained_file_loads_local_weights(tmp_path):

@@ -199,13 +199,13 @@ def test_q2ls_paper_recipe_trains_end_to_end_with_its_normalisation(capsys, tmp_
     run = tmp_path / "q2l"
     result = invoke(capsys, "train", "--model", "q2l", "--data", f"voc:{synth_data}", "--backbone", "resnet10t",
                     "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--model-kwargs",
-                    "hidden_dim=64", "--model-kwargs", "ffn_dim=64", "--out", run, "--json")
+                    "hidden_dim=64", "--model-kwargs", "ffn_dim=64", "--no-pretrained", "--out", run, "--json")
     assert result.code == 0, result.err
     recorded = json.loads((run / "run.json").read_text())
     assert recorded["recipe"]["name"] == "paper" and "cutmix" in recorded["recipe"]["augment"]
     assert recorded["mean"] == [0.0, 0.0, 0.0] and recorded["std"] == [1.0, 1.0, 1.0]
     # From scratch the backbone's BatchNorm and stem train: frozen random weights would never learn.
     assert not recorded["recipe"]["frozen_bn"] and not recorded["recipe"]["frozen_stem"]
-    assert "meant for pretrained weights" in result.err
+    assert "meant for pretrained weights" in result.err and "the paper's figures assume" in result.err
     history = json.loads(result.out)["history"]
     assert len(history) == 1 and all(row["train_loss"] > 0 and row["val_mAP_ema"] is not None for row in history)

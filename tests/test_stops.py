@@ -107,7 +107,7 @@ def test_train_stopped_keeps_the_last_complete_epoch_resumable(tmp_path, synth_d
 
     out = tmp_path / "run"
     options = ["--model", "baseline", "--data", f"voc:{synth_data}", "--out", out, "--backbone", "resnet10t",
-               "--img-size", "32", "--batch-size", "32", "--workers", "0", "--epochs", "30"]
+               "--img-size", "32", "--batch-size", "32", "--workers", "0", "--epochs", "30", "--no-pretrained"]
     code, err = interrupt(["train", *options], r"^epoch 2/30: .*val mAP", signal.SIGTERM, tmp_path)
     assert_stopped(code, err, signal.SIGTERM, "complete epoch(s) of 30", "last.pt is resumable", "--resume")
     assert hidden_files(out) == []
@@ -122,7 +122,7 @@ def test_train_stopped_keeps_the_last_complete_epoch_resumable(tmp_path, synth_d
 def test_train_stopped_in_its_first_epoch_says_nothing_was_kept(tmp_path, synth_data):
     out = tmp_path / "run"
     options = ["--model", "baseline", "--data", f"voc:{synth_data}", "--out", out, "--backbone", "resnet10t",
-               "--img-size", "32", "--batch-size", "8", "--workers", "0", "--epochs", "30"]
+               "--img-size", "32", "--batch-size", "8", "--workers", "0", "--epochs", "30", "--no-pretrained"]
     code, err = interrupt(["train", *options], r"^training baseline", signal.SIGINT, tmp_path)
     assert_stopped(code, err, signal.SIGINT, "before its first epoch ended", "no checkpoint was written")
     assert not (out / "last.pt").exists() and not (out / "checkpoint.pt").exists()

@@ -56,7 +56,7 @@ def test_broken_images_are_skipped_and_counted(tmp_path, synth_data):
     victims[1].write_bytes(b"")
     victims[2].unlink()
     result = train(TrainConfig(model="baseline", data=f"voc:{data}", out=tmp_path / "run", backbone="resnet10t",
-                               epochs=1, img_size=32, batch_size=16, workers=0))
+                               epochs=1, img_size=32, batch_size=16, workers=0, pretrained=False))
     skipped = result["skipped_images"]["train"] + result["skipped_images"]["eval"]
     assert skipped == 2  # the deleted one is dropped when the split is opened, with a note
 
@@ -69,7 +69,7 @@ def test_baseline_learns_the_synthetic_data(tmp_path_factory):
     generate(data, SynthConfig(classes=4, images=240, size=64, seed=3))
     result = train(TrainConfig(model="baseline", data=f"voc:{data}", out=tmp_path_factory.mktemp("r") / "run",
                                backbone="resnet10t", epochs=5, img_size=64, batch_size=16, optimizer="adamw",
-                               lr=3e-3, warmup_epochs=0.5, workers=0))
+                               lr=3e-3, warmup_epochs=0.5, workers=0, pretrained=False))
     eval_set = open_dataset(f"voc:{data}", role="eval")
     chance = float(np.mean((eval_set.targets == 1).mean(axis=0)))
     assert result["best_val_mAP"] > chance + 0.2, (result["best_val_mAP"], chance)
@@ -143,7 +143,7 @@ def test_training_afresh_into_an_exported_run_never_mixes_two_models(run_copy, s
     against the old model): refused, or with --overwrite moved whole to previous/<time>/."""
     before = {name: (run_copy / name).read_bytes() for name in ("model.onnx", "reference.npz", "run.json")}
     config = TrainConfig(model="baseline", data=f"voc:{synth_data}", out=run_copy, backbone="resnet10t", epochs=1,
-                         img_size=64, batch_size=16, workers=0)
+                         img_size=64, batch_size=16, workers=0, pretrained=False)
     with pytest.raises(MlicError, match="holds an exported model .*model.onnx.*reference.npz") as caught:
         train(config)
     assert "--overwrite" in caught.value.hint

@@ -60,7 +60,8 @@ def test_train_export_parity(capsys, tmp_path, synth_data, name):
 @pytest.mark.parametrize("loss", ["bce", "softmargin", "focal", "asl", "dbl", "dab"])
 def test_every_loss_trains(capsys, tmp_path, synth_data, loss):
     args = ["train", "--data", str(synth_data), "--backbone", "resnet10t", "--img-size", "32", "--epochs", "2",
-            "--batch-size", "16", "--workers", "0", "--loss", loss, "--out", str(tmp_path / "run"), "--json"]
+            "--batch-size", "16", "--workers", "0", "--loss", loss, "--no-pretrained", "--out", str(tmp_path / "run"),
+            "--json"]
     if loss == "dbl":
         args += ["--sampler", "class-aware"]
     result = invoke(capsys, *args)

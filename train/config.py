@@ -62,8 +62,8 @@ class TrainConfig:
     trust_pickle: bool = False  # unpickle a --label-vectors pickle fully, which can run code from it
     crop_scale: float | None = None
     resize: str = DEFAULT_RESIZE
-    pretrained: bool = False
-    pretrained_file: str | None = None
+    pretrained: bool | None = None  # None: the recipe's (STARTS_PRETRAINED: paper yes, quick no)
+    pretrained_file: str | None = None  # the backbone's ImageNet weights from this file (implies pretrained)
     train_split: str | None = None
     eval_split: str | None = None
     difficult: str = "ignore"
@@ -86,7 +86,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Refuse, before any file is written, an option no training can run with."""
-        from mlic_edge.models.recipe import RECIPE_NAMES, SCHEDULES, STAGE_MODES
+        from mlic_edge.models.recipe import RECIPE_NAMES, SCHEDULES, STAGE_MODES, WEIGHTS_FILE_FORMATS
 
         require_at_least("--lr", self.lr, 0, above=True, hint="for example 1e-3")
         require_at_least("--warmup-epochs", self.warmup_epochs, 0, hint="0 starts at the full learning rate")
@@ -115,6 +115,22 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise MlicError(message)
+        if self.pretrained_file is not None and not self.resume:
+            if self.pretrained is False:
+                raise MlicError("--pretrained-file and --no-pretrained contradict each other",
+                                hint="drop --no-pretrained to start from the file's weights, or the file")
+            if not Path(self.pretrained_file).is_file():
+                raise MlicError(f"--pretrained-file {self.pretrained_file} does not exist",
+                                hint=f"pass {WEIGHTS_FILE_FORMATS}")
+
+    def starts_pretrained(self) -> bool:
+        """Whether training starts from ImageNet weights: --pretrained-file, else --pretrained/--no-pretrained,
+        else the recipe's (``STARTS_PRETRAINED``)."""
+        from mlic_edge.models.recipe import STARTS_PRETRAINED
+
+        if self.pretrained_file is not None:
+            return True
+        return self.pretrained if self.pretrained is not None else STARTS_PRETRAINED.get(self.recipe, False)
 
     def resolve(self, recipes: dict[str, Any]) -> Any:
         """The model's recipe with every field this config gives in its place (0 turns clipping or EMA off)."""

@@ -26,7 +26,7 @@ from mlic_edge.data import open_dataset
 from mlic_edge.data.torch_data import ImageDataset, cut_mix, describe_broken, make_loader
 from mlic_edge.errors import Interrupted, MlicError, NonFiniteError
 from mlic_edge.models import create_model, get_model_entry
-from mlic_edge.models.backbone import backbone_data_config
+from mlic_edge.models.backbone import backbone_data_config, locate_pretrained_weights
 from mlic_edge.models.checkpoint import load_weights, read_training_state, save_checkpoint
 from mlic_edge.models.recipe import stage_mode
 from mlic_edge.plot import line_chart
@@ -118,6 +118,11 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
     run = RunDir(config.out)
     device = dist.device
     seed_everything(config.seed)
+    # Where the ImageNet weights come from is settled before datasets are read or files moved: without network
+    # and without a local copy, training stops here with one line.
+    pretrained_file = config.pretrained_file
+    if config.starts_pretrained() and not config.resume and pretrained_file is None:
+        pretrained_file = locate_pretrained_weights(config.backbone or entry.default_backbone)
 
     train_set = open_dataset(config.data, role="train", split=config.train_split, difficult=config.difficult)
     eval_set = open_dataset(config.data, role="eval", split=config.eval_split, difficult=config.difficult)
@@ -148,7 +153,10 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
     dist.barrier()  # a refusal on rank 0 (an exported run without --overwrite) ends the run before any rank trains
 
     recipe = config.resolve(entry.recipes)
-    starts_pretrained = config.pretrained or config.pretrained_file is not None or resume_state is not None
+    starts_pretrained = config.starts_pretrained() or resume_state is not None
+    if config.recipe == "paper" and not starts_pretrained:
+        warn("training from scratch (--no-pretrained): the paper's figures assume an ImageNet-pretrained backbone, "
+             "so expect a far lower mAP than the paper's")
     if (recipe.frozen_bn or recipe.frozen_stem) and not starts_pretrained:
         # Freezing keeps pretrained statistics and low-level filters; frozen random ones would never learn.
         info(f"recipe {config.recipe!r} freezes the backbone's BatchNorm and stem, meant for pretrained weights: "
@@ -160,8 +168,10 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
     if entry.needs_label_graph:  # counted once, by the rank that writes the run
         label_graph = dist.broadcast_object(
             prepare_label_graph(run, train_set, config.label_vectors, config.trust_pickle) if dist.is_main else None)
-    model = create_model(config.model, train_set.num_classes, backbone=backbone, pretrained=config.pretrained
-                         and resume_state is None, pretrained_file=config.pretrained_file, label_graph=label_graph,
+    fresh = resume_state is None  # a resumed run's weights come from last.pt
+    model = create_model(config.model, train_set.num_classes, backbone=backbone,
+                         pretrained=config.starts_pretrained() and fresh,
+                         pretrained_file=pretrained_file if fresh else None, label_graph=label_graph,
                          **config.model_options)
     data_config = backbone_data_config(model.backbone)
     if config.sync_bn:
@@ -226,7 +236,8 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
 
     train_config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     resolved = {k: v for k, v in recipe.as_dict().items() if k != "source" and k in train_config}
-    train_config.update(resolved, img_size=img_size, backbone=backbone)  # a resume trains with what ran
+    train_config.update(resolved, img_size=img_size, backbone=backbone,  # a resume trains with what ran
+                        pretrained=config.starts_pretrained())
     distributed = {"world_size": dist.world_size} if dist.enabled else {}
     if dist.is_main:
         run.path.mkdir(parents=True, exist_ok=True)

@@ -281,9 +281,13 @@ def train(
                                f"parity and the runtime: {', '.join(RESIZE_MODES)}."),
     crop_scale: Optional[float] = typer.Option(None, "--crop-scale", help="Smallest share of the image area a "
                                      "random crop keeps (multi-label: small crops cut labels out)."),
-    pretrained: bool = typer.Option(TrainConfig.pretrained, "--pretrained/--no-pretrained",
-                                    help="Start from ImageNet weights."),
-    pretrained_file: Optional[Path] = typer.Option(None, "--pretrained-file", help="Local ImageNet weights file."),
+    pretrained: Optional[bool] = typer.Option(TrainConfig.pretrained, "--pretrained/--no-pretrained",
+                                              help="Start from the backbone's ImageNet weights (default: the "
+                                              "recipe's: paper yes, quick no), from the local Hugging Face cache "
+                                              "or downloaded; without network and cache it stops at once."),
+    pretrained_file: Optional[Path] = typer.Option(TrainConfig.pretrained_file, "--pretrained-file",
+                                                   help="The backbone's ImageNet weights from a file: a timm or "
+                                                   "torchvision checkpoint (.pth/.pt) or .safetensors."),
     train_split: Optional[str] = typer.Option(None, "--train-split"),
     eval_split: Optional[str] = typer.Option(None, "--eval-split"),
     difficult: str = typer.Option(TrainConfig.difficult, "--difficult",

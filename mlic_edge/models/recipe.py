@@ -12,6 +12,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping
 
 RECIPE_NAMES = ("paper", "quick")
+STARTS_PRETRAINED = {"paper": True, "quick": False}
+"""Whether a recipe starts from the backbone's ImageNet weights (``--pretrained``'s default): every paper fine-tunes
+them; ``quick`` learns from scratch. Known by the recipe's name, so it is decided before PyTorch loads."""
+WEIGHTS_FILE_FORMATS = "a timm or torchvision checkpoint (.pth/.pt) or a .safetensors file of the backbone"
+"""What ``--pretrained-file`` takes (mlic_edge/models/backbone.py loads it)."""
 SCHEDULES = ("cosine", "step", "onecycle")
 AUGMENTATIONS = ("randaugment", "cutout", "cutmix")  # on top of the random resized crop and flip of every recipe
 STAGE_MODES = ("none", "sequential", "concurrent")
