@@ -98,6 +98,13 @@ def _bindings(major: str) -> Path:
     return folder
 
 
+def _with_bindings(folder: Path) -> dict[str, str]:
+    """This process's environment with ``folder``'s cuda-python first on the path, then what the path already held
+    (the mutation check puts a changed copy of the sources there), then the checkout."""
+    inherited = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), *inherited, str(ROOT)])}
+
+
 def _layer_calls() -> set[str]:
     """Every cuda-python runtime function runtime/inference/cuda.py names."""
     source = (ROOT / "runtime" / "inference" / "cuda.py").read_text()
@@ -109,7 +116,7 @@ def test_every_call_of_the_cuda_layer_is_valid_on_the_real_bindings(major):
     folder = _bindings(major)
     fake_names = [name for name in vars(fake_cudart(FakeGpu())) if name.startswith("cuda")]
     completed = subprocess.run([sys.executable, "-c", PROBE, json.dumps(fake_names)], capture_output=True,
-                               text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(ROOT)])},
+                               text=True, env=_with_bindings(folder),
                                timeout=120)
     assert completed.returncode == 0, completed.stderr
     report = json.loads(completed.stdout)
@@ -176,7 +183,7 @@ print(json.dumps({"unprobed": unprobed is None, "found": found, "called": called
 
 def _probe_driver(folder: Path, failing: str = "") -> dict:
     completed = subprocess.run([sys.executable, "-c", DRIVER_PROBE, failing], capture_output=True, text=True,
-                               env={**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(ROOT)])},
+                               env=_with_bindings(folder),
                                timeout=120)
     assert completed.returncode == 0, completed.stderr
     return json.loads(completed.stdout)
