@@ -100,7 +100,8 @@ def _bindings(major: str) -> Path:
 
 def _with_bindings(folder: Path) -> dict[str, str]:
     """This process's environment with ``folder``'s cuda-python first on the path, then what the path already held
-    (the mutation check puts a changed copy of the sources there), then the checkout."""
+    (the mutation check puts a changed copy of the sources there), then the checkout; run from ``folder``, since
+    ``python -c`` puts its working folder first, where a checkout's mlic_edge/ would shadow them."""
     inherited = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), *inherited, str(ROOT)])}
 
@@ -116,7 +117,7 @@ def test_every_call_of_the_cuda_layer_is_valid_on_the_real_bindings(major):
     folder = _bindings(major)
     fake_names = [name for name in vars(fake_cudart(FakeGpu())) if name.startswith("cuda")]
     completed = subprocess.run([sys.executable, "-c", PROBE, json.dumps(fake_names)], capture_output=True,
-                               text=True, env=_with_bindings(folder),
+                               text=True, env=_with_bindings(folder), cwd=folder,
                                timeout=120)
     assert completed.returncode == 0, completed.stderr
     report = json.loads(completed.stdout)
@@ -183,7 +184,7 @@ print(json.dumps({"unprobed": unprobed is None, "found": found, "called": called
 
 def _probe_driver(folder: Path, failing: str = "") -> dict:
     completed = subprocess.run([sys.executable, "-c", DRIVER_PROBE, failing], capture_output=True, text=True,
-                               env=_with_bindings(folder),
+                               env=_with_bindings(folder), cwd=folder,
                                timeout=120)
     assert completed.returncode == 0, completed.stderr
     return json.loads(completed.stdout)
