@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from mlic_edge.models.official import ImportOptions, ImportRefused, import_checkpoint
-from mlic_edge.models.official.q2l import Architecture, attention_heads, detect_backbone, normalisation
+from mlic_edge.models.official import ImportOptions, ImportRefused, import_checkpoint, read_official, state_dict_of
+from mlic_edge.models.official.q2l import (Architecture, attention_heads, detect_backbone, file_namer, map_keys,
+                                           normalisation)
 
 CLASSES = ["person", "bicycle", "tree", "sky", "boat"]
 BODY = "backbone.0.body."
@@ -202,6 +204,13 @@ def official_logits(state: dict[str, torch.Tensor], features: torch.Tensor, nhea
     return (state["fc.W"] * label_embeddings).sum(-1) + state["fc.b"]
 
 
+def assert_file_names_found_again(state: dict[str, torch.Tensor], model: nn.Module, *, tresnet: bool) -> None:
+    """A refusal names a tensor the file lacks as the file would: map_keys in reverse gives every file name back."""
+    mapped, file_names = map_keys(state, tresnet=tresnet)
+    name_in_file = file_namer({}, model, tresnet=tresnet)
+    assert {key: name_in_file(key) for key in mapped} == file_names
+
+
 def assert_same_logits(ours: torch.Tensor, reference: torch.Tensor) -> None:
     scale = max(1.0, reference.abs().max().item())
     assert (ours - reference).abs().max().item() <= 1e-4 * scale, (ours, reference)
@@ -237,6 +246,7 @@ def test_resnet_checkpoint_gives_the_official_logits(tmp_path, case):
     assert imported.mean == [0.485, 0.456, 0.406] and imported.std == [0.229, 0.224, 0.225]
     assert any("fp16 autocast" in note for note in imported.notes)
     assert imported.ignored == []
+    assert_file_names_found_again(state, model, tresnet=False)
     backbone = frozen_resnet(state, 18)
     torch.manual_seed(1)
     for size in sizes:  # the training size (the file's encoding) and another (ours recomputes the encoding)
@@ -265,10 +275,10 @@ def test_a_resnet_the_official_code_cannot_build_is_refused():
 ANTI_ALIASED = ("body.layer2.0.conv1.", "body.layer3.0.conv2.", "body.layer4.0.conv2.")  # stride 2 + AA downsampling
 
 
-def official_tresnet_key(timm_key: str) -> str:
+def official_tresnet_key(timm_key: str, anti_aliased: tuple[str, ...] = ANTI_ALIASED) -> str:
     """tresnet_sync.py's name of a timm ``tresnet_l`` tensor: conv2d_ABN = Sequential(conv, InPlaceABN), wrapped
     once more in a Sequential with the anti-aliasing layer where the convolution has stride 2."""
-    wrapped = "0." if timm_key.startswith(ANTI_ALIASED) else ""
+    wrapped = "0." if timm_key.startswith(anti_aliased) else ""
     return timm_key.replace(".conv.", f".{wrapped}0.").replace(".bn.", f".{wrapped}1.")
 
 
@@ -303,6 +313,7 @@ def test_tresnet_l_checkpoint_gives_the_official_logits(tmp_path):
 
     assert imported.model.backbone_name == "tresnet_l"
     assert imported.mean == [0.0, 0.0, 0.0] and imported.std == [1.0, 1.0, 1.0]
+    assert_file_names_found_again(state, imported.model, tresnet=True)
     # timm's converter for the original TResNet weights agrees with the import, tensor for tensor
     body = {key[len(BODY):]: value for key, value in state.items() if key.startswith(BODY)}
     loaded = imported.model.backbone.state_dict()
@@ -322,6 +333,34 @@ def test_tresnet_depth_is_read_from_the_tensors():
     state = {BODY + official_tresnet_key(key): value for key, value in keys.items()}
     with pytest.raises(ImportRefused, match="TResNet with basic blocks 3-4-11-3"):
         detect_backbone(state, Path("checkpoint.pkl"))
+
+
+TRESNET_VARIANTS = {  # timm's TResNet (layers per stage, v2) in the official layout
+    "basic-blocks": ([4, 5, 18, 3], False),  # tresnetl: basic blocks in layer1-2
+    "bottleneck-blocks": ([3, 4, 23, 3], True),  # tresnetl_v2 (Q2L-TResL_22k): bottleneck blocks from layer1 on
+}
+
+
+@pytest.mark.parametrize("variant", list(TRESNET_VARIANTS))
+def test_tresnet_block_kind_is_read_from_the_file(tmp_path, variant):
+    """The official Bottleneck's last convolution is ``conv3.0`` (conv2d_ABN), not torchvision's ``conv3``."""
+    from timm.models.tresnet import TResNet
+
+    layers, v2 = TRESNET_VARIANTS[variant]
+    torch.manual_seed(0)
+    tresnet = TResNet(layers=layers, v2=v2, width_factor=0.25, num_classes=0)  # the names of the full width's
+    anti_aliased = tuple(f"{name}." for name, module in tresnet.named_modules()
+                         if getattr(module, "aa", None) is not None)
+    state = {BODY + official_tresnet_key(key, anti_aliased): value for key, value in tresnet.state_dict().items()
+             if not key.endswith("num_batches_tracked")}
+    assert ("backbone.0.body.body.layer1.0.conv3.0.weight" in state) == v2
+    checkpoint, _ = write_checkpoint(tmp_path, state, None)
+    written = state_dict_of(read_official(checkpoint), checkpoint)
+    if v2:
+        with pytest.raises(ImportRefused, match="a TResNet with bottleneck blocks 3-4-23-3 .*tresnetl_v2"):
+            detect_backbone(written, checkpoint)
+    else:
+        assert detect_backbone(written, checkpoint) == "tresnet_l"
 
 
 # ------------------------------------------------------------------------------------------------------- refusals
@@ -364,10 +403,24 @@ def _pre_norm_tensors(state, config):
     del config["pre_norm"]
 
 
-REFUSALS = {
-    "missing-classifier-bias": (_drop("fc.b"), "missing head.bias"),
+def _add_key_bias(state, config):
+    state["transformer.decoder.layers.0.multihead_attn.bias_k"] = torch.zeros(1, 1, 64)
+
+
+def _widen_classifier_bias(state, config):
+    state["fc.b"] = torch.zeros(1, 6)
+
+
+REFUSALS = {  # the refusals name the file's tensors, not ours
+    "missing-classifier-bias": (_drop("fc.b"), "missing fc.b$"),
     "missing-decoder-tensor": (_drop("transformer.decoder.layers.1.linear2.bias"),
-                               "missing transformer.decoder.1.linear2.bias"),
+                               "missing transformer.decoder.layers.1.linear2.bias$"),
+    "missing-cross-attention": (_drop("transformer.decoder.layers.1.multihead_attn.out_proj.bias"),
+                                "missing transformer.decoder.layers.1.multihead_attn.out_proj.bias$"),
+    "missing-backbone-tensor": (_drop("backbone.0.body.layer3.1.bn2.running_var"),
+                                "missing backbone.0.body.layer3.1.bn2.running_var$"),
+    "unexpected-tensor": (_add_key_bias, "unexpected transformer.decoder.layers.0.multihead_attn.bias_k$"),
+    "other-shape": (_widen_classifier_bias, r"fc.b \(1, 6\) \(expected \(1, 5\)\)"),
     "missing-encoding": (_drop("backbone.1.pe"), "no backbone.1.pe"),
     "encoding-differs": (_shift_encoding, "backbone.1.pe differs from the sine encoding"),
     "pre-norm-option": (_set("pre_norm", True), "pre_norm"),
@@ -388,8 +441,9 @@ def test_refused_in_one_line(tmp_path, small_official, case):
     state, config = dict(small_official[0]), dict(small_official[1])
     change(state, config)
     checkpoint, options = write_checkpoint(tmp_path, state, config)
-    with pytest.raises(ImportRefused, match=message) as refusal:
+    with pytest.raises(ImportRefused) as refusal:
         import_checkpoint("q2l", checkpoint, options)
+    assert re.search(message, refusal.value.message), refusal.value.message
     assert "\n" not in str(refusal.value)
 
 
@@ -406,14 +460,39 @@ def test_nheads_needs_the_config_outside_the_released_sizes(tmp_path, small_offi
         import_checkpoint("q2l", checkpoint, options)
 
 
-def test_released_sizes_default_to_four_heads_with_a_note():
-    released = Architecture(backbone="resnet101", num_classes=80, hidden_dim=2048, ffn_dim=8192, enc_layers=1,
-                            dec_layers=2, decoder_self_attention=False, input_proj=False, trained_size=448)
-    heads, note = attention_heads({}, released)
-    assert heads == 4 and "--config" in note
-    assert attention_heads({"nheads": 8}, released) == (8, None)
-    assert normalisation({}, "tresnet_l")[:2] == ([0.0] * 3, [1.0] * 3)
-    assert normalisation({"orid_norm": False}, "tresnet_l")[2] is None
+RELEASED = Architecture(backbone="resnet101", num_classes=80, hidden_dim=2048, ffn_dim=8192, enc_layers=1,
+                        dec_layers=2, decoder_self_attention=False, input_proj=False, trained_size=448)
+
+
+def test_released_sizes_default_to_four_heads_and_say_so():
+    heads = attention_heads({}, RELEASED, None)
+    assert heads.value == 4 and heads.origin == "the released default"
+    assert "not in the tensors" in heads.note and "--config" in heads.note
+    assert attention_heads({"dataname": "coco14"}, RELEASED, Path("config_new.json")).origin == "the released default"
+
+
+def test_nheads_of_the_config_is_taken_on_trust_said_and_recorded(tmp_path, small_official):
+    """The heads split the attention's width: another count has the same tensors, so only the config says."""
+    checkpoint, options = write_checkpoint(tmp_path, small_official[0], dict(small_official[1], nheads=8))
+    imported = import_checkpoint("q2l", checkpoint, options)
+    assert imported.model.hyperparameters["num_heads"] == 8
+    origin = f"config {options.config.resolve()}"
+    assert imported.taken_on_trust["nheads"] == {"value": 8, "from": origin}
+    note = next(note for note in imported.notes if note.startswith("nheads"))
+    assert origin in note and "taken on trust" in note
+
+
+@pytest.mark.parametrize("backbone", ["resnet101", "tresnet_l"])
+def test_without_orid_norm_the_official_default_is_assumed_and_said(backbone):
+    """main_mlc.py and q2l_infer.py: --orid_norm is off unless given, for every backbone: ImageNet's mean/std."""
+    for config, config_file in (({}, None), ({"nheads": 4}, Path("config_new.json"))):
+        mean, std, orid_norm = normalisation(config, backbone, config_file)
+        assert (mean, std) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        assert orid_norm.value is False and orid_norm.origin == "the official default"
+        assert "ImageNet" in orid_norm.note and "--config" in orid_norm.note
+    mean, std, orid_norm = normalisation({"orid_norm": True}, backbone, Path("config_new.json"))
+    assert (mean, std) == ([0.0] * 3, [1.0] * 3) and orid_norm.origin == f"config {Path('config_new.json').resolve()}"
+    assert orid_norm.note is None
 
 
 def test_keep_input_proj_between_equal_widths_is_refused(tmp_path):

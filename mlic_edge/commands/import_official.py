@@ -68,8 +68,8 @@ def import_official(run: RunDir, request: ImportRequest) -> dict[str, Any]:
                                  trust_pickle=request.trust_pickle)
     dataset = _dataset_section(request.data, imported.labels) if request.data else None
     source = {"format": request.format, "file": str(Path(request.checkpoint).resolve()),
-              "sha256": sha256_file(request.checkpoint), "paper_mAP": request.paper_map,
-              "notes": imported.notes, "ignored_tensors": imported.ignored}
+              "sha256": sha256_file(request.checkpoint), "paper_mAP": request.paper_map, "notes": imported.notes,
+              "taken_on_trust": imported.taken_on_trust, "ignored_tensors": imported.ignored}
     run.start_new_generation(request.overwrite, making="importing into it")
     config = imported.model.config()
     with run.transaction(fresh=True) as change:

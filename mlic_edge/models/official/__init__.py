@@ -50,6 +50,8 @@ class Imported:
     img_size: int
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    # training arguments the tensors do not hold: {option: {"value": ..., "from": "config FILE" | "the ... default"}}
+    taken_on_trust: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # told to the user and kept in run.json (label order, deviations)
     ignored: list[str] = field(default_factory=list)  # official tensors the official forward never uses
     label_graph: Any = None  # a LabelGraph to save as label_graph.npz, where the model has a label branch
@@ -128,22 +130,24 @@ def state_dict_of(payload: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------------------------------- the mapping
-def load_mapped(model: MultiLabelModel, mapped: dict[str, torch.Tensor], path: Path, fmt: str) -> None:
+def load_mapped(model: MultiLabelModel, mapped: dict[str, torch.Tensor], path: Path, fmt: str,
+                file_name: Callable[[str], str] = str) -> None:
     """Load ``mapped`` (our key names) into ``model`` strictly: a missing or unexpected tensor, or one of another
-    shape, is refused naming the first few. BatchNorm counters the old files lack are filled with 0."""
+    shape, is refused naming the first few as the file names them (``file_name``: our name -> the file's).
+    BatchNorm counters the old files lack are filled with 0."""
     expected = model.state_dict()
     for key, value in expected.items():
         if key.endswith("num_batches_tracked") and key not in mapped:
             mapped[key] = torch.zeros_like(value)
-    missing = [key for key in expected if key not in mapped]
-    unexpected = [key for key in mapped if key not in expected]
+    missing = [file_name(key) for key in expected if key not in mapped]
+    unexpected = [file_name(key) for key in mapped if key not in expected]
     if missing or unexpected:
         parts = ([f"missing {_first(missing)}"] if missing else []) + (
             [f"unexpected {_first(unexpected)}"] if unexpected else [])
         raise ImportRefused(f"{path} is not a {fmt} checkpoint this importer knows: {'; '.join(parts)}",
                             hint=f"check FORMAT ({fmt}) and --labels; the mapping is in mlic_edge/models/official/")
-    wrong = [f"{key} {tuple(mapped[key].shape)} (expected {tuple(value.shape)})" for key, value in expected.items()
-             if mapped[key].shape != value.shape]
+    wrong = [f"{file_name(key)} {tuple(mapped[key].shape)} (expected {tuple(value.shape)})"
+             for key, value in expected.items() if mapped[key].shape != value.shape]
     if wrong:
         raise ImportRefused(f"{path}: tensors of other shapes than the {fmt} model: {_first(wrong)}",
                             hint="check --labels (the class count) and --config")
@@ -153,14 +157,20 @@ def load_mapped(model: MultiLabelModel, mapped: dict[str, torch.Tensor], path: P
 
 def rename(state: Mapping[str, torch.Tensor], rules: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
     """Keys renamed by the first matching (official prefix, our prefix) rule; keys no rule matches are kept."""
-    renamed = {}
-    for key, value in state.items():
-        for official, ours in rules:
-            if key.startswith(official):
-                key = ours + key[len(official):]
-                break
-        renamed[key] = value
-    return renamed
+    return {renamed_key(key, rules): value for key, value in state.items()}
+
+
+def renamed_key(key: str, rules: list[tuple[str, str]]) -> str:
+    """``key`` renamed by the first (official prefix, our prefix) rule that matches, or unchanged."""
+    for official, ours in rules:
+        if key.startswith(official):
+            return ours + key[len(official):]
+    return key
+
+
+def official_key(key: str, rules: list[tuple[str, str]]) -> str:
+    """``renamed_key`` in reverse: the official name of one of our keys (our prefixes must be distinct)."""
+    return renamed_key(key, [(ours, official) for official, ours in rules])
 
 
 # The torchvision ResNets the three official codes build on (timm's ``resnetN`` has the same names and shapes):
@@ -175,10 +185,11 @@ TORCHVISION_RESNETS = {
 
 
 def resnet_layout(state: Mapping[str, torch.Tensor], stages: list[str]) -> tuple[bool, tuple[int, ...]]:
-    """(bottleneck blocks?, blocks per stage) of a ResNet whose four stages' tensors start with ``stages``."""
+    """(bottleneck blocks?, blocks per stage) of a ResNet whose four stages' tensors start with ``stages``: a
+    bottleneck block has a third convolution (torchvision's ``conv3.weight``, TResNet's ``conv3.0.weight``)."""
     blocks = tuple(len({key[len(prefix):].split(".")[0] for key in state if key.startswith(prefix)})
                    for prefix in stages)
-    return f"{stages[0]}0.conv3.weight" in state, blocks
+    return any(key.startswith(f"{stages[0]}0.conv3.") for key in state), blocks
 
 
 def _first(keys: list[str]) -> str:

@@ -47,7 +47,7 @@ norm1}.*``
     (mapillary/inplace_abn, CPU and CUDA kernels; eps 1e-5, the default TResNet keeps): every ``*.bn.weight``
     becomes ``|w| + 1e-5`` for our BatchNorm (eps 1e-5 as well); bias and running statistics are copied. This is
     also timm's own rule for the original TResNet weights (``timm.models.tresnet.checkpoint_filter_fn``).
-    ``tresnetl_v2`` (Q2L-TResL_22k, bottleneck blocks from layer1) is not supported.
+    ``tresnetl_v2`` (Q2L-TResL_22k, bottleneck blocks from layer1: ``layer1.0.conv3.0.weight``) is not supported.
 [3] The official sine encoding is a persistent buffer of the training size S (its model runs only at S). Ours
     computes the same encoding from the feature map (so it runs at any size); the buffer is compared with ours and
     the file refused if they differ beyond float tolerance. Its size gives the training size.
@@ -60,9 +60,11 @@ norm1}.*``
 Hyperparameters come from ``--config config_new.json`` where it gives them, and are checked against the tensors:
 ``hidden_dim`` (``query_embed`` width), ``dim_feedforward`` (``linear1`` rows), ``enc_layers`` / ``dec_layers``
 (layer indices), ``num_class``, ``keep_input_proj``, the two self-attention flags, ``backbone``, ``img_size`` (the
-encoding buffer). ``nheads`` is not in the tensors: without ``--config`` it is 4 (every released model's) only for
-the released sizes, otherwise refused. ``orid_norm`` selects mean 0 / std 1 instead of ImageNet's (without it:
-ImageNet for ResNets, 0/1 for TResNets). ``pre_norm``, a partial decoder self-attention, another positional
+encoding buffer). ``nheads`` is not in the tensors (another count has the same shapes, and scores differently): the
+config's is taken on trust; without one in it, 4 (every released model's) only for the released sizes, otherwise
+refused. ``orid_norm`` selects mean 0 / std 1 instead of ImageNet's; without it, ImageNet's, the official scripts'
+default for every backbone. Both are said at import and recorded in run.json (``imported.taken_on_trust``: the value
+and where it came from). ``pre_norm``, a partial decoder self-attention, another positional
 encoding and other backbones (Swin, CvT, TResNet-v2) are refused, naming the option. Labels: category-id order for
 COCO, as our COCO reader. Input size: ``--img-size``, else the training size the encoding buffer gives (448; 576 for
 Q2L-R101-576), which a config's ``img_size`` must agree with. The official evaluation ran under fp16 autocast where
@@ -73,7 +75,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,8 +92,9 @@ from mlic_edge.models.official import (
     ImportOptions,
     ImportRefused,
     load_mapped,
+    official_key,
     official_labels,
-    rename,
+    renamed_key,
 )
 
 PAPER = "Query2Label"
@@ -99,12 +102,14 @@ NORM_EPS = 1e-5  # FrozenBatchNorm2d's hard-coded eps and InPlaceABN's default; 
 FEATURE_STRIDE = 32
 ENCODING_TOLERANCE = 1e-4
 RELEASED_HEADS = 4
+RELEASED_DEFAULT, OFFICIAL_DEFAULT = "the released default", "the official default"
 RELEASED_SIZES = {(2048, 8192, 1, 2), (2432, 2432, 1, 2)}  # (hidden_dim, dim_feedforward, enc, dec): R101, TResL
 HINT = "give the checkpoint.pkl and config_new.json released together (mapping: mlic_edge/models/official/q2l.py)"
 
 RESNET_BODY, TRESNET_BODY = "backbone.0.body.", "backbone.0.body.body."
 ENCODING_KEY = "backbone.1.pe"
 TRESNETS = {(4, 5, 18, 3): "tresnet_l", (4, 5, 24, 3): "tresnet_xl"}  # basic blocks in layer1-2 (TResNet v1)
+UNSUPPORTED_TRESNETS = {(3, 4, 23, 3): "the official tresnetl_v2, Q2L-TResL_22k"}  # bottleneck blocks throughout
 OFFICIAL_BACKBONES = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50",
                       "resnet101": "resnet101", "tresnetl": "tresnet_l", "tresnetxl": "tresnet_xl"}
 
@@ -120,6 +125,8 @@ CROSS_ATTENTION = re.compile(r"^(transformer\.decoder\.\d+\.)multihead_attn\.")
 TRESNET_CONV = re.compile(r"\.(conv\d+)\.(?:0\.)?([01])\.")  # convK.0.0 / convK.0.1 (anti-aliased) or convK.0 / .1
 TRESNET_DOWNSAMPLE = re.compile(r"\.downsample\.1\.([01])\.")  # downsample.0 is the AvgPool
 TRESNET_PART = {"0": "conv", "1": "bn"}
+OUR_TRESNET_PART = re.compile(r"^(backbone\..*\.(?:conv\d+|downsample\.1))\.(conv|bn)\.")
+OUR_CROSS_ATTENTION = re.compile(r"^(transformer\.decoder\.\d+\.)cross_attn\.")
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,20 @@ class Architecture:
         return self.hidden_dim, self.ffn_dim, self.enc_layers, self.dec_layers
 
 
+@dataclass(frozen=True)
+class TrainingArgument:
+    """A training argument the tensors do not hold: its value, where it came from ("config FILE" or a default) and
+    what to tell the user, if anything."""
+
+    value: Any
+    origin: str
+    note: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """As run.json keeps it."""
+        return {"value": self.value, "from": self.origin}
+
+
 def convert(state: dict[str, torch.Tensor], options: ImportOptions, source: Path) -> Imported:
     """The official Query2Label tensors in our ``q2l`` (eval mode), refused in one line where they do not fit."""
     from mlic_edge.models.registry import create_model
@@ -150,21 +171,23 @@ def convert(state: dict[str, torch.Tensor], options: ImportOptions, source: Path
     architecture = infer_architecture(state, source)
     check_config(config, architecture)
     labels, label_note = official_labels(options.labels, architecture.num_classes, PAPER, coco_order="category-id")
-    heads, heads_note = attention_heads(config, architecture)
-    mean, std, norm_note = normalisation(config, architecture.backbone)
+    heads = attention_heads(config, architecture, options.config)
+    mean, std, orid_norm = normalisation(config, architecture.backbone, options.config)
 
     model = create_model(
         "q2l", architecture.num_classes, backbone=architecture.backbone, pretrained=False,
-        hidden_dim=architecture.hidden_dim, num_heads=heads, ffn_dim=architecture.ffn_dim,
+        hidden_dim=architecture.hidden_dim, num_heads=heads.value, ffn_dim=architecture.ffn_dim,
         enc_layers=architecture.enc_layers, dec_layers=architecture.dec_layers,
         dropout=_number(config, "dropout", float, 0.1), batchformer=False,
         decoder_self_attention=architecture.decoder_self_attention)
     refuse_other_projection(model, architecture)
     require_norm_eps(model.backbone)
-    load_mapped(model, map_keys(state, tresnet=architecture.backbone.startswith("tresnet")), source, "q2l")
+    tresnet = architecture.backbone.startswith("tresnet")
+    mapped, file_names = map_keys(state, tresnet=tresnet)
+    load_mapped(model, mapped, source, "q2l", file_name=file_namer(file_names, model, tresnet=tresnet))
 
     img_size = options.img_size or architecture.trained_size
-    notes = [note for note in (label_note, heads_note, norm_note) if note]
+    notes = [note for note in (label_note, heads.note, orid_norm.note) if note]
     notes.append(_backbone_note(architecture.backbone))
     if img_size != architecture.trained_size:
         notes.append(f"img_size: {img_size} px as asked; the official model runs only at its training size "
@@ -173,7 +196,8 @@ def convert(state: dict[str, torch.Tensor], options: ImportOptions, source: Path
     if config.get("amp"):
         notes.append("the official evaluation ran under fp16 autocast (amp): the paper's mAP may differ from this "
                      "fp32 model's in the last digits")
-    return Imported(model=model, labels=labels, img_size=img_size, mean=mean, std=std, notes=notes)
+    return Imported(model=model, labels=labels, img_size=img_size, mean=mean, std=std, notes=notes,
+                    taken_on_trust={"nheads": heads.record(), "orid_norm": orid_norm.record()})
 
 
 # ------------------------------------------------------------------------------------------------- config_new.json
@@ -235,15 +259,20 @@ def check_config(config: Mapping[str, Any], architecture: Architecture) -> None:
                             f"{architecture.backbone}", hint=HINT)
 
 
-def attention_heads(config: Mapping[str, Any], architecture: Architecture) -> tuple[int, str | None]:
-    """``nheads`` (not in the tensors) and the note to tell: from the config, else the released models' 4 heads
-    where the sizes are a released model's."""
+def attention_heads(config: Mapping[str, Any], architecture: Architecture,
+                    config_file: Path | None) -> TrainingArgument:
+    """``nheads``, which the tensors do not hold (the heads split the attention's width): the config's, taken on
+    trust, else the released models' 4 heads where the sizes are a released model's."""
     if "nheads" in config:
-        heads, note = _number(config, "nheads", int, 0), None
+        heads, origin = _number(config, "nheads", int, 0), config_origin(config_file)
+        note = (f"nheads: {heads}, from --config {Path(config_file).resolve()}: attention heads are not in the "
+                "tensors, so the checkpoint's are taken on trust from the config (another count imports as well, "
+                "and scores wrongly)")
     elif architecture.sizes in RELEASED_SIZES:
-        heads = RELEASED_HEADS
-        note = (f"nheads: no --config; {RELEASED_HEADS} attention heads, as every released Query2Label model "
-                "(pass --config config_new.json to read it)")
+        heads, origin = RELEASED_HEADS, RELEASED_DEFAULT
+        note = (f"nheads: {heads}, {RELEASED_DEFAULT} ({_not_given('nheads', config_file)}): attention heads are not "
+                f"in the tensors; every released Query2Label model has {heads} (pass the config_new.json released "
+                "with the checkpoint as --config to read the trained model's)")
     else:
         raise ImportRefused("the checkpoint does not store nheads and its sizes (hidden_dim, dim_feedforward, "
                             f"enc_layers, dec_layers = {architecture.sizes}) are no released model's",
@@ -251,20 +280,33 @@ def attention_heads(config: Mapping[str, Any], architecture: Architecture) -> tu
     if heads < 1 or architecture.hidden_dim % heads:
         raise ImportRefused(f"config_new.json sets nheads {heads}, which does not divide hidden_dim "
                             f"{architecture.hidden_dim}", hint=HINT)
-    return heads, note
+    return TrainingArgument(heads, origin, note)
 
 
-def normalisation(config: Mapping[str, Any], backbone: str) -> tuple[list[float], list[float], str | None]:
-    """(mean, std, note): ``orid_norm`` means inputs in [0, 1] unchanged, otherwise ImageNet's statistics."""
+def normalisation(config: Mapping[str, Any], backbone: str,
+                  config_file: Path | None) -> tuple[list[float], list[float], TrainingArgument]:
+    """(mean, std, orid_norm): ``orid_norm`` means inputs in [0, 1] unchanged, otherwise ImageNet's statistics;
+    off unless the config sets it, as in the official scripts, whatever the backbone."""
     if "orid_norm" in config:
-        unit, note = _flag(config, "orid_norm", False), None
+        orid_norm = TrainingArgument(_flag(config, "orid_norm", False), config_origin(config_file))
     else:
-        unit = backbone.startswith("tresnet")  # TResNets are trained on [0, 1] inputs
-        assumed = "mean 0 / std 1, as TResNets are trained" if unit else "ImageNet mean/std, as ResNets are trained"
-        note = f"normalisation: no orid_norm in --config; {assumed}"
-    if unit:
-        return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], note
-    return list(IMAGENET_MEAN), list(IMAGENET_STD), note
+        advice = ("TResNets are often trained with orid_norm (mean 0 / std 1): pass the config_new.json released "
+                  "with the checkpoint as --config" if backbone.startswith("tresnet") else
+                  "pass the config_new.json released with the checkpoint as --config to read the trained model's")
+        orid_norm = TrainingArgument(False, OFFICIAL_DEFAULT, "normalisation: ImageNet mean/std, the official "
+                                     f"scripts' default (orid_norm off; {_not_given('orid_norm', config_file)}); "
+                                     + advice)
+    if orid_norm.value:
+        return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], orid_norm
+    return list(IMAGENET_MEAN), list(IMAGENET_STD), orid_norm
+
+
+def config_origin(config_file: Path) -> str:
+    return f"config {Path(config_file).resolve()}"
+
+
+def _not_given(option: str, config_file: Path | None) -> str:
+    return "no --config" if config_file is None else f"--config {config_file} has no {option}"
 
 
 def _flag(config: Mapping[str, Any], option: str, default: bool) -> bool:
@@ -323,8 +365,10 @@ def detect_backbone(state: Mapping[str, torch.Tensor], source: Path) -> str:
     if name not in OFFICIAL_BACKBONES.values():  # the depths the official Backbone builds (no resnet152)
         name = None
     if name is None:
+        known = UNSUPPORTED_TRESNETS.get(blocks) if family == "TResNet" and bottleneck else None
         raise ImportRefused(f"{source}: a {family} with {'bottleneck' if bottleneck else 'basic'} blocks "
-                            f"{'-'.join(map(str, blocks))} per stage, which this importer does not support",
+                            f"{'-'.join(map(str, blocks))} per stage{f' ({known})' if known else ''}, which this "
+                            "importer does not support",
                             hint=f"supported: {', '.join(OFFICIAL_BACKBONES)} (tresnetl_v2 is not)")
     return name
 
@@ -348,18 +392,39 @@ def check_position_encoding(encoding: torch.Tensor, hidden_dim: int, source: Pat
     return side * FEATURE_STRIDE
 
 
-def map_keys(state: Mapping[str, torch.Tensor], *, tresnet: bool) -> dict[str, torch.Tensor]:
-    """The official tensors under our names (the encoding buffer left out: ours computes it)."""
-    mapped = {}
-    for key, value in rename({k: v for k, v in state.items() if k != ENCODING_KEY}, KEY_RULES).items():
-        key = CROSS_ATTENTION.sub(r"\1cross_attn.", key)
+def map_keys(state: Mapping[str, torch.Tensor], *,
+             tresnet: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The official tensors under our names (the encoding buffer left out: ours computes it), and our name -> the
+    file's."""
+    mapped, file_names = {}, {}
+    for file_key, value in state.items():
+        if file_key == ENCODING_KEY:
+            continue
+        key = CROSS_ATTENTION.sub(r"\1cross_attn.", renamed_key(file_key, KEY_RULES))
         if tresnet and key.startswith("backbone."):
             key = TRESNET_CONV.sub(lambda match: f".{match[1]}.{TRESNET_PART[match[2]]}.", key)
             key = TRESNET_DOWNSAMPLE.sub(lambda match: f".downsample.1.{TRESNET_PART[match[1]]}.", key)
             if key.endswith(".bn.weight"):
                 value = value.abs() + NORM_EPS  # InPlaceABN's scale, as a BatchNorm weight
-        mapped[key] = value
-    return mapped
+        mapped[key], file_names[key] = value, file_key
+    return mapped, file_names
+
+
+def file_namer(file_names: Mapping[str, str], model: nn.Module, *, tresnet: bool) -> Callable[[str], str]:
+    """Our tensor name -> the file's: as ``map_keys`` renamed it, or, for a tensor the file lacks, ``map_keys`` in
+    reverse (a TResNet convolution followed by anti-aliasing is wrapped once more: ``convK.0.0``)."""
+    anti_aliased = {name for name, module in model.named_modules() if getattr(module, "aa", None) is not None}
+    parts = {ours: official for official, ours in TRESNET_PART.items()}
+
+    def file_name(key: str) -> str:
+        if key in file_names:
+            return file_names[key]
+        if tresnet:
+            key = OUR_TRESNET_PART.sub(
+                lambda match: f"{match[1]}.{'0.' if match[1] in anti_aliased else ''}{parts[match[2]]}.", key)
+        return official_key(OUR_CROSS_ATTENTION.sub(r"\1multihead_attn.", key), KEY_RULES)
+
+    return file_name
 
 
 def _count_indices(state: Mapping[str, torch.Tensor], prefix: str) -> int:
