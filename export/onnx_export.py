@@ -58,7 +58,7 @@ def export_onnx(run: RunDir, opset: int = DEFAULT_OPSET, simplify: bool = True, 
         write_onnx(graph, example, tmp, spec, opset=opset, simplify=simplify, dynamo=dynamo,
                    checkpoint_sha256=checkpoint_sha)
         frames = _check_frames(spec, check_images)
-        inputs = _float_inputs(spec, frames, check_images)
+        inputs = _float_inputs(spec, frames)
         max_diff, mean_diff = _compare_with_torch(graph, tmp, inputs)
         if uint8_input:
             max_diff = max(max_diff, _fold_and_check(tmp, spec, frames, inputs))
@@ -210,7 +210,9 @@ def _set_metadata(proto: onnx.ModelProto, spec: RunSpec, precision: str, lineage
 
 
 def _check_frames(spec: RunSpec, count: int) -> list[np.ndarray]:
-    """Real images of the eval split (BGR, as read); none when the split cannot be read."""
+    """Real images of the eval split (BGR, as read); random uint8 images when the split cannot be read, so that the
+    check feeds what the run's preprocessing makes of a frame (noise of any other range can push a model where no
+    image takes it, and report a difference no image shows)."""
     frames: list[np.ndarray] = []
     try:
         dataset_meta = spec.dataset or {}
@@ -224,15 +226,15 @@ def _check_frames(spec: RunSpec, count: int) -> list[np.ndarray]:
             if len(frames) >= count:
                 break
     except MlicError as error:
-        warn(f"export check cannot read the eval split ({error}); checking on random inputs instead")
+        warn(f"export check cannot read the eval split ({error}); checking on random uint8 images through the run's "
+             "preprocessing instead")
+        rng = np.random.default_rng(0)
+        frames = list(rng.integers(0, 256, (max(2, count), spec.img_size, spec.img_size, 3), dtype=np.uint8))
     return frames
 
 
-def _float_inputs(spec: RunSpec, frames: list[np.ndarray], count: int) -> np.ndarray:
-    """The frames preprocessed like the runtime does; noise only if there are none."""
-    if not frames:
-        rng = np.random.default_rng(0)
-        return rng.standard_normal((max(2, count), 3, spec.img_size, spec.img_size)).astype(np.float32)
+def _float_inputs(spec: RunSpec, frames: list[np.ndarray]) -> np.ndarray:
+    """The frames preprocessed like the runtime does."""
     return np.stack([preprocess(image, spec.img_size, spec.mean, spec.std, spec.resize) for image in frames])
 
 
@@ -243,9 +245,6 @@ def _fold_and_check(path: Path, spec: RunSpec, frames: list[np.ndarray], inputs:
     float_scores = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
         [OUTPUT_NAME], {INPUT_NAME: inputs})[0]
     onnx.save(fold_uint8_input(onnx.load(str(path)), spec.mean, spec.std), str(path))
-    if not frames:
-        warn("no eval image to check the folded input on; the float graph was checked on random inputs")
-        return 0.0
     raw = np.stack([model_input(image, spec.img_size, spec.mean, spec.std, spec.resize, UINT8_INPUT)
                     for image in frames])
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([OUTPUT_NAME], {INPUT_NAME: raw})[0]

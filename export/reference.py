@@ -19,16 +19,25 @@ from mlic_edge.rundir import RunDir
 from mlic_edge.train.evaluate import predict_scores
 
 
+def reference_data(run: RunDir, data: str | None = None) -> str:
+    """The dataset the reference is scored on: ``data``, else run.json's; refused in one line where neither names
+    one (an imported run), offering the export without a reference."""
+    named = data or (run.spec().dataset or {}).get("spec")
+    if not named:
+        raise MlicError(f"{run.run_json} names no dataset to score the reference on",
+                        hint=f"pass --data DATA (e.g. mlic-edge export --run {run.path} --data voc:VOCdevkit/VOC2007), "
+                             f"or export without a reference: mlic-edge export --run {run.path} --no-reference "
+                             "(parity needs one later)")
+    return named
+
+
 def write_reference(run: RunDir, data: str | None = None, split: str | None = None, batch_size: int = 32,
                     workers: int = 0) -> Path:
     spec = run.spec()
     checkpoint_sha = sha256_file(run.require(run.checkpoint, "mlic-edge train"))
     model = load_model(run.checkpoint)
     dataset_meta = spec.dataset or {}
-    if not (data or dataset_meta.get("spec")):
-        raise MlicError(f"{run.run_json} names no dataset to score the reference on",
-                        hint=f"pass --data DATA (e.g. mlic-edge export --run {run.path} --data voc:VOCdevkit/VOC2007)")
-    dataset = open_dataset(data or dataset_meta["spec"], role="eval", split=split or dataset_meta.get("eval_split"),
+    dataset = open_dataset(reference_data(run, data), role="eval", split=split or dataset_meta.get("eval_split"),
                            difficult=dataset_meta.get("difficult", "ignore"), labels=spec.labels)
     if dataset.names != spec.labels:
         raise MlicError(f"{dataset.spec} has other classes than the model ({len(dataset.names)} vs "

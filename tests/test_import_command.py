@@ -142,3 +142,37 @@ def test_the_python_api_imports_too(tmp_path, synth_data):
     run = Run.import_checkpoint("ml-gcn", checkpoint, tmp_path / "run", data=f"voc:{synth_data}", **keyword)
     assert run.spec.model == "mlgcn" and run.spec.img_size == 448
     assert run.dir.read()["imported"]["format"] == "ml-gcn"
+
+
+def test_an_imported_run_without_a_dataset_exports_without_a_reference(capsys, tmp_path, five_classes, monkeypatch):
+    """Export refuses before any work, offering --no-reference; with it, the ONNX is checked on inputs of the
+    model's own range (a 0/1-normalised Query2Label here), and parity says how to add the reference."""
+    import mlic_edge.export.onnx_export as onnx_export
+    from mlic_edge.data import open_dataset
+
+    checkpoint, options = q2l_files(tmp_path, open_dataset(f"voc:{five_classes}", role="eval").names)
+    config = options[options.index("--config") + 1]
+    config.write_text(json.dumps(dict(json.loads(config.read_text()), orid_norm=True)))
+    run = tmp_path / "run"
+    result = invoke(capsys, "import", "q2l", checkpoint, "--out", run, *options)
+    assert result.code == 0, result.err
+    assert json.loads((run / "run.json").read_text())["imported"]["taken_on_trust"] == {
+        "nheads": {"value": 4, "from": f"config {config.resolve()}"},
+        "orid_norm": {"value": True, "from": f"config {config.resolve()}"}}
+
+    result = invoke(capsys, "export", "--run", run)
+    assert_one_line_error(result, "names no dataset", "--data DATA", f"mlic-edge export --run {run} --no-reference")
+    assert not (run / "model.onnx").exists()
+
+    checked = []
+    compare = onnx_export._compare_with_torch
+    monkeypatch.setattr(onnx_export, "_compare_with_torch",
+                        lambda graph, path, inputs: checked.append(inputs) or compare(graph, path, inputs))
+    result = invoke(capsys, "export", "--run", run, "--no-reference", "--uint8-input")
+    assert result.code == 0, result.err
+    assert (run / "model.onnx").is_file() and not (run / "reference.npz").exists()
+    assert checked[0].min() >= 0 and checked[0].max() <= 1 and checked[0].std() > 0.1  # images in [0, 1]
+    assert "no eval image" not in result.err  # the folded input is checked on the same images
+
+    result = invoke(capsys, "parity", "--run", run)
+    assert_one_line_error(result, "reference.npz is missing", f"mlic-edge export --run {run} --data DATA")

@@ -20,8 +20,10 @@ class ExportRequest:
 
 def export(run: RunDir, request: ExportRequest = ExportRequest()) -> dict[str, Any]:
     from mlic_edge.export.onnx_export import export_onnx
-    from mlic_edge.export.reference import write_reference
+    from mlic_edge.export.reference import reference_data, write_reference
 
+    if request.reference:
+        reference_data(run, request.data)  # refused before the export, not after it
     result = export_onnx(run, opset=request.opset, simplify=request.simplify, dynamo=request.dynamo,
                          uint8_input=request.uint8_input)
     summary: dict[str, Any] = {"onnx": str(result.path), "opset": result.opset, "max_abs_diff": result.max_abs_diff,

@@ -43,7 +43,11 @@ class Reference:
     def load(cls, run: RunDir) -> "Reference":
         """The run's reference.npz, refused when damaged (a NaN or inf score included) or when it scored another
         model or other classes."""
-        path = run.require(run.reference, "mlic-edge export")
+        path = run.reference
+        if not path.exists():
+            named = (run.spec().dataset or {}).get("spec")  # an imported run exported --no-reference names none
+            raise RunDirError(f"{path} is missing", hint=f"write it: mlic-edge export --run {run.path}"
+                              + ("" if named else " --data DATA (a dataset with the model's classes)"))
         again = f"write it again: mlic-edge export --run {run.path}"
         try:
             with np.load(path) as data:
