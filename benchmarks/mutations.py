@@ -42,6 +42,8 @@ class Mutation:
 
 # fastest first (each run stops at the first failure); test_tensorrt_build.py makes real TensorRT for RTX builds
 TRT_TESTS = ("tests/test_tensorrt_api_surface.py", "tests/test_tensorrt_backend.py", "tests/test_tensorrt_build.py")
+ENGINE_RUN_TESTS = ("tests/test_tensorrt_backend.py", *[test for test in TRT_TESTS if "backend" not in test])
+"""For breaks that show when an engine is deserialized or run, the backend's tests first."""
 CUDA_TESTS = ("tests/test_tensorrt_backend.py", "tests/test_cuda_fakes.py", "tests/test_cuda_bindings.py")
 GPU_TESTS = ("tests/test_cuda_bindings.py", "tests/test_doctor.py")
 
@@ -66,15 +68,15 @@ MUTATIONS: tuple[Mutation, ...] = (
              "self.network = self.builder.create_network(flags)", "self.network = self.builder.create_network()",
              TRT_TESTS),
     Mutation("the logger compares a Severity with an int's order (no int())", "runtime/engines/builder.py",
-             "if int(level) <= int(severity.ERROR):", "if level <= severity.ERROR:", TRT_TESTS),
+             "if int(level) <= int(severity.ERROR):", "if level <= severity.ERROR:", ENGINE_RUN_TESTS),
     # --- the TensorRT backend (runtime/inference/backends/tensorrt_backend.py) -----------------------------------
     Mutation("get_tensor_mode(name) == 1 (an enum compared with an int)", "runtime/inference/backends/tensorrt_backend.py",
              "engine.get_tensor_mode(name) == trt_module.TensorIOMode.INPUT", "engine.get_tensor_mode(name) == 1",
-             TRT_TESTS),
+             ENGINE_RUN_TESTS),
     Mutation("runtime.DLA_core = float(core)", "runtime/inference/backends/tensorrt_backend.py",
-             "runtime.DLA_core = self._dla_core", "runtime.DLA_core = float(self._dla_core)", TRT_TESTS),
+             "runtime.DLA_core = self._dla_core", "runtime.DLA_core = float(self._dla_core)", ENGINE_RUN_TESTS),
     Mutation("nptype(int(dtype)) (an int for trt.DataType)", "runtime/inference/backends/tensorrt_backend.py",
-             "trt_module.nptype(dtype)", "trt_module.nptype(int(dtype))", TRT_TESTS),
+             "trt_module.nptype(dtype)", "trt_module.nptype(int(dtype))", ENGINE_RUN_TESTS),
     # --- the CUDA layer (runtime/inference/cuda.py) ------------------------------------------------------------
     Mutation("cudaEventElapsedTime(end, start): arguments swapped", "runtime/inference/cuda.py",
              'self.rt.cudaEventElapsedTime, start, end)', 'self.rt.cudaEventElapsedTime, end, start)', CUDA_TESTS),
