@@ -61,6 +61,11 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("create_network without STRONGLY_TYPED (10.x would silently be weakly typed)",
              "runtime/engines/builder.py", 'network_flags = ["STRONGLY_TYPED"] if strongly_typed and caps.strongly_typed else []',
              "network_flags = []", TRT_TESTS),
+    Mutation("the workspace limit in KiB instead of bytes (an int either way)", "runtime/engines/builder.py",
+             "options.workspace_mb << 20)", "options.workspace_mb << 10)", TRT_TESTS),
+    Mutation("the optimization profile's min/opt/max given in reverse order", "runtime/engines/builder.py",
+             "profile.set_shape(tensor[\"name\"], *[(size, *shape[1:]) for size in batch])",
+             "profile.set_shape(tensor[\"name\"], *[(size, *shape[1:]) for size in reversed(batch)])", TRT_TESTS),
     Mutation("the flag's value instead of 1 << value", "runtime/engines/builder.py",
              "flags |= 1 << int(getattr(module.NetworkDefinitionCreationFlag, name))",
              "flags |= int(getattr(module.NetworkDefinitionCreationFlag, name))", TRT_TESTS),
@@ -105,9 +110,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("host-to-device copy with destination and source swapped (two ints to the binding)",
              "runtime/inference/cuda.py", 'self.rt.cudaMemcpyAsync, dst_ptr, src.ptr, nbytes,',
              'self.rt.cudaMemcpyAsync, src.ptr, dst_ptr, nbytes,', CUDA_TESTS),
-    Mutation("a blocking stream (cudaStreamDefault) instead of a non-blocking one: the same type, only a GPU's "
-             "legacy default stream would show it", "runtime/inference/cuda.py",
-             "self.rt.cudaStreamNonBlocking)", "self.rt.cudaStreamDefault)", CUDA_TESTS, invisible=True),
+    Mutation("a blocking stream (cudaStreamDefault) instead of a non-blocking one (the same type)",
+             "runtime/inference/cuda.py", "self.rt.cudaStreamNonBlocking)", "self.rt.cudaStreamDefault)", CUDA_TESTS),
     # --- GPU detection (runtime/engines/gpu.py) ------------------------------------------------------------------
     Mutation("cuDeviceGetName(device) without its length", "runtime/engines/gpu.py",
              "call(driver.cuDeviceGetName, 256, device)", "call(driver.cuDeviceGetName, device)", GPU_TESTS),
