@@ -256,6 +256,8 @@ class _BatchReader:
                  progress: ProgressCallback | None) -> None:
         self._input_name, self._batches, self._total, self._progress = input_name, batches, total, progress
         self.images = 0
+        if progress is not None:  # before ONNX Runtime prepares its calibration graph, which takes a while
+            progress(0, total)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)

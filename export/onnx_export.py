@@ -47,6 +47,7 @@ def export_onnx(run: RunDir, opset: int = DEFAULT_OPSET, simplify: bool = True, 
     the raw frames against the float graph on the preprocessed ones."""
     spec = run.spec()
     run.require(run.checkpoint, "mlic-edge train")
+    info(f"exporting {spec.model} ({spec.backbone}, {spec.img_size} px) to ONNX…")
     checkpoint_sha = sha256_file(run.checkpoint)
     model = load_model(run.checkpoint)
     graph = model.for_export()
@@ -256,6 +257,7 @@ def _fold_and_check(path: Path, spec: RunSpec, frames: list[np.ndarray], inputs:
 def _compare_with_torch(graph: torch.nn.Module, onnx_path: Path, inputs: np.ndarray) -> tuple[float, float]:
     import onnxruntime as ort
 
+    info(f"export check: PyTorch against ONNX Runtime on {len(inputs)} images…")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         expected = graph(torch.from_numpy(inputs)).numpy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from rich.console import Console
@@ -36,12 +37,42 @@ def progress_bar(transient: bool = False) -> Progress:
 
 
 class PlainProgress(Progress):
-    """rich's Progress without the live display, reporting in whole lines (see ``progress_bar``)."""
+    """rich's Progress without the live display, reporting in whole lines (see ``progress_bar``). A task that is
+    not updated (a first batch that takes minutes) is reported all the same, from a thread that wakes when a task's
+    interval is up."""
 
     def __init__(self, *columns, console: Console, interval: float) -> None:
         super().__init__(*columns, console=console, disable=True)
         self._interval = interval
         self._last: dict[TaskID, tuple[float, str | None]] = {}
+        self._stopped = threading.Event()
+        self._reporter: threading.Thread | None = None
+
+    def start(self) -> None:
+        super().start()
+        if self._interval > 0 and self._reporter is None:  # at 0, every update is reported already
+            self._stopped.clear()
+            self._reporter = threading.Thread(target=self._report_when_due, name="plain-progress", daemon=True)
+            self._reporter.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._reporter is not None:
+            self._reporter.join()
+            self._reporter = None
+        super().stop()
+
+    def _report_when_due(self) -> None:
+        while True:
+            with self._lock:
+                running = [task_id for task_id in self._last if task_id in self._tasks
+                           and not self._tasks[task_id].finished]
+                due = min((self._last[task_id][0] + self._interval for task_id in running), default=None)
+            wait = self._interval if due is None else max(0.0, due - time.monotonic())
+            if self._stopped.wait(wait):
+                return
+            for task_id in running:
+                self._report(task_id)
 
     def add_task(self, description: str, *args, **kwargs) -> TaskID:
         task_id = super().add_task(description, *args, **kwargs)
@@ -57,22 +88,25 @@ class PlainProgress(Progress):
         self._report(task_id)
 
     def _report(self, task_id: TaskID) -> None:
-        task = self._tasks[task_id]
-        status = str(task.fields.get("status", ""))
-        logged_at, logged_status = self._last.get(task_id, (0.0, None))
-        now = time.monotonic()
-        if task.finished:
-            if logged_status == f"done {status}":
+        with self._lock:  # the reporting thread and the updating one
+            task = self._tasks.get(task_id)
+            if task is None:  # removed meanwhile
                 return
-            self._last[task_id] = (now, f"done {status}")
-        elif now - logged_at >= self._interval:
-            self._last[task_id] = (now, status)
-        else:
-            return
-        done = f"{task.completed:g}/{task.total:g}" if task.total is not None else f"{task.completed:g}"
-        elapsed = f"{task.elapsed:.1f} s" if task.elapsed is not None else ""
-        self.console.print(" ".join(part for part in (f"{task.description}:", done, status, elapsed) if part),
-                           highlight=False, markup=False)
+            status = str(task.fields.get("status", ""))
+            logged_at, logged_status = self._last.get(task_id, (0.0, None))
+            now = time.monotonic()
+            if task.finished:
+                if logged_status == f"done {status}":
+                    return
+                self._last[task_id] = (now, f"done {status}")
+            elif now - logged_at >= self._interval:
+                self._last[task_id] = (now, status)
+            else:
+                return
+            done = f"{task.completed:g}/{task.total:g}" if task.total is not None else f"{task.completed:g}"
+            elapsed = f"{task.elapsed:.1f} s" if task.elapsed is not None else ""
+            self.console.print(" ".join(part for part in (f"{task.description}:", done, status, elapsed) if part),
+                               highlight=False, markup=False)
 
 
 def warn(message: str) -> None:
@@ -81,3 +115,16 @@ def warn(message: str) -> None:
 
 def info(message: str) -> None:
     console.print(message, highlight=False)
+
+
+def describe_duration(seconds: float) -> str:
+    """'4.5 s', '45 s', '12 min 5 s', '3 h 20 min': a duration as a person reads it."""
+    if seconds < 10:
+        return f"{max(seconds, 0.0):.1f} s"
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    if minutes:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    return f"{secs} s"

@@ -18,10 +18,11 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from rich.markup import escape
 from timm.utils import ModelEmaV3
 
 from mlic_edge import metrics
-from mlic_edge.console import info, progress_bar, warn
+from mlic_edge.console import describe_duration, info, progress_bar, warn
 from mlic_edge.data import open_dataset
 from mlic_edge.data.torch_data import ImageDataset, cut_mix, describe_broken, make_loader
 from mlic_edge.errors import Interrupted, MlicError, NonFiniteError
@@ -124,6 +125,8 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
     if config.starts_pretrained() and not config.resume and pretrained_file is None:
         pretrained_file = locate_pretrained_weights(config.backbone or entry.default_backbone)
 
+    if dist.is_main:
+        info(f"reading {escape(config.data)}…")
     train_set = open_dataset(config.data, role="train", split=config.train_split, difficult=config.difficult)
     eval_set = open_dataset(config.data, role="eval", split=config.eval_split, difficult=config.difficult)
     if eval_set.names != train_set.names:
@@ -164,6 +167,8 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
         recipe = replace(recipe, frozen_bn=False, frozen_stem=False)
     img_size = recipe.img_size or entry.default_img_size
     backbone = config.backbone or entry.default_backbone
+    if dist.is_main:
+        info(f"building {config.model} ({backbone})…")
     label_graph = None
     if entry.needs_label_graph:  # counted once, by the rank that writes the run
         label_graph = dist.broadcast_object(
@@ -271,6 +276,10 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
             task = progress.add_task(f"epoch {epoch + 1}/{recipe.epochs}", total=batches_per_epoch, status="")
             running, seen, epoch_started = 0.0, 0, time.monotonic()
             optimizer.zero_grad(set_to_none=True)
+            first_batch = epoch == start_epoch and dist.is_main  # the slowest: workers start, memory is allocated
+            if first_batch:
+                info(f"epoch {epoch + 1}/{recipe.epochs}: first batch… (of {batches_per_epoch}, "
+                     f"{recipe.batch_size} images each at {img_size} px)")
             for batch_number, batch in enumerate(train_loader, start=1):
                 broken_train.extend(batch.broken)
                 if len(batch.indices) == 0:
@@ -305,6 +314,9 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
                 progress.update(task, advance=1,
                                 status=f"loss {running / seen:.4f} lr {scheduler.get_last_lr()[0]:.2e} "
                                        f"{seen / max(time.monotonic() - epoch_started, 1e-9):.1f} img/s")
+                if first_batch:
+                    first_batch = False
+                    info(first_batch_pace(time.monotonic() - epoch_started, batches_per_epoch))
             images_per_s = seen / max(time.monotonic() - epoch_started, 1e-9)  # training, this process, with loading
             running, seen = dist.sum(running, seen)  # the loss over every rank's images
             val_task = progress.add_task("  validate", total=len(eval_set), status="")
@@ -364,6 +376,13 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
         run.update(train=train_section)
     dist.barrier()  # every rank returns once the run directory is complete
     return train_section
+
+
+def first_batch_pace(seconds: float, batches_per_epoch: int) -> str:
+    """What the first batch's time says about the rest: an upper bound, as start-up is in it."""
+    batches = f"{batches_per_epoch} batch{'es' if batches_per_epoch != 1 else ''}"
+    return (f"first batch took {describe_duration(seconds)}; at that pace an epoch of {batches} takes up to "
+            f"{describe_duration(seconds * batches_per_epoch)} (the first batch is the slowest)")
 
 
 def _validation_scores(dist: DistContext, network: torch.nn.Module, eval_set, *args: Any, **kwargs: Any

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from mlic_edge.console import warn
+from mlic_edge.console import progress_bar, warn
 from mlic_edge.errors import MlicError
 from mlic_edge.rundir import RunDir
 from mlic_edge.spec import BROKEN_GRAPH_HINT, require_at_least, require_choice, require_finite, require_fraction
@@ -58,8 +58,10 @@ def evaluate(run: RunDir, request: EvalRequest = EvalRequest()) -> dict[str, Any
                                                                                "trained on (or one with its labels)")
     refuse_output_onto_inputs({"--save-scores": request.save_scores}, [run.path, *dataset_files(dataset)])
     net = load_model(run.require(run.checkpoint, "mlic-edge train")).to(torch_device)
-    result = predict_scores(net, dataset, spec.img_size, spec.mean, spec.std, request.batch_size, resize=spec.resize,
-                            device=torch_device)
+    with progress_bar(transient=True) as progress:
+        task = progress.add_task(f"eval (PyTorch, {dataset.split})", total=len(dataset), status="")
+        result = predict_scores(net, dataset, spec.img_size, spec.mean, spec.std, request.batch_size,
+                                resize=spec.resize, device=torch_device, on_batch=lambda n: progress.advance(task, n))
     if result.broken:
         warn(describe_broken(dataset, result.broken))
     result.check_finite(run.checkpoint, dataset)
