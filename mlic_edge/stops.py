@@ -33,7 +33,15 @@ def _stop_signals_handled_by(handler) -> Iterator[None]:
     if not _in_main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    installed_by = os.getpid()
+
+    def in_this_process(signum: int, frame: object) -> None:
+        # A process forked inside the block (a DataLoader worker, before its worker_init_fn ignores stop signals)
+        # inherits the handler: there the stop is the parent's to make, which shuts its workers down.
+        if os.getpid() == installed_by:
+            handler(signum, frame)
+
+    previous = {sig: signal.signal(sig, in_this_process) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -89,7 +97,9 @@ def finish_on_signals(stop: threading.Event) -> Iterator[list[int]]:
         yield received
 
 
-def _ignore_stop_signals() -> None:
+def ignore_stop_signals() -> None:
+    """SIGINT and SIGTERM do nothing in this process from now on: in worker processes, whose parent alone handles a
+    stop, and at shutdown."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
 
@@ -98,5 +108,5 @@ def exit_uninterrupted() -> None:
     """Once the interpreter shuts down, the command's outcome is decided and its line printed: a stop signal then
     (while ONNX Runtime, OpenCV and the modules are freed) is ignored instead of killing the process with another
     status and no line."""
-    atexit.unregister(_ignore_stop_signals)
-    atexit.register(_ignore_stop_signals)
+    atexit.unregister(ignore_stop_signals)
+    atexit.register(ignore_stop_signals)

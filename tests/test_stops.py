@@ -30,13 +30,15 @@ class Stopped(NamedTuple):
 
 
 def send_signals(args: list[str], cwd: Path, signals: list[tuple[str, signal.Signals]],
-                 hold_stdout: bool = False) -> Stopped:
+                 hold_stdout: bool = False, to_group: bool = False) -> Stopped:
     """Run ``mlic-edge ARGS`` and send each signal in turn, once stderr has a line matching its pattern (after the
     signal before it). With ``hold_stdout`` the first line of stdout is read before the first signal and the rest
-    only after the last one: the run blocks writing records meanwhile, so it is still at work when they land."""
+    only after the last one: the run blocks writing records meanwhile, so it is still at work when they land.
+    ``to_group``: to every process of the command (its worker processes too), as Ctrl-C in a terminal and
+    ``systemctl stop`` send them."""
     env = {**os.environ, "MLIC_EDGE_PROGRESS_SECONDS": "0", "COLUMNS": "200"}
     process = subprocess.Popen([sys.executable, "-c", ENTRY, *map(str, args)], cwd=cwd, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=to_group)
     lines: list[str] = []
     out: list[str] = []
     arrived = threading.Condition()
@@ -67,7 +69,10 @@ def send_signals(args: list[str], cwd: Path, signals: list[tuple[str, signal.Sig
                 arrived.wait_for(lambda: reached() or "" in lines, WAIT_SECONDS)
                 assert reached(), f"never reached {when!r}: {''.join(lines)}"
                 seen = len(lines)
-            process.send_signal(sig)
+            if to_group:
+                os.killpg(process.pid, sig)
+            else:
+                process.send_signal(sig)
         if hold_stdout:
             readers[1].start()
         code = process.wait(WAIT_SECONDS)
@@ -127,6 +132,69 @@ def test_train_stopped_in_its_first_epoch_says_nothing_was_kept(tmp_path, synth_
     assert_stopped(code, err, signal.SIGINT, "before its first epoch ended", "no checkpoint was written")
     assert not (out / "last.pt").exists() and not (out / "checkpoint.pt").exists()
     assert hidden_files(out) == []
+
+
+@pytest.mark.parametrize("phase, when, to_group", [
+    ("worker start-up", r"first batch…", True),
+    ("iteration", r"^epoch 1/30: [1-9]", True),
+    ("iteration, the main process alone signalled", r"^epoch 1/30: [1-9]", False),
+    ("validation", r"^  validate: ", True),
+])
+def test_train_with_worker_processes_stopped_in_its_first_epoch_ends_with_one_line(tmp_path, synth_data, phase, when,
+                                                                                   to_group):
+    """Worker processes ignore stop signals (a signal to the process group reaches them too): the main process
+    alone stops, shuts them down, and ends with its one line, never a DataLoader traceback; run.json says that no
+    epoch ended."""
+    out = tmp_path / "run"
+    options = ["--model", "baseline", "--data", f"voc:{synth_data}", "--out", out, "--backbone", "resnet10t",
+               "--img-size", "32", "--batch-size", "8", "--workers", "2", "--epochs", "30", "--no-pretrained"]
+    stopped = send_signals(["train", *options], tmp_path, [(when, signal.SIGTERM)], to_group=to_group)
+    assert "RuntimeError" not in stopped.err and "DataLoader worker" not in stopped.err, stopped.err
+    assert_stopped(stopped.code, stopped.err, signal.SIGTERM, "before its first epoch ended")
+    assert not (out / "last.pt").exists() and hidden_files(out) == []
+    train = json.loads((out / "run.json").read_text())["train"]
+    assert train["epochs_done"] == 0 and train["stopped"].startswith("by SIGTERM before its first epoch ended")
+
+
+def test_a_stop_while_worker_processes_shut_down_lands_once_they_have(synth_data, monkeypatch):
+    from mlic_edge.data import open_dataset
+    from mlic_edge.data.torch_data import ImageDataset, make_loader
+    from mlic_edge.errors import Interrupted
+    from mlic_edge.stops import stop_on_signals
+
+    loader = make_loader(ImageDataset(open_dataset(f"voc:{synth_data}", "eval"), 32, [0.5] * 3, [0.25] * 3), 8,
+                         shuffle=False, workers=2)
+    workers_alive = []
+    with stop_on_signals(), pytest.raises(Interrupted):
+        with loader:
+            next(iter(loader))
+            iterator = loader._iterator
+            shut_down = iterator._shutdown_workers
+
+            def signalled_while_shutting_down() -> None:
+                signal.raise_signal(signal.SIGTERM)
+                shut_down()
+                workers_alive.append([worker.is_alive() for worker in iterator._workers])
+
+            monkeypatch.setattr(iterator, "_shutdown_workers", signalled_while_shutting_down)
+    assert workers_alive == [[False, False]]
+
+
+def test_a_process_forked_while_stops_are_handled_leaves_them_to_its_parent():
+    """A DataLoader worker, before its start-up ignores stop signals, has its parent's handler: there it does nothing."""
+    from mlic_edge.stops import stop_on_signals
+
+    with stop_on_signals():
+        child = os.fork()
+        if child == 0:
+            code = 1  # stays so where the handler raises Interrupted
+            try:
+                signal.raise_signal(signal.SIGTERM)
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_export_stopped_leaves_the_run_as_it_was(tmp_path, run_copy):

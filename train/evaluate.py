@@ -42,14 +42,15 @@ def predict_scores(model: torch.nn.Module, dataset: MultiLabelDataset, img_size:
     loader = make_loader(ImageDataset(dataset, img_size, mean, std, resize=resize), batch_size, shuffle=False,
                          workers=workers)
     scores, kept, broken = [], [], []
-    for batch in loader:
-        broken.extend(batch.broken)
-        if len(batch.indices):
-            logits = model(batch.images.to(device, non_blocking=True))
-            scores.append(torch.sigmoid(logits.float()).cpu().numpy())
-            kept.append(batch.indices.numpy())
-        if on_batch:
-            on_batch(len(batch.indices) + len(batch.broken))
+    with loader:
+        for batch in loader:
+            broken.extend(batch.broken)
+            if len(batch.indices):
+                logits = model(batch.images.to(device, non_blocking=True))
+                scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+                kept.append(batch.indices.numpy())
+            if on_batch:
+                on_batch(len(batch.indices) + len(batch.broken))
     num_classes = dataset.num_classes
     return SplitScores(
         scores=np.concatenate(scores).astype(np.float32) if scores else np.zeros((0, num_classes), np.float32),

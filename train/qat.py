@@ -194,7 +194,7 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
 
     def forward_loop(network: torch.nn.Module) -> None:
         network.eval()
-        with torch.no_grad():
+        with torch.no_grad(), calib_loader:
             for batch in calib_loader:
                 if len(batch.indices):
                     network(batch.images.to(torch_device))
@@ -221,7 +221,7 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
                                  backbone_lr_scale=recipe.backbone_lr_scale)
     scheduler = create_scheduler(optimizer, epochs * max(1, len(train_loader)), 0, "cosine")
     history = []
-    with progress_bar() as progress:
+    with progress_bar() as progress, train_loader:
         for epoch in range(epochs):
             model.train()
             for norm in frozen_norms:

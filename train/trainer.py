@@ -255,6 +255,7 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
                      "train_images": len(train_set), "eval_images": len(eval_set),
                      "train_class_counts": train_set.class_counts().tolist()},
         )
+        done["train_config"] = train_config  # run.json now describes this training; a stop says how far it got
         info(f"training [bold]{config.model}[/bold] ({backbone}, {img_size}px) on {train_set.spec}: "
              f"{len(train_set)} train / {len(eval_set)} eval images, {train_set.num_classes} classes, device {device}"
              + (f", {dist.world_size} processes" if dist.enabled else ""))
@@ -262,7 +263,7 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
     broken_train: list[int] = []
     started = time.monotonic()
     done.update(epochs=recipe.epochs, history=history)
-    with progress_bar() as progress:
+    with progress_bar() as progress, train_loader:
         for epoch in range(start_epoch, recipe.epochs):
             if epoch > 0 and plan[epoch] != plan[epoch - 1]:
                 optimizer, scheduler = start_stage(epoch)
@@ -416,7 +417,8 @@ def _train_section(train_config: dict[str, Any], history: list[dict[str, Any]], 
 @contextlib.contextmanager
 def _note_on_stop(config: TrainConfig, done: dict[str, Any]) -> Iterator[None]:
     """A stop signal at any point of training says what was kept and how to continue (the CLI prints the note);
-    ``done`` holds the epochs planned and the history of those complete, once training has started."""
+    ``done`` holds the epochs planned and the history of those complete, once training has started, and the
+    training's config once run.json describes it (whose train section then records a stop before any epoch)."""
     try:
         yield
     except Interrupted as stop:
@@ -430,6 +432,10 @@ def _note_on_stop(config: TrainConfig, done: dict[str, Any]) -> Iterator[None]:
             stop.note = f"training stopped before another epoch ended; {run.last_checkpoint} is unchanged"
         else:
             stop.note = f"training stopped before its first epoch ended; no checkpoint was written in {run.path}"
+            if "train_config" in done:
+                run.update(train={"config": done["train_config"], "history": [], "epochs_done": 0,
+                                  "stopped": f"by {stop.signal_name} before its first epoch ended; no checkpoint "
+                                             "was written"})
         raise
 
 

@@ -6,8 +6,10 @@ function drops them and reports their indices, and the caller counts and names t
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from typing import Sequence
+from multiprocessing import AuthenticationError
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -17,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from mlic_edge.data.dataset import MultiLabelDataset
 from mlic_edge.data.images import preprocess, read_image
 from mlic_edge.spec import DEFAULT_RESIZE
+from mlic_edge.stops import ignore_stop_signals, signals_deferred
 
 
 def random_resized_crop(image: np.ndarray, scale: tuple[float, float] = (0.5, 1.0),
@@ -139,11 +142,50 @@ def collate_skip_broken(samples: list) -> Batch:
     )
 
 
+def start_worker(worker_id: int) -> None:
+    """A DataLoader worker process leaves stops to the main process (docs/design.md, "Stops"), which shuts it down.
+    It hands each batch's tensors over by passing file descriptors, from a thread of multiprocessing's that prints
+    a traceback where the main process drops a transfer half-way (a stop landing in it): the main process reports
+    any failure of its own, so such a broken connection is not reported twice, after the stop's one line."""
+    ignore_stop_signals()
+    sys.excepthook = _quiet_about_dropped_transfers
+
+
+def _quiet_about_dropped_transfers(kind: type[BaseException], error: BaseException, trace: Any) -> None:
+    if not issubclass(kind, (EOFError, ConnectionError, AuthenticationError)):
+        sys.__excepthook__(kind, error, trace)
+
+
+class StopSafeLoader(DataLoader):
+    """A DataLoader for stop signals (docs/design.md, "Stops"): its workers (``start_worker``) leave a stop to the
+    main process; they start and are shut down with stop signals held back (a stop half-way would leave workers
+    nobody tells to end), and ``with loader:`` shuts them down when the block ends, a stop included, instead of at
+    the interpreter's exit (where PyTorch no longer does)."""
+
+    def __iter__(self):
+        with signals_deferred():
+            return super().__iter__()
+
+    def __enter__(self) -> "StopSafeLoader":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shut_down_workers()
+
+    def shut_down_workers(self) -> None:
+        """End the worker processes now (persistent workers live in the loader's one iterator); the next pass over
+        the loader starts new ones."""
+        iterator, self._iterator = self._iterator, None
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            with signals_deferred():
+                iterator._shutdown_workers()
+
+
 def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0,
-                drop_last: bool = False, sampler: torch.utils.data.Sampler | None = None) -> DataLoader:
+                drop_last: bool = False, sampler: torch.utils.data.Sampler | None = None) -> StopSafeLoader:
     generator = torch.Generator()
     generator.manual_seed(seed)
-    return DataLoader(
+    return StopSafeLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
@@ -154,6 +196,7 @@ def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, workers: 
         drop_last=drop_last,
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
+        worker_init_fn=start_worker,
     )
 
 
