@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
@@ -14,9 +15,25 @@ console = Console(stderr=True, soft_wrap=True)  # one message, one line, also in
 results = Console(soft_wrap=True)  # stdout: the tables a command exists to show, as JSON and records go there too
 
 
-def show(renderable) -> None:
-    """A command's result (a table) on stdout, so ``mlic-edge eval … > metrics.txt`` keeps it and nothing else."""
-    results.print(renderable)
+def show(renderable: RenderableType, *, stderr: bool = False) -> None:
+    """A command's result (a table) on stdout, so ``mlic-edge eval … > metrics.txt`` keeps it and nothing else
+    (``stderr``: beside the messages, where stdout carries records). On a terminal it fits the window; elsewhere
+    (a pipe, a file, a log) it keeps its natural width, where rich would cut every column to fit 80."""
+    target = console if stderr else results
+    target.print(renderable if target.is_terminal else NaturalWidth(renderable))
+
+
+class NaturalWidth:
+    """A renderable laid out as wide as it wants, whatever the console's width."""
+
+    WIDEST = 100_000
+
+    def __init__(self, renderable: RenderableType) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = Measurement.get(console, options.update_width(self.WIDEST), self.renderable).maximum
+        yield from console.render(self.renderable, options.update_width(max(width, options.max_width)))
 
 
 PLAIN_PROGRESS_SECONDS = 10.0  # how often a long task reports when stderr is not a terminal

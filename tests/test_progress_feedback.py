@@ -1,5 +1,6 @@
-"""Feedback when stderr is not a terminal (a pipe, a log, the journal): a long step says it has started, and a
-progress task that is not updated for a while (a first batch taking minutes) is reported all the same."""
+"""Output where it is not a terminal (a pipe, a log, the journal): a long step says it has started, a progress task
+that is not updated for a while (a first batch taking minutes) is reported all the same, and tables keep their
+columns."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import threading
 import time
 
 from rich.console import Console
+from rich.table import Table
 
-from mlic_edge.console import PlainProgress, describe_duration
+from mlic_edge.console import PlainProgress, describe_duration, show
 
 SLOW_FIRST_BATCH = """import sys, time
 from mlic_edge.train import trainer
@@ -87,3 +89,15 @@ def test_a_finished_task_is_reported_once_and_no_more():
 def test_durations_read_as_a_person_says_them():
     assert [describe_duration(seconds) for seconds in (0.04, 4.46, 45.4, 725, 3600, 12000.4)] == [
         "0.0 s", "4.5 s", "45 s", "12 min 5 s", "1 h", "3 h 20 min"]
+
+
+def test_a_table_keeps_its_columns_in_a_pipe(capsys):
+    table = Table(title="twelve columns")
+    for column in range(12):
+        table.add_column(f"column {column}")
+    table.add_row(*[f"48.1234 result{column}" for column in range(12)])
+    show(table)
+    show(table, stderr=True)
+    out, err = capsys.readouterr()
+    for printed in (out, err):
+        assert "…" not in printed and "48.1234 result11" in printed, printed

@@ -681,7 +681,7 @@ def run_command(
     import threading
 
     from mlic_edge.commands.predict import PredictOutputs, PredictRequest, describe_backend, predict_to_outputs
-    from mlic_edge.console import console, info
+    from mlic_edge.console import info, show as show_table  # "show" is the --show option here
     from mlic_edge.stops import finish_on_signals
     from mlic_edge.runtime.inference.latency import LatencyRecorder, PeriodicStats, latency_table
 
@@ -707,7 +707,7 @@ def run_command(
     with finish_on_signals(stop) as signalled:
         summary = predict_to_outputs(run_dir, source, request, outputs, on_open=opened, stop=stop, latency=latency,
                                      on_tick=periodic.maybe_emit if periodic else None)
-    console.print(latency_table(summary, f"latency per frame ({describe_backend(summary)})"))
+    show_table(latency_table(summary, f"latency per frame ({describe_backend(summary)})"), stderr=True)
     if json_out:
         sys.stdout.write(json.dumps(summary) + "\n")
     if summary["stopped"] and not signalled:

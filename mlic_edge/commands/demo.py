@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mlic_edge.console import console, info
+from mlic_edge.console import console, info, show
 from mlic_edge.spec import rebuild_command
 
 
@@ -71,14 +71,14 @@ def demo(out: Path, request: DemoRequest = DemoRequest()) -> dict[str, Any]:
                                  PredictRequest(backend="onnxruntime", device="cpu", top_k=3),
                                  PredictOutputs(out=predictions, save_video=out / "video_labeled.mp4"))
     device = summary["backend"]["device"]
-    console.print(latency_table(summary, f"latency per frame ({describe_backend(summary)})"))
+    show(latency_table(summary, f"latency per frame ({describe_backend(summary)})"), stderr=True)
     first = json.loads(predictions.read_text().splitlines()[0])
     info(f"frame 0: {', '.join(item['label'] for item in first['labels']) or '(no label over 0.5)'}; "
          f"all frames in {predictions}, labelled video in {out / 'video_labeled.mp4'}")
 
     console.print(Rule("5/5 parity: ONNX Runtime vs PyTorch on the test split"))
     report = parity(run, ParityRequest(backends=("onnxruntime",), precisions=("fp32",), device="cpu"))
-    console.print(parity_table(report))
+    show(parity_table(report), stderr=True)
     check_parity(report)
 
     minutes = (time.monotonic() - started) / 60
