@@ -19,6 +19,14 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache_dir(tmp_path_factory):
+    """What mlic-edge caches (the models listing) goes to the session's folder, never the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLIC_EDGE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory) -> Path:
     from mlic_edge.data.synth import SynthConfig, generate

@@ -219,8 +219,9 @@ def models_command(
     from mlic_edge.commands.models import ModelsRequest, list_zoo
     from mlic_edge.console import progress_bar, show
 
-    with progress_bar(transient=True) as progress:
-        task = progress.add_task("building models", total=None, status="")
+    with progress_bar(transient=True) as progress:  # only where the cache holds no listing for these versions
+        task = progress.add_task("building models to count them (once: cached for the next listing)", total=None,
+                                 status="")
         rows = list_zoo(ModelsRequest(classes=classes, flops=flops),
                         progress=lambda name, done, total: progress.update(task, status=name, completed=done,
                                                                            total=total))
