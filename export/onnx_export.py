@@ -46,7 +46,7 @@ def export_onnx(run: RunDir, opset: int = DEFAULT_OPSET, simplify: bool = True, 
     normalisation into the graph (uint8 NHWC BGR frames in; export/fold_input.py) and checks the folded graph on
     the raw frames against the float graph on the preprocessed ones."""
     spec = run.spec()
-    run.require(run.checkpoint, "mlic-edge train")
+    run.require_checkpoint()
     info(f"exporting {spec.model} ({spec.backbone}, {spec.img_size} px) to ONNX…")
     checkpoint_sha = sha256_file(run.checkpoint)
     model = load_model(run.checkpoint)

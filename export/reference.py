@@ -34,7 +34,7 @@ def reference_data(run: RunDir, data: str | None = None) -> str:
 def write_reference(run: RunDir, data: str | None = None, split: str | None = None, batch_size: int = 32,
                     workers: int = 0) -> Path:
     spec = run.spec()
-    checkpoint_sha = sha256_file(run.require(run.checkpoint, "mlic-edge train"))
+    checkpoint_sha = sha256_file(run.require_checkpoint())
     model = load_model(run.checkpoint)
     dataset_meta = spec.dataset or {}
     dataset = open_dataset(reference_data(run, data), role="eval", split=split or dataset_meta.get("eval_split"),

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from mlic_edge.errors import RunDirError
 from mlic_edge.io import StagedFiles, atomic_files, json_text, read_json
+from mlic_edge.spec import DEFAULT_RUNS_ROOT, train_first_hint
 
 if TYPE_CHECKING:
     from mlic_edge.spec import RunSpec
 
-DEFAULT_RUNS_ROOT = Path("runs")
 ENGINES_DIR = "engines"  # <run>/engines/<target>/model.<precision>.engine + .json (runtime/engines/manifest.py)
 # run.json: {file name: sha256} of every ONNX a transaction put in the run folder; what loads a graph checks it
 GRAPH_HASHES = "onnx_sha256"
@@ -82,9 +82,7 @@ class RunDir:
 
     def read(self) -> dict[str, Any]:
         if not self.path.is_dir():
-            out = "" if self.path == DEFAULT_RUNS_ROOT / self.path.name else f" --out {self.path}"
-            raise RunDirError(f"run directory {self.path} does not exist",
-                              hint=f"train first: mlic-edge train --model {self.path.name} --data DATA{out}")
+            raise RunDirError(f"run directory {self.path} does not exist", hint=train_first_hint(self.path))
         if not self.run_json.is_file():
             raise RunDirError(f"{self.run_json} is missing", hint="this is not a run directory; train into it first")
         try:
@@ -178,6 +176,12 @@ class RunDir:
             if path.exists():
                 os.replace(path, folder / path.name)
         info(f"the previous generation of {self.path} moved to {folder}")
+
+    def require_checkpoint(self) -> Path:
+        """checkpoint.pt, refused with the train-or-import hint where there is none."""
+        if not self.checkpoint.exists():
+            raise RunDirError(f"{self.checkpoint} is missing", hint=train_first_hint(self.path))
+        return self.checkpoint
 
     def require(self, path: Path, produced_by: str) -> Path:
         """Refuse clearly when a stage's input is missing."""

@@ -55,6 +55,18 @@ def rebuild_command(run_path: str | Path, precision: str, backend: str | None = 
     return f"mlic-edge build --run {run_path} --precision {precision}" + (f" --backend {backend}" if backend else "")
 
 
+DEFAULT_RUNS_ROOT = Path("runs")  # where --model NAME puts a run: runs/NAME
+
+
+def train_first_hint(run_path: str | Path) -> str:
+    """The hint of every stage that finds no trained model in a run: train one (``--recipe quick`` for a first
+    try in minutes) or import a paper's released checkpoint."""
+    run_path = Path(run_path)
+    model, out = (run_path.name, "") if run_path.parent == DEFAULT_RUNS_ROOT else ("MODEL", f" --out {run_path}")
+    return (f"train first: mlic-edge train --model {model} --data DATA{out} (add --recipe quick for a fast start), "
+            f"or import a released checkpoint of a paper: mlic-edge import ml-gcn|msrn|q2l FILE --out {run_path}")
+
+
 def retrain_command(run_path: str | Path) -> str:
     """The command that makes a run's model and run.json anew (a damaged checkpoint or run.json field)."""
     return f"mlic-edge train --data DATA --out {run_path} --overwrite"

@@ -47,6 +47,15 @@ def test_choices_and_rebuild_hint_are_one_line_each():
     assert rebuild_command("runs/x", "fp16", "tensorrt") == "mlic-edge build --run runs/x --precision fp16 --backend tensorrt"
 
 
+def test_a_missing_run_offers_the_quick_recipe_and_importing_a_released_checkpoint():
+    from mlic_edge.spec import train_first_hint
+
+    assert train_first_hint("runs/msrn") == (
+        "train first: mlic-edge train --model msrn --data DATA (add --recipe quick for a fast start), or import a "
+        "released checkpoint of a paper: mlic-edge import ml-gcn|msrn|q2l FILE --out runs/msrn")
+    assert "mlic-edge train --model MODEL --data DATA --out elsewhere/run (" in train_first_hint("elsewhere/run")
+
+
 STAGE_FOLDERS = ("mlic_edge", "train", "export", "calibration", "runtime")
 REPEATED_FACTS = {
     "a precision list": lambda node: isinstance(node, ast.Tuple) and [getattr(e, "value", None) for e in node.elts]
@@ -56,6 +65,8 @@ REPEATED_FACTS = {
                                                                                       "uint8-nhwc-bgr"),
     "a rebuild hint": lambda node: isinstance(node, ast.Constant) and isinstance(node.value, str)
     and "mlic-edge build --run" in node.value,
+    "a train-first hint": lambda node: isinstance(node, ast.Constant) and isinstance(node.value, str)
+    and "train first" in node.value,
     # the backend registry (runtime/inference/backends/registry.py) makes every list of backend names
     "a backend name list": lambda node: isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(node.elts) > 1
     and all(getattr(element, "value", None) in BACKENDS for element in node.elts),
@@ -63,8 +74,8 @@ REPEATED_FACTS = {
 
 
 def test_each_shared_fact_is_written_once():
-    """Precisions, resize modes, input formats and the rebuild hint live in mlic_edge/spec.py only; lists of backend
-    names come from the backend registry, never written out."""
+    """Precisions, resize modes, input formats, the rebuild and train-first hints live in mlic_edge/spec.py only;
+    lists of backend names come from the backend registry, never written out."""
     found = []
     for folder in STAGE_FOLDERS:
         for path in sorted((ROOT / folder).rglob("*.py")):

@@ -157,7 +157,7 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
     if target not in QAT_TARGETS:
         raise MlicError(f"unknown QAT target {target!r}", hint=f"use one of {', '.join(QAT_TARGETS)}")
     spec = run.spec()
-    run.require(run.checkpoint, "mlic-edge train")
+    run.require_checkpoint()
     recipe = run_recipe(run.read(), spec.model)
     lr = lr if lr is not None else recipe.lr * LR_SCALE
     batch_size = batch_size or recipe.batch_size

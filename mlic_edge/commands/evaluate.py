@@ -57,7 +57,7 @@ def evaluate(run: RunDir, request: EvalRequest = EvalRequest()) -> dict[str, Any
         raise MlicError(f"{dataset.spec} has other classes than the run", hint="evaluate on the dataset it was "
                                                                                "trained on (or one with its labels)")
     refuse_output_onto_inputs({"--save-scores": request.save_scores}, [run.path, *dataset_files(dataset)])
-    net = load_model(run.require(run.checkpoint, "mlic-edge train")).to(torch_device)
+    net = load_model(run.require_checkpoint()).to(torch_device)
     with progress_bar(transient=True) as progress:
         task = progress.add_task(f"eval (PyTorch, {dataset.split})", total=len(dataset), status="")
         result = predict_scores(net, dataset, spec.img_size, spec.mean, spec.std, request.batch_size,

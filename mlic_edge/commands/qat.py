@@ -22,12 +22,12 @@ if TYPE_CHECKING:
 def qat_blocker(run: "RunDir") -> "MlicError | None":
     """Why quantization-aware fine-tuning cannot run on ``run`` here (no checkpoint, no ModelOpt); None if it can."""
     from mlic_edge.errors import RunDirError
+    from mlic_edge.spec import train_first_hint
     from mlic_edge.train.config import modelopt_missing
 
     if not run.checkpoint.is_file():
         return RunDirError(f"quantization-aware fine-tuning needs the trained checkpoint, and {run.checkpoint} is "
-                           "missing", hint="train first (mlic-edge train --data DATA --out RUN), then mlic-edge train "
-                                           "--qat --run RUN")
+                           "missing", hint=f"{train_first_hint(run.path)}; then mlic-edge train --qat --run {run.path}")
     if importlib.util.find_spec("modelopt") is None:
         return modelopt_missing()
     return None

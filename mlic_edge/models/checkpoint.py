@@ -11,7 +11,7 @@ from mlic_edge.errors import RunDirError
 from mlic_edge.io import atomic_path
 from mlic_edge.models.base import MultiLabelModel
 from mlic_edge.models.registry import create_model
-from mlic_edge.spec import retrain_command
+from mlic_edge.spec import retrain_command, train_first_hint
 
 CONFIG_KEYS = ("model", "num_classes", "backbone")  # what rebuilds the model (MultiLabelModel.config)
 TRAINING_STATE = ("train_config", "epoch", "best_map", "history", "optimizer", "scheduler")  # last.pt's, for --resume
@@ -26,7 +26,7 @@ def save_checkpoint(path: Path, model: MultiLabelModel, **extra: Any) -> None:
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint's content; refused in one line where it is missing, unreadable or holds no weights."""
     if not path.is_file():
-        raise RunDirError(f"{path} is missing", hint="train first: mlic-edge train --data DATA --out RUN")
+        raise RunDirError(f"{path} is missing", hint=train_first_hint(path.parent))
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file: say which, not a pickle traceback

@@ -70,7 +70,7 @@ def open_torch(run: RunDir, precision: str, device: str, options: OpenOptions) -
     spec = run.spec()
     device = "cuda" if device == "cuda" else "cpu"
     budget = options.thread_budget(device)
-    backend = TorchBackend(run.require(run.checkpoint, "mlic-edge train"), device=device,
+    backend = TorchBackend(run.require_checkpoint(), device=device,
                            normalization=(spec.mean, spec.std), threads=budget.inference)
     backend.thread_budget = budget
     return backend
