@@ -187,7 +187,7 @@ def data_stats(
     data: str = typer.Argument(..., help="Dataset path or voc:/coco:/csv: spec."),
     split: Optional[str] = typer.Option(None, "--split", help="Split to read (default: the train split)."),
     heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Co-occurrence PNG (default: beside the data, "
-                                                                  "<data>/cooccurrence_<split>.png)."),
+                                                                  "DATA/cooccurrence_SPLIT.png)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Images, labels per image, per-class counts with head/middle/tail groups, co-occurrence heatmap."""
@@ -295,10 +295,10 @@ def train(
                                   help="VOC difficult objects: ignore, positive, negative."),
     workers: int = typer.Option(TrainConfig.workers, "--workers", help="Data-loading processes."),
     device: str = DeviceOpt,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<model>)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/MODEL)."),
     resume: bool = typer.Option(TrainConfig.resume, "--resume", help="Continue the run in --out from its last epoch."),
     overwrite: bool = typer.Option(TrainConfig.overwrite, "--overwrite", help="Train afresh into a run that was "
-                                   "exported: its old model, exports and reports move to previous/<time>/."),
+                                   "exported: its old model, exports and reports move to previous/TIME/."),
     seed: int = typer.Option(TrainConfig.seed, "--seed"),
     sync_bn: bool = typer.Option(TrainConfig.sync_bn, "--sync-bn", help="SyncBatchNorm across torchrun's processes "
                                  "(CUDA only)."),
