@@ -26,8 +26,10 @@ def toy_rows(classes: int, flops: bool) -> list[dict]:
 
 @pytest.fixture
 def counts(monkeypatch, tmp_path) -> list[tuple[int, bool]]:
-    """Each (classes, flops) the zoo is counted for, by a stand-in that builds nothing; the cache in tmp_path."""
+    """Each (classes, flops) the zoo is counted for, by a stand-in that builds nothing; the cache in tmp_path, and no
+    packaged listing."""
     monkeypatch.setenv("MLIC_EDGE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(models_command, "PACKAGED_LISTING", tmp_path / "not-packaged.json")
     made: list[tuple[int, bool]] = []
 
     def count(request: ModelsRequest, progress) -> list[dict]:
@@ -117,3 +119,26 @@ def test_a_listing_read_back_is_the_one_counted(capsys, monkeypatch, tmp_path):
     models = len(summarized)
     read_back = invoke(capsys, "models", "--json", "--no-flops", "--classes", "3")
     assert read_back.out == counted.out and len(summarized) == models >= 6
+
+
+def test_the_packaged_listing_matches_the_zoo_so_a_new_install_builds_nothing(tmp_path):
+    """The package ships the zoo's listing at the default label count: after any change to mlic_edge/models it must be
+    counted again (python -m mlic_edge.commands.models), and a fresh install lists from it without PyTorch."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from mlic_edge.commands.models import PACKAGED_LISTING, ModelsRequest, listing_key
+
+    shipped = json.loads(PACKAGED_LISTING.read_text())["listings"][0]
+    assert shipped["key"] == listing_key(ModelsRequest().classes), \
+        "mlic_edge/models changed since listing.json was counted: run python -m mlic_edge.commands.models"
+    assert shipped["flops"] and {row["name"] for row in shipped["rows"]} >= {"baseline", "mlgcn", "q2l", "msrn"}
+    probe = ("import sys\nfrom mlic_edge.commands.models import list_zoo\nrows = list_zoo()\n"
+             "print(len(rows), 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "MLIC_EDGE_CACHE_DIR": str(tmp_path / "empty-cache")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(len(shipped["rows"])), "False"]
+    assert not (tmp_path / "empty-cache").exists()  # nothing had to be counted, so nothing was cached

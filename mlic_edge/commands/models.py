@@ -1,8 +1,10 @@
 """`mlic-edge models` as a library: every model in the zoo with its paper, defaults, parameters and GFLOPs.
 
-Counting builds each model (PyTorch, tens of seconds for the zoo), so the listing is kept in the user's cache
-(``$XDG_CACHE_HOME/mlic-edge/models.json``) under a key of what it depends on: mlic-edge's source, the timm and
-PyTorch versions and the label count. A listing the cache holds is read without importing PyTorch."""
+Counting builds each model (PyTorch, a minute or two for the zoo on a laptop CPU), so listings are kept under a key of
+what they depend on (the zoo's source, the timm and PyTorch versions, the label count) and read without importing
+PyTorch: the package ships the listing of its own source at the default label count (``PACKAGED_LISTING``, written by
+``python -m mlic_edge.commands.models``; a test fails when it no longer matches the source), and others are kept in
+the user's cache (``$XDG_CACHE_HOME/mlic-edge/models.json``)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ Progress = Callable[[str, int, int], None]  # (model being built, done, total)
 FLOP_FIELDS = ("GFLOPs", "GMACs")
 CACHE_DIR_VARIABLE = "MLIC_EDGE_CACHE_DIR"  # overrides $XDG_CACHE_HOME/mlic-edge (tests keep theirs apart)
 CACHED_LISTINGS = 8  # label counts and versions kept side by side; older ones are dropped
+ZOO_SOURCE = Path(__file__).resolve().parents[1] / "models"  # what the counts depend on: zoo, layers, recipes, registry
+PACKAGED_LISTING = ZOO_SOURCE / "listing.json"
 
 
 @dataclass(frozen=True)
@@ -34,8 +38,9 @@ def list_zoo(request: ModelsRequest = ModelsRequest(), progress: Progress | None
     """One summary per registered model, by name (``mlic_edge.models.summary.summarize``), from the cache where it
     holds them for this source, these versions and this label count."""
     require_at_least("--classes", request.classes, 1)
-    cache = ListingCache(cache_dir() / "models.json", listing_key(request.classes))
-    rows = cache.read(with_flops=request.flops)
+    key = listing_key(request.classes)
+    cache = ListingCache(cache_dir() / "models.json", key)
+    rows = ListingCache(PACKAGED_LISTING, key).read(with_flops=request.flops) or cache.read(with_flops=request.flops)
     if rows is None:
         rows = json.loads(json_text(_count_zoo(request, progress)))  # as the cache gives them back: JSON values
         cache.write(rows, with_flops=request.flops)
@@ -68,8 +73,9 @@ def cache_dir() -> Path:
 
 
 def listing_key(classes: int) -> dict[str, Any]:
-    """What a listing depends on, read without importing PyTorch: the source of the mlic_edge package (the zoo, its
-    recipes and layers; an edited checkout counts again), the timm and PyTorch versions, the label count."""
+    """What a listing depends on, read without importing PyTorch: the source of the zoo (``mlic_edge/models``: the
+    models, their layers, recipes and the registry; an edited checkout counts again), the timm and PyTorch versions,
+    the label count."""
     from importlib.metadata import PackageNotFoundError, version
 
     from mlic_edge import __version__
@@ -80,10 +86,9 @@ def listing_key(classes: int) -> dict[str, Any]:
         except PackageNotFoundError:
             return None
 
-    package = Path(__file__).resolve().parents[1]
     source = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        source.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in sorted(ZOO_SOURCE.rglob("*.py")):
+        source.update(path.relative_to(ZOO_SOURCE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return {"mlic_edge": __version__, "source_sha256": source.hexdigest(), "timm": installed("timm"),
             "torch": installed("torch"), "classes": classes}
 
@@ -120,4 +125,16 @@ class ListingCache:
             pass
 
 
-__all__ = ["ModelsRequest", "cache_dir", "list_zoo", "listing_key"]
+def write_packaged_listing() -> Path:
+    """Count the zoo at the default label count, with FLOPs, into ``PACKAGED_LISTING`` (run after changing a model)."""
+    request = ModelsRequest()
+    rows = json.loads(json_text(_count_zoo(request, None)))
+    write_json(PACKAGED_LISTING, {"listings": [{"key": listing_key(request.classes), "flops": True, "rows": rows}]})
+    return PACKAGED_LISTING
+
+
+__all__ = ["ModelsRequest", "PACKAGED_LISTING", "cache_dir", "list_zoo", "listing_key", "write_packaged_listing"]
+
+
+if __name__ == "__main__":
+    print(f"wrote {write_packaged_listing()}")
