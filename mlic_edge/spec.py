@@ -18,8 +18,11 @@ from typing import Any, Callable, Mapping
 PRECISIONS = ("fp32", "fp16", "int8")
 # The backends and their name lists (BACKENDS, ENGINE_BACKENDS, BUILD_BACKENDS) are the runtime's backend registry's:
 # runtime/inference/backends/registry.py.
-RESIZE_MODES = ("warp", "center-crop", "letterbox")
+RESIZE_MODES = ("warp", "warp-antialias", "center-crop", "letterbox")
 DEFAULT_RESIZE = "warp"
+# PIL's bilinear squash, antialiased when shrinking: the official ML-GCN, MSRN and Query2Label evaluations', so the
+# mode of every imported run (mlic_edge/data/resample.py).
+OFFICIAL_RESIZE = "warp-antialias"
 FLOAT_INPUT = "float-nchw-rgb"  # (x/255 - mean)/std done by mlic-edge before the model
 UINT8_INPUT = "uint8-nhwc-bgr"  # the resized frame as captured; normalisation folded into the graph
 INPUT_FORMATS = (FLOAT_INPUT, UINT8_INPUT)

@@ -19,6 +19,7 @@ from mlic_edge.models.checkpoint import load_model, save_checkpoint
 from mlic_edge.models.official import ImportOptions, ImportRefused, import_checkpoint
 from mlic_edge.models.official.msrn import _backbone_of
 from mlic_edge.models.zoo.msrn import MSRN
+from mlic_edge.spec import OFFICIAL_RESIZE
 
 CLASSES, GROUPS = 5, 2
 DIMS = dict(embed=16, label_hidden=8, gat_hidden=12, fc_hidden=32, label_dim=10)
@@ -185,7 +186,8 @@ def test_the_run_records_what_it_needs(official, tmp_path):
     imported = import_checkpoint("msrn", official["path"], official["options"])
     assert imported.labels == [f"class {i}" for i in range(CLASSES)] and imported.img_size == 448
     assert sorted(imported.ignored) == sorted(UNUSED)
-    assert any("PIL" in note for note in imported.notes) and any("fp16" in note for note in imported.notes)
+    assert imported.resize == OFFICIAL_RESIZE and not any("PIL" in note for note in imported.notes)
+    assert any("fp16" in note for note in imported.notes)
     graph = imported.label_graph
     assert np.array_equal(graph.vectors, official["vectors"])
     assert np.array_equal(graph.counts, official["graph"]["nums"])

@@ -10,8 +10,8 @@ import pytest
 
 from mlic_edge.errors import BuildError, MlicError
 from mlic_edge.runtime.inference.backends.registry import BACKENDS
-from mlic_edge.spec import (DEFAULT_RESIZE, FLOAT_INPUT, PRECISIONS, UINT8_INPUT, ModelSpec, RunSpec,
-                            rebuild_command, require_choice)
+from mlic_edge.spec import (DEFAULT_RESIZE, FLOAT_INPUT, OFFICIAL_RESIZE, PRECISIONS, UINT8_INPUT, ModelSpec,
+                            RunSpec, rebuild_command, require_choice)
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_RUN = {"model": "baseline", "backbone": "resnet10t", "labels": ["cat", "dog"], "img_size": 64,
@@ -60,7 +60,8 @@ STAGE_FOLDERS = ("mlic_edge", "train", "export", "calibration", "runtime")
 REPEATED_FACTS = {
     "a precision list": lambda node: isinstance(node, ast.Tuple) and [getattr(e, "value", None) for e in node.elts]
     == ["fp32", "fp16", "int8"],
-    "a resize default or list": lambda node: isinstance(node, ast.Constant) and node.value == "warp",
+    "a resize default or list": lambda node: isinstance(node, ast.Constant) and node.value in ("warp",
+                                                                                               OFFICIAL_RESIZE),
     "an input format": lambda node: isinstance(node, ast.Constant) and node.value in ("float-nchw-rgb",
                                                                                       "uint8-nhwc-bgr"),
     "a rebuild hint": lambda node: isinstance(node, ast.Constant) and isinstance(node.value, str)

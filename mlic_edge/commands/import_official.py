@@ -59,7 +59,6 @@ def import_official(run: RunDir, request: ImportRequest) -> dict[str, Any]:
     from mlic_edge.io import require_writable, sha256_file
     from mlic_edge.models.checkpoint import save_checkpoint
     from mlic_edge.models.official import ImportOptions, import_checkpoint
-    from mlic_edge.spec import DEFAULT_RESIZE
 
     require_writable(run.path, create=False, hint="choose a writable --out")
     options = ImportOptions(labels=request.labels, word_vectors=request.word_vectors, adjacency=request.adjacency,
@@ -76,7 +75,7 @@ def import_official(run: RunDir, request: ImportRequest) -> dict[str, Any]:
         save_checkpoint(change.path(run.checkpoint), imported.model, imported_from=source)
         sections: dict[str, Any] = {
             "model": config["model"], "backbone": config["backbone"], "img_size": imported.img_size,
-            "mean": imported.mean, "std": imported.std, "resize": DEFAULT_RESIZE, "labels": imported.labels,
+            "mean": imported.mean, "std": imported.std, "resize": imported.resize, "labels": imported.labels,
             "model_config": config, "imported": source}
         if dataset is not None:
             sections["dataset"] = dataset

@@ -12,6 +12,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from mlic_edge.data.resample import pil_bilinear_resize
 from mlic_edge.spec import DEFAULT_RESIZE, FLOAT_INPUT, RESIZE_MODES, UINT8_INPUT, ModelSpec
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
@@ -39,10 +40,14 @@ def read_image(path: str | Path) -> np.ndarray | None:
 
 
 def resize_image(image: np.ndarray, width: int, height: int, mode: str = DEFAULT_RESIZE) -> np.ndarray:
-    """``warp``: stretch to the size (ML-GCN's evaluation); ``center-crop``: scale the short side, crop the middle
-    (timm's evaluation at crop_pct 1); ``letterbox``: scale the long side, pad with grey (Ultralytics)."""
+    """``warp``: stretch to the size (OpenCV's bilinear, no antialiasing); ``warp-antialias``: stretch as PIL's
+    bilinear does, smoothing when shrinking (the official ML-GCN, MSRN and Query2Label evaluations, to the grey
+    level); ``center-crop``: scale the short side, crop the middle (timm's evaluation at crop_pct 1); ``letterbox``:
+    scale the long side, pad with grey (Ultralytics)."""
     if mode == "warp":
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    if mode == "warp-antialias":
+        return pil_bilinear_resize(image, width, height)
     in_height, in_width = image.shape[:2]
     if mode == "center-crop":
         scale = max(width / in_width, height / in_height)

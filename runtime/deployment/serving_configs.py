@@ -20,7 +20,8 @@ from mlic_edge.console import warn
 from mlic_edge.errors import BuildError, DataError, RunDirError
 from mlic_edge.io import atomic_path, refuse_output_onto_inputs, require_writable, sha256_file
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import FLOAT_INPUT, PRECISIONS, RunSpec, rebuild_command, require_at_least, require_choice
+from mlic_edge.spec import (FLOAT_INPUT, OFFICIAL_RESIZE, PRECISIONS, RunSpec, rebuild_command, require_at_least,
+                            require_choice)
 from mlic_edge.runtime.engines.manifest import find_engines, read_manifest
 
 TRITON_PLATFORMS = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
@@ -361,6 +362,10 @@ def _nvinfer_config(*, spec: RunSpec, precision: str, mode: str, onnx_name: str,
         notes.append("# WARNING: the model was evaluated with a centre crop, which nvinfer cannot do: it stretches.")
     elif resize == "letterbox":
         notes.append("# Note: nvinfer pads the letterbox with black; mlic-edge pads with grey (114).")
+    elif resize == OFFICIAL_RESIZE:
+        notes.append("# Note: the model expects PIL's antialiased squash (warp-antialias); nvinfer scales with its own "
+                     "filter,")
+        notes.append("# so scores on frames larger than the input differ slightly from mlic-edge's.")
     properties: list[tuple[str, Any]] = [
         ("gpu-id", 0),
         ("onnx-file", onnx_name),

@@ -18,13 +18,11 @@ import torch
 from mlic_edge.errors import MlicError
 from mlic_edge.models.base import MultiLabelModel
 from mlic_edge.pickles import TRUST_PICKLE_HINT
+from mlic_edge.spec import OFFICIAL_RESIZE
 
 FORMATS = {"ml-gcn": "mlgcn", "q2l": "q2l", "msrn": "msrn"}  # FORMAT -> the module here (and the zoo's model name)
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 SHOWN_KEYS = 4  # how many tensor names a refusal lists
-RESIZE_NOTE = ("preprocessing: the three papers' test transforms squash the image with PIL's bilinear resize, which "
-               "antialiases when shrinking; mlic-edge's warp uses OpenCV's bilinear, which does not, so scores on "
-               "photos larger than the input can differ slightly from the official pipeline's")
 
 
 class ImportRefused(MlicError):
@@ -50,6 +48,7 @@ class Imported:
     img_size: int
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    resize: str = OFFICIAL_RESIZE  # the three papers' test transforms squash the image with PIL's bilinear resize
     # training arguments the tensors do not hold: {option: {"value": ..., "from": "config FILE" | "the ... default"}}
     taken_on_trust: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # told to the user and kept in run.json (label order, deviations)
@@ -69,9 +68,7 @@ def import_checkpoint(fmt: str, path: Path, options: ImportOptions = ImportOptio
     state = state_dict_of(read_official(path, trust_pickle=options.trust_pickle), path)
     module = importlib.import_module(f"{__name__}.{FORMATS[fmt]}")
     converter: Callable[[dict[str, torch.Tensor], ImportOptions, Path], Imported] = module.convert
-    imported = converter(state, options, path)
-    imported.notes.append(RESIZE_NOTE)
-    return imported
+    return converter(state, options, path)
 
 
 # ------------------------------------------------------------------------------------------------------ the file
