@@ -263,7 +263,8 @@ def test_a_missing_run_suggests_training_that_model(capsys, tmp_path):
     result = invoke(capsys, "build", "--model", "msrn-absent", "-p", "fp16")
     assert_one_line_error(result, "mlic-edge train --model msrn-absent --data DATA")
     result = invoke(capsys, "parity", "--run", tmp_path / "elsewhere")
-    assert_one_line_error(result, f"--model elsewhere --data DATA --out {tmp_path / 'elsewhere'}")
+    assert_one_line_error(result, f"--model MODEL --data DATA --out {tmp_path / 'elsewhere'}",
+                          f"mlic-edge import ml-gcn|msrn|q2l FILE --out {tmp_path / 'elsewhere'}")
 
 
 def _int8_result(results: list[dict], graph: str = "tensorrt") -> dict:
