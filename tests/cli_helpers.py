@@ -41,14 +41,17 @@ def assert_one_line_error(result: Result, *fragments: str) -> None:
         assert fragment in result.err.replace("\n", " "), result.err
 
 
-def exit_before_torch(*args: str) -> tuple[list[str], str]:
-    """Run ``mlic-edge ARGS`` in a fresh interpreter: (['exit', CODE, whether torch was imported], stderr)."""
+def exit_before_torch(*args: str, env: dict[str, str] | None = None) -> tuple[list[str], str]:
+    """Run ``mlic-edge ARGS`` in a fresh interpreter (with ``env`` added to the environment): (['exit', CODE,
+    whether torch was imported], stderr)."""
+    import os
     import subprocess
 
     code = ("import sys\nfrom mlic_edge.cli.app import main\n"
             f"sys.argv = ['mlic-edge', *{[str(arg) for arg in args]!r}]\n"
             "try:\n    main()\nexcept SystemExit as stop:\n    print('exit', stop.code, 'torch' in sys.modules)\n")
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                               env={**os.environ, **(env or {})})
     return completed.stdout.split(), completed.stderr
 
 

@@ -14,7 +14,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from cli_helpers import assert_one_line_error, invoke
+from cli_helpers import assert_one_line_error, exit_before_torch, invoke
 from mlic_edge.errors import MlicError
 from mlic_edge.models import create_model
 from mlic_edge.train.config import TrainConfig
@@ -133,6 +133,51 @@ def test_an_unreachable_hub_is_tried_once_and_never_downloaded_from(monkeypatch,
     assert f"127.0.0.1:{port} cannot be reached" in message and "\n" not in message
     assert "--pretrained-file" in message and "HF_HOME" in message and "--recipe quick" in message
     assert network.connections == [("127.0.0.1", port)] and network.downloads == []
+
+
+def offline_machine(tmp_path, **more: str) -> dict[str, str]:
+    """The environment of a machine whose Hugging Face and torch hub caches are empty, with no proxy."""
+    return {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"),
+            "TORCH_HOME": str(tmp_path / "torch"), "HTTPS_PROXY": "", "https_proxy": "", "ALL_PROXY": "",
+            "all_proxy": "", **more}
+
+
+@pytest.mark.parametrize("hub", ["off", "unreachable"])
+def test_offline_the_paper_recipe_is_refused_before_pytorch_loads(tmp_path, synth_data, hub):
+    port = closed_port()
+    env = offline_machine(tmp_path, **({"HF_HUB_OFFLINE": "1"} if hub == "off" else
+                                       {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{port}"}))
+    out = tmp_path / "run"
+    exit_line, err = exit_before_torch("train", "--model", "msrn", "--data", f"voc:{synth_data}", "--out", str(out),
+                                       env=env)
+    assert exit_line == ["exit", "2", "False"], err  # refused, and PyTorch (so timm) never imported
+    assert "Traceback" not in err and len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+    why = "HF_HUB_OFFLINE" if hub == "off" else f"127.0.0.1:{port} cannot be reached"
+    repository = timm.models.get_pretrained_cfg("resnet101").hf_hub_id  # MSRN's backbone, named from the listing
+    for fragment in ("no ImageNet weights for backbone 'resnet101'", why, "--pretrained-file FILE",
+                     str(tmp_path / "hf" / "hub"), f"hf download {repository}", "--recipe quick"):
+        assert fragment in err.replace("\n", " "), err
+    assert not out.exists()
+
+
+def test_the_early_check_passes_wherever_a_copy_may_be(monkeypatch, tmp_path, network):
+    from mlic_edge.models.hub import check_weights_obtainable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_cache = tmp_path / "hf" / "hub"
+    (hub_cache / "models--timm--resnet50d.a1_in1k").mkdir(parents=True)  # another architecture's weights
+    for name in ("resnet50", "resnet50.a1_in1k"):
+        with pytest.raises(MlicError, match=f"backbone '{name}'"):
+            check_weights_obtainable(name)
+    (hub_cache / "models--timm--resnet50.a1_in1k").mkdir()
+    check_weights_obtainable("resnet50")  # any tag: the exact lookup then decides
+    check_weights_obtainable("resnet50.a1_in1k")
+    with pytest.raises(MlicError):
+        check_weights_obtainable("resnet50.tv_in1k")
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "torch" / "hub" / "checkpoints" / "resnet50_a1_0-14fe96d1.pth").write_bytes(b"")
+    check_weights_obtainable("resnet50.tv_in1k")  # a torch hub file's name does not say what it holds
+    assert network.connections == []
 
 
 def test_a_hub_that_answers_downloads_through_timm(monkeypatch, network):

@@ -38,13 +38,23 @@ def list_zoo(request: ModelsRequest = ModelsRequest(), progress: Progress | None
     """One summary per registered model, by name (``mlic_edge.models.summary.summarize``), from the cache where it
     holds them for this source, these versions and this label count."""
     require_at_least("--classes", request.classes, 1)
-    key = listing_key(request.classes)
-    cache = ListingCache(cache_dir() / "models.json", key)
-    rows = ListingCache(PACKAGED_LISTING, key).read(with_flops=request.flops) or cache.read(with_flops=request.flops)
+    rows = listed_zoo(request)
     if rows is None:
         rows = json.loads(json_text(_count_zoo(request, progress)))  # as the cache gives them back: JSON values
-        cache.write(rows, with_flops=request.flops)
+        _user_cache(request.classes).write(rows, with_flops=request.flops)
     return rows if request.flops else [_without_flops(row) for row in rows]
+
+
+def listed_zoo(request: ModelsRequest = ModelsRequest()) -> list[dict[str, Any]] | None:
+    """The zoo's rows where the packaged listing or the user's cache holds them for this source, these versions
+    and this label count; None where they would have to be counted (nothing is built here)."""
+    key = listing_key(request.classes)
+    return (ListingCache(PACKAGED_LISTING, key).read(with_flops=request.flops)
+            or _user_cache(request.classes).read(with_flops=request.flops))
+
+
+def _user_cache(classes: int) -> "ListingCache":
+    return ListingCache(cache_dir() / "models.json", listing_key(classes))
 
 
 def _count_zoo(request: ModelsRequest, progress: Progress | None) -> list[dict[str, Any]]:
@@ -135,7 +145,8 @@ def write_packaged_listing() -> Path:
     return PACKAGED_LISTING
 
 
-__all__ = ["ModelsRequest", "PACKAGED_LISTING", "cache_dir", "list_zoo", "listing_key", "write_packaged_listing"]
+__all__ = ["ModelsRequest", "PACKAGED_LISTING", "cache_dir", "list_zoo", "listed_zoo", "listing_key",
+           "write_packaged_listing"]
 
 
 if __name__ == "__main__":

@@ -22,9 +22,28 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
         get_model_entry(config.model)
     parse_data_spec(config.data)
+    check_imagenet_weights(config)
     from mlic_edge.train.trainer import train as run_training
 
     return run_training(config)
+
+
+def check_imagenet_weights(config: TrainConfig) -> None:
+    """Refuse in one line, before PyTorch loads, a run that starts from ImageNet weights that are neither on this
+    machine nor downloadable (models/hub.py); the backbone's name and weights repository come from the zoo's listing.
+    Passes where a copy may exist or the default backbone is not listed: the trainer's exact lookup then decides."""
+    from mlic_edge.commands.models import listed_zoo
+    from mlic_edge.models.hub import check_weights_obtainable
+
+    if not config.starts_pretrained() or config.resume or config.pretrained_file is not None:
+        return
+    backbone, hub_id = config.backbone, None
+    if backbone is None:
+        row = next((row for row in listed_zoo() or [] if row.get("name") == config.model), None)
+        if row is None:
+            return
+        backbone, hub_id = row["default_backbone"], row.get("default_backbone_weights")
+    check_weights_obtainable(backbone, hub_id)
 
 
 def zoo_file_names() -> set[str]:
@@ -121,4 +140,4 @@ def _quiet(what: str, done: int, total: int) -> None:
     return None
 
 
-__all__ = ["QatRequest", "TrainConfig", "train", "train_qat", "zoo_file_names"]
+__all__ = ["QatRequest", "TrainConfig", "check_imagenet_weights", "train", "train_qat", "zoo_file_names"]

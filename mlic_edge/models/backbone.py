@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import os
-import socket
-import threading
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlparse
@@ -19,9 +15,9 @@ import torch.nn as nn
 
 from mlic_edge.data.images import IMAGENET_MEAN, IMAGENET_STD
 from mlic_edge.errors import MlicError
+from mlic_edge.models.hub import no_weights_hint, refuse_without_weights, why_unavailable
 from mlic_edge.models.recipe import WEIGHTS_FILE_FORMATS
 
-HUB_CHECK_TIMEOUT_S = 2.0  # the connection check before a download: one attempt, no retries
 SHOWN_KEYS = 3  # mismatching keys named in a refusal
 
 
@@ -55,7 +51,7 @@ def locate_pretrained_weights(name: str) -> str | None:
     """Where the ImageNet weights of timm backbone ``name`` come from, decided without a download's retries: the
     path of a copy in the local Hugging Face cache (HF_HOME) or torch hub cache, used with no network; None where the
     hub answered a connection check (timm downloads them). Refused in one line where the hub is off
-    (HF_HUB_OFFLINE) or does not answer within ``HUB_CHECK_TIMEOUT_S``."""
+    (HF_HUB_OFFLINE) or does not answer within ``HUB_CHECK_TIMEOUT_S`` (models/hub.py)."""
     from huggingface_hub import constants
 
     cfg = _pretrained_cfg(name)
@@ -64,26 +60,15 @@ def locate_pretrained_weights(name: str) -> str | None:
     cached = _cached_weights(cfg)
     if cached is not None:
         return cached
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in constants.ENV_VARS_TRUE_VALUES:
-        why = "the Hugging Face hub is off here (HF_HUB_OFFLINE)"
-    else:
-        host, port = _endpoint(constants.ENDPOINT if cfg.hf_hub_id else cfg.url)
-        unreachable = _connection_failure(host, port, HUB_CHECK_TIMEOUT_S)
-        if unreachable is None:
-            return None
-        why = f"{host}:{port} cannot be reached ({unreachable})"
-    raise MlicError(f"no ImageNet weights for backbone {name!r}: they are not in the local cache and {why}",
-                    hint=_no_weights_hint(name))
+    why = why_unavailable(constants.ENDPOINT if cfg.hf_hub_id else cfg.url)
+    if why is None:
+        return None
+    raise refuse_without_weights(name, why, cfg.hf_hub_id)
 
 
 def _no_weights_hint(name: str) -> str:
-    from huggingface_hub import constants
-
     cfg = _pretrained_cfg(name)
-    fetch = f" with `hf download {cfg.hf_hub_id}` where there is network" if cfg and cfg.hf_hub_id else ""
-    return (f"pass --pretrained-file FILE ({WEIGHTS_FILE_FORMATS}); or fill the local Hugging Face cache "
-            f"({constants.HF_HUB_CACHE}, under HF_HOME){fetch}; or train from scratch: --recipe quick (or "
-            "--no-pretrained)")
+    return no_weights_hint(cfg.hf_hub_id if cfg else None)
 
 
 def _pretrained_cfg(name: str) -> Any:
@@ -114,36 +99,6 @@ def _cached_weights(cfg: Any) -> str | None:
         if candidate.is_file():
             return str(candidate)
     return None
-
-
-def _endpoint(url: str) -> tuple[str, int]:
-    """The host and port a download from ``url`` connects to first: the HTTPS proxy where one is set for it."""
-    parsed = urlparse(url)
-    host = parsed.hostname or ""
-    proxy = urllib.request.getproxies().get(parsed.scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
-        parsed = urlparse(proxy if "://" in proxy else f"http://{proxy}")
-        host = parsed.hostname or ""
-    return host, parsed.port or (443 if parsed.scheme == "https" else 80)
-
-
-def _connection_failure(host: str, port: int, timeout: float) -> str | None:
-    """Why one connection attempt to ``host:port`` failed, None where it succeeded; given up after ``timeout``
-    seconds, name lookup included (a lookup with no reachable name server can hang for longer than the connection's
-    own timeout, so the attempt runs in a thread)."""
-    outcome: list[str | None] = []
-
-    def attempt() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            outcome.append(None)
-        except OSError as error:
-            outcome.append(getattr(error, "strerror", None) or str(error) or type(error).__name__)
-
-    thread = threading.Thread(target=attempt, name="hub-check", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return outcome[0] if outcome else f"no answer within {timeout:g} s"
 
 
 def _create_from_file(name: str, path: Path, **kwargs: Any) -> nn.Module:

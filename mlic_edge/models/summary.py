@@ -31,6 +31,7 @@ def summarize(entry: ModelEntry, num_classes: int = 80, img_size: int | None = N
         "name": entry.name,
         "paper": entry.paper,
         "default_backbone": entry.default_backbone,
+        "default_backbone_weights": _hub_id(entry.default_backbone),
         "default_img_size": entry.default_img_size,
         "num_classes": num_classes,
         "img_size": size,
@@ -48,6 +49,17 @@ def summarize(entry: ModelEntry, num_classes: int = 80, img_size: int | None = N
         row["GFLOPs"] = flops / 1e9
         row["GMACs"] = flops / 2e9
     return row
+
+
+def _hub_id(backbone: str) -> str | None:
+    """The Hugging Face repository of the backbone's default ImageNet weights (timm's pretrained config): what
+    `mlic-edge train` names, before PyTorch loads, where they cannot be had (models/hub.py)."""
+    import timm
+
+    try:
+        return timm.models.get_pretrained_cfg(backbone).hf_hub_id or None
+    except (RuntimeError, AttributeError):
+        return None
 
 
 def _tensors(module: torch.nn.Module):
