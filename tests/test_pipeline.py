@@ -129,15 +129,31 @@ def test_live_source_keeps_the_newest_frame_and_counts_the_dropped():
     assert all(len(batch) == 1 for batch in backend.batches)  # live: one newest frame at a time
 
 
-def test_the_latest_frame_slot_hands_out_the_newest_then_the_end():
-    from mlic_edge.runtime.inference.pipeline import _END, LatestFrame
+def test_a_live_slot_keeps_the_newest_frame_and_a_file_slot_keeps_order_up_to_its_capacity():
+    from mlic_edge.runtime.inference.pipeline import _Slot
 
-    slot = LatestFrame()
-    slot.put("a")
-    slot.put("b")  # replaces a: one dropped
-    slot.put(_END)  # replaces nothing
-    assert (slot.get(0.01), slot.get(0.01), slot.dropped) == ("b", _END, 1)
-    assert slot.get(0.01) is _END  # every stage that asks again sees the end
+    arrivals, drops = threading.Condition(), []
+    live = _Slot(True, 2, arrivals, lambda: drops.append(1))
+    never = threading.Event()
+    for frame in ("a", "b", "c"):
+        live.put(frame, never)
+    live.end()  # replaces nothing: the newest frame is still handed out
+    assert (list(live.frames), live.dropped, len(drops), live.finished) == (["c"], 2, 2, False)
+    live.frames.popleft()
+    assert live.finished
+
+    files, aborted = _Slot(False, 2, arrivals, lambda: drops.append(1)), threading.Event()
+    files.put("a", aborted)
+    files.put("b", aborted)
+    third = threading.Thread(target=files.put, args=("c", aborted))
+    third.start()
+    third.join(0.2)
+    assert third.is_alive() and list(files.frames) == ["a", "b"]  # full: the reader waits, nothing is dropped
+    with arrivals:
+        files.frames.popleft()
+        arrivals.notify_all()
+    third.join(2)
+    assert list(files.frames) == ["b", "c"] and files.dropped == 0
 
 
 def test_stop_event_ends_a_live_run_with_everything_in_flight_written():

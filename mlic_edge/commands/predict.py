@@ -24,14 +24,15 @@ class PredictRequest:
     backend: str = "auto"
     precision: str = "fp32"
     device: str = "auto"
-    batch: int = 1  # images per inference for files; live sources always use 1 (the newest frame)
+    batch: int = 1  # images per inference (at least one per stream; a live stream gives its newest frame)
+    batch_timeout_ms: float = 0.0  # how long a batch waits for the other streams' frames (0: takes what is queued)
     threshold: float = 0.5
     thresholds: Path | None = None  # per-class thresholds file (JSON {label: t} or CSV label,threshold)
     top_k: int = 5
     smoothing: float = 0.0  # EMA of scores across frames of a video or live source
     only_changes: bool = False
     all_scores: bool = False  # every label's score in each record (`run --scores`; a CSV needs them)
-    max_frames: int | None = None
+    max_frames: int | None = None  # per stream
     width: int | None = None
     height: int | None = None
     fps: float | None = None
@@ -97,82 +98,158 @@ def load_classifier(run: RunDir, request: PredictRequest = PredictRequest()) -> 
         raise
 
 
-def check_outputs(run: RunDir, source: str, request: PredictRequest, outputs: dict[str, Path | None]) -> None:
-    """Refuse, before any work, an output (``{"--out": path, ...}``) onto what ``run`` reads (the source's files,
-    the thresholds file) or into the run directory, or onto another output."""
+Sources = Any  # SOURCE, a list of SOURCEs (NAME=SOURCE names one) or of StreamSpecs (runtime/inference/streams.py)
+
+
+def check_outputs(run: RunDir, sources: Sources, request: PredictRequest, outputs: dict[str, Path | None]) -> None:
+    """Refuse, before any work, an output (``{"--out": path, ...}``, a ``{stream}`` template expanded per stream)
+    onto what ``run`` reads (the sources' files, the thresholds file) or into the run directory, or onto another
+    output."""
     from mlic_edge.io import refuse_output_onto_inputs
     from mlic_edge.runtime.inference.sources import source_files
+    from mlic_edge.runtime.inference.streams import STREAM_FIELD, as_streams, output_paths
 
-    refuse_output_onto_inputs(outputs, [*source_files(source), *filter(None, [request.thresholds]), run.path])
+    streams = as_streams(sources)
+    expanded: dict[str, Path] = {}
+    for option, given in outputs.items():
+        for name, path in output_paths(given, [stream.name for stream in streams], option).items():
+            expanded.setdefault(f"{option} ({name})" if STREAM_FIELD in str(given) else option, path)
+    refuse_output_onto_inputs(expanded, [*[path for stream in streams for path in source_files(stream.source)],
+                                         *filter(None, [request.thresholds]), run.path])
 
 
-def run_predict(run: RunDir, source: str, request: PredictRequest = PredictRequest(), *,
-                on_open: Callable[[Any, Any], ResultCallback | None] | None = None,
+def run_predict(run: RunDir, sources: Sources, request: PredictRequest = PredictRequest(), *,
+                on_open: Callable[[list[Any], Any], ResultCallback | None] | None = None,
                 stop: threading.Event | None = None, latency: Any = None,
                 on_tick: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Run the pipeline to the end of ``source`` (or ``stop``); returns the summary (latency per stage, backend,
-    source, counts). ``on_open(source, classifier)`` is called once both are open and returns the per-result
-    callback ``(frame, result)``."""
-    from mlic_edge.runtime.inference.sources import open_source
+    """Run the pipeline to the end of ``sources`` (or ``stop``): one source, or several streams batched together;
+    returns the summary (latency per stage, backend, sources, counts, per stream under ``streams``).
+    ``on_open(opened, classifier)`` is called once the streams (``[(StreamSpec, Source)]``) and the classifier are
+    open, and returns the per-result callback ``(frame, result)``; ``frame.stream`` indexes ``opened``."""
+    from mlic_edge.runtime.inference.streams import as_streams, open_streams, with_unopened
 
     request.check()
     options = request.stream_options()
-    with open_source(source, width=options.width, height=options.height, fps=options.fps,
-                     max_reconnects=options.max_reconnects) as frames, load_classifier(run, request) as classifier:
-        on_result = on_open(frames, classifier) if on_open is not None else None
-        summary = classifier.run(frames, options, stop=stop, latency=latency, on_tick=on_tick,
+    streams = as_streams(sources)
+    with open_streams(streams, width=options.width, height=options.height, fps=options.fps,
+                      max_reconnects=options.max_reconnects) as (opened, failed), \
+            load_classifier(run, request) as classifier:
+        on_result = on_open(opened, classifier) if on_open is not None else None
+        summary = classifier.run(opened, options, stop=stop, latency=latency, on_tick=on_tick,
                                  **({"on_result": on_result} if on_result is not None else {}))
-    return {**summary, "source": source}
+    return with_unopened(summary, streams, failed)
 
 
-def predict_to_outputs(run: RunDir, source: str, request: PredictRequest = PredictRequest(),
+def predict_to_outputs(run: RunDir, sources: Sources, request: PredictRequest = PredictRequest(),
                        outputs: PredictOutputs = PredictOutputs(), *,
-                       on_open: Callable[[Any, Any], None] | None = None, stop: threading.Event | None = None,
+                       on_open: Callable[[list[Any], Any], None] | None = None, stop: threading.Event | None = None,
                        latency: Any = None, on_tick: Callable[[], None] | None = None) -> dict[str, Any]:
     """``run_predict`` writing every record to ``outputs`` (checked before any work: nothing onto an input, every
-    path writable); each output is closed whole, also when stopped. ``on_open(source, classifier)`` is told once
-    both are open. A window's q or Esc sets ``stop``."""
+    path writable); with several streams a path holding ``{stream}`` is one file per stream, else one shared file
+    whose records name their stream (a video needs the template). Each output is closed whole, also when stopped.
+    ``on_open(opened, classifier)`` is told once both are open. A window's q or Esc sets ``stop``."""
     from mlic_edge.io import write_json
-    from mlic_edge.runtime.inference.sinks import CsvSink, JsonlSink, VideoSink, WindowSink, check_writable
+    from mlic_edge.runtime.inference.sinks import check_writable
+    from mlic_edge.runtime.inference.streams import as_streams, output_paths
     from mlic_edge.stops import signals_deferred
 
     request.check()
-    check_outputs(run, source, request, outputs.files())
-    for path in outputs.files().values():
-        if path is not None:
+    streams = as_streams(sources)
+    names = [stream.name for stream in streams]
+    output_paths(outputs.save_video, names, "--save-video", one_file=False)  # a video mixing streams: refused now
+    check_outputs(run, streams, request, outputs.files())
+    for option, given in outputs.files().items():
+        for path in set(output_paths(given, names, option).values()):
             check_writable(path)  # before any work: an unwritable output fails now, not after an hour of camera
     stop = stop or threading.Event()
-    labels, sinks = run.spec().labels, []
-    with_scores = request.all_scores or outputs.csv is not None
+    sinks = _StreamSinks(run.spec().labels, outputs, request.all_scores or outputs.csv is not None, stop)
 
-    def open_sinks(frames: Any, classifier: Any) -> ResultCallback:
+    def open_sinks(opened: list[Any], classifier: Any) -> ResultCallback:
         if on_open is not None:
-            on_open(frames, classifier)
-        sinks.append(JsonlSink(outputs.out, append=outputs.append))
-        sinks.extend([CsvSink(outputs.csv, labels, append=outputs.append)] if outputs.csv else [])
-        sinks.extend([VideoSink(outputs.save_video, frames.fps)] if outputs.save_video else [])
-        window = WindowSink(f"mlic-edge: {source}") if outputs.show else None
-        sinks.extend([window] if window else [])
-
-        def write(frame: Any, result: Any) -> None:
-            record = result.to_dict(scores=with_scores)
-            for sink in sinks:
-                sink.write(frame, record)
-            if window is not None and window.stop_requested:
-                stop.set()
-        return write
+            on_open(opened, classifier)
+        return sinks.open(opened)
 
     ok = False
     try:
-        summary = run_predict(run, source, request, on_open=open_sinks, stop=stop, latency=latency, on_tick=on_tick)
+        summary = run_predict(run, streams, request, on_open=open_sinks, stop=stop, latency=latency, on_tick=on_tick)
         ok = True
     finally:
         with signals_deferred():
-            for sink in sinks:
-                sink.close(ok or stop.is_set())
+            sinks.close(ok or stop.is_set())
     if outputs.stats_json:
         write_json(outputs.stats_json, summary)
     return summary
+
+
+class _StreamSinks:
+    """Where each stream's records go: its own files (``{stream}`` paths) or files it shares, stdout, a window."""
+
+    def __init__(self, labels: list[str], outputs: PredictOutputs, with_scores: bool, stop: threading.Event) -> None:
+        self.labels, self.outputs, self.with_scores, self.stop = labels, outputs, with_scores, stop
+        self.opened: list[Any] = []  # every sink once, in opening order (closed in that order)
+        self.per_stream: list[list[Any]] = []
+        self.windows: list[Any] = []
+
+    def open(self, opened: list[Any]) -> ResultCallback:
+        from mlic_edge.runtime.inference.sinks import CsvSink, JsonlSink, VideoSink, WindowSink
+        from mlic_edge.runtime.inference.streams import output_paths
+
+        names = [stream.name for stream, _ in opened]
+        several = len(opened) > 1
+        shared: dict[Any, Any] = {}
+
+        def once(key: Any, make: Callable[[], Any]) -> Any:
+            if key not in shared:
+                shared[key] = make()
+                self.opened.append(shared[key])
+            return shared[key]
+
+        outs = output_paths(self.outputs.out, names, "--out")
+        csvs = output_paths(self.outputs.csv, names, "--csv")
+        videos = output_paths(self.outputs.save_video, names, "--save-video", one_file=False)
+        for stream, source in opened:
+            path = outs.get(stream.name)
+            sinks = [once(("out", path), lambda: JsonlSink(path, append=self.outputs.append))]
+            if stream.name in csvs:
+                csv_path = csvs[stream.name]
+                sinks.append(once(("csv", csv_path), lambda: CsvSink(csv_path, self.labels,
+                                                                     append=self.outputs.append,
+                                                                     with_stream=several)))
+            if stream.name in videos:
+                sinks.append(once(("video", videos[stream.name]),
+                                  lambda: VideoSink(videos[stream.name], source.fps)))
+            if self.outputs.show:
+                title = f"mlic-edge: {stream.name if several else stream.source}"
+                window = once(("window", title), lambda: WindowSink(title))
+                self.windows.append(window)
+                sinks.append(window)
+            self.per_stream.append(sinks)
+        return self.write
+
+    def write(self, frame: Any, result: Any) -> None:
+        record = result.to_dict(scores=self.with_scores)
+        for sink in self.per_stream[frame.stream]:
+            sink.write(frame, record)
+        if any(window.stop_requested for window in self.windows):
+            self.stop.set()
+
+    def close(self, ok: bool) -> None:
+        for sink in self.opened:
+            sink.close(ok)
+
+
+def require_streams_ok(summary: dict[str, Any]) -> None:
+    """Refuse a run in which a stream ended in error or never opened (the others ran to their end): one line naming
+    each, for the exit status."""
+    from mlic_edge.errors import SourceError
+    from mlic_edge.runtime.inference.streams import failed_streams
+
+    failed = failed_streams(summary)
+    if failed:
+        raise SourceError(f"{len(failed)} of {len(summary['streams'])} streams ended in error: "
+                          + "; ".join(f"{stream['name']}: {stream['error']}" for stream in failed),
+                          hint="the other streams ran to their end and every output is complete; per-stream "
+                               "figures are in --stats-json")
 
 
 def describe_backend(summary: dict[str, Any]) -> str:
@@ -182,10 +259,10 @@ def describe_backend(summary: dict[str, Any]) -> str:
     return BackendInfo(**summary["backend"]).describe()
 
 
-def predict(run: RunDir, source: str, request: PredictRequest = PredictRequest()) -> Iterator[Any]:
+def predict(run: RunDir, sources: Sources, request: PredictRequest = PredictRequest()) -> Iterator[Any]:
     """One ``Result`` per image or frame, as the pipeline produces them (files in order, live sources newest
-    first). Leaving the loop early stops the source and closes the backend; an error in the pipeline is raised
-    here."""
+    first; several sources batched together, each result naming its ``stream``). Leaving the loop early stops the
+    sources and closes the backend; an error in the pipeline is raised here."""
     request.check()
     with load_classifier(run, request) as classifier:
-        yield from classifier.stream(source, **vars(request.stream_options()))
+        yield from classifier.stream(sources, **vars(request.stream_options()))

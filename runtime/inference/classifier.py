@@ -40,8 +40,9 @@ DEFAULT_CHUNK = 16
 class StreamOptions:
     """How ``Classifier.stream`` (and ``mlic-edge run``) reads a source; these are the only defaults."""
 
-    batch: int = 1  # images per inference for files; live sources always use 1 (the newest frame)
-    max_frames: int | None = None
+    batch: int = 1  # images per inference (at least one per stream; a live stream gives its newest frame)
+    batch_timeout_ms: float = 0.0  # how long a batch waits for the other streams' frames (0: takes what is queued)
+    max_frames: int | None = None  # per stream
     smoothing: float = 0.0  # EMA of scores across frames of a video or live source
     only_changes: bool = False
     width: int | None = None
@@ -52,6 +53,8 @@ class StreamOptions:
     def check(self) -> None:
         require_fraction("--smoothing", self.smoothing, upper_open=True, hint="0 turns it off; 0.8 is a good start")
         require_at_least("--batch", self.batch, 1, hint="images per inference, for example 8")
+        require_at_least("--batch-timeout", self.batch_timeout_ms, 0, hint="milliseconds a batch may wait for the "
+                                                                         "other streams, for example 20")
         require_at_least("--max-frames", self.max_frames, 1, hint="pass 1 or more")
         require_at_least("--max-reconnects", self.max_reconnects, 0, hint="0 never reconnects")
         require_at_least("--width", self.width, 1, hint="a capture width in pixels, for example 1280")
@@ -151,39 +154,59 @@ class Classifier:
                              only_changes=only_changes)
 
     # --- sources: cameras, streams, videos, folders -------------------------------------------------------------------
-    def stream(self, source: str, **options: Any) -> "ResultStream":
-        """Results for ``source`` (anything ``mlic-edge run`` takes), as the threaded pipeline produces them: files
-        in order, read ahead; a live source's newest frame. ``options``: ``StreamOptions`` fields (batch,
-        max_frames, smoothing, only_changes, width, height, fps, max_reconnects). Leaving the loop stops the
-        source; an error in the pipeline is raised in the loop; ``.summary`` holds the latency summary after."""
+    def stream(self, source: str | Sequence[str], **options: Any) -> "ResultStream":
+        """Results for ``source`` (anything ``mlic-edge run`` takes; a list: several streams, ``NAME=SOURCE`` to name
+        one, batched together), as the threaded pipeline produces them: files in order, read ahead; a live source's
+        newest frame; with several streams each result's ``stream`` names its own. ``options``: ``StreamOptions``
+        fields (batch, batch_timeout_ms, max_frames, smoothing, only_changes, width, height, fps, max_reconnects).
+        Leaving the loop stops the sources; an error in the pipeline is raised in the loop; ``.summary`` holds the
+        latency summary after (per stream in ``streams``)."""
         return ResultStream(self, source, make_options(StreamOptions, options))
 
-    def run(self, source: Any, options: StreamOptions = StreamOptions(), *,
+    def run(self, sources: Any, options: StreamOptions = StreamOptions(), *,
             on_result: Callable[[Any, Result], None] = lambda frame, result: None,
             stop: threading.Event | None = None, latency: Any = None,
             on_tick: Callable[[], None] | None = None) -> dict[str, Any]:
-        """The pipeline over an open ``Source`` to its end (or ``stop``), handing each ``(frame, result)`` to
-        ``on_result``; returns the summary (latency per stage, what ran, counts)."""
+        """The pipeline over an open ``Source``, or several ``(StreamSpec, Source)`` pairs (``open_streams``), to
+        their end (or ``stop``), handing each ``(frame, result)`` to ``on_result``; returns the summary (latency per
+        stage, what ran, counts; per stream under ``streams``, the batches' sizes under ``batch_fill``)."""
         from mlic_edge.console import warn
         from mlic_edge.runtime.inference.latency import LatencyRecorder
-        from mlic_edge.runtime.inference.pipeline import run_pipeline
+        from mlic_edge.runtime.inference.pipeline import Stream, run_pipeline
 
         options.check()
-        live_or_video = source.live or source.kind == "video"
-        if options.smoothing and not live_or_video:
-            warn("--smoothing applies to videos and live sources; images of a folder are not smoothed")
+        pairs = list(sources) if isinstance(sources, (list, tuple)) else [(None, sources)]
+        streams = [Stream(spec.name if spec is not None else str(getattr(source, "spec", "source")), source,
+                          self._stream_rule(source, options)) for spec, source in pairs]
         latency = latency or LatencyRecorder()
-        stats = run_pipeline(source, self, postprocess=self.postprocessor(
-                                 options.smoothing if live_or_video else 0.0, options.only_changes),
-                             on_result=on_result, batch_size=options.batch, max_frames=options.max_frames,
+        stats = run_pipeline(streams, self, on_result=on_result, batch_size=options.batch,
+                             batch_timeout_s=options.batch_timeout_ms / 1e3, max_frames=options.max_frames,
                              latency=latency, stop=stop, on_tick=on_tick)
         if stats.unreadable:
             warn(f"{stats.unreadable} unreadable image(s) skipped: {', '.join(stats.unreadable_names)}")
         budget = self.backend.thread_budget
-        return {**latency.summary(), "backend": self.info.as_dict(),
-                "threads": budget.as_dict() if budget is not None else None, "source": getattr(source, "spec", None),
-                "kind": source.kind, "records": stats.records, "unreadable": stats.unreadable,
-                "stopped": stats.stopped, **dict(getattr(source, "stats", {}))}
+        opened = [source for _, source in pairs]
+        counted = [dict(getattr(source, "stats", {})) for source in opened]
+        summary = {**latency.summary(), "backend": self.info.as_dict(),
+                   "threads": budget.as_dict() if budget is not None else None, "records": stats.records,
+                   "unreadable": stats.unreadable, "stopped": stats.stopped,
+                   "batch_fill": {str(size): count for size, count in sorted(stats.batch_fill.items())},
+                   "streams": [stream.as_dict(counts) for stream, counts in zip(stats.streams, counted)]}
+        if len(opened) == 1:
+            return {**summary, "source": getattr(opened[0], "spec", None), "kind": opened[0].kind, **counted[0]}
+        totals = {key: sum(counts.get(key, 0) for counts in counted) for key in counted[0]}
+        return {**summary, "source": [getattr(source, "spec", None) for source in opened], "kind": "streams",
+                **totals}
+
+    def _stream_rule(self, source: Any, options: StreamOptions) -> Postprocessor:
+        """A stream's own decision rule: smoothing for a video or live source only (frames that follow in time)."""
+        from mlic_edge.console import warn
+
+        in_time = source.live or source.kind == "video"
+        if options.smoothing and not in_time:
+            warn(f"--smoothing applies to videos and live sources; images of {getattr(source, 'spec', 'a folder')} "
+                 "are not smoothed")
+        return self.postprocessor(options.smoothing if in_time else 0.0, options.only_changes)
 
     # --- resources -----------------------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -203,13 +226,13 @@ class Classifier:
 class ResultStream:
     """``Classifier.stream``'s results: iterate once; ``summary`` (latency per stage, counts) once it has ended."""
 
-    def __init__(self, classifier: Classifier, source: str, options: StreamOptions) -> None:
+    def __init__(self, classifier: Classifier, source: str | Sequence[str], options: StreamOptions) -> None:
         options.check()
         self.classifier, self.source, self.options = classifier, source, options
         self.summary: dict[str, Any] | None = None
 
     def __iter__(self) -> Iterator[Result]:
-        from mlic_edge.runtime.inference.sources import open_source
+        from mlic_edge.runtime.inference.streams import as_streams, open_streams, with_unopened
 
         results: queue.Queue = queue.Queue(maxsize=64)
         stop = threading.Event()
@@ -227,10 +250,12 @@ class ResultStream:
         def work() -> None:
             try:
                 options = self.options
-                with open_source(self.source, width=options.width, height=options.height, fps=options.fps,
-                                 max_reconnects=options.max_reconnects) as frames:
-                    self.summary = self.classifier.run(frames, options, on_result=lambda frame, result: put(result),
-                                                       stop=stop)
+                specs = as_streams(self.source)
+                with open_streams(specs, width=options.width, height=options.height, fps=options.fps,
+                                  max_reconnects=options.max_reconnects) as (opened, failed):
+                    summary = self.classifier.run(opened, options, on_result=lambda frame, result: put(result),
+                                                  stop=stop)
+                    self.summary = with_unopened(summary, specs, failed)
             except BaseException as error:  # handed to the consumer
                 failure.append(error)
             finally:

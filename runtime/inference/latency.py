@@ -208,6 +208,29 @@ def latency_table(summary: dict[str, Any], title: str):
     return table
 
 
+def streams_table(summary: dict[str, Any]):
+    """A rich table of a run's streams: frames, fps, dropped frames, reconnects, capture-to-output p50 (live) and
+    how each ended; the caption gives the batches' sizes and the slowest and fastest stream's fps."""
+    from rich.table import Table
+
+    streams = summary.get("streams") or []
+    table = Table(title="per stream", title_justify="left")
+    for header in ("stream", "source", "frames", "fps", "dropped", "reconnects", "p50 ms", "ended"):
+        table.add_column(header, justify="right" if header in ("frames", "fps", "dropped", "reconnects", "p50 ms")
+                         else "left")
+    for stream in streams:
+        latency = stream.get("end_to_end_ms")
+        table.add_row(stream["name"], str(stream["source"]), str(stream["frames"]),
+                      f"{stream['fps']:.1f}" if stream.get("fps") else "-", str(stream.get("dropped", 0)),
+                      str(stream.get("reconnects", 0)), f"{latency['p50_ms']:.1f}" if latency else "-",
+                      stream["error"] or "normally", style="red" if stream.get("error") else None)
+    fill = summary.get("batch_fill") or {}
+    rates = [stream["fps"] for stream in streams if stream.get("fps")]
+    table.caption = ("batches by size: " + (", ".join(f"{size}×{count}" for size, count in fill.items()) or "none")
+                     + (f"; stream fps from {min(rates):.1f} to {max(rates):.1f}" if rates else ""))
+    return table
+
+
 def describe_threads(budget: dict[str, Any]) -> str:
     """'threads: 1 inference + 1 feed of 2 cores (policy)', from a ``ThreadBudget.as_dict()``."""
     cores = f"{budget['cores']} core{'s' if budget['cores'] != 1 else ''}"

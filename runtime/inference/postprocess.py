@@ -128,7 +128,8 @@ class Result:
     at or over their threshold with their scores, highest first. ``timing`` is this image's time per stage in ms
     (``preprocess``, ``inference``, ``postprocess``; a batch's time shared out equally among its images, as
     Ultralytics' ``speed``). ``source`` / ``index`` / ``timestamp`` say where it came from: the path or stream and
-    the position in it (for frames handed over as arrays: no source or timestamp, the index in the call)."""
+    the position in it (for frames handed over as arrays: no source or timestamp, the index in the call);
+    ``stream`` the stream's name in a run of several sources."""
 
     scores: np.ndarray
     names: tuple[str, ...]
@@ -139,6 +140,8 @@ class Result:
     timestamp: float | None = None
     timing: dict[str, float] = field(default_factory=dict)
     smoothed: bool = False
+    stream: str | None = None
+    """The stream's name where a run has several sources."""
 
     def top_k(self, k: int | None = None) -> list[dict[str, Any]]:
         """The ``k`` best labels with their scores (default: the classifier's ``top_k``), highest first."""
@@ -147,6 +150,8 @@ class Result:
     def to_dict(self, scores: bool = False) -> dict[str, Any]:
         """The JSON record ``mlic-edge run`` writes (``scores``: with every label's score, as ``run --scores``)."""
         record: dict[str, Any] = {}
+        if self.stream is not None:
+            record["stream"] = self.stream
         if self.source is not None:
             record["source"] = self.source
         if self.index is not None:
@@ -227,7 +232,7 @@ class Postprocessor:
         timing["postprocess"] = timing.get("postprocess", 0.0) + (time.perf_counter() - started) * 1e3
         return Result(scores=current, names=self.labels, labels=over, default_top_k=self.top_k,
                       source=meta.get("source"), index=meta.get("index"), timestamp=meta.get("timestamp"),
-                      timing=timing, smoothed=bool(self.smoothing))
+                      timing=timing, smoothed=bool(self.smoothing), stream=meta.get("stream"))
 
 
 def _remember(states: OrderedDict, key: str, value: Any) -> None:

@@ -200,22 +200,24 @@ class JsonlSink:
 
 
 class CsvSink:
-    """One row per record: source, index, timestamp, labels (``;``-joined), then one score column per label.
+    """One row per record: (the stream, where several share the file,) source, index, timestamp, labels
+    (``;``-joined), then one score column per label.
 
     Scores come from the record's ``scores`` (Postprocessor ``all_scores=True``); without it, the scores the
     record lists under ``labels`` / ``top_k`` are filled in and the other cells are left empty.
     """
 
-    def __init__(self, path: Path, labels: list[str], append: bool = False) -> None:
+    def __init__(self, path: Path, labels: list[str], append: bool = False, with_stream: bool = False) -> None:
         self.path = path
         self.labels = list(labels)
-        self._file = _LineFile(path, first_line=self._row(["source", "index", "timestamp", "labels", *self.labels]),
-                               append=append)
+        self.with_stream = with_stream  # a first column naming the stream (a file that several streams share)
+        self._file = _LineFile(path, first_line=self._row([*(["stream"] if with_stream else []), "source", "index",
+                                                           "timestamp", "labels", *self.labels]), append=append)
 
     def write(self, frame: Any, record: dict[str, Any]) -> None:
         names = ";".join(item["label"] for item in record["labels"])
-        self._file.write(self._row([record["source"], record["index"], record["timestamp"], names,
-                                    *self._scores(record)]))
+        self._file.write(self._row([*([record.get("stream")] if self.with_stream else []), record["source"],
+                                    record["index"], record["timestamp"], names, *self._scores(record)]))
 
     def _scores(self, record: dict[str, Any]) -> list[Any]:
         if "scores" in record:

@@ -67,6 +67,8 @@ class Frame:
     """Time the pipeline's stages have worked on this frame since ``captured`` (its share of a batch's)."""
     timing: dict[str, float] = field(default_factory=dict)
     """That time per stage (ms), which the frame's ``Result`` carries."""
+    stream: int = 0
+    """The number of its stream in a run of several sources (runtime/inference/pipeline.py)."""
 
 
 class Source:
