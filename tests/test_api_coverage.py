@@ -190,8 +190,8 @@ def test_a_refusal_through_the_api_names_keyword_arguments(synth_data, run_copy,
            in str(caught.value) and "--overwrite" not in str(caught.value)
     assert caught.value.args == (caught.value.message,)
 
-    with pytest.raises(MlicError, match=r"^queue_delay_us=-5 is below 0"):  # a flag in the message itself
-        Run(run_copy).export_triton(tmp_path / "repository", queue_delay_us=-5)
+    with pytest.raises(MlicError, match=r"^batch_timeout_ms=-5 is below 0"):  # a flag in the message itself
+        Run(run_copy).export_triton(tmp_path / "repository", batch_timeout_ms=-5)
 
     records = Run(run_copy).predict(str(synth_data / "JPEGImages"), backend="torch", precision="int8")
     with pytest.raises(MlicError, match=r'\(use precision="fp32"\)$'):  # raised while the generator runs, too

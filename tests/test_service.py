@@ -12,6 +12,7 @@ import pytest
 
 from mlic_edge.errors import MlicError, RunDirError
 from mlic_edge.io import write_json
+from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.deployment import systemd as service
 from mlic_edge.runtime.deployment.systemd import (ServiceSpec, install, render_logrotate, render_unit, systemd_quote,
                                        uninstall)
@@ -85,13 +86,50 @@ def test_unit_runs_the_expected_command_and_restarts_on_failure(spec):
 def test_unit_user_and_relative_paths(tmp_path, monkeypatch, spec):
     monkeypatch.chdir(tmp_path)
     relative = ServiceSpec(run_dir=Path("my runs/door cam"), out_dir=Path("out"), executable=spec.executable,
-                           user="jetson", source="camera0", backend="tensorrt", precision="int8")
+                           user="jetson", sources=("camera0",), backend="tensorrt", precision="int8")
     unit = parse_unit(render_unit(relative))
     assert unit["Service"]["User"] == "jetson"
     assert unit["Unit"]["After"] == "network-online.target"  # no CSI: no nvargus ordering
     argv = shlex.split(unit["Service"]["ExecStart"])
     assert argv[argv.index("--run") + 1] == str(tmp_path / "my runs" / "door cam")
     assert argv[argv.index("--out") + 1] == str(tmp_path / "out" / "predictions.jsonl")
+
+
+def test_several_sources_run_as_one_batched_run_with_a_file_per_stream(spec):
+    spec.sources = ("door=rtsp://cam1/stream", "rtsp://cam2.local/live", "csi://0")
+    spec.batch_timeout_ms = 5
+    text = render_unit(spec)
+    unit = parse_unit(text)
+    out = spec.out_dir
+    assert shlex.split(unit["Service"]["ExecStart"]) == spec.argv() == [
+        str(spec.executable), "run", "door=rtsp://cam1/stream", "rtsp://cam2.local/live", "csi://0",
+        "--run", str(spec.run_dir), "--backend", "auto", "--precision", "fp16", "--batch-timeout", "5",
+        "--threshold", "0.4", "--smoothing", "0.8", "--only-changes", "--append", "--out", str(out / "{stream}.jsonl"),
+        "--stats-every", "60", "--fps", "15"]
+    assert unit["Unit"]["After"].split() == ["network-online.target", "nvargus-daemon.service"]  # csi://0 among them
+    assert "3 streams (door, cam2.local-live, csi0)" in unit["Unit"]["Description"]
+    rotated = render_logrotate(spec).splitlines()
+    assert shlex.split(next(line for line in rotated if line.endswith("{")))[:-1] == [
+        str(out / "door.jsonl"), str(out / "cam2.local-live.jsonl"), str(out / "csi0.jsonl")]
+
+
+def test_install_service_checks_every_stream_and_names_its_file(spec, tmp_path):
+    from mlic_edge.commands.service import ServiceRequest, install_service
+
+    run = RunDir(spec.run_dir)
+    clip = tmp_path / "yard.mp4"
+    clip.write_bytes(b"video")
+    request = ServiceRequest(sources=("door=rtsp://cam1/stream", str(clip)), out_dir=tmp_path / "out",
+                             batch_timeout_ms=2.5, print_only=True)
+    installed = install_service(run, request)
+    assert installed["predictions"] == str(tmp_path / "out" / "{stream}.jsonl") and installed["steps"] == []
+    assert "--batch-timeout 2.5" in installed["unit"] and '"' + str(tmp_path / "out" / "yard.jsonl") + '"' in (
+        installed["logrotate"])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "door.jsonl").symlink_to(clip)  # door's records would overwrite yard's video
+    with pytest.raises(MlicError, match=r"--out-dir \(door\) .*door.jsonl"):
+        install_service(run, request)
+    assert clip.read_bytes() == b"video"
 
 
 @pytest.mark.parametrize("arg, quoted", [
@@ -109,7 +147,9 @@ def test_systemd_quoting(arg, quoted):
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here")
-def test_systemd_analyze_accepts_the_unit(spec, tmp_path):
+@pytest.mark.parametrize("sources", [("csi://0",), ("door=rtsp://cam1/stream", "csi://0", "rtsp://x/50%?a=$b")])
+def test_systemd_analyze_accepts_the_unit(spec, tmp_path, sources):
+    spec.sources = sources
     spec.out_dir.mkdir()
     spec.extra_args += ["--thresholds-note", "50% of $USER"]
     unit_path = tmp_path / "door.service"
@@ -219,7 +259,12 @@ def test_uninstall_disables_and_removes(spec, tmp_path, fake_systemctl):
     ({"name": "door.service"}, "not a valid systemd unit name"),
     ({"user": "root; rm"}, "not a valid user name"),
     ({"stats_every": 0}, "--stats-every 0 is not a positive number of seconds"),
-    ({"source": "csi://0\nExecStartPre=/bin/evil"}, "line break"),
+    ({"sources": ("csi://0\nExecStartPre=/bin/evil",)}, "line break"),
+    ({"sources": ("rtsp://a/x", "front door=rtsp://b/x")}, "stream name 'front door' .* may hold only letters"),
+    ({"sources": ("door=rtsp://a/x", "door=rtsp://b/x")}, "stream name door given more than once"),
+    ({"sources": ("rtsp://a/x", "rtsp://a/x")}, "source rtsp://a/x given more than once"),
+    ({"sources": ()}, "no source given"),
+    ({"batch_timeout_ms": -1}, "--batch-timeout"),
 ])
 def test_bad_specs_are_refused(tmp_path, fields, message):
     with pytest.raises(MlicError, match=message):

@@ -11,11 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlic_edge.errors import BackendError, BuildError, DataError, RunDirError
-from mlic_edge.io import read_json, write_json
+from mlic_edge.errors import BackendError, BuildError, DataError, MlicError, RunDirError
+from mlic_edge.io import read_json, sha256_file, write_json
 from mlic_edge.rundir import RunDir
-from mlic_edge.runtime.deployment.serving_configs import (nvinfer_normalisation, write_deepstream_config,
-                                       write_triton_repository)
+from mlic_edge.runtime.deployment.serving_configs import (MUXER_PUSH_TIMEOUT_US, deepstream_app_name,
+                                                          nvinfer_normalisation, write_deepstream_config,
+                                                          write_triton_repository)
+from mlic_edge.runtime.engines.manifest import MANIFEST_FORMAT
+from tests.cli_helpers import assert_one_line_error, invoke
 
 # Gst-nvinfer [property] keys and their value types: the CONFIG_GROUP_INFER_* keys of gstnvinfer_property_parser.h
 # (DeepStream 6.x sources) and the "Gst-nvinfer Property" table of
@@ -65,6 +68,20 @@ def engine_of(run: RunDir) -> Path:
     return next((run.path / "engines").glob("*/model.fp32.engine"))
 
 
+def stand_in_engine(run: RunDir, batch: tuple[int, int, int]) -> Path:
+    """A fp32 "engine" of ``run`` with an mlic-edge manifest of this batch profile: what the configs read of an
+    engine (no TensorRT here to build one)."""
+    engine = run.path / "engines" / "orin-trt10.3.0" / "model.fp32.engine"
+    engine.parent.mkdir(parents=True)
+    engine.write_bytes(b"plan")
+    write_json(engine.with_suffix(".json"), {
+        "format": MANIFEST_FORMAT, "engine": engine.name, "backend": "tensorrt", "precision": "fp32",
+        "batch": dict(zip(("min", "opt", "max"), batch)), "onnx": {"sha256": sha256_file(run.onnx())},
+        "inputs": [{"name": "images", "dtype": "float32", "shape": [-1, 3, 64, 64]}],
+        "outputs": [{"name": "scores", "dtype": "float32", "shape": [-1, 4]}]})
+    return engine
+
+
 def triton_config(model_dir: Path):
     """Parse config.pbtxt into Triton's inference.ModelConfig: a parse error is a schema violation."""
     model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
@@ -72,6 +89,14 @@ def triton_config(model_dir: Path):
     from google.protobuf import text_format
 
     return text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+
+def deepstream_app_groups(config_path: Path) -> dict[str, dict[str, str]]:
+    """The deepstream-app groups written beside an nvinfer config (a GLib key file), by group."""
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str
+    parser.read_string((config_path.parent / deepstream_app_name(config_path.stem.rsplit("_", 1)[1])).read_text())
+    return {group: dict(parser[group]) for group in parser.sections()}
 
 
 def nvinfer_properties(config_path: Path) -> dict[str, str]:
@@ -123,7 +148,7 @@ def test_triton_onnx_repository_matches_schema_and_model(trained_run, tmp_path):
     assert list(model_input.dims) == [3, 64, 64] and list(model_output.dims) == [4]
     assert model_input.data_type == model_output.data_type == 11  # TYPE_FP32
     assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
-    assert config.dynamic_batching.max_queue_delay_microseconds == 100
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0  # batches of what queued while it was busy
     assert [(group.kind, group.count) for group in config.instance_group] == [(1, 1)]  # KIND_GPU
     assert model_output.label_filename == "labels.txt"
     assert (model_dir / "labels.txt").read_text().splitlines() == labels
@@ -168,6 +193,36 @@ def test_triton_tensorrt_repository_serves_the_engine(engine_run, tmp_path):
     assert (config.input[0].name, config.output[0].name) == ("images", "scores")
     assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
     assert (model_dir / "1" / "model.plan").read_bytes() == engine_of(engine_run).read_bytes()
+
+
+def test_triton_batches_a_frame_from_each_stream(trained_run, tmp_path):
+    run = RunDir(trained_run)
+    four = triton_config(write_triton_repository(run, tmp_path / "repo", streams=4, batch_timeout_ms=2.5))
+    assert (four.max_batch_size, list(four.dynamic_batching.preferred_batch_size)) == (8, [4])
+    assert four.dynamic_batching.max_queue_delay_microseconds == 2500
+    many = triton_config(write_triton_repository(run, tmp_path / "repo", model_name="many", streams=12))
+    assert (many.max_batch_size, list(many.dynamic_batching.preferred_batch_size)) == (12, [12])
+    assert many.dynamic_batching.max_queue_delay_microseconds == 0
+    with pytest.raises(BuildError, match="--max-batch 4 is below --streams 8") as refused:
+        write_triton_repository(run, tmp_path / "repo", max_batch_size=4, streams=8)
+    assert "--max-batch 8 or more" in refused.value.hint
+    for flag, given in (("--streams", {"streams": 0}), ("--batch-timeout", {"batch_timeout_ms": -1.0})):
+        with pytest.raises(MlicError, match=flag):
+            write_triton_repository(run, tmp_path / "repo", **given)
+
+
+def test_triton_refuses_more_streams_than_the_engine_profile(run_copy, tmp_path):
+    run = RunDir(run_copy)
+    stand_in_engine(run, (1, 2, 2))
+    config = triton_config(write_triton_repository(run, tmp_path / "repo", platform="tensorrt", streams=2))
+    assert (config.max_batch_size, list(config.dynamic_batching.preferred_batch_size)) == (2, [2])
+    with pytest.raises(BuildError) as refused:
+        write_triton_repository(run, tmp_path / "repo", model_name="four", platform="tensorrt", streams=4)
+    assert str(refused.value).count("\n") == 0
+    assert "--streams 4 is outside model.fp32.engine's batch range 1..2" in refused.value.message
+    assert f"mlic-edge build --run {run.path} --precision fp32 --backend tensorrt --batch-range 1,4,4" in (
+        refused.value.hint)
+    assert not (tmp_path / "repo" / "four").exists()
 
 
 def test_triton_refuses_missing_inputs_clearly(run_copy, tmp_path):
@@ -263,7 +318,7 @@ def test_deepstream_config_with_engine(engine_run, tmp_path):
     config_path = write_deepstream_config(engine_run, tmp_path / "ds", engine=engine, batch_size=8)
     properties = nvinfer_properties(config_path)
     assert (config_path.parent / properties["model-engine-file"]).read_bytes() == engine.read_bytes()
-    with pytest.raises(BuildError, match="largest batch 8"):
+    with pytest.raises(BuildError, match="batch range 1..8"):
         write_deepstream_config(engine_run, tmp_path / "ds2", engine=engine, batch_size=16)
     other = tmp_path / "other" / "model.fp16.engine"
     other.parent.mkdir()
@@ -271,6 +326,52 @@ def test_deepstream_config_with_engine(engine_run, tmp_path):
     write_json(other.with_suffix(".json"), {**read_json(engine.with_suffix(".json")), "precision": "fp16"})
     with pytest.raises(BuildError, match="fp16 engine, not fp32"):
         write_deepstream_config(engine_run, tmp_path / "ds3", engine=other)
+
+
+def test_deepstream_primary_batches_the_streams(trained_run, tmp_path):
+    run = RunDir(trained_run)
+    config_path = write_deepstream_config(run, tmp_path / "ds", mode="primary", gie_unique_id=1, streams=4,
+                                          batch_timeout_ms=5)
+    assert nvinfer_properties(config_path)["batch-size"] == "4"
+    groups = deepstream_app_groups(config_path)
+    assert list(groups) == ["streammux", "primary-gie"]
+    assert groups["streammux"] == {"gpu-id": "0", "batch-size": "4", "batched-push-timeout": "5000", "width": "64",
+                                   "height": "64", "enable-padding": "0"}  # the model's input: frames scaled once
+    assert groups["primary-gie"] == {"enable": "1", "gpu-id": "0", "batch-size": "4", "gie-unique-id": "1",
+                                     "config-file": config_path.name}
+    assert "nvstreammux name=m gpu-id=0 batch-size=4 batched-push-timeout=5000" in (
+        config_path.parent / deepstream_app_name("primary")).read_text()
+    with pytest.raises(BuildError, match="--batch-size 2 differs from --streams 4") as refused:
+        write_deepstream_config(run, tmp_path / "ds2", mode="primary", streams=4, batch_size=2)
+    assert "leave --batch-size out" in refused.value.hint and not (tmp_path / "ds2").exists()
+
+
+def test_deepstream_secondary_batches_objects_of_the_streams(trained_run, tmp_path):
+    run = RunDir(trained_run)
+    config_path = write_deepstream_config(run, tmp_path / "ds", streams=3)
+    groups = deepstream_app_groups(config_path)
+    assert nvinfer_properties(config_path)["batch-size"] == groups["secondary-gie0"]["batch-size"] == "3"
+    assert groups["secondary-gie0"]["operate-on-gie-id"] == "1" and groups["secondary-gie0"]["gie-unique-id"] == "2"
+    # --batch-timeout 0 (run's no wait) has no nvstreammux equivalent: the samples' timeout instead
+    assert groups["streammux"]["batched-push-timeout"] == str(MUXER_PUSH_TIMEOUT_US) == "40000"
+    assert (groups["streammux"]["batch-size"], groups["streammux"]["width"]) == ("3", "1920")  # the detector's
+    objects = write_deepstream_config(run, tmp_path / "ds", streams=3, batch_size=16)
+    assert nvinfer_properties(objects)["batch-size"] == deepstream_app_groups(objects)["secondary-gie0"]["batch-size"]
+    assert deepstream_app_groups(objects)["streammux"]["batch-size"] == "3"
+
+
+def test_deepstream_refuses_an_engine_profile_below_the_streams(run_copy, tmp_path, capsys):
+    engine = stand_in_engine(RunDir(run_copy), (1, 2, 2))
+    result = invoke(capsys, "export", "deepstream", tmp_path / "ds", "--run", run_copy, "--mode", "primary",
+                    "--engine", engine, "--streams", "4")
+    assert_one_line_error(result, "batch size (--streams, --batch-size) 4 is outside model.fp32.engine's batch range "
+                                  "1..2", "--batch-range 1,4,4")
+    assert not (tmp_path / "ds").exists()
+    result = invoke(capsys, "export", "deepstream", tmp_path / "ds", "--run", run_copy, "--mode", "primary",
+                    "--engine", engine, "--streams", "2", "--batch-timeout", "10")
+    assert result.code == 0, result.err
+    assert deepstream_app_groups(tmp_path / "ds" / "config_infer_primary.txt")["streammux"][
+        "batched-push-timeout"] == "10000"
 
 
 def test_nvinfer_normalisation_error_is_what_the_config_says(trained_run, tmp_path):

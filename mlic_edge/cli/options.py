@@ -45,3 +45,15 @@ BatchRangeOpt = typer.Option(None, "--batch-range", "--batch", help="Engine batc
                                                                      "1,1,8; with --dla-core one size, N,N,N, default "
                                                                      "1,1,1).")
 BatchesOpt = typer.Option("1", "--batches", "--batch", help="Batch sizes to measure, comma-separated (e.g. 1,4,8).")
+
+
+def streams_option(default: int, what: str) -> Any:
+    """``--streams N``: the sources a serving config is written for, as ``mlic-edge run SRC [SRC ...]`` batches them."""
+    return typer.Option(default, "--streams", help=f"Streams served, a frame each (as `mlic-edge run SRC SRC ...`): "
+                                                   f"{what}.")
+
+
+def batch_timeout_option(default: float | None, what: str) -> Any:
+    """``--batch-timeout MS``: how long a batch waits for the other streams' frames (``run``'s, and what it maps to)."""
+    return typer.Option(default, "--batch-timeout", metavar="MS", show_default=default is not None,
+                        help=f"Milliseconds a batch waits for the other streams' frames after its first: {what}.")

@@ -16,7 +16,7 @@ OnStep = Callable[[str], None]
 
 @dataclass(frozen=True)
 class ServiceRequest:
-    source: str = ServiceSpec.source  # what `run` reads (camera0, csi://0, rtsp://...)
+    sources: tuple[str, ...] = ServiceSpec.sources  # what `run` reads (camera0, csi://0, rtsp://...); NAME=SOURCE
     backend: str = ServiceSpec.backend
     precision: str = ServiceSpec.precision
     out_dir: Path = Path("/var/lib/mlic-edge")  # the folder of predictions.jsonl
@@ -29,6 +29,7 @@ class ServiceRequest:
     thresholds: Path | None = None
     smoothing: float | None = None
     only_changes: bool = False
+    batch_timeout_ms: float | None = None  # ms: `run --batch-timeout` (several sources batched together)
     logrotate: bool = True  # install the logrotate rule
     dry_run: bool = False  # say what would be done; change nothing
     print_only: bool = False  # return the unit and logrotate texts; install nothing
@@ -44,18 +45,19 @@ class UninstallRequest:
 def install_service(run: RunDir, request: ServiceRequest = ServiceRequest(),
                     on_step: OnStep | None = None) -> dict[str, Any]:
     """Install and start the service running ``run`` (needs root): its unit in /etc/systemd/system and its rule in
-    /etc/logrotate.d. Returns the unit's name, both texts, the predictions file and the steps taken (none with
-    ``print_only``; ``dry_run``: the steps it would take)."""
+    /etc/logrotate.d. Several sources run as one `run` batching them, each stream's records in its own file. Returns
+    the unit's name, both texts, the predictions file (several sources: its ``{stream}`` template) and the steps
+    taken (none with ``print_only``; ``dry_run``: the steps it would take)."""
     from mlic_edge.commands.predict import PredictRequest, check_outputs
     from mlic_edge.runtime.deployment.systemd import install, render_logrotate, render_unit
 
-    spec = ServiceSpec(run_dir=run.path, out_dir=request.out_dir, name=request.name, source=request.source,
+    spec = ServiceSpec(run_dir=run.path, out_dir=request.out_dir, name=request.name, sources=request.sources,
                        backend=request.backend, precision=request.precision,
                        user=request.user or os.environ.get("SUDO_USER"), stats_every=request.stats_every,
                        rotate_mb=request.rotate_mb, keep=request.keep, threshold=request.threshold,
-                       thresholds=request.thresholds, smoothing=request.smoothing, only_changes=request.only_changes,
-                       extra_args=list(request.extra))
-    check_outputs(RunDir(spec.run_dir), spec.source, PredictRequest(thresholds=spec.thresholds),
+                       batch_timeout_ms=request.batch_timeout_ms, thresholds=request.thresholds,
+                       smoothing=request.smoothing, only_changes=request.only_changes, extra_args=list(request.extra))
+    check_outputs(RunDir(spec.run_dir), spec.streams(), PredictRequest(thresholds=spec.thresholds),
                   {"--out-dir": spec.jsonl_path})  # the service's `run` would refuse it at every start
     result: dict[str, Any] = {"unit_name": spec.unit_name, "unit": render_unit(spec),
                               "logrotate": render_logrotate(spec), "predictions": str(spec.jsonl_path), "steps": []}

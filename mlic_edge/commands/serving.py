@@ -14,9 +14,10 @@ class TritonRequest:
     precision: str = "fp32"
     platform: str = "onnx"  # onnx (ONNX Runtime backend) | tensorrt (the engine built for the serving GPU)
     name: str | None = None  # the model's name; default RUN_PRECISION_PLATFORM
-    max_batch: int = 8  # max_batch_size (tensorrt: the engine's profile max)
-    preferred: tuple[int, ...] = (4, 8)  # dynamic batching's preferred sizes
-    queue_delay_us: int = 100  # dynamic batching's max queue delay
+    max_batch: int | None = None  # max_batch_size; default 8, or --streams if more (tensorrt: the engine's profile max)
+    preferred: tuple[int, ...] | None = None  # dynamic batching's preferred sizes; default --streams, one stream 4,8
+    streams: int = 1  # sources sending a frame each (mlic-edge run SRC SRC ...): the batch to form
+    batch_timeout_ms: float = 0.0  # ms a request waits for others: max_queue_delay_microseconds (0: what queued)
     instances: int = 1
     instance_kind: str = "gpu"  # gpu | cpu (onnx only): instance_group kind
     engine: Path | None = None  # default: the run's, by precision
@@ -29,7 +30,9 @@ class DeepStreamRequest:
     engine: Path | None = None  # also point nvinfer at this engine
     gie_id: int = 2  # gie-unique-id
     operate_on_gie_id: int = 1  # the detector whose objects are classified
-    batch_size: int = 1
+    batch_size: int | None = None  # nvinfer batch-size; default --streams (secondary: objects per batch)
+    streams: int = 1  # sources the muxer batches: nvstreammux and (primary) nvinfer batch-size
+    batch_timeout_ms: float = 0.0  # ms: nvstreammux batched-push-timeout (0: DeepStream samples' 40 ms; see the file)
     threshold: float = 0.5  # classifier-threshold
 
 
@@ -40,17 +43,20 @@ def export_triton(run: RunDir, out: Path, request: TritonRequest = TritonRequest
 
     return write_triton_repository(run, Path(out), precision=request.precision, platform=request.platform,
                                    model_name=request.name, max_batch_size=request.max_batch,
-                                   preferred_batch_sizes=request.preferred, max_queue_delay_us=request.queue_delay_us,
-                                   instances=request.instances, device=request.instance_kind, engine=request.engine)
+                                   preferred_batch_sizes=request.preferred, streams=request.streams,
+                                   batch_timeout_ms=request.batch_timeout_ms, instances=request.instances,
+                                   device=request.instance_kind, engine=request.engine)
 
 
 def export_deepstream(run: RunDir, out: Path, request: DeepStreamRequest = DeepStreamRequest()) -> Path:
-    """A DeepStream nvinfer configuration (with labels and the model) in ``out``; returns the config file."""
+    """A DeepStream nvinfer configuration (with labels and the model) and the deepstream-app groups that run it on
+    ``request.streams`` sources (nvstreammux, the GIE) in ``out``; returns the nvinfer config file."""
     from mlic_edge.runtime.deployment.serving_configs import write_deepstream_config
 
     return write_deepstream_config(run, Path(out), precision=request.precision, mode=request.mode,
                                    engine=request.engine, gie_unique_id=request.gie_id,
                                    operate_on_gie_id=request.operate_on_gie_id, batch_size=request.batch_size,
+                                   streams=request.streams, batch_timeout_ms=request.batch_timeout_ms,
                                    classifier_threshold=request.threshold)
 
 

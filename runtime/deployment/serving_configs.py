@@ -2,6 +2,10 @@
 
 Neither server runs mlic-edge's preprocessing, so both configs carry it: Triton as model parameters a client can
 read back, DeepStream as nvinfer's own normalisation (one scale for all channels: see ``nvinfer_normalisation``).
+
+Both batch across streams as ``mlic-edge run`` does with several sources (``streams``, ``batch_timeout_ms``):
+Triton's dynamic batcher (``max_batch_size``, ``preferred_batch_size``, ``max_queue_delay_microseconds``) and
+DeepStream's nvstreammux with nvinfer's ``batch-size`` (written as deepstream-app groups beside the nvinfer config).
 """
 
 from __future__ import annotations
@@ -35,6 +39,13 @@ _TRITON_TYPES = {"float": "TYPE_FP32", "float32": "TYPE_FP32", "half": "TYPE_FP1
                  "uint8": "TYPE_UINT8"}
 _ONNX_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 2: "TYPE_UINT8"}  # onnx.TensorProto.FLOAT, FLOAT16, UINT8
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+TRITON_MAX_BATCH = 8  # max_batch_size unless the streams need more
+TRITON_PREFERRED = (4, 8)  # preferred batch sizes for one stream (many independent clients)
+# nvstreammux's batched-push-timeout for --batch-timeout 0, in microseconds: 0 there pushes a batch as soon as its
+# first frame is in (rarely more than one stream's), and its default -1 waits for every stream (one stalled camera
+# stalls all). 40000 is what DeepStream's sample apps set: a frame interval at 25 fps.
+MUXER_PUSH_TIMEOUT_US = 40_000
+MUXER_SIZE = (1920, 1080)  # the muxer's output for a secondary classifier: the detector's frames, DeepStream samples'
 
 
 @dataclass(frozen=True)
@@ -65,14 +76,18 @@ def nvinfer_normalisation(mean: Sequence[float], std: Sequence[float]) -> Nvinfe
 
 
 def write_triton_repository(run: RunDir, out: Path, *, precision: str = "fp32", platform: str = "onnx",
-                            model_name: str | None = None, max_batch_size: int = 8,
-                            preferred_batch_sizes: Sequence[int] = (4, 8), max_queue_delay_us: int = 100,
-                            instances: int = 1, device: str = "gpu", engine: Path | None = None) -> Path:
+                            model_name: str | None = None, max_batch_size: int | None = None,
+                            preferred_batch_sizes: Sequence[int] | None = None, streams: int = 1,
+                            batch_timeout_ms: float = 0.0, instances: int = 1, device: str = "gpu",
+                            engine: Path | None = None) -> Path:
     """Write ``out/<name>/`` (config.pbtxt, 1/model.onnx or 1/model.plan, labels.txt) and return that folder.
 
     ``platform="tensorrt"`` serves the engine of this precision from ``<run>/engines`` (``engine`` picks one when
-    several targets have it) and takes max_batch_size from its optimization profile. The folder is built beside
-    its final name and renamed into place; a model folder of the same name is replaced.
+    several targets have it) and takes max_batch_size from its optimization profile. ``streams`` clients sending a
+    frame each make the preferred batch (default ``preferred_batch_sizes``) and the least max_batch_size (default
+    ``TRITON_MAX_BATCH`` or ``streams``); ``batch_timeout_ms`` is how long a request waits for others (0: the
+    batcher takes what queued while the model was busy). The folder is built beside its final name and renamed
+    into place; a model folder of the same name is replaced.
     """
     require_choice("precision", precision, PRECISIONS, BuildError)
     require_choice("platform", platform, TRITON_PLATFORMS, BuildError)
@@ -82,10 +97,10 @@ def write_triton_repository(run: RunDir, out: Path, *, precision: str = "fp32", 
                          hint="use --instance-kind gpu, or --platform onnx for CPU")
     if engine is not None and platform != "tensorrt":
         raise BuildError("an engine is served with platform tensorrt only", hint="add --platform tensorrt")
-    if max_batch_size < 1 or instances < 1:
+    if (max_batch_size is not None and max_batch_size < 1) or instances < 1:
         raise BuildError(f"max_batch_size {max_batch_size} and instances {instances} must be at least 1",
                          hint="pass positive numbers")
-    require_at_least("--queue-delay-us", max_queue_delay_us, 0, hint="microseconds, for example 100")
+    _check_stream_batching(streams, batch_timeout_ms)
     spec = run.spec()
     labels = _checked_labels(spec.labels)
     name = model_name or f"{run.path.name}_{precision}_{platform}"
@@ -96,19 +111,22 @@ def write_triton_repository(run: RunDir, out: Path, *, precision: str = "fp32", 
     if platform == "tensorrt":
         engine_path, manifest = _select_engine(run, precision, engine, onnx_path)
         inputs, outputs = _manifest_tensors(manifest)
-        max_batch_size = int(manifest["batch"]["max"])
+        max_batch_size = _require_batch_in_profile(engine_path, manifest, streams, "--streams", run.path)[1]
         model_files = [engine_path]
     else:
         inputs, outputs = _onnx_tensors(onnx_path)
+        max_batch_size = _onnx_max_batch(max_batch_size, streams)
         model_files = [onnx_path, *_external_data_files(onnx_path)]
     _check_outputs(outputs, labels, onnx_path)
     out = Path(out)
     refuse_output_onto_inputs({"OUT": out / name}, [run.path, *model_files])  # out/name is replaced whole
     require_writable(out, error=BuildError, hint="fix the folder's permissions or pick another output folder")
+    if preferred_batch_sizes is None:
+        preferred_batch_sizes = (streams,) if streams > 1 else TRITON_PREFERRED
     config = _triton_config(name=name, platform=platform, max_batch_size=max_batch_size,
                             preferred_batch_sizes=sorted({size for size in preferred_batch_sizes
                                                           if 1 <= size <= max_batch_size}),
-                            max_queue_delay_us=max_queue_delay_us, instances=instances, device=device,
+                            max_queue_delay_us=round(batch_timeout_ms * 1000), instances=instances, device=device,
                             inputs=inputs, outputs=outputs, preprocessing=_preprocessing(spec, precision))
     with _writing(out / name, "nothing in it was changed"), _staged_folder(out / name) as staging:
         version = staging / MODEL_VERSION
@@ -123,21 +141,30 @@ def write_triton_repository(run: RunDir, out: Path, *, precision: str = "fp32", 
 
 def write_deepstream_config(run: RunDir, out: Path, *, precision: str = "fp32", mode: str = "secondary",
                             engine: Path | None = None, gie_unique_id: int = 2, operate_on_gie_id: int = 1,
-                            batch_size: int = 1, classifier_threshold: float = 0.5) -> Path:
-    """Write ``out/config_infer_<mode>.txt`` for Gst-nvinfer, with ``labels.txt`` and the model files beside it.
+                            batch_size: int | None = None, streams: int = 1, batch_timeout_ms: float = 0.0,
+                            classifier_threshold: float = 0.5) -> Path:
+    """Write ``out/config_infer_<mode>.txt`` for Gst-nvinfer, with ``labels.txt`` and the model files beside it,
+    and ``out/deepstream_app_<mode>.txt``: the deepstream-app groups (nvstreammux, the GIE) that run it on
+    ``streams`` sources. Returns the nvinfer config.
 
-    The ONNX of ``precision`` is always copied (nvinfer builds an engine from it where none fits); ``engine``, a
-    TensorRT plan built for the device's TensorRT, is copied and named as model-engine-file. Paths in the config
-    are relative to it, as nvinfer resolves them. The config is written last, so it never names a missing file.
+    nvinfer's batch-size is ``streams`` (a primary classifier's always is: one frame from each stream; a secondary
+    one's counts objects, ``batch_size`` where given). The ONNX of ``precision`` is always copied (nvinfer builds an
+    engine from it where none fits); ``engine``, a TensorRT plan built for the device's TensorRT, is copied and named
+    as model-engine-file, and refused where its profile cannot take the batch. Paths in the configs are relative to
+    them, as nvinfer and deepstream-app resolve them. The configs are written last, so they never name a missing
+    file.
     """
     require_choice("precision", precision, PRECISIONS, BuildError)
     require_choice("mode", mode, DEEPSTREAM_MODES, BuildError)
     if run.spec().input_format != FLOAT_INPUT:
         raise BuildError("this run's model takes uint8 frames (exported with --uint8-input); nvinfer feeds float "
                          "NCHW tensors it normalises itself", hint="export without --uint8-input for DeepStream")
-    if batch_size < 1 or gie_unique_id < 1 or (mode == "secondary" and operate_on_gie_id < 1):
+    if (batch_size is not None and batch_size < 1) or gie_unique_id < 1 or (
+            mode == "secondary" and operate_on_gie_id < 1):
         raise BuildError("batch_size, gie_unique_id and operate_on_gie_id must be at least 1",
                          hint="pass positive numbers")
+    _check_stream_batching(streams, batch_timeout_ms)
+    batch_size = _nvinfer_batch_size(mode, batch_size, streams)
     if not 0.0 <= classifier_threshold <= 1.0:
         raise BuildError(f"classifier threshold {classifier_threshold} is not a probability",
                          hint="pass a value between 0 and 1")
@@ -147,13 +174,14 @@ def write_deepstream_config(run: RunDir, out: Path, *, precision: str = "fp32", 
     inputs, outputs = _onnx_tensors(onnx_path)
     _check_outputs(outputs, labels, onnx_path)
     if engine is not None:
-        engine = _checked_deepstream_engine(Path(engine), precision, batch_size)
+        engine = _checked_deepstream_engine(Path(engine), precision, batch_size, run.path)
     norm = nvinfer_normalisation(spec.mean, spec.std)
     if norm.max_relative_error > 0:
         warn(f"nvinfer has one scale for all channels: its inputs differ from mlic-edge's per-channel std "
              f"normalisation by up to {norm.max_relative_error:.2%} (see the note in the config)")
     out = Path(out)
     config_path = out / f"config_infer_{mode}.txt"
+    app_path = out / deepstream_app_name(mode)
     refuse_output_onto_inputs({"OUT": config_path}, [run.path])
     require_writable(out, error=BuildError, hint="fix the folder's permissions or pick another output folder")
     onnx_name = f"model.{precision}.onnx"
@@ -162,7 +190,12 @@ def write_deepstream_config(run: RunDir, out: Path, *, precision: str = "fp32", 
                            input_dims=inputs[0].dims, output_name=outputs[0].name, gie_unique_id=gie_unique_id,
                            operate_on_gie_id=operate_on_gie_id, batch_size=batch_size,
                            classifier_threshold=classifier_threshold)
-    with _writing(out, f"{config_path.name} was not written"):
+    app_text = _deepstream_app_groups(
+        mode=mode, config_name=config_path.name, streams=streams, batch_size=batch_size,
+        batch_timeout_ms=batch_timeout_ms, gie_unique_id=gie_unique_id,
+        operate_on_gie_id=operate_on_gie_id, muxer_size=_muxer_size(mode, inputs[0].dims),
+        letterbox=spec.resize == "letterbox")
+    with _writing(out, f"{config_path.name} and {app_path.name} were not written"):
         _copy_atomic(onnx_path, out / onnx_name)
         for extra in _external_data_files(onnx_path):
             _copy_atomic(extra, out / extra.name)
@@ -172,7 +205,14 @@ def write_deepstream_config(run: RunDir, out: Path, *, precision: str = "fp32", 
             tmp.write_text(";".join(labels) + "\n")  # nvinfer: one line per output layer, classes split by ';'
         with atomic_path(config_path) as tmp:
             tmp.write_text(text)
+        with atomic_path(app_path) as tmp:
+            tmp.write_text(app_text)
     return config_path
+
+
+def deepstream_app_name(mode: str) -> str:
+    """The file of deepstream-app groups written beside ``config_infer_<mode>.txt``."""
+    return f"deepstream_app_{mode}.txt"
 
 
 # --- what the run holds -----------------------------------------------------------------------------------------
@@ -216,7 +256,7 @@ def _select_engine(run: RunDir, precision: str, engine: Path | None, onnx_path: 
     return engine, manifest
 
 
-def _checked_deepstream_engine(engine: Path, precision: str, batch_size: int) -> Path:
+def _checked_deepstream_engine(engine: Path, precision: str, batch_size: int, run_path: Path) -> Path:
     """A plan with an mlic-edge manifest is checked against it; a bare plan (trtexec) is taken as it is."""
     if not engine.is_file():
         raise BuildError(f"engine {engine} is missing",
@@ -229,13 +269,33 @@ def _checked_deepstream_engine(engine: Path, precision: str, batch_size: int) ->
     if manifest.get("precision") != precision:
         raise BuildError(f"{engine.name} is a {manifest.get('precision')} engine, not {precision}",
                          hint=f"pass --precision {manifest.get('precision')} or the {precision} engine")
-    batch_max = int(manifest.get("batch", {}).get("max", batch_size))
-    if batch_size > batch_max:
-        raise BuildError(f"batch size {batch_size} is above {engine.name}'s largest batch {batch_max}",
-                         hint=f"pass a batch size up to {batch_max}, or build with --batch 1,{batch_size},"
-                              f"{batch_size}")
+    _require_batch_in_profile(engine, manifest, batch_size, "batch size (--streams, --batch-size)", run_path)
     _warn_foreign_tensorrt(engine, manifest, "DeepStream's nvinfer")
     return engine
+
+
+def _require_batch_in_profile(engine: Path, manifest: dict[str, Any], batch: int, what: str,
+                              run_path: Path) -> tuple[int, int]:
+    """The engine's batch range (its optimization profile, from the manifest), refused where ``batch`` is outside."""
+    record = manifest.get("batch", {})
+    smallest, largest = int(record.get("min", 1)), int(record.get("max", batch))
+    if not smallest <= batch <= largest:
+        build = rebuild_command(run_path, manifest.get("precision", "fp32"), manifest.get("backend", "tensorrt"))
+        raise BuildError(f"{what} {batch} is outside {engine.name}'s batch range {smallest}..{largest} (its "
+                         "optimization profile)",
+                         hint=f"build an engine that takes it: {build} --batch-range 1,{batch},{max(batch, largest)}"
+                              f"; or serve batches of {smallest} to {largest}")
+    return smallest, largest
+
+
+def _onnx_max_batch(max_batch_size: int | None, streams: int) -> int:
+    """Triton's max_batch_size for an ONNX (any batch): as given, else room for a frame from every stream."""
+    if max_batch_size is None:
+        return max(TRITON_MAX_BATCH, streams)
+    if max_batch_size < streams:
+        raise BuildError(f"--max-batch {max_batch_size} is below --streams {streams}: a frame from each stream would "
+                         "not fit one batch", hint=f"pass --max-batch {streams} or more, or leave --max-batch out")
+    return max_batch_size
 
 
 def _warn_foreign_tensorrt(engine: Path, manifest: dict[str, Any], loader: str) -> None:
@@ -338,6 +398,63 @@ def _triton_config(*, name: str, platform: str, max_batch_size: int, preferred_b
     for key, value in preprocessing.items():
         lines.append(f"parameters {{\n  key: {_quote(key)}\n  value {{ string_value: {_quote(value)} }}\n}}")
     return "\n".join(lines) + "\n"
+
+
+def _check_stream_batching(streams: int, batch_timeout_ms: float) -> None:
+    require_at_least("--streams", streams, 1, hint="the number of sources served, for example --streams 4")
+    require_at_least("--batch-timeout", batch_timeout_ms, 0, hint="milliseconds, for example --batch-timeout 5")
+
+
+def _nvinfer_batch_size(mode: str, batch_size: int | None, streams: int) -> int:
+    """nvinfer's batch-size: ``streams`` frames for a primary classifier (what the muxer batches), for a secondary
+    one the objects per batch (``batch_size``, default ``streams``)."""
+    if mode == "primary" and batch_size not in (None, streams):
+        raise BuildError(f"--batch-size {batch_size} differs from --streams {streams}: a primary classifier's batch is "
+                         "the muxer's, one frame from each stream",
+                         hint=f"leave --batch-size out, or pass --streams {batch_size}")
+    return streams if batch_size is None else batch_size
+
+
+def _muxer_size(mode: str, input_dims: tuple[int, ...]) -> tuple[int, int]:
+    """nvstreammux's output width and height: a primary classifier's input (frames are scaled once, in the muxer,
+    as mlic-edge scales them); for a secondary one, the detector's frames (DeepStream samples' size)."""
+    return (input_dims[2], input_dims[1]) if mode == "primary" else MUXER_SIZE
+
+
+def _deepstream_app_groups(*, mode: str, config_name: str, streams: int, batch_size: int, batch_timeout_ms: float,
+                           gie_unique_id: int, operate_on_gie_id: int, muxer_size: tuple[int, int],
+                           letterbox: bool) -> str:
+    """deepstream-app's [streammux] and [primary-gie] / [secondary-gie0] groups for ``config_name``, with how to
+    run them (deepstream-app, or the same properties on gst-launch-1.0)."""
+    width, height = muxer_size
+    push_timeout_us = round(batch_timeout_ms * 1000) or MUXER_PUSH_TIMEOUT_US
+    muxer: list[tuple[str, Any]] = [("gpu-id", 0), ("batch-size", streams), ("batched-push-timeout", push_timeout_us),
+                                    ("width", width), ("height", height), ("enable-padding", int(letterbox))]
+    gie_group = "primary-gie" if mode == "primary" else "secondary-gie0"
+    gie: list[tuple[str, Any]] = [("enable", 1), ("gpu-id", 0), ("batch-size", batch_size),
+                                  ("gie-unique-id", gie_unique_id),
+                                  *([("operate-on-gie-id", operate_on_gie_id)] if mode == "secondary" else []),
+                                  ("config-file", config_name)]
+    size_note = ("the model's input: frames are scaled once, in the muxer (use your cameras' size instead where "
+                 "other elements need whole frames)" if mode == "primary" else
+                 "the frames the detector sees (DeepStream samples' 1920x1080): set your detector's")
+    detector = "" if mode == "primary" else "nvinfer config-file-path=DETECTOR.txt ! "
+    sources = " ".join(f"uridecodebin uri=URI{index} ! m.sink_{index}" for index in range(min(streams, 2)))
+    notes = [f"# Written by mlic-edge: the deepstream-app groups that run {config_name} on {streams} stream(s).",
+             f"# Add one [sourceN] group per stream ({streams}), a [sink0]"
+             + (", the detector's [primary-gie]" if mode == "secondary" else "") + ", then: deepstream-app -c FILE.",
+             f"# streammux: batch-size = the streams; width/height = {size_note}.",
+             f"# batched-push-timeout ({push_timeout_us} us): how long the muxer waits after a batch's first frame "
+             "for the other streams"
+             + ("" if batch_timeout_ms else " (--batch-timeout 0, run's no wait, has no muxer equivalent: 0 pushes a "
+                "batch at its first frame and -1 waits for every stream, so DeepStream samples' 40 ms)") + ".",
+             "# The same with gst-launch-1.0: nvstreammux name=m " + " ".join(f"{key}={value}" for key, value in muxer)
+             + f" ! {detector}nvinfer config-file-path={config_name} batch-size={batch_size} ! fakesink "
+             + sources + (" ..." if streams > 2 else "")]
+    groups = {"streammux": muxer, gie_group: gie}
+    body = "\n".join(f"[{group}]\n" + "".join(f"{key}={value}\n" for key, value in items)
+                     for group, items in groups.items())
+    return "\n".join(notes) + "\n" + body
 
 
 def _nvinfer_config(*, spec: RunSpec, precision: str, mode: str, onnx_name: str, engine_name: str | None,

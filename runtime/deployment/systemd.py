@@ -1,7 +1,8 @@
 """Run ``mlic-edge run`` as a systemd service: the unit file, a logrotate config for its JSON lines, install/uninstall.
 
 The unit restarts the run on failure, sends its stderr (the ``--stats-every`` line) to the journal and writes records
-to ``<out_dir>/predictions.jsonl``, which logrotate rotates by size with ``copytruncate`` (see ``render_logrotate``).
+to ``<out_dir>/predictions.jsonl`` (several sources: one run batching them, ``<out_dir>/<stream>.jsonl`` each), which
+logrotate rotates by size with ``copytruncate`` (see ``render_logrotate``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from mlic_edge.errors import MlicError, RunDirError
 from mlic_edge.io import atomic_path, require_writable
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.inference.backends import registry as backend_registry
-from mlic_edge.spec import rebuild_command, require_fraction, require_seconds
+from mlic_edge.runtime.inference.streams import STREAM_FIELD, StreamSpec, output_paths, parse_streams
+from mlic_edge.spec import rebuild_command, require_at_least, require_fraction, require_seconds
 
 UNIT_DIR = Path("/etc/systemd/system")
 LOGROTATE_DIR = Path("/etc/logrotate.d")
@@ -30,6 +32,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
 _USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?")
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+_NAME_PREFIX = re.compile(r"([^=:/\\]+)=")  # text before "=" that is no URL, path or GStreamer pipeline: a name
 
 
 def default_executable() -> Path:
@@ -47,12 +50,13 @@ def default_executable() -> Path:
 
 @dataclass(kw_only=True)
 class ServiceSpec:
-    """What the service runs: ``<executable> run <source> --run <run_dir> … --out <out_dir>/predictions.jsonl``."""
+    """What the service runs: ``<executable> run <source> --run <run_dir> … --out <out_dir>/predictions.jsonl``;
+    with several sources ``run SRC1 SRC2 … --out <out_dir>/{stream}.jsonl``, one file per stream."""
 
     run_dir: Path
     out_dir: Path
     name: str = "mlic-edge"
-    source: str = "csi://0"
+    sources: tuple[str, ...] = ("csi://0",)  # NAME=SOURCE names a stream (its records and file)
     backend: str = "auto"
     precision: str = "fp16"
     rotate_mb: int = 50
@@ -60,6 +64,7 @@ class ServiceSpec:
     stats_every: float = 60
     user: str | None = None  # None: the service runs as root
     threshold: float | None = None
+    batch_timeout_ms: float | None = None  # ms, `run --batch-timeout` (None: run's default)
     thresholds: Path | None = None
     smoothing: float | None = None
     only_changes: bool = False
@@ -78,7 +83,10 @@ class ServiceSpec:
         require_seconds("--stats-every", self.stats_every, hint="for example --stats-every 60")
         if self.threshold is not None:
             require_fraction("--threshold", self.threshold)
-        for value in (self.source, self.name, *self.extra_args):
+        require_at_least("--batch-timeout", self.batch_timeout_ms, 0,
+                         hint="milliseconds, for example --batch-timeout 5")
+        self.sources = tuple(self.sources)
+        for value in (*self.sources, self.name, *self.extra_args):
             if any(char in value for char in "\n\r\0"):
                 raise MlicError(f"{value!r} contains a line break or NUL, which a unit file cannot hold",
                                 hint="pass the value on one line")
@@ -87,19 +95,34 @@ class ServiceSpec:
         self.out_dir = Path(self.out_dir).absolute()
         self.executable = Path(self.executable).absolute()
         self.thresholds = Path(self.thresholds).absolute() if self.thresholds else None
+        self.streams()  # refuses a bad or repeated name, a repeated source, no source: `run` would at every start
 
     @property
     def unit_name(self) -> str:
         return f"{self.name}.service"
 
+    def streams(self) -> list[StreamSpec]:
+        """The sources as `run` names them (NAME=SOURCE, or a name made from the source)."""
+        streams = parse_streams(self.sources)
+        for entry, stream in zip(self.sources, streams):
+            _require_named(entry, stream)
+        return streams
+
     @property
     def jsonl_path(self) -> Path:
-        return self.out_dir / JSONL_NAME
+        """``--out``: predictions.jsonl, or with several sources the ``{stream}`` template of one file each."""
+        return self.out_dir / (JSONL_NAME if len(self.sources) == 1 else f"{STREAM_FIELD}.jsonl")
+
+    def jsonl_paths(self) -> dict[str, Path]:
+        """Each stream's JSON lines file, by stream name."""
+        return output_paths(self.jsonl_path, [stream.name for stream in self.streams()], "--out")
 
     def argv(self) -> list[str]:
         """The command the service runs, one argument per item."""
-        args = [str(self.executable), "run", self.source, "--run", str(self.run_dir),
+        args = [str(self.executable), "run", *self.sources, "--run", str(self.run_dir),
                 "--backend", self.backend, "--precision", self.precision]
+        if self.batch_timeout_ms is not None:
+            args += ["--batch-timeout", _number(self.batch_timeout_ms)]
         if self.threshold is not None:
             args += ["--threshold", _number(self.threshold)]
         if self.thresholds is not None:
@@ -116,6 +139,14 @@ class ServiceSpec:
 
 def _number(value: float) -> str:
     return f"{value:g}"
+
+
+def _require_named(entry: str, stream: StreamSpec) -> None:
+    """Refuse ``NAME=SOURCE`` that `run` does not take as a name (it would open the whole text as one source)."""
+    prefix = _NAME_PREFIX.match(entry)
+    if prefix and stream.source == entry and not Path(entry).exists():
+        raise MlicError(f"stream name {prefix.group(1)!r} (in {entry!r}) may hold only letters, digits, '-', '_' "
+                        "and '.'", hint="rename it, e.g. --source front-door=rtsp://...")
 
 
 def systemd_quote(arg: str) -> str:
@@ -139,13 +170,16 @@ def _setting(value: str | Path) -> str:
 
 def render_unit(spec: ServiceSpec) -> str:
     """The systemd unit that runs ``spec.argv()``, restarts it on failure and logs to the journal."""
+    streams = spec.streams()
     after = ["network-online.target"]
-    if spec.source.startswith("csi://"):
+    if any(stream.source.startswith("csi://") for stream in streams):
         after.append("nvargus-daemon.service")  # Jetson's camera daemon; ordering only, harmless where absent
+    reads = (streams[0].source if len(streams) == 1 else
+             f"{len(streams)} streams ({', '.join(stream.name for stream in streams)})")
     lines = [
         "# Written by `mlic-edge service install`; `mlic-edge service uninstall` removes it.",
         "[Unit]",
-        f"Description={_setting(f'mlic-edge: {spec.source} with {spec.run_dir.name} ({spec.precision})')}",
+        f"Description={_setting(f'mlic-edge: {reads} with {spec.run_dir.name} ({spec.precision})')}",
         "Wants=network-online.target",
         f"After={' '.join(after)}",
         "",
@@ -172,8 +206,10 @@ def render_unit(spec: ServiceSpec) -> str:
 
 
 def render_logrotate(spec: ServiceSpec) -> str:
-    """A logrotate config that rotates the service's JSON lines by size and keeps ``spec.keep`` compressed files."""
-    path = str(spec.jsonl_path).replace("\\", "\\\\").replace('"', '\\"')
+    """A logrotate config that rotates the service's JSON lines (a file per stream) by size and keeps ``spec.keep``
+    compressed files of each."""
+    paths = " ".join('"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+                     for path in spec.jsonl_paths().values())
     return (
         f"# Written by `mlic-edge service install` for {spec.unit_name}.\n"
         "# copytruncate: `mlic-edge run` keeps the file open while the service runs. Renaming it (logrotate's\n"
@@ -181,7 +217,7 @@ def render_logrotate(spec: ServiceSpec) -> str:
         "# in place needs no signal. The lines written between the copy and the truncation (milliseconds) are lost,\n"
         "# and the writer must have opened the file for appending, or its next line lands at its old offset behind\n"
         "# a run of NUL bytes. logrotate checks `size` when it runs (daily by default).\n"
-        f'"{path}" {{\n'
+        f"{paths} {{\n"
         f"    size {spec.rotate_mb}M\n"
         f"    rotate {spec.keep}\n"
         "    compress\n"
