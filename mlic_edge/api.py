@@ -143,7 +143,7 @@ class Run:
     @_api
     def export_triton(self, out: str | Path, **request: Any) -> Path:
         """``export triton``: a Triton model repository in ``out``; returns the model's folder ``out/NAME``.
-        ``request``: TritonRequest fields (precision, platform, name, max_batch, preferred, ...)."""
+        ``request``: TritonRequest fields (precision, platform, name, streams, batch_timeout_ms, max_batch, ...)."""
         from mlic_edge.commands.serving import TritonRequest, export_triton
 
         return export_triton(self.dir, Path(out), _request(TritonRequest, request))
@@ -151,7 +151,8 @@ class Run:
     @_api
     def export_deepstream(self, out: str | Path, **request: Any) -> Path:
         """``export deepstream``: a DeepStream nvinfer configuration, labels and model in ``out``; returns the config
-        file. ``request``: DeepStreamRequest fields (precision, mode, engine, gie_id, batch_size, threshold, ...)."""
+        file (the deepstream-app groups for ``streams`` sources beside it). ``request``: DeepStreamRequest fields
+        (precision, mode, engine, streams, batch_timeout_ms, gie_id, batch_size, threshold, ...)."""
         from mlic_edge.commands.serving import DeepStreamRequest, export_deepstream
 
         return export_deepstream(self.dir, Path(out), _request(DeepStreamRequest, request))
@@ -177,20 +178,22 @@ class Run:
         return load_classifier(self.dir, _request(PredictRequest, request))
 
     @_api
-    def predict(self, source: str, **request: Any) -> Iterator["Result"]:
+    def predict(self, source: str | list[str], **request: Any) -> Iterator["Result"]:
         """One ``Result`` (labels, scores, timing; ``to_dict()`` is ``run``'s JSON record) per image or frame of
-        ``source``, opening the backend for this pass; ``request``: PredictRequest fields (backend, precision, batch,
+        ``source`` (a list: several streams batched together, ``NAME=SOURCE`` names one; each result names its
+        ``stream``), opening the backend for this pass; ``request``: PredictRequest fields (backend, precision, batch,
         threshold, ...). To classify many sources or frames, hold a classifier instead (``mlic_edge.load``)."""
         from mlic_edge.commands.predict import PredictRequest, predict
 
         return predict(self.dir, source, _request(PredictRequest, request))
 
     @_api
-    def predict_to_files(self, source: str, *, out: str | Path | None = None, csv: str | Path | None = None,
+    def predict_to_files(self, source: str | list[str], *, out: str | Path | None = None, csv: str | Path | None = None,
                          save_video: str | Path | None = None, stats_json: str | Path | None = None,
                          append: bool = False, **request: Any) -> dict[str, Any]:
-        """``mlic-edge run SOURCE --out --csv --save-video --stats-json``: every record written (JSON lines to
-        ``out``, else stdout), each output closed whole; returns the latency summary."""
+        """``mlic-edge run SOURCE [SOURCE ...] --out --csv --save-video --stats-json``: every record written (JSON
+        lines to ``out``, else stdout; ``{stream}`` in a path: one file per stream), each output closed whole; returns
+        the latency summary (per stream under ``streams``; a stream that failed has its ``error`` there)."""
         from mlic_edge.commands.predict import PredictOutputs, PredictRequest, predict_to_outputs
 
         def path(value: str | Path | None) -> Path | None:
@@ -237,7 +240,8 @@ class Run:
     def install_service(self, **request: Any) -> dict[str, Any]:
         """``service install``: this run as a systemd service (needs root); ``print_only=True`` returns the unit and
         logrotate texts and installs nothing. Returns the unit's name, both texts, the predictions file and the
-        steps taken. ``request``: ServiceRequest fields (source, backend, precision, out_dir, name, user, ...)."""
+        steps taken. ``request``: ServiceRequest fields (sources, a list for several; backend, precision, out_dir,
+        name, user, batch_timeout_ms, ...)."""
         from mlic_edge.commands.service import ServiceRequest, install_service
 
         return install_service(self.dir, _request(ServiceRequest, request))
@@ -430,7 +434,7 @@ def _speak_python(error: MlicError, keywords: dict[str, bool]) -> None:
 # parity's precisions).
 _FLAG_KEYWORDS = {"print": "print_only", "qat_target": "target", "ap": "ap_mode", "workspace": "workspace_mb",
                   "batch_range": "batch", "min_same": "labelset_floors", "max_diff": "max_score_diffs",
-                  "loss_kwargs": "loss_options", "model_kwargs": "model_options"}
+                  "loss_kwargs": "loss_options", "model_kwargs": "model_options", "batch_timeout": "batch_timeout_ms"}
 _FLAG_WORD = re.compile(r"(?P<before>[(`'\"]*)--(?P<flag>[a-z][a-z0-9-]*)(?P<after>[,;:).`'\"]*)")
 _FLAG = re.compile(r"--([a-z][a-z0-9-]*)")
 # A word starting a shell command: the flags after it, up to a word that ends the command, are that command's.

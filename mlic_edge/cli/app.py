@@ -14,7 +14,7 @@ import typer
 
 from mlic_edge.cli.options import (BackendOpt, BatchesOpt, BatchRangeOpt, BuildBackendOpt, DataOpt, DeviceOpt, JsonOpt,
                                    ModelNameOpt, Fp16FallbackOpt, PrecisionOpt, RunOpt, ThreadsOpt, TrustPickleOpt,
-                                   precision_option)
+                                   batch_timeout_option, precision_option, streams_option)
 from mlic_edge.commands.bench import BenchRequest
 from mlic_edge.commands.build import BuildRequest
 from mlic_edge.commands.demo import DemoRequest
@@ -631,20 +631,30 @@ def build(
 @app.command("run", epilog="Examples: `mlic-edge run camera0 -m baseline --smoothing 0.8 --only-changes`, "
                            "`mlic-edge run photos/ -r runs/baseline --batch 8 --out preds.jsonl --csv preds.csv`, "
                            "`mlic-edge run rtsp://cam.local/stream -m msrn -b tensorrt -p int8 --stats-every 10`, "
-                           "`mlic-edge run clip.mp4 -m baseline --save-video labelled.mp4`, `mlic-edge run csi://0 -m msrn`")
+                           "`mlic-edge run clip.mp4 -m baseline --save-video labelled.mp4`, `mlic-edge run csi://0 -m msrn`, "
+                           "four cameras batched on one engine: `mlic-edge run door=rtsp://cam1/s gate=rtsp://cam2/s "
+                           "csi://0 csi://1 -m msrn -b tensorrt -p int8 --batch-timeout 20 --out 'out/{stream}.jsonl'`")
 def run_command(
-    source: str = typer.Argument(..., help="camera0 | 0 | /dev/videoN | v4l2:// | csi://N | rtsp:// | http(s):// | "
-                                           "rtp:// | gst:PIPELINE | video file | image | folder | glob | list.txt"),
+    source: Optional[list[str]] = typer.Argument(None, help="camera0 | 0 | /dev/videoN | v4l2:// | csi://N | rtsp:// | "
+                                                 "http(s):// | rtp:// | gst:PIPELINE | video file | image | folder | "
+                                                 "glob | list.txt; several run as streams batched together, "
+                                                 "NAME=SOURCE names one."),
+    sources_file: Optional[Path] = typer.Option(None, "--sources", help="A file of sources, one per line "
+                                                "(NAME=SOURCE allowed, # comments), after any SOURCE given."),
     run: Optional[Path] = RunOpt,
     model: Optional[str] = ModelNameOpt,
     backend: str = BackendOpt,
     precision: str = PrecisionOpt,
     device: str = DeviceOpt,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON lines file (default: stdout)."),
-    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write a CSV (one row per record)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON lines file (default: stdout); with several "
+                                       "streams, {stream} in the path gives one file per stream, else records name "
+                                       "their stream."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write a CSV (one row per record; {stream} as "
+                                           "for --out)."),
     append: bool = typer.Option(False, "--append", help="Append to --out/--csv instead of replacing them (services: "
                                 "restarts keep earlier records, logrotate's copytruncate stays safe)."),
-    save_video: Optional[Path] = typer.Option(None, "--save-video", help="Write frames with labels drawn (.mp4)."),
+    save_video: Optional[Path] = typer.Option(None, "--save-video", help="Write frames with labels drawn (.mp4; "
+                                              "several streams: a path with {stream})."),
     show: bool = typer.Option(False, "--show", help="Show frames with labels in a window (q or Esc stops)."),
     threshold: float = typer.Option(PredictRequest.threshold, "--threshold", help="Report labels with score >= "
                                     "this."),
@@ -657,8 +667,12 @@ def run_command(
     only_changes: bool = typer.Option(False, "--only-changes", help="Emit a record only when the label set "
                                       "changes."),
     batch: int = typer.Option(PredictRequest.batch, "--batch", "--batch-size",
-                              help="Images per inference for files (live sources always use 1: the newest frame)."),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N frames/images."),
+                              help="Images per inference, at least one per stream (a live stream gives its newest "
+                                   "frame), within the engine's batch range."),
+    batch_timeout: float = typer.Option(PredictRequest.batch_timeout_ms, "--batch-timeout", help="Milliseconds a "
+                                        "batch may wait for the other streams' frames (0: it takes what queued "
+                                        "while inference was busy)."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N frames/images (per stream)."),
     width: Optional[int] = typer.Option(None, "--width", help="Capture width (cameras, CSI)."),
     height: Optional[int] = typer.Option(None, "--height", help="Capture height (cameras, CSI)."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Capture frame rate (cameras, CSI)."),
@@ -675,23 +689,29 @@ def run_command(
     json_out: bool = typer.Option(False, "--json", help="End stdout with the latency summary as one JSON line (after "
                                                         "the records unless --out is given)."),
 ) -> None:
-    """Run a model over a source: one JSON line per image/frame on stdout (or --out), latency per stage at the end.
+    """Run a model over a source, or several batched together: one JSON line per image/frame on stdout (or --out),
+    latency per stage at the end (and per stream).
 
     stdout carries only JSON: the records (without --out) and, with --json, the summary as the last line (it has no
-    "labels"); everything for people (what runs, the latency table) goes to stderr."""
+    "labels"); everything for people (what runs, the latency table) goes to stderr. A stream that fails ends alone:
+    the others run on, and the exit status is 2 if any stream ended in error."""
     import threading
 
-    from mlic_edge.commands.predict import PredictOutputs, PredictRequest, describe_backend, predict_to_outputs
+    from mlic_edge.commands.predict import (PredictOutputs, PredictRequest, describe_backend, predict_to_outputs,
+                                            require_streams_ok)
     from mlic_edge.console import info, show as show_table  # "show" is the --show option here
     from mlic_edge.stops import finish_on_signals
-    from mlic_edge.runtime.inference.latency import LatencyRecorder, PeriodicStats, latency_table
+    from mlic_edge.runtime.inference.latency import LatencyRecorder, PeriodicStats, latency_table, streams_table
+    from mlic_edge.runtime.inference.streams import parse_streams
 
-    request = PredictRequest(backend=backend, precision=precision, device=device, batch=batch, threshold=threshold,
-                             thresholds=thresholds, top_k=top_k, smoothing=smoothing, only_changes=only_changes,
-                             all_scores=scores, max_frames=max_frames, width=width, height=height,
-                             fps=fps, max_reconnects=max_reconnects, cuda_graph=cuda_graph, threads=threads,
+    request = PredictRequest(backend=backend, precision=precision, device=device, batch=batch,
+                             batch_timeout_ms=batch_timeout, threshold=threshold, thresholds=thresholds, top_k=top_k,
+                             smoothing=smoothing, only_changes=only_changes, all_scores=scores,
+                             max_frames=max_frames, width=width, height=height, fps=fps,
+                             max_reconnects=max_reconnects, cuda_graph=cuda_graph, threads=threads,
                              fp16_fallback=fp16_fallback)
     request.check()
+    streams = parse_streams(source or [], sources_file)
     if stats_every is not None:
         require_seconds("--stats-every", stats_every)
     run_dir = _run_dir(run, model)
@@ -699,16 +719,19 @@ def run_command(
                              show=show)
     latency, stop = LatencyRecorder(), threading.Event()
 
-    def opened(frames, classifier):
+    def opened(pairs, classifier):
         budget = classifier.backend.thread_budget
-        info(f"{frames.kind} {source} → {classifier.info.describe()}"
-             + (f"; {budget.describe()}" if budget is not None else ""))
+        what = (f"{pairs[0][1].kind} {pairs[0][0].source}" if len(streams) == 1 else
+                f"{len(pairs)} streams ({', '.join(f'{stream.name}: {frames.kind}' for stream, frames in pairs)})")
+        info(f"{what} → {classifier.info.describe()}" + (f"; {budget.describe()}" if budget is not None else ""))
 
     periodic = PeriodicStats(latency, stats_every, lambda line: info(line)) if stats_every else None
     with finish_on_signals(stop) as signalled:
-        summary = predict_to_outputs(run_dir, source, request, outputs, on_open=opened, stop=stop, latency=latency,
+        summary = predict_to_outputs(run_dir, streams, request, outputs, on_open=opened, stop=stop, latency=latency,
                                      on_tick=periodic.maybe_emit if periodic else None)
     show_table(latency_table(summary, f"latency per frame ({describe_backend(summary)})"), stderr=True)
+    if len(streams) > 1:
+        show_table(streams_table(summary), stderr=True)
     if json_out:
         sys.stdout.write(json.dumps(summary) + "\n")
     if summary["stopped"] and not signalled:
@@ -721,6 +744,7 @@ def run_command(
     if signalled:  # the exit status tells a partial output from a complete one
         raise Interrupted(signalled[0], note=f"stopped early after {summary['frames']} frame(s); every output was "
                                              "flushed and closed and ends with a whole record")
+    require_streams_ok(summary)
 
 
 # --------------------------------------------------------------------------------------------------- bench
@@ -882,7 +906,8 @@ def pack(
 
 # --------------------------------------------------------------------------------------------------- export triton
 @export_app.command("triton", epilog="Examples: `mlic-edge export triton -m msrn model_repository/`, "
-                                     "`mlic-edge export triton -m msrn repo/ -p int8 --platform tensorrt`")
+                                     "`mlic-edge export triton -m msrn repo/ -p int8 --platform tensorrt`, "
+                                     "`mlic-edge export triton -m msrn repo/ --streams 4 --batch-timeout 2`")
 def export_triton(
     out: Path = typer.Argument(..., help="Model repository folder (the model goes in OUT/NAME/)."),
     run: Optional[Path] = RunOpt,
@@ -891,12 +916,15 @@ def export_triton(
     platform: str = typer.Option(TritonRequest.platform, "--platform", help="onnx (ONNX Runtime backend) or tensorrt "
                                  "(the engine built for the serving GPU)."),
     name: Optional[str] = typer.Option(None, "--name", help="Model name (default: RUN_PRECISION_PLATFORM)."),
-    max_batch: int = typer.Option(TritonRequest.max_batch, "--max-batch", help="max_batch_size (TensorRT: the "
-                                  "engine's profile max)."),
-    preferred: str = typer.Option(",".join(map(str, TritonRequest.preferred)), "--preferred",
-                                  help="Dynamic batching preferred sizes."),
-    queue_delay_us: int = typer.Option(TritonRequest.queue_delay_us, "--queue-delay-us",
-                                       help="Dynamic batching max queue delay."),
+    max_batch: Optional[int] = typer.Option(TritonRequest.max_batch, "--max-batch", help="max_batch_size (default "
+                                            "8, or --streams if more; TensorRT: the engine's profile max).",
+                                            show_default=False),
+    preferred: Optional[str] = typer.Option(TritonRequest.preferred, "--preferred", help="Dynamic batching preferred "
+                                            "sizes, e.g. 4,8 (default: --streams; with one stream 4,8).",
+                                            show_default=False),
+    streams: int = streams_option(TritonRequest.streams, "the preferred batch, and max_batch_size at least this"),
+    batch_timeout: float = batch_timeout_option(TritonRequest.batch_timeout_ms, "max_queue_delay_microseconds (0: "
+                                                "batches of what queued while the model was busy)"),
     instances: int = typer.Option(TritonRequest.instances, "--instances", help="Model instances."),
     instance_kind: str = typer.Option(TritonRequest.instance_kind, "--instance-kind", help="gpu or cpu (onnx only): "
                                       "instance_group kind."),
@@ -909,14 +937,16 @@ def export_triton(
     from mlic_edge.console import info
 
     request = TritonRequest(precision=precision, platform=platform, name=name, max_batch=max_batch,
-                            preferred=tuple(split_items("--preferred", preferred, int)), queue_delay_us=queue_delay_us,
-                            instances=instances, instance_kind=instance_kind, engine=engine)
+                            preferred=None if preferred is None else tuple(split_items("--preferred", preferred, int)),
+                            streams=streams, batch_timeout_ms=batch_timeout, instances=instances,
+                            instance_kind=instance_kind, engine=engine)
     path = write_repository(_run_dir(run, model), out, request)
     info(f"wrote {path}; serve with: tritonserver --model-repository {out}")
 
 
 @export_app.command("deepstream", epilog="Examples: `mlic-edge export deepstream -m msrn ds/` (secondary "
-                                         "classifier), `mlic-edge export deepstream -m msrn ds/ --mode primary`")
+                                         "classifier), `mlic-edge export deepstream -m msrn ds/ --mode primary "
+                                         "--streams 4` (four cameras batched)")
 def export_deepstream(
     out: Path = typer.Argument(..., help="Folder for the nvinfer config, labels and model."),
     run: Optional[Path] = RunOpt,
@@ -928,17 +958,26 @@ def export_deepstream(
     gie_id: int = typer.Option(DeepStreamRequest.gie_id, "--gie-id", help="gie-unique-id."),
     operate_on_gie_id: int = typer.Option(DeepStreamRequest.operate_on_gie_id, "--operate-on-gie-id",
                                           help="Detector whose objects are classified."),
-    batch_size: int = typer.Option(DeepStreamRequest.batch_size, "--batch-size", help="nvinfer batch-size."),
+    batch_size: Optional[int] = typer.Option(DeepStreamRequest.batch_size, "--batch-size", help="nvinfer batch-size "
+                                             "(default --streams; a secondary classifier's counts objects).",
+                                             show_default=False),
+    streams: int = streams_option(DeepStreamRequest.streams, "nvstreammux batch-size and a primary classifier's "
+                                  "nvinfer batch-size"),
+    batch_timeout: float = batch_timeout_option(DeepStreamRequest.batch_timeout_ms, "nvstreammux batched-push-timeout "
+                                                "(0: 40 ms, DeepStream samples' value, as nvstreammux's 0 would not "
+                                                "batch streams)"),
     threshold: float = typer.Option(DeepStreamRequest.threshold, "--threshold", help="classifier-threshold."),
 ) -> None:
-    """A DeepStream nvinfer configuration for a primary or secondary multi-label classifier."""
+    """A DeepStream nvinfer configuration for a primary or secondary multi-label classifier, and the deepstream-app
+    groups (nvstreammux, the GIE) that run it on --streams sources."""
     from mlic_edge.commands.serving import export_deepstream as write_config
     from mlic_edge.console import info
+    from mlic_edge.runtime.deployment.serving_configs import deepstream_app_name
 
     path = write_config(_run_dir(run, model), out, DeepStreamRequest(
         precision=precision, mode=mode, engine=engine, gie_id=gie_id, operate_on_gie_id=operate_on_gie_id,
-        batch_size=batch_size, threshold=threshold))
-    info(f"wrote {path}")
+        batch_size=batch_size, streams=streams, batch_timeout_ms=batch_timeout, threshold=threshold))
+    info(f"wrote {path} and {path.parent / deepstream_app_name(mode)} (the muxer and GIE groups for deepstream-app)")
 
 
 # --------------------------------------------------------------------------------------------------- doctor
@@ -970,15 +1009,19 @@ app.add_typer(service_app, name="service")
 
 
 @service_app.command("install", epilog="Examples: `sudo mlic-edge service install -m msrn --source csi://0 -b tensorrt "
-                                       "-p int8`, `mlic-edge service install -m msrn --print` (write the unit yourself)")
+                                       "-p int8`, `sudo mlic-edge service install -m msrn --source "
+                                       "door=rtsp://cam1/live --source yard=rtsp://cam2/live` (one run, a file per "
+                                       "stream), `mlic-edge service install -m msrn --print` (write the unit yourself)")
 def service_install(
     run: Optional[Path] = RunOpt,
     model: Optional[str] = ModelNameOpt,
-    source: str = typer.Option(ServiceRequest.source, "--source", help="What `run` reads (camera0, csi://0, "
-                               "rtsp://...)."),
+    source: list[str] = typer.Option(list(ServiceRequest.sources), "--source", metavar="SOURCE", help="What `run` "
+                                     "reads (camera0, csi://0, rtsp://...); repeat it for several streams, batched in "
+                                     "one run, each in OUT_DIR/STREAM.jsonl (NAME=SOURCE names one)."),
     backend: str = BackendOpt,
     precision: str = precision_option(ServiceRequest.precision, "what the service runs"),
-    out_dir: Path = typer.Option(ServiceRequest.out_dir, "--out-dir", help="Folder of predictions.jsonl."),
+    out_dir: Path = typer.Option(ServiceRequest.out_dir, "--out-dir", help="Folder of predictions.jsonl (several "
+                                 "sources: a file per stream)."),
     name: str = typer.Option(ServiceRequest.name, "--name", help="systemd unit name."),
     user: Optional[str] = typer.Option(None, "--user", help="Run as this user (default: $SUDO_USER, else root)."),
     stats_every: float = typer.Option(ServiceRequest.stats_every, "--stats-every", help="Latency line in the journal "
@@ -990,6 +1033,8 @@ def service_install(
     thresholds: Optional[Path] = typer.Option(None, "--thresholds"),
     smoothing: Optional[float] = typer.Option(None, "--smoothing"),
     only_changes: bool = typer.Option(False, "--only-changes"),
+    batch_timeout: Optional[float] = batch_timeout_option(ServiceRequest.batch_timeout_ms, "`run --batch-timeout` "
+                                                          "(default: run's)"),
     no_logrotate: bool = typer.Option(False, "--no-logrotate", help="Do not install the logrotate rule."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be done; change nothing."),
     print_only: bool = typer.Option(False, "--print", help="Print the unit and logrotate files instead."),
@@ -1000,11 +1045,11 @@ def service_install(
     from mlic_edge.console import info
     from mlic_edge.runtime.deployment.systemd import LOGROTATE_DIR
 
-    request = ServiceRequest(source=source, backend=backend, precision=precision, out_dir=out_dir, name=name,
+    request = ServiceRequest(sources=tuple(source), backend=backend, precision=precision, out_dir=out_dir, name=name,
                              user=user, stats_every=stats_every, rotate_mb=rotate_mb, keep=keep, threshold=threshold,
                              thresholds=thresholds, smoothing=smoothing, only_changes=only_changes,
-                             logrotate=not no_logrotate, dry_run=dry_run, print_only=print_only,
-                             extra=tuple(extra or ()))
+                             batch_timeout_ms=batch_timeout, logrotate=not no_logrotate, dry_run=dry_run,
+                             print_only=print_only, extra=tuple(extra or ()))
     installed = install_service(_run_dir(run, model), request, on_step=info)
     if print_only:
         sys.stdout.write(installed["unit"] + f"\n# {LOGROTATE_DIR / name}\n" + installed["logrotate"])
