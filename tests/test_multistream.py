@@ -82,6 +82,11 @@ def test_repeated_sources_and_names_are_refused(sources, fragment):
         parse_streams(sources)
 
 
+def test_a_name_of_other_characters_is_refused_rather_than_opened_as_a_source():
+    with pytest.raises(MlicError, match="stream name 'front door'"):
+        parse_streams(["front door=rtsp://cam1/live"])
+
+
 def test_an_existing_file_holding_an_equals_sign_is_a_source_not_a_name(tmp_path):
     odd = tmp_path / "a=b.mp4"
     odd.write_bytes(b"")

@@ -32,7 +32,6 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
 _USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?")
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-_NAME_PREFIX = re.compile(r"([^=:/\\]+)=")  # text before "=" that is no URL, path or GStreamer pipeline: a name
 
 
 def default_executable() -> Path:
@@ -103,10 +102,7 @@ class ServiceSpec:
 
     def streams(self) -> list[StreamSpec]:
         """The sources as `run` names them (NAME=SOURCE, or a name made from the source)."""
-        streams = parse_streams(self.sources)
-        for entry, stream in zip(self.sources, streams):
-            _require_named(entry, stream)
-        return streams
+        return parse_streams(self.sources)
 
     @property
     def jsonl_path(self) -> Path:
@@ -139,14 +135,6 @@ class ServiceSpec:
 
 def _number(value: float) -> str:
     return f"{value:g}"
-
-
-def _require_named(entry: str, stream: StreamSpec) -> None:
-    """Refuse ``NAME=SOURCE`` that `run` does not take as a name (it would open the whole text as one source)."""
-    prefix = _NAME_PREFIX.match(entry)
-    if prefix and stream.source == entry and not Path(entry).exists():
-        raise MlicError(f"stream name {prefix.group(1)!r} (in {entry!r}) may hold only letters, digits, '-', '_' "
-                        "and '.'", hint="rename it, e.g. --source front-door=rtsp://...")
 
 
 def systemd_quote(arg: str) -> str:

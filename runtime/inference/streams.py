@@ -19,6 +19,7 @@ STREAM_FIELD = "{stream}"
 """Where an output path takes each stream's name: ``--out 'out/{stream}.jsonl'`` writes one file per stream."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _NAMED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})=(.+)$")
+_MEANT_AS_NAME = re.compile(r"^([^=:/\\]+)=.")  # text before "=" that is no URL, path or GStreamer pipeline
 
 
 @dataclass(frozen=True)
@@ -142,11 +143,18 @@ def _read_sources_file(path: Path) -> list[str]:
 
 def _split_name(entry: str) -> tuple[str | None, str]:
     """``NAME=SOURCE`` → (NAME, SOURCE); a source that merely holds ``=`` (a URL's query, a GStreamer pipeline, an
-    existing file) stays whole."""
-    match = _NAMED.match(entry)
-    if match is None or Path(entry).exists():
+    existing file) stays whole. Text before ``=`` that is no URL, path or pipeline but no valid name either (``front
+    door=rtsp://…``) is refused rather than opened as one source."""
+    if Path(entry).exists():
         return None, entry
-    return match.group(1), match.group(2).strip()
+    match = _NAMED.match(entry)
+    if match is not None:
+        return match.group(1), match.group(2).strip()
+    meant = _MEANT_AS_NAME.match(entry)
+    if meant is not None:
+        raise MlicError(f"stream name {meant.group(1)!r} (in {entry!r}) may hold only letters, digits, '-', '_' and "
+                        "'.'", hint="rename it, e.g. front-door=rtsp://...")
+    return None, entry
 
 
 def _refuse_repeats(values: list[str], what: str, hint: str) -> None:
