@@ -662,118 +662,29 @@ def generate(out: Path, config: SynthConfig, progress: Callable[[int, int], None
     names = class_names(config.classes)
     rules = _draw_rules(config.classes, config.seed)
     n_test = _n_test(config)
-    n_train = config.images - n_test
+    sizes = {"trainval": config.images - n_test, "test": n_test}
     total = config.images + (config.video_frames if config.video else 0)
     report = progress or (lambda done, total_: None)
-
-    # Label sets per split.
-    rank_targets = long_tail_targets(n_train, config.classes, config.pareto_alpha, config.head_fraction,
-                                     config.tail_ratio)
-    split_targets: dict[str, np.ndarray] = {}
-    balanced_fraction = min(0.5, config.labels_per_image / config.classes) if config.classes > 1 else 1.0
-    for split, n in (("trainval", n_train), ("test", n_test)):
-        if split == "trainval" and config.long_tail:
-            t = np.empty(config.classes)
-            t[rules.frequency_order] = rank_targets
-        else:
-            t = np.full(config.classes, max(1.0, n * balanced_fraction))
-        split_targets[split] = t
-    labels = {
-        split: _sample_labels(np.random.default_rng([config.seed, 0, i]), n, split_targets[split], rules,
-                              config.together_probability)
-        for i, (split, n) in enumerate((("trainval", n_train), ("test", n_test)))
-    }
+    split_targets, labels = _split_label_sets(config, rules, sizes)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{out.name}.synth-", dir=out.parent))
     try:
         for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
             (build / sub).mkdir(parents=True)
-        ids: dict[str, list[str]] = {}
         split_summary: dict[str, dict] = {}
-        done = 0
         index = 0
-        encode = [int(cv2.IMWRITE_JPEG_QUALITY), int(config.jpeg_quality)]
-        for split, n in (("trainval", n_train), ("test", n_test)):
-            split_ids: list[str] = []
-            per_class = np.zeros((n, config.classes), dtype=np.int8)  # VOC per-class value: 1 / 0 (difficult) / -1
-            per_class[:] = -1
-            n_objects = n_difficult = n_truncated = 0
-            for row in range(n):
-                image_id = f"{index:06d}"
-                rng = np.random.default_rng([config.seed, 1, index])
-                present = np.flatnonzero(labels[split][row])
-                image, objects = _render_scene(rng, present, names, config.size, config.difficult_threshold,
-                                              config.typical_colour)
-                ok, data = cv2.imencode(".jpg", image, encode)
-                if not ok:
-                    raise DataError("synth: OpenCV could not encode a JPEG", "check the opencv-python install")
-                data.tofile(str(build / "JPEGImages" / f"{image_id}.jpg"))
-                (build / "Annotations" / f"{image_id}.xml").write_text(
-                    _annotation_xml(image_id, config.size, objects, config.seed))
-                for obj in objects:
-                    k = names.index(obj["name"])
-                    per_class[row, k] = max(per_class[row, k], 0 if obj["difficult"] else 1)
-                    n_objects += 1
-                    n_difficult += obj["difficult"]
-                    n_truncated += obj["truncated"]
-                split_ids.append(image_id)
-                index += 1
-                done += 1
-                report(done, total)
-            ids[split] = split_ids
-            main = build / "ImageSets" / "Main"
-            (main / f"{split}.txt").write_text("".join(f"{i}\n" for i in split_ids))
-            for k, name in enumerate(names):
-                (main / f"{name}_{split}.txt").write_text(
-                    "".join(f"{i} {int(v):2d}\n" for i, v in zip(split_ids, per_class[:, k])))
-            present_any = per_class >= 0
-            counts = present_any.sum(axis=0)
-            nonzero = counts[counts > 0]
-            split_summary[split] = {
-                "images": n,
-                "ids_file": f"ImageSets/Main/{split}.txt",
-                "class_counts": {name: int(c) for name, c in zip(names, counts)},
-                "class_counts_non_difficult": {name: int(c) for name, c in zip(names, (per_class == 1).sum(axis=0))},
-                "target_counts": {name: round(float(t), 2) for name, t in zip(names, split_targets[split])},
-                "labels_per_image_mean": round(float(present_any.sum(axis=1).mean()), 4),
-                "imbalance_ratio": round(float(nonzero.max() / nonzero.min()), 3) if nonzero.size else None,
-                "objects": n_objects,
-                "difficult_objects": n_difficult,
-                "truncated_objects": n_truncated,
-            }
+        for split, n in sizes.items():
+            split_summary[split] = _write_split(build, split, labels[split], split_targets[split], index, config,
+                                                names, lambda done: report(done, total))
+            index += n
         (build / "ImageSets" / "Main" / "classes.txt").write_text("".join(f"{name}\n" for name in names))
 
         video = None
         if config.video:
             video = _write_video(build, config, names, rules,
                                  lambda f: report(config.images + f, total))
-
-        summary = {
-            "generator": GENERATOR,
-            "format_version": FORMAT_VERSION,
-            "layout": "voc",
-            "config": asdict(config),
-            "classes": names,
-            "splits": split_summary,
-            "rules": {
-                "together": [{"if": names[a], "then": names[b], "probability": config.together_probability}
-                             for a, b in rules.together],
-                "never": [{"if": names[a], "then_not": names[b]} for a, b in rules.never],
-            },
-            "long_tail": {
-                "enabled": bool(config.long_tail),
-                "applies_to": "trainval" if config.long_tail else None,
-                "frequency_order": [names[k] for k in rules.frequency_order] if config.long_tail else None,
-                "pareto_alpha": config.pareto_alpha,
-            },
-            "notes": [f"{split}: no image holds {', '.join(missing)} ({config.images} images are too few for "
-                      f"{config.classes} classes)"
-                      for split, missing in ((sp, [k for k, c in split_summary[sp]["class_counts"].items() if c == 0])
-                                             for sp in SPLITS) if missing],
-            "difficult_rule": f"an object more than {config.difficult_threshold:.0%} hidden (occlusion + border)",
-            "video": video,
-        }
+        summary = _summary(config, names, rules, split_summary, video)
         (build / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
         _move_into_place(build, out)
     finally:
@@ -783,7 +694,120 @@ def generate(out: Path, config: SynthConfig, progress: Callable[[int, int], None
     result = dict(summary)
     result["root"] = str(out)
     result["spec"] = f"voc:{out}"
-    result["paths"] = {
+    result["paths"] = _output_paths(out, bool(video))
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def _split_label_sets(config: SynthConfig, rules: _Rules, sizes: dict[str, int]
+                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per split ({split: image count}): the target count of each class (the long tail's on trainval where asked,
+    else balanced) and the label sets drawn towards them (one row per image)."""
+    rank_targets = long_tail_targets(sizes["trainval"], config.classes, config.pareto_alpha, config.head_fraction,
+                                     config.tail_ratio)
+    split_targets: dict[str, np.ndarray] = {}
+    balanced_fraction = min(0.5, config.labels_per_image / config.classes) if config.classes > 1 else 1.0
+    for split, n in sizes.items():
+        if split == "trainval" and config.long_tail:
+            t = np.empty(config.classes)
+            t[rules.frequency_order] = rank_targets
+        else:
+            t = np.full(config.classes, max(1.0, n * balanced_fraction))
+        split_targets[split] = t
+    labels = {
+        split: _sample_labels(np.random.default_rng([config.seed, 0, i]), n, split_targets[split], rules,
+                              config.together_probability)
+        for i, (split, n) in enumerate(sizes.items())
+    }
+    return split_targets, labels
+
+
+def _write_split(build: Path, split: str, labels: np.ndarray, targets: np.ndarray, first_index: int,
+                 config: SynthConfig, names: list[str], report: Callable[[int], None]) -> dict:
+    """Render and write a split's images (ids from ``first_index``), annotations and VOC image sets under
+    ``build``; ``report(done)`` after each image (counted over the splits). Returns the split's summary."""
+    n = len(labels)
+    split_ids: list[str] = []
+    per_class = np.zeros((n, config.classes), dtype=np.int8)  # VOC per-class value: 1 / 0 (difficult) / -1
+    per_class[:] = -1
+    n_objects = n_difficult = n_truncated = 0
+    encode = [int(cv2.IMWRITE_JPEG_QUALITY), int(config.jpeg_quality)]
+    for row in range(n):
+        index = first_index + row
+        image_id = f"{index:06d}"
+        rng = np.random.default_rng([config.seed, 1, index])
+        present = np.flatnonzero(labels[row])
+        image, objects = _render_scene(rng, present, names, config.size, config.difficult_threshold,
+                                      config.typical_colour)
+        ok, data = cv2.imencode(".jpg", image, encode)
+        if not ok:
+            raise DataError("synth: OpenCV could not encode a JPEG", "check the opencv-python install")
+        data.tofile(str(build / "JPEGImages" / f"{image_id}.jpg"))
+        (build / "Annotations" / f"{image_id}.xml").write_text(
+            _annotation_xml(image_id, config.size, objects, config.seed))
+        for obj in objects:
+            k = names.index(obj["name"])
+            per_class[row, k] = max(per_class[row, k], 0 if obj["difficult"] else 1)
+            n_objects += 1
+            n_difficult += obj["difficult"]
+            n_truncated += obj["truncated"]
+        split_ids.append(image_id)
+        report(index + 1)
+    main = build / "ImageSets" / "Main"
+    (main / f"{split}.txt").write_text("".join(f"{i}\n" for i in split_ids))
+    for k, name in enumerate(names):
+        (main / f"{name}_{split}.txt").write_text(
+            "".join(f"{i} {int(v):2d}\n" for i, v in zip(split_ids, per_class[:, k])))
+    present_any = per_class >= 0
+    counts = present_any.sum(axis=0)
+    nonzero = counts[counts > 0]
+    return {
+        "images": n,
+        "ids_file": f"ImageSets/Main/{split}.txt",
+        "class_counts": {name: int(c) for name, c in zip(names, counts)},
+        "class_counts_non_difficult": {name: int(c) for name, c in zip(names, (per_class == 1).sum(axis=0))},
+        "target_counts": {name: round(float(t), 2) for name, t in zip(names, targets)},
+        "labels_per_image_mean": round(float(present_any.sum(axis=1).mean()), 4),
+        "imbalance_ratio": round(float(nonzero.max() / nonzero.min()), 3) if nonzero.size else None,
+        "objects": n_objects,
+        "difficult_objects": n_difficult,
+        "truncated_objects": n_truncated,
+    }
+
+
+def _summary(config: SynthConfig, names: list[str], rules: _Rules, split_summary: dict[str, dict],
+             video: dict | None) -> dict:
+    """synth.json: the generator, its config, the classes, each split's summary, the rules and the video."""
+    return {
+        "generator": GENERATOR,
+        "format_version": FORMAT_VERSION,
+        "layout": "voc",
+        "config": asdict(config),
+        "classes": names,
+        "splits": split_summary,
+        "rules": {
+            "together": [{"if": names[a], "then": names[b], "probability": config.together_probability}
+                         for a, b in rules.together],
+            "never": [{"if": names[a], "then_not": names[b]} for a, b in rules.never],
+        },
+        "long_tail": {
+            "enabled": bool(config.long_tail),
+            "applies_to": "trainval" if config.long_tail else None,
+            "frequency_order": [names[k] for k in rules.frequency_order] if config.long_tail else None,
+            "pareto_alpha": config.pareto_alpha,
+        },
+        "notes": [f"{split}: no image holds {', '.join(missing)} ({config.images} images are too few for "
+                  f"{config.classes} classes)"
+                  for split, missing in ((sp, [k for k, c in split_summary[sp]["class_counts"].items() if c == 0])
+                                         for sp in SPLITS) if missing],
+        "difficult_rule": f"an object more than {config.difficult_threshold:.0%} hidden (occlusion + border)",
+        "video": video,
+    }
+
+
+def _output_paths(out: Path, video: bool) -> dict[str, str | None]:
+    """Where the dataset's parts are (generate's result)."""
+    return {
         "root": str(out),
         "images": str(out / "JPEGImages"),
         "annotations": str(out / "Annotations"),
@@ -792,8 +816,6 @@ def generate(out: Path, config: SynthConfig, progress: Callable[[int, int], None
         "video": str(out / "video.mp4") if video else None,
         "video_labels": str(out / "video_labels.json") if video else None,
     }
-    result["seconds"] = round(time.perf_counter() - started, 3)
-    return result
 
 
 def _move_into_place(build: Path, out: Path) -> None:
