@@ -23,6 +23,7 @@ import functools
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from mlic_edge.errors import LineageError
 from mlic_edge.io import read_json, sha256_file
@@ -104,7 +105,7 @@ def recorded_graph_sha256(run: RunDir, path: Path) -> tuple[str, str] | None:
     path = Path(path)
     if path.resolve().parent != run.path.resolve():
         return None  # a staged or temporary graph: checked when it is put in place
-    recorded = _mapping_field(run.run_json, GRAPH_HASHES).get(path.name)
+    recorded = _file_table(run.spec().onnx_sha256, run.run_json, GRAPH_HASHES).get(path.name)
     shipped = (_mapping_field(run.path / BUNDLE_MANIFEST, "files").get(path.name) or {}).get("sha256")
     if shipped and recorded in (None, shipped):
         return shipped, BUNDLE_MANIFEST
@@ -138,7 +139,11 @@ def _mapping_field(path: Path, key: str) -> dict:
         data = read_json(path) if path.is_file() else {}
     except (OSError, ValueError) as error:
         data = error
-    value = data.get(key, {}) if isinstance(data, dict) else data
+    return _file_table(data.get(key, {}) if isinstance(data, dict) else data, path, key)
+
+
+def _file_table(value: Any, path: Path, key: str) -> dict:
+    """``value``, the record ``key`` of ``path``, if it is a table of files; else the refusal naming the damage."""
     if not isinstance(value, dict) or not all(isinstance(v, (str, dict)) for v in value.values()):
         raise LineageError(f"{path} is damaged ({key!r} is not a table of files: {str(value)[:60]}): the graphs' "
                            "recorded hashes cannot be checked",

@@ -24,7 +24,7 @@ from mlic_edge.export.lineage import CHECKPOINT_SHA
 from mlic_edge.io import sha256_file
 from mlic_edge.models.checkpoint import load_model
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import FLOAT_INPUT, UINT8_INPUT, RunSpec
+from mlic_edge.spec import FLOAT_INPUT, UINT8_INPUT, ExportCheck, ExportSection, RunSpec
 
 INPUT_NAME, OUTPUT_NAME = "images", "scores"
 DEFAULT_OPSET = 17  # the newest opset TensorRT 8.6 (JetPack 6.0) parses
@@ -64,12 +64,11 @@ def export_onnx(run: RunDir, opset: int = DEFAULT_OPSET, simplify: bool = True, 
         if uint8_input:
             max_diff = max(max_diff, _fold_and_check(tmp, spec, frames, inputs))
         result = ExportResult(run.onnx("fp32"), opset, max_diff, mean_diff, len(inputs), time.monotonic() - started)
-        change.update(input_format=UINT8_INPUT if uint8_input else FLOAT_INPUT,
-                      export={"onnx": result.path.name, "opset": opset, "simplified": simplify,
-                              "exporter": "dynamo" if dynamo else "torchscript", "input": INPUT_NAME,
-                              "output": OUTPUT_NAME, CHECKPOINT_SHA: checkpoint_sha,
-                              "check": {"images": result.check_images, "max_abs_diff": max_diff,
-                                        "mean_abs_diff": mean_diff, "backend": "onnxruntime CPUExecutionProvider"}})
+        change.update(input_format=UINT8_INPUT if uint8_input else FLOAT_INPUT, export=ExportSection(
+            onnx=result.path.name, opset=opset, simplified=simplify, exporter="dynamo" if dynamo else "torchscript",
+            input=INPUT_NAME, output=OUTPUT_NAME, source_checkpoint_sha256=checkpoint_sha,
+            check=ExportCheck(images=result.check_images, max_abs_diff=max_diff, mean_abs_diff=mean_diff,
+                              backend="onnxruntime CPUExecutionProvider")))
     return result
 
 
@@ -216,10 +215,10 @@ def _check_frames(spec: RunSpec, count: int) -> list[np.ndarray]:
     image takes it, and report a difference no image shows)."""
     frames: list[np.ndarray] = []
     try:
-        dataset_meta = spec.dataset or {}
-        if not dataset_meta.get("spec"):
+        recorded = spec.dataset_record
+        if not recorded.spec:
             raise MlicError("run.json names no dataset")
-        dataset = open_dataset(dataset_meta["spec"], role="eval", split=dataset_meta.get("eval_split"))
+        dataset = open_dataset(recorded.spec, role="eval", split=recorded.eval_split)
         for path in dataset.image_paths:
             image = read_image(path)
             if image is not None:

@@ -16,13 +16,14 @@ from mlic_edge.errors import MlicError
 from mlic_edge.io import sha256_file
 from mlic_edge.models.checkpoint import load_model
 from mlic_edge.rundir import RunDir
+from mlic_edge.spec import ReferenceSection
 from mlic_edge.train.evaluate import predict_scores
 
 
 def reference_data(run: RunDir, data: str | None = None) -> str:
     """The dataset the reference is scored on: ``data``, else run.json's; refused in one line where neither names
     one (an imported run), offering the export without a reference."""
-    named = data or (run.spec().dataset or {}).get("spec")
+    named = data or run.spec().dataset_record.spec
     if not named:
         raise MlicError(f"{run.run_json} names no dataset to score the reference on",
                         hint=f"pass --data DATA (e.g. mlic-edge export --run {run.path} --data voc:VOCdevkit/VOC2007), "
@@ -36,9 +37,9 @@ def write_reference(run: RunDir, data: str | None = None, split: str | None = No
     spec = run.spec()
     checkpoint_sha = sha256_file(run.require_checkpoint())
     model = load_model(run.checkpoint)
-    dataset_meta = spec.dataset or {}
-    dataset = open_dataset(reference_data(run, data), role="eval", split=split or dataset_meta.get("eval_split"),
-                           difficult=dataset_meta.get("difficult", "ignore"), labels=spec.labels)
+    recorded = spec.dataset_record
+    dataset = open_dataset(reference_data(run, data), role="eval", split=split or recorded.eval_split,
+                           difficult=recorded.difficult_rule, labels=spec.labels)
     if dataset.names != spec.labels:
         raise MlicError(f"{dataset.spec} has other classes than the model ({len(dataset.names)} vs "
                         f"{len(spec.labels)}, or other names)",
@@ -59,7 +60,8 @@ def write_reference(run: RunDir, data: str | None = None, split: str | None = No
                                 image_ids=np.array([ids[i] for i in result.kept]), labels=np.array(dataset.names),
                                 spec=np.array(dataset.spec), split=np.array(dataset.split),
                                 **{CHECKPOINT_SHA: np.array(checkpoint_sha)})
-        change.update(reference={"file": run.reference.name, "images": int(len(result.kept)), "split": dataset.split,
-                                 "spec": dataset.spec, "mAP": float(ref_map), "backend": "torch", "device": "cpu",
-                                 "torch": torch.__version__, CHECKPOINT_SHA: checkpoint_sha})
+        change.update(reference=ReferenceSection(
+            file=run.reference.name, images=int(len(result.kept)), split=dataset.split, spec=dataset.spec,
+            mAP=float(ref_map), backend="torch", device="cpu", torch=torch.__version__,
+            source_checkpoint_sha256=checkpoint_sha))
     return run.reference

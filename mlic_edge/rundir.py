@@ -10,14 +10,13 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from mlic_edge.errors import RunDirError
 from mlic_edge.io import StagedFiles, atomic_files, json_text, read_json
-from mlic_edge.spec import DEFAULT_RUNS_ROOT, train_first_hint
+from mlic_edge.spec import DEFAULT_RUNS_ROOT, merged_run_json, run_json_sections, train_first_hint
+from mlic_edge.spec import GRAPH_HASHES  # noqa: F401  (re-exported: run.json's graph record, read by lineage and tests)
 
 if TYPE_CHECKING:
     from mlic_edge.spec import RunSpec
 
 ENGINES_DIR = "engines"  # <run>/engines/<target>/model.<precision>.engine + .json (runtime/engines/manifest.py)
-# run.json: {file name: sha256} of every ONNX a transaction put in the run folder; what loads a graph checks it
-GRAPH_HASHES = "onnx_sha256"
 
 
 @dataclass(frozen=True)
@@ -81,6 +80,8 @@ class RunDir:
         return self.run_json.is_file()
 
     def read(self) -> dict[str, Any]:
+        """run.json as it is written, refused in one line where it is missing or damaged. Stages read it typed,
+        through ``spec()``; this is for copying it whole (a bundle) and for tests."""
         if not self.path.is_dir():
             raise RunDirError(f"run directory {self.path} does not exist", hint=train_first_hint(self.path))
         if not self.run_json.is_file():
@@ -105,9 +106,16 @@ class RunDir:
         return RunSpec.from_run_json(self.read(), self.run_json)
 
     def update(self, **sections: Any) -> dict[str, Any]:
-        """Merge top-level sections into run.json (written atomically) and return the new content."""
+        """Merge top-level sections into run.json (written atomically) and return the new content; a typed section
+        (spec.RUN_SECTIONS) is given as its RunSection."""
         with self.transaction() as change:
             change.update(**sections)
+        return change.written
+
+    def record(self, spec: "RunSpec") -> dict[str, Any]:
+        """Merge ``spec``'s contract and the sections it holds into run.json (written atomically)."""
+        with self.transaction() as change:
+            change.record(spec)
         return change.written
 
     @contextlib.contextmanager
@@ -121,11 +129,8 @@ class RunDir:
             yield change
             graphs = self._graph_hashes(staged)
             if change.sections or graphs:
-                data = read_json(self.run_json) if self.run_json.is_file() and not fresh else {}
-                data.update(change.sections)
-                if graphs:
-                    data[GRAPH_HASHES] = {**data.get(GRAPH_HASHES, {}), **graphs}
-                data["versions"] = {**data.get("versions", {}), **installed_versions()}
+                data = merged_run_json(read_json(self.run_json) if self.run_json.is_file() and not fresh else {},
+                                       change.sections, graphs, installed_versions())
                 staged.path(self.run_json).write_text(json_text(data))
                 change.written = data
 
@@ -209,7 +214,12 @@ class RunChange:
         return staged if staged is not None and staged.stat().st_size else Path(final)
 
     def update(self, **sections: Any) -> None:
-        self.sections.update(sections)
+        """Sections of run.json to write: a typed one (spec.RUN_SECTIONS) as its RunSection, refused otherwise."""
+        self.sections.update(run_json_sections(**sections))
+
+    def record(self, spec: "RunSpec") -> None:
+        """run.json's contract and every section ``spec`` holds (the others stay as run.json has them)."""
+        self.sections.update(spec.to_run_json())
 
 
 def installed_versions() -> dict[str, str]:

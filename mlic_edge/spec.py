@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # The backends and their name lists (BACKENDS, ENGINE_BACKENDS, BUILD_BACKENDS) are the runtime's backend registry's:
@@ -38,6 +38,9 @@ DEFAULT_LABELSET_FLOOR = {"fp32": 0.99, "fp16": 0.97, "int8": 0.90}  # share of 
 # What `build --precision int8` keeps layers in float for, measured on held-out training images (issue 15's target).
 INT8_TARGET_DELTA_POINTS = 0.5
 INT8_TARGET_AGREEMENT = 0.97
+DEFAULT_CALIB_IMAGES = 512  # int8: calibration images asked of the training split
+DEFAULT_HOLDOUT_IMAGES = 256  # int8: held-out training images the accuracy target is measured on
+DEFAULT_QAT_EPOCHS = 3  # int8: quantization-aware distillation when post-training misses the target (benchmarks/qat.py)
 # max |Δscore|; fp32 only (fp16/int8 move scores by design): 1e-2 leaves room for TF32 on GPUs and fails a reference
 # of another model (seen: 0.11).
 DEFAULT_MAX_SCORE_DIFF: dict[str, float | None] = {"fp32": 1e-2, "fp16": None, "int8": None}
@@ -90,6 +93,27 @@ def onnx_file_name(precision: str, variant: str | None = None) -> str:
 
 
 @dataclass(frozen=True)
+class Preprocessing:
+    """How a frame becomes the model's input: size, normalisation, resize mode and input format, as one value (the
+    five travel together through calibration and every scoring of images)."""
+
+    img_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: str = DEFAULT_RESIZE
+    input_format: str = FLOAT_INPUT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(self.mean))
+        object.__setattr__(self, "std", tuple(self.std))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The form the engine manifests and bundles record."""
+        return {"img_size": self.img_size, "mean": list(self.mean), "std": list(self.std), "resize": self.resize,
+                "input_format": self.input_format}
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """How to feed the model and name its outputs: what the runtime needs, from run.json or the ONNX metadata."""
 
@@ -116,20 +140,256 @@ class ModelSpec:
         return rng.standard_normal((batch, 3, self.img_size, self.img_size)).astype(np.float32)
 
     @property
+    def input_preprocessing(self) -> Preprocessing:
+        """How to feed the model, as one typed value."""
+        return Preprocessing(self.img_size, tuple(self.mean), tuple(self.std), self.resize, self.input_format)
+
+    @property
     def preprocessing(self) -> dict[str, Any]:
         """What a runtime needs to feed the model (the engine manifests and bundles record it)."""
-        return {"img_size": self.img_size, "mean": list(self.mean), "std": list(self.std), "resize": self.resize,
-                "input_format": self.input_format}
+        return self.input_preprocessing.as_dict()
+
+
+GRAPH_HASHES = "onnx_sha256"  # run.json: {file name: sha256} of every ONNX a transaction put in the run folder
+
+_Section = TypeVar("_Section", bound="RunSection")
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """One object of run.json beyond the model contract, typed: its keys are the fields (a key absent from the file
+    reads as None and a None field is left out when written, but for ``NULLS``, which the writers record as null);
+    the keys a section does not name are kept in ``extra`` as written, so older and newer runs load alike."""
+
+    NULLS: ClassVar[tuple[str, ...]] = ()
+    NESTED: ClassVar[dict[str, type["RunSection"]]] = {}
+
+    @classmethod
+    def from_json(cls: type[_Section], data: Mapping[str, Any]) -> _Section:
+        named = {item.name for item in fields(cls)} - {"extra"}
+        values = {key: value for key, value in data.items() if key in named}
+        for key, section in cls.NESTED.items():
+            if isinstance(values.get(key), Mapping):
+                values[key] = section.from_json(values[key])
+        return cls(**values, extra={key: value for key, value in data.items() if key not in named})
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name != "extra" and (value is not None or item.name in self.NULLS):
+                data[item.name] = value.to_json() if isinstance(value, RunSection) else value
+        return {**data, **getattr(self, "extra", {})}
+
+
+@dataclass(frozen=True)
+class DatasetSection(RunSection):
+    """run.json's ``dataset``: the data the run was trained on (a bundle's: its images, ``original_spec`` in extra)."""
+
+    spec: str | None = None  # the --data spec, e.g. voc:VOCdevkit/VOC2007
+    format: str | None = None
+    train_split: str | None = None
+    eval_split: str | None = None
+    difficult: str | None = None
+    train_images: int | None = None
+    eval_images: int | None = None
+    train_class_counts: list[int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def difficult_rule(self) -> str:
+        """How the run treats VOC's difficult objects ("ignore" where run.json does not say)."""
+        return self.difficult or "ignore"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Temporary: the section read as the dict it was, for mlic_edge/commands/build.py until its restructuring
+        reads the attributes (tests/test_spec.py allows it there only)."""
+        value = getattr(self, key, None) if key != "extra" else None
+        return self.extra.get(key, default) if value is None else value
+
+
+@dataclass(frozen=True)
+class RecipeSection(RunSection):
+    """run.json's ``recipe``: the recipe's name and its settings as resolved (models/recipe.py's ``Recipe.as_dict``,
+    written beside the name)."""
+
+    name: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # the settings
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.extra)
+
+
+@dataclass(frozen=True)
+class TrainSection(RunSection):
+    """run.json's ``train``: the training's config and epochs; ``stopped`` where a stop came before the first epoch
+    ended (train/trainer.py)."""
+
+    config: dict[str, Any] | None = None  # TrainConfig's fields with the recipe's resolved values
+    history: list[dict[str, Any]] | None = None  # one row per epoch
+    epochs_done: int | None = None
+    best_epoch: int | None = None
+    best_val_mAP: float | None = None
+    best_weights: str | None = None  # "raw" or "ema": which checkpoint.pt holds
+    device: str | None = None
+    world_size: int | None = None  # under torchrun
+    skipped_images: dict[str, int] | None = None  # unreadable images per split, once training ended
+    stopped: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class LabelGraphSection(RunSection):
+    """run.json's ``label_graph``: label_graph.npz and where its word vectors came from."""
+
+    NULLS = ("warning",)  # training records that there was none
+
+    file: str | None = None
+    vectors_source: str | None = None
+    vectors_dim: int | None = None
+    warning: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class ImportedSection(RunSection):
+    """run.json's ``imported``: the released checkpoint an imported run was made from (mlic-edge import)."""
+
+    NULLS = ("paper_mAP",)
+
+    format: str | None = None
+    file: str | None = None
+    sha256: str | None = None
+    paper_mAP: float | None = None
+    notes: list[str] | None = None
+    taken_on_trust: Any = None
+    ignored_tensors: Any = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class ExportCheck(RunSection):
+    """The export's check of model.onnx against PyTorch."""
+
+    images: int | None = None
+    max_abs_diff: float | None = None
+    mean_abs_diff: float | None = None
+    backend: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class ExportSection(RunSection):
+    """run.json's ``export``: how model.onnx was made and checked (export/onnx_export.py)."""
+
+    NESTED = {"check": ExportCheck}
+
+    onnx: str | None = None
+    opset: int | None = None
+    simplified: bool | None = None
+    exporter: str | None = None
+    input: str | None = None
+    output: str | None = None
+    source_checkpoint_sha256: str | None = None
+    check: ExportCheck | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class ReferenceSection(RunSection):
+    """run.json's ``reference``: reference.npz, the PyTorch scores parity compares with (export/reference.py)."""
+
+    file: str | None = None
+    images: int | None = None
+    split: str | None = None
+    spec: str | None = None
+    mAP: float | None = None
+    backend: str | None = None
+    device: str | None = None
+    torch: str | None = None
+    source_checkpoint_sha256: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class QatSection(RunSection):
+    """run.json's ``qat``: the quantization-aware fine-tuning that made model.int8.onnx (commands/qat.py)."""
+
+    NULLS = ("delta_mAP_vs_fp32", "ptq_delta_mAP_vs_fp32", "accuracy", "ptq_accuracy")
+
+    by: str | None = None  # the command that fine-tuned
+    epochs: int | None = None
+    lr: float | None = None
+    target: str | None = None
+    calib_images: int | None = None
+    train_images: int | None = None
+    calibration: str | None = None
+    library: str | None = None
+    library_version: str | None = None
+    torch: str | None = None
+    quantizers: int | None = None
+    dequantize_nodes: int | None = None
+    onnx: str | None = None
+    state: str | None = None
+    device: str | None = None
+    seconds: float | None = None
+    history: list[dict[str, Any]] | None = None
+    fake_quant_torch: dict[str, Any] | None = None  # images, mAP_fp32, mAP_calibrated, mAP_qat
+    delta_mAP_vs_fp32: float | None = None
+    ptq_delta_mAP_vs_fp32: float | None = None
+    accuracy: dict[str, Any] | None = None  # the int8 graph's, measured as the build measures
+    ptq_accuracy: dict[str, Any] | None = None  # the post-training graph's, when measured
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+# run.json's typed sections: the RunSpec field, and run.json key, of each.
+RUN_SECTIONS: dict[str, type[RunSection]] = {
+    "dataset": DatasetSection, "recipe": RecipeSection, "train": TrainSection, "label_graph": LabelGraphSection,
+    "imported": ImportedSection, "export": ExportSection, "reference": ReferenceSection, "qat": QatSection}
+
+
+def run_json_sections(**sections: Any) -> dict[str, Any]:
+    """run.json's content for ``sections`` (RunChange.update's): a typed section as its JSON; a key of a typed
+    section given anything else is refused, so that every writer of those goes through this module."""
+    data = {}
+    for key, value in sections.items():
+        expected = RUN_SECTIONS.get(key)
+        if expected is not None and not isinstance(value, expected):
+            raise TypeError(f"run.json's {key!r} is written as a {expected.__name__}, not {type(value).__name__}")
+        data[key] = value.to_json() if isinstance(value, RunSection) else value
+    return data
+
+
+def merged_run_json(data: dict[str, Any], sections: Mapping[str, Any], graphs: Mapping[str, str],
+                    versions: Mapping[str, str]) -> dict[str, Any]:
+    """run.json's content ``data`` with ``sections`` written over it, ``graphs`` ({ONNX file name: sha256}) added to
+    its graph hashes and ``versions`` to its versions (RunDir.transaction)."""
+    merged = {**data, **sections}
+    if graphs:
+        merged[GRAPH_HASHES] = {**merged.get(GRAPH_HASHES, {}), **graphs}
+    merged["versions"] = {**merged.get("versions", {}), **versions}
+    return merged
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunSpec(ModelSpec):
-    """What a run is and how its model is fed: the typed contract of run.json (and of the ONNX metadata)."""
+    """What a run is and how its model is fed: the typed contract of run.json (and of the ONNX metadata), with its
+    sections typed (``RUN_SECTIONS``; None where run.json has none)."""
 
     model: str = "unknown"
     backbone: str = "unknown"
-    dataset: dict[str, Any] | None = None  # spec and splits the run was trained on
-    source: dict[str, Any] | None = None  # provenance beyond training (an imported checkpoint, a bundle)
+    model_config: dict[str, Any] | None = None  # the zoo model's config (checkpoint.pt holds it too)
+    dataset: DatasetSection | None = None  # spec and splits the run was trained on
+    recipe: RecipeSection | None = None
+    label_graph: LabelGraphSection | None = None
+    imported: ImportedSection | None = None  # the released checkpoint an imported run was made from
+    train: TrainSection | None = None
+    export: ExportSection | None = None
+    reference: ReferenceSection | None = None
+    qat: QatSection | None = None
+    onnx_sha256: dict[str, str] = field(default_factory=dict)  # GRAPH_HASHES, as written (export/lineage.py checks)
+    versions: dict[str, str] = field(default_factory=dict)  # what made the files (rundir.installed_versions)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # the rest of run.json, kept as written
 
     @classmethod
@@ -138,20 +398,31 @@ class RunSpec(ModelSpec):
         refused in one line naming ``source`` and the field (RunDirError)."""
         known = {item.name for item in fields(cls)} - {"extra"}
         read = functools.partial(_run_json_field, data, source)
+        sections = {}
+        for key, section in RUN_SECTIONS.items():
+            value = read(key, None)
+            sections[key] = None if value is None else section.from_json(value)
         return cls(model=read("model", "unknown"), backbone=read("backbone", "unknown"), labels=list(read("labels")),
                    img_size=read("img_size"), mean=[float(value) for value in read("mean")],
                    std=[float(value) for value in read("std")], resize=read("resize", DEFAULT_RESIZE),
-                   input_format=read("input_format", FLOAT_INPUT), dataset=read("dataset", None),
-                   source=read("source", None), extra={key: value for key, value in data.items() if key not in known})
+                   input_format=read("input_format", FLOAT_INPUT), model_config=read("model_config", None),
+                   **sections, onnx_sha256=data.get(GRAPH_HASHES) or {}, versions=read("versions", None) or {},
+                   extra={key: value for key, value in data.items() if key not in known})
 
     def to_run_json(self) -> dict[str, Any]:
-        data = {**self.extra, "model": self.model, "backbone": self.backbone, "labels": list(self.labels),
+        """run.json's content: the contract, then every section present (the absent left out, so that writing a
+        spec into an existing run.json merges: RunDir.update), then the rest as read."""
+        data = {"model": self.model, "backbone": self.backbone, "labels": list(self.labels),
                 "img_size": self.img_size, "mean": list(self.mean), "std": list(self.std), "resize": self.resize,
                 "input_format": self.input_format}
-        for key in ("dataset", "source"):
-            if getattr(self, key) is not None:
+        if self.model_config is not None:
+            data["model_config"] = self.model_config
+        data.update(run_json_sections(**{key: getattr(self, key) for key in RUN_SECTIONS
+                                         if getattr(self, key) is not None}))
+        for key in (GRAPH_HASHES, "versions"):
+            if getattr(self, key):
                 data[key] = getattr(self, key)
-        return data
+        return {**data, **self.extra}
 
     @classmethod
     def from_onnx_metadata(cls, metadata: Mapping[str, str]) -> "RunSpec":
@@ -170,6 +441,11 @@ class RunSpec(ModelSpec):
                 "std": json.dumps(self.std), "resize": self.resize, "input_format": self.input_format,
                 "precision": precision, "input_layout": self.input_layout,
                 "output": "sigmoid probabilities, one per label"}
+
+    @property
+    def dataset_record(self) -> DatasetSection:
+        """The dataset section, empty (every field None) where run.json names no dataset (an imported run)."""
+        return self.dataset or DatasetSection()
 
     @property
     def input_layout(self) -> str:
@@ -210,7 +486,9 @@ _RUN_JSON_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "backbone": ("a backbone name (text)", lambda v: isinstance(v, str)),
     "dataset": (f"an object whose {', '.join(_DATASET_TEXT)} are text and train_class_counts a list of counts",
                 _is_dataset),
-    "source": ("an object", lambda v: isinstance(v, dict)),
+    **{key: ("an object", lambda v: isinstance(v, dict)) for key in RUN_SECTIONS if key != "dataset"},
+    "model_config": ("an object", lambda v: isinstance(v, dict)),
+    "versions": ("an object", lambda v: isinstance(v, dict)),
 }
 
 

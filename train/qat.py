@@ -47,11 +47,13 @@ import torch
 from mlic_edge import metrics
 from mlic_edge.console import info, progress_bar
 from mlic_edge.data import open_dataset
+from mlic_edge.data.dataset import MultiLabelDataset
 from mlic_edge.data.torch_data import ImageDataset, cut_mix, make_loader
 from mlic_edge.errors import MlicError
 from mlic_edge.models.checkpoint import load_model
 from mlic_edge.models.recipe import Recipe
 from mlic_edge.rundir import RunDir
+from mlic_edge.spec import RunSpec
 from mlic_edge.train.config import QAT_CALIB_IMAGES, QAT_LIBRARY, QAT_TARGETS, modelopt_missing
 from mlic_edge.train.evaluate import predict_scores
 from mlic_edge.train.losses import create_loss
@@ -124,17 +126,25 @@ class QatResult:
         return {item.name: getattr(self, item.name) for item in fields(self) if item.name != "model"}
 
 
-def run_recipe(run_json: dict[str, Any], model_name: str) -> Recipe:
+def run_recipe(spec: RunSpec) -> Recipe:
     """The recipe the run was trained with (run.json's resolved ``recipe``), else its model's paper recipe."""
     known = {item.name for item in fields(Recipe)}
-    recorded = {key: value for key, value in (run_json.get("recipe") or {}).items() if key in known}
+    recorded = {key: value for key, value in (spec.recipe.settings if spec.recipe else {}).items() if key in known}
     if not recorded:
         from mlic_edge.models import get_model_entry
 
-        return get_model_entry(model_name).recipes["paper"]
+        return get_model_entry(spec.model).recipes["paper"]
     recorded["augment"] = tuple(recorded.get("augment") or ())
     recorded.setdefault("source", "run.json")
     return Recipe(**recorded)
+
+
+@dataclass
+class _QatData:
+    """What the fine-tuning reads: the run's training split (less the excluded images) and eval split."""
+
+    train_set: MultiLabelDataset
+    eval_set: MultiLabelDataset
 
 
 def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = None,
@@ -148,6 +158,44 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
     calibrated nor fine-tuned on (the build's held-out images, which judge the result). Writes nothing: the caller
     exports and records the result."""
     mtq = require_modelopt()
+    _check_options(epochs, lr, calib_images, target)
+    spec = run.spec()
+    run.require_checkpoint()
+    recipe = run_recipe(spec)
+    lr = lr if lr is not None else recipe.lr * LR_SCALE
+    batch_size = batch_size or recipe.batch_size
+    data = _qat_data(run, spec, exclude)
+
+    started = time.monotonic()
+    seed_everything(seed)
+    torch_device = select_device(device)
+    model = load_model(run.checkpoint).to(torch_device)
+
+    def evaluate(network: torch.nn.Module) -> float:
+        result = predict_scores(network, data.eval_set, spec.img_size, spec.mean, spec.std, batch_size, workers,
+                                torch_device, resize=spec.resize)
+        return float(metrics.mean_average_precision(result.scores, result.targets(data.eval_set)).map)
+
+    map_fp32 = evaluate(model)
+    teacher = _frozen(copy.deepcopy(model)) if target == "distill" else None  # before quantize changes the model
+    model, picked, quantizers = _calibrate(mtq, model, spec, data.train_set, calib_images, batch_size, workers, seed,
+                                           torch_device, say)
+    map_calibrated = evaluate(model)
+    history = _fine_tune(model, teacher, recipe, spec, data.train_set, epochs, lr, batch_size, workers, seed,
+                         torch_device, evaluate)
+    model = model.to("cpu").eval()
+    result = QatResult(model=model, epochs=epochs, lr=lr, target=target, calib_images=picked,
+                       quantizers=len(quantizers),
+                       mAP_fp32=map_fp32, mAP_calibrated=map_calibrated, mAP_qat=history[-1]["val_mAP_fake_quant"],
+                       eval_images=len(data.eval_set), train_images=len(data.train_set), history=history,
+                       device=str(torch_device), seconds=round(time.monotonic() - started, 1))
+    if not math.isfinite(result.mAP_qat):
+        raise MlicError("qat: the fine-tuned model's mAP is not a number", hint="lower --lr")
+    return result
+
+
+def _check_options(epochs: int, lr: float | None, calib_images: int, target: str) -> None:
+    """The fine-tuning's options, refused in one line before any work."""
     if epochs < 1:
         raise MlicError("--epochs must be at least 1 for --qat")
     if calib_images < 1:
@@ -156,38 +204,33 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
         raise MlicError("--lr must be positive")
     if target not in QAT_TARGETS:
         raise MlicError(f"unknown QAT target {target!r}", hint=f"use one of {', '.join(QAT_TARGETS)}")
-    spec = run.spec()
-    run.require_checkpoint()
-    recipe = run_recipe(run.read(), spec.model)
-    lr = lr if lr is not None else recipe.lr * LR_SCALE
-    batch_size = batch_size or recipe.batch_size
-    dataset_meta = spec.dataset or {}
-    if not dataset_meta.get("spec"):
+
+
+def _qat_data(run: RunDir, spec: RunSpec, exclude: Collection[str]) -> _QatData:
+    """The run's training split less ``exclude`` and its eval split, refused where run.json names no dataset or
+    the data has other classes than the model."""
+    recorded = spec.dataset_record
+    if not recorded.spec:
         raise MlicError(f"{run.run_json} names no dataset to fine-tune on",
                         hint="--qat fine-tunes on the run's training split: train the run with mlic-edge train")
-    difficult = dataset_meta.get("difficult", "ignore")
-    train_set = open_dataset(dataset_meta["spec"], role="train", split=dataset_meta.get("train_split"),
-                             difficult=difficult, labels=spec.labels)
-    eval_set = open_dataset(dataset_meta["spec"], role="eval", split=dataset_meta.get("eval_split"),
-                            difficult=difficult, labels=spec.labels)
+    train_set = open_dataset(recorded.spec, role="train", split=recorded.train_split,
+                             difficult=recorded.difficult_rule, labels=spec.labels)
+    eval_set = open_dataset(recorded.spec, role="eval", split=recorded.eval_split,
+                            difficult=recorded.difficult_rule, labels=spec.labels)
     if train_set.names != spec.labels or eval_set.names != spec.labels:
         raise MlicError(f"{train_set.spec} has other classes than the model", hint="fine-tune on the run's dataset")
     if exclude:
         left_out = set(exclude)
         train_set = train_set.subset([index for index, image_id in enumerate(train_set.image_ids())
                                       if image_id not in left_out])
+    return _QatData(train_set, eval_set)
 
-    started = time.monotonic()
-    seed_everything(seed)
-    torch_device = select_device(device)
-    model = load_model(run.checkpoint).to(torch_device)
 
-    def evaluate(network: torch.nn.Module) -> float:
-        result = predict_scores(network, eval_set, spec.img_size, spec.mean, spec.std, batch_size, workers,
-                                torch_device, resize=spec.resize)
-        return float(metrics.mean_average_precision(result.scores, result.targets(eval_set)).map)
-
-    map_fp32 = evaluate(model)
+def _calibrate(mtq, model: torch.nn.Module, spec: RunSpec, train_set: MultiLabelDataset, calib_images: int,
+               batch_size: int, workers: int, seed: int, torch_device: torch.device, say: Callable[[str], None]
+               ) -> tuple[torch.nn.Module, int, list[str]]:
+    """``model`` with ModelOpt's int8 quantizers, calibrated (max) on ``calib_images`` training images picked with
+    ``seed``, no augmentation; returns it, the number of images and the enabled quantizers' names."""
     picked = np.sort(np.random.default_rng(seed).permutation(len(train_set))[:calib_images])
     calib_loader = make_loader(ImageDataset(train_set.subset(picked), spec.img_size, spec.mean, spec.std,
                                             resize=spec.resize), batch_size, shuffle=False, workers=workers)
@@ -199,13 +242,18 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
                 if len(batch.indices):
                     network(batch.images.to(torch_device))
 
-    teacher = _frozen(copy.deepcopy(model)) if target == "distill" else None  # before quantize changes the model
     say(f"qat: calibrating ModelOpt int8 quantizers (max) on {len(picked)} training images")
     with contextlib.redirect_stdout(sys.stderr):  # ModelOpt prints its summary: stdout is for results (--json)
         model = mtq.quantize(model, quant_config(), forward_loop)
-    quantizers = enabled_quantizers(model)
-    map_calibrated = evaluate(model)
+    return model, len(picked), enabled_quantizers(model)
 
+
+def _fine_tune(model: torch.nn.Module, teacher: torch.nn.Module | None, recipe: Recipe, spec: RunSpec,
+               train_set: MultiLabelDataset, epochs: int, lr: float, batch_size: int, workers: int, seed: int,
+               torch_device: torch.device, evaluate: Callable[[torch.nn.Module], float]) -> list[dict[str, Any]]:
+    """Fine-tune the fake-quantized ``model`` ``epochs`` epochs (towards ``teacher``'s scores where given, else the
+    labels with the recipe's loss) under a cosine schedule from ``lr``; returns one history row per epoch, with the
+    eval split's mAP (``evaluate``)."""
     loss_fn = torch.nn.BCEWithLogitsLoss() if teacher is not None else create_loss(
         recipe.loss, class_counts=train_set.class_counts(), num_images=len(train_set), **dict(recipe.loss_options))
     train_loader = make_loader(ImageDataset(train_set, spec.img_size, spec.mean, spec.std, augment=True,
@@ -232,22 +280,8 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
                 if len(batch.indices) == 0:
                     progress.advance(task)
                     continue
-                images, targets = batch.images.to(torch_device), batch.targets.to(torch_device)
-                if "cutmix" in recipe.augment:
-                    images, targets = cut_mix(images, targets)
-                if teacher is not None:
-                    with torch.no_grad():
-                        targets = torch.sigmoid(teacher(images))
-                loss = model.training_loss(images, targets, loss_fn)
-                if not torch.isfinite(loss):
-                    raise MlicError(f"qat: loss became {loss.item()} at epoch {epoch + 1}", hint="lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if recipe.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                running += loss.item() * len(batch.indices)
+                loss = _qat_step(model, teacher, recipe, batch, loss_fn, optimizer, scheduler, torch_device, epoch)
+                running += loss * len(batch.indices)
                 seen += len(batch.indices)
                 progress.update(task, advance=1, status=f"loss {running / max(seen, 1):.4f}")
             val_map = evaluate(model)
@@ -255,15 +289,28 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
                             "lr": scheduler.get_last_lr()[0]})
             progress.update(task, status=f"loss {running / max(seen, 1):.4f} val mAP (fake quant) "
                                          f"{val_map * 100:.2f}%")
-    model = model.to("cpu").eval()
-    result = QatResult(model=model, epochs=epochs, lr=lr, target=target, calib_images=len(picked),
-                       quantizers=len(quantizers),
-                       mAP_fp32=map_fp32, mAP_calibrated=map_calibrated, mAP_qat=history[-1]["val_mAP_fake_quant"],
-                       eval_images=len(eval_set), train_images=len(train_set), history=history,
-                       device=str(torch_device), seconds=round(time.monotonic() - started, 1))
-    if not math.isfinite(result.mAP_qat):
-        raise MlicError("qat: the fine-tuned model's mAP is not a number", hint="lower --lr")
-    return result
+    return history
+
+
+def _qat_step(model: torch.nn.Module, teacher: torch.nn.Module | None, recipe: Recipe, batch, loss_fn, optimizer,
+              scheduler, torch_device: torch.device, epoch: int) -> float:
+    """One optimizer step on ``batch``; returns its loss."""
+    images, targets = batch.images.to(torch_device), batch.targets.to(torch_device)
+    if "cutmix" in recipe.augment:
+        images, targets = cut_mix(images, targets)
+    if teacher is not None:
+        with torch.no_grad():
+            targets = torch.sigmoid(teacher(images))
+    loss = model.training_loss(images, targets, loss_fn)
+    if not torch.isfinite(loss):
+        raise MlicError(f"qat: loss became {loss.item()} at epoch {epoch + 1}", hint="lower --lr")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if recipe.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return loss.item()
 
 
 def _frozen(model: torch.nn.Module) -> torch.nn.Module:

@@ -12,7 +12,7 @@ import csv
 import math
 import random
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,14 +24,16 @@ from timm.utils import ModelEmaV3
 from mlic_edge import metrics
 from mlic_edge.console import describe_duration, info, progress_bar, warn
 from mlic_edge.data import open_dataset
+from mlic_edge.data.dataset import MultiLabelDataset
 from mlic_edge.data.torch_data import ImageDataset, cut_mix, describe_broken, make_loader
 from mlic_edge.errors import Interrupted, MlicError, NonFiniteError
 from mlic_edge.models import create_model, get_model_entry
 from mlic_edge.models.backbone import backbone_data_config, locate_pretrained_weights
 from mlic_edge.models.checkpoint import load_weights, read_training_state, save_checkpoint
-from mlic_edge.models.recipe import stage_mode
+from mlic_edge.models.recipe import Recipe, stage_mode
 from mlic_edge.plot import line_chart
 from mlic_edge.rundir import RunDir
+from mlic_edge.spec import FLOAT_INPUT, DatasetSection, LabelGraphSection, RecipeSection, RunSpec, TrainSection
 from mlic_edge.train.config import TrainConfig
 from mlic_edge.train.distributed import DistContext, process_group
 from mlic_edge.train.evaluate import SplitScores, predict_scores
@@ -115,16 +117,74 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 
 def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict[str, Any]:
+    """The training's steps: the data, a resumed or new run, the recipe, the model, run.json, the epochs."""
     entry = get_model_entry(config.model)
     run = RunDir(config.out)
-    device = dist.device
     seed_everything(config.seed)
     # Where the ImageNet weights come from is settled before datasets are read or files moved: without network
     # and without a local copy, training stops here with one line.
     pretrained_file = config.pretrained_file
     if config.starts_pretrained() and not config.resume and pretrained_file is None:
         pretrained_file = locate_pretrained_weights(config.backbone or entry.default_backbone)
+    train_set, eval_set = _read_splits(config, dist)
+    config, resume_state = _resume_or_start(config, run, train_set, dist)
+    recipe = _resolved_recipe(config, entry.recipes, config.starts_pretrained() or resume_state is not None)
+    loop = _build_loop(config, recipe, run, dist, entry, train_set, eval_set, pretrained_file,
+                       fresh=resume_state is None)
+    start_epoch, best_map, history = _start_epochs(loop, resume_state)
+    train_config = _train_config(config, recipe, loop)
+    distributed = {"world_size": dist.world_size} if dist.enabled else {}
+    if dist.is_main:
+        _record_run(loop, input_format=run.spec().input_format if resume_state is not None and run.exists()
+                    else FLOAT_INPUT)
+        done["train_config"] = train_config  # run.json now describes this training; a stop says how far it got
+        info(f"training [bold]{config.model}[/bold] ({loop.backbone}, {loop.img_size}px) on {train_set.spec}: "
+             f"{len(train_set)} train / {len(eval_set)} eval images, {train_set.num_classes} classes, device "
+             f"{dist.device}" + (f", {dist.world_size} processes" if dist.enabled else ""))
 
+    broken_train: list[int] = []
+    started = time.monotonic()
+    done.update(epochs=recipe.epochs, history=history)
+    with progress_bar() as progress, loop.train_loader:
+        for epoch in range(start_epoch, recipe.epochs):
+            if epoch > 0 and loop.plan[epoch] != loop.plan[epoch - 1]:
+                loop.start_stage(epoch)
+            task = progress.add_task(f"epoch {epoch + 1}/{recipe.epochs}", total=loop.batches_per_epoch, status="")
+            epoch_started = time.monotonic()
+            running, seen = _train_epoch(loop, epoch, progress, task, first=epoch == start_epoch and dist.is_main,
+                                         broken=broken_train)
+            images_per_s = seen / max(time.monotonic() - epoch_started, 1e-9)  # training, this process, with loading
+            running, seen = dist.sum(running, seen)  # the loss over every rank's images
+            candidates, val_maps, split_scores = _validate(loop, progress)
+            better = max(val_maps, key=lambda name: val_maps[name] if math.isfinite(val_maps[name]) else -1.0)
+            train_loss = running / max(1, seen)
+            progress.update(task, status=f"loss {train_loss:.4f} val mAP {val_maps['raw'] * 100:.2f}%"
+                            + (f" (EMA {val_maps['ema'] * 100:.2f}%)" if loop.ema is not None else ""))
+            history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_mAP": _finite(val_maps["raw"]),
+                            **({"val_mAP_ema": _finite(val_maps["ema"])} if loop.ema is not None else {}),
+                            "lr": loop.scheduler.get_last_lr()[0], "train_images_per_s": round(images_per_s, 2),
+                            "elapsed_s": round(time.monotonic() - started, 1)})
+            is_best = math.isfinite(val_maps[better]) and val_maps[better] > best_map
+            if is_best:
+                best_map = val_maps[better]
+            if dist.is_main:
+                _save_epoch(loop, epoch, candidates[better] if is_best else None, better, best_map, history,
+                            train_section=_train_section(train_config, history, dist.device, **distributed))
+
+    if broken_train:
+        warn(describe_broken(train_set, broken_train) + " (training split)")
+    if split_scores.broken:
+        warn(describe_broken(eval_set, split_scores.broken) + " (eval split)")
+    train_section = _train_section(train_config, history, dist.device, **distributed, skipped_images={
+        "train": len(set(broken_train)), "eval": len(set(split_scores.broken))})
+    if dist.is_main:
+        run.update(train=train_section)
+    dist.barrier()  # every rank returns once the run directory is complete
+    return train_section.to_json()
+
+
+def _read_splits(config: TrainConfig, dist: DistContext) -> tuple[MultiLabelDataset, MultiLabelDataset]:
+    """The training and eval splits of ``config.data``, refused when their classes differ."""
     if dist.is_main:
         info(f"reading {escape(config.data)}…")
     train_set = open_dataset(config.data, role="train", split=config.train_split, difficult=config.difficult)
@@ -133,7 +193,13 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
         raise MlicError("train and eval splits have different classes", hint="check the dataset's class list")
     for note in train_set.notes + eval_set.notes:
         warn(note)
+    return train_set, eval_set
 
+
+def _resume_or_start(config: TrainConfig, run: RunDir, train_set: MultiLabelDataset, dist: DistContext
+                     ) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """--resume: the saved training's config (with this invocation's machine options) and last.pt's state, refused
+    where the options or classes differ; else (None) a new generation of the run is started."""
     resume_state = None
     if config.resume:
         resume_state = read_training_state(run.last_checkpoint)
@@ -154,9 +220,12 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
         run.start_new_generation(config.overwrite, making="training afresh into it",
                                  other_ways="--resume to continue it, ")
     dist.barrier()  # a refusal on rank 0 (an exported run without --overwrite) ends the run before any rank trains
+    return config, resume_state
 
-    recipe = config.resolve(entry.recipes)
-    starts_pretrained = config.starts_pretrained() or resume_state is not None
+
+def _resolved_recipe(config: TrainConfig, recipes: dict[str, Recipe], starts_pretrained: bool) -> Recipe:
+    """The recipe the options resolve to; from scratch, without the freezing meant for pretrained weights."""
+    recipe = config.resolve(recipes)
     if config.recipe == "paper" and not starts_pretrained:
         warn("training from scratch (--no-pretrained): the paper's figures assume an ImageNet-pretrained backbone, "
              "so expect a far lower mAP than the paper's")
@@ -165,6 +234,68 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
         info(f"recipe {config.recipe!r} freezes the backbone's BatchNorm and stem, meant for pretrained weights: "
              "training from scratch, they train (pass --pretrained to freeze them)")
         recipe = replace(recipe, frozen_bn=False, frozen_stem=False)
+    return recipe
+
+
+@dataclass
+class _Loop:
+    """What every epoch uses: the model and its training parts, built once (``_build_loop``); the optimizer,
+    schedule and the module that steps are the current stage's (``start_stage``)."""
+
+    config: TrainConfig
+    recipe: Recipe
+    run: RunDir
+    dist: DistContext
+    train_set: MultiLabelDataset
+    eval_set: MultiLabelDataset
+    model: torch.nn.Module
+    backbone: str
+    img_size: int
+    mean: list[float]
+    std: list[float]
+    ema: ModelEmaV3 | None
+    frozen_norms: list[torch.nn.Module]
+    loss_fn: torch.nn.Module
+    plan: list[str | None]
+    sampler: Any
+    train_loader: Any
+    memory_format: torch.memory_format | None
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    optimizer: Any = None
+    scheduler: Any = None
+    step_model: torch.nn.Module | None = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return max(1, len(self.train_loader))
+
+    def start_stage(self, epoch: int) -> None:
+        """Optimizer and schedule over the epochs of the stage ``epoch`` is in (all epochs without stages)."""
+        stage, device = self.plan[epoch], self.dist.device
+        if stage is not None:
+            self.model.set_training_stage(stage)
+            info(f"stage [bold]{stage}[/bold] from epoch {epoch + 1}")
+        self.step_model = _TrainingLoss(self.model)
+        if self.dist.enabled:  # wrapped after the stage has set which parameters train
+            self.step_model = torch.nn.parallel.DistributedDataParallel(
+                self.step_model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=stage is not None)
+        if self.config.compile:  # after DDP's wrapping, as PyTorch's DDP + compile guide does (DDPOptimizer splits)
+            self.step_model = torch.compile(self.step_model)
+        steps_per_epoch = math.ceil(self.batches_per_epoch / self.config.accumulate)  # optimizer steps
+        recipe = self.recipe
+        self.optimizer = create_optimizer(self.model, recipe.optimizer, recipe.lr, recipe.weight_decay,
+                                          backbone_lr_scale=recipe.backbone_lr_scale)
+        self.scheduler = create_scheduler(self.optimizer, self.plan.count(stage) * steps_per_epoch,
+                                          int(recipe.warmup_epochs * steps_per_epoch), recipe.schedule)
+
+
+def _build_loop(config: TrainConfig, recipe: Recipe, run: RunDir, dist: DistContext, entry,
+                train_set: MultiLabelDataset, eval_set: MultiLabelDataset, pretrained_file: str | None, *,
+                fresh: bool) -> _Loop:
+    """The model (and its label graph), EMA, loss, stage plan, data loader and the first stage's optimizer."""
+    device = dist.device
     img_size = recipe.img_size or entry.default_img_size
     backbone = config.backbone or entry.default_backbone
     if dist.is_main:
@@ -173,7 +304,7 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
     if entry.needs_label_graph:  # counted once, by the rank that writes the run
         label_graph = dist.broadcast_object(
             prepare_label_graph(run, train_set, config.label_vectors, config.trust_pickle) if dist.is_main else None)
-    fresh = resume_state is None  # a resumed run's weights come from last.pt
+    # a resumed run's weights come from last.pt
     model = create_model(config.model, train_set.num_classes, backbone=backbone,
                          pretrained=config.starts_pretrained() and fresh,
                          pretrained_file=pretrained_file if fresh else None, label_graph=label_graph,
@@ -188,7 +319,6 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
 
     loss_fn = create_loss(recipe.loss, class_counts=train_set.class_counts(), num_images=len(train_set),
                           **recipe.loss_options)
-    lr = recipe.lr
     plan = stage_plan(model, recipe.epochs, recipe.stages)
     mean, std = recipe.mean or data_config["mean"], recipe.std or data_config["std"]
     train_images = ImageDataset(train_set, img_size, mean, std, augment=True,
@@ -197,186 +327,170 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
     train_loader = make_loader(train_images, recipe.batch_size, shuffle=True, workers=config.workers,
                                seed=config.seed + dist.rank,
                                drop_last=len(train_set) // dist.world_size > recipe.batch_size, sampler=sampler)
-    batches_per_epoch = max(1, len(train_loader))
-    steps_per_epoch = math.ceil(batches_per_epoch / config.accumulate)  # optimizer steps
-    step_model: torch.nn.Module = model
+    loop = _Loop(config, recipe, run, dist, train_set, eval_set, model, backbone, img_size, mean, std, ema,
+                 frozen_norms, loss_fn, plan, sampler, train_loader, memory_format, None, None)
+    loop.start_stage(0)
+    loop.amp_dtype = autocast_dtype(config.amp, device)
+    loop.scaler = torch.amp.GradScaler("cuda", enabled=loop.amp_dtype == torch.float16)  # bf16: no loss scaling
+    return loop
 
-    def start_stage(epoch: int):
-        """Optimizer and schedule over the epochs of the stage ``epoch`` is in (all epochs without stages)."""
-        nonlocal step_model
-        stage = plan[epoch]
-        if stage is not None:
-            model.set_training_stage(stage)
-            info(f"stage [bold]{stage}[/bold] from epoch {epoch + 1}")
-        step_model = _TrainingLoss(model)
-        if dist.enabled:  # wrapped after the stage has set which parameters train
-            step_model = torch.nn.parallel.DistributedDataParallel(
-                step_model, device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=stage is not None)
-        if config.compile:  # after DDP's wrapping, as PyTorch's DDP + compile guide does (DDPOptimizer splits it)
-            step_model = torch.compile(step_model)
-        stage_epochs = plan.count(stage)
-        opt = create_optimizer(model, recipe.optimizer, lr, recipe.weight_decay,
-                               backbone_lr_scale=recipe.backbone_lr_scale)
-        return opt, create_scheduler(opt, stage_epochs * steps_per_epoch,
-                                     int(recipe.warmup_epochs * steps_per_epoch), recipe.schedule)
 
-    optimizer, scheduler = start_stage(0)
-    amp_dtype = autocast_dtype(config.amp, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bf16 needs no loss scaling
+def _start_epochs(loop: _Loop, resume_state: dict[str, Any] | None) -> tuple[int, float, list[dict[str, Any]]]:
+    """(first epoch, best mAP so far, history): a new training's, or last.pt's with its weights, optimizer, schedule
+    and EMA restored."""
+    if resume_state is None:
+        return 0, -1.0, []
+    run, recipe = loop.run, loop.recipe
+    load_weights(loop.model, resume_state["state_dict"], run.last_checkpoint)
+    loop.start_stage(resume_state["epoch"] - 1)  # the stage the saved optimizer belongs to
+    loop.optimizer.load_state_dict(resume_state["optimizer"])
+    loop.scheduler.load_state_dict(resume_state["scheduler"])
+    start_epoch, best_map, history = resume_state["epoch"], resume_state["best_map"], resume_state["history"]
+    if loop.ema is not None and "ema" in resume_state:
+        loop.ema.module.load_state_dict(resume_state["ema"])
+    if start_epoch >= recipe.epochs:
+        raise MlicError(f"{run.last_checkpoint} already finished {start_epoch} epochs",
+                        hint="pass a larger --epochs to train longer")
+    info(f"resuming {run.path} at epoch {start_epoch + 1}/{recipe.epochs}")
+    return start_epoch, best_map, history
 
-    start_epoch, best_map, history = 0, -1.0, []
-    if resume_state is not None:
-        load_weights(model, resume_state["state_dict"], run.last_checkpoint)
-        optimizer, scheduler = start_stage(resume_state["epoch"] - 1)  # the stage the saved optimizer belongs to
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        start_epoch, best_map, history = resume_state["epoch"], resume_state["best_map"], resume_state["history"]
-        if ema is not None and "ema" in resume_state:
-            ema.module.load_state_dict(resume_state["ema"])
-        if start_epoch >= recipe.epochs:
-            raise MlicError(f"{run.last_checkpoint} already finished {start_epoch} epochs",
-                            hint="pass a larger --epochs to train longer")
-        info(f"resuming {run.path} at epoch {start_epoch + 1}/{recipe.epochs}")
 
+def _train_config(config: TrainConfig, recipe: Recipe, loop: _Loop) -> dict[str, Any]:
+    """run.json's train config and last.pt's: the options with the recipe's resolved values (a resume trains with
+    what ran)."""
     train_config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     resolved = {k: v for k, v in recipe.as_dict().items() if k != "source" and k in train_config}
-    train_config.update(resolved, img_size=img_size, backbone=backbone,  # a resume trains with what ran
+    train_config.update(resolved, img_size=loop.img_size, backbone=loop.backbone,
                         pretrained=config.starts_pretrained())
-    distributed = {"world_size": dist.world_size} if dist.enabled else {}
-    if dist.is_main:
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.update(
-            model=config.model, backbone=backbone, img_size=img_size, mean=list(mean), std=list(std),
-            resize=config.resize, labels=train_set.names, model_config=model.config(),
-            recipe={"name": config.recipe, **recipe.as_dict()},
-            dataset={"spec": train_set.spec, "format": train_set.format, "train_split": train_set.split,
-                     "eval_split": eval_set.split, "difficult": config.difficult,
-                     "train_images": len(train_set), "eval_images": len(eval_set),
-                     "train_class_counts": train_set.class_counts().tolist()},
-        )
-        done["train_config"] = train_config  # run.json now describes this training; a stop says how far it got
-        info(f"training [bold]{config.model}[/bold] ({backbone}, {img_size}px) on {train_set.spec}: "
-             f"{len(train_set)} train / {len(eval_set)} eval images, {train_set.num_classes} classes, device {device}"
-             + (f", {dist.world_size} processes" if dist.enabled else ""))
+    return train_config
 
-    broken_train: list[int] = []
-    started = time.monotonic()
-    done.update(epochs=recipe.epochs, history=history)
-    with progress_bar() as progress, train_loader:
-        for epoch in range(start_epoch, recipe.epochs):
-            if epoch > 0 and plan[epoch] != plan[epoch - 1]:
-                optimizer, scheduler = start_stage(epoch)
-            model.train()
-            for norm in frozen_norms:  # FrozenBatchNorm: the statistics stay the pretrained ones
-                norm.eval()
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-            if hasattr(loss_fn, "set_epoch"):  # losses with a schedule over training (DAB's φ)
-                loss_fn.set_epoch(epoch, recipe.epochs)
-            task = progress.add_task(f"epoch {epoch + 1}/{recipe.epochs}", total=batches_per_epoch, status="")
-            running, seen, epoch_started = 0.0, 0, time.monotonic()
-            optimizer.zero_grad(set_to_none=True)
-            first_batch = epoch == start_epoch and dist.is_main  # the slowest: workers start, memory is allocated
-            if first_batch:
-                info(f"epoch {epoch + 1}/{recipe.epochs}: first batch… (of {batches_per_epoch}, "
-                     f"{recipe.batch_size} images each at {img_size} px)")
-            for batch_number, batch in enumerate(train_loader, start=1):
-                broken_train.extend(batch.broken)
-                if len(batch.indices) == 0:
-                    progress.advance(task)
-                    continue
-                images = batch.images.to(device, non_blocking=True,
-                                         memory_format=memory_format or torch.contiguous_format)
-                targets = batch.targets.to(device, non_blocking=True)
-                if "cutmix" in recipe.augment:
-                    images, targets = cut_mix(images, targets)
-                steps_now = batch_number % config.accumulate == 0 or batch_number == batches_per_epoch
-                # Under DDP, gradients are all-reduced only on the batch that steps the optimizer.
-                with (contextlib.nullcontext() if steps_now or not dist.enabled else step_model.no_sync()):
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        loss = step_model(images, targets, loss_fn)
-                    if not torch.isfinite(loss):
-                        raise MlicError(f"loss became {loss.item()} at epoch {epoch + 1}",
-                                        hint="lower --lr or use a warm-up (--warmup-epochs)")
-                    scaler.scale(loss / config.accumulate).backward()
-                if steps_now:
-                    if recipe.grad_clip:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
-                    if ema is not None:
-                        ema.update(model)
-                running += loss.item() * len(batch.indices)
-                seen += len(batch.indices)
-                progress.update(task, advance=1,
-                                status=f"loss {running / seen:.4f} lr {scheduler.get_last_lr()[0]:.2e} "
-                                       f"{seen / max(time.monotonic() - epoch_started, 1e-9):.1f} img/s")
-                if first_batch:
-                    first_batch = False
-                    info(first_batch_pace(time.monotonic() - epoch_started, batches_per_epoch))
-            images_per_s = seen / max(time.monotonic() - epoch_started, 1e-9)  # training, this process, with loading
-            running, seen = dist.sum(running, seen)  # the loss over every rank's images
-            val_task = progress.add_task("  validate", total=len(eval_set), status="")
-            candidates = {"raw": model} if ema is None else {"raw": model, "ema": ema.module}
-            for network in candidates.values():
-                dist.broadcast_buffers(network)
-            val_maps, scores_of = {}, {}
-            for weights, network in candidates.items():
-                scores_of[weights] = _validation_scores(
-                    dist, network, eval_set, img_size, mean, std, recipe.batch_size,
-                    config.workers, device, on_batch=lambda n: progress.advance(val_task, n / len(candidates)),
-                    resize=config.resize)
-                try:
-                    val_maps[weights] = metrics.mean_average_precision(
-                        scores_of[weights].scores, scores_of[weights].targets(eval_set)).map
-                except NonFiniteError:  # a NaN or inf score: no mAP this epoch, so never the best checkpoint
-                    val_maps[weights] = math.nan
-            split_scores = scores_of["raw"]
-            better = max(val_maps, key=lambda name: val_maps[name] if math.isfinite(val_maps[name]) else -1.0)
-            train_loss = running / max(1, seen)
-            progress.update(task, status=f"loss {train_loss:.4f} val mAP {val_maps['raw'] * 100:.2f}%"
-                            + (f" (EMA {val_maps['ema'] * 100:.2f}%)" if ema is not None else ""))
-            progress.remove_task(val_task)
-            history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_mAP": _finite(val_maps["raw"]),
-                            **({"val_mAP_ema": _finite(val_maps["ema"])} if ema is not None else {}),
-                            "lr": scheduler.get_last_lr()[0], "train_images_per_s": round(images_per_s, 2),
-                            "elapsed_s": round(time.monotonic() - started, 1)})
-            is_best = math.isfinite(val_maps[better]) and val_maps[better] > best_map
-            if is_best:
-                best_map = val_maps[better]
-            if not dist.is_main:
-                continue
-            # The epoch's files and run.json's train section are put in place together: a stop leaves the last
-            # complete epoch, resumable from last.pt. checkpoint.pt holds the better of the raw and EMA weights.
-            with run.transaction() as change:
-                if is_best:
-                    save_checkpoint(change.path(run.checkpoint), candidates[better], epoch=epoch + 1,
-                                    val_mAP=best_map, weights=better)
-                save_checkpoint(change.path(run.last_checkpoint), model, epoch=epoch + 1, best_map=best_map,
-                                history=history, optimizer=optimizer.state_dict(),
-                                scheduler=scheduler.state_dict(), train_config=train_config,
-                                **({"ema": ema.module.state_dict()} if ema is not None else {}))
-                _write_log(change.path(run.reports / "train_log.csv"), history)
-                change.update(train=_train_section(train_config, history, device, **distributed))
-            line_chart(run.reports / "training_curves.png", f"{config.model} ({backbone})",
-                       [row["epoch"] for row in history],
-                       {"train loss": [row["train_loss"] for row in history],
-                        "val mAP": [row["val_mAP"] for row in history]})
 
-    if broken_train:
-        warn(describe_broken(train_set, broken_train) + " (training split)")
-    if split_scores.broken:
-        warn(describe_broken(eval_set, split_scores.broken) + " (eval split)")
-    train_section = _train_section(train_config, history, device, **distributed, skipped_images={
-        "train": len(set(broken_train)), "eval": len(set(split_scores.broken))})
-    if dist.is_main:
-        run.update(train=train_section)
-    dist.barrier()  # every rank returns once the run directory is complete
-    return train_section
+def _record_run(loop: _Loop, input_format: str) -> None:
+    """run.json's contract, recipe and dataset for this training (its train section follows each epoch)."""
+    config, train_set, eval_set = loop.config, loop.train_set, loop.eval_set
+    loop.run.path.mkdir(parents=True, exist_ok=True)
+    loop.run.record(RunSpec(
+        model=config.model, backbone=loop.backbone, img_size=loop.img_size, mean=list(loop.mean), std=list(loop.std),
+        resize=config.resize, input_format=input_format, labels=train_set.names, model_config=loop.model.config(),
+        recipe=RecipeSection(name=config.recipe, extra=loop.recipe.as_dict()),
+        dataset=DatasetSection(spec=train_set.spec, format=train_set.format, train_split=train_set.split,
+                               eval_split=eval_set.split, difficult=config.difficult, train_images=len(train_set),
+                               eval_images=len(eval_set), train_class_counts=train_set.class_counts().tolist())))
+
+
+def _train_epoch(loop: _Loop, epoch: int, progress, task, *, first: bool, broken: list[int]) -> tuple[float, int]:
+    """One epoch of optimizer steps (gradients accumulated over ``config.accumulate`` batches); returns this
+    process's summed loss and image count. ``first``: say how long the first batch took; ``broken`` collects the
+    unreadable images."""
+    config, recipe, model, dist = loop.config, loop.recipe, loop.model, loop.dist
+    device = dist.device
+    model.train()
+    for norm in loop.frozen_norms:  # FrozenBatchNorm: the statistics stay the pretrained ones
+        norm.eval()
+    if hasattr(loop.sampler, "set_epoch"):
+        loop.sampler.set_epoch(epoch)
+    if hasattr(loop.loss_fn, "set_epoch"):  # losses with a schedule over training (DAB's φ)
+        loop.loss_fn.set_epoch(epoch, recipe.epochs)
+    running, seen, epoch_started = 0.0, 0, time.monotonic()
+    loop.optimizer.zero_grad(set_to_none=True)
+    batches_per_epoch = loop.batches_per_epoch
+    if first:  # the slowest: workers start, memory is allocated
+        info(f"epoch {epoch + 1}/{recipe.epochs}: first batch… (of {batches_per_epoch}, "
+             f"{recipe.batch_size} images each at {loop.img_size} px)")
+    for batch_number, batch in enumerate(loop.train_loader, start=1):
+        broken.extend(batch.broken)
+        if len(batch.indices) == 0:
+            progress.advance(task)
+            continue
+        images = batch.images.to(device, non_blocking=True,
+                                 memory_format=loop.memory_format or torch.contiguous_format)
+        targets = batch.targets.to(device, non_blocking=True)
+        if "cutmix" in recipe.augment:
+            images, targets = cut_mix(images, targets)
+        steps_now = batch_number % config.accumulate == 0 or batch_number == batches_per_epoch
+        loss = _backward(loop, images, targets, epoch, steps_now)
+        if steps_now:
+            _optimizer_step(loop)
+        running += loss.item() * len(batch.indices)
+        seen += len(batch.indices)
+        progress.update(task, advance=1,
+                        status=f"loss {running / seen:.4f} lr {loop.scheduler.get_last_lr()[0]:.2e} "
+                               f"{seen / max(time.monotonic() - epoch_started, 1e-9):.1f} img/s")
+        if first:
+            first = False
+            info(first_batch_pace(time.monotonic() - epoch_started, batches_per_epoch))
+    return running, seen
+
+
+def _backward(loop: _Loop, images: torch.Tensor, targets: torch.Tensor, epoch: int, steps_now: bool
+              ) -> torch.Tensor:
+    """The batch's loss, its (scaled) gradients added; refused when the loss is not finite."""
+    # Under DDP, gradients are all-reduced only on the batch that steps the optimizer.
+    with (contextlib.nullcontext() if steps_now or not loop.dist.enabled else loop.step_model.no_sync()):
+        with torch.autocast(loop.dist.device.type, dtype=loop.amp_dtype, enabled=loop.amp_dtype is not None):
+            loss = loop.step_model(images, targets, loop.loss_fn)
+        if not torch.isfinite(loss):
+            raise MlicError(f"loss became {loss.item()} at epoch {epoch + 1}",
+                            hint="lower --lr or use a warm-up (--warmup-epochs)")
+        loop.scaler.scale(loss / loop.config.accumulate).backward()
+    return loss
+
+
+def _optimizer_step(loop: _Loop) -> None:
+    """One optimizer step on the accumulated gradients (clipped where the recipe says), the schedule and EMA."""
+    if loop.recipe.grad_clip:
+        loop.scaler.unscale_(loop.optimizer)
+        torch.nn.utils.clip_grad_norm_(loop.model.parameters(), loop.recipe.grad_clip)
+    loop.scaler.step(loop.optimizer)
+    loop.scaler.update()
+    loop.optimizer.zero_grad(set_to_none=True)
+    loop.scheduler.step()
+    if loop.ema is not None:
+        loop.ema.update(loop.model)
+
+
+def _validate(loop: _Loop, progress) -> tuple[dict[str, torch.nn.Module], dict[str, float], SplitScores]:
+    """The eval split's mAP of the raw weights (and the EMA's): the weights by name, their mAP (NaN where a score
+    is not finite: never the best checkpoint) and the raw weights' scores."""
+    dist, eval_set = loop.dist, loop.eval_set
+    val_task = progress.add_task("  validate", total=len(eval_set), status="")
+    candidates = {"raw": loop.model} if loop.ema is None else {"raw": loop.model, "ema": loop.ema.module}
+    for network in candidates.values():
+        dist.broadcast_buffers(network)
+    val_maps, scores_of = {}, {}
+    for weights, network in candidates.items():
+        scores_of[weights] = _validation_scores(
+            dist, network, eval_set, loop.img_size, loop.mean, loop.std, loop.recipe.batch_size,
+            loop.config.workers, dist.device, on_batch=lambda n: progress.advance(val_task, n / len(candidates)),
+            resize=loop.config.resize)
+        try:
+            val_maps[weights] = metrics.mean_average_precision(
+                scores_of[weights].scores, scores_of[weights].targets(eval_set)).map
+        except NonFiniteError:  # a NaN or inf score: no mAP this epoch, so never the best checkpoint
+            val_maps[weights] = math.nan
+    progress.remove_task(val_task)
+    return candidates, val_maps, scores_of["raw"]
+
+
+def _save_epoch(loop: _Loop, epoch: int, best: torch.nn.Module | None, weights: str, best_map: float,
+                history: list[dict[str, Any]], train_section: TrainSection) -> None:
+    """The epoch's files and run.json's train section, put in place together: a stop leaves the last complete
+    epoch, resumable from last.pt. checkpoint.pt (``best``: the better of the raw and EMA weights, when this epoch
+    is the best) holds ``weights``."""
+    run, model, ema = loop.run, loop.model, loop.ema
+    with run.transaction() as change:
+        if best is not None:
+            save_checkpoint(change.path(run.checkpoint), best, epoch=epoch + 1, val_mAP=best_map, weights=weights)
+        save_checkpoint(change.path(run.last_checkpoint), model, epoch=epoch + 1, best_map=best_map,
+                        history=history, optimizer=loop.optimizer.state_dict(),
+                        scheduler=loop.scheduler.state_dict(), train_config=train_section.config,
+                        **({"ema": ema.module.state_dict()} if ema is not None else {}))
+        _write_log(change.path(run.reports / "train_log.csv"), history)
+        change.update(train=train_section)
+    line_chart(run.reports / "training_curves.png", f"{loop.config.model} ({loop.backbone})",
+               [row["epoch"] for row in history],
+               {"train loss": [row["train_loss"] for row in history],
+                "val mAP": [row["val_mAP"] for row in history]})
 
 
 def first_batch_pace(seconds: float, batches_per_epoch: int) -> str:
@@ -400,7 +514,8 @@ def _validation_scores(dist: DistContext, network: torch.nn.Module, eval_set, *a
     return SplitScores(scores=scores, kept=kept, broken=broken)
 
 
-def _train_section(train_config: dict[str, Any], history: list[dict[str, Any]], device, **extra: Any) -> dict:
+def _train_section(train_config: dict[str, Any], history: list[dict[str, Any]], device, **extra: Any
+                   ) -> TrainSection:
     """run.json's train section after the epochs in ``history``; ``best_weights``: whether checkpoint.pt holds the
     raw or the EMA weights (the better of the two at the best epoch)."""
     def score(row: dict[str, Any], weights: str) -> float:
@@ -409,9 +524,9 @@ def _train_section(train_config: dict[str, Any], history: list[dict[str, Any]], 
 
     best_weights, best = max(((weights, row) for row in history for weights in ("raw", "ema")),
                              key=lambda pair: score(pair[1], pair[0]))
-    return {"config": train_config, "history": history, "epochs_done": len(history), "best_epoch": best["epoch"],
-            "best_val_mAP": best["val_mAP_ema" if best_weights == "ema" else "val_mAP"],
-            "best_weights": best_weights, "device": str(device), **extra}
+    return TrainSection(config=train_config, history=history, epochs_done=len(history), best_epoch=best["epoch"],
+                        best_val_mAP=best["val_mAP_ema" if best_weights == "ema" else "val_mAP"],
+                        best_weights=best_weights, device=str(device), **extra)
 
 
 @contextlib.contextmanager
@@ -433,9 +548,9 @@ def _note_on_stop(config: TrainConfig, done: dict[str, Any]) -> Iterator[None]:
         else:
             stop.note = f"training stopped before its first epoch ended; no checkpoint was written in {run.path}"
             if "train_config" in done:
-                run.update(train={"config": done["train_config"], "history": [], "epochs_done": 0,
-                                  "stopped": f"by {stop.signal_name} before its first epoch ended; no checkpoint "
-                                             "was written"})
+                run.update(train=TrainSection(config=done["train_config"], history=[], epochs_done=0,
+                                              stopped=f"by {stop.signal_name} before its first epoch ended; no "
+                                                      "checkpoint was written"))
         raise
 
 
@@ -488,8 +603,8 @@ def prepare_label_graph(run: RunDir, train_set, vectors_path: str | None, trust_
         warn(warning)
     with run.transaction() as change:
         graph.save(change.path(run.path / "label_graph.npz"))
-        change.update(label_graph={"file": "label_graph.npz", "vectors_source": graph.vectors_source,
-                                   "vectors_dim": int(graph.vectors.shape[1]), "warning": warning})
+        change.update(label_graph=LabelGraphSection(file="label_graph.npz", vectors_source=graph.vectors_source,
+                                                    vectors_dim=int(graph.vectors.shape[1]), warning=warning))
     return graph
 
 

@@ -47,12 +47,11 @@ def evaluate(run: RunDir, request: EvalRequest = EvalRequest()) -> dict[str, Any
 
     torch_device = select_device(request.device)
     spec = run.spec()
-    dataset_meta = spec.dataset or {}
-    if not (request.data or dataset_meta.get("spec")):
+    recorded = spec.dataset_record
+    if not (request.data or recorded.spec):
         raise MlicError(f"{run.run_json} names no dataset", hint="pass --data DATA")
-    dataset = open_dataset(request.data or dataset_meta["spec"], role="eval",
-                           split=request.split or dataset_meta.get("eval_split"),
-                           difficult=dataset_meta.get("difficult", "ignore"), labels=spec.labels)
+    dataset = open_dataset(request.data or recorded.spec, role="eval", split=request.split or recorded.eval_split,
+                           difficult=recorded.difficult_rule, labels=spec.labels)
     if dataset.names != spec.labels:
         raise MlicError(f"{dataset.spec} has other classes than the run", hint="evaluate on the dataset it was "
                                                                                "trained on (or one with its labels)")
@@ -66,7 +65,7 @@ def evaluate(run: RunDir, request: EvalRequest = EvalRequest()) -> dict[str, Any
         warn(describe_broken(dataset, result.broken))
     result.check_finite(run.checkpoint, dataset)
     targets = result.targets(dataset)
-    counts = dataset_meta.get("train_class_counts")
+    counts = recorded.train_class_counts
     report = metrics.evaluate(result.scores, targets, dataset.names,
                               class_counts=np.asarray(counts) if counts else None, threshold=request.threshold,
                               mode=request.ap_mode)

@@ -11,6 +11,7 @@ from typing import Any
 
 from mlic_edge.errors import MlicError
 from mlic_edge.rundir import RunDir
+from mlic_edge.spec import DatasetSection, ImportedSection, LabelGraphSection, RunSpec
 
 FORMAT_NAMES = ("ml-gcn", "q2l", "msrn")  # mlic_edge.models.official.FORMATS, known here without PyTorch
 
@@ -66,29 +67,27 @@ def import_official(run: RunDir, request: ImportRequest) -> dict[str, Any]:
     imported = import_checkpoint(request.format, Path(request.checkpoint), options,
                                  trust_pickle=request.trust_pickle)
     dataset = _dataset_section(request.data, imported.labels) if request.data else None
-    source = {"format": request.format, "file": str(Path(request.checkpoint).resolve()),
-              "sha256": sha256_file(request.checkpoint), "paper_mAP": request.paper_map, "notes": imported.notes,
-              "taken_on_trust": imported.taken_on_trust, "ignored_tensors": imported.ignored}
+    source = ImportedSection(format=request.format, file=str(Path(request.checkpoint).resolve()),
+                             sha256=sha256_file(request.checkpoint), paper_mAP=request.paper_map,
+                             notes=imported.notes, taken_on_trust=imported.taken_on_trust,
+                             ignored_tensors=imported.ignored)
     run.start_new_generation(request.overwrite, making="importing into it")
     config = imported.model.config()
     with run.transaction(fresh=True) as change:
-        save_checkpoint(change.path(run.checkpoint), imported.model, imported_from=source)
-        sections: dict[str, Any] = {
-            "model": config["model"], "backbone": config["backbone"], "img_size": imported.img_size,
-            "mean": imported.mean, "std": imported.std, "resize": imported.resize, "labels": imported.labels,
-            "model_config": config, "imported": source}
-        if dataset is not None:
-            sections["dataset"] = dataset
+        save_checkpoint(change.path(run.checkpoint), imported.model, imported_from=source.to_json())
+        label_graph = None
         if imported.label_graph is not None:
             imported.label_graph.save(change.path(run.path / "label_graph.npz"))
-            sections["label_graph"] = {"file": "label_graph.npz", "vectors_source": imported.label_graph.vectors_source,
-                                       "vectors_dim": int(imported.label_graph.vectors.shape[1])}
-        change.update(**sections)
+            label_graph = LabelGraphSection(file="label_graph.npz", vectors_source=imported.label_graph.vectors_source,
+                                            vectors_dim=int(imported.label_graph.vectors.shape[1]))
+        change.record(RunSpec(model=config["model"], backbone=config["backbone"], img_size=imported.img_size,
+                              mean=imported.mean, std=imported.std, resize=imported.resize, labels=imported.labels,
+                              model_config=config, imported=source, dataset=dataset, label_graph=label_graph))
     return {"run": str(run.path), "model": config["model"], "backbone": config["backbone"],
-            "classes": len(imported.labels), "img_size": imported.img_size, **source}
+            "classes": len(imported.labels), "img_size": imported.img_size, **source.to_json()}
 
 
-def _dataset_section(data: str, labels: list[str]) -> dict[str, Any]:
+def _dataset_section(data: str, labels: list[str]) -> DatasetSection:
     """run.json's dataset: the eval split of ``data``, refused when its classes are not the model's."""
     from mlic_edge.data import open_dataset
 
@@ -98,8 +97,8 @@ def _dataset_section(data: str, labels: list[str]) -> dict[str, Any]:
         raise MlicError(f"{dataset.spec} has other classes than the checkpoint"
                         + (f" (the checkpoint's {', '.join(missing)} are not in it)" if missing else ""),
                         hint="give --data with the checkpoint's classes, or --labels with its class list")
-    return {"spec": dataset.spec, "format": dataset.format, "eval_split": dataset.split,
-            "eval_images": len(dataset)}
+    return DatasetSection(spec=dataset.spec, format=dataset.format, eval_split=dataset.split,
+                          eval_images=len(dataset))
 
 
 __all__ = ["FORMAT_NAMES", "ImportRequest", "import_official"]

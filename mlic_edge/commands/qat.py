@@ -15,7 +15,7 @@ from mlic_edge.commands.evaluate import evaluate_or_warn
 if TYPE_CHECKING:
     from mlic_edge.errors import MlicError
     from mlic_edge.rundir import RunChange, RunDir
-    from mlic_edge.spec import RunSpec
+    from mlic_edge.spec import QatSection, RunSpec
     from mlic_edge.train.qat import QatResult
 
 
@@ -45,26 +45,32 @@ def export_qat_graph(result: "QatResult", spec: "RunSpec", fp32: Path, path: Pat
 
 def stage_qat(run: "RunDir", result: "QatResult", change: "RunChange", dequantized: int,
               ptq: dict[str, Any] | None, by: str, evaluate: bool = True) -> dict[str, Any]:
+    """``record_qat``'s section as run.json holds it. Temporary: for mlic_edge/commands/build.py, which reads it by
+    key until its restructuring takes the QatSection."""
+    return record_qat(run, result, change, dequantized, ptq, by, evaluate).to_json()
+
+
+def record_qat(run: "RunDir", result: "QatResult", change: "RunChange", dequantized: int,
+               ptq: dict[str, Any] | None, by: str, evaluate: bool = True) -> "QatSection":
     """Record in ``change`` the quantization-aware graph already staged as model.int8.onnx: qat.pt, run.json's
     ``qat`` section (``by``: the command that fine-tuned) and reports/qat.md, with its accuracy on the eval split
     beside ``ptq``'s (the post-training graph's, when measured; neither with ``evaluate=False``). Returns the
     section."""
+    from mlic_edge.spec import QatSection
     from mlic_edge.train.qat import QAT_LIBRARY, library_version, save_qat_state
 
     save_qat_state(result.model, change.path(run.path / "qat.pt"))
     accuracy = evaluate_or_warn(run, "int8", _quiet, change.path(run.onnx("int8"))) if evaluate else None
-    section = {"by": by, "epochs": result.epochs, "lr": result.lr, "target": result.target,
-               "calib_images": result.calib_images, "train_images": result.train_images, "calibration": "max",
-               "library": QAT_LIBRARY, "library_version": library_version(),
-               "torch": importlib.metadata.version("torch"),
-               "quantizers": result.quantizers, "dequantize_nodes": dequantized,
-               "onnx": run.onnx("int8").name, "state": "qat.pt", "device": result.device,
-               "seconds": result.seconds, "history": result.history,
-               "fake_quant_torch": {"images": result.eval_images, "mAP_fp32": result.mAP_fp32,
-                                    "mAP_calibrated": result.mAP_calibrated, "mAP_qat": result.mAP_qat},
-               "delta_mAP_vs_fp32": accuracy["delta_mAP_vs_fp32"] if accuracy else None,
-               "ptq_delta_mAP_vs_fp32": ptq["delta_mAP_vs_fp32"] if ptq else None,
-               "accuracy": accuracy, "ptq_accuracy": ptq}
+    section = QatSection(
+        by=by, epochs=result.epochs, lr=result.lr, target=result.target, calib_images=result.calib_images,
+        train_images=result.train_images, calibration="max", library=QAT_LIBRARY, library_version=library_version(),
+        torch=importlib.metadata.version("torch"), quantizers=result.quantizers, dequantize_nodes=dequantized,
+        onnx=run.onnx("int8").name, state="qat.pt", device=result.device, seconds=result.seconds,
+        history=result.history,
+        fake_quant_torch={"images": result.eval_images, "mAP_fp32": result.mAP_fp32,
+                          "mAP_calibrated": result.mAP_calibrated, "mAP_qat": result.mAP_qat},
+        delta_mAP_vs_fp32=accuracy["delta_mAP_vs_fp32"] if accuracy else None,
+        ptq_delta_mAP_vs_fp32=ptq["delta_mAP_vs_fp32"] if ptq else None, accuracy=accuracy, ptq_accuracy=ptq)
     change.path(run.reports / "qat.md").write_text(qat_markdown(section))
     change.update(qat=section)
     return section
@@ -74,31 +80,31 @@ def stage_qat(run: "RunDir", result: "QatResult", change: "RunChange", dequantiz
 QAT_TARGET_WORDS = {"distill": "the fp32 model's scores (distillation)", "labels": "the labels (the run's loss)"}
 
 
-def qat_markdown(section: dict[str, Any]) -> str:
+def qat_markdown(section: "QatSection") -> str:
     """reports/qat.md: what ran and the int8 graph's accuracy beside the post-training one's."""
-    torch_side = section["fake_quant_torch"]
+    torch_side = section.fake_quant_torch or {}
     lines = ["# Quantization-aware fine-tuning", "",
-             f"{section['library']} {section['library_version']} (PyTorch {section['torch']}, {section['device']}): "
-             f"{section['quantizers']} int8 quantizers (Conv/Linear inputs and weights), max calibration on "
-             f"{section['calib_images']} training images, then {section['epochs']} epoch(s) at lr "
-             f"{section['lr']:.3g} (cosine to 0) towards {QAT_TARGET_WORDS[section.get('target', 'labels')]}, on "
-             f"{section.get('train_images', '?')} training images, run by `{section.get('by', 'train --qat')}`. "
-             f"Graph: {section['onnx']} ({section['dequantize_nodes']} "
+             f"{section.library} {section.library_version} (PyTorch {section.torch}, {section.device}): "
+             f"{section.quantizers} int8 quantizers (Conv/Linear inputs and weights), max calibration on "
+             f"{section.calib_images} training images, then {section.epochs} epoch(s) at lr "
+             f"{section.lr:.3g} (cosine to 0) towards {QAT_TARGET_WORDS[section.target or 'labels']}, on "
+             f"{'?' if section.train_images is None else section.train_images} training images, run by "
+             f"`{section.by or 'train --qat'}`. Graph: {section.onnx} ({section.dequantize_nodes} "
              "DequantizeLinear), state: qat.pt.", "",
              f"PyTorch, fake quant, eval split ({torch_side['images']} images): mAP fp32 "
              f"{torch_side['mAP_fp32'] * 100:.2f}, calibrated {torch_side['mAP_calibrated'] * 100:.2f}, after "
              f"fine-tuning {torch_side['mAP_qat'] * 100:.2f}.", "",
              "| int8 graph | mAP (ONNX Runtime CPU) | Δ vs fp32 (pts) | identical label sets |", "|---|---|---|---|"]
-    for name, accuracy in (("quantization-aware (this)", section["accuracy"]),
-                           ("post-training (before)", section["ptq_accuracy"])):
+    for name, accuracy in (("quantization-aware (this)", section.accuracy),
+                           ("post-training (before)", section.ptq_accuracy)):
         if accuracy:
             lines.append(f"| {name} | {accuracy['mAP_int8'] * 100:.2f} | {accuracy['delta_mAP_vs_fp32'] * 100:+.3f} "
                          f"| {accuracy['labelset_agreement_vs_fp32'] * 100:.1f} % |")
         elif name.startswith("quantization"):
             lines.append(f"| {name} | - | - | - |")
-    if section["accuracy"]:
-        lines += ["", f"fp32 mAP {section['accuracy']['mAP_fp32'] * 100:.2f} on {section['accuracy']['images']} "
-                      f"images of the {section['accuracy']['split']} split."]
+    if section.accuracy:
+        lines += ["", f"fp32 mAP {section.accuracy['mAP_fp32'] * 100:.2f} on {section.accuracy['images']} "
+                      f"images of the {section.accuracy['split']} split."]
     return "\n".join(lines) + "\n"
 
 

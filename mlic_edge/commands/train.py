@@ -89,7 +89,7 @@ def train_qat(request: QatRequest) -> dict[str, Any]:
     current model.onnx), qat.pt (ModelOpt's state and the fine-tuned weights), run.json's ``qat`` section and
     reports/qat.md, put in place together. ΔmAP is measured as the build measures it (ONNX Runtime CPU, eval split,
     against model.onnx), and so is the post-training int8 graph's when one was in the run. Returns the section."""
-    from mlic_edge.commands.qat import export_qat_graph, qat_blocker, stage_qat
+    from mlic_edge.commands.qat import export_qat_graph, qat_blocker, record_qat
     from mlic_edge.errors import LineageError
     from mlic_edge.rundir import RunDir
 
@@ -123,9 +123,9 @@ def train_qat(request: QatRequest) -> dict[str, Any]:
                                          device=request.device, seed=request.seed, target=request.target)
     with run.transaction() as change:
         dequantized = export_qat_graph(result, spec, fp32, change.path(run.onnx("int8")))
-        section = stage_qat(run, result, change, dequantized, ptq, by="train --qat")
+        section = record_qat(run, result, change, dequantized, ptq, by="train --qat")
         stage_int8_superseded(run, change, "train --qat (reports/qat.md)")
-    accuracy = section["accuracy"]
+    accuracy = section.accuracy
 
     def measured(figures: dict[str, Any]) -> str:
         return (f"ΔmAP {figures['delta_mAP_vs_fp32'] * 100:+.2f} points vs fp32, "
@@ -133,7 +133,7 @@ def train_qat(request: QatRequest) -> dict[str, Any]:
 
     info(f"qat: {run.onnx('int8')} ({measured(accuracy) if accuracy else 'ΔmAP not measured'}"
          + (f"; post-training int8: {measured(ptq)}" if ptq else "") + ")")
-    return section
+    return section.to_json()
 
 
 def _quiet(what: str, done: int, total: int) -> None:

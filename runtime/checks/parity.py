@@ -45,7 +45,7 @@ class Reference:
         model or other classes."""
         path = run.reference
         if not path.exists():
-            named = (run.spec().dataset or {}).get("spec")  # an imported run exported --no-reference names none
+            named = run.spec().dataset_record.spec  # an imported run exported --no-reference names none
             raise RunDirError(f"{path} is missing", hint=f"write it: mlic-edge export --run {run.path}"
                               + ("" if named else " --data DATA (a dataset with the model's classes)"))
         again = f"write it again: mlic-edge export --run {run.path}"
@@ -89,7 +89,7 @@ class ReferenceImages:
         run_spec = run.spec()
         self.spec = ModelSpec.from_run(run_spec)
         dataset = open_dataset(data or reference.spec, role="eval", split=reference.split,
-                               difficult=(run_spec.dataset or {}).get("difficult", "ignore"))
+                               difficult=run_spec.dataset_record.difficult_rule)
         by_id = {image_id: path for image_id, path in zip(dataset.image_ids(), dataset.image_paths)}
         missing = [image_id for image_id in reference.image_ids if image_id not in by_id]
         if missing:
@@ -267,12 +267,13 @@ def parity_report(run: RunDir, results: list[dict[str, Any]], skipped: list[dict
     from datetime import datetime, timezone
 
     reference = reference or Reference.load(run)
-    meta = run.read()
+    recorded = run.spec().reference
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
         "reference": {"backend": "torch", "file": run.reference.name, "mAP": reference.map,
-                      "images": len(reference.image_ids), "split": reference.split, **meta.get("reference", {})},
+                      "images": len(reference.image_ids), "split": reference.split,
+                      **(recorded.to_json() if recorded else {})},
         "results": results,
         "skipped": skipped or [],
         "passed": bool(results) and all(result["passed"] for result in results),

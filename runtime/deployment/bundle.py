@@ -25,6 +25,7 @@ import tarfile
 import tempfile
 import time
 import zlib
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Callable
@@ -38,7 +39,7 @@ from mlic_edge.export.lineage import (BUNDLE_MANIFEST, check_graph_bytes, check_
 from mlic_edge.io import atomic_path, read_json, require_writable, sha256_file, write_json
 from mlic_edge.rundir import DEFAULT_RUNS_ROOT, RunDir
 from mlic_edge.runtime.checks.parity import Reference, ReferenceImages
-from mlic_edge.spec import PRECISIONS, RunSpec, rebuild_command
+from mlic_edge.spec import PRECISIONS, DatasetSection, RunSpec, rebuild_command
 from mlic_edge.stops import signals_deferred
 
 BUNDLE_FORMAT = 2  # 2: graphs carry their sha256 and workstation parity (an older reader would re-quantize)
@@ -76,12 +77,11 @@ def pack(run: RunDir, out: Path | None = None, *, with_images: bool = True, prog
 
     ``parity``: a parity report of this run (reports/parity.json); each graph records the results measured on its
     exact bytes (matched by sha256), which the device's parity is later set beside."""
-    meta = run.read()
+    spec = run.spec()
     for path in (run.onnx("fp32"), run.reference):
         if not path.is_file():
             raise RunDirError(f"cannot pack {run.path}: {path.name} is missing",
                               hint=f"run `mlic-edge export --run {run.path}` first")
-    spec = RunSpec.from_run_json(meta)
     for precision, _, path in run.onnx_graphs():  # never ship a stale model: each ONNX and the reference are current
         check_onnx(run, precision, spec, path=path)
     Reference.load(run)
@@ -89,15 +89,15 @@ def pack(run: RunDir, out: Path | None = None, *, with_images: bool = True, prog
     require_writable(out.parent, error=RunDirError, create=False, hint="choose a writable folder with --out DIR")
 
     members: dict[str, Path | bytes] = {name: run.path / name for name in _run_files(run)}
-    device_meta = {key: value for key, value in meta.items() if key not in TRAIN_ONLY_KEYS}
+    device_spec = replace(spec, **{key: None for key in TRAIN_ONLY_KEYS})
     images_section = None
     if with_images:
         images_section, image_members, reference_bytes = _reference_images(run)
         members.update(image_members)
         if reference_bytes is not None:
             members["reference.npz"] = reference_bytes
-        device_meta["dataset"] = _bundled_dataset(meta.get("dataset", {}), images_section)
-    members["run.json"] = _json_bytes(device_meta)
+        device_spec = replace(device_spec, dataset=_bundled_dataset(spec.dataset_record, images_section))
+    members["run.json"] = _json_bytes(device_spec.to_run_json())
     members[ORIGIN_RUN_JSON] = run.run_json.read_bytes()
 
     say = progress or (lambda what, done, total: None)
@@ -110,10 +110,10 @@ def pack(run: RunDir, out: Path | None = None, *, with_images: bool = True, prog
         "mlic_edge": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "name": run.path.name,
-        "model": meta.get("model"),
-        "backbone": meta.get("backbone"),
-        "labels": meta["labels"],
-        "preprocessing": RunSpec.from_run_json(meta).preprocessing,
+        "model": spec.model,
+        "backbone": spec.backbone,
+        "labels": spec.labels,
+        "preprocessing": spec.preprocessing,
         "precisions": [p for p in PRECISIONS if run.onnx(p).is_file()],
         "graphs": {path.name: _graph_record(precision, variant, files[path.name], parity)
                    for precision, variant, path in run.onnx_graphs()},
@@ -198,11 +198,11 @@ def _image_member_name(index: int, image_id: str) -> str:
     return f"renamed/{index:06d}_{path.name}"
 
 
-def _bundled_dataset(dataset: dict[str, Any], images: dict[str, Any]) -> dict[str, Any]:
+def _bundled_dataset(dataset: DatasetSection, images: dict[str, Any]) -> DatasetSection:
     """run.json's dataset section for the bundled images; unpack fills in their absolute path."""
-    kept = {key: value for key, value in dataset.items() if key not in TRAIN_ONLY_DATASET_KEYS}
-    return {**kept, "spec": f"csv:{IMAGES_DIR}", "format": "csv", "eval_split": images["split"],
-            "eval_images": images["count"], "original_spec": dataset.get("spec")}
+    return replace(dataset, **{key: None for key in TRAIN_ONLY_DATASET_KEYS}, spec=f"csv:{IMAGES_DIR}", format="csv",
+                   eval_split=images["split"], eval_images=images["count"],
+                   extra={**dataset.extra, "original_spec": dataset.spec})
 
 
 def _reference_with(path: Path, **changes: np.ndarray) -> bytes:
@@ -432,11 +432,10 @@ def _extract_checked(bundle: Path, tar: tarfile.TarFile, member: tarfile.TarInfo
 def _point_at_images(work: Path, images: Path) -> None:
     """run.json and reference.npz name the bundled images by their absolute path on this device."""
     spec = f"csv:{images}"
-    meta = read_json(work / "run.json")
-    meta["dataset"] = {**meta.get("dataset", {}), "spec": spec}
-    if "reference" in meta:
-        meta["reference"] = {**meta["reference"], "spec": spec}
-    write_json(work / "run.json", meta)
+    run_spec = RunSpec.from_run_json(read_json(work / "run.json"), work / "run.json")
+    run_spec = replace(run_spec, dataset=replace(run_spec.dataset_record, spec=spec),
+                       reference=run_spec.reference and replace(run_spec.reference, spec=spec))
+    write_json(work / "run.json", run_spec.to_run_json())
     (work / "reference.npz").write_bytes(_reference_with(work / "reference.npz", spec=np.array(spec)))
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from mlic_edge import __version__
 from mlic_edge.export.lineage import file_sha256
 from mlic_edge.io import atomic_files, json_text, read_json
-from mlic_edge.rundir import GRAPH_HASHES, RunDir
+from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.deployment.bundle import bundle_manifest
 
 DEPLOY_JSON = "deploy.json"
@@ -28,7 +28,7 @@ def deploy_report(run: RunDir) -> dict[str, Any] | None:
     manifest = bundle_manifest(run)
     if manifest is None:
         return None
-    made_here = run.read().get(GRAPH_HASHES, {})
+    made_here = run.spec().onnx_sha256
     graphs = [_graph_state(run, name, record, manifest["files"].get(name, {}), made_here.get(name))
               for name, record in (manifest.get("graphs") or {}).items()]
     by_sha = {graph["sha256_shipped"]: graph["file"] for graph in graphs}
