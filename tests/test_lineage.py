@@ -18,6 +18,7 @@ from mlic_edge.export.lineage import CHECKPOINT_SHA, ONNX_SHA
 from mlic_edge.export.metadata import read_metadata, write_metadata
 from mlic_edge.io import sha256_file
 from mlic_edge.rundir import GRAPH_HASHES, RunDir
+from mlic_edge.spec import ReferenceSection
 from mlic_edge.stops import signals_deferred, stop_on_signals
 
 
@@ -132,7 +133,7 @@ def test_a_transaction_puts_artefact_and_run_json_in_place_together(tmp_path):
     run.update(model="baseline")
     with run.transaction() as change:
         change.path(run.reference).write_bytes(b"new reference")
-        change.update(reference={"file": "reference.npz"})
+        change.update(reference=ReferenceSection(file="reference.npz"))
         assert not run.reference.exists() and "reference" not in run.read()  # nothing in place before the end
     assert run.reference.read_bytes() == b"new reference" and run.read()["reference"] == {"file": "reference.npz"}
     assert [path.name for path in run.path.iterdir() if path.name.startswith(".")] == []
@@ -146,7 +147,7 @@ def test_a_failed_transaction_leaves_the_run_as_it_was(tmp_path):
     with pytest.raises(RuntimeError):
         with run.transaction() as change:
             change.path(run.reference).write_bytes(b"half")
-            change.update(reference={"file": "reference.npz"})
+            change.update(reference=ReferenceSection(file="reference.npz"))
             raise RuntimeError("failed half-way")
     assert snapshot(run.path) == before
 
@@ -166,7 +167,7 @@ def test_a_stop_signal_waits_for_the_renames_then_stops(tmp_path, monkeypatch):
     with pytest.raises(Interrupted) as stopped, stop_on_signals():
         with run.transaction() as change:
             change.path(run.reference).write_bytes(b"new")
-            change.update(reference={"file": "reference.npz"})
+            change.update(reference=ReferenceSection(file="reference.npz"))
     assert stopped.value.exit_code == 143
     assert run.reference.read_bytes() == b"new" and run.read()["reference"] == {"file": "reference.npz"}
 
