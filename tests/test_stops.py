@@ -265,6 +265,24 @@ def test_run_stopped_finishes_in_flight_writes_whole_outputs_and_exits_with_the_
     assert "latency per frame" in err and hidden_files(tmp_path) == []
 
 
+def test_several_streams_stopped_each_end_with_whole_records_and_the_signals_status(tmp_path, trained_run, synth_data):
+    """SIGTERM during a run of three streams: every stream's file ends with a whole record, its frames in order, no
+    temporary file is left, and the exit status is 143."""
+    listed = long_image_list(tmp_path, synth_data)
+    (tmp_path / "again").mkdir()
+    again = long_image_list(tmp_path / "again", synth_data)  # one source is read by one stream
+    out = tmp_path / "out"
+    code, err = interrupt(["run", f"a={listed}", f"b={synth_data / 'video.mp4'}", f"c={again}", "--run", trained_run,
+                           "--backend", "onnxruntime", "--batch", "3", "--out", f"{out}/{{stream}}.jsonl",
+                           "--stats-every", "0.1"], r"^\d+ frames, ", signal.SIGTERM, tmp_path)
+    assert_stopped(code, err, signal.SIGTERM, "stopped early after", "every output was flushed and closed")
+    for name in ("a", "c"):
+        records = whole_records((out / f"{name}.jsonl").read_text())
+        assert 0 < len(records) < 32000 and [record["index"] for record in records] == list(range(len(records)))
+        assert {record["stream"] for record in records} == {name}
+    assert hidden_files(out) == []
+
+
 @pytest.mark.parametrize("first, second", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM, signal.SIGINT)],
                          ids=["SIGINT-SIGINT", "SIGTERM-SIGINT"])
 def test_run_signalled_again_while_finishing_stops_at_once_with_one_line(tmp_path, trained_run, synth_data, first,
