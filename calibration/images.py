@@ -6,16 +6,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 
 from mlic_edge.console import warn
 from mlic_edge.data.dataset import POSITIVE, MultiLabelDataset
-from mlic_edge.data.images import model_input, read_image
+from mlic_edge.data.images import read_image, spec_input
 from mlic_edge.errors import CalibrationError
 from mlic_edge.io import sha256_file
-from mlic_edge.spec import DEFAULT_RESIZE, FLOAT_INPUT
+from mlic_edge.spec import Preprocessing
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -35,7 +35,7 @@ class CalibrationSet:
     targets: np.ndarray | None = field(default=None, repr=False, compare=False)
     """(images, classes) in the dataset's {1, 0, -1} encoding, for a set that is scored (the held-out set)."""
     _hashes: dict[str, str] | None = field(default=None, repr=False, compare=False)
-    _inputs: dict[tuple, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False, compare=False)
+    _inputs: dict[Preprocessing, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -56,47 +56,57 @@ class CalibrationSet:
             digest.update(f"{image_id}\0{file_hash}\n".encode())
         return digest.hexdigest()
 
-    def batches(self, img_size: int, mean: Sequence[float], std: Sequence[float],
-                batch_size: int = DEFAULT_BATCH_SIZE, resize: str = DEFAULT_RESIZE,
-                input_format: str = FLOAT_INPUT) -> Iterator[np.ndarray]:
-        """Preprocessed float32 NCHW batches, exactly as every runtime stage preprocesses; unreadable files skipped."""
+    def batches(self, preprocessing: Preprocessing, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[np.ndarray]:
+        """Preprocessed NCHW batches (or NHWC uint8, as ``preprocessing`` says), exactly as every runtime stage
+        preprocesses; unreadable files skipped."""
         pending: list[np.ndarray] = []
         for path in self.image_paths:
             image = read_image(path)
             if image is None:
                 continue
-            pending.append(model_input(image, img_size, mean, std, resize, input_format))
+            pending.append(spec_input(image, preprocessing))
             if len(pending) == batch_size:
                 yield np.stack(pending)
                 pending = []
         if pending:
             yield np.stack(pending)
 
-
-    def inputs_and_targets(self, img_size: int, mean: Sequence[float], std: Sequence[float],
-                           resize: str = DEFAULT_RESIZE, input_format: str = FLOAT_INPUT
-                           ) -> tuple[np.ndarray, np.ndarray]:
+    def inputs_and_targets(self, preprocessing: Preprocessing | int, *loose: Any) -> tuple[np.ndarray, np.ndarray]:
         """Every readable image preprocessed (one NCHW array) and its targets; unreadable files left out of both.
         Read once per preprocessing (the build's searches and its fine-tuning all score the held-out set); the arrays
-        are shared, not to be written to."""
-        key = (img_size, tuple(mean), tuple(std), resize, input_format)
-        if key not in self._inputs:
-            self._inputs[key] = self._read_inputs(img_size, mean, std, resize, input_format)
-        return self._inputs[key]
+        are shared, not to be written to. (``loose``: scripts written before ``Preprocessing`` pass its five fields
+        one by one, img_size first.)"""
+        if not isinstance(preprocessing, Preprocessing):
+            preprocessing = Preprocessing(preprocessing, *loose)
+        if preprocessing not in self._inputs:
+            self._inputs[preprocessing] = self._read_inputs(preprocessing)
+        return self._inputs[preprocessing]
 
-    def _read_inputs(self, img_size: int, mean: Sequence[float], std: Sequence[float], resize: str,
-                     input_format: str) -> tuple[np.ndarray, np.ndarray]:
+    def _read_inputs(self, preprocessing: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
         images, kept = [], []
         for index, path in enumerate(self.image_paths):
             image = read_image(path)
             if image is not None:
-                images.append(model_input(image, img_size, mean, std, resize, input_format))
+                images.append(spec_input(image, preprocessing))
                 kept.append(index)
         if not images or self.targets is None:
             raise CalibrationError("none of the held-out images could be read" if self.targets is not None else
                                    "this image set has no targets to score against",
                                    hint="check the training split's image files")
         return np.stack(images), self.targets[kept]
+
+
+def first_images(calibration: CalibrationSet, preprocessing: Preprocessing, count: int) -> np.ndarray:
+    """The first ``count`` readable images of ``calibration``, preprocessed, as one array."""
+    chunks, total = [], 0
+    for batch in calibration.batches(preprocessing):
+        chunks.append(batch)
+        total += len(batch)
+        if total >= count:
+            break
+    if not chunks:
+        raise CalibrationError("none of the calibration images could be read", hint="check --calib-data")
+    return np.concatenate(chunks)[:count]
 
 
 def select_calibration_set(dataset: MultiLabelDataset, count: int, seed: int = 0,

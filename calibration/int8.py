@@ -46,14 +46,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
 
 from mlic_edge.calibration.images import CalibrationSet
 from mlic_edge.errors import CalibrationError
-from mlic_edge.spec import DEFAULT_RESIZE, FLOAT_INPUT
+from mlic_edge.spec import Preprocessing
 from mlic_edge.export.metadata import derive_metadata
 from mlic_edge.export.lineage import ONNX_SHA
 from mlic_edge.io import atomic_path, read_json, sha256_file, write_json
@@ -189,17 +189,19 @@ def residual_add_inputs(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, record_root: Path, *, method: str = "percentile",
-                  calibration: CalibrationSet | None, img_size: int, mean: Sequence[float], std: Sequence[float],
-                  resize: str = DEFAULT_RESIZE, input_format: str = FLOAT_INPUT,
+                  calibration: CalibrationSet | None, preprocessing: Preprocessing | None = None,
                   keep_fp: Sequence[str] = (), progress: ProgressCallback | None = None,
-                  scheme: Int8Scheme = TENSORRT_INT8) -> Int8Report:
+                  scheme: Int8Scheme = TENSORRT_INT8, **loose: Any) -> Int8Report:
     """Write ``out_path`` (INT8, by default TensorRT's Q/DQ graph; ``scheme`` for another) from ``fp32_path``;
-    calibrate on ``calibration`` or reuse a stored record of the scheme's settings.
+    calibrate on ``calibration``, preprocessed as ``preprocessing`` says, or reuse a stored record of the scheme's
+    settings. (``loose``: scripts written before ``Preprocessing`` pass its fields as keywords, img_size=... .)
 
     With ``calibration=None`` the newest record for this fp32 model and method is reused (a device without the
     images); with images, an existing record of the same key is reused and no image is read.
     """
     started = time.monotonic()
+    if preprocessing is None:
+        preprocessing = Preprocessing(**loose)
     fp32_path, out_path, record_root = Path(fp32_path), Path(out_path), Path(record_root)
     if method not in METHODS:
         raise CalibrationError(f"unknown calibration method {method!r}", hint=f"use one of {', '.join(METHODS)}")
@@ -232,7 +234,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, record_root: Path, *, method:
             shutil.copyfile(record_dir / RANGES_FILE, ranges)
         else:
             # ORT's histogram calibrators stack the per-batch outputs, so every batch must have one shape.
-            batches = calibration.batches(img_size, mean, std, batch_size=1, resize=resize, input_format=input_format)
+            batches = calibration.batches(preprocessing, batch_size=1)
             reader = _BatchReader(model.graph.input[0].name, batches, len(calibration), progress)
         _run_quantizer(source, tmp, ranges, reader, method, excluded, scheme)
         quantized = _finish_model(tmp, model, fp32_sha, key, scheme)

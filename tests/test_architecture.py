@@ -48,11 +48,14 @@ def test_import_contracts_are_kept(staged):
 
 
 def test_a_broken_contract_fails(staged, tmp_path):
-    """The gate bites: calibration importing torch, or engines importing the checks, is reported."""
+    """The gate bites: calibration importing torch or a command (the int8 plan decides below the commands), or
+    engines importing the checks, is reported."""
     copy = _staged(tmp_path)
     (copy / "mlic_edge" / "calibration" / "probe.py").write_text("import torch\n")
+    (copy / "mlic_edge" / "calibration" / "command_probe.py").write_text("import mlic_edge.commands.build\n")
     (copy / "mlic_edge" / "runtime" / "engines" / "probe.py").write_text("import mlic_edge.runtime.checks.parity\n")
     result = _lint(copy)
     assert result.returncode != 0
     assert "mlic_edge.calibration.probe -> torch" in result.stdout
+    assert "mlic_edge.calibration.command_probe -> mlic_edge.commands.build" in result.stdout
     assert "mlic_edge.runtime.engines.probe -> mlic_edge.runtime.checks.parity" in result.stdout

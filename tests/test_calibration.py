@@ -20,6 +20,7 @@ from mlic_edge.data.images import preprocess, read_image
 from mlic_edge.errors import CalibrationError
 from mlic_edge.metrics import mean_average_precision
 from mlic_edge.rundir import RunDir
+from mlic_edge.spec import Preprocessing
 
 CALIBRATION_IMAGES = 48
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -100,8 +101,8 @@ def _quantize(run: RunDir, calibration: CalibrationSet | None, method: str = "en
               **kwargs):
     meta = run.read()
     return quantize_int8(run.onnx("fp32"), run.path / out, run.path / "calibration", method=method,
-                         calibration=calibration, img_size=int(meta["img_size"]), mean=meta["mean"], std=meta["std"],
-                         **kwargs)
+                         calibration=calibration, preprocessing=Preprocessing(int(meta["img_size"]), meta["mean"],
+                                                                              meta["std"]), **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from mlic_edge.export.onnx_export import write_onnx
 from mlic_edge.label_graph import LabelGraph
 from mlic_edge.models import create_model, get_model_entry, list_models
 from mlic_edge.rundir import RunDir
+from mlic_edge.spec import Preprocessing
 
 IMG_SIZE = 64
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -82,10 +83,10 @@ def test_every_precision_parses_and_builds(name, tmp_path, tensorrt, calibration
     dataset, calibration_set = calibration
     run = RunDir(tmp_path)
     _export(name, dataset, run)
-    images = np.concatenate(list(calibration_set.batches(IMG_SIZE, MEAN, STD)))
+    images = np.concatenate(list(calibration_set.batches(Preprocessing(IMG_SIZE, MEAN, STD))))
     convert_to_fp16(run.onnx("fp32"), run.onnx("fp16"), images[:16])
     quantize_int8(run.onnx("fp32"), run.onnx("int8"), run.path / "calibration", method="minmax",
-                  calibration=calibration_set, img_size=IMG_SIZE, mean=MEAN, std=STD)
+                  calibration=calibration_set, preprocessing=Preprocessing(IMG_SIZE, MEAN, STD))
 
     fp32_scores = _scores(run.onnx("fp32"), images)
     for precision in ("fp32", "fp16", "int8"):

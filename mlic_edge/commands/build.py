@@ -9,11 +9,10 @@ Precision lives in the ONNX (docs/design.md): ``model.fp16.onnx`` and ``model.in
 from __future__ import annotations
 
 import importlib.util
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from mlic_edge.commands.evaluate import evaluate_or_warn
 from mlic_edge.console import info, warn
@@ -22,22 +21,14 @@ from mlic_edge.export.lineage import ONNX_SHA, check_onnx
 from mlic_edge.io import json_text, read_json, sha256_file
 from mlic_edge.rundir import RunChange, RunDir
 from mlic_edge.runtime.inference.backends import registry as backend_registry
-from mlic_edge.spec import (INT8_TARGET_AGREEMENT, INT8_TARGET_DELTA_POINTS, PRECISIONS, RunSpec, require_at_least,
-                            require_choice, require_fraction)
+from mlic_edge.spec import (DEFAULT_CALIB_IMAGES, DEFAULT_HOLDOUT_IMAGES, DEFAULT_QAT_EPOCHS, INT8_TARGET_AGREEMENT,
+                            INT8_TARGET_DELTA_POINTS, PRECISIONS, RunSpec, require_at_least, require_choice,
+                            require_fraction)
 
 if TYPE_CHECKING:
-    import numpy as np
+    from mlic_edge.calibration.plan import Int8Plan, Progress
 
-DEFAULT_CALIB_IMAGES = 512
 FP16_MEASURE_IMAGES = 64  # fp16 decisions are measured on this many of the calibration images
-SENSITIVITY_IMAGES = 32
-DEFAULT_HOLDOUT_IMAGES = 256  # held-out training images the int8 accuracy target is measured on
-DEFAULT_FP_LAYER_SHARE = 0.1  # default budget of layers kept in float: this share of the quantizable ones
-CPU_TIMING_BATCHES = (1, 8)  # the int8 CPU graph's form is chosen by its latency at the last of these
-CPU_TIMING_ROUNDS = 10
-DEFAULT_QAT_EPOCHS = 3  # int8: quantization-aware distillation when post-training misses the target (benchmarks/qat.py)
-
-Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
 @dataclass
@@ -60,6 +51,10 @@ class BuildRequest:
     hardware_compatibility: str | None = None
     evaluate: bool = True
     requantize: bool = False  # a bundle's run: make the precision's ONNX here instead of deploying the shipped one
+
+    def cpu_graph_wanted(self, backend: str) -> bool:
+        """int8 for ONNX Runtime also makes model.int8.cpu.onnx, the graph its CPU kernels fuse."""
+        return backend == "onnxruntime"
 
 
 def resolve_build_backend(name: str) -> str:
@@ -221,7 +216,7 @@ def _make_fp16(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
                change: RunChange) -> tuple[Path, dict]:
     """model.fp16.onnx staged in ``change`` (put in place when the build commits), or the one in place when it is
     still current (then nothing is staged)."""
-    from mlic_edge.calibration import select_calibration_set
+    from mlic_edge.calibration import first_images, select_calibration_set
     from mlic_edge.export.fp16 import convert_to_fp16
 
     reusable = None if request.requantize else _reusable_fp16(run, request)
@@ -231,7 +226,7 @@ def _make_fp16(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
         return run.onnx("fp16"), reusable
     calibration = select_calibration_set(_training_images(spec, request, required=True),
                                          min(request.calib_images, FP16_MEASURE_IMAGES))
-    inputs = _first_images(calibration, spec, FP16_MEASURE_IMAGES)
+    inputs = first_images(calibration, spec.input_preprocessing, FP16_MEASURE_IMAGES)
     say("fp16: measuring ranges and errors", 0, 1)
     out = change.path(run.onnx("fp16"))
     report = convert_to_fp16(run.onnx("fp32"), out, inputs, keep_fp32=request.keep_fp,
@@ -260,72 +255,70 @@ def _reusable_fp16(run: RunDir, request: BuildRequest) -> dict[str, Any] | None:
 
 def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress, change: RunChange,
                backend: str) -> tuple[Path, dict]:
-    """model.int8.onnx staged in ``change`` (put in place when the build commits); the calibration record is stored
-    under calibration/<key>/ at once (it is named by what it was made from, so it is never stale). Where the
-    training images are here, the most sensitive layers are kept in float until the accuracy target holds on
-    held-out ones (calibration/accuracy.py). For ONNX Runtime, model.int8.cpu.onnx too (``_make_int8_cpu``)."""
-    from mlic_edge.calibration import TENSORRT_INT8, layer_sensitivity, select_calibration_set, split_holdout
+    """model.int8.onnx (and for ONNX Runtime model.int8.cpu.onnx) staged in ``change``, as the int8 plan decides
+    (calibration/plan.py); the calibration records are stored under calibration/<key>/ at once (named by what they
+    were made from, so never stale). Where post-training misses its target, fine-tuning runs here and the plan judges
+    it."""
+    from mlic_edge.calibration import Int8Plan
 
-    qat = None if request.requantize else _reusable_qat_int8(run)
-    out = change.path(run.onnx("int8")) if qat is None else run.onnx("int8")  # a reused graph is not staged
-    dataset = _training_images(spec, request, required=False)
-    holdout = calibration = None
-    if dataset is not None:
-        holdout, rest = split_holdout(dataset, request.holdout_images)
-        calibration = select_calibration_set(rest, request.calib_images)
-
-    quantize = _quantizer(run, spec, request, calibration, TENSORRT_INT8, say, "int8")
-    if qat is not None:
-        info(f"int8: {run.onnx('int8').name} is the Q/DQ graph of quantization-aware training (mlic-edge train --qat) "
-             "from this model.onnx: reused instead of post-training quantization (delete it to quantize after "
-             "training instead)")
-        if request.keep_fp:
-            warn("int8: --keep-fp does not change the quantization-aware graph (it applies to the CPU graph only)")
-        if backend == "onnxruntime":
-            qat["cpu_graph"] = _make_int8_cpu(run, spec, request, calibration, request.keep_fp, change, say,
-                                              search_inputs=(dataset, holdout, None))
-        return run.onnx("int8"), qat
-    report = quantize(request.keep_fp, out)
-    info(f"int8: {report.quantized_nodes} quantized layers, " + (
-        f"calibration {report.key} reused ({report.images} images, {report.method})" if report.reused else
-        f"calibrated on {report.images} images ({report.method}), record calibration/{report.key}/"))
-    summary = {**report.as_dict(), "path": str(run.onnx("int8"))}
-    ranking = None
-    if calibration is None:
-        info("int8: accuracy target not measured (no training images here); the layers kept in float are the ones "
-             "asked with --keep-fp")
-    else:
-        say("int8: per-layer sensitivity", 0, 1)
-        ranking = layer_sensitivity(run.onnx("fp32"), out, _first_images(calibration, spec, SENSITIVITY_IMAGES),
-                                    top=None)
-        summary["sensitivity"] = ranking[:5]
-        search = _meet_accuracy_target(run, spec, request, dataset, holdout, ranking, quantize, out, say,
-                                       start=request.keep_fp, what="int8")
-        if search is not None:
-            if search.kept_fp != report.kept_fp:
-                final = quantize(search.kept_fp, out)  # from the same calibration record
-                summary.update(kept_fp=final.kept_fp, quantized_nodes=final.quantized_nodes)
-            summary["accuracy_target"] = search.as_dict()
-            if not search.met and request.qat_epochs:
-                summary = _fine_tune_when_missed(run, spec, request, holdout, search, summary, change, say)
-    if backend == "onnxruntime":
-        post_training = summary.get("post_training", summary)  # the CPU graph is post-training: start from its layers
-        summary["cpu_graph"] = _make_int8_cpu(run, spec, request, calibration, post_training["kept_fp"], change, say,
-                                              search_inputs=(dataset, holdout, ranking))
-    return out, summary
+    plan = Int8Plan(_int8_inputs(spec, request, backend), _int8_files(run, change), spec.input_preprocessing,
+                    spec.labels, _training_images(spec, request, required=False), progress=say)
+    decision = plan.post_training()
+    if plan.fine_tuning_wanted:
+        _fine_tune(run, spec, request, plan, change, say)
+    if request.cpu_graph_wanted(backend):
+        plan.cpu_graph()
+    return decision.graph, decision.record
 
 
-def _fine_tune_when_missed(run: RunDir, spec: RunSpec, request: BuildRequest, holdout, search, summary: dict,
-                           change: RunChange, say: Progress) -> dict:
+def _int8_inputs(spec: RunSpec, request: BuildRequest, backend: str):
+    """``request`` as the int8 plan's inputs; for ONNX Runtime, this CPU as the CPU graph's target."""
+    from mlic_edge.calibration import AccuracyTarget, CpuTarget, Int8Inputs
+
+    cpu = None
+    if request.cpu_graph_wanted(backend):
+        from mlic_edge.runtime.inference.backends.onnxruntime_backend import cpu_features, describe_cpu
+
+        features = cpu_features()
+        cpu = CpuTarget(features["int8_reduce_range"], describe_cpu(features), _cpu_timer(spec))
+    return Int8Inputs(target=AccuracyTarget(request.target_delta, request.target_agreement),
+                      method=request.calib_method, calib_images=request.calib_images,
+                      holdout_images=request.holdout_images, keep_fp=tuple(request.keep_fp),
+                      max_fp_layers=request.max_fp_layers, fine_tune_epochs=request.qat_epochs,
+                      reuse_fine_tuned=not request.requantize, cpu=cpu)
+
+
+def _int8_files(run: RunDir, change: RunChange):
+    from mlic_edge.calibration import CPU_GRAPH, Int8Files
+
+    return Int8Files(fp32=run.onnx("fp32"), tensorrt=run.onnx("int8"), cpu=run.onnx("int8", CPU_GRAPH),
+                     records=run.path / "calibration", run=run.path, stage=change.path)
+
+
+def _cpu_timer(spec: RunSpec):
+    """Graphs timed in turns by ONNX Runtime on this CPU (the int8 plan chooses the CPU graph's form by it)."""
+    def time_graphs(graphs, batches, rounds):
+        import contextlib
+
+        from mlic_edge.runtime.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
+        from mlic_edge.runtime.inference.latency import interleaved_latency
+        from mlic_edge.spec import ModelSpec
+
+        with contextlib.ExitStack() as stack:
+            backends = {name: stack.enter_context(OnnxRuntimeBackend(path, device="cpu")) for name, path in
+                        graphs.items()}
+            return interleaved_latency(backends, ModelSpec.from_run(spec), batches, rounds)
+
+    return time_graphs
+
+
+def _fine_tune(run: RunDir, spec: RunSpec, request: BuildRequest, plan: Int8Plan, change: RunChange, say: Progress) -> None:
     """Post-training int8 missed its target: quantization-aware distillation (train/qat.py) for
-    ``request.qat_epochs`` epochs, the held-out images left out of it, measured on them as the search was. The
-    fine-tuned graph replaces the staged post-training one where it meets the target, or comes closer than it;
-    returns the int8 summary (the post-training one kept under ``post_training``, or noting the trial)."""
-    import dataclasses
-    import shutil
+    ``request.qat_epochs`` epochs, the held-out images left out of it; the plan measures the result on them as the
+    search measured post-training and keeps the graph nearer fp32. Where it is the fine-tuned one, the run records
+    the fine-tuning (qat.pt, run.json's qat, reports/qat.md) and the earlier int8 builds are marked superseded."""
     import tempfile
 
-    from mlic_edge.calibration.accuracy import improves_on, measure_step, onnx_scores
     from mlic_edge.commands.qat import export_qat_graph, qat_blocker, stage_qat
     from mlic_edge.train.config import QAT_WORKERS
     from mlic_edge.train.qat import quantization_aware_finetune
@@ -333,189 +326,28 @@ def _fine_tune_when_missed(run: RunDir, spec: RunSpec, request: BuildRequest, ho
     blocker = qat_blocker(run)
     if blocker is not None:
         warn(f"int8: no quantization-aware fine-tuning here ({blocker.message}); {blocker.hint}")
-        return summary
+        return
     info(f"int8: post-training misses the target; fine-tuning {request.qat_epochs} epoch(s) with quantization-aware "
-         f"distillation of the fp32 scores, the {len(holdout)} held-out images left out (--qat-epochs 0: never)")
+         f"distillation of the fp32 scores, the {len(plan.holdout)} held-out images left out (--qat-epochs 0: never)")
     if request.keep_fp:
         warn("int8: --keep-fp applies to post-training quantization: the fine-tuned graph quantizes every Conv/Linear "
              "layer (--qat-epochs 0 keeps the post-training graph with your layers in float)")
     say("int8: quantization-aware fine-tuning", 0, 1)
-    result = quantization_aware_finetune(run, request.qat_epochs, workers=QAT_WORKERS, exclude=holdout.image_ids)
-    images, targets = holdout.inputs_and_targets(spec.img_size, spec.mean, spec.std, spec.resize, spec.input_format)
-    out = change.path(run.onnx("int8"))
+    result = quantization_aware_finetune(run, request.qat_epochs, workers=QAT_WORKERS, exclude=plan.holdout.image_ids)
     with tempfile.TemporaryDirectory(prefix=".int8-qat.", dir=run.path) as work:
         graph = Path(work) / run.onnx("int8").name
         dequantized = export_qat_graph(result, spec, run.onnx("fp32"), graph)
-        step = dataclasses.replace(measure_step(graph, onnx_scores(run.onnx("fp32"), images), images, targets,
-                                                search.target), source=f"quantization-aware, {result.epochs} epoch(s)")
-        best = search.final
-        verdict = "meets" if step.met else "misses"
-        info(f"int8: the quantization-aware graph {verdict} the target on the held-out images: ΔmAP "
-             f"{step.delta_mAP_points:+.2f}, {step.labelset_agreement * 100:.1f} % identical (post-training: "
-             f"{best.delta_mAP_points:+.2f}, {best.labelset_agreement * 100:.1f} %)")
-        if not improves_on(step, best, search.target):
-            warn("int8: the quantization-aware graph is no closer to fp32 than the post-training one: the "
-                 "post-training graph is kept")
-            return {**summary, "qat_trial": {**dataclasses.asdict(step), "seconds": result.seconds}}
-        ptq_eval = evaluate_or_warn(run, "int8", lambda *_: None, out) if request.evaluate else None
-        shutil.copyfile(graph, out)
-    search.steps.append(step)
-    search.kept_fp, search.stopped = [], "met" if step.met else f"{search.stopped}, then fine-tuned"
-    if not step.met:
-        warn(f"int8 misses its accuracy target after {result.epochs} epoch(s) of quantization-aware fine-tuning "
-             "(kept: it comes closer than post-training): raise --qat-epochs, or use fp16")
+        trial = plan.judge_fine_tuned(graph, f"quantization-aware, {result.epochs} epoch(s)", result.seconds)
+        if not trial.adopted:
+            return
+        staged = plan.decision.graph
+        ptq_eval = evaluate_or_warn(run, "int8", lambda *_: None, staged) if request.evaluate else None
+        plan.adopt_fine_tuned(trial, graph, result.epochs)
     by = "build -p int8 (quantization-aware fine-tuning)"
     section = stage_qat(run, result, change, dequantized, ptq_eval, by=by, evaluate=request.evaluate)
     stage_int8_superseded(run, change, by)  # this build's own entry replaces its mark
-    return {"path": str(run.onnx("int8")), "reused": False, "source": "qat", "kept_fp": [],
-            "quantized_nodes": _quantized_node_count(out), "accuracy_target": search.as_dict(),
-            "qat": {key: section[key] for key in ("epochs", "lr", "target", "seconds", "device")},
-            "post_training": summary, "eval_accuracy": section["accuracy"]}
-
-
-def _quantizer(run: RunDir, spec: RunSpec, request: BuildRequest, calibration, scheme, say: Progress,
-               what: str) -> Callable[[list[str], Path], Any]:
-    """``quantize(keep_fp, path)``: the run's fp32 ONNX in ``scheme``'s int8 graph at ``path`` with ``keep_fp`` in
-    float, from ``calibration`` (or the stored record), progress shown as ``what``."""
-    from mlic_edge.calibration import quantize_int8
-
-    def quantize(keep_fp: list[str], path: Path):
-        return quantize_int8(run.onnx("fp32"), path, run.path / "calibration", method=request.calib_method,
-                             calibration=calibration, img_size=spec.img_size, mean=spec.mean, std=spec.std,
-                             resize=spec.resize, input_format=spec.input_format, keep_fp=keep_fp, scheme=scheme,
-                             progress=lambda done, total: say(f"{what}: calibrating ({request.calib_method})",
-                                                              done, total))
-
-    return quantize
-
-
-def _reusable_qat_int8(run: RunDir) -> dict[str, Any] | None:
-    """The record of model.int8.onnx when quantization-aware training wrote it (``int8_source=qat``) from the current
-    model.onnx; None otherwise (post-training quantization then makes it)."""
-    from mlic_edge.export.metadata import read_metadata
-
-    path = run.onnx("int8")
-    if not path.is_file():
-        return None
-    metadata = read_metadata(path)
-    if metadata.get("int8_source") != "qat" or metadata.get(ONNX_SHA) != sha256_file(run.onnx("fp32")):
-        return None
-    return {"path": str(path), "reused": True, "source": "qat", "kept_fp": [],
-            "quantized_nodes": _quantized_node_count(path)}
-
-
-def _quantized_node_count(path: Path) -> int:
-    import onnx
-
-    from mlic_edge.calibration import quantized_node_names
-
-    return len(quantized_node_names(onnx.load(str(path))))
-
-
-def _make_int8_cpu(run: RunDir, spec: RunSpec, request: BuildRequest, calibration, keep_fp: list[str],
-                   change: RunChange, say: Progress, search_inputs: tuple) -> dict | None:
-    """model.int8.cpu.onnx staged in ``change``: the int8 graph ONNX Runtime's CPU kernels fuse (uint8 activations,
-    its own calibration record), in the form (QDQ or QOperator) that runs fastest on this CPU at batch 8, timed
-    against fp32 in turns; the layers kept in float start from the TensorRT graph's and grow by the same search
-    where held-out images are here. None (and a warning) where neither images nor a stored record exist."""
-    import contextlib
-    import shutil
-    import tempfile
-
-    from mlic_edge.calibration import CPU_FORMATS, CPU_GRAPH, cpu_int8_scheme, has_record
-    from mlic_edge.runtime.inference.latency import interleaved_latency
-    from mlic_edge.runtime.inference.backends.onnxruntime_backend import (OnnxRuntimeBackend, cpu_features,
-                                                                          describe_cpu)
-    from mlic_edge.spec import ModelSpec
-
-    features = cpu_features()
-    out = change.path(run.onnx("int8", CPU_GRAPH))
-
-    quantizers = {form: _quantizer(run, spec, request, calibration,
-                                   cpu_int8_scheme(form, features["int8_reduce_range"]), say, "int8 CPU graph")
-                  for form in CPU_FORMATS}
-
-    if calibration is None and not has_record(run.path / "calibration", run.onnx("fp32"), request.calib_method,
-                                              cpu_int8_scheme(CPU_FORMATS[0])):
-        warn(f"int8 CPU graph not made: no training images here and no {request.calib_method} calibration record "
-             "of it in the run (build it where the images are, or pass --calib-data)")
-        return None
-    with tempfile.TemporaryDirectory(prefix=".int8-cpu.", dir=run.path) as work:
-        reports = {form: quantizers[form](keep_fp, Path(work) / f"{form}.onnx") for form in CPU_FORMATS}
-        say("int8 CPU graph: timing QDQ and QOperator against fp32", 0, 1)
-        graphs = {"fp32": run.onnx("fp32"), **{form: report.path for form, report in reports.items()}}
-        with contextlib.ExitStack() as stack:
-            backends = {name: stack.enter_context(OnnxRuntimeBackend(path, device="cpu")) for name, path in
-                        graphs.items()}
-            latency = interleaved_latency(backends, ModelSpec.from_run(spec), CPU_TIMING_BATCHES, CPU_TIMING_ROUNDS)
-        batch = CPU_TIMING_BATCHES[-1]
-        chosen = min(CPU_FORMATS, key=lambda form: latency[form][batch])
-        shutil.copyfile(reports[chosen].path, out)
-    report = reports[chosen]
-    ratio = latency[chosen][batch] / latency["fp32"][batch]
-    info(f"int8 CPU graph: {chosen} (uint8 activations{', 7-bit weights' if features['int8_reduce_range'] else ''})"
-         f", batch {batch} {latency[chosen][batch]:.2f} ms vs fp32 {latency['fp32'][batch]:.2f} ms ({ratio:.2f}×) on "
-         f"this CPU ({describe_cpu(features)}); " + ", ".join(f"{form} {latency[form][batch]:.2f} ms"
-                                                                for form in CPU_FORMATS if form != chosen))
-    summary = {**report.as_dict(), "path": str(run.onnx("int8", CPU_GRAPH)),
-               "reused": all(each.reused for each in reports.values()),  # the second form reads the first's record
-               "reduce_range": features["int8_reduce_range"], "cpu": describe_cpu(features),
-               "chosen_by": f"lowest median latency at batch {batch} ({CPU_TIMING_ROUNDS} rounds, timed in turns "
-                            "with fp32, ONNX Runtime CPU)",
-               "latency_ms": {name: {str(b): round(ms, 3) for b, ms in by_batch.items()}
-                              for name, by_batch in latency.items()}}
-    dataset, holdout, ranking = search_inputs
-    if ranking is not None:
-        search = _meet_accuracy_target(run, spec, request, dataset, holdout, ranking,
-                                       quantizers[chosen], out, say, start=keep_fp,
-                                       what="int8 CPU graph")
-        if search is not None:
-            if search.kept_fp != keep_fp:
-                final = quantizers[chosen](search.kept_fp, out)
-                summary.update(kept_fp=final.kept_fp, quantized_nodes=final.quantized_nodes)
-            summary["accuracy_target"] = search.as_dict()
-    return summary
-
-
-def _meet_accuracy_target(run: RunDir, spec: RunSpec, request: BuildRequest, dataset, holdout,
-                          ranking: list[dict], quantize, first: Path, say: Progress, *, start: list[str], what: str):
-    """The keep-fp search on held-out training images (None where they cannot be scored), told to the user;
-    ``first`` is the graph (``what``) already quantized with ``start`` in float."""
-    import tempfile
-
-    from mlic_edge.calibration import AccuracyTarget, search_keep_fp
-
-    if dataset.names != spec.labels:
-        info("int8: accuracy target not measured: the calibration data's classes are not the model's")
-        return None
-    images, targets = holdout.inputs_and_targets(spec.img_size, spec.mean, spec.std, spec.resize,
-                                                 spec.input_format)
-    quantizable = len(ranking) + len(request.keep_fp)  # the ranking holds every quantized layer of TensorRT's graph
-    budget = (max(1, math.ceil(DEFAULT_FP_LAYER_SHARE * quantizable)) if request.max_fp_layers is None
-              else request.max_fp_layers)
-    budget = max(0, budget - (len(start) - len(request.keep_fp)))  # what an earlier search kept counts against it
-    target = AccuracyTarget(request.target_delta, request.target_agreement)
-    with tempfile.TemporaryDirectory(prefix=".int8-search.", dir=run.path) as work:
-        def trial(keep_fp: list[str]) -> Path:
-            if keep_fp == list(start):
-                return first
-            return quantize(keep_fp, Path(work) / f"int8.{len(keep_fp)}.onnx").path
-
-        search = search_keep_fp(trial, run.onnx("fp32"), images, targets, [row["node"] for row in ranking], target,
-                                budget, keep_fp=start, progress=lambda message: say(f"{what}: {message}", 0, 1))
-    step = search.final
-    verdict = "meets" if search.met else f"misses ({search.stopped})"
-    info(f"{what}: {verdict} the target (|ΔmAP| ≤ {target.max_delta_points} points, ≥ "
-         f"{target.min_agreement * 100:.0f} % identical label sets, asked as ≥ "
-         f"{target.required_agreement(search.images) * 100:.1f} % on {search.images} held-out training images, one "
-         f"standard error of margin): "
-         f"ΔmAP {step.delta_mAP_points:+.2f}, {step.labelset_agreement * 100:.1f} % identical, "
-         f"{len(step.kept_fp)} layer(s) in float" + (f" ({', '.join(step.kept_fp)})" if step.kept_fp else ""))
-    if not search.met and not (what == "int8" and request.qat_epochs):  # else fine-tuning follows
-        warn(f"{what} misses its accuracy target with {len(step.kept_fp)} layer(s) in float: fine-tune it "
-             f"(mlic-edge train --qat --run {run.path} --epochs 3, distilling the fp32 scores), raise "
-             "--max-fp-layers, try another --calib-method, or use fp16")
-    return search
+    plan.record_fine_tuning({key: section[key] for key in ("epochs", "lr", "target", "seconds", "device")},
+                            section["accuracy"])
 
 
 def _training_images(run_spec: RunSpec, request: BuildRequest, *, required: bool):
@@ -539,27 +371,6 @@ def _training_images(run_spec: RunSpec, request: BuildRequest, *, required: bool
     if dataset.names != run_spec.labels:
         warn(f"calibration data {dataset.spec} has other classes than the model: class coverage is not checked")
     return dataset
-
-
-def _first_images(calibration, spec: RunSpec, count: int) -> "np.ndarray":
-    import numpy as np
-
-    chunks, total = [], 0
-    for batch in calibration.batches(spec.img_size, spec.mean, spec.std, resize=spec.resize,
-                                     input_format=spec.input_format):
-        chunks.append(batch)
-        total += len(batch)
-        if total >= count:
-            break
-    if not chunks:
-        raise CalibrationError("none of the calibration images could be read", hint="check --calib-data")
-    return np.concatenate(chunks)[:count]
-
-
-def _sensitivity_inputs(spec: RunSpec, calibration) -> "np.ndarray | None":
-    if calibration is not None:
-        return _first_images(calibration, spec, SENSITIVITY_IMAGES)
-    return None
 
 
 def _load_builder(backend: str):

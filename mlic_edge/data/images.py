@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from mlic_edge.data.resample import pil_bilinear_resize
-from mlic_edge.spec import DEFAULT_RESIZE, FLOAT_INPUT, RESIZE_MODES, UINT8_INPUT, ModelSpec
+from mlic_edge.spec import DEFAULT_RESIZE, FLOAT_INPUT, RESIZE_MODES, UINT8_INPUT, ModelSpec, Preprocessing
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -74,7 +74,7 @@ def model_input(image_bgr: np.ndarray, size: int, mean: Sequence[float], std: Se
     return preprocess(image_bgr, size, mean, std, resize)
 
 
-def spec_input(image_bgr: np.ndarray, spec: ModelSpec) -> np.ndarray:
+def spec_input(image_bgr: np.ndarray, spec: ModelSpec | Preprocessing) -> np.ndarray:
     """The model's input for one frame as ``spec`` says: exactly the preprocessing training evaluated with (or, with
     the normalisation folded into the graph, the resized uint8 frame)."""
     return model_input(image_bgr, spec.img_size, spec.mean, spec.std, spec.resize, spec.input_format)

@@ -1,0 +1,379 @@
+"""Which int8 graphs a build makes, which layers stay float and why, and what was measured: the int8 plan.
+
+``Int8Plan`` is given what is asked (``Int8Inputs``: the accuracy target, the calibration images and method, the
+float-layer budget, whether fine-tuning may follow, the CPU graph), where the files go (``Int8Files``), the model's
+``Preprocessing`` and the training images, and decides, in the order a build runs:
+
+1. ``post_training()``: reuse the quantization-aware graph in place (made from this model.onnx), or quantize
+   TensorRT's Q/DQ graph; where held-out training images are here, rank the layers by sensitivity and keep the most
+   harmful in float until the accuracy target holds or the budget of float layers is spent (``accuracy.py``).
+2. ``fine_tuning_wanted``: post-training missed and fine-tuning may be used. Fine-tuning itself needs PyTorch and
+   writes the run's qat records, so the command runs it; the plan judges its graph on the same held-out images
+   (``judge_fine_tuned``), puts it in place of the post-training one where it comes closer (``adopt_fine_tuned``)
+   and records it (``record_fine_tuning``).
+3. ``cpu_graph()``: ONNX Runtime's CPU graph in the form (QDQ or QOperator) that runs fastest on this CPU, timed by
+   the ``CpuTarget``'s timer, its float layers grown by the same search.
+
+``Int8Decision`` is the outcome: the graph, its source, the float layers with their reasons, and ``record``, the
+int8 entry of reports/build.json. Nothing here imports the commands, the runtime or PyTorch; messages go through
+mlic_edge.console as the build's always did, progress through ``Progress``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from mlic_edge.calibration.accuracy import (AccuracyTarget, KeepFpSearch, Step, improves_on, measure_step,
+                                            onnx_scores, search_keep_fp)
+from mlic_edge.calibration.images import CalibrationSet, first_images, select_calibration_set, split_holdout
+from mlic_edge.calibration.int8 import (CPU_FORMATS, TENSORRT_INT8, Int8Report, Int8Scheme, cpu_int8_scheme,
+                                        has_record, quantize_int8, quantized_node_names)
+from mlic_edge.calibration.sensitivity import layer_sensitivity
+from mlic_edge.console import info, warn
+from mlic_edge.export.lineage import ONNX_SHA
+from mlic_edge.export.metadata import read_metadata
+from mlic_edge.io import sha256_file
+from mlic_edge.spec import DEFAULT_CALIB_IMAGES, DEFAULT_HOLDOUT_IMAGES, DEFAULT_QAT_EPOCHS, Preprocessing
+
+if TYPE_CHECKING:
+    from mlic_edge.data.dataset import MultiLabelDataset
+
+SENSITIVITY_IMAGES = 32  # calibration images the per-layer sensitivity is measured on
+DEFAULT_FP_LAYER_SHARE = 0.1  # default budget of layers kept in float: this share of the quantizable ones
+CPU_TIMING_BATCHES = (1, 8)  # the int8 CPU graph's form is chosen by its latency at the last of these
+CPU_TIMING_ROUNDS = 10
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+# {name: graph} -> {name: {batch: median ms}}, each graph timed in turns with the others at ``batches``, ``rounds``
+GraphTimer = Callable[[Mapping[str, Path], Sequence[int], int], Mapping[str, Mapping[int, float]]]
+
+
+@dataclass(frozen=True)
+class CpuTarget:
+    """The CPU ONNX Runtime's int8 graph is made for: 7-bit weights or not, its description, and how to time graphs
+    on it (the command binds ONNX Runtime's CPU backend)."""
+
+    reduce_range: bool
+    description: str
+    time_graphs: GraphTimer = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Int8Inputs:
+    """What a build asks of int8."""
+
+    target: AccuracyTarget = AccuracyTarget()
+    method: str = "percentile"  # calibration method (calibration/int8.py METHODS)
+    calib_images: int = DEFAULT_CALIB_IMAGES
+    holdout_images: int = DEFAULT_HOLDOUT_IMAGES
+    keep_fp: tuple[str, ...] = ()  # layers asked to stay float (--keep-fp)
+    max_fp_layers: int | None = None  # layers the search may keep in float (None: DEFAULT_FP_LAYER_SHARE; 0: none)
+    fine_tune_epochs: int = DEFAULT_QAT_EPOCHS  # fine-tune this long when post-training misses the target (0: never)
+    reuse_fine_tuned: bool = True  # a quantization-aware graph in place, from this model.onnx, is the graph
+    cpu: CpuTarget | None = None  # also ONNX Runtime's CPU graph, for this CPU
+
+    def float_budget(self, quantizable: int) -> int:
+        """Layers the search may keep in float beyond ``keep_fp``, of ``quantizable`` layers."""
+        if self.max_fp_layers is None:
+            return max(1, math.ceil(DEFAULT_FP_LAYER_SHARE * quantizable))
+        return self.max_fp_layers
+
+
+def _in_place(path: Path) -> Path:
+    return path
+
+
+@dataclass(frozen=True)
+class Int8Files:
+    """Where the plan reads and writes: the fp32 graph, the int8 graphs as they are named in the run, the calibration
+    records, a folder for trial graphs, and ``stage`` (a final path -> where to write its new content)."""
+
+    fp32: Path
+    tensorrt: Path  # model.int8.onnx
+    cpu: Path  # model.int8.cpu.onnx
+    records: Path  # <run>/calibration
+    run: Path  # the run folder: trial graphs go into temporary folders there
+    stage: Callable[[Path], Path] = field(default=_in_place, compare=False)
+
+
+@dataclass(frozen=True)
+class FloatLayer:
+    """A layer kept in float and why: asked for, or chosen by the search (then its sensitivity row)."""
+
+    name: str
+    reason: str
+    sensitivity: Mapping[str, Any] | None = None
+
+
+@dataclass
+class Int8Decision:
+    """What the plan decided and measured. ``record`` is the int8 entry of reports/build.json."""
+
+    graph: Path  # the TensorRT graph: staged, or in place where a quantization-aware graph is reused
+    source: str  # "post-training" | "qat"
+    record: dict[str, Any]
+    made_here: bool = True  # False: the quantization-aware graph in place was reused as it is
+    asked_fp: tuple[str, ...] = ()
+    ranking: list[dict] | None = None  # every quantized layer's sensitivity, most harmful first
+    search: KeepFpSearch | None = None
+
+    @property
+    def float_layers(self) -> list[FloatLayer]:
+        rows = {row["node"]: row for row in self.ranking or []}
+        return [FloatLayer(name, "asked (--keep-fp)") if name in self.asked_fp else
+                FloatLayer(name, "kept by the accuracy-target search (most sensitive first)", rows.get(name))
+                for name in self.record.get("kept_fp", [])]
+
+    @property
+    def cpu_graph(self) -> dict[str, Any] | None:
+        return self.record.get("cpu_graph")
+
+
+@dataclass(frozen=True)
+class FineTunedTrial:
+    """A fine-tuned graph measured on the held-out images as the search measured post-training."""
+
+    step: Step
+    seconds: float
+    adopted: bool
+
+
+class Int8Plan:
+    """The int8 graphs of one build (module docstring): the steps are called in order by the command."""
+
+    def __init__(self, inputs: Int8Inputs, files: Int8Files, preprocessing: Preprocessing, labels: Sequence[str],
+                 dataset: "MultiLabelDataset | None", progress: Progress | None = None) -> None:
+        self.inputs, self.files, self.preprocessing, self.labels = inputs, files, preprocessing, list(labels)
+        self.dataset = dataset
+        self.say: Progress = progress or (lambda what, done, total: None)
+        self.holdout: CalibrationSet | None = None
+        self.calibration: CalibrationSet | None = None
+        if dataset is not None:
+            self.holdout, rest = split_holdout(dataset, inputs.holdout_images)
+            self.calibration = select_calibration_set(rest, inputs.calib_images)
+        self.decision: Int8Decision | None = None
+
+    # 1. post-training (or the quantization-aware graph in place)
+
+    def post_training(self) -> Int8Decision:
+        inputs, files = self.inputs, self.files
+        keep_fp = list(inputs.keep_fp)
+        qat = self._reusable_qat_graph() if inputs.reuse_fine_tuned else None
+        if qat is not None:
+            info(f"int8: {files.tensorrt.name} is the Q/DQ graph of quantization-aware training (mlic-edge train "
+                 "--qat) from this model.onnx: reused instead of post-training quantization (delete it to quantize "
+                 "after training instead)")
+            if keep_fp:
+                warn("int8: --keep-fp does not change the quantization-aware graph (it applies to the CPU graph "
+                     "only)")
+            self.decision = Int8Decision(files.tensorrt, "qat", qat, made_here=False, asked_fp=inputs.keep_fp)
+            return self.decision
+        out = files.stage(files.tensorrt)
+        quantize = self._quantizer(TENSORRT_INT8, "int8")
+        report = quantize(keep_fp, out)
+        info(f"int8: {report.quantized_nodes} quantized layers, " + (
+            f"calibration {report.key} reused ({report.images} images, {report.method})" if report.reused else
+            f"calibrated on {report.images} images ({report.method}), record calibration/{report.key}/"))
+        summary = {**report.as_dict(), "path": str(files.tensorrt)}
+        self.decision = decision = Int8Decision(out, "post-training", summary, asked_fp=inputs.keep_fp)
+        if self.calibration is None:
+            info("int8: accuracy target not measured (no training images here); the layers kept in float are the "
+                 "ones asked with --keep-fp")
+            return decision
+        self.say("int8: per-layer sensitivity", 0, 1)
+        decision.ranking = layer_sensitivity(files.fp32, out, self._first_images(SENSITIVITY_IMAGES), top=None)
+        summary["sensitivity"] = decision.ranking[:5]
+        search = self._meet_accuracy_target(quantize, out, start=keep_fp, what="int8")
+        if search is not None:
+            if search.kept_fp != report.kept_fp:
+                final = quantize(search.kept_fp, out)  # from the same calibration record
+                summary.update(kept_fp=final.kept_fp, quantized_nodes=final.quantized_nodes)
+            summary["accuracy_target"] = search.as_dict()
+            decision.search = search
+        return decision
+
+    # 2. fine-tuning, where post-training missed
+
+    @property
+    def fine_tuning_wanted(self) -> bool:
+        """Post-training missed the target, and fine-tuning may be used (it needs the held-out images)."""
+        search = self.decision.search if self.decision is not None else None
+        return search is not None and not search.met and self.inputs.fine_tune_epochs > 0
+
+    def judge_fine_tuned(self, graph: Path, source: str, seconds: float) -> FineTunedTrial:
+        """``graph`` (fine-tuned, ``source`` says how) measured on the held-out images; adopted where it meets the
+        target or comes closer than post-training. A trial not adopted is recorded under ``qat_trial``."""
+        search = self.decision.search
+        images, targets = self.holdout.inputs_and_targets(self.preprocessing)
+        step = dataclasses.replace(measure_step(graph, onnx_scores(self.files.fp32, images), images, targets,
+                                                search.target), source=source)
+        best = search.final
+        verdict = "meets" if step.met else "misses"
+        info(f"int8: the quantization-aware graph {verdict} the target on the held-out images: ΔmAP "
+             f"{step.delta_mAP_points:+.2f}, {step.labelset_agreement * 100:.1f} % identical (post-training: "
+             f"{best.delta_mAP_points:+.2f}, {best.labelset_agreement * 100:.1f} %)")
+        adopted = improves_on(step, best, search.target)
+        if not adopted:
+            warn("int8: the quantization-aware graph is no closer to fp32 than the post-training one: the "
+                 "post-training graph is kept")
+            self.decision.record = {**self.decision.record, "qat_trial": {**dataclasses.asdict(step),
+                                                                          "seconds": seconds}}
+        return FineTunedTrial(step, seconds, adopted)
+
+    def adopt_fine_tuned(self, trial: FineTunedTrial, graph: Path, epochs: int) -> None:
+        """Put the adopted fine-tuned ``graph`` in place of the staged post-training one; the search records it."""
+        search = self.decision.search
+        shutil.copyfile(graph, self.decision.graph)
+        search.steps.append(trial.step)
+        search.kept_fp, search.stopped = [], "met" if trial.step.met else f"{search.stopped}, then fine-tuned"
+        if not trial.step.met:
+            warn(f"int8 misses its accuracy target after {epochs} epoch(s) of quantization-aware fine-tuning "
+                 "(kept: it comes closer than post-training): raise --qat-epochs, or use fp16")
+
+    def record_fine_tuning(self, qat: Mapping[str, Any], eval_accuracy: Any) -> Int8Decision:
+        """The decision once the fine-tuned graph is the build's: ``qat`` (what fine-tuning ran) and its accuracy on
+        the eval split as the fine-tuning recorded it; the post-training record kept under ``post_training``."""
+        decision = self.decision
+        decision.record = {"path": str(self.files.tensorrt), "reused": False, "source": "qat", "kept_fp": [],
+                           "quantized_nodes": quantized_node_count(decision.graph),
+                           "accuracy_target": decision.search.as_dict(), "qat": dict(qat),
+                           "post_training": decision.record, "eval_accuracy": eval_accuracy}
+        decision.source = "qat"
+        return decision
+
+    # 3. ONNX Runtime's CPU graph
+
+    def cpu_graph(self) -> dict[str, Any] | None:
+        """model.int8.cpu.onnx staged: the int8 graph ONNX Runtime's CPU kernels fuse (uint8 activations, its own
+        calibration record), in the form (QDQ or QOperator) that runs fastest on this CPU at batch 8, timed against
+        fp32 in turns; the layers kept in float start from the post-training graph's and grow by the same search
+        where held-out images are here. None (and a warning) where neither images nor a stored record exist. Also
+        recorded as the decision's ``cpu_graph``."""
+        cpu, files, decision = self.inputs.cpu, self.files, self.decision
+        if decision.made_here:  # the CPU graph is post-training: it starts from the post-training graph's layers
+            keep_fp, ranking = decision.record.get("post_training", decision.record)["kept_fp"], decision.ranking
+        else:
+            keep_fp, ranking = list(self.inputs.keep_fp), None
+        decision.record["cpu_graph"] = self._make_cpu_graph(cpu, keep_fp, ranking)
+        return decision.record["cpu_graph"]
+
+    def _make_cpu_graph(self, cpu: CpuTarget, keep_fp: list[str], ranking: list[dict] | None
+                        ) -> dict[str, Any] | None:
+        files, method = self.files, self.inputs.method
+        out = files.stage(files.cpu)
+        quantizers = {form: self._quantizer(cpu_int8_scheme(form, cpu.reduce_range), "int8 CPU graph")
+                      for form in CPU_FORMATS}
+        if self.calibration is None and not has_record(files.records, files.fp32, method,
+                                                       cpu_int8_scheme(CPU_FORMATS[0])):
+            warn(f"int8 CPU graph not made: no training images here and no {method} calibration record of it in the "
+                 "run (build it where the images are, or pass --calib-data)")
+            return None
+        with tempfile.TemporaryDirectory(prefix=".int8-cpu.", dir=files.run) as work:
+            reports = {form: quantizers[form](keep_fp, Path(work) / f"{form}.onnx") for form in CPU_FORMATS}
+            self.say("int8 CPU graph: timing QDQ and QOperator against fp32", 0, 1)
+            graphs = {"fp32": files.fp32, **{form: report.path for form, report in reports.items()}}
+            latency = cpu.time_graphs(graphs, CPU_TIMING_BATCHES, CPU_TIMING_ROUNDS)
+            batch = CPU_TIMING_BATCHES[-1]
+            chosen = min(CPU_FORMATS, key=lambda form: latency[form][batch])
+            shutil.copyfile(reports[chosen].path, out)
+        report = reports[chosen]
+        ratio = latency[chosen][batch] / latency["fp32"][batch]
+        info(f"int8 CPU graph: {chosen} (uint8 activations{', 7-bit weights' if cpu.reduce_range else ''})"
+             f", batch {batch} {latency[chosen][batch]:.2f} ms vs fp32 {latency['fp32'][batch]:.2f} ms ({ratio:.2f}×) "
+             f"on this CPU ({cpu.description}); " + ", ".join(f"{form} {latency[form][batch]:.2f} ms"
+                                                               for form in CPU_FORMATS if form != chosen))
+        summary = {**report.as_dict(), "path": str(files.cpu),
+                   "reused": all(each.reused for each in reports.values()),  # the second form reads the first's record
+                   "reduce_range": cpu.reduce_range, "cpu": cpu.description,
+                   "chosen_by": f"lowest median latency at batch {batch} ({CPU_TIMING_ROUNDS} rounds, timed in turns "
+                                "with fp32, ONNX Runtime CPU)",
+                   "latency_ms": {name: {str(b): round(ms, 3) for b, ms in by_batch.items()}
+                                  for name, by_batch in latency.items()}}
+        if ranking is not None:
+            search = self._meet_accuracy_target(quantizers[chosen], out, start=keep_fp, ranking=ranking,
+                                                what="int8 CPU graph")
+            if search is not None:
+                if search.kept_fp != keep_fp:
+                    final = quantizers[chosen](search.kept_fp, out)
+                    summary.update(kept_fp=final.kept_fp, quantized_nodes=final.quantized_nodes)
+                summary["accuracy_target"] = search.as_dict()
+        return summary
+
+    # the pieces
+
+    def _meet_accuracy_target(self, quantize: Callable[[list[str], Path], Int8Report], first: Path, *,
+                              start: list[str], what: str, ranking: list[dict] | None = None
+                              ) -> KeepFpSearch | None:
+        """The keep-fp search on held-out training images (None where they cannot be scored), told to the user;
+        ``first`` is the graph (``what``) already quantized with ``start`` in float."""
+        inputs = self.inputs
+        ranking = self.decision.ranking if ranking is None else ranking
+        if self.dataset.names != self.labels:
+            info("int8: accuracy target not measured: the calibration data's classes are not the model's")
+            return None
+        images, targets = self.holdout.inputs_and_targets(self.preprocessing)
+        quantizable = len(ranking) + len(inputs.keep_fp)  # the ranking holds every quantized layer of TensorRT's graph
+        budget = inputs.float_budget(quantizable)
+        budget = max(0, budget - (len(start) - len(inputs.keep_fp)))  # what an earlier search kept counts against it
+        target = inputs.target
+        with tempfile.TemporaryDirectory(prefix=".int8-search.", dir=self.files.run) as work:
+            def trial(keep_fp: list[str]) -> Path:
+                if keep_fp == list(start):
+                    return first
+                return quantize(keep_fp, Path(work) / f"int8.{len(keep_fp)}.onnx").path
+
+            search = search_keep_fp(trial, self.files.fp32, images, targets, [row["node"] for row in ranking], target,
+                                    budget, keep_fp=start, progress=lambda message: self.say(f"{what}: {message}", 0, 1))
+        step = search.final
+        verdict = "meets" if search.met else f"misses ({search.stopped})"
+        info(f"{what}: {verdict} the target (|ΔmAP| ≤ {target.max_delta_points} points, ≥ "
+             f"{target.min_agreement * 100:.0f} % identical label sets, asked as ≥ "
+             f"{target.required_agreement(search.images) * 100:.1f} % on {search.images} held-out training images, "
+             f"one standard error of margin): "
+             f"ΔmAP {step.delta_mAP_points:+.2f}, {step.labelset_agreement * 100:.1f} % identical, "
+             f"{len(step.kept_fp)} layer(s) in float" + (f" ({', '.join(step.kept_fp)})" if step.kept_fp else ""))
+        if not search.met and not (what == "int8" and inputs.fine_tune_epochs):  # else fine-tuning follows
+            warn(f"{what} misses its accuracy target with {len(step.kept_fp)} layer(s) in float: fine-tune it "
+                 f"(mlic-edge train --qat --run {self.files.run} --epochs 3, distilling the fp32 scores), raise "
+                 "--max-fp-layers, try another --calib-method, or use fp16")
+        return search
+
+    def _quantizer(self, scheme: Int8Scheme, what: str) -> Callable[[list[str], Path], Int8Report]:
+        """``quantize(keep_fp, path)``: the fp32 ONNX in ``scheme``'s int8 graph at ``path`` with ``keep_fp`` in
+        float, from the calibration images (or the stored record), progress shown as ``what``."""
+        method = self.inputs.method
+
+        def quantize(keep_fp: list[str], path: Path) -> Int8Report:
+            return quantize_int8(self.files.fp32, path, self.files.records, method=method,
+                                 calibration=self.calibration, preprocessing=self.preprocessing, keep_fp=keep_fp,
+                                 scheme=scheme,
+                                 progress=lambda done, total: self.say(f"{what}: calibrating ({method})", done, total))
+
+        return quantize
+
+    def _first_images(self, count: int):
+        return first_images(self.calibration, self.preprocessing, count)
+
+    def _reusable_qat_graph(self) -> dict[str, Any] | None:
+        """The record of model.int8.onnx when quantization-aware training wrote it (``int8_source=qat``) from the
+        current model.onnx; None otherwise (post-training quantization then makes it)."""
+        path = self.files.tensorrt
+        if not path.is_file():
+            return None
+        metadata = read_metadata(path)
+        if metadata.get("int8_source") != "qat" or metadata.get(ONNX_SHA) != sha256_file(self.files.fp32):
+            return None
+        return {"path": str(path), "reused": True, "source": "qat", "kept_fp": [],
+                "quantized_nodes": quantized_node_count(path)}
+
+
+def quantized_node_count(path: Path) -> int:
+    import onnx
+
+    return len(quantized_node_names(onnx.load(str(path))))

@@ -1,0 +1,58 @@
+"""The int8 plan (calibration/plan.py) decides without the commands: given typed inputs, a run's files and its
+training images, it makes the graphs, keeps layers in float with their reasons and records what it measured."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from mlic_edge.calibration import AccuracyTarget, CpuTarget, Int8Files, Int8Inputs, Int8Plan
+from mlic_edge.data import open_dataset
+from mlic_edge.rundir import RunDir
+from mlic_edge.spec import Preprocessing
+
+
+def _fixed_timer(graphs, batches, rounds):
+    """QOperator timed fastest: no ONNX Runtime timing in the test, and a known choice."""
+    ms = {"fp32": 2.0, "QDQ": 1.5, "QOperator": 1.0}
+    return {name: {batch: ms[name] * batch for batch in batches} for name in graphs}
+
+
+def test_the_plan_makes_both_graphs_and_says_why_layers_stay_float(run_copy):
+    run = RunDir(run_copy)
+    spec = run.spec()
+    preprocessing = spec.input_preprocessing
+    assert preprocessing == Preprocessing(spec.img_size, spec.mean, spec.std, spec.resize, spec.input_format)
+    assert preprocessing.as_dict() == spec.preprocessing
+    dataset = open_dataset(spec.dataset.spec, role="train", split=spec.dataset.train_split, labels=spec.labels)
+    inputs = Int8Inputs(target=AccuracyTarget(0.0, 1.0), calib_images=32, holdout_images=32, max_fp_layers=2,
+                        fine_tune_epochs=0, cpu=CpuTarget(False, "a test CPU", _fixed_timer))
+    files = Int8Files(fp32=run.onnx("fp32"), tensorrt=run.onnx("int8"), cpu=run.onnx("int8", "cpu"),
+                      records=run.path / "calibration", run=run.path)
+    seen: list[str] = []
+    plan = Int8Plan(inputs, files, preprocessing, spec.labels, dataset, progress=lambda what, *_: seen.append(what))
+
+    decision = plan.post_training()
+    assert decision.made_here and decision.source == "post-training" and decision.graph == run.onnx("int8")
+    record = decision.record
+    search = record["accuracy_target"]
+    assert not search["met"] and search["stopped"] in ("budget", "no more layers")  # |ΔmAP| ≤ 0 is out of reach
+    assert len(record["kept_fp"]) <= 2 and record["kept_fp"] == search["steps"][-1]["kept_fp"]
+    assert [layer.name for layer in decision.float_layers] == record["kept_fp"]
+    assert all(layer.sensitivity and layer.sensitivity["node"] == layer.name for layer in decision.float_layers)
+    assert record["sensitivity"] == decision.ranking[:5] and "int8: per-layer sensitivity" in seen
+    assert not plan.fine_tuning_wanted  # fine_tune_epochs=0
+
+    cpu = plan.cpu_graph()
+    assert cpu["quant_format"] == "QOperator" and cpu["cpu"] == "a test CPU" and record["cpu_graph"] is cpu
+    assert run.onnx("int8", "cpu").is_file() and cpu["latency_ms"]["QOperator"] == {"1": 1.0, "8": 8.0}
+
+
+def test_calibration_imports_no_command():
+    """The plan is reachable without the commands layer: importing it loads none of mlic_edge.commands (the
+    import-linter layers contract checks the source; this checks what Python actually loads)."""
+    code = ("import sys, mlic_edge.calibration.plan; "
+            "print(sorted(m for m in sys.modules if m.startswith(('mlic_edge.commands', 'mlic_edge.runtime', "
+            "'torch'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
