@@ -88,7 +88,7 @@ def measure(source: Path, work: Path) -> dict:
     dataset = _training_images(spec, request, required=True)
     holdout, rest = split_holdout(dataset, request.holdout_images)
     calibration = select_calibration_set(rest, request.calib_images)
-    eval_set = open_dataset(spec.dataset["spec"], role="eval", split=spec.dataset.get("eval_split"),
+    eval_set = open_dataset(spec.dataset.spec, role="eval", split=spec.dataset.eval_split,
                             labels=spec.labels)
     preprocessing = (spec.img_size, spec.mean, spec.std, spec.resize, spec.input_format)
     score = Scorer(run.onnx("fp32"), holdout.inputs_and_targets(*preprocessing),

@@ -121,7 +121,7 @@ def test_distillation_keeps_the_int8_scores_nearer_fp32_than_training_on_labels(
 
     run = RunDir(run_copy)
     spec = run.spec()
-    eval_set = open_dataset(spec.dataset["spec"], role="eval", labels=spec.labels)
+    eval_set = open_dataset(spec.dataset.spec, role="eval", labels=spec.labels)
 
     def scores(model) -> np.ndarray:
         return predict_scores(model, eval_set, spec.img_size, spec.mean, spec.std, 16, 0, "cpu",
