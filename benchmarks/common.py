@@ -81,3 +81,8 @@ def write_results(out: Path, name: str, result: dict, markdown: Callable[[dict],
     write_json(out / f"{name}.json", result)
     (out / f"{name}.md").write_text(markdown(result))
     print(markdown(result))
+
+
+def notes_section(notes: list[str], heading: str = "Notes") -> list[str]:
+    """A results file's closing section, one bullet per note; nothing without notes."""
+    return ["", f"## {heading}", ""] + [f"- {note}" for note in notes] if notes else []

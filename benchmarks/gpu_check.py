@@ -11,6 +11,9 @@
 3. The pipeline's host overhead per frame with the PyTorch CUDA reference (baseline resnet18, random weights) at
    batch 1 and 8, fp32 and fp16: the backend alone vs the whole `mlic-edge run` pipeline over a generated video,
    measured side by side in this process; overhead = pipeline ms/frame - backend-alone ms/frame.
+4. The multi-stream benchmark (benchmarks/multistream.py) with the same PyTorch CUDA reference: one stream (pipeline vs
+   sequential loop vs 1/max(stage)) and 4 streams batched across streams in one run vs batch 1 (4 single-stream
+   processes sharing the GPU, and the 4 streams one after another): total frames/s and per-stream fairness.
 No TensorRT figure comes from this script: it runs no engine (the lent data-centre GPUs have no TensorRT, and
 TensorRT for RTX refuses compute capability 9.0).
 
@@ -22,6 +25,7 @@ positive or something leaked (``failures`` in the file lists them); 2 with no GP
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import statistics
@@ -190,24 +194,31 @@ def cuda_layer_failures(report: dict[str, Any]) -> list[str]:
     return failures
 
 
+def reference_run(work: Path, backbone: str = "resnet18", img_size: int = 224) -> Any:
+    """``work/<backbone>``: a baseline run of 20 labels, random weights, its PyTorch checkpoint saved."""
+    from mlic_edge.models import create_model
+    from mlic_edge.models.checkpoint import save_checkpoint
+    from mlic_edge.rundir import RunDir
+
+    labels = [f"class{index}" for index in range(20)]
+    run = RunDir(work / backbone)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.update(model="baseline", backbone=backbone, labels=labels, img_size=img_size, mean=[0.485, 0.456, 0.406],
+               std=[0.229, 0.224, 0.225])
+    save_checkpoint(run.checkpoint, create_model("baseline", len(labels), backbone=backbone).eval())
+    return run
+
+
 def reference_overhead(work: Path, batches: list[int], frames: int, iterations: int,
                        device: str = "cuda") -> list[dict[str, Any]]:
     import torch
 
-    from mlic_edge.models import create_model
-    from mlic_edge.models.checkpoint import save_checkpoint
-    from mlic_edge.rundir import RunDir
     from mlic_edge.runtime.inference.backends.base import Backend
     from mlic_edge.runtime.inference.backends.torch_backend import TorchBackend
     from mlic_edge.runtime.checks.bench import run_bench
     from mlic_edge.spec import ModelSpec
 
-    labels = [f"class{index}" for index in range(20)]
-    run = RunDir(work / "resnet18")
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.update(model="baseline", backbone="resnet18", labels=labels, img_size=224, mean=[0.485, 0.456, 0.406],
-               std=[0.229, 0.224, 0.225])
-    save_checkpoint(run.checkpoint, create_model("baseline", len(labels), backbone="resnet18").eval())
+    run = reference_run(work)
 
     class HalfReference(Backend):
         """The reference in fp16 on the GPU: weights and input in half, scores back in fp32."""
@@ -244,6 +255,30 @@ def reference_overhead(work: Path, batches: list[int], frames: int, iterations: 
     return rows
 
 
+MULTISTREAM_STREAMS = 4
+
+
+def import_benchmark(name: str) -> Any:
+    """Another script of benchmarks/ as a module (this one may be loaded from its path, as the tests do)."""
+    folder = str(Path(__file__).resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
+
+def multistream_reference(work: Path, frames: int, rounds: int, *, streams: int = MULTISTREAM_STREAMS,
+                          device: str = "cuda", backbone: str = "resnet18", img_size: int = 224) -> dict[str, Any]:
+    """Step 4: benchmarks/multistream.py's measurement with the PyTorch reference on ``device``: one stream, and
+    ``streams`` streams batched in one run vs batch 1 (as many single-stream processes; one after another)."""
+    from mlic_edge.runtime.checks.bench import make_video
+
+    multistream = import_benchmark("multistream")
+    run = reference_run(work, backbone, img_size)
+    videos = [make_video(work / f"stream{index}.mp4", frames) for index in range(streams)]
+    setting = multistream.Setting(f"torch {device}", "torch", run=str(run.path), device=device)
+    return multistream.measure([setting], videos, [streams], rounds)[0]
+
+
 def run_step(result: dict[str, Any], failures: list[str], key: str, step: Callable[[], Any]) -> Any:
     """``result[key] = step()``; a failure or a subprocess time-out is recorded there and in ``failures`` instead."""
     try:
@@ -271,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--multistream-frames", type=int, default=120, help="frames per stream, step 4")
+    parser.add_argument("--multistream-rounds", type=int, default=3)
     args = parser.parse_args(argv)
     from mlic_edge.rundir import installed_versions
     from mlic_edge.runtime.engines.gpu import detect_gpu, driver_cuda_version
@@ -288,7 +325,11 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"doctor: printed no JSON (exit {doctor['exit']})")
     write_results(args.out, result)
     if not isinstance(gpu, dict) or "error" in gpu:
-        result["skipped"] = "no NVIDIA GPU here: the CUDA layer and the reference overhead were not measured"
+        result["skipped"] = ("no NVIDIA GPU here: the CUDA layer, the reference overhead and the multi-stream "
+                             "comparison were not measured")
+        result["multistream"] = {"skipped": f"no NVIDIA GPU here: the PyTorch CUDA reference over "
+                                            f"{MULTISTREAM_STREAMS} streams (batch 1 vs batched) was not run"}
+        print(f"gpu_check: multistream skipped: {result['multistream']['skipped']}", file=sys.stderr)
     else:
         layer = run_step(result, failures, "cuda_layer", lambda: cuda_layer(args.cycles, args.bandwidth_cycles))
         if "error" not in layer:
@@ -297,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         run_step(result, failures, "reference_overhead", lambda: reference_overhead(
             Path(tempfile.mkdtemp(prefix="gpu-check-")), [int(b) for b in args.batches.split(",")], args.frames,
             args.iterations))
+        write_results(args.out, result)
+        run_step(result, failures, "multistream", lambda: multistream_reference(
+            Path(tempfile.mkdtemp(prefix="gpu-check-multistream-")), args.multistream_frames, args.multistream_rounds))
     status = EXIT_FAILED if failures else EXIT_NO_GPU if "skipped" in result else 0
     result.update(exit=status, minutes=(time.monotonic() - started) / 60)
     write_results(args.out, result)

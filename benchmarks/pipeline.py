@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import machine, make_run
+from common import machine, make_run, notes_section
 from mlic_edge.io import write_json
 from mlic_edge.rundir import installed_versions
 from mlic_edge.runtime.inference.backends import create_backend
@@ -91,9 +91,7 @@ def markdown(result: dict) -> str:
             lines.append(f"| {report['model']} | {row['batch']} | {setting} | {rate(row['backend_alone'])} | "
                          f"{rate(row['pipeline'])} | {rate(row['naive_loop'])} | {row['pipeline_over_naive']:.2f} | "
                          f"{row['ratio']:.2f} | {feed:.2f} | {stages['inference']['mean_ms']:.2f} |")
-    notes = result.get("notes", [])
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
+    lines += notes_section(result.get("notes", []))
     return "\n".join(lines) + "\n"
 
 

@@ -75,6 +75,7 @@ def on_a_gpu(monkeypatch, gpu_check, doctor=lambda: {"checks": []}) -> None:
     monkeypatch.setattr(gpu_module, "driver_cuda_version", lambda: (12, 8))
     monkeypatch.setattr(gpu_check, "doctor_json", doctor)
     monkeypatch.setattr(gpu_check, "reference_overhead", lambda *args, **kwargs: [])
+    monkeypatch.setattr(gpu_check, "multistream_reference", lambda *args, **kwargs: {"multi": {}})
 
 
 def shifted_copies_back(runtime: Runtime):
@@ -117,6 +118,7 @@ def test_every_check_held_exits_0(monkeypatch, gpu_check, tmp_path):
     assert gpu_check.main(["--out", str(tmp_path), "--cycles", "2", "--bandwidth-cycles", "2"]) == 0
     written = json.loads((tmp_path / "gpu_check.json").read_text())
     assert written["failures"] == [] and written["exit"] == 0 and written["driver_cuda"] == "12.8"
+    assert written["multistream"] == {"multi": {}}
 
 
 def test_a_doctor_time_out_is_recorded_and_the_results_still_written(monkeypatch, tmp_path, no_live_resources):
@@ -146,12 +148,46 @@ def test_a_time_out_in_a_measuring_step_is_recorded_and_the_rest_still_runs(monk
     assert written["reference_overhead"] == [] and written["failures"] == ["cuda_layer: nvidia-smi timed out after 5 s"]
 
 
-def test_no_gpu_and_nothing_failed_exits_2(monkeypatch, tmp_path, no_live_resources):
+def test_no_gpu_and_nothing_failed_exits_2(monkeypatch, tmp_path, no_live_resources, capsys):
     gpu_check = load_gpu_check()
     monkeypatch.setattr(gpu_module, "detect_gpu", lambda: None)
     monkeypatch.setattr(gpu_check, "doctor_json", lambda: {"checks": []})
+    monkeypatch.setattr(gpu_check, "multistream_reference", lambda *args, **kwargs: pytest.fail("ran without a GPU"))
     assert gpu_check.main(["--out", str(tmp_path)]) == 2
-    assert json.loads((tmp_path / "gpu_check.json").read_text())["failures"] == []
+    written = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert written["failures"] == [] and "multi-stream comparison" in written["skipped"]
+    assert written["multistream"] == {"skipped": "no NVIDIA GPU here: the PyTorch CUDA reference over 4 streams "
+                                                 "(batch 1 vs batched) was not run"}
+    assert f"gpu_check: multistream skipped: {written['multistream']['skipped']}" in capsys.readouterr().err
+
+
+def test_a_failed_multistream_step_is_recorded_and_fails_the_run(monkeypatch, gpu_check, tmp_path):
+    def no_second_process(*args, **kwargs):
+        raise RuntimeError("a worker did not start (exit 1)")
+
+    use_runtime(monkeypatch, Runtime())
+    on_a_gpu(monkeypatch, gpu_check)
+    monkeypatch.setattr(gpu_check, "multistream_reference", no_second_process)
+    assert gpu_check.main(["--out", str(tmp_path), "--cycles", "1", "--bandwidth-cycles", "1"]) == 1
+    written = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert written["multistream"] == {"error": "RuntimeError: a worker did not start (exit 1)"}
+    assert written["failures"] == ["multistream: RuntimeError: a worker did not start (exit 1)"]
+
+
+def test_the_multistream_step_runs_on_the_cpu_reference(tmp_path):
+    """Step 4's whole path (the PyTorch reference, the pipeline, the loop, single-stream worker processes on the
+    shared device) with device="cpu": every stream's frames are counted in each way of running them."""
+    pytest.importorskip("torch")
+    frames, streams = 4, 2
+    report = load_gpu_check().multistream_reference(tmp_path, frames, 1, streams=streams, device="cpu",
+                                                    backbone="resnet10t", img_size=64)
+    assert report["backend"]["backend"] == "torch" and report["backend"]["device"] == "cpu"
+    measured = report["rounds"][0]
+    assert measured["single"]["pipeline"]["frames"] == measured["single"]["loop"]["frames"] == frames
+    for mode in ("one_run", "processes", "sequential"):
+        assert measured["multi"][str(streams)][mode]["frames"] == streams * frames
+    assert len(measured["multi"][str(streams)]["processes"]["stream_fps"]) == streams
+    assert set(report["multi"][str(streams)]["batch_fill"]) <= {str(size) for size in range(1, streams + 1)}
 
 
 def test_doctor_without_json_fails_the_run(monkeypatch, gpu_check, tmp_path):
