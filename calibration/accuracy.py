@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mlic_edge import metrics
+from mlic_edge.spec import DEFAULT_THRESHOLD
 
 Quantize = Callable[[list[str]], Path]  # keep_fp -> the int8 ONNX quantized with those layers in float
 Progress = Callable[[str], None]
@@ -37,7 +38,7 @@ class AccuracyTarget:
 
     max_delta_points: float = 0.5  # |mAP(int8) − mAP(fp32)| in points
     min_agreement: float = 0.97  # share of images whose predicted label set is the fp32 one
-    threshold: float = 0.5  # score at which a label is predicted
+    threshold: float = DEFAULT_THRESHOLD  # score at which a label is predicted
     margin_se: float = 1.0
 
     def required_agreement(self, images: int) -> float:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from mlic_edge.errors import MlicError
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import RunSpec, split_items
+from mlic_edge.spec import DEFAULT_PRECISION, RunSpec, split_items
 
 if TYPE_CHECKING:
     from mlic_edge.runtime.inference.classifier import Classifier, Result
@@ -159,7 +159,7 @@ class Run:
 
     # --- any machine ---------------------------------------------------------------------------------------------
     @_api
-    def build(self, precision: str = "fp32", *, progress: Callable[[str, int, int], None] | None = None,
+    def build(self, precision: str = DEFAULT_PRECISION, *, progress: Callable[[str, int, int], None] | None = None,
               **request: Any) -> dict[str, Any]:
         """The precision's ONNX and, with ``backend="tensorrt"``, its engine; ``request``: BuildRequest fields."""
         from mlic_edge.commands.build import BuildRequest, build, parse_batch

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlic_edge.spec import require_finite
+from mlic_edge.spec import DEFAULT_THRESHOLD, require_finite
 
 __all__ = [
     "MapResult",
@@ -188,7 +188,7 @@ def mean_average_precision(scores, targets, mode: str = "standard") -> MapResult
 
 
 def threshold_metrics(
-    scores, targets, threshold: float = 0.5, top_k: int | None = None
+    scores, targets, threshold: float = DEFAULT_THRESHOLD, top_k: int | None = None
 ) -> dict[str, float]:
     """ML-GCN's CP, CR, CF1, OP, OR, OF1 (fractions in [0, 1]).
 
@@ -289,7 +289,7 @@ def evaluate(
     targets,
     names: list[str],
     class_counts=None,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     top_k: int = 3,
     mode: str = "standard",
 ) -> dict:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from mlic_edge.errors import RunDirError
 from mlic_edge.io import StagedFiles, atomic_files, json_text, read_json
-from mlic_edge.spec import DEFAULT_RUNS_ROOT, merged_run_json, run_json_sections, train_first_hint
+from mlic_edge.spec import DEFAULT_PRECISION, DEFAULT_RUNS_ROOT, merged_run_json, run_json_sections, train_first_hint
 from mlic_edge.spec import GRAPH_HASHES  # noqa: F401  (re-exported: run.json's graph record, read by lineage and tests)
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class RunDir:
         a glob, so ``--backend auto`` can tell whether there is an engine without importing the engines modules."""
         return sorted(self.engines.glob(f"*/model.{precision or '*'}.json"))
 
-    def onnx(self, precision: str = "fp32", variant: str | None = None) -> Path:
+    def onnx(self, precision: str = DEFAULT_PRECISION, variant: str | None = None) -> Path:
         from mlic_edge.spec import onnx_file_name
 
         return self.path / onnx_file_name(precision, variant)

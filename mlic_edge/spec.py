@@ -16,6 +16,12 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_PRECISION = PRECISIONS[0]
+DEFAULT_BACKEND = "auto"  # the first backend of the registry's AUTO_ORDER that can run the run here
+DEFAULT_DEVICE = "auto"  # a GPU where the backend has one, else the CPU
+DEFAULT_THRESHOLD = 0.5
+"""The score at which a label is predicted wherever no threshold is given: run, eval, parity's identical label sets,
+the int8 accuracy target, the serving configs' classifier threshold."""
 # The backends and their name lists (BACKENDS, ENGINE_BACKENDS, BUILD_BACKENDS) are the runtime's backend registry's:
 # runtime/inference/backends/registry.py.
 RESIZE_MODES = ("warp", "warp-antialias", "center-crop", "letterbox")

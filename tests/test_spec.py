@@ -57,7 +57,38 @@ def test_a_missing_run_offers_the_quick_recipe_and_importing_a_released_checkpoi
 
 
 STAGE_FOLDERS = ("mlic_edge", "train", "export", "calibration", "runtime")
+DEFAULTED = {"threshold": (0.5,), "backend": ("auto",), "device": ("auto",), "precision": ("fp32",)}
+"""Defaults declared once in mlic_edge/spec.py (DEFAULT_THRESHOLD, DEFAULT_BACKEND, DEFAULT_DEVICE, DEFAULT_PRECISION)."""
+
+
+def _declared_defaults(node: ast.AST) -> list[tuple[str, object]]:
+    """(name, literal) of each default declared at ``node``: a field (``threshold: float = 0.5``), a parameter's
+    default, or a Typer option's first argument (named after the option, e.g. "backend" for --backend)."""
+    def literal(value: ast.AST | None) -> object:
+        return value.value if isinstance(value, ast.Constant) else None
+
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return [(node.target.id, literal(node.value))]
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        arguments = node.args
+        positional = arguments.posonlyargs + arguments.args
+        pairs = list(zip(positional[len(positional) - len(arguments.defaults):], arguments.defaults))
+        pairs += [(arg, default) for arg, default in zip(arguments.kwonlyargs, arguments.kw_defaults)
+                  if default is not None]
+        return [(arg.arg, literal(default)) for arg, default in pairs]
+    if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("typer.Option") and len(node.args) > 1:
+        flag = literal(node.args[1])
+        return [(flag.lstrip("-"), literal(node.args[0]))] if isinstance(flag, str) else []
+    return []
+
+
+def _redeclares_a_default(node: ast.AST) -> bool:
+    return any(value in values and (name == key or name.endswith(f"_{key}"))
+               for name, value in _declared_defaults(node) for key, values in DEFAULTED.items())
+
+
 REPEATED_FACTS = {
+    "a default of spec.py's DEFAULT_*": _redeclares_a_default,
     "a precision list": lambda node: isinstance(node, ast.Tuple) and [getattr(e, "value", None) for e in node.elts]
     == ["fp32", "fp16", "int8"],
     "a resize default or list": lambda node: isinstance(node, ast.Constant) and node.value in ("warp",
@@ -74,9 +105,19 @@ REPEATED_FACTS = {
 }
 
 
+def test_a_redeclared_default_is_found_in_each_form():
+    for source in ("threshold: float = 0.5", "def f(run, precision='fp32', *, device='auto'): pass",
+                   "BackendOpt = typer.Option('auto', '--backend')", "min_threshold: float = 0.5"):
+        assert any(_redeclares_a_default(node) for node in ast.walk(ast.parse(source))), source
+    for source in ("threshold: float = DEFAULT_THRESHOLD", "def f(device='cpu'): pass", "top_k: int = 5",
+                   "info = BackendInfo(precision='fp32')"):
+        assert not any(_redeclares_a_default(node) for node in ast.walk(ast.parse(source))), source
+
+
 def test_each_shared_fact_is_written_once():
-    """Precisions, resize modes, input formats, the rebuild and train-first hints live in mlic_edge/spec.py only;
-    lists of backend names come from the backend registry, never written out."""
+    """Precisions, resize modes, input formats, the rebuild and train-first hints, the default threshold, backend,
+    device and precision live in mlic_edge/spec.py only; lists of backend names come from the backend registry,
+    never written out."""
     found = []
     for folder in STAGE_FOLDERS:
         for path in sorted((ROOT / folder).rglob("*.py")):

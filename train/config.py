@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mlic_edge.errors import MlicError
-from mlic_edge.spec import DEFAULT_RESIZE, RESIZE_MODES, require_at_least
+from mlic_edge.spec import DEFAULT_DEVICE, DEFAULT_RESIZE, RESIZE_MODES, require_at_least
 
 QAT_LIBRARY = "nvidia-modelopt"  # `train --qat` (train/qat.py)
 QAT_CALIB_IMAGES = 256  # training images its int8 ranges are calibrated on before fine-tuning
@@ -71,7 +71,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     overwrite: bool = False  # train afresh into a run that has exports: its old generation moves to previous/
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     sync_bn: bool = False  # SyncBatchNorm across the ranks of a torchrun launch (CUDA only)
     accumulate: int = 1  # optimizer step every ``accumulate`` batches
     amp: str | None = None

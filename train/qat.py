@@ -53,7 +53,7 @@ from mlic_edge.errors import MlicError
 from mlic_edge.models.checkpoint import load_model
 from mlic_edge.models.recipe import Recipe
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import RunSpec
+from mlic_edge.spec import DEFAULT_DEVICE, RunSpec
 from mlic_edge.train.config import QAT_CALIB_IMAGES, QAT_LIBRARY, QAT_TARGETS, modelopt_missing
 from mlic_edge.train.evaluate import predict_scores
 from mlic_edge.train.losses import create_loss
@@ -149,7 +149,7 @@ class _QatData:
 
 def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = None,
                                 calib_images: int = QAT_CALIB_IMAGES, *, batch_size: int | None = None,
-                                workers: int = 0, device: str = "auto", seed: int = 0, target: str = QAT_TARGETS[0],
+                                workers: int = 0, device: str = DEFAULT_DEVICE, seed: int = 0, target: str = QAT_TARGETS[0],
                                 exclude: Collection[str] = (), say: Callable[[str], None] = info) -> QatResult:
     """Load the run's checkpoint, calibrate ModelOpt's int8 quantizers on ``calib_images`` training images (no
     augmentation), fine-tune ``epochs`` epochs with the run's recipe (optimizer, augmentation) towards ``target``

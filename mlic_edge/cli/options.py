@@ -12,21 +12,21 @@ from typing import Any
 import typer
 
 from mlic_edge.runtime.inference.backends import registry as backend_registry
-from mlic_edge.spec import PRECISIONS
+from mlic_edge.spec import DEFAULT_BACKEND, DEFAULT_DEVICE, DEFAULT_PRECISION, PRECISIONS
 
 RunOpt = typer.Option(None, "--run", "-r", help="Run directory (default: runs/MODEL).", show_default=False)
 ModelNameOpt = typer.Option(None, "--model", "-m", help="Model name; --model NAME means --run runs/NAME.")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
 DataOpt = typer.Option(None, "--data", "-d", help="Dataset: a path (format detected) or voc:PATH, coco:PATH, "
                                                    "csv:PATH. Default: the run's dataset.")
-BackendOpt = typer.Option("auto", "--backend", "-b", help="auto (the first of "
+BackendOpt = typer.Option(DEFAULT_BACKEND, "--backend", "-b", help="auto (the first of "
                           f"{', '.join(backend_registry.AUTO_ORDER)} that can run the run here; it says which) or "
                           f"{', '.join(backend_registry.BACKENDS[1:])}.")
-BuildBackendOpt = typer.Option("auto", "--backend", "-b", help="auto (TensorRT if installed, else ONNX Runtime) or "
+BuildBackendOpt = typer.Option(DEFAULT_BACKEND, "--backend", "-b", help="auto (TensorRT if installed, else ONNX Runtime) or "
                                f"{', '.join(backend_registry.BUILD_BACKENDS[1:])} (onnxruntime's artefact is the "
                                "precision's ONNX; int8 adds the graph ONNX Runtime's CPU kernels fuse, in the form "
                                "timed fastest here).")
-DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+DeviceOpt = typer.Option(DEFAULT_DEVICE, "--device", help="auto, cpu or cuda.")
 Fp16FallbackOpt = typer.Option(False, "--fp16-fallback", help="fp16 asked of a CPU backend without fp16 "
                                "arithmetic (ONNX Runtime on x86): run the fp32 graph instead, saying so.")
 TrustPickleOpt = typer.Option(False, "--trust-pickle", help="Fully unpickle the pickles this command reads, which "
@@ -36,7 +36,7 @@ ThreadsOpt = typer.Option(None, "--threads", help="Inference threads (the feed g
                           "from the cores present and the backend; 0: the libraries' own defaults.")
 
 
-def precision_option(default: str = "fp32", what: str = "the ONNX file it reads") -> Any:
+def precision_option(default: str = DEFAULT_PRECISION, what: str = "the ONNX file it reads") -> Any:
     return typer.Option(default, "--precision", "-p", help=f"{', '.join(PRECISIONS)} ({what}).")
 
 

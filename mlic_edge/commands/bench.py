@@ -10,13 +10,14 @@ from typing import Any, Callable
 from mlic_edge.errors import MlicError
 from mlic_edge.io import write_json
 from mlic_edge.rundir import RunDir
+from mlic_edge.spec import DEFAULT_BACKEND, DEFAULT_DEVICE, DEFAULT_PRECISION
 
 
 @dataclass(frozen=True)
 class BenchRequest:
-    backend: str = "auto"
-    precision: str = "fp32"
-    device: str = "auto"
+    backend: str = DEFAULT_BACKEND
+    precision: str = DEFAULT_PRECISION
+    device: str = DEFAULT_DEVICE
     batches: tuple[int, ...] = (1,)
     iterations: int = 200
     warmup: int = 20

@@ -21,9 +21,9 @@ from mlic_edge.export.lineage import ONNX_SHA, check_onnx
 from mlic_edge.io import json_text, read_json, sha256_file
 from mlic_edge.rundir import RunChange, RunDir
 from mlic_edge.runtime.inference.backends import registry as backend_registry
-from mlic_edge.spec import (DEFAULT_CALIB_IMAGES, DEFAULT_HOLDOUT_IMAGES, DEFAULT_QAT_EPOCHS, INT8_TARGET_AGREEMENT,
-                            INT8_TARGET_DELTA_POINTS, PRECISIONS, RunSpec, require_at_least, require_choice,
-                            require_fraction)
+from mlic_edge.spec import (DEFAULT_BACKEND, DEFAULT_CALIB_IMAGES, DEFAULT_HOLDOUT_IMAGES, DEFAULT_QAT_EPOCHS,
+                            INT8_TARGET_AGREEMENT, INT8_TARGET_DELTA_POINTS, PRECISIONS, RunSpec, require_at_least,
+                            require_choice, require_fraction)
 
 if TYPE_CHECKING:
     from mlic_edge.calibration.plan import Int8Plan, Progress
@@ -34,7 +34,7 @@ FP16_MEASURE_IMAGES = 64  # fp16 decisions are measured on this many of the cali
 @dataclass
 class BuildRequest:
     precision: str
-    backend: str = "auto"
+    backend: str = DEFAULT_BACKEND
     calib_data: str | None = None
     calib_images: int = DEFAULT_CALIB_IMAGES
     calib_method: str = "percentile"  # measured best-or-close on benchmarks/results/precision.md; entropy clipped too much

@@ -11,17 +11,18 @@ from typing import Any, Callable
 from mlic_edge.console import progress_bar, warn
 from mlic_edge.errors import MlicError
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import BROKEN_GRAPH_HINT, require_at_least, require_choice, require_finite, require_fraction
+from mlic_edge.spec import (BROKEN_GRAPH_HINT, DEFAULT_DEVICE, DEFAULT_THRESHOLD, require_at_least, require_choice,
+                            require_finite, require_fraction)
 
 
 @dataclass(frozen=True)
 class EvalRequest:
     data: str | None = None  # default: the run's dataset
     split: str | None = None  # default: the run's eval split
-    threshold: float = 0.5
+    threshold: float = DEFAULT_THRESHOLD
     ap_mode: str = "standard"  # or "voc07" (11-point)
     batch_size: int = 32
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     save_scores: Path | None = None
 
 

@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 from mlic_edge.errors import LineageError, MlicError
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import PRECISIONS, rebuild_command, require_at_least, require_choice, require_fraction
+from mlic_edge.spec import (DEFAULT_DEVICE, DEFAULT_THRESHOLD, PRECISIONS, rebuild_command, require_at_least,
+                            require_choice, require_fraction)
 
 Progress = Callable[[str, int, int], None]  # (what, images just done, images in all)
 
@@ -20,8 +21,8 @@ class ParityRequest:
     data: str | None = None  # default: the reference's own images / the run's dataset
     backends: tuple[str, ...] = ()  # default: ONNX Runtime on every precision's ONNX, and every engine built
     precisions: tuple[str, ...] = ()  # default: every one present
-    device: str = "auto"
-    threshold: float = 0.5  # for the identical-label-set share
+    device: str = DEFAULT_DEVICE
+    threshold: float = DEFAULT_THRESHOLD  # for the identical-label-set share
     # Per precision; what is not given takes spec.py's defaults (DEFAULT_TOLERANCE_POINTS, ...).
     tolerances: dict[str, float] = field(default_factory=dict)  # |ΔmAP| in points
     labelset_floors: dict[str, float] = field(default_factory=dict)  # share of images with identical label sets

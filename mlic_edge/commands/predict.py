@@ -14,19 +14,20 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import require_at_least, require_fraction
+from mlic_edge.spec import (DEFAULT_BACKEND, DEFAULT_DEVICE, DEFAULT_PRECISION, DEFAULT_THRESHOLD, require_at_least,
+                            require_fraction)
 
 ResultCallback = Callable[[Any, Any], None]  # (frame, Result)
 
 
 @dataclass(frozen=True)
 class PredictRequest:
-    backend: str = "auto"
-    precision: str = "fp32"
-    device: str = "auto"
+    backend: str = DEFAULT_BACKEND
+    precision: str = DEFAULT_PRECISION
+    device: str = DEFAULT_DEVICE
     batch: int = 1  # images per inference (at least one per stream; a live stream gives its newest frame)
     batch_timeout_ms: float = 0.0  # how long a batch waits for the other streams' frames (0: takes what is queued)
-    threshold: float = 0.5
+    threshold: float = DEFAULT_THRESHOLD
     thresholds: Path | None = None  # per-class thresholds file (JSON {label: t} or CSV label,threshold)
     top_k: int = 5
     smoothing: float = 0.0  # EMA of scores across frames of a video or live source

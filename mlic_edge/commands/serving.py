@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlic_edge.rundir import RunDir
+from mlic_edge.spec import DEFAULT_PRECISION, DEFAULT_THRESHOLD
 
 
 @dataclass(frozen=True)
 class TritonRequest:
-    precision: str = "fp32"
+    precision: str = DEFAULT_PRECISION
     platform: str = "onnx"  # onnx (ONNX Runtime backend) | tensorrt (the engine built for the serving GPU)
     name: str | None = None  # the model's name; default RUN_PRECISION_PLATFORM
     max_batch: int | None = None  # max_batch_size; default 8, or --streams if more (tensorrt: the engine's profile max)
@@ -25,7 +26,7 @@ class TritonRequest:
 
 @dataclass(frozen=True)
 class DeepStreamRequest:
-    precision: str = "fp32"
+    precision: str = DEFAULT_PRECISION
     mode: str = "secondary"  # secondary (on a detector's objects) | primary (whole frames)
     engine: Path | None = None  # also point nvinfer at this engine
     gie_id: int = 2  # gie-unique-id
@@ -33,7 +34,7 @@ class DeepStreamRequest:
     batch_size: int | None = None  # nvinfer batch-size; default --streams (secondary: objects per batch)
     streams: int = 1  # sources the muxer batches: nvstreammux and (primary) nvinfer batch-size
     batch_timeout_ms: float = 0.0  # ms: nvstreammux batched-push-timeout (0: DeepStream samples' 40 ms; see the file)
-    threshold: float = 0.5  # classifier-threshold
+    threshold: float = DEFAULT_THRESHOLD  # classifier-threshold
 
 
 def export_triton(run: RunDir, out: Path, request: TritonRequest = TritonRequest()) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mlic_edge.train.config import QAT_CALIB_IMAGES, QAT_TARGETS, QAT_WORKERS, TrainConfig
+from mlic_edge.spec import DEFAULT_DEVICE
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -68,7 +69,7 @@ class QatRequest:
     target: str = QAT_TARGETS[0]  # distill (the fp32 model's scores) | labels (the run's loss)
     batch_size: int | None = None  # None: the recipe's
     workers: int = QAT_WORKERS
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     seed: int = 0
 
     def validate(self) -> None:

@@ -24,7 +24,7 @@ from mlic_edge.errors import MlicError, NonFiniteError, ParityError, RunDirError
 from mlic_edge.export.lineage import CHECKPOINT_SHA, check_reference, file_sha256
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.inference.backends.base import Backend
-from mlic_edge.spec import (BROKEN_GRAPH_HINT, DEFAULT_LABELSET_FLOOR, DEFAULT_MAX_SCORE_DIFF,
+from mlic_edge.spec import (BROKEN_GRAPH_HINT, DEFAULT_LABELSET_FLOOR, DEFAULT_MAX_SCORE_DIFF, DEFAULT_THRESHOLD,
                             DEFAULT_TOLERANCE_POINTS, ModelSpec, require_finite)
 
 WORST_CLASSES = 5
@@ -139,7 +139,7 @@ def score_images(backend: Backend, images: ReferenceImages, batch_size: int = 16
                                     "images_per_s": count / seconds if seconds > 0 else None}
 
 
-def compare_scores(reference: Reference, scores: np.ndarray, *, precision: str, threshold: float = 0.5,
+def compare_scores(reference: Reference, scores: np.ndarray, *, precision: str, threshold: float = DEFAULT_THRESHOLD,
                    tolerance_points: float | None = None, labelset_floor: float | None = None,
                    max_score_diff: float | None = None) -> dict[str, Any]:
     """How far ``scores`` are from the reference: ΔmAP, per-class ΔAP, score differences, label-set agreement, and
@@ -209,7 +209,7 @@ def figures_text(result: dict[str, Any]) -> str:
     return f"ΔmAP {result['delta_mAP_points']:+.3f}, {result['labelset_agreement'] * 100:.1f} % identical"
 
 
-def check_backend(backend: Backend, reference: Reference, images: ReferenceImages, *, threshold: float = 0.5,
+def check_backend(backend: Backend, reference: Reference, images: ReferenceImages, *, threshold: float = DEFAULT_THRESHOLD,
                   tolerance_points: float | None = None, labelset_floor: float | None = None,
                   max_score_diff: float | None = None, batch_size: int = 16,
                   on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:

@@ -24,8 +24,8 @@ from mlic_edge.console import warn
 from mlic_edge.errors import BuildError, DataError, RunDirError
 from mlic_edge.io import atomic_path, refuse_output_onto_inputs, require_writable, sha256_file
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import (FLOAT_INPUT, OFFICIAL_RESIZE, PRECISIONS, RunSpec, rebuild_command, require_at_least,
-                            require_choice)
+from mlic_edge.spec import (DEFAULT_PRECISION, DEFAULT_THRESHOLD, FLOAT_INPUT, OFFICIAL_RESIZE, PRECISIONS, RunSpec,
+                            rebuild_command, require_at_least, require_choice)
 from mlic_edge.runtime.engines.manifest import find_engines, read_manifest
 
 TRITON_PLATFORMS = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
@@ -75,7 +75,7 @@ def nvinfer_normalisation(mean: Sequence[float], std: Sequence[float]) -> Nvinfe
                                 max_relative_error=max(abs(r - 1.0) for r in ratios), max_abs_error=worst_abs)
 
 
-def write_triton_repository(run: RunDir, out: Path, *, precision: str = "fp32", platform: str = "onnx",
+def write_triton_repository(run: RunDir, out: Path, *, precision: str = DEFAULT_PRECISION, platform: str = "onnx",
                             model_name: str | None = None, max_batch_size: int | None = None,
                             preferred_batch_sizes: Sequence[int] | None = None, streams: int = 1,
                             batch_timeout_ms: float = 0.0, instances: int = 1, device: str = "gpu",
@@ -139,10 +139,10 @@ def write_triton_repository(run: RunDir, out: Path, *, precision: str = "fp32", 
     return out / name
 
 
-def write_deepstream_config(run: RunDir, out: Path, *, precision: str = "fp32", mode: str = "secondary",
+def write_deepstream_config(run: RunDir, out: Path, *, precision: str = DEFAULT_PRECISION, mode: str = "secondary",
                             engine: Path | None = None, gie_unique_id: int = 2, operate_on_gie_id: int = 1,
                             batch_size: int | None = None, streams: int = 1, batch_timeout_ms: float = 0.0,
-                            classifier_threshold: float = 0.5) -> Path:
+                            classifier_threshold: float = DEFAULT_THRESHOLD) -> Path:
     """Write ``out/config_infer_<mode>.txt`` for Gst-nvinfer, with ``labels.txt`` and the model files beside it,
     and ``out/deepstream_app_<mode>.txt``: the deepstream-app groups (nvstreammux, the GIE) that run it on
     ``streams`` sources. Returns the nvinfer config.

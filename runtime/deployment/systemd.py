@@ -21,7 +21,7 @@ from mlic_edge.io import atomic_path, require_writable
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.inference.backends import registry as backend_registry
 from mlic_edge.runtime.inference.streams import STREAM_FIELD, StreamSpec, output_paths, parse_streams
-from mlic_edge.spec import rebuild_command, require_at_least, require_fraction, require_seconds
+from mlic_edge.spec import DEFAULT_BACKEND, rebuild_command, require_at_least, require_fraction, require_seconds
 
 UNIT_DIR = Path("/etc/systemd/system")
 LOGROTATE_DIR = Path("/etc/logrotate.d")
@@ -56,7 +56,7 @@ class ServiceSpec:
     out_dir: Path
     name: str = "mlic-edge"
     sources: tuple[str, ...] = ("csi://0",)  # NAME=SOURCE names a stream (its records and file)
-    backend: str = "auto"
+    backend: str = DEFAULT_BACKEND
     precision: str = "fp16"
     rotate_mb: int = 50
     keep: int = 10

@@ -17,7 +17,7 @@ from mlic_edge.console import warn
 from mlic_edge.errors import BuildError
 from mlic_edge.io import atomic_files, atomic_path, json_text, require_writable, sha256_file
 from mlic_edge.runtime.engines.gpu import GpuInfo
-from mlic_edge.spec import PRECISIONS, require_choice
+from mlic_edge.spec import DEFAULT_PRECISION, PRECISIONS, require_choice
 from mlic_edge.runtime.engines.api import HARDWARE_COMPATIBILITY_LEVELS, Capabilities, TensorRT
 from mlic_edge.runtime.engines.manifest import (MANIFEST_FORMAT, engine_paths, engine_target_name,
                                                  timing_cache_path)
@@ -32,7 +32,7 @@ ProgressCallback = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class BuildOptions:
-    precision: str = "fp32"
+    precision: str = DEFAULT_PRECISION
     batch: tuple[int, int, int] | None = None  # (min, opt, max) of the profile; None: DEFAULT_BATCH (DLA: 1,1,1)
     workspace_mb: int | None = None  # None: TensorRT's default (all device memory)
     dla_core: int | None = None  # Jetson DLA core, with GPU fallback for layers DLA cannot run

@@ -30,7 +30,7 @@ from mlic_edge.data.images import read_image, spec_input
 from mlic_edge.errors import BackendError, MlicError
 from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
 from mlic_edge.runtime.inference.postprocess import Postprocessor, Result
-from mlic_edge.spec import ModelSpec, require_at_least, require_fraction
+from mlic_edge.spec import DEFAULT_THRESHOLD, ModelSpec, require_at_least, require_fraction
 
 DEFAULT_CHUNK = 16
 """Images per inference when ``predict`` gets a long list and the backend takes any batch (dynamic ONNX)."""
@@ -68,7 +68,7 @@ class Classifier:
     ``threshold``: one value or one per label (``read_thresholds``); ``top_k``: how many best labels a result's
     ``top_k()`` and record list. The classifier owns ``backend`` and releases it in ``close`` (or the ``with``)."""
 
-    def __init__(self, backend: Backend, spec: ModelSpec, *, threshold: float | np.ndarray = 0.5,
+    def __init__(self, backend: Backend, spec: ModelSpec, *, threshold: float | np.ndarray = DEFAULT_THRESHOLD,
                  top_k: int = 5) -> None:
         self.backend = backend
         self.spec = spec

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mlic_edge.errors import DataError, MlicError
-from mlic_edge.spec import BROKEN_GRAPH_HINT, require_finite
+from mlic_edge.spec import BROKEN_GRAPH_HINT, DEFAULT_THRESHOLD, require_finite
 
 MAX_TRACKED_SOURCES = 256
 """Streams whose smoothing / last label set are remembered; older keys are forgotten (a folder run stays bounded)."""
@@ -45,7 +45,7 @@ def _entry(labels: Sequence[str], scores: np.ndarray, index: int) -> dict[str, A
     return {"label": labels[index], "score": round(float(scores[index]), 5)}
 
 
-def read_thresholds(path: Path, labels: list[str], default: float = 0.5) -> np.ndarray:
+def read_thresholds(path: Path, labels: list[str], default: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """Per-class thresholds from JSON ``{"label": t}`` or CSV/TXT ``label,threshold`` lines (``#`` comments and a
     ``label,threshold`` header allowed). Labels the file does not name get ``default`` (the ``--threshold``)."""
     path = Path(path)
@@ -187,7 +187,7 @@ class Postprocessor:
     Without smoothing or only-changes it keeps no state, so threads may share it.
     """
 
-    def __init__(self, labels: list[str], *, threshold: float | np.ndarray = 0.5, top_k: int = 5,
+    def __init__(self, labels: list[str], *, threshold: float | np.ndarray = DEFAULT_THRESHOLD, top_k: int = 5,
                  smoothing: float = 0.0, only_changes: bool = False) -> None:
         threshold = np.asarray(threshold, dtype=np.float32)
         if threshold.ndim not in (0, 1) or (threshold.ndim == 1 and threshold.shape != (len(labels),)):

@@ -7,10 +7,10 @@ from mlic_edge.errors import BackendError
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
 from mlic_edge.runtime.inference.backends.registry import OpenOptions, get_backend, resolve_auto
-from mlic_edge.spec import INT8_GRAPHS, PRECISIONS, require_choice
+from mlic_edge.spec import DEFAULT_DEVICE, DEFAULT_PRECISION, INT8_GRAPHS, PRECISIONS, require_choice
 
 
-def create_backend(name: str, run: RunDir, precision: str = "fp32", device: str = "auto",
+def create_backend(name: str, run: RunDir, precision: str = DEFAULT_PRECISION, device: str = DEFAULT_DEVICE,
                    cuda_graph: bool = False, graph: str = "auto", threads: int | None = None,
                    fp16_fallback: bool = False) -> Backend:
     """Open backend ``name`` for the run's ``precision``; ``cuda_graph`` (TensorRT only) replays a captured CUDA

@@ -9,7 +9,7 @@ from mlic_edge.errors import BackendError
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
 from mlic_edge.runtime.inference.backends.registry import OpenOptions, package_installed, register_backend
-from mlic_edge.spec import rebuild_command
+from mlic_edge.spec import DEFAULT_PRECISION, rebuild_command
 
 if TYPE_CHECKING:  # the registry imports this module to list it (every --help): numpy loads when a backend opens
     import numpy as np
@@ -53,7 +53,7 @@ def available_devices() -> list[str]:
 
 
 class OnnxRuntimeBackend(Backend):
-    def __init__(self, onnx_path: Path, device: str = "cpu", precision: str = "fp32", threads: int = 0,
+    def __init__(self, onnx_path: Path, device: str = "cpu", precision: str = DEFAULT_PRECISION, threads: int = 0,
                  graph: str | None = None, spinning: bool = True) -> None:
         """``threads``: intra-op threads (0: ONNX Runtime's default, one per core); ``spinning``: whether idle
         intra-op threads spin-wait for work (fast when they own their cores, a thief when the decoder shares them).

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from mlic_edge.errors import BackendError
-from mlic_edge.spec import require_choice
+from mlic_edge.spec import DEFAULT_DEVICE, DEFAULT_PRECISION, require_choice
 
 if TYPE_CHECKING:
     from mlic_edge.rundir import RunDir
@@ -150,7 +150,7 @@ def _auto_order() -> tuple[str, ...]:
     return tuple(entry.name for entry in list_backends() if entry.auto_order is not None)
 
 
-def resolve_auto(device: str = "auto", run: RunDir | None = None, precision: str = "fp32") -> tuple[str, str]:
+def resolve_auto(device: str = DEFAULT_DEVICE, run: RunDir | None = None, precision: str = DEFAULT_PRECISION) -> tuple[str, str]:
     """(backend, device) that ``--backend auto`` would use on this machine: the first backend in auto's order that is
     installed and can run the run here (an engine backend only where the run has an engine of the precision and the
     device may be a GPU). A backend passed over where a user would expect it says why, so the choice is never
