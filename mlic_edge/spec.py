@@ -207,12 +207,6 @@ class DatasetSection(RunSection):
         """How the run treats VOC's difficult objects ("ignore" where run.json does not say)."""
         return self.difficult or "ignore"
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """Temporary: the section read as the dict it was, for mlic_edge/commands/build.py until its restructuring
-        reads the attributes (tests/test_spec.py allows it there only)."""
-        value = getattr(self, key, None) if key != "extra" else None
-        return self.extra.get(key, default) if value is None else value
-
 
 @dataclass(frozen=True)
 class RecipeSection(RunSection):

@@ -190,13 +190,9 @@ def test_the_string_key_check_finds_each_kind_of_read():
                             "z = report['reference']") == []
 
 
-# Temporary: these still read run.json by key, and their restructuring (another change under way) removes the reads.
-STRING_KEY_READS_ALLOWED = {"mlic_edge/commands/build.py"}
-
-
 def test_run_json_is_read_through_runspec_only():
     """Every stage reads run.json typed (RunSpec and its sections, mlic_edge/spec.py), never by a text key."""
     found = [f"{path.relative_to(ROOT)}:{line}" for folder in STAGE_FOLDERS
              for path in sorted((ROOT / folder).rglob("*.py")) if path != ROOT / "mlic_edge" / "spec.py"
              for line in string_key_reads(path.read_text())]
-    assert [entry for entry in found if entry.split(":")[0] not in STRING_KEY_READS_ALLOWED] == []
+    assert found == []

@@ -319,7 +319,7 @@ def _fine_tune(run: RunDir, spec: RunSpec, request: BuildRequest, plan: Int8Plan
     the fine-tuning (qat.pt, run.json's qat, reports/qat.md) and the earlier int8 builds are marked superseded."""
     import tempfile
 
-    from mlic_edge.commands.qat import export_qat_graph, qat_blocker, stage_qat
+    from mlic_edge.commands.qat import export_qat_graph, qat_blocker, record_qat
     from mlic_edge.train.config import QAT_WORKERS
     from mlic_edge.train.qat import quantization_aware_finetune
 
@@ -344,10 +344,10 @@ def _fine_tune(run: RunDir, spec: RunSpec, request: BuildRequest, plan: Int8Plan
         ptq_eval = evaluate_or_warn(run, "int8", lambda *_: None, staged) if request.evaluate else None
         plan.adopt_fine_tuned(trial, graph, result.epochs)
     by = "build -p int8 (quantization-aware fine-tuning)"
-    section = stage_qat(run, result, change, dequantized, ptq_eval, by=by, evaluate=request.evaluate)
+    section = record_qat(run, result, change, dequantized, ptq_eval, by=by, evaluate=request.evaluate)
     stage_int8_superseded(run, change, by)  # this build's own entry replaces its mark
-    plan.record_fine_tuning({key: section[key] for key in ("epochs", "lr", "target", "seconds", "device")},
-                            section["accuracy"])
+    plan.record_fine_tuning({"epochs": section.epochs, "lr": section.lr, "target": section.target,
+                             "seconds": section.seconds, "device": section.device}, section.accuracy)
 
 
 def _training_images(run_spec: RunSpec, request: BuildRequest, *, required: bool):
@@ -355,9 +355,9 @@ def _training_images(run_spec: RunSpec, request: BuildRequest, *, required: bool
     is absent and not required (an int8 rebuild on a device reuses its calibration record)."""
     from mlic_edge.data import open_dataset
 
-    dataset_meta = run_spec.dataset or {}
-    spec = request.calib_data or dataset_meta.get("spec")
-    split = None if request.calib_data else dataset_meta.get("train_split")
+    recorded = run_spec.dataset_record
+    spec = request.calib_data or recorded.spec
+    split = None if request.calib_data else recorded.train_split
     try:
         if not spec:
             raise CalibrationError("run.json names no dataset", hint="pass --calib-data DATA")

@@ -43,13 +43,6 @@ def export_qat_graph(result: "QatResult", spec: "RunSpec", fp32: Path, path: Pat
                           int8_source="qat")
 
 
-def stage_qat(run: "RunDir", result: "QatResult", change: "RunChange", dequantized: int,
-              ptq: dict[str, Any] | None, by: str, evaluate: bool = True) -> dict[str, Any]:
-    """``record_qat``'s section as run.json holds it. Temporary: for mlic_edge/commands/build.py, which reads it by
-    key until its restructuring takes the QatSection."""
-    return record_qat(run, result, change, dequantized, ptq, by, evaluate).to_json()
-
-
 def record_qat(run: "RunDir", result: "QatResult", change: "RunChange", dequantized: int,
                ptq: dict[str, Any] | None, by: str, evaluate: bool = True) -> "QatSection":
     """Record in ``change`` the quantization-aware graph already staged as model.int8.onnx: qat.pt, run.json's
