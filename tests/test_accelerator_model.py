@@ -5,6 +5,7 @@ backends that share it never overlap, as they would not on one GPU)."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,8 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def accelerator():
     spec = importlib.util.spec_from_file_location("accelerator", ROOT / "benchmarks" / "accelerator.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through it
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
 
 
 def test_the_timing_is_the_line_through_the_two_published_batch_sizes(accelerator):
