@@ -207,8 +207,7 @@ class Run:
     def parity(self, *, check: bool = False, **request: Any) -> dict[str, Any]:
         """Every precision and backend present against the reference; ``check`` raises ParityError past a
         tolerance (the CLI's exit 3). ``request``: ParityRequest fields."""
-        from mlic_edge.commands.parity import ParityRequest, parity
-        from mlic_edge.runtime.checks.parity import check_parity
+        from mlic_edge.commands.parity import ParityRequest, check_parity, parity
 
         report = parity(self.dir, _request(ParityRequest, request))
         if check:
@@ -260,7 +259,7 @@ def load(run_or_bundle: str | Path, **request: Any) -> "Classifier":
     """
     path = Path(run_or_bundle)
     if path.is_file() and path.name.endswith(".tar.gz"):
-        from mlic_edge.runtime.deployment.bundle import unpack
+        from mlic_edge.commands.pack import unpack
 
         return Run(unpack(path).path).classifier(**request)
     if not path.exists() and len(path.parts) == 1:
@@ -273,7 +272,7 @@ def load(run_or_bundle: str | Path, **request: Any) -> "Classifier":
 def synth(out: str | Path, **config: Any) -> dict[str, Any]:
     """``data synth``: a deterministic synthetic multi-label dataset in VOC layout under ``out``; returns its
     summary. ``config``: SynthConfig fields (classes, images, size, seed, long_tail, video, ...)."""
-    from mlic_edge.data.synth import SynthConfig, generate
+    from mlic_edge.commands.data import SynthConfig, synth as generate
 
     return generate(Path(out), _request(SynthConfig, config))
 

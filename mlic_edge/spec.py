@@ -541,6 +541,52 @@ def split_items(option: str, text: str, item_type: type = str) -> list[Any]:
                         hint=f"for example {option} {example}") from None
 
 
+def parse_key_values(pairs: list[str], option: str) -> dict[str, Any]:
+    """KEY=VALUE options (``--loss-kwargs``, ``--model-kwargs``): ['gamma_neg=4', 'batchformer=false'] ->
+    {'gamma_neg': 4, 'batchformer': False}; values are Python literals, true/false, else text."""
+    import ast
+
+    from mlic_edge.errors import MlicError
+
+    parsed = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise MlicError(f"{option} {pair!r} is not KEY=VALUE", hint=f"for example {option} gamma_neg=4")
+        lowered = text.strip().lower()
+        if lowered in ("true", "false"):
+            value = lowered == "true"
+        else:
+            try:
+                value = ast.literal_eval(text.strip())
+            except (ValueError, SyntaxError):
+                value = text.strip()
+        parsed[key.strip().replace("-", "_")] = value
+    return parsed
+
+
+def parse_per_precision(pairs: list[str], option: str, example: str, unit: str = "VALUE",
+                   upper: float | None = None) -> dict[str, float]:
+    """PRECISION=VALUE options (parity's limits): ['int8=2', 'fp16=0.8'] -> {'int8': 2.0, 'fp16': 0.8}; each value
+    finite and >= 0 (and <= ``upper``)."""
+    from mlic_edge.errors import MlicError
+
+    parsed = {}
+    for pair in pairs:
+        precision, sep, text = pair.partition("=")
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not sep or precision not in PRECISIONS or not math.isfinite(value) or value < 0 or (
+                upper is not None and value > upper):
+            limit = f" between 0 and {upper:g}" if upper is not None else " (finite, >= 0)"
+            raise MlicError(f"{option} {pair!r} is not PRECISION={unit}{limit}",
+                            hint=f"for example {option} {example} (precisions: {', '.join(PRECISIONS)})")
+        parsed[precision] = value
+    return parsed
+
+
 def require_finite(what: str, values: Any, *, error: type[Exception] | None = None,
                    hint: str = "every score and limit must be a number: find what produced this one",
                    at: Callable[[tuple[int, ...]], str] | None = None) -> Any:

@@ -44,13 +44,14 @@ def staged(tmp_path_factory) -> Path:
 def test_import_contracts_are_kept(staged):
     result = _lint(staged)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "4 kept, 0 broken" in result.stdout
+    assert "5 kept, 0 broken" in result.stdout
 
 
 def test_a_broken_contract_fails(staged, tmp_path):
-    """The gate bites: calibration importing torch or a command (the int8 plan decides below the commands), or
-    engines importing the checks, is reported."""
+    """The gate bites: calibration importing torch or a command (the int8 plan decides below the commands),
+    engines importing the checks, or the CLI reaching past the commands into a stage, is reported."""
     copy = _staged(tmp_path)
+    (copy / "mlic_edge" / "cli" / "probe.py").write_text("import mlic_edge.runtime.inference.latency\n")
     (copy / "mlic_edge" / "calibration" / "probe.py").write_text("import torch\n")
     (copy / "mlic_edge" / "calibration" / "command_probe.py").write_text("import mlic_edge.commands.build\n")
     (copy / "mlic_edge" / "runtime" / "engines" / "probe.py").write_text("import mlic_edge.runtime.checks.parity\n")
@@ -59,3 +60,4 @@ def test_a_broken_contract_fails(staged, tmp_path):
     assert "mlic_edge.calibration.probe -> torch" in result.stdout
     assert "mlic_edge.calibration.command_probe -> mlic_edge.commands.build" in result.stdout
     assert "mlic_edge.runtime.engines.probe -> mlic_edge.runtime.checks.parity" in result.stdout
+    assert "mlic_edge.cli.probe -> mlic_edge.runtime.inference.latency" in result.stdout

@@ -25,11 +25,11 @@ from mlic_edge.commands.parity import ParityRequest
 from mlic_edge.commands.predict import PredictRequest
 from mlic_edge.commands.service import ServiceRequest, UninstallRequest
 from mlic_edge.commands.serving import DeepStreamRequest, TritonRequest
-from mlic_edge.commands.train import QatRequest
+from mlic_edge.commands.train import QatRequest, TrainConfig
 from mlic_edge.errors import EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, Interrupted, MlicError
-from mlic_edge.train.config import TrainConfig
 from mlic_edge.spec import (DEFAULT_LABELSET_FLOOR, DEFAULT_MAX_SCORE_DIFF, DEFAULT_TOLERANCE_POINTS, PRECISIONS,
-                            RESIZE_MODES, per_precision_text, require_seconds, split_items)
+                            RESIZE_MODES, parse_key_values, parse_per_precision, per_precision_text, require_seconds,
+                            split_items)
 
 EPILOG_STYLE = "markdown"
 
@@ -127,27 +127,6 @@ def _emit_json(data: object) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def _parse_kwargs(pairs: list[str], option: str) -> dict:
-    """['gamma_neg=4', 'batchformer=false'] -> {'gamma_neg': 4, 'batchformer': False}."""
-    import ast
-
-    parsed = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key.strip():
-            raise MlicError(f"{option} {pair!r} is not KEY=VALUE", hint=f"for example {option} gamma_neg=4")
-        lowered = text.strip().lower()
-        if lowered in ("true", "false"):
-            value = lowered == "true"
-        else:
-            try:
-                value = ast.literal_eval(text.strip())
-            except (ValueError, SyntaxError):
-                value = text.strip()
-        parsed[key.strip().replace("-", "_")] = value
-    return parsed
-
-
 def _run_dir(run: Optional[Path], model: Optional[str]):
     from mlic_edge.rundir import RunDir
 
@@ -167,14 +146,13 @@ def data_synth(
     json_out: bool = JsonOpt,
 ) -> None:
     """Generate a deterministic synthetic multi-label dataset with label co-occurrence rules."""
+    from mlic_edge.commands.data import SynthConfig, synth
     from mlic_edge.console import info, progress_bar
-    from mlic_edge.data.synth import SynthConfig, generate
 
     config = SynthConfig(classes=classes, images=images, size=size, seed=seed, long_tail=long_tail, video=video)
     with progress_bar(transient=True) as progress:
         task = progress.add_task("synth", total=images, status="")
-        summary = generate(out, config, progress=lambda done, total: progress.update(task, completed=done,
-                                                                                     total=total))
+        summary = synth(out, config, progress=lambda done, total: progress.update(task, completed=done, total=total))
     if json_out:
         _emit_json(summary)
     else:
@@ -191,15 +169,14 @@ def data_stats(
     json_out: bool = JsonOpt,
 ) -> None:
     """Images, labels per image, per-class counts with head/middle/tail groups, co-occurrence heatmap."""
-    from mlic_edge.commands.data import StatsRequest, data_stats as describe
+    from mlic_edge.commands.data import StatsRequest, data_stats as describe, stats_table
     from mlic_edge.console import info, show
-    from mlic_edge.data.stats import format_stats_table
 
     stats = describe(data, StatsRequest(split=split, heatmap=heatmap))
     if json_out:
         _emit_json(stats)
         return
-    show(format_stats_table(stats))
+    show(stats_table(stats))
     info(f"{stats['images']} images, {stats['labels_per_image']['mean']:.2f} labels per image; "
          f"co-occurrence heatmap: {stats['heatmap']}")
 
@@ -345,8 +322,9 @@ def train(
                          img_size=img_size, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
                          resize=resize, grad_clip=grad_clip, ema_decay=ema_decay,
                          warmup_epochs=warmup_epochs, weight_decay=weight_decay, loss=loss, crop_scale=crop_scale,
-                         loss_options=_parse_kwargs(loss_kwargs, "--loss-kwargs"),
-                         model_options=_parse_kwargs(model_kwargs, "--model-kwargs"), sampler=sampler, stages=stages,
+                         loss_options=parse_key_values(loss_kwargs, "--loss-kwargs"),
+                         model_options=parse_key_values(model_kwargs, "--model-kwargs"), sampler=sampler,
+                         stages=stages,
                          label_vectors=str(label_vectors) if label_vectors else None, trust_pickle=trust_pickle,
                          pretrained=pretrained,
                          pretrained_file=str(pretrained_file) if pretrained_file else None,
@@ -364,14 +342,8 @@ def train(
 def _train_qat(request: QatRequest, json_out: bool) -> None:
     from mlic_edge.commands.train import train_qat
 
-    run, epochs = request.run, request.epochs
-    if run is None:
-        raise MlicError("--qat fine-tunes a trained run: --run DIR is missing",
-                        hint="mlic-edge train --qat --run runs/NAME --epochs 2")
-    if epochs is None:
-        raise MlicError("--qat needs --epochs (a few: about a tenth of the original training)",
-                        hint=f"mlic-edge train --qat --run {run} --epochs 2")
-    section = train_qat(request)
+    section = train_qat(request)  # an incomplete request (no --run, no --epochs) is refused there, in one line
+    run = request.run
     if json_out:
         _emit_json(section)
     else:
@@ -588,7 +560,7 @@ def build(
                            hardware_compatibility=hardware_compatibility, evaluate=evaluate,
                            requantize=requantize)
     if bundle is not None:
-        from mlic_edge.runtime.deployment.bundle import unpack
+        from mlic_edge.commands.pack import unpack
 
         if run or model:
             raise MlicError("--bundle unpacks into its own run directory", hint="use --out DIR, not --run/--model")
@@ -697,12 +669,10 @@ def run_command(
     the others run on, and the exit status is 2 if any stream ended in error."""
     import threading
 
-    from mlic_edge.commands.predict import (PredictOutputs, PredictRequest, describe_backend, predict_to_outputs,
-                                            require_streams_ok)
+    from mlic_edge.commands.predict import (PredictOutputs, PredictRequest, parse_sources, predict_to_outputs,
+                                            require_streams_ok, summary_tables)
     from mlic_edge.console import info, show as show_table  # "show" is the --show option here
     from mlic_edge.stops import finish_on_signals
-    from mlic_edge.runtime.inference.latency import LatencyRecorder, PeriodicStats, latency_table, streams_table
-    from mlic_edge.runtime.inference.streams import parse_streams
 
     request = PredictRequest(backend=backend, precision=precision, device=device, batch=batch,
                              batch_timeout_ms=batch_timeout, threshold=threshold, thresholds=thresholds, top_k=top_k,
@@ -711,13 +681,13 @@ def run_command(
                              max_reconnects=max_reconnects, cuda_graph=cuda_graph, threads=threads,
                              fp16_fallback=fp16_fallback)
     request.check()
-    streams = parse_streams(source or [], sources_file)
+    streams = parse_sources(source or [], sources_file)
     if stats_every is not None:
         require_seconds("--stats-every", stats_every)
     run_dir = _run_dir(run, model)
     outputs = PredictOutputs(out=out, csv=csv_out, save_video=save_video, stats_json=stats_json, append=append,
                              show=show)
-    latency, stop = LatencyRecorder(), threading.Event()
+    stop = threading.Event()
 
     def opened(pairs, classifier):
         budget = classifier.backend.thread_budget
@@ -725,13 +695,11 @@ def run_command(
                 f"{len(pairs)} streams ({', '.join(f'{stream.name}: {frames.kind}' for stream, frames in pairs)})")
         info(f"{what} → {classifier.info.describe()}" + (f"; {budget.describe()}" if budget is not None else ""))
 
-    periodic = PeriodicStats(latency, stats_every, lambda line: info(line)) if stats_every else None
     with finish_on_signals(stop) as signalled:
-        summary = predict_to_outputs(run_dir, streams, request, outputs, on_open=opened, stop=stop, latency=latency,
-                                     on_tick=periodic.maybe_emit if periodic else None)
-    show_table(latency_table(summary, f"latency per frame ({describe_backend(summary)})"), stderr=True)
-    if len(streams) > 1:
-        show_table(streams_table(summary), stderr=True)
+        summary = predict_to_outputs(run_dir, streams, request, outputs, on_open=opened, stop=stop,
+                                     stats_every=stats_every, on_stats=info)
+    for table in summary_tables(summary):
+        show_table(table, stderr=True)
     if json_out:
         sys.stdout.write(json.dumps(summary) + "\n")
     if summary["stopped"] and not signalled:
@@ -774,7 +742,7 @@ def bench(
     """Backend alone (like trtexec), the whole pipeline and a naive loop on a generated video, in interleaved rounds."""
     from mlic_edge.commands.bench import BenchRequest, bench as run_bench
     from mlic_edge.console import info, show
-    from mlic_edge.runtime.checks.bench import bench_table
+    from mlic_edge.commands.bench import bench_table
 
     try:
         batches = tuple(int(part) for part in batch.split(","))
@@ -794,27 +762,6 @@ def bench(
 
 
 # --------------------------------------------------------------------------------------------------- parity
-def _per_precision(pairs: list[str], option: str, example: str, unit: str = "VALUE",
-                   upper: float | None = None) -> dict[str, float]:
-    """['int8=2', 'fp16=0.8'] -> {'int8': 2.0, 'fp16': 0.8}; each value finite and >= 0 (and <= ``upper``)."""
-    import math
-
-    parsed = {}
-    for pair in pairs:
-        precision, sep, text = pair.partition("=")
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not sep or precision not in PRECISIONS or not math.isfinite(value) or value < 0 or (
-                upper is not None and value > upper):
-            limit = f" between 0 and {upper:g}" if upper is not None else " (finite, >= 0)"
-            raise MlicError(f"{option} {pair!r} is not PRECISION={unit}{limit}",
-                            hint=f"for example {option} {example} (precisions: {', '.join(PRECISIONS)})")
-        parsed[precision] = value
-    return parsed
-
-
 @app.command(epilog="Examples: `mlic-edge parity -m baseline` (every precision and backend present), "
                     "`mlic-edge parity -r runs/msrn -p int8 --tolerance int8=1.0 --json`")
 def parity(
@@ -843,14 +790,15 @@ def parity(
     """Compare every backend and precision with the PyTorch reference on the eval split; exit 3 past a tolerance.
 
     Needs only reference.npz and the dataset, not PyTorch: it runs on the device."""
-    from mlic_edge.commands.parity import ParityRequest, parity as run_parity
+    from mlic_edge.commands.parity import ParityRequest, check_parity, parity as run_parity, parity_table
     from mlic_edge.console import progress_bar, show, warn
-    from mlic_edge.runtime.checks.parity import check_parity, parity_table
 
     request = ParityRequest(data=data, backends=tuple(backend), precisions=tuple(precision), device=device,
-                            threshold=threshold, tolerances=_per_precision(tolerance, "--tolerance", "int8=2.0", "POINTS"),
-                            labelset_floors=_per_precision(min_same, "--min-same", "int8=0.95", "FRACTION", upper=1.0),
-                            max_score_diffs=_per_precision(max_diff, "--max-diff", "fp32=0.001"),
+                            threshold=threshold,
+                            tolerances=parse_per_precision(tolerance, "--tolerance", "int8=2.0", "POINTS"),
+                            labelset_floors=parse_per_precision(min_same, "--min-same", "int8=0.95", "FRACTION",
+                                                                upper=1.0),
+                            max_score_diffs=parse_per_precision(max_diff, "--max-diff", "fp32=0.001"),
                             batch_size=batch_size)
     run_dir = _run_dir(run, model)
     with progress_bar(transient=True) as progress:
@@ -884,7 +832,7 @@ def pack(
     preprocessing, and a manifest of sha256 hashes. No checkpoints, no engines (they are built on the device)."""
     from mlic_edge.commands.pack import pack as make_bundle
     from mlic_edge.console import info, progress_bar
-    from mlic_edge.runtime.checks.parity import figures_text
+    from mlic_edge.commands.parity import figures_text
 
     with progress_bar(transient=True) as progress:
         task = progress.add_task("pack", total=None, status="")
@@ -972,7 +920,7 @@ def export_deepstream(
     groups (nvstreammux, the GIE) that run it on --streams sources."""
     from mlic_edge.commands.serving import export_deepstream as write_config
     from mlic_edge.console import info
-    from mlic_edge.runtime.deployment.serving_configs import deepstream_app_name
+    from mlic_edge.commands.serving import deepstream_app_name
 
     path = write_config(_run_dir(run, model), out, DeepStreamRequest(
         precision=precision, mode=mode, engine=engine, gie_id=gie_id, operate_on_gie_id=operate_on_gie_id,
@@ -991,7 +939,7 @@ def doctor(
     / fail with the fix. Exit 1 when a check fails."""
     from mlic_edge.commands.doctor import doctor as run_doctor
     from mlic_edge.console import show
-    from mlic_edge.runtime.deployment.doctor import doctor_table
+    from mlic_edge.commands.doctor import doctor_table
 
     checks, summary = run_doctor(_run_dir(run, model).path if (run or model) else None)
     if json_out:
@@ -1043,7 +991,7 @@ def service_install(
     """Install and start the service (needs root): unit in /etc/systemd/system, rule in /etc/logrotate.d."""
     from mlic_edge.commands.service import install_service
     from mlic_edge.console import info
-    from mlic_edge.runtime.deployment.systemd import LOGROTATE_DIR
+    from mlic_edge.commands.service import LOGROTATE_DIR
 
     request = ServiceRequest(sources=tuple(source), backend=backend, precision=precision, out_dir=out_dir, name=name,
                              user=user, stats_every=stats_every, rotate_mb=rotate_mb, keep=keep, threshold=threshold,

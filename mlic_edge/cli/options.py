@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from mlic_edge.runtime.inference.backends import registry as backend_registry
+from mlic_edge.commands import backends as backend_registry
 from mlic_edge.spec import DEFAULT_BACKEND, DEFAULT_DEVICE, DEFAULT_PRECISION, PRECISIONS
 
 RunOpt = typer.Option(None, "--run", "-r", help="Run directory (default: runs/MODEL).", show_default=False)

@@ -63,3 +63,10 @@ def bench(run: RunDir, request: BenchRequest = BenchRequest(),
     write_json(run.reports / "bench.json", report)
     write_deploy_report(run)
     return report
+
+
+def bench_table(report: dict[str, Any]) -> Any:
+    """The rich table ``bench`` prints (runtime/checks/bench.py)."""
+    from mlic_edge.runtime.checks.bench import bench_table as table
+
+    return table(report)

@@ -1,11 +1,14 @@
 """`mlic-edge data stats` as a library: what a dataset holds (images, labels per image, per-class counts with
-head/middle/tail groups) and its label co-occurrence heatmap. ``data synth`` is ``mlic_edge.data.synth.generate``."""
+head/middle/tail groups) and its label co-occurrence heatmap. ``data synth`` is ``synth``
+(mlic_edge/data/synth.py generates)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from mlic_edge.data.synth import SynthConfig, generate
 
 
 @dataclass(frozen=True)
@@ -32,4 +35,18 @@ def data_stats(data: str, request: StatsRequest = StatsRequest()) -> dict[str, A
     return stats
 
 
-__all__ = ["StatsRequest", "data_stats"]
+def synth(out: Path, config: SynthConfig = SynthConfig(),
+          progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """``mlic-edge data synth``: the synthetic dataset ``config`` describes, written to ``out`` (VOC layout); its
+    summary."""
+    return generate(out, config, progress=progress)
+
+
+def stats_table(stats: dict[str, Any]) -> Any:
+    """The rich table ``data stats`` prints."""
+    from mlic_edge.data.stats import format_stats_table
+
+    return format_stats_table(stats)
+
+
+__all__ = ["StatsRequest", "SynthConfig", "data_stats", "stats_table", "synth"]

@@ -35,14 +35,12 @@ def demo(out: Path, request: DemoRequest = DemoRequest()) -> dict[str, Any]:
     measured."""
     from rich.rule import Rule
 
+    from mlic_edge.commands.data import SynthConfig, synth
     from mlic_edge.commands.export import export
-    from mlic_edge.commands.parity import ParityRequest, parity
-    from mlic_edge.commands.predict import PredictOutputs, PredictRequest, describe_backend, predict_to_outputs
-    from mlic_edge.data.synth import SynthConfig, generate
+    from mlic_edge.commands.parity import ParityRequest, check_parity, parity, parity_table
+    from mlic_edge.commands.predict import PredictOutputs, PredictRequest, predict_to_outputs, summary_tables
+    from mlic_edge.commands.train import TrainConfig, train
     from mlic_edge.rundir import RunDir
-    from mlic_edge.runtime.checks.parity import check_parity, parity_table
-    from mlic_edge.runtime.inference.latency import latency_table
-    from mlic_edge.train.trainer import TrainConfig, train
 
     started = time.monotonic()
     data_dir, run = out / "data", RunDir(out / "run")
@@ -52,8 +50,8 @@ def demo(out: Path, request: DemoRequest = DemoRequest()) -> dict[str, Any]:
     config.validate()  # before minutes of making data
 
     console.print(Rule("1/5 synthetic data"))
-    generate(data_dir, SynthConfig(classes=request.classes, images=request.images, size=request.size, seed=0,
-                                   video=True))
+    synth(data_dir, SynthConfig(classes=request.classes, images=request.images, size=request.size, seed=0,
+                                video=True))
     info(f"{request.images} images of {request.classes} classes with co-occurrence rules in {data_dir} (VOC layout) "
          "+ video.mp4")
 
@@ -71,7 +69,8 @@ def demo(out: Path, request: DemoRequest = DemoRequest()) -> dict[str, Any]:
                                  PredictRequest(backend="onnxruntime", device="cpu", top_k=3),
                                  PredictOutputs(out=predictions, save_video=out / "video_labeled.mp4"))
     device = summary["backend"]["device"]
-    show(latency_table(summary, f"latency per frame ({describe_backend(summary)})"), stderr=True)
+    for table in summary_tables(summary):
+        show(table, stderr=True)
     first = json.loads(predictions.read_text().splitlines()[0])
     info(f"frame 0: {', '.join(item['label'] for item in first['labels']) or '(no label over 0.5)'}; "
          f"all frames in {predictions}, labelled video in {out / 'video_labeled.mp4'}")

@@ -12,3 +12,10 @@ def doctor(run_path: Path | None = None) -> tuple[list[Any], dict[str, Any]]:
 
     checks = run_checks(run_path)
     return checks, summarize(checks)
+
+
+def doctor_table(checks: list[Any]) -> Any:
+    """The rich table ``doctor`` prints (runtime/deployment/doctor.py)."""
+    from mlic_edge.runtime.deployment.doctor import doctor_table as table
+
+    return table(checks)

@@ -67,3 +67,11 @@ def workstation_parity(run: RunDir, progress: Progress | None = None) -> dict[st
     if failed:
         warn(f"pack: {', '.join(failed)} fail parity here (reports/parity.md); packed anyway, and the bundle says so")
     return report
+
+
+def unpack(bundle: str | Path, out: str | Path | None = None) -> RunDir:
+    """A bundle unpacked into a run directory (default runs/NAME), every member's sha256 checked
+    (runtime/deployment/bundle.py)."""
+    from mlic_edge.runtime.deployment.bundle import unpack as unpack_bundle
+
+    return unpack_bundle(Path(bundle), Path(out) if out is not None else None)

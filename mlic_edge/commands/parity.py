@@ -97,3 +97,24 @@ def parity(run: RunDir, request: ParityRequest = ParityRequest(), progress: Prog
         staged.path(run.reports / "parity.md").write_text(parity_markdown(report))
     write_deploy_report(run)
     return report
+
+
+def parity_table(report: dict[str, Any]) -> Any:
+    """The rich table ``parity`` prints: each backend and precision against the reference."""
+    from mlic_edge.runtime.checks.parity import parity_table as table
+
+    return table(report)
+
+
+def check_parity(report: dict[str, Any]) -> None:
+    """Raise ParityError (exit 3) where a row of ``report`` is past its tolerance."""
+    from mlic_edge.runtime.checks.parity import check_parity as check
+
+    check(report)
+
+
+def figures_text(row: dict[str, Any]) -> str:
+    """One row's figures in one line ("ΔmAP …, identical label sets …")."""
+    from mlic_edge.runtime.checks.parity import figures_text as text
+
+    return text(row)

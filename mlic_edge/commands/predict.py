@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 from mlic_edge.rundir import RunDir
 from mlic_edge.spec import (DEFAULT_BACKEND, DEFAULT_DEVICE, DEFAULT_PRECISION, DEFAULT_THRESHOLD, require_at_least,
-                            require_fraction)
+                            require_fraction, require_seconds)
 
 ResultCallback = Callable[[Any, Any], None]  # (frame, Result)
 
@@ -141,20 +141,49 @@ def run_predict(run: RunDir, sources: Sources, request: PredictRequest = Predict
     return with_unopened(summary, streams, failed)
 
 
+def parse_sources(sources: list[str], sources_file: Path | None = None) -> list[Any]:
+    """The streams of a run (``StreamSpec``s) from SOURCE arguments and a ``--sources`` file
+    (runtime/inference/streams.py: NAME=SOURCE names one; repeated sources or names refused)."""
+    from mlic_edge.runtime.inference.streams import parse_streams
+
+    return parse_streams(sources, sources_file)
+
+
+def summary_tables(summary: dict[str, Any]) -> list[Any]:
+    """What ``run`` prints at the end: the latency per stage, and with several streams each stream's row."""
+    from mlic_edge.runtime.inference.latency import latency_table, streams_table
+
+    tables = [latency_table(summary, f"latency per frame ({describe_backend(summary)})")]
+    return tables + ([streams_table(summary)] if len(summary.get("streams", [])) > 1 else [])
+
+
 def predict_to_outputs(run: RunDir, sources: Sources, request: PredictRequest = PredictRequest(),
                        outputs: PredictOutputs = PredictOutputs(), *,
                        on_open: Callable[[list[Any], Any], None] | None = None, stop: threading.Event | None = None,
-                       latency: Any = None, on_tick: Callable[[], None] | None = None) -> dict[str, Any]:
+                       latency: Any = None, on_tick: Callable[[], None] | None = None,
+                       stats_every: float | None = None, on_stats: Callable[[str], None] | None = None,
+                       ) -> dict[str, Any]:
     """``run_predict`` writing every record to ``outputs`` (checked before any work: nothing onto an input, every
     path writable); with several streams a path holding ``{stream}`` is one file per stream, else one shared file
     whose records name their stream (a video needs the template). Each output is closed whole, also when stopped.
-    ``on_open(opened, classifier)`` is told once both are open. A window's q or Esc sets ``stop``."""
+    ``on_open(opened, classifier)`` is told once both are open. A window's q or Esc sets ``stop``.
+    ``stats_every``: hand ``on_stats`` a latency line every so many seconds (``run --stats-every``)."""
     from mlic_edge.io import write_json
+    from mlic_edge.runtime.inference.latency import LatencyRecorder, PeriodicStats
     from mlic_edge.runtime.inference.sinks import check_writable
     from mlic_edge.runtime.inference.streams import as_streams, output_paths
     from mlic_edge.stops import signals_deferred
 
     request.check()
+    if stats_every is not None:
+        require_seconds("--stats-every", stats_every)
+        latency = latency or LatencyRecorder()
+        periodic, then = PeriodicStats(latency, stats_every, on_stats or (lambda line: None)), on_tick
+
+        def on_tick() -> None:
+            periodic.maybe_emit()
+            if then is not None:
+                then()
     streams = as_streams(sources)
     names = [stream.name for stream in streams]
     output_paths(outputs.save_video, names, "--save-video", one_file=False)  # a video mixing streams: refused now

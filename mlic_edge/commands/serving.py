@@ -61,4 +61,11 @@ def export_deepstream(run: RunDir, out: Path, request: DeepStreamRequest = DeepS
                                    classifier_threshold=request.threshold)
 
 
-__all__ = ["DeepStreamRequest", "TritonRequest", "export_deepstream", "export_triton"]
+def deepstream_app_name(mode: str) -> str:
+    """The deepstream-app file written beside the nvinfer config (its muxer and GIE groups)."""
+    from mlic_edge.runtime.deployment.serving_configs import deepstream_app_name as name
+
+    return name(mode)
+
+
+__all__ = ["DeepStreamRequest", "TritonRequest", "deepstream_app_name", "export_deepstream", "export_triton"]

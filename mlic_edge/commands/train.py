@@ -62,8 +62,8 @@ def zoo_file_names() -> set[str]:
 class QatRequest:
     """``mlic-edge train --qat``: fine-tune the trained run in ``run`` with int8 fake quantization."""
 
-    run: Path
-    epochs: int
+    run: Path | None  # None only as the CLI parsed it: refused by validate
+    epochs: int | None
     lr: float | None = None  # None: the run's recipe lr × 0.01 (train/qat.py's LR_SCALE)
     calib_images: int = QAT_CALIB_IMAGES
     target: str = QAT_TARGETS[0]  # distill (the fp32 model's scores) | labels (the run's loss)
@@ -75,6 +75,12 @@ class QatRequest:
     def validate(self) -> None:
         from mlic_edge.errors import MlicError
 
+        if self.run is None:
+            raise MlicError("--qat fine-tunes a trained run: --run DIR is missing",
+                            hint="mlic-edge train --qat --run runs/NAME --epochs 2")
+        if self.epochs is None:
+            raise MlicError("--qat needs --epochs (a few: about a tenth of the original training)",
+                            hint=f"mlic-edge train --qat --run {self.run} --epochs 2")
         for ok, message in ((self.epochs >= 1, "--epochs must be at least 1"),
                             (self.lr is None or self.lr > 0, "--lr must be positive"),
                             (self.calib_images >= 1, "--calib-images must be at least 1"),
