@@ -550,7 +550,7 @@ def build(
     """Make the precision's ONNX (fp16 / int8 with calibration) and a TensorRT engine; report sizes and mAP. On a
     bundle's run, the graphs it shipped are deployed byte for byte (engines are built from them)."""
     from mlic_edge.console import info, progress_bar
-    from mlic_edge.commands.build import BuildRequest, build as run_build, check_request, parse_batch
+    from mlic_edge.commands.build import BuildRequest, build as run_build, parse_batch, unpack_to_build
 
     request = BuildRequest(precision=precision, backend=backend, calib_data=calib_data, calib_images=calib_images,
                            calib_method=calib_method, keep_fp=list(keep_fp), target_delta=target_delta,
@@ -560,12 +560,9 @@ def build(
                            hardware_compatibility=hardware_compatibility, evaluate=evaluate,
                            requantize=requantize)
     if bundle is not None:
-        from mlic_edge.commands.pack import unpack
-
         if run or model:
             raise MlicError("--bundle unpacks into its own run directory", hint="use --out DIR, not --run/--model")
-        check_request(request)  # a backend or option this machine cannot build is refused before unpacking
-        run_dir = unpack(bundle, bundle_out)
+        run_dir = unpack_to_build(bundle, request, bundle_out)
         info(f"unpacked {bundle} into {run_dir.path} (every file's sha256 checked)")
     elif bundle_out is not None:
         raise MlicError("--out is where --bundle unpacks", hint="pass --bundle FILE, or --run DIR to build a run")

@@ -85,6 +85,16 @@ def check_request(request: BuildRequest) -> tuple[str, Any]:
     return backend, trt
 
 
+def unpack_to_build(bundle: Path, request: BuildRequest, out: Path | None = None) -> RunDir:
+    """``build --bundle``: the bundle unpacked into its run directory (default runs/NAME, every member's sha256
+    checked), once ``request`` is known to be buildable here (a backend or option this machine lacks is refused
+    before anything is unpacked)."""
+    from mlic_edge.commands.pack import unpack
+
+    check_request(request)
+    return unpack(bundle, out)
+
+
 def parse_batch(text: str) -> tuple[int, int, int]:
     """'1,4,8' -> (1, 4, 8); '8' -> (1, 8, 8)."""
     try:
