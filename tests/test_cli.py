@@ -107,6 +107,19 @@ def test_bad_input_is_one_line_and_non_zero(capsys, args, fragments):
     assert_one_line_error(invoke(capsys, *args), *fragments)
 
 
+def test_data_synth_options_default_to_synth_configs():
+    """The one place the CLI repeats a request's defaults (docs/design.md, "Commands as a library"): kept equal."""
+    import typer
+
+    from mlic_edge.cli.app import app
+    from mlic_edge.data.synth import SynthConfig
+
+    synth = typer.main.get_command(app).commands["data"].commands["synth"]
+    defaults = {param.name: param.default for param in synth.params if param.name in ("classes", "images", "size",
+                                                                                     "seed")}
+    assert defaults == {name: getattr(SynthConfig, name) for name in defaults} and len(defaults) == 4
+
+
 def test_empty_folder_and_empty_split(capsys, tmp_path, trained_run, synth_data):
     empty = tmp_path / "empty"
     empty.mkdir()
