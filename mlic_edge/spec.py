@@ -146,14 +146,9 @@ class ModelSpec:
         return rng.standard_normal((batch, 3, self.img_size, self.img_size)).astype(np.float32)
 
     @property
-    def input_preprocessing(self) -> Preprocessing:
-        """How to feed the model, as one typed value."""
+    def preprocessing(self) -> Preprocessing:
+        """How to feed the model, as one typed value (``as_dict()`` where an engine manifest or bundle records it)."""
         return Preprocessing(self.img_size, tuple(self.mean), tuple(self.std), self.resize, self.input_format)
-
-    @property
-    def preprocessing(self) -> dict[str, Any]:
-        """What a runtime needs to feed the model (the engine manifests and bundles record it)."""
-        return self.input_preprocessing.as_dict()
 
 
 GRAPH_HASHES = "onnx_sha256"  # run.json: {file name: sha256} of every ONNX a transaction put in the run folder

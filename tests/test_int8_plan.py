@@ -21,9 +21,8 @@ def _fixed_timer(graphs, batches, rounds):
 def test_the_plan_makes_both_graphs_and_says_why_layers_stay_float(run_copy):
     run = RunDir(run_copy)
     spec = run.spec()
-    preprocessing = spec.input_preprocessing
+    preprocessing = spec.preprocessing
     assert preprocessing == Preprocessing(spec.img_size, spec.mean, spec.std, spec.resize, spec.input_format)
-    assert preprocessing.as_dict() == spec.preprocessing
     dataset = open_dataset(spec.dataset.spec, role="train", split=spec.dataset.train_split, labels=spec.labels)
     inputs = Int8Inputs(target=AccuracyTarget(0.0, 1.0), calib_images=32, holdout_images=32, max_fp_layers=2,
                         fine_tune_epochs=0, cpu=CpuTarget(False, "a test CPU", _fixed_timer))

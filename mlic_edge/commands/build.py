@@ -236,7 +236,7 @@ def _make_fp16(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
         return run.onnx("fp16"), reusable
     calibration = select_calibration_set(_training_images(spec, request, required=True),
                                          min(request.calib_images, FP16_MEASURE_IMAGES))
-    inputs = first_images(calibration, spec.input_preprocessing, FP16_MEASURE_IMAGES)
+    inputs = first_images(calibration, spec.preprocessing, FP16_MEASURE_IMAGES)
     say("fp16: measuring ranges and errors", 0, 1)
     out = change.path(run.onnx("fp16"))
     report = convert_to_fp16(run.onnx("fp32"), out, inputs, keep_fp32=request.keep_fp,
@@ -271,7 +271,7 @@ def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
     it."""
     from mlic_edge.calibration import Int8Plan
 
-    plan = Int8Plan(_int8_inputs(spec, request, backend), _int8_files(run, change), spec.input_preprocessing,
+    plan = Int8Plan(_int8_inputs(spec, request, backend), _int8_files(run, change), spec.preprocessing,
                     spec.labels, _training_images(spec, request, required=False), progress=say)
     decision = plan.post_training()
     if plan.fine_tuning_wanted:
@@ -397,7 +397,7 @@ def _build_engine(run: RunDir, spec: RunSpec, trt, onnx_path: Path, request: Bui
     from mlic_edge.runtime.engines.builder import build_engine
 
     result = build_engine(trt, onnx_path, run.path, _engine_options(request), labels=spec.labels,
-                          preprocessing=spec.preprocessing,
+                          preprocessing=spec.preprocessing.as_dict(),
                           gpu=detect_gpu(), on_progress=lambda phase, done, total: say(f"engine: {phase}", done, total))
     info(f"engine: {result.engine_path.relative_to(run.path)} ({result.size_bytes / 1e6:.1f} MB, "
          f"{result.seconds:.1f} s{', timing cache reused' if result.timing_cache_reused else ''})")

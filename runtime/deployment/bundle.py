@@ -113,7 +113,7 @@ def pack(run: RunDir, out: Path | None = None, *, with_images: bool = True, prog
         "model": spec.model,
         "backbone": spec.backbone,
         "labels": spec.labels,
-        "preprocessing": spec.preprocessing,
+        "preprocessing": spec.preprocessing.as_dict(),
         "precisions": [p for p in PRECISIONS if run.onnx(p).is_file()],
         "graphs": {path.name: _graph_record(precision, variant, files[path.name], parity)
                    for precision, variant, path in run.onnx_graphs()},
