@@ -60,7 +60,7 @@ def damage_run_json(shared_run):
     ("std", MISSING), ("std", None), ("std", [0.2, 0.0, 0.2]),
     ("resize", "sideways"), ("resize", 3), ("input_format", "jpeg"),
     ("model", 5), ("backbone", ["resnet10t"]),
-    ("dataset", "voc:data"), ("dataset", {"spec": 5}), ("source", 7),
+    ("dataset", "voc:data"), ("dataset", {"spec": 5}), ("recipe", "fast"), ("qat", 7),
 ])
 def test_a_damaged_run_json_field_is_named_with_a_fix(capsys, damage_run_json, synth_data, name, value):
     run = damage_run_json(name, value)
@@ -230,7 +230,8 @@ def test_export_triton_on_a_full_disk_is_one_line_and_leaves_nothing(capsys, run
 
 
 @pytest.mark.parametrize("command", [
-    ["export", "triton", "{out}", "--queue-delay-us", "-5"],
+    ["export", "triton", "{out}", "--batch-timeout", "-5"],
+    ["export", "deepstream", "{out}", "--streams", "0"],
     ["build", "-p", "fp16", "-b", "onnxruntime", "--workspace", "0"],
     ["build", "-p", "fp16", "-b", "onnxruntime", "--dla-core", "-1"],
 ])
