@@ -45,3 +45,17 @@ def test_help_shows_every_text_the_source_holds(path, command, monkeypatch):
              **{f"--{param.name}": getattr(param, "help", None) for param in command.params}}
     lost = {where: as_rendered(text) for where, text in texts.items() if text and as_rendered(text) not in shown}
     assert lost == {}, shown
+
+
+def test_the_cli_starts_without_numpy_opencv_or_a_backend_library():
+    """Every `mlic-edge` call (--help included) imports the CLI module: it loads no numpy, OpenCV, PyTorch or
+    backend library, so help and one-line refusals come in a fraction of a second (a command imports what it needs
+    when it runs)."""
+    import json
+    import subprocess
+    import sys
+
+    code = "import json, sys\nimport mlic_edge.cli.app\nprint(json.dumps(sorted(sys.modules)))"
+    loaded = {name.split(".")[0] for name in json.loads(subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)}
+    assert not loaded & {"numpy", "cv2", "torch", "timm", "onnx", "onnxruntime", "tensorrt", "tensorrt_rtx", "cuda"}

@@ -8,12 +8,14 @@ import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from urllib.parse import urlparse
 
 from mlic_edge.console import warn
 from mlic_edge.errors import MlicError, SourceError
-from mlic_edge.runtime.inference.sources import Source, capture_target, open_source
+
+if TYPE_CHECKING:  # the sources module loads OpenCV: names are parsed (service install, --help) without it
+    from mlic_edge.runtime.inference.sources import Source
 
 STREAM_FIELD = "{stream}"
 """Where an output path takes each stream's name: ``--out 'out/{stream}.jsonl'`` writes one file per stream."""
@@ -63,6 +65,8 @@ def as_streams(sources: Any) -> list[StreamSpec]:
 
 def default_stream_name(source: str) -> str:
     """A short name for a source: ``camera0``, ``csi0``, a URL's host (and last path part), a file's stem."""
+    from mlic_edge.runtime.inference.sources import capture_target
+
     target = capture_target(source)
     if target is not None and target.kind in ("camera", "csi"):
         digits = re.findall(r"\d+", source)
@@ -97,6 +101,8 @@ def open_streams(streams: Sequence[StreamSpec], *, width: int | None = None, hei
     """Open every stream; yields the opened ones with their sources, and why the others could not be opened (by
     name). One stream is the run's: its error is raised. Of several, one that cannot be opened is warned about and
     left out, unless none opens. Every opened source is closed on leaving."""
+    from mlic_edge.runtime.inference.sources import open_source
+
     failed: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         opened = []
