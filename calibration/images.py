@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 import numpy as np
 
@@ -166,6 +166,23 @@ def _cover_classes_then_fill(positives: np.ndarray, count: int, rng: np.random.G
     rest = rng.permutation(np.flatnonzero(~taken))[: count - len(chosen)]
     chosen.extend(int(i) for i in rest)
     return chosen
+
+
+def validation_holdout(dataset: MultiLabelDataset, validation_ids: Collection[str], count: int, seed: int = 1
+                       ) -> tuple[CalibrationSet, MultiLabelDataset]:
+    """(judging images, the rest of the split): the run's validation images among ``dataset`` (the training split;
+    held out before training, mlic_edge/data/splits.py), all of them up to ``count`` (past it, ``count`` chosen as
+    held-out images are, every class first), to measure an INT8 model on images it never trained on; calibration then
+    picks from the rest, the images the model trained on."""
+    chosen = set(validation_ids)
+    ids = dataset.image_ids()
+    validation = dataset.subset([index for index, image_id in enumerate(ids) if image_id in chosen])
+    rest = dataset.subset([index for index, image_id in enumerate(ids) if image_id not in chosen])
+    if not len(validation):
+        raise CalibrationError(f"none of the run's validation images is in {dataset.spec} ({dataset.split})",
+                               hint="build where the run's training data is, or pass --calib-data")
+    holdout = select_calibration_set(validation, min(count, len(validation)), seed=seed, purpose="validation")
+    return holdout, rest
 
 
 def split_holdout(dataset: MultiLabelDataset, count: int, seed: int = 1

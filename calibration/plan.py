@@ -5,8 +5,11 @@ float-layer budget, whether fine-tuning may follow, the CPU graph), where the fi
 ``Preprocessing`` and the training images, and decides, in the order a build runs:
 
 1. ``post_training()``: reuse the quantization-aware graph in place (made from this model.onnx), or quantize
-   TensorRT's Q/DQ graph; where held-out training images are here, rank the layers by sensitivity and keep the most
-   harmful in float until the accuracy target holds or the budget of float layers is spent (``accuracy.py``).
+   TensorRT's Q/DQ graph; where the training images are here, rank the layers by sensitivity and keep the most
+   harmful in float until the accuracy target holds on the judging images or the budget of float layers is spent
+   (``accuracy.py``). The judging images are the run's validation split (held out before training: unseen), or,
+   for a run without one (imported checkpoints, older runs, ``--val-fraction 0``), images held out of the training
+   split here, which the model may have trained on: that judgement is optimistic, and ``judged_on`` says so.
 2. ``fine_tuning_wanted``: post-training missed and fine-tuning may be used. Fine-tuning itself needs PyTorch and
    writes the run's qat records, so the command runs it; the plan judges its graph on the same held-out images
    (``judge_fine_tuned``), puts it in place of the post-training one where it comes closer (``adopt_fine_tuned``)
@@ -31,7 +34,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from mlic_edge.calibration.accuracy import (AccuracyTarget, KeepFpSearch, Step, improves_on, measure_step,
                                             onnx_scores, search_keep_fp)
-from mlic_edge.calibration.images import CalibrationSet, first_images, select_calibration_set, split_holdout
+from mlic_edge.calibration.images import (CalibrationSet, first_images, select_calibration_set, split_holdout,
+                                          validation_holdout)
 from mlic_edge.calibration.int8 import (CPU_FORMATS, TENSORRT_INT8, Int8Report, Int8Scheme, cpu_int8_scheme,
                                         has_record, quantize_int8, quantized_node_names)
 from mlic_edge.calibration.sensitivity import layer_sensitivity
@@ -43,6 +47,7 @@ from mlic_edge.spec import DEFAULT_CALIB_IMAGES, DEFAULT_HOLDOUT_IMAGES, DEFAULT
 
 if TYPE_CHECKING:
     from mlic_edge.data.dataset import MultiLabelDataset
+    from mlic_edge.data.splits import ValidationSplit
 
 SENSITIVITY_IMAGES = 32  # calibration images the per-layer sensitivity is measured on
 DEFAULT_FP_LAYER_SHARE = 0.1  # default budget of layers kept in float: this share of the quantizable ones
@@ -148,16 +153,49 @@ class Int8Plan:
     """The int8 graphs of one build (module docstring): the steps are called in order by the command."""
 
     def __init__(self, inputs: Int8Inputs, files: Int8Files, preprocessing: Preprocessing, labels: Sequence[str],
-                 dataset: "MultiLabelDataset | None", progress: Progress | None = None) -> None:
+                 dataset: "MultiLabelDataset | None", progress: Progress | None = None, *,
+                 validation: "ValidationSplit | None" = None,
+                 no_validation: str = "the run records no validation split") -> None:
+        """``validation``: the run's validation split (re-derived and checked by the caller), whose images judge the
+        accuracy target; without it, images held out of ``dataset`` judge it, optimistically (``no_validation``
+        says why there is none)."""
         self.inputs, self.files, self.preprocessing, self.labels = inputs, files, preprocessing, list(labels)
         self.dataset = dataset
         self.say: Progress = progress or (lambda what, done, total: None)
         self.holdout: CalibrationSet | None = None
         self.calibration: CalibrationSet | None = None
+        self.judged_on: dict[str, Any] | None = None  # which images judge the accuracy target (build.json)
         if dataset is not None:
-            self.holdout, rest = split_holdout(dataset, inputs.holdout_images)
+            if validation is not None:
+                self.holdout, rest = validation_holdout(dataset, validation.image_ids, inputs.holdout_images)
+                self.judged_on = {
+                    "split": "validation", "images": len(self.holdout), "validation_images": len(validation),
+                    "unseen": True, "val_ids_sha256": validation.sha256,
+                    "note": "the run's validation split, held out of the training split before training: images "
+                            "the model never trained on, neither calibration nor eval images"}
+            else:
+                self.holdout, rest = split_holdout(dataset, inputs.holdout_images)
+                self.judged_on = {
+                    "split": f"training ({dataset.split}), held out here", "images": len(self.holdout),
+                    "unseen": False,
+                    "note": f"optimistic: {no_validation}, so images held out of {dataset.spec} ({dataset.split}) "
+                            "judge it, which the model may have trained on (a trained model agrees more there "
+                            "than on unseen images); neither calibration nor eval images"}
             self.calibration = select_calibration_set(rest, inputs.calib_images)
         self.decision: Int8Decision | None = None
+
+    @property
+    def judging_images(self) -> str:
+        """The judging images in words, for the messages: '12 validation images' or '30 held-out training images
+        (optimistic: ...)'."""
+        judged = self.judged_on or {}
+        if judged.get("unseen"):
+            return f"{judged['images']} validation images (unseen in training)"
+        return f"{judged.get('images', 0)} held-out training images (optimistic: the model may have trained on them)"
+
+    def _search_record(self, search: KeepFpSearch) -> dict[str, Any]:
+        """build.json's record of an accuracy-target search: what it measured and which images judged it."""
+        return {**search.as_dict(), "judged_on": self.judged_on}
 
     # 1. post-training (or the quantization-aware graph in place)
 
@@ -194,7 +232,8 @@ class Int8Plan:
             if search.kept_fp != report.kept_fp:
                 final = quantize(search.kept_fp, out)  # from the same calibration record
                 summary.update(kept_fp=final.kept_fp, quantized_nodes=final.quantized_nodes)
-            summary["accuracy_target"] = search.as_dict()
+            summary["accuracy_target"] = self._search_record(search)
+            summary["judged_on"] = self.judged_on
             decision.search = search
         return decision
 
@@ -215,7 +254,7 @@ class Int8Plan:
                                                 search.target), source=source)
         best = search.final
         verdict = "meets" if step.met else "misses"
-        info(f"int8: the quantization-aware graph {verdict} the target on the held-out images: ΔmAP "
+        info(f"int8: the quantization-aware graph {verdict} the target on the {self.judging_images}: ΔmAP "
              f"{step.delta_mAP_points:+.2f}, {step.labelset_agreement * 100:.1f} % identical (post-training: "
              f"{best.delta_mAP_points:+.2f}, {best.labelset_agreement * 100:.1f} %)")
         adopted = improves_on(step, best, search.target)
@@ -242,7 +281,8 @@ class Int8Plan:
         decision = self.decision
         decision.record = {"path": str(self.files.tensorrt), "reused": False, "source": "qat", "kept_fp": [],
                            "quantized_nodes": quantized_node_count(decision.graph),
-                           "accuracy_target": decision.search.as_dict(), "qat": dict(qat),
+                           "accuracy_target": self._search_record(decision.search),
+                           "judged_on": self.judged_on, "qat": dict(qat),
                            "post_training": decision.record, "eval_accuracy": eval_accuracy}
         decision.source = "qat"
         return decision
@@ -302,7 +342,7 @@ class Int8Plan:
                 if search.kept_fp != keep_fp:
                     final = quantizers[chosen](search.kept_fp, out)
                     summary.update(kept_fp=final.kept_fp, quantized_nodes=final.quantized_nodes)
-                summary["accuracy_target"] = search.as_dict()
+                summary["accuracy_target"] = self._search_record(search)
         return summary
 
     # the pieces
@@ -310,7 +350,7 @@ class Int8Plan:
     def _meet_accuracy_target(self, quantize: Callable[[list[str], Path], Int8Report], first: Path, *,
                               start: list[str], what: str, ranking: list[dict] | None = None
                               ) -> KeepFpSearch | None:
-        """The keep-fp search on held-out training images (None where they cannot be scored), told to the user;
+        """The keep-fp search on the judging images (None where they cannot be scored), told to the user;
         ``first`` is the graph (``what``) already quantized with ``start`` in float."""
         inputs = self.inputs
         ranking = self.decision.ranking if ranking is None else ranking
@@ -334,7 +374,7 @@ class Int8Plan:
         verdict = "meets" if search.met else f"misses ({search.stopped})"
         info(f"{what}: {verdict} the target (|ΔmAP| ≤ {target.max_delta_points} points, ≥ "
              f"{target.min_agreement * 100:.0f} % identical label sets, asked as ≥ "
-             f"{target.required_agreement(search.images) * 100:.1f} % on {search.images} held-out training images, "
+             f"{target.required_agreement(search.images) * 100:.1f} % on {self.judging_images}, "
              f"one standard error of margin): "
              f"ΔmAP {step.delta_mAP_points:+.2f}, {step.labelset_agreement * 100:.1f} % identical, "
              f"{len(step.kept_fp)} layer(s) in float" + (f" ({', '.join(step.kept_fp)})" if step.kept_fp else ""))

@@ -195,7 +195,19 @@ class DatasetSection(RunSection):
     train_images: int | None = None
     eval_images: int | None = None
     train_class_counts: list[int] | None = None
+    # The validation split held out of the training split before training (mlic_edge/data/splits.py): its fraction,
+    # seed, image count and the sha256 of its sorted image ids. Absent (None) in older runs, imported checkpoints and
+    # runs trained with --val-fraction 0: the best epoch was then chosen on the eval split.
+    val_fraction: float | None = None
+    val_seed: int | None = None
+    val_images: int | None = None
+    val_ids_sha256: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether the run records a validation split (held out before training)."""
+        return bool(self.val_fraction) and self.val_seed is not None and bool(self.val_ids_sha256)
 
     @property
     def difficult_rule(self) -> str:
@@ -227,6 +239,8 @@ class TrainSection(RunSection):
     best_epoch: int | None = None
     best_val_mAP: float | None = None
     best_weights: str | None = None  # "raw" or "ema": which checkpoint.pt holds
+    selected_on: str | None = None  # the split best_val_mAP (the best epoch and weights) was measured on
+    eval_mAP: float | None = None  # checkpoint.pt's mAP on the eval split, measured once training ended
     device: str | None = None
     world_size: int | None = None  # under torchrun
     skipped_images: dict[str, int] | None = None  # unreadable images per split, once training ended

@@ -45,10 +45,29 @@ def trained_run(tmp_path_factory, synth_data) -> Path:
     from mlic_edge.train.trainer import TrainConfig, train
 
     run = RunDir(tmp_path_factory.mktemp("runs") / "baseline")
+    # val_fraction=0: it trains on all 120 training images and chooses its best epoch on the eval split, as runs did
+    # before the validation split (the figures many tests assert were measured so); ``validated_run`` has one.
     train(TrainConfig(model="baseline", data=f"voc:{synth_data}", out=run.path, backbone="resnet10t", epochs=6,
-                      img_size=64, batch_size=16, optimizer="adamw", lr=3e-3, workers=0, seed=0, pretrained=False))
+                      img_size=64, batch_size=16, optimizer="adamw", lr=3e-3, workers=0, seed=0, pretrained=False,
+                      val_fraction=0.0))
     export_onnx(run, check_images=8)
     write_reference(run)
+    return run.path
+
+
+@pytest.fixture(scope="session")
+def validated_run(tmp_path_factory, synth_data) -> Path:
+    """A tiny baseline trained with the default validation split (10 % of the 120 training images, at least 8:
+    12 images held out before training) and exported (tests copy it before changing it)."""
+    from mlic_edge.export.onnx_export import export_onnx
+    from mlic_edge.rundir import RunDir
+    from mlic_edge.train.trainer import TrainConfig, train
+
+    run = RunDir(tmp_path_factory.mktemp("runs") / "validated")
+    train(TrainConfig(model="baseline", data=f"voc:{synth_data}", out=run.path, recipe="quick",
+                      backbone="resnet10t", epochs=3, img_size=32, batch_size=16, workers=0, seed=0,
+                      pretrained=False))
+    export_onnx(run, check_images=8)
     return run.path
 
 

@@ -415,3 +415,35 @@ def test_the_build_command_names_both_int8_graphs(capsys, built_run, tmp_path):
     assert result.code == 0, result.err
     assert f"built {run / 'model.int8.onnx'}" in result.err and f"built {run / 'model.int8.cpu.onnx'}" in result.err
     assert "int8 CPU graph: Q" in result.err  # the form it chose (QDQ or QOperator), with its timing
+
+
+def test_int8_is_judged_on_the_validation_split_or_says_it_is_optimistic(validated_run, tmp_path):
+    """A run with a validation split: the int8 accuracy target is measured on exactly its images, and build.json and
+    build.md say so; the same run as an older version wrote it (no validation keys in run.json) falls back to
+    held-out training images and says that this judgement is optimistic."""
+    from mlic_edge.commands.build import BuildRequest, build
+    from mlic_edge.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(validated_run, run.path)
+    dataset = run.spec().dataset
+    request = BuildRequest(precision="int8", backend="onnxruntime", calib_images=32, qat_epochs=0, evaluate=False,
+                           max_fp_layers=1)
+    entry = build(run, request)["int8"]
+    judged = entry["judged_on"]
+    assert judged["split"] == "validation" and judged["unseen"] is True and judged["images"] == 12
+    assert judged["val_ids_sha256"] == dataset.val_ids_sha256
+    assert entry["accuracy_target"]["images"] == 12 and entry["accuracy_target"]["judged_on"] == judged
+    markdown = (run.reports / "build.md").read_text()
+    assert "12 images of the run's validation split" in markdown and "unseen" in markdown
+    assert json.loads((run.reports / "build.json").read_text())["builds"]["int8"]["int8"]["judged_on"] == judged
+
+    meta = json.loads(run.run_json.read_text())
+    for key in ("val_fraction", "val_seed", "val_images", "val_ids_sha256"):
+        del meta["dataset"][key]
+    run.run_json.write_text(json.dumps(meta))
+    judged = build(run, request)["int8"]["judged_on"]
+    assert judged["unseen"] is False and judged["note"].startswith("optimistic: run.json records no validation")
+    assert judged["images"] == 30  # a quarter of the 120 training images, as before
+    markdown = (run.reports / "build.md").read_text()
+    assert "30 held-out training images" in markdown and "optimistic" in markdown

@@ -55,3 +55,31 @@ def test_calibration_imports_no_command():
             "'torch'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_plan_judges_on_the_runs_validation_images_and_calibrates_on_the_rest(validated_run):
+    """With the run's validation split the judging images are exactly those (unseen in training), calibration takes
+    none of them; without it, images held out of the training split judge, and the record says it is optimistic."""
+    from mlic_edge.data.splits import recorded_validation
+
+    run = RunDir(validated_run)
+    spec = run.spec()
+    dataset = open_dataset(spec.dataset.spec, role="train", split=spec.dataset.train_split, labels=spec.labels)
+    validation, why = recorded_validation(dataset, spec.dataset.val_fraction, spec.dataset.val_seed,
+                                          spec.dataset.val_ids_sha256)
+    assert validation is not None and why == "" and len(validation) == spec.dataset.val_images == 12
+    files = Int8Files(fp32=run.onnx("fp32"), tensorrt=run.onnx("int8"), cpu=run.onnx("int8", "cpu"),
+                      records=run.path / "calibration", run=run.path)
+    inputs = Int8Inputs(calib_images=64, holdout_images=256, fine_tune_epochs=0)
+    plan = Int8Plan(inputs, files, spec.preprocessing, spec.labels, dataset, validation=validation)
+    assert sorted(plan.holdout.image_ids) == list(validation.image_ids)
+    assert not set(plan.calibration.image_ids) & set(validation.image_ids)
+    assert plan.judged_on["split"] == "validation" and plan.judged_on["unseen"] is True
+    assert plan.judged_on["images"] == 12 and plan.judged_on["val_ids_sha256"] == spec.dataset.val_ids_sha256
+
+    fallback = Int8Plan(inputs, files, spec.preprocessing, spec.labels, dataset, no_validation="no split here")
+    assert fallback.judged_on["unseen"] is False and fallback.judged_on["note"].startswith("optimistic: no split here")
+    assert len(fallback.holdout) == len(dataset) // 4  # today's held-out training images
+
+    changed = dataset.subset(list(range(1, len(dataset))))  # other images than the run trained on
+    assert recorded_validation(changed, 0.1, 0, spec.dataset.val_ids_sha256)[0] is None

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mlic_edge.errors import MlicError
-from mlic_edge.spec import DEFAULT_DEVICE, DEFAULT_RESIZE, RESIZE_MODES, require_at_least
+from mlic_edge.spec import DEFAULT_DEVICE, DEFAULT_RESIZE, RESIZE_MODES, require_at_least, require_fraction
 
 QAT_LIBRARY = "nvidia-modelopt"  # `train --qat` (train/qat.py)
 QAT_CALIB_IMAGES = 256  # training images its int8 ranges are calibrated on before fine-tuning
@@ -66,6 +66,7 @@ class TrainConfig:
     pretrained_file: str | None = None  # the backbone's ImageNet weights from this file (implies pretrained)
     train_split: str | None = None
     eval_split: str | None = None
+    val_fraction: float = 0.1  # of the training split, held out before training to choose the best epoch (0: the eval split)
     difficult: str = "ignore"
     workers: int = 2
     seed: int = 0
@@ -92,6 +93,12 @@ class TrainConfig:
         require_at_least("--warmup-epochs", self.warmup_epochs, 0, hint="0 starts at the full learning rate")
         require_at_least("--weight-decay", self.weight_decay, 0, hint="0 turns it off; 1e-4 is typical")
         require_at_least("--grad-clip", self.grad_clip, 0, hint="0 turns the recipe's clipping off")
+        require_fraction("--val-fraction", self.val_fraction, upper_open=True,
+                         hint="a share of the training split, for example 0.1 (0: choose the best epoch on the eval "
+                              "split)")
+        if self.val_fraction > 0.5:
+            raise MlicError(f"--val-fraction {self.val_fraction} would hold out more than half the training split",
+                            hint="for example 0.1 (0: choose the best epoch on the eval split)")
         checks = [
             (self.recipe in RECIPE_NAMES, f"--recipe must be one of {', '.join(RECIPE_NAMES)}"),
             (self.epochs is None or self.epochs >= 1, "--epochs must be at least 1"),

@@ -1,5 +1,7 @@
 """The training loop: BCE-family loss, SGD/AdamW, warm-up + cosine/step, AMP on CUDA, validation mAP each epoch,
-best checkpoint, resume. Writes the run directory (checkpoint.pt, last.pt, run.json, reports/train_log.csv).
+best checkpoint, resume. The validation split is held out of the training split before training (``--val-fraction``,
+chosen from the seed: mlic_edge/data/splits.py) and chooses the best epoch and weights; the eval split is scored once
+training ended (``eval_mAP``), touched by no choice. With ``--val-fraction 0`` the eval split chooses, as before. Writes the run directory (checkpoint.pt, last.pt, run.json, reports/train_log.csv).
 
 Under ``torchrun`` (train/distributed.py) the same loop runs as DistributedDataParallel: each rank trains on its
 share of the data (``--batch-size`` is per process), validation is sharded and gathered back into dataset order (so
@@ -25,11 +27,12 @@ from mlic_edge import metrics
 from mlic_edge.console import describe_duration, info, progress_bar, warn
 from mlic_edge.data import open_dataset
 from mlic_edge.data.dataset import MultiLabelDataset
+from mlic_edge.data.splits import ValidationSplit, split_off_validation
 from mlic_edge.data.torch_data import ImageDataset, cut_mix, describe_broken, make_loader
 from mlic_edge.errors import Interrupted, MlicError, NonFiniteError
 from mlic_edge.models import create_model, get_model_entry
 from mlic_edge.models.backbone import backbone_data_config, locate_pretrained_weights
-from mlic_edge.models.checkpoint import load_weights, read_training_state, save_checkpoint
+from mlic_edge.models.checkpoint import load_weights, read_checkpoint, read_training_state, save_checkpoint
 from mlic_edge.models.recipe import Recipe, stage_mode
 from mlic_edge.plot import line_chart
 from mlic_edge.rundir import RunDir
@@ -128,18 +131,23 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
         pretrained_file = locate_pretrained_weights(config.backbone or entry.default_backbone)
     train_set, eval_set = _read_splits(config, dist)
     config, resume_state = _resume_or_start(config, run, train_set, dist)
+    train_set, val_set, validation = _hold_out_validation(config, train_set)
     recipe = _resolved_recipe(config, entry.recipes, config.starts_pretrained() or resume_state is not None)
     loop = _build_loop(config, recipe, run, dist, entry, train_set, eval_set, pretrained_file,
                        fresh=resume_state is None)
+    loop.val_set, loop.validation = val_set, validation
     start_epoch, best_map, history = _start_epochs(loop, resume_state)
     train_config = _train_config(config, recipe, loop)
     distributed = {"world_size": dist.world_size} if dist.enabled else {}
+    distributed["selected_on"] = "validation" if val_set is not None else "eval"
     if dist.is_main:
         _record_run(loop, input_format=run.spec().input_format if resume_state is not None and run.exists()
                     else FLOAT_INPUT)
         done["train_config"] = train_config  # run.json now describes this training; a stop says how far it got
         info(f"training [bold]{config.model}[/bold] ({loop.backbone}, {loop.img_size}px) on {train_set.spec}: "
-             f"{len(train_set)} train / {len(eval_set)} eval images, {train_set.num_classes} classes, device "
+             f"{len(train_set)} train / " + (f"{len(val_set)} validation (the best epoch is chosen on them) / "
+                                             if val_set is not None else "") +
+             f"{len(eval_set)} eval images, {train_set.num_classes} classes, device "
              f"{dist.device}" + (f", {dist.world_size} processes" if dist.enabled else ""))
 
     broken_train: list[int] = []
@@ -170,13 +178,21 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
             if dist.is_main:
                 _save_epoch(loop, epoch, candidates[better] if is_best else None, better, best_map, history,
                             train_section=_train_section(train_config, history, dist.device, **distributed))
+        final_eval = _evaluate_best(loop, progress) if val_set is not None else None
 
     if broken_train:
         warn(describe_broken(train_set, broken_train) + " (training split)")
     if split_scores.broken:
-        warn(describe_broken(eval_set, split_scores.broken) + " (eval split)")
-    train_section = _train_section(train_config, history, dist.device, **distributed, skipped_images={
-        "train": len(set(broken_train)), "eval": len(set(split_scores.broken))})
+        warn(describe_broken(val_set if val_set is not None else eval_set, split_scores.broken)
+             + (" (validation split)" if val_set is not None else " (eval split)"))
+    skipped = {"train": len(set(broken_train)), "eval": len(set(split_scores.broken))}
+    if final_eval is not None:
+        eval_map, eval_broken = final_eval
+        if eval_broken:
+            warn(describe_broken(eval_set, eval_broken) + " (eval split)")
+        skipped.update(val=skipped["eval"], eval=len(set(eval_broken)))
+        distributed["eval_mAP"] = _finite(eval_map) if eval_map is not None else None
+    train_section = _train_section(train_config, history, dist.device, **distributed, skipped_images=skipped)
     if dist.is_main:
         run.update(train=train_section)
     dist.barrier()  # every rank returns once the run directory is complete
@@ -196,6 +212,21 @@ def _read_splits(config: TrainConfig, dist: DistContext) -> tuple[MultiLabelData
     return train_set, eval_set
 
 
+def _hold_out_validation(config: TrainConfig, train_set: MultiLabelDataset
+                         ) -> tuple[MultiLabelDataset, MultiLabelDataset | None, ValidationSplit | None]:
+    """(the images to train on, the validation images, their record): ``config.val_fraction`` of the training split
+    held out before training, chosen from ``config.seed`` (mlic_edge/data/splits.py), to choose the best epoch on;
+    (the whole split, None, None) with --val-fraction 0, where the eval split chooses it as before."""
+    if not config.val_fraction:
+        return train_set, None, None
+    rest, val_set, validation = split_off_validation(train_set, config.val_fraction, config.seed)
+    if not len(validation):
+        warn(f"--val-fraction {config.val_fraction}: the training split ({len(train_set)} images) is too small to hold "
+             "images out; the best epoch is chosen on the eval split")
+        return train_set, None, None
+    return rest, val_set, validation
+
+
 def _resume_or_start(config: TrainConfig, run: RunDir, train_set: MultiLabelDataset, dist: DistContext
                      ) -> tuple[TrainConfig, dict[str, Any] | None]:
     """--resume: the saved training's config (with this invocation's machine options) and last.pt's state, refused
@@ -213,6 +244,7 @@ def _resume_or_start(config: TrainConfig, run: RunDir, train_set: MultiLabelData
                             hint=f"resume with --epochs {saved['epochs']}: the stage plan depends on it")
         _check_resumed_classes(run, train_set.names)
         config = TrainConfig(**{**saved, "out": config.out, "epochs": config.epochs or saved["epochs"],
+                                "val_fraction": saved.get("val_fraction", 0.0),  # older runs chose on the eval split
                                 "resume": True, "workers": config.workers, "device": config.device,
                                 "sync_bn": config.sync_bn, "amp": config.amp, "channels_last": config.channels_last,
                                 "compile": config.compile, "trust_pickle": config.trust_pickle})
@@ -246,7 +278,7 @@ class _Loop:
     recipe: Recipe
     run: RunDir
     dist: DistContext
-    train_set: MultiLabelDataset
+    train_set: MultiLabelDataset  # the images trained on (the training split less the validation images)
     eval_set: MultiLabelDataset
     model: torch.nn.Module
     backbone: str
@@ -265,6 +297,13 @@ class _Loop:
     optimizer: Any = None
     scheduler: Any = None
     step_model: torch.nn.Module | None = None
+    val_set: MultiLabelDataset | None = None  # held out of the training split: the best epoch is chosen on it
+    validation: ValidationSplit | None = None
+
+    @property
+    def selection_set(self) -> MultiLabelDataset:
+        """The split the best epoch and weights are chosen on: the validation split, else the eval split."""
+        return self.val_set if self.val_set is not None else self.eval_set
 
     @property
     def batches_per_epoch(self) -> int:
@@ -375,7 +414,8 @@ def _record_run(loop: _Loop, input_format: str) -> None:
         recipe=RecipeSection(name=config.recipe, extra=loop.recipe.as_dict()),
         dataset=DatasetSection(spec=train_set.spec, format=train_set.format, train_split=train_set.split,
                                eval_split=eval_set.split, difficult=config.difficult, train_images=len(train_set),
-                               eval_images=len(eval_set), train_class_counts=train_set.class_counts().tolist())))
+                               eval_images=len(eval_set), train_class_counts=train_set.class_counts().tolist(),
+                               **(loop.validation.record if loop.validation is not None else {}))))
 
 
 def _train_epoch(loop: _Loop, epoch: int, progress, task, *, first: bool, broken: list[int]) -> tuple[float, int]:
@@ -450,9 +490,10 @@ def _optimizer_step(loop: _Loop) -> None:
 
 
 def _validate(loop: _Loop, progress) -> tuple[dict[str, torch.nn.Module], dict[str, float], SplitScores]:
-    """The eval split's mAP of the raw weights (and the EMA's): the weights by name, their mAP (NaN where a score
-    is not finite: never the best checkpoint) and the raw weights' scores."""
-    dist, eval_set = loop.dist, loop.eval_set
+    """The selection split's mAP (the validation split's, else the eval split's) of the raw weights (and the EMA's):
+    the weights by name, their mAP (NaN where a score is not finite: never the best checkpoint) and the raw weights'
+    scores."""
+    dist, eval_set = loop.dist, loop.selection_set
     val_task = progress.add_task("  validate", total=len(eval_set), status="")
     candidates = {"raw": loop.model} if loop.ema is None else {"raw": loop.model, "ema": loop.ema.module}
     for network in candidates.values():
@@ -470,6 +511,27 @@ def _validate(loop: _Loop, progress) -> tuple[dict[str, torch.nn.Module], dict[s
             val_maps[weights] = math.nan
     progress.remove_task(val_task)
     return candidates, val_maps, scores_of["raw"]
+
+
+def _evaluate_best(loop: _Loop, progress) -> tuple[float | None, list[int]]:
+    """(mAP, unreadable images) of checkpoint.pt's weights on the eval split, once training ended: the figure of
+    unseen images that no decision looked at (the best epoch was chosen on the validation split). (None, []) where
+    no epoch gave a finite mAP (no checkpoint.pt)."""
+    dist, eval_set = loop.dist, loop.eval_set
+    dist.barrier()  # rank 0 wrote checkpoint.pt
+    if not loop.run.checkpoint.is_file():
+        return None, []
+    load_weights(loop.model, read_checkpoint(loop.run.checkpoint)["state_dict"], loop.run.checkpoint)
+    dist.broadcast_buffers(loop.model)
+    task = progress.add_task("  eval split", total=len(eval_set), status="")
+    scores = _validation_scores(dist, loop.model, eval_set, loop.img_size, loop.mean, loop.std,
+                                loop.recipe.batch_size, loop.config.workers, dist.device,
+                                on_batch=lambda n: progress.advance(task, n), resize=loop.config.resize)
+    progress.remove_task(task)
+    try:
+        return metrics.mean_average_precision(scores.scores, scores.targets(eval_set)).map, scores.broken
+    except NonFiniteError:
+        return math.nan, scores.broken
 
 
 def _save_epoch(loop: _Loop, epoch: int, best: torch.nn.Module | None, weights: str, best_map: float,
@@ -517,16 +579,19 @@ def _validation_scores(dist: DistContext, network: torch.nn.Module, eval_set, *a
 def _train_section(train_config: dict[str, Any], history: list[dict[str, Any]], device, **extra: Any
                    ) -> TrainSection:
     """run.json's train section after the epochs in ``history``; ``best_weights``: whether checkpoint.pt holds the
-    raw or the EMA weights (the better of the two at the best epoch)."""
+    raw or the EMA weights (the better of the two at the best epoch); ``extra``: where the best epoch was chosen
+    (``selected_on``), ``eval_mAP`` once training ended, the world size, the skipped images."""
     def score(row: dict[str, Any], weights: str) -> float:
         value = row.get(f"val_mAP{'_ema' if weights == 'ema' else ''}")
         return value if value is not None else -1.0
 
     best_weights, best = max(((weights, row) for row in history for weights in ("raw", "ema")),
                              key=lambda pair: score(pair[1], pair[0]))
+    best_val_map = best["val_mAP_ema" if best_weights == "ema" else "val_mAP"]
+    if extra.get("selected_on") == "eval":  # chosen on the eval split: its figure is the eval split's
+        extra.setdefault("eval_mAP", best_val_map)
     return TrainSection(config=train_config, history=history, epochs_done=len(history), best_epoch=best["epoch"],
-                        best_val_mAP=best["val_mAP_ema" if best_weights == "ema" else "val_mAP"],
-                        best_weights=best_weights, device=str(device), **extra)
+                        best_val_mAP=best_val_map, best_weights=best_weights, device=str(device), **extra)
 
 
 @contextlib.contextmanager

@@ -268,6 +268,10 @@ def train(
                                                    "torchvision checkpoint (.pth/.pt) or .safetensors."),
     train_split: Optional[str] = typer.Option(None, "--train-split"),
     eval_split: Optional[str] = typer.Option(None, "--eval-split"),
+    val_fraction: float = typer.Option(TrainConfig.val_fraction, "--val-fraction", help="Share of the training "
+                                       "split held out before training (chosen from --seed, recorded in run.json): "
+                                       "the best epoch, and build's int8 accuracy target, are judged on it; 0: the "
+                                       "best epoch is chosen on the eval split."),
     difficult: str = typer.Option(TrainConfig.difficult, "--difficult",
                                   help="VOC difficult objects: ignore, positive, negative."),
     workers: int = typer.Option(TrainConfig.workers, "--workers", help="Data-loading processes."),
@@ -328,7 +332,8 @@ def train(
                          label_vectors=str(label_vectors) if label_vectors else None, trust_pickle=trust_pickle,
                          pretrained=pretrained,
                          pretrained_file=str(pretrained_file) if pretrained_file else None,
-                         train_split=train_split, eval_split=eval_split, difficult=difficult, workers=workers,
+                         train_split=train_split, eval_split=eval_split, val_fraction=val_fraction, difficult=difficult,
+                         workers=workers,
                          seed=seed, resume=resume, overwrite=overwrite, device=device, sync_bn=sync_bn,
                          accumulate=accumulate, amp=amp, channels_last=channels_last, compile=compile_model)
     result = run_training(config)

@@ -39,7 +39,7 @@ class BuildRequest:
     calib_images: int = DEFAULT_CALIB_IMAGES
     calib_method: str = "percentile"  # measured best-or-close on benchmarks/results/precision.md; entropy clipped too much
     keep_fp: list[str] = field(default_factory=list)
-    target_delta: float = INT8_TARGET_DELTA_POINTS  # int8: |ΔmAP| in points on held-out training images
+    target_delta: float = INT8_TARGET_DELTA_POINTS  # int8: |ΔmAP| in points on the run's validation images
     target_agreement: float = INT8_TARGET_AGREEMENT  # int8: share of images with fp32's label set
     max_fp_layers: int | None = None  # int8: layers the search may keep in float (None: 10 %; 0: none)
     holdout_images: int = DEFAULT_HOLDOUT_IMAGES
@@ -271,8 +271,10 @@ def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
     it."""
     from mlic_edge.calibration import Int8Plan
 
+    dataset = _training_images(spec, request, required=False)
+    validation, no_validation = _run_validation(spec, dataset)
     plan = Int8Plan(_int8_inputs(spec, request, backend), _int8_files(run, change), spec.preprocessing,
-                    spec.labels, _training_images(spec, request, required=False), progress=say)
+                    spec.labels, dataset, progress=say, validation=validation, no_validation=no_validation)
     decision = plan.post_training()
     if plan.fine_tuning_wanted:
         _fine_tune(run, spec, request, plan, change, say)
@@ -383,6 +385,20 @@ def _training_images(run_spec: RunSpec, request: BuildRequest, *, required: bool
     return dataset
 
 
+def _run_validation(run_spec: RunSpec, dataset):
+    """(the run's validation split re-derived from ``dataset`` and checked against run.json's record, or None; why
+    there is none): its images judge int8's accuracy target, unseen in training (mlic_edge/data/splits.py)."""
+    from mlic_edge.data.splits import recorded_validation
+
+    if dataset is None:
+        return None, "no training images here"
+    recorded = run_spec.dataset_record
+    validation, why = recorded_validation(dataset, recorded.val_fraction, recorded.val_seed, recorded.val_ids_sha256)
+    if validation is None and recorded.has_validation:
+        warn(f"int8: {why}: the accuracy target is judged on images held out of it instead, optimistically")
+    return validation, why
+
+
 def _load_builder(backend: str):
     if backend not in backend_registry.ENGINE_BACKENDS:
         return None
@@ -470,7 +486,7 @@ def _cpu_graph_markdown(key: str, entry: dict[str, Any]) -> list[str]:
     accuracy = ((entry.get("accuracy") or {}).get("cpu_graph")) or {}
     if search:
         step = search["steps"][-1]
-        lines += ["", f"Held-out training images ({search['images']}): ΔmAP {step['delta_mAP_points']:+.3f} points, "
+        lines += ["", f"{_judged_on_words(search).capitalize()}: ΔmAP {step['delta_mAP_points']:+.3f} points, "
                       f"{step['labelset_agreement'] * 100:.1f} % identical label sets, layers in float: "
                       f"{', '.join(step['kept_fp']) or 'none'} (target {'met' if search['met'] else 'missed'})."]
     if accuracy:
@@ -478,6 +494,17 @@ def _cpu_graph_markdown(key: str, entry: dict[str, Any]) -> list[str]:
                       f"{accuracy['delta_mAP_vs_fp32'] * 100:+.3f} points, "
                       f"{accuracy['labelset_agreement_vs_fp32'] * 100:.1f} % identical label sets."]
     return lines
+
+
+def _judged_on_words(search: dict[str, Any]) -> str:
+    """Which images judged an accuracy-target search, in words (build.json's ``judged_on``; an older build.json
+    has none: held-out training images)."""
+    judged = search.get("judged_on") or {}
+    if judged.get("unseen"):
+        return (f"{search['images']} images of the run's validation split (held out before training: unseen by the "
+                "model; neither calibration nor eval images)")
+    return (f"{search['images']} held-out training images, neither calibration nor eval images"
+            + (f" (**{judged['note']}**)" if judged.get("note") else ""))
 
 
 def build_markdown(report: dict[str, Any]) -> str:
@@ -522,8 +549,8 @@ def build_markdown(report: dict[str, Any]) -> str:
         if search:
             outcome = "met" if search["met"] else f"missed ({search['stopped']})"
             lines += ["", f"## {key}: accuracy target, {outcome}", "",
-                      f"Measured with ONNX Runtime (CPU; layers in float run fp32) on {search['images']} held-out "
-                      f"training images, neither calibration nor eval images (fp32 mAP there "
+                      f"Measured with ONNX Runtime (CPU; layers in float run fp32) on {_judged_on_words(search)} "
+                      f"(fp32 mAP there "
                       f"{search['mAP_fp32'] * 100:.2f}). Each step keeps the next most sensitive layers in float. "
                       f"Identical label sets are asked as ≥ "
                       f"{search.get('required_agreement', search['target']['min_agreement']) * 100:.1f} %: the target "
