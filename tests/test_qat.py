@@ -209,3 +209,21 @@ def test_qat_without_modelopt_says_how_to_install_it(capsys, monkeypatch, run_co
     assert_one_line_error(result, "NVIDIA ModelOpt", 'pip install "nvidia-modelopt>=0.47"')
     with pytest.raises(MlicError, match=r'pip install "nvidia-modelopt>=0\.47"'):
         require_modelopt()
+
+
+def test_fine_tuning_never_sees_the_validation_split_that_judges_the_int8_graph(validated_run):
+    """`train --qat` and build's fine-tuning train on the training split less the run's validation split (recorded
+    in run.json), so the build's accuracy target stays judged on images no training saw."""
+    from mlic_edge.data import open_dataset
+    from mlic_edge.data.splits import recorded_validation
+    from mlic_edge.rundir import RunDir
+    from mlic_edge.train.qat import _qat_data
+
+    run = RunDir(validated_run)
+    spec = run.spec()
+    recorded = spec.dataset_record
+    fine_tuned_on = set(_qat_data(run, spec, exclude=()).train_set.image_ids())
+    train_split = open_dataset(recorded.spec, role="train", split=recorded.train_split, labels=spec.labels)
+    held, _ = recorded_validation(train_split, recorded.val_fraction, recorded.val_seed, recorded.val_ids_sha256)
+    assert held is not None and len(held) == recorded.val_images == 12
+    assert not fine_tuned_on & set(held.image_ids) and len(fine_tuned_on) == len(train_split) - len(held)

@@ -48,6 +48,7 @@ from mlic_edge import metrics
 from mlic_edge.console import info, progress_bar
 from mlic_edge.data import open_dataset
 from mlic_edge.data.dataset import MultiLabelDataset
+from mlic_edge.data.splits import recorded_validation
 from mlic_edge.data.torch_data import ImageDataset, cut_mix, make_loader
 from mlic_edge.errors import MlicError
 from mlic_edge.models.checkpoint import load_model
@@ -207,8 +208,8 @@ def _check_options(epochs: int, lr: float | None, calib_images: int, target: str
 
 
 def _qat_data(run: RunDir, spec: RunSpec, exclude: Collection[str]) -> _QatData:
-    """The run's training split less ``exclude`` and its eval split, refused where run.json names no dataset or
-    the data has other classes than the model."""
+    """The run's training split less ``exclude`` and less its validation split (run.json's record), and its eval
+    split; refused where run.json names no dataset or the data has other classes than the model."""
     recorded = spec.dataset_record
     if not recorded.spec:
         raise MlicError(f"{run.run_json} names no dataset to fine-tune on",
@@ -219,8 +220,9 @@ def _qat_data(run: RunDir, spec: RunSpec, exclude: Collection[str]) -> _QatData:
                             difficult=recorded.difficult_rule, labels=spec.labels)
     if train_set.names != spec.labels or eval_set.names != spec.labels:
         raise MlicError(f"{train_set.spec} has other classes than the model", hint="fine-tune on the run's dataset")
-    if exclude:
-        left_out = set(exclude)
+    validation, _ = recorded_validation(train_set, recorded.val_fraction, recorded.val_seed, recorded.val_ids_sha256)
+    left_out = set(exclude) | set(validation.image_ids if validation is not None else ())
+    if left_out:  # the validation split judges the int8 graph after: the fine-tuning never sees it
         train_set = train_set.subset([index for index, image_id in enumerate(train_set.image_ids())
                                       if image_id not in left_out])
     return _QatData(train_set, eval_set)
