@@ -566,11 +566,11 @@ def test_stats_every_is_a_positive_number_of_seconds_or_refused_naming_the_optio
 @given(value=FLOATS.map(repr) | st.text(max_size=8), precision=st.sampled_from(["fp32", "fp16", "int8", "fp64", ""]),
        option=st.sampled_from([("--tolerance", None), ("--min-same", 1.0), ("--max-diff", None)]))
 def test_parity_limits_are_accepted_in_range_or_refused_naming_the_option(value, precision, option):
-    from mlic_edge.cli.app import _per_precision
+    from mlic_edge.spec import parse_per_precision
 
     name, upper = option
     try:
-        parsed = _per_precision([f"{precision}={value}"], name, "int8=1", upper=upper)
+        parsed = parse_per_precision([f"{precision}={value}"], name, "int8=1", upper=upper)
     except MlicError as error:
         _assert_refused_naming(error, name)
     else:
