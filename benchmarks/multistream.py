@@ -40,7 +40,8 @@ from common import (BENCH_LABELS, IMAGENET_MEAN, IMAGENET_STD, make_run, notes_s
 from mlic_edge.rundir import installed_versions
 from mlic_edge.runtime.checks.bench import make_video, spread
 from mlic_edge.runtime.inference.backends import create_backend
-from mlic_edge.runtime.inference.classifier import Classifier, StreamOptions
+from mlic_edge.runtime.inference.classifier import Classifier
+from mlic_edge.runtime.inference.streams import StreamOptions
 from mlic_edge.runtime.inference.streams import open_streams, parse_streams
 from mlic_edge.spec import ModelSpec
 

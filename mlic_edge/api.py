@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from mlic_edge.errors import MlicError
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import DEFAULT_PRECISION, RunSpec, split_items
+from mlic_edge.spec import DEFAULT_PRECISION, RunSpec, refuse_unknown, split_items
 
 if TYPE_CHECKING:
     from mlic_edge.runtime.inference.classifier import Classifier, Result
@@ -174,7 +174,7 @@ class Run:
         threshold, thresholds, top_k, cuda_graph, threads, fp16_fallback."""
         from mlic_edge.commands.predict import LOAD_FIELDS, PredictRequest, load_classifier
 
-        _refuse_unknown(request, LOAD_FIELDS, "load (how a source is read goes to clf.stream(source, ...))")
+        refuse_unknown(request, LOAD_FIELDS, "load (how a source is read goes to clf.stream(source, ...))")
         return load_classifier(self.dir, _request(PredictRequest, request))
 
     @_api
@@ -330,7 +330,7 @@ def _request(kind: type, values: dict[str, Any], **fixed: Any) -> Any:
     itself. An unknown or missing name is refused in one line (the request objects hold the only defaults); a
     string for a list or tuple field is read as the CLI reads it, one item or comma-separated items."""
     known = [item.name for item in fields(kind) if item.name not in fixed]
-    _refuse_unknown(values, known, kind.__name__)
+    refuse_unknown(values, known, kind.__name__)
     missing = [item.name for item in fields(kind) if item.name in known and item.name not in values
                and item.default is MISSING and item.default_factory is MISSING]
     if missing:
@@ -344,18 +344,11 @@ def _request(kind: type, values: dict[str, Any], **fixed: Any) -> Any:
     return kind(**values, **fixed)
 
 
-def _refuse_unknown(given: typing.Iterable[str], known: typing.Iterable[str], what: str) -> None:
-    unknown = sorted(set(given) - set(known))
-    if unknown:
-        raise MlicError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for {what}",
-                        hint=f"choose among {', '.join(sorted(known))}")
-
-
 def _check_arguments(function: Callable[..., Any], signature: inspect.Signature, args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> None:
     """Refuse in one line what ``function`` cannot take (its ``**request``, if it has one, is ``_request``'s)."""
     if not any(parameter.kind is parameter.VAR_KEYWORD for parameter in signature.parameters.values()):
-        _refuse_unknown(kwargs, _parameters(signature), function.__qualname__)
+        refuse_unknown(kwargs, _parameters(signature), function.__qualname__)
     try:
         signature.bind(*args, **kwargs)
     except TypeError as error:

@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Iterable, Mapping, TypeVar
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_PRECISION = PRECISIONS[0]
@@ -548,6 +548,16 @@ def split_items(option: str, text: str, item_type: type = str) -> list[Any]:
         example = {int: "4,8", float: "0.5,0.9"}.get(item_type, "a,b")
         raise MlicError(f"{option} {text!r} is not a comma-separated list of {item_type.__name__} values",
                         hint=f"for example {option} {example}") from None
+
+
+def refuse_unknown(given: Iterable[str], known: Iterable[str], what: str) -> None:
+    """Refuse names outside ``known`` (keyword arguments, stream options) in one line that lists the valid ones."""
+    from mlic_edge.errors import MlicError
+
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise MlicError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for {what}",
+                        hint=f"choose among {', '.join(sorted(known))}")
 
 
 def parse_key_values(pairs: list[str], option: str) -> dict[str, Any]:

@@ -274,11 +274,12 @@ def test_stream_stops_when_the_loop_is_left(trained_run, synth_data):
 
 
 def test_predict_requests_stream_fields_take_their_defaults_from_stream_options():
-    """``StreamOptions`` holds the defaults of how a source is read; ``PredictRequest`` (the CLI's) repeats them."""
+    """``StreamOptions`` holds the defaults of how a source is read; ``PredictRequest`` (the CLI's) takes them from it
+    and has a field for each."""
     from dataclasses import fields
 
     from mlic_edge.commands.predict import LOAD_FIELDS, PredictRequest
-    from mlic_edge.runtime.inference.classifier import StreamOptions
+    from mlic_edge.runtime.inference.streams import StreamOptions
 
     request = PredictRequest()
     for item in fields(StreamOptions):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mlic_edge.rundir import RunDir
+from mlic_edge.runtime.inference.streams import StreamOptions
 from mlic_edge.spec import (DEFAULT_BACKEND, DEFAULT_DEVICE, DEFAULT_PRECISION, DEFAULT_THRESHOLD, require_at_least,
                             require_fraction, require_seconds)
 
@@ -25,19 +26,19 @@ class PredictRequest:
     backend: str = DEFAULT_BACKEND
     precision: str = DEFAULT_PRECISION
     device: str = DEFAULT_DEVICE
-    batch: int = 1  # images per inference (at least one per stream; a live stream gives its newest frame)
-    batch_timeout_ms: float = 0.0  # how long a batch waits for the other streams' frames (0: takes what is queued)
+    batch: int = StreamOptions.batch  # how a source is read: StreamOptions' fields, with its defaults
+    batch_timeout_ms: float = StreamOptions.batch_timeout_ms
     threshold: float = DEFAULT_THRESHOLD
     thresholds: Path | None = None  # per-class thresholds file (JSON {label: t} or CSV label,threshold)
     top_k: int = 5
-    smoothing: float = 0.0  # EMA of scores across frames of a video or live source
-    only_changes: bool = False
+    smoothing: float = StreamOptions.smoothing
+    only_changes: bool = StreamOptions.only_changes
     all_scores: bool = False  # every label's score in each record (`run --scores`; a CSV needs them)
-    max_frames: int | None = None  # per stream
-    width: int | None = None
-    height: int | None = None
-    fps: float | None = None
-    max_reconnects: int = 5
+    max_frames: int | None = StreamOptions.max_frames
+    width: int | None = StreamOptions.width
+    height: int | None = StreamOptions.height
+    fps: float | None = StreamOptions.fps
+    max_reconnects: int = StreamOptions.max_reconnects
     cuda_graph: bool = False
     threads: int | None = None  # inference threads; None: the thread budget's policy (runtime/inference/threads.py)
     fp16_fallback: bool = False  # fp16 on a CPU backend without fp16 arithmetic runs fp32 instead
@@ -49,10 +50,8 @@ class PredictRequest:
                                                              "it out")
         self.stream_options().check()
 
-    def stream_options(self) -> Any:
+    def stream_options(self) -> StreamOptions:
         """The fields that say how a source is read (``StreamOptions``)."""
-        from mlic_edge.runtime.inference.classifier import StreamOptions
-
         return StreamOptions(**{item.name: getattr(self, item.name) for item in fields(StreamOptions)})
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -30,36 +30,11 @@ from mlic_edge.data.images import read_image, spec_input
 from mlic_edge.errors import BackendError, MlicError
 from mlic_edge.runtime.inference.backends.base import Backend, BackendInfo
 from mlic_edge.runtime.inference.postprocess import Postprocessor, Result
-from mlic_edge.spec import DEFAULT_THRESHOLD, ModelSpec, require_at_least, require_fraction
+from mlic_edge.runtime.inference.streams import StreamOptions
+from mlic_edge.spec import DEFAULT_THRESHOLD, ModelSpec, refuse_unknown
 
 DEFAULT_CHUNK = 16
 """Images per inference when ``predict`` gets a long list and the backend takes any batch (dynamic ONNX)."""
-
-
-@dataclass(frozen=True)
-class StreamOptions:
-    """How ``Classifier.stream`` (and ``mlic-edge run``) reads a source; these are the only defaults."""
-
-    batch: int = 1  # images per inference (at least one per stream; a live stream gives its newest frame)
-    batch_timeout_ms: float = 0.0  # how long a batch waits for the other streams' frames (0: takes what is queued)
-    max_frames: int | None = None  # per stream
-    smoothing: float = 0.0  # EMA of scores across frames of a video or live source
-    only_changes: bool = False
-    width: int | None = None
-    height: int | None = None
-    fps: float | None = None
-    max_reconnects: int = 5
-
-    def check(self) -> None:
-        require_fraction("--smoothing", self.smoothing, upper_open=True, hint="0 turns it off; 0.8 is a good start")
-        require_at_least("--batch", self.batch, 1, hint="images per inference, for example 8")
-        require_at_least("--batch-timeout", self.batch_timeout_ms, 0, hint="milliseconds a batch may wait for the "
-                                                                         "other streams, for example 20")
-        require_at_least("--max-frames", self.max_frames, 1, hint="pass 1 or more")
-        require_at_least("--max-reconnects", self.max_reconnects, 0, hint="0 never reconnects")
-        require_at_least("--width", self.width, 1, hint="a capture width in pixels, for example 1280")
-        require_at_least("--height", self.height, 1, hint="a capture height in pixels, for example 720")
-        require_at_least("--fps", self.fps, 0, above=True, hint="a capture frame rate, for example 30")
 
 
 class Classifier:
@@ -280,11 +255,7 @@ class ResultStream:
 
 def make_options(kind: type, values: dict[str, Any]) -> Any:
     """``kind(**values)``, refusing unknown names in one line that lists the valid ones."""
-    known = [item.name for item in fields(kind)]
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise MlicError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for {kind.__name__}",
-                        hint=f"choose among {', '.join(sorted(known))}")
+    refuse_unknown(values, [item.name for item in fields(kind)], kind.__name__)
     return kind(**values)
 
 

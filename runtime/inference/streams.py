@@ -1,6 +1,7 @@
-"""Several sources in one run: their names (``door=rtsp://…``, or one made from the source), the ``--sources`` file,
-opening them so that one that cannot be opened does not stop the others, and per-stream output paths
-(``out/{stream}.jsonl``)."""
+"""How sources are read (``StreamOptions``), and several sources in one run: their names (``door=rtsp://…``, or one
+made from the source), the ``--sources`` file, opening them so that one that cannot be opened does not stop the
+others, and per-stream output paths (``out/{stream}.jsonl``). Loads no OpenCV until a source is opened or named from
+its form, so the CLI and the commands take ``StreamOptions``' defaults at start."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from urllib.parse import urlparse
 
 from mlic_edge.console import warn
 from mlic_edge.errors import MlicError, SourceError
+from mlic_edge.spec import require_at_least, require_fraction
 
 if TYPE_CHECKING:  # the sources module loads OpenCV: names are parsed (service install, --help) without it
     from mlic_edge.runtime.inference.sources import Source
@@ -30,6 +32,32 @@ class StreamSpec:
 
     name: str
     source: str
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """How ``Classifier.stream`` (and ``mlic-edge run``) reads a source; these are the only defaults."""
+
+    batch: int = 1  # images per inference (at least one per stream; a live stream gives its newest frame)
+    batch_timeout_ms: float = 0.0  # how long a batch waits for the other streams' frames (0: takes what is queued)
+    max_frames: int | None = None  # per stream
+    smoothing: float = 0.0  # EMA of scores across frames of a video or live source
+    only_changes: bool = False
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    max_reconnects: int = 5
+
+    def check(self) -> None:
+        require_fraction("--smoothing", self.smoothing, upper_open=True, hint="0 turns it off; 0.8 is a good start")
+        require_at_least("--batch", self.batch, 1, hint="images per inference, for example 8")
+        require_at_least("--batch-timeout", self.batch_timeout_ms, 0, hint="milliseconds a batch may wait for the "
+                                                                         "other streams, for example 20")
+        require_at_least("--max-frames", self.max_frames, 1, hint="pass 1 or more")
+        require_at_least("--max-reconnects", self.max_reconnects, 0, hint="0 never reconnects")
+        require_at_least("--width", self.width, 1, hint="a capture width in pixels, for example 1280")
+        require_at_least("--height", self.height, 1, hint="a capture height in pixels, for example 720")
+        require_at_least("--fps", self.fps, 0, above=True, hint="a capture frame rate, for example 30")
 
 
 def parse_streams(sources: Sequence[str], sources_file: Path | None = None) -> list[StreamSpec]:
@@ -183,5 +211,5 @@ def _sanitised(text: str) -> str:
     return name if _NAME.match(name) else name[:64]
 
 
-__all__ = ["STREAM_FIELD", "StreamSpec", "as_streams", "default_stream_name", "failed_streams", "open_streams", "output_paths",
+__all__ = ["STREAM_FIELD", "StreamOptions", "StreamSpec", "as_streams", "default_stream_name", "failed_streams", "open_streams", "output_paths",
            "parse_streams", "with_unopened"]
