@@ -213,3 +213,14 @@ def test_val_fraction_is_checked_before_training(tmp_path):
     for bad in (-0.1, 0.6, 1.0):
         with pytest.raises(MlicError, match="--val-fraction"):
             TrainConfig(model="baseline", data="voc:nowhere", out=tmp_path / "run", val_fraction=bad).validate()
+
+
+def test_the_training_summary_names_the_split_that_chose_the_epoch_and_the_eval_splits_figure():
+    from mlic_edge.commands.train import training_summary
+
+    chosen_on_validation = {"best_val_mAP": 0.8123, "best_epoch": 3, "selected_on": "validation", "eval_mAP": 0.7456}
+    assert training_summary(chosen_on_validation) == ("best validation mAP 81.23 at epoch 3; eval split mAP 74.56 "
+                                                      "(scored once, at the end)")
+    assert training_summary({"best_val_mAP": 0.5, "best_epoch": 1, "selected_on": "eval", "eval_mAP": 0.5}) == \
+        "best val mAP 50.00 at epoch 1 (the eval split chose it)"
+    assert "best val mAP" in training_summary({"best_val_mAP": 0.5, "best_epoch": 1})  # a run written before

@@ -306,7 +306,7 @@ def train(
     --nproc-per-node N -m mlic_edge train ...` it runs as DistributedDataParallel (--batch-size is per process).
     With --qat, fine-tune a trained run with int8 fake quantization instead (`mlic-edge train --qat --run DIR
     --epochs N`)."""
-    from mlic_edge.commands.train import train as run_training
+    from mlic_edge.commands.train import train as run_training, training_summary
     from mlic_edge.console import info
 
     if qat:
@@ -340,8 +340,7 @@ def train(
     if json_out:
         _emit_json(result)
     else:
-        info(f"best val mAP {result['best_val_mAP'] * 100:.2f} at epoch {result['best_epoch']}; run: {run_path}\n"
-             f"next: mlic-edge export --run {run_path}")
+        info(f"{training_summary(result)}; run: {run_path}\nnext: mlic-edge export --run {run_path}")
 
 
 def _train_qat(request: QatRequest, json_out: bool) -> None:

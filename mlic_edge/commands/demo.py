@@ -39,7 +39,7 @@ def demo(out: Path, request: DemoRequest = DemoRequest()) -> dict[str, Any]:
     from mlic_edge.commands.export import export
     from mlic_edge.commands.parity import ParityRequest, check_parity, parity, parity_table
     from mlic_edge.commands.predict import PredictOutputs, PredictRequest, predict_to_outputs, summary_tables
-    from mlic_edge.commands.train import TrainConfig, train
+    from mlic_edge.commands.train import TrainConfig, train, training_summary
     from mlic_edge.rundir import RunDir
 
     started = time.monotonic()
@@ -86,7 +86,7 @@ def demo(out: Path, request: DemoRequest = DemoRequest()) -> dict[str, Any]:
     with np.load(run.reference) as reference:
         chance = float(np.mean((reference["targets"] == 1).mean(axis=0)))
     console.print(Rule("done"))
-    info(f"best val mAP {trained['best_val_mAP'] * 100:.1f} (chance: {chance * 100:.1f}, the mean label frequency); "
+    info(f"{training_summary(trained)} (chance on the eval split: {chance * 100:.1f}, the mean label frequency); "
          f"the whole path took {minutes:.1f} min (wall time) on {device}, {_machine()}, "
          f"{datetime.now(timezone.utc):%Y-%m-%d}.")
     info("Try next:")

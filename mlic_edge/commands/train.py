@@ -29,6 +29,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
     return run_training(config)
 
 
+def training_summary(result: dict[str, Any]) -> str:
+    """What a training reached, in words: the best epoch's mAP on the split that chose it (the validation split held
+    out of training, or the eval split with --val-fraction 0) and, where it differs, the eval split's, scored once."""
+    best = f"mAP {result['best_val_mAP'] * 100:.2f} at epoch {result['best_epoch']}"
+    if result.get("selected_on") != "validation":
+        return f"best val {best} (the eval split chose it)"
+    eval_map = result.get("eval_mAP")
+    return (f"best validation {best}; eval split "
+            + (f"mAP {eval_map * 100:.2f}" if eval_map is not None else "mAP not measured") + " (scored once, at the end)")
+
+
 def check_imagenet_weights(config: TrainConfig) -> None:
     """Refuse in one line, before PyTorch loads, a run that starts from ImageNet weights that are neither on this
     machine nor downloadable (models/hub.py); the backbone's name and weights repository come from the zoo's listing.
@@ -147,4 +158,5 @@ def _quiet(what: str, done: int, total: int) -> None:
     return None
 
 
-__all__ = ["QatRequest", "TrainConfig", "check_imagenet_weights", "train", "train_qat", "zoo_file_names"]
+__all__ = ["QatRequest", "TrainConfig", "check_imagenet_weights", "train", "train_qat", "training_summary",
+           "zoo_file_names"]
