@@ -295,7 +295,7 @@ class Int8Plan:
         fp32 in turns; the layers kept in float start from the post-training graph's and grow by the same search
         where held-out images are here. None (and a warning) where neither images nor a stored record exist. Also
         recorded as the decision's ``cpu_graph``."""
-        cpu, files, decision = self.inputs.cpu, self.files, self.decision
+        cpu, decision = self.inputs.cpu, self.decision
         if decision.made_here:  # the CPU graph is post-training: it starts from the post-training graph's layers
             keep_fp, ranking = decision.record.get("post_training", decision.record)["kept_fp"], decision.ranking
         else:

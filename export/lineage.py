@@ -27,8 +27,8 @@ from typing import Any
 
 from mlic_edge.errors import LineageError
 from mlic_edge.io import read_json, sha256_file
-from mlic_edge.rundir import GRAPH_HASHES, RunDir
-from mlic_edge.spec import RunSpec, rebuild_command, retrain_command
+from mlic_edge.rundir import RunDir
+from mlic_edge.spec import GRAPH_HASHES, RunSpec, rebuild_command, retrain_command
 
 BUNDLE_MANIFEST = "bundle.json"  # kept in a run unpacked from a bundle (runtime/deployment/bundle.py)
 CHECKPOINT_SHA = "source_checkpoint_sha256"  # the ONNX metadata key and the reference.npz array of it

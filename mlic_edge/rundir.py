@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any, Iterator
 from mlic_edge.errors import RunDirError
 from mlic_edge.io import StagedFiles, atomic_files, json_text, read_json
 from mlic_edge.spec import DEFAULT_PRECISION, DEFAULT_RUNS_ROOT, merged_run_json, run_json_sections, train_first_hint
-from mlic_edge.spec import GRAPH_HASHES  # noqa: F401  (re-exported: run.json's graph record, read by lineage and tests)
 
 if TYPE_CHECKING:
     from mlic_edge.spec import RunSpec

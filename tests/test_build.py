@@ -11,7 +11,7 @@ import pytest
 
 from cli_helpers import assert_one_line_error, invoke
 from mlic_edge.io import sha256_file
-from mlic_edge.rundir import GRAPH_HASHES
+from mlic_edge.spec import GRAPH_HASHES
 
 
 @pytest.fixture(scope="module")

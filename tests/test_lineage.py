@@ -17,7 +17,8 @@ from mlic_edge.errors import Interrupted, MlicError
 from mlic_edge.export.lineage import CHECKPOINT_SHA, ONNX_SHA
 from mlic_edge.export.metadata import read_metadata, write_metadata
 from mlic_edge.io import sha256_file
-from mlic_edge.rundir import GRAPH_HASHES, RunDir
+from mlic_edge.rundir import RunDir
+from mlic_edge.spec import GRAPH_HASHES
 from mlic_edge.spec import ReferenceSection
 from mlic_edge.stops import signals_deferred, stop_on_signals
 

@@ -138,8 +138,8 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
     loop.val_set, loop.validation = val_set, validation
     start_epoch, best_map, history = _start_epochs(loop, resume_state)
     train_config = _train_config(config, recipe, loop)
-    distributed = {"world_size": dist.world_size} if dist.enabled else {}
-    distributed["selected_on"] = "validation" if val_set is not None else "eval"
+    section_extra = {"world_size": dist.world_size} if dist.enabled else {}  # the train section's own fields
+    section_extra["selected_on"] = "validation" if val_set is not None else "eval"
     if dist.is_main:
         _record_run(loop, input_format=run.spec().input_format if resume_state is not None and run.exists()
                     else FLOAT_INPUT)
@@ -177,7 +177,7 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
                 best_map = val_maps[better]
             if dist.is_main:
                 _save_epoch(loop, epoch, candidates[better] if is_best else None, better, best_map, history,
-                            train_section=_train_section(train_config, history, dist.device, **distributed))
+                            train_section=_train_section(train_config, history, dist.device, **section_extra))
         final_eval = _evaluate_best(loop, progress) if val_set is not None else None
 
     if broken_train:
@@ -191,8 +191,8 @@ def _train(config: TrainConfig, dist: DistContext, done: dict[str, Any]) -> dict
         if eval_broken:
             warn(describe_broken(eval_set, eval_broken) + " (eval split)")
         skipped.update(val=skipped["eval"], eval=len(set(eval_broken)))
-        distributed["eval_mAP"] = _finite(eval_map) if eval_map is not None else None
-    train_section = _train_section(train_config, history, dist.device, **distributed, skipped_images=skipped)
+        section_extra["eval_mAP"] = _finite(eval_map) if eval_map is not None else None
+    train_section = _train_section(train_config, history, dist.device, **section_extra, skipped_images=skipped)
     if dist.is_main:
         run.update(train=train_section)
     dist.barrier()  # every rank returns once the run directory is complete

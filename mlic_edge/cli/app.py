@@ -27,7 +27,7 @@ from mlic_edge.commands.service import ServiceRequest, UninstallRequest
 from mlic_edge.commands.serving import DeepStreamRequest, TritonRequest
 from mlic_edge.commands.train import QatRequest, TrainConfig
 from mlic_edge.errors import EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, Interrupted, MlicError
-from mlic_edge.spec import (DEFAULT_LABELSET_FLOOR, DEFAULT_MAX_SCORE_DIFF, DEFAULT_TOLERANCE_POINTS, PRECISIONS,
+from mlic_edge.spec import (DEFAULT_LABELSET_FLOOR, DEFAULT_MAX_SCORE_DIFF, DEFAULT_TOLERANCE_POINTS,
                             RESIZE_MODES, parse_key_values, parse_per_precision, per_precision_text, require_seconds,
                             split_items)
 

@@ -21,7 +21,6 @@ if TYPE_CHECKING:  # the sources module loads OpenCV: names are parsed (service 
 
 STREAM_FIELD = "{stream}"
 """Where an output path takes each stream's name: ``--out 'out/{stream}.jsonl'`` writes one file per stream."""
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _NAMED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})=(.+)$")
 _MEANT_AS_NAME = re.compile(r"^([^=:/\\]+)=.")  # text before "=" that is no URL, path or GStreamer pipeline
 
@@ -207,8 +206,8 @@ def _unique(name: str, taken: set[str]) -> str:
 
 
 def _sanitised(text: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "stream"
-    return name if _NAME.match(name) else name[:64]
+    """``text`` as a stream name: other characters turned to ``-``, starting with a letter or digit, 64 at most."""
+    return (re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-._") or "stream")[:64]
 
 
 __all__ = ["STREAM_FIELD", "StreamOptions", "StreamSpec", "as_streams", "default_stream_name", "failed_streams", "open_streams", "output_paths",
