@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mlic_edge import metrics
-from mlic_edge.spec import DEFAULT_THRESHOLD
+from mlic_edge.spec import DEFAULT_THRESHOLD, INT8_TARGET_AGREEMENT, INT8_TARGET_DELTA_POINTS
 
 Quantize = Callable[[list[str]], Path]  # keep_fp -> the int8 ONNX quantized with those layers in float
 Progress = Callable[[str], None]
@@ -36,8 +36,8 @@ class AccuracyTarget:
     ``margin_se`` standard errors of that estimate above ``min_agreement`` (about one point at 97 % on 256 images;
     0: the bare target)."""
 
-    max_delta_points: float = 0.5  # |mAP(int8) − mAP(fp32)| in points
-    min_agreement: float = 0.97  # share of images whose predicted label set is the fp32 one
+    max_delta_points: float = INT8_TARGET_DELTA_POINTS  # |mAP(int8) − mAP(fp32)| in points
+    min_agreement: float = INT8_TARGET_AGREEMENT  # share of images whose predicted label set is the fp32 one
     threshold: float = DEFAULT_THRESHOLD  # score at which a label is predicted
     margin_se: float = 1.0
 

@@ -37,13 +37,14 @@ from mlic_edge.calibration.accuracy import (AccuracyTarget, KeepFpSearch, Step, 
 from mlic_edge.calibration.images import (CalibrationSet, first_images, select_calibration_set, split_holdout,
                                           validation_holdout)
 from mlic_edge.calibration.int8 import (CPU_FORMATS, TENSORRT_INT8, Int8Report, Int8Scheme, cpu_int8_scheme,
-                                        has_record, quantize_int8, quantized_node_names)
+                                        has_record, quantize_int8, quantized_node_names, stamp_source)
 from mlic_edge.calibration.sensitivity import layer_sensitivity
 from mlic_edge.console import info, warn
 from mlic_edge.export.lineage import ONNX_SHA
 from mlic_edge.export.metadata import read_metadata
 from mlic_edge.io import sha256_file
-from mlic_edge.spec import DEFAULT_CALIB_IMAGES, DEFAULT_HOLDOUT_IMAGES, DEFAULT_QAT_EPOCHS, Preprocessing
+from mlic_edge.spec import (CPU_INT8_TARGET_AGREEMENT, CPU_INT8_TARGET_DELTA_POINTS, DEFAULT_CALIB_IMAGES,
+                            DEFAULT_HOLDOUT_IMAGES, DEFAULT_QAT_EPOCHS, Preprocessing)
 
 if TYPE_CHECKING:
     from mlic_edge.data.dataset import MultiLabelDataset
@@ -73,7 +74,8 @@ class CpuTarget:
 class Int8Inputs:
     """What a build asks of int8."""
 
-    target: AccuracyTarget = AccuracyTarget()
+    target: AccuracyTarget = AccuracyTarget()  # TensorRT's Q/DQ graph's
+    cpu_target: AccuracyTarget = AccuracyTarget(CPU_INT8_TARGET_DELTA_POINTS, CPU_INT8_TARGET_AGREEMENT)
     method: str = "percentile"  # calibration method (calibration/int8.py METHODS)
     calib_images: int = DEFAULT_CALIB_IMAGES
     holdout_images: int = DEFAULT_HOLDOUT_IMAGES
@@ -183,6 +185,7 @@ class Int8Plan:
                             "than on unseen images); neither calibration nor eval images"}
             self.calibration = select_calibration_set(rest, inputs.calib_images)
         self.decision: Int8Decision | None = None
+        self.cpu_search: KeepFpSearch | None = None  # the CPU graph's accuracy search, where it ran
 
     @property
     def judging_images(self) -> str:
@@ -337,21 +340,68 @@ class Int8Plan:
                                   for name, by_batch in latency.items()}}
         if ranking is not None:
             search = self._meet_accuracy_target(quantizers[chosen], out, start=keep_fp, ranking=ranking,
-                                                what="int8 CPU graph")
+                                                what="int8 CPU graph", target=self.inputs.cpu_target)
             if search is not None:
                 if search.kept_fp != keep_fp:
                     final = quantizers[chosen](search.kept_fp, out)
                     summary.update(kept_fp=final.kept_fp, quantized_nodes=final.quantized_nodes)
                 summary["accuracy_target"] = self._search_record(search)
+                self.cpu_search = search
         return summary
+
+    @property
+    def cpu_fine_tuning_wanted(self) -> bool:
+        """The CPU graph missed its target after its search, and fine-tuning may be used."""
+        search = self.cpu_search
+        return search is not None and not search.met and self.inputs.fine_tune_epochs > 0
+
+    def adopt_cpu_fine_tuned(self, fine_tuned_fp32: Path, fine_tuning: Mapping[str, Any]) -> FineTunedTrial:
+        """ONNX Runtime's CPU graph quantized, in the form chosen, from ``fine_tuned_fp32`` (the weights fine-tuned
+        for the CPU graph's scheme, ``fine_tuning`` says how; min/max ranges, as the fine-tuning's max calibration
+        set them), every layer int8, judged against model.onnx on the judging images; staged in place of the
+        post-training CPU graph where it meets the CPU target or comes closer, and recorded either way."""
+        record, search = self.decision.record["cpu_graph"], self.cpu_search
+        scheme = cpu_int8_scheme(record["quant_format"], self.inputs.cpu.reduce_range)
+        images, targets = self.holdout.inputs_and_targets(self.preprocessing)
+        with tempfile.TemporaryDirectory(prefix=".int8-cpu-qat.", dir=self.files.run) as work:
+            report = quantize_int8(fine_tuned_fp32, Path(work) / self.files.cpu.name, Path(work) / "records",
+                                   method="minmax", calibration=self.calibration, preprocessing=self.preprocessing,
+                                   scheme=scheme)
+            source = f"quantization-aware for the CPU graph, {fine_tuning['epochs']} epoch(s)"
+            step = dataclasses.replace(measure_step(report.path, onnx_scores(self.files.fp32, images), images,
+                                                    targets, search.target), source=source)
+            adopted = improves_on(step, search.final, search.target)
+            best = search.final
+            info(f"int8 CPU graph: fine-tuned, it {'meets' if step.met else 'misses'} its target on the "
+                 f"{self.judging_images}: ΔmAP {step.delta_mAP_points:+.2f}, {step.labelset_agreement * 100:.1f} % "
+                 f"identical (post-training: {best.delta_mAP_points:+.2f}, {best.labelset_agreement * 100:.1f} %)"
+                 + ("" if adopted else "; the post-training CPU graph is kept"))
+            trial = FineTunedTrial(step, float(fine_tuning.get("seconds") or 0.0), adopted)
+            if not adopted:
+                record["qat_trial"] = {**dataclasses.asdict(step), **fine_tuning}
+                return trial
+            stamp_source(report.path, self.files.fp32, int8_source="qat", fine_tuned_onnx_sha256=sha256_file(
+                fine_tuned_fp32))
+            shutil.copyfile(report.path, self.files.stage(self.files.cpu))
+        search.steps.append(step)
+        search.kept_fp, search.stopped = [], "met" if step.met else f"{search.stopped}, then fine-tuned"
+        post_training = {key: record[key] for key in ("kept_fp", "quantized_nodes", "key", "method") if key in record}
+        record.update(source="qat", kept_fp=[], quantized_nodes=report.quantized_nodes, method="minmax",
+                      accuracy_target=self._search_record(search), fine_tuning=dict(fine_tuning),
+                      post_training=post_training)
+        if not step.met:
+            warn("int8 CPU graph misses its target after fine-tuning (kept: it comes closer than post-training): "
+                 "raise --qat-epochs, or serve TensorRT's Q/DQ graph or fp32 on this CPU")
+        return trial
 
     # the pieces
 
     def _meet_accuracy_target(self, quantize: Callable[[list[str], Path], Int8Report], first: Path, *,
-                              start: list[str], what: str, ranking: list[dict] | None = None
-                              ) -> KeepFpSearch | None:
-        """The keep-fp search on the judging images (None where they cannot be scored), told to the user;
-        ``first`` is the graph (``what``) already quantized with ``start`` in float."""
+                              start: list[str], what: str, ranking: list[dict] | None = None,
+                              target: AccuracyTarget | None = None) -> KeepFpSearch | None:
+        """The keep-fp search for ``target`` (default: the TensorRT graph's) on the judging images (None where they
+        cannot be scored), told to the user; ``first`` is the graph (``what``) already quantized with ``start`` in
+        float."""
         inputs = self.inputs
         ranking = self.decision.ranking if ranking is None else ranking
         if self.dataset.names != self.labels:
@@ -361,7 +411,7 @@ class Int8Plan:
         quantizable = len(ranking) + len(inputs.keep_fp)  # the ranking holds every quantized layer of TensorRT's graph
         budget = inputs.float_budget(quantizable)
         budget = max(0, budget - (len(start) - len(inputs.keep_fp)))  # what an earlier search kept counts against it
-        target = inputs.target
+        target = target or inputs.target
         with tempfile.TemporaryDirectory(prefix=".int8-search.", dir=self.files.run) as work:
             def trial(keep_fp: list[str]) -> Path:
                 if keep_fp == list(start):

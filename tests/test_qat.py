@@ -148,7 +148,9 @@ def test_build_fine_tunes_when_post_training_misses_and_keeps_the_graph_nearer_f
     import mlic_edge.train.qat as qat_module
     from mlic_edge.calibration import split_holdout
     from mlic_edge.commands.build import BuildRequest, _training_images, build
+    from mlic_edge.export.lineage import ONNX_SHA
     from mlic_edge.export.metadata import read_metadata
+    from mlic_edge.io import sha256_file
     from mlic_edge.rundir import RunDir
 
     trained_on: list[set[str]] = []
@@ -161,13 +163,14 @@ def test_build_fine_tunes_when_post_training_misses_and_keeps_the_graph_nearer_f
     monkeypatch.setattr(qat_module, "ImageDataset", recording_dataset)
     run = RunDir(run_copy)
     request = BuildRequest(precision="int8", backend="onnxruntime", calib_images=64, target_delta=0.0,
-                           max_fp_layers=0, qat_epochs=1)
+                           cpu_target_delta=0.0, max_fp_layers=0, qat_epochs=1)
     with contextlib.redirect_stderr(io.StringIO()):
         entry = build(run, request)
     int8 = entry["int8"]
     held_out = set(split_holdout(_training_images(run.spec(), request, required=True), request.holdout_images)[0]
                    .image_ids)
-    assert len(trained_on) == 2 and all(ids and not ids & held_out for ids in trained_on)  # calibration, training
+    # calibration and training for TensorRT's graph, then again for the CPU graph's scheme: never the held-out images
+    assert len(trained_on) == 4 and all(ids and not ids & held_out for ids in trained_on)
 
     steps = int8["accuracy_target"]["steps"]
     assert int8["accuracy_target"]["met"] is False and not steps[0]["met"]  # nothing meets |ΔmAP| ≤ 0
@@ -182,7 +185,50 @@ def test_build_fine_tunes_when_post_training_misses_and_keeps_the_graph_nearer_f
     else:  # it did not: the post-training graph stays, the trial is on record
         assert int8["qat_trial"]["source"] == "quantization-aware, 1 epoch(s)" and len(steps) == 1
         assert graph.get("int8_source") != "qat" and "qat" not in run.read()
-    assert run.onnx("int8", "cpu").is_file()  # the CPU graph is post-training either way
+
+    cpu = int8["cpu_graph"]  # it missed |ΔmAP| ≤ 0 too: fine-tuned for its own scheme, judged on the same images
+    cpu_steps = cpu["accuracy_target"]["steps"]
+    cpu_graph = read_metadata(run.onnx("int8", "cpu"))
+    assert cpu_graph[ONNX_SHA] == sha256_file(run.onnx("fp32"))  # the fine-tuned graph still belongs to model.onnx
+    if cpu.get("source") == "qat":
+        assert cpu_steps[-1]["source"] == "quantization-aware for the CPU graph, 1 epoch(s)"
+        assert cpu["fine_tuning"]["scheme"].startswith("cpu graph: int") and cpu["method"] == "minmax"
+        assert cpu_graph["int8_source"] == "qat" and cpu["post_training"]["kept_fp"] == []
+        assert cpu_steps[-1]["labelset_agreement"] > cpu_steps[0]["labelset_agreement"] or cpu_steps[-1]["met"]
+    else:
+        assert cpu["qat_trial"]["source"] == "quantization-aware for the CPU graph, 1 epoch(s)"
+        assert cpu_graph.get("int8_source") != "qat" and len(cpu_steps) == 1
+    assert "qat" not in run.read() or run.read()["qat"]["by"].startswith("build -p int8")  # TensorRT's only
+
+
+@pytest.mark.slow
+def test_the_cpu_scheme_fine_tunes_unsigned_activations_and_narrower_weights(run_copy):
+    """Fine-tuning for ONNX Runtime's CPU graph simulates its arithmetic: an input calibration saw non-negative (a
+    ReLU's output) is quantized unsigned (0..255, as uint8 activations are), the normalised image stays signed, and
+    weights have 7 bits where the CPU lacks VNNI (reduce_range), 8 where it has it; TensorRT's scheme stays signed."""
+    import contextlib
+    import io
+
+    from mlic_edge.rundir import RunDir
+    from mlic_edge.train.qat import TENSORRT_QAT, cpu_qat_scheme, quantization_aware_finetune
+
+    def quantizers(scheme):
+        with contextlib.redirect_stderr(io.StringIO()):
+            result = quantization_aware_finetune(RunDir(run_copy), 1, None, 16, device="cpu", scheme=scheme,
+                                                 say=lambda _: None)
+        convs = [module for module in result.model.modules() if isinstance(module, torch.nn.Conv2d)]
+        assert result.scheme == scheme and len(convs) > 3
+        return ([conv.input_quantizer.unsigned for conv in convs],
+                {conv.weight_quantizer.num_bits for conv in convs})
+
+    import torch
+
+    unsigned, bits = quantizers(cpu_qat_scheme(reduce_range=True))
+    assert unsigned[0] is False and all(unsigned[1:]) and bits == {7}  # the stem sees the normalised image
+    unsigned, bits = quantizers(cpu_qat_scheme(reduce_range=False))
+    assert bits == {8} and all(unsigned[1:])
+    unsigned, bits = quantizers(TENSORRT_QAT)
+    assert not any(unsigned) and bits == {8}
 
 
 def test_qat_on_a_run_without_checkpoint_is_one_line(capsys, trained_run, tmp_path):

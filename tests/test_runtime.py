@@ -176,13 +176,18 @@ def _reference_and_one_swap():
     return reference, scores
 
 
-@pytest.mark.parametrize("precision, default_points", [("fp32", 0.1), ("fp16", 0.5), ("int8", 1.5)])
-def test_tolerance_defaults_and_boundaries(precision, default_points):
+@pytest.mark.parametrize("precision, graph, default_points",
+                         [("fp32", None, 0.1), ("fp16", None, 0.5), ("int8", None, 0.2), ("int8", "tensorrt", 0.2),
+                          ("int8", "cpu", 0.5)])
+def test_tolerance_defaults_and_boundaries(precision, graph, default_points):
+    """int8's defaults are its build targets (spec.INT8_TARGETS), the CPU graph's its own."""
     reference, scores = _reference_and_one_swap()
-    result = compare_scores(reference, scores, precision=precision)
+    result = compare_scores(reference, scores, precision=precision, graph=graph)
     drop = -result["delta_mAP_points"]
-    assert 0.5 < drop < 1.5  # this swap costs about 1 point of mAP: past fp32's and fp16's defaults, not int8's
+    assert 0.5 < drop < 1.5  # this swap costs about 1 point of mAP: past every default
     assert result["tolerance_points"] == default_points
+    assert result["labelset_floor"] == {"fp32": 0.99, "fp16": 0.97, "tensorrt": 0.985, None: 0.985,
+                                        "cpu": 0.97}[graph if precision == "int8" else precision]
     assert any("points below the reference" in failure for failure in result["failures"]) is (drop > default_points)
     lenient = {"labelset_floor": 0.0, "max_score_diff": 1.0}  # it also moves label sets and scores: mAP alone here
     assert compare_scores(reference, scores, precision=precision, tolerance_points=drop + 0.01, **lenient)["passed"]
@@ -209,8 +214,9 @@ def test_a_gain_past_the_tolerance_is_a_mismatch_too():
     """A backend far better than its reference is not a pass: the reference is of another model or other images."""
     reference, scores = _reference_and_one_swap()
     swapped = Reference(scores, reference.targets, reference.image_ids, reference.labels, "x", "t")
-    result = compare_scores(swapped, reference.scores.copy(), precision="int8", labelset_floor=0.0)
-    assert result["delta_mAP_points"] > 0.5 and result["passed"]  # within int8's 1.5 points
+    result = compare_scores(swapped, reference.scores.copy(), precision="int8", labelset_floor=0.0,
+                            tolerance_points=1.5)
+    assert result["delta_mAP_points"] > 0.5 and result["passed"]  # within the 1.5 points asked
     result = compare_scores(swapped, reference.scores.copy(), precision="fp32", labelset_floor=0.0)
     assert not result["passed"] and "points above the reference" in result["failures"][0]
 

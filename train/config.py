@@ -13,6 +13,10 @@ from mlic_edge.spec import DEFAULT_DEVICE, DEFAULT_RESIZE, RESIZE_MODES, require
 QAT_LIBRARY = "nvidia-modelopt"  # `train --qat` (train/qat.py)
 QAT_CALIB_IMAGES = 256  # training images its int8 ranges are calibrated on before fine-tuning
 QAT_WORKERS = 2  # data-loading processes of quantization-aware fine-tuning
+QAT_SCHEMES = ("tensorrt", "cpu")
+"""Which int8 graph the fine-tuning simulates (train/qat.py ``QatScheme``): TensorRT's Q/DQ graph (symmetric int8
+activations) or ONNX Runtime's CPU graph (uint8 activations, per-channel int8 weights, 7-bit where the CPU lacks
+VNNI)."""
 QAT_TARGETS = ("distill", "labels")
 """What the fake-quantized model is fine-tuned towards: ``distill`` the fp32 model's own scores on the same
 augmented images (quantization-aware distillation, QAD in ModelOpt's guide "Quantization-Aware Training and

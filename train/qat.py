@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import importlib.metadata
 import math
 import sys
@@ -86,13 +87,38 @@ def library_version() -> str:
         return "unknown"
 
 
-def quant_config() -> dict[str, Any]:
+@dataclass(frozen=True)
+class QatScheme:
+    """The int8 arithmetic the fine-tuning simulates (``QAT_SCHEMES``): the weights' bits (per output channel,
+    symmetric) and whether an input that calibration saw non-negative is quantized unsigned (0..255, as ONNX
+    Runtime's uint8 activations quantize a ReLU's output) rather than symmetric int8 (TensorRT's)."""
+
+    graph: str = "tensorrt"
+    weight_bits: int = 8
+    unsigned_inputs: bool = False
+
+    def describe(self) -> str:
+        return (f"{self.graph} graph: int{self.weight_bits} per-channel weights, "
+                + ("uint8 activations where non-negative" if self.unsigned_inputs else "int8 symmetric activations"))
+
+
+TENSORRT_QAT = QatScheme()
+
+
+def cpu_qat_scheme(reduce_range: bool) -> QatScheme:
+    """ONNX Runtime's CPU graph (calibration/int8.py ``cpu_int8_scheme``): uint8 activations, per-channel int8
+    weights, 7-bit where ``reduce_range`` (a CPU without VNNI, whose u8s8 kernels would saturate)."""
+    return QatScheme(graph="cpu", weight_bits=7 if reduce_range else 8, unsigned_inputs=True)
+
+
+def quant_config(scheme: QatScheme = TENSORRT_QAT) -> dict[str, Any]:
     """ModelOpt's INT8 config with the post-training graph's placement (the module docstring): everything off, then
-    the input and weight quantizers of the weighted modules on; max calibration."""
+    the input and weight quantizers of the weighted modules on, weights of ``scheme.weight_bits``; max
+    calibration."""
     entries: list[dict[str, Any]] = [{"quantizer_name": "*", "enable": False}]
     for module, axis in WEIGHTED_MODULES.items():
         entries.append({"quantizer_name": "*weight_quantizer", "parent_class": module,
-                        "cfg": {"num_bits": 8, "axis": axis}})
+                        "cfg": {"num_bits": scheme.weight_bits, "axis": axis}})
         entries.append({"quantizer_name": "*input_quantizer", "parent_class": module,
                         "cfg": {"num_bits": 8, "axis": None}})
     return {"quant_cfg": entries, "algorithm": "max"}
@@ -122,9 +148,11 @@ class QatResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     device: str = "cpu"
     seconds: float = 0.0
+    scheme: QatScheme = TENSORRT_QAT
 
     def as_dict(self) -> dict[str, Any]:
-        return {item.name: getattr(self, item.name) for item in fields(self) if item.name != "model"}
+        return {item.name: (dataclasses.asdict(getattr(self, item.name)) if item.name == "scheme"
+                            else getattr(self, item.name)) for item in fields(self) if item.name != "model"}
 
 
 def run_recipe(spec: RunSpec) -> Recipe:
@@ -151,13 +179,15 @@ class _QatData:
 def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = None,
                                 calib_images: int = QAT_CALIB_IMAGES, *, batch_size: int | None = None,
                                 workers: int = 0, device: str = DEFAULT_DEVICE, seed: int = 0, target: str = QAT_TARGETS[0],
-                                exclude: Collection[str] = (), say: Callable[[str], None] = info) -> QatResult:
+                                exclude: Collection[str] = (), say: Callable[[str], None] = info,
+                                scheme: QatScheme = TENSORRT_QAT) -> QatResult:
     """Load the run's checkpoint, calibrate ModelOpt's int8 quantizers on ``calib_images`` training images (no
     augmentation), fine-tune ``epochs`` epochs with the run's recipe (optimizer, augmentation) towards ``target``
     (``QAT_TARGETS``) at ``lr`` (default: the recipe's × ``LR_SCALE``) under a cosine schedule without warm-up, and
     measure the fake-quantized model on the eval split. ``exclude``: training image ids (``image_ids()``) neither
-    calibrated nor fine-tuned on (the build's held-out images, which judge the result). Writes nothing: the caller
-    exports and records the result."""
+    calibrated nor fine-tuned on (the build's held-out images, which judge the result); ``scheme``: the int8 graph
+    simulated (TensorRT's, or ONNX Runtime's CPU graph). Writes nothing: the caller exports and records the
+    result."""
     mtq = require_modelopt()
     _check_options(epochs, lr, calib_images, target)
     spec = run.spec()
@@ -180,7 +210,7 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
     map_fp32 = evaluate(model)
     teacher = _frozen(copy.deepcopy(model)) if target == "distill" else None  # before quantize changes the model
     model, picked, quantizers = _calibrate(mtq, model, spec, data.train_set, calib_images, batch_size, workers, seed,
-                                           torch_device, say)
+                                           torch_device, say, scheme)
     map_calibrated = evaluate(model)
     history = _fine_tune(model, teacher, recipe, spec, data.train_set, epochs, lr, batch_size, workers, seed,
                          torch_device, evaluate)
@@ -189,7 +219,7 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
                        quantizers=len(quantizers),
                        mAP_fp32=map_fp32, mAP_calibrated=map_calibrated, mAP_qat=history[-1]["val_mAP_fake_quant"],
                        eval_images=len(data.eval_set), train_images=len(data.train_set), history=history,
-                       device=str(torch_device), seconds=round(time.monotonic() - started, 1))
+                       device=str(torch_device), seconds=round(time.monotonic() - started, 1), scheme=scheme)
     if not math.isfinite(result.mAP_qat):
         raise MlicError("qat: the fine-tuned model's mAP is not a number", hint="lower --lr")
     return result
@@ -229,10 +259,11 @@ def _qat_data(run: RunDir, spec: RunSpec, exclude: Collection[str]) -> _QatData:
 
 
 def _calibrate(mtq, model: torch.nn.Module, spec: RunSpec, train_set: MultiLabelDataset, calib_images: int,
-               batch_size: int, workers: int, seed: int, torch_device: torch.device, say: Callable[[str], None]
-               ) -> tuple[torch.nn.Module, int, list[str]]:
-    """``model`` with ModelOpt's int8 quantizers, calibrated (max) on ``calib_images`` training images picked with
-    ``seed``, no augmentation; returns it, the number of images and the enabled quantizers' names."""
+               batch_size: int, workers: int, seed: int, torch_device: torch.device, say: Callable[[str], None],
+               scheme: QatScheme = TENSORRT_QAT) -> tuple[torch.nn.Module, int, list[str]]:
+    """``model`` with ModelOpt's int8 quantizers of ``scheme``, calibrated (max) on ``calib_images`` training images
+    picked with ``seed``, no augmentation (inputs seen non-negative made unsigned where the scheme says so);
+    returns it, the number of images and the enabled quantizers' names."""
     picked = np.sort(np.random.default_rng(seed).permutation(len(train_set))[:calib_images])
     calib_loader = make_loader(ImageDataset(train_set.subset(picked), spec.img_size, spec.mean, spec.std,
                                             resize=spec.resize), batch_size, shuffle=False, workers=workers)
@@ -245,9 +276,35 @@ def _calibrate(mtq, model: torch.nn.Module, spec: RunSpec, train_set: MultiLabel
                     network(batch.images.to(torch_device))
 
     say(f"qat: calibrating ModelOpt int8 quantizers (max) on {len(picked)} training images")
-    with contextlib.redirect_stdout(sys.stderr):  # ModelOpt prints its summary: stdout is for results (--json)
-        model = mtq.quantize(model, quant_config(), forward_loop)
+    with contextlib.redirect_stdout(sys.stderr), _input_minima(model) as minima:  # stdout is for results (--json)
+        model = mtq.quantize(model, quant_config(scheme), forward_loop)
+    if scheme.unsigned_inputs:
+        for name, module in model.named_modules():
+            quantizer = getattr(module, "input_quantizer", None)
+            if quantizer is not None and quantizer.is_enabled and minima.get(name, -1.0) >= 0:
+                quantizer.unsigned = True
     return model, len(picked), enabled_quantizers(model)
+
+
+@contextlib.contextmanager
+def _input_minima(model: torch.nn.Module):
+    """{module name: the smallest input value seen} of the weighted modules while the block runs (ModelOpt converts
+    modules in place, so the hooks see the calibration passes)."""
+    minima: dict[str, float] = {}
+    weighted = tuple(getattr(torch.nn, name.removeprefix("nn.")) for name in WEIGHTED_MODULES)
+
+    def record(name: str):
+        def hook(module, inputs):
+            minima[name] = min(minima.get(name, math.inf), float(inputs[0].detach().min()))
+        return hook
+
+    handles = [module.register_forward_pre_hook(record(name)) for name, module in model.named_modules()
+               if isinstance(module, weighted)]
+    try:
+        yield minima
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _fine_tune(model: torch.nn.Module, teacher: torch.nn.Module | None, recipe: Recipe, spec: RunSpec,

@@ -27,9 +27,9 @@ from mlic_edge.commands.service import ServiceRequest, UninstallRequest
 from mlic_edge.commands.serving import DeepStreamRequest, TritonRequest
 from mlic_edge.commands.train import QatRequest, TrainConfig
 from mlic_edge.errors import EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, Interrupted, MlicError
-from mlic_edge.spec import (DEFAULT_LABELSET_FLOOR, DEFAULT_MAX_SCORE_DIFF, DEFAULT_TOLERANCE_POINTS,
-                            RESIZE_MODES, parse_key_values, parse_per_precision, per_precision_text, require_seconds,
-                            split_items)
+from mlic_edge.spec import (CPU_INT8_TARGET_AGREEMENT, CPU_INT8_TARGET_DELTA_POINTS, DEFAULT_LABELSET_FLOOR,
+                            DEFAULT_MAX_SCORE_DIFF, DEFAULT_TOLERANCE_POINTS, RESIZE_MODES, parse_key_values,
+                            parse_per_precision, per_precision_text, require_seconds, split_items)
 
 EPILOG_STYLE = "markdown"
 
@@ -516,12 +516,17 @@ def build(
                                           "benchmarks/results/precision.md compares them."),
     keep_fp: list[str] = typer.Option([], "--keep-fp", help="Node to keep in higher precision (repeatable; the "
                                       "build report names the most sensitive)."),
-    target_delta: float = typer.Option(BuildRequest.target_delta, "--target-delta", help="int8: largest |ΔmAP| in "
-                                       "points against fp32 on held-out training images; the most sensitive layers "
-                                       "are kept in float until it holds."),
+    target_delta: float = typer.Option(BuildRequest.target_delta, "--target-delta", help="int8 (TensorRT's Q/DQ "
+                                       "graph): largest |ΔmAP| in points against fp32 on the run's validation "
+                                       "images; layers are kept in float, then fine-tuned, until it holds."),
     target_agreement: float = typer.Option(BuildRequest.target_agreement, "--target-agreement", help="int8: "
-                                           "smallest share of held-out images with fp32's label set (asked with one "
-                                           "standard error of margin for the held-out sample)."),
+                                           "smallest share of validation images with fp32's label set (asked with "
+                                           "one standard error of margin for the sample)."),
+    cpu_target_delta: float = typer.Option(BuildRequest.cpu_target_delta, "--cpu-target-delta", help="int8, "
+                                           "ONNX Runtime's CPU graph: largest |ΔmAP| in points."),
+    cpu_target_agreement: float = typer.Option(BuildRequest.cpu_target_agreement, "--cpu-target-agreement",
+                                               help="int8, ONNX Runtime's CPU graph: smallest share of identical "
+                                                    "label sets."),
     max_fp_layers: Optional[int] = typer.Option(None, "--max-fp-layers", help="int8: most layers the accuracy "
                                                 "search keeps in float (default: 10 % of the quantized ones; 0: "
                                                 "none, the target is only measured; --qat-epochs still applies)."),
@@ -558,8 +563,9 @@ def build(
 
     request = BuildRequest(precision=precision, backend=backend, calib_data=calib_data, calib_images=calib_images,
                            calib_method=calib_method, keep_fp=list(keep_fp), target_delta=target_delta,
-                           target_agreement=target_agreement, max_fp_layers=max_fp_layers, qat_epochs=qat_epochs,
-                           batch=parse_batch(batch) if batch else None,
+                           target_agreement=target_agreement, cpu_target_delta=cpu_target_delta,
+                           cpu_target_agreement=cpu_target_agreement, max_fp_layers=max_fp_layers,
+                           qat_epochs=qat_epochs, batch=parse_batch(batch) if batch else None,
                            workspace_mb=workspace, dla_core=dla_core, version_compatible=version_compatible,
                            hardware_compatibility=hardware_compatibility, evaluate=evaluate,
                            requantize=requantize)
@@ -778,10 +784,12 @@ def parity(
                                     "identical-label-set share."),
     tolerance: list[str] = typer.Option([], "--tolerance", help="Allowed |ΔmAP| in points (a drop, or a gain: "
                                         "both mean another model), PRECISION=POINTS (repeatable; defaults "
-                                        f"{per_precision_text(DEFAULT_TOLERANCE_POINTS)})."),
+                                        f"{per_precision_text(DEFAULT_TOLERANCE_POINTS)}; int8's CPU graph "
+                                        f"{CPU_INT8_TARGET_DELTA_POINTS:g}: each int8 graph's build target)."),
     min_same: list[str] = typer.Option([], "--min-same", help="Smallest share of images with the reference's label "
                                        "set, PRECISION=FRACTION (defaults "
-                                       f"{per_precision_text(DEFAULT_LABELSET_FLOOR)})."),
+                                       f"{per_precision_text(DEFAULT_LABELSET_FLOOR)}; int8's CPU graph "
+                                       f"{CPU_INT8_TARGET_AGREEMENT:g})."),
     max_diff: list[str] = typer.Option([], "--max-diff", help="Largest |Δscore| on any image and label, "
                                        "PRECISION=VALUE (defaults "
                                        f"{per_precision_text(DEFAULT_MAX_SCORE_DIFF)}; no limit for the others)."),

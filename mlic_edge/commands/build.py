@@ -21,8 +21,8 @@ from mlic_edge.export.lineage import ONNX_SHA, check_onnx
 from mlic_edge.io import json_text, read_json, sha256_file
 from mlic_edge.rundir import RunChange, RunDir
 from mlic_edge.runtime.inference.backends import registry as backend_registry
-from mlic_edge.spec import (DEFAULT_BACKEND, DEFAULT_CALIB_IMAGES, DEFAULT_HOLDOUT_IMAGES, DEFAULT_QAT_EPOCHS,
-                            INT8_TARGET_AGREEMENT, INT8_TARGET_DELTA_POINTS, PRECISIONS, RunSpec, require_at_least,
+from mlic_edge.spec import (CPU_INT8_TARGET_AGREEMENT, CPU_INT8_TARGET_DELTA_POINTS, DEFAULT_BACKEND,
+                            DEFAULT_CALIB_IMAGES, DEFAULT_HOLDOUT_IMAGES, DEFAULT_QAT_EPOCHS, INT8_TARGET_AGREEMENT, INT8_TARGET_DELTA_POINTS, PRECISIONS, RunSpec, require_at_least,
                             require_choice, require_fraction)
 
 if TYPE_CHECKING:
@@ -41,6 +41,8 @@ class BuildRequest:
     keep_fp: list[str] = field(default_factory=list)
     target_delta: float = INT8_TARGET_DELTA_POINTS  # int8: |ΔmAP| in points on the run's validation images
     target_agreement: float = INT8_TARGET_AGREEMENT  # int8: share of images with fp32's label set
+    cpu_target_delta: float = CPU_INT8_TARGET_DELTA_POINTS  # int8, ONNX Runtime's CPU graph: the same, its own
+    cpu_target_agreement: float = CPU_INT8_TARGET_AGREEMENT
     max_fp_layers: int | None = None  # int8: layers the search may keep in float (None: 10 %; 0: none)
     holdout_images: int = DEFAULT_HOLDOUT_IMAGES
     qat_epochs: int = DEFAULT_QAT_EPOCHS  # int8: fine-tune this long when post-training misses the target (0: never)
@@ -70,8 +72,10 @@ def check_request(request: BuildRequest) -> tuple[str, Any]:
     """(backend, TensorRT or None) for ``request``, refusing before any work (and before a bundle is unpacked) a
     precision or backend that does not exist, a TensorRT that is not installed, or an option it cannot honour."""
     require_choice("precision", request.precision, PRECISIONS, BuildError)
-    require_fraction("--target-agreement", request.target_agreement, hint="for example 0.97")
-    require_at_least("--target-delta", request.target_delta, 0, hint="mAP points, for example 0.5")
+    require_fraction("--target-agreement", request.target_agreement, hint="for example 0.985")
+    require_at_least("--target-delta", request.target_delta, 0, hint="mAP points, for example 0.2")
+    require_fraction("--cpu-target-agreement", request.cpu_target_agreement, hint="for example 0.97")
+    require_at_least("--cpu-target-delta", request.cpu_target_delta, 0, hint="mAP points, for example 0.5")
     require_at_least("--max-fp-layers", request.max_fp_layers, 0, hint="0 measures without keeping any")
     require_at_least("--qat-epochs", request.qat_epochs, 0, hint="0 never fine-tunes")
     require_at_least("--workspace", request.workspace_mb, 1, hint="a limit in MB, for example 2048")
@@ -146,6 +150,8 @@ def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) 
             entry["accuracy"] = measured or evaluate_or_warn(run, request.precision, say, onnx_path)
             if cpu_graph and entry["accuracy"]:
                 entry["accuracy"]["cpu_graph"] = evaluate_or_warn(run, "int8", say, cpu_graph)
+            if request.precision == "int8":
+                state_int8_verdicts(run, entry, request)
         entry["seconds"] = round(time.monotonic() - started, 2)
         stage_build_report(run, entry, change)
     if backend in backend_registry.ENGINE_BACKENDS:
@@ -155,6 +161,52 @@ def build(run: RunDir, request: BuildRequest, progress: Progress | None = None) 
             stage_build_report(run, entry, change)
     write_deploy_report(run)
     return entry
+
+
+def state_int8_verdicts(run: RunDir, entry: dict[str, Any], request: BuildRequest) -> None:
+    """Each int8 graph's verdict on the eval split against its target, added to its accuracy entry and told: parity's
+    test (``limit_failures``) with the build's targets, so the two agree. Reported, never used for a decision (the
+    validation split made those); a graph that misses is named with its figures and the cheapest next step."""
+    from mlic_edge.runtime.checks.parity import limit_failures
+
+    accuracy = entry.get("accuracy") or {}
+    graphs = [("tensorrt", accuracy, (request.target_delta, request.target_agreement))]
+    if accuracy.get("cpu_graph"):
+        graphs.append(("cpu", accuracy["cpu_graph"], (request.cpu_target_delta, request.cpu_target_agreement)))
+    for graph, measured, (tolerance, floor) in graphs:
+        if not measured:
+            continue
+        failures = limit_failures(measured["mAP_int8"], measured["mAP_fp32"], measured["labelset_agreement_vs_fp32"],
+                                  tolerance, floor)
+        verdict = {"graph": graph, "split": measured.get("split", "eval"), "images": measured["images"],
+                   "tolerance_points": tolerance, "labelset_floor": floor, "passed": not failures,
+                   "failures": failures}
+        name = "int8 CPU graph" if graph == "cpu" else "int8"
+        figures = (f"ΔmAP {measured['delta_mAP_vs_fp32'] * 100:+.2f} points, "
+                   f"{measured['labelset_agreement_vs_fp32'] * 100:.1f} % identical label sets on the "
+                   f"{measured['images']} eval images (target |ΔmAP| ≤ {tolerance:g}, ≥ {floor * 100:g} %)")
+        if not failures:
+            info(f"{name} meets its target on the eval split: {figures}; parity holds it to the same")
+        else:
+            verdict["next_step"] = _int8_next_step(run, entry, graph)
+            warn(f"{name} misses its target on the eval split: {figures}. Next: {verdict['next_step']}")
+        measured["verdict"] = verdict
+
+
+def _int8_next_step(run: RunDir, entry: dict[str, Any], graph: str) -> str:
+    """The cheapest step towards the target for an int8 graph that missed it, from what this build already did."""
+    int8 = entry.get("int8") or {}
+    qat = int8.get("qat") or {}
+    if qat:
+        more = 2 * int(qat.get("epochs") or 3)
+        fine_tune = (f"fine-tune longer (mlic-edge train --qat --run {run.path} --epochs {more}, then build -p int8 "
+                     "again)")
+    else:
+        fine_tune = (f"fine-tune for int8 (mlic-edge build -p int8 --run {run.path} --qat-epochs 3: needs the "
+                     "checkpoint, the training data and ModelOpt)")
+    if graph == "cpu":
+        return f"{fine_tune}, raise --max-fp-layers, or serve the TensorRT Q/DQ graph or fp32 on this CPU"
+    return f"{fine_tune}, or build fp16 (-p fp16)"
 
 
 def _shipped_graphs(run: RunDir, request: BuildRequest) -> dict[str, dict[str, Any]]:
@@ -280,6 +332,8 @@ def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
         _fine_tune(run, spec, request, plan, change, say)
     if request.cpu_graph_wanted(backend):
         plan.cpu_graph()
+        if plan.cpu_fine_tuning_wanted:
+            _fine_tune_cpu_graph(run, spec, request, plan, say)
     return decision.graph, decision.record
 
 
@@ -294,6 +348,7 @@ def _int8_inputs(spec: RunSpec, request: BuildRequest, backend: str):
         features = cpu_features()
         cpu = CpuTarget(features["int8_reduce_range"], describe_cpu(features), _cpu_timer(spec))
     return Int8Inputs(target=AccuracyTarget(request.target_delta, request.target_agreement),
+                      cpu_target=AccuracyTarget(request.cpu_target_delta, request.cpu_target_agreement),
                       method=request.calib_method, calib_images=request.calib_images,
                       holdout_images=request.holdout_images, keep_fp=tuple(request.keep_fp),
                       max_fp_layers=request.max_fp_layers, fine_tune_epochs=request.qat_epochs,
@@ -360,6 +415,36 @@ def _fine_tune(run: RunDir, spec: RunSpec, request: BuildRequest, plan: Int8Plan
     stage_int8_superseded(run, change, by)  # this build's own entry replaces its mark
     plan.record_fine_tuning({"epochs": section.epochs, "lr": section.lr, "target": section.target,
                              "seconds": section.seconds, "device": section.device}, section.accuracy)
+
+
+def _fine_tune_cpu_graph(run: RunDir, spec: RunSpec, request: BuildRequest, plan: Int8Plan, say: Progress) -> None:
+    """The CPU graph missed its target after its search: quantization-aware distillation for the CPU graph's scheme
+    (uint8 activations, per-channel int8 weights, 7-bit on a CPU without VNNI; train/qat.py ``cpu_qat_scheme``),
+    the held-out images left out of it; the plan quantizes the fine-tuned weights into the CPU graph and keeps it
+    where it comes closer. The TensorRT graph and qat.pt are not touched: only model.int8.cpu.onnx changes."""
+    import tempfile
+
+    from mlic_edge.commands.qat import export_fine_tuned_fp32, qat_blocker
+    from mlic_edge.train.config import QAT_WORKERS
+    from mlic_edge.train.qat import cpu_qat_scheme, quantization_aware_finetune
+
+    blocker = qat_blocker(run)
+    if blocker is not None:
+        warn(f"int8 CPU graph: no quantization-aware fine-tuning here ({blocker.message}); {blocker.hint}")
+        return
+    scheme = cpu_qat_scheme(plan.inputs.cpu.reduce_range)
+    info(f"int8 CPU graph: post-training misses its target; fine-tuning {request.qat_epochs} epoch(s) with "
+         f"quantization-aware distillation for the {scheme.describe()}, the {len(plan.holdout)} held-out images left "
+         "out (--qat-epochs 0: never)")
+    say("int8 CPU graph: quantization-aware fine-tuning", 0, 1)
+    result = quantization_aware_finetune(run, request.qat_epochs, workers=QAT_WORKERS, exclude=plan.holdout.image_ids,
+                                         scheme=scheme)
+    with tempfile.TemporaryDirectory(prefix=".int8-cpu-qat.", dir=run.path) as work:
+        fine_tuned = Path(work) / "fine-tuned.onnx"
+        export_fine_tuned_fp32(result, spec, fine_tuned)
+        plan.adopt_cpu_fine_tuned(fine_tuned, {"epochs": result.epochs, "lr": result.lr, "target": result.target,
+                                               "scheme": scheme.describe(), "seconds": result.seconds,
+                                               "device": result.device})
 
 
 def _training_images(run_spec: RunSpec, request: BuildRequest, *, required: bool):
@@ -496,6 +581,25 @@ def _cpu_graph_markdown(key: str, entry: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _verdict_markdown(key: str, entry: dict[str, Any]) -> list[str]:
+    """Each int8 graph's verdict on the eval split (``state_int8_verdicts``), as parity would give it."""
+    accuracy = entry.get("accuracy") or {}
+    lines = []
+    for measured in (accuracy, accuracy.get("cpu_graph") or {}):
+        verdict = measured.get("verdict")
+        if not verdict:
+            continue
+        graph = "ONNX Runtime's CPU graph" if verdict["graph"] == "cpu" else "TensorRT's Q/DQ graph"
+        lines += ["", f"## {key}: {graph} on the eval split, target {'met' if verdict['passed'] else 'missed'}", "",
+                  f"|ΔmAP| ≤ {verdict['tolerance_points']:g} points and ≥ {verdict['labelset_floor'] * 100:g} % "
+                  f"identical label sets on {verdict['images']} eval images, the test parity applies (no decision "
+                  f"was made on these images): ΔmAP {measured['delta_mAP_vs_fp32'] * 100:+.3f}, "
+                  f"{measured['labelset_agreement_vs_fp32'] * 100:.1f} % identical."]
+        if not verdict["passed"]:
+            lines += ["", "Missed: " + "; ".join(verdict["failures"]) + f". Next: {verdict['next_step']}."]
+    return lines
+
+
 def _judged_on_words(search: dict[str, Any]) -> str:
     """Which images judged an accuracy-target search, in words (build.json's ``judged_on``; an older build.json
     has none: held-out training images)."""
@@ -545,6 +649,7 @@ def build_markdown(report: dict[str, Any]) -> str:
                          "this TensorRT cannot say which layers run on DLA")
             lines += ["", f"## {key}: DLA placement (asked of the builder before building)", "", placement]
         lines += _cpu_graph_markdown(key, entry)
+        lines += _verdict_markdown(key, entry)
         search = (entry.get("int8") or {}).get("accuracy_target")
         if search:
             outcome = "met" if search["met"] else f"missed ({search['stopped']})"

@@ -24,8 +24,8 @@ from mlic_edge.errors import MlicError, NonFiniteError, ParityError, RunDirError
 from mlic_edge.export.lineage import CHECKPOINT_SHA, check_reference, file_sha256
 from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.inference.backends.base import Backend
-from mlic_edge.spec import (BROKEN_GRAPH_HINT, DEFAULT_LABELSET_FLOOR, DEFAULT_MAX_SCORE_DIFF, DEFAULT_THRESHOLD,
-                            DEFAULT_TOLERANCE_POINTS, ModelSpec, require_finite)
+from mlic_edge.spec import (BROKEN_GRAPH_HINT, DEFAULT_MAX_SCORE_DIFF, DEFAULT_THRESHOLD, ModelSpec, parity_limits,
+                            require_finite)
 
 WORST_CLASSES = 5
 
@@ -141,15 +141,17 @@ def score_images(backend: Backend, images: ReferenceImages, batch_size: int = 16
 
 def compare_scores(reference: Reference, scores: np.ndarray, *, precision: str, threshold: float = DEFAULT_THRESHOLD,
                    tolerance_points: float | None = None, labelset_floor: float | None = None,
-                   max_score_diff: float | None = None) -> dict[str, Any]:
+                   max_score_diff: float | None = None, graph: str | None = None) -> dict[str, Any]:
     """How far ``scores`` are from the reference: ΔmAP, per-class ΔAP, score differences, label-set agreement, and
-    every way it fails the precision's limits (``failures``, one sentence each; none: passed). Scores with a NaN or
-    inf are not compared: the result fails saying where, and its figures are None."""
+    every way it fails the precision's limits (``failures``, one sentence each; none: passed; limits not given are
+    ``parity_limits(precision, graph)``: int8 is held to the target its build met). Scores with a NaN or inf are not
+    compared: the result fails saying where, and its figures are None."""
     if scores.shape != reference.scores.shape:
         raise MlicError(f"the backend returned scores of shape {scores.shape}, the reference has "
                         f"{reference.scores.shape}", hint="the ONNX/engine was made for another model; rebuild it")
-    tolerance = DEFAULT_TOLERANCE_POINTS[precision] if tolerance_points is None else tolerance_points
-    floor = DEFAULT_LABELSET_FLOOR[precision] if labelset_floor is None else labelset_floor
+    default_tolerance, default_floor = parity_limits(precision, graph)
+    tolerance = default_tolerance if tolerance_points is None else tolerance_points
+    floor = default_floor if labelset_floor is None else labelset_floor
     score_limit = DEFAULT_MAX_SCORE_DIFF[precision] if max_score_diff is None else max_score_diff
     limits = {"threshold": threshold, "tolerance_points": tolerance, "labelset_floor": floor,
               "max_score_diff": score_limit}
@@ -168,13 +170,7 @@ def compare_scores(reference: Reference, scores: np.ndarray, *, precision: str, 
     delta = float(got.map - ref.map)
     max_diff = float(diff.max()) if diff.size else 0.0
     agreement = float(same_sets.mean()) if len(same_sets) else 1.0
-    failures = []
-    if abs(delta) * 100 > tolerance + 1e-9:
-        failures.append(f"mAP {got.map * 100:.2f} is {abs(delta) * 100:.2f} points {'below' if delta < 0 else 'above'}"
-                        f" the reference {ref.map * 100:.2f}, more than the tolerance {tolerance}")
-    if agreement + 1e-9 < floor:
-        failures.append(f"{agreement * 100:.1f} % of images have the reference's label set, below the floor "
-                        f"{floor * 100:.1f} %")
+    failures = limit_failures(float(got.map), float(ref.map), agreement, tolerance, floor)
     if score_limit is not None and max_diff > score_limit:
         failures.append(f"max |Δscore| {max_diff:.2e} exceeds {score_limit:.0e}")
     return {
@@ -191,6 +187,22 @@ def compare_scores(reference: Reference, scores: np.ndarray, *, precision: str, 
         "failures": failures,
         "passed": not failures,
     }
+
+
+def limit_failures(map_value: float, reference_map: float, agreement: float, tolerance_points: float,
+                   labelset_floor: float) -> list[str]:
+    """Each way ``map_value`` (against ``reference_map``) and the share of identical label sets pass their limits,
+    one sentence each: parity's test, and the build's verdict on the eval split (the same test, so they agree)."""
+    delta = map_value - reference_map
+    failures = []
+    if abs(delta) * 100 > tolerance_points + 1e-9:
+        failures.append(f"mAP {map_value * 100:.2f} is {abs(delta) * 100:.2f} points "
+                        f"{'below' if delta < 0 else 'above'} the reference {reference_map * 100:.2f}, more than the "
+                        f"tolerance {tolerance_points:g}")
+    if agreement + 1e-9 < labelset_floor:
+        failures.append(f"{agreement * 100:.1f} % of images have the reference's label set, below the floor "
+                        f"{labelset_floor * 100:.1f} %")
+    return failures
 
 
 FIGURES = ("mAP", "delta_mAP", "delta_mAP_points", "max_abs_diff", "mean_abs_diff", "labelset_agreement")
@@ -217,7 +229,7 @@ def check_backend(backend: Backend, reference: Reference, images: ReferenceImage
     scores, latency = score_images(backend, images, batch_size, on_batch)
     result = compare_scores(reference, scores, precision=backend.info.precision, threshold=threshold,
                             tolerance_points=tolerance_points, labelset_floor=labelset_floor,
-                            max_score_diff=max_score_diff)
+                            max_score_diff=max_score_diff, graph=backend.info.details.get("graph"))
     return {"backend": backend.info.backend, "device": backend.info.device, "version": backend.info.version,
             "graph": backend.info.details.get("graph"), "onnx": scored_onnx(backend), **result, "latency": latency,
             "images": len(images), "ran": backend.info.as_dict()}
