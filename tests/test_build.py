@@ -166,6 +166,11 @@ def test_parity_checks_every_precision_present(capsys, built_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(built_run, run)
     result = invoke(capsys, "parity", "--run", run, "--json")
+    # The tiny fixture model's int8 misses its default targets on 40 eval images (the build said so too: the verdict
+    # test above); with int8's limits relaxed, every precision passes.
+    failed = {(row["precision"], row["graph"]) for row in json.loads(result.out)["results"] if not row["passed"]}
+    assert result.code == 3 and failed and {precision for precision, _ in failed} == {"int8"}, result.err
+    result = invoke(capsys, "parity", "--run", run, "--json", "--tolerance", "int8=1.5", "--min-same", "int8=0.9")
     assert result.code == 0, result.err
     report = json.loads(result.out)
     assert 0 < report["reference"]["mAP"] <= 1
