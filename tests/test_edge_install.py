@@ -87,7 +87,9 @@ def test_a_bundle_goes_through_build_run_parity_and_bench_without_torch(edge_ven
     assert ran.returncode == 0, ran.stderr
     assert len([json.loads(line) for line in ran.stdout.splitlines()]) == 5
 
-    parity = _edge(edge_venv, device, "parity", "--run", "run", "--json")
+    # int8 of the tiny fixture model is held to issue 15's limits, not the default targets it misses on 40 images
+    parity = _edge(edge_venv, device, "parity", "--run", "run", "--json", "--tolerance", "int8=1.5", "--min-same",
+                   "int8=0.9")
     assert parity.returncode == 0, parity.stderr
     report = json.loads(parity.stdout)
     assert {(r["backend"], r["precision"]) for r in report["results"]} == {
