@@ -194,6 +194,8 @@ def test_build_fine_tunes_when_post_training_misses_and_keeps_the_graph_nearer_f
         assert cpu_steps[-1]["source"] == "quantization-aware for the CPU graph, 1 epoch(s)"
         assert cpu["fine_tuning"]["scheme"].startswith("cpu graph: int") and cpu["method"] == "minmax"
         assert cpu_graph["int8_source"] == "qat" and cpu["post_training"]["kept_fp"] == []
+        # the post-training CPU graph it replaced was measured on the eval split first, for the report
+        assert cpu["post_training"]["eval_accuracy"]["images"] == entry["accuracy"]["cpu_graph"]["images"]
         assert cpu_steps[-1]["labelset_agreement"] > cpu_steps[0]["labelset_agreement"] or cpu_steps[-1]["met"]
     else:
         assert cpu["qat_trial"]["source"] == "quantization-aware for the CPU graph, 1 epoch(s)"

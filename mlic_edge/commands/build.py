@@ -439,12 +439,17 @@ def _fine_tune_cpu_graph(run: RunDir, spec: RunSpec, request: BuildRequest, plan
     say("int8 CPU graph: quantization-aware fine-tuning", 0, 1)
     result = quantization_aware_finetune(run, request.qat_epochs, workers=QAT_WORKERS, exclude=plan.holdout.image_ids,
                                          scheme=scheme)
+    # the post-training CPU graph's figures on the eval split, for the report, before a fine-tuned one replaces it
+    ptq_eval = evaluate_or_warn(run, "int8", lambda *_: None, plan.files.stage(plan.files.cpu)) \
+        if request.evaluate else None
     with tempfile.TemporaryDirectory(prefix=".int8-cpu-qat.", dir=run.path) as work:
         fine_tuned = Path(work) / "fine-tuned.onnx"
         export_fine_tuned_fp32(result, spec, fine_tuned)
-        plan.adopt_cpu_fine_tuned(fine_tuned, {"epochs": result.epochs, "lr": result.lr, "target": result.target,
-                                               "scheme": scheme.describe(), "seconds": result.seconds,
-                                               "device": result.device})
+        trial = plan.adopt_cpu_fine_tuned(fine_tuned, {"epochs": result.epochs, "lr": result.lr,
+                                                       "target": result.target, "scheme": scheme.describe(),
+                                                       "seconds": result.seconds, "device": result.device})
+    if trial.adopted and ptq_eval:
+        plan.decision.record["cpu_graph"]["post_training"]["eval_accuracy"] = ptq_eval
 
 
 def _training_images(run_spec: RunSpec, request: BuildRequest, *, required: bool):
