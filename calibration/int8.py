@@ -54,7 +54,7 @@ import onnx
 from mlic_edge.calibration.images import CalibrationSet
 from mlic_edge.errors import CalibrationError
 from mlic_edge.spec import Preprocessing
-from mlic_edge.export.metadata import derive_metadata, read_metadata
+from mlic_edge.export.metadata import derive_metadata, read_metadata, write_metadata
 from mlic_edge.export.lineage import ONNX_SHA
 from mlic_edge.io import atomic_path, read_json, sha256_file, write_json
 
@@ -492,8 +492,8 @@ def stamp_source(path: Path, fp32_path: Path, **stamps: str) -> None:
     checks), with ``stamps`` on top: a graph quantized from fine-tuned weights belongs to the model.onnx they were
     fine-tuned from."""
     model = onnx.load(str(path))
-    derive_metadata(model, onnx.load(str(fp32_path), load_external_data=False),
-                    **{**read_metadata(model), ONNX_SHA: sha256_file(fp32_path), **stamps})
+    write_metadata(model, {**read_metadata(onnx.load(str(fp32_path), load_external_data=False)),
+                           **read_metadata(model), ONNX_SHA: sha256_file(fp32_path), **stamps})
     onnx.save(model, str(path))
 
 

@@ -83,3 +83,50 @@ def test_the_plan_judges_on_the_runs_validation_images_and_calibrates_on_the_res
 
     changed = dataset.subset(list(range(1, len(dataset))))  # other images than the run trained on
     assert recorded_validation(changed, 0.1, 0, spec.dataset.val_ids_sha256)[0] is None
+
+
+def test_a_cpu_graph_from_fine_tuned_weights_is_judged_and_belongs_to_model_onnx(run_copy, tmp_path, monkeypatch):
+    """Where the CPU graph misses its target, the plan quantizes weights fine-tuned for its scheme into the CPU graph
+    (min/max ranges), judges it on the same images, and, adopted, stamps it as made from model.onnx (every stage's
+    lineage check accepts it) with the fine-tuned file's hash; the post-training figures stay on record."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    import mlic_edge.calibration.plan as plan_module
+    from mlic_edge.export.lineage import ONNX_SHA, check_onnx
+    from mlic_edge.export.metadata import read_metadata
+    from mlic_edge.io import sha256_file
+
+    run = RunDir(run_copy)
+    spec = run.spec()
+    dataset = open_dataset(spec.dataset.spec, role="train", split=spec.dataset.train_split, labels=spec.labels)
+    inputs = Int8Inputs(target=AccuracyTarget(0.0, 1.0), cpu_target=AccuracyTarget(0.0, 1.0), calib_images=32,
+                        holdout_images=32, max_fp_layers=0, fine_tune_epochs=1,
+                        cpu=CpuTarget(True, "a test CPU", _fixed_timer))
+    files = Int8Files(fp32=run.onnx("fp32"), tensorrt=run.onnx("int8"), cpu=run.onnx("int8", "cpu"),
+                      records=run.path / "calibration", run=run.path)
+    plan = Int8Plan(inputs, files, spec.preprocessing, spec.labels, dataset)
+    plan.post_training()
+    plan.cpu_graph()
+    assert plan.cpu_fine_tuning_wanted and plan.cpu_search.target == AccuracyTarget(0.0, 1.0)  # its own target
+
+    fine_tuned = onnx.load(str(run.onnx("fp32")))  # "fine-tuned": every weight nudged, the rest model.onnx's
+    for tensor in fine_tuned.graph.initializer:
+        values = numpy_helper.to_array(tensor)
+        if values.dtype == np.float32 and values.ndim == 4:
+            tensor.CopyFrom(numpy_helper.from_array(values * np.float32(1.001), tensor.name))
+    onnx.save(fine_tuned, str(tmp_path / "fine-tuned.onnx"))
+    monkeypatch.setattr(plan_module, "improves_on", lambda *args: True)  # adopted, whatever it measured
+    trial = plan.adopt_cpu_fine_tuned(tmp_path / "fine-tuned.onnx", {"epochs": 1, "seconds": 2.0})
+
+    record = plan.decision.record["cpu_graph"]
+    steps = record["accuracy_target"]["steps"]
+    assert trial.adopted and record["source"] == "qat" and record["method"] == "minmax" and record["kept_fp"] == []
+    assert steps[-1]["source"] == "quantization-aware for the CPU graph, 1 epoch(s)" and len(steps) >= 2
+    assert record["post_training"]["method"] == "percentile" and record["fine_tuning"]["epochs"] == 1
+    metadata = read_metadata(run.onnx("int8", "cpu"))
+    assert metadata[ONNX_SHA] == sha256_file(run.onnx("fp32")) and metadata["int8_source"] == "qat"
+    assert metadata["fine_tuned_onnx_sha256"] == sha256_file(tmp_path / "fine-tuned.onnx")
+    assert metadata["int8_graph"] == "cpu" and metadata["precision"] == "int8"
+    check_onnx(run, "int8", spec, path=run.onnx("int8", "cpu"))  # raises on a graph of another model.onnx
