@@ -15,6 +15,11 @@ torchao, whose QAT targets LLM int4 / dynamic int8 and exports no ONNX Q/DQ grap
 quantizers export as ONNX ``QuantizeLinear``/``DequantizeLinear`` pairs (opset >= 13), the explicit quantization
 TensorRT 8.6-11 and TensorRT for RTX build from; it trains on CPUs and GPUs alike.
 
+Two schemes (``QatScheme``): TensorRT's Q/DQ graph (below), or ONNX Runtime's CPU graph, for which an input that
+calibration saw non-negative is quantized unsigned (0..255, as its uint8 activations quantize a ReLU's output) and
+weights have 7 bits on a CPU without VNNI (its reduce_range); the CPU graph is then quantized by ONNX Runtime from
+the fine-tuned weights (calibration/plan.py), since ModelOpt exports only symmetric 8-bit Q/DQ.
+
 Placement: as close to the post-training graph (calibration/int8.py) as ModelOpt's modules allow. Q/DQ on the
 inputs and weights of Conv / ConvTranspose / Linear (-> Gemm, MatMul) modules only: per-output-channel symmetric
 int8 weights (axis 0; 1 for transposed convolutions), per-tensor symmetric int8 activations, max calibration; no
