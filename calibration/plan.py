@@ -15,7 +15,9 @@ float-layer budget, whether fine-tuning may follow, the CPU graph), where the fi
    (``judge_fine_tuned``), puts it in place of the post-training one where it comes closer (``adopt_fine_tuned``)
    and records it (``record_fine_tuning``).
 3. ``cpu_graph()``: ONNX Runtime's CPU graph in the form (QDQ or QOperator) that runs fastest on this CPU, timed by
-   the ``CpuTarget``'s timer, its float layers grown by the same search.
+   the ``CpuTarget``'s timer, its float layers grown by the same search towards its own target (``cpu_target``);
+   where it still misses (``cpu_fine_tuning_wanted``), the command fine-tunes for the CPU graph's scheme and
+   ``adopt_cpu_fine_tuned`` quantizes those weights into the CPU graph, judged and kept as in step 2.
 
 ``Int8Decision`` is the outcome: the graph, its source, the float layers with their reasons, and ``record``, the
 int8 entry of reports/build.json. Nothing here imports the commands, the runtime or PyTorch; messages go through
@@ -428,7 +430,7 @@ class Int8Plan:
              f"one standard error of margin): "
              f"ΔmAP {step.delta_mAP_points:+.2f}, {step.labelset_agreement * 100:.1f} % identical, "
              f"{len(step.kept_fp)} layer(s) in float" + (f" ({', '.join(step.kept_fp)})" if step.kept_fp else ""))
-        if not search.met and not (what == "int8" and inputs.fine_tune_epochs):  # else fine-tuning follows
+        if not search.met and not inputs.fine_tune_epochs:  # else fine-tuning follows, for either graph
             warn(f"{what} misses its accuracy target with {len(step.kept_fp)} layer(s) in float: fine-tune it "
                  f"(mlic-edge train --qat --run {self.files.run} --epochs 3, distilling the fp32 scores), raise "
                  "--max-fp-layers, try another --calib-method, or use fp16")
