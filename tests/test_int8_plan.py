@@ -130,3 +130,37 @@ def test_a_cpu_graph_from_fine_tuned_weights_is_judged_and_belongs_to_model_onnx
     assert metadata["fine_tuned_onnx_sha256"] == sha256_file(tmp_path / "fine-tuned.onnx")
     assert metadata["int8_graph"] == "cpu" and metadata["precision"] == "int8"
     check_onnx(run, "int8", spec, path=run.onnx("int8", "cpu"))  # raises on a graph of another model.onnx
+
+
+def test_the_cpu_graph_keeps_the_score_head_float(run_copy):
+    """ONNX Runtime's CPU graph leaves the scores and the classifier feeding them float (a uint8 Sigmoid output puts
+    the scores on 256 levels, ties in every AP); TensorRT's graph never quantizes them; the report names them."""
+    import onnx
+
+    from mlic_edge.calibration import select_calibration_set
+    from mlic_edge.calibration.int8 import (TENSORRT_INT8, cpu_int8_scheme, output_head, quantize_int8,
+                                            quantized_node_names)
+
+    run = RunDir(run_copy)
+    spec = run.spec()
+    model = onnx.load(str(run.onnx("fp32")))
+    head = output_head(model)
+    op_types = {node.name: node.op_type for node in model.graph.node}
+    assert op_types[head[0]] == "Sigmoid" and op_types[head[-1]] in ("Gemm", "MatMul") and len(head) >= 2
+    dataset = open_dataset(spec.dataset.spec, role="train", split=spec.dataset.train_split, labels=spec.labels)
+    calibration = select_calibration_set(dataset, 16)
+    for form in ("QDQ", "QOperator"):
+        report = quantize_int8(run.onnx("fp32"), run.path / f"cpu.{form}.onnx", run.path / "calibration",
+                               calibration=calibration, preprocessing=spec.preprocessing,
+                               scheme=cpu_int8_scheme(form, reduce_range=True))
+        quantized = onnx.load(str(report.path))
+        nodes = {node.name: node for node in quantized.graph.node}
+        floats = {tensor.name for tensor in quantized.graph.initializer if tensor.data_type == onnx.TensorProto.FLOAT}
+        assert report.float_head == head and all(nodes[name].op_type == op_types[name] for name in head)
+        assert nodes[head[-1]].input[1] in floats  # the classifier's weights stay float: it computes in float
+        producers = {out: node for node in quantized.graph.node for out in node.output}
+        assert producers[quantized.graph.output[0].name].op_type == "Sigmoid"  # not QLinearSigmoid, not a DQ
+        assert len(quantized_node_names(quantized)) > 3  # the backbone is int8
+    report = quantize_int8(run.onnx("fp32"), run.path / "trt.onnx", run.path / "calibration", calibration=calibration,
+                           preprocessing=spec.preprocessing, scheme=TENSORRT_INT8)
+    assert report.float_head == []

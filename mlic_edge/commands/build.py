@@ -564,8 +564,10 @@ def _cpu_graph_markdown(key: str, entry: dict[str, Any]) -> list[str]:
     latency = cpu["latency_ms"]
     batches = list(latency["fp32"])
     lines = ["", f"## {key}: ONNX Runtime CPU graph ({Path(cpu['path']).name}), {cpu['quant_format']}", "",
-             f"uint8 activations, int8 per-channel weights{' (7-bit: reduce_range)' if cpu['reduce_range'] else ''}, "
-             f"on {cpu['cpu']}; chosen by {cpu['chosen_by']}. Median ms per batch on the machine that built it:", "",
+             f"uint8 activations, int8 per-channel weights{' (7-bit: reduce_range)' if cpu['reduce_range'] else ''}"
+             + (f", the score head float ({', '.join(cpu['float_head'])})" if cpu.get("float_head") else "")
+             + f", on {cpu['cpu']}; chosen by {cpu['chosen_by']}. Median ms per batch on the machine that built it:",
+             "",
              "| graph | " + " | ".join(f"batch {b}" for b in batches) + " | " +
              " | ".join(f"× fp32 at {b}" for b in batches) + " |", "|---|" + "---|" * (2 * len(batches))]
     for name, by_batch in latency.items():
