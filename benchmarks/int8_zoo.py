@@ -199,9 +199,10 @@ def main() -> None:
     parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS), help="builds to run (default "
                         "alone: the post-training rows are what that build measured before fine-tuning)")
     args = parser.parse_args()
-    result = {**results_header("int8_zoo.py"),
-              "models": [measure(source, args.work, args.exact_cpu, args.paths) for source in args.runs]}
-    write_results(args.out, "int8_zoo", result, markdown)
+    result = {**results_header("int8_zoo.py"), "models": []}
+    for source in args.runs:  # written after each model: a long sweep stopped early keeps what it measured
+        result["models"].append(measure(source, args.work, args.exact_cpu, args.paths))
+        write_results(args.out, "int8_zoo", result, markdown)
 
 
 if __name__ == "__main__":
