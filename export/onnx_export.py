@@ -87,6 +87,14 @@ def write_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, spec: 
     onnx.save(proto, str(path))
 
 
+def write_float_onnx(graph: torch.nn.Module, path: Path, spec: RunSpec) -> None:
+    """``graph`` (weights changed since model.onnx, e.g. fine-tuned) as a float ONNX in model.onnx's form: exported
+    and simplified as it is, the input folded to uint8 where model.onnx's is."""
+    write_onnx(graph, torch.zeros(2, 3, spec.img_size, spec.img_size), path, spec)
+    if spec.input_format == UINT8_INPUT:
+        onnx.save(fold_uint8_input(onnx.load(str(path)), spec.mean, spec.std), str(path))
+
+
 def write_qdq_onnx(graph: torch.nn.Module, path: Path, spec: RunSpec, source_onnx: Path, *,
                    opset: int = DEFAULT_OPSET, **stamps: str) -> int:
     """The int8 Q/DQ graph of a fake-quantized model (quantization-aware training, train/qat.py): exported like

@@ -23,6 +23,9 @@ from mlic_edge.rundir import RunDir
 from mlic_edge.runtime.deployment.bundle import BUNDLE_FORMAT, MANIFEST, inspect_bundle, pack, unpack
 
 STALE_RECORD = "calibration/0000stale0000/record.json"
+# The tiny fixture model's int8 misses the default targets (0.2 points / 98.5 %) on 40 eval images: parity here
+# checks what the bundle carries, so int8 is held to issue 15's limits.
+RELAXED_INT8 = ("--tolerance", "int8=1.5", "--min-same", "int8=0.9")
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +299,7 @@ def test_round_trip_deploys_the_verified_int8_graph_byte_for_byte(packed, tmp_pa
     assert packed["kept_fp"][0] not in quantized_node_names(onnx.load(str(device / "model.int8.onnx")))
     assert read_json(device / "reports" / "deploy.json")["status"] == "incomplete"  # no parity here yet
 
-    checked = invoke(capsys, "parity", "--run", device, "--json")
+    checked = invoke(capsys, "parity", "--run", device, "--json", *RELAXED_INT8)
     assert checked.code == 0, checked.err
     report = json.loads(checked.out)
     beside = next(row for row in report["workstation"] if row["precision"] == "int8" and row["graph"] == "tensorrt")
@@ -355,7 +358,7 @@ def test_a_requantized_graph_is_the_devices_own_and_the_report_says_so(packed, t
     assert invoke(capsys, "build", "--run", device.path, "-p", "int8", "-b", "onnxruntime", "--requantize").code == 0
     again = invoke(capsys, "build", "--run", device.path, "-p", "int8", "-b", "onnxruntime", "--no-evaluate")
     assert again.code == 0, again.err  # made here: built again as any graph made here is, not refused
-    assert invoke(capsys, "parity", "--run", device.path).code == 0
+    assert invoke(capsys, "parity", "--run", device.path, *RELAXED_INT8).code == 0
     report = deploy_report(device)
     int8 = next(g for g in report["graphs"] if g["file"] == "model.int8.onnx")
     assert int8["made_here"] and not int8["identical"]

@@ -233,9 +233,9 @@ def test_fp32_scores_far_from_the_reference_fail_even_at_equal_map():
 
 def test_label_sets_below_the_floor_fail_and_nothing_compared_is_not_a_pass(trained_run):
     reference, scores = _reference_and_one_swap()
-    result = compare_scores(reference, scores, precision="int8")
+    result = compare_scores(reference, scores, precision="int8", tolerance_points=1.5)
     assert not result["passed"] and result["failures"] == [
-        "65.0 % of images have the reference's label set, below the floor 90.0 %"]
+        "65.0 % of images have the reference's label set, below the floor 98.5 %"]
     report = parity_report(RunDir(trained_run), [], [{"backend": "onnxruntime", "precision": "fp32",
                                                       "reason": "model.onnx is not a valid ONNX file"}])
     assert report["passed"] is False

@@ -384,6 +384,13 @@ def _frozen(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
+def without_quantizers(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the fine-tuned ``model`` with every quantizer off: its fine-tuned weights, computing in float."""
+    plain = copy.deepcopy(model)
+    require_modelopt().disable_quantizer(plain, "*")
+    return plain
+
+
 def save_qat_state(model: torch.nn.Module, path: Path) -> None:
     """``qat.pt``: ModelOpt's quantizer state and the fine-tuned weights (``modelopt.torch.opt.restore`` onto the
     checkpoint's model rebuilds the fake-quantized model)."""

@@ -44,23 +44,12 @@ def export_qat_graph(result: "QatResult", spec: "RunSpec", fp32: Path, path: Pat
 
 
 def export_fine_tuned_fp32(result: "QatResult", spec: "RunSpec", path: Path) -> None:
-    """The fine-tuned weights without their quantizers, as a float ONNX in model.onnx's form (the input folded to
-    uint8 where model.onnx's is): ONNX Runtime's CPU graph is quantized from it (calibration/plan.py)."""
-    import copy
+    """The fine-tuned weights without their quantizers, as a float ONNX in model.onnx's form: ONNX Runtime's CPU graph
+    is quantized from it (calibration/plan.py)."""
+    from mlic_edge.export.onnx_export import write_float_onnx
+    from mlic_edge.train.qat import without_quantizers
 
-    import onnx
-    import torch
-
-    from mlic_edge.export.fold_input import fold_uint8_input
-    from mlic_edge.export.onnx_export import write_onnx
-    from mlic_edge.spec import UINT8_INPUT
-    from mlic_edge.train.qat import require_modelopt
-
-    model = copy.deepcopy(result.model)
-    require_modelopt().disable_quantizer(model, "*")
-    write_onnx(model.for_export(), torch.zeros(2, 3, spec.img_size, spec.img_size), path, spec)
-    if spec.input_format == UINT8_INPUT:
-        onnx.save(fold_uint8_input(onnx.load(str(path)), spec.mean, spec.std), str(path))
+    write_float_onnx(without_quantizers(result.model).for_export(), path, spec)
 
 
 def record_qat(run: "RunDir", result: "QatResult", change: "RunChange", dequantized: int,
