@@ -69,13 +69,13 @@ def post_training_rows(entry: dict, run: RunDir, rows: list[dict]) -> list[dict]
     from mlic_edge.runtime.checks.parity import limit_failures
 
     int8, derived = entry["int8"], []
+    qat = run.spec().qat  # read once: TensorRT's post-training figures, where fine-tuning replaced its graph
     for row in rows:
         if row["source"] != "qat":
             derived.append({**row, "path": "post-training (kept by the default build)"})
             continue
         record = int8 if row["graph"] == "tensorrt" else int8["cpu_graph"]
         steps = record["accuracy_target"]["steps"]
-        qat = run.spec().qat
         measured = (qat.ptq_accuracy if qat is not None else None) if row["graph"] == "tensorrt" else \
             record.get("post_training", {}).get("eval_accuracy")
         previous = steps[-2]
