@@ -318,9 +318,11 @@ def _run_quantizer(fp32_path: Path, out_path: Path, ranges: Path, reader: _Batch
         except (ValueError, RuntimeError) as error:
             if reader is not None and reader.images == 0:
                 raise _no_readable_image() from error
-            raise CalibrationError(f"ONNX Runtime could not quantize {fp32_path.name}: {error}",
-                                   hint="check the fp32 model runs under ONNX Runtime; try another --calib-method"
-                                   ) from error
+            hint = ("a quantized layer's input is the same for every calibration image (a branch that does not "
+                    "depend on the image, left in the graph), which a histogram cannot bin: fold it into a constant "
+                    "in the model, or pass --calib-method minmax" if "finite-sized bins" in str(error) else
+                    "check the fp32 model runs under ONNX Runtime; try another --calib-method")
+            raise CalibrationError(f"ONNX Runtime could not quantize {fp32_path.name}: {error}", hint=hint) from error
 
 
 def _quantize_residual_adds(path: Path, ranges: Path, excluded: Sequence[str]) -> None:

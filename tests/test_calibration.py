@@ -251,6 +251,27 @@ def test_unreadable_images_leave_nothing_behind(run_copy, tmp_path):
     assert not any((run_copy / "calibration").glob("*/record.json"))
 
 
+def test_a_layer_input_the_same_for_every_image_is_named_as_the_cause(run_copy, calibration):
+    """An image-independent branch left in the graph (its values equal over the images up to rounding) cannot be
+    histogrammed by percentile/entropy calibration: the error says so and how to get past it."""
+    path = RunDir(run_copy).onnx("fp32")
+    model = onnx.load(str(path))
+    graph, image = model.graph, model.graph.input[0].name
+    graph.initializer.extend([numpy_helper.from_array(np.array(value, np.float32), name) for name, value in
+                              (("tiny", 1e-7), ("one", 1.0), ("weight", [[2.0]]))])
+    graph.initializer.append(numpy_helper.from_array(np.array([1]), "unsqueeze_axes"))
+    graph.node.extend([onnx.helper.make_node("ReduceMean", [image], ["mean"], axes=[1, 2, 3], keepdims=0),
+                       onnx.helper.make_node("Mul", ["mean", "tiny"], ["small"]),
+                       onnx.helper.make_node("Add", ["small", "one"], ["constant_ish"]),
+                       onnx.helper.make_node("Unsqueeze", ["constant_ish", "unsqueeze_axes"], ["column"]),
+                       onnx.helper.make_node("MatMul", ["column", "weight"], ["branch"], name="branch")])
+    graph.output.append(onnx.helper.make_tensor_value_info("branch", onnx.TensorProto.FLOAT, None))
+    onnx.save(model, str(path))
+    with pytest.raises(CalibrationError, match="finite-sized bins") as error:
+        _quantize(RunDir(run_copy), calibration, method="percentile")
+    assert "same for every calibration image" in error.value.hint and "--calib-method minmax" in error.value.hint
+
+
 def test_keep_fp_is_honoured_and_unknown_names_refused(run, calibration, int8, eval_inputs):
     ranked = layer_sensitivity(run.onnx("fp32"), int8.path, eval_inputs[0][:16], top=3)
     assert len(ranked) == 3 and ranked[0]["added_error"] >= ranked[-1]["added_error"]

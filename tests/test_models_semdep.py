@@ -183,6 +183,34 @@ def test_onnx_export_matches_onnxruntime(tmp_path):
     assert_onnxruntime_matches(graph, path)
 
 
+def test_first_se_gate_is_the_constant_squeezes_and_exports_as_a_constant(tmp_path):
+    """SE1 squeezes maps that each sum to 1 (eq. 5 of eq. 4's A): its gate is computed from 1/(H·W), as averaging A
+    gives, and the simplified export holds it as a constant. Computed from the image, its input is the same over
+    every image up to rounding, which ONNX Runtime's percentile calibrator (the build's default) cannot histogram:
+    `build -p int8` failed on the zoo's trained semdep ("Too many bins for data range")."""
+    import onnx
+    import onnxsim
+
+    model = make_model(7, seed=3)
+    attention = spatial_softmax(torch.randn(4, 7, 3, 3))
+    branch = model.dependency
+    averaged = attention
+    for se, conv in zip(branch.se, branch.convs):
+        averaged = torch.relu(conv(se(averaged)))
+    torch.testing.assert_close(branch.features(attention), averaged)
+
+    path = tmp_path / "semdep.onnx"
+    onnx.save(onnxsim.simplify(to_onnx(model.for_export(), path, img_size=96))[0], str(path))  # as export does
+    assert_onnxruntime_matches(model.for_export(), path, img_size=96)
+    graph = onnx.load(str(path)).graph
+    image_dependent, dependent_gemms = {graph.input[0].name}, 0
+    for node in graph.node:  # topological order
+        if any(name in image_dependent for name in node.input):
+            image_dependent.update(node.output)
+            dependent_gemms += node.op_type == "Gemm" and "/dependency/" in node.name
+    assert dependent_gemms == 2 * (len(branch.se) - 1) + 1  # SE2-SE4's two FCs each, and the branch's FC
+
+
 def test_checkpoint_rebuild_gives_identical_outputs(tmp_path):
     model = make_model(7, seed=5)
     with torch.no_grad():

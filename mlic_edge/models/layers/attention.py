@@ -34,9 +34,13 @@ class SEBlock(nn.Module):
         self.fc1 = nn.Linear(channels, hidden)
         self.fc2 = nn.Linear(hidden, channels)
 
+    def excite(self, squeeze: torch.Tensor) -> torch.Tensor:
+        """The per-channel weights s of a squeeze z, (B, C) -> (B, C): eq. (6)."""
+        return torch.sigmoid(self.fc2(torch.relu(self.fc1(squeeze))))
+
     def gate(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-channel weights s, (B, C)."""
-        return torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean(dim=(2, 3))))))
+        """The per-channel weights s of ``x``, (B, C)."""
+        return self.excite(x.mean(dim=(2, 3)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gate(x)[:, :, None, None]

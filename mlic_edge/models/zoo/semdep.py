@@ -28,7 +28,7 @@ Choices where the paper is ambiguous (each one is a reading, not a fact of the p
 * A consequence of the paper as written: eq. (5) averages a map that eq. (4) normalised to sum to 1, so SE1's
   squeeze is the constant 1/(H·W) and its gate is a learned per-label gain that does not depend on the image. It
   cannot suppress absent labels per image as the paper says; SE2–SE4 (after ReLU convs) are image dependent.
-  We implement the equations as printed.
+  We implement the equations as printed, SE1's squeeze as that constant, so the exported gate is one too.
 * The dependency branch's input is A itself (eq. 8: M = F_cc(A)), not A ⊙ X; its values are ≈ 1/(H·W).
 * Four-stage training (§3.1): (1) fine-tune the feature extractor ("backbone": backbone + its GAP/FC head, loss
   on y'); (2) fix the extractor, train the attention convs ("attention"); (3) fix both, train the semantic
@@ -145,9 +145,14 @@ class DependencyBranch(nn.Module):
         self.fc = nn.Linear(widths[-1], num_classes)
 
     def features(self, attention: torch.Tensor) -> torch.Tensor:
-        """M = F_cc(A), eq. (8)."""
-        x = attention
-        for se, conv in zip(self.se, self.convs):
+        """M = F_cc(A), eq. (8). SE1's squeeze (eq. 5) of maps that each sum to 1 is 1/(H·W) whatever the image, so
+        its gate is computed from that constant: the same value and (zero) gradient as averaging A, and an exported
+        graph in which the gate is a constant (a calibrator measuring it over images sees no range at all)."""
+        height, width = attention.shape[-2:]
+        squeeze = attention.new_full((1, attention.shape[1]), 1.0 / (height * width))
+        first, *rest = self.se
+        x = torch.relu(self.convs[0](attention * first.excite(squeeze)[:, :, None, None]))
+        for se, conv in zip(rest, self.convs[1:]):
             x = torch.relu(conv(se(x)))
         return x
 
