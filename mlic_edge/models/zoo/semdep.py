@@ -148,8 +148,8 @@ class DependencyBranch(nn.Module):
         """M = F_cc(A), eq. (8). SE1's squeeze (eq. 5) of maps that each sum to 1 is 1/(H·W) whatever the image, so
         its gate is computed from that constant: the same value and (zero) gradient as averaging A, and an exported
         graph in which the gate is a constant (a calibrator measuring it over images sees no range at all)."""
-        height, width = attention.shape[-2:]
-        squeeze = attention.new_full((1, attention.shape[1]), 1.0 / (height * width))
+        channels, height, width = (int(size) for size in attention.shape[1:])  # ints: constants when traced
+        squeeze = torch.full((1, channels), 1.0 / (height * width), dtype=attention.dtype, device=attention.device)
         first, *rest = self.se
         x = torch.relu(self.convs[0](attention * first.excite(squeeze)[:, :, None, None]))
         for se, conv in zip(rest, self.convs[1:]):
