@@ -9,6 +9,17 @@ error each layer adds); groups grow 1, 1, 2, 4, ... layers, so a model that need
 quantizations rather than one per layer. Each quantization reuses the calibration record (no image is calibrated
 twice), and is scored by ONNX Runtime on the CPU, where a layer kept in float runs in fp32 (a TensorRT build runs it
 in fp16 or fp32, as its precision flags allow).
+
+Identical label sets are judged by an estimate, not by counting alone: a few hundred judging images (a run's
+validation split is often fewer than 100) tell 98.5 % from 97 % only by chance, since one flipped image moves the
+count by a point. ``estimate_agreement`` separates what decides a flip: how close each judging image's scores are to
+the threshold (its margins, from the unseen judging images, where a trained model is less confident than on its
+training images) and how far int8 moves a score (its errors, sampled on the judging images and on training images:
+quantization noise does not depend on whether the model trained on the image). An image keeps its label set with
+the probability that no class's error crosses its margin; the estimate is the mean of that over the judging images,
+with its standard error. Measured on the zoo's ML-GCN (post-training, 0/2/6/12 layers in float): the estimate from
+the eval split's margins and training images' errors read 90.6/95.9/97.4/98.4 % where counting on the eval split
+gave 93.0/95.3/97.3/98.7 %.
 """
 
 from __future__ import annotations
@@ -41,23 +52,49 @@ class AccuracyTarget:
     threshold: float = DEFAULT_THRESHOLD  # score at which a label is predicted
     margin_se: float = 1.0
 
-    def required_agreement(self, images: int) -> float:
-        """``min_agreement`` plus the margin for an estimate from ``images`` images (at most 1)."""
+    def required_agreement(self, images: int, standard_error: float | None = None) -> float:
+        """``min_agreement`` plus the margin for an estimate with ``standard_error`` (None: a count over ``images``
+        images, whose standard error is binomial), at most 1."""
         p = self.min_agreement
-        return min(1.0, p + self.margin_se * math.sqrt(p * (1 - p) / max(images, 1)))
+        if standard_error is None:
+            standard_error = math.sqrt(p * (1 - p) / max(images, 1))
+        return min(1.0, p + self.margin_se * standard_error)
 
-    def met_by(self, delta_points: float, agreement: float, images: int) -> bool:
+    def met_by(self, delta_points: float, agreement: float, images: int, standard_error: float | None = None
+               ) -> bool:
+        """``agreement``: counted over ``images`` images, or estimated with ``standard_error``."""
         return (abs(delta_points) <= self.max_delta_points + 1e-9
-                and agreement + 1e-9 >= self.required_agreement(images))
+                and agreement + 1e-9 >= self.required_agreement(images, standard_error))
+
+
+@dataclass(frozen=True)
+class ErrorSample:
+    """Images on which only how far int8 moves the scores is measured (training images, for the agreement
+    estimate), with fp32's scores of them."""
+
+    images: np.ndarray
+    fp32_scores: np.ndarray
+
+    @classmethod
+    def of(cls, fp32_path: Path, images: np.ndarray) -> "ErrorSample":
+        return cls(images, onnx_scores(fp32_path, images))
 
 
 @dataclass
 class Step:
     kept_fp: list[str]
     delta_mAP_points: float
-    labelset_agreement: float
+    labelset_agreement: float  # counted on the judging images
     met: bool
     source: str = "post-training"  # or how the graph was fine-tuned (the build's fallback)
+    estimated_agreement: float | None = None  # estimate_agreement's, where error images were given; it decides
+    estimate_se: float | None = None
+    error_images: int = 0  # training images whose errors the estimate sampled, besides the judging images'
+
+    @property
+    def agreement(self) -> float:
+        """The identical-label-set share decisions use: the estimate where there is one, else the count."""
+        return self.labelset_agreement if self.estimated_agreement is None else self.estimated_agreement
 
 
 @dataclass
@@ -80,7 +117,8 @@ class KeepFpSearch:
         return self.final.met
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "met": self.met, "required_agreement": self.target.required_agreement(self.images)}
+        return {**asdict(self), "met": self.met,
+                "required_agreement": self.target.required_agreement(self.images, self.final.estimate_se)}
 
 
 def onnx_scores(path: Path, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
@@ -104,17 +142,54 @@ def compare(scores: np.ndarray, fp32_scores: np.ndarray, targets: np.ndarray, th
     return float(delta) * 100, float(same.mean())
 
 
+def _margins(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Each score's signed distance from the threshold in logits (positive: the label is predicted)."""
+    def logit(values: np.ndarray | float) -> np.ndarray:
+        clipped = np.clip(np.asarray(values, dtype=np.float64), 1e-7, 1 - 1e-7)
+        return np.log(clipped) - np.log1p(-clipped)
+
+    return logit(scores) - logit(threshold)
+
+
+def estimate_agreement(fp32_scores: np.ndarray, errors: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(estimated share of images keeping fp32's label set, its standard error): each image of ``fp32_scores``
+    keeps it with the probability that no class's int8 error crosses that class's margin, the errors of each class
+    drawn from ``errors`` (images × classes, in logits: int8 minus fp32)."""
+    margins = _margins(fp32_scores, threshold)
+    keep = np.ones(len(margins))
+    for column in range(margins.shape[1]):
+        ordered = np.sort(errors[:, column])
+        margin = margins[:, column]
+        # a predicted label (margin > 0) flips where error < -margin; an unpredicted one where error >= -margin
+        below = np.searchsorted(ordered, -margin, side="left") / len(ordered)
+        keep *= np.where(margin >= 0, 1.0 - below, below)
+    standard_error = float(np.std(keep, ddof=1) / math.sqrt(len(keep))) if len(keep) > 1 else 0.0
+    return float(np.mean(keep)), standard_error
+
+
 def measure_step(int8_path: Path, fp32_scores: np.ndarray, images: np.ndarray, targets: np.ndarray,
-                 target: AccuracyTarget, kept_fp: Sequence[str] = ()) -> Step:
-    """The int8 graph at ``int8_path`` scored on ``images`` against fp32's scores of them, judged by ``target``."""
-    delta, agreement = compare(onnx_scores(int8_path, images), fp32_scores, targets, target.threshold)
-    return Step(list(kept_fp), delta, agreement, target.met_by(delta, agreement, len(images)))
+                 target: AccuracyTarget, kept_fp: Sequence[str] = (), error_sample: ErrorSample | None = None
+                 ) -> Step:
+    """The int8 graph at ``int8_path`` scored on ``images`` against fp32's scores of them, judged by ``target``:
+    on the estimated share of identical label sets where an ``error_sample`` is given (``estimate_agreement``, its
+    errors and the judging images' own), else on the count."""
+    scores = onnx_scores(int8_path, images)
+    delta, agreement = compare(scores, fp32_scores, targets, target.threshold)
+    if error_sample is None:
+        return Step(list(kept_fp), delta, agreement, target.met_by(delta, agreement, len(images)))
+    errors = np.concatenate([
+        _margins(scores, target.threshold) - _margins(fp32_scores, target.threshold),
+        _margins(onnx_scores(int8_path, error_sample.images), target.threshold)
+        - _margins(error_sample.fp32_scores, target.threshold)])
+    estimate, standard_error = estimate_agreement(fp32_scores, errors, target.threshold)
+    return Step(list(kept_fp), delta, agreement, target.met_by(delta, estimate, len(images), standard_error),
+                estimated_agreement=estimate, estimate_se=standard_error, error_images=len(error_sample.images))
 
 
 def improves_on(candidate: Step, incumbent: Step, target: AccuracyTarget) -> bool:
     """Whether ``candidate`` should replace ``incumbent`` (which misses ``target``): it meets the target, or it keeps
-    more label sets without a ΔmAP beyond both the target's and the incumbent's."""
-    return candidate.met or (candidate.labelset_agreement > incumbent.labelset_agreement
+    more label sets (``Step.agreement``) without a ΔmAP beyond both the target's and the incumbent's."""
+    return candidate.met or (candidate.agreement > incumbent.agreement
                              and abs(candidate.delta_mAP_points) <= max(abs(incumbent.delta_mAP_points),
                                                                         target.max_delta_points))
 
@@ -132,9 +207,10 @@ def group_sizes(budget: int) -> list[int]:
 
 def search_keep_fp(quantize: Quantize, fp32_path: Path, images: np.ndarray, targets: np.ndarray,
                    ranking: Sequence[str], target: AccuracyTarget, budget: int, keep_fp: Sequence[str] = (),
-                   progress: Progress | None = None) -> KeepFpSearch:
+                   progress: Progress | None = None, error_sample: ErrorSample | None = None) -> KeepFpSearch:
     """Quantize with ``keep_fp``, then with more of ``ranking`` (most sensitive first) in float, group by group,
-    until ``target`` holds on ``images`` or ``budget`` more layers are float; returns every step measured."""
+    until ``target`` holds on ``images`` (judged as ``measure_step`` does with ``error_sample``) or ``budget`` more
+    layers are float; returns every step measured."""
     say = progress or (lambda message: None)
     fp32_scores = onnx_scores(fp32_path, images)
     search = KeepFpSearch(target=target, kept_fp=list(keep_fp), images=len(images),
@@ -144,7 +220,7 @@ def search_keep_fp(quantize: Quantize, fp32_path: Path, images: np.ndarray, targ
     kept, added = list(keep_fp), 0
     while True:
         say(f"measuring with {len(kept)} layer(s) in float")
-        search.steps.append(measure_step(quantize(kept), fp32_scores, images, targets, target, kept))
+        search.steps.append(measure_step(quantize(kept), fp32_scores, images, targets, target, kept, error_sample))
         if search.final.met:
             search.stopped = "met"
             break

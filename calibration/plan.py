@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from mlic_edge.calibration.accuracy import (AccuracyTarget, KeepFpSearch, Step, improves_on, measure_step,
-                                            onnx_scores, search_keep_fp)
+from mlic_edge.calibration.accuracy import (AccuracyTarget, ErrorSample, KeepFpSearch, Step, improves_on,
+                                            measure_step, onnx_scores, search_keep_fp)
 from mlic_edge.calibration.images import (CalibrationSet, first_images, select_calibration_set, split_holdout,
                                           validation_holdout)
 from mlic_edge.calibration.int8 import (CPU_FORMATS, TENSORRT_INT8, Int8Report, Int8Scheme, cpu_int8_scheme,
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from mlic_edge.data.splits import ValidationSplit
 
 SENSITIVITY_IMAGES = 32  # calibration images the per-layer sensitivity is measured on
+ERROR_IMAGES = 128  # calibration images int8's score errors are sampled on, for the agreement estimate
 DEFAULT_FP_LAYER_SHARE = 0.1  # default budget of layers kept in float: this share of the quantizable ones
 CPU_TIMING_BATCHES = (1, 8)  # the int8 CPU graph's form is chosen by its latency at the last of these
 CPU_TIMING_ROUNDS = 10
@@ -153,6 +154,15 @@ class FineTunedTrial:
     adopted: bool
 
 
+def agreement_words(step: Step) -> str:
+    """A step's figures in words: 'ΔmAP +0.05, 98.7 % identical label sets estimated (97.8 % counted)'."""
+    counted = f"{step.labelset_agreement * 100:.1f} %"
+    if step.estimated_agreement is None:
+        return f"ΔmAP {step.delta_mAP_points:+.2f}, {counted} identical label sets"
+    return (f"ΔmAP {step.delta_mAP_points:+.2f}, {step.estimated_agreement * 100:.1f} % identical label sets "
+            f"estimated ({counted} counted)")
+
+
 class Int8Plan:
     """The int8 graphs of one build (module docstring): the steps are called in order by the command."""
 
@@ -188,6 +198,7 @@ class Int8Plan:
             self.calibration = select_calibration_set(rest, inputs.calib_images)
         self.decision: Int8Decision | None = None
         self.cpu_search: KeepFpSearch | None = None  # the CPU graph's accuracy search, where it ran
+        self._error_sample: ErrorSample | None = None
 
     @property
     def judging_images(self) -> str:
@@ -254,14 +265,11 @@ class Int8Plan:
         """``graph`` (fine-tuned, ``source`` says how) measured on the held-out images; adopted where it meets the
         target or comes closer than post-training. A trial not adopted is recorded under ``qat_trial``."""
         search = self.decision.search
-        images, targets = self.holdout.inputs_and_targets(self.preprocessing)
-        step = dataclasses.replace(measure_step(graph, onnx_scores(self.files.fp32, images), images, targets,
-                                                search.target), source=source)
+        step = dataclasses.replace(self._judge(graph, search.target), source=source)
         best = search.final
         verdict = "meets" if step.met else "misses"
-        info(f"int8: the quantization-aware graph {verdict} the target on the {self.judging_images}: ΔmAP "
-             f"{step.delta_mAP_points:+.2f}, {step.labelset_agreement * 100:.1f} % identical (post-training: "
-             f"{best.delta_mAP_points:+.2f}, {best.labelset_agreement * 100:.1f} %)")
+        info(f"int8: the quantization-aware graph {verdict} the target on the {self.judging_images}: "
+             f"{agreement_words(step)} (post-training: {agreement_words(best)})")
         adopted = improves_on(step, best, search.target)
         if not adopted:
             warn("int8: the quantization-aware graph is no closer to fp32 than the post-training one: the "
@@ -364,19 +372,15 @@ class Int8Plan:
         post-training CPU graph where it meets the CPU target or comes closer, and recorded either way."""
         record, search = self.decision.record["cpu_graph"], self.cpu_search
         scheme = cpu_int8_scheme(record["quant_format"], self.inputs.cpu.reduce_range)
-        images, targets = self.holdout.inputs_and_targets(self.preprocessing)
         with tempfile.TemporaryDirectory(prefix=".int8-cpu-qat.", dir=self.files.run) as work:
             report = quantize_int8(fine_tuned_fp32, Path(work) / self.files.cpu.name, Path(work) / "records",
                                    method="minmax", calibration=self.calibration, preprocessing=self.preprocessing,
                                    scheme=scheme)
             source = f"quantization-aware for the CPU graph, {fine_tuning['epochs']} epoch(s)"
-            step = dataclasses.replace(measure_step(report.path, onnx_scores(self.files.fp32, images), images,
-                                                    targets, search.target), source=source)
+            step = dataclasses.replace(self._judge(report.path, search.target), source=source)
             adopted = improves_on(step, search.final, search.target)
-            best = search.final
             info(f"int8 CPU graph: fine-tuned, it {'meets' if step.met else 'misses'} its target on the "
-                 f"{self.judging_images}: ΔmAP {step.delta_mAP_points:+.2f}, {step.labelset_agreement * 100:.1f} % "
-                 f"identical (post-training: {best.delta_mAP_points:+.2f}, {best.labelset_agreement * 100:.1f} %)"
+                 f"{self.judging_images}: {agreement_words(step)} (post-training: {agreement_words(search.final)})"
                  + ("" if adopted else "; the post-training CPU graph is kept"))
             trial = FineTunedTrial(step, float(fine_tuning.get("seconds") or 0.0), adopted)
             if not adopted:
@@ -421,14 +425,14 @@ class Int8Plan:
                 return quantize(keep_fp, Path(work) / f"int8.{len(keep_fp)}.onnx").path
 
             search = search_keep_fp(trial, self.files.fp32, images, targets, [row["node"] for row in ranking], target,
-                                    budget, keep_fp=start, progress=lambda message: self.say(f"{what}: {message}", 0, 1))
+                                    budget, keep_fp=start, progress=lambda message: self.say(f"{what}: {message}", 0, 1),
+                                    error_sample=self._errors())
         step = search.final
         verdict = "meets" if search.met else f"misses ({search.stopped})"
         info(f"{what}: {verdict} the target (|ΔmAP| ≤ {target.max_delta_points} points, ≥ "
              f"{target.min_agreement * 100:.0f} % identical label sets, asked as ≥ "
-             f"{target.required_agreement(search.images) * 100:.1f} % on {self.judging_images}, "
-             f"one standard error of margin): "
-             f"ΔmAP {step.delta_mAP_points:+.2f}, {step.labelset_agreement * 100:.1f} % identical, "
+             f"{target.required_agreement(search.images, step.estimate_se) * 100:.1f} % on {self.judging_images}, "
+             f"{target.margin_se:g} standard error(s) of margin): {agreement_words(step)}, "
              f"{len(step.kept_fp)} layer(s) in float" + (f" ({', '.join(step.kept_fp)})" if step.kept_fp else ""))
         if not search.met and not inputs.fine_tune_epochs:  # else fine-tuning follows, for either graph
             warn(f"{what} misses its accuracy target with {len(step.kept_fp)} layer(s) in float: fine-tune it "
@@ -451,6 +455,18 @@ class Int8Plan:
 
     def _first_images(self, count: int):
         return first_images(self.calibration, self.preprocessing, count)
+
+    def _errors(self) -> ErrorSample:
+        """The calibration images int8's score errors are sampled on (``ERROR_IMAGES``), with fp32's scores."""
+        if self._error_sample is None:
+            self._error_sample = ErrorSample.of(self.files.fp32, self._first_images(ERROR_IMAGES))
+        return self._error_sample
+
+    def _judge(self, graph: Path, target: AccuracyTarget) -> Step:
+        """``graph`` (every layer as it was made) measured on the judging images as the search measures a step."""
+        images, targets = self.holdout.inputs_and_targets(self.preprocessing)
+        return measure_step(graph, onnx_scores(self.files.fp32, images), images, targets, target,
+                            error_sample=self._errors())
 
     def _reusable_qat_graph(self) -> dict[str, Any] | None:
         """The record of model.int8.onnx when quantization-aware training wrote it (``int8_source=qat``) from the

@@ -193,6 +193,22 @@ def state_int8_verdicts(run: RunDir, entry: dict[str, Any], request: BuildReques
         measured["verdict"] = verdict
 
 
+def _agreement_cell(step: dict[str, Any]) -> str:
+    """A search step's identical label sets: '98.7 % estimated (97.8 % counted)', or the count alone."""
+    counted = f"{step['labelset_agreement'] * 100:.1f} %"
+    estimate = step.get("estimated_agreement")
+    return counted if estimate is None else f"{estimate * 100:.1f} % estimated ({counted} counted)"
+
+
+def _estimate_words(search: dict[str, Any]) -> str:
+    """What the search's agreement figure is, for the report."""
+    final = search["steps"][-1]
+    if final.get("estimated_agreement") is None:
+        return f"a count over {search['images']} images"
+    return (f"an estimate from the {search['images']} judging images' margins and int8's score errors on them and "
+            f"on {final.get('error_images', 0)} training images (calibration/accuracy.py, estimate_agreement)")
+
+
 def _int8_next_step(run: RunDir, entry: dict[str, Any], graph: str) -> str:
     """The cheapest step towards the target for an int8 graph that missed it, from what this build already did."""
     int8 = entry.get("int8") or {}
@@ -579,7 +595,7 @@ def _cpu_graph_markdown(key: str, entry: dict[str, Any]) -> list[str]:
     if search:
         step = search["steps"][-1]
         lines += ["", f"{_judged_on_words(search).capitalize()}: ΔmAP {step['delta_mAP_points']:+.3f} points, "
-                      f"{step['labelset_agreement'] * 100:.1f} % identical label sets, layers in float: "
+                      f"{_agreement_cell(step)} identical label sets, layers in float: "
                       f"{', '.join(step['kept_fp']) or 'none'} (target {'met' if search['met'] else 'missed'})."]
     if accuracy:
         lines += ["", f"Eval split (ONNX Runtime CPU): mAP {accuracy['mAP_int8'] * 100:.2f}, Δ vs fp32 "
@@ -667,7 +683,7 @@ def build_markdown(report: dict[str, Any]) -> str:
                       f"Identical label sets are asked as ≥ "
                       f"{search.get('required_agreement', search['target']['min_agreement']) * 100:.1f} %: the target "
                       f"{search['target']['min_agreement'] * 100:.0f} % plus {search['target'].get('margin_se', 0):g} "
-                      f"standard error(s) of an estimate from {search['images']} images.", "",
+                      f"standard error(s) of {_estimate_words(search)}.", "",
                       "| step | layers in float | ΔmAP vs fp32 (pts) | identical label sets | target met |",
                       "|---|---|---|---|---|"]
             for number, step in enumerate(search["steps"]):
@@ -675,7 +691,7 @@ def build_markdown(report: dict[str, Any]) -> str:
                 if step.get("source", "post-training") != "post-training":
                     kept += f" ({step['source']} fine-tuning, reports/qat.md)"
                 lines.append(f"| {number} | {kept} | {step['delta_mAP_points']:+.3f} | "
-                             f"{step['labelset_agreement'] * 100:.1f} % | {'yes' if step['met'] else 'no'} |")
+                             f"{_agreement_cell(step)} | {'yes' if step['met'] else 'no'} |")
         worst = (entry.get("int8") or {}).get("sensitivity")
         if worst:
             lines += ["", f"## {key}: layers that hurt most (copy names into --keep-fp)", "",
