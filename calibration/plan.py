@@ -261,11 +261,13 @@ class Int8Plan:
         search = self.decision.search if self.decision is not None else None
         return search is not None and not search.met and self.inputs.fine_tune_epochs > 0
 
-    def judge_fine_tuned(self, graph: Path, source: str, seconds: float) -> FineTunedTrial:
-        """``graph`` (fine-tuned, ``source`` says how) measured on the held-out images; adopted where it meets the
-        target or comes closer than post-training. A trial not adopted is recorded under ``qat_trial``."""
+    def judge_fine_tuned(self, graph: Path, source: str, seconds: float, kept_fp: Sequence[str] = ()
+                         ) -> FineTunedTrial:
+        """``graph`` (fine-tuned, ``source`` says how, ``kept_fp`` float in it) measured on the held-out images;
+        adopted where it meets the target or comes closer than post-training. A trial not adopted is recorded under
+        ``qat_trial``."""
         search = self.decision.search
-        step = dataclasses.replace(self._judge(graph, search.target), source=source)
+        step = dataclasses.replace(self._judge(graph, search.target), source=source, kept_fp=list(kept_fp))
         best = search.final
         verdict = "meets" if step.met else "misses"
         info(f"int8: the quantization-aware graph {verdict} the target on the {self.judging_images}: "
@@ -283,7 +285,8 @@ class Int8Plan:
         search = self.decision.search
         shutil.copyfile(graph, self.decision.graph)
         search.steps.append(trial.step)
-        search.kept_fp, search.stopped = [], "met" if trial.step.met else f"{search.stopped}, then fine-tuned"
+        search.kept_fp = list(trial.step.kept_fp)
+        search.stopped = "met" if trial.step.met else f"{search.stopped}, then fine-tuned"
         if not trial.step.met:
             warn(f"int8 misses its accuracy target after {epochs} epoch(s) of quantization-aware fine-tuning "
                  "(kept: it comes closer than post-training): raise --qat-epochs, or use fp16")
@@ -292,7 +295,8 @@ class Int8Plan:
         """The decision once the fine-tuned graph is the build's: ``qat`` (what fine-tuning ran) and its accuracy on
         the eval split as the fine-tuning recorded it; the post-training record kept under ``post_training``."""
         decision = self.decision
-        decision.record = {"path": str(self.files.tensorrt), "reused": False, "source": "qat", "kept_fp": [],
+        decision.record = {"path": str(self.files.tensorrt), "reused": False, "source": "qat",
+                           "kept_fp": list(decision.search.kept_fp),
                            "quantized_nodes": quantized_node_count(decision.graph),
                            "accuracy_target": self._search_record(decision.search),
                            "judged_on": self.judged_on, "qat": dict(qat),
@@ -365,19 +369,22 @@ class Int8Plan:
         search = self.cpu_search
         return search is not None and not search.met and self.inputs.fine_tune_epochs > 0
 
-    def adopt_cpu_fine_tuned(self, fine_tuned_fp32: Path, fine_tuning: Mapping[str, Any]) -> FineTunedTrial:
+    def adopt_cpu_fine_tuned(self, fine_tuned_fp32: Path, fine_tuning: Mapping[str, Any],
+                             kept_fp: Sequence[str] = ()) -> FineTunedTrial:
         """ONNX Runtime's CPU graph quantized, in the form chosen, from ``fine_tuned_fp32`` (the weights fine-tuned
         for the CPU graph's scheme, ``fine_tuning`` says how; min/max ranges, as the fine-tuning's max calibration
-        set them), every layer int8, judged against model.onnx on the judging images; staged in place of the
-        post-training CPU graph where it meets the CPU target or comes closer, and recorded either way."""
+        set them), every layer int8 but ``kept_fp`` (those fine-tuned without quantizers), judged against
+        model.onnx on the judging images; staged in place of the post-training CPU graph where it meets the CPU
+        target or comes closer, and recorded either way."""
         record, search = self.decision.record["cpu_graph"], self.cpu_search
         scheme = cpu_int8_scheme(record["quant_format"], self.inputs.cpu.reduce_range)
         with tempfile.TemporaryDirectory(prefix=".int8-cpu-qat.", dir=self.files.run) as work:
             report = quantize_int8(fine_tuned_fp32, Path(work) / self.files.cpu.name, Path(work) / "records",
                                    method="minmax", calibration=self.calibration, preprocessing=self.preprocessing,
-                                   scheme=scheme)
+                                   scheme=scheme, keep_fp=kept_fp)
             source = f"quantization-aware for the CPU graph, {fine_tuning['epochs']} epoch(s)"
-            step = dataclasses.replace(self._judge(report.path, search.target), source=source)
+            step = dataclasses.replace(self._judge(report.path, search.target), source=source,
+                                       kept_fp=list(report.kept_fp))
             adopted = improves_on(step, search.final, search.target)
             info(f"int8 CPU graph: fine-tuned, it {'meets' if step.met else 'misses'} its target on the "
                  f"{self.judging_images}: {agreement_words(step)} (post-training: {agreement_words(search.final)})"
@@ -390,9 +397,10 @@ class Int8Plan:
                 fine_tuned_fp32))
             shutil.copyfile(report.path, self.files.stage(self.files.cpu))
         search.steps.append(step)
-        search.kept_fp, search.stopped = [], "met" if step.met else f"{search.stopped}, then fine-tuned"
+        search.kept_fp = list(step.kept_fp)
+        search.stopped = "met" if step.met else f"{search.stopped}, then fine-tuned"
         post_training = {key: record[key] for key in ("kept_fp", "quantized_nodes", "key", "method") if key in record}
-        record.update(source="qat", kept_fp=[], quantized_nodes=report.quantized_nodes, method="minmax",
+        record.update(source="qat", kept_fp=list(step.kept_fp), quantized_nodes=report.quantized_nodes, method="minmax",
                       accuracy_target=self._search_record(search), fine_tuning=dict(fine_tuning),
                       post_training=post_training)
         if not step.met:

@@ -141,7 +141,8 @@ def test_distillation_keeps_the_int8_scores_nearer_fp32_than_training_on_labels(
 def test_build_fine_tunes_when_post_training_misses_and_keeps_the_graph_nearer_fp32(run_copy, monkeypatch):
     """`build -p int8` by default: post-training int8 misses a target it cannot reach (|ΔmAP| ≤ 0), so the build
     distils for --qat-epochs with the held-out images left out of fine-tuning and calibration, measures the result on
-    them as the search measured post-training, and keeps the graph nearer fp32, recording both."""
+    them as the search measured post-training, and keeps the graph nearer fp32, recording both. A layer kept in
+    float (--keep-fp here; the search's choice alike) stays float through the fine-tuning, in both graphs."""
     import contextlib
     import io
 
@@ -162,8 +163,9 @@ def test_build_fine_tunes_when_post_training_misses_and_keeps_the_graph_nearer_f
 
     monkeypatch.setattr(qat_module, "ImageDataset", recording_dataset)
     run = RunDir(run_copy)
+    stem = next(node.name for node in onnx.load(str(run.onnx("fp32"))).graph.node if node.op_type == "Conv")
     request = BuildRequest(precision="int8", backend="onnxruntime", calib_images=64, target_delta=0.0,
-                           cpu_target_delta=0.0, max_fp_layers=0, qat_epochs=1)
+                           cpu_target_delta=0.0, max_fp_layers=0, qat_epochs=1, keep_fp=(stem,))
     with contextlib.redirect_stderr(io.StringIO()):
         entry = build(run, request)
     int8 = entry["int8"]
@@ -177,7 +179,7 @@ def test_build_fine_tunes_when_post_training_misses_and_keeps_the_graph_nearer_f
     graph = read_metadata(run.onnx("int8"))
     if int8.get("source") == "qat":  # fine-tuning kept more label sets: its graph is the build's
         assert steps[-1]["source"] == "quantization-aware, 1 epoch(s)" and len(steps) == 2
-        assert steps[-1]["labelset_agreement"] > steps[0]["labelset_agreement"]
+        assert steps[-1]["estimated_agreement"] > steps[0]["estimated_agreement"]  # what the plan decides by
         assert graph["int8_source"] == "qat" and int8["post_training"]["accuracy_target"]["steps"] == steps[:1]
         assert run.read()["qat"]["by"].startswith("build -p int8") and (run.path / "qat.pt").is_file()
         assert entry["accuracy"] == run.read()["qat"]["accuracy"] and "eval_accuracy" not in int8  # measured once
@@ -193,14 +195,50 @@ def test_build_fine_tunes_when_post_training_misses_and_keeps_the_graph_nearer_f
     if cpu.get("source") == "qat":
         assert cpu_steps[-1]["source"] == "quantization-aware for the CPU graph, 1 epoch(s)"
         assert cpu["fine_tuning"]["scheme"].startswith("cpu graph: int") and cpu["method"] == "minmax"
-        assert cpu_graph["int8_source"] == "qat" and cpu["post_training"]["kept_fp"] == []
+        assert cpu_graph["int8_source"] == "qat" and cpu["post_training"]["kept_fp"] == [stem]
         # the post-training CPU graph it replaced was measured on the eval split first, for the report
         assert cpu["post_training"]["eval_accuracy"]["images"] == entry["accuracy"]["cpu_graph"]["images"]
-        assert cpu_steps[-1]["labelset_agreement"] > cpu_steps[0]["labelset_agreement"] or cpu_steps[-1]["met"]
+        assert cpu_steps[-1]["estimated_agreement"] > cpu_steps[0]["estimated_agreement"] or cpu_steps[-1]["met"]
     else:
         assert cpu["qat_trial"]["source"] == "quantization-aware for the CPU graph, 1 epoch(s)"
         assert cpu_graph.get("int8_source") != "qat" and len(cpu_steps) == 1
     assert "qat" not in run.read() or run.read()["qat"]["by"].startswith("build -p int8")  # TensorRT's only
+    for path, record, final in ((run.onnx("int8"), int8, steps[-1]), (run.onnx("int8", "cpu"), cpu, cpu_steps[-1])):
+        producers = {out: node for node in onnx.load(str(path)).graph.node for out in node.output}
+        conv = next(node for node in producers.values() if node.name == stem)
+        assert all(getattr(producers.get(name), "op_type", None) != "DequantizeLinear" for name in conv.input)
+        assert record["kept_fp"] == [stem] and final["kept_fp"] == [stem]
+    trials = [record["qat_trial"] for record in (int8, cpu) if "qat_trial" in record]
+    assert all(trial["kept_fp"] == [stem] for trial in trials)  # a trial not adopted kept it float too
+
+
+def test_onnx_nodes_are_traced_back_to_the_modules_that_export_them(tmp_path):
+    """The fine-tuning keeps a layer float by the name model.onnx gives it: every Conv/Gemm exported from a module
+    is found, as the module whose weights the node holds; a node no module exports (the folded label branch's
+    MatMul) is not."""
+    import numpy as np
+    import torch
+    from onnx import numpy_helper
+    from model_checks import to_onnx
+
+    from mlic_edge.models import create_model
+    from mlic_edge.train.qat import float_modules
+
+    torch.manual_seed(0)
+    model = create_model("mlgcn", 5, backbone="resnet10t", hidden=32, label_dim=8).eval()
+    for module in model.modules():  # BatchNorm as the identity (timm zero-initialises some), folded as it is
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(module.weight)
+    graph = to_onnx(model.for_export(), tmp_path / "model.onnx")
+    weights = {item.name: numpy_helper.to_array(item) for item in graph.graph.initializer}
+    nodes = [node for node in graph.graph.node if node.op_type in ("Conv", "Gemm", "MatMul")]
+    found = float_modules(model, [node.name for node in nodes])
+    modules = dict(model.named_modules())
+    exported = [node for node in nodes if node.op_type == "Conv"]
+    assert exported and all(node.name in found for node in exported)
+    for node in exported:  # the export folds each BatchNorm (the identity up to its eps) into the weights
+        assert np.allclose(weights[node.input[1]], modules[found[node.name]].weight.detach().numpy(), rtol=1e-4)
+    assert not [node.name for node in nodes if node.op_type == "MatMul" and node.name in found]
 
 
 @pytest.mark.slow

@@ -129,6 +129,31 @@ def quant_config(scheme: QatScheme = TENSORRT_QAT) -> dict[str, Any]:
     return {"quant_cfg": entries, "algorithm": "max"}
 
 
+def _weighted_types() -> tuple[type, ...]:
+    return tuple(getattr(torch.nn, name.removeprefix("nn.")) for name in WEIGHTED_MODULES)
+
+
+def _onnx_scope(qualified_name: str) -> str:
+    """The scope the torchscript ONNX exporter names a module's nodes under: one segment per enclosing module, each
+    its name from the last non-numeric atom on ("model.features.layer2.0" -> "/model/features/layer2/layer2.0")."""
+    atoms = qualified_name.split(".")
+    segments = []
+    for end in range(1, len(atoms) + 1):
+        start = max((index for index in range(end) if not atoms[index].isnumeric()), default=0)
+        segments.append(".".join(atoms[start:end]))
+    return "/" + "/".join(segments)
+
+
+def float_modules(model: torch.nn.Module, onnx_nodes: Collection[str]) -> dict[str, str]:
+    """{ONNX node name: the name in ``model`` of the Conv/Linear module it was exported from}, for the nodes of
+    ``onnx_nodes`` (model.onnx's names, as ``--keep-fp`` and the int8 search give them) that one exports; the others
+    (an Add, a matmul outside a Linear) have no quantizer here to keep off."""
+    in_model = {id(module): name for name, module in model.named_modules()}
+    by_scope = {_onnx_scope(name): in_model[id(module)] for name, module in model.for_export().named_modules()
+                if isinstance(module, _weighted_types()) and id(module) in in_model}
+    return {node: by_scope[node.rsplit("/", 1)[0]] for node in onnx_nodes if node.rsplit("/", 1)[0] in by_scope}
+
+
 def enabled_quantizers(model: torch.nn.Module) -> list[str]:
     from modelopt.torch.quantization.nn import TensorQuantizer
 
@@ -154,6 +179,7 @@ class QatResult:
     device: str = "cpu"
     seconds: float = 0.0
     scheme: QatScheme = TENSORRT_QAT
+    kept_fp: list[str] = field(default_factory=list)  # model.onnx's nodes fine-tuned without quantizers
 
     def as_dict(self) -> dict[str, Any]:
         return {item.name: (dataclasses.asdict(getattr(self, item.name)) if item.name == "scheme"
@@ -185,14 +211,16 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
                                 calib_images: int = QAT_CALIB_IMAGES, *, batch_size: int | None = None,
                                 workers: int = 0, device: str = DEFAULT_DEVICE, seed: int = 0, target: str = QAT_TARGETS[0],
                                 exclude: Collection[str] = (), say: Callable[[str], None] = info,
-                                scheme: QatScheme = TENSORRT_QAT) -> QatResult:
+                                scheme: QatScheme = TENSORRT_QAT, keep_fp: Collection[str] = ()) -> QatResult:
     """Load the run's checkpoint, calibrate ModelOpt's int8 quantizers on ``calib_images`` training images (no
     augmentation), fine-tune ``epochs`` epochs with the run's recipe (optimizer, augmentation) towards ``target``
     (``QAT_TARGETS``) at ``lr`` (default: the recipe's × ``LR_SCALE``) under a cosine schedule without warm-up, and
     measure the fake-quantized model on the eval split. ``exclude``: training image ids (``image_ids()``) neither
     calibrated nor fine-tuned on (the build's held-out images, which judge the result); ``scheme``: the int8 graph
-    simulated (TensorRT's, or ONNX Runtime's CPU graph). Writes nothing: the caller exports and records the
-    result."""
+    simulated (TensorRT's, or ONNX Runtime's CPU graph); ``keep_fp``: model.onnx's node names (the int8 search's
+    float layers, ``--keep-fp``) whose modules fine-tune without quantizers, so the graph keeps them float as the
+    post-training one did (``float_modules``; nodes no Conv/Linear module exports are left as they are). Writes
+    nothing: the caller exports and records the result."""
     mtq = require_modelopt()
     _check_options(epochs, lr, calib_images, target)
     spec = run.spec()
@@ -206,6 +234,7 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
     seed_everything(seed)
     torch_device = select_device(device)
     model = load_model(run.checkpoint).to(torch_device)
+    kept = float_modules(model, keep_fp)
 
     def evaluate(network: torch.nn.Module) -> float:
         result = predict_scores(network, data.eval_set, spec.img_size, spec.mean, spec.std, batch_size, workers,
@@ -215,7 +244,7 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
     map_fp32 = evaluate(model)
     teacher = _frozen(copy.deepcopy(model)) if target == "distill" else None  # before quantize changes the model
     model, picked, quantizers = _calibrate(mtq, model, spec, data.train_set, calib_images, batch_size, workers, seed,
-                                           torch_device, say, scheme)
+                                           torch_device, say, scheme, set(kept.values()))
     map_calibrated = evaluate(model)
     history = _fine_tune(model, teacher, recipe, spec, data.train_set, epochs, lr, batch_size, workers, seed,
                          torch_device, evaluate)
@@ -224,7 +253,8 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
                        quantizers=len(quantizers),
                        mAP_fp32=map_fp32, mAP_calibrated=map_calibrated, mAP_qat=history[-1]["val_mAP_fake_quant"],
                        eval_images=len(data.eval_set), train_images=len(data.train_set), history=history,
-                       device=str(torch_device), seconds=round(time.monotonic() - started, 1), scheme=scheme)
+                       device=str(torch_device), seconds=round(time.monotonic() - started, 1), scheme=scheme,
+                       kept_fp=list(kept))
     if not math.isfinite(result.mAP_qat):
         raise MlicError("qat: the fine-tuned model's mAP is not a number", hint="lower --lr")
     return result
@@ -265,10 +295,12 @@ def _qat_data(run: RunDir, spec: RunSpec, exclude: Collection[str]) -> _QatData:
 
 def _calibrate(mtq, model: torch.nn.Module, spec: RunSpec, train_set: MultiLabelDataset, calib_images: int,
                batch_size: int, workers: int, seed: int, torch_device: torch.device, say: Callable[[str], None],
-               scheme: QatScheme = TENSORRT_QAT) -> tuple[torch.nn.Module, int, list[str]]:
+               scheme: QatScheme = TENSORRT_QAT, float_names: Collection[str] = ()
+               ) -> tuple[torch.nn.Module, int, list[str]]:
     """``model`` with ModelOpt's int8 quantizers of ``scheme``, calibrated (max) on ``calib_images`` training images
-    picked with ``seed``, no augmentation (inputs seen non-negative made unsigned where the scheme says so);
-    returns it, the number of images and the enabled quantizers' names."""
+    picked with ``seed``, no augmentation (inputs seen non-negative made unsigned where the scheme says so), those
+    of the modules named in ``float_names`` off; returns it, the number of images and the enabled quantizers'
+    names."""
     picked = np.sort(np.random.default_rng(seed).permutation(len(train_set))[:calib_images])
     calib_loader = make_loader(ImageDataset(train_set.subset(picked), spec.img_size, spec.mean, spec.std,
                                             resize=spec.resize), batch_size, shuffle=False, workers=workers)
@@ -283,6 +315,8 @@ def _calibrate(mtq, model: torch.nn.Module, spec: RunSpec, train_set: MultiLabel
     say(f"qat: calibrating ModelOpt int8 quantizers (max) on {len(picked)} training images")
     with contextlib.redirect_stdout(sys.stderr), _input_minima(model) as minima:  # stdout is for results (--json)
         model = mtq.quantize(model, quant_config(scheme), forward_loop)
+    if float_names:
+        mtq.disable_quantizer(model, lambda name: name.rpartition(".")[0] in float_names)
     if scheme.unsigned_inputs:
         for name, module in model.named_modules():
             quantizer = getattr(module, "input_quantizer", None)
@@ -296,7 +330,7 @@ def _input_minima(model: torch.nn.Module):
     """{module name: the smallest input value seen} of the weighted modules while the block runs (ModelOpt converts
     modules in place, so the hooks see the calibration passes)."""
     minima: dict[str, float] = {}
-    weighted = tuple(getattr(torch.nn, name.removeprefix("nn.")) for name in WEIGHTED_MODULES)
+    weighted = _weighted_types()
 
     def record(name: str):
         def hook(module, inputs):

@@ -12,7 +12,7 @@ import importlib.util
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from mlic_edge.commands.evaluate import evaluate_or_warn
 from mlic_edge.console import info, warn
@@ -412,15 +412,15 @@ def _fine_tune(run: RunDir, spec: RunSpec, request: BuildRequest, plan: Int8Plan
         return
     info(f"int8: post-training misses the target; fine-tuning {request.qat_epochs} epoch(s) with quantization-aware "
          f"distillation of the fp32 scores, the {len(plan.holdout)} held-out images left out (--qat-epochs 0: never)")
-    if request.keep_fp:
-        warn("int8: --keep-fp applies to post-training quantization: the fine-tuned graph quantizes every Conv/Linear "
-             "layer (--qat-epochs 0 keeps the post-training graph with your layers in float)")
     say("int8: quantization-aware fine-tuning", 0, 1)
-    result = quantization_aware_finetune(run, request.qat_epochs, workers=QAT_WORKERS, exclude=plan.holdout.image_ids)
+    result = quantization_aware_finetune(run, request.qat_epochs, workers=QAT_WORKERS, exclude=plan.holdout.image_ids,
+                                         keep_fp=plan.decision.search.kept_fp)
+    _say_kept_float("int8", plan.decision.search.kept_fp, result.kept_fp)
     with tempfile.TemporaryDirectory(prefix=".int8-qat.", dir=run.path) as work:
         graph = Path(work) / run.onnx("int8").name
         dequantized = export_qat_graph(result, spec, run.onnx("fp32"), graph)
-        trial = plan.judge_fine_tuned(graph, f"quantization-aware, {result.epochs} epoch(s)", result.seconds)
+        trial = plan.judge_fine_tuned(graph, f"quantization-aware, {result.epochs} epoch(s)", result.seconds,
+                                      result.kept_fp)
         if not trial.adopted:
             return
         staged = plan.decision.graph
@@ -431,6 +431,14 @@ def _fine_tune(run: RunDir, spec: RunSpec, request: BuildRequest, plan: Int8Plan
     stage_int8_superseded(run, change, by)  # this build's own entry replaces its mark
     plan.record_fine_tuning({"epochs": section.epochs, "lr": section.lr, "target": section.target,
                              "seconds": section.seconds, "device": section.device}, section.accuracy)
+
+
+def _say_kept_float(what: str, asked: Sequence[str], kept: Sequence[str]) -> None:
+    """Which of the post-training graph's float layers the fine-tuning kept float (those a Conv/Linear module
+    exports); the others (an Add, a matmul outside a Linear) it does not quantize anyway."""
+    if asked:
+        info(f"{what}: fine-tuned with {len(kept)} of the {len(asked)} layer(s) the search kept in float left "
+             "unquantized" + (f" ({', '.join(kept)})" if kept else ""))
 
 
 def _fine_tune_cpu_graph(run: RunDir, spec: RunSpec, request: BuildRequest, plan: Int8Plan, say: Progress) -> None:
@@ -454,7 +462,8 @@ def _fine_tune_cpu_graph(run: RunDir, spec: RunSpec, request: BuildRequest, plan
          "out (--qat-epochs 0: never)")
     say("int8 CPU graph: quantization-aware fine-tuning", 0, 1)
     result = quantization_aware_finetune(run, request.qat_epochs, workers=QAT_WORKERS, exclude=plan.holdout.image_ids,
-                                         scheme=scheme)
+                                         scheme=scheme, keep_fp=plan.cpu_search.kept_fp)
+    _say_kept_float("int8 CPU graph", plan.cpu_search.kept_fp, result.kept_fp)
     # the post-training CPU graph's figures on the eval split, for the report, before a fine-tuned one replaces it
     ptq_eval = evaluate_or_warn(run, "int8", lambda *_: None, plan.files.stage(plan.files.cpu)) \
         if request.evaluate else None
@@ -463,7 +472,8 @@ def _fine_tune_cpu_graph(run: RunDir, spec: RunSpec, request: BuildRequest, plan
         export_fine_tuned_fp32(result, spec, fine_tuned)
         trial = plan.adopt_cpu_fine_tuned(fine_tuned, {"epochs": result.epochs, "lr": result.lr,
                                                        "target": result.target, "scheme": scheme.describe(),
-                                                       "seconds": result.seconds, "device": result.device})
+                                                       "seconds": result.seconds, "device": result.device},
+                                          result.kept_fp)
     if trial.adopted and ptq_eval:
         plan.decision.record["cpu_graph"]["post_training"]["eval_accuracy"] = ptq_eval
 
