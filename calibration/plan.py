@@ -54,7 +54,10 @@ if TYPE_CHECKING:
 
 SENSITIVITY_IMAGES = 32  # calibration images the per-layer sensitivity is measured on
 ERROR_IMAGES = 128  # calibration images int8's score errors are sampled on, for the agreement estimate
-DEFAULT_FP_LAYER_SHARE = 0.1  # default budget of layers kept in float: this share of the quantizable ones
+# default budget of layers kept in float: this share of the quantizable ones. 0.1 left ML-GCN's post-training graph
+# 2 layers and its fine-tuned one at 98.0 % identical label sets; 6 of its 19 (0.3) kept float through fine-tuning
+# gave 99.3 % (zoo, eval split). The search keeps only what its target needs, most sensitive first.
+DEFAULT_FP_LAYER_SHARE = 0.3
 CPU_TIMING_BATCHES = (1, 8)  # the int8 CPU graph's form is chosen by its latency at the last of these
 CPU_TIMING_ROUNDS = 10
 

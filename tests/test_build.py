@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 
@@ -98,7 +99,7 @@ def test_the_builds_int8_verdict_on_the_eval_split_is_paritys(built_run, tmp_pat
 
 def test_int8_keeps_layers_in_float_for_its_accuracy_target_on_held_out_images(built_run):
     """By default the int8 build measures itself on held-out training images and keeps the most sensitive layers
-    in float, within its budget (10 % of the quantized layers), until the target holds; the ONNX is the last step's."""
+    in float, within its budget (30 % of the quantized layers), until the target holds; the ONNX is the last step's."""
     from mlic_edge.calibration import quantizable_nodes, quantized_node_names
 
     entry = json.loads((built_run / "reports" / "build.json").read_text())["builds"]["int8"]["int8"]
@@ -108,12 +109,13 @@ def test_int8_keeps_layers_in_float_for_its_accuracy_target_on_held_out_images(b
     assert final["error_images"] > 0 and 0 <= final["estimated_agreement"] <= 1
     assert search["required_agreement"] == pytest.approx(min(1.0, 0.985 + final["estimate_se"]))
     assert search["images"] == 30 and search["steps"][0]["kept_fp"] == []  # a quarter of the 120 training images
-    budget = -(-len(quantizable_nodes(onnx.load(str(built_run / "model.onnx")))) // 10)
+    budget = math.ceil(0.3 * len(quantizable_nodes(onnx.load(str(built_run / "model.onnx")))))
     assert len(search["kept_fp"]) <= budget and search["kept_fp"] == entry["kept_fp"]
     assert search["met"] == search["steps"][-1]["met"] and search["stopped"] in ("met", "budget")
     assert all(not step["met"] for step in search["steps"][:-1])
-    ranked = [row["node"] for row in entry["sensitivity"]]
-    assert search["kept_fp"] == ranked[:len(search["kept_fp"])]  # the most sensitive first
+    ranked = [row["node"] for row in entry["sensitivity"]]  # the report's five most sensitive
+    shown = min(len(ranked), len(search["kept_fp"]))
+    assert search["kept_fp"][:shown] == ranked[:shown]  # the most sensitive first
     quantized = set(quantized_node_names(onnx.load(str(built_run / "model.int8.onnx"))))
     assert not quantized & set(search["kept_fp"]) and len(quantized) == entry["quantized_nodes"]
     markdown = (built_run / "reports" / "build.md").read_text()

@@ -528,7 +528,7 @@ def build(
                                                help="int8, ONNX Runtime's CPU graph: smallest share of identical "
                                                     "label sets."),
     max_fp_layers: Optional[int] = typer.Option(None, "--max-fp-layers", help="int8: most layers the accuracy "
-                                                "search keeps in float (default: 10 % of the quantized ones; 0: "
+                                                "search keeps in float (default: 30 % of the quantized ones; 0: "
                                                 "none, the target is only measured; --qat-epochs still applies)."),
     qat_epochs: int = typer.Option(BuildRequest.qat_epochs, "--qat-epochs", help="int8: when post-training "
                                    "quantization misses the target, fine-tune this many epochs with quantization-"

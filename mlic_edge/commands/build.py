@@ -43,7 +43,7 @@ class BuildRequest:
     target_agreement: float = INT8_TARGET_AGREEMENT  # int8: share of images with fp32's label set
     cpu_target_delta: float = CPU_INT8_TARGET_DELTA_POINTS  # int8, ONNX Runtime's CPU graph: the same, its own
     cpu_target_agreement: float = CPU_INT8_TARGET_AGREEMENT
-    max_fp_layers: int | None = None  # int8: layers the search may keep in float (None: 10 %; 0: none)
+    max_fp_layers: int | None = None  # int8: layers the search may keep in float (None: 30 %; 0: none)
     holdout_images: int = DEFAULT_HOLDOUT_IMAGES
     qat_epochs: int = DEFAULT_QAT_EPOCHS  # int8: fine-tune this long when post-training misses the target (0: never)
     batch: tuple[int, int, int] | None = None  # None: the builder's default (1,1,8; DLA 1,1,1)
