@@ -212,10 +212,12 @@ def test_build_fine_tunes_when_post_training_misses_and_keeps_the_graph_nearer_f
     assert all(trial["kept_fp"] == [stem] for trial in trials)  # a trial not adopted kept it float too
 
 
-def test_onnx_nodes_are_traced_back_to_the_modules_that_export_them(tmp_path):
+@pytest.mark.parametrize("name, options", [("mlgcn", {"hidden": 32, "label_dim": 8}),
+                                           ("mlgat", {"d_reduced": 32, "label_dim": 8})])
+def test_onnx_nodes_are_traced_back_to_the_modules_that_export_them(tmp_path, name, options):
     """The fine-tuning keeps a layer float by the name model.onnx gives it: every Conv/Gemm exported from a module
-    is found, as the module whose weights the node holds; a node no module exports (the folded label branch's
-    MatMul) is not."""
+    is found, as the module whose weights the node holds, also where the scope leaves a module out (ML-GAT calls
+    its backbone's forward_features); a node no module exports (the folded label branch's MatMul) is not."""
     import numpy as np
     import torch
     from onnx import numpy_helper
@@ -225,7 +227,7 @@ def test_onnx_nodes_are_traced_back_to_the_modules_that_export_them(tmp_path):
     from mlic_edge.train.qat import float_modules
 
     torch.manual_seed(0)
-    model = create_model("mlgcn", 5, backbone="resnet10t", hidden=32, label_dim=8).eval()
+    model = create_model(name, 5, backbone="resnet10t", **options).eval()
     for module in model.modules():  # BatchNorm as the identity (timm zero-initialises some), folded as it is
         if isinstance(module, torch.nn.BatchNorm2d):
             torch.nn.init.ones_(module.weight)

@@ -133,25 +133,49 @@ def _weighted_types() -> tuple[type, ...]:
     return tuple(getattr(torch.nn, name.removeprefix("nn.")) for name in WEIGHTED_MODULES)
 
 
-def _onnx_scope(qualified_name: str) -> str:
-    """The scope the torchscript ONNX exporter names a module's nodes under: one segment per enclosing module, each
-    its name from the last non-numeric atom on ("model.features.layer2.0" -> "/model/features/layer2/layer2.0")."""
+def _scope_segments(qualified_name: str) -> list[str]:
+    """The scope segments the torchscript ONNX exporter names a module's nodes under: one per enclosing module, each
+    its name from the last non-numeric atom on ("model.features.layer2.0" -> model, features, layer2, layer2.0)."""
     atoms = qualified_name.split(".")
     segments = []
     for end in range(1, len(atoms) + 1):
         start = max((index for index in range(end) if not atoms[index].isnumeric()), default=0)
         segments.append(".".join(atoms[start:end]))
-    return "/" + "/".join(segments)
+    return segments
+
+
+def _skips_to(scope: list[str], segments: list[str]) -> int | None:
+    """How many of a module's ``segments`` a node's ``scope`` leaves out (a module whose method is called rather than
+    the module itself, as ``backbone.forward_features(x)``, adds no scope), or None where the scope is not the
+    module's: same first and last segment, the others in order."""
+    if not scope or scope[0] != segments[0] or scope[-1] != segments[-1]:
+        return None
+    position = 0
+    for segment in scope:
+        while position < len(segments) and segments[position] != segment:
+            position += 1
+        if position == len(segments):
+            return None
+        position += 1
+    return len(segments) - len(scope)
 
 
 def float_modules(model: torch.nn.Module, onnx_nodes: Collection[str]) -> dict[str, str]:
     """{ONNX node name: the name in ``model`` of the Conv/Linear module it was exported from}, for the nodes of
-    ``onnx_nodes`` (model.onnx's names, as ``--keep-fp`` and the int8 search give them) that one exports; the others
-    (an Add, a matmul outside a Linear) have no quantizer here to keep off."""
+    ``onnx_nodes`` (model.onnx's names, as ``--keep-fp`` and the int8 search give them) that one exports, matched by
+    the exporter's scopes (the module leaving out the fewest; a tie is not matched); the others (an Add, a matmul
+    outside a Linear) have no quantizer here to keep off."""
     in_model = {id(module): name for name, module in model.named_modules()}
-    by_scope = {_onnx_scope(name): in_model[id(module)] for name, module in model.for_export().named_modules()
-                if isinstance(module, _weighted_types()) and id(module) in in_model}
-    return {node: by_scope[node.rsplit("/", 1)[0]] for node in onnx_nodes if node.rsplit("/", 1)[0] in by_scope}
+    modules = [(_scope_segments(name), in_model[id(module)]) for name, module in model.for_export().named_modules()
+               if isinstance(module, _weighted_types()) and id(module) in in_model]
+    found = {}
+    for node in onnx_nodes:
+        scope = node.split("/")[1:-1]
+        matches = sorted((skipped, name) for segments, name in modules
+                         if (skipped := _skips_to(scope, segments)) is not None)
+        if matches and (len(matches) == 1 or matches[0][0] < matches[1][0]):
+            found[node] = matches[0][1]
+    return found
 
 
 def enabled_quantizers(model: torch.nn.Module) -> list[str]:
