@@ -60,6 +60,9 @@ ERROR_IMAGES = 128  # calibration images int8's score errors are sampled on, for
 DEFAULT_FP_LAYER_SHARE = 0.3
 CPU_TIMING_BATCHES = (1, 8)  # the int8 CPU graph's form is chosen by its latency at the last of these
 CPU_TIMING_ROUNDS = 10
+# a CPU form keeping fewer identical label sets than the best by more than this is not chosen for its speed: on the
+# zoo's q2l, ONNX Runtime 1.32's QOperator graph (7-bit weights) kept 1 % of the label sets where QDQ kept 88 %
+FORM_AGREEMENT_SLACK = 0.01
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 # {name: graph} -> {name: {batch: median ms}}, each graph timed in turns with the others at ``batches``, ``rounds``
@@ -340,7 +343,15 @@ class Int8Plan:
             graphs = {"fp32": files.fp32, **{form: report.path for form, report in reports.items()}}
             latency = cpu.time_graphs(graphs, CPU_TIMING_BATCHES, CPU_TIMING_ROUNDS)
             batch = CPU_TIMING_BATCHES[-1]
-            chosen = min(CPU_FORMATS, key=lambda form: latency[form][batch])
+            judged = self._judge_forms({form: report.path for form, report in reports.items()})
+            accurate = [form for form in CPU_FORMATS if judged is None or judged[form].agreement
+                        >= max(step.agreement for step in judged.values()) - FORM_AGREEMENT_SLACK]
+            chosen = min(accurate, key=lambda form: latency[form][batch])
+            fastest = min(CPU_FORMATS, key=lambda form: latency[form][batch])
+            if chosen != fastest:
+                warn(f"int8 CPU graph: {fastest} runs faster but keeps fewer label sets on the {self.judging_images} "
+                     f"({agreement_words(judged[fastest])}, against {chosen}'s {agreement_words(judged[chosen])}): "
+                     f"{chosen} chosen")
             shutil.copyfile(reports[chosen].path, out)
         report = reports[chosen]
         ratio = latency[chosen][batch] / latency["fp32"][batch]
@@ -352,7 +363,11 @@ class Int8Plan:
                    "reused": all(each.reused for each in reports.values()),  # the second form reads the first's record
                    "reduce_range": cpu.reduce_range, "cpu": cpu.description,
                    "chosen_by": f"lowest median latency at batch {batch} ({CPU_TIMING_ROUNDS} rounds, timed in turns "
-                                "with fp32, ONNX Runtime CPU)",
+                                "with fp32, ONNX Runtime CPU)" + ("" if judged is None else
+                                f" among the forms within {FORM_AGREEMENT_SLACK * 100:g} point(s) of the most "
+                                "identical label sets on the judging images"),
+                   "forms_judged": None if judged is None else {form: dataclasses.asdict(step)
+                                                                for form, step in judged.items()},
                    "latency_ms": {name: {str(b): round(ms, 3) for b, ms in by_batch.items()}
                                   for name, by_batch in latency.items()}}
         if ranking is not None:
@@ -472,6 +487,12 @@ class Int8Plan:
         if self._error_sample is None:
             self._error_sample = ErrorSample.of(self.files.fp32, self._first_images(ERROR_IMAGES))
         return self._error_sample
+
+    def _judge_forms(self, graphs: Mapping[str, Path]) -> dict[str, Step] | None:
+        """Each CPU form's graph judged against the CPU target on the judging images (None where there are none)."""
+        if self.holdout is None or self.dataset.names != self.labels:
+            return None
+        return {form: self._judge(graph, self.inputs.cpu_target) for form, graph in graphs.items()}
 
     def _judge(self, graph: Path, target: AccuracyTarget) -> Step:
         """``graph`` (every layer as it was made) measured on the judging images as the search measures a step."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
+
 from mlic_edge.calibration import AccuracyTarget, CpuTarget, Int8Files, Int8Inputs, Int8Plan
 from mlic_edge.data import open_dataset
 from mlic_edge.rundir import RunDir
@@ -164,3 +166,45 @@ def test_the_cpu_graph_keeps_the_score_head_float(run_copy):
     report = quantize_int8(run.onnx("fp32"), run.path / "trt.onnx", run.path / "calibration", calibration=calibration,
                            preprocessing=spec.preprocessing, scheme=TENSORRT_INT8)
     assert report.float_head == []
+
+
+def test_a_faster_cpu_form_that_loses_label_sets_is_not_chosen(run_copy, monkeypatch):
+    """The CPU graph's form is chosen by speed among the forms that keep the label sets: here the QOperator graph,
+    timed fastest, comes out with every score inverted (as ONNX Runtime's QOperator graph of the zoo's q2l kept 1 %
+    of the label sets), so QDQ is chosen, said so, and both forms' figures are recorded."""
+    import onnx
+
+    from mlic_edge.calibration import plan as plan_module
+
+    real_quantize = plan_module.quantize_int8
+
+    def quantize_then_break_qoperator(fp32, out, *args, scheme, **kwargs):
+        report = real_quantize(fp32, out, *args, scheme=scheme, **kwargs)
+        if scheme.quant_format == "QOperator":
+            model = onnx.load(str(out))
+            output = model.graph.output[0].name
+            for node in model.graph.node:
+                node.output[:] = [f"{name}.before" if name == output else name for name in node.output]
+            model.graph.initializer.append(onnx.numpy_helper.from_array(np.ones(1, np.float32), "one"))
+            model.graph.node.append(onnx.helper.make_node("Sub", ["one", f"{output}.before"], [output]))
+            onnx.save(model, str(out))
+        return report
+
+    monkeypatch.setattr(plan_module, "quantize_int8", quantize_then_break_qoperator)
+    run = RunDir(run_copy)
+    spec = run.spec()
+    dataset = open_dataset(spec.dataset.spec, role="train", split=spec.dataset.train_split, labels=spec.labels)
+    inputs = Int8Inputs(calib_images=32, holdout_images=32, max_fp_layers=0, fine_tune_epochs=0,
+                        cpu=CpuTarget(False, "a test CPU", _fixed_timer))
+    files = Int8Files(fp32=run.onnx("fp32"), tensorrt=run.onnx("int8"), cpu=run.onnx("int8", "cpu"),
+                      records=run.path / "calibration", run=run.path)
+    plan = Int8Plan(inputs, files, spec.preprocessing, spec.labels, dataset)
+    plan.post_training()
+    warned: list[str] = []
+    monkeypatch.setattr(plan_module, "warn", warned.append)
+    cpu = plan.cpu_graph()
+    assert cpu["quant_format"] == "QDQ" and "among the forms within 1 point(s)" in cpu["chosen_by"]
+    judged = cpu["forms_judged"]
+    assert judged["QOperator"]["labelset_agreement"] < 0.5 < judged["QDQ"]["labelset_agreement"]
+    assert any("QOperator runs faster but keeps fewer label sets" in line for line in warned)
+    assert len(onnx.load(str(run.onnx("int8", "cpu"))).graph.output) == 1
