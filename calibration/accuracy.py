@@ -142,6 +142,12 @@ def compare(scores: np.ndarray, fp32_scores: np.ndarray, targets: np.ndarray, th
     return float(delta) * 100, float(same.mean())
 
 
+def agreement_text(counted: float, estimated: float | None) -> str:
+    """Identical label sets in words: '98.7 % estimated (97.8 % counted)', or the count alone."""
+    counted_text = f"{counted * 100:.1f} %"
+    return counted_text if estimated is None else f"{estimated * 100:.1f} % estimated ({counted_text} counted)"
+
+
 def _margins(scores: np.ndarray, threshold: float) -> np.ndarray:
     """Each score's signed distance from the threshold in logits (positive: the label is predicted)."""
     def logit(values: np.ndarray | float) -> np.ndarray:

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from mlic_edge.calibration.accuracy import (AccuracyTarget, ErrorSample, KeepFpSearch, Step, improves_on,
-                                            measure_step, onnx_scores, search_keep_fp)
+from mlic_edge.calibration.accuracy import (AccuracyTarget, ErrorSample, KeepFpSearch, Step, agreement_text,
+                                            improves_on, measure_step, onnx_scores, search_keep_fp)
 from mlic_edge.calibration.images import (CalibrationSet, first_images, select_calibration_set, split_holdout,
                                           validation_holdout)
 from mlic_edge.calibration.int8 import (CPU_FORMATS, TENSORRT_INT8, Int8Report, Int8Scheme, cpu_int8_scheme,
@@ -161,12 +161,9 @@ class FineTunedTrial:
 
 
 def agreement_words(step: Step) -> str:
-    """A step's figures in words: 'ΔmAP +0.05, 98.7 % identical label sets estimated (97.8 % counted)'."""
-    counted = f"{step.labelset_agreement * 100:.1f} %"
-    if step.estimated_agreement is None:
-        return f"ΔmAP {step.delta_mAP_points:+.2f}, {counted} identical label sets"
-    return (f"ΔmAP {step.delta_mAP_points:+.2f}, {step.estimated_agreement * 100:.1f} % identical label sets "
-            f"estimated ({counted} counted)")
+    """A step's figures in words: 'ΔmAP +0.05, 98.7 % estimated (97.8 % counted) identical label sets'."""
+    return (f"ΔmAP {step.delta_mAP_points:+.2f}, "
+            f"{agreement_text(step.labelset_agreement, step.estimated_agreement)} identical label sets")
 
 
 class Int8Plan:
@@ -205,6 +202,7 @@ class Int8Plan:
         self.decision: Int8Decision | None = None
         self.cpu_search: KeepFpSearch | None = None  # the CPU graph's accuracy search, where it ran
         self._error_sample: ErrorSample | None = None
+        self._judging_scores = None  # fp32's scores of the judging images, once
 
     @property
     def judging_images(self) -> str:
@@ -497,8 +495,9 @@ class Int8Plan:
     def _judge(self, graph: Path, target: AccuracyTarget) -> Step:
         """``graph`` (every layer as it was made) measured on the judging images as the search measures a step."""
         images, targets = self.holdout.inputs_and_targets(self.preprocessing)
-        return measure_step(graph, onnx_scores(self.files.fp32, images), images, targets, target,
-                            error_sample=self._errors())
+        if self._judging_scores is None:
+            self._judging_scores = onnx_scores(self.files.fp32, images)
+        return measure_step(graph, self._judging_scores, images, targets, target, error_sample=self._errors())
 
     def _reusable_qat_graph(self) -> dict[str, Any] | None:
         """The record of model.int8.onnx when quantization-aware training wrote it (``int8_source=qat``) from the

@@ -165,9 +165,9 @@ def float_modules(model: torch.nn.Module, onnx_nodes: Collection[str]) -> dict[s
     ``onnx_nodes`` (model.onnx's names, as ``--keep-fp`` and the int8 search give them) that one exports, matched by
     the exporter's scopes (the module leaving out the fewest; a tie is not matched); the others (an Add, a matmul
     outside a Linear) have no quantizer here to keep off."""
-    in_model = {id(module): name for name, module in model.named_modules()}
+    in_model, weighted = {id(module): name for name, module in model.named_modules()}, _weighted_types()
     modules = [(_scope_segments(name), in_model[id(module)]) for name, module in model.for_export().named_modules()
-               if isinstance(module, _weighted_types()) and id(module) in in_model]
+               if isinstance(module, weighted) and id(module) in in_model]
     found = {}
     for node in onnx_nodes:
         scope = node.split("/")[1:-1]

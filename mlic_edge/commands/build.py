@@ -194,10 +194,10 @@ def state_int8_verdicts(run: RunDir, entry: dict[str, Any], request: BuildReques
 
 
 def _agreement_cell(step: dict[str, Any]) -> str:
-    """A search step's identical label sets: '98.7 % estimated (97.8 % counted)', or the count alone."""
-    counted = f"{step['labelset_agreement'] * 100:.1f} %"
-    estimate = step.get("estimated_agreement")
-    return counted if estimate is None else f"{estimate * 100:.1f} % estimated ({counted} counted)"
+    """A recorded search step's identical label sets, as the build said them."""
+    from mlic_edge.calibration.accuracy import agreement_text
+
+    return agreement_text(step["labelset_agreement"], step.get("estimated_agreement"))
 
 
 def _estimate_words(search: dict[str, Any]) -> str:
