@@ -15,11 +15,11 @@ from mlic_edge.calibration.images import (CalibrationSet, first_images, select_c
 from mlic_edge.calibration.int8 import (CPU_FORMATS, CPU_GRAPH, METHODS, TENSORRT_GRAPH, TENSORRT_INT8, Int8Report,
                                         Int8Scheme, calibration_key, cpu_int8_scheme, has_record, quantizable_nodes, quantize_int8,
                                         quantized_node_names, residual_add_inputs)
-from mlic_edge.calibration.plan import CpuTarget, FloatLayer, Int8Decision, Int8Files, Int8Inputs, Int8Plan
+from mlic_edge.calibration.plan import ClassMix, CpuTarget, FloatLayer, Int8Decision, Int8Files, Int8Inputs, Int8Plan
 from mlic_edge.calibration.sensitivity import layer_sensitivity
 
 __all__ = ["CPU_FORMATS", "CPU_GRAPH", "METHODS", "TENSORRT_GRAPH", "TENSORRT_INT8", "AccuracyTarget", "CalibrationSet",
-           "CpuTarget", "FloatLayer", "Int8Decision", "Int8Files", "Int8Inputs", "Int8Plan", "KeepFpSearch",
+           "ClassMix", "CpuTarget", "FloatLayer", "Int8Decision", "Int8Files", "Int8Inputs", "Int8Plan", "KeepFpSearch",
            "Int8Report", "Int8Scheme", "calibration_key", "cpu_int8_scheme", "first_images", "has_record",
            "layer_sensitivity", "quantizable_nodes", "quantize_int8", "quantized_node_names", "residual_add_inputs",
            "search_keep_fp", "select_calibration_set", "split_holdout", "validation_holdout"]

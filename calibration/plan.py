@@ -34,8 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 from mlic_edge.calibration.accuracy import (AccuracyTarget, ErrorSample, KeepFpSearch, Step, agreement_text,
-                                            improves_on, measure_step, onnx_scores, search_keep_fp)
+                                            class_mix_weights, effective_images, improves_on, measure_step,
+                                            onnx_scores, search_keep_fp)
 from mlic_edge.calibration.images import (CalibrationSet, first_images, select_calibration_set, split_holdout,
                                           validation_holdout)
 from mlic_edge.calibration.int8 import (CPU_FORMATS, TENSORRT_INT8, Int8Report, Int8Scheme, cpu_int8_scheme,
@@ -106,6 +109,15 @@ def _in_place(path: Path) -> Path:
 
 
 @dataclass(frozen=True)
+class ClassMix:
+    """The class mix the judging images are weighed to (``class_mix_weights``): the share of images holding each of
+    the model's classes where the int8 graph will be judged, and where it was read (in words, for the report)."""
+
+    shares: tuple[float, ...]
+    source: str
+
+
+@dataclass(frozen=True)
 class Int8Files:
     """Where the plan reads and writes: the fp32 graph, the int8 graphs as they are named in the run, the calibration
     records, a folder for trial graphs, and ``stage`` (a final path -> where to write its new content)."""
@@ -161,8 +173,8 @@ class FineTunedTrial:
 
 
 def agreement_words(step: Step) -> str:
-    """A step's figures in words: 'ΔmAP +0.05, 98.7 % estimated (97.8 % counted) identical label sets'."""
-    return (f"ΔmAP {step.delta_mAP_points:+.2f}, "
+    """A step's figures in words: 'ΔmAP +0.05 ± 0.03, 98.7 % estimated (97.8 % counted) identical label sets'."""
+    return (f"ΔmAP {step.delta_mAP_points:+.2f} ± {step.delta_se:.2f}, "
             f"{agreement_text(step.labelset_agreement, step.estimated_agreement)} identical label sets")
 
 
@@ -172,11 +184,14 @@ class Int8Plan:
     def __init__(self, inputs: Int8Inputs, files: Int8Files, preprocessing: Preprocessing, labels: Sequence[str],
                  dataset: "MultiLabelDataset | None", progress: Progress | None = None, *,
                  validation: "ValidationSplit | None" = None,
-                 no_validation: str = "the run records no validation split") -> None:
+                 no_validation: str = "the run records no validation split", class_mix: ClassMix | None = None
+                 ) -> None:
         """``validation``: the run's validation split (re-derived and checked by the caller), whose images judge the
         accuracy target; without it, images held out of ``dataset`` judge it, optimistically (``no_validation``
-        says why there is none)."""
+        says why there is none). ``class_mix``: weigh the judging images to it, from the class mix of ``dataset``
+        they were drawn at (None: as drawn)."""
         self.inputs, self.files, self.preprocessing, self.labels = inputs, files, preprocessing, list(labels)
+        self.class_mix = class_mix
         self.dataset = dataset
         self.say: Progress = progress or (lambda what, done, total: None)
         self.holdout: CalibrationSet | None = None
@@ -202,6 +217,7 @@ class Int8Plan:
         self.decision: Int8Decision | None = None
         self.cpu_search: KeepFpSearch | None = None  # the CPU graph's accuracy search, where it ran
         self._error_sample: ErrorSample | None = None
+        self._judging: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
         self._judging_scores = None  # fp32's scores of the judging images, once
 
     @property
@@ -209,9 +225,12 @@ class Int8Plan:
         """The judging images in words, for the messages: '12 validation images' or '30 held-out training images
         (optimistic: ...)'."""
         judged = self.judged_on or {}
+        weighed = (f", weighed to {judged['weighed_to']} ({judged['effective_images']:.0f} effective images)"
+                   if judged.get("weighed_to") else "")
         if judged.get("unseen"):
-            return f"{judged['images']} validation images (unseen in training)"
-        return f"{judged.get('images', 0)} held-out training images (optimistic: the model may have trained on them)"
+            return f"{judged['images']} validation images (unseen in training){weighed}"
+        return (f"{judged.get('images', 0)} held-out training images (optimistic: the model may have trained on "
+                f"them){weighed}")
 
     def _search_record(self, search: KeepFpSearch) -> dict[str, Any]:
         """build.json's record of an accuracy-target search: what it measured and which images judged it."""
@@ -437,7 +456,7 @@ class Int8Plan:
         if self.dataset.names != self.labels:
             info("int8: accuracy target not measured: the calibration data's classes are not the model's")
             return None
-        images, targets = self.holdout.inputs_and_targets(self.preprocessing)
+        images, targets, weights = self._judging_images()
         quantizable = len(ranking) + len(inputs.keep_fp)  # the ranking holds every quantized layer of TensorRT's graph
         budget = inputs.float_budget(quantizable)
         budget = max(0, budget - (len(start) - len(inputs.keep_fp)))  # what an earlier search kept counts against it
@@ -450,13 +469,13 @@ class Int8Plan:
 
             search = search_keep_fp(trial, self.files.fp32, images, targets, [row["node"] for row in ranking], target,
                                     budget, keep_fp=start, progress=lambda message: self.say(f"{what}: {message}", 0, 1),
-                                    error_sample=self._errors())
+                                    error_sample=self._errors(), weights=weights)
         step = search.final
         verdict = "meets" if search.met else f"misses ({search.stopped})"
         info(f"{what}: {verdict} the target (|ΔmAP| ≤ {target.max_delta_points} points, ≥ "
              f"{target.min_agreement * 100:.0f} % identical label sets, asked as ≥ "
              f"{target.required_agreement(search.images, step.estimate_se) * 100:.1f} % on {self.judging_images}, "
-             f"{target.margin_se:g} standard error(s) of margin): {agreement_words(step)}, "
+             f"and |ΔmAP| {target.margin_se:g} standard error(s) inside its bound): {agreement_words(step)}, "
              f"{len(step.kept_fp)} layer(s) in float" + (f" ({', '.join(step.kept_fp)})" if step.kept_fp else ""))
         if not search.met and not inputs.fine_tune_epochs:  # else fine-tuning follows, for either graph
             warn(f"{what} misses its accuracy target with {len(step.kept_fp)} layer(s) in float: fine-tune it "
@@ -492,12 +511,26 @@ class Int8Plan:
             return None
         return {form: self._judge(graph, self.inputs.cpu_target) for form, graph in graphs.items()}
 
+    def _judging_images(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(inputs, targets, weights) of the judging images, read once; the weights give them ``class_mix`` (None:
+        as drawn), and ``judged_on`` records what they were weighed to."""
+        if self._judging is None:
+            images, targets = self.holdout.inputs_and_targets(self.preprocessing)
+            weights = None
+            if self.class_mix is not None and self.dataset.names == self.labels:
+                drawn = self.dataset.class_counts() / max(len(self.dataset), 1)
+                weights = class_mix_weights(targets, drawn, np.asarray(self.class_mix.shares))
+                self.judged_on.update(weighed_to=self.class_mix.source, effective_images=effective_images(weights))
+            self._judging = images, targets, weights
+        return self._judging
+
     def _judge(self, graph: Path, target: AccuracyTarget) -> Step:
         """``graph`` (every layer as it was made) measured on the judging images as the search measures a step."""
-        images, targets = self.holdout.inputs_and_targets(self.preprocessing)
+        images, targets, weights = self._judging_images()
         if self._judging_scores is None:
             self._judging_scores = onnx_scores(self.files.fp32, images)
-        return measure_step(graph, self._judging_scores, images, targets, target, error_sample=self._errors())
+        return measure_step(graph, self._judging_scores, images, targets, target, error_sample=self._errors(),
+                            weights=weights)
 
     def _reusable_qat_graph(self) -> dict[str, Any] | None:
         """The record of model.int8.onnx when quantization-aware training wrote it (``int8_source=qat``) from the

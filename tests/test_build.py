@@ -104,10 +104,13 @@ def test_int8_keeps_layers_in_float_for_its_accuracy_target_on_held_out_images(b
 
     entry = json.loads((built_run / "reports" / "build.json").read_text())["builds"]["int8"]["int8"]
     search = entry["accuracy_target"]
-    assert search["target"] == {"max_delta_points": 0.2, "min_agreement": 0.985, "threshold": 0.5, "margin_se": 1.0}
+    assert search["target"] == {"max_delta_points": 0.2, "min_agreement": 0.985, "threshold": 0.5, "margin_se": 2.0}
     final = search["steps"][-1]  # judged on the estimate from the 30 images' margins and errors on training images
     assert final["error_images"] > 0 and 0 <= final["estimated_agreement"] <= 1
-    assert search["required_agreement"] == pytest.approx(min(1.0, 0.985 + final["estimate_se"]))
+    assert search["required_agreement"] == pytest.approx(min(1.0, 0.985 + 2 * final["estimate_se"]))
+    judged = search["judged_on"]  # weighed to the eval split's class mix, read from reference.npz's labels
+    assert judged["weighed_to"].startswith("the eval split's class mix") and 0 < judged["effective_images"] <= 30
+    assert final["delta_se"] >= 0
     assert search["images"] == 30 and search["steps"][0]["kept_fp"] == []  # a quarter of the 120 training images
     budget = math.ceil(0.3 * len(quantizable_nodes(onnx.load(str(built_run / "model.onnx")))))
     assert len(search["kept_fp"]) <= budget and search["kept_fp"] == entry["kept_fp"]
@@ -218,6 +221,7 @@ def test_missing_tensorrt_says_how_to_get_it_and_what_auto_uses(capsys, run_copy
     (["--precision", "int8", "--keep-fp", "no_such_node"], ["no_such_node"]),
     (["--precision", "int8", "--calib-method", "mse"], ["mse"]),
     (["--precision", "int8", "--qat-epochs", "-1"], ["--qat-epochs -1", "0 never fine-tunes"]),
+    (["--precision", "int8", "--judge-mix", "balanced"], ["--judge-mix", "balanced", "eval"]),
 ])
 def test_bad_build_options_are_one_line_errors(capsys, run_copy, args, fragments):
     assert_one_line_error(invoke(capsys, "build", "--run", run_copy, *args), *fragments)

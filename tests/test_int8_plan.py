@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from mlic_edge.calibration import AccuracyTarget, CpuTarget, Int8Files, Int8Inputs, Int8Plan
+from mlic_edge.calibration import AccuracyTarget, ClassMix, CpuTarget, Int8Files, Int8Inputs, Int8Plan
 from mlic_edge.data import open_dataset
 from mlic_edge.rundir import RunDir
 from mlic_edge.spec import Preprocessing
@@ -47,6 +47,34 @@ def test_the_plan_makes_both_graphs_and_says_why_layers_stay_float(run_copy):
     cpu = plan.cpu_graph()
     assert cpu["quant_format"] == "QOperator" and cpu["cpu"] == "a test CPU" and record["cpu_graph"] is cpu
     assert run.onnx("int8", "cpu").is_file() and cpu["latency_ms"]["QOperator"] == {"1": 1.0, "8": 8.0}
+
+
+def test_the_judging_images_are_weighed_to_the_class_mix_asked(run_copy):
+    """Given the class mix its graphs will be judged at, the plan weighs its judging images to it from the training
+    split's, and says so with the evidence left (effective images); without one, every image weighs the same."""
+    run = RunDir(run_copy)
+    spec = run.spec()
+    dataset = open_dataset(spec.dataset.spec, role="train", split=spec.dataset.train_split, labels=spec.labels)
+    files = Int8Files(fp32=run.onnx("fp32"), tensorrt=run.onnx("int8"), cpu=run.onnx("int8", "cpu"),
+                      records=run.path / "calibration", run=run.path)
+    inputs = Int8Inputs(calib_images=16, holdout_images=24, fine_tune_epochs=0)
+    drawn = dataset.class_counts() / len(dataset)
+    only_first = tuple(1.0 if index == 0 else 0.0 for index in range(len(spec.labels)))
+    plan = Int8Plan(inputs, files, spec.preprocessing, spec.labels, dataset,
+                    class_mix=ClassMix(only_first, "a mix of the first class alone"))
+
+    _, targets, weights = plan._judging_images()
+    holds_first = targets[:, 0] == 1
+    assert abs(weights.sum() - 1) < 1e-9
+    assert np.all(weights[~holds_first & (targets == 1).any(axis=1)] == 0)  # other classes only: nothing
+    assert np.all(weights[holds_first] > 0) and holds_first.any()
+    judged = plan.judged_on
+    assert judged["weighed_to"] == "a mix of the first class alone" and 0 < judged["effective_images"] < len(targets)
+    assert "weighed to a mix of the first class alone" in plan.judging_images
+    assert drawn[0] < 1  # the first class is not in every image, or the weights would not change anything
+
+    unweighed = Int8Plan(inputs, files, spec.preprocessing, spec.labels, dataset)
+    assert unweighed._judging_images()[2] is None and "weighed_to" not in unweighed.judged_on
 
 
 def test_calibration_imports_no_command():

@@ -521,7 +521,7 @@ def build(
                                        "images; layers are kept in float, then fine-tuned, until it holds."),
     target_agreement: float = typer.Option(BuildRequest.target_agreement, "--target-agreement", help="int8: "
                                            "smallest share of validation images with fp32's label set (asked with "
-                                           "one standard error of margin for the sample)."),
+                                           "two standard errors of margin for the sample)."),
     cpu_target_delta: float = typer.Option(BuildRequest.cpu_target_delta, "--cpu-target-delta", help="int8, "
                                            "ONNX Runtime's CPU graph: largest |ΔmAP| in points."),
     cpu_target_agreement: float = typer.Option(BuildRequest.cpu_target_agreement, "--cpu-target-agreement",
@@ -530,6 +530,10 @@ def build(
     max_fp_layers: Optional[int] = typer.Option(None, "--max-fp-layers", help="int8: most layers the accuracy "
                                                 "search keeps in float (default: 30 % of the quantized ones; 0: "
                                                 "none, the target is only measured; --qat-epochs still applies)."),
+    judge_mix: str = typer.Option(BuildRequest.judge_mix, "--judge-mix", help="int8: eval weighs the validation "
+                                  "images that judge the target to the eval split's class mix (its labels only: a "
+                                  "long-tailed training split leaves few tail images to judge by); drawn takes "
+                                  "them as drawn."),
     qat_epochs: int = typer.Option(BuildRequest.qat_epochs, "--qat-epochs", help="int8: when post-training "
                                    "quantization misses the target, fine-tune this many epochs with quantization-"
                                    "aware distillation (needs the checkpoint, the training data and ModelOpt; 0: "
@@ -565,7 +569,7 @@ def build(
                            calib_method=calib_method, keep_fp=list(keep_fp), target_delta=target_delta,
                            target_agreement=target_agreement, cpu_target_delta=cpu_target_delta,
                            cpu_target_agreement=cpu_target_agreement, max_fp_layers=max_fp_layers,
-                           qat_epochs=qat_epochs, batch=parse_batch(batch) if batch else None,
+                           judge_mix=judge_mix, qat_epochs=qat_epochs, batch=parse_batch(batch) if batch else None,
                            workspace_mb=workspace, dla_core=dla_core, version_compatible=version_compatible,
                            hardware_compatibility=hardware_compatibility, evaluate=evaluate,
                            requantize=requantize)

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from mlic_edge.calibration.plan import Int8Plan, Progress
 
 FP16_MEASURE_IMAGES = 64  # fp16 decisions are measured on this many of the calibration images
+# int8's judging images weighed to the eval split's class mix (its labels only), or as drawn from the training split
+JUDGE_MIXES = ("eval", "drawn")
 
 
 @dataclass
@@ -45,6 +47,7 @@ class BuildRequest:
     cpu_target_agreement: float = CPU_INT8_TARGET_AGREEMENT
     max_fp_layers: int | None = None  # int8: layers the search may keep in float (None: 30 %; 0: none)
     holdout_images: int = DEFAULT_HOLDOUT_IMAGES
+    judge_mix: str = "eval"  # int8: weigh the judging images to the eval split's class mix ("drawn": as drawn)
     qat_epochs: int = DEFAULT_QAT_EPOCHS  # int8: fine-tune this long when post-training misses the target (0: never)
     batch: tuple[int, int, int] | None = None  # None: the builder's default (1,1,8; DLA 1,1,1)
     workspace_mb: int | None = None
@@ -78,6 +81,7 @@ def check_request(request: BuildRequest) -> tuple[str, Any]:
     require_at_least("--cpu-target-delta", request.cpu_target_delta, 0, hint="mAP points, for example 0.5")
     require_at_least("--max-fp-layers", request.max_fp_layers, 0, hint="0 measures without keeping any")
     require_at_least("--qat-epochs", request.qat_epochs, 0, hint="0 never fine-tunes")
+    require_choice("--judge-mix", request.judge_mix, JUDGE_MIXES, BuildError)
     require_at_least("--workspace", request.workspace_mb, 1, hint="a limit in MB, for example 2048")
     require_at_least("--dla-core", request.dla_core, 0, hint="a DLA core number: 0 or 1 on a Jetson")
     backend = resolve_build_backend(request.backend)
@@ -198,6 +202,12 @@ def _agreement_cell(step: dict[str, Any]) -> str:
     from mlic_edge.calibration.accuracy import agreement_text
 
     return agreement_text(step["labelset_agreement"], step.get("estimated_agreement"))
+
+
+def _delta_cell(step: dict[str, Any]) -> str:
+    """A recorded search step's ΔmAP with its standard error, where the build measured one."""
+    se = step.get("delta_se")
+    return f"{step['delta_mAP_points']:+.3f}" + (f" ± {se:.3f}" if se else "")
 
 
 def _estimate_words(search: dict[str, Any]) -> str:
@@ -342,7 +352,8 @@ def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
     dataset = _training_images(spec, request, required=False)
     validation, no_validation = _run_validation(spec, dataset)
     plan = Int8Plan(_int8_inputs(spec, request, backend), _int8_files(run, change), spec.preprocessing,
-                    spec.labels, dataset, progress=say, validation=validation, no_validation=no_validation)
+                    spec.labels, dataset, progress=say, validation=validation, no_validation=no_validation,
+                    class_mix=_eval_class_mix(run, spec) if request.judge_mix == "eval" else None)
     decision = plan.post_training()
     if plan.fine_tuning_wanted:
         _fine_tune(run, spec, request, plan, change, say)
@@ -351,6 +362,24 @@ def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
         if plan.cpu_fine_tuning_wanted:
             _fine_tune_cpu_graph(run, spec, request, plan, say)
     return decision.graph, decision.record
+
+
+def _eval_class_mix(run: RunDir, spec: RunSpec):
+    """The eval split's class mix, from its labels in reference.npz (never its images or scores), for the int8
+    plan to weigh its judging images to; None where the run has no reference."""
+    import numpy as np
+
+    from mlic_edge.calibration import ClassMix
+
+    if not run.reference.is_file():
+        return None
+    with np.load(run.reference) as reference:
+        if "targets" not in reference or reference["targets"].shape[1] != len(spec.labels):
+            return None
+        targets = reference["targets"]
+    split = spec.dataset_record.eval_split or "eval"
+    return ClassMix(tuple(float(share) for share in (targets == 1).mean(axis=0)),
+                    f"the eval split's class mix ({split}, {len(targets)} images' labels)")
 
 
 def _int8_inputs(spec: RunSpec, request: BuildRequest, backend: str):
@@ -604,7 +633,7 @@ def _cpu_graph_markdown(key: str, entry: dict[str, Any]) -> list[str]:
     accuracy = ((entry.get("accuracy") or {}).get("cpu_graph")) or {}
     if search:
         step = search["steps"][-1]
-        lines += ["", f"{_judged_on_words(search).capitalize()}: ΔmAP {step['delta_mAP_points']:+.3f} points, "
+        lines += ["", f"{_judged_on_words(search).capitalize()}: ΔmAP {_delta_cell(step)} points, "
                       f"{_agreement_cell(step)} identical label sets, layers in float: "
                       f"{', '.join(step['kept_fp']) or 'none'} (target {'met' if search['met'] else 'missed'})."]
     if accuracy:
@@ -693,14 +722,16 @@ def build_markdown(report: dict[str, Any]) -> str:
                       f"Identical label sets are asked as ≥ "
                       f"{search.get('required_agreement', search['target']['min_agreement']) * 100:.1f} %: the target "
                       f"{search['target']['min_agreement'] * 100:.0f} % plus {search['target'].get('margin_se', 0):g} "
-                      f"standard error(s) of {_estimate_words(search)}.", "",
-                      "| step | layers in float | ΔmAP vs fp32 (pts) | identical label sets | target met |",
+                      f"standard error(s) of {_estimate_words(search)}; |ΔmAP| as at most the target less as many "
+                      "standard errors of a paired bootstrap over those images (calibration/accuracy.py, "
+                      "delta_map_standard_error).", "",
+                      "| step | layers in float | ΔmAP vs fp32 (pts) ± standard error | identical label sets | target met |",
                       "|---|---|---|---|---|"]
             for number, step in enumerate(search["steps"]):
                 kept = ", ".join(step["kept_fp"]) or "none"
                 if step.get("source", "post-training") != "post-training":
                     kept += f" ({step['source']} fine-tuning, reports/qat.md)"
-                lines.append(f"| {number} | {kept} | {step['delta_mAP_points']:+.3f} | "
+                lines.append(f"| {number} | {kept} | {_delta_cell(step)} | "
                              f"{_agreement_cell(step)} | {'yes' if step['met'] else 'no'} |")
         worst = (entry.get("int8") or {}).get("sensitivity")
         if worst:
