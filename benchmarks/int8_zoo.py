@@ -158,10 +158,11 @@ def markdown(result: dict) -> str:
              "post-training only (`--qat-epochs 0`) and by default (each graph that misses its target on the "
              "validation images is fine-tuned for its own scheme, 3 epochs of quantization-aware distillation, the layers "
              "its post-training search kept in float left float). "
-             "Eval split: 300 images no decision saw, ONNX Runtime CPU against the fp32 ONNX, with parity's test "
+             "Eval split: 300 images no decision saw (their labels' class mix alone weighs the validation images), ONNX Runtime CPU against the fp32 ONNX, with parity's test "
              "(TensorRT's Q/DQ graph: |ΔmAP| ≤ 0.2 and ≥ 98.5 % identical label sets; the CPU graph: 0.5 and 97 %). "
              "Validation: what the build decided by: ΔmAP / identical label sets counted (estimated from the validation "
-             "images' margins and int8's errors, asked with one standard error of margin). CPU × fp32: the "
+             "images' margins and int8's errors, weighed to the eval split's class mix, asked with two standard errors of "
+             "margin). CPU × fp32: the "
              "build's timing of its CPU graph against fp32 in turns, batch 1 / 8, on this machine. Command: `"
              + result["command"] + "`.", "",
              "| model | graph | path | graph source | ΔmAP (eval) | identical (eval) | target (eval) | layers in float "

@@ -472,10 +472,10 @@ class Int8Plan:
                                     error_sample=self._errors(), weights=weights)
         step = search.final
         verdict = "meets" if search.met else f"misses ({search.stopped})"
-        info(f"{what}: {verdict} the target (|ΔmAP| ≤ {target.max_delta_points} points, ≥ "
-             f"{target.min_agreement * 100:.0f} % identical label sets, asked as ≥ "
-             f"{target.required_agreement(search.images, step.estimate_se) * 100:.1f} % on {self.judging_images}, "
-             f"and |ΔmAP| {target.margin_se:g} standard error(s) inside its bound): {agreement_words(step)}, "
+        info(f"{what}: {verdict} the target (|ΔmAP| ≤ {target.max_delta_points} points with "
+             f"{target.delta_margin_se:g} standard error(s) of margin, ≥ {target.min_agreement * 100:g} % identical "
+             f"label sets, asked as ≥ {target.required_agreement(search.images, step.estimate_se) * 100:.1f} %, on "
+             f"{self.judging_images}): {agreement_words(step)}, "
              f"{len(step.kept_fp)} layer(s) in float" + (f" ({', '.join(step.kept_fp)})" if step.kept_fp else ""))
         if not search.met and not inputs.fine_tune_epochs:  # else fine-tuning follows, for either graph
             warn(f"{what} misses its accuracy target with {len(step.kept_fp)} layer(s) in float: fine-tune it "

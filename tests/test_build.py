@@ -104,7 +104,8 @@ def test_int8_keeps_layers_in_float_for_its_accuracy_target_on_held_out_images(b
 
     entry = json.loads((built_run / "reports" / "build.json").read_text())["builds"]["int8"]["int8"]
     search = entry["accuracy_target"]
-    assert search["target"] == {"max_delta_points": 0.2, "min_agreement": 0.985, "threshold": 0.5, "margin_se": 2.0}
+    assert search["target"] == {"max_delta_points": 0.2, "min_agreement": 0.985, "threshold": 0.5, "margin_se": 2.0,
+                                "delta_margin_se": 1.0}
     final = search["steps"][-1]  # judged on the estimate from the 30 images' margins and errors on training images
     assert final["error_images"] > 0 and 0 <= final["estimated_agreement"] <= 1
     assert search["required_agreement"] == pytest.approx(min(1.0, 0.985 + 2 * final["estimate_se"]))

@@ -666,10 +666,12 @@ def _judged_on_words(search: dict[str, Any]) -> str:
     """Which images judged an accuracy-target search, in words (build.json's ``judged_on``; an older build.json
     has none: held-out training images)."""
     judged = search.get("judged_on") or {}
+    weighed = (f", weighed to {judged['weighed_to']} ({judged['effective_images']:.0f} effective images)"
+               if judged.get("weighed_to") else "")
     if judged.get("unseen"):
         return (f"{search['images']} images of the run's validation split (held out before training: unseen by the "
-                "model; neither calibration nor eval images)")
-    return (f"{search['images']} held-out training images, neither calibration nor eval images"
+                f"model; neither calibration nor eval images){weighed}")
+    return (f"{search['images']} held-out training images, neither calibration nor eval images{weighed}"
             + (f" (**{judged['note']}**)" if judged.get("note") else ""))
 
 
@@ -721,10 +723,10 @@ def build_markdown(report: dict[str, Any]) -> str:
                       f"{search['mAP_fp32'] * 100:.2f}). Each step keeps the next most sensitive layers in float. "
                       f"Identical label sets are asked as ≥ "
                       f"{search.get('required_agreement', search['target']['min_agreement']) * 100:.1f} %: the target "
-                      f"{search['target']['min_agreement'] * 100:.0f} % plus {search['target'].get('margin_se', 0):g} "
-                      f"standard error(s) of {_estimate_words(search)}; |ΔmAP| as at most the target less as many "
-                      "standard errors of a paired bootstrap over those images (calibration/accuracy.py, "
-                      "delta_map_standard_error).", "",
+                      f"{search['target']['min_agreement'] * 100:g} % plus {search['target'].get('margin_se', 0):g} "
+                      f"standard error(s) of {_estimate_words(search)}; |ΔmAP| as within the target by "
+                      f"{search['target'].get('delta_margin_se', 0):g} standard error(s) of a paired bootstrap over "
+                      "those images (calibration/accuracy.py, delta_map_standard_error).", "",
                       "| step | layers in float | ΔmAP vs fp32 (pts) ± standard error | identical label sets | target met |",
                       "|---|---|---|---|---|"]
             for number, step in enumerate(search["steps"]):
