@@ -295,7 +295,7 @@ class Int8Plan:
         verdict = "meets" if step.met else "misses"
         info(f"int8: the quantization-aware graph {verdict} the target on the {self.judging_images}: "
              f"{agreement_words(step)} (post-training: {agreement_words(best)})")
-        adopted = improves_on(step, best, search.target)
+        adopted = improves_on(step, best, search.target, search.images)
         if not adopted:
             warn("int8: the quantization-aware graph is no closer to fp32 than the post-training one: the "
                  "post-training graph is kept")
@@ -420,7 +420,7 @@ class Int8Plan:
             source = f"quantization-aware for the CPU graph, {fine_tuning['epochs']} epoch(s)"
             step = dataclasses.replace(self._judge(report.path, search.target), source=source,
                                        kept_fp=list(report.kept_fp))
-            adopted = improves_on(step, search.final, search.target)
+            adopted = improves_on(step, search.final, search.target, search.images)
             info(f"int8 CPU graph: fine-tuned, it {'meets' if step.met else 'misses'} its target on the "
                  f"{self.judging_images}: {agreement_words(step)} (post-training: {agreement_words(search.final)})"
                  + ("" if adopted else "; the post-training CPU graph is kept"))
