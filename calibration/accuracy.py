@@ -295,12 +295,13 @@ def group_sizes(budget: int) -> list[int]:
 def search_keep_fp(quantize: Quantize, fp32_path: Path, images: np.ndarray, targets: np.ndarray,
                    ranking: Sequence[str], target: AccuracyTarget, budget: int, keep_fp: Sequence[str] = (),
                    progress: Progress | None = None, error_sample: ErrorSample | None = None,
-                   weights: np.ndarray | None = None) -> KeepFpSearch:
+                   weights: np.ndarray | None = None, fp32_scores: np.ndarray | None = None) -> KeepFpSearch:
     """Quantize with ``keep_fp``, then with more of ``ranking`` (most sensitive first) in float, group by group,
     until ``target`` holds on ``images`` (judged as ``measure_step`` does with ``error_sample`` and ``weights``) or
-    ``budget`` more layers are float; returns every step measured."""
+    ``budget`` more layers are float; returns every step measured. ``fp32_scores``: fp32's scores of ``images``,
+    where the caller has them."""
     say = progress or (lambda message: None)
-    fp32_scores = onnx_scores(fp32_path, images)
+    fp32_scores = onnx_scores(fp32_path, images) if fp32_scores is None else fp32_scores
     search = KeepFpSearch(target=target, kept_fp=list(keep_fp), images=len(images),
                           mAP_fp32=float(metrics.mean_average_precision(fp32_scores, targets).map))
     candidates = [name for name in ranking if name not in set(keep_fp)]

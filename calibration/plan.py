@@ -469,7 +469,8 @@ class Int8Plan:
 
             search = search_keep_fp(trial, self.files.fp32, images, targets, [row["node"] for row in ranking], target,
                                     budget, keep_fp=start, progress=lambda message: self.say(f"{what}: {message}", 0, 1),
-                                    error_sample=self._errors(), weights=weights)
+                                    error_sample=self._errors(), weights=weights,
+                                    fp32_scores=self._fp32_judging_scores())
         step = search.final
         verdict = "meets" if search.met else f"misses ({search.stopped})"
         info(f"{what}: {verdict} the target (|ΔmAP| ≤ {target.max_delta_points} points with "
@@ -527,10 +528,14 @@ class Int8Plan:
     def _judge(self, graph: Path, target: AccuracyTarget) -> Step:
         """``graph`` (every layer as it was made) measured on the judging images as the search measures a step."""
         images, targets, weights = self._judging_images()
-        if self._judging_scores is None:
-            self._judging_scores = onnx_scores(self.files.fp32, images)
-        return measure_step(graph, self._judging_scores, images, targets, target, error_sample=self._errors(),
+        return measure_step(graph, self._fp32_judging_scores(), images, targets, target, error_sample=self._errors(),
                             weights=weights)
+
+    def _fp32_judging_scores(self) -> np.ndarray:
+        """fp32's scores of the judging images, computed once for every search and judged graph."""
+        if self._judging_scores is None:
+            self._judging_scores = onnx_scores(self.files.fp32, self._judging_images()[0])
+        return self._judging_scores
 
     def _reusable_qat_graph(self) -> dict[str, Any] | None:
         """The record of model.int8.onnx when quantization-aware training wrote it (``int8_source=qat``) from the
