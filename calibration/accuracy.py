@@ -73,8 +73,17 @@ class AccuracyTarget:
                delta_se: float = 0.0) -> bool:
         """``agreement``: counted over ``images`` images, or estimated with ``standard_error``; ``delta_points``
         with its standard error ``delta_se`` (``delta_map_standard_error``)."""
-        return (abs(delta_points) + self.delta_margin_se * delta_se <= self.max_delta_points + 1e-9
-                and agreement + 1e-9 >= self.required_agreement(images, standard_error))
+        return (self.delta_bound(delta_points, delta_se) <= self.max_delta_points + 1e-9
+                and self.keeps_label_sets(agreement, images, standard_error))
+
+    def delta_bound(self, delta_points: float, delta_se: float) -> float:
+        """|ΔmAP| with ``delta_margin_se`` of its standard error: what must stay within ``max_delta_points``."""
+        return abs(delta_points) + self.delta_margin_se * delta_se
+
+    def keeps_label_sets(self, agreement: float, images: int, standard_error: float | None = None) -> bool:
+        """``agreement`` (counted over ``images``, or estimated with ``standard_error``) reaches
+        ``required_agreement``."""
+        return agreement + 1e-9 >= self.required_agreement(images, standard_error)
 
 
 @dataclass(frozen=True)
@@ -267,15 +276,10 @@ def improves_on(candidate: Step, incumbent: Step, target: AccuracyTarget, images
     fine-tuned graph that kept more label sets."""
     if candidate.met:
         return True
-
-    def keeps_label_sets(step: Step) -> bool:
-        return step.agreement + 1e-9 >= target.required_agreement(images, step.estimate_se)
-
-    def delta_bound(step: Step) -> float:
-        return abs(step.delta_mAP_points) + target.delta_margin_se * step.delta_se
-
-    if keeps_label_sets(incumbent):
-        return keeps_label_sets(candidate) and delta_bound(candidate) < delta_bound(incumbent)
+    if target.keeps_label_sets(incumbent.agreement, images, incumbent.estimate_se):
+        return (target.keeps_label_sets(candidate.agreement, images, candidate.estimate_se)
+                and target.delta_bound(candidate.delta_mAP_points, candidate.delta_se)
+                < target.delta_bound(incumbent.delta_mAP_points, incumbent.delta_se))
     allowed = max(abs(incumbent.delta_mAP_points), target.max_delta_points)
     return (candidate.agreement > incumbent.agreement
             and abs(candidate.delta_mAP_points) - target.delta_margin_se * candidate.delta_se <= allowed + 1e-9)

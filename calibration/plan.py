@@ -178,6 +178,14 @@ def agreement_words(step: Step) -> str:
             f"{agreement_text(step.labelset_agreement, step.estimated_agreement)} identical label sets")
 
 
+def weighing_words(judged_on: Mapping[str, Any]) -> str:
+    """What a ``judged_on`` record's images were weighed to, as a clause: ', weighed to ... (25 effective images)',
+    or nothing where they were taken as drawn."""
+    if not judged_on.get("weighed_to"):
+        return ""
+    return f", weighed to {judged_on['weighed_to']} ({judged_on['effective_images']:.0f} effective images)"
+
+
 class Int8Plan:
     """The int8 graphs of one build (module docstring): the steps are called in order by the command."""
 
@@ -225,8 +233,7 @@ class Int8Plan:
         """The judging images in words, for the messages: '12 validation images' or '30 held-out training images
         (optimistic: ...)'."""
         judged = self.judged_on or {}
-        weighed = (f", weighed to {judged['weighed_to']} ({judged['effective_images']:.0f} effective images)"
-                   if judged.get("weighed_to") else "")
+        weighed = weighing_words(judged)
         if judged.get("unseen"):
             return f"{judged['images']} validation images (unseen in training){weighed}"
         return (f"{judged.get('images', 0)} held-out training images (optimistic: the model may have trained on "

@@ -494,3 +494,21 @@ def test_int8_is_judged_on_the_validation_split_or_says_it_is_optimistic(validat
     assert judged["images"] == 30  # a quarter of the 120 training images, as before
     markdown = (run.reports / "build.md").read_text()
     assert "30 held-out training images" in markdown and "optimistic" in markdown
+
+
+def test_the_eval_class_mix_comes_from_the_checked_reference_and_a_damaged_one_leaves_the_images_unweighed(run_copy):
+    """int8 weighs its judging images to the eval split's class mix read through parity's reference loader: the
+    share of eval images holding each class; a damaged reference.npz gives no mix (the evaluation then says what is
+    wrong with it), not a traceback."""
+    import numpy as np
+
+    from mlic_edge.commands.build import _eval_class_mix
+    from mlic_edge.rundir import RunDir
+
+    run = RunDir(run_copy)
+    with np.load(run.reference) as reference:
+        expected = (reference["targets"] == 1).mean(axis=0)
+    mix = _eval_class_mix(run, run.spec())
+    assert np.allclose(mix.shares, expected) and mix.source.startswith("the eval split's class mix")
+    run.reference.write_bytes(b"not a zip archive")
+    assert _eval_class_mix(run, run.spec()) is None

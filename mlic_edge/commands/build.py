@@ -366,20 +366,21 @@ def _make_int8(run: RunDir, spec: RunSpec, request: BuildRequest, say: Progress,
 
 def _eval_class_mix(run: RunDir, spec: RunSpec):
     """The eval split's class mix, from its labels in reference.npz (never its images or scores), for the int8
-    plan to weigh its judging images to; None where the run has no reference."""
-    import numpy as np
-
+    plan to weigh its judging images to; None where the run has no usable reference (the evaluation says why)."""
     from mlic_edge.calibration import ClassMix
+    from mlic_edge.runtime.checks.parity import Reference
 
     if not run.reference.is_file():
         return None
-    with np.load(run.reference) as reference:
-        if "targets" not in reference or reference["targets"].shape[1] != len(spec.labels):
-            return None
-        targets = reference["targets"]
-    split = spec.dataset_record.eval_split or "eval"
-    return ClassMix(tuple(float(share) for share in (targets == 1).mean(axis=0)),
-                    f"the eval split's class mix ({split}, {len(targets)} images' labels)")
+    try:
+        reference = Reference.load(run)
+    except MlicError:
+        return None
+    if reference.labels != list(spec.labels):
+        return None
+    shares = (reference.targets == 1).mean(axis=0)
+    return ClassMix(tuple(float(share) for share in shares),
+                    f"the eval split's class mix ({reference.split}, {len(reference.targets)} images' labels)")
 
 
 def _int8_inputs(spec: RunSpec, request: BuildRequest, backend: str):
@@ -665,9 +666,10 @@ def _verdict_markdown(key: str, entry: dict[str, Any]) -> list[str]:
 def _judged_on_words(search: dict[str, Any]) -> str:
     """Which images judged an accuracy-target search, in words (build.json's ``judged_on``; an older build.json
     has none: held-out training images)."""
+    from mlic_edge.calibration.plan import weighing_words
+
     judged = search.get("judged_on") or {}
-    weighed = (f", weighed to {judged['weighed_to']} ({judged['effective_images']:.0f} effective images)"
-               if judged.get("weighed_to") else "")
+    weighed = weighing_words(judged)
     if judged.get("unseen"):
         return (f"{search['images']} images of the run's validation split (held out before training: unseen by the "
                 f"model; neither calibration nor eval images){weighed}")
