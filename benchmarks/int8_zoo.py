@@ -56,8 +56,9 @@ def graph_rows(entry: dict, path: str, seconds: float) -> list[dict]:
                "build_seconds": round(seconds, 1)}
         if graph == "cpu":
             latency = record["latency_ms"]
-            row["cpu"] = {"form": record["quant_format"], "reduce_range": record["reduce_range"],
-                          "ratio_vs_fp32": {batch: latency[record["quant_format"]][batch] / latency["fp32"][batch]
+            chosen = record.get("candidate", record["quant_format"])
+            row["cpu"] = {"form": chosen, "reduce_range": record["reduce_range"],
+                          "ratio_vs_fp32": {batch: latency[chosen][batch] / latency["fp32"][batch]
                                             for batch in latency["fp32"]}}
         rows.append(row)
     return rows

@@ -14,8 +14,10 @@ float-layer budget, whether fine-tuning may follow, the CPU graph), where the fi
    writes the run's qat records, so the command runs it; the plan judges its graph on the same held-out images
    (``judge_fine_tuned``), puts it in place of the post-training one where it comes closer (``adopt_fine_tuned``)
    and records it (``record_fine_tuning``).
-3. ``cpu_graph()``: ONNX Runtime's CPU graph in the form (QDQ or QOperator) that runs fastest on this CPU, timed by
-   the ``CpuTarget``'s timer, its float layers grown by the same search towards its own target (``cpu_target``);
+3. ``cpu_graph()``: ONNX Runtime's CPU graph, in the form (QDQ or QOperator) and op set (every op type, or the
+   weighted ops and Adds alone) chosen by ``choose_cpu_graph``: the fastest on this CPU (the ``CpuTarget``'s timer)
+   of those nearest the CPU target on the judging images; its float layers grown by the same search towards its own
+   target (``cpu_target``);
    where it still misses (``cpu_fine_tuning_wanted``), the command fine-tunes for the CPU graph's scheme and
    ``adopt_cpu_fine_tuned`` quantizes those weights into the CPU graph, judged and kept as in step 2.
 
@@ -41,8 +43,9 @@ from mlic_edge.calibration.accuracy import (AccuracyTarget, ErrorSample, KeepFpS
                                             onnx_scores, search_keep_fp)
 from mlic_edge.calibration.images import (CalibrationSet, first_images, select_calibration_set, split_holdout,
                                           validation_holdout)
-from mlic_edge.calibration.int8 import (CPU_FORMATS, TENSORRT_INT8, Int8Report, Int8Scheme, cpu_int8_scheme,
-                                        has_record, quantize_int8, quantized_node_names, stamp_source)
+from mlic_edge.calibration.int8 import (CPU_FORMATS, CPU_OP_SETS, EVERY_OP_TYPE, TENSORRT_INT8, Int8Report,
+                                        Int8Scheme, cpu_int8_scheme, has_record, quantize_int8, quantized_node_names,
+                                        stamp_source)
 from mlic_edge.calibration.sensitivity import layer_sensitivity
 from mlic_edge.console import info, warn
 from mlic_edge.export.lineage import ONNX_SHA
@@ -61,9 +64,9 @@ ERROR_IMAGES = 128  # calibration images int8's score errors are sampled on, for
 # 2 layers and its fine-tuned one at 98.0 % identical label sets; 6 of its 19 (0.3) kept float through fine-tuning
 # gave 99.3 % (zoo, eval split). The search keeps only what its target needs, most sensitive first.
 DEFAULT_FP_LAYER_SHARE = 0.3
-CPU_TIMING_BATCHES = (1, 8)  # the int8 CPU graph's form is chosen by its latency at the last of these
+CPU_TIMING_BATCHES = (1, 8)  # the int8 CPU graph is chosen by its latency at the last of these
 CPU_TIMING_ROUNDS = 10
-# a CPU form keeping fewer identical label sets than the best by more than this is not chosen for its speed: on the
+# a CPU graph keeping fewer identical label sets than the best by more than this is not chosen for its speed: on the
 # zoo's q2l, ONNX Runtime 1.32's QOperator graph (7-bit weights) kept 1 % of the label sets where QDQ kept 88 %
 FORM_AGREEMENT_SLACK = 0.01
 
@@ -184,6 +187,30 @@ def weighing_words(judged_on: Mapping[str, Any]) -> str:
     if not judged_on.get("weighed_to"):
         return ""
     return f", weighed to {judged_on['weighed_to']} ({judged_on['effective_images']:.0f} effective images)"
+
+
+def choose_cpu_graph(latency_ms: Mapping[str, float], judged: Mapping[str, Step] | None,
+                     target: AccuracyTarget) -> str:
+    """The CPU graph a build stages, by name, of those timed (``latency_ms``: median ms at the deciding batch) and
+    judged against the CPU ``target`` on the judging images: the fastest that meets it; where none does, the
+    fastest of those within ``FORM_AGREEMENT_SLACK`` of the most identical label sets whose |ΔmAP| (with its margin)
+    is within the target, and where none is, the one of those with the smallest |ΔmAP|, which the keep-fp search
+    then starts from. Unjudged (no judging images): the fastest."""
+    names = list(latency_ms)
+
+    def fastest(among: Sequence[str]) -> str:
+        return min(among, key=latency_ms.__getitem__)
+
+    if judged is None:
+        return fastest(names)
+    met = [name for name in names if judged[name].met]
+    if met:
+        return fastest(met)
+    best = max(judged[name].agreement for name in names)
+    accurate = [name for name in names if judged[name].agreement >= best - FORM_AGREEMENT_SLACK]
+    bound = {name: target.delta_bound(judged[name].delta_mAP_points, judged[name].delta_se) for name in accurate}
+    within = [name for name in accurate if bound[name] <= target.max_delta_points]
+    return fastest(within) if within else min(accurate, key=bound.__getitem__)
 
 
 class Int8Plan:
@@ -338,8 +365,9 @@ class Int8Plan:
 
     def cpu_graph(self) -> dict[str, Any] | None:
         """model.int8.cpu.onnx staged: the int8 graph ONNX Runtime's CPU kernels fuse (uint8 activations, its own
-        calibration record), in the form (QDQ or QOperator) that runs fastest on this CPU at batch 8, timed against
-        fp32 in turns; the layers kept in float start from the post-training graph's and grow by the same search
+        calibration record), of the forms (QDQ, QOperator) and op sets (every op type, the weighted ops and Adds) the
+        one ``choose_cpu_graph`` picks, each timed against fp32 in turns on this CPU at batch 8 and judged on the
+        judging images; the layers kept in float start from the post-training graph's and grow by the same search
         where held-out images are here. None (and a warning) where neither images nor a stored record exist. Also
         recorded as the decision's ``cpu_graph``."""
         cpu, decision = self.inputs.cpu, self.decision
@@ -354,44 +382,47 @@ class Int8Plan:
                         ) -> dict[str, Any] | None:
         files, method = self.files, self.inputs.method
         out = files.stage(files.cpu)
-        quantizers = {form: self._quantizer(cpu_int8_scheme(form, cpu.reduce_range), "int8 CPU graph")
-                      for form in CPU_FORMATS}
+        schemes = {scheme.candidate: scheme for scheme in (cpu_int8_scheme(form, cpu.reduce_range, op_set)
+                                                           for form in CPU_FORMATS for op_set in CPU_OP_SETS)}
+        quantizers = {name: self._quantizer(scheme, "int8 CPU graph") for name, scheme in schemes.items()}
         if self.calibration is None and not has_record(files.records, files.fp32, method,
                                                        cpu_int8_scheme(CPU_FORMATS[0])):
             warn(f"int8 CPU graph not made: no training images here and no {method} calibration record of it in the "
                  "run (build it where the images are, or pass --calib-data)")
             return None
         with tempfile.TemporaryDirectory(prefix=".int8-cpu.", dir=files.run) as work:
-            reports = {form: quantizers[form](keep_fp, Path(work) / f"{form}.onnx") for form in CPU_FORMATS}
-            self.say("int8 CPU graph: timing QDQ and QOperator against fp32", 0, 1)
-            graphs = {"fp32": files.fp32, **{form: report.path for form, report in reports.items()}}
+            reports = {name: quantize(keep_fp, Path(work) / f"{schemes[name].quant_format}."
+                                      f"{schemes[name].op_set}.onnx") for name, quantize in quantizers.items()}
+            self.say(f"int8 CPU graph: timing {', '.join(schemes)} against fp32", 0, 1)
+            graphs = {"fp32": files.fp32, **{name: report.path for name, report in reports.items()}}
             latency = cpu.time_graphs(graphs, CPU_TIMING_BATCHES, CPU_TIMING_ROUNDS)
             batch = CPU_TIMING_BATCHES[-1]
-            judged = self._judge_forms({form: report.path for form, report in reports.items()})
-            accurate = [form for form in CPU_FORMATS if judged is None or judged[form].agreement
-                        >= max(step.agreement for step in judged.values()) - FORM_AGREEMENT_SLACK]
-            chosen = min(accurate, key=lambda form: latency[form][batch])
-            fastest = min(CPU_FORMATS, key=lambda form: latency[form][batch])
+            judged = self._judge_candidates({name: report.path for name, report in reports.items()})
+            at_batch = {name: latency[name][batch] for name in schemes}
+            chosen = choose_cpu_graph(at_batch, judged, self.inputs.cpu_target)
+            fastest = min(at_batch, key=at_batch.__getitem__)
             if chosen != fastest:
-                warn(f"int8 CPU graph: {fastest} runs faster but keeps fewer label sets on the {self.judging_images} "
-                     f"({agreement_words(judged[fastest])}, against {chosen}'s {agreement_words(judged[chosen])}): "
-                     f"{chosen} chosen")
+                warn(f"int8 CPU graph: {fastest} runs faster but is further from the CPU target on the "
+                     f"{self.judging_images} ({agreement_words(judged[fastest])}, against {chosen}'s "
+                     f"{agreement_words(judged[chosen])}): {chosen} chosen")
             shutil.copyfile(reports[chosen].path, out)
-        report = reports[chosen]
+        report, scheme = reports[chosen], schemes[chosen]
         ratio = latency[chosen][batch] / latency["fp32"][batch]
         info(f"int8 CPU graph: {chosen} (uint8 activations{', 7-bit weights' if cpu.reduce_range else ''})"
              f", batch {batch} {latency[chosen][batch]:.2f} ms vs fp32 {latency['fp32'][batch]:.2f} ms ({ratio:.2f}×) "
-             f"on this CPU ({cpu.description}); " + ", ".join(f"{form} {latency[form][batch]:.2f} ms"
-                                                               for form in CPU_FORMATS if form != chosen))
-        summary = {**report.as_dict(), "path": str(files.cpu),
-                   "reused": all(each.reused for each in reports.values()),  # the second form reads the first's record
+             f"on this CPU ({cpu.description}); " + ", ".join(f"{name} {latency[name][batch]:.2f} ms"
+                                                               for name in schemes if name != chosen))
+        summary = {**report.as_dict(), "path": str(files.cpu), "candidate": chosen, "op_set": scheme.op_set,
+                   "op_types": scheme.describe()["op_types"],
+                   "reused": all(each.reused for each in reports.values()),  # the others read the first's record
                    "reduce_range": cpu.reduce_range, "cpu": cpu.description,
                    "chosen_by": f"lowest median latency at batch {batch} ({CPU_TIMING_ROUNDS} rounds, timed in turns "
                                 "with fp32, ONNX Runtime CPU)" + ("" if judged is None else
-                                f" among the forms within {FORM_AGREEMENT_SLACK * 100:g} point(s) of the most "
-                                "identical label sets on the judging images"),
-                   "forms_judged": None if judged is None else {form: dataclasses.asdict(step)
-                                                                for form, step in judged.items()},
+                                " among those meeting the CPU target on the judging images, else among those within "
+                                f"{FORM_AGREEMENT_SLACK * 100:g} point(s) of the most identical label sets whose "
+                                "|ΔmAP| is within it, else the smallest |ΔmAP| of those"),
+                   "candidates_judged": None if judged is None else {name: dataclasses.asdict(step)
+                                                                     for name, step in judged.items()},
                    "latency_ms": {name: {str(b): round(ms, 3) for b, ms in by_batch.items()}
                                   for name, by_batch in latency.items()}}
         if ranking is not None:
@@ -419,7 +450,8 @@ class Int8Plan:
         model.onnx on the judging images; staged in place of the post-training CPU graph where it meets the CPU
         target or comes closer, and recorded either way."""
         record, search = self.decision.record["cpu_graph"], self.cpu_search
-        scheme = cpu_int8_scheme(record["quant_format"], self.inputs.cpu.reduce_range)
+        scheme = cpu_int8_scheme(record["quant_format"], self.inputs.cpu.reduce_range,
+                                 record.get("op_set", EVERY_OP_TYPE))
         with tempfile.TemporaryDirectory(prefix=".int8-cpu-qat.", dir=self.files.run) as work:
             report = quantize_int8(fine_tuned_fp32, Path(work) / self.files.cpu.name, Path(work) / "records",
                                    method="minmax", calibration=self.calibration, preprocessing=self.preprocessing,
@@ -513,8 +545,9 @@ class Int8Plan:
             self._error_sample = ErrorSample.of(self.files.fp32, self._first_images(ERROR_IMAGES))
         return self._error_sample
 
-    def _judge_forms(self, graphs: Mapping[str, Path]) -> dict[str, Step] | None:
-        """Each CPU form's graph judged against the CPU target on the judging images (None where there are none)."""
+    def _judge_candidates(self, graphs: Mapping[str, Path]) -> dict[str, Step] | None:
+        """Each candidate CPU graph judged against the CPU target on the judging images (None where there are
+        none)."""
         if self.holdout is None or self.dataset.names != self.labels:
             return None
         return {form: self._judge(graph, self.inputs.cpu_target) for form, graph in graphs.items()}

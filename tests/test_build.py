@@ -358,23 +358,30 @@ def test_parity_and_bench_refuse_a_read_only_run_before_computing(capsys, run_co
 
 
 def test_onnxruntime_int8_build_makes_the_cpu_graph_in_its_fastest_form(built_run):
-    """`build --precision int8 --backend onnxruntime` also writes model.int8.cpu.onnx: uint8 activations, the form
-    (QDQ or QOperator) that was fastest at batch 8 when timed in turns with fp32, recorded with its timings."""
-    from mlic_edge.calibration import quantized_node_names
+    """`build --precision int8 --backend onnxruntime` also writes model.int8.cpu.onnx: uint8 activations, of the
+    forms (QDQ, QOperator) and op sets (every op type, the weighted ops) each timed in turns with fp32 and judged on
+    the validation images, the one the rule picks (calibration/plan.py choose_cpu_graph), recorded with every
+    candidate's timings and figures."""
+    from mlic_edge.calibration import AccuracyTarget, quantized_node_names
+    from mlic_edge.calibration.accuracy import Step
+    from mlic_edge.calibration.plan import choose_cpu_graph
     from mlic_edge.export.metadata import read_metadata
     from mlic_edge.io import sha256_file
 
     entry = json.loads((built_run / "reports" / "build.json").read_text())["builds"]["int8"]
     cpu = entry["int8"]["cpu_graph"]
-    latency = cpu["latency_ms"]
-    assert set(latency) == {"fp32", "QDQ", "QOperator"} and all(set(by_batch) == {"1", "8"} for by_batch in
-                                                                   latency.values())
-    assert cpu["quant_format"] == min(("QDQ", "QOperator"), key=lambda form: latency[form]["8"])
+    latency, judged = cpu["latency_ms"], cpu["candidates_judged"]
+    candidates = {"QDQ", "QOperator", "QDQ, weighted ops", "QOperator, weighted ops"}
+    assert set(latency) == {"fp32", *candidates} and set(judged) == candidates
+    assert all(set(by_batch) == {"1", "8"} for by_batch in latency.values())
+    assert cpu["candidate"] == choose_cpu_graph({name: latency[name]["8"] for name in candidates},
+                                                {name: Step(**step) for name, step in judged.items()},
+                                                AccuracyTarget(**cpu["accuracy_target"]["target"]))
     path = built_run / "model.int8.cpu.onnx"
     model = onnx.load(str(path))
     metadata = read_metadata(model)
-    assert (metadata["precision"], metadata["int8_graph"], metadata["int8_format"]) == ("int8", "cpu",
-                                                                                       cpu["quant_format"])
+    assert (metadata["precision"], metadata["int8_graph"], metadata["int8_format"], metadata["int8_op_set"]) == (
+        "int8", "cpu", cpu["quant_format"], cpu["op_set"])
     assert metadata["source_onnx_sha256"] == sha256_file(built_run / "model.onnx")
     initializers = {init.name: init for init in model.graph.initializer}
     zero_points = [initializers[node.input[2]] for node in model.graph.node if node.op_type == "QuantizeLinear"]

@@ -3,6 +3,7 @@ training images, it makes the graphs, keeps layers in float with their reasons a
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from mlic_edge.spec import Preprocessing
 
 def _fixed_timer(graphs, batches, rounds):
     """QOperator timed fastest: no ONNX Runtime timing in the test, and a known choice."""
-    ms = {"fp32": 2.0, "QDQ": 1.5, "QOperator": 1.0}
+    ms = {"fp32": 2.0, "QDQ": 1.5, "QOperator": 1.0, "QDQ, weighted ops": 1.6, "QOperator, weighted ops": 1.1}
     return {name: {batch: ms[name] * batch for batch in batches} for name in graphs}
 
 
@@ -45,7 +46,10 @@ def test_the_plan_makes_both_graphs_and_says_why_layers_stay_float(run_copy):
     assert not plan.fine_tuning_wanted  # fine_tune_epochs=0
 
     cpu = plan.cpu_graph()
-    assert cpu["quant_format"] == "QOperator" and cpu["cpu"] == "a test CPU" and record["cpu_graph"] is cpu
+    candidates = {"QDQ", "QOperator", "QDQ, weighted ops", "QOperator, weighted ops"}
+    assert set(cpu["candidates_judged"]) == candidates and set(cpu["latency_ms"]) == {"fp32", *candidates}
+    assert cpu["candidate"] in candidates and cpu["cpu"] == "a test CPU" and record["cpu_graph"] is cpu
+    assert cpu["candidate"].startswith(cpu["quant_format"]) and cpu["op_set"] in ("every", "weighted")
     assert run.onnx("int8", "cpu").is_file() and cpu["latency_ms"]["QOperator"] == {"1": 1.0, "8": 8.0}
 
 
@@ -196,6 +200,60 @@ def test_the_cpu_graph_keeps_the_score_head_float(run_copy):
     assert report.float_head == []
 
 
+def test_the_cpu_graph_quantizes_every_op_type_or_only_the_weighted_ops_from_one_record(run_copy):
+    """The CPU graph's two op sets: every op type ONNX Runtime quantizes (pooling, a gate's Sigmoid and Mul run on
+    uint8 too) or only the weighted ops and Adds, as TensorRT's graph and the fine-tuning place them. One
+    calibration record serves both: the second reads the first's ranges."""
+    import onnx
+
+    from mlic_edge.calibration import select_calibration_set
+    from mlic_edge.calibration.int8 import cpu_int8_scheme, quantize_int8
+
+    run = RunDir(run_copy)
+    spec = run.spec()
+    dataset = open_dataset(spec.dataset.spec, role="train", split=spec.dataset.train_split, labels=spec.labels)
+    calibration = select_calibration_set(dataset, 8)
+    integer_ops = {}
+    for op_set in ("every", "weighted"):
+        scheme = cpu_int8_scheme("QOperator", reduce_range=True, op_set=op_set)
+        report = quantize_int8(run.onnx("fp32"), run.path / f"cpu.{op_set}.onnx", run.path / "calibration",
+                               calibration=calibration, preprocessing=spec.preprocessing, scheme=scheme)
+        assert report.reused == (op_set == "weighted") and report.record_dir.parent == run.path / "calibration"
+        integer_ops[op_set] = {node.op_type for node in onnx.load(str(report.path)).graph.node
+                               if node.op_type.startswith(("QLinear", "QGemm")) or "Integer" in node.op_type}
+    weighted = {"QLinearConv", "QLinearAdd", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
+    assert "QLinearConv" in integer_ops["weighted"] and integer_ops["weighted"] <= weighted
+    assert integer_ops["every"] - weighted  # the baseline's pooling runs on uint8 in this op set
+    assert cpu_int8_scheme("QDQ", op_set="weighted").describe()["op_types"] == ["Conv", "ConvTranspose", "Gemm",
+                                                                                  "MatMul", "Add"]
+
+
+def test_the_cpu_graph_chosen_is_the_fastest_nearest_the_target():
+    """Of the CPU graphs judged: the fastest meeting the target; where none meets it, the fastest whose |ΔmAP|
+    (with its margin) is within it among those keeping nearly the most label sets; where none is, the smallest
+    |ΔmAP| of those. The figures are the zoo's semdep, eval split (every op type QDQ −0.54 / 98.3 %, QOperator
+    −0.54 / 99.0 %; weighted ops QDQ −0.40 / 99.0 %, QOperator −0.35 / 99.3 %)."""
+    from mlic_edge.calibration.accuracy import Step
+    from mlic_edge.calibration.plan import choose_cpu_graph
+
+    target = AccuracyTarget(0.5, 0.97)
+
+    def step(delta: float, agreement: float, met: bool = False, se: float = 0.05) -> Step:
+        return Step([], delta, agreement, met, delta_se=se)
+
+    ms = {"QDQ": 0.47, "QOperator": 0.45, "QDQ, weighted ops": 0.45, "QOperator, weighted ops": 0.50}
+    semdep = {"QDQ": step(-0.54, 0.983), "QOperator": step(-0.54, 0.990), "QDQ, weighted ops": step(-0.40, 0.990),
+              "QOperator, weighted ops": step(-0.35, 0.993)}
+    assert choose_cpu_graph(ms, semdep, target) == "QDQ, weighted ops"  # fastest with |ΔmAP| + SE ≤ 0.5
+    assert choose_cpu_graph(ms, {**semdep, "QOperator, weighted ops": step(-0.35, 0.993, met=True)},
+                            target) == "QOperator, weighted ops"  # the only one meeting it, though slowest
+    wide = {name: dataclasses.replace(each, delta_se=0.3) for name, each in semdep.items()}
+    assert choose_cpu_graph(ms, wide, target) == "QOperator, weighted ops"  # none within: the smallest |ΔmAP|
+    q2l = {**semdep, "QOperator": step(-4.9, 0.01), "QOperator, weighted ops": step(0.01, 0.833)}
+    assert choose_cpu_graph(ms, q2l, target) == "QDQ, weighted ops"  # 83 % is not near the best 99 %
+    assert choose_cpu_graph(ms, None, target) == "QOperator"  # unjudged: the fastest
+
+
 def test_a_faster_cpu_form_that_loses_label_sets_is_not_chosen(run_copy, monkeypatch):
     """The CPU graph's form is chosen by speed among the forms that keep the label sets: here the QOperator graph,
     timed fastest, comes out with every score inverted (as ONNX Runtime's QOperator graph of the zoo's q2l kept 1 %
@@ -231,8 +289,9 @@ def test_a_faster_cpu_form_that_loses_label_sets_is_not_chosen(run_copy, monkeyp
     warned: list[str] = []
     monkeypatch.setattr(plan_module, "warn", warned.append)
     cpu = plan.cpu_graph()
-    assert cpu["quant_format"] == "QDQ" and "among the forms within 1 point(s)" in cpu["chosen_by"]
-    judged = cpu["forms_judged"]
+    assert cpu["quant_format"] == "QDQ" and "within 1 point(s) of the most identical label sets" in cpu["chosen_by"]
+    judged = cpu["candidates_judged"]
     assert judged["QOperator"]["labelset_agreement"] < 0.5 < judged["QDQ"]["labelset_agreement"]
-    assert any("QOperator runs faster but keeps fewer label sets" in line for line in warned)
+    assert judged["QOperator, weighted ops"]["labelset_agreement"] < 0.5
+    assert any("QOperator runs faster but is further from the CPU target" in line for line in warned)
     assert len(onnx.load(str(run.onnx("int8", "cpu"))).graph.output) == 1

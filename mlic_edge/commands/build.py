@@ -617,9 +617,9 @@ def _cpu_graph_markdown(key: str, entry: dict[str, Any]) -> list[str]:
     cpu = (entry.get("int8") or {}).get("cpu_graph")
     if not cpu or cpu.get("source") == "bundle":
         return []
-    latency = cpu["latency_ms"]
+    latency, chosen = cpu["latency_ms"], cpu.get("candidate", cpu["quant_format"])  # older records: a form alone
     batches = list(latency["fp32"])
-    lines = ["", f"## {key}: ONNX Runtime CPU graph ({Path(cpu['path']).name}), {cpu['quant_format']}", "",
+    lines = ["", f"## {key}: ONNX Runtime CPU graph ({Path(cpu['path']).name}), {chosen}", "",
              f"uint8 activations, int8 per-channel weights{' (7-bit: reduce_range)' if cpu['reduce_range'] else ''}"
              + (f", the score head float ({', '.join(cpu['float_head'])})" if cpu.get("float_head") else "")
              + f", on {cpu['cpu']}; chosen by {cpu['chosen_by']}. Median ms per batch on the machine that built it:",
@@ -627,7 +627,7 @@ def _cpu_graph_markdown(key: str, entry: dict[str, Any]) -> list[str]:
              "| graph | " + " | ".join(f"batch {b}" for b in batches) + " | " +
              " | ".join(f"× fp32 at {b}" for b in batches) + " |", "|---|" + "---|" * (2 * len(batches))]
     for name, by_batch in latency.items():
-        lines.append(f"| {name}{' (chosen)' if name == cpu['quant_format'] else ''} | "
+        lines.append(f"| {name}{' (chosen)' if name == chosen else ''} | "
                      + " | ".join(f"{by_batch[b]:.2f}" for b in batches) + " | "
                      + " | ".join(f"{by_batch[b] / latency['fp32'][b]:.2f}" for b in batches) + " |")
     search = cpu.get("accuracy_target")
