@@ -43,7 +43,7 @@ from mlic_edge.calibration.accuracy import (AccuracyTarget, ErrorSample, KeepFpS
                                             onnx_scores, search_keep_fp)
 from mlic_edge.calibration.images import (CalibrationSet, first_images, select_calibration_set, split_holdout,
                                           validation_holdout)
-from mlic_edge.calibration.int8 import (CPU_FORMATS, CPU_OP_SETS, EVERY_OP_TYPE, TENSORRT_INT8, Int8Report,
+from mlic_edge.calibration.int8 import (CPU_FORMATS, CPU_OP_SETS, TENSORRT_INT8, Int8Report,
                                         Int8Scheme, cpu_int8_scheme, has_record, quantize_int8, quantized_node_names,
                                         stamp_source)
 from mlic_edge.calibration.sensitivity import layer_sensitivity
@@ -382,17 +382,19 @@ class Int8Plan:
                         ) -> dict[str, Any] | None:
         files, method = self.files, self.inputs.method
         out = files.stage(files.cpu)
-        schemes = {scheme.candidate: scheme for scheme in (cpu_int8_scheme(form, cpu.reduce_range, op_set)
-                                                           for form in CPU_FORMATS for op_set in CPU_OP_SETS)}
-        quantizers = {name: self._quantizer(scheme, "int8 CPU graph") for name, scheme in schemes.items()}
+        quantizers: dict[str, Callable[[list[str], Path], Int8Report]] = {}  # by name, for the search to come
+
+        def quantize(scheme: Int8Scheme, path: Path) -> Int8Report:
+            quantizers[scheme.candidate] = self._quantizer(scheme, "int8 CPU graph")
+            return quantizers[scheme.candidate](keep_fp, path)
+
         if self.calibration is None and not has_record(files.records, files.fp32, method,
                                                        cpu_int8_scheme(CPU_FORMATS[0])):
             warn(f"int8 CPU graph not made: no training images here and no {method} calibration record of it in the "
                  "run (build it where the images are, or pass --calib-data)")
             return None
         with tempfile.TemporaryDirectory(prefix=".int8-cpu.", dir=files.run) as work:
-            reports = {name: quantize(keep_fp, Path(work) / f"{schemes[name].quant_format}."
-                                      f"{schemes[name].op_set}.onnx") for name, quantize in quantizers.items()}
+            schemes, reports = self._cpu_candidates(quantize, Path(work))
             self.say(f"int8 CPU graph: timing {', '.join(schemes)} against fp32", 0, 1)
             graphs = {"fp32": files.fp32, **{name: report.path for name, report in reports.items()}}
             latency = cpu.time_graphs(graphs, CPU_TIMING_BATCHES, CPU_TIMING_ROUNDS)
@@ -450,22 +452,30 @@ class Int8Plan:
         model.onnx on the judging images; staged in place of the post-training CPU graph where it meets the CPU
         target or comes closer, and recorded either way."""
         record, search = self.decision.record["cpu_graph"], self.cpu_search
-        scheme = cpu_int8_scheme(record["quant_format"], self.inputs.cpu.reduce_range,
-                                 record.get("op_set", EVERY_OP_TYPE))
+        source = f"quantization-aware for the CPU graph, {fine_tuning['epochs']} epoch(s)"
         with tempfile.TemporaryDirectory(prefix=".int8-cpu-qat.", dir=self.files.run) as work:
-            report = quantize_int8(fine_tuned_fp32, Path(work) / self.files.cpu.name, Path(work) / "records",
-                                   method="minmax", calibration=self.calibration, preprocessing=self.preprocessing,
-                                   scheme=scheme, keep_fp=kept_fp)
-            source = f"quantization-aware for the CPU graph, {fine_tuning['epochs']} epoch(s)"
-            step = dataclasses.replace(self._judge(report.path, search.target), source=source,
-                                       kept_fp=list(report.kept_fp))
+            def quantize(scheme: Int8Scheme, path: Path) -> Int8Report:
+                return quantize_int8(fine_tuned_fp32, path, Path(work) / "records", method="minmax",
+                                     calibration=self.calibration, preprocessing=self.preprocessing, scheme=scheme,
+                                     keep_fp=kept_fp)
+
+            schemes, reports = self._cpu_candidates(quantize, Path(work))
+            judged = {name: dataclasses.replace(self._judge(report.path, search.target), source=source,
+                                                kept_fp=list(report.kept_fp)) for name, report in reports.items()}
+            # the post-training graphs of each form and op set were timed; the fine-tuned ones have their structure
+            batch = str(CPU_TIMING_BATCHES[-1])
+            chosen = choose_cpu_graph({name: record["latency_ms"][name][batch] for name in schemes}, judged,
+                                      search.target)
+            step, report = judged[chosen], reports[chosen]
             adopted = improves_on(step, search.final, search.target, search.images)
-            info(f"int8 CPU graph: fine-tuned, it {'meets' if step.met else 'misses'} its target on the "
-                 f"{self.judging_images}: {agreement_words(step)} (post-training: {agreement_words(search.final)})"
-                 + ("" if adopted else "; the post-training CPU graph is kept"))
+            info(f"int8 CPU graph: fine-tuned ({chosen}), it {'meets' if step.met else 'misses'} its target on the "
+                 f"{self.judging_images}: {agreement_words(step)} (post-training, {record['candidate']}: "
+                 f"{agreement_words(search.final)})" + ("" if adopted else "; the post-training CPU graph is kept"))
             trial = FineTunedTrial(step, float(fine_tuning.get("seconds") or 0.0), adopted)
+            fine_tuning = {**fine_tuning, "candidates_judged": {name: dataclasses.asdict(each)
+                                                                for name, each in judged.items()}}
             if not adopted:
-                record["qat_trial"] = {**dataclasses.asdict(step), **fine_tuning}
+                record["qat_trial"] = {**dataclasses.asdict(step), "candidate": chosen, **fine_tuning}
                 return trial
             stamp_source(report.path, self.files.fp32, int8_source="qat", fine_tuned_onnx_sha256=sha256_file(
                 fine_tuned_fp32))
@@ -473,16 +483,28 @@ class Int8Plan:
         search.steps.append(step)
         search.kept_fp = list(step.kept_fp)
         search.stopped = "met" if step.met else f"{search.stopped}, then fine-tuned"
-        post_training = {key: record[key] for key in ("kept_fp", "quantized_nodes", "key", "method") if key in record}
+        post_training = {key: record[key] for key in ("kept_fp", "quantized_nodes", "key", "method", "candidate",
+                                                      "quant_format", "op_set", "op_types") if key in record}
+        scheme = schemes[chosen]
         record.update(source="qat", kept_fp=list(step.kept_fp), quantized_nodes=report.quantized_nodes, method="minmax",
-                      accuracy_target=self._search_record(search), fine_tuning=dict(fine_tuning),
-                      post_training=post_training)
+                      candidate=chosen, quant_format=scheme.quant_format, op_set=scheme.op_set,
+                      op_types=scheme.describe()["op_types"], accuracy_target=self._search_record(search),
+                      fine_tuning=fine_tuning, post_training=post_training)
         if not step.met:
             warn("int8 CPU graph misses its target after fine-tuning (kept: it comes closer than post-training): "
                  "raise --qat-epochs, or serve TensorRT's Q/DQ graph or fp32 on this CPU")
         return trial
 
     # the pieces
+
+    def _cpu_candidates(self, quantize: Callable[[Int8Scheme, Path], Int8Report], work: Path
+                        ) -> tuple[dict[str, Int8Scheme], dict[str, Int8Report]]:
+        """Every CPU graph a build chooses from (each form, each op set: ``Int8Scheme.candidate`` names them),
+        quantized by ``quantize(scheme, path)`` into ``work``: (schemes, reports), by name."""
+        schemes = {scheme.candidate: scheme for scheme in (cpu_int8_scheme(form, self.inputs.cpu.reduce_range, op_set)
+                                                           for form in CPU_FORMATS for op_set in CPU_OP_SETS)}
+        return schemes, {name: quantize(scheme, work / f"{scheme.quant_format}.{scheme.op_set}.onnx")
+                         for name, scheme in schemes.items()}
 
     def _meet_accuracy_target(self, quantize: Callable[[list[str], Path], Int8Report], first: Path, *,
                               start: list[str], what: str, ranking: list[dict] | None = None,

@@ -159,10 +159,14 @@ def test_a_cpu_graph_from_fine_tuned_weights_is_judged_and_belongs_to_model_onnx
     assert trial.adopted and record["source"] == "qat" and record["method"] == "minmax" and record["kept_fp"] == []
     assert steps[-1]["source"] == "quantization-aware for the CPU graph, 1 epoch(s)" and len(steps) >= 2
     assert record["post_training"]["method"] == "percentile" and record["fine_tuning"]["epochs"] == 1
+    judged = record["fine_tuning"]["candidates_judged"]  # the fine-tuned weights in each form and op set
+    assert set(judged) == set(record["latency_ms"]) - {"fp32"} and record["candidate"] in judged
+    assert steps[-1] == judged[record["candidate"]] and record["post_training"]["candidate"] in judged
     metadata = read_metadata(run.onnx("int8", "cpu"))
     assert metadata[ONNX_SHA] == sha256_file(run.onnx("fp32")) and metadata["int8_source"] == "qat"
     assert metadata["fine_tuned_onnx_sha256"] == sha256_file(tmp_path / "fine-tuned.onnx")
     assert metadata["int8_graph"] == "cpu" and metadata["precision"] == "int8"
+    assert (metadata["int8_format"], metadata["int8_op_set"]) == (record["quant_format"], record["op_set"])
     check_onnx(run, "int8", spec, path=run.onnx("int8", "cpu"))  # raises on a graph of another model.onnx
 
 
