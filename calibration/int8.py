@@ -24,11 +24,11 @@ The graph for ONNX Runtime on a CPU (``CPU_GRAPH``, ``model.int8.cpu.onnx``) is 
 own placement (every op type it quantizes), uint8 activations with zero points, int8 per-channel weights, in QDQ or
 QOperator form. Its x86 and ARM kernels run u8 x s8; the symmetric int8 activations TensorRT wants leave most of the
 graph in float there (measured about fp32 speed). Its calibration record is its own: asymmetric ranges of every
-tensor, keyed by ``CPU_SETTINGS`` (both forms and both op sets share it). Its op set (``CPU_OP_SETS``) is every op
-type ONNX Runtime quantizes (a gate's Sigmoid and Mul, Softmax, pooling as well) or only the weighted ops and Adds,
-as TensorRT's graph and the quantization-aware fine-tuning place them; which one keeps the scores depends on the
-model (the zoo's semdep, eval split, 7-bit weights: every op type ΔmAP −0.54 points, the weighted ops and Adds
-−0.40; its ML-GAT: 96.3 % and 95.0 % identical label sets), so the build judges both. ``reduce_range`` (7-bit weights) is for x86 CPUs without
+tensor, keyed by ``CPU_SETTINGS`` (both forms and every op set share it). Its op set (``CPU_OP_SETS``) is every op
+type ONNX Runtime quantizes (a gate's Sigmoid and Mul, Softmax, pooling as well), or only the weighted ops and Adds
+as TensorRT's graph and the quantization-aware fine-tuning place them, or those and the Relu after them. Which one
+keeps the scores depends on the model (the zoo, eval split, 7-bit weights, QDQ, nothing float: semdep ΔmAP −0.54 /
+−0.40 / −0.49 points, ML-GAT 96.3 / 95.0 / 96.7 % identical label sets), so the build judges each. ``reduce_range`` (7-bit weights) is for x86 CPUs without
 VNNI, where u8 x s8 products can saturate (ONNX Runtime's quantization guide). Measured on an AVX2 CPU without VNNI
 (the zoo's ML-GCN, 225 held-out images, every layer int8, percentile): QDQ with 8-bit weights ΔmAP −1.63 points and
 92.0 % identical label sets, with 7-bit weights −0.01 and 97.8 % (QOperator: −1.57 / 91.1 % and −0.14 / 98.2 %).
@@ -92,9 +92,14 @@ CPU_SETTINGS = {
 }
 TENSORRT_GRAPH, CPU_GRAPH = "tensorrt", "cpu"
 CPU_FORMATS = ("QDQ", "QOperator")
-EVERY_OP_TYPE, WEIGHTED_OPS = "every", "weighted"
-# the op types ONNX Runtime's CPU graph quantizes (None: every one it can), by name
-CPU_OP_SETS: dict[str, tuple[str, ...] | None] = {EVERY_OP_TYPE: None, WEIGHTED_OPS: QUANTIZED_OP_TYPES}
+EVERY_OP_TYPE = "every"
+# the op types ONNX Runtime's CPU graph quantizes (None: every one it can), by name. A Relu or Clip in the set lets
+# ONNX Runtime fold it into the quantized range of the op before it ([0, max] instead of the pre-activation's
+# [min, max]); left out, the Conv's output is quantized before it.
+CPU_OP_SETS: dict[str, tuple[str, ...] | None] = {EVERY_OP_TYPE: None, "weighted": QUANTIZED_OP_TYPES,
+                                                  "weighted+relu": (*QUANTIZED_OP_TYPES, "Relu", "Clip")}
+CPU_OP_SET_WORDS = {EVERY_OP_TYPE: "every op type", "weighted": "weighted ops",
+                    "weighted+relu": "weighted ops and their Relu"}
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -124,7 +129,8 @@ class Int8Scheme:
     @property
     def op_set(self) -> str:
         """The CPU graph's op set by name (``CPU_OP_SETS``)."""
-        return next(name for name, op_types in CPU_OP_SETS.items() if op_types == self.op_types)
+        return next((name for name, op_types in CPU_OP_SETS.items() if op_types == self.op_types),
+                    "+".join(self.op_types or ()))
 
     @property
     def candidate(self) -> str:
@@ -154,9 +160,9 @@ def cpu_int8_scheme(quant_format: str, reduce_range: bool = False, op_set: str =
 
 
 def cpu_candidate_name(quant_format: str, op_set: str = EVERY_OP_TYPE) -> str:
-    """How build.json and build.md name a CPU graph: ``QDQ`` or ``QOperator``, followed by ``, weighted ops`` where
-    only the weighted ops and Adds are quantized."""
-    return quant_format if op_set == EVERY_OP_TYPE else f"{quant_format}, {op_set} ops"
+    """How build.json and build.md name a CPU graph: ``QDQ`` or ``QOperator``, followed by the op set's words
+    (``CPU_OP_SET_WORDS``) where it is not every op type: ``QDQ, weighted ops and their Relu``."""
+    return quant_format if op_set == EVERY_OP_TYPE else f"{quant_format}, {CPU_OP_SET_WORDS.get(op_set, op_set)}"
 
 
 @dataclass

@@ -15,7 +15,7 @@ float-layer budget, whether fine-tuning may follow, the CPU graph), where the fi
    (``judge_fine_tuned``), puts it in place of the post-training one where it comes closer (``adopt_fine_tuned``)
    and records it (``record_fine_tuning``).
 3. ``cpu_graph()``: ONNX Runtime's CPU graph, in the form (QDQ or QOperator) and op set (every op type, or the
-   weighted ops and Adds alone) chosen by ``choose_cpu_graph``: the fastest on this CPU (the ``CpuTarget``'s timer)
+   weighted ops and Adds, with or without their Relu) chosen by ``choose_cpu_graph``: the fastest on this CPU (the ``CpuTarget``'s timer)
    of those nearest the CPU target on the judging images; its float layers grown by the same search towards its own
    target (``cpu_target``);
    where it still misses (``cpu_fine_tuning_wanted``), the command fine-tunes for the CPU graph's scheme and
@@ -365,7 +365,7 @@ class Int8Plan:
 
     def cpu_graph(self) -> dict[str, Any] | None:
         """model.int8.cpu.onnx staged: the int8 graph ONNX Runtime's CPU kernels fuse (uint8 activations, its own
-        calibration record), of the forms (QDQ, QOperator) and op sets (every op type, the weighted ops and Adds) the
+        calibration record), of the forms (QDQ, QOperator) and op sets (``CPU_OP_SETS``) the
         one ``choose_cpu_graph`` picks, each timed against fp32 in turns on this CPU at batch 8 and judged on the
         judging images; the layers kept in float start from the post-training graph's and grow by the same search
         where held-out images are here. None (and a warning) where neither images nor a stored record exist. Also

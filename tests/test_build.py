@@ -359,7 +359,7 @@ def test_parity_and_bench_refuse_a_read_only_run_before_computing(capsys, run_co
 
 def test_onnxruntime_int8_build_makes_the_cpu_graph_in_its_fastest_form(built_run):
     """`build --precision int8 --backend onnxruntime` also writes model.int8.cpu.onnx: uint8 activations, of the
-    forms (QDQ, QOperator) and op sets (every op type, the weighted ops) each timed in turns with fp32 and judged on
+    forms (QDQ, QOperator) and op sets (every op type, the weighted ops, and their Relu) each timed in turns with fp32 and judged on
     the validation images, the one the rule picks (calibration/plan.py choose_cpu_graph), recorded with every
     candidate's timings and figures."""
     from mlic_edge.calibration import AccuracyTarget, quantized_node_names
@@ -371,7 +371,8 @@ def test_onnxruntime_int8_build_makes_the_cpu_graph_in_its_fastest_form(built_ru
     entry = json.loads((built_run / "reports" / "build.json").read_text())["builds"]["int8"]
     cpu = entry["int8"]["cpu_graph"]
     latency, judged = cpu["latency_ms"], cpu["candidates_judged"]
-    candidates = {"QDQ", "QOperator", "QDQ, weighted ops", "QOperator, weighted ops"}
+    candidates = {f"{form}{op_set}" for form in ("QDQ", "QOperator")
+                  for op_set in ("", ", weighted ops", ", weighted ops and their Relu")}
     assert set(latency) == {"fp32", *candidates} and set(judged) == candidates
     assert all(set(by_batch) == {"1", "8"} for by_batch in latency.values())
     assert cpu["candidate"] == choose_cpu_graph({name: latency[name]["8"] for name in candidates},

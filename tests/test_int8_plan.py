@@ -17,7 +17,8 @@ from mlic_edge.spec import Preprocessing
 
 def _fixed_timer(graphs, batches, rounds):
     """QOperator timed fastest: no ONNX Runtime timing in the test, and a known choice."""
-    ms = {"fp32": 2.0, "QDQ": 1.5, "QOperator": 1.0, "QDQ, weighted ops": 1.6, "QOperator, weighted ops": 1.1}
+    ms = {"fp32": 2.0, "QDQ": 1.5, "QOperator": 1.0, "QDQ, weighted ops": 1.6, "QOperator, weighted ops": 1.1,
+          "QDQ, weighted ops and their Relu": 1.55, "QOperator, weighted ops and their Relu": 1.05}
     return {name: {batch: ms[name] * batch for batch in batches} for name in graphs}
 
 
@@ -46,10 +47,11 @@ def test_the_plan_makes_both_graphs_and_says_why_layers_stay_float(run_copy):
     assert not plan.fine_tuning_wanted  # fine_tune_epochs=0
 
     cpu = plan.cpu_graph()
-    candidates = {"QDQ", "QOperator", "QDQ, weighted ops", "QOperator, weighted ops"}
+    candidates = {f"{form}{op_set}" for form in ("QDQ", "QOperator")
+                  for op_set in ("", ", weighted ops", ", weighted ops and their Relu")}
     assert set(cpu["candidates_judged"]) == candidates and set(cpu["latency_ms"]) == {"fp32", *candidates}
     assert cpu["candidate"] in candidates and cpu["cpu"] == "a test CPU" and record["cpu_graph"] is cpu
-    assert cpu["candidate"].startswith(cpu["quant_format"]) and cpu["op_set"] in ("every", "weighted")
+    assert cpu["candidate"].startswith(cpu["quant_format"]) and cpu["op_set"] in ("every", "weighted", "weighted+relu")
     assert run.onnx("int8", "cpu").is_file() and cpu["latency_ms"]["QOperator"] == {"1": 1.0, "8": 8.0}
 
 
@@ -205,9 +207,10 @@ def test_the_cpu_graph_keeps_the_score_head_float(run_copy):
 
 
 def test_the_cpu_graph_quantizes_every_op_type_or_only_the_weighted_ops_from_one_record(run_copy):
-    """The CPU graph's two op sets: every op type ONNX Runtime quantizes (pooling, a gate's Sigmoid and Mul run on
-    uint8 too) or only the weighted ops and Adds, as TensorRT's graph and the fine-tuning place them. One
-    calibration record serves both: the second reads the first's ranges."""
+    """The CPU graph's op sets: every op type ONNX Runtime quantizes (pooling, a gate's Sigmoid and Mul run on uint8
+    too); only the weighted ops and Adds, as TensorRT's graph and the fine-tuning place them; or those and their
+    Relu, which ONNX Runtime folds into the quantized range before it. One calibration record serves all: the later
+    ones read the first's ranges."""
     import onnx
 
     from mlic_edge.calibration import select_calibration_set
@@ -217,16 +220,19 @@ def test_the_cpu_graph_quantizes_every_op_type_or_only_the_weighted_ops_from_one
     spec = run.spec()
     dataset = open_dataset(spec.dataset.spec, role="train", split=spec.dataset.train_split, labels=spec.labels)
     calibration = select_calibration_set(dataset, 8)
-    integer_ops = {}
-    for op_set in ("every", "weighted"):
+    integer_ops, relus = {}, {}
+    for op_set in ("every", "weighted", "weighted+relu"):
         scheme = cpu_int8_scheme("QOperator", reduce_range=True, op_set=op_set)
         report = quantize_int8(run.onnx("fp32"), run.path / f"cpu.{op_set}.onnx", run.path / "calibration",
                                calibration=calibration, preprocessing=spec.preprocessing, scheme=scheme)
-        assert report.reused == (op_set == "weighted") and report.record_dir.parent == run.path / "calibration"
-        integer_ops[op_set] = {node.op_type for node in onnx.load(str(report.path)).graph.node
+        assert report.reused == (op_set != "every") and report.record_dir.parent == run.path / "calibration"
+        nodes = onnx.load(str(report.path)).graph.node
+        integer_ops[op_set] = {node.op_type for node in nodes
                                if node.op_type.startswith(("QLinear", "QGemm")) or "Integer" in node.op_type}
+        relus[op_set] = sum(node.op_type == "Relu" for node in nodes)
     weighted = {"QLinearConv", "QLinearAdd", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
     assert "QLinearConv" in integer_ops["weighted"] and integer_ops["weighted"] <= weighted
+    assert integer_ops["weighted+relu"] <= weighted and relus["weighted+relu"] < relus["weighted"]  # folded
     assert integer_ops["every"] - weighted  # the baseline's pooling runs on uint8 in this op set
     assert cpu_int8_scheme("QDQ", op_set="weighted").describe()["op_types"] == ["Conv", "ConvTranspose", "Gemm",
                                                                                   "MatMul", "Add"]
