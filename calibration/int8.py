@@ -28,8 +28,9 @@ tensor, keyed by ``CPU_SETTINGS`` (both forms and every op set share it). Its op
 type ONNX Runtime quantizes (a gate's Sigmoid and Mul, Softmax, pooling as well), or only the weighted ops and Adds
 as TensorRT's graph and the quantization-aware fine-tuning place them, or those and the Relu after them. Which one
 keeps the scores depends on the model (the zoo, eval split, 7-bit weights, QDQ, nothing float: semdep ΔmAP −0.54 /
-−0.40 / −0.49 points, ML-GAT 96.3 / 95.0 / 96.7 % identical label sets), so the build judges each. ``reduce_range`` (7-bit weights) is for x86 CPUs without
-VNNI, where u8 x s8 products can saturate (ONNX Runtime's quantization guide). Measured on an AVX2 CPU without VNNI
+−0.40 / −0.49 points, ML-GAT 96.3 / 95.0 / 96.7 % identical label sets), so the build judges each.
+``reduce_range`` (7-bit weights) is for x86 CPUs without VNNI, where u8 x s8 products can saturate (ONNX Runtime's
+quantization guide). Measured on an AVX2 CPU without VNNI
 (the zoo's ML-GCN, 225 held-out images, every layer int8, percentile): QDQ with 8-bit weights ΔmAP −1.63 points and
 92.0 % identical label sets, with 7-bit weights −0.01 and 97.8 % (QOperator: −1.57 / 91.1 % and −0.14 / 98.2 %).
 

@@ -15,9 +15,9 @@ float-layer budget, whether fine-tuning may follow, the CPU graph), where the fi
    (``judge_fine_tuned``), puts it in place of the post-training one where it comes closer (``adopt_fine_tuned``)
    and records it (``record_fine_tuning``).
 3. ``cpu_graph()``: ONNX Runtime's CPU graph, in the form (QDQ or QOperator) and op set (every op type, or the
-   weighted ops and Adds, with or without their Relu) chosen by ``choose_cpu_graph``: the fastest on this CPU (the ``CpuTarget``'s timer)
-   of those nearest the CPU target on the judging images; its float layers grown by the same search towards its own
-   target (``cpu_target``);
+   weighted ops and Adds, with or without their Relu) chosen by ``choose_cpu_graph``: the fastest on this CPU (the
+   ``CpuTarget``'s timer) of those nearest the CPU target on the judging images; its float layers grown by the same
+   search towards its own target (``cpu_target``);
    where it still misses (``cpu_fine_tuning_wanted``), the command fine-tunes for the CPU graph's scheme and
    ``adopt_cpu_fine_tuned`` quantizes those weights into the CPU graph, judged and kept as in step 2.
 

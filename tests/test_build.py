@@ -359,9 +359,9 @@ def test_parity_and_bench_refuse_a_read_only_run_before_computing(capsys, run_co
 
 def test_onnxruntime_int8_build_makes_the_cpu_graph_in_its_fastest_form(built_run):
     """`build --precision int8 --backend onnxruntime` also writes model.int8.cpu.onnx: uint8 activations, of the
-    forms (QDQ, QOperator) and op sets (every op type, the weighted ops, and their Relu) each timed in turns with fp32 and judged on
-    the validation images, the one the rule picks (calibration/plan.py choose_cpu_graph), recorded with every
-    candidate's timings and figures."""
+    forms (QDQ, QOperator) and op sets (every op type, the weighted ops, with their Relu) each timed in turns with
+    fp32 and judged on the validation images, the one the rule picks (calibration/plan.py choose_cpu_graph),
+    recorded with every candidate's timings and figures."""
     from mlic_edge.calibration import AccuracyTarget, quantized_node_names
     from mlic_edge.calibration.accuracy import Step
     from mlic_edge.calibration.plan import choose_cpu_graph
