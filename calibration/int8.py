@@ -565,12 +565,20 @@ def stamp_source(path: Path, fp32_path: Path, **stamps: str) -> None:
 
 
 def quantized_node_names(model: onnx.ModelProto) -> list[str]:
-    """The layers that run in INT8: nodes of the quantized op types fed by a DequantizeLinear (Q/DQ form), and
-    ONNX Runtime's integer operators (QOperator form: QLinearConv, MatMulInteger, ...)."""
+    """The layers that run in INT8: in Q/DQ form, a weighted op whose second input (its weights, or a MatMul's other
+    operand) comes through a DequantizeLinear and an Add with an input that does; ONNX Runtime's integer operators
+    in QOperator form (QLinearConv, QGemm, MatMulInteger, ...). A layer kept float whose input alone was dequantized
+    (the classifier after a quantized pooling) is not one."""
     dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
-    return [node.name for node in model.graph.node
-            if (node.op_type in QUANTIZED_OP_TYPES and any(name in dequantized for name in node.input))
-            or (node.op_type.startswith("QLinear") or node.op_type.endswith("Integer"))]
+
+    def runs_int8(node: onnx.NodeProto) -> bool:
+        if node.op_type in WEIGHTED_OP_TYPES:
+            return len(node.input) > 1 and node.input[1] in dequantized
+        if node.op_type == "Add":
+            return any(name in dequantized for name in node.input)
+        return node.op_type.startswith(("QLinear", "QGemm")) or node.op_type.endswith("Integer")
+
+    return [node.name for node in model.graph.node if runs_int8(node)]
 
 
 def _require_calibration_cache_support() -> None:

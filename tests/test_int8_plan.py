@@ -201,6 +201,7 @@ def test_the_cpu_graph_keeps_the_score_head_float(run_copy):
         producers = {out: node for node in quantized.graph.node for out in node.output}
         assert producers[quantized.graph.output[0].name].op_type == "Sigmoid"  # not QLinearSigmoid, not a DQ
         assert len(quantized_node_names(quantized)) > 3  # the backbone is int8
+        assert head[-1] not in quantized_node_names(quantized)  # the float classifier, though its input is dequantized
     report = quantize_int8(run.onnx("fp32"), run.path / "trt.onnx", run.path / "calibration", calibration=calibration,
                            preprocessing=spec.preprocessing, scheme=TENSORRT_INT8)
     assert report.float_head == []
