@@ -382,19 +382,16 @@ class Int8Plan:
                         ) -> dict[str, Any] | None:
         files, method = self.files, self.inputs.method
         out = files.stage(files.cpu)
-        quantizers: dict[str, Callable[[list[str], Path], Int8Report]] = {}  # by name, for the search to come
-
-        def quantize(scheme: Int8Scheme, path: Path) -> Int8Report:
-            quantizers[scheme.candidate] = self._quantizer(scheme, "int8 CPU graph")
-            return quantizers[scheme.candidate](keep_fp, path)
-
+        schemes = self._cpu_schemes()
+        quantizers = {name: self._quantizer(scheme, "int8 CPU graph") for name, scheme in schemes.items()}
         if self.calibration is None and not has_record(files.records, files.fp32, method,
                                                        cpu_int8_scheme(CPU_FORMATS[0])):
             warn(f"int8 CPU graph not made: no training images here and no {method} calibration record of it in the "
                  "run (build it where the images are, or pass --calib-data)")
             return None
         with tempfile.TemporaryDirectory(prefix=".int8-cpu.", dir=files.run) as work:
-            schemes, reports = self._cpu_candidates(quantize, Path(work))
+            reports = {name: quantizers[name](keep_fp, _candidate_path(Path(work), scheme))
+                       for name, scheme in schemes.items()}
             self.say(f"int8 CPU graph: timing {', '.join(schemes)} against fp32", 0, 1)
             graphs = {"fp32": files.fp32, **{name: report.path for name, report in reports.items()}}
             latency = cpu.time_graphs(graphs, CPU_TIMING_BATCHES, CPU_TIMING_ROUNDS)
@@ -454,12 +451,11 @@ class Int8Plan:
         record, search = self.decision.record["cpu_graph"], self.cpu_search
         source = f"quantization-aware for the CPU graph, {fine_tuning['epochs']} epoch(s)"
         with tempfile.TemporaryDirectory(prefix=".int8-cpu-qat.", dir=self.files.run) as work:
-            def quantize(scheme: Int8Scheme, path: Path) -> Int8Report:
-                return quantize_int8(fine_tuned_fp32, path, Path(work) / "records", method="minmax",
-                                     calibration=self.calibration, preprocessing=self.preprocessing, scheme=scheme,
-                                     keep_fp=kept_fp)
-
-            schemes, reports = self._cpu_candidates(quantize, Path(work))
+            schemes = self._cpu_schemes()
+            reports = {name: quantize_int8(fine_tuned_fp32, _candidate_path(Path(work), scheme), Path(work) / "records",
+                                           method="minmax", calibration=self.calibration,
+                                           preprocessing=self.preprocessing, scheme=scheme, keep_fp=kept_fp)
+                       for name, scheme in schemes.items()}
             judged = {name: dataclasses.replace(self._judge(report.path, search.target), source=source,
                                                 kept_fp=list(report.kept_fp)) for name, report in reports.items()}
             # the post-training graphs of each form and op set were timed; the fine-tuned ones have their structure
@@ -497,14 +493,10 @@ class Int8Plan:
 
     # the pieces
 
-    def _cpu_candidates(self, quantize: Callable[[Int8Scheme, Path], Int8Report], work: Path
-                        ) -> tuple[dict[str, Int8Scheme], dict[str, Int8Report]]:
-        """Every CPU graph a build chooses from (each form, each op set: ``Int8Scheme.candidate`` names them),
-        quantized by ``quantize(scheme, path)`` into ``work``: (schemes, reports), by name."""
-        schemes = {scheme.candidate: scheme for scheme in (cpu_int8_scheme(form, self.inputs.cpu.reduce_range, op_set)
-                                                           for form in CPU_FORMATS for op_set in CPU_OP_SETS)}
-        return schemes, {name: quantize(scheme, work / f"{scheme.quant_format}.{scheme.op_set}.onnx")
-                         for name, scheme in schemes.items()}
+    def _cpu_schemes(self) -> dict[str, Int8Scheme]:
+        """Every CPU graph a build chooses from (each form, each op set), by name (``Int8Scheme.candidate``)."""
+        return {scheme.candidate: scheme for scheme in (cpu_int8_scheme(form, self.inputs.cpu.reduce_range, op_set)
+                                                        for form in CPU_FORMATS for op_set in CPU_OP_SETS)}
 
     def _meet_accuracy_target(self, quantize: Callable[[list[str], Path], Int8Report], first: Path, *,
                               start: list[str], what: str, ranking: list[dict] | None = None,
@@ -610,6 +602,10 @@ class Int8Plan:
             return None
         return {"path": str(path), "reused": True, "source": "qat", "kept_fp": [],
                 "quantized_nodes": quantized_node_count(path)}
+
+
+def _candidate_path(work: Path, scheme: Int8Scheme) -> Path:
+    return work / f"{scheme.quant_format}.{scheme.op_set}.onnx"
 
 
 def quantized_node_count(path: Path) -> int:
