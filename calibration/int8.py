@@ -51,7 +51,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -181,6 +181,7 @@ class Int8Report:
     quant_format: str = "QDQ"
     notes: list[str] = field(default_factory=list)
     float_head: list[str] = field(default_factory=list)  # the score head's nodes, kept float by the scheme
+    fine_tuned_steps: int = 0  # weights rounded with a fine-tuning's own steps (``weight_steps``), not ONNX Runtime's
 
     def as_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -251,10 +252,14 @@ def residual_add_inputs(model: onnx.ModelProto) -> dict[str, int]:
 def quantize_int8(fp32_path: Path, out_path: Path, record_root: Path, *, method: str = "percentile",
                   calibration: CalibrationSet | None, preprocessing: Preprocessing | None = None,
                   keep_fp: Sequence[str] = (), progress: ProgressCallback | None = None,
-                  scheme: Int8Scheme = TENSORRT_INT8, **loose: Any) -> Int8Report:
+                  scheme: Int8Scheme = TENSORRT_INT8, weight_steps: Mapping[str, Mapping] | None = None,
+                  **loose: Any) -> Int8Report:
     """Write ``out_path`` (INT8, by default TensorRT's Q/DQ graph; ``scheme`` for another) from ``fp32_path``;
     calibrate on ``calibration``, preprocessed as ``preprocessing`` says, or reuse a stored record of the scheme's
-    settings. (``loose``: scripts written before ``Preprocessing`` pass its fields as keywords, img_size=... .)
+    settings. ``weight_steps``: the per-channel steps a quantization-aware fine-tuning rounded ``fp32_path``'s
+    weights with (train/qat.py ``weight_steps``), used for those weights in place of ONNX Runtime's own
+    (``fine_tuned_overrides``). (``loose``: scripts written before ``Preprocessing`` pass its fields as
+    keywords, img_size=... .)
 
     With ``calibration=None`` the newest record for this fp32 model and method is reused (a device without the
     images); with images, an existing record of the same key is reused and no image is read.
@@ -298,7 +303,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, record_root: Path, *, method:
             # ORT's histogram calibrators stack the per-batch outputs, so every batch must have one shape.
             batches = calibration.batches(preprocessing, batch_size=1)
             reader = _BatchReader(model.graph.input[0].name, batches, len(calibration), progress)
-        _run_quantizer(source, tmp, ranges, reader, method, excluded, scheme)
+        overrides = fine_tuned_overrides(weight_steps, scheme.reduce_range) if weight_steps else {}
+        _run_quantizer(source, tmp, ranges, reader, method, excluded, scheme, overrides)
         quantized = _finish_model(tmp, model, fp32_sha, key, scheme)
         if reader is not None:
             images = reader.images
@@ -310,7 +316,20 @@ def quantize_int8(fp32_path: Path, out_path: Path, record_root: Path, *, method:
     return Int8Report(path=out_path, key=key, method=method, images=images, reused=reused,
                       quantized_nodes=quantized, kept_fp=list(keep_fp), record_dir=record_dir,
                       seconds=time.monotonic() - started, graph=scheme.graph, quant_format=scheme.quant_format,
-                      notes=notes, float_head=float_head)
+                      notes=notes, float_head=float_head, fine_tuned_steps=len(overrides))
+
+
+def fine_tuned_overrides(weight_steps: Mapping[str, Mapping], reduce_range: bool) -> dict[str, list[dict]]:
+    """ONNX Runtime's ``TensorQuantOverrides`` that round each weight channel with a fine-tuning's own step
+    (``quantize_int8``'s ``weight_steps``): a symmetric range of the step times ONNX Runtime's largest integer (64 with
+    ``reduce_range``, else 127), from which it derives that step again; the integers stay within its range."""
+    from onnxruntime.quantization.quant_utils import get_qmin_qmax_for_qType
+
+    low, high = get_qmin_qmax_for_qType(onnx.TensorProto.INT8, reduce_range=reduce_range, symmetric=True)
+    half = (int(high) - int(low)) / 2
+    return {name: [{"axis": int(weight["axis"]), "rmin": np.array(-step * half, dtype=np.float32),
+                    "rmax": np.array(step * half, dtype=np.float32)} for step in weight["steps"]]
+            for name, weight in weight_steps.items()}
 
 
 class _BatchReader:
@@ -334,8 +353,9 @@ class _BatchReader:
 
 
 def _run_quantizer(fp32_path: Path, out_path: Path, ranges: Path, reader: _BatchReader | None, method: str,
-                   excluded: list[str], scheme: Int8Scheme) -> None:
-    """Calibrate into ``ranges`` (unless it holds stored ranges already), then quantize with those ranges."""
+                   excluded: list[str], scheme: Int8Scheme, overrides: Mapping[str, list] | None = None) -> None:
+    """Calibrate into ``ranges`` (unless it holds stored ranges already), then quantize with those ranges and
+    ``overrides`` (ONNX Runtime's ``TensorQuantOverrides``)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     # ORT prints calibration chatter on stdout (reserved for JSON output) and nags about pre-processing.
@@ -349,7 +369,9 @@ def _run_quantizer(fp32_path: Path, out_path: Path, ranges: Path, reader: _Batch
                             weight_type=QuantType.QInt8,
                             op_types_to_quantize=list(scheme.op_types) if scheme.op_types else None,
                             nodes_to_exclude=excluded, calibrate_method=_calibration_methods()[method],
-                            calibration_cache_path=str(ranges), extra_options=dict(scheme.extra_options))
+                            calibration_cache_path=str(ranges),
+                            extra_options={**scheme.extra_options,
+                                           **({"TensorQuantOverrides": dict(overrides)} if overrides else {})})
             if scheme.residual_adds:
                 _quantize_residual_adds(out_path, ranges, excluded)
         except (ValueError, RuntimeError) as error:

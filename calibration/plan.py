@@ -442,10 +442,12 @@ class Int8Plan:
         return search is not None and not search.met and self.inputs.fine_tune_epochs > 0
 
     def adopt_cpu_fine_tuned(self, fine_tuned_fp32: Path, fine_tuning: Mapping[str, Any],
-                             kept_fp: Sequence[str] = ()) -> FineTunedTrial:
-        """ONNX Runtime's CPU graph quantized, in the form chosen, from ``fine_tuned_fp32`` (the weights fine-tuned
-        for the CPU graph's scheme, ``fine_tuning`` says how; min/max ranges, as the fine-tuning's max calibration
-        set them), every layer int8 but ``kept_fp`` (those fine-tuned without quantizers), judged against
+                             kept_fp: Sequence[str] = (), weight_steps: Mapping[str, Mapping] | None = None
+                             ) -> FineTunedTrial:
+        """ONNX Runtime's CPU graph quantized, in each form and op set, from ``fine_tuned_fp32`` (the weights
+        fine-tuned for the CPU graph's scheme, ``fine_tuning`` says how; min/max ranges, as the fine-tuning's max
+        calibration set them; the weights rounded with the fine-tuning's own ``weight_steps`` where given, train/qat.py
+        ``weight_steps``), every layer int8 but ``kept_fp`` (those fine-tuned without quantizers), judged against
         model.onnx on the judging images; staged in place of the post-training CPU graph where it meets the CPU
         target or comes closer, and recorded either way."""
         record, search = self.decision.record["cpu_graph"], self.cpu_search
@@ -454,7 +456,8 @@ class Int8Plan:
             schemes = self._cpu_schemes()
             reports = {name: quantize_int8(fine_tuned_fp32, _candidate_path(Path(work), scheme), Path(work) / "records",
                                            method="minmax", calibration=self.calibration,
-                                           preprocessing=self.preprocessing, scheme=scheme, keep_fp=kept_fp)
+                                           preprocessing=self.preprocessing, scheme=scheme, keep_fp=kept_fp,
+                                           weight_steps=weight_steps)
                        for name, scheme in schemes.items()}
             judged = {name: dataclasses.replace(self._judge(report.path, search.target), source=source,
                                                 kept_fp=list(report.kept_fp)) for name, report in reports.items()}
@@ -468,8 +471,8 @@ class Int8Plan:
                  f"{self.judging_images}: {agreement_words(step)} (post-training, {record['candidate']}: "
                  f"{agreement_words(search.final)})" + ("" if adopted else "; the post-training CPU graph is kept"))
             trial = FineTunedTrial(step, float(fine_tuning.get("seconds") or 0.0), adopted)
-            fine_tuning = {**fine_tuning, "candidates_judged": {name: dataclasses.asdict(each)
-                                                                for name, each in judged.items()}}
+            fine_tuning = {**fine_tuning, "fine_tuned_steps": report.fine_tuned_steps,
+                           "candidates_judged": {name: dataclasses.asdict(each) for name, each in judged.items()}}
             if not adopted:
                 record["qat_trial"] = {**dataclasses.asdict(step), "candidate": chosen, **fine_tuning}
                 return trial

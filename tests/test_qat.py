@@ -315,3 +315,67 @@ def test_fine_tuning_never_sees_the_validation_split_that_judges_the_int8_graph(
     held, _ = recorded_validation(train_split, recorded.val_fraction, recorded.val_seed, recorded.val_ids_sha256)
     assert held is not None and len(held) == recorded.val_images == 12
     assert not fine_tuned_on & set(held.image_ids) and len(fine_tuned_on) == len(train_split) - len(held)
+
+
+@pytest.mark.slow
+def test_the_cpu_graph_rounds_the_fine_tuned_weights_as_the_fine_tuning_did(run_copy, tmp_path):
+    """The CPU graph quantized from weights fine-tuned for it computes with the weights the fine-tuning learned
+    around: each int8 weight, dequantized, is the fake-quantized one (BatchNorm folded in), 7-bit, where ONNX Runtime
+    by itself steps max|w| / 64 and ModelOpt amax / 63 (so without the fine-tuning's steps many weights differ)."""
+    import contextlib
+    import io
+
+    import numpy as np
+    import torch
+    from onnx import numpy_helper
+
+    from mlic_edge.calibration.images import select_calibration_set
+    from mlic_edge.calibration.int8 import cpu_int8_scheme, quantize_int8
+    from mlic_edge.commands.qat import export_fine_tuned_fp32
+    from mlic_edge.data import open_dataset
+    from mlic_edge.rundir import RunDir
+    from mlic_edge.train.qat import cpu_qat_scheme, float_modules, quantization_aware_finetune, weight_steps
+
+    run = RunDir(run_copy)
+    spec = run.spec()
+    with contextlib.redirect_stderr(io.StringIO()):
+        result = quantization_aware_finetune(run, 1, None, 16, device="cpu", scheme=cpu_qat_scheme(True),
+                                             say=lambda _: None)
+        fine_tuned = tmp_path / "fine-tuned.onnx"
+        export_fine_tuned_fp32(result, spec, fine_tuned)
+        steps = weight_steps(result.model, fine_tuned)
+        calibration = select_calibration_set(open_dataset(spec.dataset_record.spec, role="train"), 16)
+
+        def dequantized_weights(**options) -> dict[str, np.ndarray]:
+            path = quantize_int8(fine_tuned, tmp_path / f"cpu{len(options)}.onnx", tmp_path / "records",
+                                 method="minmax", calibration=calibration, preprocessing=spec.preprocessing,
+                                 scheme=cpu_int8_scheme("QDQ", reduce_range=True), **options).path
+            graph = onnx.load(str(path)).graph
+            tensors = {item.name: numpy_helper.to_array(item).astype(np.float64) for item in graph.initializer}
+            return {node.input[0].removesuffix("_quantized"): (tensors[node.input[0]]
+                                                               * np.expand_dims(tensors[node.input[1]], (1, 2, 3)))
+                    for node in graph.node if node.op_type == "DequantizeLinear" and node.input[0] in tensors
+                    and tensors[node.input[0]].ndim == 4}
+
+    graph = onnx.load(str(fine_tuned)).graph
+    floats = {item.name: numpy_helper.to_array(item).astype(np.float64) for item in graph.initializer}
+    convs = {node.name: node.input[1] for node in graph.node if node.op_type == "Conv"}
+    expected = {}
+    for node, module_name in float_modules(result.model, list(convs)).items():
+        module = result.model.get_submodule(module_name)
+        with torch.no_grad():
+            fake = module.weight_quantizer(module.weight).double().numpy()
+        trained = module.weight.detach().double().numpy()
+        folded = floats[convs[node]].reshape(len(trained), -1)[:, 0] / trained.reshape(len(trained), -1)[:, 0]
+        expected[convs[node]] = fake * folded[:, None, None, None]
+    assert len(expected) > 3 and set(expected) <= set(steps)
+    with_steps, without = dequantized_weights(weight_steps=steps), dequantized_weights()
+    rounded_otherwise, total = 0, 0
+    for name, weights in expected.items():
+        off = np.abs(with_steps[name] - weights)
+        step = np.asarray(steps[name]["steps"]).reshape(-1, 1, 1, 1)
+        assert np.all(off <= step * 1.001), name  # a tie at half a step may round the other way in float32
+        rounded_otherwise, total = rounded_otherwise + np.sum(off > 1e-4 * np.abs(weights) + 1e-7), total + off.size
+    assert rounded_otherwise / total < 1e-5
+    shares = [np.mean(~np.isclose(without[name], weights, rtol=1e-4, atol=1e-7)) for name, weights in expected.items()]
+    assert np.mean(shares) > 0.2

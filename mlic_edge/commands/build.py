@@ -480,7 +480,7 @@ def _fine_tune_cpu_graph(run: RunDir, spec: RunSpec, request: BuildRequest, plan
 
     from mlic_edge.commands.qat import export_fine_tuned_fp32, qat_blocker
     from mlic_edge.train.config import QAT_WORKERS
-    from mlic_edge.train.qat import cpu_qat_scheme, quantization_aware_finetune
+    from mlic_edge.train.qat import cpu_qat_scheme, quantization_aware_finetune, weight_steps
 
     blocker = qat_blocker(run)
     if blocker is not None:
@@ -503,7 +503,7 @@ def _fine_tune_cpu_graph(run: RunDir, spec: RunSpec, request: BuildRequest, plan
         trial = plan.adopt_cpu_fine_tuned(fine_tuned, {"epochs": result.epochs, "lr": result.lr,
                                                        "target": result.target, "scheme": scheme.describe(),
                                                        "seconds": result.seconds, "device": result.device},
-                                          result.kept_fp)
+                                          result.kept_fp, weight_steps(result.model, fine_tuned))
     if trial.adopted and ptq_eval:
         plan.decision.record["cpu_graph"]["post_training"]["eval_accuracy"] = ptq_eval
 
