@@ -153,9 +153,12 @@ def measure(source: Path, work: Path, exact_cpu: bool, paths: list[str]) -> dict
 
 
 def markdown(result: dict) -> str:
+    held_out = sorted({row["validation"]["images"] for model in result["models"] for row in model["rows"]
+                       if row["validation"].get("images")})
     lines = [f"# INT8 over the zoo, judged on unseen images ({result['date']}, {result['machine']})", "",
              "`build -p int8 --backend onnxruntime` on each zoo run (`benchmarks/zoo.py`: resnet10t from scratch, "
-             "96 px, the quick recipe, synthetic long-tailed data, 90 validation images held out before training), "
+             "96 px, the quick recipe, synthetic long-tailed data, "
+             f"{' or '.join(map(str, held_out)) or 'no'} validation images held out before training), "
              "post-training only (`--qat-epochs 0`) and by default (each graph that misses its target on the "
              "validation images is fine-tuned for its own scheme, 3 epochs of quantization-aware distillation, the layers "
              "its post-training search kept in float left float). "
