@@ -60,7 +60,7 @@ def one(name: str, loss: str | None, data: str, out: Path, args, recipe: str = "
     epochs = args.epochs or QUICK.epochs  # paper recipes run for the quick one's epochs here
     train(TrainConfig(model=name, data=data, out=run.path, recipe=recipe, backbone=args.backbone, epochs=epochs,
                       img_size=args.img_size, loss=loss, sampler=sampler, lr=args.lr, workers=2, seed=args.seed,
-                      overwrite=True, pretrained=False))
+                      val_fraction=args.val_fraction, overwrite=True, pretrained=False))
     train_s = time.monotonic() - started
     meta = run.read()
     used = meta["recipe"]
@@ -130,6 +130,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=None)
     parser.add_argument("--seed", type=int, default=0, help="training seed of every row (rows of another seed than 0 "
                         "are kept beside the seed-0 rows and labelled)")
+    parser.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
+                        help="share of the training split held out before training (the int8 build judges on it)")
     parser.add_argument("--lr", type=float, default=None, help="override every row's recipe lr (for trials; each row "
                         "records the lr it used)")
     parser.add_argument("--losses", nargs="*", default=["bce", "softmargin", "focal", "asl", "dbl", "dab"])
