@@ -27,7 +27,9 @@ def test_the_whole_path_runs_without_the_cli(synth_data, tmp_path):
     first = next(iter(run.predict(str(synth_data / "JPEGImages"))))  # leaving the loop early stops the source
     assert {"source", "index", "labels", "top_k", "timing"} <= set(first.to_dict())
 
-    report = run.parity(precisions=("fp32", "int8"), tolerances={"int8": 100.0, "fp32": 100.0}, check=True)
+    # the path, not the 2-epoch model's int8 accuracy (which moves with the CPU's int8 kernels): every limit relaxed
+    report = run.parity(precisions=("fp32", "int8"), tolerances={"int8": 100.0, "fp32": 100.0},
+                        labelset_floors={"int8": 0.0, "fp32": 0.0}, check=True)
     assert {result["precision"] for result in report["results"]} == {"fp32", "int8"}
     assert (run.path / "reports" / "parity.json").is_file()
     assert run.bench(batches=(1,), iterations=2, warmup=0, frames=4)["results"][0]["batch"] == 1

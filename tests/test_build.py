@@ -173,9 +173,10 @@ def test_rebuilding_fp16_reuses_the_file_unchanged(built_run, tmp_path):
 def test_parity_checks_every_precision_present(capsys, built_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(built_run, run)
-    result = invoke(capsys, "parity", "--run", run, "--json")
-    # The tiny fixture model's int8 misses its default targets on 40 eval images (the build said so too: the verdict
-    # test above); with int8's limits relaxed, every precision passes.
+    # int8's scores never equal fp32's: a limit on the largest difference no int8 graph meets fails int8 alone, with
+    # exit 3 (whether the tiny model's int8 meets its default targets on 40 images moves with the CPU's int8
+    # kernels); with int8's limits relaxed, every precision passes.
+    result = invoke(capsys, "parity", "--run", run, "--json", "--max-diff", "int8=1e-9")
     failed = {(row["precision"], row["graph"]) for row in json.loads(result.out)["results"] if not row["passed"]}
     assert result.code == 3 and failed and {precision for precision, _ in failed} == {"int8"}, result.err
     result = invoke(capsys, "parity", "--run", run, "--json", "--tolerance", "int8=1.5", "--min-same", "int8=0.9")

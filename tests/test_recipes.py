@@ -173,7 +173,9 @@ def test_compile_and_channels_last_train_the_same_model(capsys, tmp_path, synth_
         config = json.loads((tmp_path / name / "run.json").read_text())["train"]["config"]
         assert config["compile"] == (name == "compiled") and config["channels_last"] == (name == "compiled")
     assert compiled == ["_TrainingLoss"]
-    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
+    # channels-last convolutions sum in another order: 1.1e-4 apart on an AVX-512 Xeon, 1e-5 on an AVX2 EPYC; a model
+    # trained otherwise (another initialisation, another loss) lands percents away
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-3)
 
 
 def test_cutmix_mixes_a_box_and_the_labels_by_its_area():
