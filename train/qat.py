@@ -484,8 +484,7 @@ def weight_steps(model: torch.nn.Module, onnx_path: Path) -> dict[str, dict[str,
 
 def _weight_axis(module: torch.nn.Module) -> int:
     """The axis of a weighted module's output channels (``WEIGHTED_MODULES``)."""
-    return next(axis for name, axis in WEIGHTED_MODULES.items()
-                if isinstance(module, getattr(torch.nn, name.removeprefix("nn."))))
+    return next(axis for kind, axis in zip(_weighted_types(), WEIGHTED_MODULES.values()) if isinstance(module, kind))
 
 
 def _exported_steps(exported: np.ndarray, trained: np.ndarray, quantizer, axis: int) -> dict[str, Any] | None:
