@@ -240,10 +240,11 @@ def test_the_cpu_graph_quantizes_every_op_type_or_only_the_weighted_ops_from_one
 
 
 def test_the_cpu_graph_chosen_is_the_fastest_nearest_the_target():
-    """Of the CPU graphs judged: the fastest meeting the target; where none meets it, the fastest whose |ΔmAP|
-    (with its margin) is within it among those keeping nearly the most label sets; where none is, the smallest
-    |ΔmAP| of those. The figures are the zoo's semdep, eval split (every op type QDQ −0.54 / 98.3 %, QOperator
-    −0.54 / 99.0 %; weighted ops QDQ −0.40 / 99.0 %, QOperator −0.35 / 99.3 %)."""
+    """Of the CPU graphs judged: the fastest meeting the target; where none meets it, the fastest of those the
+    judging images cannot tell from the nearest (the fastest whose |ΔmAP| with its margin is within the target among
+    those keeping nearly the most label sets, else the smallest |ΔmAP| of those). The figures are the zoo's semdep,
+    eval split (every op type QDQ −0.54 / 98.3 %, QOperator −0.54 / 99.0 %; weighted ops QDQ −0.40 / 99.0 %,
+    QOperator −0.35 / 99.3 %)."""
     from mlic_edge.calibration.accuracy import Step
     from mlic_edge.calibration.plan import choose_cpu_graph
 
@@ -258,11 +259,39 @@ def test_the_cpu_graph_chosen_is_the_fastest_nearest_the_target():
     assert choose_cpu_graph(ms, semdep, target) == "QDQ, weighted ops"  # fastest with |ΔmAP| + SE ≤ 0.5
     assert choose_cpu_graph(ms, {**semdep, "QOperator, weighted ops": step(-0.35, 0.993, met=True)},
                             target) == "QOperator, weighted ops"  # the only one meeting it, though slowest
-    wide = {name: dataclasses.replace(each, delta_se=0.3) for name, each in semdep.items()}
-    assert choose_cpu_graph(ms, wide, target) == "QOperator, weighted ops"  # none within: the smallest |ΔmAP|
+    beyond = {name: dataclasses.replace(each, delta_mAP_points=each.delta_mAP_points - 0.2, delta_se=0.01)
+              for name, each in semdep.items()}
+    assert choose_cpu_graph(ms, beyond, target) == "QOperator, weighted ops"  # none within: the smallest |ΔmAP|
     q2l = {**semdep, "QOperator": step(-4.9, 0.01), "QOperator, weighted ops": step(0.01, 0.833)}
     assert choose_cpu_graph(ms, q2l, target) == "QDQ, weighted ops"  # 83 % is not near the best 99 %
     assert choose_cpu_graph(ms, None, target) == "QOperator"  # unjudged: the fastest
+
+
+def test_where_none_meets_the_cpu_target_the_images_must_show_the_faster_graph_worse_to_refuse_it():
+    """Where no CPU graph meets its target, a faster one is refused only for a difference the judging images
+    resolve. The figures are the zoo's ML-GCN (90 validation images, 25 effective): the nearest (QOperator, weighted
+    ops and their Relu) ran at 18.8 ms at batch 8, QDQ with every op type at 8.5 ms, within the noise of it."""
+    from mlic_edge.calibration.accuracy import Step
+    from mlic_edge.calibration.plan import choose_cpu_graph, nearest_cpu_graph
+
+    target = AccuracyTarget(0.5, 0.97)
+
+    def step(delta: float, delta_se: float, estimate: float, estimate_se: float) -> Step:
+        return Step([], delta, 0.989, False, delta_se=delta_se, estimated_agreement=estimate, estimate_se=estimate_se)
+
+    ms = {"QDQ": 8.5, "QOperator": 9.4, "QOperator, weighted ops": 12.8, "QOperator, weighted ops and their Relu": 18.8}
+    mlgcn = {"QDQ": step(-0.16, 0.98, 0.957, 0.030), "QOperator": step(-0.15, 0.94, 0.958, 0.030),
+             "QOperator, weighted ops": step(0.02, 0.12, 0.941, 0.039),
+             "QOperator, weighted ops and their Relu": step(0.29, 0.46, 0.958, 0.033)}
+    assert nearest_cpu_graph(ms, mlgcn, target) == "QOperator, weighted ops and their Relu"
+    assert choose_cpu_graph(ms, mlgcn, target) == "QDQ"  # 8.5 ms, no further by what the images resolve
+    # fewer label sets by less than two standard errors of the difference does not refuse it either
+    assert choose_cpu_graph(ms, {**mlgcn, "QDQ": step(-0.16, 0.98, 0.930, 0.030)}, target) == "QDQ"
+    # gaps the images resolve: every faster graph has a larger |ΔmAP| or fewer label sets by more than the margin
+    resolved = {"QDQ": step(-0.70, 0.05, 0.957, 0.003), "QOperator": step(-0.70, 0.05, 0.958, 0.003),
+                "QOperator, weighted ops": step(0.55, 0.05, 0.941, 0.003),
+                "QOperator, weighted ops and their Relu": step(0.55, 0.05, 0.958, 0.003)}
+    assert choose_cpu_graph(ms, resolved, target) == "QOperator, weighted ops and their Relu"
 
 
 def test_a_faster_cpu_form_that_loses_label_sets_is_not_chosen(run_copy, monkeypatch):
