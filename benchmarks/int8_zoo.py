@@ -55,13 +55,17 @@ def graph_rows(entry: dict, path: str, seconds: float) -> list[dict]:
                               "unseen": (search.get("judged_on") or {}).get("unseen")},
                "build_seconds": round(seconds, 1)}
         if graph == "cpu":
-            latency = record["latency_ms"]
-            chosen = record.get("candidate", record["quant_format"])
-            row["cpu"] = {"form": chosen, "reduce_range": record["reduce_range"],
-                          "ratio_vs_fp32": {batch: latency[chosen][batch] / latency["fp32"][batch]
-                                            for batch in latency["fp32"]}}
+            row["cpu"] = cpu_latency(record, record["reduce_range"])
         rows.append(row)
     return rows
+
+
+def cpu_latency(record: dict, reduce_range: bool) -> dict:
+    """A CPU graph record's chosen candidate and its latency ratio to fp32, as the build timed them."""
+    latency = record["latency_ms"]
+    chosen = record.get("candidate", record["quant_format"])
+    return {"form": chosen, "reduce_range": reduce_range,
+            "ratio_vs_fp32": {batch: latency[chosen][batch] / latency["fp32"][batch] for batch in latency["fp32"]}}
 
 
 def post_training_rows(entry: dict, run: RunDir, rows: list[dict]) -> list[dict]:
@@ -87,6 +91,8 @@ def post_training_rows(entry: dict, run: RunDir, rows: list[dict]) -> list[dict]
                               "labelset_agreement": previous["labelset_agreement"],
                               "estimated_agreement": previous.get("estimated_agreement"), "met": previous["met"]},
                "delta_mAP_points": None, "labelset_agreement": None, "passed": None, "next_step": None}
+        if row["graph"] == "cpu" and "latency_ms" in record.get("post_training", {}):  # timed apart from fine-tuned
+            out["cpu"] = cpu_latency(record["post_training"], record["reduce_range"])
         if measured:
             out.update(delta_mAP_points=measured["delta_mAP_vs_fp32"] * 100,
                        labelset_agreement=measured["labelset_agreement_vs_fp32"],

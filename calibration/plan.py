@@ -44,9 +44,9 @@ from mlic_edge.calibration.accuracy import (AccuracyTarget, ErrorSample, KeepFpS
                                             onnx_scores, search_keep_fp)
 from mlic_edge.calibration.images import (CalibrationSet, first_images, select_calibration_set, split_holdout,
                                           validation_holdout)
-from mlic_edge.calibration.int8 import (CPU_FORMATS, CPU_OP_SETS, TENSORRT_INT8, Int8Report,
-                                        Int8Scheme, cpu_int8_scheme, has_record, quantize_int8, quantized_node_names,
-                                        stamp_source)
+from mlic_edge.calibration.int8 import (CPU_FORMATS, FINE_TUNED_CPU_OP_SETS, POST_TRAINING_CPU_OP_SETS,
+                                        TENSORRT_INT8, Int8Report, Int8Scheme, cpu_int8_scheme, has_record,
+                                        quantize_int8, quantized_node_names, stamp_source, unsimulated_nodes)
 from mlic_edge.calibration.sensitivity import layer_sensitivity
 from mlic_edge.console import info, warn
 from mlic_edge.export.lineage import ONNX_SHA
@@ -391,7 +391,7 @@ class Int8Plan:
 
     def cpu_graph(self) -> dict[str, Any] | None:
         """model.int8.cpu.onnx staged: the int8 graph ONNX Runtime's CPU kernels fuse (uint8 activations, its own
-        calibration record), of the forms (QDQ, QOperator) and op sets (``CPU_OP_SETS``) the
+        calibration record), of the forms (QDQ, QOperator) and op sets (``POST_TRAINING_CPU_OP_SETS``) the
         one ``choose_cpu_graph`` picks, each timed against fp32 in turns on this CPU at batch 8 and judged on the
         judging images; the layers kept in float start from the post-training graph's and grow by the same search
         where held-out images are here. None (and a warning) where neither images nor a stored record exist. Also
@@ -471,35 +471,45 @@ class Int8Plan:
     def adopt_cpu_fine_tuned(self, fine_tuned_fp32: Path, fine_tuning: Mapping[str, Any],
                              kept_fp: Sequence[str] = (), weight_steps: Mapping[str, Mapping] | None = None
                              ) -> FineTunedTrial:
-        """ONNX Runtime's CPU graph quantized, in each form and op set, from ``fine_tuned_fp32`` (the weights
-        fine-tuned for the CPU graph's scheme, ``fine_tuning`` says how; min/max ranges, as the fine-tuning's max
-        calibration set them; the weights rounded with the fine-tuning's own ``weight_steps`` where given, train/qat.py
-        ``weight_steps``), every layer int8 but ``kept_fp`` (those fine-tuned without quantizers), judged against
-        model.onnx on the judging images; staged in place of the post-training CPU graph where it meets the CPU
-        target or comes closer, and recorded either way."""
-        record, search = self.decision.record["cpu_graph"], self.cpu_search
+        """ONNX Runtime's CPU graph quantized, in each form and each op set of what the fine-tuning simulated
+        (``FINE_TUNED_CPU_OP_SETS``), from ``fine_tuned_fp32`` (the weights fine-tuned for the CPU graph's scheme,
+        ``fine_tuning`` says how; min/max ranges, as the fine-tuning's max calibration set them; the weights rounded
+        with the fine-tuning's own ``weight_steps`` where given, train/qat.py ``weight_steps``), every layer int8 but
+        ``kept_fp`` (those fine-tuned without quantizers) and, given the steps, the weighted ops the fine-tuning did
+        not quantize (``unsimulated_nodes``: an attention's), each timed against fp32 in turns and judged against
+        model.onnx on the judging images; staged in place of the post-training CPU graph where it meets the CPU target
+        or comes closer, and recorded either way."""
+        import onnx
+
+        record, search, cpu = self.decision.record["cpu_graph"], self.cpu_search, self.inputs.cpu
         source = f"quantization-aware for the CPU graph, {fine_tuning['epochs']} epoch(s)"
+        unsimulated = [] if weight_steps is None else [
+            name for name in unsimulated_nodes(onnx.load(str(fine_tuned_fp32)), weight_steps) if name not in kept_fp]
         with tempfile.TemporaryDirectory(prefix=".int8-cpu-qat.", dir=self.files.run) as work:
-            schemes = self._cpu_schemes()
+            schemes = self._cpu_schemes(FINE_TUNED_CPU_OP_SETS)
             reports = {name: quantize_int8(fine_tuned_fp32, _candidate_path(Path(work), scheme), Path(work) / "records",
                                            method="minmax", calibration=self.calibration,
-                                           preprocessing=self.preprocessing, scheme=scheme, keep_fp=kept_fp,
-                                           weight_steps=weight_steps)
+                                           preprocessing=self.preprocessing, scheme=scheme,
+                                           keep_fp=[*kept_fp, *unsimulated], weight_steps=weight_steps)
                        for name, scheme in schemes.items()}
             judged = {name: dataclasses.replace(self._judge(report.path, search.target), source=source,
                                                 kept_fp=list(report.kept_fp)) for name, report in reports.items()}
-            # the post-training graphs of each form and op set were timed; the fine-tuned ones have their structure
-            batch = str(CPU_TIMING_BATCHES[-1])
-            chosen = choose_cpu_graph({name: record["latency_ms"][name][batch] for name in schemes}, judged,
-                                      search.target)
+            self.say(f"int8 CPU graph: timing the fine-tuned {', '.join(schemes)} against fp32", 0, 1)
+            latency = cpu.time_graphs({"fp32": self.files.fp32, **{name: report.path for name, report in
+                                                                    reports.items()}},
+                                      CPU_TIMING_BATCHES, CPU_TIMING_ROUNDS)
+            batch = CPU_TIMING_BATCHES[-1]
+            chosen = choose_cpu_graph({name: latency[name][batch] for name in schemes}, judged, search.target)
             step, report = judged[chosen], reports[chosen]
             adopted = improves_on(step, search.final, search.target, search.images)
             info(f"int8 CPU graph: fine-tuned ({chosen}), it {'meets' if step.met else 'misses'} its target on the "
                  f"{self.judging_images}: {agreement_words(step)} (post-training, {record['candidate']}: "
                  f"{agreement_words(search.final)})" + ("" if adopted else "; the post-training CPU graph is kept"))
             trial = FineTunedTrial(step, float(fine_tuning.get("seconds") or 0.0), adopted)
-            fine_tuning = {**fine_tuning, "fine_tuned_steps": report.fine_tuned_steps,
-                           "candidates_judged": {name: dataclasses.asdict(each) for name, each in judged.items()}}
+            timings = {name: {str(b): round(ms, 3) for b, ms in by_batch.items()} for name, by_batch in latency.items()}
+            fine_tuning = {**fine_tuning, "fine_tuned_steps": report.fine_tuned_steps, "unsimulated": unsimulated,
+                           "candidates_judged": {name: dataclasses.asdict(each) for name, each in judged.items()},
+                           "latency_ms": timings}
             if not adopted:
                 record["qat_trial"] = {**dataclasses.asdict(step), "candidate": chosen, **fine_tuning}
                 return trial
@@ -510,12 +520,16 @@ class Int8Plan:
         search.kept_fp = list(step.kept_fp)
         search.stopped = "met" if step.met else f"{search.stopped}, then fine-tuned"
         post_training = {key: record[key] for key in ("kept_fp", "quantized_nodes", "key", "method", "candidate",
-                                                      "quant_format", "op_set", "op_types") if key in record}
+                                                      "quant_format", "op_set", "op_types", "latency_ms")
+                         if key in record}
         scheme = schemes[chosen]
+        ratio = latency[chosen][batch] / latency["fp32"][batch]
+        info(f"int8 CPU graph: the fine-tuned {chosen}, batch {batch} {latency[chosen][batch]:.2f} ms vs fp32 "
+             f"{latency['fp32'][batch]:.2f} ms ({ratio:.2f}×) on this CPU ({cpu.description})")
         record.update(source="qat", kept_fp=list(step.kept_fp), quantized_nodes=report.quantized_nodes, method="minmax",
                       candidate=chosen, quant_format=scheme.quant_format, op_set=scheme.op_set,
                       op_types=scheme.describe()["op_types"], accuracy_target=self._search_record(search),
-                      fine_tuning=fine_tuning, post_training=post_training)
+                      latency_ms=timings, fine_tuning=fine_tuning, post_training=post_training)
         if not step.met:
             warn("int8 CPU graph misses its target after fine-tuning (kept: it comes closer than post-training): "
                  "raise --qat-epochs, or serve TensorRT's Q/DQ graph or fp32 on this CPU")
@@ -523,10 +537,10 @@ class Int8Plan:
 
     # the pieces
 
-    def _cpu_schemes(self) -> dict[str, Int8Scheme]:
-        """Every CPU graph a build chooses from (each form, each op set), by name (``Int8Scheme.candidate``)."""
+    def _cpu_schemes(self, op_sets: Sequence[str] = POST_TRAINING_CPU_OP_SETS) -> dict[str, Int8Scheme]:
+        """The CPU graphs a build chooses from (each form, each of ``op_sets``), by name (``Int8Scheme.candidate``)."""
         return {scheme.candidate: scheme for scheme in (cpu_int8_scheme(form, self.inputs.cpu.reduce_range, op_set)
-                                                        for form in CPU_FORMATS for op_set in CPU_OP_SETS)}
+                                                        for form in CPU_FORMATS for op_set in op_sets)}
 
     def _meet_accuracy_target(self, quantize: Callable[[list[str], Path], Int8Report], first: Path, *,
                               start: list[str], what: str, ranking: list[dict] | None = None,

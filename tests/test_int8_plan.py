@@ -10,6 +10,7 @@ import sys
 import numpy as np
 
 from mlic_edge.calibration import AccuracyTarget, ClassMix, CpuTarget, Int8Files, Int8Inputs, Int8Plan
+from mlic_edge.calibration.int8 import CPU_FORMATS, FINE_TUNED_CPU_OP_SETS, cpu_candidate_name
 from mlic_edge.data import open_dataset
 from mlic_edge.rundir import RunDir
 from mlic_edge.spec import Preprocessing
@@ -18,7 +19,9 @@ from mlic_edge.spec import Preprocessing
 def _fixed_timer(graphs, batches, rounds):
     """QOperator timed fastest: no ONNX Runtime timing in the test, and a known choice."""
     ms = {"fp32": 2.0, "QDQ": 1.5, "QOperator": 1.0, "QDQ, weighted ops": 1.6, "QOperator, weighted ops": 1.1,
-          "QDQ, weighted ops and their Relu": 1.55, "QOperator, weighted ops and their Relu": 1.05}
+          "QDQ, weighted ops and their Relu": 1.55, "QOperator, weighted ops and their Relu": 1.05,
+          "QDQ, weighted ops alone": 1.7, "QOperator, weighted ops alone": 1.2,
+          "QDQ, weighted ops alone and their Relu": 1.65, "QOperator, weighted ops alone and their Relu": 1.15}
     return {name: {batch: ms[name] * batch for batch in batches} for name in graphs}
 
 
@@ -161,9 +164,17 @@ def test_a_cpu_graph_from_fine_tuned_weights_is_judged_and_belongs_to_model_onnx
     assert trial.adopted and record["source"] == "qat" and record["method"] == "minmax" and record["kept_fp"] == []
     assert steps[-1]["source"] == "quantization-aware for the CPU graph, 1 epoch(s)" and len(steps) >= 2
     assert record["post_training"]["method"] == "percentile" and record["fine_tuning"]["epochs"] == 1
-    judged = record["fine_tuning"]["candidates_judged"]  # the fine-tuned weights in each form and op set
-    assert set(judged) == set(record["latency_ms"]) - {"fp32"} and record["candidate"] in judged
-    assert steps[-1] == judged[record["candidate"]] and record["post_training"]["candidate"] in judged
+    # the fine-tuned weights in each form and each op set of what the fine-tuning simulated, timed against fp32
+    judged = record["fine_tuning"]["candidates_judged"]
+    assert set(judged) == {cpu_candidate_name(form, op_set) for form in CPU_FORMATS for op_set in
+                           FINE_TUNED_CPU_OP_SETS} == set(record["latency_ms"]) - {"fp32"}
+    assert steps[-1] == judged[record["candidate"]] and record["op_set"] in FINE_TUNED_CPU_OP_SETS
+    assert record["post_training"]["candidate"] in record["post_training"]["latency_ms"]  # its own timing kept
+    # no Add or pooling int8: the fine-tuning simulated none (the fixed timer makes QOperator the choice)
+    assert "Add" not in record["op_types"] and record["quant_format"] == "QOperator"
+    integer_ops = {node.op_type for node in onnx.load(str(run.onnx("int8", "cpu"))).graph.node
+                   if node.op_type.startswith("QLinear")}
+    assert integer_ops == {"QLinearConv"}, integer_ops  # the baseline's pooling and residual Adds stay float
     metadata = read_metadata(run.onnx("int8", "cpu"))
     assert metadata[ONNX_SHA] == sha256_file(run.onnx("fp32")) and metadata["int8_source"] == "qat"
     assert metadata["fine_tuned_onnx_sha256"] == sha256_file(tmp_path / "fine-tuned.onnx")

@@ -415,3 +415,27 @@ def test_distilling_a_student_that_already_matches_the_teacher_changes_nothing()
     with torch.no_grad():
         after = torch.sigmoid(student.eval()(images))
     torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+
+
+def test_a_cpu_graph_from_fine_tuned_weights_keeps_float_what_the_fine_tuning_did_not_quantize(tmp_path):
+    """``unsimulated_nodes``: the weighted ops whose weight the fine-tuning did not round (no step in
+    ``weight_steps``) stay float in a CPU graph quantized from its weights. In q2l those are its attention's: the
+    products of two activations and the in-projection, which no Conv/Linear module exports; every Conv and Linear
+    the fine-tuning quantized is quantized."""
+    import torch
+    from model_checks import to_onnx
+
+    from mlic_edge.calibration.int8 import unsimulated_nodes
+    from mlic_edge.models import create_model
+    from mlic_edge.train.qat import float_modules
+
+    torch.manual_seed(0)
+    model = create_model("q2l", 4, backbone="resnet10t", hidden_dim=32).eval()
+    graph = to_onnx(model.for_export(), tmp_path / "model.onnx")
+    weighted = [node for node in graph.graph.node if node.op_type in ("Conv", "Gemm", "MatMul")]
+    quantized = float_modules(model, [node.name for node in weighted])  # the nodes a module exports
+    steps = {node.input[1]: {} for node in weighted if node.name in quantized}  # those modules' weights, rounded
+    unsimulated = unsimulated_nodes(graph, steps)
+    assert unsimulated and set(unsimulated) == {node.name for node in weighted} - set(quantized)
+    assert all("attn/" in name for name in unsimulated), unsimulated  # the attention's, nothing of the backbone's
+    assert len([name for name in unsimulated if "/MatMul" in name]) >= 6  # two products per attention layer, or more
