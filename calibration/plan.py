@@ -449,8 +449,7 @@ class Int8Plan:
                                 "within it or the smallest; calibration/plan.py choose_cpu_graph)"),
                    "candidates_judged": None if judged is None else {name: dataclasses.asdict(step)
                                                                      for name, step in judged.items()},
-                   "latency_ms": {name: {str(b): round(ms, 3) for b, ms in by_batch.items()}
-                                  for name, by_batch in latency.items()}}
+                   "latency_ms": _timing_record(latency)}
         if ranking is not None:
             search = self._meet_accuracy_target(quantizers[chosen], out, start=keep_fp, ranking=ranking,
                                                 what="int8 CPU graph", target=self.inputs.cpu_target)
@@ -506,7 +505,7 @@ class Int8Plan:
                  f"{self.judging_images}: {agreement_words(step)} (post-training, {record['candidate']}: "
                  f"{agreement_words(search.final)})" + ("" if adopted else "; the post-training CPU graph is kept"))
             trial = FineTunedTrial(step, float(fine_tuning.get("seconds") or 0.0), adopted)
-            timings = {name: {str(b): round(ms, 3) for b, ms in by_batch.items()} for name, by_batch in latency.items()}
+            timings = _timing_record(latency)
             fine_tuning = {**fine_tuning, "fine_tuned_steps": report.fine_tuned_steps, "unsimulated": unsimulated,
                            "candidates_judged": {name: dataclasses.asdict(each) for name, each in judged.items()},
                            "latency_ms": timings}
@@ -646,6 +645,11 @@ class Int8Plan:
             return None
         return {"path": str(path), "reused": True, "source": "qat", "kept_fp": [],
                 "quantized_nodes": quantized_node_count(path)}
+
+
+def _timing_record(latency: Mapping[str, Mapping[int, float]]) -> dict[str, dict[str, float]]:
+    """A ``GraphTimer``'s medians as build.json records them: {graph: {batch: ms, rounded to µs}}."""
+    return {name: {str(batch): round(ms, 3) for batch, ms in by_batch.items()} for name, by_batch in latency.items()}
 
 
 def _candidate_path(work: Path, scheme: Int8Scheme) -> Path:
