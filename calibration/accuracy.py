@@ -61,6 +61,12 @@ class AccuracyTarget:
     margin_se: float = 2.0  # of the identical-label-set estimate
     delta_margin_se: float = 1.0  # of ΔmAP's paired bootstrap
 
+    @property
+    def images_per_change(self) -> int:
+        """Judging images in which one changed label set is expected at ``min_agreement`` (67 at 98.5 %): fewer
+        cannot show whether a graph keeps it, only estimate it."""
+        return math.ceil(1 / max(1 - self.min_agreement, 1e-9) - 1e-9)
+
     def required_agreement(self, images: int, standard_error: float | None = None) -> float:
         """``min_agreement`` plus the margin for an estimate with ``standard_error`` (None: a count over ``images``
         images, whose standard error is binomial), at most 1."""

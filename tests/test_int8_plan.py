@@ -58,9 +58,11 @@ def test_the_plan_makes_both_graphs_and_says_why_layers_stay_float(run_copy):
     assert run.onnx("int8", "cpu").is_file() and cpu["latency_ms"]["QOperator"] == {"1": 1.0, "8": 8.0}
 
 
-def test_the_judging_images_are_weighed_to_the_class_mix_asked(run_copy):
+def test_the_judging_images_are_weighed_to_the_class_mix_asked(run_copy, capsys):
     """Given the class mix its graphs will be judged at, the plan weighs its judging images to it from the training
-    split's, and says so with the evidence left (effective images); without one, every image weighs the same."""
+    split's, and says so with the evidence left (effective images); without one, every image weighs the same. Where
+    that evidence is less than the images in which one changed label set is expected at the target, it says the
+    verdict on them is an estimate the eval split's may not share."""
     run = RunDir(run_copy)
     spec = run.spec()
     dataset = open_dataset(spec.dataset.spec, role="train", split=spec.dataset.train_split, labels=spec.labels)
@@ -81,9 +83,14 @@ def test_the_judging_images_are_weighed_to_the_class_mix_asked(run_copy):
     assert judged["weighed_to"] == "a mix of the first class alone" and 0 < judged["effective_images"] < len(targets)
     assert "weighed to a mix of the first class alone" in plan.judging_images
     assert drawn[0] < 1  # the first class is not in every image, or the weights would not change anything
+    said = capsys.readouterr().err
+    assert judged["images_per_change"] == 67 and "fewer than the 67 in which one changed label set is expected at " \
+        "98.5 %" in " ".join(said.split()) and "--val-fraction" in said  # 24 images weighing as fewer: too few
 
-    unweighed = Int8Plan(inputs, files, spec.preprocessing, spec.labels, dataset)
+    unweighed = Int8Plan(dataclasses.replace(inputs, target=AccuracyTarget(0.2, 0.9)), files, spec.preprocessing,
+                         spec.labels, dataset)
     assert unweighed._judging_images()[2] is None and "weighed_to" not in unweighed.judged_on
+    assert unweighed.judged_on["images_per_change"] == 10 and "one changed label set" not in capsys.readouterr().err
 
 
 def test_calibration_imports_no_command():
