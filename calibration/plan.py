@@ -456,10 +456,21 @@ class Int8Plan:
             if search is not None:
                 if search.kept_fp != keep_fp:
                     final = quantizers[chosen](search.kept_fp, out)
-                    summary.update(kept_fp=final.kept_fp, quantized_nodes=final.quantized_nodes)
+                    summary.update(kept_fp=final.kept_fp, quantized_nodes=final.quantized_nodes,
+                                   staged_latency_ms=self._time_staged(chosen, out))
                 summary["accuracy_target"] = self._search_record(search)
                 self.cpu_search = search
         return summary
+
+    def _time_staged(self, chosen: str, staged: Path) -> dict[str, dict[str, float]]:
+        """The staged CPU graph (``chosen`` with the layers its search kept float) timed against fp32 in turns: the
+        candidates were timed before the search, and each float layer it adds costs time."""
+        latency = self.inputs.cpu.time_graphs({"fp32": self.files.fp32, chosen: staged}, CPU_TIMING_BATCHES,
+                                              CPU_TIMING_ROUNDS)
+        batch = CPU_TIMING_BATCHES[-1]
+        info(f"int8 CPU graph: {chosen} with the search's float layers, batch {batch} {latency[chosen][batch]:.2f} ms "
+             f"vs fp32 {latency['fp32'][batch]:.2f} ms ({latency[chosen][batch] / latency['fp32'][batch]:.2f}×)")
+        return _timing_record(latency)
 
     @property
     def cpu_fine_tuning_wanted(self) -> bool:
@@ -518,9 +529,9 @@ class Int8Plan:
         search.steps.append(step)
         search.kept_fp = list(step.kept_fp)
         search.stopped = "met" if step.met else f"{search.stopped}, then fine-tuned"
-        post_training = {key: record[key] for key in ("kept_fp", "quantized_nodes", "key", "method", "candidate",
-                                                      "quant_format", "op_set", "op_types", "latency_ms")
-                         if key in record}
+        post_training = {key: record.pop(key) if key == "staged_latency_ms" else record[key]
+                         for key in ("kept_fp", "quantized_nodes", "key", "method", "candidate", "quant_format",
+                                     "op_set", "op_types", "latency_ms", "staged_latency_ms") if key in record}
         scheme = schemes[chosen]
         ratio = latency[chosen][batch] / latency["fp32"][batch]
         info(f"int8 CPU graph: the fine-tuned {chosen}, batch {batch} {latency[chosen][batch]:.2f} ms vs fp32 "

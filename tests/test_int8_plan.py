@@ -58,6 +58,36 @@ def test_the_plan_makes_both_graphs_and_says_why_layers_stay_float(run_copy):
     assert run.onnx("int8", "cpu").is_file() and cpu["latency_ms"]["QOperator"] == {"1": 1.0, "8": 8.0}
 
 
+def test_a_cpu_graph_its_search_grew_is_timed_again_as_staged(run_copy):
+    """The CPU candidates are timed before the CPU graph's own search keeps layers float; where it keeps more, the
+    staged graph is timed again against fp32 (each float layer costs time), recorded apart from the candidates, and
+    reported. Here the TensorRT target is met with nothing float and the CPU target (|ΔmAP| ≤ 0) never is."""
+    from mlic_edge.commands.build import _cpu_graph_markdown
+
+    run = RunDir(run_copy)
+    spec = run.spec()
+    dataset = open_dataset(spec.dataset.spec, role="train", split=spec.dataset.train_split, labels=spec.labels)
+    timed: list[dict] = []
+
+    def timer(graphs, batches, rounds):
+        timed.append(dict(graphs))
+        return _fixed_timer(graphs, batches, rounds)
+
+    inputs = Int8Inputs(target=AccuracyTarget(100.0, 0.0, margin_se=0.0, delta_margin_se=0.0),
+                        cpu_target=AccuracyTarget(0.0, 1.0), calib_images=32, holdout_images=32, max_fp_layers=2,
+                        fine_tune_epochs=0, cpu=CpuTarget(False, "a test CPU", timer))
+    files = Int8Files(fp32=run.onnx("fp32"), tensorrt=run.onnx("int8"), cpu=run.onnx("int8", "cpu"),
+                      records=run.path / "calibration", run=run.path)
+    plan = Int8Plan(inputs, files, spec.preprocessing, spec.labels, dataset)
+    assert plan.post_training().record["kept_fp"] == []  # met as it is: the whole budget is left to the CPU graph
+    cpu = plan.cpu_graph()
+    assert len(cpu["kept_fp"]) == 2 and not cpu["accuracy_target"]["met"]  # it grew and still missed
+    assert len(timed) == 2 and timed[1] == {"fp32": run.onnx("fp32"), cpu["candidate"]: run.onnx("int8", "cpu")}
+    assert set(cpu["staged_latency_ms"]) == {"fp32", cpu["candidate"]}
+    report = "\n".join(_cpu_graph_markdown("int8", {"int8": {"cpu_graph": cpu}}))
+    assert f"{cpu['candidate']} as staged, with the search's float layers" in report
+
+
 def test_the_judging_images_are_weighed_to_the_class_mix_asked(run_copy, capsys):
     """Given the class mix its graphs will be judged at, the plan weighs its judging images to it from the training
     split's, and says so with the evidence left (effective images); without one, every image weighs the same. Where

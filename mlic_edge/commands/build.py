@@ -626,10 +626,16 @@ def _cpu_graph_markdown(key: str, entry: dict[str, Any]) -> list[str]:
              "",
              "| graph | " + " | ".join(f"batch {b}" for b in batches) + " | " +
              " | ".join(f"× fp32 at {b}" for b in batches) + " |", "|---|" + "---|" * (2 * len(batches))]
-    for name, by_batch in latency.items():
-        lines.append(f"| {name}{' (chosen)' if name == chosen else ''} | "
-                     + " | ".join(f"{by_batch[b]:.2f}" for b in batches) + " | "
-                     + " | ".join(f"{by_batch[b] / latency['fp32'][b]:.2f}" for b in batches) + " |")
+    rows = [(f"{name}{' (chosen)' if name == chosen else ''}", by_batch, latency["fp32"])
+            for name, by_batch in latency.items()]
+    staged = cpu.get("staged_latency_ms")  # timed again once the search kept more layers float
+    if staged:
+        staged_fp32 = " / ".join(f"{staged['fp32'][b]:.2f}" for b in batches)
+        rows.append((f"{chosen} as staged, with the search's float layers (timed again, fp32 {staged_fp32} ms)",
+                     staged[chosen], staged["fp32"]))
+    for name, by_batch, fp32 in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{by_batch[b]:.2f}" for b in batches) + " | "
+                     + " | ".join(f"{by_batch[b] / fp32[b]:.2f}" for b in batches) + " |")
     search = cpu.get("accuracy_target")
     accuracy = ((entry.get("accuracy") or {}).get("cpu_graph")) or {}
     if search:
