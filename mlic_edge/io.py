@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import stat
 import tempfile
 from pathlib import Path
@@ -13,28 +14,34 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from mlic_edge.errors import MlicError
 
-_UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it), then restored
-os.umask(_UMASK)
 
 
-def _temp_beside(final: Path) -> Path:
-    """An empty file with a hidden temporary name in ``final``'s folder (the rename onto ``final`` is atomic)."""
+def _temp_name(final: Path) -> Path:
+    """An unused hidden temporary name in ``final``'s folder (the rename onto ``final`` is atomic). Only a name: the
+    caller holds it before ``_make_empty`` makes the file, so a stop between the two leaves nothing it cannot
+    remove (a stop inside tempfile.mkstemp, after the file was made and before its name came back, left one)."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=final.suffix or ".tmp", dir=final.parent)
-    os.close(fd)
-    os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600; the final file gets the usual permissions
-    return Path(tmp_name)
+    while True:
+        candidate = final.parent / f".{final.name}.{secrets.token_hex(4)}{final.suffix or '.tmp'}"
+        if not candidate.exists():
+            return candidate
+
+
+def _make_empty(path: Path) -> None:
+    """Make the empty file ``path`` (never an existing one), with the permissions of any new file (the umask's)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    Nothing half-written is ever left under the final name.
+    Nothing half-written is ever left under the final name, and no temporary file is left behind, whatever stops it.
     """
     final = Path(path)
-    tmp = _temp_beside(final)
+    tmp = _temp_name(final)
     try:
+        _make_empty(tmp)
         with _naming_write_failures(final):
             yield tmp
             os.replace(tmp, final)
@@ -76,8 +83,9 @@ class StagedFiles:
         """The temporary path to write ``final``'s new content to."""
         final = Path(final)
         if final not in self.staged:
-            self.staged[final] = _temp_beside(final)
-            _STAGED_FOR[self.staged[final]] = final
+            tmp = self.staged[final] = _temp_name(final)  # held before the file exists: atomic_files removes it
+            _STAGED_FOR[tmp] = final
+            _make_empty(tmp)
         return self.staged[final]
 
 

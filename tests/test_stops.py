@@ -507,3 +507,53 @@ def test_a_signal_at_any_point_leaves_a_consistent_run(tmp_path, trained_run, co
         assert hidden_files(run) == [] and hidden_files(run.parent) == [], where
         for precision, variant, path in RunDir(run).onnx_graphs():
             check_onnx(RunDir(run), precision, path=path)  # its bytes are the ones run.json recorded
+
+
+@pytest.mark.parametrize("several", [False, True], ids=["atomic_path", "atomic_files"])
+def test_a_stop_at_any_line_of_an_atomic_write_leaves_no_temporary_file(tmp_path, several):
+    """A stop (Interrupted, as stop_on_signals raises it) landing at any line of the atomic-write helpers, the
+    temporary file's making included, leaves no hidden file behind and never a half-written one under the final
+    name. Seen in a fresh-clone CI run: SIGTERM during `train` left `.last.pt.<random>.pt` beside last.pt."""
+    import sys
+
+    from mlic_edge import io
+    from mlic_edge.errors import Interrupted
+
+    content = b"x" * 1000
+
+    def write(folder: Path) -> None:
+        if several:
+            with io.atomic_files() as staged:
+                staged.path(folder / "model.onnx").write_bytes(content)
+                staged.path(folder / "run.json").write_bytes(content)
+        else:
+            with io.atomic_path(folder / "last.pt") as tmp:
+                tmp.write_bytes(content)
+
+    def stop_at(line: int):
+        seen = 0
+
+        def local(frame, event, arg):
+            nonlocal seen
+            if event == "line":
+                seen += 1
+                if seen == line:
+                    raise Interrupted(signal.SIGTERM)
+            return local
+
+        return lambda frame, event, arg: local if frame.f_code.co_filename == io.__file__ else None
+
+    stops = 0
+    for line in range(1, 200):
+        folder = tmp_path / str(line)
+        folder.mkdir()
+        sys.settrace(stop_at(line))
+        try:
+            write(folder)
+        except Interrupted:
+            stops += 1
+        finally:
+            sys.settrace(None)
+        assert hidden_files(folder) == [], line
+        assert all(path.read_bytes() == content for path in folder.iterdir()), line
+    assert stops > 10  # the stops landed inside the helpers, and the later lines ran to the end
