@@ -236,8 +236,8 @@ def output_head(model: onnx.ModelProto) -> list[str]:
 def unsimulated_nodes(model: onnx.ModelProto, weight_steps: Mapping[str, Mapping]) -> list[str]:
     """The weighted nodes of ``model`` (weights fine-tuned for the CPU graph) that the fine-tuning did not quantize:
     those whose weight has no step in ``weight_steps`` (train/qat.py ``weight_steps``: the weights its enabled
-    quantizers rounded): an attention's products of two activations and its in-projection (no Conv/Linear module
-    exports them), a layer fine-tuned float. A graph quantized from those weights keeps them float too."""
+    quantizers rounded): an attention's products of two activations (no Conv/Linear module exports them), a layer
+    fine-tuned float. A graph quantized from those weights keeps them float too."""
     return [node.name for node in model.graph.node
             if node.op_type in WEIGHTED_OP_TYPES and (len(node.input) < 2 or node.input[1] not in weight_steps)]
 

@@ -12,7 +12,7 @@ from model_checks import fit_steps, to_onnx
 import torch.nn as nn
 
 from mlic_edge.models.checkpoint import load_model, save_checkpoint
-from mlic_edge.models.layers.transformer import sine_position_encoding
+from mlic_edge.models.layers.transformer import Attention, sine_position_encoding
 from mlic_edge.models.registry import get_model_entry
 from mlic_edge.models.zoo.q2l import Q2L
 
@@ -189,6 +189,42 @@ def test_onnx_export_matches_pytorch_without_batchformer_weights(tmp_path):
         got = session.run(["scores"], {"images": x.numpy()})[0]
         assert got.shape == (batch, 7)
         np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("heads, query_length, key_length, batch", [(1, 5, 9, 1), (4, 7, 3, 2), (8, 1, 16, 3)])
+def test_attention_computes_torch_multihead_attention_from_its_state(heads, query_length, key_length, batch):
+    """``Attention`` holds nn.MultiheadAttention's state (``in_proj_weight`` split in three on load) and computes what
+    it computes, sequence-first, for any query and key lengths; only the projections became ``nn.Linear``."""
+    torch.manual_seed(heads)
+    reference = nn.MultiheadAttention(32, heads).eval()
+    with torch.no_grad():
+        reference.in_proj_bias.normal_()  # zero at initialisation: a split that misplaces them would go unseen
+        reference.out_proj.bias.normal_()
+    attention = Attention(32, heads, dropout=0.0).eval()
+    attention.load_state_dict(reference.state_dict())
+    query, key, value = (torch.randn(length, batch, 32) for length in (query_length, key_length, key_length))
+    expected = reference(query, key, value, need_weights=False)[0]
+    assert torch.allclose(attention(query, key, value), expected, atol=1e-5)
+    assert all(isinstance(getattr(attention, name), nn.Linear) for name in ("q_proj", "k_proj", "v_proj", "out_proj"))
+
+
+def test_a_checkpoint_written_with_torch_multihead_attention_loads():
+    """Runs trained before ``Attention`` saved each attention as nn.MultiheadAttention's packed ``in_proj_*``: such a
+    checkpoint loads and scores as the model it was saved from."""
+    model = tiny().eval()
+    state = model.state_dict()
+    for prefix in {key[:-len("q_proj.weight")] for key in state if key.endswith("q_proj.weight")}:
+        for part in ("weight", "bias"):
+            state[f"{prefix}in_proj_{part}"] = torch.cat([state.pop(f"{prefix}{name}.{part}")
+                                                          for name in ("q_proj", "k_proj", "v_proj")])
+    assert not any("q_proj" in key for key in state)
+    old = tiny()
+    with torch.no_grad():
+        for param in old.parameters():
+            param.zero_()
+    old.load_state_dict(state)
+    images = torch.rand(2, 3, 64, 64)
+    assert torch.equal(old.eval()(images), model(images))
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -419,14 +419,15 @@ def test_distilling_a_student_that_already_matches_the_teacher_changes_nothing()
 
 def test_a_cpu_graph_from_fine_tuned_weights_keeps_float_what_the_fine_tuning_did_not_quantize(tmp_path):
     """``unsimulated_nodes``: the weighted ops whose weight the fine-tuning did not round (no step in
-    ``weight_steps``) stay float in a CPU graph quantized from its weights. In q2l those are its attention's: the
-    products of two activations and the in-projection, which no Conv/Linear module exports; every Conv and Linear
-    the fine-tuning quantized is quantized."""
+    ``weight_steps``) stay float in a CPU graph quantized from its weights. In q2l those are its attention's
+    products of two activations, which no Conv/Linear module exports; every Conv and Linear the fine-tuning
+    quantized is quantized, the attention's four projections included (``Attention``'s ``nn.Linear``)."""
     import torch
     from model_checks import to_onnx
 
     from mlic_edge.calibration.int8 import unsimulated_nodes
     from mlic_edge.models import create_model
+    from mlic_edge.models.layers.transformer import Attention
     from mlic_edge.train.qat import float_modules
 
     torch.manual_seed(0)
@@ -438,4 +439,7 @@ def test_a_cpu_graph_from_fine_tuned_weights_keeps_float_what_the_fine_tuning_di
     unsimulated = unsimulated_nodes(graph, steps)
     assert unsimulated and set(unsimulated) == {node.name for node in weighted} - set(quantized)
     assert all("attn/" in name for name in unsimulated), unsimulated  # the attention's, nothing of the backbone's
-    assert len([name for name in unsimulated if "/MatMul" in name]) >= 6  # two products per attention layer, or more
+    attentions = [name for name, module in model.named_modules() if isinstance(module, Attention)]
+    assert len(unsimulated) == 2 * len(attentions)  # q·kᵀ and its weights · v, each a MatMul of two activations
+    projections = {f"{name}.{part}" for name in attentions for part in ("q_proj", "k_proj", "v_proj", "out_proj")}
+    assert projections <= set(quantized.values())

@@ -5,6 +5,8 @@ Everything here follows /work/shared/METHODS.md §3 (DETR-style, post-norm, sequ
 - :func:`sine_position_encoding` — DETR's 2-D sine encoding (normalised, scale 2π, T = 10000, d/2 features per axis,
   ``[y, x]`` order). It depends only on the feature-map size, so it is computed from shapes in ``forward`` with ops
   that export with a dynamic batch (``arange`` on the spatial sizes; the batch axis is broadcast, never materialised).
+- :class:`Attention` — ``nn.MultiheadAttention``'s computation with its four projections as ``nn.Linear`` modules
+  (so quantization-aware fine-tuning reaches the in-projection); ``nn.MultiheadAttention``'s state loads into it.
 - :class:`EncoderLayer` / :class:`DecoderLayer` — post-norm layers; the positional encoding is added to the
   **queries and keys only**, never to the values. The decoder layer can drop its self-attention (Q2L's default).
 - :class:`Q2LTransformer` — ``encode`` (encoder layers, no final norm in post-norm) and ``decode`` (decoder layers
@@ -16,6 +18,7 @@ Everything here follows /work/shared/METHODS.md §3 (DETR-style, post-norm, sequ
 from __future__ import annotations
 
 import math
+from collections.abc import MutableMapping
 
 import torch
 import torch.nn as nn
@@ -48,6 +51,61 @@ def sine_position_encoding(features: torch.Tensor, dim: int, temperature: float 
     return pos.reshape(-1, 1, dim).to(features.dtype)  # (H*W, 1, d), row-major like features.flatten(2)
 
 
+IN_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
+
+
+def split_in_projection(state: MutableMapping[str, torch.Tensor], prefix: str) -> None:
+    """``nn.MultiheadAttention``'s packed in-projection under ``prefix`` (``in_proj_weight`` (3d, d), ``in_proj_bias``
+    (3d), query rows first) replaced in ``state`` by :class:`Attention`'s ``{q,k,v}_proj.{weight,bias}``."""
+    for packed, part in (("in_proj_weight", "weight"), ("in_proj_bias", "bias")):
+        if prefix + packed in state:
+            for name, chunk in zip(IN_PROJECTIONS, state.pop(prefix + packed).chunk(len(IN_PROJECTIONS))):
+                state[f"{prefix}{name}.{part}"] = chunk
+
+
+class Attention(nn.Module):
+    """``nn.MultiheadAttention(dim, num_heads, dropout)`` on sequence-first tensors without masks, its query, key,
+    value and output projections ``nn.Linear`` modules.
+
+    ``nn.MultiheadAttention`` runs its in-projection as ``F.linear`` on one packed parameter, which quantizers acting
+    on Linear modules (ModelOpt, so ``mlic-edge qat`` and the build's fine-tuning) neither simulate nor fine-tune:
+    an int8 graph then had to keep it float. Same initialisation (xavier over the packed (3d, d) in-projection,
+    biases 0) and the same state: checkpoints written with ``nn.MultiheadAttention`` (``in_proj_weight``,
+    ``in_proj_bias``) load, split in three (:func:`split_in_projection`).
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads")
+        self.num_heads, self.head_dim, self.dropout = num_heads, dim // num_heads, dropout
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(dim, dim) for _ in range(4))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        packed = torch.empty(len(IN_PROJECTIONS) * self.out_proj.in_features, self.out_proj.in_features)
+        nn.init.xavier_uniform_(packed)
+        with torch.no_grad():
+            for name, chunk in zip(IN_PROJECTIONS, packed.chunk(len(IN_PROJECTIONS))):
+                getattr(self, name).weight.copy_(chunk)
+                getattr(self, name).bias.zero_()
+            self.out_proj.bias.zero_()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        split_in_projection(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """``query`` (L, B, d), ``key`` and ``value`` (S, B, d) -> (L, B, d)."""
+        def heads(tensor: torch.Tensor) -> torch.Tensor:  # (N, B, d) -> (B·heads, N, d/heads)
+            return tensor.reshape(tensor.shape[0], -1, self.head_dim).transpose(0, 1)
+
+        attended = F.scaled_dot_product_attention(heads(self.q_proj(query)), heads(self.k_proj(key)),
+                                                  heads(self.v_proj(value)),
+                                                  dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(attended.transpose(0, 1).reshape(query.shape[0], -1, self.out_proj.in_features))
+
+
 def _with_pos(tensor: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
     return tensor if pos is None else tensor + pos
 
@@ -57,7 +115,7 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout)
+        self.self_attn = Attention(dim, num_heads, dropout)
         self.linear1 = nn.Linear(dim, ffn_dim)
         self.linear2 = nn.Linear(ffn_dim, dim)
         self.dropout = nn.Dropout(dropout)
@@ -68,7 +126,7 @@ class EncoderLayer(nn.Module):
 
     def forward(self, src: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
         q = k = _with_pos(src, pos)
-        src = self.norm1(src + self.dropout1(self.self_attn(q, k, src, need_weights=False)[0]))
+        src = self.norm1(src + self.dropout1(self.self_attn(q, k, src)))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout2(ffn))
 
@@ -84,11 +142,11 @@ class DecoderLayer(nn.Module):
     def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, self_attention: bool) -> None:
         super().__init__()
         if self_attention:
-            self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout)
+            self.self_attn = Attention(dim, num_heads, dropout)
             self.dropout1 = nn.Dropout(dropout)
             self.norm1 = nn.LayerNorm(dim)
         self.has_self_attention = self_attention
-        self.cross_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout)
+        self.cross_attn = Attention(dim, num_heads, dropout)
         self.linear1 = nn.Linear(dim, ffn_dim)
         self.linear2 = nn.Linear(ffn_dim, dim)
         self.dropout = nn.Dropout(dropout)
@@ -105,8 +163,8 @@ class DecoderLayer(nn.Module):
             query_pos = query_pos.unsqueeze(1)
         if self.has_self_attention:
             q = k = _with_pos(tgt, query_pos)
-            tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt, need_weights=False)[0]))
-        attended = self.cross_attn(_with_pos(tgt, query_pos), _with_pos(memory, pos), memory, need_weights=False)[0]
+            tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt)))
+        attended = self.cross_attn(_with_pos(tgt, query_pos), _with_pos(memory, pos), memory)
         tgt = self.norm2(tgt + self.dropout2(attended))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout3(ffn))
@@ -115,14 +173,13 @@ class DecoderLayer(nn.Module):
 class Q2LTransformer(nn.Module):
     """Q2L's transformer: ``encode`` (post-norm, so no final encoder norm) and ``decode`` (final ``LayerNorm``).
 
-    Parameters with more than one dimension are xavier-uniform initialised, as in DETR/Q2L.
+    Parameters with more than one dimension are xavier-uniform initialised, as in DETR/Q2L (each attention's
+    in-projection as one packed (3d, d) matrix, as there).
     """
 
     def __init__(self, dim: int, num_heads: int, ffn_dim: int, enc_layers: int, dec_layers: int, dropout: float,
                  decoder_self_attention: bool) -> None:
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads")
         if dec_layers < 1:
             raise ValueError("Q2L needs at least one decoder layer")
         self.encoder = nn.ModuleList(EncoderLayer(dim, num_heads, ffn_dim, dropout) for _ in range(enc_layers))
@@ -132,6 +189,9 @@ class Q2LTransformer(nn.Module):
         for param in self.parameters():
             if param.dim() > 1:
                 nn.init.xavier_uniform_(param)
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.reset_parameters()
 
     def encode(self, src: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
         """``src`` (HW, B, d) -> memory (HW, B, d)."""

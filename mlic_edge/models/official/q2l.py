@@ -6,8 +6,10 @@ The file: a dict whose ``state_dict`` (or ``model``) holds the official model's 
 prefix or without (the EMA copy); a training checkpoint also holds ``epoch``, ``arch``, ``best_mAP`` (a numpy
 float64, which the framework's weights-only allowlist accepts) and ``optimizer``, none of them used here.
 
-Key mapping, official -> ours (N: a layer index; every attention is an ``nn.MultiheadAttention`` on both sides:
-``in_proj_weight`` (3d, d), ``in_proj_bias`` (3d), ``out_proj.weight`` (d, d), ``out_proj.bias`` (d)):
+Key mapping, official -> ours (N: a layer index). Every official attention is an ``nn.MultiheadAttention``
+(``in_proj_weight`` (3d, d), ``in_proj_bias`` (3d), ``out_proj.{weight,bias}``); ours is its computation with four
+``nn.Linear`` (``mlic_edge/models/layers/transformer.py`` ``Attention``): the packed in-projection is split in three,
+query rows first, into ``{q,k,v}_proj.{weight,bias}`` [7]; ``out_proj`` keeps its names.
 
 =================================================  ===========================================  ==========
 official                                           ours                                         transform
@@ -17,12 +19,12 @@ official                                           ours                         
 ``backbone.0.body.body.*`` (TResNet)               ``backbone.body.*``                          [2]
 ``backbone.1.pe`` (1, d, S/32, S/32)               (none: computed from the feature map)        checked [3]
 ``input_proj.{weight,bias}`` (keep_input_proj)     ``input_proj.{weight,bias}``                 none [4]
-``transformer.encoder.layers.N.{self_attn,         ``transformer.encoder.N.{same}.*``           none
+``transformer.encoder.layers.N.{self_attn,         ``transformer.encoder.N.{same}.*``           split [7]
 linear1,linear2,norm1,norm2}.*``
-``transformer.decoder.layers.N.multihead_attn.*``  ``transformer.decoder.N.cross_attn.*``       none
+``transformer.decoder.layers.N.multihead_attn.*``  ``transformer.decoder.N.cross_attn.*``       split [7]
 ``transformer.decoder.layers.N.{linear1,linear2,   ``transformer.decoder.N.{same}.*``           none
 norm2,norm3}.*``
-``transformer.decoder.layers.N.{self_attn,         ``transformer.decoder.N.{same}.*``           none [5]
+``transformer.decoder.layers.N.{self_attn,         ``transformer.decoder.N.{same}.*``           [5], split [7]
 norm1}.*``
 ``transformer.decoder.norm.{weight,bias}``         ``transformer.decoder_norm.{weight,bias}``   none
 ``query_embed.weight`` (C, d)                      ``query_embed.weight`` (C, d)                none
@@ -56,6 +58,8 @@ norm1}.*``
 [5] Only where every decoder layer kept its self-attention (``keep_first_self_attn_dec`` and
     ``keep_other_self_attn_dec``; ``decoder_self_attention=True`` in ours); the released models keep none.
 [6] ``z_c = sum_d W[0, c, d] · h[c, d] + b[0, c]`` on both sides: no transpose.
+[7] ``in_proj_weight[0:d]`` is the query's projection, ``[d:2d]`` the key's, ``[2d:3d]`` the value's, as
+    ``F.multi_head_attention_forward`` slices it (``split_in_projection``); the biases likewise.
 
 Hyperparameters come from ``--config config_new.json`` where it gives them, and are checked against the tensors:
 ``hidden_dim`` (``query_embed`` width), ``dim_feedforward`` (``linear1`` rows), ``enc_layers`` / ``dec_layers``
@@ -96,6 +100,7 @@ from mlic_edge.models.official import (
     official_labels,
     renamed_key,
 )
+from mlic_edge.models.layers.transformer import split_in_projection
 
 PAPER = "Query2Label"
 NORM_EPS = 1e-5  # FrozenBatchNorm2d's hard-coded eps and InPlaceABN's default; also timm BatchNorm's
@@ -127,6 +132,7 @@ TRESNET_DOWNSAMPLE = re.compile(r"\.downsample\.1\.([01])\.")  # downsample.0 is
 TRESNET_PART = {"0": "conv", "1": "bn"}
 OUR_TRESNET_PART = re.compile(r"^(backbone\..*\.(?:conv\d+|downsample\.1))\.(conv|bn)\.")
 OUR_CROSS_ATTENTION = re.compile(r"^(transformer\.decoder\.\d+\.)cross_attn\.")
+OUR_IN_PROJECTION = re.compile(r"\.[qkv]_proj\.(weight|bias)$")
 
 
 @dataclass(frozen=True)
@@ -406,7 +412,10 @@ def map_keys(state: Mapping[str, torch.Tensor], *,
             key = TRESNET_DOWNSAMPLE.sub(lambda match: f".downsample.1.{TRESNET_PART[match[1]]}.", key)
             if key.endswith(".bn.weight"):
                 value = value.abs() + NORM_EPS  # InPlaceABN's scale, as a BatchNorm weight
-        mapped[key], file_names[key] = value, file_key
+        parts = {key: value}
+        split_in_projection(parts, key.rpartition(".")[0] + ".")
+        for part_key, part in parts.items():
+            mapped[part_key], file_names[part_key] = part, file_key
     return mapped, file_names
 
 
@@ -422,7 +431,8 @@ def file_namer(file_names: Mapping[str, str], model: nn.Module, *, tresnet: bool
         if tresnet:
             key = OUR_TRESNET_PART.sub(
                 lambda match: f"{match[1]}.{'0.' if match[1] in anti_aliased else ''}{parts[match[2]]}.", key)
-        return official_key(OUR_CROSS_ATTENTION.sub(r"\1multihead_attn.", key), KEY_RULES)
+        key = OUR_IN_PROJECTION.sub(r".in_proj_\1", OUR_CROSS_ATTENTION.sub(r"\1multihead_attn.", key))
+        return official_key(key, KEY_RULES)
 
     return file_name
 
