@@ -80,7 +80,7 @@ def write_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, spec: 
     export_graph(graph, example, path, opset, dynamo)
     proto = onnx.load(str(path))
     if simplify:
-        proto = _simplify(proto)
+        proto = simplify_graph(proto)
     _set_metadata(proto, spec if isinstance(spec, RunSpec) else RunSpec.from_run_json(spec), precision="fp32",
                   lineage={CHECKPOINT_SHA: checkpoint_sha256} if checkpoint_sha256 else {})
     onnx.checker.check_model(proto)
@@ -108,7 +108,7 @@ def write_qdq_onnx(graph: torch.nn.Module, path: Path, spec: RunSpec, source_onn
     export_graph(graph, torch.zeros(2, 3, spec.img_size, spec.img_size), path, opset)
     proto = onnx.load(str(path))
     pairs = _qdq_counts(proto)
-    simplified = _simplify(proto)
+    simplified = simplify_graph(proto)
     if _qdq_counts(simplified) == pairs:
         proto = simplified
     else:
@@ -199,14 +199,49 @@ def export_graph(graph: torch.nn.Module, example: torch.Tensor, path: Path, opse
                                  "rerun with --debug for the traceback") from error
 
 
-def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
+WEIGHTED_NODES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def simplify_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` simplified by onnxsim, each weighted node under the exporter's scope (``restore_scopes``); ``proto``
+    itself where onnxsim cannot validate its result."""
     import onnxsim
 
     simplified, ok = onnxsim.simplify(proto)
     if not ok:
         warn("onnxsim could not validate the simplified model; keeping the unsimplified graph")
         return proto
+    restore_scopes(proto, simplified)
     return simplified
+
+
+def restore_scopes(exported: onnx.ModelProto, simplified: onnx.ModelProto) -> None:
+    """Name each weighted node ``simplified`` made (onnxsim fuses a MatMul and its bias Add into a Gemm named
+    ``Gemm_N``) under the scope of the ``exported`` node it replaced, found by the weight the two read:
+    ``/model/encoder.0/linear1/MatMul`` becomes ``/model/encoder.0/linear1/Gemm``. The scope names the module a node
+    came from, which ``--keep-fp``, the int8 search's report and the fine-tuning (train/qat.py ``float_modules``)
+    rely on. A weight read by more than one exported node names none."""
+    readers: dict[str, list[str]] = {}
+    for node in exported.graph.node:
+        if node.op_type in WEIGHTED_NODES and len(node.input) > 1:
+            readers.setdefault(node.input[1], []).append(node.name)
+    exported_names = {node.name for node in exported.graph.node}
+    taken = {node.name for node in simplified.graph.node}
+    for node in simplified.graph.node:
+        if node.name in exported_names or node.op_type not in WEIGHTED_NODES or len(node.input) < 2:
+            continue
+        sources = readers.get(node.input[1], [])
+        scope = sources[0].rpartition("/")[0] if len(sources) == 1 else ""
+        if not scope:
+            continue
+        name = f"{scope}/{node.op_type}"
+        suffix = 0
+        while name in taken:
+            suffix += 1
+            name = f"{scope}/{node.op_type}_{suffix}"
+        taken.discard(node.name)
+        node.name = name
+        taken.add(name)
 
 
 def _set_metadata(proto: onnx.ModelProto, spec: RunSpec, precision: str, lineage: dict[str, str]) -> None:

@@ -8,7 +8,7 @@ from typing import Callable
 import onnx
 import torch
 
-from mlic_edge.export.onnx_export import export_graph
+from mlic_edge.export.onnx_export import export_graph, simplify_graph
 
 
 def fit_steps(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, criterion: torch.nn.Module,
@@ -27,10 +27,12 @@ def fit_steps(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tenso
     return losses
 
 
-def to_onnx(graph: torch.nn.Module, path: Path, img_size: int = 64) -> onnx.ModelProto:
-    """Export as ``mlic-edge export`` does (opset 17, dynamic batch, input ``images``, output ``scores``)."""
+def to_onnx(graph: torch.nn.Module, path: Path, img_size: int = 64, simplify: bool = False) -> onnx.ModelProto:
+    """Export as ``mlic-edge export`` does (opset 17, dynamic batch, input ``images``, output ``scores``), simplified
+    as it does where ``simplify``."""
     export_graph(graph, torch.zeros(2, 3, img_size, img_size), path)
-    return onnx.load(str(path))
+    proto = onnx.load(str(path))
+    return simplify_graph(proto) if simplify else proto
 
 
 def assert_onnxruntime_matches(graph: torch.nn.Module, path: Path, img_size: int = 64, atol: float = 1e-4) -> None:
