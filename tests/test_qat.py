@@ -445,3 +445,39 @@ def test_a_cpu_graph_from_fine_tuned_weights_keeps_float_what_the_fine_tuning_di
               if isinstance(module, torch.nn.Linear)}  # BatchFormerV2's are train-only, not exported
     assert {f"{name}.{part}" for name in attentions for part in ("q_proj", "k_proj", "v_proj", "out_proj")} <= linear
     assert linear <= set(quantized.values())  # each found by its node's scope, the Gemm onnxsim fused included
+
+
+def test_every_fine_tuned_linear_weight_gets_its_step_in_the_float_export(tmp_path):
+    """``weight_steps`` finds the step of each weight the fine-tuning rounded, by the initializer the float export
+    reads it from. onnxsim exports q2l's Linears on (L, B, d) tensors as Gemm or MatMul reading the (in, out)
+    transpose; the attention's projections are square, so the shape cannot tell the transpose apart (before: no
+    step for any of them, and the CPU graph left them float as never fine-tuned)."""
+    import numpy as np
+    import onnx
+    import torch
+    from model_checks import to_onnx
+
+    from mlic_edge.models import create_model
+    from mlic_edge.train.qat import (cpu_qat_scheme, float_modules, quant_config, require_modelopt, weight_steps,
+                                     without_quantizers)
+
+    torch.manual_seed(0)
+    model = create_model("q2l", 4, backbone="resnet10t", hidden_dim=32).eval()
+    images = torch.rand(4, 3, 64, 64)
+    model = require_modelopt().quantize(model, quant_config(cpu_qat_scheme(reduce_range=False)),
+                                        lambda network: network(images))
+    path = tmp_path / "fine-tuned.onnx"
+    onnx.save(to_onnx(without_quantizers(model).for_export(), path, simplify=True), str(path))
+    graph = onnx.load(str(path)).graph
+    nodes = {node.name: node for node in graph.node if node.op_type in ("Gemm", "MatMul")}
+    linear = {node: module for node, module in float_modules(model, list(nodes)).items()
+              if module.startswith("transformer.")}
+    assert any("q_proj" in module for module in linear.values())
+    steps = weight_steps(model, path)
+    for node, module_name in linear.items():
+        module = model.get_submodule(module_name)
+        expected = module.weight_quantizer.amax.detach().double().numpy().reshape(-1) / module.weight_quantizer.maxbound
+        assert nodes[node].input[1] in steps, node
+        step = steps[nodes[node].input[1]]
+        np.testing.assert_allclose(step["steps"], expected, rtol=1e-6)
+        assert step["axis"] == 1  # the (in, out) weight's output channels

@@ -491,7 +491,7 @@ def weight_steps(model: torch.nn.Module, onnx_path: Path) -> dict[str, dict[str,
             continue
         exported = _exported_steps(numpy_helper.to_array(initializers[node.input[1]]),
                                    module.weight.detach().double().cpu().numpy(), module.weight_quantizer,
-                                   _weight_axis(module))
+                                   _weight_axis(module), transposed=_reads_weight_transposed(node))
         if exported is not None:
             steps[node.input[1]] = exported
     return steps
@@ -502,14 +502,23 @@ def _weight_axis(module: torch.nn.Module) -> int:
     return next(axis for kind, axis in zip(_weighted_types(), WEIGHTED_MODULES.values()) if isinstance(module, kind))
 
 
-def _exported_steps(exported: np.ndarray, trained: np.ndarray, quantizer, axis: int) -> dict[str, Any] | None:
-    """{"axis", "steps"} of ``exported`` (the ONNX initializer) from ``trained`` (the module's weight, channels on
-    ``axis``) and its ``quantizer``; None where ``exported`` is not ``trained`` with each channel scaled."""
-    if exported.shape == trained.shape:
-        onnx_axis = axis
-    elif exported.ndim == 2 and exported.shape == trained.T.shape:  # a Linear exported as MatMul: (in, out)
+def _reads_weight_transposed(node) -> bool:
+    """Whether ``node`` holds a Linear's (out, in) weight as (in, out): a MatMul, or a Gemm without ``transB``
+    (onnxsim's fusion of a MatMul and its bias Add)."""
+    if node.op_type == "MatMul":
+        return True
+    return node.op_type == "Gemm" and not any(attribute.name == "transB" and attribute.i for attribute in node.attribute)
+
+
+def _exported_steps(exported: np.ndarray, trained: np.ndarray, quantizer, axis: int, transposed: bool
+                    ) -> dict[str, Any] | None:
+    """{"axis", "steps"} of ``exported`` (the ONNX initializer, the transpose of a 2-D ``trained`` where
+    ``transposed``) from ``trained`` (the module's weight, channels on ``axis``) and its ``quantizer``; None where
+    ``exported`` is not ``trained`` with each channel scaled. The node says which: a square weight fits both."""
+    onnx_axis = axis
+    if transposed and trained.ndim == 2:
         onnx_axis, exported = 1 - axis, exported.T
-    else:
+    if exported.shape != trained.shape:
         return None
     channels = trained.shape[axis]
     trained_rows = np.moveaxis(trained, axis, 0).reshape(channels, -1)
