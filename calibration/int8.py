@@ -59,12 +59,13 @@ import onnx
 
 from mlic_edge.calibration.images import CalibrationSet
 from mlic_edge.errors import CalibrationError
-from mlic_edge.spec import Preprocessing
+from mlic_edge.spec import (CALIBRATION_BINS, CALIBRATION_METHODS, CALIBRATION_PERCENTILE, DEFAULT_CALIBRATION_METHOD,
+                            Preprocessing)
 from mlic_edge.export.metadata import derive_metadata, read_metadata, write_metadata
 from mlic_edge.export.lineage import ONNX_SHA
 from mlic_edge.io import atomic_path, read_json, sha256_file, write_json
 
-METHODS = ("entropy", "percentile", "minmax")
+METHODS = CALIBRATION_METHODS
 WEIGHTED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 QUANTIZED_OP_TYPES = (*WEIGHTED_OP_TYPES, "Add")
 CONV_OP_TYPES = ("Conv", "ConvTranspose")
@@ -79,8 +80,8 @@ SETTINGS = {
     "add_inputs_quantized": "the shortcut of an Add fed by a Conv",
     "add_outputs_quantized": False,
     "calibrators": {  # ORT's quantize_static leaves entropy at 128 bins = 128 target bins, i.e. plain min/max
-        "entropy": {"num_bins": 2048, "num_quantized_bins": 256},  # 128 levels a side, as TensorRT on |x|
-        "percentile": {"num_bins": 2048, "percentile": 99.999},
+        "entropy": {"num_bins": CALIBRATION_BINS, "num_quantized_bins": 256},  # 128 levels a side, as TensorRT on |x|
+        "percentile": {"num_bins": CALIBRATION_BINS, "percentile": CALIBRATION_PERCENTILE},
         "minmax": {},
     },
 }
@@ -270,7 +271,8 @@ def residual_add_inputs(model: onnx.ModelProto) -> dict[str, int]:
     return chosen
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, record_root: Path, *, method: str = "percentile",
+def quantize_int8(fp32_path: Path, out_path: Path, record_root: Path, *,
+                  method: str = DEFAULT_CALIBRATION_METHOD,
                   calibration: CalibrationSet | None, preprocessing: Preprocessing | None = None,
                   keep_fp: Sequence[str] = (), progress: ProgressCallback | None = None,
                   scheme: Int8Scheme = TENSORRT_INT8, weight_steps: Mapping[str, Mapping] | None = None,

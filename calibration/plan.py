@@ -53,7 +53,7 @@ from mlic_edge.export.lineage import ONNX_SHA
 from mlic_edge.export.metadata import read_metadata
 from mlic_edge.io import sha256_file
 from mlic_edge.spec import (CPU_INT8_TARGET_AGREEMENT, CPU_INT8_TARGET_DELTA_POINTS, DEFAULT_CALIB_IMAGES,
-                            DEFAULT_HOLDOUT_IMAGES, DEFAULT_QAT_EPOCHS, Preprocessing)
+                            DEFAULT_CALIBRATION_METHOD, DEFAULT_HOLDOUT_IMAGES, DEFAULT_QAT_EPOCHS, Preprocessing)
 
 if TYPE_CHECKING:
     from mlic_edge.data.dataset import MultiLabelDataset
@@ -92,7 +92,7 @@ class Int8Inputs:
 
     target: AccuracyTarget = AccuracyTarget()  # TensorRT's Q/DQ graph's
     cpu_target: AccuracyTarget = AccuracyTarget(CPU_INT8_TARGET_DELTA_POINTS, CPU_INT8_TARGET_AGREEMENT)
-    method: str = "percentile"  # calibration method (calibration/int8.py METHODS)
+    method: str = DEFAULT_CALIBRATION_METHOD  # calibration method (CALIBRATION_METHODS)
     calib_images: int = DEFAULT_CALIB_IMAGES
     holdout_images: int = DEFAULT_HOLDOUT_IMAGES
     keep_fp: tuple[str, ...] = ()  # layers asked to stay float (--keep-fp)

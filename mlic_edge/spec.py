@@ -49,6 +49,12 @@ CPU_INT8_TARGET_DELTA_POINTS, CPU_INT8_TARGET_AGREEMENT = INT8_TARGETS["cpu"]
 DEFAULT_TOLERANCE_POINTS = {"fp32": 0.1, "fp16": 0.5, "int8": INT8_TARGET_DELTA_POINTS}  # |ΔmAP| allowed, in points
 DEFAULT_LABELSET_FLOOR = {"fp32": 0.99, "fp16": 0.97, "int8": INT8_TARGET_AGREEMENT}  # share with identical label sets
 DEFAULT_CALIB_IMAGES = 512  # int8: calibration images asked of the training split
+# int8 activation ranges: the methods (post-training calibration and the fine-tuning's start alike); percentile keeps
+# this share of |x| (a histogram of 2048 bins); the default, measured best-or-close on benchmarks/results/precision.md
+CALIBRATION_METHODS = ("entropy", "percentile", "minmax")
+DEFAULT_CALIBRATION_METHOD = "percentile"
+CALIBRATION_PERCENTILE = 99.999
+CALIBRATION_BINS = 2048
 DEFAULT_HOLDOUT_IMAGES = 256  # int8: held-out training images the accuracy target is measured on
 DEFAULT_QAT_EPOCHS = 3  # int8: quantization-aware distillation when post-training misses the target (benchmarks/qat.py)
 # max |Δscore|; fp32 only (fp16/int8 move scores by design): 1e-2 leaves room for TF32 on GPUs and fails a reference

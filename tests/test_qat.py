@@ -481,3 +481,58 @@ def test_every_fine_tuned_linear_weight_gets_its_step_in_the_float_export(tmp_pa
         step = steps[nodes[node].input[1]]
         np.testing.assert_allclose(step["steps"], expected, rtol=1e-6)
         assert step["axis"] == 1  # the (in, out) weight's output channels
+
+
+def test_the_fine_tuning_starts_from_the_post_training_calibrations_activation_ranges():
+    """``_input_ranges``: the activation ranges ModelOpt's max calibration stretched to the largest value seen are
+    calibrated again as the post-training graph's are (percentile keeps 99.999 % of |x|), in a float pass, and the
+    model quantizes again after it with the weights' ranges unchanged. One outlier in 200,000 values: the max range
+    is the outlier's, the percentile one the bulk's."""
+    import torch
+
+    from mlic_edge.train.qat import _input_ranges, quant_config, require_modelopt
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    batches = [torch.randn(2500, 8) for _ in range(10)]
+    batches[3][7, 2] = 1000.0
+
+    def forward_loop(network):
+        with torch.no_grad():
+            for batch in batches:
+                network(batch)
+
+    model = require_modelopt().quantize(model, quant_config(), forward_loop)
+    layer = model[0]
+    weight_amax = layer.weight_quantizer.amax.clone()
+    assert float(layer.input_quantizer.amax) == pytest.approx(1000.0)
+    _input_ranges(model, forward_loop)
+    amax = float(layer.input_quantizer.amax)
+    bulk = float(torch.cat(batches).abs().flatten().sort().values[-3])  # the largest values but the outlier
+    assert 1.0 < amax < 2 * bulk
+    assert torch.equal(layer.weight_quantizer.amax, weight_amax)
+    assert layer.input_quantizer.is_enabled and layer.weight_quantizer.is_enabled
+    probe = torch.full((1, 8), 0.3)
+    with torch.no_grad():
+        quantized = model(probe)
+        model[0].input_quantizer.disable()
+        assert not torch.allclose(model(probe), quantized, atol=1e-6)  # the input quantizer quantizes again
+
+
+def test_an_unknown_calibration_method_is_refused_before_any_work(tmp_path):
+    from mlic_edge.errors import MlicError
+    from mlic_edge.rundir import RunDir
+    from mlic_edge.train.qat import quantization_aware_finetune
+
+    with pytest.raises(MlicError, match="unknown calibration method 'entropy'"):  # before the run (none here) is read
+        quantization_aware_finetune(RunDir(tmp_path / "run"), 1, method="entropy")
+
+
+@pytest.mark.parametrize("asked, used", [("percentile", "percentile"), ("minmax", "minmax"),
+                                         ("entropy", "percentile")])
+def test_the_build_fine_tunes_with_its_calibration_method_where_modelopt_has_it(asked, used, capsys):
+    from mlic_edge.commands.build import BuildRequest, _fine_tuning_calibration
+
+    assert _fine_tuning_calibration(BuildRequest(precision="int8", calib_method=asked)) == used
+    said = capsys.readouterr().err
+    assert ("not entropy" in said) == (asked == "entropy")

@@ -28,7 +28,8 @@ with the step the fine-tuning rounded it with (``weight_steps``), the activation
 
 Placement: as close to the post-training graph (calibration/int8.py) as ModelOpt's modules allow. Q/DQ on the
 inputs and weights of Conv / ConvTranspose / Linear (-> Gemm, MatMul) modules only: per-output-channel symmetric
-int8 weights (axis 0; 1 for transposed convolutions), per-tensor symmetric int8 activations, max calibration; no
+int8 weights (axis 0; 1 for transposed convolutions), per-tensor symmetric int8 activations; weights calibrated by
+max, activations by the post-training calibration's method (percentile by default, ``_input_ranges``); no
 quantizer on outputs, biases float. ModelOpt's default config also quantizes pooling, normalisation and other layers'
 inputs: every quantizer is disabled first and only those of the weighted modules are enabled. Where it differs:
 - the post-training graph's Q/DQ on the shortcut of a residual ``Add`` (so TensorRT fuses Conv + Add + Relu into one
@@ -66,7 +67,7 @@ from mlic_edge.errors import MlicError
 from mlic_edge.models.checkpoint import load_model
 from mlic_edge.models.recipe import Recipe
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import DEFAULT_DEVICE, RunSpec
+from mlic_edge.spec import CALIBRATION_PERCENTILE, DEFAULT_CALIBRATION_METHOD, DEFAULT_DEVICE, RunSpec
 from mlic_edge.train.config import QAT_CALIB_IMAGES, QAT_LIBRARY, QAT_TARGETS, modelopt_missing
 from mlic_edge.train.evaluate import predict_scores
 from mlic_edge.train.losses import create_loss
@@ -76,6 +77,9 @@ from mlic_edge.train.trainer import freeze_backbone, seed_everything, select_dev
 # NVIDIA's QAT guidance (ModelOpt's and pytorch-quantization's docs): fine-tune for ~10 % of the original schedule at
 # ~1 % of the initial learning rate, annealed (cosine) to zero; a rate near the original one undoes the training.
 LR_SCALE = 0.01
+# how the fine-tuning calibrates its activation ranges, as post-training does (mlic_edge/spec.py CALIBRATION_METHODS):
+# ModelOpt's entropy calibration is not ONNX Runtime's and took minutes per quantizer on a range with an outlier
+QAT_CALIBRATION_METHODS = ("percentile", "minmax")
 WEIGHTED_MODULES = {"nn.Conv1d": 0, "nn.Conv2d": 0, "nn.Conv3d": 0, "nn.Linear": 0,  # weight axis of output channels
                     "nn.ConvTranspose1d": 1, "nn.ConvTranspose2d": 1, "nn.ConvTranspose3d": 1}
 
@@ -210,6 +214,7 @@ class QatResult:
     seconds: float = 0.0
     scheme: QatScheme = TENSORRT_QAT
     kept_fp: list[str] = field(default_factory=list)  # model.onnx's nodes fine-tuned without quantizers
+    calib_method: str = "minmax"  # how the activation ranges were calibrated (CALIBRATION_METHODS)
 
     def as_dict(self) -> dict[str, Any]:
         return {item.name: (dataclasses.asdict(getattr(self, item.name)) if item.name == "scheme"
@@ -241,9 +246,11 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
                                 calib_images: int = QAT_CALIB_IMAGES, *, batch_size: int | None = None,
                                 workers: int = 0, device: str = DEFAULT_DEVICE, seed: int = 0, target: str = QAT_TARGETS[0],
                                 exclude: Collection[str] = (), say: Callable[[str], None] = info,
-                                scheme: QatScheme = TENSORRT_QAT, keep_fp: Collection[str] = ()) -> QatResult:
+                                scheme: QatScheme = TENSORRT_QAT, keep_fp: Collection[str] = (),
+                                method: str = DEFAULT_CALIBRATION_METHOD) -> QatResult:
     """Load the run's checkpoint, calibrate ModelOpt's int8 quantizers on ``calib_images`` training images (no
-    augmentation), fine-tune ``epochs`` epochs with the run's recipe (optimizer, augmentation) towards ``target``
+    augmentation; the activation ranges by ``method`` as post-training's, ``QAT_CALIBRATION_METHODS``),
+    fine-tune ``epochs`` epochs with the run's recipe (optimizer, augmentation) towards ``target``
     (``QAT_TARGETS``) at ``lr`` (default: the recipe's × ``LR_SCALE``) under a cosine schedule without warm-up, and
     measure the fake-quantized model on the eval split. ``exclude``: training image ids (``image_ids()``) neither
     calibrated nor fine-tuned on (the build's held-out images, which judge the result); ``scheme``: the int8 graph
@@ -252,7 +259,7 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
     post-training one did (``float_modules``; nodes no Conv/Linear module exports are left as they are). Writes
     nothing: the caller exports and records the result."""
     mtq = require_modelopt()
-    _check_options(epochs, lr, calib_images, target)
+    _check_options(epochs, lr, calib_images, target, method)
     spec = run.spec()
     run.require_checkpoint()
     recipe = run_recipe(spec)
@@ -274,12 +281,12 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
     map_fp32 = evaluate(model)
     teacher = _frozen(copy.deepcopy(model)) if target == "distill" else None  # before quantize changes the model
     model, picked, quantizers = _calibrate(mtq, model, spec, data.train_set, calib_images, batch_size, workers, seed,
-                                           torch_device, say, scheme, set(kept.values()))
+                                           torch_device, say, scheme, set(kept.values()), method)
     map_calibrated = evaluate(model)
     history = _fine_tune(model, teacher, recipe, spec, data.train_set, epochs, lr, batch_size, workers, seed,
                          torch_device, evaluate)
     model = model.to("cpu").eval()
-    result = QatResult(model=model, epochs=epochs, lr=lr, target=target, calib_images=picked,
+    result = QatResult(model=model, epochs=epochs, lr=lr, target=target, calib_images=picked, calib_method=method,
                        quantizers=len(quantizers),
                        mAP_fp32=map_fp32, mAP_calibrated=map_calibrated, mAP_qat=history[-1]["val_mAP_fake_quant"],
                        eval_images=len(data.eval_set), train_images=len(data.train_set), history=history,
@@ -290,7 +297,7 @@ def quantization_aware_finetune(run: RunDir, epochs: int, lr: float | None = Non
     return result
 
 
-def _check_options(epochs: int, lr: float | None, calib_images: int, target: str) -> None:
+def _check_options(epochs: int, lr: float | None, calib_images: int, target: str, method: str) -> None:
     """The fine-tuning's options, refused in one line before any work."""
     if epochs < 1:
         raise MlicError("--epochs must be at least 1 for --qat")
@@ -300,6 +307,9 @@ def _check_options(epochs: int, lr: float | None, calib_images: int, target: str
         raise MlicError("--lr must be positive")
     if target not in QAT_TARGETS:
         raise MlicError(f"unknown QAT target {target!r}", hint=f"use one of {', '.join(QAT_TARGETS)}")
+    if method not in QAT_CALIBRATION_METHODS:
+        raise MlicError(f"unknown calibration method {method!r} for the fine-tuning's activation ranges",
+                        hint=f"use one of {', '.join(QAT_CALIBRATION_METHODS)}")
 
 
 def _qat_data(run: RunDir, spec: RunSpec, exclude: Collection[str]) -> _QatData:
@@ -325,12 +335,12 @@ def _qat_data(run: RunDir, spec: RunSpec, exclude: Collection[str]) -> _QatData:
 
 def _calibrate(mtq, model: torch.nn.Module, spec: RunSpec, train_set: MultiLabelDataset, calib_images: int,
                batch_size: int, workers: int, seed: int, torch_device: torch.device, say: Callable[[str], None],
-               scheme: QatScheme = TENSORRT_QAT, float_names: Collection[str] = ()
-               ) -> tuple[torch.nn.Module, int, list[str]]:
-    """``model`` with ModelOpt's int8 quantizers of ``scheme``, calibrated (max) on ``calib_images`` training images
-    picked with ``seed``, no augmentation (inputs seen non-negative made unsigned where the scheme says so), those
-    of the modules named in ``float_names`` off; returns it, the number of images and the enabled quantizers'
-    names."""
+               scheme: QatScheme = TENSORRT_QAT, float_names: Collection[str] = (),
+               method: str = DEFAULT_CALIBRATION_METHOD) -> tuple[torch.nn.Module, int, list[str]]:
+    """``model`` with ModelOpt's int8 quantizers of ``scheme``, calibrated on ``calib_images`` training images picked
+    with ``seed``, no augmentation (weights max, activations by ``method``: max, or ``_input_ranges``; inputs seen
+    non-negative made unsigned where the scheme says so), those of the modules named in ``float_names`` off;
+    returns it, the number of images and the enabled quantizers' names."""
     picked = np.sort(np.random.default_rng(seed).permutation(len(train_set))[:calib_images])
     calib_loader = make_loader(ImageDataset(train_set.subset(picked), spec.img_size, spec.mean, spec.std,
                                             resize=spec.resize), batch_size, shuffle=False, workers=workers)
@@ -347,12 +357,46 @@ def _calibrate(mtq, model: torch.nn.Module, spec: RunSpec, train_set: MultiLabel
         model = mtq.quantize(model, quant_config(scheme), forward_loop)
     if float_names:
         mtq.disable_quantizer(model, lambda name: name.rpartition(".")[0] in float_names)
+    if method == "percentile":
+        say("qat: the activation ranges by percentile, as post-training int8 calibrates them")
+        _input_ranges(model, forward_loop)
     if scheme.unsigned_inputs:
         for name, module in model.named_modules():
             quantizer = getattr(module, "input_quantizer", None)
             if quantizer is not None and quantizer.is_enabled and minima.get(name, -1.0) >= 0:
                 quantizer.unsigned = True
     return model, len(picked), enabled_quantizers(model)
+
+
+def _input_ranges(model: torch.nn.Module, forward_loop: Callable[[torch.nn.Module], None]) -> None:
+    """The enabled input quantizers' ranges (amax) calibrated again by percentile over one more pass of
+    ``forward_loop`` in float, as the post-training calibration reads the fp32 graph: ModelOpt's histogram
+    calibrator on |x| (2048 bins, as ONNX Runtime's), keeping ``CALIBRATION_PERCENTILE`` % of the values.
+
+    Why: ModelOpt's max ranges stretch each activation's int8 grid to its largest value, which fine-tuning does not
+    move (amax is calibrated, not trained). Measured on the zoo (TensorRT's scheme, 3 epochs, the layers the
+    post-training search kept float left float, eval split): ML-GAT 94.7 % identical label sets from max ranges,
+    98.3 % from percentile ones; MSRN 98.0 % and 98.3 %."""
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    enabled = {name: module for name, module in model.named_modules()
+               if isinstance(module, TensorQuantizer) and module.is_enabled}
+    inputs = [module for name, module in enabled.items() if name.endswith("input_quantizer")]
+    for quantizer in enabled.values():
+        quantizer.disable_quant()
+    for quantizer in inputs:
+        quantizer.set_from_attribute_config({"calibrator": "histogram"})
+        quantizer.enable_calib()
+    try:
+        forward_loop(model)
+        for quantizer in inputs:
+            quantizer.load_calib_amax("percentile", percentile=CALIBRATION_PERCENTILE)
+    finally:
+        for quantizer in inputs:
+            quantizer.disable_calib()
+            quantizer.set_from_attribute_config({"calibrator": "max"})
+        for quantizer in enabled.values():
+            quantizer.enable_quant()
 
 
 @contextlib.contextmanager

@@ -297,6 +297,8 @@ def train(
     run: Optional[Path] = typer.Option(None, "--run", "-r", help="--qat: the trained run directory."),
     calib_images: int = typer.Option(QatRequest.calib_images, "--calib-images", help="--qat: training images the "
                                      "int8 ranges are calibrated on before fine-tuning."),
+    calib_method: str = typer.Option(QatRequest.calib_method, "--calib-method", help="--qat: how the activation "
+                                     "ranges are calibrated: percentile (as `build`'s default) or minmax."),
     qat_target: str = typer.Option(QatRequest.target, "--qat-target", help="--qat: fine-tune towards the fp32 "
                                    "model's scores (distill: int8 labels agree with fp32's) or the labels (labels: "
                                    "the run's loss)."),
@@ -313,8 +315,9 @@ def train(
         if data is not None:
             raise MlicError("--qat fine-tunes on the dataset the run was trained on; --data is not for it",
                             hint="drop --data")
-        _train_qat(QatRequest(run=run, epochs=epochs, lr=lr, calib_images=calib_images, target=qat_target,
-                              batch_size=batch_size, workers=workers, device=device, seed=seed), json_out)
+        _train_qat(QatRequest(run=run, epochs=epochs, lr=lr, calib_images=calib_images, calib_method=calib_method,
+                              target=qat_target, batch_size=batch_size, workers=workers, device=device, seed=seed),
+                   json_out)
         return
     if run is not None:
         raise MlicError("--run is for --qat; training writes the run given with --out",
@@ -512,8 +515,9 @@ def build(
     calib_images: int = typer.Option(BuildRequest.calib_images, "--calib-images",
                                      help="Calibration images to use (every class covered first)."),
     calib_method: str = typer.Option(BuildRequest.calib_method, "--calib-method",
-                                     help="percentile (99.999 %), minmax or entropy (KL); "
-                                          "benchmarks/results/precision.md compares them."),
+                                     help="percentile (99.999 %), minmax or entropy (KL), for post-training and the "
+                                          "fine-tuning's activation ranges; benchmarks/results/precision.md compares "
+                                          "them."),
     keep_fp: list[str] = typer.Option([], "--keep-fp", help="Node to keep in higher precision (repeatable; the "
                                       "build report names the most sensitive)."),
     target_delta: float = typer.Option(BuildRequest.target_delta, "--target-delta", help="int8 (TensorRT's Q/DQ "

@@ -22,7 +22,8 @@ from mlic_edge.io import json_text, read_json, sha256_file
 from mlic_edge.rundir import RunChange, RunDir
 from mlic_edge.runtime.inference.backends import registry as backend_registry
 from mlic_edge.spec import (CPU_INT8_TARGET_AGREEMENT, CPU_INT8_TARGET_DELTA_POINTS, DEFAULT_BACKEND,
-                            DEFAULT_CALIB_IMAGES, DEFAULT_HOLDOUT_IMAGES, DEFAULT_QAT_EPOCHS, INT8_TARGET_AGREEMENT, INT8_TARGET_DELTA_POINTS, PRECISIONS, RunSpec, require_at_least,
+                            DEFAULT_CALIB_IMAGES, DEFAULT_CALIBRATION_METHOD, DEFAULT_HOLDOUT_IMAGES, DEFAULT_QAT_EPOCHS,
+                            INT8_TARGET_AGREEMENT, INT8_TARGET_DELTA_POINTS, PRECISIONS, RunSpec, require_at_least,
                             require_choice, require_fraction)
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ class BuildRequest:
     backend: str = DEFAULT_BACKEND
     calib_data: str | None = None
     calib_images: int = DEFAULT_CALIB_IMAGES
-    calib_method: str = "percentile"  # measured best-or-close on benchmarks/results/precision.md; entropy clipped too much
+    calib_method: str = DEFAULT_CALIBRATION_METHOD  # benchmarks/results/precision.md: entropy clipped too much
     keep_fp: list[str] = field(default_factory=list)
     target_delta: float = INT8_TARGET_DELTA_POINTS  # int8: |ΔmAP| in points on the run's validation images
     target_agreement: float = INT8_TARGET_AGREEMENT  # int8: share of images with fp32's label set
@@ -444,7 +445,7 @@ def _fine_tune(run: RunDir, spec: RunSpec, request: BuildRequest, plan: Int8Plan
          f"distillation of the fp32 scores, the {len(plan.holdout)} held-out images left out (--qat-epochs 0: never)")
     say("int8: quantization-aware fine-tuning", 0, 1)
     result = quantization_aware_finetune(run, request.qat_epochs, workers=QAT_WORKERS, exclude=plan.holdout.image_ids,
-                                         keep_fp=plan.decision.search.kept_fp)
+                                         keep_fp=plan.decision.search.kept_fp, method=_fine_tuning_calibration(request))
     _say_kept_float("int8", plan.decision.search.kept_fp, result.kept_fp)
     with tempfile.TemporaryDirectory(prefix=".int8-qat.", dir=run.path) as work:
         graph = Path(work) / run.onnx("int8").name
@@ -461,6 +462,18 @@ def _fine_tune(run: RunDir, spec: RunSpec, request: BuildRequest, plan: Int8Plan
     stage_int8_superseded(run, change, by)  # this build's own entry replaces its mark
     plan.record_fine_tuning({"epochs": section.epochs, "lr": section.lr, "target": section.target,
                              "seconds": section.seconds, "device": section.device}, section.accuracy)
+
+
+def _fine_tuning_calibration(request: BuildRequest) -> str:
+    """How the fine-tuning calibrates its activation ranges: as post-training did (``--calib-method``), or by
+    percentile where ModelOpt cannot (``QAT_CALIBRATION_METHODS``: entropy), said."""
+    from mlic_edge.train.qat import QAT_CALIBRATION_METHODS
+
+    if request.calib_method in QAT_CALIBRATION_METHODS:
+        return request.calib_method
+    info(f"int8: the fine-tuning calibrates its activation ranges by {DEFAULT_CALIBRATION_METHOD}, not "
+         f"{request.calib_method} (it calibrates by {' or '.join(QAT_CALIBRATION_METHODS)})")
+    return DEFAULT_CALIBRATION_METHOD
 
 
 def _say_kept_float(what: str, asked: Sequence[str], kept: Sequence[str]) -> None:
@@ -492,7 +505,7 @@ def _fine_tune_cpu_graph(run: RunDir, spec: RunSpec, request: BuildRequest, plan
          "out (--qat-epochs 0: never)")
     say("int8 CPU graph: quantization-aware fine-tuning", 0, 1)
     result = quantization_aware_finetune(run, request.qat_epochs, workers=QAT_WORKERS, exclude=plan.holdout.image_ids,
-                                         scheme=scheme, keep_fp=plan.cpu_search.kept_fp)
+                                         scheme=scheme, keep_fp=plan.cpu_search.kept_fp, method=_fine_tuning_calibration(request))
     _say_kept_float("int8 CPU graph", plan.cpu_search.kept_fp, result.kept_fp)
     # the post-training CPU graph's figures on the eval split, for the report, before a fine-tuned one replaces it
     ptq_eval = evaluate_or_warn(run, "int8", lambda *_: None, plan.files.stage(plan.files.cpu)) \

@@ -65,8 +65,9 @@ def record_qat(run: "RunDir", result: "QatResult", change: "RunChange", dequanti
     accuracy = evaluate_or_warn(run, "int8", _quiet, change.path(run.onnx("int8"))) if evaluate else None
     section = QatSection(
         by=by, epochs=result.epochs, lr=result.lr, target=result.target, calib_images=result.calib_images,
-        train_images=result.train_images, calibration="max", library=QAT_LIBRARY, library_version=library_version(),
-        torch=importlib.metadata.version("torch"), quantizers=result.quantizers, dequantize_nodes=dequantized,
+        train_images=result.train_images, calibration=f"weights max, activations {result.calib_method}",
+        library=QAT_LIBRARY, library_version=library_version(), torch=importlib.metadata.version("torch"),
+        quantizers=result.quantizers, dequantize_nodes=dequantized,
         onnx=run.onnx("int8").name, state="qat.pt", device=result.device, seconds=result.seconds,
         history=result.history,
         fake_quant_torch={"images": result.eval_images, "mAP_fp32": result.mAP_fp32,
@@ -87,8 +88,8 @@ def qat_markdown(section: "QatSection") -> str:
     torch_side = section.fake_quant_torch or {}
     lines = ["# Quantization-aware fine-tuning", "",
              f"{section.library} {section.library_version} (PyTorch {section.torch}, {section.device}): "
-             f"{section.quantizers} int8 quantizers (Conv/Linear inputs and weights), max calibration on "
-             f"{section.calib_images} training images, then {section.epochs} epoch(s) at lr "
+             f"{section.quantizers} int8 quantizers (Conv/Linear inputs and weights), calibrated "
+             f"({section.calibration}) on {section.calib_images} training images, then {section.epochs} epoch(s) at lr "
              f"{section.lr:.3g} (cosine to 0) towards {QAT_TARGET_WORDS[section.target or 'labels']}, on "
              f"{'?' if section.train_images is None else section.train_images} training images, run by "
              f"`{section.by or 'train --qat'}`. Graph: {section.onnx} ({section.dequantize_nodes} "

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mlic_edge.train.config import QAT_CALIB_IMAGES, QAT_TARGETS, QAT_WORKERS, TrainConfig
-from mlic_edge.spec import DEFAULT_DEVICE
+from mlic_edge.spec import DEFAULT_CALIBRATION_METHOD, DEFAULT_DEVICE
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -77,6 +77,7 @@ class QatRequest:
     epochs: int | None
     lr: float | None = None  # None: the run's recipe lr × 0.01 (train/qat.py's LR_SCALE)
     calib_images: int = QAT_CALIB_IMAGES
+    calib_method: str = DEFAULT_CALIBRATION_METHOD  # the activation ranges' (CALIBRATION_METHODS), as build's
     target: str = QAT_TARGETS[0]  # distill (the fp32 model's scores) | labels (the run's loss)
     batch_size: int | None = None  # None: the recipe's
     workers: int = QAT_WORKERS
@@ -138,7 +139,8 @@ def train_qat(request: QatRequest) -> dict[str, Any]:
             ptq = evaluate_or_warn(run, "int8", _quiet, run.onnx("int8"))
     result = quantization_aware_finetune(run, request.epochs, request.lr, request.calib_images,
                                          batch_size=request.batch_size, workers=request.workers,
-                                         device=request.device, seed=request.seed, target=request.target)
+                                         device=request.device, seed=request.seed, target=request.target,
+                                         method=request.calib_method)
     with run.transaction() as change:
         dequantized = export_qat_graph(result, spec, fp32, change.path(run.onnx("int8")))
         section = record_qat(run, result, change, dequantized, ptq, by="train --qat")
