@@ -493,7 +493,9 @@ def test_the_fine_tuning_starts_from_the_post_training_calibrations_activation_r
     from mlic_edge.train.qat import _input_ranges, quant_config, require_modelopt
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    model = torch.nn.Module()
+    model.layer, model.unused = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)  # unused: never called, as
+    model.forward = lambda inputs: model.layer(inputs)  # BatchFormerV2's layers at eval: no range to calibrate
     batches = [torch.randn(2500, 8) for _ in range(10)]
     batches[3][7, 2] = 1000.0
 
@@ -503,7 +505,7 @@ def test_the_fine_tuning_starts_from_the_post_training_calibrations_activation_r
                 network(batch)
 
     model = require_modelopt().quantize(model, quant_config(), forward_loop)
-    layer = model[0]
+    layer = model.layer
     weight_amax = layer.weight_quantizer.amax.clone()
     assert float(layer.input_quantizer.amax) == pytest.approx(1000.0)
     _input_ranges(model, forward_loop)
@@ -511,11 +513,12 @@ def test_the_fine_tuning_starts_from_the_post_training_calibrations_activation_r
     bulk = float(torch.cat(batches).abs().flatten().sort().values[-3])  # the largest values but the outlier
     assert 1.0 < amax < 2 * bulk
     assert torch.equal(layer.weight_quantizer.amax, weight_amax)
+    assert model.unused.input_quantizer.amax is None
     assert layer.input_quantizer.is_enabled and layer.weight_quantizer.is_enabled
     probe = torch.full((1, 8), 0.3)
     with torch.no_grad():
         quantized = model(probe)
-        model[0].input_quantizer.disable()
+        layer.input_quantizer.disable()
         assert not torch.allclose(model(probe), quantized, atol=1e-6)  # the input quantizer quantizes again
 
 
