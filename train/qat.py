@@ -375,8 +375,9 @@ def _input_ranges(model: torch.nn.Module, forward_loop: Callable[[torch.nn.Modul
 
     Why: ModelOpt's max ranges stretch each activation's int8 grid to its largest value, which fine-tuning does not
     move (amax is calibrated, not trained). Measured on the zoo (TensorRT's scheme, 3 epochs, the layers the
-    post-training search kept float left float, eval split): ML-GAT 94.7 % identical label sets from max ranges,
-    98.3 % from percentile ones; MSRN 98.0 % and 98.3 %."""
+    post-training search kept float left float, eval split, benchmarks/results/int8_zoo.md): ML-GAT's fine-tuned
+    graph 94.7 % identical label sets from max ranges, 97.3 % from these; MSRN 98.0 % from either.
+    """
     from modelopt.torch.quantization.nn import TensorQuantizer
 
     enabled = {name: module for name, module in model.named_modules()
