@@ -554,7 +554,8 @@ def _reads_weight_transposed(node) -> bool:
     (onnxsim's fusion of a MatMul and its bias Add)."""
     if node.op_type == "MatMul":
         return True
-    return node.op_type == "Gemm" and not any(attribute.name == "transB" and attribute.i for attribute in node.attribute)
+    transposes_b = any(attribute.name == "transB" and attribute.i for attribute in node.attribute)
+    return node.op_type == "Gemm" and not transposes_b
 
 
 def _exported_steps(exported: np.ndarray, trained: np.ndarray, quantizer, axis: int, transposed: bool

@@ -505,7 +505,8 @@ def _fine_tune_cpu_graph(run: RunDir, spec: RunSpec, request: BuildRequest, plan
          "out (--qat-epochs 0: never)")
     say("int8 CPU graph: quantization-aware fine-tuning", 0, 1)
     result = quantization_aware_finetune(run, request.qat_epochs, workers=QAT_WORKERS, exclude=plan.holdout.image_ids,
-                                         scheme=scheme, keep_fp=plan.cpu_search.kept_fp, method=_fine_tuning_calibration(request))
+                                         scheme=scheme, keep_fp=plan.cpu_search.kept_fp,
+                                         method=_fine_tuning_calibration(request))
     _say_kept_float("int8 CPU graph", plan.cpu_search.kept_fp, result.kept_fp)
     # the post-training CPU graph's figures on the eval split, for the report, before a fine-tuned one replaces it
     ptq_eval = evaluate_or_warn(run, "int8", lambda *_: None, plan.files.stage(plan.files.cpu)) \
