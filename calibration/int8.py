@@ -60,13 +60,12 @@ import onnx
 from mlic_edge.calibration.images import CalibrationSet
 from mlic_edge.errors import CalibrationError
 from mlic_edge.spec import (CALIBRATION_BINS, CALIBRATION_METHODS, CALIBRATION_PERCENTILE, DEFAULT_CALIBRATION_METHOD,
-                            Preprocessing)
+                            WEIGHTED_OP_TYPES, Preprocessing)
 from mlic_edge.export.metadata import derive_metadata, read_metadata, write_metadata
 from mlic_edge.export.lineage import ONNX_SHA
 from mlic_edge.io import atomic_path, read_json, sha256_file, write_json
 
 METHODS = CALIBRATION_METHODS
-WEIGHTED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 QUANTIZED_OP_TYPES = (*WEIGHTED_OP_TYPES, "Add")
 CONV_OP_TYPES = ("Conv", "ConvTranspose")
 RECORD_FILE, RANGES_FILE = "record.json", "ranges.json"

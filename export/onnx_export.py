@@ -24,7 +24,7 @@ from mlic_edge.export.lineage import CHECKPOINT_SHA
 from mlic_edge.io import sha256_file
 from mlic_edge.models.checkpoint import load_model
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import FLOAT_INPUT, UINT8_INPUT, ExportCheck, ExportSection, RunSpec
+from mlic_edge.spec import FLOAT_INPUT, UINT8_INPUT, WEIGHTED_OP_TYPES, ExportCheck, ExportSection, RunSpec
 
 INPUT_NAME, OUTPUT_NAME = "images", "scores"
 DEFAULT_OPSET = 17  # the newest opset TensorRT 8.6 (JetPack 6.0) parses
@@ -199,9 +199,6 @@ def export_graph(graph: torch.nn.Module, example: torch.Tensor, path: Path, opse
                                  "rerun with --debug for the traceback") from error
 
 
-WEIGHTED_NODES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
 def simplify_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
     """``proto`` simplified by onnxsim, each weighted node under the exporter's scope (``restore_scopes``); ``proto``
     itself where onnxsim cannot validate its result."""
@@ -223,12 +220,12 @@ def restore_scopes(exported: onnx.ModelProto, simplified: onnx.ModelProto) -> No
     rely on. A weight read by more than one exported node names none."""
     readers: dict[str, list[str]] = {}
     for node in exported.graph.node:
-        if node.op_type in WEIGHTED_NODES and len(node.input) > 1:
+        if node.op_type in WEIGHTED_OP_TYPES and len(node.input) > 1:
             readers.setdefault(node.input[1], []).append(node.name)
     exported_names = {node.name for node in exported.graph.node}
     taken = {node.name for node in simplified.graph.node}
     for node in simplified.graph.node:
-        if node.name in exported_names or node.op_type not in WEIGHTED_NODES or len(node.input) < 2:
+        if node.name in exported_names or node.op_type not in WEIGHTED_OP_TYPES or len(node.input) < 2:
             continue
         sources = readers.get(node.input[1], [])
         scope = sources[0].rpartition("/")[0] if len(sources) == 1 else ""

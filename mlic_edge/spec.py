@@ -55,6 +55,9 @@ CALIBRATION_METHODS = ("entropy", "percentile", "minmax")
 DEFAULT_CALIBRATION_METHOD = "percentile"
 CALIBRATION_PERCENTILE = 99.999
 CALIBRATION_BINS = 2048
+# the ONNX ops that multiply an activation by a weight: quantized with per-channel weights (calibration), traced back to
+# the modules that export them (export's fused nodes, the fine-tuning's float layers and weight steps)
+WEIGHTED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 DEFAULT_HOLDOUT_IMAGES = 256  # int8: held-out training images the accuracy target is measured on
 DEFAULT_QAT_EPOCHS = 3  # int8: quantization-aware distillation when post-training misses the target (benchmarks/qat.py)
 # max |Δscore|; fp32 only (fp16/int8 move scores by design): 1e-2 leaves room for TF32 on GPUs and fails a reference

@@ -20,10 +20,9 @@ from mlic_edge.data.images import preprocess, read_image
 from mlic_edge.errors import CalibrationError
 from mlic_edge.metrics import mean_average_precision
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import Preprocessing
+from mlic_edge.spec import WEIGHTED_OP_TYPES, Preprocessing
 
 CALIBRATION_IMAGES = 48
-WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def _dataset(targets: list[list[int]], root: Path = Path("/nowhere")) -> MultiLabelDataset:
@@ -130,7 +129,7 @@ def test_weights_are_per_channel_symmetric_int8_and_biases_stay_float(int8):
     model = onnx.load(str(int8.path))
     initializers = {init.name: init for init in model.graph.initializer}
     producers = _producers(model)
-    weighted = [node for node in model.graph.node if node.op_type in WEIGHTED]
+    weighted = [node for node in model.graph.node if node.op_type in WEIGHTED_OP_TYPES]
     assert weighted
     for node in weighted:
         dq = producers.get(node.input[1])
@@ -163,7 +162,7 @@ def test_qdq_placement_is_the_one_tensorrt_fuses(int8, run):
     model = onnx.load(str(int8.path))
     producers = _producers(model)
     constants = {init.name for init in model.graph.initializer}
-    weighted_inputs = {name for node in fp32.graph.node if node.op_type in WEIGHTED for name in node.input}
+    weighted_inputs = {name for node in fp32.graph.node if node.op_type in WEIGHTED_OP_TYPES for name in node.input}
     residual = residual_add_inputs(fp32)
     nodes = {node.name: node for node in fp32.graph.node}
     shortcuts = {nodes[name].input[index] for name, index in residual.items()}
@@ -178,7 +177,7 @@ def test_qdq_placement_is_the_one_tensorrt_fuses(int8, run):
     for node in model.graph.node:
         inputs = [name for name in node.input if name and name not in constants]
         fed = [producers.get(name) is not None and producers[name].op_type == "DequantizeLinear" for name in inputs]
-        if node.op_type in WEIGHTED:
+        if node.op_type in WEIGHTED_OP_TYPES:
             assert all(fed), f"{node.name}: an activation input is not quantized"
         elif node.op_type == "Add" and node.name in residual:
             index = residual[node.name]
@@ -275,7 +274,7 @@ def test_a_layer_input_the_same_for_every_image_is_named_as_the_cause(run_copy, 
 def test_keep_fp_is_honoured_and_unknown_names_refused(run, calibration, int8, eval_inputs):
     ranked = layer_sensitivity(run.onnx("fp32"), int8.path, eval_inputs[0][:16], top=3)
     assert len(ranked) == 3 and ranked[0]["added_error"] >= ranked[-1]["added_error"]
-    worst = next(row["node"] for row in ranked if row["op_type"] in WEIGHTED)
+    worst = next(row["node"] for row in ranked if row["op_type"] in WEIGHTED_OP_TYPES)
     assert worst in quantizable_nodes(onnx.load(str(run.onnx("fp32"))))
 
     kept = _quantize(run, calibration, out="model.int8.keep.onnx", keep_fp=[worst])

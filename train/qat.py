@@ -67,7 +67,8 @@ from mlic_edge.errors import MlicError
 from mlic_edge.models.checkpoint import load_model
 from mlic_edge.models.recipe import Recipe
 from mlic_edge.rundir import RunDir
-from mlic_edge.spec import CALIBRATION_PERCENTILE, DEFAULT_CALIBRATION_METHOD, DEFAULT_DEVICE, RunSpec
+from mlic_edge.spec import (CALIBRATION_PERCENTILE, DEFAULT_CALIBRATION_METHOD, DEFAULT_DEVICE, WEIGHTED_OP_TYPES,
+                            RunSpec)
 from mlic_edge.train.config import QAT_CALIB_IMAGES, QAT_LIBRARY, QAT_TARGETS, modelopt_missing
 from mlic_edge.train.evaluate import predict_scores
 from mlic_edge.train.losses import create_loss
@@ -530,7 +531,7 @@ def weight_steps(model: torch.nn.Module, onnx_path: Path) -> dict[str, dict[str,
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
-    nodes = {node.name: node for node in graph.node if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")}
+    nodes = {node.name: node for node in graph.node if node.op_type in WEIGHTED_OP_TYPES}
     steps: dict[str, dict[str, Any]] = {}
     for node_name, module_name in float_modules(model, list(nodes)).items():
         node, module = nodes[node_name], model.get_submodule(module_name)
