@@ -539,3 +539,105 @@ def test_the_build_fine_tunes_with_its_calibration_method_where_modelopt_has_it(
     assert _fine_tuning_calibration(BuildRequest(precision="int8", calib_method=asked)) == used
     said = capsys.readouterr().err
     assert ("not entropy" in said) == (asked == "entropy")
+
+
+class _Batches(list):
+    """Calibration batches as the fine-tuning's loader gives them (``with loader:``, ``batch.images``)."""
+
+    def __init__(self, batches):
+        from types import SimpleNamespace
+
+        super().__init__(SimpleNamespace(images=images, indices=range(len(images))) for images in batches)
+        self.dataset = range(sum(len(images) for images in batches))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return None
+
+
+def test_a_label_branch_folded_into_constants_fine_tunes_without_quantizers():
+    """ML-GAT's label branch (its label-vector reduction, GAT layers and residual projection) is computed once into
+    the graph's classifier constant: the fine-tuning leaves it unquantized, so the fake-quantized model's classifier
+    is exactly the float one, while the image branch is quantized."""
+    import numpy as np
+    import torch
+
+    from mlic_edge.label_graph import LabelGraph
+    from mlic_edge.models import create_model
+    from mlic_edge.train.qat import _calibrate, folded_modules, require_modelopt
+
+    torch.manual_seed(0)
+    classes = 5
+    graph = LabelGraph(names=[f"c{i}" for i in range(classes)], vectors=np.random.default_rng(0).normal(
+        size=(classes, 8)).astype(np.float32), cooccurrence=np.ones((classes, classes), np.int64) - np.eye(classes,
+        dtype=np.int64), counts=np.full(classes, 4, np.int64))
+    model = create_model("mlgat", classes, backbone="resnet10t", d_reduced=32, label_graph=graph).eval()
+    folded = folded_modules(model)
+    assert set(folded) == {"label_reduce", "gat.0.lin", "gat.1.lin", "gat_residual.0"}
+    with torch.no_grad():
+        classifier = model.label_embeddings()
+        images = torch.randn(8, 3, 64, 64)
+        scores = model(images)
+    model, enabled = _calibrate(require_modelopt(), model, _Batches([images[:4], images[4:]]), torch.device("cpu"),
+                                lambda message: None, float_names=folded)
+    assert enabled and not [name for name in enabled if name.rpartition(".")[0] in folded]
+    with torch.no_grad():
+        assert torch.equal(model.label_embeddings(), classifier)
+        assert not torch.allclose(model(images), scores, atol=1e-6)  # the image branch quantizes
+
+
+def test_a_float_budget_goes_to_the_module_the_logits_are_most_sensitive_to():
+    """``_spend_float_budget``: of two Linear layers whose outputs add up, the one with 50× the weights moves the
+    logits the most when quantized; a budget of one keeps it float and the other quantized, none keeps both."""
+    import torch
+
+    from mlic_edge.train.qat import _calibrate, _spend_float_budget, require_modelopt
+
+    class TwoBranches(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quiet, self.loud = torch.nn.Linear(16, 4), torch.nn.Linear(16, 4)
+            with torch.no_grad():
+                self.loud.weight.mul_(50.0)
+
+        def forward(self, inputs):
+            return self.quiet(inputs) + self.loud(inputs)
+
+    torch.manual_seed(0)
+    batches = _Batches([torch.randn(32, 16) for _ in range(3)])
+    for budget, float_modules in ((0, []), (1, ["loud"]), (2, ["loud", "quiet"])):
+        model, _ = _calibrate(require_modelopt(), TwoBranches(), batches, torch.device("cpu"), lambda message: None)
+        assert _spend_float_budget(model, batches, torch.device("cpu"), budget) == float_modules
+        for name in ("quiet", "loud"):
+            layer = getattr(model, name)
+            assert layer.input_quantizer.is_enabled == layer.weight_quantizer.is_enabled == (name not in float_modules)
+
+
+def test_the_fine_tuning_spends_the_float_the_search_kept_on_nodes_no_module_exports(run_copy):
+    """A float layer the post-training search kept that no module exports (here a residual Add, which the fine-tuned
+    graph never quantizes) buys one more module fine-tuned float, named by its model.onnx node and float in the
+    exported graph."""
+    import contextlib
+    import io
+
+    from mlic_edge.commands.qat import export_qat_graph
+    from mlic_edge.rundir import RunDir
+    from mlic_edge.train.qat import quantization_aware_finetune
+
+    run = RunDir(run_copy)
+    fp32 = onnx.load(str(run.onnx("fp32")))
+    add = next(node.name for node in fp32.graph.node if node.op_type == "Add")
+    with contextlib.redirect_stderr(io.StringIO()):
+        result = quantization_aware_finetune(run, 1, keep_fp=[add], say=lambda message: None)
+    assert len(result.chosen_fp) == 1 and result.kept_fp == result.chosen_fp
+    chosen = result.chosen_fp[0]
+    assert chosen in {node.name for node in fp32.graph.node if node.op_type in WEIGHTED}
+    graph = run_copy / "qat.onnx"
+    export_qat_graph(result, run.spec(), run.onnx("fp32"), graph)
+    producers = {out: node for node in onnx.load(str(graph)).graph.node for out in node.output}
+    consumers = [node for node in producers.values() if node.op_type in WEIGHTED]
+    dequantized = [node for node in consumers
+                   if any(getattr(producers.get(name), "op_type", None) == "DequantizeLinear" for name in node.input)]
+    assert [node.name for node in consumers if node not in dequantized] == [chosen]  # every other one quantized

@@ -28,6 +28,7 @@ from mlic_edge.spec import (CPU_INT8_TARGET_AGREEMENT, CPU_INT8_TARGET_DELTA_POI
 
 if TYPE_CHECKING:
     from mlic_edge.calibration.plan import Int8Plan, Progress
+    from mlic_edge.train.qat import QatResult
 
 FP16_MEASURE_IMAGES = 64  # fp16 decisions are measured on this many of the calibration images
 # int8's judging images weighed to the eval split's class mix (its labels only), or as drawn from the training split
@@ -446,7 +447,7 @@ def _fine_tune(run: RunDir, spec: RunSpec, request: BuildRequest, plan: Int8Plan
     say("int8: quantization-aware fine-tuning", 0, 1)
     result = quantization_aware_finetune(run, request.qat_epochs, workers=QAT_WORKERS, exclude=plan.holdout.image_ids,
                                          keep_fp=plan.decision.search.kept_fp, method=_fine_tuning_calibration(request))
-    _say_kept_float("int8", plan.decision.search.kept_fp, result.kept_fp)
+    _say_kept_float("int8", plan.decision.search.kept_fp, result)
     with tempfile.TemporaryDirectory(prefix=".int8-qat.", dir=run.path) as work:
         graph = Path(work) / run.onnx("int8").name
         dequantized = export_qat_graph(result, spec, run.onnx("fp32"), graph)
@@ -476,9 +477,11 @@ def _fine_tuning_calibration(request: BuildRequest) -> str:
     return DEFAULT_CALIBRATION_METHOD
 
 
-def _say_kept_float(what: str, asked: Sequence[str], kept: Sequence[str]) -> None:
+def _say_kept_float(what: str, asked: Sequence[str], result: QatResult) -> None:
     """Which of the post-training graph's float layers the fine-tuning kept float (those a Conv/Linear module
-    exports); the others (an Add, a matmul outside a Linear) it does not quantize anyway."""
+    exports); the others (an Add, a matmul outside a Linear) it does not quantize anyway, and it said which modules
+    it kept float in their place (``result.chosen_fp``)."""
+    kept = [name for name in result.kept_fp if name not in result.chosen_fp]
     if asked:
         info(f"{what}: fine-tuned with {len(kept)} of the {len(asked)} layer(s) the search kept in float left "
              "unquantized" + (f" ({', '.join(kept)})" if kept else ""))
@@ -507,7 +510,7 @@ def _fine_tune_cpu_graph(run: RunDir, spec: RunSpec, request: BuildRequest, plan
     result = quantization_aware_finetune(run, request.qat_epochs, workers=QAT_WORKERS, exclude=plan.holdout.image_ids,
                                          scheme=scheme, keep_fp=plan.cpu_search.kept_fp,
                                          method=_fine_tuning_calibration(request))
-    _say_kept_float("int8 CPU graph", plan.cpu_search.kept_fp, result.kept_fp)
+    _say_kept_float("int8 CPU graph", plan.cpu_search.kept_fp, result)
     # the post-training CPU graph's figures on the eval split, for the report, before a fine-tuned one replaces it
     ptq_eval = evaluate_or_warn(run, "int8", lambda *_: None, plan.files.stage(plan.files.cpu)) \
         if request.evaluate else None
