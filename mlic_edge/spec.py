@@ -44,6 +44,7 @@ INPUT_LAYOUTS = {  # the human-readable ``input_layout`` of the ONNX metadata
 INT8_TARGETS = {"tensorrt": (0.2, 0.985), "cpu": (0.5, 0.97)}
 INT8_TARGET_DELTA_POINTS, INT8_TARGET_AGREEMENT = INT8_TARGETS["tensorrt"]
 CPU_INT8_TARGET_DELTA_POINTS, CPU_INT8_TARGET_AGREEMENT = INT8_TARGETS["cpu"]
+CPU_INT8_TARGET_LATENCY = 0.5  # the CPU graph's latency target: this share of fp32's, at the batch the build times
 # Parity limits per precision (runtime/checks/parity.py applies them; --tolerance, --min-same, --max-diff override);
 # int8's are its TensorRT graph's target (``parity_limits``: the CPU graph's own).
 DEFAULT_TOLERANCE_POINTS = {"fp32": 0.1, "fp16": 0.5, "int8": INT8_TARGET_DELTA_POINTS}  # |ΔmAP| allowed, in points

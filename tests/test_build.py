@@ -378,7 +378,8 @@ def test_onnxruntime_int8_build_makes_the_cpu_graph_in_its_fastest_form(built_ru
     assert all(set(by_batch) == {"1", "8"} for by_batch in latency.values())
     assert cpu["candidate"] == choose_cpu_graph({name: latency[name]["8"] for name in candidates},
                                                 {name: Step(**step) for name, step in judged.items()},
-                                                AccuracyTarget(**cpu["accuracy_target"]["target"]))
+                                                AccuracyTarget(**cpu["accuracy_target"]["target"]),
+                                                latency["fp32"]["8"])
     path = built_run / "model.int8.cpu.onnx"
     model = onnx.load(str(path))
     metadata = read_metadata(model)

@@ -315,6 +315,30 @@ def test_the_cpu_graph_chosen_is_the_fastest_nearest_the_target():
     assert choose_cpu_graph(ms, None, target) == "QOperator"  # unjudged: the fastest
 
 
+def test_of_the_cpu_graphs_meeting_the_target_the_nearest_within_the_latency_target_is_chosen():
+    """Where several CPU graphs meet the target on the judging images, the one keeping the most identical label sets
+    of those within 0.5× fp32's latency, not the fastest: the judging images resolve accuracy only roughly. The
+    figures are the zoo's MSRN (ms at batch 8, fp32 69.7; estimated agreement on 90 validation images): the fastest,
+    QDQ with the weighted ops, read 96.3 % on the eval split, QDQ with their Relu 98.0 %."""
+    from mlic_edge.calibration.accuracy import Step
+    from mlic_edge.calibration.plan import choose_cpu_graph
+
+    target = AccuracyTarget(0.5, 0.97)
+
+    def step(estimate: float, met: bool = True) -> Step:
+        return Step([], 0.0, 0.989, met, delta_se=0.2, estimated_agreement=estimate, estimate_se=0.003)
+
+    ms = {"QDQ": 24.0, "QDQ, weighted ops": 19.8, "QDQ, weighted ops and their Relu": 27.2, "QOperator": 30.2,
+          "QOperator, weighted ops": 37.0, "QOperator, weighted ops and their Relu": 30.8}
+    msrn = {"QDQ": step(0.974, met=False), "QDQ, weighted ops": step(0.994),
+            "QDQ, weighted ops and their Relu": step(0.9956), "QOperator": step(0.975, met=False),
+            "QOperator, weighted ops": step(0.995), "QOperator, weighted ops and their Relu": step(0.9956)}
+    assert choose_cpu_graph(ms, msrn, target, 69.7) == "QDQ, weighted ops and their Relu"  # a tie: the faster
+    assert choose_cpu_graph(ms, msrn, target, 45.0) == "QDQ, weighted ops"  # only it runs within 0.5× fp32
+    assert choose_cpu_graph(ms, msrn, target, 30.0) == "QDQ, weighted ops"  # none within: the fastest that meets
+    assert choose_cpu_graph(ms, msrn, target) == "QDQ, weighted ops and their Relu"  # untimed fp32: accuracy first
+
+
 def test_where_none_meets_the_cpu_target_the_images_must_show_the_faster_graph_worse_to_refuse_it():
     """Where no CPU graph meets its target, a faster one is refused only for a difference the judging images
     resolve. The figures are the zoo's ML-GCN (90 validation images, 25 effective): the nearest (QOperator, weighted
