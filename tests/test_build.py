@@ -91,10 +91,39 @@ def test_the_builds_int8_verdict_on_the_eval_split_is_paritys(built_run, tmp_pat
         assert verdict["passed"] is result["passed"] and len(verdict["failures"]) == len(result["failures"])
         assert ("next_step" in verdict) is not verdict["passed"]
         if not verdict["passed"]:
-            assert "--qat-epochs 3" in verdict["next_step"]  # this build did not fine-tune (qat_epochs=0)
+            assert verdict["next_step"].endswith(("build fp16 (-p fp16)", "or fp32 on this CPU"))
     markdown = (built_run / "reports" / "build.md").read_text()
     assert "## int8: TensorRT's Q/DQ graph on the eval split, target" in markdown
     assert "## int8: ONNX Runtime's CPU graph on the eval split, target" in markdown
+
+
+@pytest.mark.parametrize("graph", ["tensorrt", "cpu"])
+def test_a_graph_missing_on_the_eval_split_is_given_the_step_its_build_did_not_take(graph):
+    """The next step for an int8 graph that misses on the eval split follows what the build did: its judging images
+    read it as meeting, so ask more of them (fine-tuning or more float would not have run); they read it as missing
+    and it was not fine-tuned: fine-tune; fine-tuned: more layers in float. Never "fine-tune longer", which did not
+    help on the zoo. Then fp16, or for the CPU graph another graph."""
+    from pathlib import Path
+
+    from mlic_edge.commands.build import _int8_next_step
+    from mlic_edge.rundir import RunDir
+
+    run = RunDir(Path("runs/zoo"))
+
+    def next_step(met: bool, **record) -> str:
+        search = {"accuracy_target": {"met": met, "target": {"min_agreement": 0.97 if graph == "cpu" else 0.985}}}
+        int8 = {**search, **record} if graph == "tensorrt" else {"cpu_graph": {**search, **record}}
+        return _int8_next_step(run, {"int8": int8}, graph)
+
+    option = "--cpu-target-agreement 0.98" if graph == "cpu" else "--target-agreement 0.995"
+    assert option in next_step(True, source="qat") and "--val-fraction" in next_step(True)
+    assert "--qat-epochs 3" in next_step(False, source="post-training", kept_fp=["a"])
+    assert "--max-fp-layers 6; this build kept 3" in next_step(False, source="qat", kept_fp=["a", "b", "c"])
+    assert "--max-fp-layers" in next_step(False, source="post-training", qat_trial={"met": False})
+    for met, record in ((True, {}), (False, {}), (False, {"source": "qat"})):
+        text = next_step(met, **record)
+        assert "longer" not in text
+        assert text.endswith("or fp32 on this CPU" if graph == "cpu" else "or build fp16 (-p fp16)")
 
 
 def test_int8_keeps_layers_in_float_for_its_accuracy_target_on_held_out_images(built_run):
