@@ -416,10 +416,10 @@ def _spend_float_budget(model: torch.nn.Module, calib_loader, torch_device: torc
     Why: the post-training search keeps float the layers its graph needs, and some are nodes no module exports (a
     residual Add, an attention's product). The fine-tuned graph quantizes none of those anyway, so the float they
     bought is spent here on the modules this graph is most sensitive to instead. Measured on the zoo's ML-GAT
-    (TensorRT's scheme, 3 epochs, eval split): with only the 3 of the search's 7 float layers a module exports, RMS
-    logit error 0.082 and 97.3 % identical label sets fine-tuned; the graph's error sits on the stem and the
-    shortcut convolutions, which the search's own ranking (of the post-training graph, whose residual Adds are
-    quantized) does not name."""
+    (TensorRT's scheme, 3 epochs, eval split, benchmarks/results/int8_zoo.md): fine-tuned with only the 3 of the
+    search's 7 float layers a module exports, 97.3 % identical label sets; with 7, 99.0 %. Its error sits on the
+    stem, the shortcut and the head convolutions, which the search's own ranking (of the post-training graph, whose
+    residual Adds are quantized) names only in part."""
     from modelopt.torch.quantization.nn import TensorQuantizer
 
     if budget <= 0:
