@@ -64,7 +64,7 @@ from mlic_edge.console import info, progress_bar
 from mlic_edge.data import open_dataset
 from mlic_edge.data.dataset import MultiLabelDataset
 from mlic_edge.data.splits import recorded_validation
-from mlic_edge.data.torch_data import ImageDataset, cut_mix, make_loader
+from mlic_edge.data.torch_data import ImageDataset, StopSafeLoader, cut_mix, make_loader
 from mlic_edge.errors import MlicError
 from mlic_edge.models.checkpoint import load_model
 from mlic_edge.models.recipe import Recipe
@@ -349,7 +349,7 @@ def _qat_data(run: RunDir, spec: RunSpec, exclude: Collection[str]) -> _QatData:
 
 
 def _calibration_loader(spec: RunSpec, train_set: MultiLabelDataset, calib_images: int, batch_size: int, workers: int,
-                        seed: int):
+                        seed: int) -> tuple[StopSafeLoader, int]:
     """A loader of ``calib_images`` training images picked with ``seed``, no augmentation, and how many it holds."""
     picked = np.sort(np.random.default_rng(seed).permutation(len(train_set))[:calib_images])
     loader = make_loader(ImageDataset(train_set.subset(picked), spec.img_size, spec.mean, spec.std,
@@ -357,7 +357,8 @@ def _calibration_loader(spec: RunSpec, train_set: MultiLabelDataset, calib_image
     return loader, len(picked)
 
 
-def _calibrate(mtq, model: torch.nn.Module, calib_loader, torch_device: torch.device, say: Callable[[str], None],
+def _calibrate(mtq, model: torch.nn.Module, calib_loader: StopSafeLoader, torch_device: torch.device,
+               say: Callable[[str], None],
                scheme: QatScheme = TENSORRT_QAT, float_names: Collection[str] = (),
                method: str = DEFAULT_CALIBRATION_METHOD) -> tuple[torch.nn.Module, list[str]]:
     """``model`` with ModelOpt's int8 quantizers of ``scheme``, calibrated on the images of ``calib_loader`` (weights
@@ -408,7 +409,8 @@ def _exported_nodes(model: torch.nn.Module, onnx_path: Path) -> dict[str, str]:
     return {module: node for node, module in float_modules(model, nodes).items()}
 
 
-def _spend_float_budget(model: torch.nn.Module, calib_loader, torch_device: torch.device, budget: int) -> list[str]:
+def _spend_float_budget(model: torch.nn.Module, calib_loader: StopSafeLoader, torch_device: torch.device,
+                        budget: int) -> list[str]:
     """Turn off the quantizers of the ``budget`` modules whose quantizers alone move the logits the most (RMS over the
     first ``SENSITIVITY_IMAGES`` calibration images, against ``model`` with every quantizer off); returns their
     names, most sensitive first.

@@ -245,8 +245,9 @@ def _int8_next_step(run: RunDir, entry: dict[str, Any], graph: str) -> str:
         first = (f"fine-tune for int8 (mlic-edge build -p int8 --run {run.path} --qat-epochs 3: needs the "
                  "checkpoint, the training data and ModelOpt)")
     else:
+        kept = len(record.get("kept_fp") or [])
         first = (f"keep more layers in float (mlic-edge build -p int8 --run {run.path} --max-fp-layers "
-                 f"{2 * len(record.get('kept_fp') or []) or 4}; this build kept {len(record.get('kept_fp') or [])})")
+                 f"{2 * kept or 4}; this build kept {kept})")
     if graph == "cpu":
         return f"{first}; or serve the TensorRT Q/DQ graph or fp32 on this CPU"
     return f"{first}; or build fp16 (-p fp16)"
